@@ -1,0 +1,20 @@
+"""prism.fabric: what the wrapper and the driver share.
+
+Frame codec, sealing (secret file, HKDF keys, keyed orthogonal matrix, HMAC
+watermark), the tenant's keyed projection, the text embedder, the row payload
+codec, and the generated gRPC stubs of proto/prism/fabric/v1/wrapper.proto.
+"""
+
+from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
+
+PROTOCOL_VERSION = 1
+FRAME_FORMAT_VERSION = 1
+
+__all__ = [
+    "FRAME_FORMAT_VERSION",
+    "PROTOCOL_VERSION",
+    "FabricError",
+    "FrameError",
+    "PrismError",
+    "WatermarkError",
+]

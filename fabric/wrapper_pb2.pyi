@@ -1,0 +1,157 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FrameKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FRAME_KIND_UNSPECIFIED: _ClassVar[FrameKind]
+    CHANGES: _ClassVar[FrameKind]
+    RESET: _ClassVar[FrameKind]
+    HEARTBEAT: _ClassVar[FrameKind]
+FRAME_KIND_UNSPECIFIED: FrameKind
+CHANGES: FrameKind
+RESET: FrameKind
+HEARTBEAT: FrameKind
+
+class HelloRequest(_message.Message):
+    __slots__ = ("protocol_version", "tenant_id", "capabilities", "client_nonce")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    tenant_id: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    client_nonce: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., client_nonce: _Optional[bytes] = ...) -> None: ...
+
+class Column(_message.Message):
+    __slots__ = ("name", "type_name", "is_key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_NAME_FIELD_NUMBER: _ClassVar[int]
+    IS_KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type_name: str
+    is_key: bool
+    def __init__(self, name: _Optional[str] = ..., type_name: _Optional[str] = ..., is_key: _Optional[bool] = ...) -> None: ...
+
+class TableSchema(_message.Message):
+    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    HAS_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DIM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    columns: _containers.RepeatedCompositeFieldContainer[Column]
+    key_columns: _containers.RepeatedScalarFieldContainer[str]
+    has_vectors: bool
+    vector_source: str
+    text_columns: _containers.RepeatedScalarFieldContainer[str]
+    source_dim: int
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ...) -> None: ...
+
+class HelloResponse(_message.Message):
+    __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_PROOF_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FLOOR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_EMBEDDER_DIM_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    stream_id: str
+    tables: _containers.RepeatedCompositeFieldContainer[TableSchema]
+    vector_dim: int
+    key_epoch: int
+    key_proof: bytes
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    head_position: int
+    retention_floor: int
+    text_embedder_dim: int
+    def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ...) -> None: ...
+
+class SubscribeRequest(_message.Message):
+    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_ROWS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    stream_id: str
+    from_position: int
+    max_frame_rows: int
+    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "watermark")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_MASK_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    tenant_id: str
+    stream_id: str
+    key_epoch: int
+    kind: FrameKind
+    table: str
+    sequence: int
+    commit_position: int
+    head_position: int
+    commit_time_us: int
+    count: int
+    vector_dim: int
+    keys: bytes
+    ops: bytes
+    positions: bytes
+    vector_mask: bytes
+    vectors: bytes
+    payloads: bytes
+    watermark: bytes
+    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
+
+class HealthRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthResponse(_message.Message):
+    __slots__ = ("status", "head_position", "source_position", "stream_id", "last_commit_time_us", "detail")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_COMMIT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    head_position: int
+    source_position: str
+    stream_id: str
+    last_commit_time_us: int
+    detail: str
+    def __init__(self, status: _Optional[str] = ..., head_position: _Optional[int] = ..., source_position: _Optional[str] = ..., stream_id: _Optional[str] = ..., last_commit_time_us: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...

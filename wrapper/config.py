@@ -1,0 +1,340 @@
+"""prism-wrapper's configuration: read once at the daemon's start.
+
+TOML (the seed's keys: `[database] flavor, dsn`, `[chorus] listen_port,
+tenant_id`, plus `[store]`, `[vectors]` and `[[tables]]`), then environment
+variables `PRISM_<SECTION>_<KEY>` override scalar keys. Every key is declared
+once below with its type, default and description; the result is a frozen,
+validated WrapperConfig. A bad value stops the start with a ConfigError that
+names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prism.wrapper.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+@dataclass(frozen=True)
+class Field:
+    section: str
+    key: str
+    type: type
+    default: Any
+    description: str
+    check: Callable[[Any], str | None] | None = None  # returns an error message or None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"PRISM_{self.section.upper()}_{self.key.upper()}"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a TCP port between 0 and 65535"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _ident(v: str) -> str | None:
+    return None if _IDENT.match(v) else "must be a plain SQL identifier (letters, digits, _)"
+
+
+def _tenant(v: str) -> str | None:
+    return None if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", v) else (
+        "must be 1-64 characters of letters, digits, '_', '.', '-'"
+    )
+
+
+REQUIRED = object()
+
+FIELDS: tuple[Field, ...] = (
+    Field("database", "flavor", str, "postgres", "source database kind: postgres",
+          lambda v: None if v in ("postgres", "postgresql") else
+          "must be \"postgres\" (MySQL/MariaDB support is tracked separately)"),
+    Field("database", "dsn", str, REQUIRED,
+          "libpq connection string or URL of the source database"),
+    Field("database", "slot", str, "prism", "logical replication slot name", _ident),
+    Field("database", "publication", str, "prism", "publication name", _ident),
+    Field("database", "binary", bool, True,
+          "ask pgoutput for binary column values when every column type supports it"),
+    Field("chorus", "listen_host", str, "127.0.0.1", "address the gRPC server binds"),
+    Field("chorus", "listen_port", int, 50051, "gRPC port (0: pick a free one)", _port),
+    Field("chorus", "tenant_id", str, REQUIRED, "the tenant these tables belong to", _tenant),
+    Field("chorus", "secret_file", str, REQUIRED,
+          "file holding the tenant secret (32+ bytes, mode 600); make one with "
+          "`prism-wrapper gen-secret PATH`"),
+    Field("chorus", "insecure", bool, True,
+          "serve gRPC without TLS (TLS arrives with the secure-fabric work)"),
+    Field("chorus", "grace_seconds", float, 5.0, "how long SIGTERM waits for streams", _positive),
+    Field("store", "path", str, "/var/lib/prism-wrapper/store.sqlite3",
+          "the wrapper's durable store (SQLite)"),
+    Field("store", "retention_seconds", float, 7 * 24 * 3600.0,
+          "how long tombstones of deleted rows are kept for drivers that catch up; "
+          "a driver away longer re-bootstraps from the store", _positive),
+    Field("store", "synchronous", str, "full", "SQLite synchronous mode: full or normal",
+          lambda v: None if v in ("full", "normal") else "must be \"full\" or \"normal\""),
+    Field("store", "commit_interval_ms", float, 5.0,
+          "group commit: longest time a received transaction waits for the store", _positive),
+    Field("vectors", "dimension", int, 0,
+          "dimension of the tenant's keyed projection (0: the smallest source dimension)",
+          lambda v: None if v >= 0 else "must be 0 or positive"),
+    Field("vectors", "text_dim", int, 256, "dimension of the built-in text embedder", _positive),
+)
+
+_BY_DOTTED = {f.dotted: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    name: str  # qualified: schema.table
+    vector_column: str | None = None
+    vector_dim: int | None = None  # source dimension of vector_column
+    text_columns: tuple[str, ...] = ()  # embedded with the text embedder
+    text_repr: tuple[str, ...] = ()  # columns shown as a match's text_repr
+    key_columns: tuple[str, ...] = ()  # only for tables without a primary key
+
+    @property
+    def has_vectors(self) -> bool:
+        return self.vector_column is not None or bool(self.text_columns)
+
+    @property
+    def repr_columns(self) -> tuple[str, ...]:
+        return self.text_repr or self.text_columns
+
+    @property
+    def schema_name(self) -> tuple[str, str]:
+        schema, _, table = self.name.partition(".")
+        return schema, table
+
+
+@dataclass(frozen=True)
+class WrapperConfig:
+    values: Mapping[str, Any]
+    tables: tuple[TableConfig, ...]
+    source_path: str = "<dict>"
+
+    def __getitem__(self, dotted: str) -> Any:
+        return self.values[dotted]
+
+    @property
+    def dsn(self) -> str:
+        return str(self.values["database.dsn"])
+
+    @property
+    def tenant_id(self) -> str:
+        return str(self.values["chorus.tenant_id"])
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.values["store.path"])
+
+    def table(self, name: str) -> TableConfig:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def vector_dim(self) -> int:
+        """The tenant's projected dimension."""
+        dim = int(self.values["vectors.dimension"])
+        sources = [self.source_dim(t) for t in self.tables if t.has_vectors]
+        if dim == 0:
+            return min(sources) if sources else 0
+        return dim
+
+    def source_dim(self, t: TableConfig) -> int:
+        if t.vector_column is not None:
+            assert t.vector_dim is not None
+            return t.vector_dim
+        return int(self.values["vectors.text_dim"])
+
+
+def _coerce(f: Field, raw: Any, origin: str) -> Any:
+    where = f"{f.dotted} (from {origin})"
+    if f.type is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    if f.type is int:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}")
+        try:
+            return int(raw) if isinstance(raw, int | str) else _bad(where, "an integer", raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
+    if f.type is float:
+        if isinstance(raw, bool):
+            raise ConfigError(f"{where}: expected a number, got {raw!r}")
+        try:
+            return float(raw) if isinstance(raw, int | float | str) else _bad(where, "a number", raw)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: expected a string, got {raw!r}")
+    return raw
+
+
+def _bad(where: str, expected: str, raw: Any) -> Any:
+    raise ConfigError(f"{where}: expected {expected}, got {raw!r}")
+
+
+def _str_list(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise ConfigError(f"{where}: expected a list of column names, got {raw!r}")
+    for x in raw:
+        if not _IDENT.match(x):
+            raise ConfigError(f"{where}: {x!r} is not a plain column name")
+    return tuple(raw)
+
+
+_TABLE_KEYS = {"name", "vector_column", "vector_dim", "text_columns", "text_repr", "key_columns"}
+
+
+def _table(raw: Any, i: int) -> TableConfig:
+    where = f"tables[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a [[tables]] entry")
+    unknown = set(raw) - _TABLE_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(_TABLE_KEYS)}"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.name: required, e.g. name = \"public.items\"")
+    if "." not in name:
+        name = f"public.{name}"
+    schema, _, table = name.partition(".")
+    if not (_IDENT.match(schema) and _IDENT.match(table)):
+        raise ConfigError(f"{where}.name: {name!r} is not schema.table of plain identifiers")
+    vcol = raw.get("vector_column")
+    if vcol is not None and (not isinstance(vcol, str) or not _IDENT.match(vcol)):
+        raise ConfigError(f"{where}.vector_column: {vcol!r} is not a plain column name")
+    text_cols = _str_list(raw.get("text_columns"), f"{where}.text_columns")
+    if vcol and text_cols:
+        raise ConfigError(
+            f"{where} ({name}): set either vector_column or text_columns, not both"
+        )
+    vdim = raw.get("vector_dim")
+    if vcol is not None:
+        if not isinstance(vdim, int) or isinstance(vdim, bool) or vdim <= 0:
+            raise ConfigError(
+                f"{where}.vector_dim ({name}): required with vector_column, the dimension of "
+                f"{vcol!r}, e.g. vector_dim = 384"
+            )
+    elif vdim is not None:
+        raise ConfigError(f"{where}.vector_dim ({name}): only meaningful with vector_column")
+    return TableConfig(
+        name=name,
+        vector_column=vcol,
+        vector_dim=vdim,
+        text_columns=text_cols,
+        text_repr=_str_list(raw.get("text_repr"), f"{where}.text_repr"),
+        key_columns=_str_list(raw.get("key_columns"), f"{where}.key_columns"),
+    )
+
+
+def config_from_mapping(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "<dict>"
+) -> WrapperConfig:
+    """Validate a parsed TOML document (plus environment overrides)."""
+    env = os.environ if env is None else env
+    known_sections = {f.section for f in FIELDS} | {"tables"}
+    for section, body in data.items():
+        if section not in known_sections:
+            raise ConfigError(
+                f"unknown section [{section}] in {origin}; known: {sorted(known_sections)}"
+            )
+        if section == "tables":
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"[{section}] in {origin} must be a table of keys")
+        for key in body:
+            if f"{section}.{key}" not in _BY_DOTTED:
+                known = sorted(f.key for f in FIELDS if f.section == section)
+                raise ConfigError(f"unknown key {section}.{key} in {origin}; known: {known}")
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        raw: Any = data.get(f.section, {}).get(f.key, REQUIRED)
+        src = origin
+        if f.env in env:
+            raw, src = env[f.env], f"environment {f.env}"
+        if raw is REQUIRED:
+            if f.default is REQUIRED:
+                raise ConfigError(
+                    f"{f.dotted} is required ({f.description}); set it in the [{f.section}] "
+                    f"section or with {f.env}"
+                )
+            raw, src = f.default, "default"
+        value = _coerce(f, raw, src)
+        if f.check is not None and (problem := f.check(value)):
+            raise ConfigError(f"{f.dotted} = {value!r} (from {src}): {problem}")
+        values[f.dotted] = value
+    raw_tables = data.get("tables", [])
+    if not isinstance(raw_tables, list) or not raw_tables:
+        raise ConfigError(
+            f"no tables configured in {origin}: add at least one [[tables]] entry with "
+            "name = \"schema.table\""
+        )
+    tables = tuple(_table(t, i) for i, t in enumerate(raw_tables))
+    names = [t.name for t in tables]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"tables: {names} lists a table twice")
+    cfg = WrapperConfig(values=values, tables=tables, source_path=origin)
+    dim = int(values["vectors.dimension"])
+    for t in tables:
+        if t.has_vectors and dim > cfg.source_dim(t):
+            raise ConfigError(
+                f"vectors.dimension = {dim} is larger than table {t.name}'s source dimension "
+                f"{cfg.source_dim(t)}; the projection can only keep or reduce dimensions"
+            )
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> WrapperConfig:
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc}") from None
+    return config_from_mapping(data, env, origin=str(p))
+
+
+def describe_fields() -> str:
+    """Reference of every key, for `prism-wrapper config-reference` and the docs."""
+    lines = []
+    for f in FIELDS:
+        default = "(required)" if f.default is REQUIRED else repr(f.default)
+        lines.append(f"{f.dotted:32} {f.type.__name__:6} {default:40} {f.description}")
+    return "\n".join(lines)

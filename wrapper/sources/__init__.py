@@ -1,0 +1,1 @@
+"""Change sources: where row changes come from (PostgreSQL, replay)."""

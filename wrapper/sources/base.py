@@ -1,0 +1,123 @@
+"""The change model every source produces, and the ChangeSource interface.
+
+A source (PostgreSQL pgoutput, MySQL binlog, or a replay of recorded bytes)
+turns the database's log into whole, committed SourceTransactions. The
+pipeline vectorizes their rows, commits them to the store together with the
+transaction's source position, and only then acknowledges that position back
+to the source (see ChangeSource.acknowledge).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class _UnchangedToast:
+    """Marks a column whose value the source did not send because it did not
+    change (PostgreSQL's pgoutput 'u' for unchanged TOASTed values). The
+    pipeline fills it from the previous image in the store."""
+
+    _instance: _UnchangedToast | None = None
+
+    def __new__(cls) -> _UnchangedToast:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST: Any = _UnchangedToast()
+
+
+@dataclass(frozen=True)
+class ColumnInfo:
+    name: str
+    type_oid: int
+    type_name: str  # e.g. "int8", "text", "_float4" (array), "vector"
+    type_modifier: int = -1
+    is_key: bool = False  # part of the replica identity the source reports
+
+
+@dataclass(frozen=True)
+class RelationInfo:
+    """A table's shape as the source described it most recently."""
+
+    relid: int
+    schema: str
+    name: str
+    replica_identity: str  # PostgreSQL relreplident: 'd' default, 'n' nothing, 'f' full, 'i' index
+    columns: tuple[ColumnInfo, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+@dataclass(frozen=True)
+class RowChange:
+    table: str  # qualified name, "schema.table"
+    op: Literal["insert", "update", "delete"]
+    # New image for insert/update; values may be UNCHANGED_TOAST.
+    new: dict[str, Any] | None
+    # Old key (only identity columns) or old full row (REPLICA IDENTITY FULL),
+    # for update (only when the source sent it) and delete.
+    old: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TruncateChange:
+    tables: tuple[str, ...]
+    cascade: bool = False
+    restart_identity: bool = False
+
+
+Change = RowChange | TruncateChange
+
+
+@dataclass
+class SourceTransaction:
+    """One committed source transaction, whole. Rolled-back work never
+    becomes a SourceTransaction."""
+
+    xid: int
+    commit_lsn: int  # source position of the commit record
+    end_lsn: int  # position after the transaction: what may be acknowledged
+    commit_time_us: int  # unix microseconds
+    changes: list[Change] = field(default_factory=list)
+    # Relations (re)described within this transaction, by qualified name:
+    # how a source reports columns added or dropped mid-stream.
+    relations: dict[str, RelationInfo] = field(default_factory=dict)
+
+
+class ChangeSource(abc.ABC):
+    """Yields committed transactions in commit order, from a resume position.
+
+    Contract: `acknowledge(pos)` tells the source that everything up to and
+    including pos is durable in the wrapper's store, so the database may
+    discard its log up to there (PostgreSQL: the slot's confirmed_flush_lsn).
+    A source never acknowledges on its own what the pipeline has not stored.
+    """
+
+    @abc.abstractmethod
+    def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
+        """Yield transactions as they commit; yield None after `idle_timeout`
+        seconds without one, so the caller can flush and acknowledge."""
+
+    @abc.abstractmethod
+    def acknowledge(self, position: int) -> None:
+        """Everything up to `position` is durable downstream."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
