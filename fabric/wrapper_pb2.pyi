@@ -141,17 +141,26 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthResponse(_message.Message):
-    __slots__ = ("status", "head_position", "source_position", "stream_id", "last_commit_time_us", "detail")
+    __slots__ = ("status", "head_position", "source_position", "stream_id", "last_commit_time_us", "detail", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     STATUS_FIELD_NUMBER: _ClassVar[int]
     HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_POSITION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMIT_TIME_US_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
     status: str
     head_position: int
     source_position: str
     stream_id: str
     last_commit_time_us: int
     detail: str
-    def __init__(self, status: _Optional[str] = ..., head_position: _Optional[int] = ..., source_position: _Optional[str] = ..., stream_id: _Optional[str] = ..., last_commit_time_us: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, status: _Optional[str] = ..., head_position: _Optional[int] = ..., source_position: _Optional[str] = ..., stream_id: _Optional[str] = ..., last_commit_time_us: _Optional[int] = ..., detail: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -76,6 +76,9 @@ FIELDS: tuple[Field, ...] = (
     Field("database", "publication", str, "prism", "publication name", _ident),
     Field("database", "binary", bool, True,
           "ask pgoutput for binary column values when every column type supports it"),
+    Field("database", "status_interval_s", float, 10.0,
+          "how often an idle stream confirms its position to PostgreSQL, so WAL does not "
+          "pile up behind quiet tables", _positive),
     Field("chorus", "listen_host", str, "127.0.0.1", "address the gRPC server binds"),
     Field("chorus", "listen_port", int, 50051, "gRPC port (0: pick a free one)", _port),
     Field("chorus", "tenant_id", str, REQUIRED, "the tenant these tables belong to", _tenant),

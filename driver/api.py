@@ -1,0 +1,475 @@
+"""PrismDriver: the app's replacement for its database connection.
+
+Owns a background subscription task (started on `async with`, cancelled
+and awaited on exit) that says Hello, checks that the wrapper holds the same
+tenant secret, subscribes from its last applied position, verifies and
+unseals each frame, and applies whole batches to the local Replica. Reads
+(`get`, `query`) are answered in process. A failure of the task is raised to
+every caller and waiter, never lost in a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from prism.driver.config import DriverConfig
+from prism.driver.errors import (
+    AuthenticationError,
+    ConnectionLostError,
+    DriverError,
+    NotReadyError,
+    QueryError,
+    WaitTimeoutError,
+    map_grpc_error,
+)
+from prism.driver.follow import Batch, Follower
+from prism.driver.index import VectorIndex, normalize
+from prism.driver.replica import Replica, TableReplica
+from prism.fabric import PROTOCOL_VERSION
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.embedder import TextEmbedder
+from prism.fabric.errors import FrameError, PrismError
+from prism.fabric.frames import open_frame
+from prism.fabric.keys import derive_epoch_keys, load_secret
+from prism.fabric.payload import decode_key, encode_key
+from prism.fabric.projection import Projection
+from prism.fabric.sealing import Sealer, hello_proof
+
+log = logging.getLogger("prism.driver")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Match:
+    row_id: Any  # the primary key value (a tuple for composite keys)
+    score: float  # cosine similarity in the tenant's keyed space, in [-1, 1]
+    row: dict[str, Any]
+    text_repr: str
+    table: str
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    key_columns: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]
+    has_vectors: bool
+    vector_source: str
+    text_columns: tuple[str, ...]
+    source_dim: int
+
+    @property
+    def text_embedded(self) -> bool:
+        return self.vector_source.startswith("text:")
+
+
+class PrismDriver:
+    def __init__(self, config: DriverConfig) -> None:
+        if not isinstance(config, DriverConfig):
+            raise TypeError("PrismDriver(config): expected a DriverConfig")
+        self.config = config
+        self._secret = load_secret(config.secret_file)
+        self._follower = Follower()
+        self._replica = Replica({})
+        self._tables: dict[str, TableInfo] = {}
+        self._dim = 0
+        self._epoch = 0
+        self._sealers: dict[int, Sealer] = {}
+        self._projections: dict[int, Projection] = {}
+        self._embedder: TextEmbedder | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._ready = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closed = False
+        self._stats = {"bootstraps": 0, "reconnects": 0, "frames_rejected": 0, "batches": 0,
+                       "changes_applied": 0, "frames": 0}
+        self._last_commit_us = 0
+        self._connected = False
+
+    # -- lifecycle --------------------------------------------------------
+    async def __aenter__(self) -> PrismDriver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="prism-subscribe")
+        self._task.add_done_callback(self._on_task_done)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, PrismError):
+                pass
+        self._task = None
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._failure is None:
+            self._failure = exc
+        self._ready.set()
+        self._progress.set()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._task is None:
+            raise NotReadyError("the driver is not started: use `async with PrismDriver(...)`")
+
+    # -- subscription -----------------------------------------------------
+    async def _run(self) -> None:
+        delay = self.config.reconnect_min_s
+        first = True
+        while True:
+            if not first:
+                self._stats["reconnects"] += 1
+            first = False
+            made_progress = False
+            try:
+                made_progress = await self._session()
+            except DriverError as exc:
+                if not exc.retriable:
+                    log.error("subscription stopped: %s", exc)
+                    raise
+                log.warning("link to wrapper lost, reconnecting in %.2fs: %s", delay, exc)
+            finally:
+                self._connected = False
+            if made_progress:
+                delay = self.config.reconnect_min_s
+            await asyncio.sleep(delay)
+            delay = min(self.config.reconnect_max_s, delay * 2)
+
+    async def _session(self) -> bool:
+        cfg = self.config
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", 10000),
+            ("grpc.keepalive_timeout_ms", 5000),
+        ]
+        progressed = False
+        async with grpc.aio.insecure_channel(cfg.target, options=options) as channel:
+            stub = pb_grpc.WrapperServiceStub(channel)
+            nonce = os.urandom(32)
+            try:
+                hello = await stub.Hello(
+                    pb.HelloRequest(
+                        protocol_version=PROTOCOL_VERSION,
+                        tenant_id=cfg.tenant_id,
+                        capabilities=["frames-v1"],
+                        client_nonce=nonce,
+                    ),
+                    timeout=cfg.connect_timeout_s,
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise map_grpc_error(exc, f"Hello to {cfg.target}") from exc
+            self._on_hello(hello, nonce)
+            stream_id, position = self._follower.new_call()
+            call = stub.Subscribe(
+                pb.SubscribeRequest(
+                    tenant_id=cfg.tenant_id,
+                    stream_id=stream_id,
+                    from_position=position,
+                    max_frame_rows=cfg.max_frame_rows,
+                )
+            )
+            self._connected = True
+            try:
+                async for frame in call:
+                    try:
+                        decoded = open_frame(
+                            frame, self._sealer, tenant_id=cfg.tenant_id, stream_id=None
+                        )
+                        batch = self._follower.on_frame(decoded)
+                    except FrameError as exc:
+                        self._stats["frames_rejected"] += 1
+                        log.warning(
+                            "frame rejected; resuming from the last good position: %s", exc,
+                            extra={"position": self._follower.position},
+                        )
+                        call.cancel()
+                        raise ConnectionLostError(f"frame rejected: {exc}") from exc
+                    self._stats["frames"] += 1
+                    if batch is not None:
+                        self._apply(batch)
+                        progressed = True
+                    else:
+                        self._progress.set()  # head moved: lag is visible in stats
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
+                    return progressed
+                raise map_grpc_error(exc, "Subscribe") from exc
+        raise ConnectionLostError("the wrapper ended the stream")
+
+    def _sealer(self, epoch: int) -> Sealer:
+        s = self._sealers.get(epoch)
+        if s is None:
+            if epoch != self._epoch:
+                raise FrameError(f"frame sealed with key epoch {epoch}, expected {self._epoch}")
+            s = Sealer(derive_epoch_keys(self._secret, self.config.tenant_id, epoch), self._dim)
+            self._sealers[epoch] = s
+        return s
+
+    def _on_hello(self, hello: pb.HelloResponse, nonce: bytes) -> None:
+        keys = derive_epoch_keys(self._secret, self.config.tenant_id, hello.key_epoch)
+        if not hmac.compare_digest(hello_proof(keys, nonce), hello.key_proof):
+            raise AuthenticationError(
+                f"the wrapper at {self.config.target} does not hold the same secret for tenant "
+                f"{self.config.tenant_id!r}: check secret_file {self.config.secret_file}",
+                retriable=False,
+            )
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise DriverError(
+                f"wrapper speaks protocol {hello.protocol_version}, driver {PROTOCOL_VERSION}"
+            )
+        self._epoch = hello.key_epoch
+        self._sealers = {}
+        tables = {
+            t.name: TableInfo(
+                name=t.name,
+                key_columns=tuple(t.key_columns),
+                columns=tuple((c.name, c.type_name) for c in t.columns),
+                has_vectors=t.has_vectors,
+                vector_source=t.vector_source,
+                text_columns=tuple(t.text_columns),
+                source_dim=t.source_dim,
+            )
+            for t in hello.tables
+        }
+        if hello.vector_dim != self._dim or set(tables) != set(self._tables):
+            self._replica = Replica(
+                {
+                    n: TableReplica(
+                        n, t.key_columns, t.text_columns,
+                        index=VectorIndex(hello.vector_dim) if t.has_vectors else None,
+                    )
+                    for n, t in tables.items()
+                }
+            )
+            self._follower = Follower()  # a different shape: bootstrap afresh
+        self._tables = tables
+        self._dim = hello.vector_dim
+        if hello.text_embedder_dim:
+            self._embedder = TextEmbedder(hello.text_embedder_dim)
+
+    def _apply(self, batch: Batch) -> None:
+        # Synchronous on purpose: no await between the first and the last
+        # change, so readers on this loop see the batch whole or not at all.
+        if batch.reset:
+            fresh = Replica.empty_like(self._replica, self._dim)
+            n = fresh.apply(batch)
+            self._replica = fresh
+            self._stats["bootstraps"] += 1
+        else:
+            n = self._replica.apply(batch)
+        self._follower.committed(batch)
+        self._last_commit_us = max(self._last_commit_us, batch.commit_time_us)
+        self._stats["batches"] += 1
+        self._stats["changes_applied"] += n
+        self._ready.set()
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- waiting ----------------------------------------------------------
+    @property
+    def position(self) -> int:
+        """The wrapper position the replica shows (0: nothing yet)."""
+        return self._follower.position
+
+    @property
+    def stream_id(self) -> str:
+        return self._follower.stream_id
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the initial sync is applied; raise the subscription's
+        failure (e.g. AuthenticationError) instead if it fails first."""
+        self._raise_if_failed()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            raise WaitTimeoutError(f"the initial sync did not finish in {timeout}s") from None
+        self._raise_if_failed()
+
+    async def wait_for(self, position: int, timeout: float | None = None) -> None:
+        """Return once the replica shows wrapper position `position`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._raise_if_failed()
+            if self._ready.is_set() and self._follower.position >= position:
+                return
+            ev = self._progress
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(
+                    f"replica at position {self._follower.position}, not {position}, "
+                    f"after {timeout}s"
+                )
+            try:
+                await asyncio.wait_for(ev.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    # -- reads ------------------------------------------------------------
+    def _table(self, table: str) -> TableReplica:
+        t = self._replica.tables.get(table)
+        if t is None and "." not in table:
+            t = self._replica.tables.get(f"public.{table}")
+        if t is None:
+            self._raise_if_failed()
+            known = ", ".join(sorted(self._replica.tables)) or "none yet"
+            raise QueryError(f"unknown table {table!r} (replicated: {known})")
+        return t
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row with primary key `key` (a tuple for composite keys), or None."""
+        t = self._table(table)
+        values = key if isinstance(key, tuple | list) else (key,)
+        if len(values) != len(t.key_columns):
+            raise QueryError(
+                f"table {t.name} has key ({', '.join(t.key_columns)}); got {len(values)} value(s)"
+            )
+        return t.rows.get(encode_key(list(values)))
+
+    def _query_vector(self, info: TableInfo, embedding: np.ndarray | None, text: str | None
+                      ) -> np.ndarray | None:
+        if text is not None:
+            if not info.text_embedded or self._embedder is None:
+                return None
+            raw = self._embedder.embed(text)
+        else:
+            assert embedding is not None
+            if info.text_embedded or embedding.shape[0] != info.source_dim:
+                return None
+            raw = embedding
+        proj = self._projections.get(info.source_dim)
+        if proj is None:
+            proj = Projection(self._secret, self.config.tenant_id, info.source_dim, self._dim)
+            self._projections[info.source_dim] = proj
+        return normalize(proj.apply(raw.astype(np.float32)))
+
+    async def query(
+        self,
+        embedding: Sequence[float] | np.ndarray | None = None,
+        *,
+        text: str | None = None,
+        top_k: int = 10,
+        threshold: float = 0.0,
+        table: str | None = None,
+    ) -> list[Match]:
+        """Rows most similar to `embedding` (or to `text`, embedded with the
+        built-in text embedder), best first. A row is returned when its
+        cosine score, computed in the tenant's keyed space, is >= threshold."""
+        self._raise_if_failed()
+        if (embedding is None) == (text is None):
+            raise QueryError("query: give exactly one of embedding=... or text=...")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
+            raise QueryError(f"top_k must be a positive integer, got {top_k!r}")
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float)
+            or not -1.0 <= threshold <= 1.0
+        ):
+            raise QueryError(f"threshold must be a number in [-1, 1], got {threshold!r}")
+        emb = None
+        if embedding is not None:
+            try:
+                emb = np.asarray(embedding, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise QueryError("embedding must be a sequence of numbers") from None
+            if emb.ndim != 1 or emb.size == 0:
+                raise QueryError(f"embedding must be one-dimensional, got shape {emb.shape}")
+            if not np.isfinite(emb).all():
+                raise QueryError("embedding contains NaN or infinite values")
+            if not np.any(emb):
+                raise QueryError("embedding is all zeros: it has no direction")
+        elif not isinstance(text, str):
+            raise QueryError("text must be a string")
+        infos = [self._tables[self._table(table).name]] if table else list(self._tables.values())
+        searchable = [i for i in infos if i.has_vectors]
+        results: list[tuple[float, str, str]] = []
+        tried = False
+        for info in searchable:
+            q = self._query_vector(info, emb, text)
+            if q is None:
+                continue
+            tried = True
+            t = self._replica.tables[info.name]
+            assert t.index is not None
+            for key, score in t.index.query(q, top_k, float(threshold)):
+                results.append((score, info.name, key))
+        if not tried:
+            dims = sorted({i.source_dim for i in searchable if not i.text_embedded})
+            what = (
+                "text queries need a table with text_columns"
+                if text is not None
+                else f"embedding has dimension {emb.shape[0] if emb is not None else 0}; "
+                f"tables take {dims or 'no embeddings'}"
+            )
+            raise QueryError(f"no table can answer this query: {what}")
+        results.sort(key=lambda r: (-r[0], r[1], r[2]))
+        out = []
+        for score, tname, key in results[:top_k]:
+            t = self._replica.tables[tname]
+            row = t.rows[key]
+            kv = decode_key(key)
+            out.append(
+                Match(
+                    row_id=kv[0] if len(kv) == 1 else tuple(kv),
+                    score=score,
+                    row=row,
+                    text_repr=" ".join(
+                        str(row[c]) for c in t.text_columns if row.get(c) is not None
+                    ),
+                    table=tname,
+                )
+            )
+        return out
+
+    # -- introspection ----------------------------------------------------
+    def tables(self) -> dict[str, TableInfo]:
+        return dict(self._tables)
+
+    def stats(self) -> dict[str, Any]:
+        now_us = time.time_ns() // 1000
+        idx = {
+            n: {"kind": t.index.kind, "vectors": len(t.index), "bytes": t.index.nbytes}
+            for n, t in self._replica.tables.items()
+            if t.index is not None
+        }
+        return {
+            "rows": self._replica.row_counts(),
+            "position": self._follower.position,
+            "head": self._follower.head,
+            "lag_positions": max(0, self._follower.head - self._follower.position),
+            "lag_ms": (now_us - self._last_commit_us) / 1000 if self._last_commit_us else None,
+            "stream_id": self._follower.stream_id,
+            "connected": self._connected,
+            "ready": self._ready.is_set() and self._failure is None,
+            "index": idx,
+            **self._stats,
+        }
+
+

@@ -1,0 +1,441 @@
+"""Frames: the unit the wrapper serves and the driver applies.
+
+The wrapper's serve step packs a batch of changes of one table into a Frame
+(build_frame): it seals the vectors with the epoch's keyed matrix, lays out
+the little-endian blocks documented in wrapper.proto and watermarks the
+canonical form of every field with HMAC-SHA256. The driver's first step on
+receipt is open_frame: verify the watermark before trusting any byte, check
+that the blocks agree with `count` and `vector_dim`, then unseal the vectors.
+
+Both directions are pure functions over bytes and keys; a frame that fails any
+check raises FrameError (WatermarkError when the HMAC does not match), and the
+driver drops it whole and resumes from its last applied position.
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
+from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
+from prism.fabric.sealing import Sealer
+
+WATERMARK_BYTES = 32
+
+_U32 = struct.Struct("<I")
+_FIELD_HEADER = struct.Struct("<IQ")
+_INT_FIELD = struct.Struct("<IQQ")  # field number, length 8, value
+_SIGNED_INT_FIELD = struct.Struct("<IQq")
+_KINDS = frozenset({wrapper_pb2.CHANGES, wrapper_pb2.RESET, wrapper_pb2.HEARTBEAT})
+
+
+@dataclass
+class DecodedFrame:
+    """A verified, unsealed frame: what the driver applies to its replica."""
+
+    kind: int  # a wrapper_pb2.FrameKind value
+    tenant_id: str
+    stream_id: str
+    key_epoch: int
+    table: str
+    sequence: int
+    commit_position: int  # != 0: the batch ends here, at this wrapper position
+    head_position: int
+    commit_time_us: int
+    keys: list[str]  # encode_key strings
+    ops: bytes  # b"U" / b"D" per row
+    positions: np.ndarray  # uint64 (count,)
+    vector_mask: np.ndarray  # bool (count,)
+    vectors: np.ndarray  # float32 (count, vector_dim), unsealed; zeros where mask is False
+    payloads: list[bytes]  # encode_row bytes; empty for deletes
+    vector_dim: int  # 0 when the table carries no vectors
+
+    @property
+    def count(self) -> int:
+        return len(self.keys)
+
+
+# -- canonical form and watermark -------------------------------------------
+
+# The frame's fields as plain values, in field number order 1..18.
+_Fields = tuple[int, str, str, int, int, str, int, int, int, int, int, int]
+
+
+def _canonical_parts(
+    head: _Fields,
+    keys: bytes,
+    ops: bytes,
+    positions: bytes,
+    vector_mask: bytes,
+    vectors: bytes,
+    payloads: bytes,
+) -> list[bytes]:
+    """canonical(frame) as pieces, so large blocks are hashed without copying."""
+    (fv, tenant, stream, epoch, kind, table, seq, commit, head_pos, ctime, count, vdim) = head
+    t, s, tb = tenant.encode("utf-8"), stream.encode("utf-8"), table.encode("utf-8")
+    fixed = b"".join(
+        (
+            _INT_FIELD.pack(1, 8, fv),
+            _FIELD_HEADER.pack(2, len(t)),
+            t,
+            _FIELD_HEADER.pack(3, len(s)),
+            s,
+            _INT_FIELD.pack(4, 8, epoch),
+            _INT_FIELD.pack(5, 8, kind),
+            _FIELD_HEADER.pack(6, len(tb)),
+            tb,
+            _INT_FIELD.pack(7, 8, seq),
+            _INT_FIELD.pack(8, 8, commit),
+            _INT_FIELD.pack(9, 8, head_pos),
+            # int64 as its two's-complement u64: the same 8 bytes as "<q".
+            _SIGNED_INT_FIELD.pack(10, 8, ctime),
+            _INT_FIELD.pack(11, 8, count),
+            _INT_FIELD.pack(12, 8, vdim),
+        )
+    )
+    parts = [fixed]
+    for number, block in (
+        (13, keys),
+        (14, ops),
+        (15, positions),
+        (16, vector_mask),
+        (17, vectors),
+        (18, payloads),
+    ):
+        parts.append(_FIELD_HEADER.pack(number, len(block)))
+        parts.append(block)
+    return parts
+
+
+def _head(frame: wrapper_pb2.Frame) -> _Fields:
+    return (
+        frame.format_version,
+        frame.tenant_id,
+        frame.stream_id,
+        frame.key_epoch,
+        int(frame.kind),
+        frame.table,
+        frame.sequence,
+        frame.commit_position,
+        frame.head_position,
+        frame.commit_time_us,
+        frame.count,
+        frame.vector_dim,
+    )
+
+
+def canonical_bytes(frame: wrapper_pb2.Frame) -> bytes:
+    """The bytes the watermark signs: every field but `watermark`, in field
+    number order, each as u32 field number, u64 byte length, bytes; integers
+    as 8 little-endian bytes, strings as UTF-8 (see wrapper.proto)."""
+    return b"".join(
+        _canonical_parts(
+            _head(frame),
+            frame.keys,
+            frame.ops,
+            frame.positions,
+            frame.vector_mask,
+            frame.vectors,
+            frame.payloads,
+        )
+    )
+
+
+# -- building ---------------------------------------------------------------
+
+
+def _join_prefixed(items: Sequence[bytes]) -> bytes:
+    lengths = list(map(len, items))
+    if lengths and max(lengths) > 0xFFFFFFFF:
+        raise FabricError("a key or payload is 4 GiB or larger and cannot be framed")
+    return b"".join(chain.from_iterable(zip(map(_U32.pack, lengths), items, strict=True)))
+
+
+def build_frame(
+    *,
+    sealer: Sealer | None,
+    tenant_id: str,
+    stream_id: str,
+    kind: int,
+    table: str,
+    sequence: int,
+    commit_position: int,
+    head_position: int,
+    commit_time_us: int,
+    keys: Sequence[str],
+    ops: bytes,
+    positions: Sequence[int] | np.ndarray,
+    vectors: np.ndarray | None,
+    vector_mask: np.ndarray | None,
+    payloads: Sequence[bytes],
+    vector_dim: int,
+) -> wrapper_pb2.Frame:
+    """Pack, seal and watermark a batch of changes of one table.
+
+    ``vectors`` are the unsealed float32 (count, vector_dim) vectors, or None
+    when the table carries no vectors; then the frame's vector_dim is 0 and its
+    vectors block empty. ``vector_mask`` (None: every row has a vector) marks
+    the rows whose vector is meaningful; the others travel as zeros.
+
+    With ``sealer=None`` the frame is built unsigned (key_epoch 0, empty
+    watermark) and may not carry vectors; open_frame rejects such frames, so
+    this is only for tools and tests.
+
+    Raises FabricError when the arguments do not describe a valid frame.
+    """
+    count = len(keys)
+    if kind not in _KINDS:
+        raise FabricError(f"frame kind {kind} is not CHANGES, RESET or HEARTBEAT")
+    if kind == wrapper_pb2.HEARTBEAT and count:
+        raise FabricError(f"a HEARTBEAT frame carries no rows, got {count}")
+    if len(ops) != count or len(positions) != count or len(payloads) != count:
+        raise FabricError(
+            f"frame rows disagree: {count} keys, {len(ops)} ops, "
+            f"{len(positions)} positions, {len(payloads)} payloads"
+        )
+    ops = bytes(ops)
+    if ops.translate(None, b"UD"):
+        raise FabricError(f"frame ops must be b'U' or b'D', got {ops!r}")
+    start = 0
+    while (i := ops.find(b"D", start)) >= 0:
+        if payloads[i]:
+            raise FabricError(f"row {i} ({keys[i]}) is a delete but carries a payload")
+        start = i + 1
+    pos = np.asarray(positions, dtype=np.uint64)
+    if count > 1 and not bool(np.all(pos[1:] >= pos[:-1])):
+        raise FabricError("frame positions must be non-decreasing")
+
+    if vectors is None:
+        if vector_mask is not None and bool(np.any(vector_mask)):
+            raise FabricError("vector_mask marks rows with vectors but no vectors were given")
+        frame_dim = 0
+        mask = np.zeros(count, dtype=np.uint8)
+        vectors_block = b""
+    else:
+        if sealer is None:
+            raise FabricError("vectors cannot be framed without a sealer")
+        arr = np.asarray(vectors, dtype=np.float32)
+        if arr.shape != (count, vector_dim):
+            raise FabricError(f"vectors have shape {arr.shape}, expected ({count}, {vector_dim})")
+        if sealer.dim != vector_dim:
+            raise FabricError(f"sealer dimension {sealer.dim} != vector_dim {vector_dim}")
+        sealed = sealer.seal(arr)
+        if vector_mask is None:
+            mask = np.ones(count, dtype=np.uint8)
+        else:
+            m = np.asarray(vector_mask, dtype=bool)
+            if m.shape != (count,):
+                raise FabricError(f"vector_mask has shape {m.shape}, expected ({count},)")
+            sealed[~m] = 0.0
+            mask = m.astype(np.uint8)
+        frame_dim = vector_dim
+        vectors_block = sealed.astype("<f4", copy=False).tobytes()
+
+    try:
+        keys_block = _join_prefixed([k.encode("utf-8") for k in keys])
+    except UnicodeEncodeError as exc:
+        raise FabricError(f"a key is not valid UTF-8 text: {exc}") from None
+    payloads_block = _join_prefixed(payloads)
+    positions_block = pos.astype("<u8", copy=False).tobytes()
+    mask_block = mask.tobytes()
+    epoch = sealer.epoch if sealer is not None else 0
+    head: _Fields = (
+        FRAME_FORMAT_VERSION,
+        tenant_id,
+        stream_id,
+        epoch,
+        kind,
+        table,
+        sequence,
+        commit_position,
+        head_position,
+        commit_time_us,
+        count,
+        frame_dim,
+    )
+    watermark = b""
+    if sealer is not None:
+        watermark = sealer.watermark_parts(
+            _canonical_parts(
+                head, keys_block, ops, positions_block, mask_block, vectors_block, payloads_block
+            )
+        )
+    return wrapper_pb2.Frame(
+        format_version=FRAME_FORMAT_VERSION,
+        tenant_id=tenant_id,
+        stream_id=stream_id,
+        key_epoch=epoch,
+        kind=kind,
+        table=table,
+        sequence=sequence,
+        commit_position=commit_position,
+        head_position=head_position,
+        commit_time_us=commit_time_us,
+        count=count,
+        vector_dim=frame_dim,
+        keys=keys_block,
+        ops=ops,
+        positions=positions_block,
+        vector_mask=mask_block,
+        vectors=vectors_block,
+        payloads=payloads_block,
+        watermark=watermark,
+    )
+
+
+# -- opening ----------------------------------------------------------------
+
+
+def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
+    """The ``count`` (u32 length, bytes) entries of a block, which they must fill."""
+    n = len(block)
+    if 4 * count > n:
+        raise FrameError(f"{name} block of {n} bytes is too short for {count} entries")
+    out: list[bytes] = []
+    append = out.append
+    unpack = _U32.unpack_from
+    off = 0
+    # An entry that runs past the end leaves off > n: the next unpack_from
+    # fails, or the final check does; no per-entry bounds test is needed.
+    try:
+        for _ in range(count):
+            (length,) = unpack(block, off)
+            off += 4
+            append(block[off : off + length])
+            off += length
+    except struct.error:
+        raise FrameError(f"{name} block is truncated before its {count} entries end") from None
+    if off > n:
+        raise FrameError(f"{name} block's last entry runs past the end of the block")
+    if off < n:
+        raise FrameError(f"{name} block has {n - off} bytes after its {count} entries")
+    return out
+
+
+def open_frame(
+    frame: wrapper_pb2.Frame,
+    sealer_for_epoch: Callable[[int], Sealer],
+    *,
+    tenant_id: str,
+    stream_id: str | None,
+) -> DecodedFrame:
+    """Verify, check and unseal a received frame.
+
+    The watermark is checked first, with the keys of the frame's epoch from
+    ``sealer_for_epoch``; nothing in an unverified frame is trusted. Then the
+    frame must be of this format version, tenant and (unless None) stream, and
+    its blocks must agree with count and vector_dim. Bad bytes raise
+    FrameError or its subclass WatermarkError, never anything else; a
+    PrismError raised by ``sealer_for_epoch`` itself passes through.
+    """
+    head = _head(frame)
+    epoch = head[3]
+    try:
+        sealer = sealer_for_epoch(epoch)
+    except PrismError:
+        raise
+    except Exception as exc:
+        # The epoch is attacker-controlled until the watermark verifies.
+        raise WatermarkError(f"no key for epoch {epoch}: {exc}") from exc
+
+    keys_block, ops, positions_block = frame.keys, frame.ops, frame.positions
+    mask_block, vectors_block, payloads_block = frame.vector_mask, frame.vectors, frame.payloads
+    mac = frame.watermark
+    if len(mac) != WATERMARK_BYTES:
+        raise WatermarkError(
+            f"frame {head[6]} of {head[5]!r} has a watermark of {len(mac)} bytes, "
+            f"expected {WATERMARK_BYTES}"
+        )
+    try:
+        expected = sealer.watermark_parts(
+            _canonical_parts(
+                head, keys_block, ops, positions_block, mask_block, vectors_block, payloads_block
+            )
+        )
+    except (UnicodeEncodeError, struct.error) as exc:
+        raise WatermarkError(f"frame cannot be put in canonical form: {exc}") from None
+    if not hmac.compare_digest(expected, mac):
+        raise WatermarkError(
+            f"frame {head[6]} of {head[5]!r} (epoch {epoch}) fails its watermark: "
+            f"tampered, or signed with another tenant secret"
+        )
+
+    fv, tenant, stream, _, kind, table, seq, commit, head_pos, ctime, count, vdim = head
+    if fv != FRAME_FORMAT_VERSION:
+        raise FrameError(
+            f"frame format version {fv} is not supported (this driver reads "
+            f"{FRAME_FORMAT_VERSION}); upgrade prismlib",
+            retriable=False,
+        )
+    if tenant != tenant_id:
+        raise FrameError(f"frame belongs to tenant {tenant!r}, not {tenant_id!r}")
+    if stream_id is not None and stream != stream_id:
+        raise FrameError(f"frame belongs to stream {stream!r}, not {stream_id!r}")
+    if kind not in _KINDS:
+        raise FrameError(f"frame kind {kind} is unknown")
+    if kind == wrapper_pb2.HEARTBEAT and count:
+        raise FrameError(f"HEARTBEAT frame claims {count} rows")
+    if len(ops) != count:
+        raise FrameError(f"ops block has {len(ops)} bytes for {count} rows")
+    if len(positions_block) != 8 * count:
+        raise FrameError(f"positions block has {len(positions_block)} bytes for {count} rows")
+    if len(mask_block) != count:
+        raise FrameError(f"vector_mask block has {len(mask_block)} bytes for {count} rows")
+    if len(vectors_block) != 4 * count * vdim:
+        raise FrameError(
+            f"vectors block has {len(vectors_block)} bytes for {count} rows x {vdim} floats"
+        )
+    if ops.translate(None, b"UD"):
+        raise FrameError("ops block holds an op other than 'U' and 'D'")
+    mask_u8 = np.frombuffer(mask_block, dtype=np.uint8)
+    if count and int(mask_u8.max()) > 1:
+        raise FrameError("vector_mask block holds a value other than 0 and 1")
+    positions = np.frombuffer(positions_block, dtype="<u8").astype(np.uint64)
+    if count > 1 and not bool(np.all(positions[1:] >= positions[:-1])):
+        raise FrameError("positions block is not non-decreasing")
+
+    try:
+        keys = [k.decode("utf-8") for k in _split_prefixed(keys_block, count, "keys")]
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"keys block holds invalid UTF-8: {exc}") from None
+    payloads = _split_prefixed(payloads_block, count, "payloads")
+    start = 0
+    while (i := ops.find(b"D", start)) >= 0:
+        if payloads[i]:
+            raise FrameError(f"row {i} ({keys[i]}) is a delete but carries a payload")
+        start = i + 1
+
+    mask = mask_u8.astype(bool)
+    if vdim and count:
+        if sealer.dim != vdim:
+            raise FrameError(
+                f"frame vector_dim {vdim} differs from the tenant's vector dimension {sealer.dim}"
+            )
+        vectors = sealer.unseal(np.frombuffer(vectors_block, dtype="<f4").reshape(count, vdim))
+        vectors[~mask] = 0.0
+    else:
+        vectors = np.zeros((count, vdim), dtype=np.float32)
+
+    return DecodedFrame(
+        kind=kind,
+        tenant_id=tenant,
+        stream_id=stream,
+        key_epoch=epoch,
+        table=table,
+        sequence=seq,
+        commit_position=commit,
+        head_position=head_pos,
+        commit_time_us=ctime,
+        keys=keys,
+        ops=ops,
+        positions=positions,
+        vector_mask=mask,
+        vectors=vectors,
+        payloads=payloads,
+        vector_dim=vdim,
+    )

@@ -1,0 +1,121 @@
+"""Sealing: the keyed orthogonal matrix and the HMAC watermark.
+
+The wrapper's last step before serving is to seal each frame: vectors are
+multiplied by a keyed orthogonal matrix K(tenant, epoch) and the whole frame
+is watermarked with HMAC-SHA256. The driver verifies the watermark first and
+only then unseals (V = V_enc @ K.T).
+
+K is a similarity-preserving obfuscation, not encryption: inner products and
+distances survive sealing by design, and enough known (plain, sealed) pairs
+reveal K. Confidentiality on the wire comes from TLS (and AEAD for payloads);
+integrity comes from the HMAC.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+import numpy as np
+from prism.fabric.keys import EpochKeys
+
+_TWO_PI = 2.0 * np.pi
+
+
+def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:
+    """``count`` standard normal float64 values, a function of (seed, tag) only.
+
+    numpy's Generator streams are not promised to stay the same across numpy
+    versions, and wrapper and driver may run different ones, so the random bits
+    come from SHAKE-256 and are shaped into normals with Box-Muller here.
+    """
+    pairs = (count + 1) // 2
+    raw = hashlib.shake_256(seed + tag).digest(16 * pairs)
+    bits = np.frombuffer(raw, dtype="<u8")
+    # 53 random bits, centred in their bucket: uniforms strictly inside (0, 1)
+    # so log() never sees 0.
+    u = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (2.0**-53)
+    u1, u2 = u[:pairs], u[pairs:]
+    r = np.sqrt(-2.0 * np.log(u1))
+    theta = _TWO_PI * u2
+    return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:count]
+
+
+@functools.lru_cache(maxsize=32)
+def keyed_orthogonal(seed: bytes, dim: int) -> np.ndarray:
+    """A dim x dim orthogonal float64 matrix determined by ``seed`` and ``dim``.
+
+    Haar-distributed: QR of a Gaussian matrix with the signs of R's diagonal
+    folded into Q. Different numpy/LAPACK builds may differ in the last bits
+    (around 1e-15), far below the float32 resolution of the vectors it seals.
+    The returned array is cached and read-only.
+    """
+    if dim < 0:
+        raise ValueError(f"matrix dimension must be >= 0, got {dim}")
+    if dim == 0:
+        q = np.zeros((0, 0), dtype=np.float64)
+    else:
+        g = _gaussian(seed, b"prism/orthogonal/dim:%d" % dim, dim * dim).reshape(dim, dim)
+        q, r = np.linalg.qr(g)
+        signs = np.sign(np.diag(r))
+        signs[signs == 0] = 1.0
+        q = q * signs
+    q.setflags(write=False)
+    return q
+
+
+class Sealer:
+    """Seals and unseals the vectors of one tenant at one key epoch, and
+    watermarks and verifies frames with that epoch's HMAC key."""
+
+    def __init__(self, keys: EpochKeys, dim: int) -> None:
+        if dim < 0:
+            raise ValueError(f"vector dimension must be >= 0, got {dim}")
+        self.keys = keys
+        self.epoch = keys.epoch
+        self.dim = dim
+        k = keyed_orthogonal(keys.matrix_seed, dim)
+        # float32 matmul is what makes sealing cheap; float32 rounding of K is
+        # far smaller than the float32 noise already in the vectors.
+        self._k = np.ascontiguousarray(k, dtype=np.float32)
+        self._kt = np.ascontiguousarray(k.T, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"Sealer(tenant_id={self.keys.tenant_id!r}, epoch={self.epoch}, dim={self.dim})"
+
+    def _check(self, v: np.ndarray) -> np.ndarray:
+        a = np.asarray(v, dtype=np.float32)
+        if a.shape[-1:] != (self.dim,) or a.ndim not in (1, 2):
+            raise ValueError(f"expected vectors of shape (n, {self.dim}), got {a.shape}")
+        return a
+
+    def seal(self, v: np.ndarray) -> np.ndarray:
+        """V_enc = V @ K for float32 vectors of shape (n, dim) or (dim,)."""
+        return self._check(v) @ self._k
+
+    def unseal(self, v: np.ndarray) -> np.ndarray:
+        """V = V_enc @ K.T, the inverse of seal() up to float32 rounding."""
+        return self._check(v) @ self._kt
+
+    def watermark(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` with the epoch's HMAC key."""
+        return hmac.digest(self.keys.hmac_key, data, "sha256")
+
+    def watermark_parts(self, parts: Iterable[bytes]) -> bytes:
+        """watermark(b"".join(parts)) without concatenating large blocks."""
+        h = hmac.new(self.keys.hmac_key, digestmod=hashlib.sha256)
+        for p in parts:
+            h.update(p)
+        return h.digest()
+
+    def verify(self, data: bytes, mac: bytes) -> bool:
+        """True when ``mac`` is the watermark of ``data`` (constant-time)."""
+        return hmac.compare_digest(self.watermark(data), mac)
+
+
+def hello_proof(keys: EpochKeys, client_nonce: bytes) -> bytes:
+    """The wrapper's answer to a driver's Hello nonce: proof that both hold
+    the same secret, so a wrong secret fails at the handshake, by name."""
+    return hmac.digest(keys.hmac_key, b"prism-hello" + client_nonce, "sha256")

@@ -1,0 +1,118 @@
+"""Session-wide fixtures: one real PostgreSQL per test session, a fresh
+database (and slot/publication names) per test, secrets, wrapper processes."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from support.servers import (  # noqa: E402
+    WrapperProcess,
+    new_port,
+    start_postgres,
+    write_config,
+)
+
+from prism.fabric.keys import write_secret  # noqa: E402
+from prism.wrapper.embedded_pg import EmbeddedPostgres  # noqa: E402
+
+_db_counter = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[EmbeddedPostgres]:
+    server = start_postgres()
+    try:
+        with psycopg.connect(server.dsn, autocommit=True) as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield server
+    finally:
+        server.stop()
+
+
+class TestDB:
+    """A fresh database in the session's cluster, with its own slot name."""
+
+    def __init__(self, pg: EmbeddedPostgres, name: str) -> None:
+        self.pg = pg
+        self.name = name
+        self.dsn = f"host=127.0.0.1 port={pg.port} user=postgres dbname={name}"
+
+    def connect(self, **kw: Any) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=True, **kw)
+
+    def execute(self, query: str, params: Any = None) -> None:
+        with self.connect() as c:
+            c.execute(query, params)
+
+
+@pytest.fixture
+def db(pg: EmbeddedPostgres) -> Iterator[TestDB]:
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    tdb = TestDB(pg, name)
+    with tdb.connect() as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    yield tdb
+    with psycopg.connect(pg.dsn, autocommit=True) as c:
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        for (slot,) in c.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+        ).fetchall():
+            c.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        c.execute(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    p = tmp_path / "tenant.secret"
+    write_secret(p)
+    return p
+
+
+class WrapperFactory:
+    def __init__(self, tmp_path: Path, db: TestDB, secret_file: Path) -> None:
+        self.tmp_path = tmp_path
+        self.db = db
+        self.secret_file = secret_file
+        self.procs: list[WrapperProcess] = []
+
+    def __call__(self, tables: list[dict[str, Any]], *, tenant: str = "acme",
+                 start: bool = True, **overrides: dict[str, Any]) -> WrapperProcess:
+        port = new_port()
+        n = len(self.procs)
+        sections: dict[str, dict[str, Any]] = {
+            "database": {"flavor": "postgres", "dsn": self.db.dsn, "slot": f"prism_{self.db.name}_{n}",
+                         "publication": "prism"},
+            "chorus": {"listen_host": "127.0.0.1", "listen_port": port, "tenant_id": tenant,
+                       "secret_file": str(self.secret_file), "grace_seconds": 2.0},
+            "store": {"path": str(self.tmp_path / f"store{n}.sqlite3"), "synchronous": "normal"},
+        }
+        for sec, body in overrides.items():
+            sections.setdefault(sec, {}).update(body)
+        cfg = write_config(self.tmp_path / f"wrapper{n}.toml", sections, tables)
+        proc = WrapperProcess(cfg, port, self.tmp_path / f"wrapper{n}.log")
+        self.procs.append(proc)
+        if start:
+            proc.start()
+        return proc
+
+
+@pytest.fixture
+def wrapper(tmp_path: Path, db: TestDB, secret_file: Path) -> Iterator[WrapperFactory]:
+    factory = WrapperFactory(tmp_path, db, secret_file)
+    yield factory
+    for p in factory.procs:
+        p.stop()

@@ -1,0 +1,2 @@
+"""Test support: real servers (PostgreSQL, prism-wrapper process) and the
+reusable consistency checker."""

@@ -1,0 +1,151 @@
+"""Real servers for integration tests: PostgreSQL and the prism-wrapper process.
+
+A test that needs a server fails (not skips) when CI=true and the server
+cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(what: str, exc: BaseException) -> None:
+    msg = f"{what} could not start: {exc}"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def shared_tmp(prefix: str) -> Path:
+    """A directory the unprivileged PostgreSQL user can enter."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    return d
+
+
+def start_postgres() -> EmbeddedPostgres:
+    pg = EmbeddedPostgres(shared_tmp("prism-test-pg-") / "pg")
+    try:
+        pg.start()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+        unavailable("PostgreSQL", exc)
+    return pg
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def write_config(path: Path, sections: dict[str, dict[str, Any]],
+                 tables: list[dict[str, Any]]) -> Path:
+    lines = []
+    for name, body in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
+        lines.append("")
+    for t in tables:
+        lines.append("[[tables]]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class WrapperProcess:
+    """The real `prism-wrapper run` process, started, killed and restarted."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> WrapperProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prism.wrapper.cli", "run", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env=dict(os.environ, PRISM_CHORUS_LISTEN_PORT=str(self.port)),
+        )
+        if wait:
+            self.wait_serving(timeout)
+        return self
+
+    def health(self, timeout: float = 2.0) -> pb.HealthResponse:
+        with grpc.insecure_channel(self.target) as ch:
+            return pb_grpc.WrapperServiceStub(ch).Health(pb.HealthRequest(), timeout=timeout)
+
+    def wait_serving(self, timeout: float = 60.0) -> pb.HealthResponse:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"prism-wrapper exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                h = self.health()
+                if h.status == "SERVING":
+                    return h
+                last = h
+            except grpc.RpcError as exc:
+                last = exc
+            time.sleep(0.1)
+        raise AssertionError(f"prism-wrapper not serving after {timeout}s ({last}):\n"
+                             f"{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def new_port() -> int:
+    return free_port()

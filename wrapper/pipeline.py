@@ -1,0 +1,253 @@
+"""The wrapper's main loop: source → vectorize → store → acknowledge.
+
+Runs in its own thread. On first start (or when the store and the slot no
+longer fit together) it copies the tables under the slot's exported snapshot
+into a store with a new stream identity; then it streams, group-committing
+received transactions to the store and acknowledging each stored position
+back to the source. Transient source errors are retried with bounded,
+logged backoff; permanent ones stop the daemon with their message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.config import WrapperConfig
+from prism.wrapper.errors import WrapperError
+from prism.wrapper.sources.base import SourceTransaction
+from prism.wrapper.sources.postgres import PostgresSource
+from prism.wrapper.sources.walstream import lsn_to_str
+from prism.wrapper.store import Store, now_us
+from prism.wrapper.vectorize import Vectorizer
+
+log = logging.getLogger("prism.wrapper.pipeline")
+
+MAX_GROUP_CHANGES = 5000
+PURGE_INTERVAL_S = 60.0
+
+
+@dataclass
+class PipelineStatus:
+    state: str = "STARTING"  # STARTING, SNAPSHOT, STREAMING, RETRYING, FAILED, STOPPED
+    detail: str = ""
+    error: WrapperError | None = None
+    transactions: int = 0
+    changes: int = 0
+    snapshot_rows: int = 0
+    retries: int = 0
+    started: threading.Event = field(default_factory=threading.Event)
+
+
+class Backoff:
+    """Exponential backoff with a cap; reset after a success."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.next = first, cap, first
+
+    def wait(self, stop: threading.Event) -> float:
+        delay = self.next
+        self.next = min(self.cap, self.next * 2)
+        stop.wait(delay)
+        return delay
+
+    def reset(self) -> None:
+        self.next = self.first
+
+
+class Pipeline:
+    def __init__(self, cfg: WrapperConfig, store: Store, secret: bytes) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.vectorizer = Vectorizer(cfg, secret)
+        self.status = PipelineStatus()
+        self.shapes: dict[str, TableShape] = {}
+        self.stop_event = threading.Event()
+        self._interval = float(cfg["store.commit_interval_ms"]) / 1000.0
+        self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
+        self._last_purge = 0.0
+
+    def run(self) -> None:
+        """Run until stop() or a permanent error (kept in status.error)."""
+        backoff = Backoff()
+        while not self.stop_event.is_set():
+            source = PostgresSource(self.cfg)
+            try:
+                self._run_once(source)
+                break
+            except WrapperError as exc:
+                if not exc.retriable:
+                    self.status.state, self.status.error = "FAILED", exc
+                    self.status.detail = str(exc)
+                    log.error("replication stopped: %s", exc)
+                    self.status.started.set()
+                    return
+                self.status.state, self.status.detail = "RETRYING", str(exc)
+                self.status.retries += 1
+                delay = backoff.next
+                log.warning("source error, retrying in %.1fs: %s", delay, exc)
+                backoff.wait(self.stop_event)
+            finally:
+                source.close()
+        self.status.state = "STOPPED"
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _run_once(self, source: PostgresSource) -> None:
+        problems = source.check_prerequisites()
+        if problems:
+            from prism.wrapper.errors import PrerequisiteError
+
+            raise PrerequisiteError("; ".join(problems))
+        self.shapes = source.discover()
+        source.ensure_publication()
+        meta = self.store.meta
+        exists, confirmed, _active = source.slot_state()
+        fresh_reason = None
+        if not meta.snapshot_done:
+            fresh_reason = "no completed snapshot in the store"
+        elif not exists:
+            fresh_reason = f"replication slot {source.slot!r} is gone"
+        elif confirmed > meta.source_position:
+            fresh_reason = (
+                f"the slot confirmed {lsn_to_str(confirmed)}, past the store's "
+                f"{lsn_to_str(meta.source_position)} (store restored from an older copy?)"
+            )
+        elif set(self.store.table_columns()) != set(self.shapes):
+            fresh_reason = "the configured tables changed"
+        if fresh_reason:
+            log.warning("copying the tables afresh: %s; drivers will re-bootstrap", fresh_reason)
+            self._snapshot(source)
+        else:
+            self._load_shapes()
+        applier = Applier(self.shapes, self.vectorizer, source.missing_value)
+        source.start_stream(self.store.meta.source_position)
+        self.status.state, self.status.detail = "STREAMING", ""
+        self.status.started.set()
+        self._stream(source, applier)
+
+    def _load_shapes(self) -> None:
+        # Columns may have changed while we were away: keep the stored view,
+        # which the next Relation message updates and backfills from.
+        for name, cols_json in self.store.table_columns().items():
+            if name in self.shapes:
+                cols = json.loads(cols_json)
+                self.shapes[name].columns = tuple((c, t) for c, t in cols["columns"])
+
+    def _snapshot(self, source: PostgresSource) -> None:
+        self.status.state = "SNAPSHOT"
+        source.drop_slot()
+        self.store.reset(uuid.uuid4().hex)
+        lsn = source.begin_snapshot()
+        commit_us = now_us()
+        total = 0
+        started = time.monotonic()
+        for name, shape in self.shapes.items():
+            expected = source.snapshot_count(name)
+            copied = 0
+            last_log = time.monotonic()
+            with self.store.transaction() as txn:
+                txn.set_table_columns(name, shape.to_json())
+            for batch in source.snapshot_rows(name):
+                with self.store.transaction() as txn:
+                    for row in batch:
+                        txn.upsert(
+                            name,
+                            shape.key_of(row),
+                            _encode(row),
+                            self.vectorizer.vector_bytes(name, row),
+                            commit_us,
+                        )
+                copied += len(batch)
+                total += len(batch)
+                self.status.snapshot_rows = total
+                self.status.detail = f"copying {name}: {copied}/{expected}"
+                if time.monotonic() - last_log >= 2.0:
+                    last_log = time.monotonic()
+                    log.info(
+                        "initial copy progress",
+                        extra={"table": name, "rows": copied, "of": expected,
+                               "rows_per_s": round(total / (time.monotonic() - started))},
+                    )
+                if self.stop_event.is_set():
+                    raise WrapperError("stopped during the initial copy", retriable=False)
+            log.info("table copied", extra={"table": name, "rows": copied})
+        source.end_snapshot()
+        with self.store.transaction() as txn:
+            txn.set_source_position(lsn, commit_us)
+            txn.mark_snapshot_done()
+        elapsed = time.monotonic() - started
+        log.info(
+            "initial copy done",
+            extra={"rows": total, "seconds": round(elapsed, 2),
+                   "rows_per_s": round(total / elapsed) if elapsed else None,
+                   "lsn": lsn_to_str(lsn)},
+        )
+
+    def _stream(self, source: PostgresSource, applier: Applier) -> None:
+        pending: list[SourceTransaction] = []
+        pending_changes = 0
+        first_at = 0.0
+        for stx in source.transactions(self._interval):
+            if stx is not None:
+                if stx.end_lsn <= self.store.meta.source_position:
+                    continue  # stored before a crash, acknowledged after it: skip
+                if not pending:
+                    first_at = time.monotonic()
+                pending.append(stx)
+                pending_changes += len(stx.changes)
+            due = pending and (
+                stx is None
+                or pending_changes >= MAX_GROUP_CHANGES
+                or time.monotonic() - first_at >= self._interval
+            )
+            if due:
+                self._commit(source, applier, pending)
+                pending, pending_changes = [], 0
+            elif stx is None and not pending:
+                idle = source.idle_position()
+                if idle is not None:
+                    with self.store.transaction() as txn:
+                        txn.set_source_position(idle)
+                    source.acknowledge(idle)
+                self._maybe_purge()
+            if self.stop_event.is_set():
+                if pending:
+                    self._commit(source, applier, pending)
+                return
+
+    def _commit(
+        self, source: PostgresSource, applier: Applier, pending: list[SourceTransaction]
+    ) -> None:
+        n = 0
+        with self.store.transaction() as txn:
+            for stx in pending:
+                n += applier.apply(txn, stx)
+            last = pending[-1]
+            txn.set_source_position(last.end_lsn, last.commit_time_us)
+        # Only now is it safe to let PostgreSQL discard the WAL.
+        source.acknowledge(pending[-1].end_lsn)
+        self.status.transactions += len(pending)
+        self.status.changes += n
+        self._maybe_purge()
+
+    def _maybe_purge(self) -> None:
+        if time.monotonic() - self._last_purge < PURGE_INTERVAL_S:
+            return
+        self._last_purge = time.monotonic()
+        purged = self.store.purge_tombstones(now_us() - self._retention_us)
+        if purged:
+            log.info("purged tombstones", extra={"count": purged,
+                                                 "floor": self.store.meta.retention_floor})
+
+
+def _encode(row: dict[str, object]) -> bytes:
+    from prism.fabric.payload import encode_row
+
+    return encode_row(row)

@@ -1,0 +1,143 @@
+"""From the store to frames: what a Subscribe call streams (store → serve).
+
+Plain code under the thin gRPC servicer in wrapper/server.py. A subscriber
+gets batches: each is read from one committed store state (a SQLite read
+transaction) and closes with a frame carrying commit_position = that state's
+head, so the driver applies it whole and lands on a transaction boundary.
+The first batch is a catch-up from the driver's position, or a full
+bootstrap (RESET) when its stream identity or position no longer fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.frames import build_frame
+from prism.fabric.sealing import Sealer
+from prism.wrapper.store import StoreMeta, StoreReader
+
+
+@dataclass(frozen=True)
+class ServeContext:
+    tenant_id: str
+    dim: int
+    sealer: Callable[[], Sealer]  # the current epoch's sealer
+    tables: tuple[str, ...]
+
+
+def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool:
+    """Whether a driver at (stream_id, from_position) must rebuild its replica:
+    another stream identity, a position whose tombstones may be purged, or a
+    position the store never reached."""
+    return (
+        stream_id != meta.stream_id
+        or from_position < meta.retention_floor
+        or from_position > meta.head
+    )
+
+
+class FrameStream:
+    """Numbers frames (sequence) and turns stored rows into frames."""
+
+    def __init__(self, ctx: ServeContext, reader: StoreReader, max_rows: int) -> None:
+        self.ctx = ctx
+        self.reader = reader
+        self.max_rows = max(1, min(max_rows or 1024, 16384))
+        self.sequence = 0
+
+    def _frame(
+        self,
+        meta: StoreMeta,
+        kind: int,
+        table: str,
+        rows: list[tuple[str, str, int, bytes | None, bytes | None]],
+        commit_position: int,
+        commit_us: int,
+    ) -> pb.Frame:
+        self.sequence += 1
+        dim = self.ctx.dim
+        n = len(rows)
+        vectors = None
+        mask = None
+        if dim and n:
+            vectors = np.zeros((n, dim), dtype=np.float32)
+            mask = np.zeros(n, dtype=bool)
+            for i, r in enumerate(rows):
+                if r[4] is not None:
+                    vectors[i] = np.frombuffer(r[4], dtype="<f4")
+                    mask[i] = True
+        return build_frame(
+            sealer=self.ctx.sealer(),
+            tenant_id=self.ctx.tenant_id,
+            stream_id=meta.stream_id,
+            kind=kind,
+            table=table,
+            sequence=self.sequence,
+            commit_position=commit_position,
+            head_position=meta.head,
+            commit_time_us=commit_us,
+            keys=[r[0] for r in rows],
+            ops=b"".join(r[1].encode() for r in rows),
+            positions=[r[2] for r in rows],
+            vectors=vectors,
+            vector_mask=mask,
+            payloads=[r[3] or b"" for r in rows],
+            vector_dim=dim,
+        )
+
+    def batch(self, meta: StoreMeta, from_position: int, bootstrap: bool) -> Iterator[pb.Frame]:
+        """Frames that take a replica at from_position (or empty, when
+        bootstrapping) to meta.head. Call inside reader.snapshot()."""
+        if bootstrap:
+            yield self._frame(meta, pb.RESET, "", [], 0, meta.last_commit_us)
+            from_position = 0
+        newest = 0
+        for table in self.ctx.tables:
+            chunk: list[tuple[str, str, int, bytes | None, bytes | None]] = []
+            for r in self.reader.changes_since(table, from_position, live_only=bootstrap):
+                chunk.append((r.key, r.op, r.position, r.payload, r.vector))
+                newest = max(newest, r.commit_us)
+                if len(chunk) >= self.max_rows:
+                    yield self._frame(meta, pb.CHANGES, table, chunk, 0, newest)
+                    chunk = []
+            if chunk:
+                yield self._frame(meta, pb.CHANGES, table, chunk, 0, newest)
+        yield self._frame(
+            meta, pb.CHANGES, "", [], meta.head, max(newest, meta.last_commit_us)
+        )
+
+    def heartbeat(self, meta: StoreMeta) -> pb.Frame:
+        return self._frame(meta, pb.HEARTBEAT, "", [], 0, meta.last_commit_us)
+
+
+def subscription(
+    ctx: ServeContext,
+    reader: StoreReader,
+    stream_id: str,
+    from_position: int,
+    max_rows: int,
+    wait_for_head: Callable[[int, float], bool],
+    is_active: Callable[[], bool],
+    heartbeat_s: float = 1.0,
+) -> Iterator[pb.Frame]:
+    """The whole life of one Subscribe call, as frames."""
+    fs = FrameStream(ctx, reader, max_rows)
+    position = from_position
+    current_stream = stream_id
+    while is_active():
+        with reader.snapshot() as meta:
+            if not meta.snapshot_done:
+                pass  # nothing servable yet: the initial copy is running
+            elif needs_bootstrap(meta, current_stream, position):
+                yield from fs.batch(meta, 0, bootstrap=True)
+                position, current_stream = meta.head, meta.stream_id
+            elif meta.head > position:
+                yield from fs.batch(meta, position, bootstrap=False)
+                position = meta.head
+        if not wait_for_head(position, heartbeat_s):
+            with reader.snapshot() as meta:
+                yield fs.heartbeat(meta)

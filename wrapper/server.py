@@ -1,0 +1,195 @@
+"""The gRPC face of the wrapper (serve): Hello, Subscribe, Health.
+
+Kept thin: streaming logic lives in wrapper/serve.py, keys in prism.fabric.
+`create_server()` binds and returns the port, so tests can ask for port 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+
+from prism.fabric import PROTOCOL_VERSION
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.keys import derive_epoch_keys
+from prism.fabric.sealing import Sealer, hello_proof
+from prism.wrapper.config import WrapperConfig
+from prism.wrapper.pipeline import Pipeline
+from prism.wrapper.serve import ServeContext, subscription
+from prism.wrapper.store import Store, StoreReader
+
+log = logging.getLogger("prism.wrapper.server")
+
+KEY_EPOCH = 1  # rotation comes with the secure-fabric work
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+CAPABILITIES = ("frames-v1", "catch-up", "bootstrap", "text-embedder")
+
+
+@dataclass
+class WrapperState:
+    cfg: WrapperConfig
+    store: Store
+    pipeline: Pipeline
+    secret: bytes
+
+    @property
+    def tenant_id(self) -> str:
+        return self.cfg.tenant_id
+
+    _sealers: dict[int, Sealer] = field(default_factory=dict)
+
+    def sealer(self, epoch: int = KEY_EPOCH) -> Sealer:
+        s = self._sealers.get(epoch)
+        if s is None:
+            keys = derive_epoch_keys(self.secret, self.tenant_id, epoch)
+            s = self._sealers[epoch] = Sealer(keys, self.cfg.vector_dim)
+        return s
+
+    def wait_for_head(self, position: int, timeout: float) -> bool:
+        store = self.store
+        with store.changed:
+            return store.changed.wait_for(lambda: store.meta.head != position, timeout)
+
+
+class WrapperServicer(pb_grpc.WrapperServiceServicer):
+    def __init__(self, state: WrapperState) -> None:
+        self.state = state
+
+    def _check_tenant(self, tenant_id: str, context: grpc.ServicerContext) -> None:
+        if tenant_id != self.state.tenant_id:
+            log.warning("unknown tenant", extra={"tenant": tenant_id, "peer": context.peer()})
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown tenant {tenant_id!r}")
+
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloResponse:
+        if request.protocol_version != PROTOCOL_VERSION:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol version {request.protocol_version} not supported; "
+                f"this wrapper speaks {PROTOCOL_VERSION}",
+            )
+        self._check_tenant(request.tenant_id, context)
+        if not 16 <= len(request.client_nonce) <= 64:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_nonce must be 16-64 bytes")
+        st = self.state
+        meta = st.store.meta
+        keys = derive_epoch_keys(st.secret, st.tenant_id, KEY_EPOCH)
+        tables = []
+        import json
+
+        stored = st.store.table_columns() if meta.snapshot_done else {}
+        for t in st.cfg.tables:
+            info = json.loads(stored[t.name]) if t.name in stored else None
+            shape = st.pipeline.shapes.get(t.name)
+            cols = info["columns"] if info else (list(shape.columns) if shape else [])
+            keyc = info["key_columns"] if info else (list(shape.key_columns) if shape else [])
+            source = (
+                f"column:{t.vector_column}" if t.vector_column
+                else "text:" + ",".join(t.text_columns) if t.text_columns else ""
+            )
+            tables.append(
+                pb.TableSchema(
+                    name=t.name,
+                    columns=[pb.Column(name=c, type_name=ty, is_key=c in keyc) for c, ty in cols],
+                    key_columns=keyc,
+                    has_vectors=t.has_vectors,
+                    vector_source=source,
+                    text_columns=list(t.repr_columns),
+                    source_dim=st.cfg.source_dim(t) if t.has_vectors else 0,
+                )
+            )
+        return pb.HelloResponse(
+            protocol_version=PROTOCOL_VERSION,
+            stream_id=meta.stream_id,
+            tables=tables,
+            vector_dim=st.cfg.vector_dim,
+            key_epoch=KEY_EPOCH,
+            key_proof=hello_proof(keys, request.client_nonce),
+            capabilities=list(CAPABILITIES),
+            head_position=meta.head,
+            retention_floor=meta.retention_floor,
+            text_embedder_dim=int(st.cfg["vectors.text_dim"]),
+        )
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        self._check_tenant(request.tenant_id, context)
+        st = self.state
+        reader = StoreReader(st.store.path)
+        ctx = ServeContext(
+            tenant_id=st.tenant_id,
+            dim=st.cfg.vector_dim,
+            sealer=st.sealer,
+            tables=tuple(t.name for t in st.cfg.tables),
+        )
+        log.info(
+            "subscriber",
+            extra={"peer": context.peer(), "from": request.from_position,
+                   "stream": request.stream_id},
+        )
+        try:
+            yield from subscription(
+                ctx,
+                reader,
+                request.stream_id,
+                request.from_position,
+                request.max_frame_rows,
+                st.wait_for_head,
+                context.is_active,
+            )
+        finally:
+            reader.close()
+
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
+        from prism.wrapper.sources.walstream import lsn_to_str
+
+        st = self.state
+        meta = st.store.meta
+        status = st.pipeline.status
+        state = {"STREAMING": "SERVING", "FAILED": "DEGRADED", "RETRYING": "DEGRADED"}.get(
+            status.state, status.state
+        )
+        counters = {
+            "transactions": status.transactions,
+            "changes": status.changes,
+            "snapshot_rows": status.snapshot_rows,
+            "retries": status.retries,
+        }
+        for (table, reason), n in dict(st.pipeline.vectorizer.missing).items():
+            counters[f"vector_missing:{table}:{reason}"] = n
+        return pb.HealthResponse(
+            status=state,
+            counters=counters,
+            head_position=meta.head,
+            source_position=lsn_to_str(meta.source_position),
+            stream_id=meta.stream_id,
+            last_commit_time_us=meta.last_commit_us,
+            detail=status.detail,
+        )
+
+
+def create_server(state: WrapperState, address: str) -> tuple[grpc.Server, int]:
+    """Build the server and bind `address` ("host:port", port 0 for any).
+    Returns (server, bound port); call server.start()."""
+    workers = int(os.environ.get("PRISM_GRPC_WORKERS", "64"))
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_WrapperServiceServicer_to_server(WrapperServicer(state), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        from prism.wrapper.errors import ConfigError
+
+        raise ConfigError(f"chorus.listen_port: cannot bind {address}")
+    return server, port

@@ -1,0 +1,427 @@
+"""PostgreSQL as a change source: publication, slot, snapshot copy, stream.
+
+I/O around the pure pieces: `pgoutput.PgOutputDecoder` turns the stream's
+messages into SourceTransactions, `walstream` frames the CopyBoth protocol,
+`pgconn.ReplicationConnection` is the replication-mode libpq connection.
+
+First start: the publication is created before the slot (pgoutput fails
+with "publication does not exist" otherwise), then the slot with an exported
+snapshot; the tables are copied under that snapshot, and streaming starts at
+the slot's consistent point, so snapshot and stream meet with no gap and no
+duplicate. The slot's flush position is confirmed only with positions the
+pipeline says are stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from prism.wrapper.apply import TableShape
+from prism.wrapper.config import WrapperConfig
+from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
+from prism.wrapper.sources.base import ChangeSource, SourceTransaction
+from prism.wrapper.sources.pgconn import ReplicationConnection
+from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
+from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_to_str
+from psycopg import sql
+
+log = logging.getLogger("prism.wrapper.postgres")
+
+FLOAT4_ARRAY_OID = 1021
+TEXT_OID = 25
+
+
+def _known_oid(oid: int) -> bool:
+    return psycopg.postgres.types.get(oid) is not None
+
+
+class PostgresSource(ChangeSource):
+    def __init__(self, cfg: WrapperConfig) -> None:
+        self.cfg = cfg
+        self.slot = str(cfg["database.slot"])
+        self.publication = str(cfg["database.publication"])
+        self._admin: psycopg.Connection[Any] | None = None
+        self._repl: ReplicationConnection | None = None
+        self._copy: psycopg.Connection[Any] | None = None
+        self._decoder: PgOutputDecoder | None = None
+        self._column_oids: dict[str, list[tuple[str, int, str]]] = {}
+        self.binary = False
+        self._received = 0
+        self._acked = 0
+        self._keepalive_lsn = 0
+        self._in_txn = False
+        self._last_status = 0.0
+        self._status_interval = float(cfg["database.status_interval_s"])
+
+    # -- admin connection -------------------------------------------------
+    @property
+    def admin(self) -> psycopg.Connection[Any]:
+        if self._admin is None or self._admin.closed:
+            try:
+                self._admin = psycopg.connect(self.cfg.dsn, autocommit=True, connect_timeout=10)
+            except psycopg.Error as exc:
+                raise map_psycopg_error(exc, "connecting to PostgreSQL") from exc
+        return self._admin
+
+    def _q(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        try:
+            return self.admin.execute(query, params).fetchall()
+        except psycopg.Error as exc:
+            raise map_psycopg_error(exc, "querying PostgreSQL") from exc
+
+    def server_version(self) -> int:
+        return int(self.admin.info.server_version)
+
+    def check_prerequisites(self) -> list[str]:
+        """Problems that stop replication, each with the setting to change."""
+        problems = []
+        (wal_level,) = self._q("SHOW wal_level")[0]
+        if wal_level != "logical":
+            problems.append(
+                f"wal_level is {wal_level!r}: set wal_level = logical in postgresql.conf "
+                "and restart PostgreSQL"
+            )
+        rolrepl, rolsuper = self._q(
+            "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
+        )[0]
+        if not (rolrepl or rolsuper):
+            (user,) = self._q("SELECT current_user")[0]
+            problems.append(f"role {user!r} lacks REPLICATION: ALTER ROLE {user} REPLICATION")
+        if self.server_version() < 100000:
+            problems.append("PostgreSQL 10 or newer is required for pgoutput")
+        return problems
+
+    def discover(self) -> dict[str, TableShape]:
+        """Check every configured table against the catalog and return its
+        shape. Unknown tables or columns, and tables whose updates and
+        deletes could not be keyed, are refused here, at start."""
+        shapes: dict[str, TableShape] = {}
+        for t in self.cfg.tables:
+            schema, name = t.schema_name
+            rows = self._q(
+                "SELECT c.oid, c.relreplident, c.relkind FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (schema, name),
+            )
+            if not rows:
+                raise ConfigError(f"tables: table {t.name} does not exist in the database")
+            oid, replident, relkind = rows[0]
+            if relkind not in ("r", "p"):
+                raise ConfigError(f"tables: {t.name} is not a plain table (relkind {relkind!r})")
+            cols = self._q(
+                "SELECT a.attname, t.typname, a.atttypid FROM pg_attribute a "
+                "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s AND a.attnum > 0 "
+                "AND NOT a.attisdropped ORDER BY a.attnum",
+                (oid,),
+            )
+            names = [c[0] for c in cols]
+            self._column_oids[t.name] = [(c[0], int(c[2]), c[1]) for c in cols]
+            for kind, wanted in (
+                ("vector_column", (t.vector_column,) if t.vector_column else ()),
+                ("text_columns", t.text_columns),
+                ("text_repr", t.text_repr),
+                ("key_columns", t.key_columns),
+            ):
+                for c in wanted:
+                    if c not in names:
+                        raise ConfigError(
+                            f"tables.{kind}: table {t.name} has no column {c!r} "
+                            f"(columns: {', '.join(names)})"
+                        )
+            pk = [
+                r[0]
+                for r in self._q(
+                    "SELECT a.attname FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                    "JOIN pg_attribute a ON a.attnum = k.attnum "
+                    "WHERE i.indrelid = %s AND i.indisprimary AND a.attrelid = i.indrelid "
+                    "ORDER BY k.n",
+                    (oid,),
+                )
+            ]
+            if pk:
+                if replident not in ("d", "f"):
+                    raise PrerequisiteError(
+                        f"table {t.name} has REPLICA IDENTITY {_replident(replident)}: its "
+                        f"updates and deletes cannot be keyed by the primary key; run "
+                        f"ALTER TABLE {t.name} REPLICA IDENTITY DEFAULT"
+                    )
+                if t.key_columns and tuple(t.key_columns) != tuple(pk):
+                    raise ConfigError(
+                        f"tables.key_columns: table {t.name} has a primary key {pk}; "
+                        "key_columns is only for tables without one"
+                    )
+                key = tuple(pk)
+            elif replident == "f":
+                key = t.key_columns or tuple(names)
+                if not t.key_columns:
+                    log.warning(
+                        "table has no primary key; keying rows by all columns, so identical "
+                        "duplicate rows collapse into one; set key_columns to a unique key",
+                        extra={"table": t.name},
+                    )
+            else:
+                raise PrerequisiteError(
+                    f"table {t.name} has no primary key: add one, or run ALTER TABLE {t.name} "
+                    "REPLICA IDENTITY FULL (and set key_columns in its [[tables]] entry)"
+                )
+            shapes[t.name] = TableShape(
+                name=t.name,
+                columns=tuple((c[0], c[1]) for c in cols),
+                key_columns=key,
+                config=t,
+            )
+        self.binary = bool(self.cfg["database.binary"]) and self.server_version() >= 140000
+        if self.binary:
+            for cols_ in self._column_oids.values():
+                for _name, oid, typname in cols_:
+                    if not binary_supported(oid, typname):
+                        log.info(
+                            "a column type has no binary decoder; streaming in text mode",
+                            extra={"type": typname},
+                        )
+                        self.binary = False
+        return shapes
+
+    def ensure_publication(self) -> None:
+        wanted = {t.name for t in self.cfg.tables}
+        exists = self._q("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
+        idents = [sql.Identifier(*t.split(".")) for t in sorted(wanted)]
+        if not exists:
+            self._exec(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                    sql.Identifier(self.publication), sql.SQL(", ").join(idents)
+                )
+            )
+            log.info("created publication", extra={"publication": self.publication})
+            return
+        have = {
+            f"{s}.{n}"
+            for s, n in self._q(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                (self.publication,),
+            )
+        }
+        missing = sorted(wanted - have)
+        if missing:
+            self._exec(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(self.publication),
+                    sql.SQL(", ").join(sql.Identifier(*t.split(".")) for t in missing),
+                )
+            )
+            log.info("added tables to publication", extra={"tables": missing})
+
+    def _exec(self, query: Any, params: Any = None) -> None:
+        try:
+            self.admin.execute(query, params)
+        except psycopg.Error as exc:
+            raise map_psycopg_error(exc, "running DDL on PostgreSQL") from exc
+
+    def slot_state(self) -> tuple[bool, int, bool]:
+        """(exists, confirmed_flush_lsn, active) of our slot."""
+        rows = self._q(
+            "SELECT confirmed_flush_lsn::text, active FROM pg_replication_slots "
+            "WHERE slot_name = %s",
+            (self.slot,),
+        )
+        if not rows:
+            return False, 0, False
+        from prism.wrapper.sources.walstream import lsn_from_str
+
+        return True, lsn_from_str(rows[0][0] or "0/0"), bool(rows[0][1])
+
+    def drop_slot(self) -> None:
+        exists, _, active = self.slot_state()
+        if not exists:
+            return
+        if active:
+            raise SourceError(
+                f"replication slot {self.slot!r} is in use by another connection (another "
+                "prism-wrapper?); stop it or set database.slot to another name",
+                retriable=True,
+            )
+        self._exec("SELECT pg_drop_replication_slot(%s)", (self.slot,))
+
+    # -- snapshot ---------------------------------------------------------
+    def begin_snapshot(self) -> int:
+        """Create the slot with an exported snapshot and open a repeatable
+        read transaction on it. Returns the slot's consistent point: the
+        stream starts exactly after what the snapshot shows."""
+        self._repl = ReplicationConnection(self.cfg.dsn)
+        lsn, snapshot = self._repl.create_slot_with_snapshot(self.slot)
+        try:
+            conn = psycopg.connect(self.cfg.dsn, autocommit=True, connect_timeout=10)
+            conn.execute("SET TimeZone = 'UTC'")
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        except psycopg.Error as exc:
+            raise map_psycopg_error(exc, "opening the exported snapshot") from exc
+        self._copy = conn
+        log.info("slot created", extra={"slot": self.slot, "consistent_lsn": lsn_to_str(lsn)})
+        return lsn
+
+    def snapshot_count(self, table: str) -> int:
+        assert self._copy is not None
+        ident = sql.Identifier(*table.split("."))
+        row = self._copy.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
+        return int(row[0]) if row else 0
+
+    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """Rows of `table` as of the snapshot, decoded like the stream decodes
+        them (binary COPY through psycopg's loaders; pgvector as real[])."""
+        assert self._copy is not None
+        cols = self._column_oids[table]
+        exprs = []
+        oids = []
+        for name, oid, typname in cols:
+            ident = sql.Identifier(name)
+            if typname == "vector":
+                exprs.append(sql.SQL("{}::real[]").format(ident))
+                oids.append(FLOAT4_ARRAY_OID)
+            elif _known_oid(oid):
+                exprs.append(ident)
+                oids.append(oid)
+            else:
+                exprs.append(sql.SQL("{}::text").format(ident))
+                oids.append(TEXT_OID)
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+            sql.SQL(", ").join(exprs), sql.Identifier(*table.split("."))
+        )
+        names = [c[0] for c in cols]
+        try:
+            with self._copy.cursor() as cur, cur.copy(query) as copy:
+                copy.set_types(oids)
+                out: list[dict[str, Any]] = []
+                for row in copy.rows():
+                    out.append(dict(zip(names, row, strict=True)))
+                    if len(out) >= batch:
+                        yield out
+                        out = []
+                if out:
+                    yield out
+        except psycopg.Error as exc:
+            raise map_psycopg_error(exc, f"copying table {table}") from exc
+
+    def end_snapshot(self) -> None:
+        if self._copy is not None:
+            self._copy.close()
+            self._copy = None
+
+    # -- stream -----------------------------------------------------------
+    def start_stream(self, from_lsn: int) -> None:
+        if self._repl is None:
+            self._repl = ReplicationConnection(self.cfg.dsn)
+        self._decoder = PgOutputDecoder(binary=self.binary)
+        self._acked = from_lsn
+        self._received = from_lsn
+        self._repl.start_replication(self.slot, from_lsn, self.publication, binary=self.binary)
+        log.info(
+            "streaming",
+            extra={"slot": self.slot, "from": lsn_to_str(from_lsn), "binary": self.binary},
+        )
+
+    def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
+        assert self._repl is not None and self._decoder is not None
+        repl, decoder = self._repl, self._decoder
+        while True:
+            msg = repl.read(idle_timeout)
+            if msg is None:
+                self._periodic_status()
+                yield None
+                continue
+            if isinstance(msg, PrimaryKeepalive):
+                self._keepalive_lsn = max(self._keepalive_lsn, msg.wal_end)
+                if msg.reply_requested:
+                    self._send_status(reply=False)
+                yield None
+                continue
+            self._received = max(self._received, msg.wal_end)
+            payload = msg.payload
+            if payload[:1] == b"B":
+                self._in_txn = True
+            stx = decoder.decode(payload)
+            if stx is not None:
+                self._in_txn = False
+                yield stx
+            self._periodic_status()
+
+    def idle_position(self) -> int | None:
+        """A position past everything received that may be acknowledged
+        although no transaction of ours reached it: the last keepalive's WAL
+        end, when no transaction is open. Confirming it lets the server
+        recycle WAL written by other tables while ours are quiet."""
+        if self._in_txn or self._keepalive_lsn <= self._acked:
+            return None
+        return self._keepalive_lsn
+
+    def acknowledge(self, position: int) -> None:
+        if position > self._acked:
+            self._acked = position
+            self._send_status(reply=False)
+
+    def _periodic_status(self) -> None:
+        # Asking for a reply makes the walsender answer with a keepalive that
+        # carries its current WAL position, which idle_position() may confirm.
+        if time.monotonic() - self._last_status >= self._status_interval:
+            self._send_status(reply=True)
+
+    def _send_status(self, reply: bool) -> None:
+        assert self._repl is not None
+        self._repl.send_status(max(self._received, self._acked), self._acked, self._acked, reply)
+        self._last_status = time.monotonic()
+
+    # -- catalog answers for the applier ----------------------------------
+    def missing_value(self, table: str, column: str) -> Any:
+        """The value rows that existed before `ADD COLUMN` hold: the stored
+        constant default (attmissingval), else NULL."""
+        schema, name = table.split(".")
+        rows = self._q(
+            "SELECT a.atthasmissing, a.attmissingval::text, format_type(a.atttypid, a.atttypmod), "
+            "a.atthasdef FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s AND NOT a.attisdropped",
+            (schema, name, column),
+        )
+        if not rows:
+            return None
+        hasmissing, missing_text, fmt, hasdef = rows[0]
+        if hasmissing and missing_text is not None:
+            try:
+                with self.admin.cursor(binary=True) as cur:
+                    cur.execute(
+                        sql.SQL("SELECT ({}::text::{}[])[1]").format(
+                            sql.Literal(missing_text), sql.SQL(fmt)
+                        )
+                    )
+                    row = cur.fetchone()
+                    return row[0] if row else None
+            except psycopg.Error as exc:
+                raise map_psycopg_error(exc, f"reading the default of {table}.{column}") from exc
+        if hasdef:
+            log.warning(
+                "column added with a volatile default: rows that existed before show NULL "
+                "until they change",
+                extra={"table": table, "column": column},
+            )
+        return None
+
+    def close(self) -> None:
+        for c in (self._copy, self._admin):
+            if c is not None:
+                try:
+                    c.close()
+                except psycopg.Error:
+                    pass
+        if self._repl is not None:
+            self._repl.close()
+        self._copy = self._admin = None
+        self._repl = None
+
+
+def _replident(code: str) -> str:
+    return {"d": "DEFAULT", "n": "NOTHING", "f": "FULL", "i": "USING INDEX"}.get(code, code)
