@@ -1,12 +1,12 @@
 """prism.driver: the app-node library.
 
-    from prism.driver import PrismDriver, DriverConfig
+from prism.driver import PrismDriver, DriverConfig
 
-    async with PrismDriver(DriverConfig(wrapper_host="127.0.0.1", wrapper_port=50051,
-                                        tenant_id="acme", secret_file="acme.secret")) as driver:
-        await driver.wait_ready()
-        row = driver.get("public.items", 42)
-        matches = await driver.query(text="red shoes", top_k=5)
+async with PrismDriver(DriverConfig(wrapper_host="127.0.0.1", wrapper_port=50051,
+                                    tenant_id="acme", secret_file="acme.secret")) as driver:
+    await driver.wait_ready()
+    row = driver.get("public.items", 42)
+    matches = await driver.query(text="red shoes", top_k=5)
 """
 
 from prism.driver.api import Match, PrismDriver, TableInfo

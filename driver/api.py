@@ -11,9 +11,9 @@ every caller and waiter, never lost in a log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-
 import os
 import time
 from collections.abc import Sequence
@@ -69,7 +69,8 @@ class TableInfo:
     has_vectors: bool
     vector_source: str
     text_columns: tuple[str, ...]
-    source_dim: int
+    source_dim: int  # what query(embedding=...) takes for this table
+    vector_dim: int  # after the tenant's keyed projection: what the index holds
 
     @property
     def text_embedded(self) -> bool:
@@ -85,18 +86,23 @@ class PrismDriver:
         self._follower = Follower()
         self._replica = Replica({})
         self._tables: dict[str, TableInfo] = {}
-        self._dim = 0
         self._epoch = 0
-        self._sealers: dict[int, Sealer] = {}
-        self._projections: dict[int, Projection] = {}
+        self._sealers: dict[tuple[int, int], Sealer] = {}
+        self._projections: dict[tuple[int, int], Projection] = {}
         self._embedder: TextEmbedder | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._ready = asyncio.Event()
         self._progress = asyncio.Event()
         self._closed = False
-        self._stats = {"bootstraps": 0, "reconnects": 0, "frames_rejected": 0, "batches": 0,
-                       "changes_applied": 0, "frames": 0}
+        self._stats = {
+            "bootstraps": 0,
+            "reconnects": 0,
+            "frames_rejected": 0,
+            "batches": 0,
+            "changes_applied": 0,
+            "frames": 0,
+        }
         self._last_commit_us = 0
         self._connected = False
 
@@ -118,10 +124,8 @@ class PrismDriver:
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, PrismError):
                 await self._task
-            except (asyncio.CancelledError, PrismError):
-                pass
         self._task = None
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
@@ -201,13 +205,17 @@ class PrismDriver:
                 async for frame in call:
                     try:
                         decoded = open_frame(
-                            frame, self._sealer, tenant_id=cfg.tenant_id, stream_id=None
+                            frame,
+                            lambda epoch, dim=frame.vector_dim: self._sealer(epoch, dim),
+                            tenant_id=cfg.tenant_id,
+                            stream_id=None,
                         )
                         batch = self._follower.on_frame(decoded)
                     except FrameError as exc:
                         self._stats["frames_rejected"] += 1
                         log.warning(
-                            "frame rejected; resuming from the last good position: %s", exc,
+                            "frame rejected; resuming from the last good position: %s",
+                            exc,
                             extra={"position": self._follower.position},
                         )
                         call.cancel()
@@ -224,13 +232,13 @@ class PrismDriver:
                 raise map_grpc_error(exc, "Subscribe") from exc
         raise ConnectionLostError("the wrapper ended the stream")
 
-    def _sealer(self, epoch: int) -> Sealer:
-        s = self._sealers.get(epoch)
+    def _sealer(self, epoch: int, dim: int) -> Sealer:
+        s = self._sealers.get((epoch, dim))
         if s is None:
             if epoch != self._epoch:
                 raise FrameError(f"frame sealed with key epoch {epoch}, expected {self._epoch}")
-            s = Sealer(derive_epoch_keys(self._secret, self.config.tenant_id, epoch), self._dim)
-            self._sealers[epoch] = s
+            keys = derive_epoch_keys(self._secret, self.config.tenant_id, epoch)
+            s = self._sealers[(epoch, dim)] = Sealer(keys, dim)
         return s
 
     def _on_hello(self, hello: pb.HelloResponse, nonce: bytes) -> None:
@@ -256,22 +264,27 @@ class PrismDriver:
                 vector_source=t.vector_source,
                 text_columns=tuple(t.text_columns),
                 source_dim=t.source_dim,
+                vector_dim=t.vector_dim,
             )
             for t in hello.tables
         }
-        if hello.vector_dim != self._dim or set(tables) != set(self._tables):
+        if tables != self._tables:
             self._replica = Replica(
                 {
                     n: TableReplica(
-                        n, t.key_columns, t.text_columns,
-                        index=VectorIndex(hello.vector_dim) if t.has_vectors else None,
+                        n,
+                        t.key_columns,
+                        t.text_columns,
+                        index=VectorIndex(t.vector_dim) if t.has_vectors else None,
                     )
                     for n, t in tables.items()
                 }
             )
             self._follower = Follower()  # a different shape: bootstrap afresh
         self._tables = tables
-        self._dim = hello.vector_dim
+        for info in tables.values():  # build the keyed projections now, not on a query
+            if info.has_vectors:
+                self._projection(info)
         if hello.text_embedder_dim:
             self._embedder = TextEmbedder(hello.text_embedder_dim)
 
@@ -279,7 +292,7 @@ class PrismDriver:
         # Synchronous on purpose: no await between the first and the last
         # change, so readers on this loop see the batch whole or not at all.
         if batch.reset:
-            fresh = Replica.empty_like(self._replica, self._dim)
+            fresh = Replica.empty_like(self._replica)
             n = fresh.apply(batch)
             self._replica = fresh
             self._stats["bootstraps"] += 1
@@ -353,8 +366,9 @@ class PrismDriver:
             )
         return t.rows.get(encode_key(list(values)))
 
-    def _query_vector(self, info: TableInfo, embedding: np.ndarray | None, text: str | None
-                      ) -> np.ndarray | None:
+    def _query_vector(
+        self, info: TableInfo, embedding: np.ndarray | None, text: str | None
+    ) -> np.ndarray | None:
         if text is not None:
             if not info.text_embedded or self._embedder is None:
                 return None
@@ -364,11 +378,15 @@ class PrismDriver:
             if info.text_embedded or embedding.shape[0] != info.source_dim:
                 return None
             raw = embedding
-        proj = self._projections.get(info.source_dim)
+        return normalize(self._projection(info).apply(raw.astype(np.float32)))
+
+    def _projection(self, info: TableInfo) -> Projection:
+        dims = (info.source_dim, info.vector_dim)
+        proj = self._projections.get(dims)
         if proj is None:
-            proj = Projection(self._secret, self.config.tenant_id, info.source_dim, self._dim)
-            self._projections[info.source_dim] = proj
-        return normalize(proj.apply(raw.astype(np.float32)))
+            proj = Projection(self._secret, self.config.tenant_id, *dims)
+            self._projections[dims] = proj
+        return proj
 
     async def query(
         self,
@@ -471,5 +489,3 @@ class PrismDriver:
             "index": idx,
             **self._stats,
         }
-
-

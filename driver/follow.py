@@ -54,8 +54,8 @@ class Follower:
                 "a frame was dropped, replayed or reordered"
             )
         self._expected_seq += 1
-        self.head = max(self.head, f.head_position) if f.stream_id == self.stream_id else (
-            f.head_position
+        self.head = (
+            max(self.head, f.head_position) if f.stream_id == self.stream_id else (f.head_position)
         )
         if f.kind == pb.HEARTBEAT:
             return None
@@ -68,9 +68,7 @@ class Follower:
             raise FrameError(f"unknown frame kind {f.kind}")
         expected_stream = self._reset_stream if self._resetting else self.stream_id
         if f.stream_id != expected_stream:
-            raise FrameError(
-                f"frame of stream {f.stream_id!r} while following {expected_stream!r}"
-            )
+            raise FrameError(f"frame of stream {f.stream_id!r} while following {expected_stream!r}")
         if not self._resetting and f.positions.size and int(f.positions[0]) <= self.position:
             raise FrameError(
                 f"frame replays position {int(f.positions[0])} at or below the applied "

@@ -104,5 +104,5 @@ class VectorIndex:
             for i in cand
             if self._valid[i] and scores[i] >= threshold
         ]
-        out.sort(key=lambda t: (-t[1], t[0]))  # type: ignore[arg-type,return-value]
+        out.sort(key=lambda t: (-t[1], t[0]))
         return [(str(k_), s) for k_, s in out[:top_k]]

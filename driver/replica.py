@@ -32,11 +32,14 @@ class Replica:
         self.tables = dict(tables)
 
     @classmethod
-    def empty_like(cls, other: Replica, dim: int) -> Replica:
+    def empty_like(cls, other: Replica) -> Replica:
         return cls(
             {
                 n: TableReplica(
-                    n, t.key_columns, t.text_columns, index=VectorIndex(dim) if t.index is not None else None
+                    n,
+                    t.key_columns,
+                    t.text_columns,
+                    index=VectorIndex(t.index.dim) if t.index is not None else None,
                 )
                 for n, t in other.tables.items()
             }

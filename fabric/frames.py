@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
+
 from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
 from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
 from prism.fabric.sealing import Sealer
@@ -270,7 +271,7 @@ def build_frame(
         tenant_id=tenant_id,
         stream_id=stream_id,
         key_epoch=epoch,
-        kind=kind,
+        kind=kind,  # type: ignore[arg-type]  # an enum value; protobuf accepts ints
         table=table,
         sequence=sequence,
         commit_position=commit_position,

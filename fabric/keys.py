@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from prism.fabric.errors import SecretFileError
 
 MIN_SECRET_BYTES = 32

@@ -54,6 +54,7 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+
 from prism.fabric.errors import PayloadError
 
 _dumps_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
@@ -180,7 +181,6 @@ _SCALAR_DECODERS: dict[str, Callable[[Any], Any]] = {
 
 
 # -- encoding ---------------------------------------------------------------
-
 
 
 def _is_plain(v: Any) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
 from prism.fabric.errors import FabricError
 from prism.fabric.keys import derive_projection_seed
 from prism.fabric.sealing import keyed_orthogonal

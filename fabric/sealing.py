@@ -19,6 +19,7 @@ import hmac
 from collections.abc import Iterable
 
 import numpy as np
+
 from prism.fabric.keys import EpochKeys
 
 _TWO_PI = 2.0 * np.pi

@@ -41,7 +41,7 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type_name: _Optional[str] = ..., is_key: _Optional[bool] = ...) -> None: ...
 
 class TableSchema(_message.Message):
-    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim")
+    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim", "vector_dim")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class TableSchema(_message.Message):
     VECTOR_SOURCE_FIELD_NUMBER: _ClassVar[int]
     TEXT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DIM_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
     name: str
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     key_columns: _containers.RepeatedScalarFieldContainer[str]
@@ -56,7 +57,8 @@ class TableSchema(_message.Message):
     vector_source: str
     text_columns: _containers.RepeatedScalarFieldContainer[str]
     source_dim: int
-    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ...) -> None: ...
+    vector_dim: int
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
     __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim")

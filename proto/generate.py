@@ -5,6 +5,7 @@ commit so that installing the driver needs no protoc. `tests/unit/test_proto_dri
 runs `generate(tmpdir)` and fails if the committed files differ.
 
 Usage: python proto/generate.py            # rewrite fabric/wrapper_pb2*.py
+       python proto/generate.py --check    # exit 1 if they drifted
 """
 
 from __future__ import annotations
@@ -50,8 +51,20 @@ def generate(out_dir: Path) -> list[Path]:
         return written
 
 
+def drift(tmp: Path) -> list[str]:
+    """Names of committed generated files that differ from a fresh run."""
+    return [
+        p.name for p in generate(tmp) if p.read_text() != (ROOT / "fabric" / p.name).read_text()
+    ]
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
+        if sys.argv[1:] == ["--check"]:
+            stale = drift(Path(tmp))
+            for name in stale:
+                print(f"fabric/{name} is stale: run python proto/generate.py", file=sys.stderr)
+            return 1 if stale else 0
         for path in generate(Path(tmp)):
             shutil.copy(path, ROOT / "fabric" / path.name)
             print(f"wrote fabric/{path.name}")

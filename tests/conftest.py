@@ -15,15 +15,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.servers import (  # noqa: E402
+from prism.fabric.keys import write_secret
+from prism.wrapper.embedded_pg import EmbeddedPostgres
+from support.servers import (
     WrapperProcess,
     new_port,
     start_postgres,
     write_config,
 )
-
-from prism.fabric.keys import write_secret  # noqa: E402
-from prism.wrapper.embedded_pg import EmbeddedPostgres  # noqa: E402
 
 _db_counter = itertools.count(1)
 
@@ -89,15 +88,30 @@ class WrapperFactory:
         self.secret_file = secret_file
         self.procs: list[WrapperProcess] = []
 
-    def __call__(self, tables: list[dict[str, Any]], *, tenant: str = "acme",
-                 start: bool = True, **overrides: dict[str, Any]) -> WrapperProcess:
+    def __call__(
+        self,
+        tables: list[dict[str, Any]],
+        *,
+        tenant: str = "acme",
+        start: bool = True,
+        **overrides: dict[str, Any],
+    ) -> WrapperProcess:
         port = new_port()
         n = len(self.procs)
         sections: dict[str, dict[str, Any]] = {
-            "database": {"flavor": "postgres", "dsn": self.db.dsn, "slot": f"prism_{self.db.name}_{n}",
-                         "publication": "prism"},
-            "chorus": {"listen_host": "127.0.0.1", "listen_port": port, "tenant_id": tenant,
-                       "secret_file": str(self.secret_file), "grace_seconds": 2.0},
+            "database": {
+                "flavor": "postgres",
+                "dsn": self.db.dsn,
+                "slot": f"prism_{self.db.name}_{n}",
+                "publication": "prism",
+            },
+            "chorus": {
+                "listen_host": "127.0.0.1",
+                "listen_port": port,
+                "tenant_id": tenant,
+                "secret_file": str(self.secret_file),
+                "grace_seconds": 2.0,
+            },
             "store": {"path": str(self.tmp_path / f"store{n}.sqlite3"), "synchronous": "normal"},
         }
         for sec, body in overrides.items():

@@ -49,8 +49,13 @@ def cmd_run(cfg: WrapperConfig) -> int:
         log.warning("serving gRPC without TLS (chorus.insecure = true)")
     log.info(
         "listening",
-        extra={"host": cfg["chorus.listen_host"], "port": port, "tenant": cfg.tenant_id,
-               "store": str(cfg.store_path), "stream_id": store.meta.stream_id},
+        extra={
+            "host": cfg["chorus.listen_host"],
+            "port": port,
+            "tenant": cfg.tenant_id,
+            "store": str(cfg.store_path),
+            "stream_id": store.meta.stream_id,
+        },
     )
     while not stop.is_set():
         stop.wait(0.5)
@@ -83,17 +88,21 @@ def cmd_check(cfg: WrapperConfig) -> int:
         try:
             shapes = source.discover()
             for name, shape in shapes.items():
-                print(f"ok   table {name}: key ({', '.join(shape.key_columns)}), "
-                      f"{len(shape.columns)} columns")
+                print(
+                    f"ok   table {name}: key ({', '.join(shape.key_columns)}), "
+                    f"{len(shape.columns)} columns"
+                )
         except PrismError as exc:
             problems.append(str(exc))
         pub = source._q(
             "SELECT 1 FROM pg_publication WHERE pubname = %s", (cfg["database.publication"],)
         )
         if not pub:
-            print(f"note publication {cfg['database.publication']!r} does not exist yet; "
-                  "prism-wrapper run creates it (needs CREATE on the database, or create it: "
-                  f"CREATE PUBLICATION {cfg['database.publication']} FOR TABLE ...)")
+            print(
+                f"note publication {cfg['database.publication']!r} does not exist yet; "
+                "prism-wrapper run creates it (needs CREATE on the database, or create it: "
+                f"CREATE PUBLICATION {cfg['database.publication']} FOR TABLE ...)"
+            )
         print(f"ok   pgoutput binary mode: {'yes' if source.binary else 'no (text mode)'}")
     except PrismError as exc:
         problems.append(str(exc))

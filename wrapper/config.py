@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prism.wrapper.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
@@ -59,47 +54,108 @@ def _ident(v: str) -> str | None:
 
 
 def _tenant(v: str) -> str | None:
-    return None if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", v) else (
-        "must be 1-64 characters of letters, digits, '_', '.', '-'"
+    return (
+        None
+        if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", v)
+        else ("must be 1-64 characters of letters, digits, '_', '.', '-'")
     )
 
 
 REQUIRED = object()
 
 FIELDS: tuple[Field, ...] = (
-    Field("database", "flavor", str, "postgres", "source database kind: postgres",
-          lambda v: None if v in ("postgres", "postgresql") else
-          "must be \"postgres\" (MySQL/MariaDB support is tracked separately)"),
-    Field("database", "dsn", str, REQUIRED,
-          "libpq connection string or URL of the source database"),
+    Field(
+        "database",
+        "flavor",
+        str,
+        "postgres",
+        "source database kind: postgres",
+        lambda v: (
+            None
+            if v in ("postgres", "postgresql")
+            else 'must be "postgres" (MySQL/MariaDB support is tracked separately)'
+        ),
+    ),
+    Field(
+        "database", "dsn", str, REQUIRED, "libpq connection string or URL of the source database"
+    ),
     Field("database", "slot", str, "prism", "logical replication slot name", _ident),
     Field("database", "publication", str, "prism", "publication name", _ident),
-    Field("database", "binary", bool, True,
-          "ask pgoutput for binary column values when every column type supports it"),
-    Field("database", "status_interval_s", float, 10.0,
-          "how often an idle stream confirms its position to PostgreSQL, so WAL does not "
-          "pile up behind quiet tables", _positive),
+    Field(
+        "database",
+        "binary",
+        bool,
+        True,
+        "ask pgoutput for binary column values when every column type supports it",
+    ),
+    Field(
+        "database",
+        "status_interval_s",
+        float,
+        10.0,
+        "how often an idle stream confirms its position to PostgreSQL, so WAL does not "
+        "pile up behind quiet tables",
+        _positive,
+    ),
     Field("chorus", "listen_host", str, "127.0.0.1", "address the gRPC server binds"),
     Field("chorus", "listen_port", int, 50051, "gRPC port (0: pick a free one)", _port),
     Field("chorus", "tenant_id", str, REQUIRED, "the tenant these tables belong to", _tenant),
-    Field("chorus", "secret_file", str, REQUIRED,
-          "file holding the tenant secret (32+ bytes, mode 600); make one with "
-          "`prism-wrapper gen-secret PATH`"),
-    Field("chorus", "insecure", bool, True,
-          "serve gRPC without TLS (TLS arrives with the secure-fabric work)"),
+    Field(
+        "chorus",
+        "secret_file",
+        str,
+        REQUIRED,
+        "file holding the tenant secret (32+ bytes, mode 600); make one with "
+        "`prism-wrapper gen-secret PATH`",
+    ),
+    Field(
+        "chorus",
+        "insecure",
+        bool,
+        True,
+        "serve gRPC without TLS (TLS arrives with the secure-fabric work)",
+    ),
     Field("chorus", "grace_seconds", float, 5.0, "how long SIGTERM waits for streams", _positive),
-    Field("store", "path", str, "/var/lib/prism-wrapper/store.sqlite3",
-          "the wrapper's durable store (SQLite)"),
-    Field("store", "retention_seconds", float, 7 * 24 * 3600.0,
-          "how long tombstones of deleted rows are kept for drivers that catch up; "
-          "a driver away longer re-bootstraps from the store", _positive),
-    Field("store", "synchronous", str, "full", "SQLite synchronous mode: full or normal",
-          lambda v: None if v in ("full", "normal") else "must be \"full\" or \"normal\""),
-    Field("store", "commit_interval_ms", float, 5.0,
-          "group commit: longest time a received transaction waits for the store", _positive),
-    Field("vectors", "dimension", int, 0,
-          "dimension of the tenant's keyed projection (0: the smallest source dimension)",
-          lambda v: None if v >= 0 else "must be 0 or positive"),
+    Field(
+        "store",
+        "path",
+        str,
+        "/var/lib/prism-wrapper/store.sqlite3",
+        "the wrapper's durable store (SQLite)",
+    ),
+    Field(
+        "store",
+        "retention_seconds",
+        float,
+        7 * 24 * 3600.0,
+        "how long tombstones of deleted rows are kept for drivers that catch up; "
+        "a driver away longer re-bootstraps from the store",
+        _positive,
+    ),
+    Field(
+        "store",
+        "synchronous",
+        str,
+        "full",
+        "SQLite synchronous mode: full or normal",
+        lambda v: None if v in ("full", "normal") else 'must be "full" or "normal"',
+    ),
+    Field(
+        "store",
+        "commit_interval_ms",
+        float,
+        5.0,
+        "group commit: longest time a received transaction waits for the store",
+        _positive,
+    ),
+    Field(
+        "vectors",
+        "dimension",
+        int,
+        0,
+        "dimension of the tenant's keyed projection (0: keep each table's source dimension)",
+        lambda v: None if v >= 0 else "must be 0 or positive",
+    ),
     Field("vectors", "text_dim", int, 256, "dimension of the built-in text embedder", _positive),
 )
 
@@ -156,14 +212,12 @@ class WrapperConfig:
                 return t
         raise KeyError(name)
 
-    @property
-    def vector_dim(self) -> int:
-        """The tenant's projected dimension."""
-        dim = int(self.values["vectors.dimension"])
-        sources = [self.source_dim(t) for t in self.tables if t.has_vectors]
-        if dim == 0:
-            return min(sources) if sources else 0
-        return dim
+    def table_dim(self, t: TableConfig) -> int:
+        """The dimension a table's vectors have after the tenant's keyed
+        projection: vectors.dimension, or the source dimension when 0."""
+        if not t.has_vectors:
+            return 0
+        return int(self.values["vectors.dimension"]) or self.source_dim(t)
 
     def source_dim(self, t: TableConfig) -> int:
         if t.vector_column is not None:
@@ -177,7 +231,16 @@ def _coerce(f: Field, raw: Any, origin: str) -> Any:
     if f.type is bool:
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(raw, str) and raw.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return raw.lower() in ("1", "true", "yes", "on")
         raise ConfigError(f"{where}: expected true or false, got {raw!r}")
     if f.type is int:
@@ -191,7 +254,9 @@ def _coerce(f: Field, raw: Any, origin: str) -> Any:
         if isinstance(raw, bool):
             raise ConfigError(f"{where}: expected a number, got {raw!r}")
         try:
-            return float(raw) if isinstance(raw, int | float | str) else _bad(where, "a number", raw)
+            return (
+                float(raw) if isinstance(raw, int | float | str) else _bad(where, "a number", raw)
+            )
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
     if not isinstance(raw, str):
@@ -230,7 +295,7 @@ def _table(raw: Any, i: int) -> TableConfig:
         )
     name = raw.get("name")
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{where}.name: required, e.g. name = \"public.items\"")
+        raise ConfigError(f'{where}.name: required, e.g. name = "public.items"')
     if "." not in name:
         name = f"public.{name}"
     schema, _, table = name.partition(".")
@@ -241,9 +306,7 @@ def _table(raw: Any, i: int) -> TableConfig:
         raise ConfigError(f"{where}.vector_column: {vcol!r} is not a plain column name")
     text_cols = _str_list(raw.get("text_columns"), f"{where}.text_columns")
     if vcol and text_cols:
-        raise ConfigError(
-            f"{where} ({name}): set either vector_column or text_columns, not both"
-        )
+        raise ConfigError(f"{where} ({name}): set either vector_column or text_columns, not both")
     vdim = raw.get("vector_dim")
     if vcol is not None:
         if not isinstance(vdim, int) or isinstance(vdim, bool) or vdim <= 0:
@@ -303,7 +366,7 @@ def config_from_mapping(
     if not isinstance(raw_tables, list) or not raw_tables:
         raise ConfigError(
             f"no tables configured in {origin}: add at least one [[tables]] entry with "
-            "name = \"schema.table\""
+            'name = "schema.table"'
         )
     tables = tuple(_table(t, i) for i, t in enumerate(raw_tables))
     names = [t.name for t in tables]
@@ -320,7 +383,9 @@ def config_from_mapping(
     return cfg
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> WrapperConfig:
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> WrapperConfig:
     p = Path(path)
     try:
         with p.open("rb") as fh:

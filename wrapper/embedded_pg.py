@@ -36,7 +36,7 @@ def free_port() -> int:
 
 def _pgserver_install() -> Path:
     try:
-        import pgserver  # type: ignore[import-untyped]
+        import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise EmbeddedPostgresError(
             "the embedded PostgreSQL needs the 'pgserver' package: pip install 'prismlib[embedded]'"
@@ -63,7 +63,8 @@ def _binaries_for(user: pwd.struct_passwd | None) -> Path:
         return src / "bin"
     # /root is usually mode 700: copy the install (34 MB) once to a shared place.
     # The wheel's binaries find their libraries through RPATH
-    # $ORIGIN/../../../pgserver.libs, so keep that shape: dest/pgserver/pginstall/bin and dest/pgserver.libs.
+    # $ORIGIN/../../../pgserver.libs, so keep that shape:
+    # dest/pgserver/pginstall/bin and dest/pgserver.libs.
     version = (src / "bin" / "pg_config").stat().st_size
     dest = Path("/var/tmp") / f"prismlib-pgserver-{version}"
     if not (dest / ".complete").exists():
@@ -137,7 +138,7 @@ class EmbeddedPostgres:
                 os.setuid(uid)
 
         env = dict(os.environ, LC_ALL="C", LANG="C")
-        return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        return subprocess.run(  # type: ignore[call-overload]
             args, preexec_fn=preexec, env=env, text=True, capture_output=True, **kw
         )
 
@@ -150,8 +151,16 @@ class EmbeddedPostgres:
             os.chown(self.base_dir, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             r = self._run(
-                [str(self._bin / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
-                 "--auth=trust", "--encoding=UTF8", "--no-sync"]
+                [
+                    str(self._bin / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ]
             )
             if r.returncode != 0:
                 raise EmbeddedPostgresError(f"initdb failed: {r.stderr.strip()}")
@@ -179,8 +188,19 @@ class EmbeddedPostgres:
         opts = " ".join(f"-c {k}={v}" for k, v in conf.items())
         log = self.base_dir / "postgres.log"
         r = self._run(
-            [str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log), "-w",
-             "-t", "60", "-o", f"-p {self.port} {opts}", "start"]
+            [
+                str(self._bin / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {self.port} {opts}",
+                "start",
+            ]
         )
         if r.returncode != 0:
             tail = log.read_text()[-2000:] if log.exists() else ""

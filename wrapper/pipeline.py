@@ -172,8 +172,12 @@ class Pipeline:
                     last_log = time.monotonic()
                     log.info(
                         "initial copy progress",
-                        extra={"table": name, "rows": copied, "of": expected,
-                               "rows_per_s": round(total / (time.monotonic() - started))},
+                        extra={
+                            "table": name,
+                            "rows": copied,
+                            "of": expected,
+                            "rows_per_s": round(total / (time.monotonic() - started)),
+                        },
                     )
                 if self.stop_event.is_set():
                     raise WrapperError("stopped during the initial copy", retriable=False)
@@ -185,9 +189,12 @@ class Pipeline:
         elapsed = time.monotonic() - started
         log.info(
             "initial copy done",
-            extra={"rows": total, "seconds": round(elapsed, 2),
-                   "rows_per_s": round(total / elapsed) if elapsed else None,
-                   "lsn": lsn_to_str(lsn)},
+            extra={
+                "rows": total,
+                "seconds": round(elapsed, 2),
+                "rows_per_s": round(total / elapsed) if elapsed else None,
+                "lsn": lsn_to_str(lsn),
+            },
         )
 
     def _stream(self, source: PostgresSource, applier: Applier) -> None:
@@ -243,8 +250,10 @@ class Pipeline:
         self._last_purge = time.monotonic()
         purged = self.store.purge_tombstones(now_us() - self._retention_us)
         if purged:
-            log.info("purged tombstones", extra={"count": purged,
-                                                 "floor": self.store.meta.retention_floor})
+            log.info(
+                "purged tombstones",
+                extra={"count": purged, "floor": self.store.meta.retention_floor},
+            )
 
 
 def _encode(row: dict[str, object]) -> bytes:

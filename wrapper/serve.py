@@ -24,8 +24,8 @@ from prism.wrapper.store import StoreMeta, StoreReader
 @dataclass(frozen=True)
 class ServeContext:
     tenant_id: str
-    dim: int
-    sealer: Callable[[], Sealer]  # the current epoch's sealer
+    dims: dict[str, int]  # projected vector dimension per table (0: no vectors)
+    sealer: Callable[[int], Sealer]  # the current epoch's sealer for a dimension
     tables: tuple[str, ...]
 
 
@@ -59,7 +59,7 @@ class FrameStream:
         commit_us: int,
     ) -> pb.Frame:
         self.sequence += 1
-        dim = self.ctx.dim
+        dim = self.ctx.dims.get(table, 0)
         n = len(rows)
         vectors = None
         mask = None
@@ -71,7 +71,7 @@ class FrameStream:
                     vectors[i] = np.frombuffer(r[4], dtype="<f4")
                     mask[i] = True
         return build_frame(
-            sealer=self.ctx.sealer(),
+            sealer=self.ctx.sealer(dim),
             tenant_id=self.ctx.tenant_id,
             stream_id=meta.stream_id,
             kind=kind,
@@ -106,9 +106,7 @@ class FrameStream:
                     chunk = []
             if chunk:
                 yield self._frame(meta, pb.CHANGES, table, chunk, 0, newest)
-        yield self._frame(
-            meta, pb.CHANGES, "", [], meta.head, max(newest, meta.last_commit_us)
-        )
+        yield self._frame(meta, pb.CHANGES, "", [], meta.head, max(newest, meta.last_commit_us))
 
     def heartbeat(self, meta: StoreMeta) -> pb.Frame:
         return self._frame(meta, pb.HEARTBEAT, "", [], 0, meta.last_commit_us)

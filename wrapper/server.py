@@ -42,13 +42,13 @@ class WrapperState:
     def tenant_id(self) -> str:
         return self.cfg.tenant_id
 
-    _sealers: dict[int, Sealer] = field(default_factory=dict)
+    _sealers: dict[tuple[int, int], Sealer] = field(default_factory=dict)
 
-    def sealer(self, epoch: int = KEY_EPOCH) -> Sealer:
-        s = self._sealers.get(epoch)
+    def sealer(self, dim: int, epoch: int = KEY_EPOCH) -> Sealer:
+        s = self._sealers.get((epoch, dim))
         if s is None:
             keys = derive_epoch_keys(self.secret, self.tenant_id, epoch)
-            s = self._sealers[epoch] = Sealer(keys, self.cfg.vector_dim)
+            s = self._sealers[(epoch, dim)] = Sealer(keys, dim)
         return s
 
     def wait_for_head(self, position: int, timeout: float) -> bool:
@@ -89,8 +89,11 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             cols = info["columns"] if info else (list(shape.columns) if shape else [])
             keyc = info["key_columns"] if info else (list(shape.key_columns) if shape else [])
             source = (
-                f"column:{t.vector_column}" if t.vector_column
-                else "text:" + ",".join(t.text_columns) if t.text_columns else ""
+                f"column:{t.vector_column}"
+                if t.vector_column
+                else "text:" + ",".join(t.text_columns)
+                if t.text_columns
+                else ""
             )
             tables.append(
                 pb.TableSchema(
@@ -101,13 +104,14 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                     vector_source=source,
                     text_columns=list(t.repr_columns),
                     source_dim=st.cfg.source_dim(t) if t.has_vectors else 0,
+                    vector_dim=st.cfg.table_dim(t),
                 )
             )
         return pb.HelloResponse(
             protocol_version=PROTOCOL_VERSION,
             stream_id=meta.stream_id,
             tables=tables,
-            vector_dim=st.cfg.vector_dim,
+            vector_dim=int(st.cfg["vectors.dimension"]),
             key_epoch=KEY_EPOCH,
             key_proof=hello_proof(keys, request.client_nonce),
             capabilities=list(CAPABILITIES),
@@ -124,14 +128,17 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         reader = StoreReader(st.store.path)
         ctx = ServeContext(
             tenant_id=st.tenant_id,
-            dim=st.cfg.vector_dim,
+            dims={t.name: st.cfg.table_dim(t) for t in st.cfg.tables},
             sealer=st.sealer,
             tables=tuple(t.name for t in st.cfg.tables),
         )
         log.info(
             "subscriber",
-            extra={"peer": context.peer(), "from": request.from_position,
-                   "stream": request.stream_id},
+            extra={
+                "peer": context.peer(),
+                "from": request.from_position,
+                "stream": request.stream_id,
+            },
         )
         try:
             yield from subscription(

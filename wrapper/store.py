@@ -328,7 +328,9 @@ class StoreReader:
     def tables(self) -> list[str]:
         return [str(t) for (t,) in self._conn.execute("SELECT DISTINCT tbl FROM rows")]
 
-    def changes_since(self, table: str, position: int, live_only: bool = False) -> Iterator[StoredRow]:
+    def changes_since(
+        self, table: str, position: int, live_only: bool = False
+    ) -> Iterator[StoredRow]:
         sql = (
             "SELECT key, op, position, payload, vector, commit_us FROM rows "
             "WHERE tbl = ? AND position > ?"
@@ -343,8 +345,12 @@ class StoreReader:
                 return
             for k, op, pos, p, v, c in batch:
                 yield StoredRow(
-                    str(k), str(op), int(pos), None if p is None else bytes(p),
-                    None if v is None else bytes(v), int(c),
+                    str(k),
+                    str(op),
+                    int(pos),
+                    None if p is None else bytes(p),
+                    None if v is None else bytes(v),
+                    int(c),
                 )
 
     def close(self) -> None:

@@ -30,7 +30,6 @@ def text_of(row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
 
 class Vectorizer:
     def __init__(self, cfg: WrapperConfig, secret: bytes) -> None:
-        self.dim = cfg.vector_dim
         self._embedder = TextEmbedder(int(cfg["vectors.text_dim"]))
         self._projections: dict[str, Projection] = {}
         self._tables: dict[str, TableConfig] = {}
@@ -38,7 +37,7 @@ class Vectorizer:
             self._tables[t.name] = t
             if t.has_vectors:
                 self._projections[t.name] = Projection(
-                    secret, cfg.tenant_id, cfg.source_dim(t), self.dim
+                    secret, cfg.tenant_id, cfg.source_dim(t), cfg.table_dim(t)
                 )
         # Rows replicated without a vector, by (table, reason).
         self.missing: Counter[tuple[str, str]] = Counter()

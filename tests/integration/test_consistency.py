@@ -9,17 +9,12 @@ import random
 import threading
 
 import pytest
-from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, Workload, wait_consistent
 
-from prism.driver import DriverConfig, PrismDriver
+from prism.driver import PrismDriver
+from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, Workload, wait_consistent
+from support.servers import driver_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def make_driver(proc, secret_file) -> PrismDriver:  # type: ignore[no-untyped-def]
-    return PrismDriver(DriverConfig(
-        wrapper_host="127.0.0.1", wrapper_port=proc.port, tenant_id="acme",
-        secret_file=secret_file, reconnect_min_s=0.05, reconnect_max_s=0.5))
 
 
 async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
@@ -29,7 +24,7 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
     with db.connect() as c:
         wl.run(c, 300)  # present before the snapshot
     proc = wrapper(TABLES_CONFIG, store={"commit_interval_ms": 2.0})
-    steady = make_driver(proc, secret_file)  # lives through every wrapper kill
+    steady = driver_for(proc, secret_file)  # lives through every wrapper kill
     await steady.start()
     await steady.wait_ready(timeout=60)
 
@@ -40,7 +35,7 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
         try:
             with db.connect() as c:
                 wl.run(c, transactions)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
         finally:
             done.set()
@@ -61,7 +56,7 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
             if flaky is not None:
                 await flaky.close()
                 restarts += 1
-            flaky = make_driver(proc, secret_file)
+            flaky = driver_for(proc, secret_file)
             await flaky.start()
     worker.join()
     assert not errors, errors
@@ -72,7 +67,7 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
         assert counts["public.items"] > 100
         if flaky is not None:
             await wait_consistent(flaky, c, KEYS, timeout=90)
-        fresh = make_driver(proc, secret_file)
+        fresh = driver_for(proc, secret_file)
         async with fresh:
             await fresh.wait_ready(timeout=60)
             await wait_consistent(fresh, c, KEYS, timeout=60)
@@ -88,7 +83,7 @@ async def test_reader_never_sees_half_a_transaction(db, wrapper, secret_file) ->
     db.execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)")
     db.execute("INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 20) g")
     proc = wrapper([{"name": "accounts"}], store={"commit_interval_ms": 1.0})
-    driver = make_driver(proc, secret_file)
+    driver = driver_for(proc, secret_file)
     await driver.start()
     await driver.wait_ready(timeout=30)
     done = threading.Event()
@@ -100,10 +95,12 @@ async def test_reader_never_sees_half_a_transaction(db, wrapper, secret_file) ->
                 a, b = rng.sample(range(1, 21), 2)
                 amount = rng.randint(1, 50)
                 with c.transaction():
-                    c.execute("UPDATE accounts SET balance = balance - %s WHERE id = %s",
-                              (amount, a))
-                    c.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
-                              (amount, b))
+                    c.execute(
+                        "UPDATE accounts SET balance = balance - %s WHERE id = %s", (amount, a)
+                    )
+                    c.execute(
+                        "UPDATE accounts SET balance = balance + %s WHERE id = %s", (amount, b)
+                    )
                 if n % 300 == 150:
                     # Move an account to a new key: delete and insert, one transaction.
                     with c.transaction():

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, db_rows, wait_consistent
 
 from prism.driver import AuthenticationError, DriverConfig, PrismDriver, QueryError
 from prism.fabric.keys import write_secret
+from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, db_rows, wait_consistent
+from support.servers import driver_for
 
 pytestmark = pytest.mark.integration
-
-
-def driver_for(proc, secret_file: Path, **kw) -> PrismDriver:  # type: ignore[no-untyped-def]
-    return PrismDriver(
-        DriverConfig(wrapper_host="127.0.0.1", wrapper_port=proc.port, tenant_id="acme",
-                     secret_file=secret_file, reconnect_min_s=0.05, reconnect_max_s=0.5, **kw)
-    )
 
 
 ALL_TYPES = """
@@ -48,7 +42,7 @@ async def test_all_types_round_trip(db, wrapper, secret_file) -> None:  # type: 
         c.execute(
             "INSERT INTO typed VALUES (1, -32768, 2147483647, -9223372036854775808, "
             "'123456789012345678901234567890.000000001', 1.5, 'tab\there ''q'' \\ é ☃', 'vc', "
-            "true, '{\"a\": [1, 2.5, null]}', '{\"b\": {\"c\": \"d\"}}', "
+            'true, \'{"a": [1, 2.5, null]}\', \'{"b": {"c": "d"}}\', '
             "'2024-02-29 12:34:56.789012', '2024-02-29 12:34:56.789012+05:30', '1999-12-31', "
             "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff10', '{1,NULL,3}', "
             "'{\"x\",\"y z\",NULL}', '{1.5,-2.25}', 3.25, 1e300, '[1,2,3]')"
@@ -61,8 +55,10 @@ async def test_all_types_round_trip(db, wrapper, secret_file) -> None:  # type: 
         with db.connect() as c:
             await wait_consistent(driver, c, {"public.typed": ("id",)}, timeout=20)
             # The same values arriving through the stream rather than the snapshot.
-            c.execute("INSERT INTO typed SELECT id + 10, i2, i4, i8, num, num2, t, vc, b, j, jb, "
-                      "ts, tstz, d, u, by, ia, ta, fa, f4, f8, v FROM typed")
+            c.execute(
+                "INSERT INTO typed SELECT id + 10, i2, i4, i8, num, num2, t, vc, b, j, jb, "
+                "ts, tstz, d, u, by, ia, ta, fa, f4, f8, v FROM typed"
+            )
             await wait_consistent(driver, c, {"public.typed": ("id",)}, timeout=20)
         row = driver.get("public.typed", 11)
         assert row is not None
@@ -83,10 +79,14 @@ async def test_sync_get_query_and_stream(db, wrapper, secret_file) -> None:  # t
     vecs = rng.normal(size=(50, 8)).astype(np.float32)
     with db.connect() as c:
         for i, v in enumerate(vecs):
-            c.execute("INSERT INTO items (id, title, embedding) VALUES (%s, %s, %s)",
-                      (i, f"item {i}", v.tolist()))
-        c.execute("INSERT INTO pairs VALUES (1, 'red running shoes', 'light and fast'),"
-                  " (2, 'blue coffee mug', 'ceramic')")
+            c.execute(
+                "INSERT INTO items (id, title, embedding) VALUES (%s, %s, %s)",
+                (i, f"item {i}", v.tolist()),
+            )
+        c.execute(
+            "INSERT INTO pairs VALUES (1, 'red running shoes', 'light and fast'),"
+            " (2, 'blue coffee mug', 'ceramic')"
+        )
     proc = wrapper(TABLES_CONFIG)
     async with driver_for(proc, secret_file) as driver:
         await driver.wait_ready(timeout=30)
@@ -107,8 +107,9 @@ async def test_sync_get_query_and_stream(db, wrapper, secret_file) -> None:  # t
             assert m.score == pytest.approx(float(exact[m.row_id]), abs=1e-5)
         # threshold is inclusive and exact
         cut = matches[1].score
-        above = await driver.query(embedding=vecs[7].tolist(), top_k=50, threshold=cut,
-                                   table="public.items")
+        above = await driver.query(
+            embedding=vecs[7].tolist(), top_k=50, threshold=cut, table="public.items"
+        )
         assert [m.row_id for m in above] == [m.row_id for m in matches[:2]]
 
         text = await driver.query(text="running shoes", top_k=2)
@@ -122,12 +123,18 @@ async def test_sync_get_query_and_stream(db, wrapper, secret_file) -> None:  # t
         await wait_consistent(driver, db.connect(), {"public.items": ("id",)}, timeout=20)
         assert driver.position > pos
         assert driver.get("public.items", 7)["title"] == "changed"
-        assert all(m.row_id != 8 for m in await driver.query(
-            embedding=vecs[8].tolist(), top_k=50, table="public.items"))
+        assert all(
+            m.row_id != 8
+            for m in await driver.query(embedding=vecs[8].tolist(), top_k=50, table="public.items")
+        )
 
-        for bad in (dict(embedding=[1.0] * 5), dict(embedding=[float("nan")] * 8),
-                    dict(embedding=vecs[0].tolist(), top_k=0), dict(),
-                    dict(embedding=vecs[0].tolist(), threshold=2.0)):
+        for bad in (
+            dict(embedding=[1.0] * 5),
+            dict(embedding=[float("nan")] * 8),
+            dict(embedding=vecs[0].tolist(), top_k=0),
+            dict(),
+            dict(embedding=vecs[0].tolist(), threshold=2.0),
+        ):
             with pytest.raises(QueryError):
                 await driver.query(**bad)
         with pytest.raises(QueryError, match="unknown table"):
@@ -151,8 +158,9 @@ async def test_wrong_secret_fails_clearly(db, wrapper, secret_file, tmp_path) ->
 async def test_unknown_tenant_fails_clearly(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA)
     proc = wrapper(TABLES_CONFIG)
-    cfg = DriverConfig(wrapper_host="127.0.0.1", wrapper_port=proc.port, tenant_id="other",
-                       secret_file=secret_file)
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1", wrapper_port=proc.port, tenant_id="other", secret_file=secret_file
+    )
     async with PrismDriver(cfg) as driver:
         with pytest.raises(AuthenticationError, match="unknown tenant"):
             await driver.wait_ready(timeout=20)
@@ -161,14 +169,20 @@ async def test_unknown_tenant_fails_clearly(db, wrapper, secret_file) -> None:  
 async def test_bad_vectors_replicated_but_not_searchable(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA)
     with db.connect() as c:
-        c.execute("INSERT INTO items (id, title, embedding) VALUES (1, 'ok', %s), "
-                  "(2, 'null', NULL), (3, 'short', '{1,2}'), (4, 'nan', %s)",
-                  ([0.5] * 8, [float("nan")] * 8))
+        c.execute(
+            "INSERT INTO items (id, title, embedding) VALUES (1, 'ok', %s), "
+            "(2, 'null', NULL), (3, 'short', '{1,2}'), (4, 'nan', %s)",
+            ([0.5] * 8, [float("nan")] * 8),
+        )
     proc = wrapper(TABLES_CONFIG)
     async with driver_for(proc, secret_file) as driver:
         await driver.wait_ready(timeout=30)
         assert {driver.get("items", i)["title"] for i in (1, 2, 3, 4)} == {
-            "ok", "null", "short", "nan"}
+            "ok",
+            "null",
+            "short",
+            "nan",
+        }
         found = await driver.query(embedding=[0.5] * 8, top_k=10, threshold=-1.0, table="items")
         assert [m.row_id for m in found] == [1]
     counters = proc.health().counters
@@ -219,13 +233,15 @@ async def test_new_store_means_rebootstrap(db, wrapper, secret_file, tmp_path) -
 
 async def test_idle_wrapper_confirms_slot(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA + "CREATE TABLE unrelated (x int);")
-    proc = wrapper(TABLES_CONFIG, database={"status_interval_s": 0.2})
+    wrapper(TABLES_CONFIG, database={"status_interval_s": 0.2})
     slot = f"prism_{db.name}_0"
 
     def confirmed() -> int:
         with db.connect() as c:
-            (lsn,) = c.execute("SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots "
-                               "WHERE slot_name = %s", (slot,)).fetchone()
+            (lsn,) = c.execute(
+                "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            ).fetchone()
             return int(lsn)
 
     before = confirmed()
@@ -275,12 +291,11 @@ async def test_slot_confirmed_only_after_store_commit(db, wrapper, secret_file, 
     import sqlite3
     import threading
 
+    from prism.wrapper.store import read_meta
     from support.consistency import Workload
 
-    from prism.wrapper.store import read_meta
-
     db.execute(SCHEMA)
-    proc = wrapper(TABLES_CONFIG, store={"commit_interval_ms": 50.0})
+    wrapper(TABLES_CONFIG, store={"commit_interval_ms": 50.0})
     slot = f"prism_{db.name}_0"
     done = threading.Event()
 
@@ -296,8 +311,9 @@ async def test_slot_confirmed_only_after_store_commit(db, wrapper, secret_file, 
     with db.connect() as c:
         while not done.is_set() or samples < 50:
             (confirmed,) = c.execute(
-                "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots "
-                "WHERE slot_name = %s", (slot,)).fetchone()
+                "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            ).fetchone()
             stored = read_meta(store).source_position  # read after: can only be newer
             assert int(confirmed) <= stored, (int(confirmed), stored)
             first = first if first is not None else int(confirmed)

@@ -29,8 +29,9 @@ from prism.fabric.payload import encode_key
 VEC_DIM = 8
 
 
-def db_rows(conn: psycopg.Connection[Any], table: str, key_columns: tuple[str, ...]
-            ) -> dict[str, dict[str, Any]]:
+def db_rows(
+    conn: psycopg.Connection[Any], table: str, key_columns: tuple[str, ...]
+) -> dict[str, dict[str, Any]]:
     """The table as the replica should show it: values decoded the way the
     wrapper decodes them (binary, pgvector as real[], UTC)."""
     schema, name = table.split(".")
@@ -47,8 +48,11 @@ def db_rows(conn: psycopg.Connection[Any], table: str, key_columns: tuple[str, .
     ]
     conn.execute("SET TimeZone = 'UTC'")
     with conn.cursor(binary=True) as cur:
-        cur.execute(sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(schema, name)))
+        cur.execute(
+            sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(exprs), sql.Identifier(schema, name)
+            )
+        )
         names = [c for c, _ in cols]
         out = {}
         for r in cur.fetchall():
@@ -99,7 +103,9 @@ def diff(expected: dict[str, dict[str, Any]], actual: dict[str, dict[str, Any]])
 
 
 async def wait_consistent(
-    driver: PrismDriver, conn: psycopg.Connection[Any], tables: dict[str, tuple[str, ...]],
+    driver: PrismDriver,
+    conn: psycopg.Connection[Any],
+    tables: dict[str, tuple[str, ...]],
     timeout: float = 60.0,
 ) -> dict[str, int]:
     """Wait until every table's replica equals the database; fail with the
@@ -129,7 +135,7 @@ async def wait_consistent(
         await asyncio.sleep(0.3)
 
 
-SCHEMA = f"""
+SCHEMA = """
 CREATE TABLE items (
     id bigint PRIMARY KEY,
     title text,
@@ -160,8 +166,12 @@ ALTER TABLE nokey REPLICA IDENTITY FULL;
 """
 
 TABLES_CONFIG = [
-    {"name": "public.items", "vector_column": "embedding", "vector_dim": VEC_DIM,
-     "text_repr": ["title"]},
+    {
+        "name": "public.items",
+        "vector_column": "embedding",
+        "vector_dim": VEC_DIM,
+        "text_repr": ["title"],
+    },
     {"name": "public.pairs", "text_columns": ["b", "note"]},
     {"name": "public.nokey", "key_columns": ["k"]},
 ]
@@ -196,9 +206,14 @@ class Workload:
         rng = self.rng
         maybe = lambda v: None if rng.random() < 0.15 else v  # noqa: E731
         big = rng.random() < 0.05
-        body = ("".join(rng.choice(string.ascii_letters) for _ in range(12000)) if big
-                else " ".join(_word(rng) for _ in range(rng.randint(0, 12))))
-        vec = None if rng.random() < 0.05 else [round(rng.uniform(-1, 1), 4) for _ in range(VEC_DIM)]
+        body = (
+            "".join(rng.choice(string.ascii_letters) for _ in range(12000))
+            if big
+            else " ".join(_word(rng) for _ in range(rng.randint(0, 12)))
+        )
+        vec = (
+            None if rng.random() < 0.05 else [round(rng.uniform(-1, 1), 4) for _ in range(VEC_DIM)]
+        )
         return {
             "title": maybe(" ".join(_word(rng) for _ in range(3))),
             "body": maybe(body),
@@ -232,7 +247,8 @@ class Workload:
             cur.execute(
                 sql.SQL("INSERT INTO items ({}) VALUES ({})").format(
                     sql.SQL(", ").join(map(sql.Identifier, cols)),
-                    sql.SQL(", ").join(sql.Placeholder() * len(cols))),
+                    sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                ),
                 [i, *vals.values()],
             )
             items.add(i)
@@ -246,7 +262,8 @@ class Workload:
                 keep = ["title"]
             cur.execute(
                 sql.SQL("UPDATE items SET {} WHERE id = %s").format(
-                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in keep)),
+                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in keep)
+                ),
                 [*(vals[c] for c in keep), i],
             )
         elif r < 0.62:
@@ -268,13 +285,17 @@ class Workload:
                     cur.execute("DELETE FROM pairs WHERE a = %s AND b = %s", (a, b))
                     pairs.discard((a, b))
                 else:
-                    cur.execute("UPDATE pairs SET note = %s WHERE a = %s AND b = %s",
-                                (" ".join(_word(rng) for _ in range(4)), a, b))
+                    cur.execute(
+                        "UPDATE pairs SET note = %s WHERE a = %s AND b = %s",
+                        (" ".join(_word(rng) for _ in range(4)), a, b),
+                    )
             else:
                 a, b = rng.randint(0, 50), _word(rng)
                 if (a, b) not in pairs:
-                    cur.execute("INSERT INTO pairs (a, b, note) VALUES (%s, %s, %s)",
-                                (a, b, None if rng.random() < 0.2 else _word(rng) + " " + _word(rng)))
+                    cur.execute(
+                        "INSERT INTO pairs (a, b, note) VALUES (%s, %s, %s)",
+                        (a, b, None if rng.random() < 0.2 else _word(rng) + " " + _word(rng)),
+                    )
                     pairs.add((a, b))
         else:
             nk = pending["nokey"]
@@ -291,16 +312,19 @@ class Workload:
                     cur.execute("INSERT INTO nokey (k, v) VALUES (%s, %s)", (k, _word(rng)))
                     nk.add(k)
 
-    def run(self, conn: psycopg.Connection[Any], transactions: int,
-            between: Callable[[int], None] | None = None) -> None:
+    def run(
+        self,
+        conn: psycopg.Connection[Any],
+        transactions: int,
+        between: Callable[[int], None] | None = None,
+    ) -> None:
         """Run `transactions` transactions on an autocommit connection."""
         for n in range(transactions):
             if self.alter_at is not None and n == self.alter_at and not self.altered:
                 conn.execute("ALTER TABLE items ADD COLUMN extra integer DEFAULT 7")
                 conn.execute("ALTER TABLE items DROP COLUMN flag")
                 self.altered = True
-            pending = {"items": set(self.items), "pairs": set(self.pairs),
-                       "nokey": set(self.nokey)}
+            pending = {"items": set(self.items), "pairs": set(self.pairs), "nokey": set(self.nokey)}
             rollback = self.rng.random() < 0.1
             with conn.cursor() as cur:
                 cur.execute("BEGIN")
@@ -312,7 +336,10 @@ class Workload:
                 else:
                     cur.execute("COMMIT")
                     self.items, self.pairs, self.nokey = (
-                        pending["items"], pending["pairs"], pending["nokey"])
+                        pending["items"],
+                        pending["pairs"],
+                        pending["nokey"],
+                    )
                     self.committed += 1
             if between is not None:
                 between(n)

@@ -43,7 +43,7 @@ def start_postgres() -> EmbeddedPostgres:
     pg = EmbeddedPostgres(shared_tmp("prism-test-pg-") / "pg")
     try:
         pg.start()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no server"
+    except Exception as exc:
         unavailable("PostgreSQL", exc)
     return pg
 
@@ -59,8 +59,9 @@ def toml_value(v: Any) -> str:
     return f'"{s}"'
 
 
-def write_config(path: Path, sections: dict[str, dict[str, Any]],
-                 tables: list[dict[str, Any]]) -> Path:
+def write_config(
+    path: Path, sections: dict[str, dict[str, Any]], tables: list[dict[str, Any]]
+) -> Path:
     lines = []
     for name, body in sections.items():
         lines.append(f"[{name}]")
@@ -119,8 +120,9 @@ class WrapperProcess:
             except grpc.RpcError as exc:
                 last = exc
             time.sleep(0.1)
-        raise AssertionError(f"prism-wrapper not serving after {timeout}s ({last}):\n"
-                             f"{self.log_tail()}")
+        raise AssertionError(
+            f"prism-wrapper not serving after {timeout}s ({last}):\n{self.log_tail()}"
+        )
 
     def log_tail(self, n: int = 4000) -> str:
         try:
@@ -149,3 +151,19 @@ class WrapperProcess:
 
 def new_port() -> int:
     return free_port()
+
+
+def driver_for(proc: WrapperProcess, secret_file: Path, tenant: str = "acme") -> Any:
+    """A PrismDriver for a test wrapper, with fast reconnects."""
+    from prism.driver import DriverConfig, PrismDriver
+
+    return PrismDriver(
+        DriverConfig(
+            wrapper_host="127.0.0.1",
+            wrapper_port=proc.port,
+            tenant_id=tenant,
+            secret_file=secret_file,
+            reconnect_min_s=0.05,
+            reconnect_max_s=0.5,
+        )
+    )

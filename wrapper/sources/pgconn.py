@@ -17,6 +17,9 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from prism.wrapper.errors import PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.walstream import (
     PrimaryKeepalive,
@@ -26,8 +29,6 @@ from prism.wrapper.sources.walstream import (
     parse_copy_data,
     standby_status_update,
 )
-from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 __all__ = ["ReplicationConnection"]
 

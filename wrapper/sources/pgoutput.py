@@ -49,6 +49,11 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
+from psycopg.adapt import Transformer
+from psycopg.postgres import adapters as _pg_adapters
+from psycopg.postgres import types as _pg_types
+from psycopg.pq import Format
+
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
@@ -59,10 +64,6 @@ from prism.wrapper.sources.base import (
     TruncateChange,
 )
 from prism.wrapper.sources.walstream import PG_EPOCH_OFFSET_US
-from psycopg.adapt import Transformer
-from psycopg.postgres import adapters as _pg_adapters
-from psycopg.postgres import types as _pg_types
-from psycopg.pq import Format
 
 __all__ = ["PgOutputDecoder", "binary_supported", "pg_type_name"]
 

@@ -14,12 +14,15 @@ pipeline says are stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
 from prism.wrapper.apply import TableShape
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
@@ -27,7 +30,6 @@ from prism.wrapper.sources.base import ChangeSource, SourceTransaction
 from prism.wrapper.sources.pgconn import ReplicationConnection
 from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
 from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_to_str
-from psycopg import sql
 
 log = logging.getLogger("prism.wrapper.postgres")
 
@@ -136,7 +138,8 @@ class PostgresSource(ChangeSource):
             pk = [
                 r[0]
                 for r in self._q(
-                    "SELECT a.attname FROM pg_index i, unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
+                    "SELECT a.attname FROM pg_index i, "
+                    "unnest(i.indkey) WITH ORDINALITY k(attnum, n) "
                     "JOIN pg_attribute a ON a.attnum = k.attnum "
                     "WHERE i.indrelid = %s AND i.indisprimary AND a.attrelid = i.indrelid "
                     "ORDER BY k.n",
@@ -276,8 +279,8 @@ class PostgresSource(ChangeSource):
         them (binary COPY through psycopg's loaders; pgvector as real[])."""
         assert self._copy is not None
         cols = self._column_oids[table]
-        exprs = []
-        oids = []
+        exprs: list[sql.Composable] = []
+        oids: list[int] = []
         for name, oid, typname in cols:
             ident = sql.Identifier(name)
             if typname == "vector":
@@ -289,8 +292,11 @@ class PostgresSource(ChangeSource):
             else:
                 exprs.append(sql.SQL("{}::text").format(ident))
                 oids.append(TEXT_OID)
-        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(*table.split("."))
+        # Same wire format as the stream, so values match exactly (float4 in
+        # text form is the shortest decimal, in binary the exact float32).
+        fmt = sql.SQL("BINARY" if self.binary else "TEXT")
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
+            sql.SQL(", ").join(exprs), sql.Identifier(*table.split(".")), fmt
         )
         names = [c[0] for c in cols]
         try:
@@ -413,10 +419,8 @@ class PostgresSource(ChangeSource):
     def close(self) -> None:
         for c in (self._copy, self._admin):
             if c is not None:
-                try:
+                with contextlib.suppress(psycopg.Error):
                     c.close()
-                except psycopg.Error:
-                    pass
         if self._repl is not None:
             self._repl.close()
         self._copy = self._admin = None

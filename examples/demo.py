@@ -1,0 +1,253 @@
+"""The embedded default, end to end: the product's main job on one machine.
+
+Starts an embedded PostgreSQL 16 with a sample `products` table, writes a
+tenant secret and a wrapper config, runs the real `prism-wrapper` process,
+and then acts as the application: a PrismDriver syncs the table, answers
+`get` and similarity queries in process, and shows a change made in the
+database arriving in the replica. Everything prints with timings.
+
+    python examples/demo.py [--rows 5000] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import psycopg
+
+from prism.driver import DriverConfig, PrismDriver
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.keys import write_secret
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
+
+ADJECTIVES = [
+    "red",
+    "blue",
+    "green",
+    "black",
+    "white",
+    "light",
+    "heavy",
+    "waterproof",
+    "wireless",
+    "vintage",
+    "organic",
+    "compact",
+    "foldable",
+    "ergonomic",
+    "stainless",
+    "bamboo",
+    "leather",
+    "wooden",
+    "electric",
+]
+NOUNS = [
+    "running shoes",
+    "hiking boots",
+    "coffee mug",
+    "water bottle",
+    "desk lamp",
+    "office chair",
+    "yoga mat",
+    "rain jacket",
+    "backpack",
+    "headphones",
+    "keyboard",
+    "notebook",
+    "tea kettle",
+    "cutting board",
+    "tent",
+    "sleeping bag",
+    "bicycle helmet",
+    "sunglasses",
+    "wrist watch",
+    "phone case",
+]
+USES = [
+    "for trail running",
+    "for the office",
+    "for camping trips",
+    "for daily commuting",
+    "for the kitchen",
+    "for travel",
+    "for students",
+    "for rainy days",
+    "for long hikes",
+    "for home workouts",
+]
+
+
+def sample_products(n: int, seed: int = 42) -> list[tuple[int, str, str, float]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(1, n + 1):
+        name = f"{rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}"
+        desc = f"A {rng.choice(ADJECTIVES)} {name} {rng.choice(USES)}."
+        rows.append((i, name, desc, round(rng.uniform(3, 300), 2)))
+    return rows
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.WrapperServiceStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"prism-wrapper exited with {proc.returncode}")
+            try:
+                if stub.Health(pb.HealthRequest(), timeout=1).status == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise SystemExit("prism-wrapper did not start serving in time")
+
+
+async def app(port: int, secret: Path, dsn: str) -> None:
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1", wrapper_port=port, tenant_id="demo", secret_file=secret
+    )
+    t0 = time.perf_counter()
+    async with PrismDriver(cfg) as driver:
+        await driver.wait_ready(timeout=120)
+        stats = driver.stats()
+        print(
+            f"\n[app] replica ready in {ms(time.perf_counter() - t0)}: "
+            f"{stats['rows']} rows, position {stats['position']}"
+        )
+
+        t = time.perf_counter_ns()
+        row = driver.get("public.products", 42)
+        print(f"[app] get(products, 42) in {(time.perf_counter_ns() - t) / 1000:.1f} µs -> {row}")
+
+        for text in (
+            "waterproof hiking boots for long hikes",
+            "coffee mug for the office",
+            "wireless headphones for travel",
+        ):
+            t1 = time.perf_counter()
+            matches = await driver.query(text=text, top_k=3)
+            took = time.perf_counter() - t1
+            print(f"\n[app] query(text={text!r}, top_k=3) in {ms(took)}")
+            for m in matches:
+                print(f"       {m.score:.3f}  #{m.row_id}  {m.text_repr}  ${m.row['price']}")
+
+        # Another service changes the database; the replica follows by itself.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            before = driver.position
+            t2 = time.perf_counter()
+            conn.execute(
+                "UPDATE products SET price = 9.99, name = 'limited edition coffee mug' "
+                "WHERE id = 42"
+            )
+            while (driver.get("public.products", 42) or {}).get("price") != Decimal("9.99"):
+                await asyncio.sleep(0.0005)
+            print(
+                f"\n[app] UPDATE in PostgreSQL visible in the replica after "
+                f"{ms(time.perf_counter() - t2)} (position {before} -> {driver.position})"
+            )
+            print(f"[app] get(products, 42) -> {driver.get('public.products', 42)}")
+
+        lat = []
+        keys = list(range(1, 1001))
+        for k in keys:
+            t = time.perf_counter_ns()
+            driver.get("public.products", k)
+            lat.append(time.perf_counter_ns() - t)
+        lat.sort()
+        print(f"\n[app] 1000 gets: p50 {lat[500] / 1000:.1f} µs, p99 {lat[990] / 1000:.1f} µs")
+        print(f"[app] stats: {driver.stats()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--keep", action="store_true", help="keep the temp directory")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="prismlib-demo-", dir="/var/tmp"))
+    os.chmod(base, 0o755)
+    wrapper: subprocess.Popen[bytes] | None = None
+    pg = EmbeddedPostgres(base / "pg")
+    try:
+        t0 = time.perf_counter()
+        pg.start()
+        print(
+            f"[db] embedded PostgreSQL 16 on port {pg.port} ready in "
+            f"{ms(time.perf_counter() - t0)} ({base})"
+        )
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE products (id bigint PRIMARY KEY, name text NOT NULL, "
+                "description text, price numeric(10, 2))"
+            )
+            t1 = time.perf_counter()
+            with conn.cursor().copy("COPY products FROM STDIN") as copy:
+                for r in sample_products(args.rows):
+                    copy.write_row(r)
+            print(f"[db] loaded {args.rows} sample products in {ms(time.perf_counter() - t1)}")
+        secret = base / "demo.secret"
+        write_secret(secret)
+        port = free_port()
+        config = base / "prism-wrapper.toml"
+        config.write_text(f"""
+[database]
+flavor = "postgres"
+dsn = "{pg.dsn}"
+
+[chorus]
+listen_host = "127.0.0.1"
+listen_port = {port}
+tenant_id = "demo"
+secret_file = "{secret}"
+
+[store]
+path = "{base / "store.sqlite3"}"
+
+[[tables]]
+name = "public.products"
+text_columns = ["name", "description"]
+""")
+        log = (base / "wrapper.log").open("wb")
+        t2 = time.perf_counter()
+        wrapper = subprocess.Popen(
+            [sys.executable, "-m", "prism.wrapper.cli", "run", "--config", str(config)],
+            stdout=log,
+            stderr=log,
+        )
+        wait_serving(port, wrapper)
+        print(
+            f"[wrapper] prism-wrapper serving on 127.0.0.1:{port} after "
+            f"{ms(time.perf_counter() - t2)} (log: {base / 'wrapper.log'})"
+        )
+        asyncio.run(app(port, secret, pg.dsn))
+        wrapper.send_signal(signal.SIGTERM)
+        print(f"\n[wrapper] SIGTERM -> exit code {wrapper.wait(30)}")
+        wrapper = None
+        return 0
+    finally:
+        if wrapper is not None:
+            wrapper.kill()
+        pg.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

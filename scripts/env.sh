@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Shared by the other scripts: make (once) and activate the project's venv with
+# the given extras installed. Usage: source scripts/env.sh EXTRAS
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${PRISM_VENV:-$root/.venv}"
+extras="${1:-dev}"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+stamp="$venv/.installed-$extras-$(sha1sum "$root/pyproject.toml" | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+    echo "installing prismlib[$extras] into $venv ..." >&2
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    "$venv/bin/python" -m pip install -q -e "$root[$extras]"
+    touch "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+cd "$root"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Lint and type-check. mypy needs the installed names (prism.fabric, ...), which
+# live in folders named fabric/, wrapper/, driver/; a symlink tree gives it them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ruff check .
+ruff format --check .
+tree=build/typecheck
+mkdir -p "$tree/prism"
+for p in fabric wrapper driver; do ln -sfn "../../../$p" "$tree/prism/$p"; done
+(cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
+    -p prism.fabric -p prism.wrapper -p prism.driver)
+(cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
+    ../../examples/demo.py ../../proto/generate.py)

@@ -1,0 +1,365 @@
+"""Row payloads and primary keys on the wire (prism.fabric.payload)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import json
+import math
+import struct
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prism.fabric.errors import PayloadError
+from prism.fabric.payload import decode_key, decode_row, encode_key, encode_row
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal in type and value, with nan == nan, -0.0 != 0.0, Decimal exponents
+    and datetime offsets compared too."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, Decimal):
+        return str(a) == str(b)
+    if isinstance(a, (dt.datetime, dt.time)):
+        return a.isoformat() == b.isoformat() and a.utcoffset() == b.utcoffset()
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+def roundtrip(row: dict[str, Any]) -> dict[str, Any]:
+    data = encode_row(row)
+    assert isinstance(data, bytes)
+    data.decode("utf-8")  # always valid UTF-8 ...
+    json.loads(data)  # ... and strict JSON (no NaN/Infinity literals)
+    return decode_row(data)
+
+
+tzs = st.one_of(
+    st.none(),
+    st.just(dt.UTC),
+    st.timedeltas(min_value=dt.timedelta(hours=-23), max_value=dt.timedelta(hours=23)).map(
+        dt.timezone
+    ),
+)
+decimals = st.one_of(
+    st.decimals(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1.00", "-0", "1E+3", "0E-7", "sNaN", "-NaN", "123.4500"]).map(Decimal),
+)
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
+    max_leaves=12,
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(),
+    st.binary(),
+    decimals,
+    st.datetimes(timezones=tzs),
+    st.dates(),
+    st.times(timezones=st.one_of(st.none(), st.just(dt.UTC))),
+    st.timedeltas(),
+    st.uuids(),
+)
+values = st.one_of(
+    scalars,
+    json_values,
+    st.lists(st.floats(), min_size=1, max_size=20),
+    st.lists(st.one_of(st.none(), scalars), max_size=5),
+    st.lists(st.lists(st.one_of(st.none(), st.integers(), decimals), max_size=3), max_size=3),
+    st.dictionaries(st.text(max_size=4), scalars, max_size=3),
+    st.tuples(scalars, scalars),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), values, max_size=8))
+def test_row_round_trip(row: dict[str, Any]) -> None:
+    assert same(roundtrip(row), row)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -(2**63),
+        2**64 - 1,
+        2**64,
+        -(2**200),
+        10**5000,  # beyond Python's int/str digit limit
+        0.1,
+        -0.0,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        1e308,
+        5e-324,
+        "",
+        "a\x00b",
+        "\ud800 lone surrogate",
+        "日本語 🎉 \u2028",
+        Decimal("1.10"),
+        Decimal("1E+2"),
+        Decimal("-0.000"),
+        Decimal("NaN"),
+        Decimal("-sNaN"),
+        Decimal("-Infinity"),
+        Decimal("1.2345678901234567890123456789012345678901234567890"),
+        b"",
+        b"\x00\xff" * 10,
+        dt.datetime(2024, 2, 29, 23, 59, 59, 999999),
+        dt.datetime(1, 1, 1),
+        dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+        dt.datetime(2024, 1, 1, 12, 0, 0, 1, tzinfo=dt.UTC),
+        dt.date(9999, 12, 31),
+        dt.time(0, 0),
+        dt.time(23, 59, 59, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-3))),
+        dt.timedelta(days=-1, microseconds=1),
+        dt.timedelta(days=999999999),
+        uuid.uuid4(),
+        [],
+        [1.5],
+        [0.1, float("nan"), -0.0, float("inf")],
+        [1, 2.5],
+        [None, 1.0],
+        [[1, None], [None]],
+        [Decimal("1.0"), None],
+        [dt.date(2020, 1, 1), None],
+        {},
+        {"$t": 1},
+        {"t": "x", "v": {"L": ["M", "d"]}},
+        ["L", "x"],
+        ["d", "1.0"],
+        {"a": [1, {"b": None}], "c": 2.5},
+        {"n": float("nan")},
+        {"d": Decimal("2.50"), "nested": {"b": b"x"}},
+        (1, "a"),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_value_round_trip(value: Any) -> None:
+    row = {"col": value, "id": 1}
+    assert same(roundtrip(row), row)
+
+
+def test_tags_cannot_collide_with_user_data() -> None:
+    # A json column whose content looks like the encoding itself stays plain.
+    row = {"v": {"v": 1, "t": {"v": "d"}}, "t": {"col": "d"}, "col": "1.0"}
+    assert same(roundtrip(row), row)
+    assert same(roundtrip({"x": ["L", ["d", "1"]]}), {"x": ["L", ["d", "1"]]})
+
+
+def test_plain_rows_stay_readable_json() -> None:
+    doc = json.loads(encode_row({"id": 1, "name": "x", "score": 1.5, "ok": None}))
+    assert doc == {"v": {"id": 1, "name": "x", "score": 1.5, "ok": None}}
+    doc = json.loads(encode_row({"price": Decimal("9.90"), "id": 2}))
+    assert doc == {"v": {"price": "9.90", "id": 2}, "t": {"price": "d"}}
+
+
+def test_column_order_preserved() -> None:
+    row = {"z": 1, "a": Decimal(1), "m": [1.0], "b": "x"}
+    assert list(roundtrip(row)) == ["z", "a", "m", "b"]
+
+
+def test_lenient_inputs_come_back_as_builtins() -> None:
+    class Color(enum.IntEnum):
+        RED = 1
+
+    class MyStr(str):
+        pass
+
+    out = roundtrip(
+        {
+            "e": Color.RED,
+            "s": MyStr("x"),
+            "ba": bytearray(b"ab"),
+            "mv": memoryview(b"cd"),
+            "np32": np.array([1.5, 2.5], dtype=np.float32),
+            "np64": np.array([0.1], dtype=np.float64),
+            "npint": np.int64(7),
+        }
+    )
+    assert same(
+        out,
+        {
+            "e": 1,
+            "s": "x",
+            "ba": b"ab",
+            "mv": b"cd",
+            "np32": [1.5, 2.5],
+            "np64": [0.1],
+            "npint": 7,
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [object(), {1, 2}, {1: "a"}, [object()], {"a": {2: 3}}, np.zeros((2, 2)), 1j],
+    ids=lambda v: type(v).__name__,
+)
+def test_unsupported_types_name_the_column(value: Any) -> None:
+    with pytest.raises(PayloadError, match="bad_col"):
+        encode_row({"ok": 1, "bad_col": value})
+
+
+def test_non_str_column_name() -> None:
+    with pytest.raises(PayloadError, match="not a str"):
+        encode_row({1: "x"})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff",
+        b"[]",
+        b"{}",
+        b'{"v": []}',
+        b'{"v": {"a": 1}, "t": {"a": "nope"}}',
+        b'{"v": {"a": 1}, "t": {"b": "d"}}',
+        b'{"v": {"a": "zz"}, "t": {"a": "b"}}',
+        b'{"v": {"a": "x"}, "t": {"a": "d"}}',
+        b'{"v": {"a": 5}, "t": {"a": "d"}}',
+        b'{"v": {"a": "2020-13-01"}, "t": {"a": "da"}}',
+        b'{"v": {"a": [1, 2]}, "t": {"a": "td"}}',
+        b'{"v": {"a": [10000000000, 0, 0]}, "t": {"a": "td"}}',
+        b'{"v": {"a": "AAAA"}, "t": {"a": "F8"}}',
+        b'{"v": {"a": ["Q", 1]}, "t": {"a": "x"}}',
+        b'{"v": {"a": []}, "t": {"a": "x"}}',
+        b'{"v": {"a": {"k": 1}}, "t": {"a": "x"}}',
+        b'{"v": {"a": NaN}}',
+        b'{"v": {"a": "inf"}, "t": {"a": []}}',
+        b'{"v": {"a": 1}, "t": ["a"]}',
+        b"[" * 100000,
+    ],
+)
+def test_malformed_payloads_raise_payload_error(data: bytes) -> None:
+    with pytest.raises(PayloadError):
+        decode_row(data)
+
+
+@given(st.binary(max_size=64))
+def test_fuzz_decode_row_only_raises_payload_error(data: bytes) -> None:
+    with contextlib.suppress(PayloadError):
+        decode_row(data)
+
+
+def test_row_speed() -> None:
+    rng = np.random.default_rng(0)
+    row = {
+        "id": 123456,
+        "name": "Red running shoes, size 42",
+        "price": Decimal("129.90"),
+        "created": dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=dt.UTC),
+        "in_stock": True,
+        "embedding": rng.standard_normal(384).tolist(),
+    }
+    data = encode_row(row)
+    n = 2000
+    t = time.perf_counter()
+    for _ in range(n):
+        encode_row(row)
+    enc = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    for _ in range(n):
+        decode_row(data)
+    dec = (time.perf_counter() - t) / n
+    # Generous bounds for loaded CI machines; typical is ~30-50 us each.
+    assert enc < 250e-6 and dec < 250e-6, (enc, dec)
+
+
+# -- keys -------------------------------------------------------------------
+
+key_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(),
+    st.uuids(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.datetimes(timezones=tzs),
+    st.dates(),
+    st.binary(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(key_values, min_size=1, max_size=4))
+def test_key_canonical_and_round_trip(values: list[Any]) -> None:
+    key = encode_key(values)
+    assert isinstance(key, str)
+    assert ", " not in key.replace('", "', "")  # compact separators
+    plain = decode_key(key)
+    assert isinstance(plain, tuple) and len(plain) == len(values)
+    # Plain values are a fixed point: re-encoding gives the same string.
+    assert encode_key(plain) == key
+
+
+@given(st.lists(st.one_of(st.integers(), st.text(), st.booleans(), st.none()), max_size=4))
+def test_plain_keys_round_trip_exactly(values: list[Any]) -> None:
+    assert decode_key(encode_key(values)) == tuple(values)
+    assert [type(v) for v in decode_key(encode_key(values))] == [type(v) for v in values]
+
+
+@given(st.uuids())
+def test_uuid_key_equals_its_str(u: uuid.UUID) -> None:
+    assert encode_key([u]) == encode_key([str(u)])
+    assert encode_key([u, 5]) == encode_key([str(u), 5])
+
+
+def test_key_forms() -> None:
+    assert encode_key([1, "a", True, None]) == '[1,"a",true,null]'
+    assert encode_key([Decimal("1.50")]) == encode_key([Decimal("1.5")]) == '["1.5"]'
+    assert encode_key([Decimal("100")]) == encode_key([Decimal("1E+2")]) == '["100"]'
+    assert encode_key([Decimal("-0.00")]) == '["0"]'
+    long = Decimal("1.23456789012345678901234567890123456789")
+    assert encode_key([long]) == '["1.23456789012345678901234567890123456789"]'
+    assert encode_key([b"\x01\xab"]) == '["01ab"]'
+    assert encode_key([dt.date(2024, 1, 2)]) == '["2024-01-02"]'
+    assert encode_key([dt.datetime(2024, 1, 2, 3, 4, 5)]) == '["2024-01-02T03:04:05"]'
+    plus2 = dt.datetime(2024, 1, 2, 5, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert encode_key([plus2]) == encode_key([plus2.astimezone(dt.UTC)])
+    assert encode_key([2.0]) == encode_key([2]) == "[2]"
+    assert encode_key([2.5]) == "[2.5]"
+    assert encode_key(["é"]) == '["é"]'
+    assert encode_key(()) == "[]"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), object(), [1], {"a": 1}])
+def test_bad_key_values(value: Any) -> None:
+    with pytest.raises(PayloadError):
+        encode_key([1, value])
+
+
+@pytest.mark.parametrize("key", ["", "{}", "1", "[1,", "[NaN]", "nope"])
+def test_bad_keys(key: str) -> None:
+    with pytest.raises(PayloadError):
+        decode_key(key)
