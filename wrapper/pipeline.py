@@ -245,7 +245,8 @@ class Pipeline:
         self._maybe_purge()
 
     def _maybe_purge(self) -> None:
-        if time.monotonic() - self._last_purge < PURGE_INTERVAL_S:
+        interval = min(PURGE_INTERVAL_S, self._retention_us / 4e6)
+        if time.monotonic() - self._last_purge < interval:
             return
         self._last_purge = time.monotonic()
         purged = self.store.purge_tombstones(now_us() - self._retention_us)

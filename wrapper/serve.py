@@ -128,7 +128,8 @@ def subscription(
     current_stream = stream_id
     while is_active():
         with reader.snapshot() as meta:
-            if not meta.snapshot_done:
+            copying = not meta.snapshot_done
+            if copying:
                 pass  # nothing servable yet: the initial copy is running
             elif needs_bootstrap(meta, current_stream, position):
                 yield from fs.batch(meta, 0, bootstrap=True)
@@ -136,6 +137,10 @@ def subscription(
             elif meta.head > position:
                 yield from fs.batch(meta, position, bootstrap=False)
                 position = meta.head
+        if copying:
+            # Wait for the next commit of the copy rather than spin on it.
+            wait_for_head(meta.head, heartbeat_s)
+            continue
         if not wait_for_head(position, heartbeat_s):
             with reader.snapshot() as meta:
                 yield fs.heartbeat(meta)

@@ -159,6 +159,7 @@ class Store:
                 source_position=0,
                 last_commit_us=0,
             )
+            txn._head = 0
         return self._meta
 
     def purge_tombstones(self, older_than_us: int) -> int:

@@ -1,0 +1,121 @@
+"""Wrapper config: every bad value is refused at start, naming key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prism.driver import DriverConfig, DriverConfigError
+from prism.wrapper.config import FIELDS, config_from_mapping, describe_fields, load_config
+from prism.wrapper.errors import ConfigError
+
+BASE: dict[str, Any] = {
+    "database": {"flavor": "postgres", "dsn": "host=db"},
+    "chorus": {"listen_port": 50051, "tenant_id": "acme", "secret_file": "/etc/s"},
+    "tables": [{"name": "items", "vector_column": "emb", "vector_dim": 384}],
+}
+
+
+def with_(**sections: Any) -> dict[str, Any]:
+    data = {k: (dict(v) if isinstance(v, dict) else list(v)) for k, v in BASE.items()}
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            data.setdefault(k, {}).update(v)
+        else:
+            data[k] = v
+    return data
+
+
+def test_defaults_and_seed_keys() -> None:
+    cfg = config_from_mapping(BASE, env={})
+    assert cfg.dsn == "host=db" and cfg.tenant_id == "acme"
+    assert cfg["chorus.listen_port"] == 50051
+    assert cfg["store.retention_seconds"] == 7 * 24 * 3600
+    t = cfg.table("public.items")  # schema defaults to public
+    assert (cfg.source_dim(t), cfg.table_dim(t)) == (384, 384)
+
+
+def test_environment_overrides_the_file() -> None:
+    cfg = config_from_mapping(
+        BASE, env={"PRISM_CHORUS_LISTEN_PORT": "6000", "PRISM_DATABASE_BINARY": "false"}
+    )
+    assert cfg["chorus.listen_port"] == 6000 and cfg["database.binary"] is False
+    with pytest.raises(ConfigError, match=r"chorus.listen_port.*PRISM_CHORUS_LISTEN_PORT"):
+        config_from_mapping(BASE, env={"PRISM_CHORUS_LISTEN_PORT": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (
+            with_(database={"dsn": None}) | {"database": {"flavor": "postgres"}},
+            "database.dsn is required",
+        ),
+        (with_(chorus={"listen_port": 70000}), "listen_port = 70000.*TCP port"),
+        (with_(chorus={"listen_port": True}), "expected an integer"),
+        (with_(database={"flavor": "oracle"}), "database.flavor"),
+        (with_(database={"slot": "bad-name;"}), "database.slot"),
+        (with_(chorus={"tenant_id": ""}), "chorus.tenant_id"),
+        (with_(store={"synchronous": "off"}), "store.synchronous"),
+        (with_(chorus={"colour": "blue"}), "unknown key chorus.colour"),
+        (with_(extra={"a": 1}), r"unknown section \[extra\]"),
+        (with_(tables=[]), "no tables configured"),
+        (with_(tables=[{"name": "x", "vector_column": "v"}]), "vector_dim.*required"),
+        (
+            with_(
+                tables=[{"name": "x", "vector_column": "v", "vector_dim": 3, "text_columns": ["a"]}]
+            ),
+            "either vector_column or text_columns",
+        ),
+        (
+            with_(tables=[{"name": "x", "vectr_column": "v"}]),
+            r"unknown key\(s\) \['vectr_column'\]",
+        ),
+        (with_(tables=[{"name": "x"}, {"name": "public.x"}]), "lists a table twice"),
+        (with_(tables=[{"name": "x; drop"}]), "not schema.table"),
+        (with_(vectors={"dimension": 512}), "larger than table public.items"),
+    ],
+)
+def test_bad_values_are_refused_by_name(data: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_mapping(data, env={})
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[database\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[2] / "deploy" / "config.example.toml")
+    assert [t.name for t in cfg.tables] == ["public.products", "public.articles"]
+
+
+def test_reference_lists_every_key_once() -> None:
+    ref = describe_fields()
+    for f in FIELDS:
+        assert ref.count(f.dotted + " ") == 1
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"wrapper_port": 0}, "wrapper_port"),
+        ({"tenant_id": ""}, "tenant_id"),
+        ({"secret_file": ""}, "secret_file"),
+        ({"reconnect_min_s": -1}, "reconnect_min_s"),
+        ({"reconnect_min_s": 5, "reconnect_max_s": 1}, "reconnect_max_s"),
+        ({"max_frame_rows": 0}, "max_frame_rows"),
+        ({"wrapper_host": ""}, "wrapper_host"),
+    ],
+)
+def test_driver_config_rejects_bad_arguments(kw: dict[str, Any], match: str) -> None:
+    args: dict[str, Any] = {"tenant_id": "acme", "secret_file": "/s"} | kw
+    with pytest.raises(DriverConfigError, match=match):
+        DriverConfig(**args)

@@ -1,0 +1,177 @@
+"""Store → frames → follower → replica, without a network: the serving and
+resume logic as pure code, including bootstrap, catch-up and rejections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prism.driver.follow import Follower
+from prism.driver.index import VectorIndex
+from prism.driver.replica import Replica, TableReplica
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.errors import FrameError
+from prism.fabric.frames import open_frame
+from prism.fabric.keys import derive_epoch_keys
+from prism.fabric.payload import encode_key, encode_row
+from prism.fabric.sealing import Sealer
+from prism.wrapper.serve import FrameStream, ServeContext, needs_bootstrap, subscription
+from prism.wrapper.store import Store, StoreMeta, StoreReader
+
+SECRET = b"k" * 32
+DIM = 4
+
+
+def sealer(dim: int, epoch: int = 1) -> Sealer:
+    return Sealer(derive_epoch_keys(SECRET, "acme", epoch), dim)
+
+
+CTX = ServeContext(
+    tenant_id="acme", dims={"t": DIM, "plain": 0}, sealer=sealer, tables=("t", "plain")
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(tmp_path / "s.sqlite3", "normal")
+    s.reset("stream-1")
+    with s.transaction() as txn:
+        txn.mark_snapshot_done()
+    return s
+
+
+def put(store: Store, table: str, i: int, deleted: bool = False) -> None:
+    with store.transaction() as txn:
+        key = encode_key([i])
+        if deleted:
+            txn.delete(table, key, 1)
+        else:
+            vec = np.full(DIM, i + 1, dtype="<f4").tobytes() if table == "t" else None
+            txn.upsert(table, key, encode_row({"id": i, "v": f"row {i}"}), vec, 1)
+
+
+def replica() -> Replica:
+    return Replica(
+        {
+            "t": TableReplica("t", ("id",), ("v",), index=VectorIndex(DIM)),
+            "plain": TableReplica("plain", ("id",), ()),
+        }
+    )
+
+
+def follow(store: Store, follower: Follower, rep: Replica, rows: int = 2) -> Replica:
+    """One Subscribe call's first batch, through the real frame codec."""
+    reader = StoreReader(store.path)
+    stream_id, pos = follower.new_call()
+    fs = FrameStream(CTX, reader, rows)
+    with reader.snapshot() as meta:
+        frames = list(fs.batch(meta, pos, needs_bootstrap(meta, stream_id, pos)))
+    reader.close()
+    for f in frames:
+        wire = pb.Frame.FromString(f.SerializeToString())
+        decoded = open_frame(
+            wire, lambda e, d=wire.vector_dim: sealer(d, e), tenant_id="acme", stream_id=None
+        )
+        batch = follower.on_frame(decoded)
+        if batch is not None:
+            if batch.reset:
+                rep = Replica.empty_like(rep)
+            rep.apply(batch)
+            follower.committed(batch)
+    return rep
+
+
+def test_needs_bootstrap() -> None:
+    meta = StoreMeta("s", True, head=10, retention_floor=4, source_position=0, last_commit_us=0)
+    assert needs_bootstrap(meta, "", 0)
+    assert needs_bootstrap(meta, "other", 7)
+    assert needs_bootstrap(meta, "s", 3)  # below the retention floor
+    assert needs_bootstrap(meta, "s", 11)  # ahead of the store: not this store's history
+    assert not needs_bootstrap(meta, "s", 4)
+    assert not needs_bootstrap(meta, "s", 10)
+
+
+def test_bootstrap_then_catch_up(store: Store) -> None:
+    for i in range(5):
+        put(store, "t", i)
+    put(store, "plain", 1)
+    follower = Follower()
+    rep = follow(store, follower, replica())
+    assert follower.stream_id == "stream-1" and follower.position == store.meta.head
+    assert rep.row_counts() == {"t": 5, "plain": 1}
+    assert rep.tables["t"].rows[encode_key([3])] == {"id": 3, "v": "row 3"}
+    idx = rep.tables["t"].index
+    assert idx is not None and len(idx) == 5
+    # vectors arrive unsealed, equal to what was stored
+    q = np.full(DIM, 0.5, dtype=np.float32)
+    assert idx.query(q, 1, -1)[0][1] == pytest.approx(1.0, abs=1e-5)
+
+    put(store, "t", 1, deleted=True)
+    put(store, "t", 9)
+    before = follower.position
+    rep2 = follow(store, follower, rep)
+    assert rep2 is rep  # applied in place, not rebuilt
+    assert follower.position > before
+    assert set(rep.tables["t"].rows) == {encode_key([i]) for i in (0, 2, 3, 4, 9)}
+    assert encode_key([1]) not in rep.tables["t"].index  # type: ignore[operator]
+
+
+def test_new_stream_identity_rebuilds_the_replica(store: Store) -> None:
+    put(store, "t", 1)
+    follower = Follower()
+    rep = follow(store, follower, replica())
+    store.reset("stream-2")
+    with store.transaction() as txn:
+        txn.mark_snapshot_done()
+    put(store, "t", 7)
+    rep2 = follow(store, follower, rep)
+    assert rep2 is not rep and set(rep2.tables["t"].rows) == {encode_key([7])}
+    assert follower.stream_id == "stream-2"
+
+
+def test_sequence_gap_and_replay_are_rejected(store: Store) -> None:
+    for i in range(4):
+        put(store, "t", i)
+    reader = StoreReader(store.path)
+    fs = FrameStream(CTX, reader, 1)
+    with reader.snapshot() as meta:
+        frames = list(fs.batch(meta, 0, True))
+    reader.close()
+
+    def opened(f: pb.Frame):  # type: ignore[no-untyped-def]
+        return open_frame(
+            f, lambda e, d=f.vector_dim: sealer(d, e), tenant_id="acme", stream_id=None
+        )
+
+    follower = Follower()
+    follower.new_call()
+    follower.on_frame(opened(frames[0]))
+    with pytest.raises(FrameError, match="sequence"):
+        follower.on_frame(opened(frames[2]))  # frames[1] dropped
+    follower.new_call()
+    follower.on_frame(opened(frames[0]))
+    follower.on_frame(opened(frames[1]))
+    with pytest.raises(FrameError, match="sequence"):
+        follower.on_frame(opened(frames[1]))  # replayed
+    assert follower.position == 0  # nothing half-applied counts
+
+
+def test_subscription_streams_then_heartbeats(store: Store) -> None:
+    put(store, "t", 1)
+    reader = StoreReader(store.path)
+    calls = iter([True, True, False])
+    waits: list[int] = []
+
+    def wait(pos: int, timeout: float) -> bool:
+        waits.append(pos)
+        return False  # nothing new: heartbeat
+
+    frames = list(subscription(CTX, reader, "", 0, 100, wait, lambda: next(calls)))
+    kinds = [f.kind for f in frames]
+    assert kinds[0] == pb.RESET and pb.HEARTBEAT in kinds
+    assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
+    assert frames[kinds.index(pb.HEARTBEAT) - 1].commit_position == store.meta.head
+    assert waits == [store.meta.head, store.meta.head]
+    reader.close()
