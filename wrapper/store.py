@@ -295,6 +295,10 @@ class StoreTxn:
         )
 
     def mark_snapshot_done(self) -> None:
+        """The initial copy is complete. It takes a position of its own, so
+        even an empty copy has a position a batch can commit at (0 means
+        'nothing yet' on the wire)."""
+        self._next()
         self.meta = _replace(self.meta, snapshot_done=True)
 
     def _flush_meta(self) -> None:

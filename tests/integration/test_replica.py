@@ -321,3 +321,123 @@ async def test_slot_confirmed_only_after_store_commit(db, wrapper, secret_file, 
             samples += 1
             await asyncio.sleep(0.002)
     assert advanced > 0  # the slot did move while we watched
+
+
+async def test_driver_past_retention_rebootstraps(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A driver cut off longer than the tombstone retention cannot catch up
+    (deletes it missed are forgotten): it must bootstrap in full, and end
+    equal to the database."""
+    from prism.driver import DriverConfig, PrismDriver
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO items (id, title) SELECT g, 'a' FROM generate_series(1, 30) g")
+    proc = wrapper(TABLES_CONFIG, store={"retention_seconds": 0.5})
+    proxy = Proxy(proc.port)
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1",
+        wrapper_port=proxy.port,
+        tenant_id="acme",
+        secret_file=secret_file,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    async with PrismDriver(cfg) as driver:
+        await driver.wait_ready(timeout=30)
+        proxy.cut()
+        with db.connect() as c:
+            c.execute("DELETE FROM items WHERE id <= 10")
+        # Wait until the wrapper purged those tombstones past the driver's position.
+        import grpc
+
+        from prism.fabric import wrapper_pb2 as pb
+        from prism.fabric import wrapper_pb2_grpc as pb_grpc
+
+        with grpc.insecure_channel(proc.target) as ch:
+            stub = pb_grpc.WrapperServiceStub(ch)
+            for _ in range(100):
+                floor = stub.Hello(
+                    pb.HelloRequest(protocol_version=1, tenant_id="acme", client_nonce=b"n" * 16)
+                ).retention_floor
+                if floor > driver.position:
+                    break
+                with db.connect() as c:  # keep commits flowing so the wrapper wakes
+                    c.execute("UPDATE items SET title = 'b' WHERE id = 30")
+                await asyncio.sleep(0.2)
+        assert floor > driver.position
+        assert driver.get("items", 1) is not None  # still the old replica
+        proxy.restore()
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=30)
+        assert driver.stats()["bootstraps"] == 2
+    proxy.close()
+
+
+async def test_reconnects_through_a_cut_link_and_catches_up(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    from prism.driver import DriverConfig, PrismDriver
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES_CONFIG)
+    proxy = Proxy(proc.port)
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1",
+        wrapper_port=proxy.port,
+        tenant_id="acme",
+        secret_file=secret_file,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    async with PrismDriver(cfg) as driver:
+        await driver.wait_ready(timeout=30)
+        for round_ in range(3):
+            proxy.cut()
+            with db.connect() as c:
+                c.execute(
+                    "INSERT INTO items (id, title) SELECT g, %s FROM generate_series(%s::int, %s::int) g",
+                    (f"r{round_}", round_ * 10, round_ * 10 + 9),
+                )
+            await asyncio.sleep(0.3)
+            proxy.restore()
+            with db.connect() as c:
+                await wait_consistent(driver, c, KEYS, timeout=30)
+        stats = driver.stats()
+        assert stats["bootstraps"] == 1 and stats["reconnects"] >= 3
+        assert proxy.connections >= 4
+    proxy.close()
+
+
+def test_check_command_reports_prerequisites(db, wrapper) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    db.execute(SCHEMA + "CREATE TABLE loose (a int);")
+    ok = wrapper(TABLES_CONFIG, start=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(ok.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok   table public.items: key (id)" in r.stdout
+    assert "ok   ready to replicate" in r.stdout
+    bad = wrapper([{"name": "loose"}, {"name": "items", "text_columns": ["nope"]}], start=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(bad.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert "FAIL table public.loose has no primary key" in r.stdout
+    with db.connect() as c:
+        c.execute("ALTER TABLE loose REPLICA IDENTITY FULL")
+    r = subprocess.run(
+        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(bad.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "FAIL tables.text_columns: table public.items has no column 'nope'" in r.stdout
