@@ -395,7 +395,8 @@ async def test_reconnects_through_a_cut_link_and_catches_up(db, wrapper, secret_
             proxy.cut()
             with db.connect() as c:
                 c.execute(
-                    "INSERT INTO items (id, title) SELECT g, %s FROM generate_series(%s::int, %s::int) g",
+                    "INSERT INTO items (id, title) "
+                    "SELECT g, %s FROM generate_series(%s::int, %s::int) g",
                     (f"r{round_}", round_ * 10, round_ * 10 + 9),
                 )
             await asyncio.sleep(0.3)
