@@ -181,7 +181,9 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         )
 
 
-def create_server(state: WrapperState, address: str) -> tuple[grpc.Server, int]:
+def create_server(
+    state: WrapperState, address: str, servicer: WrapperServicer | None = None
+) -> tuple[grpc.Server, int]:
     """Build the server and bind `address` ("host:port", port 0 for any).
     Returns (server, bound port); call server.start()."""
     workers = int(os.environ.get("PRISM_GRPC_WORKERS", "64"))
@@ -193,7 +195,7 @@ def create_server(state: WrapperState, address: str) -> tuple[grpc.Server, int]:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_WrapperServiceServicer_to_server(WrapperServicer(state), server)
+    pb_grpc.add_WrapperServiceServicer_to_server(servicer or WrapperServicer(state), server)
     port = server.add_insecure_port(address)
     if port == 0:
         from prism.wrapper.errors import ConfigError
