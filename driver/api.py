@@ -11,6 +11,7 @@ every caller and waiter, never lost in a log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import hmac
 import logging
@@ -206,7 +207,7 @@ class PrismDriver:
                     try:
                         decoded = open_frame(
                             frame,
-                            lambda epoch, dim=frame.vector_dim: self._sealer(epoch, dim),
+                            functools.partial(self._sealer, dim=frame.vector_dim),
                             tenant_id=cfg.tenant_id,
                             stream_id=None,
                         )
