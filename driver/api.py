@@ -11,8 +11,8 @@ every caller and waiter, never lost in a log.
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import hmac
 import logging
 import os
