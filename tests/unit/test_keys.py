@@ -75,10 +75,15 @@ def test_owner_only_modes_accepted(tmp_path: Path) -> None:
     assert load_secret(_write(tmp_path / "s", SECRET, 0o400)) == SECRET
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_unreadable_refused(tmp_path: Path) -> None:
+def test_unreadable_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = _write(tmp_path / "s", SECRET, 0o000)
-    with pytest.raises(SecretFileError, match=str(p)):
+    if os.geteuid() == 0:
+        # root opens any file; make open() fail as it does for everyone else
+        def denied(*args: object, **kw: object) -> int:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("prism.fabric.keys.os.open", denied)
+    with pytest.raises(SecretFileError, match=f"{p}.*cannot be opened"):
         load_secret(p)
 
 
