@@ -44,7 +44,7 @@ class VectorIndex:
         cap = self._vecs.shape[0]
         if need <= cap:
             return
-        new_cap = max(need, cap * 2)
+        new_cap = max(need, cap + cap // 2)  # 1.5x: at most a third of the slab idle
         vecs = np.zeros((new_cap, self.dim), dtype=np.float32)
         vecs[:cap] = self._vecs
         valid = np.zeros(new_cap, dtype=bool)

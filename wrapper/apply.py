@@ -61,6 +61,9 @@ class TableShape:
 
 MissingValue = Callable[[str, str], Any]  # (table, column) -> value existing rows take
 
+# A change waiting in a group: the row's new image, or None for a delete.
+_Pending = dict[tuple[str, str], tuple[dict[str, Any] | None, int]]
+
 
 @dataclass
 class Applier:
@@ -70,53 +73,90 @@ class Applier:
     counters: Counter[str] = field(default_factory=Counter)
 
     def apply(self, txn: StoreTxn, stx: SourceTransaction) -> int:
-        """Write one source transaction; returns the number of row changes."""
-        for rel in stx.relations.values():
-            self._relation(txn, rel, stx.commit_time_us)
+        return self.apply_group(txn, [stx])
+
+    def apply_group(self, txn: StoreTxn, group: list[SourceTransaction]) -> int:
+        """Write a group of source transactions in one store transaction;
+        returns the number of row changes. Changes are gathered per key (the
+        store keeps only the latest image anyway) and written table by table,
+        vectorized in one batch."""
+        pending: _Pending = {}
         n = 0
-        for ch in stx.changes:
-            if isinstance(ch, TruncateChange):
-                for t in ch.tables:
-                    if t in self.shapes:
-                        n += txn.truncate(t, stx.commit_time_us)
-                        self.counters["truncates"] += 1
-                continue
-            shape = self.shapes.get(ch.table)
-            if shape is None:
-                continue  # not a configured table (publication shared with others)
-            n += self._row(txn, shape, ch, stx.commit_time_us)
+        for stx in group:
+            if any(self._columns_changed(rel) for rel in stx.relations.values()):
+                self._flush(txn, pending)
+                for rel in stx.relations.values():
+                    self._relation(txn, rel, stx.commit_time_us)
+            for ch in stx.changes:
+                if isinstance(ch, TruncateChange):
+                    self._flush(txn, pending)
+                    for t in ch.tables:
+                        if t in self.shapes:
+                            n += txn.truncate(t, stx.commit_time_us)
+                            self.counters["truncates"] += 1
+                    continue
+                shape = self.shapes.get(ch.table)
+                if shape is None:
+                    continue  # not a configured table (publication shared with others)
+                n += self._row(txn, pending, shape, ch, stx.commit_time_us)
+        self._flush(txn, pending)
         return n
 
-    def _row(self, txn: StoreTxn, shape: TableShape, ch: RowChange, commit_us: int) -> int:
+    def _row(
+        self, txn: StoreTxn, pending: _Pending, shape: TableShape, ch: RowChange, commit_us: int
+    ) -> int:
         if ch.op == "delete":
             if ch.old is None:
                 raise SourceError(f"table {shape.name}: delete without old key")
-            txn.delete(shape.name, shape.key_of(ch.old), commit_us)
+            pending[(shape.name, shape.key_of(ch.old))] = (None, commit_us)
             return 1
         assert ch.new is not None
         new = ch.new
         key = shape.key_of(new)
         old_key = shape.key_of(ch.old) if ch.old is not None else key
         if any(v is UNCHANGED_TOAST for v in new.values()):
-            new = self._fill_toast(txn, shape, old_key, new)
+            new = self._fill_toast(txn, pending, shape, old_key, new)
         n = 1
         if old_key != key:
-            txn.delete(shape.name, old_key, commit_us)
+            pending[(shape.name, old_key)] = (None, commit_us)
             n += 1
-        txn.upsert(
-            shape.name,
-            key,
-            encode_row(new),
-            self.vectorizer.vector_bytes(shape.name, new),
-            commit_us,
-        )
+        pending.pop((shape.name, key), None)  # keep write order = change order
+        pending[(shape.name, key)] = (self.vectorizer.prepare(shape.name, dict(new)), commit_us)
         return n
 
+    def _flush(self, txn: StoreTxn, pending: _Pending) -> None:
+        by_table: dict[str, list[tuple[str, dict[str, Any] | None, int]]] = {}
+        for (table, key), (row, commit_us) in pending.items():
+            by_table.setdefault(table, []).append((key, row, commit_us))
+        pending.clear()
+        for table, changes in by_table.items():
+            live = [row for _, row, _ in changes if row is not None]
+            vectors = iter(self.vectorizer.vector_bytes_many(table, live))
+            txn.write_many(
+                table,
+                [
+                    (key, encode_row(row), next(vectors), c)
+                    if row is not None
+                    else (key, None, None, c)
+                    for key, row, c in changes
+                ],
+            )
+
     def _fill_toast(
-        self, txn: StoreTxn, shape: TableShape, key: str, new: dict[str, Any]
+        self,
+        txn: StoreTxn,
+        pending: _Pending,
+        shape: TableShape,
+        key: str,
+        new: dict[str, Any],
     ) -> dict[str, Any]:
-        prev = txn.get(shape.name, key)
-        if prev is None:
+        waiting = pending.get((shape.name, key))
+        if waiting is not None:
+            old_row = waiting[0]
+        else:
+            prev = txn.get(shape.name, key)
+            old_row = decode_row(prev[0]) if prev is not None else None
+        if old_row is None:
             # Cannot happen when the store holds every row since the snapshot;
             # say so loudly rather than invent a value.
             self.counters["toast_unfilled"] += 1
@@ -125,9 +165,14 @@ class Applier:
                 extra={"table": shape.name, "key": key},
             )
             return {k: (None if v is UNCHANGED_TOAST else v) for k, v in new.items()}
-        old_row = decode_row(prev[0])
         self.counters["toast_filled"] += 1
         return {k: (old_row.get(k) if v is UNCHANGED_TOAST else v) for k, v in new.items()}
+
+    def _columns_changed(self, rel: RelationInfo) -> bool:
+        shape = self.shapes.get(rel.qualified)
+        return shape is not None and tuple((c.name, c.type_name) for c in rel.columns) != (
+            shape.columns
+        )
 
     def _relation(self, txn: StoreTxn, rel: RelationInfo, commit_us: int) -> None:
         shape = self.shapes.get(rel.qualified)
@@ -136,7 +181,7 @@ class Applier:
         new_cols = tuple((c.name, c.type_name) for c in rel.columns)
         old_names = shape.column_names
         new_names = tuple(c for c, _ in new_cols)
-        if new_names == old_names and new_cols == shape.columns:
+        if new_cols == shape.columns:
             return
         added = [c for c in new_names if c not in old_names]
         dropped = [c for c in old_names if c not in new_names]
@@ -149,7 +194,7 @@ class Applier:
             "table columns changed",
             extra={"table": shape.name, "added": added, "dropped": dropped},
         )
-        count = 0
+        rewritten = []
         for key, payload, vector in list(txn.live_rows(shape.name)):
             row = decode_row(payload)
             for c in dropped:
@@ -157,6 +202,6 @@ class Applier:
             for c, v in fills.items():
                 row.setdefault(c, v)
             ordered = {c: row.get(c) for c in new_names}
-            txn.upsert(shape.name, key, encode_row(ordered), vector, commit_us)
-            count += 1
-        self.counters["schema_rewrites"] += count
+            rewritten.append((key, encode_row(ordered), vector, commit_us))
+        txn.write_many(shape.name, rewritten)
+        self.counters["schema_rewrites"] += len(rewritten)

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier, TableShape
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import WrapperError
@@ -155,15 +156,16 @@ class Pipeline:
             with self.store.transaction() as txn:
                 txn.set_table_columns(name, shape.to_json())
             for batch in source.snapshot_rows(name):
+                rows = [self.vectorizer.prepare(name, row) for row in batch]
+                vectors = self.vectorizer.vector_bytes_many(name, rows)
                 with self.store.transaction() as txn:
-                    for row in batch:
-                        txn.upsert(
-                            name,
-                            shape.key_of(row),
-                            _encode(row),
-                            self.vectorizer.vector_bytes(name, row),
-                            commit_us,
-                        )
+                    txn.write_many(
+                        name,
+                        [
+                            (shape.key_of(row), encode_row(row), vec, commit_us)
+                            for row, vec in zip(rows, vectors, strict=True)
+                        ],
+                    )
                 copied += len(batch)
                 total += len(batch)
                 self.status.snapshot_rows = total
@@ -234,8 +236,7 @@ class Pipeline:
     ) -> None:
         n = 0
         with self.store.transaction() as txn:
-            for stx in pending:
-                n += applier.apply(txn, stx)
+            n = applier.apply_group(txn, pending)
             last = pending[-1]
             txn.set_source_position(last.end_lsn, last.commit_time_us)
         # Only now is it safe to let PostgreSQL discard the WAL.
@@ -255,9 +256,3 @@ class Pipeline:
                 "purged tombstones",
                 extra={"count": purged, "floor": self.store.meta.retention_floor},
             )
-
-
-def _encode(row: dict[str, object]) -> bytes:
-    from prism.fabric.payload import encode_row
-
-    return encode_row(row)

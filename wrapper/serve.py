@@ -89,24 +89,39 @@ class FrameStream:
             vector_dim=dim,
         )
 
-    def batch(self, meta: StoreMeta, from_position: int, bootstrap: bool) -> Iterator[pb.Frame]:
-        """Frames that take a replica at from_position (or empty, when
-        bootstrapping) to meta.head. Call inside reader.snapshot()."""
-        if bootstrap:
-            yield self._frame(meta, pb.RESET, "", [], 0, meta.last_commit_us)
-            from_position = 0
+    def _chunks(
+        self, from_position: int, live_only: bool
+    ) -> Iterator[tuple[str, list[tuple[str, str, int, bytes | None, bytes | None]], int]]:
+        """(table, rows, newest commit time) in frames' worth of rows."""
         newest = 0
         for table in self.ctx.tables:
             chunk: list[tuple[str, str, int, bytes | None, bytes | None]] = []
-            for r in self.reader.changes_since(table, from_position, live_only=bootstrap):
+            for r in self.reader.changes_since(table, from_position, live_only=live_only):
                 chunk.append((r.key, r.op, r.position, r.payload, r.vector))
                 newest = max(newest, r.commit_us)
                 if len(chunk) >= self.max_rows:
-                    yield self._frame(meta, pb.CHANGES, table, chunk, 0, newest)
+                    yield table, chunk, newest
                     chunk = []
             if chunk:
-                yield self._frame(meta, pb.CHANGES, table, chunk, 0, newest)
-        yield self._frame(meta, pb.CHANGES, "", [], meta.head, max(newest, meta.last_commit_us))
+                yield table, chunk, newest
+
+    def batch(self, meta: StoreMeta, from_position: int, bootstrap: bool) -> Iterator[pb.Frame]:
+        """Frames that take a replica at from_position (or empty, when
+        bootstrapping) to meta.head. Call inside reader.snapshot(). The last
+        frame carries commit_position; it holds rows unless there are none."""
+        if bootstrap:
+            yield self._frame(meta, pb.RESET, "", [], 0, meta.last_commit_us)
+            from_position = 0
+        held = None  # one chunk of lookahead, so the last one can close the batch
+        for chunk in self._chunks(from_position, live_only=bootstrap):
+            if held is not None:
+                yield self._frame(meta, pb.CHANGES, held[0], held[1], 0, held[2])
+            held = chunk
+        if held is None:
+            yield self._frame(meta, pb.CHANGES, "", [], meta.head, meta.last_commit_us)
+        else:
+            newest = max(held[2], meta.last_commit_us)
+            yield self._frame(meta, pb.CHANGES, held[0], held[1], meta.head, newest)
 
     def heartbeat(self, meta: StoreMeta) -> pb.Frame:
         return self._frame(meta, pb.HEARTBEAT, "", [], 0, meta.last_commit_us)

@@ -30,6 +30,8 @@ from prism.wrapper.errors import StoreError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS table_schema (name TEXT PRIMARY KEY, columns TEXT NOT NULL);
+-- A rowid table, not WITHOUT ROWID: rows are several kB (payload plus
+-- vector), which SQLite stores far faster outside a clustered key index.
 CREATE TABLE IF NOT EXISTS rows (
     tbl TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -39,8 +41,8 @@ CREATE TABLE IF NOT EXISTS rows (
     vector BLOB,                 -- projected float32 vector, NULL when the row has none
     commit_us INTEGER NOT NULL,  -- source commit time
     stored_us INTEGER NOT NULL,  -- when stored: tombstone retention clock
-    PRIMARY KEY (tbl, key)
-) WITHOUT ROWID;
+    UNIQUE (tbl, key)
+);
 CREATE INDEX IF NOT EXISTS rows_tbl_position ON rows (tbl, position);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
@@ -227,30 +229,45 @@ class StoreTxn:
         self._head += 1
         return self._head
 
+    _UPSERT = (
+        "INSERT INTO rows (tbl, key, position, op, payload, vector, commit_us, stored_us) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
+        "position = excluded.position, op = excluded.op, payload = excluded.payload, "
+        "vector = excluded.vector, commit_us = excluded.commit_us, "
+        "stored_us = excluded.stored_us"
+    )
+
     def upsert(
         self, table: str, key: str, payload: bytes, vector: bytes | None, commit_us: int
     ) -> int:
         pos = self._next()
         self._conn.execute(
-            "INSERT INTO rows (tbl, key, position, op, payload, vector, commit_us, stored_us) "
-            "VALUES (?, ?, ?, 'U', ?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
-            "position = excluded.position, op = 'U', payload = excluded.payload, "
-            "vector = excluded.vector, commit_us = excluded.commit_us, "
-            "stored_us = excluded.stored_us",
-            (table, key, pos, payload, vector, commit_us, self._stored_us),
+            self._UPSERT, (table, key, pos, "U", payload, vector, commit_us, self._stored_us)
         )
         return pos
 
     def delete(self, table: str, key: str, commit_us: int) -> int:
         pos = self._next()
         self._conn.execute(
-            "INSERT INTO rows (tbl, key, position, op, payload, vector, commit_us, stored_us) "
-            "VALUES (?, ?, ?, 'D', NULL, NULL, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
-            "position = excluded.position, op = 'D', payload = NULL, vector = NULL, "
-            "commit_us = excluded.commit_us, stored_us = excluded.stored_us",
-            (table, key, pos, commit_us, self._stored_us),
+            self._UPSERT, (table, key, pos, "D", None, None, commit_us, self._stored_us)
         )
         return pos
+
+    def write_many(
+        self, table: str, changes: list[tuple[str, bytes | None, bytes | None, int]]
+    ) -> None:
+        """Write (key, payload or None for a tombstone, vector, commit_us)
+        changes in order, each at its own position."""
+        base = self._head
+        self._head += len(changes)
+        stored = self._stored_us
+        self._conn.executemany(
+            self._UPSERT,
+            [
+                (table, k, base + i + 1, "U" if p is not None else "D", p, v, c, stored)
+                for i, (k, p, v, c) in enumerate(changes)
+            ],
+        )
 
     def get(self, table: str, key: str) -> tuple[bytes, bytes | None] | None:
         """The live image of a row (payload, vector), as of this transaction."""
@@ -276,8 +293,7 @@ class StoreTxn:
 
     def truncate(self, table: str, commit_us: int) -> int:
         keys = self.live_keys(table)
-        for k in keys:
-            self.delete(table, k, commit_us)
+        self.write_many(table, [(k, None, None, commit_us) for k in keys])
         return len(keys)
 
     def set_table_columns(self, table: str, columns_json: str) -> None:

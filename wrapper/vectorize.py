@@ -3,16 +3,16 @@
 Per table, the vector comes either from a configured vector column (real[],
 pgvector `vector`, ...) or from configured text columns through the built-in
 text embedder. It then goes through the tenant's keyed projection to the
-tenant's dimension, so the store and everything downstream hold vectors only
-in the tenant's keyed space. A row whose vector is missing or malformed is
-still replicated; it just has no vector, and the reason is counted.
+table's projected dimension, so the store and everything downstream hold
+vectors only in the tenant's keyed space. A row whose vector is missing or
+malformed is still replicated; it just has no vector, and the reason is
+counted. Rows are vectorized in batches: one projection per batch, not per row.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,20 @@ from prism.wrapper.config import TableConfig, WrapperConfig
 
 def text_of(row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
     """The text a table's text columns give a row: what the embedder sees and
-    what a match shows as text_repr. The driver uses the same function."""
+    what a match shows as text_repr. The driver joins them the same way."""
     return " ".join(str(row[c]) for c in columns if row.get(c) is not None)
+
+
+def as_float32(value: Any) -> Any:
+    """A vector column's value as a float32 array when it is a flat list of
+    numbers (real[] and pgvector values); anything else is left as it is.
+    The source's float4 values are float32 already, so this is exact, and the
+    row then travels and sits in the driver as 4 bytes per element."""
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float32, copy=False) if value.ndim == 1 else value
+    if isinstance(value, list) and value and all(type(x) is float for x in value):
+        return np.asarray(value, dtype=np.float32)
+    return value
 
 
 class Vectorizer:
@@ -42,20 +54,44 @@ class Vectorizer:
         # Rows replicated without a vector, by (table, reason).
         self.missing: Counter[tuple[str, str]] = Counter()
 
+    def prepare(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
+        """Normalize a row's vector column (see as_float32), in place."""
+        col = self._tables[table].vector_column
+        if col is not None and col in row:
+            row[col] = as_float32(row[col])
+        return row
+
     def vector_bytes(self, table: str, row: Mapping[str, Any]) -> bytes | None:
-        """The projected float32 vector of a row, or None (counted)."""
+        return self.vector_bytes_many(table, [row])[0]
+
+    def vector_bytes_many(
+        self, table: str, rows: Sequence[Mapping[str, Any]]
+    ) -> list[bytes | None]:
+        """The projected little-endian float32 vector of each row, or None
+        (counted) when it has none."""
         t = self._tables[table]
         proj = self._projections.get(table)
-        if proj is None:
-            return None
+        out: list[bytes | None] = [None] * len(rows)
+        if proj is None or not rows:
+            return out
         if t.vector_column is not None:
-            raw = row.get(t.vector_column)
-            vec = self._check_vector(table, raw, t.vector_dim or 0)
-            if vec is None:
-                return None
+            dim = t.vector_dim or 0
+            idx, vecs = [], []
+            for i, row in enumerate(rows):
+                vec = self._check_vector(table, row.get(t.vector_column), dim)
+                if vec is not None:
+                    idx.append(i)
+                    vecs.append(vec)
+            if not vecs:
+                return out
+            src = np.stack(vecs)
         else:
-            vec = self._embedder.embed(text_of(row, t.text_columns))
-        return bytes(proj.apply(vec).astype("<f4", copy=False).tobytes())
+            idx = list(range(len(rows)))
+            src = self._embedder.embed_many([text_of(r, t.text_columns) for r in rows])
+        projected = np.ascontiguousarray(proj.apply(src), dtype="<f4")
+        for j, i in enumerate(idx):
+            out[i] = projected[j].tobytes()
+        return out
 
     def _check_vector(self, table: str, raw: Any, dim: int) -> np.ndarray | None:
         if raw is None:
@@ -74,8 +110,7 @@ class Vectorizer:
         if not np.isfinite(vec).all():
             self.missing[(table, "not-finite")] += 1
             return None
-        norm = float(np.linalg.norm(vec))
-        if norm == 0.0 or math.isnan(norm):
+        if not vec.any():
             self.missing[(table, "zero")] += 1
             return None
         return vec

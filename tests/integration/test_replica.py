@@ -68,7 +68,7 @@ async def test_all_types_round_trip(db, wrapper, secret_file) -> None:  # type: 
         assert row["by"] == b"\x00\xff\x10"
         assert row["ia"] == [1, None, 3]
         assert row["jb"] == {"b": {"c": "d"}}
-        assert row["v"] == [1.0, 2.0, 3.0]
+        assert row["v"].dtype == np.float32 and row["v"].tolist() == [1.0, 2.0, 3.0]
         nan_row = driver.get("public.typed", 13)
         assert nan_row is not None and nan_row["num"].is_nan()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import psycopg
 from psycopg import sql
 
@@ -67,7 +68,15 @@ def replica_rows(driver: PrismDriver, table: str) -> dict[str, dict[str, Any]]:
 
 def same(a: Any, b: Any) -> bool:
     """Equality where NaN equals NaN (float and Decimal), also inside lists
-    and dicts; a type change (1 vs 1.0 vs True) is a difference."""
+    and dicts; a type change (1 vs 1.0 vs True) is a difference. The wrapper
+    carries a vector column as a float32 array: it equals the database's list
+    of float4 values when each element is the same float32, bit for bit."""
+    if isinstance(a, list) and isinstance(b, np.ndarray):
+        return (
+            b.dtype == np.float32
+            and all(type(x) is float for x in a)
+            and np.asarray(a, dtype=np.float32).tobytes() == b.tobytes()
+        )
     if type(a) is not type(b):
         return False
     if isinstance(a, float | Decimal) and a != a:

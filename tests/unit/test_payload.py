@@ -37,6 +37,8 @@ def same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.tobytes() == b.tobytes()
     return bool(a == b)
 
 
@@ -213,7 +215,7 @@ def test_lenient_inputs_come_back_as_builtins() -> None:
             "s": "x",
             "ba": b"ab",
             "mv": b"cd",
-            "np32": [1.5, 2.5],
+            "np32": np.array([1.5, 2.5], dtype=np.float32),
             "np64": [0.1],
             "npint": 7,
         },
