@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,7 +254,7 @@ class StoreTxn:
         return pos
 
     def write_many(
-        self, table: str, changes: list[tuple[str, bytes | None, bytes | None, int]]
+        self, table: str, changes: Sequence[tuple[str, bytes | None, bytes | None, int]]
     ) -> None:
         """Write (key, payload or None for a tombstone, vector, commit_us)
         changes in order, each at its own position."""
