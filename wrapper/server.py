@@ -6,6 +6,7 @@ Kept thin: streaming logic lives in wrapper/serve.py, keys in prism.fabric.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -77,12 +78,20 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         if not 16 <= len(request.client_nonce) <= 64:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_nonce must be 16-64 bytes")
         st = self.state
-        meta = st.store.meta
         keys = derive_epoch_keys(st.secret, st.tenant_id, KEY_EPOCH)
         tables = []
-        import json
-
-        stored = st.store.table_columns() if meta.snapshot_done else {}
+        reader = StoreReader(st.store.path)
+        try:
+            with reader.snapshot() as meta:
+                stored = reader.table_columns() if meta.snapshot_done else {}
+        finally:
+            reader.close()
+        if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
+            # A driver must not learn an empty schema and keep it.
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the wrapper is starting: its tables are not discovered yet",
+            )
         for t in st.cfg.tables:
             info = json.loads(stored[t.name]) if t.name in stored else None
             shape = st.pipeline.shapes.get(t.name)

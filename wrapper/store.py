@@ -346,8 +346,10 @@ class StoreReader:
         finally:
             self._conn.execute("COMMIT")
 
-    def tables(self) -> list[str]:
-        return [str(t) for (t,) in self._conn.execute("SELECT DISTINCT tbl FROM rows")]
+    def table_columns(self) -> dict[str, str]:
+        return {
+            str(n): str(c) for n, c in self._conn.execute("SELECT name, columns FROM table_schema")
+        }
 
     def changes_since(
         self, table: str, position: int, live_only: bool = False

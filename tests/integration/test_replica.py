@@ -442,3 +442,42 @@ def test_check_command_reports_prerequisites(db, wrapper) -> None:  # type: igno
         timeout=60,
     )
     assert "FAIL tables.text_columns: table public.items has no column 'nope'" in r.stdout
+
+
+async def test_column_without_binary_decoder_added_midstream(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A column whose type has no binary decoder (money) appears mid-stream:
+    the wrapper reconnects in text mode instead of dying, and goes on."""
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES_CONFIG)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        with db.connect() as c:
+            c.execute("ALTER TABLE pairs ADD COLUMN price money")
+            c.execute("INSERT INTO pairs (a, b, price) VALUES (1, 'x', 1.5)")
+            c.execute("INSERT INTO pairs (a, b) VALUES (2, 'y')")
+        for _ in range(200):
+            row = driver.get("pairs", (2, "y"))
+            if row is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert driver.get("pairs", (1, "x")) == {"a": 1, "b": "x", "note": None, "price": "$1.50"}
+        assert row == {"a": 2, "b": "y", "note": None, "price": None}
+    assert proc.health().status == "SERVING"
+    assert "streaming in text mode" in proc.log_tail(20000)
+
+
+async def test_driver_started_before_the_wrapper(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A driver that connects while the wrapper is still starting (or not yet
+    listening) keeps retrying and ends with the right schema and rows."""
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO pairs SELECT g, 'b' || g, 'n' FROM generate_series(1, 2000) g")
+    proc = wrapper(TABLES_CONFIG, start=False)
+    async with driver_for(proc, secret_file) as driver:
+        await asyncio.sleep(0.2)
+        proc.start(wait=False)
+        await driver.wait_ready(timeout=60)
+        assert driver.tables()["public.pairs"].key_columns == ("a", "b")
+        assert driver.get("pairs", (7, "b7")) == {"a": 7, "b": "b7", "note": "n"}
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=30)

@@ -576,3 +576,29 @@ def test_binary_arrays() -> None:
 def test_binary_array_malformed(data: bytes) -> None:
     with pytest.raises(SourceError, match=r"public\.t\.a|malformed"):
         _decode_array(1007, data)
+
+
+@pytest.mark.parametrize("mode_", ["binary", "text"])
+def test_float32_columns_decode_to_exact_float32_arrays(mode_: str) -> None:
+    cols = [("public.types_t", "c_float4arr"), ("public.types_t", "c_vec")]
+    plain = PgOutputDecoder(binary=mode_ == "binary")
+    fast = PgOutputDecoder(binary=mode_ == "binary", float32_columns=cols)
+    seen = 0
+    for msg in load_messages(mode_):
+        a, b = plain.decode(msg), fast.decode(msg)
+        assert (a is None) == (b is None)
+        if a is None or b is None:
+            continue
+        for ca, cb in zip(a.changes, b.changes, strict=True):
+            if not isinstance(ca, RowChange) or ca.new is None or ca.table != "public.types_t":
+                continue
+            assert isinstance(cb, RowChange) and cb.new is not None
+            for col in ("c_float4arr", "c_vec"):
+                va, vb = ca.new.get(col), cb.new.get(col)
+                if isinstance(va, list) and va:
+                    assert isinstance(vb, np.ndarray) and vb.dtype == np.float32
+                    assert vb.tobytes() == np.asarray(va, dtype=np.float32).tobytes()
+                    seen += 1
+                else:
+                    assert vb == va  # NULL, empty arrays and TOAST markers unchanged
+    assert seen >= 3

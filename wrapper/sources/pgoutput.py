@@ -45,7 +45,7 @@ carry the name from the server's Type message ("vector"); anything else is
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import numpy as np
@@ -179,6 +179,41 @@ def _load_text_as_str(data: bytes) -> str:
 
 
 _ARRAY_HEAD = struct.Struct(">iiI")  # ndim, has-nulls flag, element oid
+FLOAT4_OID = 700
+# A float4[] element in binary form: its length word, then the value.
+_F4_ELEMENT = np.dtype([("len", ">i4"), ("val", ">f4")])
+
+
+def _float4_array_numpy(data: bytes) -> np.ndarray[Any, Any] | None:
+    """A binary 1-D float4[] without NULLs as a float32 array, in one numpy
+    call; None for anything else (the general loader handles it)."""
+    if len(data) < _ARRAY_HEAD.size + 8:
+        return None
+    ndim, _flags, oid = _ARRAY_HEAD.unpack_from(data)
+    if ndim != 1 or oid != FLOAT4_OID:
+        return None
+    (n,) = _I32.unpack_from(data, _ARRAY_HEAD.size)
+    pos = _ARRAY_HEAD.size + 8
+    if n <= 0 or len(data) - pos != n * _F4_ELEMENT.itemsize:
+        return None
+    elems = np.frombuffer(data, dtype=_F4_ELEMENT, count=n, offset=pos)
+    if not (elems["len"] == 4).all():
+        return None
+    return elems["val"].astype(np.float32)
+
+
+def _float32_or(load: _Load) -> _Load:
+    """Wrap a loader so that a flat list of floats comes back as float32."""
+
+    def wrapped(data: bytes) -> Any:
+        v = load(data)
+        if isinstance(v, list) and v and all(type(x) is float for x in v):
+            return np.asarray(v, dtype=np.float32)
+        return v
+
+    return wrapped
+
+
 _MAX_ARRAY_DIMS = 6  # PostgreSQL's MAXDIM
 # Element types unpacked with one struct call per array (the vector-as-float4[]
 # case): struct code and element size.
@@ -308,10 +343,19 @@ class PgOutputDecoder:
     Python float is built per component).
     """
 
-    def __init__(self, binary: bool, vectors: Literal["list", "numpy"] = "list") -> None:
+    def __init__(
+        self,
+        binary: bool,
+        vectors: Literal["list", "numpy"] = "list",
+        float32_columns: Collection[tuple[str, str]] = (),
+    ) -> None:
         if vectors not in ("list", "numpy"):
             raise ValueError(f"vectors must be 'list' or 'numpy', not {vectors!r}")
         self.binary = binary
+        # (qualified table, column) whose flat real[] / vector values arrive as
+        # float32 arrays: the configured vector columns, decoded without
+        # building a Python float per component.
+        self._float32_columns = frozenset(float32_columns)
         self._vector_text: _Load = (
             _load_vector_text if vectors == "list" else _load_vector_text_numpy
         )
@@ -444,10 +488,19 @@ class PgOutputDecoder:
             replica_identity=ident,
             columns=tuple(columns),
         )
+        as_f32 = [(info.qualified, c.name) in self._float32_columns for c in columns]
         self._relations[relid] = _Relation(
             info,
-            [self._text_loader(c) for c in columns],
-            [self._binary_loader(info, c) for c in columns],
+            [
+                _float32_or(self._text_loader(c)) if f else self._text_loader(c)
+                for c, f in zip(columns, as_f32, strict=True)
+            ],
+            [
+                self._float32_binary(c) or self._binary_loader(info, c)
+                if f
+                else self._binary_loader(info, c)
+                for c, f in zip(columns, as_f32, strict=True)
+            ],
         )
         if self._txn is not None:
             self._txn.relations[info.qualified] = info
@@ -461,16 +514,34 @@ class PgOutputDecoder:
             return _load_text_as_str
         return self._psycopg_loader(col.type_oid, Format.TEXT)
 
+    def _float32_binary(self, col: ColumnInfo) -> _Load | None:
+        if col.type_name == "vector":
+            return _load_vector_binary_numpy
+        if col.type_name == "_float4":
+            general = _float32_or(
+                _BinaryArrayLoader(FLOAT4_OID, self._psycopg_loader(FLOAT4_OID, Format.BINARY))
+            )
+
+            def load(data: bytes) -> Any:
+                fast = _float4_array_numpy(data)
+                return fast if fast is not None else general(data)
+
+            return load
+        return None
+
     def _binary_loader(self, info: RelationInfo, col: ColumnInfo) -> _Load:
         if col.type_name == "vector":
             return self._vector_binary
         if col.type_oid in self._types or not binary_supported(col.type_oid, col.type_name):
 
             def unsupported(data: bytes) -> Any:
+                # Retriable: a column of such a type was added mid-stream;
+                # on reconnect the source sees it and streams in text mode.
                 raise SourceError(
                     f"pgoutput: column {info.qualified}.{col.name} of type {col.type_name} "
                     "arrived in binary format, which prism cannot decode: start replication "
-                    "with binary off (binary_supported() is False for this type)"
+                    "with binary off (binary_supported() is False for this type)",
+                    retriable=True,
                 )
 
             return unsupported

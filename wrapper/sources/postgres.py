@@ -322,7 +322,10 @@ class PostgresSource(ChangeSource):
     def start_stream(self, from_lsn: int) -> None:
         if self._repl is None:
             self._repl = ReplicationConnection(self.cfg.dsn)
-        self._decoder = PgOutputDecoder(binary=self.binary)
+        self._decoder = PgOutputDecoder(
+            binary=self.binary,
+            float32_columns=[(t.name, t.vector_column) for t in self.cfg.tables if t.vector_column],
+        )
         self._acked = from_lsn
         self._received = from_lsn
         self._repl.start_replication(self.slot, from_lsn, self.publication, binary=self.binary)
