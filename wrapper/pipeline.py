@@ -10,6 +10,7 @@ logged backoff; permanent ones stop the daemon with their message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.sources.base import SourceTransaction
@@ -200,50 +202,57 @@ class Pipeline:
         )
 
     def _stream(self, source: PostgresSource, applier: Applier) -> None:
+        """Decode and hand whole transactions to the store writer; acknowledge
+        to the source only what the writer reports durable."""
+        committer = Committer(self.store, applier, self._maybe_purge)
+        skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
         pending_changes = 0
         first_at = 0.0
-        for stx in source.transactions(self._interval):
-            if stx is not None:
-                if stx.end_lsn <= self.store.meta.source_position:
-                    continue  # stored before a crash, acknowledged after it: skip
-                if not pending:
-                    first_at = time.monotonic()
-                pending.append(stx)
-                pending_changes += len(stx.changes)
-            due = pending and (
-                stx is None
-                or pending_changes >= MAX_GROUP_CHANGES
-                or time.monotonic() - first_at >= self._interval
-            )
-            if due:
-                self._commit(source, applier, pending)
-                pending, pending_changes = [], 0
-            elif stx is None and not pending:
-                idle = source.idle_position()
-                if idle is not None:
-                    with self.store.transaction() as txn:
-                        txn.set_source_position(idle)
-                    source.acknowledge(idle)
-                self._maybe_purge()
-            if self.stop_event.is_set():
-                if pending:
-                    self._commit(source, applier, pending)
-                return
-
-    def _commit(
-        self, source: PostgresSource, applier: Applier, pending: list[SourceTransaction]
-    ) -> None:
-        n = 0
-        with self.store.transaction() as txn:
-            n = applier.apply_group(txn, pending)
-            last = pending[-1]
-            txn.set_source_position(last.end_lsn, last.commit_time_us)
-        # Only now is it safe to let PostgreSQL discard the WAL.
-        source.acknowledge(pending[-1].end_lsn)
-        self.status.transactions += len(pending)
-        self.status.changes += n
-        self._maybe_purge()
+        acked = skip_upto
+        base_txns, base_changes = self.status.transactions, self.status.changes
+        try:
+            for stx in source.transactions(self._interval):
+                committer.check()
+                if stx is not None:
+                    if stx.end_lsn <= skip_upto:
+                        continue  # stored before a crash, acknowledged after it: skip
+                    if not pending:
+                        first_at = time.monotonic()
+                    pending.append(stx)
+                    pending_changes += len(stx.changes)
+                if pending_changes >= MAX_GROUP_CHANGES:
+                    committer.wait_idle()  # backpressure: one big group at a time
+                if (
+                    pending
+                    and committer.idle
+                    and (stx is None or time.monotonic() - first_at >= self._interval)
+                ):
+                    committer.submit(pending)
+                    pending, pending_changes = [], 0
+                elif stx is None and not pending and committer.idle:
+                    idle = source.idle_position()
+                    if idle is not None and idle > acked:
+                        committer.submit_position(idle)
+                durable = committer.durable
+                if durable.position > acked:
+                    # Only now may PostgreSQL discard the WAL up to there.
+                    source.acknowledge(durable.position)
+                    acked = durable.position
+                self.status.transactions = base_txns + durable.transactions
+                self.status.changes = base_changes + durable.changes
+                if self.stop_event.is_set():
+                    break
+            if pending:
+                committer.submit(pending)
+        except BaseException:
+            # Write what is whole already; the error that stopped us wins.
+            with contextlib.suppress(WrapperError):
+                committer.stop()
+            raise
+        committer.stop()
+        if committer.durable.position > acked:
+            source.acknowledge(committer.durable.position)
 
     def _maybe_purge(self) -> None:
         interval = min(PURGE_INTERVAL_S, self._retention_us / 4e6)

@@ -1,0 +1,344 @@
+"""Shared pieces of the benchmark: data, PostgreSQL setup, the wrapper process.
+
+The data set is a single table, `public.items`, with a bigint key, a short
+title and body (words drawn from a small vocabulary), a `rev` integer that the
+workloads use as a marker, and a 384-d `real[]` embedding. Everything is
+drawn from a seeded numpy Generator, so a run with the same `--rows` and
+`--seed` loads the same bytes. Rows are written with binary COPY built
+directly from numpy arrays, so loading 100k rows takes seconds, not minutes.
+
+The wrapper runs as the real daemon (`python -m prism.wrapper.cli run`),
+exactly as tests/support/servers.py starts it, with a config written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The benchmark runs the same real processes as the integration tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.servers import WrapperProcess, write_config
+
+DIM = 384
+TABLE = "public.items"
+TENANT = "bench"
+SLOT = "prism_bench"
+PUBLICATION = "prism"
+
+SCHEMA_SQL = """
+CREATE TABLE items (
+    id bigint PRIMARY KEY,
+    title text NOT NULL,
+    body text NOT NULL,
+    rev integer NOT NULL,
+    embedding real[] NOT NULL
+);
+CREATE TABLE bench_end (id serial PRIMARY KEY, note text);
+"""
+
+UPSERT_SQL = (
+    "INSERT INTO items (id, title, body, rev, embedding) VALUES (%s, %s, %s, %s, %s::real[]) "
+    "ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body, "
+    "rev = excluded.rev, embedding = excluded.embedding"
+)
+
+_VOCAB = [
+    "alpha",
+    "amber",
+    "anchor",
+    "apple",
+    "arrow",
+    "atlas",
+    "basil",
+    "beacon",
+    "birch",
+    "bolt",
+    "breeze",
+    "bronze",
+    "cactus",
+    "canyon",
+    "cedar",
+    "chalk",
+    "cherry",
+    "cinder",
+    "cobalt",
+    "comet",
+    "copper",
+    "coral",
+    "crane",
+    "crystal",
+    "dawn",
+    "delta",
+    "dune",
+    "ember",
+    "falcon",
+    "fern",
+    "flint",
+    "forest",
+    "frost",
+    "garnet",
+    "glacier",
+    "granite",
+    "harbor",
+    "hazel",
+    "heron",
+    "indigo",
+    "iris",
+    "ivory",
+    "jade",
+    "jasper",
+    "juniper",
+    "kelp",
+    "lagoon",
+    "lantern",
+    "laurel",
+    "lemon",
+    "lilac",
+    "lotus",
+    "lunar",
+    "maple",
+    "marble",
+    "meadow",
+    "mesa",
+    "mint",
+    "moss",
+    "nectar",
+    "nova",
+    "oak",
+    "olive",
+    "onyx",
+    "opal",
+    "orchid",
+    "pebble",
+    "pepper",
+    "pine",
+    "plume",
+    "prism",
+    "quartz",
+    "quill",
+    "raven",
+    "reed",
+    "ridge",
+    "river",
+    "robin",
+    "ruby",
+    "saffron",
+    "sage",
+    "sand",
+    "sierra",
+    "silver",
+    "slate",
+    "spruce",
+    "stone",
+    "summit",
+    "thistle",
+    "thunder",
+    "tidal",
+    "topaz",
+    "tulip",
+    "umber",
+    "valley",
+    "velvet",
+    "violet",
+    "willow",
+    "winter",
+    "zephyr",
+]
+
+
+# -- data -------------------------------------------------------------------
+
+
+def _words(rng: np.random.Generator, n: int, k: int) -> list[str]:
+    idx = rng.integers(0, len(_VOCAB), size=(n, k))
+    return [" ".join(_VOCAB[j] for j in row) for row in idx]
+
+
+def make_rows(rng: np.random.Generator, ids: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:
+    """Titles, bodies (~150 characters) and float32 embeddings for `ids`.
+
+    The row stays under PostgreSQL's 2 kB TOAST threshold, so the embedding
+    is stored inline, as a typical row of this shape would be."""
+    n = len(ids)
+    titles = [f"item {i}: {w}" for i, w in zip(ids.tolist(), _words(rng, n, 3), strict=True)]
+    bodies = _words(rng, n, 22)
+    vecs = rng.standard_normal((n, DIM), dtype=np.float32)
+    return titles, bodies, vecs
+
+
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+FLOAT4_OID = 700
+
+
+def copy_binary_rows(
+    ids: np.ndarray, titles: list[str], bodies: list[str], revs: np.ndarray, vecs: np.ndarray
+) -> bytes:
+    """Binary COPY rows (no header/trailer) for items(id, title, body, rev, embedding)."""
+    n = len(ids)
+    # The array field of each row: header then (length 4, big-endian float4) pairs.
+    elems = np.empty((n, DIM), dtype=[("len", ">i4"), ("v", ">f4")])
+    elems["len"] = 4
+    elems["v"] = vecs
+    # field length, then ndim, has-nulls flag, element type, dimension, lower bound
+    arr_head = struct.pack(">iiiiii", 20 + DIM * 8, 1, 0, FLOAT4_OID, DIM, 1)
+    blobs = elems.view(np.uint8).reshape(n, DIM * 8)
+    out = []
+    field_count = struct.pack(">h", 5)
+    for i in range(n):
+        t = titles[i].encode()
+        b = bodies[i].encode()
+        out.append(
+            b"".join(
+                (
+                    field_count,
+                    struct.pack(">iq", 8, int(ids[i])),
+                    struct.pack(">i", len(t)),
+                    t,
+                    struct.pack(">i", len(b)),
+                    b,
+                    struct.pack(">ii", 4, int(revs[i])),
+                    arr_head,
+                    blobs[i].tobytes(),
+                )
+            )
+        )
+    return b"".join(out)
+
+
+def vec_text(v: np.ndarray) -> str:
+    """A float4[] literal: shortest round-trip text of each float32."""
+    return "{" + ",".join(map(str, v.tolist())) + "}"
+
+
+# -- PostgreSQL ---------------------------------------------------------------
+
+
+def load_table(dsn: str, rows: int, seed: int, chunk: int = 10_000) -> float:
+    """Create the schema and COPY `rows` rows into items. Returns seconds."""
+    import psycopg
+
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA_SQL)
+        with conn.cursor() as cur, cur.copy("COPY items FROM STDIN (FORMAT binary)") as cp:
+            cp.write(COPY_HEADER)
+            for lo in range(0, rows, chunk):
+                ids = np.arange(lo, min(rows, lo + chunk), dtype=np.int64)
+                revs = np.zeros(len(ids), dtype=np.int32)
+                titles, bodies, vecs = make_rows(rng, ids)
+                cp.write(copy_binary_rows(ids, titles, bodies, revs, vecs))
+            cp.write(COPY_TRAILER)
+        # Set hint bits and the visibility map now, so that neither the COPY
+        # baseline nor the wrapper's snapshot pays for (or races on) them.
+        conn.execute("VACUUM (FREEZE, ANALYZE) items")
+        conn.execute("CHECKPOINT")
+    return time.perf_counter() - started
+
+
+def pg_version(dsn: str) -> str:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
+
+
+def table_bytes(dsn: str) -> int:
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT pg_total_relation_size('items')").fetchone()
+        return int(row[0]) if row else 0
+
+
+# -- the wrapper ----------------------------------------------------------------
+
+
+def write_wrapper_config(path: Path, dsn: str, port: int, secret: Path, store: Path) -> Path:
+    """The wrapper config of the benchmark. store.synchronous and
+    store.commit_interval_ms are left at their defaults (full, 5 ms)."""
+    sections: dict[str, dict[str, Any]] = {
+        "database": {"flavor": "postgres", "dsn": dsn, "slot": SLOT, "publication": PUBLICATION},
+        "chorus": {
+            "listen_host": "127.0.0.1",
+            "listen_port": port,
+            "tenant_id": TENANT,
+            "secret_file": str(secret),
+            "grace_seconds": 2.0,
+        },
+        "store": {"path": str(store)},
+    }
+    tables = [
+        {"name": TABLE, "vector_column": "embedding", "vector_dim": DIM, "text_repr": ["title"]}
+    ]
+    return write_config(path, sections, tables)
+
+
+class Wrapper(WrapperProcess):
+    """The real `prism-wrapper run` process (the tests' harness), started
+    without waiting so that phases can time its start-up themselves."""
+
+    def start(self, wait: bool = False, timeout: float = 60.0) -> Wrapper:
+        super().start(wait=wait, timeout=timeout)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_lines(self) -> Iterator[dict[str, Any]]:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (/proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    """Resident set size from /proc/<pid>/statm."""
+    path = f"/proc/{pid or 'self'}/statm"
+    with open(path) as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentiles(
+    values: list[float] | np.ndarray, ps: tuple[float, ...] = (50, 99)
+) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {f"p{p:g}": float("nan") for p in ps} | {"max": float("nan"), "mean": float("nan")}
+    out = {f"p{p:g}": float(np.percentile(a, p)) for p in ps}
+    out["max"] = float(a.max())
+    out["mean"] = float(a.mean())
+    return out

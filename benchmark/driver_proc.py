@@ -1,0 +1,97 @@
+"""A process running just one PrismDriver: bootstrap time and memory per row.
+
+Run by benchmark/run.py against the already-running wrapper. It measures
+the resident set size after the imports and the driver's construction
+("before"), times `async with driver: await driver.wait_ready()` (a full
+bootstrap from the wrapper's store), measures RSS again after a gc
+("after"), and prints one JSON line. A sample of rows is also sized
+object by object, to split the per-row cost into Python row objects and the
+vector index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import TABLE, TENANT, rss_bytes
+
+from prism.driver import DriverConfig, PrismDriver
+
+
+def deep_size(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of obj and everything it references (dicts, lists, scalars)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, dict):
+        size += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, list | tuple | set):
+        size += sum(deep_size(x, seen) for x in obj)
+    return size
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    gc.collect()
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1",
+        wrapper_port=args.port,
+        tenant_id=TENANT,
+        secret_file=args.secret,
+        reconnect_min_s=0.05,
+        reconnect_max_s=0.2,
+    )
+    driver = PrismDriver(cfg)
+    rss_before = rss_bytes()
+    t0 = time.perf_counter()
+    async with driver:
+        await driver.wait_ready(timeout=args.timeout)
+        t1 = time.perf_counter()
+        gc.collect()
+        rss_after = rss_bytes()
+        stats = driver.stats()
+        rows = int(stats["rows"].get(TABLE, 0))
+        table = driver._replica.tables[TABLE]
+        sample = list(table.rows.items())[:: max(1, rows // 1000)][:1000]
+        key_bytes = sum(sys.getsizeof(k) for k, _ in sample) / max(1, len(sample))
+        row_bytes = sum(deep_size(r) for _, r in sample) / max(1, len(sample))
+        emb = [r.get("embedding") for _, r in sample]
+        emb_bytes = sum(deep_size(e) for e in emb if e is not None) / max(1, len(sample))
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rows": rows,
+        "seconds": t1 - t0,
+        "rows_per_s": rows / (t1 - t0) if t1 > t0 else 0.0,
+        "rss_before": rss_before,
+        "rss_after": rss_after,
+        "rss_peak": peak_kb * 1024,
+        "index": stats["index"].get(TABLE, {}),
+        "sample_key_bytes": key_bytes,
+        "sample_row_bytes": row_bytes,
+        "sample_embedding_list_bytes": emb_bytes,
+        "frames": stats["frames"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--secret", required=True)
+    p.add_argument("--timeout", type=float, default=600.0)
+    args = p.parse_args()
+    print(json.dumps(asyncio.run(main_async(args))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
