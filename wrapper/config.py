@@ -145,7 +145,8 @@ FIELDS: tuple[Field, ...] = (
         "commit_interval_ms",
         float,
         5.0,
-        "group commit: longest time a received transaction waits for the store",
+        "group commit: longest a received transaction waits before its group is handed to "
+        "the store writer (groups also grow while a commit is in flight)",
         _positive,
     ),
     Field(
