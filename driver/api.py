@@ -17,7 +17,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +29,18 @@ from prism.driver.errors import (
     AuthenticationError,
     ConnectionLostError,
     DriverError,
+    InvalidWriteError,
     NotReadyError,
     QueryError,
+    ReplicaLagError,
     WaitTimeoutError,
     map_grpc_error,
+    map_write_error,
 )
 from prism.driver.follow import Batch, Follower
 from prism.driver.index import VectorIndex, normalize
 from prism.driver.replica import Replica, TableReplica
+from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
@@ -72,6 +76,8 @@ class TableInfo:
     text_columns: tuple[str, ...]
     source_dim: int  # what query(embedding=...) takes for this table
     vector_dim: int  # after the tenant's keyed projection: what the index holds
+    writable: bool = False
+    writable_columns: tuple[str, ...] = ()
 
     @property
     def text_embedded(self) -> bool:
@@ -106,6 +112,7 @@ class PrismDriver:
         }
         self._last_commit_us = 0
         self._connected = False
+        self._write_channel: grpc.aio.Channel | None = None
 
     # -- lifecycle --------------------------------------------------------
     async def __aenter__(self) -> PrismDriver:
@@ -123,6 +130,9 @@ class PrismDriver:
 
     async def close(self) -> None:
         self._closed = True
+        if self._write_channel is not None:
+            await self._write_channel.close(None)
+            self._write_channel = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, PrismError):
@@ -266,6 +276,8 @@ class PrismDriver:
                 text_columns=tuple(t.text_columns),
                 source_dim=t.source_dim,
                 vector_dim=t.vector_dim,
+                writable=t.writable,
+                writable_columns=tuple(t.writable_columns),
             )
             for t in hello.tables
         }
@@ -466,6 +478,149 @@ class PrismDriver:
                 )
             )
         return out
+
+    # -- writes -------------------------------------------------------------
+    def _write_table(self, table: str | None) -> TableInfo:
+        if table is None:
+            writable = [t for t in self._tables.values() if t.writable]
+            if len(writable) != 1:
+                self._raise_if_failed()
+                raise InvalidWriteError(
+                    "table= is required: "
+                    + (
+                        f"writable tables are {[t.name for t in writable]}"
+                        if writable
+                        else "no writable table is known yet (await wait_ready() first)"
+                    )
+                )
+            return writable[0]
+        info = self._tables.get(table) or self._tables.get(f"public.{table}")
+        if info is None:
+            self._raise_if_failed()
+            raise InvalidWriteError(f"unknown table {table!r} (replicated: {sorted(self._tables)})")
+        return info
+
+    async def write_many(
+        self,
+        ops: Sequence[WriteOp],
+        *,
+        wait: bool = True,
+        timeout: float | None = 30.0,
+        request_id: str | None = None,
+    ) -> WriteAck:
+        """Run the operations in one database transaction: all or nothing.
+        With wait=True (the default) return only once the local replica shows
+        the write; with wait=False, once the database committed it. A
+        `request_id` makes a retried call apply once."""
+        self._raise_if_failed()
+        encoded = []
+        for op in ops:
+            if not isinstance(op, WriteOp):
+                raise InvalidWriteError(f"write_many takes WriteOp items, got {type(op).__name__}")
+            info = self._write_table(op.table)
+            encoded.append(encode_op(op, info.name, info.key_columns))
+        if not encoded:
+            raise InvalidWriteError("write_many needs at least one operation")
+        if request_id is not None and (not isinstance(request_id, str) or not request_id):
+            raise InvalidWriteError("request_id must be a non-empty string")
+        if self._write_channel is None:
+            self._write_channel = grpc.aio.insecure_channel(
+                self.config.target,
+                options=[
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+        stub = pb_grpc.WrapperServiceStub(self._write_channel)
+        try:
+            resp = await stub.Write(
+                pb.WriteRequest(
+                    protocol_version=PROTOCOL_VERSION,
+                    tenant_id=self.config.tenant_id,
+                    ops=encoded,
+                    request_id=request_id or "",
+                ),
+                timeout=self.config.write_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise map_write_error(exc) from exc
+        ack = ack_of(resp)
+        if wait:
+            try:
+                await self._wait_stream(ack.stream_id, ack.position, timeout)
+            except WaitTimeoutError:
+                raise ReplicaLagError(
+                    f"the write committed (event {ack.event_id}, position {ack.position}) but "
+                    f"the local replica is at {self.position} after {timeout}s; it will catch up",
+                    ack=ack,
+                ) from None
+        return ack
+
+    async def _wait_stream(self, stream_id: str, position: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._follower.stream_id != stream_id:
+            self._raise_if_failed()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError("the replica follows another stream")
+            ev = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), remaining)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await self.wait_for(position, remaining)
+
+    async def write(
+        self,
+        row_id: Any,
+        data: Mapping[str, Any],
+        table: str | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = 30.0,
+        request_id: str | None = None,
+    ) -> WriteAck:
+        """Upsert: insert the row, or replace the given columns of it."""
+        return await self.write_many(
+            [WriteOp("upsert", row_id, data, table)],
+            wait=wait,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    async def update(
+        self,
+        row_id: Any,
+        data: Mapping[str, Any],
+        table: str | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = 30.0,
+        request_id: str | None = None,
+    ) -> WriteAck:
+        """Change the given columns of an existing row (RowNotFoundError if none)."""
+        return await self.write_many(
+            [WriteOp("update", row_id, data, table)],
+            wait=wait,
+            timeout=timeout,
+            request_id=request_id,
+        )
+
+    async def delete(
+        self,
+        row_id: Any,
+        table: str | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = 30.0,
+        request_id: str | None = None,
+    ) -> WriteAck:
+        """Delete the row (ack.affected == (0,) when there was none)."""
+        return await self.write_many(
+            [WriteOp("delete", row_id, {}, table)],
+            wait=wait,
+            timeout=timeout,
+            request_id=request_id,
+        )
 
     # -- introspection ----------------------------------------------------
     def tables(self) -> dict[str, TableInfo]:

@@ -25,6 +25,9 @@ class DriverConfig:
     connect_timeout_s: float = 10.0
     # Rows per frame the wrapper may send (bounded by the wrapper).
     max_frame_rows: int = 1024
+    # Deadline of one Write call to the wrapper (the database commit and the
+    # wrapper seeing it); waiting for the local replica is bounded separately.
+    write_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -43,7 +46,7 @@ class DriverConfig:
             raise DriverConfigError(
                 "secret_file: required, the tenant secret shared with the wrapper"
             )
-        for name in ("reconnect_min_s", "reconnect_max_s", "connect_timeout_s"):
+        for name in ("reconnect_min_s", "reconnect_max_s", "connect_timeout_s", "write_timeout_s"):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise DriverConfigError(f"{name}: {v!r} must be a positive number of seconds")

@@ -8,6 +8,8 @@ raised to every waiter.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from prism.fabric.errors import PrismError
@@ -45,6 +47,120 @@ class WaitTimeoutError(DriverError, TimeoutError):
     """wait_ready / wait_for did not reach the position in time."""
 
     retriable = True
+
+
+class WriteError(DriverError):
+    """A write was refused or failed. `kind` says why (permission, invalid,
+    not-found, constraint, conflict, unavailable, lagging); `sqlstate` and
+    `db_message` carry the database's code and message when it raised it.
+    Nothing of a refused request was written: a request is one transaction."""
+
+    kind = "invalid"
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, retriable: bool | None = None
+    ) -> None:
+        super().__init__(message, retriable=retriable)
+        self.sqlstate = sqlstate
+        self.db_message = message
+
+
+class WritePermissionError(WriteError):
+    """The table or a column is not writable for this tenant."""
+
+    kind = "permission"
+
+
+class InvalidWriteError(WriteError):
+    """Unknown column, wrong type, bad vector, or a value the database refused."""
+
+    kind = "invalid"
+
+
+class RowNotFoundError(WriteError):
+    """update() found no row with that key."""
+
+    kind = "not-found"
+
+
+class ConstraintViolationError(WriteError):
+    """The database refused the write: unique, foreign key, not null, check."""
+
+    kind = "constraint"
+
+
+class WriteConflictError(WriteError):
+    """Deadlock or serialization failure, still there after the wrapper's
+    bounded retries. Safe to retry (with a request_id)."""
+
+    kind = "conflict"
+    retriable = True
+
+
+class DatabaseUnavailableError(WriteError):
+    """The database (or the wrapper's connection to it) is down."""
+
+    kind = "unavailable"
+    retriable = True
+
+
+class ReplicaLagError(WriteError, WaitTimeoutError):
+    """The write COMMITTED in the database; only the local replica (or the
+    stream) has not shown it within the timeout. `ack` is the write's ack
+    when known. Do not retry the write without a request_id."""
+
+    kind = "lagging"
+    retriable = True
+
+    def __init__(self, message: str, ack: object = None) -> None:
+        super().__init__(message)
+        self.ack = ack
+
+
+class WriteOutcomeUnknownError(WriteError):
+    """The link to the wrapper failed before the write's answer came back:
+    it may or may not have committed. Retry with the same request_id to
+    make it apply exactly once."""
+
+    kind = "unknown"
+    retriable = True
+
+
+WRITE_ERRORS: dict[str, type[WriteError]] = {
+    c.kind: c
+    for c in (
+        WritePermissionError,
+        InvalidWriteError,
+        RowNotFoundError,
+        ConstraintViolationError,
+        WriteConflictError,
+        DatabaseUnavailableError,
+        ReplicaLagError,
+    )
+}
+
+
+def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
+    """A failed Write call as a typed error, from its prism-error metadata."""
+    md: dict[str, object] = {}
+    items: Any = exc.trailing_metadata() or ()
+    for k, v in items:
+        md[str(k)] = v
+    kind = md.get("prism-error")
+    if not isinstance(kind, str) or kind not in WRITE_ERRORS:
+        mapped = map_grpc_error(exc, "Write")
+        if mapped.retriable:  # sent, but no answer: the outcome is unknown
+            return WriteOutcomeUnknownError(
+                f"{mapped} - the write may or may not have committed; retry it with the "
+                "same request_id to apply it once"
+            )
+        return mapped
+    details = exc.details() or kind
+    sqlstate = md.get("prism-sqlstate")
+    cls = WRITE_ERRORS[kind]
+    if cls is ReplicaLagError:
+        return ReplicaLagError(details)
+    return cls(details, sqlstate=sqlstate if isinstance(sqlstate, str) else None)
 
 
 _PERMANENT = {

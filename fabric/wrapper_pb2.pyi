@@ -7,16 +7,65 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class WriteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WRITE_KIND_UNSPECIFIED: _ClassVar[WriteKind]
+    UPSERT: _ClassVar[WriteKind]
+    UPDATE: _ClassVar[WriteKind]
+    DELETE: _ClassVar[WriteKind]
+
 class FrameKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FRAME_KIND_UNSPECIFIED: _ClassVar[FrameKind]
     CHANGES: _ClassVar[FrameKind]
     RESET: _ClassVar[FrameKind]
     HEARTBEAT: _ClassVar[FrameKind]
+WRITE_KIND_UNSPECIFIED: WriteKind
+UPSERT: WriteKind
+UPDATE: WriteKind
+DELETE: WriteKind
 FRAME_KIND_UNSPECIFIED: FrameKind
 CHANGES: FrameKind
 RESET: FrameKind
 HEARTBEAT: FrameKind
+
+class WriteOp(_message.Message):
+    __slots__ = ("kind", "table", "key", "data")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    kind: WriteKind
+    table: str
+    key: bytes
+    data: bytes
+    def __init__(self, kind: _Optional[_Union[WriteKind, str]] = ..., table: _Optional[str] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("protocol_version", "tenant_id", "ops", "request_id")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    tenant_id: str
+    ops: _containers.RepeatedCompositeFieldContainer[WriteOp]
+    request_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[WriteOp, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("event_id", "position", "stream_id", "replayed", "affected")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    AFFECTED_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    position: int
+    stream_id: str
+    replayed: bool
+    affected: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, event_id: _Optional[str] = ..., position: _Optional[int] = ..., stream_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., affected: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HelloRequest(_message.Message):
     __slots__ = ("protocol_version", "tenant_id", "capabilities", "client_nonce")
@@ -41,7 +90,7 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type_name: _Optional[str] = ..., is_key: _Optional[bool] = ...) -> None: ...
 
 class TableSchema(_message.Message):
-    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim", "vector_dim")
+    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim", "vector_dim", "writable", "writable_columns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +99,8 @@ class TableSchema(_message.Message):
     TEXT_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DIM_FIELD_NUMBER: _ClassVar[int]
     VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     key_columns: _containers.RepeatedScalarFieldContainer[str]
@@ -58,7 +109,9 @@ class TableSchema(_message.Message):
     text_columns: _containers.RepeatedScalarFieldContainer[str]
     source_dim: int
     vector_dim: int
-    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ...) -> None: ...
+    writable: bool
+    writable_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ..., writable: _Optional[bool] = ..., writable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
     __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim")

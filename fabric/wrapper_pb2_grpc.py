@@ -49,6 +49,11 @@ class WrapperServiceStub:
                 request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthRequest.SerializeToString,
                 response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.Write = channel.unary_unary(
+                '/prism.fabric.v1.WrapperService/Write',
+                request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.SerializeToString,
+                response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.FromString,
+                _registered_method=True)
 
 
 class WrapperServiceServicer:
@@ -76,6 +81,18 @@ class WrapperServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Write(self, request, context):
+        """Writes go through the wrapper, which runs parametrized statements with
+        its own credentials in one database transaction; drivers never send SQL.
+        Errors come back as gRPC statuses whose details carry the database's
+        message, with trailing metadata "prism-error" (a kind: permission,
+        invalid, not-found, constraint, conflict, unavailable) and, when the
+        database raised it, "prism-sqlstate".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WrapperServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +110,11 @@ def add_WrapperServiceServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthRequest.FromString,
                     response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthResponse.SerializeToString,
+            ),
+            'Write': grpc.unary_unary_rpc_method_handler(
+                    servicer.Write,
+                    request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.FromString,
+                    response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +198,33 @@ class WrapperService:
             '/prism.fabric.v1.WrapperService/Health',
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthRequest.SerializeToString,
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Write(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.fabric.v1.WrapperService/Write',
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.SerializeToString,
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.FromString,
             options,
             channel_credentials,
             insecure,

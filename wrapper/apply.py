@@ -71,6 +71,14 @@ class Applier:
     vectorizer: Vectorizer
     missing_value: MissingValue
     counters: Counter[str] = field(default_factory=Counter)
+    # The marker table of writes through the wrapper (see wrapper/writes.py).
+    writes_table: str | None = None
+    # (event_id, request_id) of writes seen since the last take_markers().
+    markers: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def take_markers(self) -> list[tuple[str, str | None]]:
+        out, self.markers = self.markers, []
+        return out
 
     def apply(self, txn: StoreTxn, stx: SourceTransaction) -> int:
         return self.apply_group(txn, [stx])
@@ -94,6 +102,11 @@ class Applier:
                         if t in self.shapes:
                             n += txn.truncate(t, stx.commit_time_us)
                             self.counters["truncates"] += 1
+                    continue
+                if ch.table == self.writes_table:
+                    if ch.op == "insert" and ch.new is not None:
+                        rid = ch.new.get("request_id")
+                        self.markers.append((str(ch.new["event_id"]), rid))
                     continue
                 shape = self.shapes.get(ch.table)
                 if shape is None:

@@ -27,11 +27,15 @@ def cmd_run(cfg: WrapperConfig) -> int:
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server
     from prism.wrapper.store import Store
+    from prism.wrapper.writes import WriteExecutor
 
     secret = load_secret(cfg["chorus.secret_file"])
     store = Store(cfg.store_path, str(cfg["store.synchronous"]))
     pipeline = Pipeline(cfg, store, secret)
-    state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, secret=secret)
+    writes = (
+        WriteExecutor(cfg, store, lambda: pipeline.shapes) if cfg.writes_table is not None else None
+    )
+    state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, secret=secret, writes=writes)
     address = f"{cfg['chorus.listen_host']}:{cfg['chorus.listen_port']}"
     server, port = create_server(state, address)
     stop = threading.Event()
@@ -64,6 +68,8 @@ def cmd_run(cfg: WrapperConfig) -> int:
     pipeline.stop()
     worker.join(timeout=30)
     server.stop(float(cfg["chorus.grace_seconds"])).wait()
+    if writes is not None:
+        writes.close()
     store.close()
     err = pipeline.status.error
     if err is not None and not stop.is_set():

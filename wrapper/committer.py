@@ -123,6 +123,9 @@ class Committer:
         with self._store.transaction() as txn:
             if group:
                 n = self._applier.apply_group(txn, group)
+                # The whole group is visible at the head it ends with.
+                for event_id, request_id in self._applier.take_markers():
+                    txn.record_write(event_id, request_id, txn.head)
                 last = group[-1]
                 txn.set_source_position(last.end_lsn, last.commit_time_us)
             if idle_pos > txn.meta.source_position:

@@ -83,6 +83,24 @@ FIELDS: tuple[Field, ...] = (
     Field("database", "publication", str, "prism", "publication name", _ident),
     Field(
         "database",
+        "writes_table",
+        str,
+        "prism_writes",
+        "table (in schema public) where each write through the wrapper leaves its event id "
+        "and request id; created when a table is writable, and published with the tables",
+        _ident,
+    ),
+    Field("database", "write_connections", int, 4, "database connections for writes", _positive),
+    Field(
+        "database",
+        "write_retries",
+        int,
+        3,
+        "how many times a write that hit a deadlock or serialization failure is retried",
+        lambda v: None if 0 <= v <= 20 else "must be between 0 and 20",
+    ),
+    Field(
+        "database",
         "binary",
         bool,
         True,
@@ -171,6 +189,8 @@ class TableConfig:
     text_columns: tuple[str, ...] = ()  # embedded with the text embedder
     text_repr: tuple[str, ...] = ()  # columns shown as a match's text_repr
     key_columns: tuple[str, ...] = ()  # only for tables without a primary key
+    writable: bool = False  # drivers may write this table through the wrapper
+    writable_columns: tuple[str, ...] = ()  # which columns (empty: all)
 
     @property
     def has_vectors(self) -> bool:
@@ -206,6 +226,13 @@ class WrapperConfig:
     @property
     def store_path(self) -> Path:
         return Path(self.values["store.path"])
+
+    @property
+    def writes_table(self) -> str | None:
+        """The qualified marker table of writes, when any table is writable."""
+        if not any(t.writable for t in self.tables):
+            return None
+        return f"public.{self.values['database.writes_table']}"
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -282,7 +309,22 @@ def _str_list(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-_TABLE_KEYS = {"name", "vector_column", "vector_dim", "text_columns", "text_repr", "key_columns"}
+_TABLE_KEYS = {
+    "name",
+    "vector_column",
+    "vector_dim",
+    "text_columns",
+    "text_repr",
+    "key_columns",
+    "writable",
+    "writable_columns",
+}
+
+
+def _bool(raw: Any, where: str) -> bool:
+    if not isinstance(raw, bool):
+        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
+    return raw
 
 
 def _table(raw: Any, i: int) -> TableConfig:
@@ -308,6 +350,10 @@ def _table(raw: Any, i: int) -> TableConfig:
     text_cols = _str_list(raw.get("text_columns"), f"{where}.text_columns")
     if vcol and text_cols:
         raise ConfigError(f"{where} ({name}): set either vector_column or text_columns, not both")
+    if raw.get("writable_columns") and not raw.get("writable"):
+        raise ConfigError(
+            f"{where}.writable_columns ({name}): set writable = true as well, or drop it"
+        )
     vdim = raw.get("vector_dim")
     if vcol is not None:
         if not isinstance(vdim, int) or isinstance(vdim, bool) or vdim <= 0:
@@ -324,6 +370,8 @@ def _table(raw: Any, i: int) -> TableConfig:
         text_columns=text_cols,
         text_repr=_str_list(raw.get("text_repr"), f"{where}.text_repr"),
         key_columns=_str_list(raw.get("key_columns"), f"{where}.key_columns"),
+        writable=_bool(raw.get("writable", False), f"{where}.writable"),
+        writable_columns=_str_list(raw.get("writable_columns"), f"{where}.writable_columns"),
     )
 
 

@@ -129,7 +129,9 @@ class Pipeline:
             self._snapshot(source)
         else:
             self._load_shapes()
-        applier = Applier(self.shapes, self.vectorizer, source.missing_value)
+        applier = Applier(
+            self.shapes, self.vectorizer, source.missing_value, writes_table=self.cfg.writes_table
+        )
         source.start_stream(self.store.meta.source_position)
         self.status.state, self.status.detail = "STREAMING", ""
         self.status.started.set()

@@ -24,6 +24,7 @@ from prism.wrapper.config import WrapperConfig
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.serve import ServeContext, subscription
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
 
@@ -32,12 +33,24 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CAPABILITIES = ("frames-v1", "catch-up", "bootstrap", "text-embedder")
 
 
+_WRITE_STATUS = {
+    "permission": grpc.StatusCode.PERMISSION_DENIED,
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "not-found": grpc.StatusCode.NOT_FOUND,
+    "constraint": grpc.StatusCode.FAILED_PRECONDITION,
+    "conflict": grpc.StatusCode.ABORTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "lagging": grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
 @dataclass
 class WrapperState:
     cfg: WrapperConfig
     store: Store
     pipeline: Pipeline
     secret: bytes
+    writes: WriteExecutor | None = None
 
     @property
     def tenant_id(self) -> str:
@@ -114,6 +127,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                     text_columns=list(t.repr_columns),
                     source_dim=st.cfg.source_dim(t) if t.has_vectors else 0,
                     vector_dim=st.cfg.table_dim(t),
+                    writable=t.writable,
+                    writable_columns=list(t.writable_columns),
                 )
             )
         return pb.HelloResponse(
@@ -161,6 +176,27 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             )
         finally:
             reader.close()
+
+    def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
+        self._check_tenant(request.tenant_id, context)
+        st = self.state
+        try:
+            if st.writes is None:
+                raise WriteError("permission", "no table is writable for this tenant")
+            return st.writes.execute(request)
+        except WriteError as exc:
+            level = logging.WARNING if exc.kind == "permission" else logging.INFO
+            log.log(
+                level,
+                "write refused: %s",
+                exc,
+                extra={"peer": context.peer(), "kind": exc.kind, "sqlstate": exc.sqlstate},
+            )
+            md: tuple[tuple[str, str | bytes], ...] = (("prism-error", exc.kind),)
+            if exc.sqlstate:
+                md += (("prism-sqlstate", exc.sqlstate),)
+            context.set_trailing_metadata(md)
+            context.abort(_WRITE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         from prism.wrapper.sources.walstream import lsn_to_str

@@ -44,8 +44,18 @@ CREATE TABLE IF NOT EXISTS rows (
     UNIQUE (tbl, key)
 );
 CREATE INDEX IF NOT EXISTS rows_tbl_position ON rows (tbl, position);
+-- Writes through the wrapper: at which position each became visible.
+CREATE TABLE IF NOT EXISTS writes (
+    event_id TEXT PRIMARY KEY,
+    request_id TEXT,
+    position INTEGER NOT NULL,
+    stored_us INTEGER NOT NULL
+);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
+
+
+RECENT_WRITES = 100_000
 
 
 def now_us() -> int:
@@ -103,6 +113,8 @@ class Store:
         self._in_txn = False
         # Commit notifications for the server's subscription threads.
         self.changed = threading.Condition()
+        # event_id -> position of recent writes, for Write calls waiting on them.
+        self.recent_writes: dict[str, int] = {}
 
     # -- meta -------------------------------------------------------------
     def _get(self, k: str) -> str | None:
@@ -145,6 +157,10 @@ class Store:
             self._in_txn = False
         self._meta = txn.meta
         with self.changed:
+            for event_id, position in txn.written:
+                self.recent_writes[event_id] = position
+            while len(self.recent_writes) > RECENT_WRITES:
+                del self.recent_writes[next(iter(self.recent_writes))]
             self.changed.notify_all()
 
     def reset(self, stream_id: str | None = None) -> StoreMeta:
@@ -153,6 +169,7 @@ class Store:
         with self.transaction() as txn:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
+            self._conn.execute("DELETE FROM writes")
             txn.meta = StoreMeta(
                 stream_id=stream_id or uuid.uuid4().hex,
                 snapshot_done=False,
@@ -173,6 +190,7 @@ class Store:
                 (older_than_us,),
             ).fetchone()
             count, top = int(row[0]), row[1]
+            self._conn.execute("DELETE FROM writes WHERE stored_us < ?", (older_than_us,))
             if count:
                 self._conn.execute(
                     "DELETE FROM rows WHERE op = 'D' AND stored_us < ?", (older_than_us,)
@@ -224,6 +242,21 @@ class StoreTxn:
         self.meta = meta
         self._head = meta.head
         self._stored_us = now_us()
+        self.written: list[tuple[str, int]] = []
+
+    @property
+    def head(self) -> int:
+        """The highest position handed out so far, in this transaction too."""
+        return self._head
+
+    def record_write(self, event_id: str, request_id: str | None, position: int) -> None:
+        """A write through the wrapper is visible from `position` on."""
+        self._conn.execute(
+            "INSERT INTO writes (event_id, request_id, position, stored_us) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (event_id) DO NOTHING",
+            (event_id, request_id, position, self._stored_us),
+        )
+        self.written.append((event_id, position))
 
     def _next(self) -> int:
         self._head += 1
@@ -350,6 +383,12 @@ class StoreReader:
         return {
             str(n): str(c) for n, c in self._conn.execute("SELECT name, columns FROM table_schema")
         }
+
+    def write_position(self, event_id: str) -> int | None:
+        row = self._conn.execute(
+            "SELECT position FROM writes WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def changes_since(
         self, table: str, position: int, live_only: bool = False

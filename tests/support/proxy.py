@@ -21,6 +21,7 @@ class Proxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._cut = False
         self._closed = False
+        self._stalled: set[int] = set()
         self.connections = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -47,6 +48,11 @@ class Proxy:
         socks = [a, b]
         try:
             while True:
+                if id(a) in self._stalled:
+                    if self._closed:
+                        return
+                    threading.Event().wait(0.05)
+                    continue
                 ready, _, _ = select.select(socks, [], [], 0.5)
                 if self._closed:
                     return
@@ -55,7 +61,7 @@ class Proxy:
                     if not data:
                         return
                     (b if s is a else a).sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # a socket closed under us by cut()
             return
         finally:
             for s in socks:
@@ -73,9 +79,16 @@ class Proxy:
                         s.close()
             self._pairs.clear()
 
+    def stall(self) -> None:
+        """Stop forwarding on the connections open now (they stay open, as a
+        hung link does); connections made later work normally."""
+        with self._lock:
+            self._stalled.update(id(a) for a, _ in self._pairs)
+
     def restore(self) -> None:
         with self._lock:
             self._cut = False
+            self._stalled.clear()
 
     def close(self) -> None:
         self._closed = True

@@ -128,6 +128,7 @@ class PostgresSource(ChangeSource):
                 ("text_columns", t.text_columns),
                 ("text_repr", t.text_repr),
                 ("key_columns", t.key_columns),
+                ("writable_columns", t.writable_columns),
             ):
                 for c in wanted:
                     if c not in names:
@@ -190,8 +191,25 @@ class PostgresSource(ChangeSource):
                         self.binary = False
         return shapes
 
+    def ensure_writes_table(self) -> None:
+        """The marker table each write inserts its event id into, in the same
+        transaction: its row comes back through the stream and tells the
+        wrapper at which position the write became visible."""
+        table = self.cfg.writes_table
+        if table is None:
+            return
+        self._exec(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (event_id uuid PRIMARY KEY, request_id text UNIQUE, "
+                "created_at timestamptz NOT NULL DEFAULT now())"
+            ).format(sql.Identifier(*table.split(".")))
+        )
+
     def ensure_publication(self) -> None:
+        self.ensure_writes_table()
         wanted = {t.name for t in self.cfg.tables}
+        if self.cfg.writes_table is not None:
+            wanted.add(self.cfg.writes_table)
         exists = self._q("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
         idents = [sql.Identifier(*t.split(".")) for t in sorted(wanted)]
         if not exists:

@@ -1,0 +1,342 @@
+"""Writes through the driver and the wrapper process to a real PostgreSQL:
+read-your-writes, authorization, typed errors, atomic batches, idempotency
+across a restart, bad input stored literally, retries of conflicts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+from prism.driver import (
+    ConstraintViolationError,
+    DriverError,
+    InvalidWriteError,
+    ReplicaLagError,
+    RowNotFoundError,
+    WriteConflictError,
+    WriteOp,
+    WritePermissionError,
+)
+from support.consistency import wait_consistent
+from support.servers import driver_for
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = """
+CREATE TABLE items (
+    id bigint PRIMARY KEY,
+    title text,
+    price numeric(10, 2) CHECK (price >= 0),
+    qty integer,
+    sku text UNIQUE,
+    meta jsonb,
+    tags text[],
+    embedding real[],
+    secret text
+);
+CREATE TABLE notes (a int, b text, body text, PRIMARY KEY (a, b));
+CREATE TABLE readonly (id int PRIMARY KEY, v text);
+"""
+TABLES = [
+    {
+        "name": "items",
+        "vector_column": "embedding",
+        "vector_dim": 4,
+        "writable": True,
+        "writable_columns": ["title", "price", "qty", "sku", "meta", "tags", "embedding"],
+    },
+    {"name": "notes", "text_columns": ["b", "body"], "writable": True},
+    {"name": "readonly"},
+]
+KEYS = {"public.items": ("id",), "public.notes": ("a", "b"), "public.readonly": ("id",)}
+
+
+async def test_read_your_writes(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        ack = await driver.write(
+            row_id=1,
+            data={
+                "title": "first",
+                "price": Decimal("9.50"),
+                "meta": {"a": [1, 2]},
+                "tags": ["x", "y"],
+            },
+            table="items",
+        )
+        assert driver.position >= ack.position > 0 and not ack.replayed
+        assert driver.get("items", 1) == {
+            "id": 1,
+            "title": "first",
+            "price": Decimal("9.50"),
+            "qty": None,
+            "sku": None,
+            "meta": {"a": [1, 2]},
+            "tags": ["x", "y"],
+            "embedding": None,
+            "secret": None,
+        }
+        await driver.update(row_id=1, data={"qty": 3}, table="items")
+        row = driver.get("items", 1)
+        assert row is not None and row["qty"] == 3 and row["title"] == "first"
+        ack = await driver.write_many(
+            [
+                WriteOp("upsert", 2, {"title": "two"}, "items"),
+                WriteOp("upsert", (1, "k"), {"body": "note body"}, "notes"),
+                WriteOp("delete", 1, {}, "items"),
+            ]
+        )
+        assert ack.affected == (1, 1, 1)
+        assert driver.get("items", 1) is None and driver.get("items", 2)["title"] == "two"
+        assert driver.get("notes", (1, "k"))["body"] == "note body"
+        assert (await driver.delete(row_id=99, table="items")).affected == (0,)
+        with pytest.raises(RowNotFoundError, match="no row"):
+            await driver.update(row_id=99, data={"qty": 1}, table="items")
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_authorization_and_validation(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        with pytest.raises(WritePermissionError, match="readonly is not writable"):
+            await driver.write(row_id=1, data={"v": "x"}, table="readonly")
+        with pytest.raises(WritePermissionError, match="column 'secret' is not writable"):
+            await driver.write(row_id=1, data={"secret": "x"}, table="items")
+        with pytest.raises(InvalidWriteError, match="unknown column 'nope'"):
+            await driver.write(row_id=1, data={"nope": 1}, table="items")
+        with pytest.raises(InvalidWriteError, match="unknown table"):
+            await driver.write(row_id=1, data={"v": 1}, table="other")
+        with pytest.raises(InvalidWriteError, match="table= is required"):
+            await driver.write(row_id=1, data={"title": "x"})
+        with pytest.raises(InvalidWriteError, match="dimension 3, the table takes 4"):
+            await driver.write(row_id=1, data={"embedding": [1.0, 2.0, 3.0]}, table="items")
+        with pytest.raises(InvalidWriteError, match="NaN"):
+            await driver.write(
+                row_id=1, data={"embedding": [1.0, float("nan"), 0, 0]}, table="items"
+            )
+        with pytest.raises(InvalidWriteError, match="has key"):
+            await driver.write(row_id=(1, 2), data={"title": "x"}, table="items")
+        # a vector of the right shape is stored and searchable at once
+        await driver.write(row_id=5, data={"embedding": [0.1, 0.2, 0.3, 0.4]}, table="items")
+        found = await driver.query(embedding=[0.1, 0.2, 0.3, 0.4], top_k=1, table="items")
+        assert found[0].row_id == 5 and found[0].score == pytest.approx(1.0, abs=1e-5)
+        # text tables are embedded by the wrapper like any other change
+        await driver.write(
+            row_id=(1, "waterproof boots"), data={"body": "for long hikes"}, table="notes"
+        )
+        hits = await driver.query(text="hiking boots", top_k=1, table="notes")
+        assert hits[0].row_id == (1, "waterproof boots")
+    with db.connect() as c:
+        assert c.execute("SELECT count(*) FROM readonly").fetchone() == (0,)
+    assert "write refused" in proc.log_tail(20000) and "127.0.0.1" in proc.log_tail(20000)
+
+
+async def test_database_errors_are_typed_and_batches_atomic(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=1, data={"sku": "A"}, table="items")
+        with pytest.raises(ConstraintViolationError) as e:
+            await driver.write(row_id=2, data={"sku": "A"}, table="items")
+        assert e.value.sqlstate == "23505" and "duplicate key" in str(e.value)
+        with pytest.raises(ConstraintViolationError) as e:
+            await driver.write(row_id=3, data={"price": Decimal("-1")}, table="items")
+        assert e.value.sqlstate == "23514"
+        with pytest.raises(InvalidWriteError) as ei:
+            await driver.write(row_id=4, data={"qty": "not a number"}, table="items")
+        assert ei.value.sqlstate is not None and ei.value.sqlstate.startswith("22")
+        with pytest.raises(ConstraintViolationError):
+            await driver.write_many(
+                [
+                    WriteOp("upsert", 10, {"title": "ok"}, "items"),
+                    WriteOp("upsert", (5, "n"), {"body": "ok"}, "notes"),
+                    WriteOp("upsert", 11, {"sku": "A"}, "items"),  # fails: the whole batch goes
+                ]
+            )
+    with db.connect() as c:
+        assert c.execute("SELECT id FROM items ORDER BY id").fetchall() == [(1,)]
+        assert c.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+
+
+HOSTILE = [
+    'it\'s "quoted"',
+    "'; DROP TABLE items; --",
+    "SELECT * FROM pg_authid",
+    "$1 %s %(x)s {} \\x00 \\",
+    "emoji 🎉 ZWJ 👩‍👩‍👧 RTL שלום combining é\u0301 line\u2028sep",
+    "x" * 1_000_000,
+    "",
+]
+
+
+async def test_hostile_values_are_stored_literally(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for i, s in enumerate(HOSTILE):
+            await driver.write(
+                row_id=i,
+                data={"title": s, "meta": {s[:100]: s[:100]}, "tags": [s[:50], None]},
+                table="items",
+            )
+            row = driver.get("items", i)
+            assert row is not None and row["title"] == s and row["meta"] == {s[:100]: s[:100]}
+        with pytest.raises(InvalidWriteError, match="NUL"):
+            await driver.write(row_id=100, data={"title": "nul\x00byte"}, table="items")
+        with pytest.raises(InvalidWriteError):
+            await driver.write(row_id=101, data={"qty": 2**40}, table="items")
+        with pytest.raises(InvalidWriteError):
+            await driver.write(row_id=102, data={"title": object()}, table="items")
+    with db.connect() as c:
+        got = dict(c.execute("SELECT id, title FROM items").fetchall())
+        assert got == dict(enumerate(HOSTILE))
+        assert c.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'items'").fetchone() == (
+            1,
+        )
+
+
+async def test_request_id_applies_once_across_restart(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    rid = f"req-{uuid.uuid4()}"
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        first = await driver.write(row_id=1, data={"title": "v1"}, table="items", request_id=rid)
+        with db.connect() as c:
+            c.execute("UPDATE items SET title = 'changed elsewhere' WHERE id = 1")
+        again = await driver.write(row_id=1, data={"title": "v1"}, table="items", request_id=rid)
+        assert again.replayed and again.event_id == first.event_id
+        assert again.position == first.position
+        proc.kill9()
+        proc.start()
+        third = await driver.write(row_id=1, data={"title": "v1"}, table="items", request_id=rid)
+        assert third.replayed and third.event_id == first.event_id
+        assert third.position == first.position
+        with db.connect() as c:
+            assert c.execute("SELECT title FROM items WHERE id = 1").fetchone() == (
+                "changed elsewhere",
+            )
+            await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_wait_false_and_replica_lag_timeout(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    from prism.driver import DriverConfig, PrismDriver
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    proxy = Proxy(proc.port)
+    cfg = DriverConfig(
+        wrapper_host="127.0.0.1", wrapper_port=proxy.port, tenant_id="acme", secret_file=secret_file
+    )
+    async with PrismDriver(cfg) as driver:
+        await driver.wait_ready(timeout=30)
+        proxy.stall()  # the subscription hangs; writes open a new connection
+        ack = await driver.write(row_id=1, data={"title": "a"}, table="items", wait=False)
+        assert ack.position > driver.position and driver.get("items", 1) is None
+        with pytest.raises(ReplicaLagError, match="committed") as e:
+            await driver.write(row_id=2, data={"title": "b"}, table="items", timeout=0.5)
+        assert e.value.ack is not None and e.value.ack.position > driver.position
+        assert isinstance(e.value, DriverError)
+        with db.connect() as c:  # both are in the database all the same
+            assert c.execute("SELECT id FROM items ORDER BY id").fetchall() == [(1,), (2,)]
+        proxy.restore()
+        proxy.cut()  # drop the hung link: the driver reconnects and catches up
+        proxy.restore()
+        await driver.wait_for(e.value.ack.position, timeout=30)
+        assert driver.get("items", 2)["title"] == "b"
+    proxy.close()
+
+
+async def test_two_drivers_read_their_own_writes_concurrently(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as d1, driver_for(proc, secret_file) as d2:
+        await asyncio.gather(d1.wait_ready(timeout=30), d2.wait_ready(timeout=30))
+
+        async def writer(driver, base: int) -> int:  # type: ignore[no-untyped-def]
+            checked = 0
+            for i in range(60):
+                key = (i % 10) + base  # rewrite the same keys: each read must be the latest
+                await driver.write(row_id=key, data={"qty": i}, table="items")
+                assert driver.get("items", key)["qty"] == i
+                checked += 1
+            return checked
+
+        assert await asyncio.gather(writer(d1, 0), writer(d2, 100)) == [60, 60]
+        with db.connect() as c:
+            await wait_consistent(d1, c, KEYS, timeout=20)
+            await wait_consistent(d2, c, KEYS, timeout=20)
+
+
+async def test_acknowledged_writes_survive_a_wrapper_restart(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    acked: list[int] = []
+    failed = 0
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        killer = threading.Timer(0.5, lambda: (proc.kill9(), proc.start(wait=False)))
+        killer.start()
+        for i in range(150):
+            try:
+                await driver.write(row_id=i, data={"title": f"t{i}"}, table="items", timeout=20)
+                acked.append(i)
+            except DriverError:
+                failed += 1
+                await asyncio.sleep(0.05)
+        killer.join()
+        proc.wait_serving()
+        with db.connect() as c:
+            present = {r[0] for r in c.execute("SELECT id FROM items").fetchall()}
+            assert set(acked) <= present
+            await wait_consistent(driver, c, KEYS, timeout=30)
+    assert len(acked) > 50
+
+
+async def test_serialization_failures_are_retried_then_typed(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(
+        SCHEMA
+        + """
+        CREATE SEQUENCE flaky;
+        CREATE FUNCTION flaky() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            -- sequences are not rolled back: the first two attempts fail
+            IF nextval('flaky') <= 2 THEN
+                RAISE EXCEPTION 'simulated conflict' USING ERRCODE = '40001';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER flaky BEFORE INSERT ON notes FOR EACH ROW EXECUTE FUNCTION flaky();
+    """
+    )
+    proc = wrapper(TABLES, database={"write_retries": 3})
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=(1, "x"), data={"body": "after two conflicts"}, table="notes")
+        assert driver.get("notes", (1, "x"))["body"] == "after two conflicts"
+        with db.connect() as c:
+            c.execute("ALTER SEQUENCE flaky RESTART")
+        strict = wrapper(TABLES, database={"write_retries": 1})
+        async with driver_for(strict, secret_file) as d2:
+            await d2.wait_ready(timeout=30)
+            with pytest.raises(WriteConflictError) as e:
+                await d2.write(row_id=(2, "y"), data={"body": "b"}, table="notes")
+            assert e.value.sqlstate == "40001" and e.value.retriable
+
+
+def test_vector_in_write_round_trips_as_float32(db) -> None:  # type: ignore[no-untyped-def]
+    v = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    assert v.tolist() == [float(x) for x in v]  # what the driver sends for an array
