@@ -265,7 +265,9 @@ def table_bytes(dsn: str) -> int:
 # -- the wrapper ----------------------------------------------------------------
 
 
-def write_wrapper_config(path: Path, dsn: str, port: int, secret: Path, store: Path) -> Path:
+def write_wrapper_config(
+    path: Path, dsn: str, port: int, secret: Path, store: Path, writable: bool = False
+) -> Path:
     """The wrapper config of the benchmark. store.synchronous and
     store.commit_interval_ms are left at their defaults (full, 5 ms)."""
     sections: dict[str, dict[str, Any]] = {
@@ -280,7 +282,13 @@ def write_wrapper_config(path: Path, dsn: str, port: int, secret: Path, store: P
         "store": {"path": str(store)},
     }
     tables = [
-        {"name": TABLE, "vector_column": "embedding", "vector_dim": DIM, "text_repr": ["title"]}
+        {
+            "name": TABLE,
+            "vector_column": "embedding",
+            "vector_dim": DIM,
+            "text_repr": ["title"],
+            "writable": writable,
+        }
     ]
     return write_config(path, sections, tables)
 

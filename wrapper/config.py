@@ -162,10 +162,11 @@ FIELDS: tuple[Field, ...] = (
         "store",
         "commit_interval_ms",
         float,
-        5.0,
+        0.0,
         "group commit: longest a received transaction waits before its group is handed to "
-        "the store writer (groups also grow while a commit is in flight)",
-        _positive,
+        "the store writer; 0 hands it over as soon as the writer is free (groups still grow "
+        "while a commit is in flight)",
+        lambda v: None if v >= 0 else "must be 0 or more",
     ),
     Field(
         "vectors",

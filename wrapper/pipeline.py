@@ -32,6 +32,7 @@ from prism.wrapper.vectorize import Vectorizer
 log = logging.getLogger("prism.wrapper.pipeline")
 
 MAX_GROUP_CHANGES = 5000
+IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and stop
 PURGE_INTERVAL_S = 60.0
 
 
@@ -214,7 +215,7 @@ class Pipeline:
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
         try:
-            for stx in source.transactions(self._interval):
+            for stx in source.transactions(max(self._interval, IDLE_TICK_S)):
                 committer.check()
                 if stx is not None:
                     if stx.end_lsn <= skip_upto:

@@ -244,7 +244,12 @@ class ConnectionPool:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
-                conn = psycopg.connect(self._dsn, connect_timeout=10)
+                conn = psycopg.connect(self._dsn, connect_timeout=10, autocommit=True)
+                # An acked write is a durable one; and the walsender only sends
+                # flushed WAL, so with the server's synchronous_commit = off a
+                # write would reach the stream only at the WAL writer's next
+                # round (200 ms by default).
+                conn.execute("SET synchronous_commit = on")
             yield conn
         finally:
             if conn is not None and not conn.closed and not conn.broken:

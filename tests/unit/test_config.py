@@ -76,11 +76,28 @@ def test_environment_overrides_the_file() -> None:
         (with_(tables=[{"name": "x"}, {"name": "public.x"}]), "lists a table twice"),
         (with_(tables=[{"name": "x; drop"}]), "not schema.table"),
         (with_(vectors={"dimension": 512}), "larger than table public.items"),
+        (with_(tables=[{"name": "x", "writable": "yes"}]), r"tables\[0\].writable: expected true"),
+        (with_(tables=[{"name": "x", "writable_columns": ["a"]}]), "set writable = true"),
+        (with_(database={"write_retries": 50}), "database.write_retries"),
+        (with_(store={"commit_interval_ms": -1}), "store.commit_interval_ms"),
     ],
 )
 def test_bad_values_are_refused_by_name(data: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_mapping(data, env={})
+
+
+def test_writes_table_only_when_something_is_writable() -> None:
+    assert config_from_mapping(BASE, env={}).writes_table is None
+    cfg = config_from_mapping(
+        with_(
+            tables=[{"name": "x", "writable": True, "writable_columns": ["a"]}],
+            database={"writes_table": "my_writes"},
+        ),
+        env={},
+    )
+    assert cfg.writes_table == "public.my_writes"
+    assert cfg.table("public.x").writable_columns == ("a",)
 
 
 def test_load_config_file_errors(tmp_path: Path) -> None:
