@@ -340,3 +340,29 @@ async def test_serialization_failures_are_retried_then_typed(db, wrapper, secret
 def test_vector_in_write_round_trips_as_float32(db) -> None:  # type: ignore[no-untyped-def]
     v = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
     assert v.tolist() == [float(x) for x in v]  # what the driver sends for an array
+
+
+async def test_database_down_is_a_typed_error_and_recovers(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    from prism.driver import DatabaseUnavailableError
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    link = Proxy(db.pg.port)  # the wrapper reaches PostgreSQL through a link we can cut
+    dsn = f"host=127.0.0.1 port={link.port} user=postgres dbname={db.name}"
+    proc = wrapper(TABLES, database={"dsn": dsn})
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=1, data={"title": "before"}, table="items")
+        link.cut()
+        with pytest.raises(DatabaseUnavailableError) as e:
+            await driver.write(row_id=2, data={"title": "during"}, table="items", timeout=5)
+        assert e.value.retriable
+        link.restore()
+        for _ in range(100):  # the wrapper reconnects with backoff
+            try:
+                await driver.write(row_id=3, data={"title": "after"}, table="items", timeout=5)
+                break
+            except DatabaseUnavailableError:
+                await asyncio.sleep(0.2)
+        assert driver.get("items", 3)["title"] == "after"
+    link.close()
