@@ -3,8 +3,9 @@
 Starts an embedded PostgreSQL 16 with a sample `products` table, writes a
 tenant secret and a wrapper config, runs the real `prism-wrapper` process,
 and then acts as the application: a PrismDriver syncs the table, answers
-`get` and similarity queries in process, and shows a change made in the
-database arriving in the replica. Everything prints with timings.
+`get` and similarity queries in process, shows a change made in the
+database arriving in the replica, and writes through the wrapper.
+Everything prints with timings.
 
     python examples/demo.py [--rows 5000] [--keep]
 """
@@ -120,7 +121,7 @@ def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 120)
     raise SystemExit("prism-wrapper did not start serving in time")
 
 
-async def app(port: int, secret: Path, dsn: str) -> None:
+async def app(port: int, secret: Path, dsn: str, args_rows: int) -> None:
     cfg = DriverConfig(
         wrapper_host="127.0.0.1", wrapper_port=port, tenant_id="demo", secret_file=secret
     )
@@ -164,6 +165,28 @@ async def app(port: int, secret: Path, dsn: str) -> None:
                 f"{ms(time.perf_counter() - t2)} (position {before} -> {driver.position})"
             )
             print(f"[app] get(products, 42) -> {driver.get('public.products', 42)}")
+
+        # The app writes through the driver (no database credentials here) and
+        # reads its own write at once.
+        t3 = time.perf_counter()
+        ack = await driver.write(
+            row_id=args_rows + 1,
+            data={
+                "name": "trail running shoes",
+                "description": "A light trail running shoe.",
+                "price": Decimal("120.00"),
+            },
+        )
+        took = time.perf_counter() - t3
+        print(
+            f"\n[app] driver.write(...) -> event {ack.event_id} at position {ack.position}, "
+            f"visible locally after {ms(took)}: {driver.get('public.products', args_rows + 1)}"
+        )
+        hits = await driver.query(text="trail running shoes", top_k=1)
+        print(
+            f"[app] query(text='trail running shoes') -> #{hits[0].row_id} "
+            f"{hits[0].text_repr} ({hits[0].score:.3f})"
+        )
 
         lat = []
         keys = list(range(1, 1001))
@@ -223,6 +246,8 @@ path = "{base / "store.sqlite3"}"
 [[tables]]
 name = "public.products"
 text_columns = ["name", "description"]
+writable = true
+writable_columns = ["name", "description", "price"]
 """)
         log = (base / "wrapper.log").open("wb")
         t2 = time.perf_counter()
@@ -236,7 +261,7 @@ text_columns = ["name", "description"]
             f"[wrapper] prism-wrapper serving on 127.0.0.1:{port} after "
             f"{ms(time.perf_counter() - t2)} (log: {base / 'wrapper.log'})"
         )
-        asyncio.run(app(port, secret, pg.dsn))
+        asyncio.run(app(port, secret, pg.dsn, args.rows))
         wrapper.send_signal(signal.SIGTERM)
         print(f"\n[wrapper] SIGTERM -> exit code {wrapper.wait(30)}")
         wrapper = None

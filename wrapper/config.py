@@ -162,7 +162,7 @@ FIELDS: tuple[Field, ...] = (
         "store",
         "commit_interval_ms",
         float,
-        0.0,
+        5.0,
         "group commit: longest a received transaction waits before its group is handed to "
         "the store writer; 0 hands it over as soon as the writer is free (groups still grow "
         "while a commit is in flight)",
