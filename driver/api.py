@@ -17,6 +17,7 @@ import hmac
 import logging
 import os
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from prism.driver.errors import (
     QueryError,
     ReplicaLagError,
     WaitTimeoutError,
+    WriteOutcomeUnknownError,
     map_grpc_error,
     map_write_error,
 )
@@ -130,6 +132,10 @@ class PrismDriver:
 
     async def close(self) -> None:
         self._closed = True
+        if self._failure is None:
+            self._failure = NotReadyError("the driver is closed")
+        self._ready.set()
+        self._signal_progress()
         if self._write_channel is not None:
             await self._write_channel.close(None)
             self._write_channel = None
@@ -146,7 +152,7 @@ class PrismDriver:
         if exc is not None and self._failure is None:
             self._failure = exc
         self._ready.set()
-        self._progress.set()
+        self._signal_progress()
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
@@ -236,7 +242,7 @@ class PrismDriver:
                         self._apply(batch)
                         progressed = True
                     else:
-                        self._progress.set()  # head moved: lag is visible in stats
+                        self._signal_progress()  # head moved: lag is visible in stats
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
                     return progressed
@@ -316,6 +322,11 @@ class PrismDriver:
         self._stats["batches"] += 1
         self._stats["changes_applied"] += n
         self._ready.set()
+        self._signal_progress()
+
+    def _signal_progress(self) -> None:
+        # Wake every waiter, then give later waiters a fresh event: an event
+        # left set would make their wait return at once, forever, spinning.
         self._progress.set()
         self._progress = asyncio.Event()
 
@@ -523,6 +534,9 @@ class PrismDriver:
             raise InvalidWriteError("write_many needs at least one operation")
         if request_id is not None and (not isinstance(request_id, str) or not request_id):
             raise InvalidWriteError("request_id must be a non-empty string")
+        # Every write carries an id, so one whose outcome is unknown (the link
+        # failed mid-call) can be retried safely: see WriteOutcomeUnknownError.
+        request_id = request_id or f"auto-{uuid.uuid4()}"
         if self._write_channel is None:
             self._write_channel = grpc.aio.insecure_channel(
                 self.config.target,
@@ -543,7 +557,10 @@ class PrismDriver:
                 timeout=self.config.write_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
-            raise map_write_error(exc) from exc
+            err = map_write_error(exc)
+            if isinstance(err, WriteOutcomeUnknownError):
+                err.request_id = request_id
+            raise err from exc
         ack = ack_of(resp)
         if wait:
             try:
@@ -554,6 +571,12 @@ class PrismDriver:
                     f"the local replica is at {self.position} after {timeout}s; it will catch up",
                     ack=ack,
                 ) from None
+            except PrismError as exc:  # the subscription failed: the commit still happened
+                raise ReplicaLagError(
+                    f"the write committed (event {ack.event_id}, position {ack.position}) but "
+                    f"the local replica cannot show it: {exc}",
+                    ack=ack,
+                ) from exc
         return ack
 
     async def _wait_stream(self, stream_id: str, position: int, timeout: float | None) -> None:

@@ -124,6 +124,7 @@ class WriteOutcomeUnknownError(WriteError):
 
     kind = "unknown"
     retriable = True
+    request_id: str | None = None  # the id to retry with
 
 
 WRITE_ERRORS: dict[str, type[WriteError]] = {
@@ -136,6 +137,7 @@ WRITE_ERRORS: dict[str, type[WriteError]] = {
         WriteConflictError,
         DatabaseUnavailableError,
         ReplicaLagError,
+        WriteOutcomeUnknownError,
     )
 }
 

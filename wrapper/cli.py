@@ -33,7 +33,11 @@ def cmd_run(cfg: WrapperConfig) -> int:
     store = Store(cfg.store_path, str(cfg["store.synchronous"]))
     pipeline = Pipeline(cfg, store, secret)
     writes = (
-        WriteExecutor(cfg, store, lambda: pipeline.shapes) if cfg.writes_table is not None else None
+        WriteExecutor(
+            cfg, store, lambda: pipeline.shapes, lambda: pipeline.status.state == "STREAMING"
+        )
+        if cfg.writes_table is not None
+        else None
     )
     state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, secret=secret, writes=writes)
     address = f"{cfg['chorus.listen_host']}:{cfg['chorus.listen_port']}"

@@ -10,6 +10,7 @@ to the source only positions this thread reports durable.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from prism.wrapper.apply import Applier
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.sources.base import SourceTransaction
 from prism.wrapper.store import Store
+
+log = logging.getLogger("prism.wrapper.committer")
 
 
 @dataclass
@@ -116,7 +119,10 @@ class Committer:
             with self._cv:
                 self._busy = False
                 self._cv.notify_all()
-            self._after_commit()
+            try:
+                self._after_commit()  # housekeeping: its failure must not stop the writer
+            except Exception:
+                log.exception("store housekeeping after a commit failed")
 
     def _write(self, group: list[SourceTransaction], idle_pos: int) -> None:
         n = 0

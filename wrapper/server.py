@@ -41,6 +41,7 @@ _WRITE_STATUS = {
     "conflict": grpc.StatusCode.ABORTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "lagging": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "unknown": grpc.StatusCode.UNAVAILABLE,
 }
 
 

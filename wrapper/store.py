@@ -170,6 +170,8 @@ class Store:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
+            with self.changed:
+                self.recent_writes.clear()
             txn.meta = StoreMeta(
                 stream_id=stream_id or uuid.uuid4().hex,
                 snapshot_done=False,

@@ -143,7 +143,10 @@ def plan(
     for col in data:
         if col not in types:
             raise WriteError("invalid", f"{name}: unknown column {col!r}")
-        if t.writable_columns and col not in t.writable_columns and col not in shape.key_columns:
+        # An upsert may repeat its key in data (checked equal below); an update
+        # that sets a key column moves the row, so that column must be writable.
+        repeats_key = col in shape.key_columns and op.kind == pb.UPSERT
+        if t.writable_columns and col not in t.writable_columns and not repeats_key:
             raise WriteError("permission", f"{name}: column {col!r} is not writable")
     _check_vector(t, data)
     ident = sql.Identifier(*name.split("."))
@@ -198,6 +201,12 @@ def plan(
 
 _CONSTRAINT_CLASS = "23"
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+_SQLSTATE_KINDS = {
+    "42501": "permission",  # insufficient privilege of the wrapper's role
+    "25006": "unavailable",  # read-only transaction: the dsn reaches a standby
+    "25P03": "unavailable",  # idle session timeout
+    "40003": "unknown",  # statement completion unknown
+}
 
 
 def map_db_error(exc: BaseException) -> WriteError:
@@ -210,13 +219,15 @@ def map_db_error(exc: BaseException) -> WriteError:
         msg = f"{msg} ({detail})"
     if sqlstate in _RETRY_SQLSTATES:
         return WriteError("conflict", msg, sqlstate)
+    if sqlstate in _SQLSTATE_KINDS:
+        return WriteError(_SQLSTATE_KINDS[sqlstate], msg, sqlstate)
     if sqlstate and sqlstate.startswith(_CONSTRAINT_CLASS):
         return WriteError("constraint", msg, sqlstate)
     if sqlstate and sqlstate.startswith(("22", "42")):
         return WriteError("invalid", msg, sqlstate)
     if isinstance(exc, psycopg.DataError | ValueError):  # e.g. NUL in text, raised client-side
         return WriteError("invalid", msg, sqlstate)
-    if isinstance(exc, psycopg.OperationalError | OSError) or (
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError) or (
         sqlstate and sqlstate.startswith(("08", "57", "53"))
     ):
         return WriteError("unavailable", f"database unavailable: {msg}", sqlstate)
@@ -272,10 +283,12 @@ class WriteExecutor:
         cfg: WrapperConfig,
         store: Store,
         shapes: Callable[[], Mapping[str, TableShape]],
+        replicating: Callable[[], bool] = lambda: True,
     ) -> None:
         self.cfg = cfg
         self.store = store
         self._shapes = shapes
+        self._replicating = replicating
         self._pool = ConnectionPool(cfg.dsn, int(cfg["database.write_connections"]))
         self._retries = int(cfg["database.write_retries"])
         self._marker = sql.Identifier(*(cfg.writes_table or "public.prism_writes").split("."))
@@ -290,6 +303,9 @@ class WriteExecutor:
             raise WriteError("invalid", "a write needs at least one operation")
         if len(request.request_id) > 200:
             raise WriteError("invalid", "request_id is longer than 200 characters")
+        if not self._replicating():
+            # A commit now could not be confirmed: the stream is not running.
+            raise WriteError("unavailable", "replication is not running; try again later")
         shapes = self._shapes()
         planned = [plan(self.cfg, shapes, op, self._default_table) for op in request.ops]
         event_id, affected, replayed = self._run(planned, request.request_id or None)
@@ -308,7 +324,11 @@ class WriteExecutor:
             try:
                 return self._attempt(planned, request_id)
             except WriteError as exc:
-                if exc.kind != "conflict" or attempt == self._retries:
+                # Conflicts are retried; so is a connection found dead before
+                # COMMIT was sent (an idle pooled one after a restart): nothing
+                # was written.
+                stale = exc.kind == "unavailable" and attempt == 0
+                if (exc.kind != "conflict" and not stale) or attempt == self._retries:
                     raise
                 delay = 0.01 * (2**attempt) * (1 + random.random())
                 log.info(
@@ -323,6 +343,7 @@ class WriteExecutor:
     ) -> tuple[str, list[int], bool]:
         event_id = str(uuid.uuid4())
         affected: list[int] = []
+        committing = False
         try:
             with self._pool.connection() as conn, conn.transaction():
                 cur = conn.execute(
@@ -346,10 +367,19 @@ class WriteExecutor:
                     if p.kind == pb.UPDATE and n == 0:
                         raise WriteError("not-found", f"{p.table}: no row with that key to update")
                     affected.append(max(n, 0))
+                committing = True  # leaving the block sends COMMIT
         except WriteError:
             raise
         except (psycopg.Error, OSError, ValueError) as exc:
-            raise map_db_error(exc) from exc
+            err = map_db_error(exc)
+            if committing and err.kind == "unavailable":
+                raise WriteError(
+                    "unknown",
+                    f"the connection failed during COMMIT: the write may or may not have "
+                    f"committed (event {event_id}); retry with the same request_id ({exc})",
+                    err.sqlstate,
+                ) from exc
+            raise err from exc
         return event_id, affected, False
 
     def _position(self, event_id: str, wait_s: float) -> int:
@@ -364,17 +394,19 @@ class WriteExecutor:
                 pos = reader.write_position(event_id)
             finally:
                 reader.close()
-        while pos is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise WriteError(
-                    "lagging",
-                    f"the write committed (event {event_id}) but the replication stream has "
-                    f"not brought it to the wrapper's store within {wait_s}s",
-                )
+        if pos is None:
             with store.changed:
-                store.changed.wait(min(remaining, 1.0))
+                store.changed.wait_for(
+                    lambda: event_id in store.recent_writes,
+                    max(0.0, deadline - time.monotonic()),
+                )
                 pos = store.recent_writes.get(event_id)
+        if pos is None:
+            raise WriteError(
+                "lagging",
+                f"the write committed (event {event_id}) but the replication stream has "
+                f"not brought it to the wrapper's store within {wait_s}s",
+            )
         return pos
 
     def _maybe_purge(self) -> None:

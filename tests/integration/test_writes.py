@@ -112,6 +112,8 @@ async def test_authorization_and_validation(db, wrapper, secret_file) -> None:  
             await driver.write(row_id=1, data={"v": "x"}, table="readonly")
         with pytest.raises(WritePermissionError, match="column 'secret' is not writable"):
             await driver.write(row_id=1, data={"secret": "x"}, table="items")
+        with pytest.raises(WritePermissionError, match="column 'id' is not writable"):
+            await driver.update(row_id=1, data={"id": 2}, table="items")  # a key move
         with pytest.raises(InvalidWriteError, match="unknown column 'nope'"):
             await driver.write(row_id=1, data={"nope": 1}, table="items")
         with pytest.raises(InvalidWriteError, match="unknown table"):
