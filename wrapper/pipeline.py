@@ -96,6 +96,13 @@ class Pipeline:
                 delay = backoff.next
                 log.warning("source error, retrying in %.1fs: %s", delay, exc)
                 backoff.wait(self.stop_event)
+            except Exception as exc:  # a bug or a raw store error: stop, and say so
+                log.exception("replication stopped by an unexpected error")
+                self.status.state = "FAILED"
+                self.status.error = WrapperError(f"unexpected error: {exc!r}")
+                self.status.detail = str(self.status.error)
+                self.status.started.set()
+                return
             finally:
                 source.close()
         self.status.state = "STOPPED"
@@ -224,12 +231,13 @@ class Pipeline:
                         first_at = time.monotonic()
                     pending.append(stx)
                     pending_changes += len(stx.changes)
-                if pending_changes >= MAX_GROUP_CHANGES:
+                full = pending_changes >= MAX_GROUP_CHANGES
+                if full:
                     committer.wait_idle()  # backpressure: one big group at a time
                 if (
                     pending
                     and committer.idle
-                    and (stx is None or time.monotonic() - first_at >= self._interval)
+                    and (full or stx is None or time.monotonic() - first_at >= self._interval)
                 ):
                     committer.submit(pending)
                     pending, pending_changes = [], 0

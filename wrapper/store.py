@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS writes (
     position INTEGER NOT NULL,
     stored_us INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS writes_stored ON writes (stored_us);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
 

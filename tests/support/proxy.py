@@ -53,9 +53,11 @@ class Proxy:
                         return
                     threading.Event().wait(0.05)
                     continue
-                ready, _, _ = select.select(socks, [], [], 0.5)
+                ready, _, _ = select.select(socks, [], [], 0.1)
                 if self._closed:
                     return
+                if id(a) in self._stalled:
+                    continue  # stalled while waiting: hold what arrived
                 for s in ready:
                     data = s.recv(65536)
                     if not data:

@@ -198,11 +198,18 @@ class PostgresSource(ChangeSource):
         table = self.cfg.writes_table
         if table is None:
             return
+        ident = sql.Identifier(*table.split("."))
         self._exec(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (event_id uuid PRIMARY KEY, request_id text UNIQUE, "
                 "created_at timestamptz NOT NULL DEFAULT now())"
-            ).format(sql.Identifier(*table.split(".")))
+            ).format(ident)
+        )
+        # The wrapper purges old markers by age.
+        self._exec(
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (created_at)").format(
+                sql.Identifier(f"{table.split('.')[1]}_created_at"), ident
+            )
         )
 
     def ensure_publication(self) -> None:
