@@ -152,6 +152,10 @@ async def app(port: int, secret: Path, dsn: str, args_rows: int) -> None:
 
         # Another service changes the database; the replica follows by itself.
         with psycopg.connect(dsn, autocommit=True) as conn:
+            # The embedded server defaults to synchronous_commit = off (fast
+            # tests); a commit then reaches the WAL stream only at the WAL
+            # writer's next round. An application's durable commit does not wait.
+            conn.execute("SET synchronous_commit = on")
             before = driver.position
             t2 = time.perf_counter()
             conn.execute(
