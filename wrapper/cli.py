@@ -104,10 +104,8 @@ def cmd_check(cfg: WrapperConfig) -> int:
                 )
         except PrismError as exc:
             problems.append(str(exc))
-        pub = source._q(
-            "SELECT 1 FROM pg_publication WHERE pubname = %s", (cfg["database.publication"],)
-        )
-        if not pub:
+        problems += source.write_privilege_problems()
+        if not source.publication_exists():
             print(
                 f"note publication {cfg['database.publication']!r} does not exist yet; "
                 "prism-wrapper run creates it (needs CREATE on the database, or create it: "

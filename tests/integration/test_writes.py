@@ -344,6 +344,33 @@ def test_vector_in_write_round_trips_as_float32(db) -> None:  # type: ignore[no-
     assert v.tolist() == [float(x) for x in v]  # what the driver sends for an array
 
 
+def test_check_reports_missing_write_privileges(db, wrapper) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    db.execute(
+        SCHEMA
+        + f"""
+        CREATE ROLE writer_{db.name} LOGIN REPLICATION;
+        GRANT SELECT ON ALL TABLES IN SCHEMA public TO writer_{db.name};
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+    """
+    )
+    dsn = f"host=127.0.0.1 port={db.pg.port} user=writer_{db.name} dbname={db.name}"
+    proc = wrapper(TABLES, database={"dsn": dsn}, start=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(proc.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"lacks INSERT: GRANT INSERT ON public.items TO writer_{db.name}" in r.stdout
+    assert "lacks DELETE: GRANT DELETE ON public.notes" in r.stdout
+    assert "cannot create it: GRANT CREATE ON SCHEMA public" in r.stdout
+    assert "lacks INSERT: GRANT INSERT ON public.readonly" not in r.stdout  # not writable
+
+
 async def test_database_down_is_a_typed_error_and_recovers(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     from prism.driver import DatabaseUnavailableError
     from support.proxy import Proxy

@@ -97,6 +97,45 @@ class PostgresSource(ChangeSource):
             problems.append("PostgreSQL 10 or newer is required for pgoutput")
         return problems
 
+    def publication_exists(self) -> bool:
+        return bool(self._q("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,)))
+
+    def write_privilege_problems(self) -> list[str]:
+        """What the wrapper's role lacks to run writes for drivers, with the
+        GRANT that fixes each."""
+        (user,) = self._q("SELECT current_user")[0]
+        problems = []
+        for t in self.cfg.tables:
+            if not t.writable:
+                continue
+            for priv in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+                (ok,) = self._q("SELECT has_table_privilege(%s, %s)", (t.name, priv))[0]
+                if not ok:
+                    problems.append(
+                        f"table {t.name} is writable but role {user!r} lacks {priv}: "
+                        f"GRANT {priv} ON {t.name} TO {user}"
+                    )
+        marker = self.cfg.writes_table
+        if marker is not None:
+            (exists,) = self._q("SELECT to_regclass(%s) IS NOT NULL", (marker,))[0]
+            if exists:
+                for priv in ("SELECT", "INSERT", "DELETE"):
+                    (ok,) = self._q("SELECT has_table_privilege(%s, %s)", (marker, priv))[0]
+                    if not ok:
+                        problems.append(
+                            f"role {user!r} lacks {priv} on the write marker table {marker}: "
+                            f"GRANT {priv} ON {marker} TO {user}"
+                        )
+            else:
+                (ok,) = self._q("SELECT has_schema_privilege('public', 'CREATE')")[0]
+                if not ok:
+                    problems.append(
+                        f"the write marker table {marker} does not exist and role {user!r} "
+                        "cannot create it: GRANT CREATE ON SCHEMA public TO "
+                        f"{user}, or create it (see wrapper/sources/postgres.py)"
+                    )
+        return problems
+
     def discover(self) -> dict[str, TableShape]:
         """Check every configured table against the catalog and return its
         shape. Unknown tables or columns, and tables whose updates and
