@@ -5,17 +5,13 @@ pg_replication_slots."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import TestDB
 
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
+from prism.wrapper.embedded_pg import free_port
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import RowChange, SourceTransaction
 from prism.wrapper.sources.pgconn import ReplicationConnection
@@ -23,25 +19,6 @@ from prism.wrapper.sources.pgoutput import PgOutputDecoder
 from prism.wrapper.sources.walstream import PrimaryKeepalive, XLogData, lsn_from_str
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[EmbeddedPostgres]:
-    base = Path(tempfile.mkdtemp(prefix="prism-pgconn-", dir="/var/tmp"))
-    os.chmod(base, 0o755)
-    server = EmbeddedPostgres(base / "pg")
-    try:
-        server.start()
-    except Exception as exc:
-        shutil.rmtree(base, ignore_errors=True)
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"embedded PostgreSQL did not start: {exc}")
-        pytest.skip(f"embedded PostgreSQL did not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _slot_flush_lsn(conn: psycopg.Connection, slot: str) -> int:
@@ -67,17 +44,17 @@ def _next_transaction(
     raise AssertionError("no transaction arrived")
 
 
-def test_snapshot_meets_stream_and_flush_is_confirmed(pg: EmbeddedPostgres) -> None:
+def test_snapshot_meets_stream_and_flush_is_confirmed(db: TestDB) -> None:
     slot, pub = "prism_it_slot", "prism_it_pub"
-    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+    with psycopg.connect(db.dsn, autocommit=True) as admin:
         admin.execute("CREATE TABLE items (id int8 PRIMARY KEY, name text)")
         admin.execute("INSERT INTO items VALUES (1, 'before slot')")
         admin.execute(f"CREATE PUBLICATION {pub} FOR TABLE items")
 
-        repl = ReplicationConnection(pg.dsn)
+        repl = ReplicationConnection(db.dsn)
         try:
             system = repl.identify_system()
-            assert system["dbname"] == "postgres" and system["timeline"] >= 1
+            assert system["dbname"] == db.name and system["timeline"] >= 1
             assert system["xlogpos"] > 0
 
             start_lsn, snapshot = repl.create_slot_with_snapshot(slot)
@@ -89,7 +66,7 @@ def test_snapshot_meets_stream_and_flush_is_confirmed(pg: EmbeddedPostgres) -> N
 
             # Import the snapshot before the replication connection issues
             # its next command, which would end the snapshot.
-            with psycopg.connect(pg.dsn) as copier:
+            with psycopg.connect(db.dsn) as copier:
                 copier.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 copier.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
                 copied = copier.execute("SELECT id, name FROM items ORDER BY id").fetchall()
@@ -119,20 +96,20 @@ def test_snapshot_meets_stream_and_flush_is_confirmed(pg: EmbeddedPostgres) -> N
 
         # A second connection resumes after what was confirmed: nothing replayed.
         admin.execute("INSERT INTO items VALUES (3, 'after confirm')")
-        with ReplicationConnection(pg.dsn) as again:
+        with ReplicationConnection(db.dsn) as again:
             assert again.slot_exists(slot)
             again.start_replication(slot, 0, pub, binary=False)
             txn = _next_transaction(again, PgOutputDecoder(binary=False))
             assert [c.new for c in txn.changes if isinstance(c, RowChange)] == [
                 {"id": 3, "name": "after confirm"}
             ]
-        with ReplicationConnection(pg.dsn) as cleanup:
+        with ReplicationConnection(db.dsn) as cleanup:
             cleanup.drop_slot(slot)
             assert not cleanup.slot_exists(slot)
 
 
-def test_errors_say_whether_to_retry(pg: EmbeddedPostgres) -> None:
-    with ReplicationConnection(pg.dsn) as repl:
+def test_errors_say_whether_to_retry(db: TestDB) -> None:
+    with ReplicationConnection(db.dsn) as repl:
         with pytest.raises(SourceError) as missing:
             repl.start_replication("no_such_slot", 0, "no_such_pub", binary=False)
         assert missing.value.retriable is False
@@ -146,15 +123,15 @@ def test_errors_say_whether_to_retry(pg: EmbeddedPostgres) -> None:
     assert refused.value.retriable is True
 
     with pytest.raises(SourceError) as no_db:
-        ReplicationConnection(pg.dsn.replace("dbname=postgres", "dbname=no_such_db"))
+        ReplicationConnection(db.dsn.replace(f"dbname={db.name}", "dbname=no_such_db"))
     assert no_db.value.retriable is False
 
 
-def test_lost_stream_is_retriable(pg: EmbeddedPostgres) -> None:
+def test_lost_stream_is_retriable(db: TestDB) -> None:
     slot, pub = "prism_it_lost", "prism_it_lost_pub"
-    with psycopg.connect(pg.dsn, autocommit=True) as admin:
+    with psycopg.connect(db.dsn, autocommit=True) as admin:
         admin.execute(f"CREATE PUBLICATION {pub}")
-        with ReplicationConnection(pg.dsn) as repl:
+        with ReplicationConnection(db.dsn) as repl:
             repl.create_slot_with_snapshot(slot)
             repl.start_replication(slot, 0, pub, binary=False)
             repl.read(0.2)  # let the walsender settle
