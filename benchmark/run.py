@@ -68,8 +68,7 @@ from common import (  # noqa: E402
 from prism.driver import DriverConfig, PrismDriver  # noqa: E402
 from prism.fabric.keys import write_secret  # noqa: E402
 from prism.fabric.payload import encode_key  # noqa: E402
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
-from support.servers import shared_tmp  # noqa: E402
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp  # noqa: E402
 
 RESULTS = HERE / "results"
 RECV_SLOT = "bench_recv"

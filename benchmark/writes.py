@@ -43,8 +43,7 @@ from common import (
 
 from prism.driver import DriverConfig, PrismDriver
 from prism.fabric.keys import write_secret
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
-from support.servers import shared_tmp
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- writes:start -->", "<!-- writes:end -->"

@@ -46,11 +46,11 @@ from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
-from prism.fabric.embedder import TextEmbedder
+from prism.fabric.embedder import TextEmbedder, row_text
 from prism.fabric.errors import FrameError, PrismError
 from prism.fabric.frames import open_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret
-from prism.fabric.payload import decode_key, encode_key
+from prism.fabric.payload import decode_key, encode_key, qualify
 from prism.fabric.projection import Projection
 from prism.fabric.sealing import Sealer, hello_proof
 
@@ -371,9 +371,7 @@ class PrismDriver:
 
     # -- reads ------------------------------------------------------------
     def _table(self, table: str) -> TableReplica:
-        t = self._replica.tables.get(table)
-        if t is None and "." not in table:
-            t = self._replica.tables.get(f"public.{table}")
+        t = self._replica.tables.get(qualify(table))
         if t is None:
             self._raise_if_failed()
             known = ", ".join(sorted(self._replica.tables)) or "none yet"
@@ -482,9 +480,7 @@ class PrismDriver:
                     row_id=kv[0] if len(kv) == 1 else tuple(kv),
                     score=score,
                     row=row,
-                    text_repr=" ".join(
-                        str(row[c]) for c in t.text_columns if row.get(c) is not None
-                    ),
+                    text_repr=row_text(row, t.text_columns),
                     table=tname,
                 )
             )
@@ -505,7 +501,7 @@ class PrismDriver:
                     )
                 )
             return writable[0]
-        info = self._tables.get(table) or self._tables.get(f"public.{table}")
+        info = self._tables.get(qualify(table))
         if info is None:
             self._raise_if_failed()
             raise InvalidWriteError(f"unknown table {table!r} (replicated: {sorted(self._tables)})")

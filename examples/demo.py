@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +30,7 @@ from prism.driver import DriverConfig, PrismDriver
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 ADJECTIVES = [
     "red",
@@ -152,10 +150,6 @@ async def app(port: int, secret: Path, dsn: str, args_rows: int) -> None:
 
         # Another service changes the database; the replica follows by itself.
         with psycopg.connect(dsn, autocommit=True) as conn:
-            # The embedded server defaults to synchronous_commit = off (fast
-            # tests); a commit then reaches the WAL stream only at the WAL
-            # writer's next round. An application's durable commit does not wait.
-            conn.execute("SET synchronous_commit = on")
             before = driver.position
             t2 = time.perf_counter()
             conn.execute(
@@ -208,8 +202,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="prismlib-demo-", dir="/var/tmp"))
-    os.chmod(base, 0o755)
+    base = shared_tmp("prismlib-demo-")
     wrapper: subprocess.Popen[bytes] | None = None
     pg = EmbeddedPostgres(base / "pg")
     try:

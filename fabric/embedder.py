@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,12 @@ def _bigram_ids(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     x *= _M3
     x ^= x >> _S31
     return (x & _LOW2) | np.uint64(_BIGRAM)
+
+
+def row_text(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """The text a row's text columns make: what the wrapper embeds, and what
+    the driver shows as a match's text_repr. One definition for both."""
+    return " ".join(str(row[c]) for c in columns if row.get(c) is not None)
 
 
 class TextEmbedder:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prism.fabric.payload import qualify
 from prism.wrapper.errors import ConfigError
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
@@ -233,7 +234,7 @@ class WrapperConfig:
         """The qualified marker table of writes, when any table is writable."""
         if not any(t.writable for t in self.tables):
             return None
-        return f"public.{self.values['database.writes_table']}"
+        return qualify(str(self.values["database.writes_table"]))
 
     def table(self, name: str) -> TableConfig:
         for t in self.tables:
@@ -340,8 +341,7 @@ def _table(raw: Any, i: int) -> TableConfig:
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f'{where}.name: required, e.g. name = "public.items"')
-    if "." not in name:
-        name = f"public.{name}"
+    name = qualify(name)
     schema, _, table = name.partition(".")
     if not (_IDENT.match(schema) and _IDENT.match(table)):
         raise ConfigError(f"{where}.name: {name!r} is not schema.table of plain identifiers")

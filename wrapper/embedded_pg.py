@@ -15,6 +15,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,14 @@ RUN_AS_USER = "prismpg"
 
 class EmbeddedPostgresError(WrapperError):
     """The embedded PostgreSQL could not be installed or started."""
+
+
+def shared_tmp(prefix: str) -> Path:
+    """A new directory under /var/tmp that the unprivileged server user can
+    enter (mkdtemp makes it 700; the cluster goes in a subdirectory)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    return d
 
 
 def free_port() -> int:
@@ -178,7 +187,10 @@ class EmbeddedPostgres:
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": str(self.base_dir),
             "fsync": "on" if self.fsync else "off",
-            "synchronous_commit": "on" if self.fsync else "off",
+            # on even without fsync: the walsender sends only flushed WAL, so
+            # with off every commit would reach the stream at the WAL writer's
+            # next round (200 ms), in tests, demo and benchmarks alike.
+            "synchronous_commit": "on",
             "full_page_writes": "on" if self.fsync else "off",
             "max_connections": "100",
             "shared_buffers": "128MB",

@@ -64,12 +64,10 @@ class FrameStream:
         vectors = None
         mask = None
         if dim and n:
+            mask = np.fromiter((r[4] is not None for r in rows), dtype=bool, count=n)
             vectors = np.zeros((n, dim), dtype=np.float32)
-            mask = np.zeros(n, dtype=bool)
-            for i, r in enumerate(rows):
-                if r[4] is not None:
-                    vectors[i] = np.frombuffer(r[4], dtype="<f4")
-                    mask[i] = True
+            stored = b"".join(r[4] for r in rows if r[4] is not None)
+            vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
         return build_frame(
             sealer=self.ctx.sealer(dim),
             tenant_id=self.ctx.tenant_id,

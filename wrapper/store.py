@@ -202,9 +202,7 @@ class Store:
         return count
 
     def table_columns(self) -> dict[str, str]:
-        return {
-            str(n): str(c) for n, c in self._conn.execute("SELECT name, columns FROM table_schema")
-        }
+        return read_table_columns(self._conn)
 
     def row_counts(self) -> dict[str, int]:
         return {
@@ -222,6 +220,11 @@ def _replace(meta: StoreMeta, **kw: object) -> StoreMeta:
     from dataclasses import replace
 
     return replace(meta, **kw)  # type: ignore[arg-type]
+
+
+def read_table_columns(conn: sqlite3.Connection) -> dict[str, str]:
+    """Each table's columns and key, as JSON, by qualified name."""
+    return {str(n): str(c) for n, c in conn.execute("SELECT name, columns FROM table_schema")}
 
 
 def read_meta(conn: sqlite3.Connection) -> StoreMeta:
@@ -383,9 +386,7 @@ class StoreReader:
             self._conn.execute("COMMIT")
 
     def table_columns(self) -> dict[str, str]:
-        return {
-            str(n): str(c) for n, c in self._conn.execute("SELECT name, columns FROM table_schema")
-        }
+        return read_table_columns(self._conn)
 
     def write_position(self, event_id: str) -> int | None:
         row = self._conn.execute(

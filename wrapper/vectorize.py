@@ -17,15 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from prism.fabric.embedder import TextEmbedder
+from prism.fabric.embedder import TextEmbedder, row_text
 from prism.fabric.projection import Projection
 from prism.wrapper.config import TableConfig, WrapperConfig
-
-
-def text_of(row: Mapping[str, Any], columns: tuple[str, ...]) -> str:
-    """The text a table's text columns give a row: what the embedder sees and
-    what a match shows as text_repr. The driver joins them the same way."""
-    return " ".join(str(row[c]) for c in columns if row.get(c) is not None)
 
 
 def as_float32(value: Any) -> Any:
@@ -87,7 +81,7 @@ class Vectorizer:
             src = np.stack(vecs)
         else:
             idx = list(range(len(rows)))
-            src = self._embedder.embed_many([text_of(r, t.text_columns) for r in rows])
+            src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])
         projected = np.ascontiguousarray(proj.apply(src), dtype="<f4")
         for j, i in enumerate(idx):
             out[i] = projected[j].tobytes()

@@ -32,7 +32,7 @@ from psycopg.types.json import Json, Jsonb
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errors import PayloadError
-from prism.fabric.payload import decode_row
+from prism.fabric.payload import decode_row, qualify
 from prism.wrapper.apply import TableShape
 from prism.wrapper.config import TableConfig, WrapperConfig
 from prism.wrapper.errors import WrapperError
@@ -119,8 +119,7 @@ def plan(
     name = op.table or default_table
     if not name:
         raise WriteError("invalid", "table is required: this tenant has several writable tables")
-    if "." not in name:
-        name = f"public.{name}"
+    name = qualify(name)
     try:
         t = cfg.table(name)
     except KeyError:

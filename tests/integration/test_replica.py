@@ -246,9 +246,6 @@ async def test_idle_wrapper_confirms_slot(db, wrapper, secret_file) -> None:  # 
 
     before = confirmed()
     with db.connect() as c:
-        # Durable commit: with the server's synchronous_commit = off the WAL
-        # write position (pg_current_wal_lsn) may not have moved yet.
-        c.execute("SET synchronous_commit = on")
         c.execute("INSERT INTO unrelated SELECT generate_series(1, 20000)")
         (target,) = c.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()
     for _ in range(100):

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -30,13 +29,6 @@ def unavailable(what: str, exc: BaseException) -> None:
     if IN_CI:
         pytest.fail(msg)
     pytest.skip(msg)
-
-
-def shared_tmp(prefix: str) -> Path:
-    """A directory the unprivileged PostgreSQL user can enter."""
-    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
-    os.chmod(d, 0o755)
-    return d
 
 
 def start_postgres() -> EmbeddedPostgres:

@@ -29,7 +29,7 @@ from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, ma
 from prism.wrapper.sources.base import ChangeSource, SourceTransaction
 from prism.wrapper.sources.pgconn import ReplicationConnection
 from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
-from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_to_str
+from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 
 log = logging.getLogger("prism.wrapper.postgres")
 
@@ -298,8 +298,6 @@ class PostgresSource(ChangeSource):
         )
         if not rows:
             return False, 0, False
-        from prism.wrapper.sources.walstream import lsn_from_str
-
         return True, lsn_from_str(rows[0][0] or "0/0"), bool(rows[0][1])
 
     def drop_slot(self) -> None:
