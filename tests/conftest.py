@@ -41,6 +41,8 @@ def pg() -> Iterator[EmbeddedPostgres]:
 class TestDB:
     """A fresh database in the session's cluster, with its own slot name."""
 
+    __test__ = False  # a fixture's type, not a test class
+
     def __init__(self, pg: EmbeddedPostgres, name: str) -> None:
         self.pg = pg
         self.name = name

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prism.driver import AuthenticationError, DriverConfig, PrismDriver, QueryError
+from prism.driver import AuthenticationError, QueryError
 from prism.fabric.keys import write_secret
 from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, db_rows, wait_consistent
 from support.servers import driver_for
@@ -158,10 +158,7 @@ async def test_wrong_secret_fails_clearly(db, wrapper, secret_file, tmp_path) ->
 async def test_unknown_tenant_fails_clearly(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA)
     proc = wrapper(TABLES_CONFIG)
-    cfg = DriverConfig(
-        wrapper_host="127.0.0.1", wrapper_port=proc.port, tenant_id="other", secret_file=secret_file
-    )
-    async with PrismDriver(cfg) as driver:
+    async with driver_for(proc, secret_file, tenant="other") as driver:
         with pytest.raises(AuthenticationError, match="unknown tenant"):
             await driver.wait_ready(timeout=20)
 
@@ -327,7 +324,6 @@ async def test_driver_past_retention_rebootstraps(db, wrapper, secret_file) -> N
     """A driver cut off longer than the tombstone retention cannot catch up
     (deletes it missed are forgotten): it must bootstrap in full, and end
     equal to the database."""
-    from prism.driver import DriverConfig, PrismDriver
     from support.proxy import Proxy
 
     db.execute(SCHEMA)
@@ -335,15 +331,7 @@ async def test_driver_past_retention_rebootstraps(db, wrapper, secret_file) -> N
         c.execute("INSERT INTO items (id, title) SELECT g, 'a' FROM generate_series(1, 30) g")
     proc = wrapper(TABLES_CONFIG, store={"retention_seconds": 0.5})
     proxy = Proxy(proc.port)
-    cfg = DriverConfig(
-        wrapper_host="127.0.0.1",
-        wrapper_port=proxy.port,
-        tenant_id="acme",
-        secret_file=secret_file,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-    )
-    async with PrismDriver(cfg) as driver:
+    async with driver_for(proxy.port, secret_file) as driver:
         await driver.wait_ready(timeout=30)
         proxy.cut()
         with db.connect() as c:
@@ -375,21 +363,12 @@ async def test_driver_past_retention_rebootstraps(db, wrapper, secret_file) -> N
 
 
 async def test_reconnects_through_a_cut_link_and_catches_up(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
-    from prism.driver import DriverConfig, PrismDriver
     from support.proxy import Proxy
 
     db.execute(SCHEMA)
     proc = wrapper(TABLES_CONFIG)
     proxy = Proxy(proc.port)
-    cfg = DriverConfig(
-        wrapper_host="127.0.0.1",
-        wrapper_port=proxy.port,
-        tenant_id="acme",
-        secret_file=secret_file,
-        reconnect_min_s=0.05,
-        reconnect_max_s=0.2,
-    )
-    async with PrismDriver(cfg) as driver:
+    async with driver_for(proxy.port, secret_file) as driver:
         await driver.wait_ready(timeout=30)
         for round_ in range(3):
             proxy.cut()
@@ -410,37 +389,20 @@ async def test_reconnects_through_a_cut_link_and_catches_up(db, wrapper, secret_
 
 
 def test_check_command_reports_prerequisites(db, wrapper) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
 
     db.execute(SCHEMA + "CREATE TABLE loose (a int);")
     ok = wrapper(TABLES_CONFIG, start=False)
-    r = subprocess.run(
-        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(ok.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = ok.check()
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   table public.items: key (id)" in r.stdout
     assert "ok   ready to replicate" in r.stdout
     bad = wrapper([{"name": "loose"}, {"name": "items", "text_columns": ["nope"]}], start=False)
-    r = subprocess.run(
-        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(bad.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = bad.check()
     assert r.returncode == 1
     assert "FAIL table public.loose has no primary key" in r.stdout
     with db.connect() as c:
         c.execute("ALTER TABLE loose REPLICA IDENTITY FULL")
-    r = subprocess.run(
-        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(bad.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = bad.check()
     assert "FAIL tables.text_columns: table public.items has no column 'nope'" in r.stdout
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prism.driver import DriverConfig, PrismDriver
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import canonical_bytes
 from prism.fabric.keys import derive_epoch_keys, load_secret, write_secret
@@ -21,6 +20,7 @@ from prism.wrapper.config import config_from_mapping
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.server import WrapperServicer, WrapperState, create_server
 from prism.wrapper.store import Store
+from support.servers import driver_for
 
 pytestmark = pytest.mark.integration
 ROWS = 40
@@ -114,15 +114,7 @@ async def run_with(served, how) -> tuple[Tampering, dict]:  # type: ignore[no-un
     server, port = create_server(state, "127.0.0.1:0", servicer)
     server.start()
     try:
-        cfg = DriverConfig(
-            wrapper_host="127.0.0.1",
-            wrapper_port=port,
-            tenant_id="acme",
-            secret_file=secret_file,
-            reconnect_min_s=0.05,
-            max_frame_rows=8,
-        )
-        async with PrismDriver(cfg) as driver:
+        async with driver_for(port, secret_file, max_frame_rows=8) as driver:
             await driver.wait_ready(timeout=30)
             rows = {k: driver.get("public.t", k) for k in range(ROWS)}
             stats = driver.stats()

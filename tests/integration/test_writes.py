@@ -9,7 +9,6 @@ import threading
 import uuid
 from decimal import Decimal
 
-import numpy as np
 import pytest
 
 from prism.driver import (
@@ -234,16 +233,12 @@ async def test_request_id_applies_once_across_restart(db, wrapper, secret_file) 
 
 
 async def test_wait_false_and_replica_lag_timeout(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
-    from prism.driver import DriverConfig, PrismDriver
     from support.proxy import Proxy
 
     db.execute(SCHEMA)
     proc = wrapper(TABLES)
     proxy = Proxy(proc.port)
-    cfg = DriverConfig(
-        wrapper_host="127.0.0.1", wrapper_port=proxy.port, tenant_id="acme", secret_file=secret_file
-    )
-    async with PrismDriver(cfg) as driver:
+    async with driver_for(proxy.port, secret_file) as driver:
         await driver.wait_ready(timeout=30)
         proxy.stall()  # the subscription hangs; writes open a new connection
         ack = await driver.write(row_id=1, data={"title": "a"}, table="items", wait=False)
@@ -339,14 +334,7 @@ async def test_serialization_failures_are_retried_then_typed(db, wrapper, secret
             assert e.value.sqlstate == "40001" and e.value.retriable
 
 
-def test_vector_in_write_round_trips_as_float32(db) -> None:  # type: ignore[no-untyped-def]
-    v = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
-    assert v.tolist() == [float(x) for x in v]  # what the driver sends for an array
-
-
 def test_check_reports_missing_write_privileges(db, wrapper) -> None:  # type: ignore[no-untyped-def]
-    import subprocess
-    import sys
 
     db.execute(
         SCHEMA
@@ -358,12 +346,7 @@ def test_check_reports_missing_write_privileges(db, wrapper) -> None:  # type: i
     )
     dsn = f"host=127.0.0.1 port={db.pg.port} user=writer_{db.name} dbname={db.name}"
     proc = wrapper(TABLES, database={"dsn": dsn}, start=False)
-    r = subprocess.run(
-        [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(proc.config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = proc.check()
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"lacks INSERT: GRANT INSERT ON public.items TO writer_{db.name}" in r.stdout
     assert "lacks DELETE: GRANT DELETE ON public.notes" in r.stdout

@@ -92,6 +92,15 @@ class WrapperProcess:
             self.wait_serving(timeout)
         return self
 
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """Run `prism-wrapper check` on this wrapper's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "prism.wrapper.cli", "check", "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
     def health(self, timeout: float = 2.0) -> pb.HealthResponse:
         with grpc.insecure_channel(self.target) as ch:
             return pb_grpc.WrapperServiceStub(ch).Health(pb.HealthRequest(), timeout=timeout)
@@ -145,17 +154,21 @@ def new_port() -> int:
     return free_port()
 
 
-def driver_for(proc: WrapperProcess, secret_file: Path, tenant: str = "acme") -> Any:
-    """A PrismDriver for a test wrapper, with fast reconnects."""
+def driver_for(
+    target: WrapperProcess | int, secret_file: Path, tenant: str = "acme", **config: Any
+) -> Any:
+    """A PrismDriver for a test wrapper (or any port, such as a proxy's),
+    with fast reconnects; `config` overrides DriverConfig fields."""
     from prism.driver import DriverConfig, PrismDriver
 
+    port = target if isinstance(target, int) else target.port
+    args: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5} | config
     return PrismDriver(
         DriverConfig(
             wrapper_host="127.0.0.1",
-            wrapper_port=proc.port,
+            wrapper_port=port,
             tenant_id=tenant,
             secret_file=secret_file,
-            reconnect_min_s=0.05,
-            reconnect_max_s=0.5,
+            **args,
         )
     )

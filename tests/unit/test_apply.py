@@ -34,7 +34,12 @@ def cfg() -> Any:
     )
 
 
-def shapes_from(rel: dict[str, RelationInfo], config: Any) -> dict[str, TableShape]:
+def shapes_from(replay: list[SourceTransaction], config: Any) -> dict[str, TableShape]:
+    """Each table as the stream first described it."""
+    rel: dict[str, RelationInfo] = {}
+    for t in replay:
+        for name, info in t.relations.items():
+            rel.setdefault(name, info)
     keys = {"public.types_t": ("id",), "public.docs": ("id",), "public.full_t": ("id",)}
     return {
         name: TableShape(
@@ -69,11 +74,7 @@ def test_replayed_stream_lands_in_the_store(
     tmp_path: Path, replay: list[SourceTransaction]
 ) -> None:
     config = cfg()
-    first: dict[str, RelationInfo] = {}
-    for t in replay:
-        for name, rel in t.relations.items():
-            first.setdefault(name, rel)
-    shapes = shapes_from(first, config)
+    shapes = shapes_from(replay, config)
     asked: list[tuple[str, str]] = []
 
     def missing(table: str, column: str) -> Any:
@@ -119,11 +120,7 @@ def test_changes_of_unconfigured_tables_are_ignored(
     tmp_path: Path, replay: list[SourceTransaction]
 ) -> None:
     config = cfg()
-    first: dict[str, RelationInfo] = {}
-    for t in replay:
-        for name, rel in t.relations.items():
-            first.setdefault(name, rel)
-    shapes = shapes_from(first, config)
+    shapes = shapes_from(replay, config)
     del shapes["public.full_t"]
     applier = Applier(shapes, Vectorizer(config, b"s" * 32), lambda t, c: None)
     store = Store(tmp_path / "s.sqlite3", "normal")
