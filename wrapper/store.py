@@ -279,18 +279,14 @@ class StoreTxn:
     def upsert(
         self, table: str, key: str, payload: bytes, vector: bytes | None, commit_us: int
     ) -> int:
-        pos = self._next()
-        self._conn.execute(
-            self._UPSERT, (table, key, pos, "U", payload, vector, commit_us, self._stored_us)
-        )
-        return pos
+        """Store a row's live image; returns its position."""
+        self.write_many(table, [(key, payload, vector, commit_us)])
+        return self._head
 
     def delete(self, table: str, key: str, commit_us: int) -> int:
-        pos = self._next()
-        self._conn.execute(
-            self._UPSERT, (table, key, pos, "D", None, None, commit_us, self._stored_us)
-        )
-        return pos
+        """Store a tombstone; returns its position."""
+        self.write_many(table, [(key, None, None, commit_us)])
+        return self._head
 
     def write_many(
         self, table: str, changes: Sequence[tuple[str, bytes | None, bytes | None, int]]
