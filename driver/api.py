@@ -1,9 +1,11 @@
 """PrismDriver: the app's replacement for its database connection.
 
 Owns a background subscription task (started on `async with`, cancelled
-and awaited on exit) that says Hello, checks that the wrapper holds the same
-tenant secret, subscribes from its last applied position, verifies and
-unseals each frame, and applies whole batches to the local Replica. Reads
+and awaited on exit) that connects over TLS, authenticates by challenge and
+response (and checks that the wrapper holds the same tenant secret),
+subscribes from its last applied position, verifies, decrypts and unseals
+each frame, follows key rotation from the frames' key epochs, and applies
+whole batches to the local Replica. Reads
 (`get`, `query`) are answered in process. A failure of the task is raised to
 every caller and waiter, never lost in a log.
 """
@@ -13,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,7 @@ from prism.driver.errors import (
     NotReadyError,
     QueryError,
     ReplicaLagError,
+    SessionExpiredError,
     WaitTimeoutError,
     WriteOutcomeUnknownError,
     map_grpc_error,
@@ -44,19 +47,38 @@ from prism.driver.index import VectorIndex, normalize
 from prism.driver.replica import Replica, TableReplica
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
+from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.embedder import TextEmbedder, row_text
-from prism.fabric.errors import FrameError, PrismError
+from prism.fabric.errors import (
+    AuthError,
+    ExpiredEpochError,
+    FrameError,
+    PrismError,
+    UnknownEpochError,
+    WatermarkError,
+)
 from prism.fabric.frames import open_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret
 from prism.fabric.payload import decode_key, encode_key, qualify
 from prism.fabric.projection import Projection
-from prism.fabric.sealing import Sealer, hello_proof
+from prism.fabric.sealing import Sealer
 
 log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# How many key epochs past the newest verified one a frame may claim: the
+# wrapper rotates at most once per rotate-keys or rotation period, so more
+# means a forged or foreign frame. The driver then resumes and learns the
+# wrapper's current epoch from Hello.
+MAX_EPOCH_AHEAD = 16
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10000),
+    ("grpc.keepalive_timeout_ms", 5000),
+]
 
 
 @dataclass(frozen=True)
@@ -96,6 +118,9 @@ class PrismDriver:
         self._replica = Replica({})
         self._tables: dict[str, TableInfo] = {}
         self._epoch = 0
+        self._projection_key = b""
+        self._session_token = b""
+        self._rejections: Counter[str] = Counter()
         self._sealers: dict[tuple[int, int], Sealer] = {}
         self._projections: dict[tuple[int, int], Projection] = {}
         self._embedder: TextEmbedder | None = None
@@ -111,6 +136,7 @@ class PrismDriver:
             "batches": 0,
             "changes_applied": 0,
             "frames": 0,
+            "key_rotations": 0,
         }
         self._last_commit_us = 0
         self._connected = False
@@ -183,31 +209,71 @@ class PrismDriver:
             await asyncio.sleep(delay)
             delay = min(self.config.reconnect_max_s, delay * 2)
 
+    def _channel(self) -> grpc.aio.Channel:
+        creds = self.config.channel_credentials()
+        if creds is None:
+            return grpc.aio.insecure_channel(self.config.target, options=_CHANNEL_OPTIONS)
+        options = list(_CHANNEL_OPTIONS)
+        if self.config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
+        return grpc.aio.secure_channel(self.config.target, creds, options=options)
+
+    async def _handshake(self, stub: pb_grpc.WrapperServiceStub) -> tuple[pb.HelloResponse, bytes]:
+        """Challenge, then Hello with our proof; check the wrapper's proof and
+        unwrap the projection key. Returns (Hello answer, projection key)."""
+        cfg = self.config
+        try:
+            challenge = await stub.Challenge(
+                pb.ChallengeRequest(protocol_version=PROTOCOL_VERSION, tenant_id=cfg.tenant_id),
+                timeout=cfg.connect_timeout_s,
+            )
+            client_nonce = os.urandom(32)
+            server_nonce = challenge.server_nonce
+            try:
+                proof = handshake.client_proof(
+                    self._secret, cfg.tenant_id, server_nonce, client_nonce
+                )
+            except AuthError as exc:
+                raise AuthenticationError(f"bad challenge from the wrapper: {exc}") from None
+            hello = await stub.Hello(
+                pb.HelloRequest(
+                    protocol_version=PROTOCOL_VERSION,
+                    tenant_id=cfg.tenant_id,
+                    capabilities=["frames-v2"],
+                    client_nonce=client_nonce,
+                    server_nonce=server_nonce,
+                    proof=proof,
+                ),
+                timeout=cfg.connect_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise map_grpc_error(exc, f"authenticating to {cfg.target}") from exc
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise DriverError(
+                f"wrapper speaks protocol {hello.protocol_version}, driver {PROTOCOL_VERSION}"
+            )
+        expected = handshake.server_proof(self._secret, cfg.tenant_id, server_nonce, client_nonce)
+        try:
+            if not handshake.proof_matches(expected, hello.key_proof):
+                raise AuthError("server proof does not match")
+            projection_key = handshake.unwrap_projection_key(
+                self._secret, cfg.tenant_id, server_nonce, client_nonce, hello.projection_key
+            )
+        except AuthError as exc:
+            raise AuthenticationError(
+                f"the wrapper at {cfg.target} does not hold the same secret for tenant "
+                f"{cfg.tenant_id!r} ({exc}): check secret_file {cfg.secret_file}",
+                retriable=False,
+            ) from None
+        return hello, projection_key
+
     async def _session(self) -> bool:
         cfg = self.config
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10000),
-            ("grpc.keepalive_timeout_ms", 5000),
-        ]
         progressed = False
-        async with grpc.aio.insecure_channel(cfg.target, options=options) as channel:
+        async with self._channel() as channel:
             stub = pb_grpc.WrapperServiceStub(channel)
-            nonce = os.urandom(32)
-            try:
-                hello = await stub.Hello(
-                    pb.HelloRequest(
-                        protocol_version=PROTOCOL_VERSION,
-                        tenant_id=cfg.tenant_id,
-                        capabilities=["frames-v1"],
-                        client_nonce=nonce,
-                    ),
-                    timeout=cfg.connect_timeout_s,
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise map_grpc_error(exc, f"Hello to {cfg.target}") from exc
-            self._on_hello(hello, nonce)
+            hello, projection_key = await self._handshake(stub)
+            self._on_hello(hello, projection_key)
             stream_id, position = self._follower.new_call()
             call = stub.Subscribe(
                 pb.SubscribeRequest(
@@ -215,6 +281,7 @@ class PrismDriver:
                     stream_id=stream_id,
                     from_position=position,
                     max_frame_rows=cfg.max_frame_rows,
+                    session=hello.session,
                 )
             )
             self._connected = True
@@ -229,15 +296,12 @@ class PrismDriver:
                         )
                         batch = self._follower.on_frame(decoded)
                     except FrameError as exc:
-                        self._stats["frames_rejected"] += 1
-                        log.warning(
-                            "frame rejected; resuming from the last good position: %s",
-                            exc,
-                            extra={"position": self._follower.position},
-                        )
+                        self._reject(exc)
                         call.cancel()
                         raise ConnectionLostError(f"frame rejected: {exc}") from exc
                     self._stats["frames"] += 1
+                    if decoded.key_epoch > self._epoch:
+                        self._rotate_to(decoded.key_epoch)
                     if batch is not None:
                         self._apply(batch)
                         progressed = True
@@ -249,29 +313,61 @@ class PrismDriver:
                 raise map_grpc_error(exc, "Subscribe") from exc
         raise ConnectionLostError("the wrapper ended the stream")
 
+    def _reject(self, exc: FrameError) -> None:
+        """Count and log a frame that failed a check; nothing of it is applied."""
+        reason = (
+            "expired-epoch"
+            if isinstance(exc, ExpiredEpochError)
+            else "unknown-epoch"
+            if isinstance(exc, UnknownEpochError)
+            else "watermark"
+            if isinstance(exc, WatermarkError)
+            else "sequence"
+            if "sequence" in str(exc)
+            else "malformed"
+        )
+        self._rejections[reason] += 1
+        self._stats["frames_rejected"] += 1
+        log.warning(
+            "frame rejected (%s); resuming from the last good position: %s",
+            reason,
+            exc,
+            extra={"position": self._follower.position},
+        )
+
     def _sealer(self, epoch: int, dim: int) -> Sealer:
+        """The keys of a frame's epoch: the newest verified one or a later one
+        (rotation); never an older one (a replay of an old frame)."""
+        if epoch < self._epoch:
+            raise ExpiredEpochError(
+                f"frame sealed with key epoch {epoch}, older than the current epoch {self._epoch}"
+            )
+        if epoch > self._epoch + MAX_EPOCH_AHEAD:
+            raise UnknownEpochError(
+                f"frame claims key epoch {epoch}, more than {MAX_EPOCH_AHEAD} past the current "
+                f"epoch {self._epoch}"
+            )
         s = self._sealers.get((epoch, dim))
         if s is None:
-            if epoch != self._epoch:
-                raise FrameError(f"frame sealed with key epoch {epoch}, expected {self._epoch}")
             keys = derive_epoch_keys(self._secret, self.config.tenant_id, epoch)
             s = self._sealers[(epoch, dim)] = Sealer(keys, dim)
         return s
 
-    def _on_hello(self, hello: pb.HelloResponse, nonce: bytes) -> None:
-        keys = derive_epoch_keys(self._secret, self.config.tenant_id, hello.key_epoch)
-        if not hmac.compare_digest(hello_proof(keys, nonce), hello.key_proof):
-            raise AuthenticationError(
-                f"the wrapper at {self.config.target} does not hold the same secret for tenant "
-                f"{self.config.tenant_id!r}: check secret_file {self.config.secret_file}",
-                retriable=False,
-            )
-        if hello.protocol_version != PROTOCOL_VERSION:
-            raise DriverError(
-                f"wrapper speaks protocol {hello.protocol_version}, driver {PROTOCOL_VERSION}"
-            )
+    def _rotate_to(self, epoch: int) -> None:
+        """A verified frame of a newer epoch: the wrapper rotated its keys.
+        Older epochs are refused from now on."""
+        log.info("key epoch %d -> %d", self._epoch, epoch)
+        self._epoch = epoch
+        self._sealers = {k: v for k, v in self._sealers.items() if k[0] >= epoch}
+        self._stats["key_rotations"] += 1
+
+    def _on_hello(self, hello: pb.HelloResponse, projection_key: bytes) -> None:
         self._epoch = hello.key_epoch
         self._sealers = {}
+        self._session_token = hello.session
+        if projection_key != self._projection_key:
+            self._projection_key = projection_key
+            self._projections = {}
         tables = {
             t.name: TableInfo(
                 name=t.name,
@@ -406,7 +502,7 @@ class PrismDriver:
         dims = (info.source_dim, info.vector_dim)
         proj = self._projections.get(dims)
         if proj is None:
-            proj = Projection(self._secret, self.config.tenant_id, *dims)
+            proj = Projection(self._projection_key, self.config.tenant_id, *dims)
             self._projections[dims] = proj
         return proj
 
@@ -534,29 +630,32 @@ class PrismDriver:
         # failed mid-call) can be retried safely: see WriteOutcomeUnknownError.
         request_id = request_id or f"auto-{uuid.uuid4()}"
         if self._write_channel is None:
-            self._write_channel = grpc.aio.insecure_channel(
-                self.config.target,
-                options=[
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ],
-            )
+            self._write_channel = self._channel()
         stub = pb_grpc.WrapperServiceStub(self._write_channel)
-        try:
-            resp = await stub.Write(
-                pb.WriteRequest(
-                    protocol_version=PROTOCOL_VERSION,
-                    tenant_id=self.config.tenant_id,
-                    ops=encoded,
-                    request_id=request_id or "",
-                ),
-                timeout=self.config.write_timeout_s,
-            )
-        except grpc.aio.AioRpcError as exc:
-            err = map_write_error(exc)
-            if isinstance(err, WriteOutcomeUnknownError):
-                err.request_id = request_id
-            raise err from exc
+        for attempt in (1, 2):
+            if not self._session_token:
+                hello, _pk = await self._handshake(stub)
+                self._session_token = hello.session
+            try:
+                resp = await stub.Write(
+                    pb.WriteRequest(
+                        protocol_version=PROTOCOL_VERSION,
+                        tenant_id=self.config.tenant_id,
+                        ops=encoded,
+                        request_id=request_id or "",
+                        session=self._session_token,
+                    ),
+                    timeout=self.config.write_timeout_s,
+                )
+                break
+            except grpc.aio.AioRpcError as exc:
+                err = map_write_error(exc)
+                if isinstance(err, SessionExpiredError) and attempt == 1:
+                    self._session_token = b""  # the wrapper restarted: authenticate again
+                    continue
+                if isinstance(err, WriteOutcomeUnknownError):
+                    err.request_id = request_id
+                raise err from exc
         ack = ack_of(resp)
         if wait:
             try:
@@ -662,5 +761,7 @@ class PrismDriver:
             "connected": self._connected,
             "ready": self._ready.is_set() and self._failure is None,
             "index": idx,
+            "key_epoch": self._epoch,
+            "frames_rejected_by_reason": dict(self._rejections),
             **self._stats,
         }

@@ -1,7 +1,9 @@
 """DriverConfig: the typed, validated arguments of a PrismDriver.
 
 The app node needs no database credentials: only where the wrapper is, the
-tenant, and the tenant's secret file (shared with the wrapper).
+tenant, the tenant's secret file (shared with the wrapper) and how to trust
+the wrapper's TLS certificate. TLS is the default; `insecure=True` speaks
+plaintext gRPC, for development only.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from prism.driver.errors import DriverConfigError
 
@@ -28,6 +32,14 @@ class DriverConfig:
     # Deadline of one Write call to the wrapper (the database commit and the
     # wrapper seeing it); waiting for the local replica is bounded separately.
     write_timeout_s: float = 60.0
+    # TLS: the CA that signed the wrapper's certificate (None: the system's
+    # roots), the name to check it against when it differs from wrapper_host,
+    # and a client certificate and key for mutual TLS.
+    tls_ca_file: str | Path | None = None
+    tls_server_name: str | None = None
+    tls_cert_file: str | Path | None = None
+    tls_key_file: str | Path | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -52,9 +64,39 @@ class DriverConfig:
                 raise DriverConfigError(f"{name}: {v!r} must be a positive number of seconds")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise DriverConfigError("reconnect_max_s must be >= reconnect_min_s")
+        if not isinstance(self.insecure, bool):
+            raise DriverConfigError(f"insecure: {self.insecure!r} must be True or False")
+        tls = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
+        if self.insecure and any(getattr(self, n) for n in tls):
+            raise DriverConfigError(
+                "insecure=True speaks plaintext: drop it to use the tls_* settings"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise DriverConfigError(
+                "tls_cert_file and tls_key_file: give both for mutual TLS, or neither"
+            )
         if not isinstance(self.max_frame_rows, int) or not 1 <= self.max_frame_rows <= 16384:
             raise DriverConfigError(f"max_frame_rows: {self.max_frame_rows!r} not in 1..16384")
 
     @property
     def target(self) -> str:
         return f"{self.wrapper_host}:{self.wrapper_port}"
+
+    def _read(self, name: str) -> bytes | None:
+        path = getattr(self, name)
+        if not path:
+            return None
+        try:
+            return Path(path).read_bytes()
+        except OSError as exc:
+            raise DriverConfigError(f"{name}: cannot read {path} ({exc.strerror})") from None
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        """TLS credentials for the channel to the wrapper; None when insecure."""
+        if self.insecure:
+            return None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self._read("tls_ca_file"),
+            private_key=self._read("tls_key_file"),
+            certificate_chain=self._read("tls_cert_file"),
+        )

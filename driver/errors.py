@@ -28,8 +28,36 @@ class QueryError(DriverError):
 
 
 class AuthenticationError(DriverError):
-    """The wrapper does not share this driver's tenant secret, or does not
-    know the tenant. Permanent: fix the secret_file or tenant_id."""
+    """The wrapper does not share this driver's tenant secret (or the wrapper
+    failed to prove it holds it). Permanent: fix the secret_file."""
+
+
+class UnknownTenantError(AuthenticationError):
+    """The wrapper serves no tenant of this tenant_id. Permanent."""
+
+
+class SecretRetiredError(AuthenticationError):
+    """The driver's secret was replaced and its overlap window has ended:
+    give the driver the tenant's current secret file. Permanent."""
+
+
+class TenantDeniedError(AuthenticationError):
+    """The call asked for another tenant's data (PERMISSION_DENIED), e.g. a
+    client certificate of tenant B asking for tenant A. Permanent."""
+
+
+class RateLimitedError(DriverError):
+    """Too many failed authentications from this address; the wrapper
+    refuses it for up to a minute. The subscription retries by itself."""
+
+    retriable = True
+
+
+class SessionExpiredError(DriverError):
+    """The wrapper no longer knows this driver's session (it restarted, or
+    the session aged out); the driver says Hello again by itself."""
+
+    retriable = True
 
 
 class ConnectionLostError(DriverError):
@@ -149,6 +177,9 @@ def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
     for k, v in items:
         md[str(k)] = v
     kind = md.get("prism-error")
+    if isinstance(kind, str) and kind in _AUTH_ERRORS:
+        # Refused before anything ran: not an unknown outcome.
+        return _AUTH_ERRORS[kind](f"Write: {exc.details()}")
     if not isinstance(kind, str) or kind not in WRITE_ERRORS:
         mapped = map_grpc_error(exc, "Write")
         if mapped.retriable:  # sent, but no answer: the outcome is unknown
@@ -175,11 +206,34 @@ _PERMANENT = {
 }
 
 
+# The wrapper's auth refusals by their "prism-error" kind (wrapper/auth.py).
+_AUTH_ERRORS: dict[str, type[DriverError]] = {
+    "unknown-tenant": UnknownTenantError,
+    "bad-proof": AuthenticationError,
+    "retired-secret": SecretRetiredError,
+    "wrong-tenant": TenantDeniedError,
+    "rate-limited": RateLimitedError,
+    "session": SessionExpiredError,
+    "bad-challenge": SessionExpiredError,  # a lost or late challenge: start over
+}
+
+
+def _error_kind(exc: grpc.RpcError) -> str | None:
+    items: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()
+    for k, v in items or ():
+        if k == "prism-error" and isinstance(v, str):
+            return v
+    return None
+
+
 def map_grpc_error(exc: grpc.RpcError, doing: str) -> DriverError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    cls = _PERMANENT.get(code) if code is not None else None
     name = code.name if code is not None else "UNKNOWN"
+    auth_cls = _AUTH_ERRORS.get(_error_kind(exc) or "")
+    if auth_cls is not None:
+        return auth_cls(f"{doing}: {details}")
+    cls = _PERMANENT.get(code) if code is not None else None
     if cls is not None:
         return cls(f"{doing}: {name}: {details}", retriable=False)
     return ConnectionLostError(f"{doing}: {name}: {details}")

@@ -7,8 +7,9 @@ codec, and the generated gRPC stubs of proto/prism/fabric/v1/wrapper.proto.
 
 from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
 
-PROTOCOL_VERSION = 1
-FRAME_FORMAT_VERSION = 1
+# 2: challenge-response authentication, sessions, AEAD-sealed rows in frames.
+PROTOCOL_VERSION = 2
+FRAME_FORMAT_VERSION = 2
 
 __all__ = [
     "FRAME_FORMAT_VERSION",

@@ -41,3 +41,22 @@ class WatermarkError(FrameError):
 
 class PayloadError(FabricError):
     """A row payload cannot be encoded or decoded."""
+
+
+class EpochError(FrameError):
+    """A frame is sealed with a key epoch the receiver does not accept."""
+
+
+class ExpiredEpochError(EpochError):
+    """The frame's key epoch is older than the newest one this receiver has
+    verified: keys rotated past it, so it is a replay or a stale frame."""
+
+
+class UnknownEpochError(EpochError):
+    """The frame's key epoch is further ahead than the wrapper can have
+    rotated to; the wrapper did not announce it."""
+
+
+class AuthError(FabricError):
+    """A handshake value (nonce, proof, wrapped key) is malformed or does not
+    verify against the tenant secret."""

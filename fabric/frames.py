@@ -7,6 +7,10 @@ canonical form of every field with HMAC-SHA256. The driver's first step on
 receipt is open_frame: verify the watermark before trusting any byte, check
 that the blocks agree with `count` and `vector_dim`, then unseal the vectors.
 
+The keys and payloads blocks (the row data) travel only inside an AES-GCM
+ciphertext (sealed_rows) whose associated data is a digest of every other
+field, so rows cannot be moved to another tenant, table, epoch or position.
+
 Both directions are pure functions over bytes and keys; a frame that fails any
 check raises FrameError (WatermarkError when the HMAC does not match), and the
 driver drops it whole and resumes from its last applied position.
@@ -14,24 +18,29 @@ driver drops it whole and resumes from its last applied position.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 
 from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
 from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
 from prism.fabric.sealing import Sealer
 
 WATERMARK_BYTES = 32
+AEAD_NONCE_BYTES = 12
 
 _U32 = struct.Struct("<I")
 _FIELD_HEADER = struct.Struct("<IQ")
 _INT_FIELD = struct.Struct("<IQQ")  # field number, length 8, value
 _SIGNED_INT_FIELD = struct.Struct("<IQq")
+_U64 = struct.Struct("<Q")
 _KINDS = frozenset({wrapper_pb2.CHANGES, wrapper_pb2.RESET, wrapper_pb2.HEARTBEAT})
 
 
@@ -75,8 +84,11 @@ def _canonical_parts(
     vector_mask: bytes,
     vectors: bytes,
     payloads: bytes,
+    sealed_rows: bytes | None,
+    aead_nonce: bytes,
 ) -> list[bytes]:
-    """canonical(frame) as pieces, so large blocks are hashed without copying."""
+    """canonical(frame) as pieces, so large blocks are hashed without copying.
+    With sealed_rows=None, field 19 is left out: the AEAD's associated data."""
     (fv, tenant, stream, epoch, kind, table, seq, commit, head_pos, ctime, count, vdim) = head
     t, s, tb = tenant.encode("utf-8"), stream.encode("utf-8"), table.encode("utf-8")
     fixed = b"".join(
@@ -107,10 +119,21 @@ def _canonical_parts(
         (16, vector_mask),
         (17, vectors),
         (18, payloads),
+        (19, sealed_rows),
+        (20, aead_nonce),
     ):
+        if block is None:
+            continue
         parts.append(_FIELD_HEADER.pack(number, len(block)))
         parts.append(block)
     return parts
+
+
+def _digest(parts: Sequence[bytes]) -> bytes:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+    return h.digest()
 
 
 def _head(frame: wrapper_pb2.Frame) -> _Fields:
@@ -143,6 +166,8 @@ def canonical_bytes(frame: wrapper_pb2.Frame) -> bytes:
             frame.vector_mask,
             frame.vectors,
             frame.payloads,
+            frame.sealed_rows,
+            frame.aead_nonce,
         )
     )
 
@@ -245,28 +270,7 @@ def build_frame(
     positions_block = pos.astype("<u8", copy=False).tobytes()
     mask_block = mask.tobytes()
     epoch = sealer.epoch if sealer is not None else 0
-    head: _Fields = (
-        FRAME_FORMAT_VERSION,
-        tenant_id,
-        stream_id,
-        epoch,
-        kind,
-        table,
-        sequence,
-        commit_position,
-        head_position,
-        commit_time_us,
-        count,
-        frame_dim,
-    )
-    watermark = b""
-    if sealer is not None:
-        watermark = sealer.watermark_parts(
-            _canonical_parts(
-                head, keys_block, ops, positions_block, mask_block, vectors_block, payloads_block
-            )
-        )
-    return wrapper_pb2.Frame(
+    frame = wrapper_pb2.Frame(
         format_version=FRAME_FORMAT_VERSION,
         tenant_id=tenant_id,
         stream_id=stream_id,
@@ -285,8 +289,10 @@ def build_frame(
         vector_mask=mask_block,
         vectors=vectors_block,
         payloads=payloads_block,
-        watermark=watermark,
     )
+    if sealer is not None:
+        seal_frame(frame, sealer, keys_block, payloads_block)
+    return frame
 
 
 # -- opening ----------------------------------------------------------------
@@ -318,6 +324,74 @@ def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
     return out
 
 
+def _rows_aad(frame: wrapper_pb2.Frame) -> bytes:
+    """The AEAD's associated data: a digest of every field but the rows
+    (empty in a sealed frame), sealed_rows and the watermark."""
+    return _digest(
+        _canonical_parts(
+            _head(frame),
+            b"",
+            frame.ops,
+            frame.positions,
+            frame.vector_mask,
+            frame.vectors,
+            b"",
+            None,
+            frame.aead_nonce,
+        )
+    )
+
+
+def seal_frame(
+    frame: wrapper_pb2.Frame, sealer: Sealer, keys_block: bytes, payloads_block: bytes
+) -> None:
+    """Encrypt the row blocks into ``frame.sealed_rows`` and watermark the
+    frame, in place, with the keys of ``sealer``'s epoch. build_frame ends
+    with this; tools use it to re-seal a frame they changed."""
+    frame.key_epoch = sealer.epoch
+    frame.keys = frame.payloads = b""
+    frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
+    plaintext = b"".join((_U64.pack(len(keys_block)), keys_block, payloads_block))
+    frame.sealed_rows = sealer.encrypt(frame.aead_nonce, plaintext, _rows_aad(frame))
+    frame.watermark = sealer.watermark_parts(
+        _canonical_parts(
+            _head(frame),
+            b"",
+            frame.ops,
+            frame.positions,
+            frame.vector_mask,
+            frame.vectors,
+            b"",
+            frame.sealed_rows,
+            frame.aead_nonce,
+        )
+    )
+
+
+def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
+    """Decrypt sealed_rows into the keys and payloads blocks; the associated
+    data ties them to every other field of this frame. FrameError otherwise."""
+    if frame.keys or frame.payloads:
+        raise FrameError("a signed frame carries keys or payloads outside sealed_rows")
+    nonce = frame.aead_nonce
+    head = _head(frame)
+    if len(nonce) != AEAD_NONCE_BYTES:
+        raise FrameError(f"aead_nonce has {len(nonce)} bytes, expected {AEAD_NONCE_BYTES}")
+    aad = _rows_aad(frame)
+    try:
+        plain = sealer.decrypt(nonce, frame.sealed_rows, aad)
+    except InvalidTag:
+        raise FrameError(
+            f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"
+        ) from None
+    if len(plain) < 8:
+        raise FrameError("sealed_rows hold fewer than 8 bytes")
+    (n_keys,) = _U64.unpack_from(plain)
+    if n_keys > len(plain) - 8:
+        raise FrameError("sealed_rows: keys length runs past the end")
+    return plain[8 : 8 + n_keys], plain[8 + n_keys :]
+
+
 def open_frame(
     frame: wrapper_pb2.Frame,
     sealer_for_epoch: Callable[[int], Sealer],
@@ -346,6 +420,7 @@ def open_frame(
 
     keys_block, ops, positions_block = frame.keys, frame.ops, frame.positions
     mask_block, vectors_block, payloads_block = frame.vector_mask, frame.vectors, frame.payloads
+    sealed_rows, aead_nonce = frame.sealed_rows, frame.aead_nonce
     mac = frame.watermark
     if len(mac) != WATERMARK_BYTES:
         raise WatermarkError(
@@ -355,7 +430,15 @@ def open_frame(
     try:
         expected = sealer.watermark_parts(
             _canonical_parts(
-                head, keys_block, ops, positions_block, mask_block, vectors_block, payloads_block
+                head,
+                keys_block,
+                ops,
+                positions_block,
+                mask_block,
+                vectors_block,
+                payloads_block,
+                sealed_rows,
+                aead_nonce,
             )
         )
     except (UnicodeEncodeError, struct.error) as exc:
@@ -393,6 +476,7 @@ def open_frame(
         )
     if ops.translate(None, b"UD"):
         raise FrameError("ops block holds an op other than 'U' and 'D'")
+    keys_block, payloads_block = open_rows(frame, sealer)
     mask_u8 = np.frombuffer(mask_block, dtype=np.uint8)
     if count and int(mask_u8.max()) > 1:
         raise FrameError("vector_mask block holds a value other than 0 and 1")

@@ -4,7 +4,10 @@ This is the root of trust of the pipeline: the wrapper (DB node) and every
 driver (app node) of a tenant read the same secret file, and from it derive,
 per key epoch, the seed of the keyed orthogonal matrix that seals vectors,
 the HMAC key that watermarks frames and the AEAD key for payloads, plus the
-epoch-independent seed of the tenant's projection. Nothing here does I/O
+epoch-independent key of the challenge-response handshake. The seed of the
+tenant's projection comes from a projection key the wrapper keeps in its
+store (see prism.wrapper.keyring), not from the secret, so that the secret
+can rotate without re-projecting stored vectors. Nothing here does I/O
 except reading and creating the secret file.
 """
 
@@ -161,7 +164,20 @@ def derive_epoch_keys(secret: bytes, tenant_id: str, epoch: int) -> EpochKeys:
 
 
 @functools.lru_cache(maxsize=64)
-def derive_projection_seed(secret: bytes, tenant_id: str) -> bytes:
-    """Seed of the tenant's projection. Independent of the epoch, because the
-    driver's index holds projected vectors and must survive key rotation."""
-    return _hkdf(secret, _info("projection", tenant_id, None))
+def derive_projection_seed(projection_key: bytes, tenant_id: str) -> bytes:
+    """Seed of the tenant's projection, from the tenant's projection key.
+    Independent of the epoch and of the secret, because the store and the
+    driver's index hold projected vectors that must survive key rotation."""
+    return _hkdf(projection_key, _info("projection", tenant_id, None))
+
+
+@functools.lru_cache(maxsize=64)
+def derive_auth_key(secret: bytes, tenant_id: str) -> bytes:
+    """The key of the Hello challenge-response (prism.fabric.auth). Independent
+    of the epoch: a driver authenticates before it knows the current epoch."""
+    return _hkdf(secret, _info("auth", tenant_id, None))
+
+
+def new_projection_key() -> bytes:
+    """A fresh random projection key (the wrapper makes one per tenant)."""
+    return secrets.token_bytes(_KEY_BYTES)

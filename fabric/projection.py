@@ -3,8 +3,10 @@
 Source embeddings (a vector column, or the text embedder's output) are
 multiplied by a secret matrix P with orthonormal columns before they are
 stored, so neither the wrapper's store nor the driver's index holds raw
-embeddings. P depends only on the tenant secret and the two dimensions, not on
-the key epoch, because projected vectors outlive key rotation.
+embeddings. P depends only on the tenant's projection key (kept in the
+wrapper's store, handed to authenticated drivers in Hello) and the two
+dimensions, not on the key epoch or the secret, because projected vectors
+outlive key and secret rotation.
 
 With out_dim == source_dim, P is orthogonal and inner products, norms and
 cosine similarity are preserved exactly (up to float rounding). Below that,
@@ -35,7 +37,9 @@ def _projection_matrix(seed: bytes, source_dim: int, out_dim: int) -> np.ndarray
 class Projection:
     """Projects float32 vectors from ``source_dim`` to ``out_dim`` dimensions."""
 
-    def __init__(self, secret: bytes, tenant_id: str, source_dim: int, out_dim: int) -> None:
+    def __init__(
+        self, projection_key: bytes, tenant_id: str, source_dim: int, out_dim: int
+    ) -> None:
         if not 1 <= out_dim <= source_dim:
             raise FabricError(
                 f"projection needs 1 <= out_dim <= source_dim, "
@@ -45,7 +49,7 @@ class Projection:
         self.source_dim = source_dim
         self.out_dim = out_dim
         self.matrix = _projection_matrix(
-            derive_projection_seed(secret, tenant_id), source_dim, out_dim
+            derive_projection_seed(projection_key, tenant_id), source_dim, out_dim
         )
 
     def __repr__(self) -> str:

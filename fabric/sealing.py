@@ -7,8 +7,9 @@ only then unseals (V = V_enc @ K.T).
 
 K is a similarity-preserving obfuscation, not encryption: inner products and
 distances survive sealing by design, and enough known (plain, sealed) pairs
-reveal K. Confidentiality on the wire comes from TLS (and AEAD for payloads);
-integrity comes from the HMAC.
+reveal K. Confidentiality on the wire comes from TLS and from AES-GCM over the
+row data (Sealer.encrypt, used by prism.fabric.frames); integrity comes from
+the HMAC and the AEAD tag.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hmac
 from collections.abc import Iterable
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from prism.fabric.keys import EpochKeys
 
@@ -82,6 +84,7 @@ class Sealer:
         # far smaller than the float32 noise already in the vectors.
         self._k = np.ascontiguousarray(k, dtype=np.float32)
         self._kt = np.ascontiguousarray(k.T, dtype=np.float32)
+        self._aead = AESGCM(keys.aead_key)
 
     def __repr__(self) -> str:
         return f"Sealer(tenant_id={self.keys.tenant_id!r}, epoch={self.epoch}, dim={self.dim})"
@@ -115,8 +118,10 @@ class Sealer:
         """True when ``mac`` is the watermark of ``data`` (constant-time)."""
         return hmac.compare_digest(self.watermark(data), mac)
 
+    def encrypt(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """AES-256-GCM with the epoch's AEAD key (ciphertext || 16-byte tag)."""
+        return self._aead.encrypt(nonce, plaintext, aad)
 
-def hello_proof(keys: EpochKeys, client_nonce: bytes) -> bytes:
-    """The wrapper's answer to a driver's Hello nonce: proof that both hold
-    the same secret, so a wrong secret fails at the handshake, by name."""
-    return hmac.digest(keys.hmac_key, b"prism-hello" + client_nonce, "sha256")
+    def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """Inverse of encrypt; raises cryptography's InvalidTag on any change."""
+        return self._aead.decrypt(nonce, ciphertext, aad)

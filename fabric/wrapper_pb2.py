@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprism/fabric/v1/wrapper.proto\x12\x0fprism.fabric.v1\"]\n\x07WriteOp\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.prism.fabric.v1.WriteKind\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"v\n\x0cWriteRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12%\n\x03ops\x18\x03 \x03(\x0b\x32\x18.prism.fabric.v1.WriteOp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"j\n\rWriteResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x66\x66\x65\x63ted\x18\x05 \x03(\r\"g\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0c\x63lient_nonce\x18\x04 \x01(\x0c\"9\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttype_name\x18\x02 \x01(\t\x12\x0e\n\x06is_key\x18\x03 \x01(\x08\"\xf0\x01\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x17.prism.fabric.v1.Column\x12\x13\n\x0bkey_columns\x18\x03 \x03(\t\x12\x13\n\x0bhas_vectors\x18\x04 \x01(\x08\x12\x15\n\rvector_source\x18\x05 \x01(\t\x12\x14\n\x0ctext_columns\x18\x06 \x03(\t\x12\x12\n\nsource_dim\x18\x07 \x01(\r\x12\x12\n\nvector_dim\x18\x08 \x01(\r\x12\x10\n\x08writable\x18\t \x01(\x08\x12\x18\n\x10writable_columns\x18\n \x03(\t\"\x85\x02\n\rHelloResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12,\n\x06tables\x18\x03 \x03(\x0b\x32\x1c.prism.fabric.v1.TableSchema\x12\x12\n\nvector_dim\x18\x04 \x01(\r\x12\x11\n\tkey_epoch\x18\x05 \x01(\r\x12\x11\n\tkey_proof\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x15\n\rhead_position\x18\x08 \x01(\x04\x12\x17\n\x0fretention_floor\x18\t \x01(\x04\x12\x19\n\x11text_embedder_dim\x18\n \x01(\r\"g\n\x10SubscribeRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x15\n\rfrom_position\x18\x03 \x01(\x04\x12\x16\n\x0emax_frame_rows\x18\x04 \x01(\r\"\x87\x03\n\x05\x46rame\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x11\n\tkey_epoch\x18\x04 \x01(\r\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.prism.fabric.v1.FrameKind\x12\r\n\x05table\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x17\n\x0f\x63ommit_position\x18\x08 \x01(\x04\x12\x15\n\rhead_position\x18\t \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\n \x01(\x03\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x12\n\nvector_dim\x18\x0c \x01(\r\x12\x0c\n\x04keys\x18\r \x01(\x0c\x12\x0b\n\x03ops\x18\x0e \x01(\x0c\x12\x11\n\tpositions\x18\x0f \x01(\x0c\x12\x13\n\x0bvector_mask\x18\x10 \x01(\x0c\x12\x0f\n\x07vectors\x18\x11 \x01(\x0c\x12\x10\n\x08payloads\x18\x12 \x01(\x0c\x12\x11\n\twatermark\x18\x1e \x01(\x0c\"\x0f\n\rHealthRequest\"\x82\x02\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rhead_position\x18\x02 \x01(\x04\x12\x17\n\x0fsource_position\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x1b\n\x13last_commit_time_us\x18\x05 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12?\n\x08\x63ounters\x18\x07 \x03(\x0b\x32-.prism.fabric.v1.HealthResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*K\n\tWriteKind\x12\x1a\n\x16WRITE_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06UPSERT\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\n\n\x06\x44\x45LETE\x10\x03*N\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43HANGES\x10\x01\x12\t\n\x05RESET\x10\x02\x12\r\n\tHEARTBEAT\x10\x03\x32\xb5\x02\n\x0eWrapperService\x12\x46\n\x05Hello\x12\x1d.prism.fabric.v1.HelloRequest\x1a\x1e.prism.fabric.v1.HelloResponse\x12H\n\tSubscribe\x12!.prism.fabric.v1.SubscribeRequest\x1a\x16.prism.fabric.v1.Frame0\x01\x12I\n\x06Health\x12\x1e.prism.fabric.v1.HealthRequest\x1a\x1f.prism.fabric.v1.HealthResponse\x12\x46\n\x05Write\x12\x1d.prism.fabric.v1.WriteRequest\x1a\x1e.prism.fabric.v1.WriteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprism/fabric/v1/wrapper.proto\x12\x0fprism.fabric.v1\"]\n\x07WriteOp\x12(\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.prism.fabric.v1.WriteKind\x12\r\n\x05table\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x87\x01\n\x0cWriteRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12%\n\x03ops\x18\x03 \x03(\x0b\x32\x18.prism.fabric.v1.WriteOp\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07session\x18\x05 \x01(\x0c\"j\n\rWriteResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\x12\x10\n\x08\x61\x66\x66\x65\x63ted\x18\x05 \x03(\r\"?\n\x10\x43hallengeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\")\n\x11\x43hallengeResponse\x12\x14\n\x0cserver_nonce\x18\x01 \x01(\x0c\"\x8c\x01\n\x0cHelloRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x14\n\x0c\x63lient_nonce\x18\x04 \x01(\x0c\x12\x14\n\x0cserver_nonce\x18\x05 \x01(\x0c\x12\r\n\x05proof\x18\x06 \x01(\x0c\"9\n\x06\x43olumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttype_name\x18\x02 \x01(\t\x12\x0e\n\x06is_key\x18\x03 \x01(\x08\"\xf0\x01\n\x0bTableSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12(\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x17.prism.fabric.v1.Column\x12\x13\n\x0bkey_columns\x18\x03 \x03(\t\x12\x13\n\x0bhas_vectors\x18\x04 \x01(\x08\x12\x15\n\rvector_source\x18\x05 \x01(\t\x12\x14\n\x0ctext_columns\x18\x06 \x03(\t\x12\x12\n\nsource_dim\x18\x07 \x01(\r\x12\x12\n\nvector_dim\x18\x08 \x01(\r\x12\x10\n\x08writable\x18\t \x01(\x08\x12\x18\n\x10writable_columns\x18\n \x03(\t\"\xae\x02\n\rHelloResponse\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12,\n\x06tables\x18\x03 \x03(\x0b\x32\x1c.prism.fabric.v1.TableSchema\x12\x12\n\nvector_dim\x18\x04 \x01(\r\x12\x11\n\tkey_epoch\x18\x05 \x01(\r\x12\x11\n\tkey_proof\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\x15\n\rhead_position\x18\x08 \x01(\x04\x12\x17\n\x0fretention_floor\x18\t \x01(\x04\x12\x19\n\x11text_embedder_dim\x18\n \x01(\r\x12\x0f\n\x07session\x18\x0b \x01(\x0c\x12\x16\n\x0eprojection_key\x18\x0c \x01(\x0c\"x\n\x10SubscribeRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tstream_id\x18\x02 \x01(\t\x12\x15\n\rfrom_position\x18\x03 \x01(\x04\x12\x16\n\x0emax_frame_rows\x18\x04 \x01(\r\x12\x0f\n\x07session\x18\x05 \x01(\x0c\"\xb0\x03\n\x05\x46rame\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x11\n\tstream_id\x18\x03 \x01(\t\x12\x11\n\tkey_epoch\x18\x04 \x01(\r\x12(\n\x04kind\x18\x05 \x01(\x0e\x32\x1a.prism.fabric.v1.FrameKind\x12\r\n\x05table\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x17\n\x0f\x63ommit_position\x18\x08 \x01(\x04\x12\x15\n\rhead_position\x18\t \x01(\x04\x12\x16\n\x0e\x63ommit_time_us\x18\n \x01(\x03\x12\r\n\x05\x63ount\x18\x0b \x01(\r\x12\x12\n\nvector_dim\x18\x0c \x01(\r\x12\x0c\n\x04keys\x18\r \x01(\x0c\x12\x0b\n\x03ops\x18\x0e \x01(\x0c\x12\x11\n\tpositions\x18\x0f \x01(\x0c\x12\x13\n\x0bvector_mask\x18\x10 \x01(\x0c\x12\x0f\n\x07vectors\x18\x11 \x01(\x0c\x12\x10\n\x08payloads\x18\x12 \x01(\x0c\x12\x13\n\x0bsealed_rows\x18\x13 \x01(\x0c\x12\x12\n\naead_nonce\x18\x14 \x01(\x0c\x12\x11\n\twatermark\x18\x1e \x01(\x0c\"\x0f\n\rHealthRequest\"\x82\x02\n\x0eHealthResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x15\n\rhead_position\x18\x02 \x01(\x04\x12\x17\n\x0fsource_position\x18\x03 \x01(\t\x12\x11\n\tstream_id\x18\x04 \x01(\t\x12\x1b\n\x13last_commit_time_us\x18\x05 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12?\n\x08\x63ounters\x18\x07 \x03(\x0b\x32-.prism.fabric.v1.HealthResponse.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01*K\n\tWriteKind\x12\x1a\n\x16WRITE_KIND_UNSPECIFIED\x10\x00\x12\n\n\x06UPSERT\x10\x01\x12\n\n\x06UPDATE\x10\x02\x12\n\n\x06\x44\x45LETE\x10\x03*N\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43HANGES\x10\x01\x12\t\n\x05RESET\x10\x02\x12\r\n\tHEARTBEAT\x10\x03\x32\x89\x03\n\x0eWrapperService\x12R\n\tChallenge\x12!.prism.fabric.v1.ChallengeRequest\x1a\".prism.fabric.v1.ChallengeResponse\x12\x46\n\x05Hello\x12\x1d.prism.fabric.v1.HelloRequest\x1a\x1e.prism.fabric.v1.HelloResponse\x12H\n\tSubscribe\x12!.prism.fabric.v1.SubscribeRequest\x1a\x16.prism.fabric.v1.Frame0\x01\x12I\n\x06Health\x12\x1e.prism.fabric.v1.HealthRequest\x1a\x1f.prism.fabric.v1.HealthResponse\x12\x46\n\x05Write\x12\x1d.prism.fabric.v1.WriteRequest\x1a\x1e.prism.fabric.v1.WriteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEALTHRESPONSE_COUNTERSENTRY']._loaded_options = None
   _globals['_HEALTHRESPONSE_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_WRITEKIND']._serialized_start=1821
-  _globals['_WRITEKIND']._serialized_end=1896
-  _globals['_FRAMEKIND']._serialized_start=1898
-  _globals['_FRAMEKIND']._serialized_end=1976
+  _globals['_WRITEKIND']._serialized_start=2084
+  _globals['_WRITEKIND']._serialized_end=2159
+  _globals['_FRAMEKIND']._serialized_start=2161
+  _globals['_FRAMEKIND']._serialized_end=2239
   _globals['_WRITEOP']._serialized_start=50
   _globals['_WRITEOP']._serialized_end=143
-  _globals['_WRITEREQUEST']._serialized_start=145
-  _globals['_WRITEREQUEST']._serialized_end=263
-  _globals['_WRITERESPONSE']._serialized_start=265
-  _globals['_WRITERESPONSE']._serialized_end=371
-  _globals['_HELLOREQUEST']._serialized_start=373
-  _globals['_HELLOREQUEST']._serialized_end=476
-  _globals['_COLUMN']._serialized_start=478
-  _globals['_COLUMN']._serialized_end=535
-  _globals['_TABLESCHEMA']._serialized_start=538
-  _globals['_TABLESCHEMA']._serialized_end=778
-  _globals['_HELLORESPONSE']._serialized_start=781
-  _globals['_HELLORESPONSE']._serialized_end=1042
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1044
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1147
-  _globals['_FRAME']._serialized_start=1150
-  _globals['_FRAME']._serialized_end=1541
-  _globals['_HEALTHREQUEST']._serialized_start=1543
-  _globals['_HEALTHREQUEST']._serialized_end=1558
-  _globals['_HEALTHRESPONSE']._serialized_start=1561
-  _globals['_HEALTHRESPONSE']._serialized_end=1819
-  _globals['_HEALTHRESPONSE_COUNTERSENTRY']._serialized_start=1772
-  _globals['_HEALTHRESPONSE_COUNTERSENTRY']._serialized_end=1819
-  _globals['_WRAPPERSERVICE']._serialized_start=1979
-  _globals['_WRAPPERSERVICE']._serialized_end=2288
+  _globals['_WRITEREQUEST']._serialized_start=146
+  _globals['_WRITEREQUEST']._serialized_end=281
+  _globals['_WRITERESPONSE']._serialized_start=283
+  _globals['_WRITERESPONSE']._serialized_end=389
+  _globals['_CHALLENGEREQUEST']._serialized_start=391
+  _globals['_CHALLENGEREQUEST']._serialized_end=454
+  _globals['_CHALLENGERESPONSE']._serialized_start=456
+  _globals['_CHALLENGERESPONSE']._serialized_end=497
+  _globals['_HELLOREQUEST']._serialized_start=500
+  _globals['_HELLOREQUEST']._serialized_end=640
+  _globals['_COLUMN']._serialized_start=642
+  _globals['_COLUMN']._serialized_end=699
+  _globals['_TABLESCHEMA']._serialized_start=702
+  _globals['_TABLESCHEMA']._serialized_end=942
+  _globals['_HELLORESPONSE']._serialized_start=945
+  _globals['_HELLORESPONSE']._serialized_end=1247
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1249
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1369
+  _globals['_FRAME']._serialized_start=1372
+  _globals['_FRAME']._serialized_end=1804
+  _globals['_HEALTHREQUEST']._serialized_start=1806
+  _globals['_HEALTHREQUEST']._serialized_end=1821
+  _globals['_HEALTHRESPONSE']._serialized_start=1824
+  _globals['_HEALTHRESPONSE']._serialized_end=2082
+  _globals['_HEALTHRESPONSE_COUNTERSENTRY']._serialized_start=2035
+  _globals['_HEALTHRESPONSE_COUNTERSENTRY']._serialized_end=2082
+  _globals['_WRAPPERSERVICE']._serialized_start=2242
+  _globals['_WRAPPERSERVICE']._serialized_end=2635
 # @@protoc_insertion_point(module_scope)

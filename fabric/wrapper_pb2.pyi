@@ -42,16 +42,18 @@ class WriteOp(_message.Message):
     def __init__(self, kind: _Optional[_Union[WriteKind, str]] = ..., table: _Optional[str] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("protocol_version", "tenant_id", "ops", "request_id")
+    __slots__ = ("protocol_version", "tenant_id", "ops", "request_id", "session")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     tenant_id: str
     ops: _containers.RepeatedCompositeFieldContainer[WriteOp]
     request_id: str
-    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[WriteOp, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    session: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[WriteOp, _Mapping]]] = ..., request_id: _Optional[str] = ..., session: _Optional[bytes] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("event_id", "position", "stream_id", "replayed", "affected")
@@ -67,17 +69,35 @@ class WriteResponse(_message.Message):
     affected: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, event_id: _Optional[str] = ..., position: _Optional[int] = ..., stream_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., affected: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class ChallengeRequest(_message.Message):
+    __slots__ = ("protocol_version", "tenant_id")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    tenant_id: str
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("server_nonce",)
+    SERVER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    server_nonce: bytes
+    def __init__(self, server_nonce: _Optional[bytes] = ...) -> None: ...
+
 class HelloRequest(_message.Message):
-    __slots__ = ("protocol_version", "tenant_id", "capabilities", "client_nonce")
+    __slots__ = ("protocol_version", "tenant_id", "capabilities", "client_nonce", "server_nonce", "proof")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     tenant_id: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     client_nonce: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., client_nonce: _Optional[bytes] = ...) -> None: ...
+    server_nonce: bytes
+    proof: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., client_nonce: _Optional[bytes] = ..., server_nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Column(_message.Message):
     __slots__ = ("name", "type_name", "is_key")
@@ -114,7 +134,7 @@ class TableSchema(_message.Message):
     def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ..., writable: _Optional[bool] = ..., writable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim")
+    __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim", "session", "projection_key")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +145,8 @@ class HelloResponse(_message.Message):
     HEAD_POSITION_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FLOOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_EMBEDDER_DIM_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_KEY_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     stream_id: str
     tables: _containers.RepeatedCompositeFieldContainer[TableSchema]
@@ -135,22 +157,26 @@ class HelloResponse(_message.Message):
     head_position: int
     retention_floor: int
     text_embedder_dim: int
-    def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ...) -> None: ...
+    session: bytes
+    projection_key: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows")
+    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     stream_id: str
     from_position: int
     max_frame_rows: int
-    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ...) -> None: ...
+    session: bytes
+    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "watermark")
+    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "watermark")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +195,8 @@ class Frame(_message.Message):
     VECTOR_MASK_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    AEAD_NONCE_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tenant_id: str
@@ -188,8 +216,10 @@ class Frame(_message.Message):
     vector_mask: bytes
     vectors: bytes
     payloads: bytes
+    sealed_rows: bytes
+    aead_nonce: bytes
     watermark: bytes
-    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., sealed_rows: _Optional[bytes] = ..., aead_nonce: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

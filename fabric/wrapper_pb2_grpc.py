@@ -34,6 +34,11 @@ class WrapperServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Challenge = channel.unary_unary(
+                '/prism.fabric.v1.WrapperService/Challenge',
+                request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeRequest.SerializeToString,
+                response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeResponse.FromString,
+                _registered_method=True)
         self.Hello = channel.unary_unary(
                 '/prism.fabric.v1.WrapperService/Hello',
                 request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HelloRequest.SerializeToString,
@@ -59,17 +64,32 @@ class WrapperServiceStub:
 class WrapperServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def Challenge(self, request, context):
+        """Authentication, step 1: the wrapper hands out a fresh single-use nonce
+        (valid for 30 s) for the named tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Hello(self, request, context):
-        """Handshake: the driver names its tenant and proves nothing yet (TLS and
-        challenge-response authentication extend this message, see SECURITY.md).
-        The wrapper answers with what a driver needs before it subscribes.
+        """Authentication, step 2: the driver proves it holds the tenant secret by
+        an HMAC over the wrapper's nonce and its own (the secret never crosses
+        the wire), or by a client certificate the wrapper maps to the tenant
+        (mTLS). The wrapper proves the same back and answers with a session
+        token and what a driver needs before it subscribes. See SECURITY.md.
+        Errors: UNAUTHENTICATED (wrong secret, unknown or expired nonce, unknown
+        tenant), PERMISSION_DENIED (a certificate of another tenant),
+        RESOURCE_EXHAUSTED (too many failed attempts from this address).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Server streaming of frames from a resume position. See Frame.
+        """Server streaming of frames from a resume position. See Frame. Subscribe
+        and Write need a session from Hello; a session of another tenant gets
+        PERMISSION_DENIED, an unknown or expired one UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +116,11 @@ class WrapperServiceServicer:
 
 def add_WrapperServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Challenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Challenge,
+                    request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeRequest.FromString,
+                    response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeResponse.SerializeToString,
+            ),
             'Hello': grpc.unary_unary_rpc_method_handler(
                     servicer.Hello,
                     request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.HelloRequest.FromString,
@@ -126,6 +151,33 @@ def add_WrapperServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WrapperService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Challenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.fabric.v1.WrapperService/Challenge',
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeRequest.SerializeToString,
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.ChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Hello(request,

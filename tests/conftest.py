@@ -16,7 +16,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from prism.fabric.keys import write_secret
+from prism.wrapper.certs import CertPaths, generate
 from prism.wrapper.embedded_pg import EmbeddedPostgres
+from support import servers
 from support.servers import (
     WrapperProcess,
     new_port,
@@ -76,6 +78,20 @@ def db(pg: EmbeddedPostgres) -> Iterator[TestDB]:
         c.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertPaths:
+    """A development CA, a server certificate for 127.0.0.1 and client
+    certificates for mTLS, made with `cryptography` by prism-wrapper's
+    gen-certs code. Test wrappers serve TLS with them unless told otherwise."""
+    paths = generate(
+        tmp_path_factory.mktemp("certs"),
+        hosts=["localhost", "127.0.0.1"],
+        clients=["acme-app", "other-app"],
+    )
+    servers.TEST_CA = paths.ca_cert
+    return paths
+
+
 @pytest.fixture
 def secret_file(tmp_path: Path) -> Path:
     p = tmp_path / "tenant.secret"
@@ -84,10 +100,11 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 class WrapperFactory:
-    def __init__(self, tmp_path: Path, db: TestDB, secret_file: Path) -> None:
+    def __init__(self, tmp_path: Path, db: TestDB, secret_file: Path, certs: CertPaths) -> None:
         self.tmp_path = tmp_path
         self.db = db
         self.secret_file = secret_file
+        self.certs = certs
         self.procs: list[WrapperProcess] = []
 
     def __call__(
@@ -96,8 +113,11 @@ class WrapperFactory:
         *,
         tenant: str = "acme",
         start: bool = True,
+        tenants: list[dict[str, Any]] | None = None,
         **overrides: dict[str, Any],
     ) -> WrapperProcess:
+        """A wrapper process over TLS (chorus={"insecure": True} for
+        plaintext); `tenants` replaces the single tenant by [[tenants]]."""
         port = new_port()
         n = len(self.procs)
         sections: dict[str, dict[str, Any]] = {
@@ -110,16 +130,23 @@ class WrapperFactory:
             "chorus": {
                 "listen_host": "127.0.0.1",
                 "listen_port": port,
-                "tenant_id": tenant,
-                "secret_file": str(self.secret_file),
                 "grace_seconds": 2.0,
+            }
+            | ({} if tenants else {"tenant_id": tenant, "secret_file": str(self.secret_file)}),
+            "tls": {
+                "cert_file": str(self.certs.server_cert),
+                "key_file": str(self.certs.server_key),
             },
             "store": {"path": str(self.tmp_path / f"store{n}.sqlite3"), "synchronous": "normal"},
         }
         for sec, body in overrides.items():
             sections.setdefault(sec, {}).update(body)
-        cfg = write_config(self.tmp_path / f"wrapper{n}.toml", sections, tables)
-        proc = WrapperProcess(cfg, port, self.tmp_path / f"wrapper{n}.log")
+        insecure = bool(sections["chorus"].get("insecure"))
+        if insecure:
+            del sections["tls"]
+        cfg = write_config(self.tmp_path / f"wrapper{n}.toml", sections, tables, tenants)
+        ca = None if insecure else self.certs.ca_cert
+        proc = WrapperProcess(cfg, port, self.tmp_path / f"wrapper{n}.log", ca)
         self.procs.append(proc)
         if start:
             proc.start()
@@ -127,8 +154,10 @@ class WrapperFactory:
 
 
 @pytest.fixture
-def wrapper(tmp_path: Path, db: TestDB, secret_file: Path) -> Iterator[WrapperFactory]:
-    factory = WrapperFactory(tmp_path, db, secret_file)
+def wrapper(
+    tmp_path: Path, db: TestDB, secret_file: Path, certs: CertPaths
+) -> Iterator[WrapperFactory]:
+    factory = WrapperFactory(tmp_path, db, secret_file, certs)
     yield factory
     for p in factory.procs:
         p.stop()

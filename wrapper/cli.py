@@ -1,4 +1,5 @@
-"""`prism-wrapper`: the daemon's command line (run, check, gen-secret).
+"""`prism-wrapper`: the daemon's command line (run, check, gen-secret,
+gen-certs, rotate-keys, config-reference).
 
 Config is read here, at the edge, into a frozen WrapperConfig; everything
 below takes typed arguments. SIGTERM (systemd stop) stops the pipeline after
@@ -17,21 +18,49 @@ from pathlib import Path
 
 from prism.fabric.errors import PrismError
 from prism.fabric.keys import load_secret, write_secret
+from prism.wrapper.auth import Authenticator, TenantSecrets
 from prism.wrapper.config import WrapperConfig, describe_fields, load_config
+from prism.wrapper.keyring import Keyring
 from prism.wrapper.logs import setup_logging
 
 log = logging.getLogger("prism.wrapper")
 
 
+def tenant_secrets(cfg: WrapperConfig) -> dict[str, TenantSecrets]:
+    """Every tenant's secrets, read (and checked) from their files."""
+    return {
+        t.id: TenantSecrets(
+            id=t.id,
+            secrets=tuple(load_secret(f) for f in t.secret_files),
+            identities=t.client_identities,
+            old_until=t.old_secrets_until,
+        )
+        for t in cfg.tenants
+    }
+
+
+def open_keyring(cfg: WrapperConfig) -> Keyring:
+    return Keyring(
+        cfg.store_path, [t.id for t in cfg.tenants], float(cfg["chorus.key_rotation_seconds"])
+    )
+
+
 def cmd_run(cfg: WrapperConfig) -> int:
     from prism.wrapper.pipeline import Pipeline
-    from prism.wrapper.server import WrapperState, create_server
+    from prism.wrapper.server import WrapperState, create_server, server_credentials
     from prism.wrapper.store import Store
     from prism.wrapper.writes import WriteExecutor
 
-    secret = load_secret(cfg["chorus.secret_file"])
+    secrets = tenant_secrets(cfg)
+    credentials = server_credentials(cfg)
     store = Store(cfg.store_path, str(cfg["store.synchronous"]))
-    pipeline = Pipeline(cfg, store, secret)
+    keyring = open_keyring(cfg)
+    pipeline = Pipeline(cfg, store, {t: keyring.projection_key(t) for t in secrets})
+    auth = Authenticator(
+        secrets,
+        failures_per_minute=int(cfg["chorus.auth_failures_per_minute"]),
+        session_ttl_s=float(cfg["chorus.session_ttl_seconds"]),
+    )
     writes = (
         WriteExecutor(
             cfg, store, lambda: pipeline.shapes, lambda: pipeline.status.state == "STREAMING"
@@ -39,9 +68,11 @@ def cmd_run(cfg: WrapperConfig) -> int:
         if cfg.writes_table is not None
         else None
     )
-    state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, secret=secret, writes=writes)
+    state = WrapperState(
+        cfg=cfg, store=store, pipeline=pipeline, auth=auth, keyring=keyring, writes=writes
+    )
     address = f"{cfg['chorus.listen_host']}:{cfg['chorus.listen_port']}"
-    server, port = create_server(state, address)
+    server, port = create_server(state, address, credentials=credentials)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -53,20 +84,26 @@ def cmd_run(cfg: WrapperConfig) -> int:
     worker = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
     worker.start()
     server.start()
-    if cfg["chorus.insecure"]:
-        log.warning("serving gRPC without TLS (chorus.insecure = true)")
+    if cfg.insecure:
+        log.warning(
+            "serving gRPC in PLAINTEXT (chorus.insecure = true): anyone on the network path "
+            "can read sealed frames' metadata and session tokens; use TLS outside development"
+        )
     log.info(
         "listening",
         extra={
             "host": cfg["chorus.listen_host"],
             "port": port,
-            "tenant": cfg.tenant_id,
+            "tenants": [t.id for t in cfg.tenants],
+            "tls": "off" if cfg.insecure else "mutual" if cfg["tls.client_ca_file"] else "on",
             "store": str(cfg.store_path),
             "stream_id": store.meta.stream_id,
         },
     )
     while not stop.is_set():
         stop.wait(0.5)
+        with state.auth_lock:
+            auth.expire()
         if not worker.is_alive():
             break
     pipeline.stop()
@@ -74,6 +111,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
     server.stop(float(cfg["chorus.grace_seconds"])).wait()
     if writes is not None:
         writes.close()
+    keyring.close()
     store.close()
     err = pipeline.status.error
     if err is not None and not stop.is_set():
@@ -88,10 +126,23 @@ def cmd_check(cfg: WrapperConfig) -> int:
     from prism.wrapper.sources.postgres import PostgresSource
 
     problems: list[str] = []
-    try:
-        load_secret(cfg["chorus.secret_file"])
-    except PrismError as exc:
-        problems.append(str(exc))
+    for t in cfg.tenants:
+        for f in t.secret_files:
+            try:
+                load_secret(f)
+                print(f"ok   tenant {t.id}: secret file {f}")
+            except PrismError as exc:
+                problems.append(str(exc))
+    if cfg.insecure:
+        print("note chorus.insecure = true: gRPC is served in plaintext")
+    else:
+        from prism.wrapper.server import server_credentials
+
+        try:
+            server_credentials(cfg)
+            print(f"ok   TLS certificate {cfg['tls.cert_file']}")
+        except PrismError as exc:
+            problems.append(str(exc))
     source = PostgresSource(cfg)
     try:
         problems += source.check_prerequisites()
@@ -133,6 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--config", "-c", required=True)
     p_gen = sub.add_parser("gen-secret", help="write a new tenant secret file (mode 600)")
     p_gen.add_argument("path")
+    p_certs = sub.add_parser(
+        "gen-certs", help="write a development CA, a server certificate and client certificates"
+    )
+    p_certs.add_argument("dir")
+    p_certs.add_argument(
+        "--host",
+        action="append",
+        help="server name or IP (repeatable; default localhost, 127.0.0.1)",
+    )
+    p_certs.add_argument(
+        "--client", action="append", help="client certificate name for mTLS (repeatable)"
+    )
+    p_rot = sub.add_parser(
+        "rotate-keys", help="advance the key epoch now (the running daemon follows within 1 s)"
+    )
+    p_rot.add_argument("--config", "-c", required=True)
+    p_rot.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     sub.add_parser("config-reference", help="list every config key")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -141,12 +209,28 @@ def main(argv: list[str] | None = None) -> int:
             write_secret(Path(args.path))
             print(f"wrote {args.path}")
             return 0
+        if args.command == "gen-certs":
+            from prism.wrapper.certs import generate
+
+            paths = generate(args.dir, args.host, args.client)
+            print(f"wrote {paths.ca_cert}, {paths.server_cert} and their keys")
+            for name, (cert, _key) in paths.clients.items():
+                print(f"wrote {cert} (identity {name!r})")
+            return 0
         if args.command == "config-reference":
             print(describe_fields())
             return 0
         cfg = load_config(args.config)
         if args.command == "check":
             return cmd_check(cfg)
+        if args.command == "rotate-keys":
+            keyring = open_keyring(cfg)
+            try:
+                for tenant, epoch in keyring.rotate(args.tenant).items():
+                    print(f"tenant {tenant}: key epoch {epoch}")
+            finally:
+                keyring.close()
+            return 0
         return cmd_run(cfg)
     except PrismError as exc:
         print(f"prism-wrapper: {exc}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """prism-wrapper's configuration: read once at the daemon's start.
 
 TOML (the seed's keys: `[database] flavor, dsn`, `[chorus] listen_port,
-tenant_id`, plus `[store]`, `[vectors]` and `[[tables]]`), then environment
+tenant_id`, plus `[tls]`, `[store]`, `[vectors]`, `[[tenants]]` and
+`[[tables]]`), then environment
 variables `PRISM_<SECTION>_<KEY>` override scalar keys. Every key is declared
 once below with its type, default and description; the result is a frozen,
 validated WrapperConfig. A bad value stops the start with a ConfigError that
@@ -14,7 +15,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -118,21 +119,63 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("chorus", "listen_host", str, "127.0.0.1", "address the gRPC server binds"),
     Field("chorus", "listen_port", int, 50051, "gRPC port (0: pick a free one)", _port),
-    Field("chorus", "tenant_id", str, REQUIRED, "the tenant these tables belong to", _tenant),
+    Field(
+        "chorus",
+        "tenant_id",
+        str,
+        "",
+        "the tenant of every table, when the config has no [[tenants]] entries",
+        lambda v: None if v == "" else _tenant(v),
+    ),
     Field(
         "chorus",
         "secret_file",
         str,
-        REQUIRED,
-        "file holding the tenant secret (32+ bytes, mode 600); make one with "
+        "",
+        "that tenant's secret file (32+ bytes, mode 600); make one with "
         "`prism-wrapper gen-secret PATH`",
     ),
     Field(
         "chorus",
         "insecure",
         bool,
-        True,
-        "serve gRPC without TLS (TLS arrives with the secure-fabric work)",
+        False,
+        "serve gRPC in plaintext, without TLS (development only; logged as a warning)",
+    ),
+    Field(
+        "chorus",
+        "key_rotation_seconds",
+        float,
+        24 * 3600.0,
+        "how often each tenant's key epoch advances (0: only on `prism-wrapper rotate-keys`)",
+        lambda v: None if v == 0 or v >= 1 else "must be 0 or at least 1",
+    ),
+    Field(
+        "chorus",
+        "auth_failures_per_minute",
+        int,
+        10,
+        "failed authentications allowed per client address and minute before that address "
+        "is refused (RESOURCE_EXHAUSTED) for the rest of the minute",
+        _positive,
+    ),
+    Field(
+        "chorus",
+        "session_ttl_seconds",
+        float,
+        24 * 3600.0,
+        "how long a driver's session from Hello stays valid (drivers renew it on reconnect)",
+        _positive,
+    ),
+    Field("tls", "cert_file", str, "", "PEM certificate chain the gRPC server presents"),
+    Field("tls", "key_file", str, "", "PEM private key of that certificate (mode 600)"),
+    Field(
+        "tls",
+        "client_ca_file",
+        str,
+        "",
+        "PEM CA bundle for client certificates: set it to require mutual TLS; a "
+        "certificate's identity (CN or SAN) maps to a tenant by [[tenants]].client_identities",
     ),
     Field("chorus", "grace_seconds", float, 5.0, "how long SIGTERM waits for streams", _positive),
     Field(
@@ -184,6 +227,19 @@ _BY_DOTTED = {f.dotted: f for f in FIELDS}
 
 
 @dataclass(frozen=True)
+class TenantConfig:
+    id: str
+    # The first file is the current secret; the others are still accepted
+    # (secret rotation's overlap) until old_secrets_until, if set.
+    secret_files: tuple[str, ...]
+    client_identities: tuple[str, ...] = ()  # mTLS certificate CN or SAN values
+    old_secrets_until: float | None = None  # unix time
+
+    def __post_init__(self) -> None:
+        assert self.secret_files
+
+
+@dataclass(frozen=True)
 class TableConfig:
     name: str  # qualified: schema.table
     vector_column: str | None = None
@@ -193,6 +249,7 @@ class TableConfig:
     key_columns: tuple[str, ...] = ()  # only for tables without a primary key
     writable: bool = False  # drivers may write this table through the wrapper
     writable_columns: tuple[str, ...] = ()  # which columns (empty: all)
+    tenant: str = ""  # the tenant whose drivers see this table
 
     @property
     def has_vectors(self) -> bool:
@@ -212,6 +269,7 @@ class TableConfig:
 class WrapperConfig:
     values: Mapping[str, Any]
     tables: tuple[TableConfig, ...]
+    tenants: tuple[TenantConfig, ...] = ()
     source_path: str = "<dict>"
 
     def __getitem__(self, dotted: str) -> Any:
@@ -221,9 +279,18 @@ class WrapperConfig:
     def dsn(self) -> str:
         return str(self.values["database.dsn"])
 
+    def tenant(self, tenant_id: str) -> TenantConfig | None:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        return None
+
+    def tables_of(self, tenant_id: str) -> tuple[TableConfig, ...]:
+        return tuple(t for t in self.tables if t.tenant == tenant_id)
+
     @property
-    def tenant_id(self) -> str:
-        return str(self.values["chorus.tenant_id"])
+    def insecure(self) -> bool:
+        return bool(self.values["chorus.insecure"])
 
     @property
     def store_path(self) -> Path:
@@ -320,7 +387,9 @@ _TABLE_KEYS = {
     "key_columns",
     "writable",
     "writable_columns",
+    "tenant",
 }
+_TENANT_KEYS = {"id", "secret_files", "client_identities", "old_secrets_until"}
 
 
 def _bool(raw: Any, where: str) -> bool:
@@ -373,7 +442,109 @@ def _table(raw: Any, i: int) -> TableConfig:
         key_columns=_str_list(raw.get("key_columns"), f"{where}.key_columns"),
         writable=_bool(raw.get("writable", False), f"{where}.writable"),
         writable_columns=_str_list(raw.get("writable_columns"), f"{where}.writable_columns"),
+        tenant=_opt_str(raw.get("tenant"), f"{where}.tenant"),
     )
+
+
+def _opt_str(raw: Any, where: str) -> str:
+    if raw is None:
+        return ""
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{where}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def _strings(raw: Any, where: str, what: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise ConfigError(f"{where}: expected a list of {what}, got {raw!r}")
+    return tuple(raw)
+
+
+def _timestamp(raw: Any, where: str) -> float | None:
+    import datetime as dt
+
+    if raw is None:
+        return None
+    if isinstance(raw, dt.datetime):  # a TOML offset date-time
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = dt.datetime.fromisoformat(raw)
+        except ValueError:
+            value = None
+    else:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise ConfigError(
+            f"{where}: expected a date-time with a time zone, e.g. 2026-12-01T00:00:00Z, "
+            f"got {raw!r}"
+        )
+    return value.timestamp()
+
+
+def _tenant_entry(raw: Any, i: int) -> TenantConfig:
+    where = f"tenants[{i}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a [[tenants]] entry")
+    unknown = set(raw) - _TENANT_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(_TENANT_KEYS)}"
+        )
+    tid = raw.get("id")
+    if not isinstance(tid, str) or (problem := _tenant(tid)):
+        raise ConfigError(
+            f"{where}.id: {tid!r} {problem if isinstance(tid, str) else 'is required'}"
+        )
+    if "secret_files" not in raw:
+        raise ConfigError(
+            f'{where}.secret_files ({tid}): required, e.g. secret_files = ["/etc/prism/{tid}.key"]'
+        )
+    return TenantConfig(
+        id=tid,
+        secret_files=_strings(raw["secret_files"], f"{where}.secret_files", "file paths"),
+        client_identities=_strings(
+            raw.get("client_identities", []), f"{where}.client_identities", "identities"
+        )
+        if raw.get("client_identities")
+        else (),
+        old_secrets_until=_timestamp(raw.get("old_secrets_until"), f"{where}.old_secrets_until"),
+    )
+
+
+def _tenants(
+    data: Mapping[str, Any], values: Mapping[str, Any], origin: str
+) -> tuple[TenantConfig, ...]:
+    raw = data.get("tenants")
+    single = values["chorus.tenant_id"]
+    if raw is None:
+        if not single or not values["chorus.secret_file"]:
+            raise ConfigError(
+                f"no tenant in {origin}: set chorus.tenant_id and chorus.secret_file, or add "
+                '[[tenants]] entries (id = "...", secret_files = ["..."])'
+            )
+        return (TenantConfig(id=single, secret_files=(values["chorus.secret_file"],)),)
+    if single or values["chorus.secret_file"]:
+        raise ConfigError(
+            f"{origin}: chorus.tenant_id/secret_file and [[tenants]] both given; keep one"
+        )
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"tenants in {origin}: expected [[tenants]] entries")
+    tenants = tuple(_tenant_entry(t, i) for i, t in enumerate(raw))
+    ids = [t.id for t in tenants]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"tenants: {ids} lists a tenant twice")
+    seen: dict[str, str] = {}
+    for t in tenants:
+        for ident in t.client_identities:
+            if ident in seen:
+                raise ConfigError(
+                    f"tenants: client identity {ident!r} maps to both {seen[ident]!r} and {t.id!r}"
+                )
+            seen[ident] = t.id
+    return tenants
 
 
 def config_from_mapping(
@@ -381,13 +552,13 @@ def config_from_mapping(
 ) -> WrapperConfig:
     """Validate a parsed TOML document (plus environment overrides)."""
     env = os.environ if env is None else env
-    known_sections = {f.section for f in FIELDS} | {"tables"}
+    known_sections = {f.section for f in FIELDS} | {"tables", "tenants"}
     for section, body in data.items():
         if section not in known_sections:
             raise ConfigError(
                 f"unknown section [{section}] in {origin}; known: {sorted(known_sections)}"
             )
-        if section == "tables":
+        if section in ("tables", "tenants"):
             continue
         if not isinstance(body, dict):
             raise ConfigError(f"[{section}] in {origin} must be a table of keys")
@@ -422,7 +593,28 @@ def config_from_mapping(
     names = [t.name for t in tables]
     if len(set(names)) != len(names):
         raise ConfigError(f"tables: {names} lists a table twice")
-    cfg = WrapperConfig(values=values, tables=tables, source_path=origin)
+    tenants = _tenants(data, values, origin)
+    ids = [t.id for t in tenants]
+    owned = []
+    for i, t in enumerate(tables):
+        if not t.tenant:
+            if len(tenants) > 1:
+                raise ConfigError(
+                    f"tables[{i}].tenant ({t.name}): required with several tenants; one of {ids}"
+                )
+            t = replace(t, tenant=ids[0])
+        elif t.tenant not in ids:
+            raise ConfigError(f"tables[{i}].tenant ({t.name}): {t.tenant!r} is not one of {ids}")
+        owned.append(t)
+    tables = tuple(owned)
+    if not values["chorus.insecure"] and not (values["tls.cert_file"] and values["tls.key_file"]):
+        raise ConfigError(
+            "tls.cert_file and tls.key_file are required unless chorus.insecure = true; "
+            "make development certificates with `prism-wrapper gen-certs DIR`"
+        )
+    if values["tls.client_ca_file"] and values["chorus.insecure"]:
+        raise ConfigError("tls.client_ca_file needs TLS: drop chorus.insecure = true")
+    cfg = WrapperConfig(values=values, tables=tables, tenants=tenants, source_path=origin)
     dim = int(values["vectors.dimension"])
     for t in tables:
         if t.has_vectors and dim > cfg.source_dim(t):

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.payload import encode_row
@@ -65,10 +66,12 @@ class Backoff:
 
 
 class Pipeline:
-    def __init__(self, cfg: WrapperConfig, store: Store, secret: bytes) -> None:
+    def __init__(
+        self, cfg: WrapperConfig, store: Store, projection_keys: Mapping[str, bytes]
+    ) -> None:
         self.cfg = cfg
         self.store = store
-        self.vectorizer = Vectorizer(cfg, secret)
+        self.vectorizer = Vectorizer(cfg, projection_keys)
         self.status = PipelineStatus()
         self.shapes: dict[str, TableShape] = {}
         self.stop_event = threading.Event()

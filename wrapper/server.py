@@ -1,6 +1,8 @@
-"""The gRPC face of the wrapper (serve): Hello, Subscribe, Health.
+"""The gRPC face of the wrapper (serve): Challenge, Hello, Subscribe, Write,
+Health, over TLS (optionally mutual) unless configured insecure.
 
-Kept thin: streaming logic lives in wrapper/serve.py, keys in prism.fabric.
+Kept thin: authentication rules live in wrapper/auth.py, key epochs in
+wrapper/keyring.py, streaming in wrapper/serve.py, keys in prism.fabric.
 `create_server()` binds and returns the port, so tests can ask for port 0.
 """
 
@@ -9,18 +11,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn, TypeVar
 
 import grpc
 
 from prism.fabric import PROTOCOL_VERSION
+from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.sealing import Sealer, hello_proof
+from prism.fabric.payload import qualify
+from prism.fabric.sealing import Sealer
+from prism.wrapper.auth import Authenticator, AuthFailure, Session
 from prism.wrapper.config import WrapperConfig
+from prism.wrapper.errors import ConfigError
+from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.serve import ServeContext, subscription
 from prism.wrapper.store import Store, StoreReader
@@ -28,9 +38,18 @@ from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
 
-KEY_EPOCH = 1  # rotation comes with the secure-fabric work
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-CAPABILITIES = ("frames-v1", "catch-up", "bootstrap", "text-embedder")
+CAPABILITIES = ("frames-v2", "catch-up", "bootstrap", "text-embedder", "key-rotation")
+
+_AUTH_STATUS = {
+    "unknown-tenant": grpc.StatusCode.UNAUTHENTICATED,
+    "bad-proof": grpc.StatusCode.UNAUTHENTICATED,
+    "bad-challenge": grpc.StatusCode.UNAUTHENTICATED,
+    "retired-secret": grpc.StatusCode.UNAUTHENTICATED,
+    "session": grpc.StatusCode.UNAUTHENTICATED,
+    "wrong-tenant": grpc.StatusCode.PERMISSION_DENIED,
+    "rate-limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 _WRITE_STATUS = {
@@ -50,20 +69,19 @@ class WrapperState:
     cfg: WrapperConfig
     store: Store
     pipeline: Pipeline
-    secret: bytes
+    auth: Authenticator
+    keyring: Keyring
     writes: WriteExecutor | None = None
+    auth_lock: threading.Lock = field(default_factory=threading.Lock)
+    _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
-    @property
-    def tenant_id(self) -> str:
-        return self.cfg.tenant_id
-
-    _sealers: dict[tuple[int, int], Sealer] = field(default_factory=dict)
-
-    def sealer(self, dim: int, epoch: int = KEY_EPOCH) -> Sealer:
-        s = self._sealers.get((epoch, dim))
+    def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
+        k = (secret, tenant, epoch, dim)
+        s = self._sealers.get(k)
         if s is None:
-            keys = derive_epoch_keys(self.secret, self.tenant_id, epoch)
-            s = self._sealers[(epoch, dim)] = Sealer(keys, dim)
+            if len(self._sealers) > 256:  # old epochs are never asked for again
+                self._sealers.clear()
+            s = self._sealers[k] = Sealer(derive_epoch_keys(secret, tenant, epoch), dim)
         return s
 
     def wait_for_head(self, position: int, timeout: float) -> bool:
@@ -72,27 +90,92 @@ class WrapperState:
             return store.changed.wait_for(lambda: store.meta.head != position, timeout)
 
 
+def peer_host(peer: str) -> str:
+    """The client address of a gRPC peer string ("ipv4:1.2.3.4:5678",
+    "ipv6:[::1]:5678"), without the port: failed attempts count per host."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, _, _port = rest.rpartition(":")
+        return host.strip("[]") or rest
+    return peer
+
+
+def peer_identities(context: grpc.ServicerContext) -> list[str]:
+    """The CN and SAN values of a verified client certificate (mTLS), if any."""
+    ctx: Mapping[str, Iterable[bytes]] = context.auth_context()  # type: ignore[assignment]
+    out = []
+    for k in ("x509_common_name", "x509_subject_alternative_name"):
+        out += [v.decode("utf-8", "replace") for v in ctx.get(k, [])]
+    return out
+
+
+T = TypeVar("T")
+
+
 class WrapperServicer(pb_grpc.WrapperServiceServicer):
     def __init__(self, state: WrapperState) -> None:
         self.state = state
 
-    def _check_tenant(self, tenant_id: str, context: grpc.ServicerContext) -> None:
-        if tenant_id != self.state.tenant_id:
-            log.warning("unknown tenant", extra={"tenant": tenant_id, "peer": context.peer()})
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown tenant {tenant_id!r}")
+    def _authed(self, context: grpc.ServicerContext, what: str, fn: Callable[[], T]) -> T:
+        """Run an Authenticator call; refuse the RPC, logged with the peer,
+        when it fails."""
+        try:
+            with self.state.auth_lock:
+                return fn()
+        except AuthFailure as exc:
+            self._refuse(context, what, exc)
 
-    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloResponse:
-        if request.protocol_version != PROTOCOL_VERSION:
+    def _refuse(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> NoReturn:
+        log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
+        context.set_trailing_metadata((("prism-error", exc.kind),))
+        context.abort(_AUTH_STATUS.get(exc.kind, grpc.StatusCode.UNAUTHENTICATED), str(exc))
+
+    def _check_version(self, version: int, context: grpc.ServicerContext) -> None:
+        if version != PROTOCOL_VERSION:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"protocol version {request.protocol_version} not supported; "
-                f"this wrapper speaks {PROTOCOL_VERSION}",
+                f"protocol version {version} not supported; this wrapper speaks {PROTOCOL_VERSION}",
             )
-        self._check_tenant(request.tenant_id, context)
-        if not 16 <= len(request.client_nonce) <= 64:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "client_nonce must be 16-64 bytes")
+
+    def _session(self, token: bytes, tenant_id: str, context: grpc.ServicerContext) -> Session:
+        host = peer_host(context.peer())
+        return self._authed(
+            context, "call", lambda: self.state.auth.session(token, tenant_id, host)
+        )
+
+    def Challenge(
+        self, request: pb.ChallengeRequest, context: grpc.ServicerContext
+    ) -> pb.ChallengeResponse:
+        self._check_version(request.protocol_version, context)
+        host = peer_host(context.peer())
+        nonce = self._authed(
+            context, "challenge", lambda: self.state.auth.challenge(request.tenant_id, host)
+        )
+        return pb.ChallengeResponse(server_nonce=nonce)
+
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloResponse:
+        self._check_version(request.protocol_version, context)
         st = self.state
-        keys = derive_epoch_keys(st.secret, st.tenant_id, KEY_EPOCH)
+        host = peer_host(context.peer())
+        identities = peer_identities(context)
+        tenant_id = request.tenant_id
+        token, session, secret = self._authed(
+            context,
+            "hello",
+            lambda: st.auth.hello(
+                tenant_id,
+                request.server_nonce,
+                request.client_nonce,
+                request.proof,
+                identities,
+                host,
+            ),
+        )
+        if session.secret_index > 0:
+            log.warning(
+                "driver authenticated with a retiring secret",
+                extra={"peer": context.peer(), "tenant": tenant_id},
+            )
         tables = []
         reader = StoreReader(st.store.path)
         try:
@@ -106,7 +189,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "the wrapper is starting: its tables are not discovered yet",
             )
-        for t in st.cfg.tables:
+        for t in st.cfg.tables_of(tenant_id):
             info = json.loads(stored[t.name]) if t.name in stored else None
             shape = st.pipeline.shapes.get(t.name)
             cols = info["columns"] if info else (list(shape.columns) if shape else [])
@@ -132,30 +215,40 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                     writable_columns=list(t.writable_columns),
                 )
             )
+        keys = st.keyring.get(tenant_id)
+        nonces = (request.server_nonce, request.client_nonce)
+        log.info("driver authenticated", extra={"peer": context.peer(), "tenant": tenant_id})
         return pb.HelloResponse(
             protocol_version=PROTOCOL_VERSION,
             stream_id=meta.stream_id,
             tables=tables,
             vector_dim=int(st.cfg["vectors.dimension"]),
-            key_epoch=KEY_EPOCH,
-            key_proof=hello_proof(keys, request.client_nonce),
+            key_epoch=keys.epoch,
+            key_proof=handshake.server_proof(secret, tenant_id, *nonces),
             capabilities=list(CAPABILITIES),
             head_position=meta.head,
             retention_floor=meta.retention_floor,
             text_embedder_dim=int(st.cfg["vectors.text_dim"]),
+            session=token,
+            projection_key=handshake.wrap_projection_key(
+                secret, tenant_id, *nonces, keys.projection_key
+            ),
         )
 
     def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
-        self._check_tenant(request.tenant_id, context)
         st = self.state
+        tenant_id = request.tenant_id
+        session = self._session(request.session, tenant_id, context)
+        secret = st.auth.tenants[tenant_id].secrets[session.secret_index]
+        tables = st.cfg.tables_of(tenant_id)
         reader = StoreReader(st.store.path)
         ctx = ServeContext(
-            tenant_id=st.tenant_id,
-            dims={t.name: st.cfg.table_dim(t) for t in st.cfg.tables},
-            sealer=st.sealer,
-            tables=tuple(t.name for t in st.cfg.tables),
+            tenant_id=tenant_id,
+            dims={t.name: st.cfg.table_dim(t) for t in tables},
+            sealer=lambda dim: st.sealer(secret, tenant_id, st.keyring.epoch(tenant_id), dim),
+            tables=tuple(t.name for t in tables),
         )
         log.info(
             "subscriber",
@@ -179,8 +272,22 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             reader.close()
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
-        self._check_tenant(request.tenant_id, context)
         st = self.state
+        session = self._session(request.session, request.tenant_id, context)
+        for op in request.ops:
+            try:
+                owner = st.cfg.table(qualify(op.table)).tenant
+            except (KeyError, ValueError):
+                continue  # not a configured table: the executor refuses it by name
+            if owner != session.tenant:
+                self._refuse(
+                    context,
+                    "write",
+                    AuthFailure(
+                        "wrong-tenant",
+                        f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
+                    ),
+                )
         try:
             if st.writes is None:
                 raise WriteError("permission", "no table is writable for this tenant")
@@ -227,11 +334,36 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         )
 
 
+def _read(path: str, key: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{key} = {path!r}: cannot read it ({exc.strerror})") from None
+
+
+def server_credentials(cfg: WrapperConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials from [tls], or None when chorus.insecure = true."""
+    if cfg.insecure:
+        return None
+    cert = _read(cfg["tls.cert_file"], "tls.cert_file")
+    key = _read(cfg["tls.key_file"], "tls.key_file")
+    ca = cfg["tls.client_ca_file"]
+    return grpc.ssl_server_credentials(
+        [(key, cert)],
+        root_certificates=_read(ca, "tls.client_ca_file") if ca else None,
+        require_client_auth=bool(ca),
+    )
+
+
 def create_server(
-    state: WrapperState, address: str, servicer: WrapperServicer | None = None
+    state: WrapperState,
+    address: str,
+    servicer: WrapperServicer | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Build the server and bind `address` ("host:port", port 0 for any).
-    Returns (server, bound port); call server.start()."""
+    """Build the server and bind `address` ("host:port", port 0 for any),
+    with TLS when ``credentials`` are given. Returns (server, bound port);
+    call server.start()."""
     workers = int(os.environ.get("PRISM_GRPC_WORKERS", "64"))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -242,9 +374,10 @@ def create_server(
         ],
     )
     pb_grpc.add_WrapperServiceServicer_to_server(servicer or WrapperServicer(state), server)
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
-        from prism.wrapper.errors import ConfigError
-
         raise ConfigError(f"chorus.listen_port: cannot bind {address}")
     return server, port

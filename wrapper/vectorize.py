@@ -35,7 +35,8 @@ def as_float32(value: Any) -> Any:
 
 
 class Vectorizer:
-    def __init__(self, cfg: WrapperConfig, secret: bytes) -> None:
+    def __init__(self, cfg: WrapperConfig, projection_keys: Mapping[str, bytes]) -> None:
+        """projection_keys: each tenant's projection key (wrapper/keyring.py)."""
         self._embedder = TextEmbedder(int(cfg["vectors.text_dim"]))
         self._projections: dict[str, Projection] = {}
         self._tables: dict[str, TableConfig] = {}
@@ -43,7 +44,7 @@ class Vectorizer:
             self._tables[t.name] = t
             if t.has_vectors:
                 self._projections[t.name] = Projection(
-                    secret, cfg.tenant_id, cfg.source_dim(t), cfg.table_dim(t)
+                    projection_keys[t.tenant], t.tenant, cfg.source_dim(t), cfg.table_dim(t)
                 )
         # Rows replicated without a vector, by (table, reason).
         self.missing: Counter[tuple[str, str]] = Counter()

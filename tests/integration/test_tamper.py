@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import canonical_bytes
+from prism.fabric.frames import canonical_bytes, seal_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret, write_secret
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
+from prism.wrapper.auth import Authenticator, TenantSecrets
 from prism.wrapper.config import config_from_mapping
+from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.server import WrapperServicer, WrapperState, create_server
 from prism.wrapper.store import Store
@@ -39,10 +41,9 @@ def flip_vector_byte(f: pb.Frame) -> pb.Frame:
 def resign_with_wrong_key(f: pb.Frame) -> pb.Frame:
     g = pb.Frame()
     g.CopyFrom(f)
-    g.payloads = g.payloads.replace(b"row", b"ROW")
-    g.watermark = Sealer(derive_epoch_keys(b"w" * 32, g.tenant_id, g.key_epoch), 0).watermark(
-        canonical_bytes(g)
-    )
+    wrong = Sealer(derive_epoch_keys(b"w" * 32, g.tenant_id, g.key_epoch), 0)
+    seal_frame(g, wrong, b"", b"")
+    g.watermark = wrong.watermark(canonical_bytes(g))
     return g
 
 
@@ -73,7 +74,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     cfg = config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": "acme", "secret_file": str(secret_file)},
+            "chorus": {"tenant_id": "acme", "secret_file": str(secret_file), "insecure": True},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": "public.t", "vector_column": "v", "vector_dim": DIM}],
         },
@@ -83,7 +84,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
     store = Store(cfg.store_path, "normal")
     store.reset("s")
     rng = np.random.default_rng(0)
-    pipeline = Pipeline(cfg, store, secret)
+    keyring = Keyring(cfg.store_path, ["acme"], 0)
+    pipeline = Pipeline(cfg, store, {"acme": keyring.projection_key("acme")})
     with store.transaction() as txn:
         txn.set_table_columns(
             "public.t",
@@ -104,7 +106,8 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
                 1,
             )
         txn.mark_snapshot_done()
-    state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, secret=secret)
+    auth = Authenticator({"acme": TenantSecrets("acme", (secret,))})
+    state = WrapperState(cfg=cfg, store=store, pipeline=pipeline, auth=auth, keyring=keyring)
     return state, secret_file
 
 
@@ -114,7 +117,7 @@ async def run_with(served, how) -> tuple[Tampering, dict]:  # type: ignore[no-un
     server, port = create_server(state, "127.0.0.1:0", servicer)
     server.start()
     try:
-        async with driver_for(port, secret_file, max_frame_rows=8) as driver:
+        async with driver_for(port, secret_file, max_frame_rows=8, insecure=True) as driver:
             await driver.wait_ready(timeout=30)
             rows = {k: driver.get("public.t", k) for k in range(ROWS)}
             stats = driver.stats()

@@ -52,17 +52,21 @@ def toml_value(v: Any) -> str:
 
 
 def write_config(
-    path: Path, sections: dict[str, dict[str, Any]], tables: list[dict[str, Any]]
+    path: Path,
+    sections: dict[str, dict[str, Any]],
+    tables: list[dict[str, Any]],
+    tenants: list[dict[str, Any]] | None = None,
 ) -> Path:
     lines = []
     for name, body in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in body.items()]
         lines.append("")
-    for t in tables:
-        lines.append("[[tables]]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
-        lines.append("")
+    for array, entries in (("tenants", tenants or []), ("tables", tables)):
+        for t in entries:
+            lines.append(f"[[{array}]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in t.items()]
+            lines.append("")
     path.write_text("\n".join(lines))
     return path
 
@@ -70,10 +74,13 @@ def write_config(
 class WrapperProcess:
     """The real `prism-wrapper run` process, started, killed and restarted."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_path: Path, port: int, log_path: Path, ca_file: Path | None = None
+    ) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
+        self.ca_file = ca_file  # the CA of its TLS certificate; None: plaintext
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -101,8 +108,22 @@ class WrapperProcess:
             timeout=60,
         )
 
+    def channel(self) -> grpc.Channel:
+        """A blocking gRPC channel to this wrapper, over TLS when it serves TLS."""
+        if self.ca_file is None:
+            return grpc.insecure_channel(self.target)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_file.read_bytes())
+        return grpc.secure_channel(self.target, creds)
+
+    def hello(
+        self, secret_file: Path, tenant: str = "acme", timeout: float = 5.0
+    ) -> pb.HelloResponse:
+        """Authenticate as a driver would (Challenge, then Hello with the
+        proof), with the blocking stub: for tests that talk gRPC directly."""
+        return authenticate(self.channel(), secret_file, tenant, timeout)
+
     def health(self, timeout: float = 2.0) -> pb.HealthResponse:
-        with grpc.insecure_channel(self.target) as ch:
+        with self.channel() as ch:
             return pb_grpc.WrapperServiceStub(ch).Health(pb.HealthRequest(), timeout=timeout)
 
     def wait_serving(self, timeout: float = 60.0) -> pb.HealthResponse:
@@ -150,19 +171,55 @@ class WrapperProcess:
                 self.kill9()
 
 
+def authenticate(
+    channel: grpc.Channel, secret_file: Path, tenant: str = "acme", timeout: float = 5.0
+) -> pb.HelloResponse:
+    from prism.fabric import PROTOCOL_VERSION
+    from prism.fabric.auth import client_proof
+    from prism.fabric.keys import load_secret
+
+    with channel:
+        stub = pb_grpc.WrapperServiceStub(channel)
+        nonce = stub.Challenge(
+            pb.ChallengeRequest(protocol_version=PROTOCOL_VERSION, tenant_id=tenant),
+            timeout=timeout,
+        ).server_nonce
+        mine = os.urandom(32)
+        return stub.Hello(
+            pb.HelloRequest(
+                protocol_version=PROTOCOL_VERSION,
+                tenant_id=tenant,
+                client_nonce=mine,
+                server_nonce=nonce,
+                proof=client_proof(load_secret(secret_file), tenant, nonce, mine),
+            ),
+            timeout=timeout,
+        )
+
+
 def new_port() -> int:
     return free_port()
+
+
+# The CA of the test wrappers' TLS certificates (set by conftest's `certs`):
+# a driver given a bare port (a proxy's) trusts it unless told otherwise.
+TEST_CA: Path | None = None
 
 
 def driver_for(
     target: WrapperProcess | int, secret_file: Path, tenant: str = "acme", **config: Any
 ) -> Any:
     """A PrismDriver for a test wrapper (or any port, such as a proxy's),
-    with fast reconnects; `config` overrides DriverConfig fields."""
+    with fast reconnects, over TLS when the wrapper serves TLS; `config`
+    overrides DriverConfig fields."""
     from prism.driver import DriverConfig, PrismDriver
 
     port = target if isinstance(target, int) else target.port
-    args: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5} | config
+    ca = TEST_CA if isinstance(target, int) else target.ca_file
+    tls: dict[str, Any] = {"insecure": True} if ca is None else {"tls_ca_file": ca}
+    if config.get("insecure") or any(k.startswith("tls_") for k in config):
+        tls = {}
+    args: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5} | tls | config
     return PrismDriver(
         DriverConfig(
             wrapper_host="127.0.0.1",

@@ -23,7 +23,7 @@ def cfg() -> Any:
     return config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": "t", "secret_file": "/unused"},
+            "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
             "tables": [
                 {"name": "public.types_t", "vector_column": "c_vec", "vector_dim": 3},
                 {"name": "public.docs", "text_columns": ["body"]},
@@ -81,7 +81,7 @@ def test_replayed_stream_lands_in_the_store(
         asked.append((table, column))
         return "default-for-old-rows"
 
-    applier = Applier(shapes, Vectorizer(config, b"s" * 32), missing)
+    applier = Applier(shapes, Vectorizer(config, {"t": b"s" * 32}), missing)
     store = Store(tmp_path / "s.sqlite3", "normal")
     store.reset("stream")
     docs_after: list[dict[str, dict[str, Any]]] = []
@@ -122,7 +122,7 @@ def test_changes_of_unconfigured_tables_are_ignored(
     config = cfg()
     shapes = shapes_from(replay, config)
     del shapes["public.full_t"]
-    applier = Applier(shapes, Vectorizer(config, b"s" * 32), lambda t, c: None)
+    applier = Applier(shapes, Vectorizer(config, {"t": b"s" * 32}), lambda t, c: None)
     store = Store(tmp_path / "s.sqlite3", "normal")
     store.reset("stream")
     for t in replay:

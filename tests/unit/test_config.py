@@ -13,7 +13,12 @@ from prism.wrapper.errors import ConfigError
 
 BASE: dict[str, Any] = {
     "database": {"flavor": "postgres", "dsn": "host=db"},
-    "chorus": {"listen_port": 50051, "tenant_id": "acme", "secret_file": "/etc/s"},
+    "chorus": {
+        "listen_port": 50051,
+        "tenant_id": "acme",
+        "secret_file": "/etc/s",
+        "insecure": True,
+    },
     "tables": [{"name": "items", "vector_column": "emb", "vector_dim": 384}],
 }
 
@@ -30,7 +35,8 @@ def with_(**sections: Any) -> dict[str, Any]:
 
 def test_defaults_and_seed_keys() -> None:
     cfg = config_from_mapping(BASE, env={})
-    assert cfg.dsn == "host=db" and cfg.tenant_id == "acme"
+    assert cfg.dsn == "host=db" and [t.id for t in cfg.tenants] == ["acme"]
+    assert cfg.tables[0].tenant == "acme"
     assert cfg["chorus.listen_port"] == 50051
     assert cfg["store.retention_seconds"] == 7 * 24 * 3600
     t = cfg.table("public.items")  # schema defaults to public

@@ -11,13 +11,16 @@ from prism.fabric.errors import SecretFileError
 from prism.fabric.keys import (
     MIN_SECRET_BYTES,
     EpochKeys,
+    derive_auth_key,
     derive_epoch_keys,
     derive_projection_seed,
     load_secret,
+    new_projection_key,
     write_secret,
 )
 
 SECRET = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+PROJECTION_KEY = bytes(range(32))
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
@@ -106,9 +109,17 @@ def test_epoch_keys_are_32_bytes_and_separated() -> None:
     k = derive_epoch_keys(SECRET, "acme", 1)
     assert isinstance(k, EpochKeys)
     assert (k.tenant_id, k.epoch) == ("acme", 1)
-    material = [k.matrix_seed, k.hmac_key, k.aead_key, derive_projection_seed(SECRET, "acme")]
-    assert all(len(m) == 32 for m in material)
-    assert len(set(material)) == 4
+    material = [
+        k.matrix_seed,
+        k.hmac_key,
+        k.aead_key,
+        derive_auth_key(SECRET, "acme"),
+        derive_projection_seed(PROJECTION_KEY, "acme"),
+        # Same IKM, different purpose: still separated.
+        derive_projection_seed(SECRET, "acme"),
+    ]
+    assert all(isinstance(m, bytes) and len(m) == 32 for m in material)
+    assert len(set(material)) == len(material)
 
 
 def test_derivation_is_deterministic_and_domain_separated() -> None:
@@ -121,8 +132,9 @@ def test_derivation_is_deterministic_and_domain_separated() -> None:
     ]
     for o in others:
         assert o.hmac_key != k.hmac_key and o.matrix_seed != k.matrix_seed
-    assert derive_projection_seed(SECRET, "acme") == derive_projection_seed(SECRET, "acme")
-    assert derive_projection_seed(SECRET, "acme") != derive_projection_seed(SECRET, "acme2")
+    seed = derive_projection_seed(PROJECTION_KEY, "acme")
+    assert derive_projection_seed(bytes(PROJECTION_KEY), "acme") == seed
+    assert derive_projection_seed(PROJECTION_KEY, "acme2") != seed
 
 
 def test_golden_derivation() -> None:
@@ -132,6 +144,8 @@ def test_golden_derivation() -> None:
     assert k.matrix_seed.hex().startswith("c4c8e08a94592346496df876445cc3d8")
     seed = derive_projection_seed(b"x" * 32, "acme")
     assert seed.hex().startswith("c2af921148187e4b04afe5650186cb97")
+    auth = derive_auth_key(b"x" * 32, "acme")
+    assert auth.hex().startswith("058fc195edf28ab25fc54d26a322787e")
 
 
 def test_repr_hides_key_material() -> None:
@@ -142,3 +156,41 @@ def test_repr_hides_key_material() -> None:
 def test_negative_epoch_rejected() -> None:
     with pytest.raises(ValueError):
         derive_epoch_keys(SECRET, "acme", -1)
+
+
+def test_auth_key_is_independent_of_epoch() -> None:
+    auth = derive_auth_key(SECRET, "acme")
+    assert isinstance(auth, bytes) and len(auth) == 32
+    # No epoch goes in, and no epoch's key comes out.
+    for epoch in (0, 1, 2, 2**32 - 1):
+        k = derive_epoch_keys(SECRET, "acme", epoch)
+        assert auth not in (k.matrix_seed, k.hmac_key, k.aead_key)
+    derive_auth_key.cache_clear()
+    assert derive_auth_key(bytes(SECRET), "acme") == auth
+
+
+@pytest.mark.parametrize(
+    ("secret", "tenant"),
+    [(SECRET[:-1] + b"0", "acme"), (SECRET, "acme2"), (SECRET, "acm"), (SECRET, "")],
+)
+def test_auth_key_differs_per_secret_and_tenant(secret: bytes, tenant: str) -> None:
+    assert derive_auth_key(secret, tenant) != derive_auth_key(SECRET, "acme")
+
+
+def test_projection_seed_depends_on_projection_key_not_secret() -> None:
+    seed = derive_projection_seed(PROJECTION_KEY, "acme")
+    assert derive_projection_seed(PROJECTION_KEY[:-1] + b"\xff", "acme") != seed
+    assert derive_projection_seed(new_projection_key(), "acme") != seed
+    # The tenant secret is not an input: no key derived from it equals the seed,
+    # and rotating the secret (new epoch keys) leaves the seed as it is.
+    for secret in (SECRET, b"y" * 32):
+        k = derive_epoch_keys(secret, "acme", 1)
+        assert seed not in (k.matrix_seed, k.hmac_key, k.aead_key, derive_auth_key(secret, "acme"))
+    derive_projection_seed.cache_clear()
+    assert derive_projection_seed(PROJECTION_KEY, "acme") == seed
+
+
+def test_new_projection_key_is_random_32_bytes() -> None:
+    keys = {new_projection_key() for _ in range(8)}
+    assert len(keys) == 8
+    assert all(isinstance(k, bytes) and len(k) == 32 for k in keys)

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from prism.fabric.errors import FabricError
+from prism.fabric.keys import derive_projection_seed, new_projection_key
 from prism.fabric.projection import Projection
+from prism.fabric.sealing import keyed_orthogonal
 
-SECRET = b"p" * 32
+PROJECTION_KEY = b"p" * 32
 
 
 def _cos(a: np.ndarray) -> np.ndarray:
@@ -17,7 +19,7 @@ def _cos(a: np.ndarray) -> np.ndarray:
 
 
 def test_full_dimension_preserves_cosine_exactly() -> None:
-    p = Projection(SECRET, "t", 96, 96)
+    p = Projection(PROJECTION_KEY, "t", 96, 96)
     m = p.matrix.astype(np.float64)
     np.testing.assert_allclose(m.T @ m, np.eye(96), atol=1e-6)
     v = np.random.default_rng(1).standard_normal((40, 96)).astype(np.float32)
@@ -28,7 +30,7 @@ def test_full_dimension_preserves_cosine_exactly() -> None:
 
 
 def test_reduced_dimension_has_orthonormal_columns_and_keeps_cosine_roughly() -> None:
-    p = Projection(SECRET, "t", 768, 256)
+    p = Projection(PROJECTION_KEY, "t", 768, 256)
     m = p.matrix.astype(np.float64)
     assert m.shape == (768, 256)
     np.testing.assert_allclose(m.T @ m, np.eye(256), atol=1e-5)
@@ -44,19 +46,32 @@ def test_reduced_dimension_has_orthonormal_columns_and_keeps_cosine_roughly() ->
 
 def test_single_vector_and_determinism() -> None:
     v = np.random.default_rng(3).standard_normal(32).astype(np.float32)
-    a = Projection(SECRET, "t", 32, 8).apply(v)
+    a = Projection(PROJECTION_KEY, "t", 32, 8).apply(v)
     assert a.shape == (8,)
-    np.testing.assert_array_equal(a, Projection(SECRET, "t", 32, 8).apply(v))
-    assert not np.allclose(a, Projection(SECRET, "u", 32, 8).apply(v))
+    np.testing.assert_array_equal(a, Projection(PROJECTION_KEY, "t", 32, 8).apply(v))
+    assert not np.allclose(a, Projection(PROJECTION_KEY, "u", 32, 8).apply(v))
     assert not np.allclose(a, Projection(b"q" * 32, "t", 32, 8).apply(v))
 
 
 @pytest.mark.parametrize(("src", "out"), [(8, 0), (8, 9), (0, 0), (8, -1)])
 def test_bad_dimensions(src: int, out: int) -> None:
     with pytest.raises(FabricError, match=f"out_dim={out}.*source_dim={src}"):
-        Projection(SECRET, "t", src, out)
+        Projection(PROJECTION_KEY, "t", src, out)
 
 
 def test_wrong_input_dimension() -> None:
     with pytest.raises(FabricError, match="dimension 16"):
-        Projection(SECRET, "t", 16, 4).apply(np.zeros((2, 15), dtype=np.float32))
+        Projection(PROJECTION_KEY, "t", 16, 4).apply(np.zeros((2, 15), dtype=np.float32))
+
+
+def test_matrix_comes_from_the_projection_key() -> None:
+    p = Projection(PROJECTION_KEY, "t", 16, 4)
+    expected = keyed_orthogonal(derive_projection_seed(PROJECTION_KEY, "t"), 16)[:, :4]
+    np.testing.assert_allclose(p.matrix, expected.astype(np.float32), atol=0)
+    assert not np.allclose(p.matrix, Projection(new_projection_key(), "t", 16, 4).matrix)
+    assert not p.matrix.flags.writeable
+
+
+def test_repr_hides_key() -> None:
+    r = repr(Projection(PROJECTION_KEY, "t", 8, 4))
+    assert r == "Projection(tenant_id='t', source_dim=8, out_dim=4)"

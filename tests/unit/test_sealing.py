@@ -1,4 +1,4 @@
-"""Keyed orthogonal matrix, sealing and watermarks (prism.fabric.sealing)."""
+"""Keyed orthogonal matrix, sealing, watermarks and AEAD (prism.fabric.sealing)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import hmac
 
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.sealing import Sealer, hello_proof, keyed_orthogonal
+from prism.fabric.sealing import Sealer, keyed_orthogonal
 
 SECRET = b"s" * 32
 
@@ -110,9 +112,44 @@ def test_watermark_and_verify() -> None:
     assert not other.verify(b"frame bytes", mac)
 
 
-def test_hello_proof() -> None:
+def test_encrypt_decrypt_round_trip() -> None:
     keys = derive_epoch_keys(SECRET, "t", 1)
-    proof = hello_proof(keys, b"nonce")
-    assert proof == hmac.new(keys.hmac_key, b"prism-hellononce", hashlib.sha256).digest()
-    assert proof != hello_proof(keys, b"nonce2")
-    assert proof != hello_proof(derive_epoch_keys(b"o" * 32, "t", 1), b"nonce")
+    s = Sealer(keys, 4)
+    nonce = bytes(range(12))
+    ct = s.encrypt(nonce, b"rows", b"aad")
+    assert len(ct) == len(b"rows") + 16 and b"rows" not in ct
+    # Plain AES-256-GCM with the epoch's AEAD key, nothing else.
+    assert ct == AESGCM(keys.aead_key).encrypt(nonce, b"rows", b"aad")
+    assert s.decrypt(nonce, ct, b"aad") == b"rows"
+    assert s.encrypt(nonce, b"", b"") != s.encrypt(bytes(12), b"", b"")
+    assert s.decrypt(nonce, s.encrypt(nonce, b"", b""), b"") == b""
+    # Another Sealer of the same tenant and epoch opens it (the driver's side).
+    assert Sealer(derive_epoch_keys(SECRET, "t", 1), 8).decrypt(nonce, ct, b"aad") == b"rows"
+
+
+def test_decrypt_rejects_any_change() -> None:
+    s = Sealer(derive_epoch_keys(SECRET, "t", 1), 4)
+    nonce = bytes(range(12))
+    ct = s.encrypt(nonce, b"some row data", b"aad")
+    for i in range(len(ct)):
+        with pytest.raises(InvalidTag):
+            s.decrypt(nonce, ct[:i] + bytes([ct[i] ^ 0x01]) + ct[i + 1 :], b"aad")
+    for i in range(len(nonce)):
+        with pytest.raises(InvalidTag):
+            s.decrypt(nonce[:i] + bytes([nonce[i] ^ 0x80]) + nonce[i + 1 :], ct, b"aad")
+    for bad in (ct[:-1], ct + b"\0", ct[:15], b""):
+        with pytest.raises(InvalidTag):
+            s.decrypt(nonce, bad, b"aad")
+    for aad in (b"aae", b"", b"aad\0"):
+        with pytest.raises(InvalidTag):
+            s.decrypt(nonce, ct, aad)
+
+
+@pytest.mark.parametrize(
+    ("secret", "tenant", "epoch"), [(b"o" * 32, "t", 1), (SECRET, "u", 1), (SECRET, "t", 2)]
+)
+def test_decrypt_needs_same_secret_tenant_and_epoch(secret: bytes, tenant: str, epoch: int) -> None:
+    nonce = bytes(12)
+    ct = Sealer(derive_epoch_keys(SECRET, "t", 1), 4).encrypt(nonce, b"rows", b"")
+    with pytest.raises(InvalidTag):
+        Sealer(derive_epoch_keys(secret, tenant, epoch), 4).decrypt(nonce, ct, b"")
