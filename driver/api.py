@@ -56,6 +56,8 @@ from prism.fabric.errors import (
     ExpiredEpochError,
     FrameError,
     PrismError,
+    ReplayedFrameError,
+    SequenceGapError,
     UnknownEpochError,
     WatermarkError,
 )
@@ -73,6 +75,14 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # means a forged or foreign frame. The driver then resumes and learns the
 # wrapper's current epoch from Hello.
 MAX_EPOCH_AHEAD = 16
+# stats()["frames_rejected_by_reason"] keys, most specific first.
+_REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
+    (ExpiredEpochError, "expired-epoch"),
+    (UnknownEpochError, "unknown-epoch"),
+    (WatermarkError, "watermark"),
+    (ReplayedFrameError, "replayed"),
+    (SequenceGapError, "sequence"),
+)
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -275,6 +285,7 @@ class PrismDriver:
             hello, projection_key = await self._handshake(stub)
             self._on_hello(hello, projection_key)
             stream_id, position = self._follower.new_call()
+            subscription = os.urandom(16)
             call = stub.Subscribe(
                 pb.SubscribeRequest(
                     tenant_id=cfg.tenant_id,
@@ -282,6 +293,7 @@ class PrismDriver:
                     from_position=position,
                     max_frame_rows=cfg.max_frame_rows,
                     session=hello.session,
+                    subscription=subscription,
                 )
             )
             self._connected = True
@@ -293,6 +305,7 @@ class PrismDriver:
                             functools.partial(self._sealer, dim=frame.vector_dim),
                             tenant_id=cfg.tenant_id,
                             stream_id=None,
+                            subscription=subscription,
                         )
                         batch = self._follower.on_frame(decoded)
                     except FrameError as exc:
@@ -315,16 +328,8 @@ class PrismDriver:
 
     def _reject(self, exc: FrameError) -> None:
         """Count and log a frame that failed a check; nothing of it is applied."""
-        reason = (
-            "expired-epoch"
-            if isinstance(exc, ExpiredEpochError)
-            else "unknown-epoch"
-            if isinstance(exc, UnknownEpochError)
-            else "watermark"
-            if isinstance(exc, WatermarkError)
-            else "sequence"
-            if "sequence" in str(exc)
-            else "malformed"
+        reason = next(
+            (name for cls, name in _REJECTION_REASONS if isinstance(exc, cls)), "malformed"
         )
         self._rejections[reason] += 1
         self._stats["frames_rejected"] += 1

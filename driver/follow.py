@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.errors import FrameError
+from prism.fabric.errors import FrameError, ReplayedFrameError, SequenceGapError
 from prism.fabric.frames import DecodedFrame
 
 
@@ -49,7 +49,7 @@ class Follower:
 
     def on_frame(self, f: DecodedFrame) -> Batch | None:
         if f.sequence != self._expected_seq:
-            raise FrameError(
+            raise SequenceGapError(
                 f"frame sequence {f.sequence}, expected {self._expected_seq}: "
                 "a frame was dropped, replayed or reordered"
             )
@@ -70,7 +70,7 @@ class Follower:
         if f.stream_id != expected_stream:
             raise FrameError(f"frame of stream {f.stream_id!r} while following {expected_stream!r}")
         if not self._resetting and f.positions.size and int(f.positions[0]) <= self.position:
-            raise FrameError(
+            raise ReplayedFrameError(
                 f"frame replays position {int(f.positions[0])} at or below the applied "
                 f"position {self.position}"
             )

@@ -43,6 +43,16 @@ class PayloadError(FabricError):
     """A row payload cannot be encoded or decoded."""
 
 
+class ReplayedFrameError(FrameError):
+    """A frame that verifies but was sent to another Subscribe call, or
+    repeats a position already applied: a replay."""
+
+
+class SequenceGapError(FrameError):
+    """A frame's sequence number is not the next one of its Subscribe call:
+    a frame was dropped, replayed or reordered on the way."""
+
+
 class EpochError(FrameError):
     """A frame is sealed with a key epoch the receiver does not accept."""
 

@@ -30,7 +30,13 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
-from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
+from prism.fabric.errors import (
+    FabricError,
+    FrameError,
+    PrismError,
+    ReplayedFrameError,
+    WatermarkError,
+)
 from prism.fabric.sealing import Sealer
 
 WATERMARK_BYTES = 32
@@ -72,23 +78,15 @@ class DecodedFrame:
 
 # -- canonical form and watermark -------------------------------------------
 
-# The frame's fields as plain values, in field number order 1..18.
+# The frame's fields as plain values, in field number order 1..12.
 _Fields = tuple[int, str, str, int, int, str, int, int, int, int, int, int]
+# The byte fields that follow them (13..21), by field number.
+_Blocks = Sequence[tuple[int, bytes]]
+_SEALED_ROWS = 19
 
 
-def _canonical_parts(
-    head: _Fields,
-    keys: bytes,
-    ops: bytes,
-    positions: bytes,
-    vector_mask: bytes,
-    vectors: bytes,
-    payloads: bytes,
-    sealed_rows: bytes | None,
-    aead_nonce: bytes,
-) -> list[bytes]:
-    """canonical(frame) as pieces, so large blocks are hashed without copying.
-    With sealed_rows=None, field 19 is left out: the AEAD's associated data."""
+def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[bytes]:
+    """canonical(frame) as pieces, so large blocks are hashed without copying."""
     (fv, tenant, stream, epoch, kind, table, seq, commit, head_pos, ctime, count, vdim) = head
     t, s, tb = tenant.encode("utf-8"), stream.encode("utf-8"), table.encode("utf-8")
     fixed = b"".join(
@@ -112,28 +110,10 @@ def _canonical_parts(
         )
     )
     parts = [fixed]
-    for number, block in (
-        (13, keys),
-        (14, ops),
-        (15, positions),
-        (16, vector_mask),
-        (17, vectors),
-        (18, payloads),
-        (19, sealed_rows),
-        (20, aead_nonce),
-    ):
-        if block is None:
-            continue
+    for number, block in blocks:
         parts.append(_FIELD_HEADER.pack(number, len(block)))
         parts.append(block)
     return parts
-
-
-def _digest(parts: Sequence[bytes]) -> bytes:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p)
-    return h.digest()
 
 
 def _head(frame: wrapper_pb2.Frame) -> _Fields:
@@ -153,23 +133,35 @@ def _head(frame: wrapper_pb2.Frame) -> _Fields:
     )
 
 
+def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
+    """Fields 13..21, each read once (protobuf copies bytes on every read)."""
+    return [
+        (13, frame.keys),
+        (14, frame.ops),
+        (15, frame.positions),
+        (16, frame.vector_mask),
+        (17, frame.vectors),
+        (18, frame.payloads),
+        (_SEALED_ROWS, frame.sealed_rows),
+        (20, frame.aead_nonce),
+        (21, frame.subscription),
+    ]
+
+
+def _rows_aad(head: _Fields, blocks: _Blocks) -> bytes:
+    """The AEAD's associated data: SHA-256 of canonical(frame) without
+    sealed_rows, so the rows are bound to every other field."""
+    h = hashlib.sha256()
+    for p in _canonical_parts(head, [b for b in blocks if b[0] != _SEALED_ROWS]):
+        h.update(p)
+    return h.digest()
+
+
 def canonical_bytes(frame: wrapper_pb2.Frame) -> bytes:
     """The bytes the watermark signs: every field but `watermark`, in field
     number order, each as u32 field number, u64 byte length, bytes; integers
     as 8 little-endian bytes, strings as UTF-8 (see wrapper.proto)."""
-    return b"".join(
-        _canonical_parts(
-            _head(frame),
-            frame.keys,
-            frame.ops,
-            frame.positions,
-            frame.vector_mask,
-            frame.vectors,
-            frame.payloads,
-            frame.sealed_rows,
-            frame.aead_nonce,
-        )
-    )
+    return b"".join(_canonical_parts(_head(frame), _blocks(frame)))
 
 
 # -- building ---------------------------------------------------------------
@@ -200,8 +192,10 @@ def build_frame(
     vector_mask: np.ndarray | None,
     payloads: Sequence[bytes],
     vector_dim: int,
+    subscription: bytes = b"",
 ) -> wrapper_pb2.Frame:
-    """Pack, seal and watermark a batch of changes of one table.
+    """Pack, seal and watermark a batch of changes of one table, for the
+    Subscribe call that named itself ``subscription``.
 
     ``vectors`` are the unsealed float32 (count, vector_dim) vectors, or None
     when the table carries no vectors; then the frame's vector_dim is 0 and its
@@ -289,6 +283,7 @@ def build_frame(
         vector_mask=mask_block,
         vectors=vectors_block,
         payloads=payloads_block,
+        subscription=subscription,
     )
     if sealer is not None:
         seal_frame(frame, sealer, keys_block, payloads_block)
@@ -324,24 +319,6 @@ def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
     return out
 
 
-def _rows_aad(frame: wrapper_pb2.Frame) -> bytes:
-    """The AEAD's associated data: a digest of every field but the rows
-    (empty in a sealed frame), sealed_rows and the watermark."""
-    return _digest(
-        _canonical_parts(
-            _head(frame),
-            b"",
-            frame.ops,
-            frame.positions,
-            frame.vector_mask,
-            frame.vectors,
-            b"",
-            None,
-            frame.aead_nonce,
-        )
-    )
-
-
 def seal_frame(
     frame: wrapper_pb2.Frame, sealer: Sealer, keys_block: bytes, payloads_block: bytes
 ) -> None:
@@ -350,36 +327,25 @@ def seal_frame(
     with this; tools use it to re-seal a frame they changed."""
     frame.key_epoch = sealer.epoch
     frame.keys = frame.payloads = b""
+    frame.sealed_rows = b""
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
+    head = _head(frame)
     plaintext = b"".join((_U64.pack(len(keys_block)), keys_block, payloads_block))
-    frame.sealed_rows = sealer.encrypt(frame.aead_nonce, plaintext, _rows_aad(frame))
-    frame.watermark = sealer.watermark_parts(
-        _canonical_parts(
-            _head(frame),
-            b"",
-            frame.ops,
-            frame.positions,
-            frame.vector_mask,
-            frame.vectors,
-            b"",
-            frame.sealed_rows,
-            frame.aead_nonce,
-        )
-    )
+    frame.sealed_rows = sealer.encrypt(frame.aead_nonce, plaintext, _rows_aad(head, _blocks(frame)))
+    frame.watermark = sealer.watermark_parts(_canonical_parts(head, _blocks(frame)))
 
 
-def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
+def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, bytes]:
     """Decrypt sealed_rows into the keys and payloads blocks; the associated
     data ties them to every other field of this frame. FrameError otherwise."""
-    if frame.keys or frame.payloads:
+    by_number = dict(blocks)
+    if by_number[13] or by_number[18]:
         raise FrameError("a signed frame carries keys or payloads outside sealed_rows")
-    nonce = frame.aead_nonce
-    head = _head(frame)
+    nonce = by_number[20]
     if len(nonce) != AEAD_NONCE_BYTES:
         raise FrameError(f"aead_nonce has {len(nonce)} bytes, expected {AEAD_NONCE_BYTES}")
-    aad = _rows_aad(frame)
     try:
-        plain = sealer.decrypt(nonce, frame.sealed_rows, aad)
+        plain = sealer.decrypt(nonce, by_number[_SEALED_ROWS], _rows_aad(head, blocks))
     except InvalidTag:
         raise FrameError(
             f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"
@@ -392,19 +358,29 @@ def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
     return plain[8 : 8 + n_keys], plain[8 + n_keys :]
 
 
+def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
+    """The keys and payloads blocks of a signed frame (for tools and tests;
+    open_frame does this after the watermark verified)."""
+    return _open_rows(_head(frame), _blocks(frame), sealer)
+
+
 def open_frame(
     frame: wrapper_pb2.Frame,
     sealer_for_epoch: Callable[[int], Sealer],
     *,
     tenant_id: str,
     stream_id: str | None,
+    subscription: bytes | None = None,
 ) -> DecodedFrame:
     """Verify, check and unseal a received frame.
 
     The watermark is checked first, with the keys of the frame's epoch from
     ``sealer_for_epoch``; nothing in an unverified frame is trusted. Then the
-    frame must be of this format version, tenant and (unless None) stream, and
-    its blocks must agree with count and vector_dim. Bad bytes raise
+    frame must be of this format version, tenant, (unless None) stream and
+    Subscribe call (``subscription``: the nonce the driver sent in its
+    SubscribeRequest, so frames recorded from another call cannot be
+    replayed into this one), and its blocks must agree with count and
+    vector_dim. Bad bytes raise
     FrameError or its subclass WatermarkError, never anything else; a
     PrismError raised by ``sealer_for_epoch`` itself passes through.
     """
@@ -418,9 +394,8 @@ def open_frame(
         # The epoch is attacker-controlled until the watermark verifies.
         raise WatermarkError(f"no key for epoch {epoch}: {exc}") from exc
 
-    keys_block, ops, positions_block = frame.keys, frame.ops, frame.positions
-    mask_block, vectors_block, payloads_block = frame.vector_mask, frame.vectors, frame.payloads
-    sealed_rows, aead_nonce = frame.sealed_rows, frame.aead_nonce
+    blocks = _blocks(frame)
+    ops, positions_block, mask_block, vectors_block = (b for _, b in blocks[1:5])
     mac = frame.watermark
     if len(mac) != WATERMARK_BYTES:
         raise WatermarkError(
@@ -428,19 +403,7 @@ def open_frame(
             f"expected {WATERMARK_BYTES}"
         )
     try:
-        expected = sealer.watermark_parts(
-            _canonical_parts(
-                head,
-                keys_block,
-                ops,
-                positions_block,
-                mask_block,
-                vectors_block,
-                payloads_block,
-                sealed_rows,
-                aead_nonce,
-            )
-        )
+        expected = sealer.watermark_parts(_canonical_parts(head, blocks))
     except (UnicodeEncodeError, struct.error) as exc:
         raise WatermarkError(f"frame cannot be put in canonical form: {exc}") from None
     if not hmac.compare_digest(expected, mac):
@@ -460,6 +423,10 @@ def open_frame(
         raise FrameError(f"frame belongs to tenant {tenant!r}, not {tenant_id!r}")
     if stream_id is not None and stream != stream_id:
         raise FrameError(f"frame belongs to stream {stream!r}, not {stream_id!r}")
+    if subscription is not None and blocks[8][1] != subscription:
+        raise ReplayedFrameError(
+            f"frame {seq} of {table!r} was sent to another Subscribe call: replayed"
+        )
     if kind not in _KINDS:
         raise FrameError(f"frame kind {kind} is unknown")
     if kind == wrapper_pb2.HEARTBEAT and count:
@@ -476,7 +443,7 @@ def open_frame(
         )
     if ops.translate(None, b"UD"):
         raise FrameError("ops block holds an op other than 'U' and 'D'")
-    keys_block, payloads_block = open_rows(frame, sealer)
+    keys_block, payloads_block = _open_rows(head, blocks, sealer)
     mask_u8 = np.frombuffer(mask_block, dtype=np.uint8)
     if count and int(mask_u8.max()) > 1:
         raise FrameError("vector_mask block holds a value other than 0 and 1")

@@ -162,21 +162,23 @@ class HelloResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session")
+    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_ROWS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     stream_id: str
     from_position: int
     max_frame_rows: int
     session: bytes
-    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ...) -> None: ...
+    subscription: bytes
+    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "watermark")
+    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "subscription", "watermark")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +199,7 @@ class Frame(_message.Message):
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     SEALED_ROWS_FIELD_NUMBER: _ClassVar[int]
     AEAD_NONCE_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tenant_id: str
@@ -218,8 +221,9 @@ class Frame(_message.Message):
     payloads: bytes
     sealed_rows: bytes
     aead_nonce: bytes
+    subscription: bytes
     watermark: bytes
-    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., sealed_rows: _Optional[bytes] = ..., aead_nonce: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., sealed_rows: _Optional[bytes] = ..., aead_nonce: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

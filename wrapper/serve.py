@@ -27,6 +27,7 @@ class ServeContext:
     dims: dict[str, int]  # projected vector dimension per table (0: no vectors)
     sealer: Callable[[int], Sealer]  # the current epoch's sealer for a dimension
     tables: tuple[str, ...]
+    subscription: bytes = b""  # the call's nonce, bound into every frame
 
 
 def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool:
@@ -85,6 +86,7 @@ class FrameStream:
             vector_mask=mask,
             payloads=[r[3] or b"" for r in rows],
             vector_dim=dim,
+            subscription=self.ctx.subscription,
         )
 
     def _chunks(

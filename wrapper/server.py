@@ -39,6 +39,7 @@ from prism.wrapper.writes import WriteError, WriteExecutor
 log = logging.getLogger("prism.wrapper.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MIN_SUBSCRIPTION, MAX_SUBSCRIPTION = 16, 64
 CAPABILITIES = ("frames-v2", "catch-up", "bootstrap", "text-embedder", "key-rotation")
 
 _AUTH_STATUS = {
@@ -241,6 +242,12 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         st = self.state
         tenant_id = request.tenant_id
         session = self._session(request.session, tenant_id, context)
+        if not MIN_SUBSCRIPTION <= len(request.subscription) <= MAX_SUBSCRIPTION:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"subscription must be {MIN_SUBSCRIPTION}-{MAX_SUBSCRIPTION} random bytes, "
+                f"got {len(request.subscription)}",
+            )
         secret = st.auth.tenants[tenant_id].secrets[session.secret_index]
         tables = st.cfg.tables_of(tenant_id)
         reader = StoreReader(st.store.path)
@@ -249,6 +256,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             dims={t.name: st.cfg.table_dim(t) for t in tables},
             sealer=lambda dim: st.sealer(secret, tenant_id, st.keyring.epoch(tenant_id), dim),
             tables=tuple(t.name for t in tables),
+            subscription=request.subscription,
         )
         log.info(
             "subscriber",

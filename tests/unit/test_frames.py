@@ -23,6 +23,7 @@ from prism.fabric.errors import (
     ExpiredEpochError,
     FabricError,
     FrameError,
+    ReplayedFrameError,
     UnknownEpochError,
     WatermarkError,
 )
@@ -213,13 +214,28 @@ def test_negative_commit_time_and_big_positions() -> None:
 def test_canonical_bytes_as_documented() -> None:
     frame = make(2, ops=b"UD", payloads=[b"{}", b""])
     numbers = sorted(f.number for f in frame.DESCRIPTOR.fields)
-    assert numbers == [*range(1, 21), 30]
+    assert numbers == [*range(1, 22), 30]
     expected = documented_canonical(frame, frozenset({30}))
     assert canonical_bytes(frame) == expected
     assert frame.watermark == SEALER.watermark(expected)
     # Fields 19 and 20 are covered by the watermark.
     assert struct.pack("<IQ", 19, len(frame.sealed_rows)) + frame.sealed_rows in expected
     assert struct.pack("<IQ", 20, 12) + frame.aead_nonce in expected
+
+
+def test_frame_is_bound_to_its_subscribe_call() -> None:
+    mine, other = b"m" * 16, b"o" * 16
+    frame = make(2, ops=b"UU", payloads=[b"{}", b"{}"], subscription=mine)
+    assert frame.subscription == mine
+    d = open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=mine)
+    assert d.count == 2
+    # The same frame replayed into another call verifies, but is refused.
+    with pytest.raises(ReplayedFrameError, match="another Subscribe call"):
+        open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=other)
+    # Relabelling it for the other call breaks the watermark.
+    frame.subscription = other
+    with pytest.raises(WatermarkError):
+        open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=other)
 
 
 def test_sealed_rows_as_documented() -> None:
