@@ -57,11 +57,12 @@ from prism.fabric.errors import (
     FrameError,
     PrismError,
     ReplayedFrameError,
+    SealedRowsError,
     SequenceGapError,
     UnknownEpochError,
     WatermarkError,
 )
-from prism.fabric.frames import open_frame
+from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret
 from prism.fabric.payload import decode_key, encode_key, qualify
 from prism.fabric.projection import Projection
@@ -75,12 +76,14 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # means a forged or foreign frame. The driver then resumes and learns the
 # wrapper's current epoch from Hello.
 MAX_EPOCH_AHEAD = 16
+SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
 # stats()["frames_rejected_by_reason"] keys, most specific first.
 _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
     (ExpiredEpochError, "expired-epoch"),
     (UnknownEpochError, "unknown-epoch"),
     (WatermarkError, "watermark"),
     (ReplayedFrameError, "replayed"),
+    (SealedRowsError, "sealed-rows"),
     (SequenceGapError, "sequence"),
 )
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
@@ -88,6 +91,10 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10000),
     ("grpc.keepalive_timeout_ms", 5000),
+    # Each channel owns its connection: after a rejected frame the driver
+    # drops the channel, and the next one must not inherit the suspect
+    # connection from gRPC's process-wide subchannel pool.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 
@@ -286,7 +293,14 @@ class PrismDriver:
             self._on_hello(hello, projection_key)
             stream_id, position = self._follower.new_call()
             subscription = os.urandom(16)
-            call = stub.Subscribe(
+            # Raw bytes, parsed by parse_frame: a frame that does not parse is
+            # then a counted rejection rather than a None from gRPC.
+            subscribe = channel.unary_stream(
+                SUBSCRIBE_METHOD,
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            call = subscribe(
                 pb.SubscribeRequest(
                     tenant_id=cfg.tenant_id,
                     stream_id=stream_id,
@@ -298,8 +312,9 @@ class PrismDriver:
             )
             self._connected = True
             try:
-                async for frame in call:
+                async for raw in call:
                     try:
+                        frame = parse_frame(raw)
                         decoded = open_frame(
                             frame,
                             functools.partial(self._sealer, dim=frame.vector_dim),

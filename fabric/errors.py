@@ -48,6 +48,11 @@ class ReplayedFrameError(FrameError):
     repeats a position already applied: a replay."""
 
 
+class SealedRowsError(FrameError):
+    """A frame's sealed_rows fail AES-GCM authentication: they were changed,
+    or moved from another frame (the associated data binds them to it)."""
+
+
 class SequenceGapError(FrameError):
     """A frame's sequence number is not the next one of its Subscribe call:
     a frame was dropped, replayed or reordered on the way."""

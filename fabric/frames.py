@@ -28,6 +28,7 @@ from itertools import chain
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from google.protobuf.message import DecodeError
 
 from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
 from prism.fabric.errors import (
@@ -35,6 +36,7 @@ from prism.fabric.errors import (
     FrameError,
     PrismError,
     ReplayedFrameError,
+    SealedRowsError,
     WatermarkError,
 )
 from prism.fabric.sealing import Sealer
@@ -347,7 +349,7 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
     try:
         plain = sealer.decrypt(nonce, by_number[_SEALED_ROWS], _rows_aad(head, blocks))
     except InvalidTag:
-        raise FrameError(
+        raise SealedRowsError(
             f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"
         ) from None
     if len(plain) < 8:
@@ -356,6 +358,16 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
     if n_keys > len(plain) - 8:
         raise FrameError("sealed_rows: keys length runs past the end")
     return plain[8 : 8 + n_keys], plain[8 + n_keys :]
+
+
+def parse_frame(data: bytes) -> wrapper_pb2.Frame:
+    """A frame from its wire bytes; FrameError when they are not a Frame.
+    The driver reads Subscribe's raw bytes and parses them here, because
+    gRPC's own deserializer swallows the error and hands on None."""
+    try:
+        return wrapper_pb2.Frame.FromString(data)
+    except DecodeError as exc:
+        raise FrameError(f"{len(data)} bytes do not parse as a Frame: {exc}") from None
 
 
 def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:

@@ -1,5 +1,6 @@
 """A TCP proxy for fault tests: forwards 127.0.0.1:port to a target and can
-cut every connection (and refuse new ones) until restored."""
+cut every connection (and refuse new ones) until restored, stall them, or
+alter the bytes the server sends (flip, drop, repeat) on chosen connections."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import contextlib
 import select
 import socket
 import threading
+from collections.abc import Callable
+
+# (offset of this chunk in the connection's server-to-client bytes, chunk)
+#   -> the bytes to forward instead.
+Mutator = Callable[[int, bytes], bytes]
 
 
 class Proxy:
@@ -23,6 +29,7 @@ class Proxy:
         self._closed = False
         self._stalled: set[int] = set()
         self.connections = 0
+        self._mutators: list[Mutator] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -42,10 +49,19 @@ class Proxy:
                     continue
                 self._pairs.append((client, upstream))
                 self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+                mutate = self._mutators.pop(0) if self._mutators else None
+            threading.Thread(
+                target=self._pump, args=(client, upstream, mutate), daemon=True
+            ).start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+    def mutate_next(self, fn: Mutator) -> None:
+        """Pass the server-to-client bytes of the next new connection through fn."""
+        with self._lock:
+            self._mutators.append(fn)
+
+    def _pump(self, a: socket.socket, b: socket.socket, mutate: Mutator | None) -> None:
         socks = [a, b]
+        downstream = 0  # bytes received from the server on this connection
         try:
             while True:
                 if id(a) in self._stalled:
@@ -62,6 +78,9 @@ class Proxy:
                     data = s.recv(65536)
                     if not data:
                         return
+                    if s is b and mutate is not None:
+                        offset, downstream = downstream, downstream + len(data)
+                        data = mutate(offset, data)
                     (b if s is a else a).sendall(data)
         except (OSError, ValueError):  # a socket closed under us by cut()
             return

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +37,7 @@ from prism.fabric.frames import (
     canonical_bytes,
     open_frame,
     open_rows,
+    parse_frame,
     seal_frame,
 )
 from prism.fabric.keys import derive_epoch_keys
@@ -197,9 +197,9 @@ def mutate_field(data: st.DataObject, frame: wrapper_pb2.Frame, field: str) -> N
 @given(st.one_of(st.binary(max_size=600), st.sampled_from(VALID).map(lambda v: v[:-40])))
 def test_fuzz_random_bytes(data: bytes) -> None:
     try:
-        frame = wrapper_pb2.Frame.FromString(data)
-    except DecodeError:
-        return  # the protobuf layer's typed rejection, before open_frame
+        frame = parse_frame(data)
+    except FrameError:
+        return  # bytes that are no Frame: the typed rejection, before open_frame
     exc = open_checked(frame)
     # Nothing here carries a valid watermark: random bytes never open.
     assert isinstance(exc, FrameError)
@@ -289,8 +289,8 @@ def test_fuzz_mutated_bytes(
         raw[i % len(raw)] = b
     raw = raw[:cut] + tail
     try:
-        frame = wrapper_pb2.Frame.FromString(bytes(raw))
-    except DecodeError:
+        frame = parse_frame(bytes(raw))
+    except FrameError:
         return
     if resign:
         frame.watermark = SEALER.watermark(canonical_bytes(frame))
