@@ -156,6 +156,7 @@ class PrismDriver:
             "key_rotations": 0,
         }
         self._last_commit_us = 0
+        self._last_error: str | None = None  # the latest transient failure, for stats()
         self._connected = False
         self._write_channel: grpc.aio.Channel | None = None
 
@@ -218,6 +219,7 @@ class PrismDriver:
                 if not exc.retriable:
                     log.error("subscription stopped: %s", exc)
                     raise
+                self._last_error = str(exc)
                 log.warning("link to wrapper lost, reconnecting in %.2fs: %s", delay, exc)
             finally:
                 self._connected = False
@@ -225,6 +227,20 @@ class PrismDriver:
                 delay = self.config.reconnect_min_s
             await asyncio.sleep(delay)
             delay = min(self.config.reconnect_max_s, delay * 2)
+
+    def _reload_secret(self) -> None:
+        """Read the secret file again before each subscription handshake, so a
+        secret rotated on disk is picked up at the next reconnect (the wrapper
+        cuts streams of a retired secret) without restarting the app."""
+        try:
+            secret = load_secret(self.config.secret_file)
+        except PrismError as exc:
+            log.warning("cannot re-read the secret file; keeping the loaded secret: %s", exc)
+            return
+        if secret != self._secret:
+            log.info("the secret file changed: authenticating with the new secret")
+            self._secret = secret
+            self._sealers = {}
 
     def _channel(self) -> grpc.aio.Channel:
         creds = self.config.channel_credentials()
@@ -289,6 +305,7 @@ class PrismDriver:
         progressed = False
         async with self._channel() as channel:
             stub = pb_grpc.WrapperServiceStub(channel)
+            self._reload_secret()
             hello, projection_key = await self._handshake(stub)
             self._on_hello(hello, projection_key)
             stream_id, position = self._follower.new_call()
@@ -333,6 +350,7 @@ class PrismDriver:
                     if batch is not None:
                         self._apply(batch)
                         progressed = True
+                        self._last_error = None
                     else:
                         self._signal_progress()  # head moved: lag is visible in stats
             except grpc.aio.AioRpcError as exc:
@@ -463,7 +481,8 @@ class PrismDriver:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
-            raise WaitTimeoutError(f"the initial sync did not finish in {timeout}s") from None
+            last = f"; last error: {self._last_error}" if self._last_error else ""
+            raise WaitTimeoutError(f"the initial sync did not finish in {timeout}s{last}") from None
         self._raise_if_failed()
 
     async def wait_for(self, position: int, timeout: float | None = None) -> None:
@@ -782,6 +801,7 @@ class PrismDriver:
             "ready": self._ready.is_set() and self._failure is None,
             "index": idx,
             "key_epoch": self._epoch,
+            "last_error": self._last_error,
             "frames_rejected_by_reason": dict(self._rejections),
             **self._stats,
         }

@@ -46,7 +46,7 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     except FileNotFoundError:
         raise SecretFileError(
             f"secret file {p} does not exist; create one (32+ random bytes, mode 0600) with "
-            f"`python -c 'from prism.fabric.keys import write_secret; write_secret(\"{p}\")'`"
+            f"`prism-wrapper gen-secret {p}` and give the same file to the tenant's drivers"
         ) from None
     except OSError as exc:
         raise SecretFileError(
@@ -78,7 +78,7 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise SecretFileError(
             f"secret file {p} holds {len(secret)} bytes, fewer than {MIN_SECRET_BYTES}; "
-            f"write a new secret of 32+ random bytes (prism.fabric.keys.write_secret) "
+            f"write a new one with `prism-wrapper gen-secret PATH` "
             f"and share it with every driver of the tenant"
         )
     return secret

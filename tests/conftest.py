@@ -146,7 +146,10 @@ class WrapperFactory:
             del sections["tls"]
         cfg = write_config(self.tmp_path / f"wrapper{n}.toml", sections, tables, tenants)
         ca = None if insecure else self.certs.ca_cert
-        proc = WrapperProcess(cfg, port, self.tmp_path / f"wrapper{n}.log", ca)
+        # Under mutual TLS the harness itself (health checks) shows acme's certificate.
+        mutual = bool(sections.get("tls", {}).get("client_ca_file"))
+        client = self.certs.clients["acme-app"] if mutual else None
+        proc = WrapperProcess(cfg, port, self.tmp_path / f"wrapper{n}.log", ca, client)
         self.procs.append(proc)
         if start:
             proc.start()

@@ -144,14 +144,24 @@ class Authenticator:
                 "unknown, used or expired challenge: ask Challenge again (nonces are single-use "
                 f"and live {CHALLENGE_TTL_S:.0f}s)",
             )
+        presented = list(identities)
         cert_tenant = next(
-            (self._identity_tenant[i] for i in identities if i in self._identity_tenant), None
+            (self._identity_tenant[i] for i in presented if i in self._identity_tenant), None
         )
         if cert_tenant is not None and cert_tenant != tenant_id:
             raise self._fail(
                 host,
                 "wrong-tenant",
                 f"the client certificate belongs to tenant {cert_tenant!r}, not {tenant_id!r}",
+            )
+        if tenant.identities and cert_tenant is None:
+            # A tenant bound to certificates admits no driver without one,
+            # whatever secret it proves.
+            raise self._fail(
+                host,
+                "wrong-tenant",
+                f"tenant {tenant_id!r} requires a client certificate with identity one of "
+                f"{list(tenant.identities)}; presented {sorted(presented) or 'none'}",
             )
         index = None
         for i, secret in enumerate(tenant.secrets):
@@ -200,6 +210,14 @@ class Authenticator:
                 f"this session belongs to tenant {s.tenant!r}, not {tenant_id!r}",
             )
         return s
+
+    def still_valid(self, token: bytes) -> bool:
+        """Whether a session may go on streaming: not expired, and its secret
+        not retired. Streams check this between batches and end when not."""
+        s = self._sessions.get(token)
+        if s is None or s.expires < self.clock():
+            return False
+        return not (s.secret_index > 0 and self._old_retired(self.tenants[s.tenant]))
 
     def expire(self) -> None:
         """Drop expired challenges and sessions (called now and then)."""

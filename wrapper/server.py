@@ -131,6 +131,13 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         context.set_trailing_metadata((("prism-error", exc.kind),))
         context.abort(_AUTH_STATUS.get(exc.kind, grpc.StatusCode.UNAUTHENTICATED), str(exc))
 
+    def _still_valid(self, token: bytes) -> bool:
+        with self.state.auth_lock:
+            valid = self.state.auth.still_valid(token)
+        if not valid:
+            log.warning("ending a stream whose session expired or whose secret was retired")
+        return valid
+
     def _check_version(self, version: int, context: grpc.ServicerContext) -> None:
         if version != PROTOCOL_VERSION:
             context.abort(
@@ -274,7 +281,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 request.from_position,
                 request.max_frame_rows,
                 st.wait_for_head,
-                context.is_active,
+                lambda: context.is_active() and self._still_valid(request.session),
             )
         finally:
             reader.close()

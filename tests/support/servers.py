@@ -75,12 +75,18 @@ class WrapperProcess:
     """The real `prism-wrapper run` process, started, killed and restarted."""
 
     def __init__(
-        self, config_path: Path, port: int, log_path: Path, ca_file: Path | None = None
+        self,
+        config_path: Path,
+        port: int,
+        log_path: Path,
+        ca_file: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
     ) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
         self.ca_file = ca_file  # the CA of its TLS certificate; None: plaintext
+        self.client_cert = client_cert  # (cert, key) when it requires mutual TLS
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -112,7 +118,12 @@ class WrapperProcess:
         """A blocking gRPC channel to this wrapper, over TLS when it serves TLS."""
         if self.ca_file is None:
             return grpc.insecure_channel(self.target)
-        creds = grpc.ssl_channel_credentials(root_certificates=self.ca_file.read_bytes())
+        cert, key = self.client_cert or (None, None)
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes(),
+            private_key=key.read_bytes() if key else None,
+            certificate_chain=cert.read_bytes() if cert else None,
+        )
         return grpc.secure_channel(self.target, creds)
 
     def hello(
@@ -217,7 +228,7 @@ def driver_for(
     port = target if isinstance(target, int) else target.port
     ca = TEST_CA if isinstance(target, int) else target.ca_file
     tls: dict[str, Any] = {"insecure": True} if ca is None else {"tls_ca_file": ca}
-    if config.get("insecure") or any(k.startswith("tls_") for k in config):
+    if config.get("insecure"):
         tls = {}
     args: dict[str, Any] = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.5} | tls | config
     return PrismDriver(
