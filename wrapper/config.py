@@ -235,9 +235,6 @@ class TenantConfig:
     client_identities: tuple[str, ...] = ()  # mTLS certificate CN or SAN values
     old_secrets_until: float | None = None  # unix time
 
-    def __post_init__(self) -> None:
-        assert self.secret_files
-
 
 @dataclass(frozen=True)
 class TableConfig:
@@ -502,9 +499,15 @@ def _tenant_entry(raw: Any, i: int) -> TenantConfig:
         raise ConfigError(
             f'{where}.secret_files ({tid}): required, e.g. secret_files = ["/etc/prism/{tid}.key"]'
         )
+    secret_files = _strings(raw["secret_files"], f"{where}.secret_files", "file paths")
+    if not secret_files:
+        raise ConfigError(
+            f"{where}.secret_files ({tid}): expected a list of file paths with at least one "
+            "(the current secret first), got []"
+        )
     return TenantConfig(
         id=tid,
-        secret_files=_strings(raw["secret_files"], f"{where}.secret_files", "file paths"),
+        secret_files=secret_files,
         client_identities=_strings(
             raw.get("client_identities", []), f"{where}.client_identities", "identities"
         )
@@ -614,6 +617,12 @@ def config_from_mapping(
         )
     if values["tls.client_ca_file"] and values["chorus.insecure"]:
         raise ConfigError("tls.client_ca_file needs TLS: drop chorus.insecure = true")
+    bound = [t.id for t in tenants if t.client_identities]
+    if bound and not values["tls.client_ca_file"]:
+        raise ConfigError(
+            f"tenants {bound} list client_identities, which only a client certificate can "
+            "present: set tls.client_ca_file to the CA that signs the drivers' certificates"
+        )
     cfg = WrapperConfig(values=values, tables=tables, tenants=tenants, source_path=origin)
     dim = int(values["vectors.dimension"])
     for t in tables:

@@ -106,6 +106,76 @@ def test_writes_table_only_when_something_is_writable() -> None:
     assert cfg.table("public.x").writable_columns == ("a",)
 
 
+TLS = {"cert_file": "/etc/prism/server.pem", "key_file": "/etc/prism/server.key"}
+
+
+def two_tenants(**acme: Any) -> dict[str, Any]:
+    return {
+        "database": {"dsn": "host=db"},
+        "tls": dict(TLS),
+        "tenants": [
+            {"id": "acme", "secret_files": ["/s/acme.new", "/s/acme.old"]} | acme,
+            {"id": "bank", "secret_files": "/s/bank"},
+        ],
+        "tables": [{"name": "items", "tenant": "acme"}, {"name": "ledger", "tenant": "bank"}],
+    }
+
+
+def test_several_tenants_each_with_their_tables() -> None:
+    cfg = config_from_mapping(
+        two_tenants(old_secrets_until="2026-12-31T00:00:00Z"), env={}, origin="w.toml"
+    )
+    acme, bank = cfg.tenants
+    assert acme.secret_files == ("/s/acme.new", "/s/acme.old")
+    assert acme.old_secrets_until == 1798675200.0
+    assert bank.secret_files == ("/s/bank",) and bank.old_secrets_until is None
+    assert [t.name for t in cfg.tables_of("bank")] == ["public.ledger"]
+    assert not cfg.insecure and cfg["tls.cert_file"] == TLS["cert_file"]
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({**two_tenants(), "tls": {}}, "tls.cert_file and tls.key_file are required unless"),
+        (
+            {**two_tenants(), "tls": TLS | {"client_ca_file": "/ca"}, "chorus": {"insecure": True}},
+            "client_ca_file needs TLS",
+        ),
+        (two_tenants(client_identities=["app"]), "set tls.client_ca_file"),
+        (two_tenants(id="bank"), "lists a tenant twice"),
+        (two_tenants(id="bad tenant!"), r"tenants\[0\].id"),
+        (two_tenants(secret_files=[]), r"tenants\[0\].secret_files \(acme\): expected a list"),
+        (two_tenants(colour="red"), r"unknown key\(s\) \['colour'\]"),
+        (two_tenants(old_secrets_until="next week"), "old_secrets_until: expected a date-time"),
+        (two_tenants(old_secrets_until="2026-12-31T00:00:00"), "with a time zone"),
+        (
+            {**two_tenants(), "tables": [{"name": "items"}]},
+            r"tables\[0\].tenant \(public.items\): required with several tenants",
+        ),
+        (
+            {**two_tenants(), "tables": [{"name": "items", "tenant": "carol"}]},
+            "'carol' is not one of",
+        ),
+        (
+            {**two_tenants(), "chorus": {"tenant_id": "acme", "secret_file": "/s"}},
+            "both given; keep one",
+        ),
+        ({"database": {"dsn": "x"}, "tls": TLS, "tables": [{"name": "t"}]}, "no tenant in"),
+    ],
+)
+def test_bad_tenant_and_tls_settings_are_refused_by_name(data: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_mapping(data, env={})
+
+
+def test_client_identity_mapped_to_two_tenants_is_refused() -> None:
+    data = two_tenants(client_identities=["app"])
+    data["tenants"][1]["client_identities"] = ["app"]
+    data["tls"] = TLS | {"client_ca_file": "/ca"}
+    with pytest.raises(ConfigError, match="'app' maps to both 'acme' and 'bank'"):
+        config_from_mapping(data, env={})
+
+
 def test_load_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
