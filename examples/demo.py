@@ -30,6 +30,7 @@ from prism.driver import DriverConfig, PrismDriver
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
+from prism.wrapper.certs import generate as generate_certs
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 ADJECTIVES = [
@@ -103,9 +104,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_serving(port: int, proc: subprocess.Popen[bytes], ca: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as ch:
         stub = pb_grpc.WrapperServiceStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -119,9 +121,13 @@ def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 120)
     raise SystemExit("prism-wrapper did not start serving in time")
 
 
-async def app(port: int, secret: Path, dsn: str, args_rows: int) -> None:
+async def app(port: int, secret: Path, ca: Path, dsn: str, args_rows: int) -> None:
     cfg = DriverConfig(
-        wrapper_host="127.0.0.1", wrapper_port=port, tenant_id="demo", secret_file=secret
+        wrapper_host="127.0.0.1",
+        wrapper_port=port,
+        tenant_id="demo",
+        secret_file=secret,
+        tls_ca_file=ca,  # TLS by default: trust the development CA
     )
     t0 = time.perf_counter()
     async with PrismDriver(cfg) as driver:
@@ -224,6 +230,8 @@ def main() -> int:
             print(f"[db] loaded {args.rows} sample products in {ms(time.perf_counter() - t1)}")
         secret = base / "demo.secret"
         write_secret(secret)
+        pki = generate_certs(base / "pki", hosts=["localhost", "127.0.0.1"])
+        print(f"[wrapper] development CA and TLS certificate in {base / 'pki'}")
         port = free_port()
         config = base / "prism-wrapper.toml"
         config.write_text(f"""
@@ -236,6 +244,10 @@ listen_host = "127.0.0.1"
 listen_port = {port}
 tenant_id = "demo"
 secret_file = "{secret}"
+
+[tls]
+cert_file = "{pki.server_cert}"
+key_file = "{pki.server_key}"
 
 [store]
 path = "{base / "store.sqlite3"}"
@@ -253,12 +265,12 @@ writable_columns = ["name", "description", "price"]
             stdout=log,
             stderr=log,
         )
-        wait_serving(port, wrapper)
+        wait_serving(port, wrapper, pki.ca_cert)
         print(
-            f"[wrapper] prism-wrapper serving on 127.0.0.1:{port} after "
+            f"[wrapper] prism-wrapper serving TLS on 127.0.0.1:{port} after "
             f"{ms(time.perf_counter() - t2)} (log: {base / 'wrapper.log'})"
         )
-        asyncio.run(app(port, secret, pg.dsn, args.rows))
+        asyncio.run(app(port, secret, pki.ca_cert, pg.dsn, args.rows))
         wrapper.send_signal(signal.SIGTERM)
         print(f"\n[wrapper] SIGTERM -> exit code {wrapper.wait(30)}")
         wrapper = None
