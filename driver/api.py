@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -76,6 +76,7 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # means a forged or foreign frame. The driver then resumes and learns the
 # wrapper's current epoch from Hello.
 MAX_EPOCH_AHEAD = 16
+_Req = TypeVar("_Req", pb.SubscribeRequest, pb.WriteRequest)
 SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
 # stats()["frames_rejected_by_reason"] keys, most specific first.
 _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
@@ -125,6 +126,20 @@ class TableInfo:
         return self.vector_source.startswith("text:")
 
 
+@dataclass(frozen=True)
+class _Login:
+    """One authenticated session: Hello's answer, the tenant's projection key
+    and the key that MACs the session's requests."""
+
+    hello: pb.HelloResponse
+    projection_key: bytes
+    session_key: bytes
+
+    def signed(self, request: _Req) -> _Req:
+        request.mac = handshake.request_mac(self.session_key, request)
+        return request
+
+
 class PrismDriver:
     def __init__(self, config: DriverConfig) -> None:
         if not isinstance(config, DriverConfig):
@@ -136,7 +151,7 @@ class PrismDriver:
         self._tables: dict[str, TableInfo] = {}
         self._epoch = 0
         self._projection_key = b""
-        self._session_token = b""
+        self._login: _Login | None = None  # the latest session, for writes
         self._rejections: Counter[str] = Counter()
         self._sealers: dict[tuple[int, int], Sealer] = {}
         self._projections: dict[tuple[int, int], Projection] = {}
@@ -251,9 +266,9 @@ class PrismDriver:
             options.append(("grpc.ssl_target_name_override", self.config.tls_server_name))
         return grpc.aio.secure_channel(self.config.target, creds, options=options)
 
-    async def _handshake(self, stub: pb_grpc.WrapperServiceStub) -> tuple[pb.HelloResponse, bytes]:
-        """Challenge, then Hello with our proof; check the wrapper's proof and
-        unwrap the projection key. Returns (Hello answer, projection key)."""
+    async def _handshake(self, stub: pb_grpc.WrapperServiceStub) -> _Login:
+        """Challenge, then Hello with our proof; check the wrapper's proof,
+        unwrap the projection key and derive the session key."""
         cfg = self.config
         try:
             challenge = await stub.Challenge(
@@ -298,7 +313,8 @@ class PrismDriver:
                 f"{cfg.tenant_id!r} ({exc}): check secret_file {cfg.secret_file}",
                 retriable=False,
             ) from None
-        return hello, projection_key
+        key = handshake.session_key(self._secret, cfg.tenant_id, server_nonce, client_nonce)
+        return _Login(hello, projection_key, key)
 
     async def _session(self) -> bool:
         cfg = self.config
@@ -306,8 +322,8 @@ class PrismDriver:
         async with self._channel() as channel:
             stub = pb_grpc.WrapperServiceStub(channel)
             self._reload_secret()
-            hello, projection_key = await self._handshake(stub)
-            self._on_hello(hello, projection_key)
+            login = await self._handshake(stub)
+            self._on_hello(login)
             stream_id, position = self._follower.new_call()
             subscription = os.urandom(16)
             # Raw bytes, parsed by parse_frame: a frame that does not parse is
@@ -318,13 +334,15 @@ class PrismDriver:
                 response_deserializer=None,
             )
             call = subscribe(
-                pb.SubscribeRequest(
-                    tenant_id=cfg.tenant_id,
-                    stream_id=stream_id,
-                    from_position=position,
-                    max_frame_rows=cfg.max_frame_rows,
-                    session=hello.session,
-                    subscription=subscription,
+                login.signed(
+                    pb.SubscribeRequest(
+                        tenant_id=cfg.tenant_id,
+                        stream_id=stream_id,
+                        from_position=position,
+                        max_frame_rows=cfg.max_frame_rows,
+                        session=login.hello.session,
+                        subscription=subscription,
+                    )
                 )
             )
             self._connected = True
@@ -399,10 +417,11 @@ class PrismDriver:
         self._sealers = {k: v for k, v in self._sealers.items() if k[0] >= epoch}
         self._stats["key_rotations"] += 1
 
-    def _on_hello(self, hello: pb.HelloResponse, projection_key: bytes) -> None:
+    def _on_hello(self, login: _Login) -> None:
+        hello, projection_key = login.hello, login.projection_key
         self._epoch = hello.key_epoch
         self._sealers = {}
-        self._session_token = hello.session
+        self._login = login  # writes reuse the subscription's session
         if projection_key != self._projection_key:
             self._projection_key = projection_key
             self._projections = {}
@@ -672,17 +691,19 @@ class PrismDriver:
             self._write_channel = self._channel()
         stub = pb_grpc.WrapperServiceStub(self._write_channel)
         for attempt in (1, 2):
-            if not self._session_token:
-                hello, _pk = await self._handshake(stub)
-                self._session_token = hello.session
+            login = self._login
+            if login is None:
+                login = self._login = await self._handshake(stub)
             try:
                 resp = await stub.Write(
-                    pb.WriteRequest(
-                        protocol_version=PROTOCOL_VERSION,
-                        tenant_id=self.config.tenant_id,
-                        ops=encoded,
-                        request_id=request_id or "",
-                        session=self._session_token,
+                    login.signed(
+                        pb.WriteRequest(
+                            protocol_version=PROTOCOL_VERSION,
+                            tenant_id=self.config.tenant_id,
+                            ops=encoded,
+                            request_id=request_id or "",
+                            session=login.hello.session,
+                        )
                     ),
                     timeout=self.config.write_timeout_s,
                 )
@@ -690,7 +711,7 @@ class PrismDriver:
             except grpc.aio.AioRpcError as exc:
                 err = map_write_error(exc)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
-                    self._session_token = b""  # the wrapper restarted: authenticate again
+                    self._login = None  # the wrapper restarted: authenticate again
                     continue
                 if isinstance(err, WriteOutcomeUnknownError):
                     err.request_id = request_id

@@ -214,6 +214,7 @@ _AUTH_ERRORS: dict[str, type[DriverError]] = {
     "wrong-tenant": TenantDeniedError,
     "rate-limited": RateLimitedError,
     "session": SessionExpiredError,
+    "bad-mac": SessionExpiredError,  # the session and its key went astray: start over
     "bad-challenge": SessionExpiredError,  # a lost or late challenge: start over
 }
 

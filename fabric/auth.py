@@ -7,7 +7,8 @@ own, so the secret never crosses the wire and a recorded proof is useless
 once its server nonce is spent; the wrapper proves the same back, so a driver
 never trusts a wrapper that lacks the secret. The wrapper also hands the
 tenant's projection key to the driver encrypted under a key only holders of
-the secret can derive for this handshake.
+the secret can derive for this handshake, and both derive a session key
+that MACs every later request of the session.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import Message
 
 from prism.fabric.errors import AuthError
 from prism.fabric.keys import derive_auth_key
@@ -28,6 +30,7 @@ _AEAD_NONCE = 12
 _CLIENT = b"prism-auth/client"
 _SERVER = b"prism-auth/server"
 _WRAP = b"prism-auth/projection-key"
+_SESSION = b"prism-auth/session"
 
 
 def _transcript(label: bytes, tenant_id: str, server_nonce: bytes, client_nonce: bytes) -> bytes:
@@ -73,6 +76,28 @@ def server_proof(secret: bytes, tenant_id: str, server_nonce: bytes, client_nonc
 
 def proof_matches(expected: bytes, given: bytes) -> bool:
     return len(given) == PROOF_BYTES and hmac.compare_digest(expected, given)
+
+
+def session_key(secret: bytes, tenant_id: str, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    """The key both sides derive for one session: it MACs each Subscribe and
+    Write request, so a session token seen on the wire (plaintext mode)
+    cannot be used without the secret."""
+    key = derive_auth_key(secret, tenant_id)
+    return hmac.digest(key, _transcript(_SESSION, tenant_id, server_nonce, client_nonce), "sha256")
+
+
+def request_mac(key: bytes, request: Message) -> bytes:
+    """HMAC-SHA256 over the request's deterministic serialization with its
+    `mac` field cleared; the sender sets `mac` to this, the wrapper checks it."""
+    unsigned = type(request)()
+    unsigned.CopyFrom(request)
+    unsigned.ClearField("mac")
+    return hmac.digest(key, unsigned.SerializeToString(deterministic=True), "sha256")
+
+
+def mac_matches(key: bytes, request: Message) -> bool:
+    given: bytes = request.mac  # type: ignore[attr-defined]
+    return len(given) == PROOF_BYTES and hmac.compare_digest(request_mac(key, request), given)
 
 
 def _wrap_key(secret: bytes, tenant_id: str, server_nonce: bytes, client_nonce: bytes) -> bytes:

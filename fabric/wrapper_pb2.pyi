@@ -42,18 +42,20 @@ class WriteOp(_message.Message):
     def __init__(self, kind: _Optional[_Union[WriteKind, str]] = ..., table: _Optional[str] = ..., key: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("protocol_version", "tenant_id", "ops", "request_id", "session")
+    __slots__ = ("protocol_version", "tenant_id", "ops", "request_id", "session", "mac")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     tenant_id: str
     ops: _containers.RepeatedCompositeFieldContainer[WriteOp]
     request_id: str
     session: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[WriteOp, _Mapping]]] = ..., request_id: _Optional[str] = ..., session: _Optional[bytes] = ...) -> None: ...
+    mac: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., ops: _Optional[_Iterable[_Union[WriteOp, _Mapping]]] = ..., request_id: _Optional[str] = ..., session: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("event_id", "position", "stream_id", "replayed", "affected")
@@ -162,20 +164,22 @@ class HelloResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription")
+    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription", "mac")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_ROWS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     stream_id: str
     from_position: int
     max_frame_rows: int
     session: bytes
     subscription: bytes
-    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ...) -> None: ...
+    mac: bytes
+    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "subscription", "watermark")

@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from google.protobuf.message import Message
+
 from prism.fabric import auth as handshake
 from prism.fabric.errors import AuthError
 from prism.wrapper.errors import WrapperError
@@ -33,7 +35,8 @@ _WINDOW_S = 60.0
 
 class AuthFailure(WrapperError):
     """A refused handshake or call. kind: unknown-tenant, bad-proof,
-    bad-challenge, retired-secret, wrong-tenant, rate-limited, session."""
+    bad-challenge, retired-secret, wrong-tenant, rate-limited, session,
+    bad-mac."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -54,6 +57,7 @@ class Session:
     secret_index: int  # which of the tenant's secrets the driver proved
     expires: float  # monotonic
     peer: str
+    key: bytes = b""  # MACs the session's requests (prism.fabric.auth.session_key)
 
 
 @dataclass
@@ -186,15 +190,19 @@ class Authenticator:
                 )
             index = 0  # logged in by certificate alone
         token = os.urandom(SESSION_BYTES)
-        session = Session(tenant_id, index, self.clock() + self.session_ttl_s, host)
+        key = handshake.session_key(tenant.secrets[index], tenant_id, server_nonce, client_nonce)
+        session = Session(tenant_id, index, self.clock() + self.session_ttl_s, host, key)
         self._sessions[token] = session
         return token, session, tenant.secrets[index]
 
     def _old_retired(self, tenant: TenantSecrets) -> bool:
         return tenant.old_until is not None and self.wall() >= tenant.old_until
 
-    def session(self, token: bytes, tenant_id: str, host: str) -> Session:
-        """The session of a Subscribe or Write call, which must be for its tenant."""
+    def session(
+        self, token: bytes, tenant_id: str, host: str, request: Message | None = None
+    ) -> Session:
+        """The session of a Subscribe or Write call, which must be for its
+        tenant and (when given) MAC'd with the session key."""
         self.check_rate(host)
         s = self._sessions.get(token)
         if s is None or s.expires < self.clock():
@@ -203,6 +211,13 @@ class Authenticator:
         if s.secret_index > 0 and self._old_retired(self.tenants[s.tenant]):
             del self._sessions[token]
             raise self._fail(host, "retired-secret", "the session's secret has been retired")
+        if request is not None and not handshake.mac_matches(s.key, request):
+            raise self._fail(
+                host,
+                "bad-mac",
+                "the request's MAC does not verify under its session key: a session token "
+                "used without the secret that opened it",
+            )
         if s.tenant != tenant_id:
             raise self._fail(
                 host,

@@ -48,6 +48,7 @@ _AUTH_STATUS = {
     "bad-challenge": grpc.StatusCode.UNAUTHENTICATED,
     "retired-secret": grpc.StatusCode.UNAUTHENTICATED,
     "session": grpc.StatusCode.UNAUTHENTICATED,
+    "bad-mac": grpc.StatusCode.UNAUTHENTICATED,
     "wrong-tenant": grpc.StatusCode.PERMISSION_DENIED,
     "rate-limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -145,10 +146,15 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 f"protocol version {version} not supported; this wrapper speaks {PROTOCOL_VERSION}",
             )
 
-    def _session(self, token: bytes, tenant_id: str, context: grpc.ServicerContext) -> Session:
+    def _session(
+        self, request: pb.SubscribeRequest | pb.WriteRequest, context: grpc.ServicerContext
+    ) -> Session:
+        """The call's session: for the request's tenant, and MAC'd with its key."""
         host = peer_host(context.peer())
         return self._authed(
-            context, "call", lambda: self.state.auth.session(token, tenant_id, host)
+            context,
+            "call",
+            lambda: self.state.auth.session(request.session, request.tenant_id, host, request),
         )
 
     def Challenge(
@@ -248,7 +254,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
     ) -> Iterator[pb.Frame]:
         st = self.state
         tenant_id = request.tenant_id
-        session = self._session(request.session, tenant_id, context)
+        session = self._session(request, context)
         if not MIN_SUBSCRIPTION <= len(request.subscription) <= MAX_SUBSCRIPTION:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -288,7 +294,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
         st = self.state
-        session = self._session(request.session, request.tenant_id, context)
+        session = self._session(request, context)
         for op in request.ops:
             try:
                 owner = st.cfg.table(qualify(op.table)).tenant

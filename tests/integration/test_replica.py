@@ -338,7 +338,7 @@ async def test_driver_past_retention_rebootstraps(db, wrapper, secret_file) -> N
             c.execute("DELETE FROM items WHERE id <= 10")
         # Wait until the wrapper purged those tombstones past the driver's position.
         for _ in range(100):
-            floor = proc.hello(secret_file).retention_floor
+            floor = proc.hello(secret_file).hello.retention_floor
             if floor > driver.position:
                 break
             with db.connect() as c:  # keep commits flowing so the wrapper wakes

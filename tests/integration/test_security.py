@@ -75,10 +75,6 @@ def two_tenants(
     return wrapper(tables, tenants=tenants, **overrides), files
 
 
-def raw_session(proc: WrapperProcess, secret_file: Path, tenant: str) -> bytes:
-    return authenticate(proc.channel(), secret_file, tenant).session
-
-
 async def test_tenants_see_only_their_tables_and_are_denied_the_others(
     db: Any, wrapper: Any, tmp_path: Path
 ) -> None:
@@ -104,34 +100,30 @@ async def test_tenants_see_only_their_tables_and_are_denied_the_others(
         assert c.execute("SELECT title FROM items WHERE id = 1").fetchone() == ("item 1",)
 
     # Below the driver: other's session asking for acme's stream or tables.
-    session = raw_session(proc, files["other"], "other")
+    login = proc.hello(files["other"], "other")
+    subscribe = pb.SubscribeRequest(
+        tenant_id="acme", session=login.session, subscription=os.urandom(16)
+    )
+    op = pb.WriteOp(table="public.items", kind=pb.DELETE, key=encode_row({"id": 1}))
+    write = pb.WriteRequest(
+        protocol_version=PROTOCOL_VERSION, tenant_id="other", ops=[op], session=login.session
+    )
     with proc.channel() as ch:
         stub = pb_grpc.WrapperServiceStub(ch)
         with pytest.raises(grpc.RpcError) as denied:
-            next(
-                iter(
-                    stub.Subscribe(
-                        pb.SubscribeRequest(
-                            tenant_id="acme", session=session, subscription=os.urandom(16)
-                        ),
-                        timeout=5,
-                    )
-                )
-            )
+            next(iter(stub.Subscribe(login.signed(subscribe), timeout=5)))
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "belongs to tenant 'other'" in (denied.value.details() or "")
-        op = pb.WriteOp(table="public.items", kind=pb.DELETE, key=encode_row({"id": 1}))
         with pytest.raises(grpc.RpcError) as denied:
-            stub.Write(
-                pb.WriteRequest(
-                    protocol_version=PROTOCOL_VERSION,
-                    tenant_id="other",
-                    ops=[op],
-                    session=session,
-                ),
-                timeout=5,
-            )
+            stub.Write(login.signed(write), timeout=5)
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # A session token alone (as seen on a plaintext wire) is refused:
+        # requests must carry the MAC of the session key.
+        write.mac = b"\0" * 32
+        with pytest.raises(grpc.RpcError) as stolen:
+            stub.Write(write, timeout=5)
+        assert stolen.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "MAC does not verify" in (stolen.value.details() or "")
     # Each refusal is logged with the peer's address.
     log = proc.log_tail(10**7)
     assert "refused" in log and "127.0.0.1" in log

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,7 @@ class WrapperProcess:
         )
         return grpc.secure_channel(self.target, creds)
 
-    def hello(
-        self, secret_file: Path, tenant: str = "acme", timeout: float = 5.0
-    ) -> pb.HelloResponse:
+    def hello(self, secret_file: Path, tenant: str = "acme", timeout: float = 5.0) -> Login:
         """Authenticate as a driver would (Challenge, then Hello with the
         proof), with the blocking stub: for tests that talk gRPC directly."""
         return authenticate(self.channel(), secret_file, tenant, timeout)
@@ -182,13 +181,32 @@ class WrapperProcess:
                 self.kill9()
 
 
+@dataclass
+class Login:
+    """A session opened with the blocking stub, as a driver would."""
+
+    hello: pb.HelloResponse
+    key: bytes  # the session key that MACs Subscribe and Write requests
+
+    @property
+    def session(self) -> bytes:
+        return self.hello.session
+
+    def signed(self, request: Any) -> Any:
+        from prism.fabric.auth import request_mac
+
+        request.mac = request_mac(self.key, request)
+        return request
+
+
 def authenticate(
     channel: grpc.Channel, secret_file: Path, tenant: str = "acme", timeout: float = 5.0
-) -> pb.HelloResponse:
+) -> Login:
     from prism.fabric import PROTOCOL_VERSION
-    from prism.fabric.auth import client_proof
+    from prism.fabric.auth import client_proof, session_key
     from prism.fabric.keys import load_secret
 
+    secret = load_secret(secret_file)
     with channel:
         stub = pb_grpc.WrapperServiceStub(channel)
         nonce = stub.Challenge(
@@ -196,16 +214,17 @@ def authenticate(
             timeout=timeout,
         ).server_nonce
         mine = os.urandom(32)
-        return stub.Hello(
+        hello = stub.Hello(
             pb.HelloRequest(
                 protocol_version=PROTOCOL_VERSION,
                 tenant_id=tenant,
                 client_nonce=mine,
                 server_nonce=nonce,
-                proof=client_proof(load_secret(secret_file), tenant, nonce, mine),
+                proof=client_proof(secret, tenant, nonce, mine),
             ),
             timeout=timeout,
         )
+    return Login(hello, session_key(secret, tenant, nonce, mine))
 
 
 def new_port() -> int:

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism.fabric import auth as handshake
+from prism.fabric import wrapper_pb2 as pb
 from prism.wrapper.auth import CHALLENGE_TTL_S, Authenticator, AuthFailure, TenantSecrets
 
 A_SECRET, A_OLD, B_SECRET = b"a" * 32, b"o" * 32, b"b" * 32
@@ -71,6 +72,24 @@ def test_login_gives_a_session_for_its_tenant_only() -> None:
     assert auth.session(token, "acme", HOST).tenant == "acme"
     assert kind_of(auth.session, token, "bank", HOST) == "wrong-tenant"
     assert kind_of(auth.session, b"x" * 32, "acme", HOST) == "session"
+
+
+def test_requests_must_carry_the_session_keys_mac() -> None:
+    auth, _, _ = make(failures=100)
+    nonce = auth.challenge("acme", HOST)
+    mine = os.urandom(16)
+    proof = handshake.client_proof(A_SECRET, "acme", nonce, mine)
+    token, _, _ = auth.hello("acme", nonce, mine, proof, (), HOST)
+    key = handshake.session_key(A_SECRET, "acme", nonce, mine)
+    req = pb.SubscribeRequest(tenant_id="acme", session=token, subscription=b"s" * 16)
+    assert kind_of(auth.session, token, "acme", HOST, req) == "bad-mac"  # no MAC
+    req.mac = handshake.request_mac(key, req)
+    assert auth.session(token, "acme", HOST, req).tenant == "acme"
+    req.from_position = 5  # any field changed after signing
+    assert kind_of(auth.session, token, "acme", HOST, req) == "bad-mac"
+    other_key = handshake.session_key(A_SECRET, "acme", nonce, os.urandom(16))
+    req.mac = handshake.request_mac(other_key, req)
+    assert kind_of(auth.session, token, "acme", HOST, req) == "bad-mac"
 
 
 def test_unknown_tenant_and_wrong_secret_are_distinct() -> None:
