@@ -247,6 +247,14 @@ class TableConfig:
     writable: bool = False  # drivers may write this table through the wrapper
     writable_columns: tuple[str, ...] = ()  # which columns (empty: all)
     tenant: str = ""  # the tenant whose drivers see this table
+    # False: drivers get rows without vector_column, so the app node never
+    # holds raw embeddings (only the index's keyed-space vectors).
+    vector_in_rows: bool = True
+
+    @property
+    def hidden_column(self) -> str | None:
+        """The column left out of the rows drivers receive, if any."""
+        return None if self.vector_in_rows else self.vector_column
 
     @property
     def has_vectors(self) -> bool:
@@ -385,6 +393,7 @@ _TABLE_KEYS = {
     "writable",
     "writable_columns",
     "tenant",
+    "vector_in_rows",
 }
 _TENANT_KEYS = {"id", "secret_files", "client_identities", "old_secrets_until"}
 
@@ -417,6 +426,10 @@ def _table(raw: Any, i: int) -> TableConfig:
     text_cols = _str_list(raw.get("text_columns"), f"{where}.text_columns")
     if vcol and text_cols:
         raise ConfigError(f"{where} ({name}): set either vector_column or text_columns, not both")
+    if raw.get("vector_in_rows") is False and vcol is None:
+        raise ConfigError(
+            f"{where}.vector_in_rows ({name}): only applies to a table with vector_column"
+        )
     if raw.get("writable_columns") and not raw.get("writable"):
         raise ConfigError(
             f"{where}.writable_columns ({name}): set writable = true as well, or drop it"
@@ -440,6 +453,7 @@ def _table(raw: Any, i: int) -> TableConfig:
         writable=_bool(raw.get("writable", False), f"{where}.writable"),
         writable_columns=_str_list(raw.get("writable_columns"), f"{where}.writable_columns"),
         tenant=_opt_str(raw.get("tenant"), f"{where}.tenant"),
+        vector_in_rows=_bool(raw.get("vector_in_rows", True), f"{where}.vector_in_rows"),
     )
 
 

@@ -218,7 +218,11 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             tables.append(
                 pb.TableSchema(
                     name=t.name,
-                    columns=[pb.Column(name=c, type_name=ty, is_key=c in keyc) for c, ty in cols],
+                    columns=[
+                        pb.Column(name=c, type_name=ty, is_key=c in keyc)
+                        for c, ty in cols
+                        if c != t.hidden_column
+                    ],
                     key_columns=keyc,
                     has_vectors=t.has_vectors,
                     vector_source=source,
@@ -270,6 +274,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             sealer=lambda dim: st.sealer(secret, tenant_id, st.keyring.epoch(tenant_id), dim),
             tables=tuple(t.name for t in tables),
             subscription=request.subscription,
+            hidden={t.name: t.hidden_column for t in tables if t.hidden_column},
         )
         log.info(
             "subscriber",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -194,8 +195,6 @@ def test_failed_authentications_are_rate_limited(
 def test_random_handshake_bytes_get_typed_refusals(db: Any, wrapper: Any) -> None:
     """Garbage as ChallengeRequest and HelloRequest: every call ends in a gRPC
     status of its own, and the wrapper keeps serving."""
-    import random
-
     db.execute(SCHEMA)
     proc = wrapper(TABLES_CONFIG, chorus={"auth_failures_per_minute": 10**6})
     rng = random.Random(5)
@@ -462,3 +461,29 @@ def test_secret_value_never_crosses_the_wire(db: Any, wrapper: Any, secret_file:
     sent = request.SerializeToString()
     assert secret not in sent and bytes.fromhex(secret.decode()) not in sent
     assert hello.session and secret not in hello.SerializeToString()
+
+
+async def test_raw_embeddings_can_stay_off_the_app_node(
+    db: Any, wrapper: Any, secret_file: Path
+) -> None:
+    """With vector_in_rows = false the driver's rows lack the vector column:
+    the app node holds the embeddings only in the tenant's keyed space, and
+    similarity search still finds the row."""
+    db.execute(SCHEMA)
+    rng = random.Random(11)
+    vectors = {i: [rng.uniform(-1, 1) for _ in range(8)] for i in range(1, 30)}
+    with db.connect() as c:
+        for i, v in vectors.items():
+            c.execute(
+                "INSERT INTO items (id, title, embedding) VALUES (%s, %s, %s)", (i, f"t{i}", v)
+            )
+    tables = [dict(TABLES_CONFIG[0], vector_in_rows=False)]
+    proc = wrapper(tables)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        row = driver.get("items", 5)
+        assert row is not None and row["title"] == "t5" and "embedding" not in row
+        assert all("embedding" not in driver.get("items", i) for i in vectors)
+        [best] = await driver.query(embedding=vectors[5], top_k=1)
+        assert best.row_id == 5 and best.score == pytest.approx(1.0, abs=1e-5)
+        assert "embedding" not in best.row

@@ -85,6 +85,10 @@ def test_environment_overrides_the_file() -> None:
         (with_(tables=[{"name": "x", "writable": "yes"}]), r"tables\[0\].writable: expected true"),
         (with_(tables=[{"name": "x", "writable_columns": ["a"]}]), "set writable = true"),
         (with_(database={"write_retries": 50}), "database.write_retries"),
+        (
+            with_(tables=[{"name": "x", "text_columns": ["a"], "vector_in_rows": False}]),
+            "vector_in_rows.*only applies to a table with vector_column",
+        ),
         (with_(store={"commit_interval_ms": -1}), "store.commit_interval_ms"),
     ],
 )
