@@ -26,6 +26,8 @@ import numpy as np
 
 # The benchmark runs the same real processes as the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from prism.wrapper.certs import CertPaths
+from prism.wrapper.certs import generate as generate_certs
 from support.servers import WrapperProcess, write_config
 
 DIM = 384
@@ -265,11 +267,29 @@ def table_bytes(dsn: str) -> int:
 # -- the wrapper ----------------------------------------------------------------
 
 
+def dev_certs(base: Path) -> CertPaths:
+    """A development CA and server certificate for 127.0.0.1: the benchmarks
+    run the wrapper over TLS, as deployments do."""
+    return generate_certs(base / "pki", hosts=["127.0.0.1", "localhost"])
+
+
+def driver_tls(ca: Path | None) -> dict[str, Any]:
+    """DriverConfig arguments for a wrapper with this CA (None: plaintext)."""
+    return {"insecure": True} if ca is None else {"tls_ca_file": ca}
+
+
 def write_wrapper_config(
-    path: Path, dsn: str, port: int, secret: Path, store: Path, writable: bool = False
+    path: Path,
+    dsn: str,
+    port: int,
+    secret: Path,
+    store: Path,
+    writable: bool = False,
+    certs: CertPaths | None = None,
 ) -> Path:
-    """The wrapper config of the benchmark. store.synchronous and
-    store.commit_interval_ms are left at their defaults (full, 5 ms)."""
+    """The wrapper config of the benchmark: TLS with `certs`, plaintext
+    without. store.synchronous and store.commit_interval_ms are left at
+    their defaults (full, 5 ms)."""
     sections: dict[str, dict[str, Any]] = {
         "database": {"flavor": "postgres", "dsn": dsn, "slot": SLOT, "publication": PUBLICATION},
         "chorus": {
@@ -281,6 +301,10 @@ def write_wrapper_config(
         },
         "store": {"path": str(store)},
     }
+    if certs is None:
+        sections["chorus"]["insecure"] = True
+    else:
+        sections["tls"] = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)}
     tables = [
         {
             "name": TABLE,
@@ -350,3 +374,16 @@ def percentiles(
     out["max"] = float(a.max())
     out["mean"] = float(a.mean())
     return out
+
+
+def replace_readme_section(start: str, end: str, heading: str, table: str) -> None:
+    """Put `table` (which starts with `start` and ends with `end`) into
+    benchmark/README.md in place of the previous one, or append it under
+    `heading` the first time."""
+    readme = Path(__file__).resolve().parent / "README.md"
+    text = readme.read_text()
+    if start in text and end in text:
+        text = text[: text.index(start)] + table + text[text.index(end) + len(end) :]
+    else:
+        text += f"\n{heading}\n\n{table}\n"
+    readme.write_text(text)

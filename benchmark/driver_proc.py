@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TABLE, TENANT, rss_bytes
+from common import TABLE, TENANT, driver_tls, rss_bytes
 
 from prism.driver import DriverConfig, PrismDriver
 
@@ -49,6 +49,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         wrapper_port=args.port,
         tenant_id=TENANT,
         secret_file=args.secret,
+        **driver_tls(Path(args.ca) if args.ca else None),
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
     )
@@ -88,6 +89,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--secret", required=True)
+    p.add_argument("--ca", help="the CA of the wrapper's TLS certificate (none: plaintext)")
     p.add_argument("--timeout", type=float, default=600.0)
     args = p.parse_args()
     print(json.dumps(asyncio.run(main_async(args))), flush=True)

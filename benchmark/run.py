@@ -58,6 +58,8 @@ from common import (  # noqa: E402
     TENANT,
     Wrapper,
     cpu_seconds,
+    dev_certs,
+    driver_tls,
     load_table,
     percentiles,
     pg_version,
@@ -136,7 +138,7 @@ def cpu_report(ctx: Ctx, snap: tuple[float, float, float]) -> dict[str, float]:
     }
 
 
-def driver_config(port: int, secret: Path) -> DriverConfig:
+def driver_config(port: int, secret: Path, ca: Path | None) -> DriverConfig:
     return DriverConfig(
         wrapper_host="127.0.0.1",
         wrapper_port=port,
@@ -144,6 +146,7 @@ def driver_config(port: int, secret: Path) -> DriverConfig:
         secret_file=secret,
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
+        **driver_tls(ca),
     )
 
 
@@ -299,7 +302,7 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
     cpu0 = cpu_snapshot(ctx, fresh_wrapper=True)
     ctx.wrapper.start()
     prof = profile_start(ctx, "wrapper-initial-sync", ctx.wrapper.pid)
-    driver = PrismDriver(driver_config(ctx.wrapper.port, ctx.secret))
+    driver = PrismDriver(driver_config(ctx.wrapper.port, ctx.secret, ctx.wrapper.ca_file))
     await driver.start()
     try:
         await driver.wait_ready(timeout=ctx.args.timeout)
@@ -352,6 +355,8 @@ async def bench_bootstrap(ctx: Ctx) -> None:
         str(ctx.wrapper.port),
         "--secret",
         str(ctx.secret),
+        "--ca",
+        str(ctx.wrapper.ca_file),
         "--timeout",
         str(ctx.args.timeout),
         stdout=asyncio.subprocess.PIPE,
@@ -952,8 +957,11 @@ def main(argv: list[str] | None = None) -> int:
         secret = base / "tenant.secret"
         write_secret(secret)
         port = free_port()
-        cfg = write_wrapper_config(base / "wrapper.toml", dsn, port, secret, base / "store.sqlite3")
-        wrapper = Wrapper(cfg, port, base / "wrapper.log")
+        certs = dev_certs(base)
+        cfg = write_wrapper_config(
+            base / "wrapper.toml", dsn, port, secret, base / "store.sqlite3", certs=certs
+        )
+        wrapper = Wrapper(cfg, port, base / "wrapper.log", certs.ca_cert)
         ctx = Ctx(
             args=args,
             base=base,

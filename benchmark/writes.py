@@ -37,7 +37,9 @@ from common import (
     TENANT,
     UPSERT_SQL,
     Wrapper,
+    dev_certs,
     percentiles,
+    replace_readme_section,
     write_wrapper_config,
 )
 
@@ -58,7 +60,9 @@ def row(rng: np.random.Generator, i: int) -> dict[str, object]:
     }
 
 
-async def measure(dsn: str, port: int, secret: Path, calls: int, seconds: float) -> dict:  # type: ignore[type-arg]
+async def measure(  # type: ignore[type-arg]
+    dsn: str, port: int, secret: Path, ca: Path, calls: int, seconds: float
+) -> dict:
     rng = np.random.default_rng(7)
     out: dict[str, object] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -71,7 +75,11 @@ async def measure(dsn: str, port: int, secret: Path, calls: int, seconds: float)
             lat.append((time.perf_counter() - t) * 1000)
         out["psycopg_insert_ms"] = percentiles(lat)
     cfg = DriverConfig(
-        wrapper_host="127.0.0.1", wrapper_port=port, tenant_id=TENANT, secret_file=secret
+        wrapper_host="127.0.0.1",
+        wrapper_port=port,
+        tenant_id=TENANT,
+        secret_file=secret,
+        tls_ca_file=ca,
     )
     async with PrismDriver(cfg) as driver:
         await driver.wait_ready(timeout=60)
@@ -144,22 +152,17 @@ def main() -> int:
         secret = base / "bench.secret"
         write_secret(secret)
         port = free_port()
+        certs = dev_certs(base)
         cfg = write_wrapper_config(
-            base / "w.toml", pg.dsn, port, secret, base / "store.sqlite3", writable=True
+            base / "w.toml", pg.dsn, port, secret, base / "store.sqlite3", True, certs
         )
-        wrapper = Wrapper(cfg, port, base / "wrapper.log").start(wait=True)
-        res = asyncio.run(measure(pg.dsn, port, secret, args.calls, args.seconds))
+        wrapper = Wrapper(cfg, port, base / "wrapper.log", certs.ca_cert).start(wait=True)
+        res = asyncio.run(measure(pg.dsn, port, secret, certs.ca_cert, args.calls, args.seconds))
         res |= {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "calls": args.calls}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
-        readme = HERE / "README.md"
-        text = readme.read_text()
         table = report(res)
-        if START in text:
-            text = text[: text.index(START)] + table + text[text.index(END) + len(END) :]
-        else:
-            text += "\n## Writes (`python benchmark/writes.py`)\n\n" + table + "\n"
-        readme.write_text(text)
+        replace_readme_section(START, END, "## Writes (`python benchmark/writes.py`)", table)
         print(table)
         return 0
     finally:

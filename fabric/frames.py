@@ -266,7 +266,37 @@ def build_frame(
     positions_block = pos.astype("<u8", copy=False).tobytes()
     mask_block = mask.tobytes()
     epoch = sealer.epoch if sealer is not None else 0
-    frame = wrapper_pb2.Frame(
+    sealed_rows = watermark = aead_nonce = b""
+    if sealer is not None:
+        aead_nonce = os.urandom(AEAD_NONCE_BYTES)
+        head: _Fields = (
+            FRAME_FORMAT_VERSION,
+            tenant_id,
+            stream_id,
+            epoch,
+            kind,
+            table,
+            sequence,
+            commit_position,
+            head_position,
+            commit_time_us,
+            count,
+            frame_dim,
+        )
+        blocks = [
+            (13, b""),
+            (14, ops),
+            (15, positions_block),
+            (16, mask_block),
+            (17, vectors_block),
+            (18, b""),
+            (_SEALED_ROWS, b""),
+            (20, aead_nonce),
+            (21, subscription),
+        ]
+        sealed_rows, watermark = _seal(head, blocks, sealer, keys_block, payloads_block)
+        keys_block = payloads_block = b""
+    return wrapper_pb2.Frame(
         format_version=FRAME_FORMAT_VERSION,
         tenant_id=tenant_id,
         stream_id=stream_id,
@@ -285,11 +315,11 @@ def build_frame(
         vector_mask=mask_block,
         vectors=vectors_block,
         payloads=payloads_block,
+        sealed_rows=sealed_rows,
+        aead_nonce=aead_nonce,
         subscription=subscription,
+        watermark=watermark,
     )
-    if sealer is not None:
-        seal_frame(frame, sealer, keys_block, payloads_block)
-    return frame
 
 
 # -- opening ----------------------------------------------------------------
@@ -328,13 +358,25 @@ def seal_frame(
     frame, in place, with the keys of ``sealer``'s epoch. build_frame ends
     with this; tools use it to re-seal a frame they changed."""
     frame.key_epoch = sealer.epoch
-    frame.keys = frame.payloads = b""
-    frame.sealed_rows = b""
+    frame.keys = frame.payloads = frame.sealed_rows = b""
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
-    head = _head(frame)
-    plaintext = b"".join((_U64.pack(len(keys_block)), keys_block, payloads_block))
-    frame.sealed_rows = sealer.encrypt(frame.aead_nonce, plaintext, _rows_aad(head, _blocks(frame)))
-    frame.watermark = sealer.watermark_parts(_canonical_parts(head, _blocks(frame)))
+    blocks = _blocks(frame)
+    frame.sealed_rows, frame.watermark = _seal(
+        _head(frame), blocks, sealer, keys_block, payloads_block
+    )
+
+
+def _seal(
+    head: _Fields, blocks: list[tuple[int, bytes]], sealer: Sealer, keys: bytes, payloads: bytes
+) -> tuple[bytes, bytes]:
+    """(sealed_rows, watermark) for a frame whose other fields are ``head``
+    and ``blocks`` (keys and payloads empty, sealed_rows a placeholder that is
+    filled in here); the blocks are hashed where they lie, never copied."""
+    plaintext = b"".join((_U64.pack(len(keys)), keys, payloads))
+    nonce = dict(blocks)[20]
+    sealed = sealer.encrypt(nonce, plaintext, _rows_aad(head, blocks))
+    blocks[blocks.index((_SEALED_ROWS, b""))] = (_SEALED_ROWS, sealed)
+    return sealed, sealer.watermark_parts(_canonical_parts(head, blocks))
 
 
 def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, bytes]:
