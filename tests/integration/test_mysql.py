@@ -10,7 +10,9 @@ import datetime as dt
 import random
 import struct
 import threading
+import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -169,3 +171,203 @@ async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file
         assert steady.stats()["reconnects"] >= kills
     conn.close()
     assert "copying the tables afresh" not in proc.log_tail(10**7).split("initial copy done")[-1]
+
+
+def purge_all_but_current(cur: Any, must_go: str, timeout: float = 30.0) -> None:
+    """Rotate and purge until `must_go` is gone. MariaDB keeps a file while
+    a dump thread reads it or until InnoDB's binlog checkpoint moved past it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        cur.execute("FLUSH BINARY LOGS")
+        cur.execute("SHOW MASTER STATUS")
+        current = cur.fetchone()[0]
+        cur.execute(f"PURGE BINARY LOGS TO '{current}'")
+        cur.execute("SHOW BINARY LOGS")
+        if must_go not in [r[0] for r in cur.fetchall()]:
+            return
+        assert time.monotonic() < deadline, f"{must_go} could not be purged"
+        time.sleep(0.5)
+
+
+async def test_purged_binlog_rebootstraps(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """The wrapper was down while the binlog file of its stored position was
+    purged: it copies the tables afresh, says so, and drivers re-bootstrap."""
+    mdb.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE = InnoDB")
+    mdb.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+    proc = mysql_wrapper([{"name": "t"}])
+    keys = {f"{mdb.name}.t": ("id",)}
+    conn = mdb.connect()
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=60)
+        mdb.execute("INSERT INTO t VALUES (3, 'c')")
+        await wait_consistent(driver, conn, keys, timeout=30, rows_of=mysql_rows)
+        first_stream = driver.stats()["stream_id"]
+        assert proc.terminate() == 0
+        with conn.cursor() as cur:
+            cur.execute("UPDATE t SET v = 'changed while away' WHERE id = 1")
+            cur.execute("DELETE FROM t WHERE id = 2")
+            cur.execute("INSERT INTO t VALUES (4, 'd')")
+            cur.execute("SHOW MASTER STATUS")
+            stored_file = cur.fetchone()[0]
+            purge_all_but_current(cur, stored_file)
+        proc.start()
+        await wait_consistent(driver, conn, keys, timeout=60, rows_of=mysql_rows)
+        stats = driver.stats()
+        assert stats["stream_id"] != first_stream and stats["bootstraps"] >= 2
+    conn.close()
+    log = proc.log_tail(10**6)
+    assert "copying the tables afresh" in log and "no longer on the server (purged" in log
+
+
+async def test_lost_binlog_connection_resumes(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Killing the wrapper's binlog dump connection on the server is logged
+    and retried; the stream resumes from the stored position, complete."""
+    mdb.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE = InnoDB")
+    proc = mysql_wrapper([{"name": "t"}])
+    keys = {f"{mdb.name}.t": ("id",)}
+    conn = mdb.connect()
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=60)
+        for round_ in range(3):
+            with conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO t VALUES (%s, 'before'), (%s, 'before')",
+                    (2 * round_, 2 * round_ + 1),
+                )
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST "
+                    "WHERE COMMAND LIKE 'Binlog Dump%%'"
+                )
+                dumps = [r[0] for r in cur.fetchall()]
+                assert dumps, "no binlog dump thread on the server"
+                for pid in dumps:
+                    cur.execute(f"KILL {pid}")
+                cur.execute("UPDATE t SET v = 'after' WHERE id = %s", (2 * round_,))
+            await wait_consistent(driver, conn, keys, timeout=30, rows_of=mysql_rows)
+    conn.close()
+    log = proc.log_tail(10**6)
+    assert "source error, retrying" in log and "reading the binlog" in log
+    assert proc.proc is not None and proc.proc.poll() is None
+
+
+def test_retries_are_bounded(mdb, mysql_wrapper, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An unreachable database: each attempt is logged, and after
+    database.retry_limit attempts the wrapper exits with the last error."""
+    from prism.wrapper.embedded_pg import free_port
+
+    dead = f"mysql://root@127.0.0.1:{free_port()}/{mdb.name}"
+    proc = mysql_wrapper([{"name": "t"}], database={"dsn": dead, "retry_limit": 2}, start=False)
+    proc.start(wait=False)
+    assert proc.proc is not None
+    assert proc.proc.wait(60) == 1
+    log = proc.log_tail(10**6)
+    assert "attempt 1 of 2" in log and "attempt 2 of 2" in log
+    assert "gave up after 2 retries (database.retry_limit)" in log and "2003" in log
+
+
+def test_check_reports_each_fix(mariadb, mdb, mysql_wrapper) -> None:  # type: ignore[no-untyped-def]
+    mdb.execute("CREATE TABLE t (id INT PRIMARY KEY, v JSON) ENGINE = InnoDB")
+    mdb.execute("CREATE TABLE old (id INT PRIMARY KEY) ENGINE = MyISAM")
+    good = mysql_wrapper([{"name": "t", "vector_column": "v", "vector_dim": 2}], start=False)
+    r = good.check()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok   binlog: log_bin ON, binlog_format ROW" in r.stdout
+    assert "binlog_row_metadata FULL" in r.stdout and "ok   table" in r.stdout
+    assert "no lock" in r.stdout and "ready to replicate" in r.stdout
+
+    user = f"weak_{mdb.name}"
+    mariadb.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+    mariadb.execute(f"GRANT SELECT ON `{mdb.name}`.`t` TO '{user}'@'%'")
+    mariadb.execute("SET GLOBAL binlog_row_image = 'MINIMAL'")
+    try:
+        weak = mysql_wrapper(
+            [{"name": "t"}, {"name": "old"}],  # old: not visible to the user
+            database={"dsn": mariadb.url(mdb.name, user, "pw"), "server_id": 1},
+            start=False,
+        )
+        r = weak.check()
+    finally:
+        mariadb.execute("SET GLOBAL binlog_row_image = 'FULL'")
+        mariadb.execute(f"DROP USER '{user}'@'%'")
+    out = r.stdout
+    assert r.returncode == 1, out
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert any(
+        "binlog_row_image is MINIMAL: SET GLOBAL binlog_row_image = 'FULL'" in f for f in fails
+    )
+    assert any("is the server's own server_id" in f for f in fails)
+    assert any(f"GRANT REPLICATION SLAVE ON *.* TO '{user}'@'%'" in f for f in fails)
+    assert any(f"GRANT BINLOG MONITOR ON *.* TO '{user}'@'%'" in f for f in fails)
+    assert any(f"GRANT SELECT ON `{mdb.name}`.`old`" in f for f in fails)
+    assert not any(f"`{mdb.name}`.`t`" in f for f in fails)  # that SELECT was granted
+    myisam = mysql_wrapper([{"name": "old"}], start=False).check()
+    assert myisam.returncode == 1
+    assert f"FAIL table {mdb.name}.old uses the MyISAM engine" in myisam.stdout
+    assert f"ALTER TABLE `{mdb.name}`.`old` ENGINE = InnoDB" in myisam.stdout
+
+
+@pytest.mark.parametrize("method", ["status", "lock"])
+def test_snapshot_meets_stream_exactly(mdb, method, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Copy at the snapshot's position while writers commit, then stream from
+    it: every row appears exactly once, in the copy or in the stream. "lock"
+    is the MySQL path (FLUSH TABLES WITH READ LOCK + SHOW MASTER STATUS),
+    which MariaDB runs too; "status" is MariaDB's lock-free one."""
+    from prism.wrapper.config import config_from_mapping
+    from prism.wrapper.sources.base import RowChange
+    from prism.wrapper.sources.mysql import MySQLSource
+
+    mdb.execute("CREATE TABLE w (id INT PRIMARY KEY, writer INT) ENGINE = InnoDB")
+    cfg = config_from_mapping(
+        {
+            "database": {"flavor": "mysql", "dsn": mdb.dsn, "server_id": 4321},
+            "chorus": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
+            "store": {"path": str(tmp_path / "s.sqlite3")},
+            "tables": [{"name": "w"}],
+        },
+        env={},
+    )
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer(n: int) -> None:
+        c = mdb.connect()
+        i = n
+        while not stop.is_set():
+            with c.cursor() as cur:
+                cur.execute("INSERT INTO w VALUES (%s, %s), (%s, %s)", (i, n, i + 4, n))
+            written.extend((i, i + 4))
+            i += 8
+        c.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    source = MySQLSource(cfg, snapshot_method=method)
+    try:
+        assert not source.check_prerequisites()
+        source.discover()
+        time.sleep(0.3)
+        position = source.begin_snapshot()
+        copied = [r["id"] for batch in source.snapshot_rows(f"{mdb.name}.w") for r in batch]
+        source.end_snapshot()
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join()
+        source.start_stream(position)
+        streamed: list[int] = []
+        idle = 0
+        for stx in source.transactions(0.2):
+            if stx is None:
+                idle += 1
+                if idle >= 10 and len(copied) + len(streamed) >= len(written):
+                    break
+                continue
+            idle = 0
+            streamed += [c.new["id"] for c in stx.changes if isinstance(c, RowChange)]
+    finally:
+        stop.set()
+        source.close()
+    assert copied and streamed, (len(copied), len(streamed))
+    assert not set(copied) & set(streamed)
+    assert sorted(copied + streamed) == sorted(written)
