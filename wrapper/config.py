@@ -665,13 +665,13 @@ def _mysql_tables(
     database = parse_mysql_dsn(dsn).database
     out = []
     for i, t in enumerate(tables):
+        if "." not in str(raw[i].get("name", "")):
+            t = replace(t, name=f"{database}.{t.schema_name[1]}")
         if t.writable:
             raise ConfigError(
                 f"tables[{i}].writable ({t.name}): writes through the wrapper are not "
                 'supported with database.flavor = "mysql" yet; remove writable = true'
             )
-        if "." not in str(raw[i].get("name", "")):
-            t = replace(t, name=f"{database}.{t.schema_name[1]}")
         out.append(t)
     return tuple(out)
 
