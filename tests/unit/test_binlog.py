@@ -294,6 +294,7 @@ GOOD_VARS = {
         ({"binlog_row_image": "MINIMAL"}, "SET GLOBAL binlog_row_image = 'FULL'"),
         ({"binlog_row_metadata": "MINIMAL"}, "SET GLOBAL binlog_row_metadata = 'FULL'"),
         ({"server_id": "0"}, "set server_id = 1"),
+        ({"binlog_row_value_options": "PARTIAL_JSON"}, "binlog_row_value_options = ''"),
         ({"server_id": "77"}, "database.server_id = 77 is the server's own server_id"),
     ],
 )

@@ -44,6 +44,11 @@ def variable_problems(
                 "binlog_row_metadata = FULL under [mysqld] in my.cnf (without it, column "
                 "names are guessed from the current catalog and are wrong after ALTER TABLE)"
             )
+    if "PARTIAL_JSON" in v.get("binlog_row_value_options", "").upper():
+        problems.append(
+            "binlog_row_value_options is PARTIAL_JSON: JSON updates would arrive as diffs; "
+            "SET GLOBAL binlog_row_value_options = '', and remove it from my.cnf"
+        )
     server_id = int(v.get("server_id", "0") or 0)
     if server_id == 0:
         problems.append(
