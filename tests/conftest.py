@@ -164,3 +164,7 @@ def wrapper(
     yield factory
     for p in factory.procs:
         p.stop()
+
+
+# MariaDB for the MySQL source (issue 4): mariadb (session), mdb, mysql_wrapper.
+from support.mariadb import mariadb, mdb, mysql_wrapper  # noqa: E402, F401

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.wrapper.config import TableConfig
-from prism.wrapper.errors import SourceError
+from prism.wrapper.errors import ConfigError, SourceError
 from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
     RelationInfo,
@@ -57,6 +57,42 @@ class TableShape:
             raise SourceError(
                 f"table {self.name}: change is missing key column {exc.args[0]!r}"
             ) from None
+
+
+def check_configured_columns(t: TableConfig, names: list[str] | tuple[str, ...]) -> None:
+    """Every column the table's config names must exist (checked at start)."""
+    for kind, wanted in (
+        ("vector_column", (t.vector_column,) if t.vector_column else ()),
+        ("text_columns", t.text_columns),
+        ("text_repr", t.text_repr),
+        ("key_columns", t.key_columns),
+        ("writable_columns", t.writable_columns),
+    ):
+        for c in wanted:
+            if c not in names:
+                raise ConfigError(
+                    f"tables.{kind}: table {t.name} has no column {c!r} "
+                    f"(columns: {', '.join(names)})"
+                )
+
+
+def key_columns_for(t: TableConfig, pk: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """The columns that key a table's rows: its primary key; without one,
+    key_columns, else every column (warned: identical rows collapse)."""
+    if pk:
+        if t.key_columns and tuple(t.key_columns) != tuple(pk):
+            raise ConfigError(
+                f"tables.key_columns: table {t.name} has a primary key {list(pk)}; "
+                "key_columns is only for tables without one"
+            )
+        return tuple(pk)
+    if not t.key_columns:
+        log.warning(
+            "table has no primary key; keying rows by all columns, so identical "
+            "duplicate rows collapse into one; set key_columns to a unique key",
+            extra={"table": t.name},
+        )
+    return t.key_columns or tuple(names)
 
 
 MissingValue = Callable[[str, str], Any]  # (table, column) -> value existing rows take

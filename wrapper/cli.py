@@ -143,6 +143,10 @@ def cmd_check(cfg: WrapperConfig) -> int:
             print(f"ok   TLS certificate {cfg['tls.cert_file']}")
         except PrismError as exc:
             problems.append(str(exc))
+    if cfg.flavor == "mysql":
+        from prism.wrapper.sources.mysql import check_database
+
+        return _verdict(problems + check_database(cfg))
     source = PostgresSource(cfg)
     try:
         problems += source.check_prerequisites()
@@ -167,6 +171,10 @@ def cmd_check(cfg: WrapperConfig) -> int:
         problems.append(str(exc))
     finally:
         source.close()
+    return _verdict(problems)
+
+
+def _verdict(problems: list[str]) -> int:
     for p in problems:
         print(f"FAIL {p}")
     if not problems:

@@ -71,15 +71,38 @@ FIELDS: tuple[Field, ...] = (
         "flavor",
         str,
         "postgres",
-        "source database kind: postgres",
+        "source database kind: postgres, or mysql (MySQL and MariaDB)",
         lambda v: (
             None
-            if v in ("postgres", "postgresql")
-            else 'must be "postgres" (MySQL/MariaDB support is tracked separately)'
+            if v in ("postgres", "postgresql", "mysql", "mariadb")
+            else 'must be "postgres" or "mysql" (MySQL and MariaDB)'
         ),
     ),
     Field(
-        "database", "dsn", str, REQUIRED, "libpq connection string or URL of the source database"
+        "database",
+        "dsn",
+        str,
+        REQUIRED,
+        "libpq connection string or URL of the source database; for mysql: "
+        "mysql://user:password@host:port/database",
+    ),
+    Field(
+        "database",
+        "server_id",
+        int,
+        0,
+        "mysql: the replica server_id the wrapper's binlog connection uses; unique among the "
+        "server's replicas (0: derived from the store path, stable across restarts)",
+        lambda v: None if 0 <= v < 2**32 else "must be between 0 and 4294967295",
+    ),
+    Field(
+        "database",
+        "retry_limit",
+        int,
+        10,
+        "failed attempts in a row to reach the database or restart the stream (with capped "
+        "backoff, each logged) before the wrapper gives up and exits; 0: retry forever",
+        lambda v: None if v >= 0 else "must be 0 or more",
     ),
     Field("database", "slot", str, "prism", "logical replication slot name", _ident),
     Field("database", "publication", str, "prism", "publication name", _ident),
@@ -283,6 +306,11 @@ class WrapperConfig:
     @property
     def dsn(self) -> str:
         return str(self.values["database.dsn"])
+
+    @property
+    def flavor(self) -> str:
+        """ "postgres" or "mysql" (MySQL and MariaDB)."""
+        return "mysql" if self.values["database.flavor"] in ("mysql", "mariadb") else "postgres"
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         for t in self.tenants:
@@ -637,6 +665,8 @@ def config_from_mapping(
             f"tenants {bound} list client_identities, which only a client certificate can "
             "present: set tls.client_ca_file to the CA that signs the drivers' certificates"
         )
+    if values["database.flavor"] in ("mysql", "mariadb"):
+        tables = _mysql_tables(tables, raw_tables, str(values["database.dsn"]))
     cfg = WrapperConfig(values=values, tables=tables, tenants=tenants, source_path=origin)
     dim = int(values["vectors.dimension"])
     for t in tables:
@@ -646,6 +676,27 @@ def config_from_mapping(
                 f"{cfg.source_dim(t)}; the projection can only keep or reduce dimensions"
             )
     return cfg
+
+
+def _mysql_tables(
+    tables: tuple[TableConfig, ...], raw: list[Any], dsn: str
+) -> tuple[TableConfig, ...]:
+    """MySQL has databases, not schemas: an unqualified table name is in the
+    dsn's database. Writes through the wrapper are PostgreSQL-only so far."""
+    from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+
+    database = parse_mysql_dsn(dsn).database
+    out = []
+    for i, t in enumerate(tables):
+        if "." not in str(raw[i].get("name", "")):
+            t = replace(t, name=f"{database}.{t.schema_name[1]}")
+        if t.writable:
+            raise ConfigError(
+                f"tables[{i}].writable ({t.name}): writes through the wrapper are not "
+                'supported with database.flavor = "mysql" yet; remove writable = true'
+            )
+        out.append(t)
+    return tuple(out)
 
 
 def load_config(

@@ -59,3 +59,37 @@ def map_psycopg_error(exc: BaseException, doing: str) -> WrapperError:
     if isinstance(exc, psycopg.OperationalError | OSError | ConnectionError):
         return SourceError(f"{doing}: {msg}", retriable=True)
     return SourceError(f"{doing}: {msg}", retriable=False)
+
+
+# MySQL/MariaDB error numbers whose cause a retry cannot cure, with the fix.
+_MYSQL_PERMANENT = {
+    1044: "access to the database denied: GRANT SELECT ON db.* TO the dsn's user",
+    1045: "authentication failed: check the dsn's user and password",
+    1049: "the database in the dsn does not exist",
+    1227: "missing privilege: GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO the dsn's user",
+    1142: "missing table privilege: GRANT SELECT ON the table TO the dsn's user",
+    1146: "a configured table does not exist",
+}
+# Lost or refused connections, server shutdown, killed connection, lock waits,
+# deadlocks, too many connections, and 1236 (the binlog position is gone: the
+# pipeline's next attempt checks the position and copies afresh if it must).
+_MYSQL_RETRIABLE = {1040, 1053, 1205, 1213, 1236, 1317, 1927, 2002, 2003, 2006, 2013, 2055}
+
+
+def map_pymysql_error(exc: BaseException, doing: str) -> WrapperError:
+    """Translate a pymysql error (or OSError) raised while `doing` into a
+    SourceError whose `retriable` says whether reconnecting can help."""
+    import pymysql
+
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    text = exc.args[1] if len(exc.args) > 1 else str(exc)
+    msg = f"{doing}: ({code}) {text}" if code is not None else f"{doing}: {exc!r}"
+    if code in _MYSQL_PERMANENT:
+        return SourceError(f"{msg} ({_MYSQL_PERMANENT[code]})", retriable=False)
+    if code in _MYSQL_RETRIABLE:
+        return SourceError(msg, retriable=True)
+    if isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError):
+        return SourceError(msg, retriable=True)
+    if isinstance(exc, OSError | ConnectionError | EOFError):
+        return SourceError(msg, retriable=True)
+    return SourceError(msg, retriable=False)

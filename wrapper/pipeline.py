@@ -24,9 +24,8 @@ from prism.wrapper.apply import Applier, TableShape
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import WrapperError
-from prism.wrapper.sources.base import SourceTransaction
-from prism.wrapper.sources.postgres import PostgresSource
-from prism.wrapper.sources.walstream import lsn_to_str
+from prism.wrapper.sources import make_source
+from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.store import Store, now_us
 from prism.wrapper.vectorize import Vectorizer
 
@@ -35,6 +34,8 @@ log = logging.getLogger("prism.wrapper.pipeline")
 MAX_GROUP_CHANGES = 5000
 IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and stop
 PURGE_INTERVAL_S = 60.0
+# A stream that ran this long counts as recovered: the retry budget refills.
+HEALTHY_STREAM_S = 30.0
 
 
 @dataclass
@@ -78,16 +79,34 @@ class Pipeline:
         self._interval = float(cfg["store.commit_interval_ms"]) / 1000.0
         self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
         self._last_purge = 0.0
+        self._streaming_since = 0.0
 
     def run(self) -> None:
-        """Run until stop() or a permanent error (kept in status.error)."""
+        """Run until stop() or a permanent error (kept in status.error).
+        Transient errors are retried with capped backoff, each logged; after
+        database.retry_limit failed attempts in a row the pipeline gives up
+        with the last error (a stream that ran for a while resets the count)."""
         backoff = Backoff()
+        limit = int(self.cfg["database.retry_limit"])
+        attempts = 0
         while not self.stop_event.is_set():
-            source = PostgresSource(self.cfg)
+            source = make_source(self.cfg)
+            self._streaming_since = 0.0
             try:
                 self._run_once(source)
                 break
             except WrapperError as exc:
+                if self._streaming_since and (
+                    time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                ):
+                    attempts = 0
+                    backoff.reset()
+                attempts += 1
+                if exc.retriable and limit and attempts > limit:
+                    exc = WrapperError(
+                        f"gave up after {limit} retries (database.retry_limit): {exc}",
+                        retriable=False,
+                    )
                 if not exc.retriable:
                     self.status.state, self.status.error = "FAILED", exc
                     self.status.detail = str(exc)
@@ -97,7 +116,13 @@ class Pipeline:
                 self.status.state, self.status.detail = "RETRYING", str(exc)
                 self.status.retries += 1
                 delay = backoff.next
-                log.warning("source error, retrying in %.1fs: %s", delay, exc)
+                log.warning(
+                    "source error, retrying in %.1fs (attempt %d of %s): %s",
+                    delay,
+                    attempts,
+                    limit or "unlimited",
+                    exc,
+                )
                 backoff.wait(self.stop_event)
             except Exception as exc:  # a bug or a raw store error: stop, and say so
                 log.exception("replication stopped by an unexpected error")
@@ -113,26 +138,20 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
 
-    def _run_once(self, source: PostgresSource) -> None:
+    def _run_once(self, source: ReplicationSource) -> None:
         problems = source.check_prerequisites()
         if problems:
             from prism.wrapper.errors import PrerequisiteError
 
             raise PrerequisiteError("; ".join(problems))
         self.shapes = source.discover()
-        source.ensure_publication()
+        source.prepare()
         meta = self.store.meta
-        exists, confirmed, _active = source.slot_state()
         fresh_reason = None
         if not meta.snapshot_done:
             fresh_reason = "no completed snapshot in the store"
-        elif not exists:
-            fresh_reason = f"replication slot {source.slot!r} is gone"
-        elif confirmed > meta.source_position:
-            fresh_reason = (
-                f"the slot confirmed {lsn_to_str(confirmed)}, past the store's "
-                f"{lsn_to_str(meta.source_position)} (store restored from an older copy?)"
-            )
+        elif problem := source.resume_problem(meta.source_position):
+            fresh_reason = problem
         elif set(self.store.table_columns()) != set(self.shapes):
             fresh_reason = "the configured tables changed"
         if fresh_reason:
@@ -144,6 +163,7 @@ class Pipeline:
             self.shapes, self.vectorizer, source.missing_value, writes_table=self.cfg.writes_table
         )
         source.start_stream(self.store.meta.source_position)
+        self._streaming_since = time.monotonic()
         self.status.state, self.status.detail = "STREAMING", ""
         self.status.started.set()
         self._stream(source, applier)
@@ -156,9 +176,8 @@ class Pipeline:
                 cols = json.loads(cols_json)
                 self.shapes[name].columns = tuple((c, t) for c, t in cols["columns"])
 
-    def _snapshot(self, source: PostgresSource) -> None:
+    def _snapshot(self, source: ReplicationSource) -> None:
         self.status.state = "SNAPSHOT"
-        source.drop_slot()
         self.store.reset(uuid.uuid4().hex)
         lsn = source.begin_snapshot()
         commit_us = now_us()
@@ -210,11 +229,11 @@ class Pipeline:
                 "rows": total,
                 "seconds": round(elapsed, 2),
                 "rows_per_s": round(total / elapsed) if elapsed else None,
-                "lsn": lsn_to_str(lsn),
+                "position": source.format_position(lsn),
             },
         )
 
-    def _stream(self, source: PostgresSource, applier: Applier) -> None:
+    def _stream(self, source: ReplicationSource, applier: Applier) -> None:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
         committer = Committer(self.store, applier, self._maybe_purge)
@@ -250,7 +269,7 @@ class Pipeline:
                         committer.submit_position(idle)
                 durable = committer.durable
                 if durable.position > acked:
-                    # Only now may PostgreSQL discard the WAL up to there.
+                    # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)
                     acked = durable.position
                 self.status.transactions = base_txns + durable.transactions

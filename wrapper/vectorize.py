@@ -24,13 +24,19 @@ from prism.wrapper.config import TableConfig, WrapperConfig
 
 def as_float32(value: Any) -> Any:
     """A vector column's value as a float32 array when it is a flat list of
-    numbers (real[] and pgvector values); anything else is left as it is.
+    numbers (real[] and pgvector values, a MySQL JSON array) or packed
+    float32 bytes; anything else is left as it is.
     The source's float4 values are float32 already, so this is exact, and the
     row then travels and sits in the driver as 4 bytes per element."""
     if isinstance(value, np.ndarray):
         return value.astype(np.float32, copy=False) if value.ndim == 1 else value
     if isinstance(value, list) and value and all(type(x) is float for x in value):
         return np.asarray(value, dtype=np.float32)
+    if isinstance(value, bytes) and value and len(value) % 4 == 0:
+        # A MySQL BLOB of packed little-endian float32 (the only way to store
+        # a vector compactly there); other lengths stay bytes, counted as
+        # malformed vectors.
+        return np.frombuffer(value, dtype="<f4").astype(np.float32)
     return value
 
 

@@ -71,6 +71,8 @@ def same(a: Any, b: Any) -> bool:
     and dicts; a type change (1 vs 1.0 vs True) is a difference. The wrapper
     carries a vector column as a float32 array: it equals the database's list
     of float4 values when each element is the same float32, bit for bit."""
+    if isinstance(a, bytes) and isinstance(b, np.ndarray):  # MySQL packed float32 BLOB
+        return b.dtype == np.float32 and a == b.astype("<f4").tobytes()
     if isinstance(a, list) and isinstance(b, np.ndarray):
         return (
             b.dtype == np.float32
@@ -116,8 +118,10 @@ async def wait_consistent(
     conn: psycopg.Connection[Any],
     tables: dict[str, tuple[str, ...]],
     timeout: float = 60.0,
+    rows_of: Callable[[Any, str, tuple[str, ...]], dict[str, dict[str, Any]]] = db_rows,
 ) -> dict[str, int]:
-    """Wait until every table's replica equals the database; fail with the
+    """Wait until every table's replica equals the database (read by
+    `rows_of`: db_rows for PostgreSQL, mysql_rows for MySQL); fail with the
     differences if it does not within `timeout`. Returns row counts."""
     deadline = time.monotonic() + timeout
     problems: list[str] = []
@@ -125,7 +129,7 @@ async def wait_consistent(
         problems = []
         counts = {}
         for table, key in tables.items():
-            expected = db_rows(conn, table, key)
+            expected = rows_of(conn, table, key)
             counts[table] = len(expected)
             try:
                 actual = replica_rows(driver, table)
@@ -287,51 +291,63 @@ class Workload:
             cur.execute("DELETE FROM items WHERE id = %s", (i,))
             items.discard(i)
         elif r < 0.85:
-            pairs = pending["pairs"]
-            if pairs and rng.random() < 0.4:
-                a, b = rng.choice(sorted(pairs))
-                if rng.random() < 0.5:
-                    cur.execute("DELETE FROM pairs WHERE a = %s AND b = %s", (a, b))
-                    pairs.discard((a, b))
-                else:
-                    cur.execute(
-                        "UPDATE pairs SET note = %s WHERE a = %s AND b = %s",
-                        (" ".join(_word(rng) for _ in range(4)), a, b),
-                    )
-            else:
-                a, b = rng.randint(0, 50), _word(rng)
-                if (a, b) not in pairs:
-                    cur.execute(
-                        "INSERT INTO pairs (a, b, note) VALUES (%s, %s, %s)",
-                        (a, b, None if rng.random() < 0.2 else _word(rng) + " " + _word(rng)),
-                    )
-                    pairs.add((a, b))
+            self._pairs_op(cur, pending)
         else:
-            nk = pending["nokey"]
-            if nk and rng.random() < 0.5:
-                k = rng.choice(sorted(nk))
-                if rng.random() < 0.5:
-                    cur.execute("DELETE FROM nokey WHERE k = %s", (k,))
-                    nk.discard(k)
-                else:
-                    cur.execute("UPDATE nokey SET v = %s WHERE k = %s", (_word(rng), k))
+            self._nokey_op(cur, pending)
+
+    def _pairs_op(self, cur: Any, pending: dict[str, Any]) -> None:
+        """Shared by the MySQL workload: plain SQL with %s placeholders."""
+        rng = self.rng
+        pairs = pending["pairs"]
+        if pairs and rng.random() < 0.4:
+            a, b = rng.choice(sorted(pairs))
+            if rng.random() < 0.5:
+                cur.execute("DELETE FROM pairs WHERE a = %s AND b = %s", (a, b))
+                pairs.discard((a, b))
             else:
-                k = rng.randint(0, 10**6)
-                if k not in nk:
-                    cur.execute("INSERT INTO nokey (k, v) VALUES (%s, %s)", (k, _word(rng)))
-                    nk.add(k)
+                cur.execute(
+                    "UPDATE pairs SET note = %s WHERE a = %s AND b = %s",
+                    (" ".join(_word(rng) for _ in range(4)), a, b),
+                )
+        else:
+            a, b = rng.randint(0, 50), _word(rng)
+            if (a, b) not in pairs:
+                cur.execute(
+                    "INSERT INTO pairs (a, b, note) VALUES (%s, %s, %s)",
+                    (a, b, None if rng.random() < 0.2 else _word(rng) + " " + _word(rng)),
+                )
+                pairs.add((a, b))
+
+    def _nokey_op(self, cur: Any, pending: dict[str, Any]) -> None:
+        rng = self.rng
+        nk = pending["nokey"]
+        if nk and rng.random() < 0.5:
+            k = rng.choice(sorted(nk))
+            if rng.random() < 0.5:
+                cur.execute("DELETE FROM nokey WHERE k = %s", (k,))
+                nk.discard(k)
+            else:
+                cur.execute("UPDATE nokey SET v = %s WHERE k = %s", (_word(rng), k))
+        else:
+            k = rng.randint(0, 10**6)
+            if k not in nk:
+                cur.execute("INSERT INTO nokey (k, v) VALUES (%s, %s)", (k, _word(rng)))
+                nk.add(k)
+
+    def _alter(self, conn: Any) -> None:
+        conn.execute("ALTER TABLE items ADD COLUMN extra integer DEFAULT 7")
+        conn.execute("ALTER TABLE items DROP COLUMN flag")
 
     def run(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Any,
         transactions: int,
         between: Callable[[int], None] | None = None,
     ) -> None:
         """Run `transactions` transactions on an autocommit connection."""
         for n in range(transactions):
             if self.alter_at is not None and n == self.alter_at and not self.altered:
-                conn.execute("ALTER TABLE items ADD COLUMN extra integer DEFAULT 7")
-                conn.execute("ALTER TABLE items DROP COLUMN flag")
+                self._alter(conn)
                 self.altered = True
             pending = {"items": set(self.items), "pairs": set(self.pairs), "nokey": set(self.nokey)}
             rollback = self.rng.random() < 0.1

@@ -12,7 +12,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from prism.wrapper.apply import TableShape
 
 
 class _UnchangedToast:
@@ -121,3 +124,61 @@ class ChangeSource(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+
+class ReplicationSource(ChangeSource):
+    """A live database as the pipeline drives it: check, discover, copy the
+    tables at a consistent position, then stream from exactly there.
+
+    Positions are integers that grow with the source's log (PostgreSQL: the
+    LSN; MySQL: the binlog file's sequence number << 32 | offset). The store
+    keeps the position of the last stored transaction; resuming there neither
+    skips nor repeats a transaction.
+    """
+
+    @abc.abstractmethod
+    def check_prerequisites(self) -> list[str]:
+        """Problems that stop replication, each naming the setting to change."""
+
+    @abc.abstractmethod
+    def discover(self) -> dict[str, TableShape]:
+        """Check the configured tables against the catalog; their shapes."""
+
+    def prepare(self) -> None:
+        """Create what streaming needs on the server (PostgreSQL: the publication)."""
+
+    @abc.abstractmethod
+    def resume_problem(self, position: int) -> str | None:
+        """Why the stream cannot resume at the stored `position` (slot gone,
+        binlog purged...), so the tables must be copied afresh; else None."""
+
+    @abc.abstractmethod
+    def begin_snapshot(self) -> int:
+        """Open a consistent snapshot; return the position the stream must
+        start from so that it continues exactly where the snapshot ends."""
+
+    @abc.abstractmethod
+    def snapshot_count(self, table: str) -> int: ...
+
+    @abc.abstractmethod
+    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """The table's rows as of the snapshot, valued as the stream values them."""
+
+    @abc.abstractmethod
+    def end_snapshot(self) -> None: ...
+
+    @abc.abstractmethod
+    def start_stream(self, from_position: int) -> None: ...
+
+    def idle_position(self) -> int | None:
+        """A position past everything received that may be stored although no
+        transaction of ours reached it (other tables' traffic), or None."""
+        return None
+
+    def missing_value(self, table: str, column: str) -> Any:
+        """The value rows that existed before `ADD COLUMN` hold."""
+        return None
+
+    @abc.abstractmethod
+    def format_position(self, position: int) -> str:
+        """A position as the database's tools print it, for log lines."""

@@ -23,10 +23,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from prism.wrapper.apply import TableShape
+from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.base import ChangeSource, SourceTransaction
+from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.sources.pgconn import ReplicationConnection
 from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
 from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
@@ -41,7 +41,7 @@ def _known_oid(oid: int) -> bool:
     return psycopg.postgres.types.get(oid) is not None
 
 
-class PostgresSource(ChangeSource):
+class PostgresSource(ReplicationSource):
     def __init__(self, cfg: WrapperConfig) -> None:
         self.cfg = cfg
         self.slot = str(cfg["database.slot"])
@@ -162,19 +162,7 @@ class PostgresSource(ChangeSource):
             )
             names = [c[0] for c in cols]
             self._column_oids[t.name] = [(c[0], int(c[2]), c[1]) for c in cols]
-            for kind, wanted in (
-                ("vector_column", (t.vector_column,) if t.vector_column else ()),
-                ("text_columns", t.text_columns),
-                ("text_repr", t.text_repr),
-                ("key_columns", t.key_columns),
-                ("writable_columns", t.writable_columns),
-            ):
-                for c in wanted:
-                    if c not in names:
-                        raise ConfigError(
-                            f"tables.{kind}: table {t.name} has no column {c!r} "
-                            f"(columns: {', '.join(names)})"
-                        )
+            check_configured_columns(t, names)
             pk = [
                 r[0]
                 for r in self._q(
@@ -193,20 +181,9 @@ class PostgresSource(ChangeSource):
                         f"updates and deletes cannot be keyed by the primary key; run "
                         f"ALTER TABLE {t.name} REPLICA IDENTITY DEFAULT"
                     )
-                if t.key_columns and tuple(t.key_columns) != tuple(pk):
-                    raise ConfigError(
-                        f"tables.key_columns: table {t.name} has a primary key {pk}; "
-                        "key_columns is only for tables without one"
-                    )
-                key = tuple(pk)
+                key = key_columns_for(t, pk, names)
             elif replident == "f":
-                key = t.key_columns or tuple(names)
-                if not t.key_columns:
-                    log.warning(
-                        "table has no primary key; keying rows by all columns, so identical "
-                        "duplicate rows collapse into one; set key_columns to a unique key",
-                        extra={"table": t.name},
-                    )
+                key = key_columns_for(t, (), names)
             else:
                 raise PrerequisiteError(
                     f"table {t.name} has no primary key: add one, or run ALTER TABLE {t.name} "
@@ -250,6 +227,23 @@ class PostgresSource(ChangeSource):
                 sql.Identifier(f"{table.split('.')[1]}_created_at"), ident
             )
         )
+
+    def prepare(self) -> None:
+        self.ensure_publication()
+
+    def resume_problem(self, position: int) -> str | None:
+        exists, confirmed, _active = self.slot_state()
+        if not exists:
+            return f"replication slot {self.slot!r} is gone"
+        if confirmed > position:
+            return (
+                f"the slot confirmed {lsn_to_str(confirmed)}, past the store's "
+                f"{lsn_to_str(position)} (store restored from an older copy?)"
+            )
+        return None
+
+    def format_position(self, position: int) -> str:
+        return lsn_to_str(position)
 
     def ensure_publication(self) -> None:
         self.ensure_writes_table()
@@ -317,6 +311,7 @@ class PostgresSource(ChangeSource):
         """Create the slot with an exported snapshot and open a repeatable
         read transaction on it. Returns the slot's consistent point: the
         stream starts exactly after what the snapshot shows."""
+        self.drop_slot()
         self._repl = ReplicationConnection(self.cfg.dsn)
         lsn, snapshot = self._repl.create_slot_with_snapshot(self.slot)
         try:

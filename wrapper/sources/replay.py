@@ -19,8 +19,12 @@ from prism.wrapper.sources.pgoutput import PgOutputDecoder
 
 
 def read_messages(path: Path) -> list[bytes]:
-    data = path.read_bytes()
-    out, pos = [], 0
+    return split_records(path.read_bytes(), str(path))
+
+
+def split_records(data: bytes, path: str, pos: int = 0) -> list[bytes]:
+    """(u32 big-endian length, bytes) records from `pos` on."""
+    out = []
     while pos < len(data):
         if pos + 4 > len(data):
             raise SourceError(f"{path}: truncated record header at byte {pos}")

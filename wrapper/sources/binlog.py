@@ -1,0 +1,579 @@
+"""Decoder for MySQL/MariaDB row-based binlog events (pure logic, no I/O).
+
+Place in the pipeline: MySQL binlog → python-mysql-replication (packets
+parsed into event objects, in the reader thread of `mysql.py`) → **binlog
+decoder** (row changes grouped into whole committed transactions, values
+normalized) → pipeline (vectorize, project) → store.
+
+Feed each event to `BinlogDecoder.feed`; it returns a SourceTransaction when
+the event closes one (an XID event, a COMMIT query, or a DDL statement, which
+is a transaction of its own). Rolled-back work never reaches the binlog for
+transactional tables (InnoDB); a ROLLBACK query, written only for
+transactions that also touched a non-transactional table, discards what was
+gathered.
+
+Positions. A binlog position is (file, offset). It is packed into one
+monotonic integer, `file sequence << 32 | offset`, so that the pipeline and
+the store handle it like PostgreSQL's LSN. Only positions *after* a whole
+transaction are ever handed out: resuming at a row event's position would
+lose rows until the next TableMap event, which names the table the rows
+belong to.
+
+Values. The stream and the initial copy must give the same Python values,
+so both go through `ColumnKind.from_stream` / `ColumnKind.from_select`:
+
+==============================  =============================================
+MySQL type                      Python value
+==============================  =============================================
+TINYINT .. BIGINT [UNSIGNED]    int (BIGINT UNSIGNED up to 2**64 - 1)
+DECIMAL                         decimal.Decimal
+FLOAT                           float holding the exact float32 value
+DOUBLE                          float
+CHAR, VARCHAR, TEXT, ENUM       str
+BINARY, VARBINARY, BLOB         bytes (BINARY(n) padded with NUL to n bytes)
+JSON                            dict / list / str / int / float / bool / None
+                                (MariaDB's JSON is LONGTEXT with a json_valid
+                                check; it is parsed as well)
+SET                             str, members in definition order: "a,c"; ""
+DATETIME, TIMESTAMP             naive datetime.datetime (TIMESTAMP in UTC)
+DATE / TIME / YEAR              datetime.date / datetime.timedelta / int
+BIT                             int
+NULL                            None
+==============================  =============================================
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymysqlreplication.constants import FIELD_TYPE
+from pymysqlreplication.event import (
+    GtidEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.row_event import (
+    DeleteRowsEvent,
+    RowsEvent,
+    UpdateRowsEvent,
+    WriteRowsEvent,
+)
+
+from prism.wrapper.errors import SourceError
+from prism.wrapper.sources.base import (
+    ColumnInfo,
+    RelationInfo,
+    RowChange,
+    SourceTransaction,
+    TruncateChange,
+)
+
+__all__ = [
+    "BinlogDecoder",
+    "ColumnKind",
+    "TableSpec",
+    "binlog_file_seq",
+    "catalog_type_name",
+    "ddl_targets",
+    "format_position",
+    "pack_position",
+    "unpack_position",
+]
+
+# -- positions -------------------------------------------------------------------
+
+_FILE_SEQ = re.compile(r"\.(\d+)$")
+MAX_OFFSET = (1 << 32) - 1
+
+
+def binlog_file_seq(name: str) -> int:
+    """The sequence number of a binlog file name: "binlog.000042" → 42."""
+    m = _FILE_SEQ.search(name)
+    if m is None:
+        raise SourceError(f"binlog file name {name!r} has no numeric extension")
+    return int(m[1])
+
+
+def pack_position(file: str, offset: int) -> int:
+    """(file, offset) as one integer that grows with the binlog."""
+    if not 0 <= offset <= MAX_OFFSET:
+        raise SourceError(f"binlog offset {offset} out of range")
+    return (binlog_file_seq(file) << 32) | offset
+
+
+def unpack_position(position: int) -> tuple[int, int]:
+    """(file sequence, offset) of a packed position."""
+    return position >> 32, position & MAX_OFFSET
+
+
+def format_position(position: int) -> str:
+    seq, offset = unpack_position(position)
+    return f"file #{seq:06d}:{offset}"
+
+
+# -- column kinds and values -----------------------------------------------------
+
+_INT_TYPES = {
+    FIELD_TYPE.TINY: "tinyint",
+    FIELD_TYPE.SHORT: "smallint",
+    FIELD_TYPE.INT24: "mediumint",
+    FIELD_TYPE.LONG: "int",
+    FIELD_TYPE.LONGLONG: "bigint",
+}
+_SIMPLE_TYPES = {
+    FIELD_TYPE.NEWDECIMAL: "decimal",
+    FIELD_TYPE.DECIMAL: "decimal",
+    FIELD_TYPE.FLOAT: "float",
+    FIELD_TYPE.DOUBLE: "double",
+    FIELD_TYPE.JSON: "json",
+    FIELD_TYPE.ENUM: "enum",
+    FIELD_TYPE.SET: "set",
+    FIELD_TYPE.DATETIME: "datetime",
+    FIELD_TYPE.DATETIME2: "datetime",
+    FIELD_TYPE.TIMESTAMP: "timestamp",
+    FIELD_TYPE.TIMESTAMP2: "timestamp",
+    FIELD_TYPE.DATE: "date",
+    FIELD_TYPE.NEWDATE: "date",
+    FIELD_TYPE.TIME: "time",
+    FIELD_TYPE.TIME2: "time",
+    FIELD_TYPE.YEAR: "year",
+    FIELD_TYPE.BIT: "bit",
+    FIELD_TYPE.GEOMETRY: "geometry",
+}
+# (text form, binary form) of the string families.
+_STRING_TYPES = {
+    FIELD_TYPE.VARCHAR: ("varchar", "varbinary"),
+    FIELD_TYPE.VAR_STRING: ("varchar", "varbinary"),
+    FIELD_TYPE.STRING: ("char", "binary"),
+    FIELD_TYPE.BLOB: ("text", "blob"),
+    FIELD_TYPE.TINY_BLOB: ("text", "blob"),
+    FIELD_TYPE.MEDIUM_BLOB: ("text", "blob"),
+    FIELD_TYPE.LONG_BLOB: ("text", "blob"),
+}
+_BINARY_TYPES = ("binary", "varbinary", "blob")
+_CATALOG_FAMILIES = {
+    "tinytext": "text",
+    "mediumtext": "text",
+    "longtext": "text",
+    "tinyblob": "blob",
+    "mediumblob": "blob",
+    "longblob": "blob",
+    "integer": "int",
+    "numeric": "decimal",
+    "real": "double",
+    "point": "geometry",
+    "linestring": "geometry",
+    "polygon": "geometry",
+    "multipoint": "geometry",
+    "multilinestring": "geometry",
+    "multipolygon": "geometry",
+    "geometrycollection": "geometry",
+    "geomcollection": "geometry",
+}
+
+
+def stream_type_name(col: Any, json_column: bool = False) -> str:
+    """A binlog TableMap column's type in the vocabulary both the stream and
+    the catalog can name (so a column counts as changed only when it did)."""
+    t = col.type
+    if t in _INT_TYPES:
+        return _INT_TYPES[t] + (" unsigned" if col.unsigned else "")
+    if t in _STRING_TYPES:
+        text, binary = _STRING_TYPES[t]
+        if text == "text" and json_column:
+            return "json"
+        return binary if col.character_set_name in (None, "binary") else text
+    return _SIMPLE_TYPES.get(t, f"type{t}")
+
+
+def catalog_type_name(data_type: str, column_type: str, json_column: bool = False) -> str:
+    """information_schema.COLUMNS (DATA_TYPE, COLUMN_TYPE) in the vocabulary
+    of `stream_type_name`."""
+    dt = data_type.lower()
+    if json_column:
+        return "json"
+    family = _CATALOG_FAMILIES.get(dt, dt)
+    if family in ("tinyint", "smallint", "mediumint", "int", "bigint"):
+        return family + (" unsigned" if "unsigned" in column_type.lower() else "")
+    if family == "bool":
+        return "tinyint"
+    return family
+
+
+@dataclass(frozen=True)
+class ColumnKind:
+    """How one column's values are normalized, from the stream and from a
+    SELECT, so that both give the same Python value."""
+
+    name: str
+    type_name: str  # stream_type_name / catalog_type_name vocabulary
+    set_members: tuple[str, ...] = ()
+    binary_length: int = 0  # BINARY(n): n
+
+    def from_stream(self, value: Any, none_source: str | None = None) -> Any:
+        t = self.type_name
+        if value is None:
+            # The library reports an empty SET as None; the column holds ''.
+            return "" if t == "set" and none_source == "empty set" else None
+        if t == "set":
+            members = value if isinstance(value, set | frozenset) else set(value)
+            return ",".join(m for m in self.set_members if m in members)
+        if t == "json":
+            if isinstance(value, str):  # MariaDB: JSON is text
+                return _parse_json(value, self.name)
+            return _json_bytes_to_str(value)  # MySQL: binary JSON, strings as bytes
+        if t == "bit":
+            return int(value, 2) if isinstance(value, str) else int(value)
+        if t in _BINARY_TYPES and isinstance(value, str):
+            # The library decodes binary columns with the codec "binary",
+            # which Python lacks; it keeps the bytes, except for an empty
+            # value, which the fast path for b"" turns into "".
+            value = value.encode("utf-8")
+        if t == "binary" and isinstance(value, bytes) and len(value) < self.binary_length:
+            # The binlog leaves out BINARY(n)'s trailing NUL padding.
+            return value.ljust(self.binary_length, b"\0")
+        return value
+
+    def from_select(self, value: Any) -> Any:
+        """A value as pymysql's text protocol returns it (see `select_expr`)."""
+        if value is None:
+            return None
+        t = self.type_name
+        if t == "json":
+            return _parse_json(value if isinstance(value, str) else value.decode(), self.name)
+        if t == "bit":
+            return int.from_bytes(value, "big") if isinstance(value, bytes) else int(value)
+        if t == "set" and isinstance(value, set | frozenset):
+            return ",".join(m for m in self.set_members if m in value)
+        return value
+
+    def select_expr(self, quoted: str) -> str:
+        """The SELECT expression for the column. FLOAT is widened to DOUBLE:
+        the text protocol prints FLOAT with 6 digits, which loses bits the
+        binlog carries; as DOUBLE it prints the float32 value exactly."""
+        return f"({quoted} + 0e0)" if self.type_name == "float" else quoted
+
+
+def _parse_json(text: str, column: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise SourceError(f"JSON column {column!r} holds invalid JSON: {exc}") from None
+
+
+def _json_bytes_to_str(value: Any) -> Any:
+    """python-mysql-replication returns MySQL binary JSON strings and object
+    keys as bytes; JSON text has str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_json_bytes_to_str(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            (k.decode("utf-8") if isinstance(k, bytes) else k): _json_bytes_to_str(v)
+            for k, v in value.items()
+        }
+    return value
+
+
+@dataclass
+class TableSpec:
+    """What the decoder knows of a replicated table from the catalog: its
+    columns (for the initial relation and value normalization)."""
+
+    schema: str
+    name: str
+    columns: tuple[ColumnKind, ...]
+    key_columns: tuple[str, ...]
+    json_columns: frozenset[str] = frozenset()
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def relation(self) -> RelationInfo:
+        return RelationInfo(
+            relid=0,
+            schema=self.schema,
+            name=self.name,
+            replica_identity="d",
+            columns=tuple(
+                ColumnInfo(c.name, 0, c.type_name, is_key=c.name in self.key_columns)
+                for c in self.columns
+            ),
+        )
+
+    def kind(self, name: str) -> ColumnKind | None:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        return None
+
+
+# -- DDL -------------------------------------------------------------------------
+
+_COMMENT = re.compile(r"/\*.*?\*/|(?:--|#)[^\n]*", re.S)
+_NAME = r"(?:`(?:[^`]|``)+`|[A-Za-z0-9_$]+)"
+_QNAME = rf"({_NAME}(?:\s*\.\s*{_NAME})?)"
+_TABLES = r"TABLES?\s+"
+_DDL = [
+    ("truncate", re.compile(rf"^\s*TRUNCATE\s+(?:TABLE\s+)?{_QNAME}", re.I)),
+    ("alter", re.compile(rf"^\s*ALTER\s+(?:ONLINE\s+)?(?:IGNORE\s+)?TABLE\s+{_QNAME}", re.I)),
+    ("rename", re.compile(rf"^\s*RENAME\s+{_TABLES}(.+)$", re.I | re.S)),
+    (
+        "drop",
+        re.compile(rf"^\s*DROP\s+(?:TEMPORARY\s+)?{_TABLES}(?:IF\s+EXISTS\s+)?(.+)$", re.I | re.S),
+    ),
+    (
+        "create",
+        re.compile(
+            rf"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?{_QNAME}", re.I
+        ),
+    ),
+]
+_NAMES = re.compile(_QNAME)
+
+
+def _unquote(part: str) -> str:
+    part = part.strip()
+    if part.startswith("`") and part.endswith("`"):
+        return part[1:-1].replace("``", "`")
+    return part
+
+
+def _qualify(name: str, default_schema: str) -> str:
+    parts = [_unquote(p) for p in re.split(r"\s*\.\s*(?=(?:[^`]*`[^`]*`)*[^`]*$)", name)]
+    if len(parts) == 1:
+        return f"{default_schema}.{parts[0]}"
+    return f"{parts[0]}.{parts[1]}"
+
+
+def ddl_targets(query: str, default_schema: str) -> tuple[str, list[str]] | None:
+    """(kind, qualified tables) a DDL statement touches, for the statements
+    that change what the replica holds: TRUNCATE, ALTER, RENAME, DROP and
+    CREATE TABLE. None for anything else."""
+    text = _COMMENT.sub(" ", query).strip()
+    for kind, rx in _DDL:
+        m = rx.match(text)
+        if m is None:
+            continue
+        if kind in ("rename", "drop"):
+            body = m[1].split(";")[0]
+            body = re.sub(r"\b(RESTRICT|CASCADE|WAIT\s+\d+|NOWAIT)\b", " ", body, flags=re.I)
+            names = [_qualify(n, default_schema) for n in _NAMES.findall(body) if n.upper() != "TO"]
+            return kind, names
+        return kind, [_qualify(m[1], default_schema)]
+    return None
+
+
+# -- transactions ----------------------------------------------------------------
+
+
+@dataclass
+class _Open:
+    gtid: str = ""
+    changes: list[Any] = field(default_factory=list)
+    relations: dict[str, RelationInfo] = field(default_factory=dict)
+    refresh: set[str] = field(default_factory=set)
+
+
+class BinlogDecoder:
+    """Turns binlog events into whole committed SourceTransactions.
+
+    State: the current binlog file (from Rotate events), the transaction
+    being gathered, and each replicated table's latest column list, so that a
+    TableMap event with other columns (an ALTER TABLE before it) is reported
+    in the transaction's `relations`. DDL on a replicated table is reported
+    in `refresh` (see `take_refresh`) so the source can re-read the catalog:
+    the binlog alone does not say which column of a MariaDB table holds JSON.
+
+    `boundary` is the position after the last whole transaction of any
+    table: what may be stored as the resume position.
+    """
+
+    def __init__(self, tables: Iterable[TableSpec], file: str, offset: int) -> None:
+        self.tables: dict[str, TableSpec] = {t.qualified: t for t in tables}
+        self._relations = {q: t.relation() for q, t in self.tables.items()}
+        self._schemas = {t.schema for t in self.tables.values()}
+        self.file = file
+        self.boundary = pack_position(file, offset)
+        self._txn: _Open | None = None
+        self._refresh: set[str] = set()
+        self.last_gtid = ""
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._txn is not None
+
+    def take_refresh(self) -> set[str]:
+        """Tables whose catalog must be read again (after DDL on them)."""
+        out, self._refresh = self._refresh, set()
+        return out
+
+    def set_table(self, spec: TableSpec) -> RelationInfo:
+        """The catalog's current view of a table (after `take_refresh`);
+        returns its relation, which later TableMaps are compared with."""
+        self.tables[spec.qualified] = spec
+        rel = self._relations[spec.qualified] = spec.relation()
+        return rel
+
+    def feed(self, ev: Any) -> SourceTransaction | None:
+        """Feed one event; return the transaction it completes, if any."""
+        if isinstance(ev, RowsEvent):
+            self._rows(ev)
+            return None
+        if isinstance(ev, XidEvent):
+            return self._close(ev)
+        if isinstance(ev, MariadbGtidEvent | GtidEvent):
+            if self._txn is not None and (self._txn.changes or self._txn.relations):
+                raise SourceError(
+                    f"binlog: GTID {ev.gtid} begins while a transaction is still open at "
+                    f"{self.file}:{ev.packet.log_pos}"
+                )
+            self._txn = _Open(gtid=ev.gtid)
+            return None
+        if isinstance(ev, QueryEvent):
+            return self._query(ev)
+        if isinstance(ev, RotateEvent):
+            self.file = ev.next_binlog
+            if self._txn is None:
+                self.boundary = max(self.boundary, pack_position(ev.next_binlog, ev.position))
+        return None
+
+    def _open(self) -> _Open:
+        if self._txn is None:
+            self._txn = _Open()
+        return self._txn
+
+    def _close(self, ev: Any) -> SourceTransaction | None:
+        txn = self._open()
+        self._txn = None
+        end = pack_position(self.file, ev.packet.log_pos)
+        if end <= self.boundary:
+            # Replayed across a reconnect; never hand out a position twice.
+            return None
+        self.boundary = end
+        if txn.gtid:
+            self.last_gtid = txn.gtid
+        self._refresh |= txn.refresh
+        if not txn.changes and not txn.relations and not txn.refresh:
+            return None
+        return SourceTransaction(
+            xid=getattr(ev, "xid", 0),
+            commit_lsn=end,
+            end_lsn=end,
+            commit_time_us=int(ev.timestamp) * 1_000_000,
+            changes=txn.changes,
+            relations=txn.relations,
+        )
+
+    def _query(self, ev: Any) -> SourceTransaction | None:
+        query = ev.query.strip()
+        head = query[:32].upper()
+        if head == "BEGIN" or head.startswith("XA START"):
+            self._open()
+            return None
+        if head == "COMMIT":
+            return self._close(ev)
+        if head == "ROLLBACK":
+            self._txn = None  # non-transactional tables only: none of ours
+            return self._close(ev)
+        if head.startswith(("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT")):
+            return None
+        schema = ev.schema.decode() if isinstance(ev.schema, bytes) else str(ev.schema)
+        txn = self._open()
+        found = ddl_targets(query, schema)
+        if found is not None:
+            kind, names = found
+            ours = [n for n in names if n in self.tables]
+            if ours and kind in ("truncate", "drop"):
+                # A dropped table's rows are gone; a re-created one starts empty.
+                txn.changes.append(TruncateChange(tuple(ours)))
+            if ours and kind != "truncate":
+                txn.refresh.update(ours)
+        return self._close(ev)  # DDL commits implicitly: a transaction of its own
+
+    def _rows(self, ev: Any) -> None:
+        if ev.schema not in self._schemas:
+            return
+        qualified = f"{ev.schema}.{ev.table}"
+        spec = self.tables.get(qualified)
+        if spec is None:
+            return
+        txn = self._open()
+        relation = self._relation(spec, ev.columns)
+        if relation is not None:
+            txn.relations[qualified] = relation
+        kinds = [spec.kind(c.name) or ColumnKind(c.name, stream_type_name(c)) for c in ev.columns]
+        try:
+            rows = ev.rows
+        except Exception as exc:
+            raise SourceError(f"binlog: cannot decode rows of {qualified}: {exc!r}") from exc
+        if isinstance(ev, WriteRowsEvent):
+            for r in rows:
+                txn.changes.append(
+                    RowChange(qualified, "insert", _row(kinds, r["values"], r["none_sources"]))
+                )
+        elif isinstance(ev, UpdateRowsEvent):
+            for r in rows:
+                old = _row(kinds, r["before_values"], r["before_none_sources"])
+                new = _row(kinds, r["after_values"], r["after_none_sources"])
+                txn.changes.append(RowChange(qualified, "update", new, old))
+        elif isinstance(ev, DeleteRowsEvent):
+            for r in rows:
+                old = _row(kinds, r["values"], r["none_sources"])
+                txn.changes.append(RowChange(qualified, "delete", None, old))
+
+    def _relation(self, spec: TableSpec, columns: list[Any]) -> RelationInfo | None:
+        """A new RelationInfo when the TableMap's columns differ from the
+        table's known ones, else None."""
+        known = self._relations[spec.qualified]
+        names = [c.name for c in columns]
+        if any(n is None for n in names):
+            raise SourceError(
+                f"binlog: the TableMap of {spec.qualified} carries no column names: "
+                "set binlog_row_metadata = FULL on the server"
+            )
+        typed = [(c.name, stream_type_name(c, c.name in spec.json_columns)) for c in columns]
+        if [(c.name, c.type_name) for c in known.columns] == typed:
+            return None
+        rel = RelationInfo(
+            relid=0,
+            schema=spec.schema,
+            name=spec.name,
+            replica_identity="d",
+            columns=tuple(
+                ColumnInfo(n, c.type, t, is_key=n in spec.key_columns)
+                for (n, t), c in zip(typed, columns, strict=True)
+            ),
+        )
+        self._relations[spec.qualified] = rel
+        # Values of columns the catalog did not know yet are normalized by
+        # the stream's view until the source refreshes the table.
+        known_kinds = {c.name: c for c in spec.columns}
+        spec.columns = tuple(
+            known_kinds.get(n) or _kind_from_stream(n, t, c)
+            for (n, t), c in zip(typed, columns, strict=True)
+        )
+        return rel
+
+
+def _kind_from_stream(name: str, type_name: str, col: Any) -> ColumnKind:
+    return ColumnKind(
+        name,
+        type_name,
+        set_members=tuple(col.set_values or ()) if type_name == "set" else (),
+        binary_length=int(getattr(col, "max_length", 0) or 0) if type_name == "binary" else 0,
+    )
+
+
+def _row(
+    kinds: list[ColumnKind], values: Mapping[str, Any], none_sources: Mapping[str, str]
+) -> dict[str, Any]:
+    return {k.name: k.from_stream(values[k.name], none_sources.get(k.name)) for k in kinds}

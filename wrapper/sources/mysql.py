@@ -1,0 +1,595 @@
+"""MySQL and MariaDB as a change source: prerequisites, catalog, snapshot
+copy, binlog stream.
+
+I/O around the pure pieces: `binlog.BinlogDecoder` turns events into whole
+SourceTransactions, `mysqlcheck` judges the server's settings and grants,
+`binlogreader.BinlogReader` runs the library's blocking reader on a thread of
+its own.
+
+Snapshot meets stream exactly:
+- MariaDB: `START TRANSACTION WITH CONSISTENT SNAPSHOT`, then the status
+  variables binlog_snapshot_file / binlog_snapshot_position give the binlog
+  position of exactly that snapshot, with no lock at all.
+- MySQL: a brief `FLUSH TABLES WITH READ LOCK` around starting the snapshot
+  and reading `SHOW MASTER STATUS` (writers wait only for that moment).
+The tables are copied in that transaction, and the stream starts at that
+position.
+
+Resume is by binlog file and offset, always at a transaction boundary (after
+an XID event, a COMMIT, or a DDL statement), stored in the wrapper's store in
+the same SQLite transaction as the changes. The library is used in its
+file/position mode on MariaDB too: with `is_mariadb=True` it ignores
+log_file/log_pos and resumes only by GTID. If the stored position's binlog
+file was purged, `resume_problem` says so and the pipeline copies afresh.
+MySQL keeps binlogs by age (binlog_expire_logs_seconds / expire_logs_days)
+and knows nothing of its replicas' positions: acknowledging is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymysql
+import pymysql.cursors
+
+from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
+from prism.wrapper.config import WrapperConfig
+from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_pymysql_error
+from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.sources.binlog import (
+    BinlogDecoder,
+    ColumnKind,
+    TableSpec,
+    binlog_file_seq,
+    catalog_type_name,
+    pack_position,
+    unpack_position,
+)
+from prism.wrapper.sources.binlogreader import BinlogReader
+from prism.wrapper.sources.mysqlcheck import (
+    grant_problems,
+    metadata_note,
+    replica_id_problems,
+    variable_problems,
+)
+from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+
+log = logging.getLogger("prism.wrapper.mysql")
+
+HEARTBEAT_S = 1.0
+_VARIABLES = (
+    "log_bin",
+    "binlog_format",
+    "binlog_row_image",
+    "binlog_row_metadata",
+    "binlog_row_value_options",
+    "server_id",
+)
+_JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.I)
+_VECTOR_TYPES = ("json", "blob", "varbinary", "binary", "text")
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _qualified(table: str) -> str:
+    schema, _, name = table.partition(".")
+    return f"{_quote(schema)}.{_quote(name)}"
+
+
+def derived_server_id(cfg: WrapperConfig) -> int:
+    """database.server_id, or when 0 an id derived from the host and the
+    store path: stable across restarts, unlikely to meet another replica's."""
+    configured = int(cfg["database.server_id"])
+    if configured:
+        return configured
+    seed = f"{socket.gethostname()}:{cfg.store_path}".encode()
+    return 100_000 + zlib.crc32(seed) % 2_000_000_000
+
+
+class MySQLSource(ReplicationSource):
+    def __init__(self, cfg: WrapperConfig, snapshot_method: str | None = None) -> None:
+        """snapshot_method: "status" (MariaDB, no lock) or "lock" (MySQL);
+        None picks by server."""
+        if snapshot_method not in (None, "status", "lock"):
+            raise ValueError(f"snapshot_method {snapshot_method!r}")
+        self.cfg = cfg
+        self.dsn = parse_mysql_dsn(cfg.dsn)
+        self.server_id = derived_server_id(cfg)
+        self._snapshot_method = snapshot_method
+        self._admin: pymysql.connections.Connection[Any] | None = None
+        self._copy: pymysql.connections.Connection[Any] | None = None
+        self._specs: dict[str, TableSpec] = {}
+        self._reader: BinlogReader | None = None
+        self._decoder: BinlogDecoder | None = None
+        self._version = ""
+        self._acked = 0
+        self._lock = threading.RLock()
+
+    # -- connections ------------------------------------------------------
+    def _connect(self) -> pymysql.connections.Connection[Any]:
+        try:
+            conn = pymysql.connect(
+                **self.dsn.connect_args(), database=self.dsn.database, autocommit=True
+            )
+            with conn.cursor() as cur:
+                # TIMESTAMP values as the binlog has them: UTC.
+                cur.execute("SET SESSION time_zone = '+00:00'")
+            return conn
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise map_pymysql_error(exc, f"connecting to {self.dsn.redacted()}") from exc
+
+    @property
+    def admin(self) -> pymysql.connections.Connection[Any]:
+        if self._admin is None or not self._admin.open:
+            self._admin = self._connect()
+            self._version = self._admin.get_server_info()
+        return self._admin
+
+    def _q(self, query: str, args: Any = None, doing: str = "querying MySQL") -> list[Any]:
+        # The store writer thread asks missing_value() while the pipeline
+        # thread may refresh a table's catalog: one query at a time.
+        with self._lock:
+            try:
+                with self.admin.cursor() as cur:
+                    cur.execute(query, args)
+                    return list(cur.fetchall())
+            except (pymysql.err.MySQLError, OSError) as exc:
+                raise map_pymysql_error(exc, doing) from exc
+
+    @property
+    def is_mariadb(self) -> bool:
+        _ = self.admin
+        return "mariadb" in self._version.lower()
+
+    # -- prerequisites ----------------------------------------------------
+    def server_variables(self) -> dict[str, str]:
+        names = ", ".join(f"'{v}'" for v in _VARIABLES)
+        rows = self._q(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({names})")
+        return {str(k): str(v) for k, v in rows}
+
+    def check_prerequisites(self) -> list[str]:
+        """Problems that stop replication, each with the setting to change."""
+        variables = self.server_variables()
+        problems = variable_problems(variables, self.server_id, self.is_mariadb)
+        note = metadata_note(variables)
+        if note:
+            log.warning(note)
+        (account,) = self._q("SELECT CURRENT_USER()")[0]
+        user, _, host = str(account).rpartition("@")
+        quoted = f"'{user}'@'{host}'"
+        grants = [str(r[0]) for r in self._q("SHOW GRANTS")]
+        by_db: dict[str, list[str]] = {}
+        for t in self.cfg.tables:
+            db, name = t.schema_name
+            by_db.setdefault(db, []).append(name)
+        problems += grant_problems(grants, quoted, by_db, self.is_mariadb)
+        return problems
+
+    def replica_problems(self) -> list[str]:
+        """Another registered replica with our server_id (for `check`)."""
+        for query in ("SHOW REPLICAS", "SHOW SLAVE HOSTS"):
+            try:
+                with self._lock, self.admin.cursor(pymysql.cursors.DictCursor) as cur:
+                    cur.execute(query)
+                    rows = cur.fetchall()
+            except pymysql.err.MySQLError:
+                continue
+            found = [
+                (int(r.get("Server_id", 0)), str(r.get("Host", "")), int(r.get("Port", 0)))
+                for r in rows
+            ]
+            return replica_id_problems(found, self.server_id)
+        return []
+
+    def snapshot_method(self) -> str:
+        return self._snapshot_method or ("status" if self.is_mariadb else "lock")
+
+    # -- catalog ----------------------------------------------------------
+    def _table_spec(self, table: str, key_columns: tuple[str, ...] = ()) -> TableSpec:
+        return read_table_spec(self._q, table, self.is_mariadb, key_columns)
+
+    def discover(self) -> dict[str, TableShape]:
+        """Check every configured table against the catalog and return its
+        shape: it must exist, be InnoDB (the only engine whose snapshot is
+        consistent), and have a primary key or key_columns."""
+        shapes: dict[str, TableShape] = {}
+        self._specs = {}
+        for t in self.cfg.tables:
+            db, name = t.schema_name
+            rows = self._q(
+                "SELECT TABLE_TYPE, ENGINE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                (db, name),
+            )
+            if not rows:
+                raise ConfigError(f"tables: table {t.name} does not exist in the database")
+            table_type, engine = rows[0]
+            if table_type != "BASE TABLE":
+                raise ConfigError(f"tables: {t.name} is not a plain table ({table_type})")
+            if str(engine).lower() != "innodb":
+                raise PrerequisiteError(
+                    f"table {t.name} uses the {engine} engine: only InnoDB tables can be copied "
+                    f"at a consistent binlog position; ALTER TABLE {_qualified(t.name)} "
+                    "ENGINE = InnoDB"
+                )
+            pk = tuple(
+                str(r[0])
+                for r in self._q(
+                    "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE "
+                    "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND CONSTRAINT_NAME = 'PRIMARY' "
+                    "ORDER BY ORDINAL_POSITION",
+                    (db, name),
+                )
+            )
+            spec = self._table_spec(t.name)
+            names = [c.name for c in spec.columns]
+            check_configured_columns(t, names)
+            # binlog_row_image = FULL logs whole before-images, so a table
+            # without a primary key can be keyed by any unique set of columns.
+            key = key_columns_for(t, pk, names)
+            if t.vector_column:
+                vkind = spec.kind(t.vector_column)
+                assert vkind is not None
+                if vkind.type_name not in _VECTOR_TYPES:
+                    raise ConfigError(
+                        f"tables.vector_column: {t.name}.{t.vector_column} is "
+                        f"{vkind.type_name}; a MySQL vector column is JSON (an array of numbers) "
+                        "or a BLOB/VARBINARY of packed little-endian float32"
+                    )
+            spec.key_columns = key
+            self._specs[t.name] = spec
+            shapes[t.name] = TableShape(
+                name=t.name,
+                columns=tuple((c.name, c.type_name) for c in spec.columns),
+                key_columns=key,
+                config=t,
+            )
+        return shapes
+
+    # -- positions --------------------------------------------------------
+    def binary_logs(self) -> list[tuple[str, int]]:
+        return [(str(r[0]), int(r[1])) for r in self._q("SHOW BINARY LOGS")]
+
+    def _file_of(self, position: int) -> tuple[str | None, list[tuple[str, int]]]:
+        seq, _ = unpack_position(position)
+        logs = self.binary_logs()
+        for name, _size in logs:
+            if binlog_file_seq(name) == seq:
+                return name, logs
+        return None, logs
+
+    def resume_problem(self, position: int) -> str | None:
+        seq, offset = unpack_position(position)
+        name, logs = self._file_of(position)
+        if name is None:
+            oldest = logs[0][0] if logs else "none"
+            return (
+                f"binlog file #{seq:06d} of the stored position is no longer on the server "
+                f"(purged; the oldest binlog now is {oldest}): the stream cannot resume at "
+                f"#{seq:06d}:{offset}. Keep binlogs longer (binlog_expire_logs_seconds / "
+                "expire_logs_days) than the wrapper may be down"
+            )
+        size = dict(logs)[name]
+        if offset > size:
+            return (
+                f"the stored position {name}:{offset} is past the end of {name} ({size} bytes): "
+                "the server's binlog was reset (RESET MASTER?)"
+            )
+        return None
+
+    def format_position(self, position: int) -> str:
+        seq, offset = unpack_position(position)
+        return f"#{seq:06d}:{offset}"
+
+    # -- snapshot ---------------------------------------------------------
+    def begin_snapshot(self) -> int:
+        conn = self._connect()
+        self._copy = conn
+        method = self.snapshot_method()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if method == "status":
+                    cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    cur.execute("SHOW STATUS LIKE 'binlog_snapshot_%'")
+                    status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
+                    file = status.get("binlog_snapshot_file", "")
+                    offset = int(status.get("binlog_snapshot_position", "0") or 0)
+                    locked_ms = 0.0
+                else:
+                    started = time.monotonic()
+                    cur.execute("FLUSH TABLES WITH READ LOCK")
+                    try:
+                        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                        file, offset = _master_status(cur)
+                    finally:
+                        cur.execute("UNLOCK TABLES")
+                    locked_ms = (time.monotonic() - started) * 1000
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise map_pymysql_error(exc, "opening the snapshot") from exc
+        if not file:
+            raise PrerequisiteError(
+                "the server reports no binlog position for the snapshot: binary logging is off "
+                "(log_bin) or the tables are not InnoDB"
+            )
+        position = pack_position(file, offset)
+        log.info(
+            "snapshot opened",
+            extra={
+                "method": method,
+                "binlog_file": file,
+                "binlog_position": offset,
+                "lock_ms": round(locked_ms, 1),
+            },
+        )
+        return position
+
+    def snapshot_count(self, table: str) -> int:
+        assert self._copy is not None
+        with self._copy.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {_qualified(table)}")
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
+        """Rows of `table` as of the snapshot, normalized like the stream's."""
+        assert self._copy is not None
+        kinds = self._specs[table].columns
+        exprs = ", ".join(k.select_expr(_quote(k.name)) for k in kinds)
+        try:
+            with self._copy.cursor(pymysql.cursors.SSCursor) as cur:
+                cur.execute(f"SELECT {exprs} FROM {_qualified(table)}")
+                while True:
+                    rows = cur.fetchmany(batch)
+                    if not rows:
+                        return
+                    yield [
+                        {k.name: k.from_select(v) for k, v in zip(kinds, r, strict=True)}
+                        for r in rows
+                    ]
+        except (pymysql.err.MySQLError, OSError) as exc:
+            raise map_pymysql_error(exc, f"copying table {table}") from exc
+
+    def end_snapshot(self) -> None:
+        if self._copy is not None:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                self._copy.rollback()
+                self._copy.close()
+            self._copy = None
+
+    # -- stream -----------------------------------------------------------
+    def start_stream(self, from_position: int) -> None:
+        file, _logs = self._file_of(from_position)
+        if file is None:
+            raise SourceError(
+                f"binlog file of position {self.format_position(from_position)} is gone",
+                retriable=True,
+            )
+        _, offset = unpack_position(from_position)
+        self._decoder = BinlogDecoder(self._specs.values(), file, offset)
+        self._acked = from_position
+        schemas = sorted({s.schema for s in self._specs.values()})
+        self._reader = BinlogReader(
+            self.dsn, self.server_id, file, offset, schemas, heartbeat_s=HEARTBEAT_S
+        )
+        self._reader.start()
+        log.info(
+            "streaming",
+            extra={"binlog_file": file, "binlog_position": offset, "server_id": self.server_id},
+        )
+
+    def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
+        assert self._reader is not None and self._decoder is not None
+        reader, decoder = self._reader, self._decoder
+        last_yield = time.monotonic()
+        while True:
+            ev = reader.get(idle_timeout)
+            if ev is None:
+                last_yield = time.monotonic()
+                yield None
+                continue
+            stx = decoder.feed(ev)
+            if stx is not None:
+                for table in decoder.take_refresh():
+                    self._refresh(table, stx)
+                last_yield = time.monotonic()
+                yield stx
+            elif time.monotonic() - last_yield >= idle_timeout:
+                # Other tables' traffic: let the pipeline flush and store
+                # the position it reached.
+                last_yield = time.monotonic()
+                yield None
+
+    def _refresh(self, table: str, stx: SourceTransaction) -> None:
+        """After DDL on a replicated table: read its columns from the catalog
+        now, so the replica changes shape without waiting for a row change."""
+        old = self._specs[table]
+        spec = self._table_spec(table, old.key_columns)
+        if not spec.columns:  # dropped: keep the shape, the rows are gone
+            return
+        self._specs[table] = spec
+        assert self._decoder is not None
+        stx.relations[table] = self._decoder.set_table(spec)
+
+    def idle_position(self) -> int | None:
+        d = self._decoder
+        if d is None or d.in_transaction or d.boundary <= self._acked:
+            return None
+        return d.boundary
+
+    def acknowledge(self, position: int) -> None:
+        # The server keeps binlogs by age, not by replica progress: nothing
+        # to confirm. The position lives in the store.
+        self._acked = max(self._acked, position)
+
+    def missing_value(self, table: str, column: str) -> Any:
+        """The value rows that existed before `ADD COLUMN` hold: the column's
+        default, evaluated by the server (DEFAULT(col)); with a non-constant
+        default (CURRENT_TIMESTAMP...) the value differs per row and is unknown
+        here, so a warning is logged."""
+        db, name = table.split(".", 1)
+        rows = self._q(
+            "SELECT COLUMN_DEFAULT, EXTRA FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            (db, name, column),
+        )
+        if not rows:
+            return None
+        default, extra = rows[0]
+        if default is None or str(default).upper() == "NULL":
+            return None
+        if (
+            "(" in str(default)
+            or "CURRENT_TIMESTAMP" in str(default).upper()
+            or "GENERATED" in str(extra).upper()
+        ):
+            log.warning(
+                "column added with a non-constant default: rows that existed before show it "
+                "as the server evaluates it now, until they change",
+                extra={"table": table, "column": column, "default": str(default)},
+            )
+        kind = self._specs[table].kind(column) if table in self._specs else None
+        try:
+            rows = self._q(f"SELECT DEFAULT({_quote(column)}) FROM {_qualified(table)} LIMIT 1")
+        except SourceError as exc:
+            if exc.retriable:
+                raise
+            return None  # the column is gone again: nothing to fill
+        if not rows:
+            return None
+        return kind.from_select(rows[0][0]) if kind is not None else rows[0][0]
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.end_snapshot()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None
+
+
+def _enum_members(column_type: str) -> list[str]:
+    """Members of "set('a','b''c')" / "enum(...)"."""
+    inner = column_type[column_type.index("(") + 1 : column_type.rindex(")")]
+    return [m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", inner)]
+
+
+def _master_status(cur: Any) -> tuple[str, int]:
+    """(file, position) from SHOW BINARY LOG STATUS (MySQL 8.2+) or SHOW
+    MASTER STATUS (older MySQL, MariaDB)."""
+    try:
+        cur.execute("SHOW BINARY LOG STATUS")
+    except pymysql.err.ProgrammingError:
+        cur.execute("SHOW MASTER STATUS")
+    row = cur.fetchone()
+    if row is None:
+        return "", 0
+    return str(row[0]), int(row[1])
+
+
+def check_database(cfg: WrapperConfig) -> list[str]:
+    """`prism-wrapper check` for MySQL/MariaDB: print what is fine, return
+    the problems, each naming the setting or GRANT that fixes it."""
+    from prism.fabric.errors import PrismError
+
+    source = MySQLSource(cfg)
+    problems: list[str] = []
+    try:
+        flavor = "MariaDB" if source.is_mariadb else "MySQL"
+        print(f"ok   connected to {flavor} {source._version} as {source.dsn.user}")
+        variables = source.server_variables()
+        found = variable_problems(variables, source.server_id, source.is_mariadb)
+        problems += found
+        if not found:
+            print(
+                "ok   binlog: log_bin ON, binlog_format ROW, binlog_row_image FULL"
+                + (", binlog_row_metadata FULL" if "binlog_row_metadata" in variables else "")
+                + f", server_id {variables.get('server_id')}"
+            )
+        note = metadata_note(variables)
+        if note:
+            print(f"note {note}")
+        problems += source.replica_problems()
+        print(f"ok   replica server_id {source.server_id} (database.server_id)")
+        privileges = source.check_prerequisites()
+        problems += [p for p in privileges if p not in found]
+        try:
+            for name, shape in source.discover().items():
+                print(
+                    f"ok   table {name}: key ({', '.join(shape.key_columns)}), "
+                    f"{len(shape.columns)} columns"
+                )
+        except PrismError as exc:
+            problems.append(str(exc))
+        if not problems:
+            logs = source.binary_logs()
+            how = (
+                "consistent snapshot status (no lock)"
+                if source.snapshot_method() == "status"
+                else "a brief FLUSH TABLES WITH READ LOCK"
+            )
+            oldest = logs[0][0] if logs else "-"
+            print(f"ok   {len(logs)} binlog file(s), oldest {oldest}; initial copy by {how}")
+    except PrismError as exc:
+        problems.append(str(exc))
+    finally:
+        source.close()
+    return problems
+
+
+Query = Callable[[str, Any], list[Any]]
+
+
+def read_table_spec(
+    query: Query, table: str, is_mariadb: bool, key_columns: tuple[str, ...] = ()
+) -> TableSpec:
+    """A table's columns from information_schema, as the binlog decoder and
+    the snapshot copy value them (MariaDB's JSON: a json_valid check)."""
+    db, name = table.split(".", 1)
+    cols = query(
+        "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_OCTET_LENGTH "
+        "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s "
+        "ORDER BY ORDINAL_POSITION",
+        (db, name),
+    )
+    json_cols: set[str] = set()
+    if is_mariadb:
+        for (clause,) in query(
+            "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+            "WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s",
+            (db, name),
+        ):
+            json_cols.update(m.replace("``", "`") for m in _JSON_CHECK.findall(str(clause)))
+    kinds = []
+    for col, data_type, column_type, octets in cols:
+        tname = catalog_type_name(str(data_type), str(column_type), col in json_cols)
+        members: tuple[str, ...] = ()
+        if tname == "set":
+            members = tuple(_enum_members(str(column_type)))
+        kinds.append(
+            ColumnKind(
+                str(col),
+                tname,
+                set_members=members,
+                binary_length=int(octets or 0) if tname == "binary" else 0,
+            )
+        )
+    return TableSpec(
+        schema=db,
+        name=name,
+        columns=tuple(kinds),
+        key_columns=key_columns,
+        json_columns=frozenset(json_cols),
+    )
