@@ -29,6 +29,7 @@ from itertools import chain
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
 from prism.fabric.errors import (
@@ -407,9 +408,16 @@ def parse_frame(data: bytes) -> wrapper_pb2.Frame:
     The driver reads Subscribe's raw bytes and parses them here, because
     gRPC's own deserializer swallows the error and hands on None."""
     try:
-        return wrapper_pb2.Frame.FromString(data)
+        frame = wrapper_pb2.Frame.FromString(data)
     except DecodeError as exc:
         raise FrameError(f"{len(data)} bytes do not parse as a Frame: {exc}") from None
+    # The format version fixes the fields; anything else (a field of another
+    # number, or a known number with the wrong wire type) is not ours.
+    unknown = UnknownFieldSet(frame)
+    if len(unknown):
+        numbers = sorted({unknown[i].field_number for i in range(len(unknown))})
+        raise FrameError(f"frame carries fields this format does not define: {numbers}")
+    return frame
 
 
 def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
