@@ -69,6 +69,7 @@ class Keyring:
             raise StoreError(f"cannot set up the keyring in {path}: {exc}") from exc
         self._cache: dict[str, TenantKeys] = {}
         self._read_at = 0.0
+        self._closed = False
         self._refresh()
 
     def _refresh(self) -> None:
@@ -81,6 +82,9 @@ class Keyring:
     def get(self, tenant: str) -> TenantKeys:
         """The tenant's current keys, advancing the epoch when it is due."""
         with self._lock:
+            if self._closed:
+                # Shutting down: streams still draining keep the last epoch.
+                return self._cache[tenant]
             if time.monotonic() - self._read_at > _REFRESH_S:
                 self._refresh()
             keys = self._cache[tenant]
@@ -133,4 +137,6 @@ class Keyring:
         self._refresh()
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._closed = True
+            self._conn.close()
