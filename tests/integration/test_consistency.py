@@ -29,12 +29,13 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
     await steady.wait_ready(timeout=60)
 
     done = threading.Event()
+    faulted = threading.Event()  # the workload goes on until the faults happened
     errors: list[BaseException] = []
 
     def run_workload() -> None:
         try:
             with db.connect() as c:
-                wl.run(c, transactions)
+                wl.run(c, transactions, until=faulted.is_set)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -58,6 +59,8 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
                 restarts += 1
             flaky = driver_for(proc, secret_file)
             await flaky.start()
+        if kills >= 3 and restarts >= 1:
+            faulted.set()
     worker.join()
     assert not errors, errors
     assert kills >= 2, "the workload ended before the wrapper was killed twice"

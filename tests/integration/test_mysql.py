@@ -133,12 +133,13 @@ async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file
     proc = mysql_wrapper(mc.tables_config(), store={"commit_interval_ms": 2.0})
     keys = mc.keys(mdb.name)
     done = threading.Event()
+    faulted = threading.Event()  # the workload goes on until the faults happened
     errors: list[BaseException] = []
 
     def run_workload() -> None:
         c = mdb.connect()
         try:
-            wl.run(c, transactions)
+            wl.run(c, transactions, until=faulted.is_set)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -158,6 +159,8 @@ async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file
             proc.kill9()
             kills += 1
             await asyncio.to_thread(proc.start)
+            if kills >= 3:
+                faulted.set()
         worker.join()
         assert not errors, errors
         assert kills >= 2, "the workload ended before the wrapper was killed twice"

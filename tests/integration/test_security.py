@@ -282,12 +282,13 @@ async def test_keys_rotate_under_continuous_writes(
     await driver.start()
     await driver.wait_ready(timeout=60)
     done = threading.Event()
+    faulted = threading.Event()  # the workload goes on until the faults happened
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             with db.connect() as c:
-                wl.run(c, 1500)
+                wl.run(c, 600, until=faulted.is_set)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -295,24 +296,29 @@ async def test_keys_rotate_under_continuous_writes(
 
     worker = threading.Thread(target=run)
     worker.start()
-    killed = False
+    followed_at_kill: int | None = None  # in-stream rotations followed before the kill
     epochs = set()
     while not done.is_set():
         await asyncio.sleep(0.3)
-        epochs.add(driver.stats()["key_epoch"])
-        if not killed and len(epochs) >= 2:
+        stats = driver.stats()
+        epochs.add(stats["key_epoch"])
+        if followed_at_kill is None and stats["key_rotations"] >= 1:
             await asyncio.to_thread(rotate_keys, proc)
             proc.kill9()
             await asyncio.to_thread(proc.start)
-            killed = True
+            followed_at_kill = stats["key_rotations"]
+        elif followed_at_kill is not None and stats["key_rotations"] >= followed_at_kill + 2:
+            faulted.set()  # two more timed rotations followed after the restart
     worker.join()
     assert not errors, errors
     with db.connect() as c:
         await wait_consistent(driver, c, KEYS, timeout=90)
     stats = driver.stats()
     await driver.close()
-    assert killed and len(epochs) >= 3, epochs  # timed, rotate-keys, timed
-    assert stats["key_rotations"] >= 3
+    assert followed_at_kill is not None and faulted.is_set()
+    # A timed rotation, rotate-keys, and timed ones after the restart.
+    assert stats["key_epoch"] >= 4, epochs
+    assert stats["key_rotations"] >= 3 and stats["reconnects"] >= 1
     assert stats["frames_rejected"] == 0
 
 

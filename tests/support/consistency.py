@@ -343,9 +343,17 @@ class Workload:
         conn: Any,
         transactions: int,
         between: Callable[[int], None] | None = None,
+        until: Callable[[], bool] | None = None,
     ) -> None:
-        """Run `transactions` transactions on an autocommit connection."""
-        for n in range(transactions):
+        """Run `transactions` transactions on an autocommit connection. With
+        `until`, go on past them until it returns True (up to ten times as
+        many), so that a fault test's faults always land during the workload
+        however fast the machine runs it."""
+        n = -1
+        while True:
+            n += 1
+            if n >= transactions and (until is None or until() or n >= 10 * transactions):
+                break
             if self.alter_at is not None and n == self.alter_at and not self.altered:
                 self._alter(conn)
                 self.altered = True
