@@ -15,7 +15,7 @@ against plaintext, measured in one run.
 
 Results go to results/security.json and the "Security" table of README.md.
 
-    python benchmark/security.py [--rows 50000] [--rounds 3]
+    python benchmark/security.py [--rows 50000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -201,15 +201,30 @@ def transport(args: argparse.Namespace) -> dict[str, Any]:
             w.stop()
             if r["rows"] != args.rows:
                 raise RuntimeError(f"{name}: driver holds {r['rows']} rows of {args.rows}")
-            runs[name].append({"seconds": r["seconds"], "rows_per_s": r["rows_per_s"], "cpu": cpu})
-            log(f"{name}: {r['rows_per_s']:,.0f} rows/s, wrapper CPU {cpu:.1f} s")
+            runs[name].append(
+                {
+                    "seconds": r["seconds"],
+                    "rows_per_s": r["rows_per_s"],
+                    "cpu": cpu,
+                    "driver_cpu": r["cpu_seconds"],
+                }
+            )
+            log(
+                f"{name}: {r['rows_per_s']:,.0f} rows/s, CPU wrapper {cpu:.1f} s, "
+                f"driver {r['cpu_seconds']:.1f} s"
+            )
         out: dict[str, Any] = {"rows": args.rows, "rounds": args.rounds, "runs": runs}
         for name, rs in runs.items():
             out[name] = {
                 "rows_per_s": statistics.median(r["rows_per_s"] for r in rs),
+                "best_rows_per_s": max(r["rows_per_s"] for r in rs),
                 "wrapper_cpu_s": statistics.median(r["cpu"] for r in rs),
+                "driver_cpu_s": statistics.median(r["driver_cpu"] for r in rs),
             }
         out["tls_over_plaintext"] = out["tls"]["rows_per_s"] / out["plaintext"]["rows_per_s"]
+        out["tls_over_plaintext_best"] = (
+            out["tls"]["best_rows_per_s"] / out["plaintext"]["best_rows_per_s"]
+        )
         return out
     finally:
         for w in wrappers:
@@ -248,12 +263,21 @@ def report(r: dict[str, Any]) -> str:
         f"Bootstrap of {t['rows']:,} rows by a driver in its own process, from the real "
         f"wrapper, median of {t['rounds']} alternating rounds:",
         "",
-        "| transport | rows/s | wrapper CPU s | TLS / plaintext |",
+        "| transport | rows/s, median (best) | CPU s: wrapper / driver process | "
+        "TLS / plaintext, median (best) |",
         "| --- | --- | --- | --- |",
-        f"| plaintext (chorus.insecure, baseline) | {t['plaintext']['rows_per_s']:,.0f} "
-        f"| {t['plaintext']['wrapper_cpu_s']:.1f} | 1.0× |",
-        f"| TLS (default) | {t['tls']['rows_per_s']:,.0f} | {t['tls']['wrapper_cpu_s']:.1f} "
-        f"| {t['tls_over_plaintext']:.2f}× |",
+        *(
+            f"| {label} | {m['rows_per_s']:,.0f} ({m['best_rows_per_s']:,.0f}) "
+            f"| {m['wrapper_cpu_s']:.1f} / {m['driver_cpu_s']:.1f} | {ratio} |"
+            for label, m, ratio in (
+                ("plaintext (chorus.insecure, baseline)", t["plaintext"], "1.0×"),
+                (
+                    "TLS (default)",
+                    t["tls"],
+                    f"{t['tls_over_plaintext']:.2f}× ({t['tls_over_plaintext_best']:.2f}×)",
+                ),
+            )
+        ),
         END,
     ]
     return "\n".join(lines)
@@ -262,7 +286,7 @@ def report(r: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=50_000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--frame-rows", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--timeout", type=float, default=600.0)
