@@ -29,6 +29,7 @@ from prism.driver.errors import (
     WriteOutcomeUnknownError,
     WritePermissionError,
 )
+from prism.driver.index import IndexParams
 from prism.driver.writes import WriteAck, WriteOp
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "DriverConfig",
     "DriverConfigError",
     "DriverError",
+    "IndexParams",
     "InvalidWriteError",
     "Match",
     "NotReadyError",

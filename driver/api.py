@@ -43,8 +43,8 @@ from prism.driver.errors import (
     map_write_error,
 )
 from prism.driver.follow import Batch, Follower
-from prism.driver.index import VectorIndex, normalize
-from prism.driver.replica import Replica, TableReplica
+from prism.driver.index import normalize
+from prism.driver.replica import Replica, ReplicaFeed, TableReplica
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
@@ -84,7 +84,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 @dataclass(frozen=True)
 class Match:
     row_id: Any  # the primary key value (a tuple for composite keys)
-    score: float  # cosine similarity in the tenant's keyed space, in [-1, 1]
+    score: float  # exact cosine of grid vectors in the keyed space, in [-1, 1]
     row: dict[str, Any]
     text_repr: str
     table: str
@@ -115,7 +115,7 @@ class PrismDriver:
         self.config = config
         self._secret = load_secret(config.secret_file)
         self._follower = Follower()
-        self._replica = Replica({})
+        self._feed = ReplicaFeed(Replica({}))
         self._tables: dict[str, TableInfo] = {}
         self._epoch = 0
         self._projection_key = b""
@@ -275,6 +275,7 @@ class PrismDriver:
             hello, projection_key = await self._handshake(stub)
             self._on_hello(hello, projection_key)
             stream_id, position = self._follower.new_call()
+            self._feed.restart()
             call = stub.Subscribe(
                 pb.SubscribeRequest(
                     tenant_id=cfg.tenant_id,
@@ -305,6 +306,12 @@ class PrismDriver:
                     if batch is not None:
                         self._apply(batch)
                         progressed = True
+                    elif self._follower.resetting:
+                        # Bootstrap frames go to the replica built aside at
+                        # once; then let readers in before the next frame
+                        # (a buffered stream need not yield by itself).
+                        self._feed.bootstrap_frames(self._follower.take_bootstrap_frames())
+                        await asyncio.sleep(0)
                     else:
                         self._signal_progress()  # head moved: lag is visible in stats
             except grpc.aio.AioRpcError as exc:
@@ -384,16 +391,14 @@ class PrismDriver:
             for t in hello.tables
         }
         if tables != self._tables:
-            self._replica = Replica(
-                {
-                    n: TableReplica(
-                        n,
-                        t.key_columns,
-                        t.text_columns,
-                        index=VectorIndex(t.vector_dim) if t.has_vectors else None,
-                    )
-                    for n, t in tables.items()
-                }
+            self._feed = ReplicaFeed(
+                Replica.for_tables(
+                    {
+                        n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                        for n, t in tables.items()
+                    },
+                    self.config.index,
+                )
             )
             self._follower = Follower()  # a different shape: bootstrap afresh
         self._tables = tables
@@ -406,19 +411,20 @@ class PrismDriver:
     def _apply(self, batch: Batch) -> None:
         # Synchronous on purpose: no await between the first and the last
         # change, so readers on this loop see the batch whole or not at all.
+        n = self._feed.apply(batch)
         if batch.reset:
-            fresh = Replica.empty_like(self._replica)
-            n = fresh.apply(batch)
-            self._replica = fresh
             self._stats["bootstraps"] += 1
-        else:
-            n = self._replica.apply(batch)
         self._follower.committed(batch)
         self._last_commit_us = max(self._last_commit_us, batch.commit_time_us)
         self._stats["batches"] += 1
         self._stats["changes_applied"] += n
         self._ready.set()
         self._signal_progress()
+
+    @property
+    def _replica(self) -> Replica:
+        """The replica readers see."""
+        return self._feed.replica
 
     def _signal_progress(self) -> None:
         # Wake every waiter, then give later waiters a fresh event: an event
@@ -514,10 +520,14 @@ class PrismDriver:
         top_k: int = 10,
         threshold: float = 0.0,
         table: str | None = None,
+        exact: bool = False,
     ) -> list[Match]:
         """Rows most similar to `embedding` (or to `text`, embedded with the
         built-in text embedder), best first. A row is returned when its
-        cosine score, computed in the tenant's keyed space, is >= threshold."""
+        score is >= threshold, exactly: the score is the cosine of the
+        query's and the row's grid vectors in the tenant's keyed space (see
+        prism.driver.index). A large table is searched through its
+        partitions, which may miss a row; `exact=True` scans every row."""
         self._raise_if_failed()
         if (embedding is None) == (text is None):
             raise QueryError("query: give exactly one of embedding=... or text=...")
@@ -554,7 +564,7 @@ class PrismDriver:
             tried = True
             t = self._replica.tables[info.name]
             assert t.index is not None
-            for key, score in t.index.query(q, top_k, float(threshold)):
+            for key, score in t.index.query(q, top_k, float(threshold), exact=bool(exact)):
                 results.append((score, info.name, key))
         if not tried:
             dims = sorted({i.source_dim for i in searchable if not i.text_embedded})
@@ -747,9 +757,7 @@ class PrismDriver:
     def stats(self) -> dict[str, Any]:
         now_us = time.time_ns() // 1000
         idx = {
-            n: {"kind": t.index.kind, "vectors": len(t.index), "bytes": t.index.nbytes}
-            for n, t in self._replica.tables.items()
-            if t.index is not None
+            n: t.index.describe() for n, t in self._replica.tables.items() if t.index is not None
         }
         return {
             "rows": self._replica.row_counts(),
@@ -761,6 +769,7 @@ class PrismDriver:
             "connected": self._connected,
             "ready": self._ready.is_set() and self._failure is None,
             "index": idx,
+            "bootstrap_rows_built": self._feed.building_rows,
             "key_epoch": self._epoch,
             "frames_rejected_by_reason": dict(self._rejections),
             **self._stats,

@@ -1,16 +1,68 @@
-"""The driver's vector index: exact cosine search, updated in place.
+"""The driver's vector index: exact cosine on a fixed integer grid, with an
+automatic partitioned mode for large tables, updated in place.
 
 Holds one table's vectors in the tenant's keyed space (never raw
-embeddings), L2-normalized float32 in a growable slab; a key maps to a slot,
-deletes free slots for reuse, so updates and deletes never rebuild. Scores
-are cosine similarities of the projected vectors, in [-1, 1].
+embeddings). The replica hands it L2-normalized float32 vectors; the index
+stores each one as a *grid vector*: the vector scaled so that its largest
+component is +-L and rounded to integers, L = floor(sqrt((2**24 - 1) / dim))
+(209 for 384 dimensions). The grid values are kept in float32, which holds
+them exactly, and so is every partial sum of a dot product of two grid
+vectors (|sum| <= dim * L**2 < 2**24): BLAS computes those dot products
+exactly, in any summation order.
+
+The score of a row for a query is therefore a deterministic function of two
+grid vectors: with q the query's grid vector, v the row's, and
+d = q.v, a = q.q, b = v.v (exact integers),
+
+    score = d / sqrt(a * b)        (IEEE float64: a*b < 2**48 is exact, then
+                                    one correctly rounded sqrt and division)
+
+It lies in [-1, 1] (Cauchy-Schwarz holds after rounding), equals 1.0 for a
+row whose grid vector is parallel to the query's, and 0.0 for an orthogonal
+one. `threshold` is compared to exactly this float: a row is returned when
+`score >= threshold`, with no tolerance. The grid rounding moves a cosine by
+about 1e-3 at most (measured in benchmark/index_bench.py as recall against
+exact float64 cosine of the original vectors).
+
+Two ways to search, chosen automatically (shown as `kind`):
+
+* "exact": one matrix-vector product over every stored grid vector. The
+  default while the table has fewer than `exact_limit` vectors, and always
+  available with `query(..., exact=True)`.
+* "ivf": once the table reaches `exact_limit` vectors, a partitioning is
+  trained on a sample (in a background thread, so the caller never waits for
+  it; until it is adopted the index answers exactly): a basis of the top `r`
+  principal directions, and `nlist` spherical k-means centroids in that
+  reduced space. Each row then also keeps its r-d reduced vector in the list
+  of its nearest centroid. A query scores the centroids, scans the reduced
+  vectors of the `nprobe` nearest lists, and reranks the best `rerank`
+  candidates with the exact grid score above. Returned scores are always
+  exact scores; only which rows are considered is approximate.
+
+Updates and deletes are in place: a key owns a slot in the grid slab (slots
+of deleted keys are reused), and its reduced vector sits at a position in one
+list, removed by moving the list's last entry into the hole. Nothing is ever
+rebuilt; the slab grows by reallocation, not by copying.
+
+Not thread-safe, like the driver: mutate and query from one thread (the
+driver's event loop). The training thread reads only a copy of a sample.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
 
+from prism.driver.errors import DriverConfigError
+
 _EPS = 1e-12
+_EXACT_SUM = 2**24 - 1  # float32 integers are exact up to here
+_TRAINER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-index-train")
 
 
 def normalize(v: np.ndarray) -> np.ndarray:
@@ -19,16 +71,202 @@ def normalize(v: np.ndarray) -> np.ndarray:
     return (v / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
 
 
-class VectorIndex:
-    kind = "exact"
+def grid_limit(dim: int) -> int:
+    """L: the largest grid value for which every dot product of two grid
+    vectors of `dim` dimensions stays exact in float32."""
+    return max(1, math.isqrt(_EXACT_SUM // dim))
 
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+
+def to_grid(vectors: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid vectors (float32 holding integers in [-limit, limit]) and their
+    squared norms (float64, exact), for a (n, dim) array."""
+    v = np.asarray(vectors, dtype=np.float32)
+    peak = np.abs(v).max(axis=-1, keepdims=True)
+    scale = np.float32(limit) / np.maximum(peak, np.float32(1e-30))
+    # |v * scale| <= limit * (1 + 2**-23) < limit + 0.5: rint never passes limit.
+    g = np.rint(v * scale)
+    sq = np.einsum("...i,...i->...", g, g, dtype=np.float64)
+    return g, sq
+
+
+def query_grid(unit_query: np.ndarray, limit: int) -> tuple[np.ndarray, float]:
+    """to_grid for one vector, with fewer numpy calls (it is on every query)."""
+    q = np.asarray(unit_query, dtype=np.float32)
+    g = np.rint(q * (np.float32(limit) / np.abs(q).max()))  # float32, as in to_grid
+    return g, float(g @ g)  # exact: a sum of integers below 2**24
+
+
+def exact_scores(dots: np.ndarray, qq: float, vv: np.ndarray) -> np.ndarray:
+    """The documented score, d / sqrt(a * b) in float64, for dot products
+    `dots` of the query's grid vector (squared norm qq) with grid vectors of
+    squared norms vv (all non-zero: zero vectors are never stored)."""
+    return dots.astype(np.float64) / np.sqrt(qq * vv)
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the index searches. `exact_limit`: below this many vectors the
+    index stays exact. The rest tune the partitioned ("ivf") mode."""
+
+    exact_limit: int = 20_000
+    nlist: int = 512  # partitions
+    nprobe: int = 24  # partitions scanned per query
+    reduced_dim: int = 64  # r: dimensions of the candidate vectors
+    rerank: int = 96  # candidates rescored exactly (at least top_k)
+    train_sample: int = 20_000
+    kmeans_iters: int = 8
+    background: bool = True  # train in a thread; False: train inline (tests)
+
+    def __post_init__(self) -> None:
+        for name in ("exact_limit", "nlist", "nprobe", "reduced_dim", "rerank", "train_sample"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DriverConfigError(f"index.{name}: {v!r} must be a positive integer")
+        if not isinstance(self.kmeans_iters, int) or self.kmeans_iters < 0:
+            raise DriverConfigError(f"index.kmeans_iters: {self.kmeans_iters!r} must be >= 0")
+        if self.train_sample < self.nlist:
+            raise DriverConfigError("index.train_sample must be at least index.nlist")
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
+    c = x[rng.choice(len(x), size=k, replace=False)].copy()
+    for _ in range(iters):
+        assign = np.argmax(x @ c.T, axis=1)
+        sums = np.zeros_like(c)
+        np.add.at(sums, assign, x)
+        counts = np.bincount(assign, minlength=k)
+        empty = counts == 0
+        if empty.any():  # re-seed empty lists from random points
+            sums[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
+        c = normalize(sums)
+    return c
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    basis: np.ndarray  # (dim, r): top-r principal directions of unit grid vectors
+    centroids: np.ndarray  # (nlist, r), unit
+
+
+def train_partitioning(sample: np.ndarray, params: IndexParams, seed: int = 0) -> Partitioning:
+    """PCA basis and k-means centroids from unit vectors `sample` (pure; runs
+    in the training thread)."""
+    r = min(params.reduced_dim, sample.shape[1])
+    x = sample.astype(np.float32, copy=False)
+    # Uncentered: the basis should keep inner products, mean direction included.
+    cov = (x.T @ x).astype(np.float64)
+    _w, vecs = np.linalg.eigh(cov)
+    basis = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+    red = normalize(x @ basis)
+    k = max(1, min(params.nlist, len(x)))
+    cents = _spherical_kmeans(red, k, params.kmeans_iters, np.random.default_rng(seed))
+    return Partitioning(basis, np.ascontiguousarray(cents, dtype=np.float32))
+
+
+class _Lists:
+    """The partitioned mode's lists: per list, a contiguous block of reduced
+    vectors and the slots they belong to."""
+
+    def __init__(self, part: Partitioning, capacity: int) -> None:
+        self.part = part
+        k, r = part.centroids.shape
+        self.red = [np.zeros((16, r), np.float32) for _ in range(k)]
+        self.slots = [np.zeros(16, np.int32) for _ in range(k)]
+        self.size = [0] * k
+        self.list_of = np.full(capacity, -1, np.int32)
+        self.pos_of = np.zeros(capacity, np.int32)
+
+    def grow_slots(self, capacity: int) -> None:
+        old = len(self.list_of)
+        self.list_of.resize(capacity, refcheck=False)
+        self.list_of[old:] = -1
+        self.pos_of.resize(capacity, refcheck=False)
+
+    def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
+        return unit_grid @ self.part.basis
+
+    def add(self, slots: np.ndarray, red: np.ndarray) -> None:
+        assign = np.argmax(red @ self.part.centroids.T, axis=-1)
+        order = np.argsort(assign, kind="stable")
+        assign_sorted = assign[order]
+        bounds = np.flatnonzero(np.diff(assign_sorted)) + 1
+        for chunk in np.split(order, bounds):
+            if not len(chunk):
+                continue
+            li = int(assign[chunk[0]])
+            n = self.size[li]
+            need = n + len(chunk)
+            if need > len(self.slots[li]):
+                cap = max(need, len(self.slots[li]) * 5 // 4 + 16)
+                self.red[li] = _resized(self.red[li], cap)
+                self.slots[li] = _resized(self.slots[li], cap)
+            self.red[li][n:need] = red[chunk]
+            self.slots[li][n:need] = slots[chunk]
+            self.size[li] = need
+            self.list_of[slots[chunk]] = li
+            self.pos_of[slots[chunk]] = np.arange(n, need, dtype=np.int32)
+
+    def remove(self, slot: int) -> None:
+        li = int(self.list_of[slot])
+        if li < 0:
+            return
+        pos = int(self.pos_of[slot])
+        last = self.size[li] - 1
+        if pos != last:
+            moved = int(self.slots[li][last])
+            self.red[li][pos] = self.red[li][last]
+            self.slots[li][pos] = moved
+            self.pos_of[moved] = pos
+        self.size[li] = last
+        self.list_of[slot] = -1
+
+    def candidates(self, q_red: np.ndarray, nprobe: int, count: int) -> np.ndarray:
+        """Slots of the `count` best rows by reduced score in the nprobe
+        lists nearest the query."""
+        cs = self.part.centroids @ q_red
+        k = len(cs)
+        probe = np.argpartition(-cs, nprobe - 1)[:nprobe].tolist() if nprobe < k else range(k)
+        size, red, slots = self.size, self.red, self.slots
+        probe = [li for li in probe if size[li]]
+        if not probe:
+            return np.zeros(0, np.int32)
+        s = np.concatenate([red[li][: size[li]] @ q_red for li in probe])
+        sl = np.concatenate([slots[li][: size[li]] for li in probe])
+        if count < len(s):
+            sl = sl[np.argpartition(-s, count - 1)[:count]]
+        return sl
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            sum(a.nbytes for a in self.red)
+            + sum(a.nbytes for a in self.slots)
+            + self.list_of.nbytes
+            + self.pos_of.nbytes
+            + self.part.basis.nbytes
+            + self.part.centroids.nbytes
+        )
+
+
+def _resized(a: np.ndarray, rows: int) -> np.ndarray:
+    out = np.zeros((rows, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class VectorIndex:
+    def __init__(self, dim: int, capacity: int = 1024, params: IndexParams | None = None) -> None:
         self.dim = dim
-        self._vecs = np.zeros((max(capacity, 16), dim), dtype=np.float32)
-        self._valid = np.zeros(max(capacity, 16), dtype=bool)
+        self.params = params or IndexParams()
+        self.limit = grid_limit(dim)
+        cap = max(capacity, 16)
+        self._grid = np.zeros((cap, dim), dtype=np.float32)
+        self._sq = np.zeros(cap, dtype=np.float64)  # 0 marks a free slot
         self._keys: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
+        self._lists: _Lists | None = None
+        self._training: Future[Partitioning] | None = None
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -36,73 +274,205 @@ class VectorIndex:
     def __contains__(self, key: str) -> bool:
         return key in self._slot
 
+    # -- introspection ------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        self._adopt_if_trained()
+        return "ivf" if self._lists is not None else "exact"
+
     @property
     def nbytes(self) -> int:
-        return int(self._vecs.nbytes + self._valid.nbytes)
+        """Bytes the index holds: numpy arrays, plus the key map and slot list."""
+        n = self._grid.nbytes + self._sq.nbytes
+        n += sys.getsizeof(self._slot) + sys.getsizeof(self._keys) + 28 * len(self._slot)
+        if self._lists is not None:
+            n += self._lists.nbytes
+        return int(n)
 
+    @property
+    def capacity(self) -> int:
+        """Slots allocated in the grid slab."""
+        return int(self._grid.shape[0])
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of the stored grid vectors themselves (float32, dim each)."""
+        return len(self._slot) * self.dim * 4
+
+    def describe(self) -> dict[str, object]:
+        """What `stats()` shows: the search chosen and why, and the memory."""
+        kind = self.kind
+        p = self.params
+        d: dict[str, object] = {
+            "kind": kind,
+            "vectors": len(self),
+            "bytes": self.nbytes,
+            "bytes_per_vector": self.nbytes / len(self) if len(self) else 0.0,
+            "vector_bytes": self.vector_bytes,
+            "exact_limit": p.exact_limit,
+            "training": self._training is not None,
+            "score": f"cosine of int grid vectors, |component| <= {self.limit}",
+        }
+        if self._lists is not None:
+            d.update(
+                nlist=len(self._lists.size),
+                nprobe=p.nprobe,
+                reduced_dim=self._lists.part.basis.shape[1],
+                rerank=p.rerank,
+            )
+        return d
+
+    # -- updates --------------------------------------------------------------
     def _grow(self, need: int) -> None:
-        cap = self._vecs.shape[0]
+        cap = self._grid.shape[0]
         if need <= cap:
             return
-        new_cap = max(need, cap + cap // 2)  # 1.5x: at most a third of the slab idle
-        vecs = np.zeros((new_cap, self.dim), dtype=np.float32)
-        vecs[:cap] = self._vecs
-        valid = np.zeros(new_cap, dtype=bool)
-        valid[:cap] = self._valid
-        self._vecs, self._valid = vecs, valid
+        new_cap = max(need, cap + cap // 8)
+        # resize reallocates in place where it can (mremap for large blocks):
+        # no copy of the slab, so no pause proportional to its size.
+        self._grid.resize((new_cap, self.dim), refcheck=False)
+        self._sq.resize(new_cap, refcheck=False)
+        if self._lists is not None:
+            self._lists.grow_slots(new_cap)
+
+    def _take_slot(self, key: str) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+        else:
+            slot = len(self._keys)
+            self._grow(slot + 1)
+            self._keys.append(key)
+        self._slot[key] = slot
+        return slot
 
     def upsert(self, key: str, unit_vector: np.ndarray) -> None:
         """Set key's vector (already normalized)."""
-        slot = self._slot.get(key)
-        if slot is None:
-            if self._free:
-                slot = self._free.pop()
-                self._keys[slot] = key
-            else:
-                slot = len(self._keys)
-                self._grow(slot + 1)
-                self._keys.append(key)
-            self._slot[key] = slot
-        self._vecs[slot] = unit_vector
-        self._valid[slot] = True
+        self.upsert_many([key], np.asarray(unit_vector, np.float32)[None, :])
 
-    def upsert_many(self, keys: list[str], unit_vectors: np.ndarray) -> None:
-        for k, v in zip(keys, unit_vectors, strict=True):
-            self.upsert(k, v)
+    def upsert_many(self, keys: Sequence[str], unit_vectors: np.ndarray) -> None:
+        """Set the vectors of `keys` (rows of `unit_vectors`, normalized); a
+        key given twice keeps its last vector."""
+        if len(keys) != len(unit_vectors):
+            raise ValueError("upsert_many: keys and vectors differ in length")
+        if not len(keys):
+            return
+        self._adopt_if_trained()
+        grid, sq = to_grid(unit_vectors, self.limit)
+        if len(set(keys)) != len(keys):  # keep each key's last vector only
+            last = {k: i for i, k in enumerate(keys)}
+            pick = sorted(last.values())
+            keys, grid, sq = [keys[i] for i in pick], grid[pick], sq[pick]
+        if not sq.all():  # a zero vector has no direction: not searchable
+            for i in np.flatnonzero(sq == 0).tolist():
+                self.delete(keys[i])
+            nz = np.flatnonzero(sq).tolist()
+            keys, grid, sq = [keys[i] for i in nz], grid[nz], sq[nz]
+            if not keys:
+                return
+        lists = self._lists
+        slots = np.empty(len(keys), np.int64)
+        get = self._slot.get
+        for i, key in enumerate(keys):
+            slot: int | None = get(key)
+            if slot is None:
+                slot = self._take_slot(key)
+            elif lists is not None:
+                lists.remove(slot)
+            slots[i] = slot
+        self._grid[slots] = grid
+        self._sq[slots] = sq
+        if lists is not None:
+            unit = grid / np.sqrt(np.maximum(sq, 1.0))[:, None].astype(np.float32)
+            lists.add(slots, lists.reduce(unit))
+        self._maybe_train()
 
     def delete(self, key: str) -> None:
         slot = self._slot.pop(key, None)
         if slot is None:
             return
-        self._valid[slot] = False
-        self._vecs[slot] = 0.0
+        self._grid[slot] = 0.0
+        self._sq[slot] = 0.0
         self._keys[slot] = None
         self._free.append(slot)
+        if self._lists is not None:
+            self._lists.remove(slot)
 
-    def query(
-        self, unit_query: np.ndarray, top_k: int, threshold: float
-    ) -> list[tuple[str, float]]:
-        """Keys with cosine >= threshold, best first, at most top_k; ties
-        broken by key so results are deterministic."""
-        n = len(self._keys)
-        if n == 0 or not self._slot:
-            return []
-        scores = self._vecs[:n] @ unit_query
-        np.clip(scores, -1.0, 1.0, out=scores)
-        scores[~self._valid[:n]] = -np.inf
-        k = min(top_k, len(self._slot))
-        if k < n:
-            cand = np.argpartition(-scores, k - 1)[:k]
-            # Include every slot tied with the k-th score so tie-breaking by
-            # key does not depend on argpartition's arbitrary order.
-            kth = scores[cand].min()
-            cand = np.flatnonzero(scores >= kth)
+    # -- the partitioned mode ------------------------------------------------
+    def _maybe_train(self) -> None:
+        p = self.params
+        if self._lists is not None or self._training is not None or len(self) < p.exact_limit:
+            return
+        live = np.flatnonzero(self._sq[: len(self._keys)])
+        rng = np.random.default_rng(len(live))
+        pick = live if len(live) <= p.train_sample else rng.choice(live, p.train_sample, False)
+        sample = self._grid[np.sort(pick)] / np.sqrt(self._sq[np.sort(pick)])[:, None]
+        sample = sample.astype(np.float32)
+        if p.background:
+            self._training = _TRAINER.submit(train_partitioning, sample, p)
         else:
-            cand = np.arange(n)
-        out = [
-            (self._keys[i], float(scores[i]))
-            for i in cand
-            if self._valid[i] and scores[i] >= threshold
-        ]
-        out.sort(key=lambda t: (-t[1], t[0]))
+            self.adopt(train_partitioning(sample, p))
+
+    def _adopt_if_trained(self) -> None:
+        t = self._training
+        if t is not None and t.done():
+            self._training = None
+            self.adopt(t.result())
+
+    def wait_trained(self, timeout: float | None = None) -> None:
+        """Block until a running training finished and is adopted (benchmarks)."""
+        if self._training is not None:
+            self._training.result(timeout)
+            self._adopt_if_trained()
+
+    def adopt(self, part: Partitioning) -> None:
+        """Switch to the partitioned mode: file every current row in its list.
+        One vectorized pass over the rows, on the caller's thread."""
+        lists = _Lists(part, self._grid.shape[0])
+        live = np.flatnonzero(self._sq[: len(self._keys)])
+        for lo in range(0, len(live), 65536):
+            s = live[lo : lo + 65536]
+            unit = self._grid[s] / np.sqrt(self._sq[s])[:, None].astype(np.float32)
+            lists.add(s, lists.reduce(unit))
+        self._lists = lists
+
+    # -- queries ------------------------------------------------------------
+    def query(
+        self, unit_query: np.ndarray, top_k: int, threshold: float, exact: bool = False
+    ) -> list[tuple[str, float]]:
+        """Keys with score >= threshold, best first, at most top_k; ties
+        broken by key so results are deterministic. Scores: see the module
+        docstring."""
+        if not self._slot:
+            return []
+        self._adopt_if_trained()
+        q, qq = query_grid(unit_query, self.limit)
+        lists = self._lists
+        if lists is None or exact:
+            n = len(self._keys)
+            dots = self._grid[:n] @ q
+            cand = np.flatnonzero(self._sq[:n])
+            dots = dots[cand]
+        else:
+            q_red = lists.reduce(q * np.float32(1.0 / math.sqrt(qq)))
+            count = max(self.params.rerank, top_k)
+            cand = lists.candidates(q_red, self.params.nprobe, count)
+            dots = self._grid[cand] @ q
+        scores = exact_scores(dots, qq, self._sq[cand])
+        keep = scores >= threshold
+        if not keep.all():
+            cand, scores = cand[keep], scores[keep]
+        k = min(top_k, len(scores))
+        if k == 0:
+            return []
+        if k < len(scores):
+            top = np.argpartition(-scores, k - 1)[:k]
+            # Include every row tied with the k-th score so the tie-break by
+            # key does not depend on argpartition's arbitrary order.
+            kth = scores[top].min()
+            top = np.flatnonzero(scores >= kth)
+            cand, scores = cand[top], scores[top]
+        keys = self._keys
+        out = [(keys[int(s)], float(v)) for s, v in zip(cand, scores, strict=True)]
+        out.sort(key=lambda t: (-t[1], str(t[0])))
         return [(str(k_), s) for k_, s in out[:top_k]]
