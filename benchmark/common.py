@@ -266,10 +266,17 @@ def table_bytes(dsn: str) -> int:
 
 
 def write_wrapper_config(
-    path: Path, dsn: str, port: int, secret: Path, store: Path, writable: bool = False
+    path: Path,
+    dsn: str,
+    port: int,
+    secret: Path,
+    store: Path,
+    writable: bool = False,
+    insecure: bool = False,
 ) -> Path:
     """The wrapper config of the benchmark. store.synchronous and
-    store.commit_interval_ms are left at their defaults (full, 5 ms)."""
+    store.commit_interval_ms are left at their defaults (full, 5 ms).
+    `insecure`: plaintext gRPC on loopback, where TLS is not what is measured."""
     sections: dict[str, dict[str, Any]] = {
         "database": {"flavor": "postgres", "dsn": dsn, "slot": SLOT, "publication": PUBLICATION},
         "chorus": {
@@ -278,6 +285,7 @@ def write_wrapper_config(
             "tenant_id": TENANT,
             "secret_file": str(secret),
             "grace_seconds": 2.0,
+            **({"insecure": True} if insecure else {}),
         },
         "store": {"path": str(store)},
     }

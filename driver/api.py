@@ -43,7 +43,6 @@ from prism.driver.errors import (
     map_write_error,
 )
 from prism.driver.follow import Batch, Follower
-from prism.driver.index import normalize
 from prism.driver.replica import Replica, ReplicaFeed, TableReplica
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
@@ -482,7 +481,11 @@ class PrismDriver:
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
         """The row with primary key `key` (a tuple for composite keys), or None."""
-        t = self._table(table)
+        t = self._replica.tables.get(table) or self._table(table)
+        if type(key) is int and len(t.key_columns) == 1:
+            # The common case without the general encoder: encode_key([n])
+            # is "[n]" for any int (tests/unit/test_payload.py checks it).
+            return t.rows.get(f"[{key}]")
         values = key if isinstance(key, tuple | list) else (key,)
         if len(values) != len(t.key_columns):
             raise QueryError(
@@ -502,7 +505,8 @@ class PrismDriver:
             if info.text_embedded or embedding.shape[0] != info.source_dim:
                 return None
             raw = embedding
-        return normalize(self._projection(info).apply(raw.astype(np.float32)))
+        # Not normalized: the index scales the query onto its grid itself.
+        return raw.astype(np.float32) @ self._projection(info).matrix
 
     def _projection(self, info: TableInfo) -> Projection:
         dims = (info.source_dim, info.vector_dim)

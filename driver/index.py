@@ -40,9 +40,12 @@ Two ways to search, chosen automatically (shown as `kind`):
   exact scores; only which rows are considered is approximate.
 
 Updates and deletes are in place: a key owns a slot in the grid slab (slots
-of deleted keys are reused), and its reduced vector sits at a position in one
-list, removed by moving the list's last entry into the hole. Nothing is ever
-rebuilt; the slab grows by reallocation, not by copying.
+of deleted keys are reused), and in the partitioned mode its reduced vector
+sits at a position in one list. A batch of changes is a few vectorized
+numpy calls: a removal leaves a hole; new rows gather in a small delta block
+(scanned by every query) and are filed into their lists `delta` at a time; a
+full list is compacted or moved to the end of the lists' arena. Nothing is
+ever rebuilt; the slab and the arena grow by reallocation, not by copying.
 
 Not thread-safe, like the driver: mutate and query from one thread (the
 driver's event loop). The training thread reads only a copy of a sample.
@@ -108,17 +111,28 @@ class IndexParams:
     """How the index searches. `exact_limit`: below this many vectors the
     index stays exact. The rest tune the partitioned ("ivf") mode."""
 
+    # Defaults tuned on MiniLM text embeddings (benchmark/index_bench.py):
+    # they need about a fifth of the lists probed for recall@10 >= 0.95.
     exact_limit: int = 20_000
-    nlist: int = 512  # partitions
-    nprobe: int = 24  # partitions scanned per query
-    reduced_dim: int = 64  # r: dimensions of the candidate vectors
-    rerank: int = 96  # candidates rescored exactly (at least top_k)
+    nlist: int = 256  # partitions
+    nprobe: int = 48  # partitions scanned per query
+    reduced_dim: int = 96  # r: dimensions of the candidate vectors
+    rerank: int = 320  # candidates rescored exactly (at least top_k)
+    delta: int = 2048  # new rows gathered (and scanned by every query) before filing
     train_sample: int = 20_000
-    kmeans_iters: int = 8
+    kmeans_iters: int = 20
     background: bool = True  # train in a thread; False: train inline (tests)
 
     def __post_init__(self) -> None:
-        for name in ("exact_limit", "nlist", "nprobe", "reduced_dim", "rerank", "train_sample"):
+        for name in (
+            "exact_limit",
+            "nlist",
+            "nprobe",
+            "reduced_dim",
+            "rerank",
+            "train_sample",
+            "delta",
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise DriverConfigError(f"index.{name}: {v!r} must be a positive integer")
@@ -164,74 +178,184 @@ def train_partitioning(sample: np.ndarray, params: IndexParams, seed: int = 0) -
 
 
 class _Lists:
-    """The partitioned mode's lists: per list, a contiguous block of reduced
-    vectors and the slots they belong to."""
+    """The partitioned mode's lists, all in one arena so that a batch of
+    updates or deletes is a few vectorized numpy calls, whatever lists it
+    touches.
 
-    def __init__(self, part: Partitioning, capacity: int) -> None:
+    The arena holds, per position, a reduced vector and the slot it belongs
+    to (`owner`, -1 for a hole). List i occupies positions start[i] ..
+    start[i] + n[i] of a region of cap[i] positions. A removal only marks its
+    position a hole (reduced vector zeroed); a list that runs out of room is
+    compacted in place or moved, compacted, to the arena's end. New rows
+    first gather in a small delta block, scanned by every query, and are
+    filed into their lists `delta` at a time, so filing (a loop over the
+    lists touched) is paid per `delta` rows, not per batch."""
+
+    def __init__(
+        self, part: Partitioning, slot_capacity: int, arena: int = 1024, delta: int = 2048
+    ) -> None:
         self.part = part
+        self.delta = delta
         k, r = part.centroids.shape
-        self.red = [np.zeros((16, r), np.float32) for _ in range(k)]
-        self.slots = [np.zeros(16, np.int32) for _ in range(k)]
-        self.size = [0] * k
-        self.list_of = np.full(capacity, -1, np.int32)
-        self.pos_of = np.zeros(capacity, np.int32)
+        self.red = np.zeros((max(arena, 16), r), np.float32)
+        self.owner = np.full(len(self.red), -1, np.int32)
+        self.start = np.zeros(k, np.int64)
+        self.cap = np.zeros(k, np.int64)
+        self.n = np.zeros(k, np.int64)
+        self.tail = 0  # the arena's first position no list has claimed
+        self.garbage = 0  # positions of regions left behind by moved lists
+        self.moves = 0  # lists moved to the arena's end (for tests and stats)
+        self.compactions = 0  # whole-arena rewrites
+        self.d_red = np.zeros((self.delta, r), np.float32)
+        self.d_owner = np.full(self.delta, -1, np.int32)
+        self.d_n = 0
+        # Where each slot's reduced vector is: 0 nowhere, 1 in a list, 2 in the delta.
+        self.where = np.zeros(slot_capacity, np.int8)
+        self.pos = np.zeros(slot_capacity, np.int64)
 
     def grow_slots(self, capacity: int) -> None:
-        old = len(self.list_of)
-        self.list_of.resize(capacity, refcheck=False)
-        self.list_of[old:] = -1
-        self.pos_of.resize(capacity, refcheck=False)
+        old = len(self.where)
+        self.where.resize(capacity, refcheck=False)
+        self.where[old:] = 0
+        self.pos.resize(capacity, refcheck=False)
 
     def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
         return unit_grid @ self.part.basis
 
+    # -- updates ------------------------------------------------------------
     def add(self, slots: np.ndarray, red: np.ndarray) -> None:
+        """File rows (slots not present anywhere) with their reduced vectors."""
+        m = len(slots)
+        if m >= self.delta:
+            self._file(slots, red)
+            return
+        if self.d_n + m > self.delta:
+            self.flush()
+        lo, hi = self.d_n, self.d_n + m
+        self.d_red[lo:hi] = red
+        self.d_owner[lo:hi] = slots
+        self.where[slots] = 2
+        self.pos[slots] = np.arange(lo, hi)
+        self.d_n = hi
+
+    def flush(self) -> None:
+        """File the delta's rows into their lists."""
+        n = self.d_n
+        live = self.d_owner[:n] >= 0
+        slots, red = self.d_owner[:n][live], self.d_red[:n][live]
+        self.d_owner[:n] = -1
+        self.d_n = 0
+        if len(slots):
+            self._file(slots, red.copy())
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Take rows out, wherever they are (a no-op for absent slots)."""
+        w = self.where[slots]
+        in_list = slots[w == 1]
+        if len(in_list):
+            p = self.pos[in_list]
+            self.owner[p] = -1
+            self.red[p] = 0.0
+        in_delta = slots[w == 2]
+        if len(in_delta):
+            p = self.pos[in_delta]
+            self.d_owner[p] = -1
+            self.d_red[p] = 0.0
+        self.where[slots] = 0
+
+    def _file(self, slots: np.ndarray, red: np.ndarray) -> None:
         assign = np.argmax(red @ self.part.centroids.T, axis=-1)
         order = np.argsort(assign, kind="stable")
-        assign_sorted = assign[order]
-        bounds = np.flatnonzero(np.diff(assign_sorted)) + 1
-        for chunk in np.split(order, bounds):
-            if not len(chunk):
-                continue
-            li = int(assign[chunk[0]])
-            n = self.size[li]
-            need = n + len(chunk)
-            if need > len(self.slots[li]):
-                cap = max(need, len(self.slots[li]) * 5 // 4 + 16)
-                self.red[li] = _resized(self.red[li], cap)
-                self.slots[li] = _resized(self.slots[li], cap)
-            self.red[li][n:need] = red[chunk]
-            self.slots[li][n:need] = slots[chunk]
-            self.size[li] = need
-            self.list_of[slots[chunk]] = li
-            self.pos_of[slots[chunk]] = np.arange(n, need, dtype=np.int32)
+        a_sorted = assign[order]
+        lists, first, counts = np.unique(a_sorted, return_index=True, return_counts=True)
+        short = self.n[lists] + counts > self.cap[lists]
+        for li, c in zip(lists[short].tolist(), counts[short].tolist(), strict=True):
+            self._make_room(li, c)
+        ends = self.start[lists] + self.n[lists]
+        gpos = np.repeat(ends - first, counts) + np.arange(len(order))
+        s_sorted = slots[order]
+        self.red[gpos] = red[order]
+        self.owner[gpos] = s_sorted
+        self.where[s_sorted] = 1
+        self.pos[s_sorted] = gpos
+        self.n[lists] += counts
 
-    def remove(self, slot: int) -> None:
-        li = int(self.list_of[slot])
-        if li < 0:
+    def _make_room(self, li: int, extra: int) -> None:
+        """Room for `extra` more rows in list li: drop its holes, and move it
+        to the arena's end if that is not enough."""
+        s, n = int(self.start[li]), int(self.n[li])
+        need = int((self.owner[s : s + n] >= 0).sum()) + extra
+        new_cap = need + need // 4 + 16
+        if need > self.cap[li] and self.tail + new_cap > len(self.red):
+            self._grow_arena(self.tail + new_cap)  # may compact every list
+            s, n = int(self.start[li]), int(self.n[li])
+        cap = int(self.cap[li])
+        live = np.flatnonzero(self.owner[s : s + n] >= 0) + s
+        keep_red, keep_owner = self.red[live], self.owner[live]  # copies
+        self.owner[s : s + n] = -1
+        self.red[s : s + n] = 0.0
+        if need > cap:
+            self.garbage += cap
+            self.moves += 1
+            s, cap = self.tail, new_cap
+            self.tail += new_cap
+            self.start[li], self.cap[li] = s, cap
+        m = len(live)
+        self.red[s : s + m] = keep_red
+        self.owner[s : s + m] = keep_owner
+        self.pos[keep_owner] = np.arange(s, s + m)
+        self.n[li] = m
+
+    def _grow_arena(self, need: int) -> None:
+        if self.garbage > self.tail // 4:
+            self._compact_all(need)
             return
-        pos = int(self.pos_of[slot])
-        last = self.size[li] - 1
-        if pos != last:
-            moved = int(self.slots[li][last])
-            self.red[li][pos] = self.red[li][last]
-            self.slots[li][pos] = moved
-            self.pos_of[moved] = pos
-        self.size[li] = last
-        self.list_of[slot] = -1
+        size = max(need, len(self.red) + len(self.red) // 4)
+        old = len(self.owner)
+        self.red.resize((size, self.red.shape[1]), refcheck=False)  # realloc: no copy
+        self.owner.resize(size, refcheck=False)
+        self.owner[old:] = -1
 
+    def _compact_all(self, need: int) -> None:
+        """Rewrite every list, without holes or garbage, into a new arena."""
+        used = int((self.n + self.n // 4 + 16).sum())
+        size = max(used + need - self.tail, 16)
+        red = np.zeros((size, self.red.shape[1]), np.float32)
+        owner = np.full(size, -1, np.int32)
+        at = 0
+        for li in range(len(self.n)):
+            s, n = int(self.start[li]), int(self.n[li])
+            live = np.flatnonzero(self.owner[s : s + n] >= 0) + s
+            m = len(live)
+            red[at : at + m] = self.red[live]
+            owner[at : at + m] = self.owner[live]
+            self.pos[owner[at : at + m]] = np.arange(at, at + m)
+            cap = m + m // 4 + 16
+            self.start[li], self.n[li], self.cap[li] = at, m, cap
+            at += cap
+        self.red, self.owner, self.tail, self.garbage = red, owner, at, 0
+        self.compactions += 1
+
+    # -- queries --------------------------------------------------------------
     def candidates(self, q_red: np.ndarray, nprobe: int, count: int) -> np.ndarray:
-        """Slots of the `count` best rows by reduced score in the nprobe
-        lists nearest the query."""
+        """Slots of the `count` best rows by reduced score among the nprobe
+        lists nearest the query and the delta."""
         cs = self.part.centroids @ q_red
         k = len(cs)
-        probe = np.argpartition(-cs, nprobe - 1)[:nprobe].tolist() if nprobe < k else range(k)
-        size, red, slots = self.size, self.red, self.slots
-        probe = [li for li in probe if size[li]]
-        if not probe:
-            return np.zeros(0, np.int32)
-        s = np.concatenate([red[li][: size[li]] @ q_red for li in probe])
-        sl = np.concatenate([slots[li][: size[li]] for li in probe])
+        probe = np.argpartition(-cs, nprobe - 1)[:nprobe] if nprobe < k else np.arange(k)
+        starts = self.start[probe].tolist()
+        ends = (self.start[probe] + self.n[probe]).tolist()
+        red, owner = self.red, self.owner
+        scores = [red[a:b] @ q_red for a, b in zip(starts, ends, strict=True)]
+        slots = [owner[a:b] for a, b in zip(starts, ends, strict=True)]
+        if self.d_n:
+            scores.append(self.d_red[: self.d_n] @ q_red)
+            slots.append(self.d_owner[: self.d_n])
+        s = np.concatenate(scores)
+        sl = np.concatenate(slots)
+        live = sl >= 0
+        if not live.all():
+            s, sl = s[live], sl[live]
         if count < len(s):
             sl = sl[np.argpartition(-s, count - 1)[:count]]
         return sl
@@ -239,19 +363,16 @@ class _Lists:
     @property
     def nbytes(self) -> int:
         return int(
-            sum(a.nbytes for a in self.red)
-            + sum(a.nbytes for a in self.slots)
-            + self.list_of.nbytes
-            + self.pos_of.nbytes
+            self.red.nbytes
+            + self.owner.nbytes
+            + self.d_red.nbytes
+            + self.d_owner.nbytes
+            + self.where.nbytes
+            + self.pos.nbytes
             + self.part.basis.nbytes
             + self.part.centroids.nbytes
+            + 4 * self.n.nbytes
         )
-
-
-def _resized(a: np.ndarray, rows: int) -> np.ndarray:
-    out = np.zeros((rows, *a.shape[1:]), a.dtype)
-    out[: len(a)] = a
-    return out
 
 
 class VectorIndex:
@@ -315,7 +436,7 @@ class VectorIndex:
         }
         if self._lists is not None:
             d.update(
-                nlist=len(self._lists.size),
+                nlist=len(self._lists.n),
                 nprobe=p.nprobe,
                 reduced_dim=self._lists.part.basis.shape[1],
                 rerank=p.rerank,
@@ -377,9 +498,9 @@ class VectorIndex:
             slot: int | None = get(key)
             if slot is None:
                 slot = self._take_slot(key)
-            elif lists is not None:
-                lists.remove(slot)
             slots[i] = slot
+        if lists is not None:
+            lists.remove(slots)  # the old positions of keys already present
         self._grid[slots] = grid
         self._sq[slots] = sq
         if lists is not None:
@@ -388,15 +509,22 @@ class VectorIndex:
         self._maybe_train()
 
     def delete(self, key: str) -> None:
-        slot = self._slot.pop(key, None)
-        if slot is None:
+        self.delete_many([key])
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove keys (absent ones are ignored)."""
+        pop = self._slot.pop
+        found = [s for s in (pop(k, None) for k in keys) if s is not None]
+        if not found:
             return
-        self._grid[slot] = 0.0
-        self._sq[slot] = 0.0
-        self._keys[slot] = None
-        self._free.append(slot)
+        slots = np.asarray(found, np.int64)
+        self._grid[slots] = 0.0
+        self._sq[slots] = 0.0
+        for s in found:
+            self._keys[s] = None
+        self._free.extend(found)
         if self._lists is not None:
-            self._lists.remove(slot)
+            self._lists.remove(slots)
 
     # -- the partitioned mode ------------------------------------------------
     def _maybe_train(self) -> None:
@@ -428,8 +556,9 @@ class VectorIndex:
     def adopt(self, part: Partitioning) -> None:
         """Switch to the partitioned mode: file every current row in its list.
         One vectorized pass over the rows, on the caller's thread."""
-        lists = _Lists(part, self._grid.shape[0])
         live = np.flatnonzero(self._sq[: len(self._keys)])
+        arena = len(live) + len(live) // 4 + 16 * len(part.centroids)
+        lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
         for lo in range(0, len(live), 65536):
             s = live[lo : lo + 65536]
             unit = self._grid[s] / np.sqrt(self._sq[s])[:, None].astype(np.float32)
@@ -454,7 +583,7 @@ class VectorIndex:
             cand = np.flatnonzero(self._sq[:n])
             dots = dots[cand]
         else:
-            q_red = lists.reduce(q * np.float32(1.0 / math.sqrt(qq)))
+            q_red = lists.reduce(q)  # unscaled: only the candidates' order matters
             count = max(self.params.rerank, top_k)
             cand = lists.candidates(q_red, self.params.nprobe, count)
             dots = self._grid[cand] @ q

@@ -85,29 +85,48 @@ class Replica:
             ops = f.ops
             rows = t.rows
             idx = t.index
+            # The index takes changes in runs (one call per run of upserts or
+            # of deletes), in the frame's order, so a key changed twice in a
+            # frame ends as its last change says.
             up_keys: list[str] = []
-            up_slots: list[int] = []
+            up_at: list[int] = []
+            del_keys: list[str] = []
             for i, key in enumerate(f.keys):
                 if ops[i] == 0x44:  # 'D'
                     rows.pop(key, None)
-                    if idx is not None:
-                        idx.delete(key)
+                    gone = True
                 else:
                     rows[key] = decode_row(f.payloads[i])
-                    if idx is not None:
-                        if f.vector_mask[i]:
-                            up_keys.append(key)
-                            up_slots.append(i)
-                        else:
-                            idx.delete(key)
+                    gone = not f.vector_mask[i]
                 n += 1
-            if idx is not None and up_keys:
-                vecs = normalize(f.vectors[np.asarray(up_slots)])
-                idx.upsert_many(up_keys, vecs)
+                if idx is None:
+                    continue
+                if gone:
+                    if up_keys:
+                        _upsert(idx, f.vectors, up_keys, up_at)
+                    del_keys.append(key)
+                else:
+                    if del_keys:
+                        idx.delete_many(del_keys)
+                        del_keys = []
+                    up_keys.append(key)
+                    up_at.append(i)
+            if idx is not None:
+                if up_keys:
+                    _upsert(idx, f.vectors, up_keys, up_at)
+                if del_keys:
+                    idx.delete_many(del_keys)
         return n
 
     def row_counts(self) -> dict[str, int]:
         return {n: len(t.rows) for n, t in self.tables.items()}
+
+
+def _upsert(idx: VectorIndex, vectors: np.ndarray, keys: list[str], at: list[int]) -> None:
+    """Upsert the run and empty it."""
+    idx.upsert_many(keys, normalize(vectors[np.asarray(at)]))
+    keys.clear()
+    at.clear()
 
 
 class ReplicaFeed:

@@ -33,11 +33,25 @@ query = st.tuples(vec.filter(any), st.integers(1, 16))
 EXACT = IndexParams(background=False)
 # Partitioned, but scanning every list and reranking every row: must equal the oracle.
 FULL_IVF = IndexParams(
-    exact_limit=4, nlist=3, nprobe=3, reduced_dim=2, rerank=1000, train_sample=4, background=False
+    exact_limit=4,
+    nlist=3,
+    nprobe=3,
+    reduced_dim=2,
+    rerank=1000,
+    train_sample=4,
+    delta=3,  # small: filing from the delta into the lists happens often
+    background=False,
 )
 # Partitioned and approximate: only the invariants hold.
 PART_IVF = IndexParams(
-    exact_limit=6, nlist=4, nprobe=1, reduced_dim=2, rerank=2, train_sample=8, background=False
+    exact_limit=6,
+    nlist=4,
+    nprobe=1,
+    reduced_dim=2,
+    rerank=2,
+    train_sample=8,
+    delta=2,
+    background=False,
 )
 
 
@@ -129,6 +143,35 @@ def test_partial_search_keeps_the_invariants(ops_: list[Any], q_: Any) -> None:
         assert idx.query(q, q_[1], t, exact=True) == oracle.query(q, q_[1], t)
 
 
+def test_churn_moves_and_compacts_lists() -> None:
+    """Many updates and deletes over a few hundred keys: lists fill up, move
+    to the arena's end, the arena grows and is compacted; every answer stays
+    the oracle's (full-probe parameters)."""
+    rng = np.random.default_rng(9)
+    params = IndexParams(
+        exact_limit=50, nlist=4, nprobe=4, reduced_dim=2, rerank=10_000, train_sample=50, delta=5
+    )
+    idx = VectorIndex(DIM, params=params)
+    oracle = Oracle()
+    keys = [f"r{i}" for i in range(300)]
+    for step in range(300):
+        pick = rng.choice(300, size=int(rng.integers(1, 12)), replace=False)
+        ks = [keys[i] for i in pick]
+        if step % 3 == 2:
+            idx.delete_many(ks)
+            for k in ks:
+                oracle.grid.pop(k, None)
+        else:
+            vs = normalize(rng.integers(-3, 4, (len(ks), DIM)).astype(np.float32))
+            idx.upsert_many(ks, vs)
+            for k, v in zip(ks, vs, strict=True):
+                oracle.upsert(k, v)
+        q = normalize(rng.standard_normal(DIM).astype(np.float32))
+        assert idx.query(q, 7, -1.0) == oracle.query(q, 7, -1.0)
+    lists = idx._lists
+    assert lists is not None and lists.moves > 0 and lists.compactions > 0
+
+
 def test_scores_are_exact_at_the_edges() -> None:
     idx = VectorIndex(3, params=EXACT)
     idx.upsert_many(
@@ -215,7 +258,7 @@ def test_queries_stay_exact_while_training_runs_and_is_adopted(
         return real(*a, **kw)
 
     params = IndexParams(
-        exact_limit=4, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=4
+        exact_limit=4, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=4, delta=2
     )
     idx = VectorIndex(DIM, params=params)
     oracle = Oracle()
