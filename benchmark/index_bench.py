@@ -137,7 +137,7 @@ def copy_rows(
         be = vecs.astype(">f4")
         buf = []
         for i in range(len(ids)):
-            t = titles[i].encode()
+            t = titles[i].replace("\x00", "").encode()  # a few docstrings hold NUL
             buf.append(
                 struct.pack(">hiq", 3, 8, int(ids[i]))
                 + struct.pack(">i", len(t))

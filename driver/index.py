@@ -227,7 +227,7 @@ class _Lists:
         """File rows (slots not present anywhere) with their reduced vectors."""
         m = len(slots)
         if m >= self.delta:
-            self._file(slots, red)
+            self.file(slots, red)
             return
         if self.d_n + m > self.delta:
             self.flush()
@@ -246,7 +246,7 @@ class _Lists:
         self.d_owner[:n] = -1
         self.d_n = 0
         if len(slots):
-            self._file(slots, red.copy())
+            self.file(slots, red.copy())
 
     def remove(self, slots: np.ndarray) -> None:
         """Take rows out, wherever they are (a no-op for absent slots)."""
@@ -263,7 +263,8 @@ class _Lists:
             self.d_red[p] = 0.0
         self.where[slots] = 0
 
-    def _file(self, slots: np.ndarray, red: np.ndarray) -> None:
+    def file(self, slots: np.ndarray, red: np.ndarray) -> None:
+        """File rows straight into their lists, bypassing the delta."""
         assign = np.argmax(red @ self.part.centroids.T, axis=-1)
         order = np.argsort(assign, kind="stable")
         a_sorted = assign[order]
@@ -285,7 +286,7 @@ class _Lists:
         to the arena's end if that is not enough."""
         s, n = int(self.start[li]), int(self.n[li])
         need = int((self.owner[s : s + n] >= 0).sum()) + extra
-        new_cap = need + need // 4 + 16
+        new_cap = need + need // 2 + 16
         if need > self.cap[li] and self.tail + new_cap > len(self.red):
             self._grow_arena(self.tail + new_cap)  # may compact every list
             s, n = int(self.start[li]), int(self.n[li])
@@ -307,7 +308,7 @@ class _Lists:
         self.n[li] = m
 
     def _grow_arena(self, need: int) -> None:
-        if self.garbage > self.tail // 4:
+        if self.garbage > self.tail // 2:
             self._compact_all(need)
             return
         size = max(need, len(self.red) + len(self.red) // 4)
@@ -387,6 +388,11 @@ class VectorIndex:
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
         self._lists: _Lists | None = None
+        # Adoption files the rows already present into the lists a chunk per
+        # call (the lists take new rows at once); queries stay exact until
+        # every row is filed, so no call pays for filing the whole table.
+        self._adopt_next = 0
+        self._adopted = False
         self._training: Future[Partitioning] | None = None
 
     def __len__(self) -> int:
@@ -399,7 +405,7 @@ class VectorIndex:
     @property
     def kind(self) -> str:
         self._adopt_if_trained()
-        return "ivf" if self._lists is not None else "exact"
+        return "ivf" if self._adopted else "exact"
 
     @property
     def nbytes(self) -> int:
@@ -432,6 +438,7 @@ class VectorIndex:
             "vector_bytes": self.vector_bytes,
             "exact_limit": p.exact_limit,
             "training": self._training is not None,
+            "adopting": self._lists is not None and not self._adopted,
             "score": f"cosine of int grid vectors, |component| <= {self.limit}",
         }
         if self._lists is not None:
@@ -546,24 +553,44 @@ class VectorIndex:
         if t is not None and t.done():
             self._training = None
             self.adopt(t.result())
+        elif self._lists is not None and not self._adopted:
+            self._continue_adoption()
 
     def wait_trained(self, timeout: float | None = None) -> None:
         """Block until a running training finished and is adopted (benchmarks)."""
         if self._training is not None:
             self._training.result(timeout)
             self._adopt_if_trained()
+        while self._lists is not None and not self._adopted:
+            self._continue_adoption()
+
+    ADOPT_CHUNK = 8192  # rows filed per call while adopting
 
     def adopt(self, part: Partitioning) -> None:
-        """Switch to the partitioned mode: file every current row in its list.
-        One vectorized pass over the rows, on the caller's thread."""
-        live = np.flatnonzero(self._sq[: len(self._keys)])
-        arena = len(live) + len(live) // 4 + 16 * len(part.centroids)
-        lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
-        for lo in range(0, len(live), 65536):
-            s = live[lo : lo + 65536]
+        """Switch to the partitioned mode. New rows go to the lists at once;
+        the rows already present are filed ADOPT_CHUNK per later call (all
+        at once when params.background is False)."""
+        live = len(self._slot)
+        arena = live + live // 2 + 16 * len(part.centroids)
+        self._lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
+        self._adopt_next = 0
+        self._adopted = False
+        while not self.params.background and not self._adopted:
+            self._continue_adoption()
+
+    def _continue_adoption(self) -> None:
+        lists = self._lists
+        if lists is None or self._adopted:
+            return
+        lo = self._adopt_next
+        hi = min(len(self._keys), lo + self.ADOPT_CHUNK)
+        s = np.arange(lo, hi)
+        s = s[(self._sq[lo:hi] != 0) & (lists.where[lo:hi] == 0)]
+        if len(s):
             unit = self._grid[s] / np.sqrt(self._sq[s])[:, None].astype(np.float32)
-            lists.add(s, lists.reduce(unit))
-        self._lists = lists
+            lists.file(s, lists.reduce(unit))
+        self._adopt_next = hi
+        self._adopted = hi >= len(self._keys)
 
     # -- queries ------------------------------------------------------------
     def query(
@@ -577,7 +604,7 @@ class VectorIndex:
         self._adopt_if_trained()
         q, qq = query_grid(unit_query, self.limit)
         lists = self._lists
-        if lists is None or exact:
+        if lists is None or exact or not self._adopted:
             n = len(self._keys)
             dots = self._grid[:n] @ q
             cand = np.flatnonzero(self._sq[:n])

@@ -153,9 +153,9 @@ def test_churn_moves_and_compacts_lists() -> None:
     )
     idx = VectorIndex(DIM, params=params)
     oracle = Oracle()
-    keys = [f"r{i}" for i in range(300)]
-    for step in range(300):
-        pick = rng.choice(300, size=int(rng.integers(1, 12)), replace=False)
+    keys = [f"r{i}" for i in range(2500)]
+    for step in range(400):  # the key range grows, so lists fill and move
+        pick = rng.choice(50 + 6 * step, size=int(rng.integers(1, 40)), replace=False)
         ks = [keys[i] for i in pick]
         if step % 3 == 2:
             idx.delete_many(ks)
@@ -170,6 +170,43 @@ def test_churn_moves_and_compacts_lists() -> None:
         assert idx.query(q, 7, -1.0) == oracle.query(q, 7, -1.0)
     lists = idx._lists
     assert lists is not None and lists.moves > 0 and lists.compactions > 0
+
+
+def test_adoption_files_old_rows_a_chunk_at_a_time() -> None:
+    """Rows present before adoption are filed a few per call; rows changed
+    meanwhile are filed once, by their own upsert; answers stay exact."""
+    params = IndexParams(
+        exact_limit=10**6, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=2, delta=2
+    )
+    rng = np.random.default_rng(5)
+    idx = VectorIndex(DIM, params=params)
+    oracle = Oracle()
+
+    def up(ks: list[str]) -> None:
+        vs = normalize(rng.standard_normal((len(ks), DIM)).astype(np.float32))
+        idx.upsert_many(ks, vs)
+        for k, v in zip(ks, vs, strict=True):
+            oracle.upsert(k, v)
+
+    up(KEYS[:10])
+    idx.ADOPT_CHUNK = 1
+    idx.adopt(index_mod.train_partitioning(normalize(rng.standard_normal((4, DIM))), params))
+    up(KEYS[10:12])  # new slots, beyond the adoption's cursor
+    up(KEYS[5:6])
+    idx.delete("k2")
+    oracle.grid.pop("k2")
+    q = unit([1, 2, 0, -1])
+    calls = 0
+    while idx.kind == "exact":
+        assert idx.query(q, 20, -1.0) == oracle.query(q, 20, -1.0)
+        calls += 1
+    assert calls >= 2 and idx.describe()["adopting"] is False
+    assert idx.query(q, 20, -1.0) == oracle.query(q, 20, -1.0)  # each row once
+    lists = idx._lists
+    assert lists is not None
+    assert sorted(
+        lists.owner[lists.owner >= 0].tolist() + lists.d_owner[lists.d_owner >= 0].tolist()
+    ) == sorted(idx._slot.values())
 
 
 def test_scores_are_exact_at_the_edges() -> None:
@@ -261,6 +298,7 @@ def test_queries_stay_exact_while_training_runs_and_is_adopted(
         exact_limit=4, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=4, delta=2
     )
     idx = VectorIndex(DIM, params=params)
+    idx.ADOPT_CHUNK = 2  # adoption then spans several calls, with queries between
     oracle = Oracle()
     q = unit(q_[0])
     index_mod.train_partitioning = gated  # type: ignore[assignment]
