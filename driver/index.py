@@ -286,7 +286,7 @@ class _Lists:
         to the arena's end if that is not enough."""
         s, n = int(self.start[li]), int(self.n[li])
         need = int((self.owner[s : s + n] >= 0).sum()) + extra
-        new_cap = need + need // 2 + 16
+        new_cap = need + need // 4 + 16
         if need > self.cap[li] and self.tail + new_cap > len(self.red):
             self._grow_arena(self.tail + new_cap)  # may compact every list
             s, n = int(self.start[li]), int(self.n[li])
@@ -308,7 +308,7 @@ class _Lists:
         self.n[li] = m
 
     def _grow_arena(self, need: int) -> None:
-        if self.garbage > self.tail // 2:
+        if self.garbage > self.tail // 4:
             self._compact_all(need)
             return
         size = max(need, len(self.red) + len(self.red) // 4)
@@ -571,7 +571,7 @@ class VectorIndex:
         the rows already present are filed ADOPT_CHUNK per later call (all
         at once when params.background is False)."""
         live = len(self._slot)
-        arena = live + live // 2 + 16 * len(part.centroids)
+        arena = live + live // 4 + 16 * len(part.centroids)
         self._lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
         self._adopt_next = 0
         self._adopted = False
