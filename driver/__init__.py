@@ -34,6 +34,7 @@ from prism.driver.errors import (
     WriteOutcomeUnknownError,
     WritePermissionError,
 )
+from prism.driver.index import IndexParams
 from prism.driver.writes import WriteAck, WriteOp
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "DriverConfig",
     "DriverConfigError",
     "DriverError",
+    "IndexParams",
     "InvalidWriteError",
     "Match",
     "NotReadyError",

@@ -43,8 +43,7 @@ from prism.driver.errors import (
     map_write_error,
 )
 from prism.driver.follow import Batch, Follower
-from prism.driver.index import VectorIndex, normalize
-from prism.driver.replica import Replica, TableReplica
+from prism.driver.replica import Replica, ReplicaFeed, TableReplica
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
@@ -102,7 +101,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
 @dataclass(frozen=True)
 class Match:
     row_id: Any  # the primary key value (a tuple for composite keys)
-    score: float  # cosine similarity in the tenant's keyed space, in [-1, 1]
+    score: float  # exact cosine of grid vectors in the keyed space, in [-1, 1]
     row: dict[str, Any]
     text_repr: str
     table: str
@@ -147,7 +146,7 @@ class PrismDriver:
         self.config = config
         self._secret = load_secret(config.secret_file)
         self._follower = Follower()
-        self._replica = Replica({})
+        self._feed = ReplicaFeed(Replica({}))
         self._tables: dict[str, TableInfo] = {}
         self._epoch = 0
         self._projection_key = b""
@@ -325,6 +324,7 @@ class PrismDriver:
             login = await self._handshake(stub)
             self._on_hello(login)
             stream_id, position = self._follower.new_call()
+            self._feed.restart()
             subscription = os.urandom(16)
             # Raw bytes, parsed by parse_frame: a frame that does not parse is
             # then a counted rejection rather than a None from gRPC.
@@ -369,6 +369,12 @@ class PrismDriver:
                         self._apply(batch)
                         progressed = True
                         self._last_error = None
+                    elif self._follower.resetting:
+                        # Bootstrap frames go to the replica built aside at
+                        # once; then let readers in before the next frame
+                        # (a buffered stream need not yield by itself).
+                        self._feed.bootstrap_frames(self._follower.take_bootstrap_frames())
+                        await asyncio.sleep(0)
                     else:
                         self._signal_progress()  # head moved: lag is visible in stats
             except grpc.aio.AioRpcError as exc:
@@ -441,16 +447,14 @@ class PrismDriver:
             for t in hello.tables
         }
         if tables != self._tables:
-            self._replica = Replica(
-                {
-                    n: TableReplica(
-                        n,
-                        t.key_columns,
-                        t.text_columns,
-                        index=VectorIndex(t.vector_dim) if t.has_vectors else None,
-                    )
-                    for n, t in tables.items()
-                }
+            self._feed = ReplicaFeed(
+                Replica.for_tables(
+                    {
+                        n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                        for n, t in tables.items()
+                    },
+                    self.config.index,
+                )
             )
             self._follower = Follower()  # a different shape: bootstrap afresh
         self._tables = tables
@@ -463,19 +467,20 @@ class PrismDriver:
     def _apply(self, batch: Batch) -> None:
         # Synchronous on purpose: no await between the first and the last
         # change, so readers on this loop see the batch whole or not at all.
+        n = self._feed.apply(batch)
         if batch.reset:
-            fresh = Replica.empty_like(self._replica)
-            n = fresh.apply(batch)
-            self._replica = fresh
             self._stats["bootstraps"] += 1
-        else:
-            n = self._replica.apply(batch)
         self._follower.committed(batch)
         self._last_commit_us = max(self._last_commit_us, batch.commit_time_us)
         self._stats["batches"] += 1
         self._stats["changes_applied"] += n
         self._ready.set()
         self._signal_progress()
+
+    @property
+    def _replica(self) -> Replica:
+        """The replica readers see."""
+        return self._feed.replica
 
     def _signal_progress(self) -> None:
         # Wake every waiter, then give later waiters a fresh event: an event
@@ -534,7 +539,11 @@ class PrismDriver:
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
         """The row with primary key `key` (a tuple for composite keys), or None."""
-        t = self._table(table)
+        t = self._replica.tables.get(table) or self._table(table)
+        if type(key) is int and len(t.key_columns) == 1:
+            # The common case without the general encoder: encode_key([n])
+            # is "[n]" for any int (tests/unit/test_payload.py checks it).
+            return t.rows.get(f"[{key}]")
         values = key if isinstance(key, tuple | list) else (key,)
         if len(values) != len(t.key_columns):
             raise QueryError(
@@ -554,7 +563,8 @@ class PrismDriver:
             if info.text_embedded or embedding.shape[0] != info.source_dim:
                 return None
             raw = embedding
-        return normalize(self._projection(info).apply(raw.astype(np.float32)))
+        # Not normalized: the index scales the query onto its grid itself.
+        return raw.astype(np.float32) @ self._projection(info).matrix
 
     def _projection(self, info: TableInfo) -> Projection:
         dims = (info.source_dim, info.vector_dim)
@@ -572,10 +582,14 @@ class PrismDriver:
         top_k: int = 10,
         threshold: float = 0.0,
         table: str | None = None,
+        exact: bool = False,
     ) -> list[Match]:
         """Rows most similar to `embedding` (or to `text`, embedded with the
         built-in text embedder), best first. A row is returned when its
-        cosine score, computed in the tenant's keyed space, is >= threshold."""
+        score is >= threshold, exactly: the score is the cosine of the
+        query's and the row's grid vectors in the tenant's keyed space (see
+        prism.driver.index). A large table is searched through its
+        partitions, which may miss a row; `exact=True` scans every row."""
         self._raise_if_failed()
         if (embedding is None) == (text is None):
             raise QueryError("query: give exactly one of embedding=... or text=...")
@@ -612,7 +626,7 @@ class PrismDriver:
             tried = True
             t = self._replica.tables[info.name]
             assert t.index is not None
-            for key, score in t.index.query(q, top_k, float(threshold)):
+            for key, score in t.index.query(q, top_k, float(threshold), exact=bool(exact)):
                 results.append((score, info.name, key))
         if not tried:
             dims = sorted({i.source_dim for i in searchable if not i.text_embedded})
@@ -807,9 +821,7 @@ class PrismDriver:
     def stats(self) -> dict[str, Any]:
         now_us = time.time_ns() // 1000
         idx = {
-            n: {"kind": t.index.kind, "vectors": len(t.index), "bytes": t.index.nbytes}
-            for n, t in self._replica.tables.items()
-            if t.index is not None
+            n: t.index.describe() for n, t in self._replica.tables.items() if t.index is not None
         }
         return {
             "rows": self._replica.row_counts(),
@@ -821,6 +833,7 @@ class PrismDriver:
             "connected": self._connected,
             "ready": self._ready.is_set() and self._failure is None,
             "index": idx,
+            "bootstrap_rows_built": self._feed.building_rows,
             "key_epoch": self._epoch,
             "last_error": self._last_error,
             "frames_rejected_by_reason": dict(self._rejections),

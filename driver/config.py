@@ -9,12 +9,13 @@ plaintext gRPC, for development only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from prism.driver.errors import DriverConfigError
+from prism.driver.index import IndexParams
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class DriverConfig:
     tls_cert_file: str | Path | None = None
     tls_key_file: str | Path | None = None
     insecure: bool = False
+    # How the local vector index searches: exact below index.exact_limit
+    # vectors per table, partitioned ("ivf") above; see prism.driver.index.
+    index: IndexParams = field(default_factory=IndexParams)
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -75,6 +79,8 @@ class DriverConfig:
             raise DriverConfigError(
                 "tls_cert_file and tls_key_file: give both for mutual TLS, or neither"
             )
+        if not isinstance(self.index, IndexParams):
+            raise DriverConfigError(f"index: {self.index!r} must be an IndexParams")
         if not isinstance(self.max_frame_rows, int) or not 1 <= self.max_frame_rows <= 16384:
             raise DriverConfigError(f"max_frame_rows: {self.max_frame_rows!r} not in 1..16384")
 

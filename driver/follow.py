@@ -89,6 +89,20 @@ class Follower:
         self._resetting = False
         return batch
 
+    @property
+    def resetting(self) -> bool:
+        """Inside a bootstrap (between RESET and its committing frame)."""
+        return self._resetting
+
+    def take_bootstrap_frames(self) -> list[DecodedFrame]:
+        """The bootstrap frames staged so far, handed over to be applied to
+        the replica built aside (ReplicaFeed); none outside a bootstrap,
+        where staging must wait for the transaction boundary."""
+        if not self._resetting:
+            return []
+        frames, self._staging = self._staging, []
+        return frames
+
     def committed(self, batch: Batch) -> None:
         """The replica now shows batch; later resumes start after it."""
         self.stream_id = batch.stream_id

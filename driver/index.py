@@ -1,16 +1,71 @@
-"""The driver's vector index: exact cosine search, updated in place.
+"""The driver's vector index: exact cosine on a fixed integer grid, with an
+automatic partitioned mode for large tables, updated in place.
 
 Holds one table's vectors in the tenant's keyed space (never raw
-embeddings), L2-normalized float32 in a growable slab; a key maps to a slot,
-deletes free slots for reuse, so updates and deletes never rebuild. Scores
-are cosine similarities of the projected vectors, in [-1, 1].
+embeddings). The replica hands it L2-normalized float32 vectors; the index
+stores each one as a *grid vector*: the vector scaled so that its largest
+component is +-L and rounded to integers, L = floor(sqrt((2**24 - 1) / dim))
+(209 for 384 dimensions). The grid values are kept in float32, which holds
+them exactly, and so is every partial sum of a dot product of two grid
+vectors (|sum| <= dim * L**2 < 2**24): BLAS computes those dot products
+exactly, in any summation order.
+
+The score of a row for a query is therefore a deterministic function of two
+grid vectors: with q the query's grid vector, v the row's, and
+d = q.v, a = q.q, b = v.v (exact integers),
+
+    score = d / sqrt(a * b)        (IEEE float64: a*b < 2**48 is exact, then
+                                    one correctly rounded sqrt and division)
+
+It lies in [-1, 1] (Cauchy-Schwarz holds after rounding), equals 1.0 for a
+row whose grid vector is parallel to the query's, and 0.0 for an orthogonal
+one. `threshold` is compared to exactly this float: a row is returned when
+`score >= threshold`, with no tolerance. The grid rounding moves a cosine by
+about 1e-3 at most (measured in benchmark/index_bench.py as recall against
+exact float64 cosine of the original vectors).
+
+Two ways to search, chosen automatically (shown as `kind`):
+
+* "exact": one matrix-vector product over every stored grid vector. The
+  default while the table has fewer than `exact_limit` vectors, and always
+  available with `query(..., exact=True)`.
+* "ivf": once the table reaches `exact_limit` vectors, a partitioning is
+  trained on a sample (in a background thread, so the caller never waits for
+  it; until it is adopted the index answers exactly): a basis of the top `r`
+  principal directions, and `nlist` spherical k-means centroids in that
+  reduced space. Each row then also keeps its r-d reduced vector in the list
+  of its nearest centroid. A query scores the centroids, scans the reduced
+  vectors of the `nprobe` nearest lists, and reranks the best `rerank`
+  candidates with the exact grid score above. Returned scores are always
+  exact scores; only which rows are considered is approximate.
+
+Updates and deletes are in place: a key owns a slot in the grid slab (slots
+of deleted keys are reused), and in the partitioned mode its reduced vector
+sits at a position in one list. A batch of changes is a few vectorized
+numpy calls: a removal leaves a hole; new rows gather in a small delta block
+(scanned by every query) and are filed into their lists `delta` at a time; a
+full list is compacted or moved to the end of the lists' arena. Nothing is
+ever rebuilt; the slab and the arena grow by reallocation, not by copying.
+
+Not thread-safe, like the driver: mutate and query from one thread (the
+driver's event loop). The training thread reads only a copy of a sample.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
 import numpy as np
 
+from prism.driver.errors import DriverConfigError
+
 _EPS = 1e-12
+_EXACT_SUM = 2**24 - 1  # float32 integers are exact up to here
+_TRAINER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-index-train")
 
 
 def normalize(v: np.ndarray) -> np.ndarray:
@@ -19,16 +74,326 @@ def normalize(v: np.ndarray) -> np.ndarray:
     return (v / np.maximum(norms, _EPS)).astype(np.float32, copy=False)
 
 
-class VectorIndex:
-    kind = "exact"
+def grid_limit(dim: int) -> int:
+    """L: the largest grid value for which every dot product of two grid
+    vectors of `dim` dimensions stays exact in float32."""
+    return max(1, math.isqrt(_EXACT_SUM // dim))
 
-    def __init__(self, dim: int, capacity: int = 1024) -> None:
+
+def to_grid(vectors: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Grid vectors (float32 holding integers in [-limit, limit]) and their
+    squared norms (float64, exact), for a (n, dim) array."""
+    v = np.asarray(vectors, dtype=np.float32)
+    peak = np.abs(v).max(axis=-1, keepdims=True)
+    scale = np.float32(limit) / np.maximum(peak, np.float32(1e-30))
+    # |v * scale| <= limit * (1 + 2**-23) < limit + 0.5: rint never passes limit.
+    g = np.rint(v * scale)
+    sq = np.einsum("...i,...i->...", g, g, dtype=np.float64)
+    return g, sq
+
+
+def query_grid(unit_query: np.ndarray, limit: int) -> tuple[np.ndarray, float]:
+    """to_grid for one vector, with fewer numpy calls (it is on every query)."""
+    q = np.asarray(unit_query, dtype=np.float32)
+    g = np.rint(q * (np.float32(limit) / np.abs(q).max()))  # float32, as in to_grid
+    return g, float(g @ g)  # exact: a sum of integers below 2**24
+
+
+def exact_scores(dots: np.ndarray, qq: float, vv: np.ndarray) -> np.ndarray:
+    """The documented score, d / sqrt(a * b) in float64, for dot products
+    `dots` of the query's grid vector (squared norm qq) with grid vectors of
+    squared norms vv (all non-zero: zero vectors are never stored)."""
+    return dots.astype(np.float64) / np.sqrt(qq * vv)
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the index searches. `exact_limit`: below this many vectors the
+    index stays exact. The rest tune the partitioned ("ivf") mode."""
+
+    # Defaults tuned on MiniLM text embeddings (benchmark/index_bench.py):
+    # they need about a fifth of the lists probed for recall@10 >= 0.95.
+    exact_limit: int = 20_000
+    nlist: int = 256  # partitions
+    nprobe: int = 48  # partitions scanned per query
+    reduced_dim: int = 96  # r: dimensions of the candidate vectors
+    rerank: int = 320  # candidates rescored exactly (at least top_k)
+    delta: int = 2048  # new rows gathered (and scanned by every query) before filing
+    train_sample: int = 20_000
+    kmeans_iters: int = 20
+    background: bool = True  # train in a thread; False: train inline (tests)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "exact_limit",
+            "nlist",
+            "nprobe",
+            "reduced_dim",
+            "rerank",
+            "train_sample",
+            "delta",
+        ):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DriverConfigError(f"index.{name}: {v!r} must be a positive integer")
+        if not isinstance(self.kmeans_iters, int) or self.kmeans_iters < 0:
+            raise DriverConfigError(f"index.kmeans_iters: {self.kmeans_iters!r} must be >= 0")
+        if self.train_sample < self.nlist:
+            raise DriverConfigError("index.train_sample must be at least index.nlist")
+
+
+def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
+    c = x[rng.choice(len(x), size=k, replace=False)].copy()
+    for _ in range(iters):
+        assign = np.argmax(x @ c.T, axis=1)
+        sums = np.zeros_like(c)
+        np.add.at(sums, assign, x)
+        counts = np.bincount(assign, minlength=k)
+        empty = counts == 0
+        if empty.any():  # re-seed empty lists from random points
+            sums[empty] = x[rng.choice(len(x), size=int(empty.sum()), replace=False)]
+        c = normalize(sums)
+    return c
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    basis: np.ndarray  # (dim, r): top-r principal directions of unit grid vectors
+    centroids: np.ndarray  # (nlist, r), unit
+
+
+def train_partitioning(sample: np.ndarray, params: IndexParams, seed: int = 0) -> Partitioning:
+    """PCA basis and k-means centroids from unit vectors `sample` (pure; runs
+    in the training thread)."""
+    r = min(params.reduced_dim, sample.shape[1])
+    x = sample.astype(np.float32, copy=False)
+    # Uncentered: the basis should keep inner products, mean direction included.
+    cov = (x.T @ x).astype(np.float64)
+    _w, vecs = np.linalg.eigh(cov)
+    basis = np.ascontiguousarray(vecs[:, ::-1][:, :r], dtype=np.float32)
+    red = normalize(x @ basis)
+    k = max(1, min(params.nlist, len(x)))
+    cents = _spherical_kmeans(red, k, params.kmeans_iters, np.random.default_rng(seed))
+    return Partitioning(basis, np.ascontiguousarray(cents, dtype=np.float32))
+
+
+class _Lists:
+    """The partitioned mode's lists, all in one arena so that a batch of
+    updates or deletes is a few vectorized numpy calls, whatever lists it
+    touches.
+
+    The arena holds, per position, a reduced vector and the slot it belongs
+    to (`owner`, -1 for a hole). List i occupies positions start[i] ..
+    start[i] + n[i] of a region of cap[i] positions. A removal only marks its
+    position a hole (reduced vector zeroed); a list that runs out of room is
+    compacted in place or moved, compacted, to the arena's end. New rows
+    first gather in a small delta block, scanned by every query, and are
+    filed into their lists `delta` at a time, so filing (a loop over the
+    lists touched) is paid per `delta` rows, not per batch."""
+
+    def __init__(
+        self, part: Partitioning, slot_capacity: int, arena: int = 1024, delta: int = 2048
+    ) -> None:
+        self.part = part
+        self.delta = delta
+        k, r = part.centroids.shape
+        self.red = np.zeros((max(arena, 16), r), np.float32)
+        self.owner = np.full(len(self.red), -1, np.int32)
+        self.start = np.zeros(k, np.int64)
+        self.cap = np.zeros(k, np.int64)
+        self.n = np.zeros(k, np.int64)
+        self.tail = 0  # the arena's first position no list has claimed
+        self.garbage = 0  # positions of regions left behind by moved lists
+        self.moves = 0  # lists moved to the arena's end (for tests and stats)
+        self.compactions = 0  # whole-arena rewrites
+        self.d_red = np.zeros((self.delta, r), np.float32)
+        self.d_owner = np.full(self.delta, -1, np.int32)
+        self.d_n = 0
+        # Where each slot's reduced vector is: 0 nowhere, 1 in a list, 2 in the delta.
+        self.where = np.zeros(slot_capacity, np.int8)
+        self.pos = np.zeros(slot_capacity, np.int64)
+
+    def grow_slots(self, capacity: int) -> None:
+        old = len(self.where)
+        self.where.resize(capacity, refcheck=False)
+        self.where[old:] = 0
+        self.pos.resize(capacity, refcheck=False)
+
+    def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
+        return unit_grid @ self.part.basis
+
+    # -- updates ------------------------------------------------------------
+    def add(self, slots: np.ndarray, red: np.ndarray) -> None:
+        """File rows (slots not present anywhere) with their reduced vectors."""
+        m = len(slots)
+        if m >= self.delta:
+            self.file(slots, red)
+            return
+        if self.d_n + m > self.delta:
+            self.flush()
+        lo, hi = self.d_n, self.d_n + m
+        self.d_red[lo:hi] = red
+        self.d_owner[lo:hi] = slots
+        self.where[slots] = 2
+        self.pos[slots] = np.arange(lo, hi)
+        self.d_n = hi
+
+    def flush(self) -> None:
+        """File the delta's rows into their lists."""
+        n = self.d_n
+        live = self.d_owner[:n] >= 0
+        slots, red = self.d_owner[:n][live], self.d_red[:n][live]
+        self.d_owner[:n] = -1
+        self.d_n = 0
+        if len(slots):
+            self.file(slots, red.copy())
+
+    def remove(self, slots: np.ndarray) -> None:
+        """Take rows out, wherever they are (a no-op for absent slots)."""
+        w = self.where[slots]
+        in_list = slots[w == 1]
+        if len(in_list):
+            p = self.pos[in_list]
+            self.owner[p] = -1
+            self.red[p] = 0.0
+        in_delta = slots[w == 2]
+        if len(in_delta):
+            p = self.pos[in_delta]
+            self.d_owner[p] = -1
+            self.d_red[p] = 0.0
+        self.where[slots] = 0
+
+    def file(self, slots: np.ndarray, red: np.ndarray) -> None:
+        """File rows straight into their lists, bypassing the delta."""
+        assign = np.argmax(red @ self.part.centroids.T, axis=-1)
+        order = np.argsort(assign, kind="stable")
+        a_sorted = assign[order]
+        lists, first, counts = np.unique(a_sorted, return_index=True, return_counts=True)
+        short = self.n[lists] + counts > self.cap[lists]
+        for li, c in zip(lists[short].tolist(), counts[short].tolist(), strict=True):
+            self._make_room(li, c)
+        ends = self.start[lists] + self.n[lists]
+        gpos = np.repeat(ends - first, counts) + np.arange(len(order))
+        s_sorted = slots[order]
+        self.red[gpos] = red[order]
+        self.owner[gpos] = s_sorted
+        self.where[s_sorted] = 1
+        self.pos[s_sorted] = gpos
+        self.n[lists] += counts
+
+    def _make_room(self, li: int, extra: int) -> None:
+        """Room for `extra` more rows in list li: drop its holes, and move it
+        to the arena's end if that is not enough."""
+        s, n = int(self.start[li]), int(self.n[li])
+        need = int((self.owner[s : s + n] >= 0).sum()) + extra
+        new_cap = need + need // 4 + 16
+        if need > self.cap[li] and self.tail + new_cap > len(self.red):
+            self._grow_arena(self.tail + new_cap)  # may compact every list
+            s, n = int(self.start[li]), int(self.n[li])
+        cap = int(self.cap[li])
+        live = np.flatnonzero(self.owner[s : s + n] >= 0) + s
+        keep_red, keep_owner = self.red[live], self.owner[live]  # copies
+        self.owner[s : s + n] = -1
+        self.red[s : s + n] = 0.0
+        if need > cap:
+            self.garbage += cap
+            self.moves += 1
+            s, cap = self.tail, new_cap
+            self.tail += new_cap
+            self.start[li], self.cap[li] = s, cap
+        m = len(live)
+        self.red[s : s + m] = keep_red
+        self.owner[s : s + m] = keep_owner
+        self.pos[keep_owner] = np.arange(s, s + m)
+        self.n[li] = m
+
+    def _grow_arena(self, need: int) -> None:
+        if self.garbage > self.tail // 4:
+            self._compact_all(need)
+            return
+        size = max(need, len(self.red) + len(self.red) // 4)
+        old = len(self.owner)
+        self.red.resize((size, self.red.shape[1]), refcheck=False)  # realloc: no copy
+        self.owner.resize(size, refcheck=False)
+        self.owner[old:] = -1
+
+    def _compact_all(self, need: int) -> None:
+        """Rewrite every list, without holes or garbage, into a new arena."""
+        used = int((self.n + self.n // 4 + 16).sum())
+        size = max(used + need - self.tail, 16)
+        red = np.zeros((size, self.red.shape[1]), np.float32)
+        owner = np.full(size, -1, np.int32)
+        at = 0
+        for li in range(len(self.n)):
+            s, n = int(self.start[li]), int(self.n[li])
+            live = np.flatnonzero(self.owner[s : s + n] >= 0) + s
+            m = len(live)
+            red[at : at + m] = self.red[live]
+            owner[at : at + m] = self.owner[live]
+            self.pos[owner[at : at + m]] = np.arange(at, at + m)
+            cap = m + m // 4 + 16
+            self.start[li], self.n[li], self.cap[li] = at, m, cap
+            at += cap
+        self.red, self.owner, self.tail, self.garbage = red, owner, at, 0
+        self.compactions += 1
+
+    # -- queries --------------------------------------------------------------
+    def candidates(self, q_red: np.ndarray, nprobe: int, count: int) -> np.ndarray:
+        """Slots of the `count` best rows by reduced score among the nprobe
+        lists nearest the query and the delta."""
+        cs = self.part.centroids @ q_red
+        k = len(cs)
+        probe = np.argpartition(-cs, nprobe - 1)[:nprobe] if nprobe < k else np.arange(k)
+        starts = self.start[probe].tolist()
+        ends = (self.start[probe] + self.n[probe]).tolist()
+        red, owner = self.red, self.owner
+        scores = [red[a:b] @ q_red for a, b in zip(starts, ends, strict=True)]
+        slots = [owner[a:b] for a, b in zip(starts, ends, strict=True)]
+        if self.d_n:
+            scores.append(self.d_red[: self.d_n] @ q_red)
+            slots.append(self.d_owner[: self.d_n])
+        s = np.concatenate(scores)
+        sl = np.concatenate(slots)
+        live = sl >= 0
+        if not live.all():
+            s, sl = s[live], sl[live]
+        if count < len(s):
+            sl = sl[np.argpartition(-s, count - 1)[:count]]
+        return sl
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.red.nbytes
+            + self.owner.nbytes
+            + self.d_red.nbytes
+            + self.d_owner.nbytes
+            + self.where.nbytes
+            + self.pos.nbytes
+            + self.part.basis.nbytes
+            + self.part.centroids.nbytes
+            + 4 * self.n.nbytes
+        )
+
+
+class VectorIndex:
+    def __init__(self, dim: int, capacity: int = 1024, params: IndexParams | None = None) -> None:
         self.dim = dim
-        self._vecs = np.zeros((max(capacity, 16), dim), dtype=np.float32)
-        self._valid = np.zeros(max(capacity, 16), dtype=bool)
+        self.params = params or IndexParams()
+        self.limit = grid_limit(dim)
+        cap = max(capacity, 16)
+        self._grid = np.zeros((cap, dim), dtype=np.float32)
+        self._sq = np.zeros(cap, dtype=np.float64)  # 0 marks a free slot
         self._keys: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
+        self._lists: _Lists | None = None
+        # Adoption files the rows already present into the lists a chunk per
+        # call (the lists take new rows at once); queries stay exact until
+        # every row is filed, so no call pays for filing the whole table.
+        self._adopt_next = 0
+        self._adopted = False
+        self._training: Future[Partitioning] | None = None
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -36,73 +401,234 @@ class VectorIndex:
     def __contains__(self, key: str) -> bool:
         return key in self._slot
 
+    # -- introspection ------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        self._adopt_if_trained()
+        return "ivf" if self._adopted else "exact"
+
     @property
     def nbytes(self) -> int:
-        return int(self._vecs.nbytes + self._valid.nbytes)
+        """Bytes the index holds: numpy arrays, plus the key map and slot list."""
+        n = self._grid.nbytes + self._sq.nbytes
+        n += sys.getsizeof(self._slot) + sys.getsizeof(self._keys) + 28 * len(self._slot)
+        if self._lists is not None:
+            n += self._lists.nbytes
+        return int(n)
 
+    @property
+    def capacity(self) -> int:
+        """Slots allocated in the grid slab."""
+        return int(self._grid.shape[0])
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of the stored grid vectors themselves (float32, dim each)."""
+        return len(self._slot) * self.dim * 4
+
+    def describe(self) -> dict[str, object]:
+        """What `stats()` shows: the search chosen and why, and the memory."""
+        kind = self.kind
+        p = self.params
+        d: dict[str, object] = {
+            "kind": kind,
+            "vectors": len(self),
+            "bytes": self.nbytes,
+            "bytes_per_vector": self.nbytes / len(self) if len(self) else 0.0,
+            "vector_bytes": self.vector_bytes,
+            "exact_limit": p.exact_limit,
+            "training": self._training is not None,
+            "adopting": self._lists is not None and not self._adopted,
+            "score": f"cosine of int grid vectors, |component| <= {self.limit}",
+        }
+        if self._lists is not None:
+            d.update(
+                nlist=len(self._lists.n),
+                nprobe=p.nprobe,
+                reduced_dim=self._lists.part.basis.shape[1],
+                rerank=p.rerank,
+            )
+        return d
+
+    # -- updates --------------------------------------------------------------
     def _grow(self, need: int) -> None:
-        cap = self._vecs.shape[0]
+        cap = self._grid.shape[0]
         if need <= cap:
             return
-        new_cap = max(need, cap + cap // 2)  # 1.5x: at most a third of the slab idle
-        vecs = np.zeros((new_cap, self.dim), dtype=np.float32)
-        vecs[:cap] = self._vecs
-        valid = np.zeros(new_cap, dtype=bool)
-        valid[:cap] = self._valid
-        self._vecs, self._valid = vecs, valid
+        new_cap = max(need, cap + cap // 8)
+        # resize reallocates in place where it can (mremap for large blocks):
+        # no copy of the slab, so no pause proportional to its size.
+        self._grid.resize((new_cap, self.dim), refcheck=False)
+        self._sq.resize(new_cap, refcheck=False)
+        if self._lists is not None:
+            self._lists.grow_slots(new_cap)
+
+    def _take_slot(self, key: str) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._keys[slot] = key
+        else:
+            slot = len(self._keys)
+            self._grow(slot + 1)
+            self._keys.append(key)
+        self._slot[key] = slot
+        return slot
 
     def upsert(self, key: str, unit_vector: np.ndarray) -> None:
         """Set key's vector (already normalized)."""
-        slot = self._slot.get(key)
-        if slot is None:
-            if self._free:
-                slot = self._free.pop()
-                self._keys[slot] = key
-            else:
-                slot = len(self._keys)
-                self._grow(slot + 1)
-                self._keys.append(key)
-            self._slot[key] = slot
-        self._vecs[slot] = unit_vector
-        self._valid[slot] = True
+        self.upsert_many([key], np.asarray(unit_vector, np.float32)[None, :])
 
-    def upsert_many(self, keys: list[str], unit_vectors: np.ndarray) -> None:
-        for k, v in zip(keys, unit_vectors, strict=True):
-            self.upsert(k, v)
+    def upsert_many(self, keys: Sequence[str], unit_vectors: np.ndarray) -> None:
+        """Set the vectors of `keys` (rows of `unit_vectors`, normalized); a
+        key given twice keeps its last vector."""
+        if len(keys) != len(unit_vectors):
+            raise ValueError("upsert_many: keys and vectors differ in length")
+        if not len(keys):
+            return
+        self._adopt_if_trained()
+        grid, sq = to_grid(unit_vectors, self.limit)
+        if len(set(keys)) != len(keys):  # keep each key's last vector only
+            last = {k: i for i, k in enumerate(keys)}
+            pick = sorted(last.values())
+            keys, grid, sq = [keys[i] for i in pick], grid[pick], sq[pick]
+        if not sq.all():  # a zero vector has no direction: not searchable
+            for i in np.flatnonzero(sq == 0).tolist():
+                self.delete(keys[i])
+            nz = np.flatnonzero(sq).tolist()
+            keys, grid, sq = [keys[i] for i in nz], grid[nz], sq[nz]
+            if not keys:
+                return
+        lists = self._lists
+        slots = np.empty(len(keys), np.int64)
+        get = self._slot.get
+        for i, key in enumerate(keys):
+            slot: int | None = get(key)
+            if slot is None:
+                slot = self._take_slot(key)
+            slots[i] = slot
+        if lists is not None:
+            lists.remove(slots)  # the old positions of keys already present
+        self._grid[slots] = grid
+        self._sq[slots] = sq
+        if lists is not None:
+            unit = grid / np.sqrt(np.maximum(sq, 1.0))[:, None].astype(np.float32)
+            lists.add(slots, lists.reduce(unit))
+        self._maybe_train()
 
     def delete(self, key: str) -> None:
-        slot = self._slot.pop(key, None)
-        if slot is None:
-            return
-        self._valid[slot] = False
-        self._vecs[slot] = 0.0
-        self._keys[slot] = None
-        self._free.append(slot)
+        self.delete_many([key])
 
-    def query(
-        self, unit_query: np.ndarray, top_k: int, threshold: float
-    ) -> list[tuple[str, float]]:
-        """Keys with cosine >= threshold, best first, at most top_k; ties
-        broken by key so results are deterministic."""
-        n = len(self._keys)
-        if n == 0 or not self._slot:
-            return []
-        scores = self._vecs[:n] @ unit_query
-        np.clip(scores, -1.0, 1.0, out=scores)
-        scores[~self._valid[:n]] = -np.inf
-        k = min(top_k, len(self._slot))
-        if k < n:
-            cand = np.argpartition(-scores, k - 1)[:k]
-            # Include every slot tied with the k-th score so tie-breaking by
-            # key does not depend on argpartition's arbitrary order.
-            kth = scores[cand].min()
-            cand = np.flatnonzero(scores >= kth)
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove keys (absent ones are ignored)."""
+        pop = self._slot.pop
+        found = [s for s in (pop(k, None) for k in keys) if s is not None]
+        if not found:
+            return
+        slots = np.asarray(found, np.int64)
+        self._grid[slots] = 0.0
+        self._sq[slots] = 0.0
+        for s in found:
+            self._keys[s] = None
+        self._free.extend(found)
+        if self._lists is not None:
+            self._lists.remove(slots)
+
+    # -- the partitioned mode ------------------------------------------------
+    def _maybe_train(self) -> None:
+        p = self.params
+        if self._lists is not None or self._training is not None or len(self) < p.exact_limit:
+            return
+        live = np.flatnonzero(self._sq[: len(self._keys)])
+        rng = np.random.default_rng(len(live))
+        pick = live if len(live) <= p.train_sample else rng.choice(live, p.train_sample, False)
+        sample = self._grid[np.sort(pick)] / np.sqrt(self._sq[np.sort(pick)])[:, None]
+        sample = sample.astype(np.float32)
+        if p.background:
+            self._training = _TRAINER.submit(train_partitioning, sample, p)
         else:
-            cand = np.arange(n)
-        out = [
-            (self._keys[i], float(scores[i]))
-            for i in cand
-            if self._valid[i] and scores[i] >= threshold
-        ]
-        out.sort(key=lambda t: (-t[1], t[0]))
+            self.adopt(train_partitioning(sample, p))
+
+    def _adopt_if_trained(self) -> None:
+        t = self._training
+        if t is not None and t.done():
+            self._training = None
+            self.adopt(t.result())
+        elif self._lists is not None and not self._adopted:
+            self._continue_adoption()
+
+    def wait_trained(self, timeout: float | None = None) -> None:
+        """Block until a running training finished and is adopted (benchmarks)."""
+        if self._training is not None:
+            self._training.result(timeout)
+            self._adopt_if_trained()
+        while self._lists is not None and not self._adopted:
+            self._continue_adoption()
+
+    ADOPT_CHUNK = 8192  # rows filed per call while adopting
+
+    def adopt(self, part: Partitioning) -> None:
+        """Switch to the partitioned mode. New rows go to the lists at once;
+        the rows already present are filed ADOPT_CHUNK per later call (all
+        at once when params.background is False)."""
+        live = len(self._slot)
+        arena = live + live // 4 + 16 * len(part.centroids)
+        self._lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
+        self._adopt_next = 0
+        self._adopted = False
+        while not self.params.background and not self._adopted:
+            self._continue_adoption()
+
+    def _continue_adoption(self) -> None:
+        lists = self._lists
+        if lists is None or self._adopted:
+            return
+        lo = self._adopt_next
+        hi = min(len(self._keys), lo + self.ADOPT_CHUNK)
+        s = np.arange(lo, hi)
+        s = s[(self._sq[lo:hi] != 0) & (lists.where[lo:hi] == 0)]
+        if len(s):
+            unit = self._grid[s] / np.sqrt(self._sq[s])[:, None].astype(np.float32)
+            lists.file(s, lists.reduce(unit))
+        self._adopt_next = hi
+        self._adopted = hi >= len(self._keys)
+
+    # -- queries ------------------------------------------------------------
+    def query(
+        self, unit_query: np.ndarray, top_k: int, threshold: float, exact: bool = False
+    ) -> list[tuple[str, float]]:
+        """Keys with score >= threshold, best first, at most top_k; ties
+        broken by key so results are deterministic. Scores: see the module
+        docstring."""
+        if not self._slot:
+            return []
+        self._adopt_if_trained()
+        q, qq = query_grid(unit_query, self.limit)
+        lists = self._lists
+        if lists is None or exact or not self._adopted:
+            n = len(self._keys)
+            dots = self._grid[:n] @ q
+            cand = np.flatnonzero(self._sq[:n])
+            dots = dots[cand]
+        else:
+            q_red = lists.reduce(q)  # unscaled: only the candidates' order matters
+            count = max(self.params.rerank, top_k)
+            cand = lists.candidates(q_red, self.params.nprobe, count)
+            dots = self._grid[cand] @ q
+        scores = exact_scores(dots, qq, self._sq[cand])
+        keep = scores >= threshold
+        if not keep.all():
+            cand, scores = cand[keep], scores[keep]
+        k = min(top_k, len(scores))
+        if k == 0:
+            return []
+        if k < len(scores):
+            top = np.argpartition(-scores, k - 1)[:k]
+            # Include every row tied with the k-th score so the tie-break by
+            # key does not depend on argpartition's arbitrary order.
+            kth = scores[top].min()
+            top = np.flatnonzero(scores >= kth)
+            cand, scores = cand[top], scores[top]
+        keys = self._keys
+        out = [(keys[int(s)], float(v)) for s, v in zip(cand, scores, strict=True)]
+        out.sort(key=lambda t: (-t[1], str(t[0])))
         return [(str(k_), s) for k_, s in out[:top_k]]

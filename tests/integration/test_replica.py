@@ -100,11 +100,12 @@ async def test_sync_get_query_and_stream(db, wrapper, secret_file) -> None:  # t
         assert matches[0].row_id == 7 and matches[0].score == pytest.approx(1.0, abs=1e-5)
         assert matches[0].text_repr == "item 7"
         assert [m.score for m in matches] == sorted((m.score for m in matches), reverse=True)
-        # Exact scores against numpy cosine (full dimension: projection is orthogonal).
+        # Scores against numpy cosine (full dimension: projection is orthogonal),
+        # up to the index's integer grid (prism.driver.index: about 1e-3 at most).
         unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
         exact = unit @ unit[7]
         for m in matches:
-            assert m.score == pytest.approx(float(exact[m.row_id]), abs=1e-5)
+            assert m.score == pytest.approx(float(exact[m.row_id]), abs=2e-3)
         # threshold is inclusive and exact
         cut = matches[1].score
         above = await driver.query(

@@ -1,79 +1,319 @@
-"""The driver's vector index against a brute-force oracle (hypothesis)."""
+"""The driver's vector index against a brute-force oracle (hypothesis).
+
+The oracle keeps every live key's grid vector and scores it in pure Python:
+the dot product and squared norms as Python integers, then
+d / math.sqrt(a * b). That is the documented score, computed with no BLAS and
+no float summation, so the index must match it bit for bit: scores with ==,
+thresholds with no tolerance, ties by key."""
 
 from __future__ import annotations
 
+import math
+import threading
+from typing import Any
+
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prism.driver.index import VectorIndex, normalize
+import prism.driver.index as index_mod
+from prism.driver.errors import DriverConfigError
+from prism.driver.index import IndexParams, VectorIndex, grid_limit, normalize, to_grid
 
 DIM = 4
-vec = st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM).filter(any)
-key = st.sampled_from([f"k{i}" for i in range(12)])
-ops = st.lists(
-    st.one_of(st.tuples(st.just("up"), key, vec), st.tuples(st.just("del"), key, st.none())),
-    max_size=60,
+KEYS = [f"k{i}" for i in range(14)]
+vec = st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM)  # may be all zero
+key = st.sampled_from(KEYS)
+batch = st.lists(st.tuples(key, vec), min_size=1, max_size=6)  # duplicate keys allowed
+op = st.one_of(st.tuples(st.just("up"), batch), st.tuples(st.just("del"), key))
+ops = st.lists(op, max_size=60)
+query = st.tuples(vec.filter(any), st.integers(1, 16))
+
+EXACT = IndexParams(background=False)
+# Partitioned, but scanning every list and reranking every row: must equal the oracle.
+FULL_IVF = IndexParams(
+    exact_limit=4,
+    nlist=3,
+    nprobe=3,
+    reduced_dim=2,
+    rerank=1000,
+    train_sample=4,
+    delta=3,  # small: filing from the delta into the lists happens often
+    background=False,
+)
+# Partitioned and approximate: only the invariants hold.
+PART_IVF = IndexParams(
+    exact_limit=6,
+    nlist=4,
+    nprobe=1,
+    reduced_dim=2,
+    rerank=2,
+    train_sample=8,
+    delta=2,
+    background=False,
 )
 
 
-def oracle(
-    store: dict[str, np.ndarray], q: np.ndarray, top_k: int, threshold: float
-) -> list[tuple[str, float]]:
-    scored = [(k, float(np.float32(v @ q))) for k, v in store.items()]
-    scored = [(k, s) for k, s in scored if s >= threshold]
-    scored.sort(key=lambda t: (-t[1], t[0]))
-    return scored[:top_k]
+class Oracle:
+    def __init__(self, dim: int = DIM) -> None:
+        self.limit = grid_limit(dim)
+        self.grid: dict[str, list[int]] = {}
 
-
-@settings(max_examples=200, deadline=None)
-@given(ops, vec, st.integers(1, 15), st.sampled_from([-1.0, -0.2, 0.0, 0.3, 0.999]))
-def test_matches_brute_force(ops_: list, q_: list, top_k: int, threshold: float) -> None:  # type: ignore[type-arg]
-    idx = VectorIndex(DIM, capacity=2)
-    store: dict[str, np.ndarray] = {}
-    for op, k, v in ops_:
-        if op == "up":
-            u = normalize(np.array(v, dtype=np.float32))
-            idx.upsert(k, u)
-            store[k] = u
+    def upsert(self, k: str, unit: np.ndarray) -> None:
+        g, _ = to_grid(unit[None, :], self.limit)
+        ints = [int(x) for x in g[0]]
+        if any(ints):
+            self.grid[k] = ints
         else:
-            idx.delete(k)
-            store.pop(k, None)
-    q = normalize(np.array(q_, dtype=np.float32))
-    # A score that is the threshold itself in exact arithmetic (say an
-    # orthogonal vector at threshold 0) lands on either side of it in float32
-    # depending on summation order: no oracle can say which.
-    exact = [float(np.dot(v.astype(np.float64), q.astype(np.float64))) for v in store.values()]
-    assume(all(abs(s - threshold) > 1e-5 for s in exact))
-    got = idx.query(q, top_k, threshold)
-    assert all(s >= threshold for _, s in got)  # the reported score is what is compared
-    want = oracle(store, q, top_k, threshold)
-    assert [k for k, _ in got] == [k for k, _ in want]
-    for (_, a), (_, b) in zip(got, want, strict=True):
-        assert a == pytest.approx(b, abs=1e-6)
-    assert len(idx) == len(store)
+            self.grid.pop(k, None)
+
+    def score(self, k: str, q: list[int]) -> float:
+        v = self.grid[k]
+        d = sum(a * b for a, b in zip(q, v, strict=True))
+        return float(d) / math.sqrt(float(sum(a * a for a in q)) * float(sum(b * b for b in v)))
+
+    def query(self, unit_q: np.ndarray, top_k: int, threshold: float) -> list[tuple[str, float]]:
+        g, _ = to_grid(unit_q[None, :], self.limit)
+        q = [int(x) for x in g[0]]
+        scored = [(k, self.score(k, q)) for k in self.grid]
+        scored = [(k, s) for k, s in scored if s >= threshold]
+        scored.sort(key=lambda t: (-t[1], t[0]))
+        return scored[:top_k]
+
+
+def unit(v: list[int]) -> np.ndarray:
+    return normalize(np.array(v, dtype=np.float32))
+
+
+def run_ops(idx: VectorIndex, oracle: Oracle, ops_: list[Any]) -> None:
+    for kind, arg in ops_:
+        if kind == "up":
+            keys = [k for k, _ in arg]
+            vecs = np.stack([unit(v) for _, v in arg])
+            idx.upsert_many(keys, vecs)
+            for k, v in zip(keys, vecs, strict=True):
+                oracle.upsert(k, v)
+        else:
+            idx.delete(arg)
+            oracle.grid.pop(arg, None)
+
+
+def thresholds(oracle: Oracle, q: np.ndarray) -> list[float]:
+    """-1, 0, 1, and each score exactly, and just above it: the boundary is
+    where an inexact comparison would show."""
+    scores = [s for _, s in oracle.query(q, 100, -1.0)]
+    out = [-1.0, 0.0, 1.0]
+    for s in scores[:4]:
+        out += [s, math.nextafter(s, 2.0)]
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops, query, st.sampled_from([EXACT, FULL_IVF]))
+def test_matches_the_oracle_exactly(ops_: list[Any], q_: Any, params: IndexParams) -> None:
+    idx = VectorIndex(DIM, capacity=2, params=params)
+    oracle = Oracle()
+    run_ops(idx, oracle, ops_)
+    assert len(idx) == len(oracle.grid)
+    q = unit(q_[0])
+    for t in thresholds(oracle, q):
+        got = idx.query(q, q_[1], t)
+        assert got == oracle.query(q, q_[1], t)  # keys, order and scores, bit for bit
+        assert all(-1.0 <= s <= 1.0 and s >= t for _, s in got)
+        assert idx.query(q, q_[1], t, exact=True) == got
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops, query)
+def test_partial_search_keeps_the_invariants(ops_: list[Any], q_: Any) -> None:
+    idx = VectorIndex(DIM, capacity=2, params=PART_IVF)
+    oracle = Oracle()
+    run_ops(idx, oracle, ops_)
+    q = unit(q_[0])
+    g, _ = to_grid(q[None, :], oracle.limit)
+    qi = [int(x) for x in g[0]]
+    for t in (-1.0, 0.0, 0.5):
+        got = idx.query(q, q_[1], t)
+        assert len(got) <= q_[1]
+        for k, s in got:
+            assert k in oracle.grid  # never a deleted key
+            assert s == oracle.score(k, qi) and s >= t  # an exact score, never an estimate
+        assert [s for _, s in got] == sorted((s for _, s in got), reverse=True)
+        assert idx.query(q, q_[1], t, exact=True) == oracle.query(q, q_[1], t)
+
+
+def test_churn_moves_and_compacts_lists() -> None:
+    """Many updates and deletes over a few hundred keys: lists fill up, move
+    to the arena's end, the arena grows and is compacted; every answer stays
+    the oracle's (full-probe parameters)."""
+    rng = np.random.default_rng(9)
+    params = IndexParams(
+        exact_limit=50, nlist=4, nprobe=4, reduced_dim=2, rerank=10_000, train_sample=50, delta=5
+    )
+    idx = VectorIndex(DIM, params=params)
+    oracle = Oracle()
+    keys = [f"r{i}" for i in range(2500)]
+    for step in range(400):  # the key range grows, so lists fill and move
+        pick = rng.choice(50 + 6 * step, size=int(rng.integers(1, 40)), replace=False)
+        ks = [keys[i] for i in pick]
+        if step % 3 == 2:
+            idx.delete_many(ks)
+            for k in ks:
+                oracle.grid.pop(k, None)
+        else:
+            vs = normalize(rng.integers(-3, 4, (len(ks), DIM)).astype(np.float32))
+            idx.upsert_many(ks, vs)
+            for k, v in zip(ks, vs, strict=True):
+                oracle.upsert(k, v)
+        q = normalize(rng.standard_normal(DIM).astype(np.float32))
+        assert idx.query(q, 7, -1.0) == oracle.query(q, 7, -1.0)
+    lists = idx._lists
+    assert lists is not None and lists.moves > 0 and lists.compactions > 0
+
+
+def test_adoption_files_old_rows_a_chunk_at_a_time() -> None:
+    """Rows present before adoption are filed a few per call; rows changed
+    meanwhile are filed once, by their own upsert; answers stay exact."""
+    params = IndexParams(
+        exact_limit=10**6, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=2, delta=2
+    )
+    rng = np.random.default_rng(5)
+    idx = VectorIndex(DIM, params=params)
+    oracle = Oracle()
+
+    def up(ks: list[str]) -> None:
+        vs = normalize(rng.standard_normal((len(ks), DIM)).astype(np.float32))
+        idx.upsert_many(ks, vs)
+        for k, v in zip(ks, vs, strict=True):
+            oracle.upsert(k, v)
+
+    up(KEYS[:10])
+    idx.ADOPT_CHUNK = 1
+    idx.adopt(index_mod.train_partitioning(normalize(rng.standard_normal((4, DIM))), params))
+    up(KEYS[10:12])  # new slots, beyond the adoption's cursor
+    up(KEYS[5:6])
+    idx.delete("k2")
+    oracle.grid.pop("k2")
+    q = unit([1, 2, 0, -1])
+    calls = 0
+    while idx.kind == "exact":
+        assert idx.query(q, 20, -1.0) == oracle.query(q, 20, -1.0)
+        calls += 1
+    assert calls >= 2 and idx.describe()["adopting"] is False
+    assert idx.query(q, 20, -1.0) == oracle.query(q, 20, -1.0)  # each row once
+    lists = idx._lists
+    assert lists is not None
+    assert sorted(
+        lists.owner[lists.owner >= 0].tolist() + lists.d_owner[lists.d_owner >= 0].tolist()
+    ) == sorted(idx._slot.values())
+
+
+def test_scores_are_exact_at_the_edges() -> None:
+    idx = VectorIndex(3, params=EXACT)
+    idx.upsert_many(
+        ["same", "orth", "opp", "zero"],
+        np.stack([unit([1, 2, 2]), unit([2, 1, -2]), unit([-1, -2, -2]), np.zeros(3, np.float32)]),
+    )
+    got = dict(idx.query(unit([1, 2, 2]), 10, -1.0))
+    assert got == {"same": 1.0, "orth": 0.0, "opp": -1.0}  # a zero vector is not searchable
+    assert [k for k, _ in idx.query(unit([1, 2, 2]), 10, 0.0)] == ["same", "orth"]
+    assert [k for k, _ in idx.query(unit([1, 2, 2]), 10, 1.0)] == ["same"]
+    assert len(idx) == 3
 
 
 def test_threshold_is_inclusive_and_ties_break_by_key() -> None:
-    idx = VectorIndex(2)
+    idx = VectorIndex(2, params=EXACT)
     for k in ("b", "a", "c"):
-        idx.upsert(k, normalize(np.array([1.0, 0.0])))
-    idx.upsert("d", normalize(np.array([0.0, 1.0])))
-    q = normalize(np.array([1.0, 0.0]))
+        idx.upsert(k, unit([1, 0]))
+    idx.upsert("d", unit([0, 1]))
+    q = unit([1, 0])
     assert [k for k, _ in idx.query(q, 2, 1.0)] == ["a", "b"]
     assert [k for k, _ in idx.query(q, 10, 0.0)] == ["a", "b", "c", "d"]
     assert [k for k, _ in idx.query(q, 10, 0.5)] == ["a", "b", "c"]
 
 
+def test_grid_vectors() -> None:
+    rng = np.random.default_rng(3)
+    v = normalize(rng.standard_normal((200, 384)).astype(np.float32))
+    g, sq = to_grid(v, grid_limit(384))
+    assert grid_limit(384) == 209 and 384 * 209**2 < 2**24
+    assert np.array_equal(g, np.rint(g)) and np.abs(g).max() == 209
+    assert np.array_equal(np.abs(g).max(axis=1), np.full(200, 209.0))
+    assert np.array_equal(sq, (g.astype(np.int64) ** 2).sum(axis=1).astype(np.float64))
+    # The rounding moves a cosine by about 1e-3 at most.
+    cos = (v[:100] * v[100:]).sum(axis=1)
+    gcos = (g[:100] * g[100:]).sum(axis=1) / np.sqrt(sq[:100] * sq[100:])
+    assert np.abs(cos - gcos).max() < 2e-3
+
+
 def test_deleted_slots_are_reused_without_growth() -> None:
-    idx = VectorIndex(3, capacity=16)
+    idx = VectorIndex(3, capacity=16, params=EXACT)
     for i in range(16):
-        idx.upsert(str(i), normalize(np.ones(3)))
-    before = idx.nbytes
+        idx.upsert(str(i), unit([1, 1, 1]))
+    before = idx.capacity
     for i in range(8):
         idx.delete(str(i))
     for i in range(8):
-        idx.upsert(f"n{i}", normalize(np.ones(3)))
-    assert idx.nbytes == before and len(idx) == 16
-    assert all(k.startswith("n") or int(k) >= 8 for k, _ in idx.query(normalize(np.ones(3)), 16, 0))
+        idx.upsert(f"n{i}", unit([1, 1, 1]))
+    assert idx.capacity == before == 16 and len(idx) == 16
+    assert all(k.startswith("n") or int(k) >= 8 for k, _ in idx.query(unit([1, 1, 1]), 16, 0))
+
+
+def test_the_choice_is_automatic_and_described() -> None:
+    idx = VectorIndex(DIM, params=FULL_IVF)
+    rng = np.random.default_rng(0)
+    idx.upsert_many(KEYS[:3], normalize(rng.standard_normal((3, DIM)).astype(np.float32)))
+    assert idx.kind == "exact" and idx.describe()["kind"] == "exact"
+    idx.upsert_many(KEYS[3:7], normalize(rng.standard_normal((4, DIM)).astype(np.float32)))
+    d = idx.describe()
+    assert d["kind"] == "ivf" and d["nlist"] == 3 and d["nprobe"] == 3 and d["vectors"] == 7
+    assert d["bytes"] == idx.nbytes and d["vector_bytes"] == 7 * DIM * 4
+
+
+@pytest.mark.parametrize(
+    "bad", [{"nprobe": 0}, {"exact_limit": -1}, {"nlist": 8, "train_sample": 4}, {"rerank": True}]
+)
+def test_bad_params_are_named(bad: dict[str, Any]) -> None:
+    with pytest.raises(DriverConfigError, match=r"index\."):
+        IndexParams(**bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops, ops, query)
+def test_queries_stay_exact_while_training_runs_and_is_adopted(
+    before: list[Any], during: list[Any], q_: Any
+) -> None:
+    """The partitioning trains in a thread while updates and deletes go on; a
+    query at any point, before or after the switch, sees the index's current
+    state whole (full-probe parameters, so it must equal the oracle)."""
+    gate = threading.Event()
+    real = index_mod.train_partitioning
+
+    def gated(*a: Any, **kw: Any) -> Any:
+        gate.wait(10)
+        return real(*a, **kw)
+
+    params = IndexParams(
+        exact_limit=4, nlist=2, nprobe=2, reduced_dim=2, rerank=1000, train_sample=4, delta=2
+    )
+    idx = VectorIndex(DIM, params=params)
+    idx.ADOPT_CHUNK = 2  # adoption then spans several calls, with queries between
+    oracle = Oracle()
+    q = unit(q_[0])
+    index_mod.train_partitioning = gated  # type: ignore[assignment]
+    reached = False  # did an upsert take the index to exact_limit?
+    try:
+        for i, o in enumerate(before + during):
+            if i == len(before) + len(during) // 2:
+                gate.set()  # training finishes somewhere in the second half
+            run_ops(idx, oracle, [o])
+            reached |= o[0] == "up" and len(oracle.grid) >= 4
+            assert idx.query(q, q_[1], -1.0) == oracle.query(q, q_[1], -1.0)
+        gate.set()
+        idx.wait_trained(10)
+        assert idx.kind == ("ivf" if reached else "exact")
+        assert idx.query(q, q_[1], -1.0) == oracle.query(q, q_[1], -1.0)
+    finally:
+        gate.set()
+        index_mod.train_partitioning = real  # type: ignore[assignment]

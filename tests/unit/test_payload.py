@@ -365,3 +365,9 @@ def test_bad_key_values(value: Any) -> None:
 def test_bad_keys(key: str) -> None:
     with pytest.raises(PayloadError):
         decode_key(key)
+
+
+@given(st.integers())
+def test_int_key_fast_path_matches_encode_key(n: int) -> None:
+    """PrismDriver.get builds the key of a single int as f"[{n}]"."""
+    assert encode_key([n]) == f"[{n}]"

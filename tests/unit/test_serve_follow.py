@@ -3,6 +3,7 @@ resume logic as pure code, including bootstrap, catch-up and rejections."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from prism.driver.follow import Follower
 from prism.driver.index import VectorIndex
-from prism.driver.replica import Replica, TableReplica
+from prism.driver.replica import Replica, ReplicaFeed, TableReplica
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errors import FrameError
 from prism.fabric.frames import open_frame
@@ -61,9 +62,18 @@ def replica() -> Replica:
     )
 
 
-def follow(store: Store, follower: Follower, rep: Replica, rows: int = 2) -> Replica:
-    """One Subscribe call's first batch, through the real frame codec."""
+def follow(
+    store: Store,
+    follower: Follower,
+    rep: Replica,
+    rows: int = 2,
+    between: Callable[[ReplicaFeed], None] | None = None,
+) -> Replica:
+    """One Subscribe call's first batch, through the real frame codec, fed
+    to the replica as the driver does (ReplicaFeed); `between` runs after
+    every frame, where a reader on the driver's loop could run."""
     reader = StoreReader(store.path)
+    feed = ReplicaFeed(rep)
     stream_id, pos = follower.new_call()
     fs = FrameStream(CTX, reader, rows)
     with reader.snapshot() as meta:
@@ -76,11 +86,13 @@ def follow(store: Store, follower: Follower, rep: Replica, rows: int = 2) -> Rep
         )
         batch = follower.on_frame(decoded)
         if batch is not None:
-            if batch.reset:
-                rep = Replica.empty_like(rep)
-            rep.apply(batch)
+            feed.apply(batch)
             follower.committed(batch)
-    return rep
+        else:
+            feed.bootstrap_frames(follower.take_bootstrap_frames())
+        if between is not None:
+            between(feed)
+    return feed.replica
 
 
 def test_needs_bootstrap() -> None:
@@ -129,6 +141,40 @@ def test_new_stream_identity_rebuilds_the_replica(store: Store) -> None:
     rep2 = follow(store, follower, rep)
     assert rep2 is not rep and set(rep2.tables["t"].rows) == {encode_key([7])}
     assert follower.stream_id == "stream-2"
+
+
+def test_bootstrap_is_built_aside_frame_by_frame(store: Store) -> None:
+    """Readers between the frames of a bootstrap see the old replica whole,
+    never a part of the new one; the new one is filled frame by frame (no
+    single long apply) and appears whole at the bootstrap's commit."""
+    for i in range(3):
+        put(store, "t", i)
+    follower = Follower()
+    old = follow(store, follower, replica())
+    store.reset("stream-2")
+    with store.transaction() as txn:
+        txn.mark_snapshot_done()
+    for i in range(10, 20):
+        put(store, "t", i)
+    put(store, "t", 12, deleted=True)
+    seen: list[tuple[bool, int, set[str]]] = []
+    q = np.full(DIM, 1.0, dtype=np.float32) / 2
+
+    def reader(feed: ReplicaFeed) -> None:
+        t = feed.replica.tables["t"]
+        assert t.index is not None
+        hits = {k for k, _ in t.index.query(q, 100, -1.0)}
+        assert hits == set(t.rows)  # the index and the rows agree, whichever replica
+        seen.append((feed.replica is old, feed.building_rows, hits))
+
+    new = follow(store, follower, old, between=reader)
+    old_keys = {encode_key([i]) for i in range(3)}
+    new_keys = {encode_key([i]) for i in range(10, 20) if i != 12}
+    assert new is not old and set(new.tables["t"].rows) == new_keys
+    assert all(is_old and hits == old_keys for is_old, _, hits in seen[:-1])
+    assert seen[-1] == (False, 0, new_keys)
+    built = [b for _, b, _ in seen[:-1]]
+    assert built == sorted(built) and 0 < built[-1] < 9  # applied aside, frame by frame
 
 
 def test_sequence_gap_and_replay_are_rejected(store: Store) -> None:
