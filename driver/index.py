@@ -269,9 +269,16 @@ class _Lists:
         order = np.argsort(assign, kind="stable")
         a_sorted = assign[order]
         lists, first, counts = np.unique(a_sorted, return_index=True, return_counts=True)
+        # Making room for one list may compact the whole arena; the
+        # compaction must size every list of this batch for its incoming rows
+        # too, or it would undo the room made for the lists before.
+        incoming = dict(zip(lists.tolist(), counts.tolist(), strict=True))
         short = self.n[lists] + counts > self.cap[lists]
         for li, c in zip(lists[short].tolist(), counts[short].tolist(), strict=True):
-            self._make_room(li, c)
+            if self.n[li] + c > self.cap[li]:
+                self._make_room(li, c, incoming)
+        if (self.n[lists] + counts > self.cap[lists]).any():
+            raise AssertionError("index lists: no room made for a batch")
         ends = self.start[lists] + self.n[lists]
         gpos = np.repeat(ends - first, counts) + np.arange(len(order))
         s_sorted = slots[order]
@@ -281,14 +288,15 @@ class _Lists:
         self.pos[s_sorted] = gpos
         self.n[lists] += counts
 
-    def _make_room(self, li: int, extra: int) -> None:
+    def _make_room(self, li: int, extra: int, incoming: dict[int, int]) -> None:
         """Room for `extra` more rows in list li: drop its holes, and move it
-        to the arena's end if that is not enough."""
+        to the arena's end if that is not enough. `incoming`: the rows each
+        list of the batch is about to take (kept free by a compaction)."""
         s, n = int(self.start[li]), int(self.n[li])
         need = int((self.owner[s : s + n] >= 0).sum()) + extra
         new_cap = need + need // 4 + 16
         if need > self.cap[li] and self.tail + new_cap > len(self.red):
-            self._grow_arena(self.tail + new_cap)  # may compact every list
+            self._grow_arena(self.tail + new_cap, incoming)  # may compact every list
             s, n = int(self.start[li]), int(self.n[li])
         cap = int(self.cap[li])
         live = np.flatnonzero(self.owner[s : s + n] >= 0) + s
@@ -307,9 +315,9 @@ class _Lists:
         self.pos[keep_owner] = np.arange(s, s + m)
         self.n[li] = m
 
-    def _grow_arena(self, need: int) -> None:
+    def _grow_arena(self, need: int, incoming: dict[int, int]) -> None:
         if self.garbage > self.tail // 4:
-            self._compact_all(need)
+            self._compact_all(need, incoming)
             return
         size = max(need, len(self.red) + len(self.red) // 4)
         old = len(self.owner)
@@ -317,9 +325,10 @@ class _Lists:
         self.owner.resize(size, refcheck=False)
         self.owner[old:] = -1
 
-    def _compact_all(self, need: int) -> None:
-        """Rewrite every list, without holes or garbage, into a new arena."""
-        used = int((self.n + self.n // 4 + 16).sum())
+    def _compact_all(self, need: int, incoming: dict[int, int]) -> None:
+        """Rewrite every list, without holes or garbage, into a new arena,
+        each with room for its `incoming` rows besides its slack."""
+        used = int((self.n + self.n // 4 + 16).sum()) + sum(incoming.values())
         size = max(used + need - self.tail, 16)
         red = np.zeros((size, self.red.shape[1]), np.float32)
         owner = np.full(size, -1, np.int32)
@@ -331,7 +340,7 @@ class _Lists:
             red[at : at + m] = self.red[live]
             owner[at : at + m] = self.owner[live]
             self.pos[owner[at : at + m]] = np.arange(at, at + m)
-            cap = m + m // 4 + 16
+            cap = m + m // 4 + 16 + incoming.get(li, 0)
             self.start[li], self.n[li], self.cap[li] = at, m, cap
             at += cap
         self.red, self.owner, self.tail, self.garbage = red, owner, at, 0
