@@ -461,13 +461,18 @@ class BinlogDecoder:
         self.gtids = gtids.copy() if gtids is not None else None
         self.by_gtid = by_gtid
         self._placed = not by_gtid  # by GTID: where the server's numbering stands is unknown
-        self.last_gtid = ""
+        self._last_gtid: Gtid | None = None
         self.known_skipped = 0  # transactions the GTID state already held
         self.lost_gtid_tracking = False  # a transaction without a GTID made the state unknown
 
     @property
     def in_transaction(self) -> bool:
         return self._txn is not None
+
+    @property
+    def last_gtid(self) -> str:
+        """The GTID of the last transaction committed, "" before any."""
+        return "" if self._last_gtid is None else str(self._last_gtid)
 
     def gtid_state(self) -> str:
         """The GTID state at `boundary`, as stored ("" when unknown)."""
@@ -543,7 +548,7 @@ class BinlogDecoder:
                 self.gtids = None
                 self.lost_gtid_tracking = True
             return
-        self.last_gtid = str(gtid)
+        self._last_gtid = gtid
         if self.gtids is not None:
             self.gtids.add(gtid)
 
