@@ -174,6 +174,22 @@ def test_mysql_set_matches_python_sets(gnos: list[int], uuid: str) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
+    st.lists(
+        st.tuples(st.integers(min_value=1, max_value=50), st.integers(min_value=0, max_value=8)),
+        max_size=12,
+    )
+)
+def test_mysql_intervals_merge_like_python_sets(spans: list[tuple[int, int]]) -> None:
+    text = ",".join(f"{U1}:{a}-{a + n}" for a, n in spans)
+    s = MySQLGtidSet.parse(text)
+    expected = {k for a, n in spans for k in range(a, a + n + 1)}
+    assert {k for a, b in s.intervals(U1) for k in range(a, b + 1)} == expected
+    ivs = s.intervals(U1)
+    assert all(b + 1 < c for (_, b), (c, _) in itertools.pairwise(ivs))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
     st.lists(st.integers(min_value=1, max_value=40), max_size=40),
     st.lists(st.integers(min_value=1, max_value=40), max_size=40),
 )

@@ -524,7 +524,8 @@ class BinlogDecoder:
                     )
                 # A group that ended with an event this decoder does not
                 # read (XA PREPARE): its GTID is executed all the same.
-                self._record_gtid(self._txn.gtid)
+                if not self._held(self._txn.gtid):
+                    self._record_gtid(self._txn.gtid)
             self._txn = _Open(gtid=event_gtid(ev))
             return None
         if isinstance(ev, QueryEvent):
@@ -539,6 +540,16 @@ class BinlogDecoder:
         if self._txn is None:
             self._txn = _Open()
         return self._txn
+
+    def _held(self, gtid: Gtid | None) -> bool:
+        """Streaming by GTID, whether the state already holds `gtid`. (By
+        position the file and offset alone decide what is new.)"""
+        return (
+            self.by_gtid
+            and gtid is not None
+            and self.gtids is not None
+            and self.gtids.contains(gtid)
+        )
 
     def _record_gtid(self, gtid: Gtid | None) -> None:
         """A transaction committed: add its GTID to the state. Without one
@@ -560,12 +571,7 @@ class BinlogDecoder:
             # Replayed across a reconnect; never hand out a position twice.
             return None
         self.boundary = end
-        if (
-            self.by_gtid
-            and txn.gtid is not None
-            and self.gtids is not None
-            and self.gtids.contains(txn.gtid)
-        ):
+        if self._held(txn.gtid):
             # Streaming by GTID, the server sent a transaction the state
             # already holds: stored before; never hand it out twice.
             self.known_skipped += 1
