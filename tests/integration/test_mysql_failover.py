@@ -122,14 +122,15 @@ async def workload_with_kill9(
     proc: Any, db: MariaTestDB, wl: mc.MySQLWorkload, transactions: int
 ) -> None:
     """Run transactions while the wrapper is killed with SIGKILL once and
-    restarted."""
+    restarted (the workload goes on until the kill happened)."""
     done = threading.Event()
+    faulted = threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         c = db.connect()
         try:
-            wl.run(c, transactions)
+            wl.run(c, transactions, until=faulted.is_set)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -141,6 +142,7 @@ async def workload_with_kill9(
     await asyncio.sleep(0.4)
     killed = not done.is_set()
     proc.kill9()
+    faulted.set()
     await asyncio.to_thread(proc.start)
     await asyncio.to_thread(worker.join)
     assert not errors, errors
