@@ -13,10 +13,13 @@ rev INT)`. Phases:
 2. Binlog backlog: the wrapper is stopped (SIGTERM), a writer commits
    `--changes` changes (half UPDATEs of existing rows, half INSERTs, multi-row
    statements, `--txn-rows` rows per transaction), and the wrapper is started
-   again. Time from its "streaming" log line to its store holding the binlog
-   position after the last change (polled every 20 ms, read-only). Baseline:
-   BinLogStreamReader (the library alone, no wrapper) reading the same binlog
-   range and decoding every row (`event.rows`), non-blocking, to the end.
+   again. Time from its "streaming by ..." log line to its store holding the
+   binlog position after the last change (polled every 20 ms, read-only).
+   Baseline: BinLogStreamReader (the library alone, no wrapper) reading the
+   same binlog range and decoding every row (`event.rows`), non-blocking, to
+   the end. Done twice: resuming by GTID (database.resume = "gtid", the GTID
+   state tracked and stored with every commit), then by binlog file/offset
+   (database.resume = "position"), each with its own backlog and baseline.
 
     python benchmark/mysql.py                # 100k rows, 100k changes
     python benchmark/mysql.py --quick        # 10k / 10k
@@ -50,7 +53,10 @@ from pymysqlreplication.row_event import (  # noqa: E402
 
 from prism.fabric.keys import write_secret  # noqa: E402
 from prism.wrapper.embedded_pg import free_port, shared_tmp  # noqa: E402
-from prism.wrapper.sources.binlog import pack_position  # noqa: E402
+from prism.wrapper.sources.binlog import BinlogDecoder, pack_position  # noqa: E402
+from prism.wrapper.sources.binlogreader import EVENTS  # noqa: E402
+from prism.wrapper.sources.gtid import MariaPosition  # noqa: E402
+from prism.wrapper.sources.mysql import read_table_spec  # noqa: E402
 from support.mariadb import EmbeddedMariaDB  # noqa: E402
 from support.servers import WrapperProcess, write_config  # noqa: E402
 
@@ -84,11 +90,16 @@ def master_position(server: EmbeddedMariaDB) -> tuple[str, int]:
 
 
 def write_changes(
-    server: EmbeddedMariaDB, rows: int, changes: int, txn_rows: int, rng: random.Random
-) -> float:
-    """Half updates of existing rows, half inserts; returns seconds."""
+    server: EmbeddedMariaDB,
+    rows: int,
+    next_id: int,
+    changes: int,
+    txn_rows: int,
+    rng: random.Random,
+) -> tuple[float, int]:
+    """Half updates of the first `rows` rows, half inserts from `next_id`;
+    returns (seconds, the next free id)."""
     conn = server.root(DB)
-    next_id = rows
     started = time.monotonic()
     done = 0
     with conn.cursor() as cur:
@@ -112,24 +123,32 @@ def write_changes(
             cur.execute("COMMIT")
             done += n
     conn.close()
-    return time.monotonic() - started
+    return time.monotonic() - started, next_id
+
+
+def reader(
+    server: EmbeddedMariaDB, start: tuple[str, int], server_id: int, events: list[Any]
+) -> BinLogStreamReader:
+    """The library's reader from `start`, non-blocking, for this database."""
+    return BinLogStreamReader(
+        connection_settings={"host": "127.0.0.1", "port": server.port, "user": "root"},
+        server_id=server_id,
+        log_file=start[0],
+        log_pos=start[1],
+        resume_stream=True,
+        blocking=False,
+        only_events=events,
+        only_schemas=[DB],
+        enable_logging=False,
+    )
 
 
 def raw_decode(
     server: EmbeddedMariaDB, start: tuple[str, int], end: tuple[str, int]
 ) -> dict[str, Any]:
     """The library alone: decode every row of the binlog range."""
-    stream = BinLogStreamReader(
-        connection_settings={"host": "127.0.0.1", "port": server.port, "user": "root"},
-        server_id=99_001,
-        log_file=start[0],
-        log_pos=start[1],
-        resume_stream=True,
-        blocking=False,
-        only_events=[WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent],
-        only_schemas=[DB],
-        enable_logging=False,
-    )
+    rows_events = [WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, XidEvent]
+    stream = reader(server, start, 99_001, rows_events)
     rows = 0
     end_packed = pack_position(*end)
     t0 = time.monotonic()
@@ -141,6 +160,52 @@ def raw_decode(
     seconds = time.monotonic() - t0
     stream.close()
     return {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": round(rows / seconds)}
+
+
+def gtid_tracking_cost(
+    server: EmbeddedMariaDB, start: tuple[str, int], end: tuple[str, int]
+) -> dict[str, Any]:
+    """The binlog decoder alone over the same events (read and parsed once,
+    beforehand), without and with GTID tracking: what keeping the GTID state
+    costs per transaction. Best of three passes each, alternating."""
+    events = []
+    stream = reader(server, start, 99_002, EVENTS)
+    end_packed = pack_position(*end)
+    for ev in stream:
+        if hasattr(ev, "rows"):
+            _ = ev.rows
+        events.append(ev)
+        if pack_position(stream.log_file, ev.packet.log_pos) >= end_packed:
+            break
+    stream.close()
+    conn = server.root()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", start)
+            state = str(cur.fetchone()[0])
+
+            def query(sql: str, args: Any) -> list[Any]:
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+
+            spec = read_table_spec(query, f"{DB}.items", True, ("id",))
+    finally:
+        conn.close()
+    best: dict[str, float] = {}
+    txns = 0
+    for _ in range(3):
+        for label, gtids in (("untracked", None), ("tracked", MariaPosition.parse(state))):
+            dec = BinlogDecoder([spec], pack_position(*start), start[0], gtids=gtids)
+            t0 = time.perf_counter()
+            txns = sum(dec.feed(ev) is not None for ev in events)
+            best[label] = min(best.get(label, 1e9), time.perf_counter() - t0)
+    return {
+        "transactions": txns,
+        "untracked_seconds": round(best["untracked"], 4),
+        "tracked_seconds": round(best["tracked"], 4),
+        "us_per_transaction": round((best["tracked"] - best["untracked"]) / txns * 1e6, 2),
+        "tracked_vs_untracked": round(best["untracked"] / best["tracked"], 3),
+    }
 
 
 def select_baseline(server: EmbeddedMariaDB) -> dict[str, Any]:
@@ -158,14 +223,15 @@ def select_baseline(server: EmbeddedMariaDB) -> dict[str, Any]:
     return {"rows": n, "seconds": round(seconds, 3), "rows_per_s": round(n / seconds)}
 
 
-def log_entries(path: Path, msg: str) -> list[dict[str, Any]]:
+def log_entries(path: Path, msg: str | None) -> list[dict[str, Any]]:
+    """The wrapper's JSON log lines with message `msg` (None: all)."""
     out = []
     for line in path.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        if entry.get("msg") == msg:
+        if msg is None or entry.get("msg") == msg:
             out.append(entry)
     return out
 
@@ -232,23 +298,31 @@ def main(argv: list[str] | None = None) -> int:
         secret = base / "tenant.secret"
         write_secret(secret)
         port = free_port()
-        cfg = write_config(
-            base / "wrapper.toml",
-            {
-                "database": {"flavor": "mysql", "dsn": server.url(DB), "server_id": 4242},
-                "chorus": {
-                    "listen_host": "127.0.0.1",
-                    "listen_port": port,
-                    "tenant_id": "bench",
-                    "secret_file": str(secret),
-                    "insecure": True,
+
+        def configure(resume: str) -> Path:
+            return write_config(
+                base / "wrapper.toml",
+                {
+                    "database": {
+                        "flavor": "mysql",
+                        "dsn": server.url(DB),
+                        "server_id": 4242,
+                        "resume": resume,
+                    },
+                    "chorus": {
+                        "listen_host": "127.0.0.1",
+                        "listen_port": port,
+                        "tenant_id": "bench",
+                        "secret_file": str(secret),
+                        "insecure": True,
+                    },
+                    "store": {"path": str(base / "store.sqlite3")},
                 },
-                "store": {"path": str(base / "store.sqlite3")},
-            },
-            [{"name": "items"}],
-        )
+                [{"name": "items"}],
+            )
+
         wlog = base / "wrapper.log"
-        proc = WrapperProcess(cfg, port, wlog)
+        proc = WrapperProcess(configure("gtid"), port, wlog)
         log("initial copy")
         proc.start(timeout=600)
         deadline = time.monotonic() + 600
@@ -262,35 +336,57 @@ def main(argv: list[str] | None = None) -> int:
             "rows_per_s": done["rows_per_s"],
         }
         time.sleep(1.0)
-        assert proc.terminate() == 0
-        start = master_position(server)
-        log(f"writing {args.changes} changes while the wrapper is stopped")
-        write_seconds = write_changes(server, args.rows, args.changes, args.txn_rows, rng)
-        end = master_position(server)
-        result["writer"] = {
-            "seconds": round(write_seconds, 3),
-            "changes_per_s": round(args.changes / write_seconds),
-        }
-        log("library raw decode of the same binlog range")
-        result["raw_decode"] = raw_decode(server, start, end)
-        log("wrapper catches up on the backlog")
-        end_packed = pack_position(*end)
-        proc.start(timeout=120)
-        deadline = time.monotonic() + 900
-        while store_position(base / "store.sqlite3") < end_packed:
-            assert time.monotonic() < deadline, proc.log_tail()
-            time.sleep(0.02)
-        caught_up = time.time()
-        streaming = log_entries(wlog, "streaming")[-1]
-        seconds = caught_up - log_time(streaming)
-        result["wrapper_backlog"] = {
-            "changes": args.changes,
-            "seconds": round(seconds, 3),
-            "changes_per_s": round(args.changes / seconds),
-        }
+        next_id = args.rows
+        for resume, key in (("gtid", "wrapper_backlog"), ("position", "wrapper_backlog_position")):
+            assert proc.terminate() == 0
+            configure(resume)
+            start = master_position(server)
+            log(f"writing {args.changes} changes while the wrapper is stopped")
+            write_seconds, next_id = write_changes(
+                server, args.rows, next_id, args.changes, args.txn_rows, rng
+            )
+            end = master_position(server)
+            writer = {"seconds": round(write_seconds, 3)}
+            writer["changes_per_s"] = round(args.changes / write_seconds)
+            result.setdefault("writer", []).append(writer)
+            log("library raw decode of the same binlog range")
+            raw = raw_decode(server, start, end)
+            if resume == "gtid":
+                log("the decoder alone, without and with GTID tracking")
+                result["gtid_tracking"] = gtid_tracking_cost(server, start, end)
+            log(f"wrapper catches up on the backlog, resuming by {resume}")
+            end_packed = pack_position(*end)
+            proc.start(timeout=120)
+            deadline = time.monotonic() + 900
+            while store_position(base / "store.sqlite3") < end_packed:
+                assert time.monotonic() < deadline, proc.log_tail()
+                time.sleep(0.02)
+            caught_up = time.time()
+            streaming = [e for e in log_entries(wlog, None) if e["msg"].startswith("streaming by")]
+            by = "streaming by GTID" if resume == "gtid" else "streaming by binlog position"
+            assert streaming[-1]["msg"] == by, streaming[-1]
+            seconds = caught_up - log_time(streaming[-1])
+            result[key] = {
+                "resume": resume,
+                "changes": args.changes,
+                "seconds": round(seconds, 3),
+                "changes_per_s": round(args.changes / seconds),
+                "raw_decode": raw,
+            }
+        result["raw_decode"] = result["wrapper_backlog"]["raw_decode"]
         result["ratios"] = {
             "wrapper_vs_raw_decode": round(
                 result["wrapper_backlog"]["changes_per_s"] / result["raw_decode"]["rows_per_s"], 3
+            ),
+            "position_wrapper_vs_raw_decode": round(
+                result["wrapper_backlog_position"]["changes_per_s"]
+                / result["wrapper_backlog_position"]["raw_decode"]["rows_per_s"],
+                3,
+            ),
+            "gtid_vs_position": round(
+                result["wrapper_backlog"]["changes_per_s"]
+                / result["wrapper_backlog_position"]["changes_per_s"],
+                3,
             ),
             "copy_vs_select": round(
                 result["initial_copy"]["rows_per_s"] / result["select_baseline"]["rows_per_s"], 3

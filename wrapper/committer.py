@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from prism.wrapper.apply import Applier
 from prism.wrapper.errors import WrapperError
-from prism.wrapper.sources.base import SourceTransaction
+from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
 log = logging.getLogger("prism.wrapper.committer")
@@ -42,7 +42,7 @@ class Committer:
         self._after_commit = after_commit
         self._cv = threading.Condition()
         self._queue: list[SourceTransaction] = []
-        self._idle_position = 0
+        self._idle: ResumePoint | None = None
         self._busy = False
         self._stopping = False
         self.error: BaseException | None = None
@@ -54,7 +54,7 @@ class Committer:
     def idle(self) -> bool:
         """Nothing queued and nothing being written."""
         with self._cv:
-            return not self._busy and not self._queue and not self._idle_position
+            return not self._busy and not self._queue and self._idle is None
 
     def submit(self, group: list[SourceTransaction]) -> None:
         self._raise_if_failed()
@@ -62,11 +62,12 @@ class Committer:
             self._queue.extend(group)
             self._cv.notify_all()
 
-    def submit_position(self, position: int) -> None:
+    def submit_position(self, point: ResumePoint) -> None:
         """Record a source position with no changes of ours before it (an
         idle keepalive), so it may be acknowledged once stored."""
         with self._cv:
-            self._idle_position = max(self._idle_position, position)
+            if self._idle is None or point.position > self._idle.position:
+                self._idle = point
             self._cv.notify_all()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -74,7 +75,7 @@ class Committer:
             done = self._cv.wait_for(
                 lambda: (
                     self.error is not None
-                    or (not self._busy and not self._queue and not self._idle_position)
+                    or (not self._busy and not self._queue and self._idle is None)
                 ),
                 timeout,
             )
@@ -102,14 +103,14 @@ class Committer:
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._queue or self._idle_position or self._stopping)
-                if not self._queue and not self._idle_position and self._stopping:
+                self._cv.wait_for(lambda: self._queue or self._idle is not None or self._stopping)
+                if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
-                idle_pos, self._idle_position = self._idle_position, 0
+                idle, self._idle = self._idle, None
                 self._busy = True
             try:
-                self._write(group, idle_pos)
+                self._write(group, idle)
             except BaseException as exc:
                 with self._cv:
                     self.error = exc
@@ -124,7 +125,7 @@ class Committer:
             except Exception:
                 log.exception("store housekeeping after a commit failed")
 
-    def _write(self, group: list[SourceTransaction], idle_pos: int) -> None:
+    def _write(self, group: list[SourceTransaction], idle: ResumePoint | None) -> None:
         n = 0
         with self._store.transaction() as txn:
             if group:
@@ -133,9 +134,9 @@ class Committer:
                 for event_id, request_id in self._applier.take_markers():
                     txn.record_write(event_id, request_id, txn.head)
                 last = group[-1]
-                txn.set_source_position(last.end_lsn, last.commit_time_us)
-            if idle_pos > txn.meta.source_position:
-                txn.set_source_position(idle_pos)
+                txn.set_source_position(last.end_lsn, last.commit_time_us, last.gtid_state)
+            if idle is not None and idle.position > txn.meta.source_position:
+                txn.set_source_position(idle.position, gtid_state=idle.gtid_state)
             position = txn.meta.source_position
         self.durable = Durable(
             position=position,

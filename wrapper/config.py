@@ -97,6 +97,20 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "database",
+        "resume",
+        str,
+        "auto",
+        "mysql: how the binlog stream resumes after a restart. gtid: from the stored GTID "
+        "state (MariaDB GTID position / MySQL executed set), which stays right on another "
+        "server after a failover; position: from the stored binlog file and offset; auto: by "
+        "GTID when the server has GTIDs (MariaDB always, MySQL with gtid_mode = ON) and the "
+        "store holds a GTID state, else by position",
+        lambda v: (
+            None if v in ("auto", "position", "gtid") else 'must be "auto", "position" or "gtid"'
+        ),
+    ),
+    Field(
+        "database",
         "retry_limit",
         int,
         10,

@@ -27,6 +27,19 @@ class PrerequisiteError(SourceError):
     """The database is not set up for replication (wal_level, privileges...)."""
 
 
+class GtidError(SourceError):
+    """A GTID or GTID set (MySQL/MariaDB) is malformed or unsupported."""
+
+
+class ResumeLostError(SourceError):
+    """The source cannot resume where the store left off: the server no
+    longer has (or never had) what follows the stored position or GTID
+    state. The pipeline copies the tables afresh under a new stream
+    identity, and drivers re-bootstrap."""
+
+    retriable = True
+
+
 class StoreError(WrapperError):
     """The wrapper's durable store failed or is inconsistent."""
 

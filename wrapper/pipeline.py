@@ -23,7 +23,7 @@ from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier, TableShape
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import WrapperError
+from prism.wrapper.errors import ResumeLostError, WrapperError
 from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.store import Store, now_us
@@ -80,6 +80,9 @@ class Pipeline:
         self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
+        # Set when the source said the stored position cannot be resumed
+        # (the server refused it): the next attempt copies afresh.
+        self._resume_lost: str | None = None
 
     def run(self) -> None:
         """Run until stop() or a permanent error (kept in status.error).
@@ -96,6 +99,8 @@ class Pipeline:
                 self._run_once(source)
                 break
             except WrapperError as exc:
+                if isinstance(exc, ResumeLostError):
+                    self._resume_lost = str(exc)
                 if self._streaming_since and (
                     time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
                 ):
@@ -150,7 +155,9 @@ class Pipeline:
         fresh_reason = None
         if not meta.snapshot_done:
             fresh_reason = "no completed snapshot in the store"
-        elif problem := source.resume_problem(meta.source_position):
+        elif self._resume_lost:
+            fresh_reason, self._resume_lost = self._resume_lost, None
+        elif problem := source.resume_problem(meta.resume_point):
             fresh_reason = problem
         elif set(self.store.table_columns()) != set(self.shapes):
             fresh_reason = "the configured tables changed"
@@ -162,7 +169,7 @@ class Pipeline:
         applier = Applier(
             self.shapes, self.vectorizer, source.missing_value, writes_table=self.cfg.writes_table
         )
-        source.start_stream(self.store.meta.source_position)
+        source.start_stream(self.store.meta.resume_point)
         self._streaming_since = time.monotonic()
         self.status.state, self.status.detail = "STREAMING", ""
         self.status.started.set()
@@ -179,7 +186,7 @@ class Pipeline:
     def _snapshot(self, source: ReplicationSource) -> None:
         self.status.state = "SNAPSHOT"
         self.store.reset(uuid.uuid4().hex)
-        lsn = source.begin_snapshot()
+        start = source.begin_snapshot()
         commit_us = now_us()
         total = 0
         started = time.monotonic()
@@ -220,7 +227,7 @@ class Pipeline:
             log.info("table copied", extra={"table": name, "rows": copied})
         source.end_snapshot()
         with self.store.transaction() as txn:
-            txn.set_source_position(lsn, commit_us)
+            txn.set_source_position(start.position, commit_us, start.gtid_state)
             txn.mark_snapshot_done()
         elapsed = time.monotonic() - started
         log.info(
@@ -229,7 +236,8 @@ class Pipeline:
                 "rows": total,
                 "seconds": round(elapsed, 2),
                 "rows_per_s": round(total / elapsed) if elapsed else None,
-                "position": source.format_position(lsn),
+                "position": source.format_position(start.position),
+                **({"gtid_state": start.gtid_state} if start.gtid_state else {}),
             },
         )
 
@@ -265,7 +273,7 @@ class Pipeline:
                     pending, pending_changes = [], 0
                 elif stx is None and not pending and committer.idle:
                     idle = source.idle_position()
-                    if idle is not None and idle > acked:
+                    if idle is not None and idle.position > acked:
                         committer.submit_position(idle)
                 durable = committer.durable
                 if durable.position > acked:

@@ -333,7 +333,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             context.abort(_WRITE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
-        from prism.wrapper.sources.walstream import lsn_to_str
+        from prism.wrapper.sources import describe_point
 
         st = self.state
         meta = st.store.meta
@@ -353,7 +353,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             status=state,
             counters=counters,
             head_position=meta.head,
-            source_position=lsn_to_str(meta.source_position),
+            source_position=describe_point(st.cfg.flavor, meta.resume_point),
             stream_id=meta.stream_id,
             last_commit_time_us=meta.last_commit_us,
             detail=status.detail,

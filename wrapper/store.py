@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prism.wrapper.errors import StoreError
+from prism.wrapper.sources.base import ResumePoint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -81,6 +82,13 @@ class StoreMeta:
     retention_floor: int
     source_position: int
     last_commit_us: int
+    # MySQL/MariaDB: the GTID state at source_position (sources/gtid.py),
+    # "" when unknown or for PostgreSQL.
+    gtid_state: str = ""
+
+    @property
+    def resume_point(self) -> ResumePoint:
+        return ResumePoint(self.source_position, self.gtid_state)
 
 
 def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Connection:
@@ -180,6 +188,7 @@ class Store:
                 retention_floor=0,
                 source_position=0,
                 last_commit_us=0,
+                gtid_state="",
             )
             txn._head = 0
         return self._meta
@@ -236,6 +245,7 @@ def read_meta(conn: sqlite3.Connection) -> StoreMeta:
         retention_floor=int(kv.get("retention_floor", "0")),
         source_position=int(kv.get("source_position", "0")),
         last_commit_us=int(kv.get("last_commit_us", "0")),
+        gtid_state=kv.get("gtid_state", ""),
     )
 
 
@@ -338,10 +348,16 @@ class StoreTxn:
             (table, columns_json),
         )
 
-    def set_source_position(self, position: int, commit_us: int | None = None) -> None:
+    def set_source_position(
+        self, position: int, commit_us: int | None = None, gtid_state: str = ""
+    ) -> None:
+        """The source position the store holds everything up to, with the
+        GTID state at that very position ("" when unknown): always set
+        together, so they never describe different points."""
         self.meta = _replace(
             self.meta,
             source_position=position,
+            gtid_state=gtid_state,
             last_commit_us=commit_us if commit_us is not None else self.meta.last_commit_us,
         )
 
@@ -362,6 +378,7 @@ class StoreTxn:
             ("retention_floor", m.retention_floor),
             ("source_position", m.source_position),
             ("last_commit_us", m.last_commit_us),
+            ("gtid_state", m.gtid_state),
         ):
             self._store._set(k, v)
 

@@ -6,11 +6,15 @@ rollbacks, `prism-wrapper check`, purged binlogs, a lost binlog connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
+import re
+import sqlite3
 import struct
 import threading
 import time
+import tomllib
 from decimal import Decimal
 from typing import Any
 
@@ -120,17 +124,21 @@ async def test_types_ddl_truncate_rollback(mdb, mysql_wrapper, secret_file) -> N
 
 
 @pytest.mark.slow
-async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("resume", ["gtid", "position"])
+async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file, resume) -> None:  # type: ignore[no-untyped-def]
     """The consistency checker on MariaDB: random transactions (multi-row
     statements, key changes, rollbacks, an ALTER midway) while the wrapper
-    process is killed with SIGKILL and restarted; the replica must equal the
-    tables, row by row, with nothing lost and nothing doubled."""
+    process is killed with SIGKILL and restarted, resuming by GTID or by
+    binlog file/offset; the replica must equal the tables, row by row, with
+    nothing lost and nothing doubled."""
     mdb.execute(mc.SCHEMA)
     transactions = 1500
     wl = mc.MySQLWorkload(seed=20261202, alter_at=transactions // 2)
     conn = mdb.connect()
     wl.run(conn, 200)  # present before the snapshot
-    proc = mysql_wrapper(mc.tables_config(), store={"commit_interval_ms": 2.0})
+    proc = mysql_wrapper(
+        mc.tables_config(), store={"commit_interval_ms": 2.0}, database={"resume": resume}
+    )
     keys = mc.keys(mdb.name)
     done = threading.Event()
     faulted = threading.Event()  # the workload goes on until the faults happened
@@ -173,7 +181,15 @@ async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file
         assert steady.stats()["frames_rejected"] == 0
         assert steady.stats()["reconnects"] >= kills
     conn.close()
-    assert "copying the tables afresh" not in proc.log_tail(10**7).split("initial copy done")[-1]
+    log = proc.log_tail(10**7)
+    assert "copying the tables afresh" not in log.split("initial copy done")[-1]
+    starts = [line for line in log.splitlines() if '"msg": "streaming by' in line]
+    assert len(starts) >= kills + 1
+    by = "streaming by GTID" if resume == "gtid" else "streaming by binlog position"
+    assert all(by in line for line in starts), starts
+    assert "skipped, not applied twice" not in log
+    health = proc.health().source_position
+    assert re.fullmatch(r"binlog #\d{6}:\d+, gtid [\d,-]*0-1-\d+[\d,-]*", health), health
 
 
 def purge_all_but_current(cur: Any, must_go: str, timeout: float = 30.0) -> None:
@@ -192,14 +208,21 @@ def purge_all_but_current(cur: Any, must_go: str, timeout: float = 30.0) -> None
         time.sleep(0.5)
 
 
-async def test_purged_binlog_rebootstraps(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
-    """The wrapper was down while the binlog file of its stored position was
-    purged: it copies the tables afresh, says so, and drivers re-bootstrap."""
+def table_t(mdb: Any, mysql_wrapper: Any, rows: str, **database: Any) -> tuple[Any, Any, Any]:
+    """Table t with `rows`, a wrapper replicating it (database overrides),
+    its keys and a connection: (wrapper, keys, connection)."""
     mdb.execute("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE = InnoDB")
-    mdb.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b')")
-    proc = mysql_wrapper([{"name": "t"}])
-    keys = {f"{mdb.name}.t": ("id",)}
-    conn = mdb.connect()
+    mdb.execute(f"INSERT INTO t VALUES {rows}")
+    proc = mysql_wrapper([{"name": "t"}], database=database)
+    return proc, {f"{mdb.name}.t": ("id",)}, mdb.connect()
+
+
+@pytest.mark.parametrize("resume", ["gtid", "position"])
+async def test_purged_binlog_rebootstraps(mdb, mysql_wrapper, secret_file, resume) -> None:  # type: ignore[no-untyped-def]
+    """The wrapper was down while the binlog file of its stored position (by
+    GTID: the transactions after its stored GTID state) was purged: it copies
+    the tables afresh, says so, and drivers re-bootstrap."""
+    proc, keys, conn = table_t(mdb, mysql_wrapper, "(1, 'a'), (2, 'b')", resume=resume)
     async with driver_for(proc, secret_file) as driver:
         await driver.wait_ready(timeout=60)
         mdb.execute("INSERT INTO t VALUES (3, 'c')")
@@ -219,7 +242,12 @@ async def test_purged_binlog_rebootstraps(mdb, mysql_wrapper, secret_file) -> No
         assert stats["stream_id"] != first_stream and stats["bootstraps"] >= 2
     conn.close()
     log = proc.log_tail(10**6)
-    assert "copying the tables afresh" in log and "no longer on the server (purged" in log
+    assert "copying the tables afresh" in log
+    if resume == "gtid":
+        assert "the stream cannot resume by GTID from 0-1-" in log
+        assert "the server purged binlogs holding transactions of domain 0" in log
+    else:
+        assert "no longer on the server (purged" in log
 
 
 async def test_lost_binlog_connection_resumes(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
@@ -277,6 +305,7 @@ def test_check_reports_each_fix(mariadb, mdb, mysql_wrapper) -> None:  # type: i
     assert "ok   binlog: log_bin ON, binlog_format ROW" in r.stdout
     assert "binlog_row_metadata FULL" in r.stdout and "ok   table" in r.stdout
     assert "no lock" in r.stdout and "ready to replicate" in r.stdout
+    assert re.search(r"ok   GTIDs: MariaDB, gtid_binlog_pos \S+; resume by GTID", r.stdout)
 
     user = f"weak_{mdb.name}"
     mariadb.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
@@ -309,12 +338,15 @@ def test_check_reports_each_fix(mariadb, mdb, mysql_wrapper) -> None:  # type: i
     assert f"ALTER TABLE `{mdb.name}`.`old` ENGINE = InnoDB" in myisam.stdout
 
 
+@pytest.mark.parametrize("resume", ["gtid", "position"])
 @pytest.mark.parametrize("method", ["status", "lock"])
-def test_snapshot_meets_stream_exactly(mdb, method, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_meets_stream_exactly(mdb, method, resume, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Copy at the snapshot's position while writers commit, then stream from
     it: every row appears exactly once, in the copy or in the stream. "lock"
     is the MySQL path (FLUSH TABLES WITH READ LOCK + SHOW MASTER STATUS),
-    which MariaDB runs too; "status" is MariaDB's lock-free one."""
+    which MariaDB runs too; "status" is MariaDB's lock-free one. By GTID the
+    stream starts from the snapshot's GTID state (BINLOG_GTID_POS of its
+    position), which must meet the copy exactly as well."""
     from prism.wrapper.config import config_from_mapping
     from prism.wrapper.sources.base import RowChange
     from prism.wrapper.sources.mysql import MySQLSource
@@ -322,7 +354,7 @@ def test_snapshot_meets_stream_exactly(mdb, method, tmp_path) -> None:  # type: 
     mdb.execute("CREATE TABLE w (id INT PRIMARY KEY, writer INT) ENGINE = InnoDB")
     cfg = config_from_mapping(
         {
-            "database": {"flavor": "mysql", "dsn": mdb.dsn, "server_id": 4321},
+            "database": {"flavor": "mysql", "dsn": mdb.dsn, "server_id": 4321, "resume": resume},
             "chorus": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": "w"}],
@@ -350,14 +382,16 @@ def test_snapshot_meets_stream_exactly(mdb, method, tmp_path) -> None:  # type: 
         assert not source.check_prerequisites()
         source.discover()
         time.sleep(0.3)
-        position = source.begin_snapshot()
+        point = source.begin_snapshot()
+        assert point.gtid_state.startswith("mariadb:0-1-")
         copied = [r["id"] for batch in source.snapshot_rows(f"{mdb.name}.w") for r in batch]
         source.end_snapshot()
         time.sleep(0.3)
         stop.set()
         for t in threads:
             t.join()
-        source.start_stream(position)
+        source.start_stream(point)
+        assert source.by_gtid == (resume == "gtid")
         streamed: list[int] = []
         idle = 0
         for stx in source.transactions(0.2):
@@ -374,3 +408,79 @@ def test_snapshot_meets_stream_exactly(mdb, method, tmp_path) -> None:  # type: 
     assert copied and streamed, (len(copied), len(streamed))
     assert not set(copied) & set(streamed)
     assert sorted(copied + streamed) == sorted(written)
+
+
+def stored_meta(proc: Any) -> dict[str, str]:
+    """The wrapper store's meta table (read with the wrapper stopped)."""
+    path = tomllib.loads(proc.config_path.read_text())["store"]["path"]
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        return {str(k): str(v) for k, v in c.execute("SELECT k, v FROM meta")}
+
+
+def set_stored_gtid_state(proc: Any, text: str) -> None:
+    path = tomllib.loads(proc.config_path.read_text())["store"]["path"]
+    with contextlib.closing(sqlite3.connect(path)) as c, c:
+        c.execute("UPDATE meta SET v = ? WHERE k = 'gtid_state'", (text,))
+
+
+def stream_starts(proc: Any) -> list[str]:
+    return [line for line in proc.log_tail(10**7).splitlines() if '"msg": "streaming by' in line]
+
+
+async def test_a_store_without_gtid_state_gets_one(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A store that holds no GTID state (written before GTID tracking)
+    resumes by binlog position, reads the GTID state of exactly that position
+    from the binlog (BINLOG_GTID_POS), and from its next restart resumes by
+    GTID: no fresh copy, nothing lost, nothing doubled."""
+    proc, keys, conn = table_t(mdb, mysql_wrapper, "(1, 'a'), (2, 'b')")
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=60)
+        stream = driver.stats()["stream_id"]
+        for round_ in range(2):
+            with conn.cursor() as cur:
+                cur.execute("INSERT INTO t VALUES (%s, 'x')", (10 + round_,))
+            await wait_consistent(driver, conn, keys, timeout=30, rows_of=mysql_rows)
+            assert proc.terminate() == 0
+            if round_ == 0:
+                assert stored_meta(proc)["gtid_state"].startswith("mariadb:0-1-")
+                set_stored_gtid_state(proc, "")
+            with conn.cursor() as cur:
+                cur.execute("UPDATE t SET v = %s WHERE id = 1", (f"away {round_}",))
+                cur.execute("DELETE FROM t WHERE id = %s", (2 + round_,))
+            proc.start()
+            # Without a stored state by position, then by the state read from the binlog.
+            by = "streaming by binlog position" if round_ == 0 else "streaming by GTID"
+            assert by in stream_starts(proc)[-1]
+            await wait_consistent(driver, conn, keys, timeout=30, rows_of=mysql_rows)
+        assert driver.stats()["stream_id"] == stream
+    conn.close()
+    assert "streaming by GTID" in stream_starts(proc)[0]  # after the initial copy
+    log = proc.log_tail(10**7)
+    assert log.count("copying the tables afresh") == 1 and "GTID state read from the binlog" in log
+
+
+async def test_a_gtid_state_the_server_refuses_recopies(mdb, mysql_wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """The checks before streaming pass, yet the server refuses the stored
+    GTID state (error 1236: its binlog lacks GTID 9-77-50, although it holds
+    later GTIDs of that domain and server, as after a diverged failover): the
+    wrapper copies afresh and says why, rather than retrying until it gives
+    up, and drivers re-bootstrap."""
+    proc, keys, conn = table_t(mdb, mysql_wrapper, "(1, 'a')", resume="gtid")
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=60)
+        first = driver.stats()["stream_id"]
+        assert proc.terminate() == 0
+        with conn.cursor() as cur:
+            # Domain 9 is this test's own: the binlog gets 9-77-100, never 9-77-50.
+            cur.execute("SET SESSION gtid_domain_id = 9, server_id = 77, gtid_seq_no = 100")
+            cur.execute("INSERT INTO t VALUES (2, 'b')")
+            cur.execute("SET SESSION gtid_domain_id = 0, server_id = 1")
+        set_stored_gtid_state(proc, stored_meta(proc)["gtid_state"] + ",9-77-50")
+        proc.start()
+        await wait_consistent(driver, conn, keys, timeout=60, rows_of=mysql_rows)
+        stats = driver.stats()
+        assert stats["stream_id"] != first and stats["bootstraps"] >= 2
+    conn.close()
+    log = proc.log_tail(10**6)
+    assert "copying the tables afresh: the server cannot stream from the stored GTID state" in log
+    assert "(1236)" in log and "9-77-50" in log

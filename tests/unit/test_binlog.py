@@ -164,7 +164,11 @@ def test_a_rows_event_without_column_names_is_refused() -> None:
         character_set_name = None
 
     header, _ = read_recording(FIXTURE)
-    dec = BinlogDecoder([spec_from_json(t) for t in header["tables"]], "binlog.000001", 4)
+    dec = BinlogDecoder(
+        [spec_from_json(t) for t in header["tables"]],
+        pack_position("binlog.000001", 4),
+        "binlog.000001",
+    )
     spec = dec.tables["fx.docs"]
     with pytest.raises(SourceError, match="binlog_row_metadata = FULL"):
         dec._relation(spec, [Col()])

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prism.wrapper.config import WrapperConfig
-    from prism.wrapper.sources.base import ReplicationSource
+    from prism.wrapper.sources.base import ReplicationSource, ResumePoint
 
 
 def make_source(cfg: WrapperConfig) -> ReplicationSource:
@@ -19,3 +19,18 @@ def make_source(cfg: WrapperConfig) -> ReplicationSource:
     from prism.wrapper.sources.postgres import PostgresSource
 
     return PostgresSource(cfg)
+
+
+def describe_point(flavor: str, point: ResumePoint) -> str:
+    """A stored resume point for people (Health's source_position):
+    PostgreSQL's LSN "0/16B3748"; MySQL's binlog file and offset with the
+    GTID state, "binlog #000003:1147, gtid 0-1-42"."""
+    if flavor == "mysql":
+        from prism.wrapper.sources.binlog import format_position
+
+        body = point.gtid_state.partition(":")[2]
+        gtid = (body or "(none yet)") if point.gtid_state else "unknown"
+        return f"binlog {format_position(point.position).removeprefix('file ')}, gtid {gtid}"
+    from prism.wrapper.sources.walstream import lsn_to_str
+
+    return lsn_to_str(point.position)

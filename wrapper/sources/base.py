@@ -102,6 +102,21 @@ class SourceTransaction:
     # Relations (re)described within this transaction, by qualified name:
     # how a source reports columns added or dropped mid-stream.
     relations: dict[str, RelationInfo] = field(default_factory=dict)
+    # MySQL/MariaDB: the GTID state after this transaction, flavor-tagged
+    # (sources/gtid.py), stored with end_lsn; "" when unknown or not a
+    # GTID source.
+    gtid_state: str = ""
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a stream can resume: the packed source position and, for
+    MySQL/MariaDB, the GTID state at exactly that position (flavor-tagged,
+    "" when unknown). The store keeps the two together, written in one
+    transaction, so they always describe the same point."""
+
+    position: int
+    gtid_state: str = ""
 
 
 class ChangeSource(abc.ABC):
@@ -148,13 +163,14 @@ class ReplicationSource(ChangeSource):
         """Create what streaming needs on the server (PostgreSQL: the publication)."""
 
     @abc.abstractmethod
-    def resume_problem(self, position: int) -> str | None:
-        """Why the stream cannot resume at the stored `position` (slot gone,
-        binlog purged...), so the tables must be copied afresh; else None."""
+    def resume_problem(self, point: ResumePoint) -> str | None:
+        """Why the stream cannot resume at the stored `point` (slot gone,
+        binlog or GTIDs purged...), so the tables must be copied afresh; else
+        None."""
 
     @abc.abstractmethod
-    def begin_snapshot(self) -> int:
-        """Open a consistent snapshot; return the position the stream must
+    def begin_snapshot(self) -> ResumePoint:
+        """Open a consistent snapshot; return the point the stream must
         start from so that it continues exactly where the snapshot ends."""
 
     @abc.abstractmethod
@@ -168,10 +184,15 @@ class ReplicationSource(ChangeSource):
     def end_snapshot(self) -> None: ...
 
     @abc.abstractmethod
-    def start_stream(self, from_position: int) -> None: ...
+    def start_stream(self, point: ResumePoint) -> None:
+        """Stream from exactly after `point`: what the store holds, or what
+        `begin_snapshot` returned. Received transactions whose end_lsn is at
+        or before point.position are already stored (the pipeline skips
+        them), so every position the stream hands out afterwards must be
+        greater than point.position."""
 
-    def idle_position(self) -> int | None:
-        """A position past everything received that may be stored although no
+    def idle_position(self) -> ResumePoint | None:
+        """A point past everything received that may be stored although no
         transaction of ours reached it (other tables' traffic), or None."""
         return None
 

@@ -13,11 +13,24 @@ transactions that also touched a non-transactional table, discards what was
 gathered.
 
 Positions. A binlog position is (file, offset). It is packed into one
-monotonic integer, `file sequence << 32 | offset`, so that the pipeline and
-the store handle it like PostgreSQL's LSN. Only positions *after* a whole
-transaction are ever handed out: resuming at a row event's position would
-lose rows until the next TableMap event, which names the table the rows
-belong to.
+monotonic integer, `epoch << 64 | file sequence << 32 | offset`, so that the
+pipeline and the store handle it like PostgreSQL's LSN. Only positions
+*after* a whole transaction are ever handed out: resuming at a row event's
+position would lose rows until the next TableMap event, which names the
+table the rows belong to. The epoch is 0 until a stream resumed by GTID
+meets a server that numbers its binlog lower than the stored position
+(another server after a failover, renamed files): the decoder then starts
+the next epoch, so positions keep growing and "at or before the stored
+position" keeps meaning "already stored".
+
+GTIDs. The decoder tracks the GTID state (sources/gtid.py) as transactions
+commit, and hands it out with each transaction and idle position, to be
+stored beside the position. Resumed by GTID, the server sends exactly what
+the state lacks; a transaction whose GTID the state already holds is never
+handed out again. A transaction without a GTID (MySQL with gtid_mode other
+than ON, or MySQL 8.4's tagged GTIDs, which the library does not read)
+makes the state unknown: resuming by GTID is then impossible until the next
+copy.
 
 Values. The stream and the initial copy must give the same Python values,
 so both go through `ColumnKind.from_stream` / `ColumnKind.from_select`:
@@ -73,6 +86,7 @@ from prism.wrapper.sources.base import (
     SourceTransaction,
     TruncateChange,
 )
+from prism.wrapper.sources.gtid import Gtid, GtidState, MariaGtid, MySQLGtid, encode_state
 
 __all__ = [
     "BinlogDecoder",
@@ -81,8 +95,10 @@ __all__ = [
     "binlog_file_seq",
     "catalog_type_name",
     "ddl_targets",
+    "event_gtid",
     "format_position",
     "pack_position",
+    "position_epoch",
     "unpack_position",
 ]
 
@@ -100,16 +116,23 @@ def binlog_file_seq(name: str) -> int:
     return int(m[1])
 
 
-def pack_position(file: str, offset: int) -> int:
+def pack_position(file: str, offset: int, epoch: int = 0) -> int:
     """(file, offset) as one integer that grows with the binlog."""
     if not 0 <= offset <= MAX_OFFSET:
         raise SourceError(f"binlog offset {offset} out of range")
-    return (binlog_file_seq(file) << 32) | offset
+    seq = binlog_file_seq(file)
+    if seq > MAX_OFFSET:
+        raise SourceError(f"binlog file sequence of {file!r} out of range")
+    return (epoch << 64) | (seq << 32) | offset
 
 
 def unpack_position(position: int) -> tuple[int, int]:
-    """(file sequence, offset) of a packed position."""
-    return position >> 32, position & MAX_OFFSET
+    """(file sequence, offset) of a packed position (its epoch aside)."""
+    return (position >> 32) & MAX_OFFSET, position & MAX_OFFSET
+
+
+def position_epoch(position: int) -> int:
+    return position >> 64
 
 
 def format_position(position: int) -> str:
@@ -375,9 +398,21 @@ def ddl_targets(query: str, default_schema: str) -> tuple[str, list[str]] | None
 # -- transactions ----------------------------------------------------------------
 
 
+def event_gtid(ev: Any) -> Gtid:
+    """The GTID a GTID event announces."""
+    if isinstance(ev, MariadbGtidEvent):
+        return MariaGtid(int(ev.domain_id), int(ev.server_id), int(ev.gtid_seq_no))
+    return MySQLGtid(_uuid(ev.sid), int(ev.gno))
+
+
+def _uuid(sid: bytes) -> str:
+    h = sid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 @dataclass
 class _Open:
-    gtid: str = ""
+    gtid: Gtid | None = None
     changes: list[Any] = field(default_factory=list)
     relations: dict[str, RelationInfo] = field(default_factory=dict)
     refresh: set[str] = field(default_factory=set)
@@ -387,29 +422,61 @@ class BinlogDecoder:
     """Turns binlog events into whole committed SourceTransactions.
 
     State: the current binlog file (from Rotate events), the transaction
-    being gathered, and each replicated table's latest column list, so that a
-    TableMap event with other columns (an ALTER TABLE before it) is reported
-    in the transaction's `relations`. DDL on a replicated table is reported
-    in `refresh` (see `take_refresh`) so the source can re-read the catalog:
-    the binlog alone does not say which column of a MariaDB table holds JSON.
+    being gathered, the GTID state, and each replicated table's latest
+    column list, so that a TableMap event with other columns (an ALTER TABLE
+    before it) is reported in the transaction's `relations`. DDL on a
+    replicated table is reported in `refresh` (see `take_refresh`) so the
+    source can re-read the catalog: the binlog alone does not say which
+    column of a MariaDB table holds JSON.
+
+    `start` is the packed position the stream continues after; `file` its
+    binlog file, or None when the server names it in its first (Rotate)
+    event, as it does when streaming by GTID. `gtids` is the GTID state at
+    `start` (None: unknown). `by_gtid`: the server was asked to stream from
+    `gtids`, not from the file and offset.
 
     `boundary` is the position after the last whole transaction of any
-    table: what may be stored as the resume position.
+    table: what may be stored as the resume position, together with
+    `gtid_state()`.
     """
 
-    def __init__(self, tables: Iterable[TableSpec], file: str, offset: int) -> None:
+    def __init__(
+        self,
+        tables: Iterable[TableSpec],
+        start: int,
+        file: str | None = None,
+        *,
+        gtids: GtidState | None = None,
+        by_gtid: bool = False,
+    ) -> None:
         self.tables: dict[str, TableSpec] = {t.qualified: t for t in tables}
         self._relations = {q: t.relation() for q, t in self.tables.items()}
         self._schemas = {t.schema for t in self.tables.values()}
         self.file = file
-        self.boundary = pack_position(file, offset)
+        self.boundary = start
+        self._start = start
+        self._epoch = position_epoch(start)
         self._txn: _Open | None = None
         self._refresh: set[str] = set()
-        self.last_gtid = ""
+        self.gtids = gtids.copy() if gtids is not None else None
+        self.by_gtid = by_gtid
+        self._placed = not by_gtid  # by GTID: where the server's numbering stands is unknown
+        self._last_gtid: Gtid | None = None
+        self.known_skipped = 0  # transactions the GTID state already held
+        self.lost_gtid_tracking = False  # a transaction without a GTID made the state unknown
 
     @property
     def in_transaction(self) -> bool:
         return self._txn is not None
+
+    @property
+    def last_gtid(self) -> str:
+        """The GTID of the last transaction committed, "" before any."""
+        return "" if self._last_gtid is None else str(self._last_gtid)
+
+    def gtid_state(self) -> str:
+        """The GTID state at `boundary`, as stored ("" when unknown)."""
+        return encode_state(self.gtids)
 
     def take_refresh(self) -> set[str]:
         """Tables whose catalog must be read again (after DDL on them)."""
@@ -423,27 +490,50 @@ class BinlogDecoder:
         rel = self._relations[spec.qualified] = spec.relation()
         return rel
 
+    def _pos(self, offset: int) -> int:
+        if self.file is None:
+            raise SourceError(
+                "binlog: an event arrived before the server named its binlog file (Rotate)"
+            )
+        return pack_position(self.file, offset, self._epoch)
+
+    def _place(self, log_pos: int) -> None:
+        """Streaming by GTID, at the first event of the server's: if the
+        server numbers its binlog at or below the stored position (another
+        server, renamed files), begin a new epoch, so that every position
+        handed out from here is greater than the stored one."""
+        self._placed = True
+        if self._pos(log_pos) <= self._start:
+            self._epoch += 1
+
     def feed(self, ev: Any) -> SourceTransaction | None:
         """Feed one event; return the transaction it completes, if any."""
+        if not self._placed and not isinstance(ev, RotateEvent):
+            self._place(ev.packet.log_pos)
         if isinstance(ev, RowsEvent):
             self._rows(ev)
             return None
         if isinstance(ev, XidEvent):
             return self._close(ev)
         if isinstance(ev, MariadbGtidEvent | GtidEvent):
-            if self._txn is not None and (self._txn.changes or self._txn.relations):
-                raise SourceError(
-                    f"binlog: GTID {ev.gtid} begins while a transaction is still open at "
-                    f"{self.file}:{ev.packet.log_pos}"
-                )
-            self._txn = _Open(gtid=ev.gtid)
+            if self._txn is not None:
+                if self._txn.changes or self._txn.relations:
+                    raise SourceError(
+                        f"binlog: GTID {ev.gtid} begins while a transaction is still open at "
+                        f"{self.file}:{ev.packet.log_pos}"
+                    )
+                # A group that ended with an event this decoder does not
+                # read (XA PREPARE): its GTID is executed all the same.
+                if not self._held(self._txn.gtid):
+                    self._record_gtid(self._txn.gtid)
+            self._txn = _Open(gtid=event_gtid(ev))
             return None
         if isinstance(ev, QueryEvent):
             return self._query(ev)
         if isinstance(ev, RotateEvent):
             self.file = ev.next_binlog
             if self._txn is None:
-                self.boundary = max(self.boundary, pack_position(ev.next_binlog, ev.position))
+                self.boundary = max(self.boundary, self._pos(ev.position))
         return None
 
     def _open(self) -> _Open:
@@ -451,16 +541,42 @@ class BinlogDecoder:
             self._txn = _Open()
         return self._txn
 
+    def _held(self, gtid: Gtid | None) -> bool:
+        """Streaming by GTID, whether the state already holds `gtid`. (By
+        position the file and offset alone decide what is new.)"""
+        return (
+            self.by_gtid
+            and gtid is not None
+            and self.gtids is not None
+            and self.gtids.contains(gtid)
+        )
+
+    def _record_gtid(self, gtid: Gtid | None) -> None:
+        """A transaction committed: add its GTID to the state. Without one
+        the state can no longer say what was executed: unknown from here."""
+        if gtid is None:
+            if self.gtids is not None:
+                self.gtids = None
+                self.lost_gtid_tracking = True
+            return
+        self._last_gtid = gtid
+        if self.gtids is not None:
+            self.gtids.add(gtid)
+
     def _close(self, ev: Any) -> SourceTransaction | None:
         txn = self._open()
         self._txn = None
-        end = pack_position(self.file, ev.packet.log_pos)
+        end = self._pos(ev.packet.log_pos)
         if end <= self.boundary:
             # Replayed across a reconnect; never hand out a position twice.
             return None
         self.boundary = end
-        if txn.gtid:
-            self.last_gtid = txn.gtid
+        if self._held(txn.gtid):
+            # Streaming by GTID, the server sent a transaction the state
+            # already holds: stored before; never hand it out twice.
+            self.known_skipped += 1
+            return None
+        self._record_gtid(txn.gtid)
         self._refresh |= txn.refresh
         if not txn.changes and not txn.relations and not txn.refresh:
             return None
@@ -471,6 +587,7 @@ class BinlogDecoder:
             commit_time_us=int(ev.timestamp) * 1_000_000,
             changes=txn.changes,
             relations=txn.relations,
+            gtid_state=encode_state(self.gtids),
         )
 
     def _query(self, ev: Any) -> SourceTransaction | None:
@@ -482,7 +599,9 @@ class BinlogDecoder:
         if head == "COMMIT":
             return self._close(ev)
         if head == "ROLLBACK":
-            self._txn = None  # non-transactional tables only: none of ours
+            # Non-transactional tables only: none of ours. The group keeps
+            # its GTID: it is in the binlog, so it counts as executed.
+            self._txn = _Open(gtid=self._txn.gtid if self._txn else None)
             return self._close(ev)
         if head.startswith(("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT")):
             return None

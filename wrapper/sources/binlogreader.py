@@ -10,10 +10,13 @@ timeout, and the pipeline must wake up regularly (group commit, idle
 positions, stop). Why the connection subclass: on a lost connection
 `BinLogStreamReader.fetchone` reconnects by itself, forever, at the last
 *event* position it saw, which may be in the middle of a transaction (rows
-before the next TableMap would be lost). Here a lost connection ends the
-reader with a retriable SourceError instead; the pipeline logs it, backs off
-(bounded) and starts a new stream from the position its store holds, which is
-always a transaction boundary.
+before the next TableMap would be lost); streaming by GTID it would reconnect
+with the GTID state it was started with, long stale. Here a lost connection
+ends the reader with a retriable SourceError instead; the pipeline logs it,
+backs off (bounded) and starts a new stream from the point its store holds,
+which is always a transaction boundary. A server that refuses the GTID state
+it was asked to stream from (error 1236 before any event) ends it with
+ResumeLostError: no retry cures that, a fresh copy does.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from prism.wrapper.errors import SourceError, WrapperError, map_pymysql_error
+from prism.wrapper.errors import ResumeLostError, SourceError, WrapperError, map_pymysql_error
 from prism.wrapper.sources.mysqldsn import MySQLDsn
 
 log = logging.getLogger("prism.wrapper.binlog")
@@ -77,21 +80,28 @@ class _End:
 
 
 class BinlogReader:
-    """Streams events from (file, offset) into a bounded queue."""
+    """Streams events into a bounded queue: from (file, offset), or, given
+    `gtid`, from the GTID state (MariaDB GTID position or MySQL executed
+    set), whatever the server's files are called."""
 
     def __init__(
         self,
         dsn: MySQLDsn,
         server_id: int,
-        file: str,
+        file: str | None,
         offset: int,
         schemas: list[str],
         heartbeat_s: float = 1.0,
         max_queued: int = 20000,
+        gtid: str | None = None,
+        is_mariadb: bool = False,
     ) -> None:
         settings = dsn.connect_args()
         # A silent server is a dead one after a few missed heartbeats.
         settings["read_timeout"] = max(10.0, 5 * heartbeat_s)
+        if gtid is None and file is None:
+            raise SourceError("binlog reader: neither a file nor a GTID state to start from")
+        self.gtid = gtid
         self.stream = BinLogStreamReader(
             connection_settings=settings,
             server_id=server_id,
@@ -102,13 +112,17 @@ class BinlogReader:
             only_events=EVENTS,
             only_schemas=schemas,
             slave_heartbeat=heartbeat_s,
-            # file/pos resume; with is_mariadb=True the library ignores them
-            # and resumes by GTID only (see mysql.py)
-            is_mariadb=False,
+            # By GTID: MariaDB needs is_mariadb=True (@slave_connect_state;
+            # log_file/log_pos are then ignored); MySQL sends the executed set
+            # (COM_BINLOG_DUMP_GTID). Else file/position on both, where
+            # is_mariadb=True would mean "by GTID" (see mysql.py).
+            auto_position=gtid,
+            is_mariadb=is_mariadb and gtid is not None,
             enable_logging=False,
             pymysql_wrapper=StrictConnection,
             report_slave={"hostname": "prism-wrapper"},
         )
+        self._delivered = 0  # events other than Rotate: the server accepted the start
         self._queue: queue.Queue[Any] = queue.Queue(max_queued)
         self._stop = threading.Event()
         self._ended: _End | None = None
@@ -126,13 +140,12 @@ class BinlogReader:
                     raise SourceError("the server ended the binlog stream", retriable=True)
                 if isinstance(ev, WriteRowsEvent | UpdateRowsEvent | DeleteRowsEvent):
                     _ = ev.rows  # parse here, off the pipeline thread
+                if not isinstance(ev, RotateEvent):
+                    self._delivered += 1
                 self._put(ev)
-        except ConnectionLost as exc:
+        except (ConnectionLost, pymysql.err.MySQLError, OSError, EOFError) as exc:
             if not self._stop.is_set():
-                error = map_pymysql_error(exc, "reading the binlog")
-        except (pymysql.err.MySQLError, OSError, EOFError) as exc:
-            if not self._stop.is_set():
-                error = map_pymysql_error(exc, "reading the binlog")
+                error = self._map(exc)
         except WrapperError as exc:
             error = exc
         except Exception as exc:  # a decoding failure in the library
@@ -141,6 +154,18 @@ class BinlogReader:
             self._ended = _End(error)
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(self._ended)
+
+    def _map(self, exc: BaseException) -> WrapperError:
+        error = map_pymysql_error(exc, "reading the binlog")
+        code = exc.args[0] if exc.args else None
+        if self.gtid is not None and code == 1236 and not self._delivered:
+            # The server refused the GTID state itself (purged binlogs,
+            # GTIDs it never logged): no retry can cure that.
+            return ResumeLostError(
+                f"the server cannot stream from the stored GTID state {self.gtid or '(empty)'}: "
+                f"{error}"
+            )
+        return error
 
     def _put(self, item: Any) -> None:
         while not self._stop.is_set():

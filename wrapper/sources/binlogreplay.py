@@ -33,8 +33,9 @@ from pymysqlreplication.row_event import TableMapEvent
 
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import ChangeSource, SourceTransaction
-from prism.wrapper.sources.binlog import BinlogDecoder, ColumnKind, TableSpec
+from prism.wrapper.sources.binlog import BinlogDecoder, ColumnKind, TableSpec, pack_position
 from prism.wrapper.sources.binlogreader import EVENTS
+from prism.wrapper.sources.gtid import decode_state
 from prism.wrapper.sources.replay import split_records
 
 
@@ -149,10 +150,15 @@ class BinlogReplaySource(ChangeSource):
         self.header = header
         self.packets = packets
         self.parser = BinlogPacketParser(bool(header["use_checksum"]), str(header["dbms"]))
+        # A recording streamed by GTID names its file in its first event
+        # (header "by_gtid"); "gtid_state" is the state at its start.
+        by_gtid = bool(header.get("by_gtid", False))
         self.decoder = BinlogDecoder(
             [spec_from_json(t) for t in header["tables"]],
-            str(header["file"]),
-            int(header["offset"]),
+            pack_position(str(header["file"]), int(header["offset"])),
+            None if by_gtid else str(header["file"]),
+            gtids=decode_state(str(header.get("gtid_state", ""))),
+            by_gtid=by_gtid,
         )
         self.acknowledged: list[int] = []
 

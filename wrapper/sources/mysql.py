@@ -15,12 +15,27 @@ Snapshot meets stream exactly:
 The tables are copied in that transaction, and the stream starts at that
 position.
 
-Resume is by binlog file and offset, always at a transaction boundary (after
-an XID event, a COMMIT, or a DDL statement), stored in the wrapper's store in
-the same SQLite transaction as the changes. The library is used in its
-file/position mode on MariaDB too: with `is_mariadb=True` it ignores
-log_file/log_pos and resumes only by GTID. If the stored position's binlog
-file was purged, `resume_problem` says so and the pipeline copies afresh.
+The snapshot's GTID state is read with its position: MariaDB's
+BINLOG_GTID_POS(binlog_snapshot_file, binlog_snapshot_position), MySQL's
+Executed_Gtid_Set of SHOW MASTER STATUS under the same lock.
+
+Resume, always at a transaction boundary (after an XID event, a COMMIT, or a
+DDL statement), from what the store holds: the binlog file and offset and
+the GTID state at that very point, both written in the same SQLite
+transaction as the changes. database.resume chooses how:
+- "position": the library's file/position mode (COM_BINLOG_DUMP).
+- "gtid": the library's GTID mode (`auto_position`; MariaDB:
+  `is_mariadb=True`, which sends the state as @slave_connect_state and
+  ignores log_file/log_pos; MySQL: COM_BINLOG_DUMP_GTID with the executed
+  set). The server sends exactly what the state lacks, so the stream
+  continues on another server after a failover, where file and offset mean
+  nothing.
+- "auto" (default): by GTID when the server has GTIDs (MariaDB always,
+  MySQL with gtid_mode = ON) and the store holds a state, else by position.
+Before streaming, `resume_problem` checks that the server can serve the
+stored point (binlog file still there; GTIDs neither purged nor unknown to
+it); if not, the pipeline copies afresh. A server that still refuses the
+GTID state (error 1236 before any event) raises ResumeLostError: the same.
 MySQL keeps binlogs by age (binlog_expire_logs_seconds / expire_logs_days)
 and knows nothing of its replicas' positions: acknowledging is a no-op.
 """
@@ -42,8 +57,14 @@ import pymysql.cursors
 
 from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_pymysql_error
-from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.errors import (
+    ConfigError,
+    GtidError,
+    PrerequisiteError,
+    SourceError,
+    map_pymysql_error,
+)
+from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
 from prism.wrapper.sources.binlog import (
     BinlogDecoder,
     ColumnKind,
@@ -54,10 +75,21 @@ from prism.wrapper.sources.binlog import (
     unpack_position,
 )
 from prism.wrapper.sources.binlogreader import BinlogReader
+from prism.wrapper.sources.gtid import (
+    GtidState,
+    MariaPosition,
+    MySQLGtidSet,
+    decode_state,
+    encode_state,
+    parse_maria_gtids,
+)
 from prism.wrapper.sources.mysqlcheck import (
     grant_problems,
+    gtid_problems,
+    gtid_summary,
     metadata_note,
     replica_id_problems,
+    server_has_gtids,
     variable_problems,
 )
 from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
@@ -72,6 +104,12 @@ _VARIABLES = (
     "binlog_row_metadata",
     "binlog_row_value_options",
     "server_id",
+    "gtid_mode",
+    "enforce_gtid_consistency",
+)
+_KEEP_BINLOGS = (
+    ". Keep binlogs longer (binlog_expire_logs_seconds / expire_logs_days) than the wrapper "
+    "may be down"
 )
 _JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.I)
 _VECTOR_TYPES = ("json", "blob", "varbinary", "binary", "text")
@@ -114,6 +152,11 @@ class MySQLSource(ReplicationSource):
         self._version = ""
         self._acked = 0
         self._lock = threading.RLock()
+        self.resume = str(cfg["database.resume"])
+        self._variables: dict[str, str] | None = None
+        self.by_gtid = False  # how the current stream was started
+        self._warned_gtid_loss = False
+        self._warned_known = 0
 
     # -- connections ------------------------------------------------------
     def _connect(self) -> pymysql.connections.Connection[Any]:
@@ -155,12 +198,22 @@ class MySQLSource(ReplicationSource):
     def server_variables(self) -> dict[str, str]:
         names = ", ".join(f"'{v}'" for v in _VARIABLES)
         rows = self._q(f"SHOW GLOBAL VARIABLES WHERE Variable_name IN ({names})")
-        return {str(k): str(v) for k, v in rows}
+        self._variables = {str(k).lower(): str(v) for k, v in rows}
+        return dict(self._variables)
+
+    @property
+    def has_gtids(self) -> bool:
+        """Every transaction the server logs carries a GTID."""
+        if self._variables is None:
+            self.server_variables()
+        assert self._variables is not None
+        return server_has_gtids(self._variables, self.is_mariadb)
 
     def check_prerequisites(self) -> list[str]:
         """Problems that stop replication, each with the setting to change."""
         variables = self.server_variables()
         problems = variable_problems(variables, self.server_id, self.is_mariadb)
+        problems += gtid_problems(variables, self.resume, self.is_mariadb)
         note = metadata_note(variables)
         if note:
             log.warning(note)
@@ -268,7 +321,69 @@ class MySQLSource(ReplicationSource):
                 return name, logs
         return None, logs
 
-    def resume_problem(self, position: int) -> str | None:
+    # -- GTID state -------------------------------------------------------
+    def _stored_gtids(self, point: ResumePoint) -> tuple[GtidState | None, str]:
+        """The stored GTID state if it can serve this server, else None and
+        why not."""
+        try:
+            state = decode_state(point.gtid_state)
+        except GtidError as exc:
+            return None, f"the stored GTID state is unreadable ({exc})"
+        if state is None:
+            return None, (
+                "the store holds no GTID state (none captured at the copy, or a transaction "
+                "without a GTID was seen since)"
+            )
+        flavor = "mariadb" if self.is_mariadb else "mysql"
+        if state.flavor != flavor:
+            return None, f"the stored GTID state is {state.flavor}'s; this server is {flavor}"
+        return state, ""
+
+    def resume_plan(self, point: ResumePoint) -> tuple[bool, GtidState | None, str]:
+        """(by GTID?, the GTID state to track, why not by GTID) for resuming
+        at `point`, as database.resume and the server allow."""
+        state, why = self._stored_gtids(point)
+        if self.resume == "position":
+            return False, state, 'database.resume = "position"'
+        if not self.has_gtids:
+            # resume = "gtid" stops in check_prerequisites before this.
+            return False, state, "the server's gtid_mode is not ON"
+        if isinstance(state, MySQLGtidSet) and not state:
+            # Known, but empty: python-mysql-replication takes an empty set
+            # for "not by GTID" and would stream from the server's current
+            # end. Until the first GTID, the position is as exact.
+            return False, state, "the MySQL GTID set is still empty"
+        return state is not None, state, why
+
+    def _gtid_problem(self, state: GtidState) -> str | None:
+        """Why this server cannot stream from `state`: it purged binlogs with
+        transactions after it, or never logged all of it."""
+        if isinstance(state, MariaPosition):
+            logs = self.binary_logs()
+            if logs:
+                oldest = MariaPosition()
+                for row in self._q(f"SHOW BINLOG EVENTS IN '{logs[0][0]}' LIMIT 8"):
+                    if str(row[2]) == "Gtid_list":
+                        oldest = MariaPosition.parse(str(row[5]))
+                        break
+                if problem := state.purged_problem(oldest):
+                    return f"{problem} (oldest binlog {logs[0][0]}){_KEEP_BINLOGS}"
+            (binlog_state,) = self._q("SELECT @@GLOBAL.gtid_binlog_state")[0]
+            return state.missing_problem(parse_maria_gtids(str(binlog_state or "")))
+        (executed, purged) = self._q("SELECT @@GLOBAL.gtid_executed, @@GLOBAL.gtid_purged")[0]
+        if problem := state.purged_problem(MySQLGtidSet.parse(str(purged or ""))):
+            return problem + _KEEP_BINLOGS
+        return state.missing_problem(MySQLGtidSet.parse(str(executed or "")))
+
+    def resume_problem(self, point: ResumePoint) -> str | None:
+        by_gtid, state, why = self.resume_plan(point)
+        if self.resume == "gtid" and state is None:
+            return f'database.resume = "gtid" but {why}'
+        if by_gtid:
+            assert state is not None
+            problem = self._gtid_problem(state)
+            return f"the stream cannot resume by GTID from {state}: {problem}" if problem else None
+        position = point.position
         seq, offset = unpack_position(position)
         name, logs = self._file_of(position)
         if name is None:
@@ -276,8 +391,7 @@ class MySQLSource(ReplicationSource):
             return (
                 f"binlog file #{seq:06d} of the stored position is no longer on the server "
                 f"(purged; the oldest binlog now is {oldest}): the stream cannot resume at "
-                f"#{seq:06d}:{offset}. Keep binlogs longer (binlog_expire_logs_seconds / "
-                "expire_logs_days) than the wrapper may be down"
+                f"#{seq:06d}:{offset}{_KEEP_BINLOGS}"
             )
         size = dict(logs)[name]
         if offset > size:
@@ -292,7 +406,32 @@ class MySQLSource(ReplicationSource):
         return f"#{seq:06d}:{offset}"
 
     # -- snapshot ---------------------------------------------------------
-    def begin_snapshot(self) -> int:
+    def _gtid_at(self, file: str, offset: int, executed: str | None) -> str:
+        """The GTID state at (file, offset), a transaction boundary, stored
+        text ("" when the server's GTIDs cannot be tracked). MariaDB:
+        BINLOG_GTID_POS, which reads the binlog up to there. MySQL: the
+        executed set read together with the position (under the lock)."""
+        if self.is_mariadb:
+            (text,) = self._q(
+                "SELECT BINLOG_GTID_POS(%s, %s)", (file, offset), "reading the snapshot's GTIDs"
+            )[0]
+            if text is None:
+                raise SourceError(
+                    f"BINLOG_GTID_POS({file!r}, {offset}) is NULL: the position is not in the "
+                    "server's binlog"
+                )
+            return encode_state(MariaPosition.parse(str(text)))
+        if executed is None or not self.has_gtids:
+            return ""
+        try:
+            return encode_state(MySQLGtidSet.parse(executed))
+        except GtidError as exc:
+            if self.resume == "gtid":
+                raise PrerequisiteError(str(exc)) from None
+            log.warning("GTIDs not tracked, resuming by binlog position: %s", exc)
+            return ""
+
+    def begin_snapshot(self) -> ResumePoint:
         conn = self._connect()
         self._copy = conn
         method = self.snapshot_method()
@@ -305,13 +444,14 @@ class MySQLSource(ReplicationSource):
                     status = {str(k).lower(): str(v) for k, v in cur.fetchall()}
                     file = status.get("binlog_snapshot_file", "")
                     offset = int(status.get("binlog_snapshot_position", "0") or 0)
+                    executed = None
                     locked_ms = 0.0
                 else:
                     started = time.monotonic()
                     cur.execute("FLUSH TABLES WITH READ LOCK")
                     try:
                         cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                        file, offset = _master_status(cur)
+                        file, offset, executed = _master_status(cur)
                     finally:
                         cur.execute("UNLOCK TABLES")
                     locked_ms = (time.monotonic() - started) * 1000
@@ -322,17 +462,18 @@ class MySQLSource(ReplicationSource):
                 "the server reports no binlog position for the snapshot: binary logging is off "
                 "(log_bin) or the tables are not InnoDB"
             )
-        position = pack_position(file, offset)
+        point = ResumePoint(pack_position(file, offset), self._gtid_at(file, offset, executed))
         log.info(
             "snapshot opened",
             extra={
                 "method": method,
                 "binlog_file": file,
                 "binlog_position": offset,
+                "gtid_state": point.gtid_state,
                 "lock_ms": round(locked_ms, 1),
             },
         )
-        return position
+        return point
 
     def snapshot_count(self, table: str) -> int:
         assert self._copy is not None
@@ -368,24 +509,67 @@ class MySQLSource(ReplicationSource):
             self._copy = None
 
     # -- stream -----------------------------------------------------------
-    def start_stream(self, from_position: int) -> None:
-        file, _logs = self._file_of(from_position)
+    def start_stream(self, point: ResumePoint) -> None:
+        by_gtid, state, why = self.resume_plan(point)
+        schemas = sorted({s.schema for s in self._specs.values()})
+        self._acked = point.position
+        self.by_gtid = by_gtid
+        if by_gtid:
+            assert state is not None
+            # The server names the file it starts in (its first event, a
+            # Rotate); the decoder starts a new position epoch if that
+            # numbering is below the stored position's.
+            self._decoder = BinlogDecoder(
+                self._specs.values(), point.position, None, gtids=state, by_gtid=True
+            )
+            self._reader = BinlogReader(
+                self.dsn,
+                self.server_id,
+                None,
+                4,
+                schemas,
+                heartbeat_s=HEARTBEAT_S,
+                gtid=str(state),
+                is_mariadb=self.is_mariadb,
+            )
+            self._reader.start()
+            log.info(
+                "streaming by GTID",
+                extra={"gtid_state": str(state), "server_id": self.server_id},
+            )
+            return
+        file, _logs = self._file_of(point.position)
         if file is None:
             raise SourceError(
-                f"binlog file of position {self.format_position(from_position)} is gone",
+                f"binlog file of position {self.format_position(point.position)} is gone",
                 retriable=True,
             )
-        _, offset = unpack_position(from_position)
-        self._decoder = BinlogDecoder(self._specs.values(), file, offset)
-        self._acked = from_position
-        schemas = sorted({s.schema for s in self._specs.values()})
+        _, offset = unpack_position(point.position)
+        if state is None and self.is_mariadb:
+            # A store from before GTID tracking: the binlog says which GTIDs
+            # come before this exact position.
+            state = decode_state(self._gtid_at(file, offset, None))
+            log.info("GTID state read from the binlog", extra={"gtid_state": str(state)})
+        elif state is None and self.has_gtids and self.resume != "position":
+            log.warning(
+                "resuming by binlog position without GTID state: %s; GTID resume becomes "
+                "possible after the next initial copy",
+                why,
+            )
+        self._decoder = BinlogDecoder(self._specs.values(), point.position, file, gtids=state)
         self._reader = BinlogReader(
             self.dsn, self.server_id, file, offset, schemas, heartbeat_s=HEARTBEAT_S
         )
         self._reader.start()
         log.info(
-            "streaming",
-            extra={"binlog_file": file, "binlog_position": offset, "server_id": self.server_id},
+            "streaming by binlog position",
+            extra={
+                "binlog_file": file,
+                "binlog_position": offset,
+                "gtid_state": "" if state is None else str(state),
+                "server_id": self.server_id,
+                "why_not_gtid": why,
+            },
         )
 
     def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
@@ -399,6 +583,21 @@ class MySQLSource(ReplicationSource):
                 yield None
                 continue
             stx = decoder.feed(ev)
+            if decoder.lost_gtid_tracking and not self._warned_gtid_loss:
+                self._warned_gtid_loss = True
+                log.warning(
+                    "a transaction without a GTID event (gtid_mode not ON, or MySQL 8.4 tagged "
+                    "GTIDs, which this source cannot read): the GTID state is unknown from here, "
+                    "so resuming is by binlog position until the next initial copy",
+                    extra={"binlog_file": decoder.file},
+                )
+            if decoder.known_skipped > self._warned_known:
+                self._warned_known = decoder.known_skipped
+                log.warning(
+                    "the server sent a transaction the GTID state already holds; "
+                    "skipped, not applied twice",
+                    extra={"skipped": decoder.known_skipped, "binlog_file": decoder.file},
+                )
             if stx is not None:
                 for table in decoder.take_refresh():
                     self._refresh(table, stx)
@@ -421,11 +620,11 @@ class MySQLSource(ReplicationSource):
         assert self._decoder is not None
         stx.relations[table] = self._decoder.set_table(spec)
 
-    def idle_position(self) -> int | None:
+    def idle_position(self) -> ResumePoint | None:
         d = self._decoder
         if d is None or d.in_transaction or d.boundary <= self._acked:
             return None
-        return d.boundary
+        return ResumePoint(d.boundary, d.gtid_state())
 
     def acknowledge(self, position: int) -> None:
         # The server keeps binlogs by age, not by replica progress: nothing
@@ -486,17 +685,19 @@ def _enum_members(column_type: str) -> list[str]:
     return [m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", inner)]
 
 
-def _master_status(cur: Any) -> tuple[str, int]:
-    """(file, position) from SHOW BINARY LOG STATUS (MySQL 8.2+) or SHOW
-    MASTER STATUS (older MySQL, MariaDB)."""
+def _master_status(cur: Any) -> tuple[str, int, str | None]:
+    """(file, position, Executed_Gtid_Set) from SHOW BINARY LOG STATUS
+    (MySQL 8.2+) or SHOW MASTER STATUS (older MySQL, MariaDB, which has no
+    executed set: None)."""
     try:
         cur.execute("SHOW BINARY LOG STATUS")
     except pymysql.err.ProgrammingError:
         cur.execute("SHOW MASTER STATUS")
     row = cur.fetchone()
     if row is None:
-        return "", 0
-    return str(row[0]), int(row[1])
+        return "", 0, None
+    executed = str(row[4]) if len(row) > 4 and row[4] is not None else None
+    return str(row[0]), int(row[1]), executed
 
 
 def check_database(cfg: WrapperConfig) -> list[str]:
@@ -521,10 +722,16 @@ def check_database(cfg: WrapperConfig) -> list[str]:
         note = metadata_note(variables)
         if note:
             print(f"note {note}")
+        gtid_found = gtid_problems(variables, source.resume, source.is_mariadb)
+        problems += gtid_found
+        if not gtid_found:
+            pos = source._q("SELECT @@GLOBAL.gtid_binlog_pos")[0][0] if source.is_mariadb else None
+            line = gtid_summary(variables, source.resume, source.is_mariadb, pos)
+            print(f"{'ok  ' if source.has_gtids else 'note'} {line}")
         problems += source.replica_problems()
         print(f"ok   replica server_id {source.server_id} (database.server_id)")
         privileges = source.check_prerequisites()
-        problems += [p for p in privileges if p not in found]
+        problems += [p for p in privileges if p not in found and p not in gtid_found]
         try:
             for name, shape in source.discover().items():
                 print(

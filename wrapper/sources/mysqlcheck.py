@@ -149,3 +149,71 @@ def grant_problems(
                     f"{account} lacks SELECT on {db}.{t}: GRANT SELECT ON `{db}`.`{t}` TO {account}"
                 )
     return problems
+
+
+_GTID_MODE_STEPS = {
+    "OFF": ("OFF_PERMISSIVE", "ON_PERMISSIVE", "ON"),
+    "OFF_PERMISSIVE": ("ON_PERMISSIVE", "ON"),
+    "ON_PERMISSIVE": ("ON",),
+}
+
+
+def gtid_problems(variables: Mapping[str, str], resume: str, is_mariadb: bool) -> list[str]:
+    """What stops resuming by GTID when database.resume = "gtid". MariaDB
+    always logs GTIDs; MySQL needs gtid_mode = ON, which needs
+    enforce_gtid_consistency = ON first and is reached one step at a time."""
+    if resume != "gtid" or is_mariadb:
+        return []
+    v = {k.lower(): str(val).upper() for k, val in variables.items()}
+    problems = []
+    enforce = v.get("enforce_gtid_consistency", "")
+    if enforce not in _ON:
+        problems.append(
+            f'enforce_gtid_consistency is {enforce or "unset"}: database.resume = "gtid" '
+            "needs it ON before gtid_mode can be ON; SET GLOBAL enforce_gtid_consistency = ON, "
+            "and enforce_gtid_consistency = ON under [mysqld] in my.cnf"
+        )
+    mode = v.get("gtid_mode", "")
+    if mode not in _ON:
+        steps = _GTID_MODE_STEPS.get(mode, ("ON",))
+        problems.append(
+            f"gtid_mode is {mode or 'unset (no GTIDs on this server)'}: database.resume = "
+            '"gtid" needs gtid_mode = ON; '
+            + ", then ".join(f"SET GLOBAL gtid_mode = {s}" for s in steps)
+            + " (before ON, wait until SHOW STATUS LIKE 'Ongoing_anonymous_transaction_count' "
+            "is 0), and gtid_mode = ON under [mysqld] in my.cnf; or set database.resume = "
+            '"auto" to resume by binlog position without GTIDs'
+        )
+    return problems
+
+
+def server_has_gtids(variables: Mapping[str, str], is_mariadb: bool) -> bool:
+    """Whether every transaction the server logs carries a GTID: MariaDB
+    always; MySQL only with gtid_mode = ON (the permissive modes mix in
+    anonymous transactions, which no GTID set can account for)."""
+    if is_mariadb:
+        return True
+    v = {k.lower(): str(val).upper() for k, val in variables.items()}
+    return v.get("gtid_mode", "") in _ON
+
+
+def gtid_summary(
+    variables: Mapping[str, str], resume: str, is_mariadb: bool, gtid_binlog_pos: str | None
+) -> str:
+    """What `prism-wrapper check` says about resuming by GTID."""
+    v = {k.lower(): str(val) for k, val in variables.items()}
+    if is_mariadb:
+        has = f"GTIDs: MariaDB, gtid_binlog_pos {gtid_binlog_pos or '(empty)'}"
+    else:
+        has = (
+            f"GTIDs: gtid_mode {v.get('gtid_mode', 'unset')}, enforce_gtid_consistency "
+            f"{v.get('enforce_gtid_consistency', 'unset')}"
+        )
+    if resume == "position":
+        return f'{has}; database.resume = "position": resume by binlog file/offset'
+    if server_has_gtids(variables, is_mariadb):
+        return f'{has}; resume by GTID (database.resume = "{resume}")'
+    return (
+        f"{has}; resume by binlog file/offset, so a failover to another server means a fresh "
+        "copy (for GTID resume: enforce_gtid_consistency = ON, then gtid_mode = ON)"
+    )

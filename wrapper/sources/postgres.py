@@ -26,7 +26,7 @@ from psycopg import sql
 from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
 from prism.wrapper.sources.pgconn import ReplicationConnection
 from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
 from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
@@ -231,7 +231,8 @@ class PostgresSource(ReplicationSource):
     def prepare(self) -> None:
         self.ensure_publication()
 
-    def resume_problem(self, position: int) -> str | None:
+    def resume_problem(self, point: ResumePoint) -> str | None:
+        position = point.position
         exists, confirmed, _active = self.slot_state()
         if not exists:
             return f"replication slot {self.slot!r} is gone"
@@ -307,7 +308,7 @@ class PostgresSource(ReplicationSource):
         self._exec("SELECT pg_drop_replication_slot(%s)", (self.slot,))
 
     # -- snapshot ---------------------------------------------------------
-    def begin_snapshot(self) -> int:
+    def begin_snapshot(self) -> ResumePoint:
         """Create the slot with an exported snapshot and open a repeatable
         read transaction on it. Returns the slot's consistent point: the
         stream starts exactly after what the snapshot shows."""
@@ -323,7 +324,7 @@ class PostgresSource(ReplicationSource):
             raise map_psycopg_error(exc, "opening the exported snapshot") from exc
         self._copy = conn
         log.info("slot created", extra={"slot": self.slot, "consistent_lsn": lsn_to_str(lsn)})
-        return lsn
+        return ResumePoint(lsn)
 
     def snapshot_count(self, table: str) -> int:
         assert self._copy is not None
@@ -376,7 +377,8 @@ class PostgresSource(ReplicationSource):
             self._copy = None
 
     # -- stream -----------------------------------------------------------
-    def start_stream(self, from_lsn: int) -> None:
+    def start_stream(self, point: ResumePoint) -> None:
+        from_lsn = point.position
         if self._repl is None:
             self._repl = ReplicationConnection(self.cfg.dsn)
         self._decoder = PgOutputDecoder(
@@ -416,14 +418,14 @@ class PostgresSource(ReplicationSource):
                 yield stx
             self._periodic_status()
 
-    def idle_position(self) -> int | None:
+    def idle_position(self) -> ResumePoint | None:
         """A position past everything received that may be acknowledged
         although no transaction of ours reached it: the last keepalive's WAL
         end, when no transaction is open. Confirming it lets the server
         recycle WAL written by other tables while ours are quiet."""
         if self._in_txn or self._keepalive_lsn <= self._acked:
             return None
-        return self._keepalive_lsn
+        return ResumePoint(self._keepalive_lsn)
 
     def acknowledge(self, position: int) -> None:
         if position > self._acked:
