@@ -279,7 +279,14 @@ class Workload:
                 ),
                 [*(vals[c] for c in keep), i],
             )
-        elif r < 0.62:
+        else:
+            self._other_op(cur, pending, r)
+
+    def _other_op(self, cur: Any, pending: dict[str, Any], r: float) -> None:
+        """The workload's ops from r >= 0.55 on, in SQL both databases speak:
+        a key change, a delete, and the pairs and nokey tables' ops."""
+        rng, items = self.rng, pending["items"]
+        if r < 0.62:
             i = rng.choice(sorted(items))
             new = self.next_id
             self.next_id += 1

@@ -153,21 +153,8 @@ class MySQLWorkload(Workload):
             # One statement, several rows.
             lo = rng.choice(sorted(items))
             cur.execute("UPDATE items SET qty = qty DIV 2 WHERE id BETWEEN %s AND %s", (lo, lo + 5))
-        elif r < 0.62:
-            i = rng.choice(sorted(items))
-            new = self.next_id
-            self.next_id += 1
-            cur.execute("UPDATE items SET id = %s WHERE id = %s", (new, i))
-            items.discard(i)
-            items.add(new)
-        elif r < 0.72:
-            i = rng.choice(sorted(items))
-            cur.execute("DELETE FROM items WHERE id = %s", (i,))
-            items.discard(i)
-        elif r < 0.85:
-            self._pairs_op(cur, pending)
         else:
-            self._nokey_op(cur, pending)
+            self._other_op(cur, pending, r)
 
     def _alter(self, conn: Any) -> None:
         with conn.cursor() as cur:
