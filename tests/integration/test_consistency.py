@@ -11,7 +11,14 @@ import threading
 import pytest
 
 from prism.driver import PrismDriver
-from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, Workload, wait_consistent
+from support.consistency import (
+    KEYS,
+    SCHEMA,
+    TABLES_CONFIG,
+    BackgroundWorkload,
+    Workload,
+    wait_consistent,
+)
 from support.servers import driver_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,26 +35,12 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
     await steady.start()
     await steady.wait_ready(timeout=60)
 
-    done = threading.Event()
-    faulted = threading.Event()  # the workload goes on until the faults happened
-    errors: list[BaseException] = []
-
-    def run_workload() -> None:
-        try:
-            with db.connect() as c:
-                wl.run(c, transactions, until=faulted.is_set)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=run_workload)
-    worker.start()
+    bg = BackgroundWorkload(wl, db.connect, transactions)
     rng = random.Random(7)
     kills = 0
     restarts = 0
     flaky: PrismDriver | None = None
-    while not done.is_set():
+    while not bg.done.is_set():
         await asyncio.sleep(rng.uniform(0.3, 1.2))
         if rng.random() < 0.6:
             proc.kill9()
@@ -60,9 +53,8 @@ async def test_consistency_with_kill9_and_driver_restarts(db, wrapper, secret_fi
             flaky = driver_for(proc, secret_file)
             await flaky.start()
         if kills >= 3 and restarts >= 1:
-            faulted.set()
-    worker.join()
-    assert not errors, errors
+            bg.faulted.set()
+    bg.join()
     assert kills >= 2, "the workload ended before the wrapper was killed twice"
     assert wl.rolled_back > 0 and wl.altered
     with db.connect() as c:

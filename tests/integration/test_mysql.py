@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import support.mysql_consistency as mc
-from support.consistency import wait_consistent
+from support.consistency import BackgroundWorkload, wait_consistent
 from support.mysql_consistency import mysql_rows
 from support.servers import driver_for
 
@@ -140,37 +140,21 @@ async def test_consistency_with_kill9_on_mariadb(mdb, mysql_wrapper, secret_file
         mc.tables_config(), store={"commit_interval_ms": 2.0}, database={"resume": resume}
     )
     keys = mc.keys(mdb.name)
-    done = threading.Event()
-    faulted = threading.Event()  # the workload goes on until the faults happened
-    errors: list[BaseException] = []
-
-    def run_workload() -> None:
-        c = mdb.connect()
-        try:
-            wl.run(c, transactions, until=faulted.is_set)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            c.close()
-            done.set()
-
     async with driver_for(proc, secret_file) as steady:
         await steady.wait_ready(timeout=60)
-        worker = threading.Thread(target=run_workload)
-        worker.start()
+        bg = BackgroundWorkload(wl, mdb.connect, transactions)
         rng = random.Random(11)
         kills = 0
-        while not done.is_set():
+        while not bg.done.is_set():
             await asyncio.sleep(rng.uniform(0.3, 1.2))
-            if done.is_set():
+            if bg.done.is_set():
                 break
             proc.kill9()
             kills += 1
             await asyncio.to_thread(proc.start)
             if kills >= 3:
-                faulted.set()
-        worker.join()
-        assert not errors, errors
+                bg.faulted.set()
+        bg.join()
         assert kills >= 2, "the workload ended before the wrapper was killed twice"
         assert wl.rolled_back > 0 and wl.altered
         counts = await wait_consistent(steady, conn, keys, timeout=90, rows_of=mysql_rows)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import shutil
 import sqlite3
-import threading
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -36,7 +35,7 @@ from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import ResumePoint
 from prism.wrapper.sources.binlog import binlog_file_seq, position_epoch, unpack_position
 from prism.wrapper.sources.mysql import MySQLSource
-from support.consistency import wait_consistent
+from support.consistency import BackgroundWorkload, wait_consistent
 from support.mariadb import EmbeddedMariaDB, MariaTestDB, shared_tmp
 from support.mysql_consistency import mysql_rows
 from support.servers import driver_for, unavailable
@@ -123,29 +122,13 @@ async def workload_with_kill9(
 ) -> None:
     """Run transactions while the wrapper is killed with SIGKILL once and
     restarted (the workload goes on until the kill happened)."""
-    done = threading.Event()
-    faulted = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        c = db.connect()
-        try:
-            wl.run(c, transactions, until=faulted.is_set)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            c.close()
-            done.set()
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    bg = BackgroundWorkload(wl, db.connect, transactions)
     await asyncio.sleep(0.4)
-    killed = not done.is_set()
+    killed = not bg.done.is_set()
     proc.kill9()
-    faulted.set()
+    bg.faulted.set()
     await asyncio.to_thread(proc.start)
-    await asyncio.to_thread(worker.join)
-    assert not errors, errors
+    await asyncio.to_thread(bg.join)
     assert killed, "the workload ended before the wrapper was killed"
 
 

@@ -13,7 +13,6 @@ import random
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,14 @@ from prism.fabric.auth import client_proof
 from prism.fabric.keys import load_secret, write_secret
 from prism.fabric.payload import encode_row
 from prism.wrapper.certs import CertPaths
-from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, Workload, wait_consistent
+from support.consistency import (
+    KEYS,
+    SCHEMA,
+    TABLES_CONFIG,
+    BackgroundWorkload,
+    Workload,
+    wait_consistent,
+)
 from support.servers import WrapperProcess, authenticate, driver_for
 
 pytestmark = pytest.mark.integration
@@ -281,24 +287,10 @@ async def test_keys_rotate_under_continuous_writes(
     driver = driver_for(proc, secret_file)
     await driver.start()
     await driver.wait_ready(timeout=60)
-    done = threading.Event()
-    faulted = threading.Event()  # the workload goes on until the faults happened
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            with db.connect() as c:
-                wl.run(c, 600, until=faulted.is_set)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            done.set()
-
-    worker = threading.Thread(target=run)
-    worker.start()
+    bg = BackgroundWorkload(wl, db.connect, 600)
     followed_at_kill: int | None = None  # in-stream rotations followed before the kill
     epochs = set()
-    while not done.is_set():
+    while not bg.done.is_set():
         await asyncio.sleep(0.3)
         stats = driver.stats()
         epochs.add(stats["key_epoch"])
@@ -308,14 +300,13 @@ async def test_keys_rotate_under_continuous_writes(
             await asyncio.to_thread(proc.start)
             followed_at_kill = stats["key_rotations"]
         elif followed_at_kill is not None and stats["key_rotations"] >= followed_at_kill + 2:
-            faulted.set()  # two more timed rotations followed after the restart
-    worker.join()
-    assert not errors, errors
+            bg.faulted.set()  # two more timed rotations followed after the restart
+    bg.join()
     with db.connect() as c:
         await wait_consistent(driver, c, KEYS, timeout=90)
     stats = driver.stats()
     await driver.close()
-    assert followed_at_kill is not None and faulted.is_set()
+    assert followed_at_kill is not None and bg.faulted.is_set()
     # A timed rotation, rotate-keys, and timed ones after the restart.
     assert stats["key_epoch"] >= 4, epochs
     assert stats["key_rotations"] >= 3 and stats["reconnects"] >= 1

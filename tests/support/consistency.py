@@ -10,9 +10,11 @@ shows with what the database holds, until they match or the time runs out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import string
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -383,3 +385,31 @@ class Workload:
                     self.committed += 1
             if between is not None:
                 between(n)
+
+
+class BackgroundWorkload:
+    """A Workload on its own thread and connection for fault tests. It runs
+    `transactions`, then goes on until `faulted` is set, so the faults always
+    land while it runs; join() re-raises what the workload raised."""
+
+    def __init__(self, wl: Workload, connect: Callable[[], Any], transactions: int) -> None:
+        self.done = threading.Event()
+        self.faulted = threading.Event()
+        self._errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with contextlib.closing(connect()) as c:
+                    wl.run(c, transactions, until=self.faulted.is_set)
+            except BaseException as exc:
+                self._errors.append(exc)
+            finally:
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name="workload")
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._errors:
+            raise self._errors[0]
