@@ -440,6 +440,15 @@ _TABLE_KEYS = {
 _TENANT_KEYS = {"id", "secret_files", "client_identities", "old_secrets_until"}
 
 
+def _check_entry(raw: Any, where: str, array: str, known: set[str]) -> None:
+    """An [[array]] entry is a table of known keys only."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a [[{array}]] entry")
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(known)}")
+
+
 def _bool(raw: Any, where: str) -> bool:
     if not isinstance(raw, bool):
         raise ConfigError(f"{where}: expected true or false, got {raw!r}")
@@ -448,13 +457,7 @@ def _bool(raw: Any, where: str) -> bool:
 
 def _table(raw: Any, i: int) -> TableConfig:
     where = f"tables[{i}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a [[tables]] entry")
-    unknown = set(raw) - _TABLE_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(_TABLE_KEYS)}"
-        )
+    _check_entry(raw, where, "tables", _TABLE_KEYS)
     name = raw.get("name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f'{where}.name: required, e.g. name = "public.items"')
@@ -539,13 +542,7 @@ def _timestamp(raw: Any, where: str) -> float | None:
 
 def _tenant_entry(raw: Any, i: int) -> TenantConfig:
     where = f"tenants[{i}]"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a [[tenants]] entry")
-    unknown = set(raw) - _TENANT_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {sorted(unknown)}; known keys: {sorted(_TENANT_KEYS)}"
-        )
+    _check_entry(raw, where, "tenants", _TENANT_KEYS)
     tid = raw.get("id")
     if not isinstance(tid, str) or (problem := _tenant(tid)):
         raise ConfigError(
