@@ -387,7 +387,7 @@ def _cfg(**tables: Any) -> Any:
 def test_config_for_mysql() -> None:
     cfg = _cfg()
     assert cfg.flavor == "mysql" and [t.name for t in cfg.tables] == ["shop.items", "other.t"]
-    assert cfg["database.server_id"] == 9 and cfg["database.retry_limit"] == 10
+    assert cfg.database.server_id == 9 and cfg.database.retry_limit == 10
     with pytest.raises(ConfigError, match=r"tables\[0\].writable \(shop.items\).*mysql"):
         _cfg(writable=True)
     with pytest.raises(ConfigError, match=r"database\.dsn"):
