@@ -227,12 +227,19 @@ def _entry_values(array: str, raw: Mapping[str, Any], where: str, label: str) ->
     return values
 
 
+def _entry_name(array: str, raw: Mapping[str, Any], where: str, example: str) -> str:
+    """An entry's first key, which names it in every later message."""
+    f = DECLARED[array][0]
+    if raw.get(f.key) in (None, ""):
+        raise ConfigError(f"{where}.{f.key}: required, {example}")
+    name: str = f.parse(raw[f.key], f"{where}.{f.key}", text=False)
+    return name
+
+
 def _table(raw: Any, i: int) -> TableConfig:
     where = f"tables[{i}]"
     _check_entry(raw, where, "tables")
-    name = raw.get("name")
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f'{where}.name: required, e.g. name = "public.items"')
+    name = _entry_name("tables", raw, where, 'e.g. name = "public.items"')
     name = qualify(name)
     schema, _, table = name.partition(".")
     if not (IDENTIFIER.match(schema) and IDENTIFIER.match(table)):
@@ -261,11 +268,9 @@ def _table(raw: Any, i: int) -> TableConfig:
 def _tenant_entry(raw: Any, i: int) -> TenantConfig:
     where = f"tenants[{i}]"
     _check_entry(raw, where, "tenants")
-    tid = raw.get("id")
-    if not isinstance(tid, str) or (problem := tenant_problem(tid)):
-        raise ConfigError(
-            f"{where}.id: {tid!r} {problem if isinstance(tid, str) else 'is required'}"
-        )
+    tid = _entry_name("tenants", raw, where, 'e.g. id = "shop"')
+    if problem := tenant_problem(tid):
+        raise ConfigError(f"{where}.id: {tid!r} {problem}")
     if "secret_files" not in raw:
         raise ConfigError(
             f'{where}.secret_files ({tid}): required, e.g. secret_files = ["/etc/prism/{tid}.key"]'
