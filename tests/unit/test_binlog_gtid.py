@@ -267,7 +267,7 @@ def test_gtid_summary_for_check() -> None:
 def test_resume_config_key() -> None:
     base = {
         "database": {"flavor": "mysql", "dsn": "mysql://u@h/db"},
-        "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+        "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
         "tables": [{"name": "t"}],
     }
     assert config_from_mapping(base, env={}).database.resume == "auto"
