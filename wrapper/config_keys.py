@@ -347,12 +347,10 @@ class TenantConfig:
     """A [[tenants]] entry: one tenant, its secrets and its drivers' identities."""
 
     id: str = key(REQUIRED, "the tenant's name, which its drivers give", tenant_problem)
-    # The first file is the current secret; the others are still accepted
-    # (secret rotation's overlap) until old_secrets_until, if set.
     secret_files: tuple[str, ...] = key(
         REQUIRED,
         "the tenant's secret files (32+ bytes, mode 600), the current one first; the others "
-        "are still accepted until old_secrets_until",
+        "are still accepted (secret rotation's overlap) until old_secrets_until",
         kind=PATHS,
     )
     client_identities: tuple[str, ...] = key(
@@ -363,7 +361,8 @@ class TenantConfig:
     )
     old_secrets_until: float | None = key(
         None,
-        "when the secrets after the first stop being accepted (unset: never); read as unix time",
+        "when the secrets after the first stop being accepted: a date-time with a time zone, "
+        "e.g. 2026-12-31T00:00:00Z (unset: never; held as unix time)",
         kind=TIMESTAMP,
     )
 
@@ -403,12 +402,10 @@ class TableConfig:
         "the tenant whose drivers see this table; required with several [[tenants]]",
         _not_empty,
     )
-    # False: drivers get rows without vector_column, so the app node never
-    # holds raw embeddings (only the index's keyed-space vectors).
     vector_in_rows: bool = key(
         True,
         "false: drivers receive rows without vector_column, so the app node never holds "
-        "raw embeddings",
+        "raw embeddings (only the index's keyed-space vectors)",
     )
 
     @property
