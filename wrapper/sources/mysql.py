@@ -127,7 +127,7 @@ def _qualified(table: str) -> str:
 def derived_server_id(cfg: WrapperConfig) -> int:
     """database.server_id, or when 0 an id derived from the host and the
     store path: stable across restarts, unlikely to meet another replica's."""
-    configured = int(cfg["database.server_id"])
+    configured = cfg.database.server_id
     if configured:
         return configured
     seed = f"{socket.gethostname()}:{cfg.store_path}".encode()
@@ -152,7 +152,7 @@ class MySQLSource(ReplicationSource):
         self._version = ""
         self._acked = 0
         self._lock = threading.RLock()
-        self.resume = str(cfg["database.resume"])
+        self.resume = cfg.database.resume
         self._variables: dict[str, str] | None = None
         self.by_gtid = False  # how the current stream was started
         self._warned_gtid_loss = False
