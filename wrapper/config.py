@@ -694,7 +694,7 @@ def _mysql_tables(
 ) -> tuple[TableConfig, ...]:
     """MySQL has databases, not schemas: an unqualified table name is in the
     dsn's database. Writes through the wrapper are PostgreSQL-only so far."""
-    from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+    from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
 
     database = parse_mysql_dsn(dsn).database
     out = []

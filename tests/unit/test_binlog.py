@@ -19,7 +19,7 @@ from prism.wrapper.apply import Applier, TableShape
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.errors import ConfigError, SourceError, map_pymysql_error
 from prism.wrapper.sources.base import RowChange, SourceTransaction, TruncateChange
-from prism.wrapper.sources.binlog import (
+from prism.wrapper.sources.mysql.binlog import (
     BinlogDecoder,
     ColumnKind,
     binlog_file_seq,
@@ -28,9 +28,9 @@ from prism.wrapper.sources.binlog import (
     pack_position,
     unpack_position,
 )
-from prism.wrapper.sources.binlogreplay import BinlogReplaySource, read_recording, spec_from_json
-from prism.wrapper.sources.mysqlcheck import grant_problems, replica_id_problems, variable_problems
-from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.check import grant_problems, replica_id_problems, variable_problems
+from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.replay import BinlogReplaySource, read_recording, spec_from_json
 from prism.wrapper.store import Store
 from prism.wrapper.vectorize import Vectorizer, as_float32
 

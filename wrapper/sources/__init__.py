@@ -13,10 +13,10 @@ def make_source(cfg: WrapperConfig) -> ReplicationSource:
     """The live source for `database.flavor` (imported lazily: a PostgreSQL
     wrapper does not need the MySQL libraries, nor the other way round)."""
     if cfg.flavor == "mysql":
-        from prism.wrapper.sources.mysql import MySQLSource
+        from prism.wrapper.sources.mysql.source import MySQLSource
 
         return MySQLSource(cfg)
-    from prism.wrapper.sources.postgres import PostgresSource
+    from prism.wrapper.sources.postgres.source import PostgresSource
 
     return PostgresSource(cfg)
 
@@ -26,11 +26,11 @@ def describe_point(flavor: str, point: ResumePoint) -> str:
     PostgreSQL's LSN "0/16B3748"; MySQL's binlog file and offset with the
     GTID state, "binlog #000003:1147, gtid 0-1-42"."""
     if flavor == "mysql":
-        from prism.wrapper.sources.binlog import format_position
+        from prism.wrapper.sources.mysql.binlog import format_position
 
         body = point.gtid_state.partition(":")[2]
         gtid = (body or "(none yet)") if point.gtid_state else "unknown"
         return f"binlog {format_position(point.position).removeprefix('file ')}, gtid {gtid}"
-    from prism.wrapper.sources.walstream import lsn_to_str
+    from prism.wrapper.sources.postgres.walstream import lsn_to_str
 
     return lsn_to_str(point.position)

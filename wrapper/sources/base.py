@@ -103,7 +103,7 @@ class SourceTransaction:
     # how a source reports columns added or dropped mid-stream.
     relations: dict[str, RelationInfo] = field(default_factory=dict)
     # MySQL/MariaDB: the GTID state after this transaction, flavor-tagged
-    # (sources/gtid.py), stored with end_lsn; "" when unknown or not a
+    # (sources/mysql/gtid.py), stored with end_lsn; "" when unknown or not a
     # GTID source.
     gtid_state: str = ""
 

@@ -1,7 +1,7 @@
 """Decoder for MySQL/MariaDB row-based binlog events (pure logic, no I/O).
 
 Place in the pipeline: MySQL binlog → python-mysql-replication (packets
-parsed into event objects, in the reader thread of `mysql.py`) → **binlog
+parsed into event objects, in the reader thread of `source.py`) → **binlog
 decoder** (row changes grouped into whole committed transactions, values
 normalized) → pipeline (vectorize, project) → store.
 
@@ -23,7 +23,7 @@ meets a server that numbers its binlog lower than the stored position
 the next epoch, so positions keep growing and "at or before the stored
 position" keeps meaning "already stored".
 
-GTIDs. The decoder tracks the GTID state (sources/gtid.py) as transactions
+GTIDs. The decoder tracks the GTID state (sources/mysql/gtid.py) as transactions
 commit, and hands it out with each transaction and idle position, to be
 stored beside the position. Resumed by GTID, the server sends exactly what
 the state lacks; a transaction whose GTID the state already holds is never
@@ -86,7 +86,7 @@ from prism.wrapper.sources.base import (
     SourceTransaction,
     TruncateChange,
 )
-from prism.wrapper.sources.gtid import Gtid, GtidState, MariaGtid, MySQLGtid, encode_state
+from prism.wrapper.sources.mysql.gtid import Gtid, GtidState, MariaGtid, MySQLGtid, encode_state
 
 __all__ = [
     "BinlogDecoder",

@@ -63,7 +63,7 @@ from prism.wrapper.sources.base import (
     SourceTransaction,
     TruncateChange,
 )
-from prism.wrapper.sources.walstream import PG_EPOCH_OFFSET_US
+from prism.wrapper.sources.postgres.walstream import PG_EPOCH_OFFSET_US
 
 __all__ = ["PgOutputDecoder", "binary_supported", "pg_type_name"]
 

@@ -2,7 +2,7 @@
 copy, binlog stream.
 
 I/O around the pure pieces: `binlog.BinlogDecoder` turns events into whole
-SourceTransactions, `mysqlcheck` judges the server's settings and grants,
+SourceTransactions, `check` judges the server's settings and grants,
 `binlogreader.BinlogReader` runs the library's blocking reader on a thread of
 its own.
 
@@ -65,7 +65,7 @@ from prism.wrapper.errors import (
     map_pymysql_error,
 )
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
-from prism.wrapper.sources.binlog import (
+from prism.wrapper.sources.mysql.binlog import (
     BinlogDecoder,
     ColumnKind,
     TableSpec,
@@ -74,16 +74,8 @@ from prism.wrapper.sources.binlog import (
     pack_position,
     unpack_position,
 )
-from prism.wrapper.sources.binlogreader import BinlogReader
-from prism.wrapper.sources.gtid import (
-    GtidState,
-    MariaPosition,
-    MySQLGtidSet,
-    decode_state,
-    encode_state,
-    parse_maria_gtids,
-)
-from prism.wrapper.sources.mysqlcheck import (
+from prism.wrapper.sources.mysql.binlogreader import BinlogReader
+from prism.wrapper.sources.mysql.check import (
     grant_problems,
     gtid_problems,
     gtid_summary,
@@ -92,7 +84,15 @@ from prism.wrapper.sources.mysqlcheck import (
     server_has_gtids,
     variable_problems,
 )
-from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.gtid import (
+    GtidState,
+    MariaPosition,
+    MySQLGtidSet,
+    decode_state,
+    encode_state,
+    parse_maria_gtids,
+)
 
 log = logging.getLogger("prism.wrapper.mysql")
 
