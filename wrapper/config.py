@@ -21,6 +21,7 @@ from typing import Any
 
 from prism.fabric.payload import qualify
 from prism.wrapper.errors import ConfigError
+from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
@@ -694,8 +695,6 @@ def _mysql_tables(
 ) -> tuple[TableConfig, ...]:
     """MySQL has databases, not schemas: an unqualified table name is in the
     dsn's database. Writes through the wrapper are PostgreSQL-only so far."""
-    from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
-
     database = parse_mysql_dsn(dsn).database
     out = []
     for i, t in enumerate(tables):

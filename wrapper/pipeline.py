@@ -20,13 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.payload import encode_row
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, WrapperError
-from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.sources.flavor import make_source
 from prism.wrapper.store import Store, now_us
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
 log = logging.getLogger("prism.wrapper.pipeline")

@@ -33,6 +33,7 @@ from prism.wrapper.errors import ConfigError
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.serve import ServeContext, subscription
+from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.writes import WriteError, WriteExecutor
 
@@ -333,8 +334,6 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             context.abort(_WRITE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
-        from prism.wrapper.sources import describe_point
-
         st = self.state
         meta = st.store.meta
         status = st.pipeline.status

@@ -33,10 +33,10 @@ from psycopg.types.json import Json, Jsonb
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errors import PayloadError
 from prism.fabric.payload import decode_row, qualify
-from prism.wrapper.apply import TableShape
 from prism.wrapper.config import TableConfig, WrapperConfig
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.tables import TableShape
 
 log = logging.getLogger("prism.wrapper.writes")
 

@@ -16,8 +16,8 @@ import pytest
 
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.errors import ConfigError
-from prism.wrapper.sources import describe_point
 from prism.wrapper.sources.base import ResumePoint, RowChange, SourceTransaction
+from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.sources.mysql.binlog import (
     BinlogDecoder,
     pack_position,

@@ -12,10 +12,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from prism.wrapper.apply import TableShape
+from prism.wrapper.tables import TableShape
 
 
 class _UnchangedToast:

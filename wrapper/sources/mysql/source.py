@@ -55,7 +55,6 @@ from typing import Any
 import pymysql
 import pymysql.cursors
 
-from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import (
     ConfigError,
@@ -93,6 +92,7 @@ from prism.wrapper.sources.mysql.gtid import (
     encode_state,
     parse_maria_gtids,
 )
+from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.mysql")
 

@@ -23,13 +23,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder, binary_supported
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
+from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
