@@ -63,9 +63,10 @@ from prism.fabric.errors import (
 )
 from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret
-from prism.fabric.payload import decode_key, encode_key, qualify
+from prism.fabric.payload import decode_key, encode_key
 from prism.fabric.projection import Projection
 from prism.fabric.sealing import Sealer
+from prism.fabric.tablenames import qualify
 
 log = logging.getLogger("prism.driver")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from prism.fabric.payload import qualify
+from prism.fabric.tablenames import qualify
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
 

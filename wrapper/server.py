@@ -2,7 +2,8 @@
 Health, over TLS (optionally mutual) unless configured insecure.
 
 Kept thin: authentication rules live in wrapper/auth.py, key epochs in
-wrapper/keyring.py, streaming in wrapper/serve.py, keys in prism.fabric.
+wrapper/keyring.py, what a Subscribe call streams in wrapper/subscription.py,
+keys in prism.fabric.
 `create_server()` binds and returns the port, so tests can ask for port 0.
 """
 
@@ -25,16 +26,16 @@ from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.payload import qualify
 from prism.fabric.sealing import Sealer
+from prism.fabric.tablenames import qualify
 from prism.wrapper.auth import Authenticator, AuthFailure, Session
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
-from prism.wrapper.serve import ServeContext, subscription
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.subscription import ServeContext, subscription
 from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")

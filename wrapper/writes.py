@@ -32,7 +32,8 @@ from psycopg.types.json import Json, Jsonb
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errors import PayloadError
-from prism.fabric.payload import decode_row, qualify
+from prism.fabric.payload import decode_row
+from prism.fabric.tablenames import qualify
 from prism.wrapper.config import TableConfig, WrapperConfig
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.store import Store, StoreReader
