@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
+    ERROR_KIND_UNKNOWN_TENANT: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_PROOF: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_CHALLENGE: _ClassVar[ErrorKind]
+    ERROR_KIND_RETIRED_SECRET: _ClassVar[ErrorKind]
+    ERROR_KIND_SESSION: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_MAC: _ClassVar[ErrorKind]
+    ERROR_KIND_WRONG_TENANT: _ClassVar[ErrorKind]
+    ERROR_KIND_RATE_LIMITED: _ClassVar[ErrorKind]
+    ERROR_KIND_PERMISSION: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID: _ClassVar[ErrorKind]
+    ERROR_KIND_NOT_FOUND: _ClassVar[ErrorKind]
+    ERROR_KIND_CONSTRAINT: _ClassVar[ErrorKind]
+    ERROR_KIND_CONFLICT: _ClassVar[ErrorKind]
+    ERROR_KIND_UNAVAILABLE: _ClassVar[ErrorKind]
+    ERROR_KIND_LAGGING: _ClassVar[ErrorKind]
+    ERROR_KIND_UNKNOWN: _ClassVar[ErrorKind]
+
 class WriteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WRITE_KIND_UNSPECIFIED: _ClassVar[WriteKind]
@@ -20,6 +40,23 @@ class FrameKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANGES: _ClassVar[FrameKind]
     RESET: _ClassVar[FrameKind]
     HEARTBEAT: _ClassVar[FrameKind]
+ERROR_KIND_UNSPECIFIED: ErrorKind
+ERROR_KIND_UNKNOWN_TENANT: ErrorKind
+ERROR_KIND_BAD_PROOF: ErrorKind
+ERROR_KIND_BAD_CHALLENGE: ErrorKind
+ERROR_KIND_RETIRED_SECRET: ErrorKind
+ERROR_KIND_SESSION: ErrorKind
+ERROR_KIND_BAD_MAC: ErrorKind
+ERROR_KIND_WRONG_TENANT: ErrorKind
+ERROR_KIND_RATE_LIMITED: ErrorKind
+ERROR_KIND_PERMISSION: ErrorKind
+ERROR_KIND_INVALID: ErrorKind
+ERROR_KIND_NOT_FOUND: ErrorKind
+ERROR_KIND_CONSTRAINT: ErrorKind
+ERROR_KIND_CONFLICT: ErrorKind
+ERROR_KIND_UNAVAILABLE: ErrorKind
+ERROR_KIND_LAGGING: ErrorKind
+ERROR_KIND_UNKNOWN: ErrorKind
 WRITE_KIND_UNSPECIFIED: WriteKind
 UPSERT: WriteKind
 UPDATE: WriteKind
