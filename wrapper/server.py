@@ -220,7 +220,6 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             protocol_version=PROTOCOL_VERSION,
             stream_id=meta.stream_id,
             tables=tables,
-            vector_dim=int(st.cfg["vectors.dimension"]),
             key_epoch=keys.epoch,
             key_proof=handshake.server_proof(secret, tenant_id, *nonces),
             capabilities=list(CAPABILITIES),
