@@ -49,6 +49,7 @@ from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.backoff import Backoff
 from prism.fabric.embedder import TextEmbedder, row_text
 from prism.fabric.errors import (
     AuthError,
@@ -221,27 +222,32 @@ class PrismDriver:
 
     # -- subscription -----------------------------------------------------
     async def _run(self) -> None:
-        delay = self.config.reconnect_min_s
+        # Jittered (prism.fabric.backoff): after a wrapper restart, drivers
+        # spread their reconnects over the window instead of arriving at once.
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
         first = True
         while True:
             if not first:
                 self._stats["reconnects"] += 1
             first = False
-            made_progress = False
+            batches = self._stats["batches"]
+            lost: DriverError | None = None
             try:
-                made_progress = await self._session()
+                await self._session()
             except DriverError as exc:
                 if not exc.retriable:
                     log.error("subscription stopped: %s", exc)
                     raise
                 self._last_error = str(exc)
-                log.warning("link to wrapper lost, reconnecting in %.2fs: %s", delay, exc)
+                lost = exc
             finally:
                 self._connected = False
-            if made_progress:
-                delay = self.config.reconnect_min_s
+            if self._stats["batches"] > batches:
+                backoff.reset()  # the link worked: this outage starts from the first window
+            delay = backoff.next_delay()
+            if lost is not None:
+                log.warning("link to wrapper lost, reconnecting in %.2fs: %s", delay, lost)
             await asyncio.sleep(delay)
-            delay = min(self.config.reconnect_max_s, delay * 2)
 
     def _reload_secret(self) -> None:
         """Read the secret file again before each subscription handshake, so a
@@ -316,9 +322,8 @@ class PrismDriver:
         key = handshake.session_key(self._secret, cfg.tenant_id, server_nonce, client_nonce)
         return _Login(hello, projection_key, key)
 
-    async def _session(self) -> bool:
+    async def _session(self) -> None:
         cfg = self.config
-        progressed = False
         async with self._channel() as channel:
             stub = pb_grpc.WrapperServiceStub(channel)
             self._reload_secret()
@@ -368,7 +373,6 @@ class PrismDriver:
                         self._rotate_to(decoded.key_epoch)
                     if batch is not None:
                         self._apply(batch)
-                        progressed = True
                         self._last_error = None
                     elif self._follower.resetting:
                         # Bootstrap frames go to the replica built aside at
@@ -380,7 +384,7 @@ class PrismDriver:
                         self._signal_progress()  # head moved: lag is visible in stats
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
-                    return progressed
+                    return
                 raise map_grpc_error(exc, "Subscribe") from exc
         raise ConnectionLostError("the wrapper ended the stream")
 

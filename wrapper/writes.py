@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import queue
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -31,6 +30,7 @@ from psycopg import sql
 from psycopg.types.json import Json, Jsonb
 
 from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.backoff import Backoff
 from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.errors import PayloadError
 from prism.fabric.payload import decode_row
@@ -43,6 +43,11 @@ from prism.wrapper.tables import TableShape
 log = logging.getLogger("prism.wrapper.writes")
 
 PURGE_EVERY_S = 600.0
+# Waits between retries of a deadlocked or serialization-failed write
+# (jittered, see prism.fabric.backoff). A conflict clears in milliseconds;
+# the cap keeps a large database.write_retries from holding a gRPC worker
+# for minutes.
+RETRY_FIRST_S, RETRY_CAP_S = 0.02, 1.0
 
 
 class WriteError(WrapperError):
@@ -331,6 +336,7 @@ class WriteExecutor:
         )
 
     def _run(self, planned: list[Planned], request_id: str | None) -> tuple[str, list[int], bool]:
+        backoff = None  # made at the first retry: most writes never need one
         for attempt in range(self._retries + 1):
             try:
                 return self._attempt(planned, request_id)
@@ -341,7 +347,8 @@ class WriteExecutor:
                 stale = exc.kind == ErrorKind.UNAVAILABLE and attempt == 0
                 if (exc.kind != ErrorKind.CONFLICT and not stale) or attempt == self._retries:
                     raise
-                delay = 0.01 * (2**attempt) * (1 + random.random())
+                backoff = backoff or Backoff(RETRY_FIRST_S, RETRY_CAP_S)
+                delay = backoff.next_delay()
                 log.info(
                     "write conflict, retrying",
                     extra={"attempt": attempt + 1, "sqlstate": exc.sqlstate},
