@@ -144,7 +144,7 @@ def cmd_check(cfg: WrapperConfig) -> int:
         except PrismError as exc:
             problems.append(str(exc))
     if cfg.flavor == "mysql":
-        from prism.wrapper.sources.mysql.source import check_database
+        from prism.wrapper.sources.mysql.preflight import check_database
 
         return _verdict(problems + check_database(cfg))
     source = PostgresSource(cfg)

@@ -18,14 +18,10 @@ from prism.wrapper.config import config_from_mapping
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.sources.base import ResumePoint, RowChange, SourceTransaction
 from prism.wrapper.sources.flavor import describe_point
-from prism.wrapper.sources.mysql.binlog import (
-    BinlogDecoder,
-    pack_position,
-    position_epoch,
-    unpack_position,
-)
+from prism.wrapper.sources.mysql.binlog import BinlogDecoder
 from prism.wrapper.sources.mysql.check import gtid_problems, gtid_summary, server_has_gtids
 from prism.wrapper.sources.mysql.gtid import MariaPosition, MySQLGtidSet, decode_state
+from prism.wrapper.sources.mysql.positions import pack_position, position_epoch, unpack_position
 from prism.wrapper.sources.mysql.replay import (
     BinlogPacketParser,
     BinlogReplaySource,

@@ -30,7 +30,7 @@ def describe_point(flavor: str, point: ResumePoint) -> str:
     PostgreSQL's LSN "0/16B3748"; MySQL's binlog file and offset with the
     GTID state, "binlog #000003:1147, gtid 0-1-42"."""
     if flavor == "mysql":
-        from prism.wrapper.sources.mysql.binlog import format_position
+        from prism.wrapper.sources.mysql.positions import format_position
 
         body = point.gtid_state.partition(":")[2]
         gtid = (body or "(none yet)") if point.gtid_state else "unknown"
