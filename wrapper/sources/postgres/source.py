@@ -27,7 +27,8 @@ from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
-from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder, binary_supported
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.values import binary_supported
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
