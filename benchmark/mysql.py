@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                         "server_id": 4242,
                         "resume": resume,
                     },
-                    "chorus": {
+                    "server": {
                         "listen_host": "127.0.0.1",
                         "listen_port": port,
                         "tenant_id": "bench",

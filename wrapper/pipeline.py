@@ -64,8 +64,8 @@ class Pipeline:
         self.status = PipelineStatus()
         self.shapes: dict[str, TableShape] = {}
         self.stop_event = threading.Event()
-        self._interval = float(cfg["store.commit_interval_ms"]) / 1000.0
-        self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
+        self._interval = cfg.store.commit_interval_ms / 1000.0
+        self._retention_us = int(cfg.store.retention_seconds * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
         # Set when the source said the stored position cannot be resumed
@@ -78,7 +78,7 @@ class Pipeline:
         database.retry_limit failed attempts in a row the pipeline gives up
         with the last error (a stream that ran for a while resets the count)."""
         backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
-        limit = int(self.cfg["database.retry_limit"])
+        limit = self.cfg.database.retry_limit
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)

@@ -225,7 +225,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             capabilities=list(CAPABILITIES),
             head_position=meta.head,
             retention_floor=meta.retention_floor,
-            text_embedder_dim=int(st.cfg["vectors.text_dim"]),
+            text_embedder_dim=st.cfg.vectors.text_dim,
             session=token,
             projection_key=handshake.wrap_projection_key(
                 secret, tenant_id, *nonces, keys.projection_key
@@ -342,12 +342,12 @@ def _read(path: str, key: str) -> bytes:
 
 
 def server_credentials(cfg: WrapperConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials from [tls], or None when chorus.insecure = true."""
+    """TLS credentials from [tls], or None when server.insecure = true."""
     if cfg.insecure:
         return None
-    cert = _read(cfg["tls.cert_file"], "tls.cert_file")
-    key = _read(cfg["tls.key_file"], "tls.key_file")
-    ca = cfg["tls.client_ca_file"]
+    cert = _read(cfg.tls.cert_file, "tls.cert_file")
+    key = _read(cfg.tls.key_file, "tls.key_file")
+    ca = cfg.tls.client_ca_file
     return grpc.ssl_server_credentials(
         [(key, cert)],
         root_certificates=_read(ca, "tls.client_ca_file") if ca else None,
@@ -379,5 +379,5 @@ def create_server(
     else:
         port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise ConfigError(f"chorus.listen_port: cannot bind {address}")
+        raise ConfigError(f"server.listen_port: cannot bind {address}")
     return server, port

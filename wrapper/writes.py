@@ -305,8 +305,8 @@ class WriteExecutor:
         self.store = store
         self._shapes = shapes
         self._replicating = replicating
-        self._pool = ConnectionPool(cfg.dsn, int(cfg["database.write_connections"]))
-        self._retries = int(cfg["database.write_retries"])
+        self._pool = ConnectionPool(cfg.dsn, cfg.database.write_connections)
+        self._retries = cfg.database.write_retries
         self._marker = sql.Identifier(*(cfg.writes_table or "public.prism_writes").split("."))
         self._last_purge = time.monotonic()
         writable = [t.name for t in cfg.tables if t.writable]
@@ -433,7 +433,7 @@ class WriteExecutor:
         if time.monotonic() - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = time.monotonic()
-        retention = float(self.cfg["store.retention_seconds"])
+        retention = self.cfg.store.retention_seconds
         try:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute(

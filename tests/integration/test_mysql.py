@@ -339,7 +339,7 @@ def test_snapshot_meets_stream_exactly(mdb, method, resume, tmp_path) -> None:  
     cfg = config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": mdb.dsn, "server_id": 4321, "resume": resume},
-            "chorus": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
+            "server": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": "w"}],
         },

@@ -186,7 +186,7 @@ async def test_failover_to_a_replica_resumes_by_gtid(pair, mysql_wrapper, secret
             config_from_mapping(
                 {
                     "database": {"flavor": "mysql", "dsn": replica.url(DB), "resume": "position"},
-                    "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+                    "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
                     "tables": mc.tables_config(),
                 },
                 env={},

@@ -24,7 +24,7 @@ def cfg() -> Any:
     return config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
             "tables": [
                 {"name": "public.types_t", "vector_column": "c_vec", "vector_dim": 3},
                 {"name": "public.docs", "text_columns": ["body"]},

@@ -173,7 +173,7 @@ def test_applied_to_the_store(tmp_path: Path) -> None:
     cfg = config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": "mysql://u@h/fx"},
-            "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
             "tables": [{"name": "types_t"}, {"name": "docs"}],
         },
         env={},
@@ -372,7 +372,7 @@ def _cfg(**tables: Any) -> Any:
     return config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": "mysql://u@h/shop", "server_id": 9},
-            "chorus": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
             "tables": [{"name": "items"} | tables, {"name": "other.t"}],
         },
         env={},
@@ -382,14 +382,14 @@ def _cfg(**tables: Any) -> Any:
 def test_config_for_mysql() -> None:
     cfg = _cfg()
     assert cfg.flavor == "mysql" and [t.name for t in cfg.tables] == ["shop.items", "other.t"]
-    assert cfg["database.server_id"] == 9 and cfg["database.retry_limit"] == 10
+    assert cfg.database.server_id == 9 and cfg.database.retry_limit == 10
     with pytest.raises(ConfigError, match=r"tables\[0\].writable \(shop.items\).*mysql"):
         _cfg(writable=True)
     with pytest.raises(ConfigError, match=r"database\.dsn"):
         config_from_mapping(
             {
                 "database": {"flavor": "mysql", "dsn": "host=db"},
-                "chorus": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
+                "server": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
                 "tables": [{"name": "items"}],
             },
             env={},

@@ -263,14 +263,14 @@ def test_gtid_summary_for_check() -> None:
 def test_resume_config_key() -> None:
     base = {
         "database": {"flavor": "mysql", "dsn": "mysql://u@h/db"},
-        "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+        "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
         "tables": [{"name": "t"}],
     }
-    assert config_from_mapping(base, env={})["database.resume"] == "auto"
+    assert config_from_mapping(base, env={}).database.resume == "auto"
     gtid = base | {"database": base["database"] | {"resume": "gtid"}}
-    assert config_from_mapping(gtid, env={})["database.resume"] == "gtid"
+    assert config_from_mapping(gtid, env={}).database.resume == "gtid"
     env = config_from_mapping(base, env={"PRISM_DATABASE_RESUME": "position"})
-    assert env["database.resume"] == "position"
+    assert env.database.resume == "position"
     with pytest.raises(ConfigError, match=r"database.resume = 'gtids'.*\"auto\", \"position\""):
         config_from_mapping(base | {"database": base["database"] | {"resume": "gtids"}}, env={})
 

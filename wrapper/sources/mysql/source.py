@@ -117,7 +117,7 @@ _VECTOR_TYPES = ("json", "blob", "varbinary", "binary", "text")
 def derived_server_id(cfg: WrapperConfig) -> int:
     """database.server_id, or when 0 an id derived from the host and the
     store path: stable across restarts, unlikely to meet another replica's."""
-    configured = int(cfg["database.server_id"])
+    configured = cfg.database.server_id
     if configured:
         return configured
     seed = f"{socket.gethostname()}:{cfg.store_path}".encode()
@@ -142,7 +142,7 @@ class MySQLSource(ReplicationSource):
         self._version = ""
         self._acked = 0
         self._lock = threading.RLock()
-        self.resume = str(cfg["database.resume"])
+        self.resume = cfg.database.resume
         self._variables: dict[str, str] | None = None
         self.by_gtid = False  # how the current stream was started
         self._warned_gtid_loss = False

@@ -45,8 +45,8 @@ def _known_oid(oid: int) -> bool:
 class PostgresSource(ReplicationSource):
     def __init__(self, cfg: WrapperConfig) -> None:
         self.cfg = cfg
-        self.slot = str(cfg["database.slot"])
-        self.publication = str(cfg["database.publication"])
+        self.slot = cfg.database.slot
+        self.publication = cfg.database.publication
         self._admin: psycopg.Connection[Any] | None = None
         self._repl: ReplicationConnection | None = None
         self._copy: psycopg.Connection[Any] | None = None
@@ -58,7 +58,7 @@ class PostgresSource(ReplicationSource):
         self._keepalive_lsn = 0
         self._in_txn = False
         self._last_status = 0.0
-        self._status_interval = float(cfg["database.status_interval_s"])
+        self._status_interval = cfg.database.status_interval_s
 
     # -- admin connection -------------------------------------------------
     @property
@@ -196,7 +196,7 @@ class PostgresSource(ReplicationSource):
                 key_columns=key,
                 config=t,
             )
-        self.binary = bool(self.cfg["database.binary"]) and self.server_version() >= 140000
+        self.binary = self.cfg.database.binary and self.server_version() >= 140000
         if self.binary:
             for cols_ in self._column_oids.values():
                 for _name, oid, typname in cols_:
