@@ -7,7 +7,7 @@ SourceTransactions, `check` judges the server's settings and grants,
 library's blocking reader on a thread of its own; `preflight` is the
 `prism-wrapper check` report over this class.
 
-About 640 lines, on purpose: what is left is one class over one admin
+About 650 lines, on purpose: what is left is one class over one admin
 connection, one snapshot connection and one reader thread (prerequisites,
 discovery, resume checks, snapshot, stream). Every part that needs none of
 that state already lives beside it; splitting the rest would pass the
