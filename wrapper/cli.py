@@ -121,7 +121,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
 
 def cmd_check(cfg: WrapperConfig) -> int:
     """Validate config, secret and database prerequisites; print the fixes."""
-    from prism.wrapper.sources.postgres import PostgresSource
+    from prism.wrapper.sources.postgres.source import PostgresSource
 
     problems: list[str] = []
     for t in cfg.tenants:
@@ -142,7 +142,7 @@ def cmd_check(cfg: WrapperConfig) -> int:
         except PrismError as exc:
             problems.append(str(exc))
     if cfg.flavor == "mysql":
-        from prism.wrapper.sources.mysql import check_database
+        from prism.wrapper.sources.mysql.preflight import check_database
 
         return _verdict(problems + check_database(cfg))
     source = PostgresSource(cfg)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from prism.fabric.payload import qualify
+from prism.fabric.tablenames import qualify
 from prism.wrapper.config_keys import (
     ALIASES,
     ARRAYS,
@@ -56,6 +56,7 @@ from prism.wrapper.config_keys import (
     tenant_problem,
 )
 from prism.wrapper.errors import ConfigError
+from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
 
 __all__ = [
     "FIELDS",
@@ -386,8 +387,6 @@ def _mysql_tables(
 ) -> tuple[TableConfig, ...]:
     """MySQL has databases, not schemas: an unqualified table name is in the
     dsn's database. Writes through the wrapper are PostgreSQL-only so far."""
-    from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
-
     database = parse_mysql_dsn(dsn).database
     out = []
     for i, t in enumerate(tables):

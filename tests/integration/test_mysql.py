@@ -333,7 +333,7 @@ def test_snapshot_meets_stream_exactly(mdb, method, resume, tmp_path) -> None:  
     position), which must meet the copy exactly as well."""
     from prism.wrapper.config import config_from_mapping
     from prism.wrapper.sources.base import RowChange
-    from prism.wrapper.sources.mysql import MySQLSource
+    from prism.wrapper.sources.mysql.source import MySQLSource
 
     mdb.execute("CREATE TABLE w (id INT PRIMARY KEY, writer INT) ENGINE = InnoDB")
     cfg = config_from_mapping(

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from prism.fabric.payload import decode_row, encode_key
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import RelationInfo, SourceTransaction
-from prism.wrapper.sources.replay import ReplaySource
+from prism.wrapper.sources.postgres.replay import ReplaySource
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"

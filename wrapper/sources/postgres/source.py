@@ -2,7 +2,7 @@
 
 I/O around the pure pieces: `pgoutput.PgOutputDecoder` turns the stream's
 messages into SourceTransactions, `walstream` frames the CopyBoth protocol,
-`pgconn.ReplicationConnection` is the replication-mode libpq connection.
+`conn.ReplicationConnection` is the replication-mode libpq connection.
 
 First start: the publication is created before the slot (pgoutput fails
 with "publication does not exist" otherwise), then the slot with an exported
@@ -23,13 +23,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
-from prism.wrapper.sources.pgconn import ReplicationConnection
-from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
-from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
+from prism.wrapper.sources.postgres.conn import ReplicationConnection
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
+from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
@@ -132,7 +133,7 @@ class PostgresSource(ReplicationSource):
                     problems.append(
                         f"the write marker table {marker} does not exist and role {user!r} "
                         "cannot create it: GRANT CREATE ON SCHEMA public TO "
-                        f"{user}, or create it (see wrapper/sources/postgres.py)"
+                        f"{user}, or create it (see wrapper/sources/postgres/source.py)"
                     )
         return problems
 
