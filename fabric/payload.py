@@ -139,9 +139,12 @@ def _builtin(v: Any) -> Any:
     Python value, a str subclass as str); TypeError when it has none."""
     if isinstance(v, np.generic):
         return v.item()
-    for base in (bool, int, float, str, bytes, Decimal, uuid.UUID):
+    if isinstance(v, uuid.UUID):
+        return uuid.UUID(int=v.int)
+    base: Any
+    for base in (bool, int, float, str, bytes, Decimal):
         if isinstance(v, base):
-            return base(v) if base is not uuid.UUID else uuid.UUID(int=v.int)
+            return base(v)
     if isinstance(v, dt.datetime):
         return dt.datetime(
             v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.tzinfo
@@ -209,7 +212,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
-def _unpack(data: bytes) -> Any:
+def _unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(
         data,
         ext_hook=_ext_hook,
@@ -235,12 +238,11 @@ def _check_map_keys(column: str, v: Any) -> None:
                     "str; only str keys can be encoded"
                 )
             _check_map_keys(column, x)
-    elif type(v) is list or type(v) is tuple:
-        # set(map(type, ...)) runs in C: a long list of scalars (a real[]
-        # column) costs a few microseconds, not a Python loop.
-        if not _CONTAINERS.isdisjoint(set(map(type, v))):
-            for x in v:
-                _check_map_keys(column, x)
+    # set(map(type, ...)) runs in C: a long list of scalars (a real[] column)
+    # costs a few microseconds, not a Python loop.
+    elif (type(v) is list or type(v) is tuple) and not _CONTAINERS.isdisjoint(set(map(type, v))):
+        for x in v:
+            _check_map_keys(column, x)
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
@@ -257,7 +259,7 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
         if t is dict or t is list or t is tuple:
             _check_map_keys(column, v)
     try:
-        return _packer.pack(row)  # type: ignore[no-any-return]
+        return bytes(_packer.pack(row))
     except (TypeError, ValueError, OverflowError) as exc:
         _packer.reset()
         raise _explain(row, exc) from None
