@@ -180,10 +180,18 @@ class EmbeddedPostgres:
         preexec = None
         if user is not None:
             uid, gid = user.pw_uid, user.pw_gid
+            setpriv = shutil.which("setpriv")
+            if setpriv is not None:
+                # util-linux's setpriv drops to the server's user, so no Python
+                # runs between fork and exec: the child can be made with vfork,
+                # which a process with gRPC's threads (a test's driver) needs;
+                # a forked child inherits gRPC's state and may abort in it.
+                args = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *args]
+            else:
 
-            def preexec() -> None:
-                os.setgid(gid)
-                os.setuid(uid)
+                def preexec() -> None:
+                    os.setgid(gid)
+                    os.setuid(uid)
 
         env = dict(os.environ, LC_ALL="C", LANG="C")
         return subprocess.run(  # type: ignore[call-overload]
