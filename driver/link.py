@@ -42,6 +42,9 @@ from prism.fabric.keys import load_secret
 log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The TLS diagnosis after a failed connection takes one round trip or two;
+# past this (a stalled link) the driver just retries as before.
+DIAGNOSE_MAX_S = 5.0
 _Req = TypeVar("_Req", pb.SubscribeRequest, pb.WriteRequest)
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -156,7 +159,9 @@ class Link:
         that does not fit the wrapper's. Ask (within connect_timeout_s) and
         raise that as a permanent TlsMismatchError, so wait_ready() and
         every read say so instead of the driver retrying forever."""
-        timeout = self.config.connect_timeout_s
+        if "connection refused" in (exc.details() or "").lower():
+            return  # nothing listens (yet): a wrapper restarting, not a mismatch
+        timeout = min(self.config.connect_timeout_s, DIAGNOSE_MAX_S)
         try:
             cause = await asyncio.wait_for(tlscheck.diagnose(self.config, timeout), timeout)
         except TimeoutError:

@@ -20,6 +20,7 @@ from support.servers import driver_for, new_port, sample, scrape
 
 pytestmark = pytest.mark.integration
 
+ROWS = 1000
 CLI = str(Path(sys.executable).with_name("prism-wrapper"))
 
 
@@ -55,10 +56,11 @@ async def test_capture_all_and_binlog_lag_on_mariadb(
             conn = mdb.connect()
             try:
                 with conn.cursor() as cur:
-                    for i in range(300):
+                    for i in range(ROWS):
                         cur.execute("INSERT INTO items VALUES (%s, %s)", (100 + i, "x" * 50))
             finally:
                 conn.close()
+            time.sleep(1.1)  # past the probe's one-second memory of the lag before
         finally:
             os.kill(proc.proc.pid, signal.SIGCONT)
         lags = []
@@ -71,7 +73,7 @@ async def test_capture_all_and_binlog_lag_on_mariadb(
                 break
             assert time.monotonic() < deadline, lags[-5:]
             await asyncio.sleep(0.05)
-        assert (lags[0] or 0) > 300 * 50, lags[:3]  # 300 committed rows' worth of binlog
-        while driver.get(f"{mdb.name}.items", 399) is None:
+        assert (lags[0] or 0) > ROWS * 50, lags[:3]  # the committed rows' worth of binlog
+        while driver.get(f"{mdb.name}.items", 99 + ROWS) is None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
