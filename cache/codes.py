@@ -95,6 +95,11 @@ class CodeIndex:
         return entry_id in self._slot_of
 
     @property
+    def capacity_used(self) -> int:
+        """Slots ever taken (live or free for reuse)."""
+        return self._n
+
+    @property
     def nbytes(self) -> int:
         """Bytes of the codes, norms and ids (the arrays' full capacity)."""
         return int(self._signs.nbytes + self._low.nbytes + self._inv_norm.nbytes + self._ids.nbytes)

@@ -101,6 +101,7 @@ class PrismCache:
         verifier: Verifier | bool | None = True,
         prices: Mapping[str, tuple[float, float]] | None = None,
         memo_size: int = 4096,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not isinstance(tenant_id, str) or not tenant_id.strip():
             raise CacheConfigError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
@@ -122,6 +123,7 @@ class PrismCache:
                 "scrub_pii must be True, False, 'responses', 'queries' or 'both', "
                 f"got {scrub_pii!r}"
             )
+        self._clock = clock  # wall-clock seconds: expiry times are stored in the file
         self.tenant_id = tenant_id
         self.llm_model = llm_model
         self.threshold = float(threshold)
@@ -180,7 +182,7 @@ class PrismCache:
     ) -> PrismCache:
         """A cache with sensible defaults: the measured threshold, the
         MiniLM embedder, the verifier on, PII scrubbed, in memory unless
-        `path` names a file. `options`: verifier=, prices=, memo_size=."""
+        `path` names a file. `options`: verifier=, prices=, memo_size=, clock=."""
         return cls(
             tenant_id,
             llm_model,
@@ -279,7 +281,7 @@ class PrismCache:
         query = self._check_query(query)
         s = self._scope(scope)
         sk = s.key
-        now = time.time()
+        now = self._clock()
         hit = self._exact_lookup(sk, exact_key(sk, normalize_query(query)), now)
         if hit is None:
             hit = self._semantic_lookup(sk, query, self._embed(query), now)
@@ -308,7 +310,7 @@ class PrismCache:
         if not all(isinstance(t, str) and t for t in tags):
             raise CacheConfigError(f"tags must be non-empty strings, got {tags!r}")
         s = self._scope(scope)
-        return self._put(s.key, query, response, tags, ttl_s, vector, usage_from, time.time())
+        return self._put(s.key, query, response, tags, ttl_s, vector, usage_from, self._clock())
 
     def _put(
         self,
@@ -444,7 +446,7 @@ class PrismCache:
         sk = s.key
         ek = exact_key(sk, normalize_query(query))
         while True:
-            now = time.time()
+            now = self._clock()
             hit = self._exact_lookup(sk, ek, now)
             vec = None
             if hit is None:
@@ -468,10 +470,13 @@ class PrismCache:
                 self._rec.add("call_errors")
                 raise
             if inspect.isawaitable(response):
+                close = getattr(response, "close", None)
+                if callable(close):
+                    close()  # a coroutine never awaited: no RuntimeWarning
                 raise CacheConfigError(
                     "call_fn returned an awaitable: use aget_or_call from async code"
                 )
-            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, time.time(), exact=ek)
+            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, self._clock(), exact=ek)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
         finally:
@@ -497,7 +502,7 @@ class PrismCache:
         s = self._scope(scope)
         sk = s.key
         ek = exact_key(sk, normalize_query(query))
-        now = time.time()
+        now = self._clock()
         hit = self._exact_lookup(sk, ek, now)
         loop = asyncio.get_running_loop()
         key = (id(loop), sk + ek)
@@ -508,7 +513,7 @@ class PrismCache:
         vec = None
         if hit is None:
             vec = await asyncio.to_thread(self._embed, query)
-            hit = self._semantic_lookup(sk, query, vec, time.time())
+            hit = self._semantic_lookup(sk, query, vec, self._clock())
         if hit is not None:
             self._rec.hit_ms.append((time.perf_counter() - t0) * 1e3)
             return hit.response
@@ -530,7 +535,7 @@ class PrismCache:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when no follower
                 raise
-            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, time.time(), exact=ek)
+            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, self._clock(), exact=ek)
             fut.set_result(response)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
@@ -595,7 +600,7 @@ class PrismCache:
         for lo in range(0, len(items), 256):
             chunk = items[lo : lo + 256]
             vecs = self.embedder.embed_many([self._check_query(q) for q, _, _ in chunk])
-            now = time.time()
+            now = self._clock()
             for (q, r, tg), v in zip(chunk, vecs, strict=True):
                 if self._put(sk, q, r, tg, ttl_s, v, None, now) is not None:
                     n += 1
@@ -605,7 +610,7 @@ class PrismCache:
         """Write the unexpired entries to a JSON-lines file (a header line,
         then one entry per line); returns how many. Answers that are not
         JSON-serializable are skipped (and counted in the return)."""
-        now = time.time()
+        now = self._clock()
         with self._lock:
             entries = [e for e in self._entries.values() if not e.expired(now)]
         n = 0
@@ -674,7 +679,7 @@ class PrismCache:
                     )
                 except (KeyError, TypeError) as exc:
                     raise ExportFormatError(f"{path}:{i}: entry lacks {exc}") from None
-        now = time.time()
+        now = self._clock()
         n = 0
         rows = [r for r in rows if r[4] is None or r[4] > now]
         for lo in range(0, len(rows), 256):
@@ -692,7 +697,7 @@ class PrismCache:
     def _reload(self) -> None:
         """Fill memory from the file (oldest first, so LRU order survives)."""
         assert self._store is not None
-        now = time.time()
+        now = self._clock()
         max_id = 0
         for entries, codes in self._store.load(now):
             by_scope: dict[str, list[int]] = {}

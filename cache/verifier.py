@@ -45,7 +45,7 @@ def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_TOKEN = re.compile(r"[£$€]?\d[\d,]*(?:\.\d+)?(?:[a-z%]+)?|[a-z]+(?:['’-][a-z]+)*", re.I)
+_TOKEN = re.compile(r"[£$€]?\d[\d,]*(?:\.\d+)?(?:[a-z]+|%)?|%|[a-z]+(?:['’-][a-z]+)*", re.I)
 
 # Function words: what a question may gain or lose without changing what
 # it asks.
@@ -229,33 +229,55 @@ def tokens(text: str) -> list[str]:
     return out
 
 
-def _quantities(toks: list[str]) -> Counter[str]:
-    """Numbers (with unit or currency), calendar words, as a multiset."""
+_UNITS = {
+    "g": "g", "gram": "g", "grams": "g", "kg": "kg", "kgs": "kg", "kilo": "kg", "kilos": "kg",
+    "kilogram": "kg", "kilograms": "kg", "mg": "mg", "lb": "lb", "lbs": "lb", "pound": "lb",
+    "oz": "oz", "ounce": "oz", "ounces": "oz", "ml": "ml", "l": "l", "litre": "l",
+    "litres": "l", "liter": "l", "liters": "l", "gallon": "gal", "gallons": "gal",
+    "km": "km", "kilometre": "km", "kilometres": "km", "kilometer": "km", "kilometers": "km",
+    "m": "m", "metre": "m", "metres": "m", "meter": "m", "meters": "m", "cm": "cm",
+    "mm": "mm", "mile": "mi", "miles": "mi", "mi": "mi", "kb": "kb", "mb": "mb", "gb": "gb",
+    "tb": "tb", "kwh": "kwh", "kw": "kw", "w": "w", "%": "%", "percent": "%", "mph": "mph",
+    "c": "c", "f": "f",
+}  # fmt: skip
+# Money words: "fifty pounds" is £50 (the currency symbol is not compared).
+_CURRENCY = _words("pounds quid dollars euros pence cents bucks")
+
+
+def _quantities(toks: list[str]) -> list[str]:
+    """Numbers with their unit ("100g" = "100 grams", "15%" = "fifteen
+    percent") in order of appearance ("from 3 to 5" is not "from 5 to 3"),
+    then calendar words sorted."""
     out: Counter[str] = Counter()
+    nums: list[str] = []
     for i, t in enumerate(toks):
+        nxt = toks[i + 1] if i + 1 < len(toks) else ""
+        unit = _UNITS.get(nxt, "") if nxt != "pound" else ""
         m = _UNIT_SUFFIX.match(t)
         if m:
-            _currency, num, unit = m.groups()  # "£50" = "fifty pounds"
+            _currency, num, suffix = m.groups()  # "£50" = "fifty pounds"
             o = _ORDINAL.match(t)
             if o:
-                out[o.group(1)] += 1
+                nums.append(o.group(1))
                 continue
             try:
                 v = float(num.replace(",", ""))
             except ValueError:
                 continue
-            out[f"{v:g}"] += 1
-            if unit in ("am", "pm"):
-                out["@" + unit] += 1
+            if suffix in ("am", "pm"):
+                nums.append(f"{v:g}")
+                out["@" + suffix] += 1
+            else:
+                nums.append(f"{v:g}{_UNITS.get(suffix, suffix) or unit}")
             continue
         if t in _NUMBER_WORDS and t not in ("first", "second", "once", "single", "couple"):
-            out[f"{_NUMBER_WORDS[t]:g}"] += 1
+            nums.append(f"{_NUMBER_WORDS[t]:g}{unit}")
         elif t in _CALENDAR:
             out[t.rstrip("s") if t.endswith("days") else t] += 1
         elif t in _AMBIGUOUS_MONTHS and i > 0 and toks[i - 1] in ("in", "of", "from", "until"):
             out[t] += 1
     # "two hundred" etc. stay as their parts on both sides: only equality matters.
-    return out
+    return nums + sorted(out.elements())
 
 
 def _negations(toks: list[str]) -> int:
@@ -366,10 +388,20 @@ def entities(text: str) -> list[str]:
 
 
 def _content(toks: list[str]) -> list[str]:
+    """Content words: not function words, filler, negations or quantities
+    (rules 1 and 2 compare those)."""
     return [
         t
         for t in toks
-        if t not in STOPWORDS and t not in FILLER and t not in _NEGATIONS and not t.endswith("n't")
+        if t not in STOPWORDS
+        and t not in FILLER
+        and t not in _NEGATIONS
+        and not t.endswith("n't")
+        and t not in _NUMBER_WORDS
+        and t not in _UNITS
+        and t not in _CURRENCY
+        and not t[0].isdigit()
+        and t[0] not in "£$€"
     ]
 
 
@@ -393,11 +425,10 @@ class Verifier:
         if not ({"@am", "@pm"} & set(qa) and {"@am", "@pm"} & set(qb)):
             # "7pm" and "seven this evening": compare the meridiem only when
             # both questions state one.
-            for q in (qa, qb):
-                q.pop("@am", None)
-                q.pop("@pm", None)
+            qa = [q for q in qa if q[0] != "@"]
+            qb = [q for q in qb if q[0] != "@"]
         if qa != qb:
-            return Verdict(False, f"numbers or dates differ: {sorted((qa - qb) + (qb - qa))}")
+            return Verdict(False, f"numbers or dates differ: {qa} / {qb}")
         if _negations(ta) % 2 != _negations(tb) % 2:
             return Verdict(False, "one side is negated")
         ca, cb = _content(ta), _content(tb)
