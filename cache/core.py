@@ -37,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -484,15 +484,37 @@ class PrismCache:
                 self._inflight_sync.pop(sk + ek, None)
             mine.set()
 
+    @overload
     async def aget_or_call(
         self,
         query: str,
-        call_fn: Callable[[], T | Awaitable[T]],
+        call_fn: Callable[[], Awaitable[T]],
         *,
         scope: Scope | Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         ttl_s: float | None = None,
-    ) -> T:
+    ) -> T: ...
+
+    @overload
+    async def aget_or_call(
+        self,
+        query: str,
+        call_fn: Callable[[], T],
+        *,
+        scope: Scope | Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        ttl_s: float | None = None,
+    ) -> T: ...
+
+    async def aget_or_call(
+        self,
+        query: str,
+        call_fn: Callable[[], Any],
+        *,
+        scope: Scope | Mapping[str, Any] | None = None,
+        tags: Iterable[str] = (),
+        ttl_s: float | None = None,
+    ) -> Any:
         """get_or_call for asyncio. call_fn may be sync or async (or return
         an awaitable); a sync call_fn runs on the event loop, so wrap a
         blocking client in asyncio.to_thread. Concurrent identical misses

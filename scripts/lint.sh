@@ -11,4 +11,5 @@ for p in fabric wrapper driver cache; do ln -sfn "../../../$p" "$tree/prism/$p";
 (cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
     -p prism.fabric -p prism.wrapper -p prism.driver -p prism.cache)
 (cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
-    ../../examples/demo.py ../../proto/generate.py)
+    ../../examples/demo.py ../../examples/cache_demo.py ../../examples/fastapi_app.py \
+    ../../proto/generate.py)
