@@ -34,6 +34,7 @@ one candidate that passed the threshold.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 import unicodedata
@@ -71,8 +72,9 @@ FILLER = _words(
 _NEGATIONS = _words(
     """
     not no never without cannot none nothing nobody neither nor
+    prohibited banned illegal unlawful forbidden disallowed barred
     """
-)
+)  # the second line: predicates that negate what they apply to
 _NEG_PREFIXES = ("un", "in", "im", "il", "ir", "dis", "non", "de", "anti", "mis")
 # Antonyms whose negation is not an affix. Each pair is one opposition.
 _ANTONYMS = _words(
@@ -95,7 +97,20 @@ _ANTONYMS = _words(
     weekday/weekend am/pm same-day/next-day
 """
 )
-ANTONYMS: frozenset[frozenset[str]] = frozenset(frozenset(p.split("/")) for p in _ANTONYMS)
+# Contrasting kinds of the same thing: an answer for one is not for the other.
+_CONTRASTS = _words(
+    """
+    home/business personal/business residential/commercial domestic/international
+    undergraduate/postgraduate undergraduate/master bachelor/master individual/joint
+    sole/joint single/joint new/existing new/used adult/child adults/child economy/business
+    standard/express online/paper online/in-store online/in-person hand/checked
+    carry-on/checked buy/rent tenant/landlord tenants/landlords employee/contractor
+    employees/contractors employed/unemployed resident/visitor residents/visitors
+    """
+)
+ANTONYMS: frozenset[frozenset[str]] = frozenset(
+    frozenset(p.split("/")) for p in _ANTONYMS | _CONTRASTS
+)
 # Words that push a quantity up or down: one side only up, the other only
 # down, is a request for the opposite ("increase my overdraft" / "I want a
 # smaller overdraft").
@@ -270,6 +285,10 @@ def _quantities(toks: list[str]) -> list[str]:
             else:
                 nums.append(f"{v:g}{_UNITS.get(suffix, suffix) or unit}")
             continue
+        head = t.split("-", 1)[0]
+        if head != t and head in _NUMBER_WORDS:  # "two-bed", "five-bedroom"
+            nums.append(f"{_NUMBER_WORDS[head]:g}")
+            continue
         if t in _NUMBER_WORDS and t not in ("first", "second", "once", "single", "couple"):
             nums.append(f"{_NUMBER_WORDS[t]:g}{unit}")
         elif t in _CALENDAR:
@@ -281,7 +300,8 @@ def _quantities(toks: list[str]) -> list[str]:
 
 
 def _negations(toks: list[str]) -> int:
-    return sum(1 for t in toks if t in _NEGATIONS or t.endswith("n't"))
+    """Negations, "non-" words included ("non-members" = "not a member")."""
+    return sum(1 for t in toks if t in _NEGATIONS or t.endswith("n't") or t.startswith("non-"))
 
 
 @functools.lru_cache(maxsize=65536)
@@ -387,6 +407,19 @@ def entities(text: str) -> list[str]:
     return out
 
 
+# Verbs that carry the request, not its subject ("submit a claim" = "make a
+# claim", "receive" = "get"), and nouns that only name the kind of a thing
+# ("insurance policy", "capital city", "order value"): rule 4 ignores them.
+LIGHT = _words(
+    """
+    get receive obtain request make submit file send do have take give go come apply
+    applying register sign find see tell know want like able allowed way method process
+    steps step policy value city country number amount details information option options
+    type kind service services
+    """
+)
+
+
 def _content(toks: list[str]) -> list[str]:
     """Content words: not function words, filler, negations or quantities
     (rules 1 and 2 compare those)."""
@@ -398,6 +431,7 @@ def _content(toks: list[str]) -> list[str]:
         and t not in _NEGATIONS
         and not t.endswith("n't")
         and t not in _NUMBER_WORDS
+        and t not in LIGHT
         and t not in _UNITS
         and t not in _CURRENCY
         and not t[0].isdigit()
@@ -434,8 +468,11 @@ class Verifier:
         ca, cb = _content(ta), _content(tb)
         sa, sb = set(ca), set(cb)
         only_a, only_b = sa - sb, sb - sa
-        for x in only_a:
-            for y in only_b:
+        # Opposites among all words: "send" / "receive" are light verbs for
+        # rule 4 but still opposites here.
+        wa, wb = set(ta), set(tb)
+        for x in wa - wb:
+            for y in wb - wa:
                 if _opposed(x, y):
                     return Verdict(False, f"opposites: {x!r} / {y!r}")
         up_a, dn_a = bool(set(ta) & _UP), bool(set(ta) & _DOWN)
@@ -468,7 +505,8 @@ class Verifier:
         unmatched_a = {x for x in only_a if not _matched(x, only_b)}
         unmatched_b = {y for y in only_b if not _matched(y, only_a)}
         shared = (set(ca) & set(cb)) | (only_a - unmatched_a)
-        if len(unmatched_a) + len(unmatched_b) > self.max_edit_words or not shared:
+        small = len(unmatched_a) + len(unmatched_b) <= self.max_edit_words
+        if not shared or not (small or _one_span(ca, cb)):
             return Verdict(True, "reworded: no word-level check")
         if unmatched_a and unmatched_b:
             return Verdict(False, f"words swapped: {sorted(unmatched_a)} / {sorted(unmatched_b)}")
@@ -478,6 +516,16 @@ class Verifier:
         if _order_words(ta, tb):
             return Verdict(False, "same words, another order (direction)")
         return Verdict(True, "same content words")
+
+
+def _one_span(ca: list[str], cb: list[str]) -> bool:
+    """True when the content words differ in one place only, the rest
+    (at least two words) equal and in order: an edit, however many words
+    the edited span has ("pad thai" / "green curry")."""
+    sm = difflib.SequenceMatcher(a=ca, b=cb, autojunk=False)
+    spans = [op for op in sm.get_opcodes() if op[0] != "equal"]
+    equal = sum(i2 - i1 for tag, i1, i2, _j1, _j2 in sm.get_opcodes() if tag == "equal")
+    return len(spans) == 1 and equal >= 2
 
 
 def _matched(word: str, others: set[str]) -> bool:
