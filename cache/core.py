@@ -43,7 +43,7 @@ import numpy as np
 
 from prism.cache.codes import CodeIndex
 from prism.cache.embedder import Embedder, MemoEmbedder, MiniLMEmbedder
-from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError
+from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, StoreError
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
@@ -364,7 +364,11 @@ class PrismCache:
                 index = self._indexes[sk] = CodeIndex(self.dim)
             index.add(eid, vec)
             if self._store is not None:
-                self._store.put(e, response_json, index.codes_of(eid))
+                try:
+                    self._store.put(e, response_json, index.codes_of(eid))
+                except BaseException:
+                    index.remove(eid)  # memory stays as the file is
+                    raise
             if old is not None:
                 self._remove([old], "replaced")
             self._entries[eid] = e
@@ -376,6 +380,25 @@ class PrismCache:
                 heapq.heappush(self._expiry, (e.expires, eid))
             self._evict()
         return e
+
+    def _put_answer(
+        self,
+        sk: str,
+        query: str,
+        response: Any,
+        tags: tuple[str, ...],
+        ttl_s: float | None,
+        vec: np.ndarray | None,
+        ek: str,
+    ) -> None:
+        """Cache call_fn's answer; a cache file that cannot take it (disk
+        full, locked) is logged and counted, never allowed to lose the
+        answer the caller paid for."""
+        try:
+            self._put(sk, query, response, tags, ttl_s, vec, None, self._clock(), exact=ek)
+        except StoreError as exc:
+            self._rec.add("store_errors")
+            log.warning("answer not cached: %s", exc)
 
     def _remove(self, ids: list[int], why: str) -> None:
         """Drop entries everywhere (caller holds the lock)."""
@@ -476,7 +499,7 @@ class PrismCache:
                 raise CacheConfigError(
                     "call_fn returned an awaitable: use aget_or_call from async code"
                 )
-            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, self._clock(), exact=ek)
+            self._put_answer(sk, query, response, tuple(tags), ttl_s, vec, ek)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
         finally:
@@ -557,7 +580,7 @@ class PrismCache:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when no follower
                 raise
-            self._put(sk, query, response, tuple(tags), ttl_s, vec, None, self._clock(), exact=ek)
+            self._put_answer(sk, query, response, tuple(tags), ttl_s, vec, ek)
             fut.set_result(response)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
@@ -765,7 +788,7 @@ class PrismCache:
             verifier_rejections=int(g("verifier_rejections", 0)),
             merged_calls=int(g("merged_calls", 0)),
             call_errors=int(g("call_errors", 0)),
-            uncacheable=int(g("uncacheable", 0)),
+            uncacheable=int(g("uncacheable", 0)) + int(g("store_errors", 0)),
             tokens_saved=int(g("tokens_saved", 0)),
             tokens_estimated=int(g("tokens_estimated", 0)),
             cost_saved_usd=float(g("cost_saved_usd", 0.0)),

@@ -100,6 +100,8 @@ def test_kill_9_during_writes_loses_at_most_the_entry_in_flight(
             seen.append(int(line))
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream: the next put is in flight
         proc.wait(10)
+        # Lines still in the pipe were printed, so committed, before the kill.
+        seen += [int(line) for line in proc.stdout.read().split()]
         committed += seen
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -116,3 +118,13 @@ def test_kill_9_during_writes_loses_at_most_the_entry_in_flight(
         if extra:
             committed.append(max(committed) + 1)
         c.close()
+
+
+def test_a_failing_file_never_loses_the_callers_answer(tmp_path: Path) -> None:
+    c = PrismCache.build(
+        tenant_id="t", llm_model="m", embedder=HashedEmbedder(), path=tmp_path / "c.db"
+    )
+    c._store._db.close()  # type: ignore[union-attr]  # the file's connection breaks under it
+    assert c.get_or_call(query="still answered?", call_fn=lambda: "yes") == "yes"
+    assert len(c) == 0 and c.metrics().uncacheable == 1
+    assert c.lookup("still answered?") is None  # memory did not get ahead of the file
