@@ -166,7 +166,10 @@ async def test_async_single_flight(cache: PrismCache) -> None:
 
     results = await asyncio.gather(*(cache.aget_or_call(query=Q, call_fn=allm) for _ in range(25)))
     assert results == ["one answer"] * 25 and calls == 1
-    assert cache.metrics().merged_calls == 24
+    m = cache.metrics()
+    # Each of the other 24 waited for the leader's call, or (on a slow
+    # machine, its embedding done after the leader finished) hit its entry.
+    assert m.misses == 1 and m.merged_calls + m.hits == 24 and m.merged_calls > 0
     # A sync call_fn and one returning an awaitable work too.
     assert await cache.aget_or_call(query="Sync?", call_fn=lambda: "sync") == "sync"
     assert await cache.aget_or_call(query="Awaitable?", call_fn=lambda: allm()) == "one answer"
