@@ -215,7 +215,7 @@ def lookup_speed(
         _ = s[j] >= threshold
         brute.append((time.perf_counter() - t) * 1e3)
     # Baseline 2: the driver's index (exact mode: the cache needs every entry considered).
-    dindex = VectorIndex(emb.dim, IndexParams(exact_limit=10**9))
+    dindex = VectorIndex(emb.dim, params=IndexParams(exact_limit=10**9))
     keys = [str(k) for k in range(total)]
     dindex.upsert_many(keys, vecs)
     drv = []

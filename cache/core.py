@@ -47,7 +47,7 @@ from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, 
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
-from prism.cache.store import Entry, SqliteStore, encode_response
+from prism.cache.store import TAG_SEP, Entry, SqliteStore, encode_response
 from prism.cache.verifier import Verifier
 
 log = logging.getLogger("prism.cache")
@@ -63,6 +63,60 @@ EXPORT_FORMAT = "prism-cache-export"
 EXPORT_VERSION = 1
 
 
+class _EmbedBatcher:
+    """Embeds the texts that concurrent aget_or_call tasks wait for in one
+    embed_many call, in a worker thread. Under load one forward pass serves
+    many queries (a batch costs far less than its texts one by one, and the
+    event loop never runs the model); when idle a text is embedded at once,
+    alone: the batch is whatever queued while the previous one ran."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, memo: MemoEmbedder, rec: Recorder) -> None:
+        self.memo = memo
+        self.rec = rec
+        self.pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self.running = False
+
+    async def embed(self, text: str) -> np.ndarray:
+        v = self.memo.recall(text)
+        if v is not None:
+            return v
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self.pending.append((text, fut))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._run())
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self.pending:
+                await asyncio.sleep(0)  # tasks already runnable queue their texts too
+                batch = self.pending[: self.MAX_BATCH]
+                del self.pending[: len(batch)]
+                texts = list(dict.fromkeys(t for t, _ in batch))
+                t0 = time.perf_counter()
+                try:
+                    vecs = await asyncio.to_thread(self.memo.inner.embed_many, texts)
+                except BaseException as exc:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                per_text = (time.perf_counter() - t0) * 1e3 / len(texts)
+                with self.rec.lock:
+                    self.rec.embed_ms.extend([per_text] * len(texts))
+                by_text = {t: self.memo.remember(t, v) for t, v in zip(texts, vecs, strict=True)}
+                for t, f in batch:
+                    if not f.done():
+                        f.set_result(by_text[t])
+        finally:
+            self.running = False
+
+
 @dataclass(frozen=True)
 class Hit:
     """A lookup that found an answer."""
@@ -72,6 +126,16 @@ class Hit:
     score: float  # 1.0 for exact hits
     entry_id: int
     cached_query: str
+
+
+def _check_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(tags, str):
+        raise CacheConfigError(f"tags must be a list of strings, got the string {tags!r}")
+    out = tuple(tags)
+    for t in out:
+        if not isinstance(t, str) or not t or TAG_SEP in t:
+            raise CacheConfigError(f"tags must be non-empty strings without \\x1f, got {t!r}")
+    return out
 
 
 def _positive(name: str, value: Any, kind: type = int) -> None:
@@ -158,6 +222,7 @@ class PrismCache:
         self._rec = Recorder()
         self._inflight: dict[tuple[int, str], asyncio.Future[Any]] = {}
         self._inflight_sync: dict[str, threading.Event] = {}
+        self._batchers: dict[int, tuple[asyncio.AbstractEventLoop, _EmbedBatcher]] = {}
         self._store: SqliteStore | None = None
         if path is not None:
             self._store = SqliteStore(
@@ -273,7 +338,7 @@ class PrismCache:
             rec.add("tokens_estimated")
         pin, pout = self.prices.get(self.llm_model, (0.0, 0.0))
         rec.add("cost_saved_usd", (e.prompt_tokens * pin + e.completion_tokens * pout) / 1e6)
-        return Hit(e.response, tier, score, e.id, e.query)
+        return Hit(e.answer(), tier, score, e.id, e.query)
 
     def lookup(self, query: str, *, scope: Scope | Mapping[str, Any] | None = None) -> Hit | None:
         """The cached answer for `query` in `scope`, or None. Counts as a
@@ -306,11 +371,9 @@ class PrismCache:
         (not JSON-serializable; logged and counted as uncacheable)."""
         query = self._check_query(query)
         _positive("ttl_s", ttl_s, float)
-        tags = tuple(tags)
-        if not all(isinstance(t, str) and t for t in tags):
-            raise CacheConfigError(f"tags must be non-empty strings, got {tags!r}")
+        tags_ = _check_tags(tags)
         s = self._scope(scope)
-        return self._put(s.key, query, response, tags, ttl_s, vector, usage_from, self._clock())
+        return self._put(s.key, query, response, tags_, ttl_s, vector, usage_from, self._clock())
 
     def _put(
         self,
@@ -465,6 +528,7 @@ class PrismCache:
         for one call. call_fn's exceptions propagate; nothing is cached."""
         t0 = time.perf_counter()
         query = self._check_query(query)
+        tags_ = _check_tags(tags)
         s = self._scope(scope)
         sk = s.key
         ek = exact_key(sk, normalize_query(query))
@@ -499,7 +563,7 @@ class PrismCache:
                 raise CacheConfigError(
                     "call_fn returned an awaitable: use aget_or_call from async code"
                 )
-            self._put_answer(sk, query, response, tuple(tags), ttl_s, vec, ek)
+            self._put_answer(sk, query, response, tags_, ttl_s, vec, ek)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
         finally:
@@ -544,6 +608,7 @@ class PrismCache:
         share one call_fn call (single flight)."""
         t0 = time.perf_counter()
         query = self._check_query(query)
+        tags_ = _check_tags(tags)
         s = self._scope(scope)
         sk = s.key
         ek = exact_key(sk, normalize_query(query))
@@ -557,7 +622,9 @@ class PrismCache:
             return await asyncio.shield(leader)
         vec = None
         if hit is None:
-            vec = await asyncio.to_thread(self._embed, query)
+            vec = await self._batcher(loop).embed(query)
+            if vec.shape != (self.dim,):
+                raise CacheError(f"embedder returned shape {vec.shape}, expected ({self.dim},)")
             hit = self._semantic_lookup(sk, query, vec, self._clock())
         if hit is not None:
             self._rec.hit_ms.append((time.perf_counter() - t0) * 1e3)
@@ -580,12 +647,22 @@ class PrismCache:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when no follower
                 raise
-            self._put_answer(sk, query, response, tuple(tags), ttl_s, vec, ek)
+            self._put_answer(sk, query, response, tags_, ttl_s, vec, ek)
             fut.set_result(response)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
         finally:
             self._inflight.pop(key, None)
+
+    def _batcher(self, loop: asyncio.AbstractEventLoop) -> _EmbedBatcher:
+        """The event loop's batcher (a loop id can be reused after a loop
+        closed, so the loop itself is compared)."""
+        found = self._batchers.get(id(loop))
+        if found is None or found[0] is not loop:
+            for k in [k for k, (lp, _) in self._batchers.items() if lp.is_closed()]:
+                del self._batchers[k]
+            found = self._batchers[id(loop)] = (loop, _EmbedBatcher(self.embedder, self._rec))
+        return found[1]
 
     # -- management -------------------------------------------------------------
     def invalidate(
@@ -636,10 +713,10 @@ class PrismCache:
         items = []
         for p in pairs:
             if isinstance(p, Mapping):
-                items.append((p["query"], p["response"], tuple(p.get("tags", tags))))
+                items.append((p["query"], p["response"], _check_tags(p.get("tags", tags))))
             else:
                 q, r = p
-                items.append((q, r, tuple(tags)))
+                items.append((q, r, _check_tags(tags)))
         sk = self._scope(scope).key
         n = 0
         for lo in range(0, len(items), 256):
@@ -669,7 +746,7 @@ class PrismCache:
             f.write(json.dumps(header) + "\n")
             for e in entries:
                 try:
-                    resp = json.loads(encode_response(e.response))
+                    resp = json.loads(encode_response(e.answer()))
                 except (TypeError, ValueError):
                     continue
                 f.write(

@@ -274,21 +274,31 @@ class MemoEmbedder:
     def dim(self) -> int:
         return self.inner.dim
 
-    def embed(self, text: str) -> np.ndarray:
+    def recall(self, text: str) -> np.ndarray | None:
+        """The memoized vector of `text`, or None (counted as hit or miss)."""
         with self._lock:
             v = self._memo.get(text)
             if v is not None:
                 self._memo.move_to_end(text)
                 self.hits += 1
-                return v
-        v = self.inner.embed_many([text])[0]
+            else:
+                self.misses += 1
+            return v
+
+    def remember(self, text: str, v: np.ndarray) -> np.ndarray:
+        v = np.array(v, dtype=np.float32)
         v.setflags(write=False)
         with self._lock:
-            self.misses += 1
             self._memo[text] = v
             while len(self._memo) > self.size:
                 self._memo.popitem(last=False)
         return v
+
+    def embed(self, text: str) -> np.ndarray:
+        v = self.recall(text)
+        if v is not None:
+            return v
+        return self.remember(text, self.inner.embed_many([text])[0])
 
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed_many(texts)

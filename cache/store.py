@@ -52,9 +52,18 @@ class Entry:
     completion_tokens: int
     tokens_estimated: bool
     size: int  # bytes the LRU's byte budget counts for this entry
+    raw: str | None = None  # the response's JSON, not yet decoded (reloaded entries)
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
+
+    def answer(self) -> Any:
+        """The response, decoded from the file on first use: a reload reads
+        every row, but few are ever served."""
+        if self.raw is not None:
+            self.response = json.loads(self.raw)
+            self.raw = None
+        return self.response
 
 
 def encode_response(response: Any) -> str:
@@ -64,6 +73,9 @@ def encode_response(response: Any) -> str:
     if callable(dump):
         response = dump()
     return json.dumps(response, ensure_ascii=False, separators=(",", ":"))
+
+
+TAG_SEP = "\x1f"  # tags are stored joined by the ASCII unit separator
 
 
 def table_name(tenant_id: str) -> str:
@@ -161,7 +173,7 @@ class SqliteStore:
                     e.exact_key,
                     e.query,
                     response_json,
-                    json.dumps(list(e.tags)),
+                    TAG_SEP.join(e.tags),
                     e.created,
                     e.expires,
                     e.prompt_tokens,
@@ -209,28 +221,11 @@ class SqliteStore:
                 rows = cur.fetchmany(batch)
                 if not rows:
                     return
-                entries = []
-                for r in rows:
-                    try:
-                        response = json.loads(r[4])
-                    except ValueError as exc:
-                        raise StoreError(f"cache file {self.path}: entry {r[0]}: {exc}") from exc
-                    entries.append(
-                        Entry(
-                            r[0],
-                            r[1],
-                            r[2],
-                            r[3],
-                            response,
-                            tuple(json.loads(r[5])),
-                            r[6],
-                            r[7],
-                            r[8],
-                            r[9],
-                            bool(r[10]),
-                            r[11],
-                        )
-                    )
+                entries = [
+                    Entry(r[0], r[1], r[2], r[3], None, tuple(r[5].split(TAG_SEP)) if r[5] else (),
+                          r[6], r[7], r[8], r[9], bool(r[10]), r[11], r[4])
+                    for r in rows
+                ]  # fmt: skip
                 codes = np.frombuffer(b"".join(r[12] for r in rows), np.uint8).reshape(
                     len(rows), -1
                 )

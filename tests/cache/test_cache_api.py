@@ -175,6 +175,28 @@ async def test_async_single_flight(cache: PrismCache) -> None:
     assert await cache.aget_or_call(query="Awaitable?", call_fn=lambda: allm()) == "one answer"
 
 
+async def test_concurrent_queries_are_embedded_in_batches(minilm: MiniLMEmbedder) -> None:
+    class Counting:
+        name, dim = minilm.name, minilm.dim
+        batches: list[int] = []
+
+        def embed_many(self, texts: list[str]) -> Any:
+            self.batches.append(len(texts))
+            return minilm.embed_many(texts)
+
+    emb = Counting()
+    c = PrismCache.build(tenant_id="t", llm_model="m", embedder=emb)  # type: ignore[arg-type]
+
+    async def answer() -> str:
+        await asyncio.sleep(0.01)
+        return "a"
+
+    qs = [f"What is the opening time of shop number {i}?" for i in range(20)]
+    await asyncio.gather(*(c.aget_or_call(query=q, call_fn=answer) for q in qs))
+    assert sum(emb.batches) == 20 and max(emb.batches) > 1  # fewer calls than queries
+    assert len(emb.batches) < 20
+
+
 async def test_async_failure_reaches_every_waiter_and_caches_nothing(cache: PrismCache) -> None:
     async def fail() -> str:
         await asyncio.sleep(0.05)
