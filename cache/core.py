@@ -215,6 +215,7 @@ class PrismCache:
         self._entries: OrderedDict[int, Entry] = OrderedDict()
         self._exact: dict[str, int] = {}
         self._indexes: dict[str, CodeIndex] = {}
+        self._scope_keys: dict[str, str] = {}
         self._tags: dict[str, set[int]] = {}
         self._expiry: list[tuple[float, int]] = []
         self._bytes = 0
@@ -285,6 +286,12 @@ class PrismCache:
     def _scope(self, scope: Scope | Mapping[str, Any] | None) -> Scope:
         return make_scope(self.llm_model, scope)
 
+    def _scope_key(self, s: Scope) -> str:
+        """The scope's key, one string object per scope (every entry of a
+        scope shares it instead of holding its own copy)."""
+        k = s.key
+        return self._scope_keys.setdefault(k, k)
+
     def _check_query(self, query: Any) -> str:
         if not isinstance(query, str):
             raise CacheConfigError(f"query must be a string, got {type(query).__name__}")
@@ -345,7 +352,7 @@ class PrismCache:
         hit or a miss in metrics()."""
         query = self._check_query(query)
         s = self._scope(scope)
-        sk = s.key
+        sk = self._scope_key(s)
         now = self._clock()
         hit = self._exact_lookup(sk, exact_key(sk, normalize_query(query)), now)
         if hit is None:
@@ -373,7 +380,9 @@ class PrismCache:
         _positive("ttl_s", ttl_s, float)
         tags_ = _check_tags(tags)
         s = self._scope(scope)
-        return self._put(s.key, query, response, tags_, ttl_s, vector, usage_from, self._clock())
+        return self._put(
+            self._scope_key(s), query, response, tags_, ttl_s, vector, usage_from, self._clock()
+        )
 
     def _put(
         self,
@@ -530,7 +539,7 @@ class PrismCache:
         query = self._check_query(query)
         tags_ = _check_tags(tags)
         s = self._scope(scope)
-        sk = s.key
+        sk = self._scope_key(s)
         ek = exact_key(sk, normalize_query(query))
         while True:
             now = self._clock()
@@ -610,7 +619,7 @@ class PrismCache:
         query = self._check_query(query)
         tags_ = _check_tags(tags)
         s = self._scope(scope)
-        sk = s.key
+        sk = self._scope_key(s)
         ek = exact_key(sk, normalize_query(query))
         now = self._clock()
         hit = self._exact_lookup(sk, ek, now)
@@ -680,7 +689,7 @@ class PrismCache:
             if tag is not None:
                 ids = sorted(self._tags.get(tag, ()))
             else:
-                sk = self._scope(scope).key
+                sk = self._scope_key(self._scope(scope))
                 eid = self._exact.get(exact_key(sk, normalize_query(self._check_query(query))))
                 ids = [eid] if eid is not None else []
             self._remove(ids, "invalidations")
@@ -717,7 +726,7 @@ class PrismCache:
             else:
                 q, r = p
                 items.append((q, r, _check_tags(tags)))
-        sk = self._scope(scope).key
+        sk = self._scope_key(self._scope(scope))
         n = 0
         for lo in range(0, len(items), 256):
             chunk = items[lo : lo + 256]
@@ -824,6 +833,7 @@ class PrismCache:
         for entries, codes in self._store.load(now):
             by_scope: dict[str, list[int]] = {}
             for i, e in enumerate(entries):
+                e.scope_key = self._scope_keys.setdefault(e.scope_key, e.scope_key)
                 by_scope.setdefault(e.scope_key, []).append(i)
                 self._entries[e.id] = e
                 old = self._exact.get(e.exact_key)
