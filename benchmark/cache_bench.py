@@ -344,17 +344,32 @@ def load_run(
     llm_ms: float,
     seed: int = 7,
 ) -> dict[str, Any]:
-    """Intents: each same-answer pair is one intent with two phrasings;
-    each trap pair is two intents. Users pick intents from a skewed
-    (Zipf-like) popularity, a random phrasing, and ask through the cache;
-    an answer is wrong when it belongs to another intent."""
-    intents: list[list[str]] = []
+    """Intents: the questions of a same-answer pair are one intent, and so
+    are identical questions (the data set reuses a question in several
+    pairs); the two questions of a trap pair are two intents. Users pick
+    intents from a skewed (Zipf-like) popularity, a random phrasing, and
+    ask through the cache; an answer is wrong when it belongs to another
+    intent."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
     for p in pairs:
+        a, b = normalize_query(p["a"]), normalize_query(p["b"])
+        find(a), find(b)
         if p["same_answer"]:
-            intents.append([p["a"], p["b"]])
-        else:
-            intents.append([p["a"]])
-            intents.append([p["b"]])
+            parent[find(a)] = find(b)
+    groups: dict[str, list[str]] = {}
+    for p in pairs:
+        for q in (p["a"], p["b"]):
+            members = groups.setdefault(find(normalize_query(q)), [])
+            if q not in members:
+                members.append(q)
+    intents = list(groups.values())
     rng = random.Random(seed)
     weights = [1.0 / (r + 1) ** 0.6 for r in range(len(intents))]
     order = list(range(len(intents)))
@@ -419,7 +434,7 @@ async def _drive(
         nonlocal wrong
         while not queue.empty():
             intent, phr = queue.get_nowait()
-            q = intents[intent][min(phr, len(intents[intent]) - 1)]
+            q = intents[intent][phr]
             t = time.perf_counter()
             if cache is None:
                 ans = await llm(intent)

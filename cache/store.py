@@ -12,7 +12,8 @@ open, never half-applied), so a crash loses at most the entry in flight and
 never corrupts the file; `synchronous=NORMAL` keeps commits off fsync, which
 a process crash does not need (the OS still has the pages; only a power
 loss could drop the last transactions). Reloading reads the codes as blobs
-straight into the index, no re-embedding (>= 100k entries/s, measured in
+straight into the index (no re-embedding) and leaves each answer in the
+file until it is first served (>= 100k entries/s, measured in
 benchmark/cache_bench.py).
 
 Isolation: each tenant has its own table (`entries_<hash of tenant id>`),
@@ -52,17 +53,18 @@ class Entry:
     completion_tokens: int
     tokens_estimated: bool
     size: int  # bytes the LRU's byte budget counts for this entry
-    raw: str | None = None  # the response's JSON, not yet decoded (reloaded entries)
+    on_disk: bool = False  # reloaded: the response is read from the file when served
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
 
-    def answer(self) -> Any:
-        """The response, decoded from the file on first use: a reload reads
-        every row, but few are ever served."""
-        if self.raw is not None:
-            self.response = json.loads(self.raw)
-            self.raw = None
+    def answer(self, store: SqliteStore | None) -> Any:
+        """The response. A reloaded entry reads (and decodes) it from the
+        file when first served: a restart reads every row, few are ever
+        served, and answers not yet served cost no memory."""
+        if self.on_disk and store is not None:
+            self.response = store.response(self.id)
+            self.on_disk = False
         return self.response
 
 
@@ -207,26 +209,40 @@ class SqliteStore:
         with self._lock:
             return int(self._run(f"SELECT count(*) FROM {self.table}").fetchone()[0])
 
+    def response(self, entry_id: int) -> Any:
+        """One entry's stored answer."""
+        with self._lock:
+            row = self._run(
+                f"SELECT response FROM {self.table} WHERE id = ?", (entry_id,)
+            ).fetchone()
+        if row is None:
+            raise StoreError(f"cache file {self.path}: entry {entry_id} vanished", retriable=True)
+        try:
+            return json.loads(row[0])
+        except ValueError as exc:
+            raise StoreError(f"cache file {self.path}: entry {entry_id}: {exc}") from exc
+
     def load(self, now: float, batch: int = 20_000) -> Iterator[tuple[list[Entry], np.ndarray]]:
         """Unexpired entries, oldest first (the LRU order a restart keeps),
-        in batches with their codes as one (n, code bytes) uint8 array."""
+        in batches with their codes as one (n, code bytes) uint8 array. Do
+        not write to this table before the iteration ends: the SELECT is
+        still reading it."""
         with self._lock:
             cur = self._run(
-                f"SELECT id, scope, exact, query, response, tags, created, expires,"
+                f"SELECT id, scope, exact, query, tags, created, expires,"
                 f" prompt_tokens, completion_tokens, estimated, size, codes FROM {self.table}"
                 f" WHERE expires IS NULL OR expires > ? ORDER BY id",
                 (now,),
             )
-            while True:
+        while True:
+            with self._lock:  # never held across a yield: the caller may write
                 rows = cur.fetchmany(batch)
-                if not rows:
-                    return
-                entries = [
-                    Entry(r[0], r[1], r[2], r[3], None, tuple(r[5].split(TAG_SEP)) if r[5] else (),
-                          r[6], r[7], r[8], r[9], bool(r[10]), r[11], r[4])
-                    for r in rows
-                ]  # fmt: skip
-                codes = np.frombuffer(b"".join(r[12] for r in rows), np.uint8).reshape(
-                    len(rows), -1
-                )
-                yield entries, codes
+            if not rows:
+                return
+            entries = [
+                Entry(r[0], r[1], r[2], r[3], None, tuple(r[4].split(TAG_SEP)) if r[4] else (),
+                      r[5], r[6], r[7], r[8], bool(r[9]), r[10], True)
+                for r in rows
+            ]  # fmt: skip
+            codes = np.frombuffer(b"".join(r[11] for r in rows), np.uint8).reshape(len(rows), -1)
+            yield entries, codes

@@ -128,3 +128,26 @@ def test_a_failing_file_never_loses_the_callers_answer(tmp_path: Path) -> None:
     assert c.get_or_call(query="still answered?", call_fn=lambda: "yes") == "yes"
     assert len(c) == 0 and c.metrics().uncacheable == 1
     assert c.lookup("still answered?") is None  # memory did not get ahead of the file
+
+
+def test_two_rows_of_one_question_reload_as_the_newer(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    c = PrismCache.build(tenant_id="t", llm_model="m", embedder=HashedEmbedder(), path=path)
+    c.put("What is the refund policy?", "old answer")
+    c.put("Where are you?", "Leeds")
+    c.close()
+    # What a crash between inserting a question's new row and deleting its old one leaves.
+    with sqlite3.connect(path) as db:
+        (tbl,) = db.execute("SELECT tbl FROM prism_cache_meta").fetchone()
+        db.execute(
+            f"INSERT INTO {tbl} SELECT id + 100, scope, exact, query, '\"new answer\"', tags,"
+            f" created, expires, prompt_tokens, completion_tokens, estimated, size, codes"
+            f" FROM {tbl} WHERE query = 'What is the refund policy?'"
+        )
+    d = PrismCache.build(tenant_id="t", llm_model="m", embedder=HashedEmbedder(), path=path)
+    assert len(d) == 2
+    assert d.lookup("What is the refund policy?").response == "new answer"  # type: ignore[union-attr]
+    assert d.lookup("Where are you?").response == "Leeds"  # type: ignore[union-attr]
+    d.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute(f"SELECT count(*) FROM {tbl}").fetchone()[0] == 2
