@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import heapq
 import inspect
 import json
@@ -47,7 +48,21 @@ from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, 
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
-from prism.cache.store import TAG_SEP, Entry, SqliteStore, encode_response
+from prism.cache.store import (
+    ROW_EXACT,
+    ROW_EXPIRES,
+    ROW_ID,
+    ROW_SCOPE,
+    ROW_SIZE,
+    ROW_TAGS,
+    TAG_SEP,
+    Entry,
+    Row,
+    SqliteStore,
+    encode_response,
+    entry_from_row,
+    row_tags,
+)
 from prism.cache.verifier import Verifier
 
 log = logging.getLogger("prism.cache")
@@ -213,7 +228,9 @@ class PrismCache:
         )
         self.dim = int(self.embedder.dim)
         self._lock = threading.RLock()
-        self._entries: OrderedDict[int, Entry] = OrderedDict()
+        # Entries in LRU order; a reloaded one stays the row it was read as
+        # until it is used (see _entry).
+        self._entries: OrderedDict[int, Entry | Row] = OrderedDict()
         self._exact: dict[str, int] = {}
         self._indexes: dict[str, CodeIndex] = {}
         self._scope_keys: dict[str, str] = {}
@@ -230,7 +247,16 @@ class PrismCache:
             self._store = SqliteStore(
                 path, tenant_id, embedder=self.embedder.name, dim=self.dim, bits=4
             )
-            self._reload()
+            # A reload allocates a few objects per entry and no cycles: the
+            # cyclic collector's passes over the growing heap would cost
+            # more than the reload itself.
+            was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                self._reload()
+            finally:
+                if was_enabled:
+                    gc.enable()
 
     @classmethod
     def build(
@@ -287,6 +313,17 @@ class PrismCache:
     def _scope(self, scope: Scope | Mapping[str, Any] | None) -> Scope:
         return make_scope(self.llm_model, scope)
 
+    def _entry(self, eid: int) -> Entry | None:
+        """The entry of an id, made from its row if it was reloaded and not
+        used since (caller holds the lock)."""
+        v = self._entries.get(eid)
+        if v is None or isinstance(v, Entry):
+            return v
+        e = entry_from_row(v)
+        e.scope_key = self._scope_keys.setdefault(e.scope_key, e.scope_key)
+        self._entries[eid] = e  # same key: its LRU position is kept
+        return e
+
     def _scope_key(self, s: Scope) -> str:
         """The scope's key, one string object per scope (every entry of a
         scope shares it instead of holding its own copy)."""
@@ -315,7 +352,8 @@ class PrismCache:
             eid = self._exact.get(ek)
             if eid is None:
                 return None
-            e = self._entries[eid]
+            e = self._entry(eid)
+            assert e is not None
             return self._served(e, "exact", 1.0)
 
     def _semantic_lookup(self, sk: str, query: str, vec: np.ndarray, now: float) -> Hit | None:
@@ -324,7 +362,7 @@ class PrismCache:
             if index is None or not len(index):
                 return None
             for eid, score in index.search(vec, self.threshold, top_k=4):
-                e = self._entries.get(eid)
+                e = self._entry(eid)
                 if e is None or e.expired(now):
                     continue
                 if self.verifier is not None:
@@ -477,9 +515,10 @@ class PrismCache:
         """Drop entries everywhere (caller holds the lock)."""
         gone = []
         for eid in ids:
-            e = self._entries.pop(eid, None)
-            if e is None:
+            v = self._entries.pop(eid, None)
+            if v is None:
                 continue
+            e = v if isinstance(v, Entry) else entry_from_row(v)
             gone.append(eid)
             if self._exact.get(e.exact_key) == eid:
                 del self._exact[e.exact_key]
@@ -506,10 +545,14 @@ class PrismCache:
         while (self.max_entries is not None and count > self.max_entries) or (
             self.max_bytes is not None and size > self.max_bytes and count > 1
         ):
-            e = next(it)
-            victims.append(e.id)
+            v = next(it)
+            if isinstance(v, Entry):
+                victims.append(v.id)
+                size -= v.size
+            else:
+                victims.append(v[ROW_ID])
+                size -= v[ROW_SIZE]
             count -= 1
-            size -= e.size
         if victims:
             self._remove(victims, "evictions")
 
@@ -744,7 +787,8 @@ class PrismCache:
         JSON-serializable are skipped (and counted in the return)."""
         now = self._clock()
         with self._lock:
-            entries = [e for e in self._entries.values() if not e.expired(now)]
+            found = [self._entry(eid) for eid in list(self._entries)]
+            entries = [e for e in found if e is not None and not e.expired(now)]
         n = 0
         with open(path, "w", encoding="utf-8") as f:
             header = {
@@ -828,55 +872,60 @@ class PrismCache:
 
     def _reload(self) -> None:
         """Fill memory from the file (oldest first, so LRU order survives).
-        Whole batches at a time: the per-row work is a few C-level dict
-        updates (>= 100k entries/s is a target, see the benchmark)."""
+        Rows are kept as read, and whole batches go into the maps with a
+        few C-level updates (>= 100k entries/s is a target, see the
+        benchmark)."""
         assert self._store is not None
         now = self._clock()
         stale: list[int] = []  # rows to delete once the SELECT is done
-        for entries, codes in self._store.load(now):
-            scopes = {e.scope_key for e in entries}
-            for sk in scopes:
-                self._scope_keys.setdefault(sk, sk)
+        for rows, codes in self._store.load(now):
+            ids = [r[ROW_ID] for r in rows]
             n_exact = len(self._exact)
-            self._exact.update([(e.exact_key, e.id) for e in entries])
-            if len(self._exact) - n_exact != len(entries):
-                keep = self._reload_duplicates(entries, stale)
-                entries = [entries[i] for i in keep]
+            self._exact.update(zip([r[ROW_EXACT] for r in rows], ids, strict=True))
+            if len(self._exact) - n_exact != len(rows):
+                keep = self._reload_duplicates(rows, stale)
+                rows = [rows[i] for i in keep]
                 codes = codes[keep]
-                scopes = {e.scope_key for e in entries}
-            self._entries.update([(e.id, e) for e in entries])
-            self._bytes += sum(e.size for e in entries)
-            for e in entries:
-                e.scope_key = self._scope_keys[e.scope_key]
-                if e.tags:
-                    for t in e.tags:
-                        self._tags.setdefault(t, set()).add(e.id)
-                if e.expires is not None:
-                    self._expiry.append((e.expires, e.id))
+                ids = [r[ROW_ID] for r in rows]
+            self._entries.update(zip(ids, rows, strict=True))
+            self._bytes += sum([r[ROW_SIZE] for r in rows])
+            for r in rows:
+                if r[ROW_TAGS]:
+                    for t in row_tags(r):
+                        self._tags.setdefault(t, set()).add(r[ROW_ID])
+                if r[ROW_EXPIRES] is not None:
+                    self._expiry.append((r[ROW_EXPIRES], r[ROW_ID]))
+            scopes = {r[ROW_SCOPE] for r in rows}
             for sk in scopes:
+                sk = self._scope_keys.setdefault(sk, sk)
                 index = self._indexes.get(sk)
                 if index is None:
-                    index = self._indexes[sk] = CodeIndex(self.dim, capacity=len(entries))
+                    index = self._indexes[sk] = CodeIndex(self.dim, capacity=len(rows))
                 if len(scopes) == 1:
-                    index.add_codes_many([e.id for e in entries], codes)
+                    index.add_codes_many(ids, codes)
                 else:
-                    rows = [i for i, e in enumerate(entries) if e.scope_key == sk]
-                    index.add_codes_many([entries[i].id for i in rows], codes[rows])
+                    pick = [i for i, r in enumerate(rows) if r[ROW_SCOPE] == sk]
+                    index.add_codes_many([ids[i] for i in pick], codes[pick])
         self._store.delete_many(stale)
         heapq.heapify(self._expiry)
         self._next_id = max(max(self._entries, default=0) + 1, self._store.next_id())
         with self._lock:
             self._evict()
 
-    def _reload_duplicates(self, entries: list[Entry], stale: list[int]) -> list[int]:
+    def _reload_duplicates(self, rows: list[Row], stale: list[int]) -> list[int]:
         """Two rows of one question (a crash between writing a question's new
         entry and deleting its old one): the newer (higher id) wins; the
         older rows' ids go to `stale`, for deletion after the load. Returns
-        the positions in `entries` to keep."""
+        the positions in `rows` to keep."""
+        loaded = [self._entry(eid) for eid in list(self._entries)]
         newest: dict[str, int] = {}
-        for e in [*self._entries.values(), *entries]:
-            newest[e.exact_key] = max(e.id, newest.get(e.exact_key, 0))
-        for e in [e for e in self._entries.values() if newest[e.exact_key] != e.id]:
+        for key, eid in [(e.exact_key, e.id) for e in loaded if e is not None] + [
+            (r[ROW_EXACT], r[ROW_ID]) for r in rows
+        ]:
+            newest[key] = max(eid, newest.get(key, 0))
+        for e in loaded:
+            if e is None or newest[e.exact_key] == e.id:
+                continue
             del self._entries[e.id]
             self._bytes -= e.size
             index = self._indexes.get(e.scope_key)
@@ -885,8 +934,8 @@ class PrismCache:
             for t in e.tags:
                 self._tags.get(t, set()).discard(e.id)
             stale.append(e.id)
-        keep = [i for i, e in enumerate(entries) if newest[e.exact_key] == e.id]
-        stale.extend(e.id for e in entries if newest[e.exact_key] != e.id)
+        keep = [i for i, r in enumerate(rows) if newest[r[ROW_EXACT]] == r[ROW_ID]]
+        stale.extend(r[ROW_ID] for r in rows if newest[r[ROW_EXACT]] != r[ROW_ID])
         self._exact.update(newest)
         return keep
 

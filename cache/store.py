@@ -222,11 +222,12 @@ class SqliteStore:
         except ValueError as exc:
             raise StoreError(f"cache file {self.path}: entry {entry_id}: {exc}") from exc
 
-    def load(self, now: float, batch: int = 20_000) -> Iterator[tuple[list[Entry], np.ndarray]]:
-        """Unexpired entries, oldest first (the LRU order a restart keeps),
-        in batches with their codes as one (n, code bytes) uint8 array. Do
-        not write to this table before the iteration ends: the SELECT is
-        still reading it."""
+    def load(self, now: float, batch: int = 20_000) -> Iterator[tuple[list[Row], np.ndarray]]:
+        """Unexpired entries as rows (see `Row`; `entry_from_row` makes an
+        Entry of one), oldest first (the LRU order a restart keeps), in
+        batches with their codes as one (n, code bytes) uint8 array. Do not
+        write to this table before the iteration ends: the SELECT is still
+        reading it."""
         with self._lock:
             cur = self._run(
                 f"SELECT id, scope, exact, query, tags, created, expires,"
@@ -239,10 +240,22 @@ class SqliteStore:
                 rows = cur.fetchmany(batch)
             if not rows:
                 return
-            entries = [
-                Entry(r[0], r[1], r[2], r[3], None, tuple(r[4].split(TAG_SEP)) if r[4] else (),
-                      r[5], r[6], r[7], r[8], bool(r[9]), r[10], True)
-                for r in rows
-            ]  # fmt: skip
-            codes = np.frombuffer(b"".join(r[11] for r in rows), np.uint8).reshape(len(rows), -1)
-            yield entries, codes
+            codes = np.frombuffer(b"".join([r[11] for r in rows]), np.uint8).reshape(len(rows), -1)
+            yield rows, codes
+
+
+# A stored entry as load() reads it: (id, scope, exact, query, tags, created,
+# expires, prompt_tokens, completion_tokens, estimated, size, codes). A
+# reload keeps these tuples as they are and makes an Entry of one only when
+# it is used: most reloaded entries are never touched.
+Row = tuple[Any, ...]
+ROW_ID, ROW_SCOPE, ROW_EXACT, ROW_TAGS, ROW_EXPIRES, ROW_SIZE = 0, 1, 2, 4, 6, 10
+
+
+def row_tags(r: Row) -> tuple[str, ...]:
+    return tuple(r[ROW_TAGS].split(TAG_SEP)) if r[ROW_TAGS] else ()
+
+
+def entry_from_row(r: Row) -> Entry:
+    return Entry(r[0], r[1], r[2], r[3], None, row_tags(r), r[5], r[6], r[7], r[8], bool(r[9]),
+                 r[10], True)  # fmt: skip
