@@ -171,7 +171,7 @@ def lookup_speed(
 
     from prism.driver.index import IndexParams, VectorIndex
 
-    filler, _texts = corpus.embeddings(n - 300, log=True)
+    filler, filler_texts = corpus.embeddings(n - 300, log=True)
     va = emb.embed_many([p["a"] for p in pairs[:300]])
     qb = emb.embed_many([p["b"] for p in pairs])
     vecs = np.concatenate([filler.astype(np.float32), va])
@@ -206,6 +206,28 @@ def lookup_speed(
             r = lookup(i)
             times.append((time.perf_counter() - t) * 1e3)
             hits += r is not None
+    # The whole PrismCache.lookup path (exact tier, memo, index, verifier,
+    # LRU, metrics) over the same entries, with the queries' embeddings
+    # already memoized: what a lookup costs beyond embedding.
+    cache = PrismCache.build(
+        tenant_id="speed", llm_model="m", embedder=emb, scrub_pii=False, threshold=threshold
+    )
+    texts = [*filler_texts, *(p["a"] for p in pairs[:300])]
+    for i in range(total):
+        cache.put(
+            f"{texts[i]} #{i}" if i < total - 300 else texts[i], f"answer {i}", vector=vecs[i]
+        )
+    for i, p in enumerate(pairs):
+        cache.embedder.remember(p["b"], qb[i])
+    for p in pairs[:50]:
+        cache.lookup(p["b"])
+    cache_times = []
+    for _rep in range(3):
+        for p in pairs:
+            t = time.perf_counter()
+            cache.lookup(p["b"])
+            cache_times.append((time.perf_counter() - t) * 1e3)
+    del cache
     # Baseline 1: numpy brute-force float32 cosine over the same vectors.
     brute = []
     for i in range(len(pairs)):
@@ -236,6 +258,7 @@ def lookup_speed(
         "entries": total,
         "add_seconds": add_s,
         "lookup_ms": percentiles(times, (50, 90, 99)),
+        "cache_lookup_ms": percentiles(cache_times, (50, 90, 99)),
         "lookups": len(times),
         "hit_share": hits / len(times),
         "brute_force_ms": percentiles(brute, (50, 99)),
@@ -471,7 +494,8 @@ def render(r: dict[str, Any]) -> str:
     lines = ["<!-- cache-bench:start -->", ""]
     lines.append(
         f"Run of {r['date']} on {r['machine']}, load average {r['load_average']} at the start "
-        "(a shared machine: wall-clock figures are inflated by other processes). Pairs: fow-cache {r['fow_cache_version']} "
+        "(a shared machine: wall-clock figures are inflated by other processes). Pairs: "
+        f"fow-cache {r['fow_cache_version']} "
         f"({q['pairs']} pairs). Model: all-MiniLM-L6-v2 (numpy). Scores: the cache's 4-bit "
         "code scores; the verifier's rules were written looking at the dev half only."
     )
@@ -520,8 +544,11 @@ def render(r: dict[str, Any]) -> str:
             f"{_pct(hv['served_rate'])}) | >= 70% | cosine only: {_pct(c['served_rate'])} |",
         ]
     lines += [
-        f"| lookup p50 / p99 at {s['entries']:,} entries (no embedding; verifier included) | "
-        f"{s['lookup_ms']['p50']:.3f} / {s['lookup_ms']['p99']:.3f} ms | p50 <= 0.2 ms | numpy "
+        f"| lookup p50 / p99 at {s['entries']:,} entries, no embedding: index search and "
+        f"verifier | {s['lookup_ms']['p50']:.3f} / {s['lookup_ms']['p99']:.3f} ms "
+        f"(PrismCache.lookup with the query's vector memoized: "
+        f"{s['cache_lookup_ms']['p50']:.3f} / {s['cache_lookup_ms']['p99']:.3f} ms) "
+        "| p50 <= 0.2 ms | numpy "
         f"float32 brute force: {s['brute_force_ms']['p50']:.3f} ms; driver index (exact): "
         f"{s['driver_index_ms']['p50']:.3f} ms; binary-semantic-cache: 0.16 ms |",
         f"| index bytes per entry | {s['index_bytes_per_entry']:.0f} B | <= 200 B | float32 "

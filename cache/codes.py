@@ -87,6 +87,7 @@ class CodeIndex:
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
         self._n = 0  # slots ever used
+        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -200,10 +201,19 @@ class CodeIndex:
         # Stage 1: the first `pre` words (128 bits) over every slot, with a
         # radius of their own; stage 2: the full distance of the survivors.
         pre = min(self.words, _PREFILTER_WORDS)
-        dist = np.zeros(n, np.uint8)
-        tmp = np.empty(n, np.uint64)
-        cnt = np.empty(n, np.uint8)
-        for w in range(pre):
+        if self._scratch is None or len(self._scratch[0]) < n:
+            # Reused between searches: fresh 100k-element arrays would cost
+            # page faults on every lookup.
+            cap = self._ids.shape[0]
+            self._scratch = (
+                np.empty(cap, np.uint64),
+                np.empty(cap, np.uint8),
+                np.empty(cap, np.uint8),
+            )
+        tmp, cnt, dist = (a[:n] for a in self._scratch)
+        np.bitwise_xor(self._signs[0, :n], qsign[0], out=tmp)
+        np.bitwise_count(tmp, out=dist)
+        for w in range(1, pre):
             np.bitwise_xor(self._signs[w, :n], qsign[w], out=tmp)
             np.bitwise_count(tmp, out=cnt)
             dist += cnt
