@@ -5,7 +5,7 @@ longer fit together) it copies the tables under the slot's exported snapshot
 into a store with a new stream identity; then it streams, group-committing
 received transactions to the store and acknowledging each stored position
 back to the source. Transient source errors are retried with bounded,
-logged backoff; permanent ones stop the daemon with their message.
+logged, jittered backoff; permanent ones stop the daemon with their message.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prism.fabric.backoff import Backoff
 from prism.fabric.payload import encode_row
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, WrapperError
-from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.sources.flavor import make_source
 from prism.wrapper.store import Store, now_us
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
 log = logging.getLogger("prism.wrapper.pipeline")
@@ -36,6 +38,8 @@ IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and sto
 PURGE_INTERVAL_S = 60.0
 # A stream that ran this long counts as recovered: the retry budget refills.
 HEALTHY_STREAM_S = 30.0
+# Waits between attempts after a source error (jittered, see prism.fabric.backoff).
+RETRY_FIRST_S, RETRY_CAP_S = 0.5, 30.0
 
 
 @dataclass
@@ -50,22 +54,6 @@ class PipelineStatus:
     started: threading.Event = field(default_factory=threading.Event)
 
 
-class Backoff:
-    """Exponential backoff with a cap; reset after a success."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first, self.cap, self.next = first, cap, first
-
-    def wait(self, stop: threading.Event) -> float:
-        delay = self.next
-        self.next = min(self.cap, self.next * 2)
-        stop.wait(delay)
-        return delay
-
-    def reset(self) -> None:
-        self.next = self.first
-
-
 class Pipeline:
     def __init__(
         self, cfg: WrapperConfig, store: Store, projection_keys: Mapping[str, bytes]
@@ -76,8 +64,8 @@ class Pipeline:
         self.status = PipelineStatus()
         self.shapes: dict[str, TableShape] = {}
         self.stop_event = threading.Event()
-        self._interval = float(cfg["store.commit_interval_ms"]) / 1000.0
-        self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
+        self._interval = cfg.store.commit_interval_ms / 1000.0
+        self._retention_us = int(cfg.store.retention_seconds * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
         # Set when the source said the stored position cannot be resumed
@@ -89,8 +77,8 @@ class Pipeline:
         Transient errors are retried with capped backoff, each logged; after
         database.retry_limit failed attempts in a row the pipeline gives up
         with the last error (a stream that ran for a while resets the count)."""
-        backoff = Backoff()
-        limit = int(self.cfg["database.retry_limit"])
+        backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
+        limit = self.cfg.database.retry_limit
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)
@@ -120,7 +108,7 @@ class Pipeline:
                     return
                 self.status.state, self.status.detail = "RETRYING", str(exc)
                 self.status.retries += 1
-                delay = backoff.next
+                delay = backoff.next_delay()
                 log.warning(
                     "source error, retrying in %.1fs (attempt %d of %s): %s",
                     delay,
@@ -128,7 +116,7 @@ class Pipeline:
                     limit or "unlimited",
                     exc,
                 )
-                backoff.wait(self.stop_event)
+                self.stop_event.wait(delay)
             except Exception as exc:  # a bug or a raw store error: stop, and say so
                 log.exception("replication stopped by an unexpected error")
                 self.status.state = "FAILED"

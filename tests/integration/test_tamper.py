@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import canonical_bytes, seal_frame
+from prism.fabric.frames import bind_frame, canonical_bytes, seal_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret, write_secret
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
@@ -103,7 +103,7 @@ def served(tmp_path: Path, certs: CertPaths) -> Iterator[Served]:
     cfg = config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": TENANT, "secret_file": str(secret_file)},
+            "server": {"tenant_id": TENANT, "secret_file": str(secret_file)},
             "tls": {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": TABLE, "vector_column": "v", "vector_dim": DIM}],
@@ -317,7 +317,10 @@ async def test_rows_moved_between_frames_fail_the_aead(served: Served) -> None:
         donor = previous[-2]  # the data frame before this one
         g = copy(f)
         g.sealed_rows, g.aead_nonce = donor.sealed_rows, donor.aead_nonce
-        g.watermark = served.sealer(g.key_epoch).watermark(canonical_bytes(g))
+        sealer = served.sealer(g.key_epoch)
+        g.watermark = sealer.watermark(canonical_bytes(g))
+        # With the HMAC key the attacker can bind the frame to the call too.
+        g.binding = bind_frame(sealer, g.subscription, g.sequence, g.watermark)
         return [g]
 
     def attack(srv: Tampering, call: int, frames: Iterator[pb.Frame]) -> Iterator[pb.Frame]:
