@@ -4,8 +4,10 @@ Starts an embedded PostgreSQL 16 with a sample `products` table, writes a
 tenant secret and a wrapper config, runs the real `prism-wrapper` process,
 and then acts as the application: a PrismDriver syncs the table, answers
 `get` and similarity queries in process, shows a change made in the
-database arriving in the replica, and writes through the wrapper.
-Everything prints with timings.
+database arriving in the replica, and writes through the wrapper. Then the
+cache half (examples/cache_demo.py): PrismCache answers a question through
+a stand-in LLM once, serves a paraphrase, refuses a look-alike trap and
+prints its metrics. Everything prints with timings.
 
     python examples/demo.py [--rows 5000] [--keep]
 """
@@ -31,6 +33,9 @@ from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
 from prism.wrapper.certs import generate as generate_certs
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, remove_tree, shared_tmp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cache_demo
 
 ADJECTIVES = [
     "red",
@@ -276,6 +281,7 @@ writable_columns = ["name", "description", "price"]
         print(f"\n[wrapper] SIGTERM -> exit code {wrapper.wait(30)}")
         wrapper = None
         ok = True
+        cache_demo.main()  # the product's second half: PrismCache
         return 0
     finally:
         if wrapper is not None:

@@ -19,6 +19,7 @@ from prism.fabric.keys import write_secret
 from prism.wrapper.certs import CertPaths, generate
 from prism.wrapper.embedded_pg import EmbeddedPostgres
 from support import servers
+from support.cachefix import cache, clock, llm, minilm  # noqa: F401  (PrismCache fixtures)
 from support.servers import (
     WrapperProcess,
     new_port,
