@@ -447,15 +447,19 @@ class PrismDriver:
             for t in hello.tables
         }
         if tables != self._tables:
-            self._feed = ReplicaFeed(
-                Replica.for_tables(
-                    {
-                        n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
-                        for n, t in tables.items()
-                    },
-                    self.config.index,
-                )
+            shape = Replica.for_tables(
+                {
+                    n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                    for n, t in tables.items()
+                },
+                self.config.index,
             )
+            if self._ready.is_set():
+                # Readers keep the replica they have until the bootstrap of
+                # the new shape is complete (never an empty one meanwhile).
+                self._feed.reshape(shape)
+            else:
+                self._feed = ReplicaFeed(shape)
             self._follower = Follower()  # a different shape: bootstrap afresh
         self._tables = tables
         for info in tables.values():  # build the keyed projections now, not on a query
@@ -624,8 +628,9 @@ class PrismDriver:
             if q is None:
                 continue
             tried = True
-            t = self._replica.tables[info.name]
-            assert t.index is not None
+            t = self._replica.tables.get(info.name)
+            if t is None or t.index is None or t.index.dim != q.shape[0]:
+                continue  # the table changed shape: its new replica is being built
             for key, score in t.index.query(q, top_k, float(threshold), exact=bool(exact)):
                 results.append((score, info.name, key))
         if not tried:

@@ -435,3 +435,39 @@ async def test_driver_started_before_the_wrapper(db, wrapper, secret_file) -> No
         assert driver.get("pairs", (7, "b7")) == {"a": 7, "b": "b7", "note": "n"}
         with db.connect() as c:
             await wait_consistent(driver, c, KEYS, timeout=30)
+
+
+async def test_reconnect_after_ddl_keeps_the_replica_readable(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak: a driver that reconnects after a column was added
+    learns a new table shape from Hello and bootstraps again. Readers must
+    go on seeing the old replica, whole, until the new one is complete;
+    the driver used to swap in an empty replica at Hello, so rows that
+    exist vanished from get() until the bootstrap ended."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO pairs SELECT g, 'b' || g, 'n' FROM generate_series(1, 3000) g")
+    proc = wrapper(TABLES_CONFIG)
+    proxy = Proxy(proc.port)
+    async with driver_for(proxy.port, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        proxy.cut()
+        with db.connect() as c:
+            c.execute("ALTER TABLE pairs ADD COLUMN extra integer DEFAULT 5")
+            c.execute("UPDATE pairs SET note = 'm' WHERE a = 1")
+        await asyncio.sleep(0.3)
+        bootstraps = driver.stats()["bootstraps"]
+        proxy.restore()
+        looks = 0
+        while driver.stats()["bootstraps"] == bootstraps:
+            # Every look between two applied batches: the old replica or the new, whole.
+            assert len(driver._replica.tables["public.pairs"].rows) == 3000, driver.stats()
+            assert driver.get("pairs", (7, "b7")) is not None
+            looks += 1
+            await asyncio.sleep(0)
+        assert looks > 0
+        assert driver.get("pairs", (7, "b7")) == {"a": 7, "b": "b7", "note": "n", "extra": 5}
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=30)
+    proxy.close()
