@@ -46,6 +46,7 @@ class Committer:
         self._busy = False
         self._stopping = False
         self.error: BaseException | None = None
+        self.commits = 0  # store transactions committed by this writer
         self.durable = Durable(position=store.meta.source_position)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
@@ -119,6 +120,7 @@ class Committer:
                 return
             with self._cv:
                 self._busy = False
+                self.commits += 1
                 self._cv.notify_all()
             try:
                 self._after_commit()  # housekeeping: its failure must not stop the writer

@@ -5,7 +5,10 @@ longer fit together) it copies the tables under the slot's exported snapshot
 into a store with a new stream identity; then it streams, group-committing
 received transactions to the store and acknowledging each stored position
 back to the source. Transient source errors are retried with bounded,
-logged backoff; permanent ones stop the daemon with their message.
+logged backoff; permanent ones stop the daemon with their message. A full
+store disk is neither: the source is no longer acknowledged (the database
+keeps its log), Health says so, drivers are still served what is stored,
+and the pipeline retries until there is room again, however long that takes.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier, TableShape
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import ResumeLostError, WrapperError
+from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
 from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.store import Store, now_us
@@ -36,6 +39,8 @@ IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and sto
 PURGE_INTERVAL_S = 60.0
 # A stream that ran this long counts as recovered: the retry budget refills.
 HEALTHY_STREAM_S = 30.0
+# How often a full store is tried again (capped backoff).
+STORE_FULL_RETRY_S = (0.5, 5.0)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class PipelineStatus:
     changes: int = 0
     snapshot_rows: int = 0
     retries: int = 0
+    store_full: int = 0  # times the store's disk filled up
     started: threading.Event = field(default_factory=threading.Event)
 
 
@@ -80,6 +86,8 @@ class Pipeline:
         self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
+        self._full_since = 0.0  # monotonic time the store's disk filled up; 0: not full
+        self._full_backoff = Backoff(*STORE_FULL_RETRY_S)
         # Set when the source said the stored position cannot be resumed
         # (the server refused it): the next attempt copies afresh.
         self._resume_lost: str | None = None
@@ -98,6 +106,10 @@ class Pipeline:
             try:
                 self._run_once(source)
                 break
+            except StoreFullError as exc:
+                # Not the database's fault, so not counted against retry_limit.
+                self._store_full(exc)
+                self._full_backoff.wait(self.stop_event)
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
@@ -143,6 +155,31 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def _store_full(self, exc: StoreFullError) -> None:
+        """Report a full store disk: the stored transactions were rolled back
+        whole and nothing past them was acknowledged, so the source replays
+        them once there is room again."""
+        if not self._full_since:
+            self._full_since = time.monotonic()
+            self.status.store_full += 1
+            log.error(
+                "store disk full: not acknowledging the database; drivers are served what is "
+                "stored; retrying until there is room: %s",
+                exc,
+            )
+        self.status.state = "RETRYING"
+        self.status.detail = f"store disk full: {exc}"
+
+    def _durable_again(self) -> None:
+        """A store transaction committed after the disk was full."""
+        log.warning(
+            "store has room again: streaming resumed",
+            extra={"full_seconds": round(time.monotonic() - self._full_since, 1)},
+        )
+        self._full_since = 0.0
+        self._full_backoff.reset()
+        self.status.state, self.status.detail = "STREAMING", ""
+
     def _run_once(self, source: ReplicationSource) -> None:
         problems = source.check_prerequisites()
         if problems:
@@ -171,7 +208,8 @@ class Pipeline:
         )
         source.start_stream(self.store.meta.resume_point)
         self._streaming_since = time.monotonic()
-        self.status.state, self.status.detail = "STREAMING", ""
+        if not self._full_since:  # else STREAMING once the store took a commit
+            self.status.state, self.status.detail = "STREAMING", ""
         self.status.started.set()
         self._stream(source, applier)
 
@@ -245,6 +283,10 @@ class Pipeline:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
         committer = Committer(self.store, applier, self._maybe_purge)
+        if self._full_since:
+            # Probe the store with a commit of its own: it succeeds once
+            # there is room, even when the source has nothing new to say.
+            committer.submit_position(self.store.meta.resume_point)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
         pending_changes = 0
@@ -280,6 +322,8 @@ class Pipeline:
                     # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)
                     acked = durable.position
+                if self._full_since and committer.commits:
+                    self._durable_again()
                 self.status.transactions = base_txns + durable.transactions
                 self.status.changes = base_changes + durable.changes
                 if self.stop_event.is_set():

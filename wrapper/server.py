@@ -346,6 +346,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "changes": status.changes,
             "snapshot_rows": status.snapshot_rows,
             "retries": status.retries,
+            "store_full": status.store_full,
         }
         for (table, reason), n in dict(st.pipeline.vectorizer.missing).items():
             counters[f"vector_missing:{table}:{reason}"] = n
