@@ -86,6 +86,7 @@ class Pipeline:
         self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
+        self._progressed = False  # this attempt stored and acknowledged something
         self._full_since = 0.0  # monotonic time the store's disk filled up; 0: not full
         self._full_backoff = Backoff(*STORE_FULL_RETRY_S)
         # Set when the source said the stored position cannot be resumed
@@ -96,13 +97,16 @@ class Pipeline:
         """Run until stop() or a permanent error (kept in status.error).
         Transient errors are retried with capped backoff, each logged; after
         database.retry_limit failed attempts in a row the pipeline gives up
-        with the last error (a stream that ran for a while resets the count)."""
+        with the last error. An attempt that stored something, or streamed
+        for HEALTHY_STREAM_S, ends the row: the count and the backoff start
+        over, so outages far apart never add up."""
         backoff = Backoff()
         limit = int(self.cfg["database.retry_limit"])
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)
             self._streaming_since = 0.0
+            self._progressed = False
             try:
                 self._run_once(source)
                 break
@@ -113,8 +117,9 @@ class Pipeline:
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
-                if self._streaming_since and (
-                    time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                if self._progressed or (
+                    self._streaming_since
+                    and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
                 ):
                     attempts = 0
                     backoff.reset()
@@ -322,6 +327,7 @@ class Pipeline:
                     # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)
                     acked = durable.position
+                    self._progressed = True
                 if self._full_since and committer.commits:
                     self._durable_again()
                 self.status.transactions = base_txns + durable.transactions

@@ -471,3 +471,40 @@ async def test_reconnect_after_ddl_keeps_the_replica_readable(db, wrapper, secre
         with db.connect() as c:
             await wait_consistent(driver, c, KEYS, timeout=30)
     proxy.close()
+
+
+async def test_short_database_outages_with_progress_between_never_exhaust_retries(  # type: ignore[no-untyped-def]
+    db, wrapper, secret_file
+) -> None:
+    """Found by the soak: the retry count and the backoff were reset only by
+    a stream that had run 30 s, so short database outages minutes apart, with
+    transactions streamed between them, added up: each recovery waited
+    longer (up to 30 s) and the tenth made the wrapper give up and exit.
+    Failed attempts in a row count; a stream that stored something ends the
+    row."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    to_db = Proxy(db.pg.port)
+    proc = wrapper(
+        TABLES_CONFIG,
+        database={
+            "dsn": f"host=127.0.0.1 port={to_db.port} user=postgres dbname={db.name}",
+            "retry_limit": 3,
+        },
+    )
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for n in range(6):
+            to_db.cut()
+            to_db.restore()
+            db.execute("INSERT INTO items (id, title) VALUES (%s, 'after an outage')", (n,))
+            for _ in range(300):
+                if driver.get("items", n) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert driver.get("items", n) is not None, proc.log_tail()
+            assert proc.proc.poll() is None, proc.log_tail()
+    log = proc.log_tail(50000)
+    assert log.count("attempt 1 of 3") >= 6 and "attempt 4" not in log
+    to_db.close()
