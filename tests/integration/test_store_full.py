@@ -47,7 +47,7 @@ def slot_lsn(db, slot: str) -> int:  # type: ignore[no-untyped-def]
 
 
 async def test_full_store_disk_pauses_reports_serves_and_resumes(  # type: ignore[no-untyped-def]
-    db, wrapper, secret_file, disk
+    db, disk, wrapper, secret_file
 ) -> None:
     db.execute(SCHEMA)
     db.execute("INSERT INTO items (id, title) SELECT g, 'before' FROM generate_series(-99, 0) g")

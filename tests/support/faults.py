@@ -156,10 +156,12 @@ class TmpfsDisk:
 
     def unmount(self) -> None:
         if self.mounted:
-            for _ in range(20):
+            for _ in range(10):
                 r = subprocess.run(["umount", str(self.path)], capture_output=True, text=True)
                 if r.returncode == 0:
                     break
                 time.sleep(0.5)  # a process may still hold a file open
+            else:  # detach it now; the kernel frees it when the last user goes
+                subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
             self.mounted = False
         shutil.rmtree(self.path, ignore_errors=True)
