@@ -508,3 +508,33 @@ async def test_short_database_outages_with_progress_between_never_exhaust_retrie
     log = proc.log_tail(50000)
     assert log.count("attempt 1 of 3") >= 6 and "attempt 4" not in log
     to_db.close()
+
+
+async def test_a_silent_database_link_is_noticed_and_replaced(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak: a replication connection that goes silent without
+    closing (a stalled link, a partition) was never noticed. The wrapper
+    waited, reporting SERVING, for as long as the silence lasted. It now
+    gives up on a link that answered none of 6 status requests in a row,
+    as PostgreSQL's own receivers do, and streams over a new one."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    to_db = Proxy(db.pg.port)
+    proc = wrapper(
+        TABLES_CONFIG,
+        database={
+            "dsn": f"host=127.0.0.1 port={to_db.port} user=postgres dbname={db.name}",
+            "status_interval_s": 0.5,
+        },
+    )
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        to_db.stall()  # the open connections hang; new ones get through
+        db.execute("INSERT INTO items (id, title) VALUES (1, 'while the link was silent')")
+        for _ in range(400):
+            if driver.get("items", 1) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert driver.get("items", 1) is not None, proc.log_tail()
+        assert "no message from PostgreSQL" in proc.log_tail(20000)
+    to_db.close()
