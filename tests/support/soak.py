@@ -73,6 +73,10 @@ FAULTS = {
     "driver_stall": "a driver process stopped (SIGSTOP) for longer than the store's retention",
     "disk_full": "the store's file system full, until the wrapper reported it and a while more",
 }
+# How long a stalled database link may go unnoticed by the wrapper: its
+# silence window (PostgreSQL: 6 status requests at the soak's 1 s interval;
+# MariaDB: the binlog reader's 10 s read timeout) with a margin.
+NOTICE_SILENCE_S = {"postgres": 10.0, "mariadb": 15.0}
 KILLS = ("kill9", "kill9_write")
 DB_RESTARTS = ("db_crash", "db_restart")
 NETWORK = ("cut_app", "stall_app", "cut_db", "stall_db", "veth")
@@ -520,8 +524,24 @@ class Soak:
         await self._link_fault(rec, p.cut, p.restore, 10.0)
 
     async def _fault_stall_db(self, rec: FaultRecord) -> None:
+        """A stalled database link never closes by itself: past its silence
+        window the wrapper must notice it (and stream over a new connection,
+        which the stalled proxy lets through)."""
         p = self.e.db_proxy
+        log_path = self.e.wrapper.log_path
+        seen = log_path.stat().st_size if log_path.exists() else 0
         await self._link_fault(rec, p.stall, p.restore, 20.0)
+        if rec.held < NOTICE_SILENCE_S[self.cfg.flavor]:
+            return
+        with log_path.open("rb") as fh:
+            fh.seek(seen)
+            noticed = b"source error" in fh.read()
+        rec.detail = "noticed by the wrapper" if noticed else "NOT noticed by the wrapper"
+        if not noticed:
+            self.r.failures.append(
+                f"fault #{rec.n}: the database link was stalled {rec.held:.1f}s and the wrapper "
+                "never noticed (no source error logged; Health said SERVING)"
+            )
 
     async def _fault_veth(self, rec: FaultRecord) -> None:
         v = self.e.veth
