@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prism.wrapper.apply import Applier
-from prism.wrapper.errors import WrapperError
+from prism.wrapper.errors import StoreFullError, WrapperError
 from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
@@ -124,6 +124,8 @@ class Committer:
                 self._cv.notify_all()
             try:
                 self._after_commit()  # housekeeping: its failure must not stop the writer
+            except StoreFullError as exc:
+                log.warning("store housekeeping skipped: %s", exc)
             except Exception:
                 log.exception("store housekeeping after a commit failed")
 

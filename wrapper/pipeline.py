@@ -29,7 +29,7 @@ from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
 from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
-from prism.wrapper.store import Store, now_us
+from prism.wrapper.store import Store, free_bytes, now_us
 from prism.wrapper.vectorize import Vectorizer
 
 log = logging.getLogger("prism.wrapper.pipeline")
@@ -41,6 +41,10 @@ PURGE_INTERVAL_S = 60.0
 HEALTHY_STREAM_S = 30.0
 # How often a full store is tried again (capped backoff).
 STORE_FULL_RETRY_S = (0.5, 5.0)
+# A full store counts as having room again once it stored source
+# transactions, or, with nothing to store, once this much is free: a commit
+# of positions alone fits in the slack the WAL already has, so it proves little.
+STORE_ROOM_BYTES = 8 << 20
 
 
 @dataclass
@@ -174,6 +178,14 @@ class Pipeline:
             )
         self.status.state = "RETRYING"
         self.status.detail = f"store disk full: {exc}"
+
+    def _room_again(self, committer: Committer) -> bool:
+        if committer.durable.transactions:
+            return True
+        if not (committer.commits and committer.idle):
+            return False
+        free = free_bytes(self.store.path)
+        return free is not None and free >= STORE_ROOM_BYTES
 
     def _durable_again(self) -> None:
         """A store transaction committed after the disk was full."""
@@ -328,7 +340,7 @@ class Pipeline:
                     source.acknowledge(durable.position)
                     acked = durable.position
                     self._progressed = True
-                if self._full_since and committer.commits:
+                if self._full_since and self._room_again(committer):
                     self._durable_again()
                 self.status.transactions = base_txns + durable.transactions
                 self.status.changes = base_changes + durable.changes

@@ -97,6 +97,11 @@ class StoreMeta:
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
 
 
+def free_bytes(path: Path) -> int | None:
+    """Bytes the store's file system has free for it (None: unknown)."""
+    return _free_bytes(path)
+
+
 def _free_bytes(path: Path) -> int | None:
     try:
         st = os.statvfs(path.parent)
