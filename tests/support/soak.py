@@ -573,6 +573,8 @@ class Soak:
         (the workload goes on meanwhile), check that it stays up and still
         serves a bootstrap, then free the space: it must resume by itself."""
         e = self.e
+        log_path = e.wrapper.log_path
+        seen = log_path.stat().st_size if log_path.exists() else 0
         filled = await asyncio.to_thread(e.disk.fill)
         rec.detail = f"filled {filled >> 20} MB"
         started = time.monotonic()
@@ -609,6 +611,26 @@ class Soak:
         finally:
             e.disk.free()
             rec.held = round(time.monotonic() - started, 2)
+        if reported:
+            await self._resumed_once(rec, log_path, seen)
+
+    async def _resumed_once(self, rec: FaultRecord, log_path: Path, seen: int) -> None:
+        """After the space came back: the wrapper says so by itself, and
+        told the episode once (no flapping between full and not)."""
+        deadline = time.monotonic() + self.cfg.converge_timeout
+        while True:
+            with log_path.open("rb") as fh:
+                fh.seek(seen)
+                text = fh.read().decode("utf-8", "replace")
+            if "store has room again" in text or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        full, room = text.count("store disk full: not acknowledging"), text.count("room again")
+        if (full, room) != (1, 1):
+            self.r.failures.append(
+                f"fault #{rec.n} (disk full): the wrapper logged 'disk full' {full} times and "
+                f"'room again' {room} times, not once each"
+            )
 
     # -- checkpoints ----------------------------------------------------------
     def committed(self) -> int:
