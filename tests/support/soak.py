@@ -650,13 +650,19 @@ class Soak:
         pause_lsn = (
             await asyncio.to_thread(self._wal_lsn) if self.e.db.flavor == "postgres" else None
         )
+        caught_up = await self._caught_up(deadline)
         problems: list[str] = []
+        first = True
         while True:
             problems = await self._compare()
             if not problems or time.monotonic() > deadline:
                 break
+            first = False
             await asyncio.sleep(0.5)
-        converged = self._looked  # a match means they had converged by that look
+        # Converged when every driver reached the head that holds all the
+        # database committed, if the comparison then agreed; else by the
+        # look that found them equal.
+        converged = caught_up if caught_up is not None and first else self._looked
         self.r.divergent_rows = len(problems)
         if not problems and pause_lsn is not None:
             problems += await self._slot_reaches(pause_lsn)
@@ -683,6 +689,32 @@ class Soak:
         if not final:
             self.writes_paused = False
             self.workload.resume()
+
+    async def _caught_up(self, deadline: float) -> float | None:
+        """When the wrapper's store held everything the database committed
+        before the pause and every driver showed the wrapper's head (None:
+        not within a minute; the comparison then decides)."""
+        db, wrapper = self.e.db, self.e.wrapper
+        conn = await asyncio.to_thread(db.connect)
+        try:
+            mark = await asyncio.to_thread(db.source_mark, conn)
+            until = min(deadline, time.monotonic() + 60)
+            while time.monotonic() < until:
+                try:
+                    health = await asyncio.to_thread(wrapper.health)
+                    if await asyncio.to_thread(db.wrapper_has, conn, mark, health):
+                        # The head now holds all of it (read after the check).
+                        head = (await asyncio.to_thread(wrapper.health)).head_position
+                        at = [d.position for d in self._drivers()]
+                        at.append(await asyncio.to_thread(self.sleeper.position))
+                        if min(at) >= head:
+                            return self.now()
+                except Exception:
+                    pass  # the wrapper still starting: look again
+                await asyncio.sleep(0.1)
+            return None
+        finally:
+            conn.close()
 
     async def _compare(self) -> list[str]:
         db = self.e.db

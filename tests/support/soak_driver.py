@@ -7,9 +7,10 @@ observer as the soak's own drivers, and answers commands on stdin, one per
 line:
 
     dump PATH   write {"rows", "stats", "violations", "observations"} (pickle) to PATH
+    position    the wrapper position its replica shows
     quit        close the driver and exit
 
-and prints `ok` (or `error ...`) on stdout for each.
+and prints `ok` (`ok POSITION` for position; `error ...`) on stdout for each.
 
     python tests/support/soak_driver.py --port P --tenant T --secret F --ca CA --groups TABLE
 """
@@ -70,7 +71,9 @@ async def main(args: argparse.Namespace) -> None:
             cmd = await commands.get()
             if cmd == "quit":
                 break
-            if cmd.startswith("dump "):
+            if cmd == "position":
+                print(f"ok {driver.position}", flush=True)
+            elif cmd.startswith("dump "):
                 try:
                     rows = {n: dict(t.rows) for n, t in driver._replica.tables.items()}
                     data = {"rows": rows, "stats": driver.stats(), **seen}

@@ -87,6 +87,14 @@ class SoakDatabase:
     def wal_lsn(self, conn: Any) -> int | None:
         return None
 
+    def source_mark(self, conn: Any) -> str:
+        """Where the database's log is now (the workload paused)."""
+        raise NotImplementedError
+
+    def wrapper_has(self, conn: Any, mark: str, health: Any) -> bool:
+        """Whether the wrapper's store holds everything up to `mark`."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 
@@ -140,6 +148,14 @@ class PostgresDatabase(SoakDatabase):
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
         return lsn_from_str(row[0])
 
+    def source_mark(self, conn: Any) -> str:
+        return str(self.wal_lsn(conn))
+
+    def wrapper_has(self, conn: Any, mark: str, health: Any) -> bool:
+        # The slot is confirmed only with what the store committed.
+        slot = self.slot_lsn(conn)
+        return slot is not None and slot >= int(mark)
+
     def stop(self) -> None:
         self.pg.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -184,6 +200,17 @@ class MariaDatabase(SoakDatabase):
     def workload(self, seed: int) -> Workload:
         return mc.MySQLWorkload(seed=seed)
 
+    def source_mark(self, conn: Any) -> str:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            (pos,) = cur.fetchone()
+        return str(pos)
+
+    def wrapper_has(self, conn: Any, mark: str, health: Any) -> bool:
+        # Health's source_position: "binlog #000003:1147, gtid 0-1-42,1-2-7".
+        stored = health.source_position.rpartition("gtid ")[2]
+        return set(stored.split(",")) == set(mark.split(","))
+
     def stop(self) -> None:
         self.mdb.stop()
         shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -224,22 +251,29 @@ class Sleeper:
             text=True,
         )
 
+    def _ask(self, command: str, timeout: float) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"the driver process did not answer {command!r} within {timeout}s")
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("ok"):
+            raise RuntimeError(f"the driver process answered {line!r}")
+        return line[3:]
+
     def dump(self, timeout: float = 60.0) -> dict[str, Any]:
         """Its replica, stats and observations, as it has them now."""
         import pickle
 
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         path = self.work / "sleeper.pickle"
-        self.proc.stdin.write(f"dump {path}\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError(f"the driver process did not answer within {timeout}s")
-        line = self.proc.stdout.readline().strip()
-        if line != "ok":
-            raise RuntimeError(f"the driver process answered {line!r}")
+        self._ask(f"dump {path}", timeout)
         data: dict[str, Any] = pickle.loads(path.read_bytes())
         return data
+
+    def position(self, timeout: float = 10.0) -> int:
+        return int(self._ask("position", timeout))
 
     def close(self) -> None:
         if self.proc.poll() is None:
