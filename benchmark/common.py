@@ -292,7 +292,7 @@ def write_wrapper_config(
     their defaults (full, 5 ms)."""
     sections: dict[str, dict[str, Any]] = {
         "database": {"flavor": "postgres", "dsn": dsn, "slot": SLOT, "publication": PUBLICATION},
-        "chorus": {
+        "server": {
             "listen_host": "127.0.0.1",
             "listen_port": port,
             "tenant_id": TENANT,
@@ -302,7 +302,7 @@ def write_wrapper_config(
         "store": {"path": str(store)},
     }
     if certs is None:
-        sections["chorus"]["insecure"] = True
+        sections["server"]["insecure"] = True
     else:
         sections["tls"] = {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)}
     tables = [

@@ -53,10 +53,11 @@ from pymysqlreplication.row_event import (  # noqa: E402
 
 from prism.fabric.keys import write_secret  # noqa: E402
 from prism.wrapper.embedded_pg import free_port, shared_tmp  # noqa: E402
-from prism.wrapper.sources.binlog import BinlogDecoder, pack_position  # noqa: E402
-from prism.wrapper.sources.binlogreader import EVENTS  # noqa: E402
-from prism.wrapper.sources.gtid import MariaPosition  # noqa: E402
-from prism.wrapper.sources.mysql import read_table_spec  # noqa: E402
+from prism.wrapper.sources.mysql.binlog import BinlogDecoder  # noqa: E402
+from prism.wrapper.sources.mysql.binlogreader import EVENTS  # noqa: E402
+from prism.wrapper.sources.mysql.catalog import read_table_spec  # noqa: E402
+from prism.wrapper.sources.mysql.gtid import MariaPosition  # noqa: E402
+from prism.wrapper.sources.mysql.positions import pack_position  # noqa: E402
 from support.mariadb import EmbeddedMariaDB  # noqa: E402
 from support.servers import WrapperProcess, write_config  # noqa: E402
 
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                         "server_id": 4242,
                         "resume": resume,
                     },
-                    "chorus": {
+                    "server": {
                         "listen_host": "127.0.0.1",
                         "listen_port": port,
                         "tenant_id": "bench",

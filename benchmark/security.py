@@ -8,7 +8,7 @@ against plaintext, measured in one run.
    Baseline: protobuf serialize + parse of the same frame, the least any
    transport of these bytes costs.
 2. Over the wire, real processes: the real prism-wrapper serves the same
-   store alternately over TLS and in plaintext (chorus.insecure), and a
+   store alternately over TLS and in plaintext (server.insecure), and a
    driver in its own process bootstraps the whole table from it; rows/s and
    the wrapper's CPU seconds for each, alternating, so both see the same
    machine.
@@ -270,7 +270,7 @@ def report(r: dict[str, Any]) -> str:
             f"| {label} | {m['rows_per_s']:,.0f} ({m['best_rows_per_s']:,.0f}) "
             f"| {m['wrapper_cpu_s']:.1f} / {m['driver_cpu_s']:.1f} | {ratio} |"
             for label, m, ratio in (
-                ("plaintext (chorus.insecure, baseline)", t["plaintext"], "1.0×"),
+                ("plaintext (server.insecure, baseline)", t["plaintext"], "1.0×"),
                 (
                     "TLS (default)",
                     t["tls"],

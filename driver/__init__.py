@@ -9,7 +9,7 @@ async with PrismDriver(DriverConfig(wrapper_host="127.0.0.1", wrapper_port=50051
     matches = await driver.query(text="red shoes", top_k=5)
 """
 
-from prism.driver.api import Match, PrismDriver, TableInfo
+from prism.driver.api import Match, PrismDriver
 from prism.driver.config import DriverConfig
 from prism.driver.errors import (
     AuthenticationError,
@@ -35,6 +35,7 @@ from prism.driver.errors import (
     WritePermissionError,
 )
 from prism.driver.index import IndexParams
+from prism.driver.schema import TableInfo
 from prism.driver.writes import WriteAck, WriteOp
 
 __all__ = [

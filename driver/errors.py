@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from prism.fabric.errorkinds import SQLSTATE_KEY, ErrorKind, kind_in, metadata_value
 from prism.fabric.errors import PrismError
 
 
@@ -79,11 +80,13 @@ class WaitTimeoutError(DriverError, TimeoutError):
 
 class WriteError(DriverError):
     """A write was refused or failed. `kind` says why (permission, invalid,
-    not-found, constraint, conflict, unavailable, lagging); `sqlstate` and
-    `db_message` carry the database's code and message when it raised it.
-    Nothing of a refused request was written: a request is one transaction."""
+    not-found, constraint, conflict, unavailable, lagging, unknown: the
+    write kinds of wrapper.proto's ErrorKind, compared as str); `sqlstate`
+    and `db_message` carry the database's code and message when it raised
+    it. Nothing of a refused request was written: a request is one
+    transaction."""
 
-    kind = "invalid"
+    kind: ErrorKind = ErrorKind.INVALID
 
     def __init__(
         self, message: str, *, sqlstate: str | None = None, retriable: bool | None = None
@@ -96,39 +99,39 @@ class WriteError(DriverError):
 class WritePermissionError(WriteError):
     """The table or a column is not writable for this tenant."""
 
-    kind = "permission"
+    kind = ErrorKind.PERMISSION
 
 
 class InvalidWriteError(WriteError):
     """Unknown column, wrong type, bad vector, or a value the database refused."""
 
-    kind = "invalid"
+    kind = ErrorKind.INVALID
 
 
 class RowNotFoundError(WriteError):
     """update() found no row with that key."""
 
-    kind = "not-found"
+    kind = ErrorKind.NOT_FOUND
 
 
 class ConstraintViolationError(WriteError):
     """The database refused the write: unique, foreign key, not null, check."""
 
-    kind = "constraint"
+    kind = ErrorKind.CONSTRAINT
 
 
 class WriteConflictError(WriteError):
     """Deadlock or serialization failure, still there after the wrapper's
     bounded retries. Safe to retry (with a request_id)."""
 
-    kind = "conflict"
+    kind = ErrorKind.CONFLICT
     retriable = True
 
 
 class DatabaseUnavailableError(WriteError):
     """The database (or the wrapper's connection to it) is down."""
 
-    kind = "unavailable"
+    kind = ErrorKind.UNAVAILABLE
     retriable = True
 
 
@@ -137,7 +140,7 @@ class ReplicaLagError(WriteError, WaitTimeoutError):
     stream) has not shown it within the timeout. `ack` is the write's ack
     when known. Do not retry the write without a request_id."""
 
-    kind = "lagging"
+    kind = ErrorKind.LAGGING
     retriable = True
 
     def __init__(self, message: str, ack: object = None) -> None:
@@ -150,12 +153,13 @@ class WriteOutcomeUnknownError(WriteError):
     it may or may not have committed. Retry with the same request_id to
     make it apply exactly once."""
 
-    kind = "unknown"
+    kind = ErrorKind.UNKNOWN
     retriable = True
     request_id: str | None = None  # the id to retry with
 
 
-WRITE_ERRORS: dict[str, type[WriteError]] = {
+# Each write kind's exception, keyed by the kind the wrapper sends.
+WRITE_ERRORS: dict[ErrorKind, type[WriteError]] = {
     c.kind: c
     for c in (
         WritePermissionError,
@@ -172,15 +176,12 @@ WRITE_ERRORS: dict[str, type[WriteError]] = {
 
 def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
     """A failed Write call as a typed error, from its prism-error metadata."""
-    md: dict[str, object] = {}
     items: Any = exc.trailing_metadata() or ()
-    for k, v in items:
-        md[str(k)] = v
-    kind = md.get("prism-error")
-    if isinstance(kind, str) and kind in _AUTH_ERRORS:
+    kind = kind_in(items)
+    if kind in AUTH_ERRORS:
         # Refused before anything ran: not an unknown outcome.
-        return _AUTH_ERRORS[kind](f"Write: {exc.details()}")
-    if not isinstance(kind, str) or kind not in WRITE_ERRORS:
+        return AUTH_ERRORS[kind](f"Write: {exc.details()}")
+    if kind is None or kind not in WRITE_ERRORS:
         mapped = map_grpc_error(exc, "Write")
         if mapped.retriable:  # sent, but no answer: the outcome is unknown
             return WriteOutcomeUnknownError(
@@ -188,12 +189,11 @@ def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
                 "same request_id to apply it once"
             )
         return mapped
-    details = exc.details() or kind
-    sqlstate = md.get("prism-sqlstate")
+    details = exc.details() or kind.value
     cls = WRITE_ERRORS[kind]
     if cls is ReplicaLagError:
         return ReplicaLagError(details)
-    return cls(details, sqlstate=sqlstate if isinstance(sqlstate, str) else None)
+    return cls(details, sqlstate=metadata_value(items, SQLSTATE_KEY))
 
 
 _PERMANENT = {
@@ -206,32 +206,26 @@ _PERMANENT = {
 }
 
 
-# The wrapper's auth refusals by their "prism-error" kind (wrapper/auth.py).
-_AUTH_ERRORS: dict[str, type[DriverError]] = {
-    "unknown-tenant": UnknownTenantError,
-    "bad-proof": AuthenticationError,
-    "retired-secret": SecretRetiredError,
-    "wrong-tenant": TenantDeniedError,
-    "rate-limited": RateLimitedError,
-    "session": SessionExpiredError,
-    "bad-mac": SessionExpiredError,  # the session and its key went astray: start over
-    "bad-challenge": SessionExpiredError,  # a lost or late challenge: start over
+# Each authentication kind's exception, keyed by the kind the wrapper sends.
+AUTH_ERRORS: dict[ErrorKind, type[DriverError]] = {
+    ErrorKind.UNKNOWN_TENANT: UnknownTenantError,
+    ErrorKind.BAD_PROOF: AuthenticationError,
+    ErrorKind.RETIRED_SECRET: SecretRetiredError,
+    ErrorKind.WRONG_TENANT: TenantDeniedError,
+    ErrorKind.RATE_LIMITED: RateLimitedError,
+    ErrorKind.SESSION: SessionExpiredError,
+    ErrorKind.BAD_MAC: SessionExpiredError,  # the session and its key went astray: start over
+    ErrorKind.BAD_CHALLENGE: SessionExpiredError,  # a lost or late challenge: start over
 }
-
-
-def _error_kind(exc: grpc.RpcError) -> str | None:
-    items: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()
-    for k, v in items or ():
-        if k == "prism-error" and isinstance(v, str):
-            return v
-    return None
 
 
 def map_grpc_error(exc: grpc.RpcError, doing: str) -> DriverError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     name = code.name if code is not None else "UNKNOWN"
-    auth_cls = _AUTH_ERRORS.get(_error_kind(exc) or "")
+    items: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else ()
+    kind = kind_in(items)
+    auth_cls = AUTH_ERRORS.get(kind) if kind is not None else None
     if auth_cls is not None:
         return auth_cls(f"{doing}: {details}")
     cls = _PERMANENT.get(code) if code is not None else None

@@ -49,6 +49,12 @@ ever rebuilt; the slab and the arena grow by reallocation, not by copying.
 
 Not thread-safe, like the driver: mutate and query from one thread (the
 driver's event loop). The training thread reads only a copy of a sample.
+
+About 640 lines, on purpose: a sixth of them is the contract above, and the
+rest is one data structure. The partitioned lists (_Lists) index the same
+slots as the grid slab, grow with it and are compacted by the same batch
+calls, so they change together; split apart, each half would have to know
+the other's layout.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def main() -> int:
 flavor = "postgres"
 dsn = "{pg.dsn}"
 
-[chorus]
+[server]
 listen_host = "127.0.0.1"
 listen_port = {port}
 tenant_id = "demo"

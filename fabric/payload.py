@@ -510,13 +510,6 @@ def _plain_key_value(v: Any, i: int) -> Any:
     return _plain_key_value(b, i)
 
 
-def qualify(table: str) -> str:
-    """A table's name as rows travel under it: schema-qualified, with an
-    unqualified name taken to be in schema public (as PostgreSQL's default
-    search_path has it)."""
-    return table if "." in table else f"public.{table}"
-
-
 def encode_key(values: Sequence[Any]) -> str:
     """Canonical string of a primary key: a compact JSON array of plain values.
 

@@ -7,6 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
+    ERROR_KIND_UNKNOWN_TENANT: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_PROOF: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_CHALLENGE: _ClassVar[ErrorKind]
+    ERROR_KIND_RETIRED_SECRET: _ClassVar[ErrorKind]
+    ERROR_KIND_SESSION: _ClassVar[ErrorKind]
+    ERROR_KIND_BAD_MAC: _ClassVar[ErrorKind]
+    ERROR_KIND_WRONG_TENANT: _ClassVar[ErrorKind]
+    ERROR_KIND_RATE_LIMITED: _ClassVar[ErrorKind]
+    ERROR_KIND_PERMISSION: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID: _ClassVar[ErrorKind]
+    ERROR_KIND_NOT_FOUND: _ClassVar[ErrorKind]
+    ERROR_KIND_CONSTRAINT: _ClassVar[ErrorKind]
+    ERROR_KIND_CONFLICT: _ClassVar[ErrorKind]
+    ERROR_KIND_UNAVAILABLE: _ClassVar[ErrorKind]
+    ERROR_KIND_LAGGING: _ClassVar[ErrorKind]
+    ERROR_KIND_UNKNOWN: _ClassVar[ErrorKind]
+
 class WriteKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WRITE_KIND_UNSPECIFIED: _ClassVar[WriteKind]
@@ -20,6 +40,23 @@ class FrameKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CHANGES: _ClassVar[FrameKind]
     RESET: _ClassVar[FrameKind]
     HEARTBEAT: _ClassVar[FrameKind]
+ERROR_KIND_UNSPECIFIED: ErrorKind
+ERROR_KIND_UNKNOWN_TENANT: ErrorKind
+ERROR_KIND_BAD_PROOF: ErrorKind
+ERROR_KIND_BAD_CHALLENGE: ErrorKind
+ERROR_KIND_RETIRED_SECRET: ErrorKind
+ERROR_KIND_SESSION: ErrorKind
+ERROR_KIND_BAD_MAC: ErrorKind
+ERROR_KIND_WRONG_TENANT: ErrorKind
+ERROR_KIND_RATE_LIMITED: ErrorKind
+ERROR_KIND_PERMISSION: ErrorKind
+ERROR_KIND_INVALID: ErrorKind
+ERROR_KIND_NOT_FOUND: ErrorKind
+ERROR_KIND_CONSTRAINT: ErrorKind
+ERROR_KIND_CONFLICT: ErrorKind
+ERROR_KIND_UNAVAILABLE: ErrorKind
+ERROR_KIND_LAGGING: ErrorKind
+ERROR_KIND_UNKNOWN: ErrorKind
 WRITE_KIND_UNSPECIFIED: WriteKind
 UPSERT: WriteKind
 UPDATE: WriteKind
@@ -136,11 +173,10 @@ class TableSchema(_message.Message):
     def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ..., writable: _Optional[bool] = ..., writable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("protocol_version", "stream_id", "tables", "vector_dim", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim", "session", "projection_key")
+    __slots__ = ("protocol_version", "stream_id", "tables", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim", "session", "projection_key")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
-    VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
     KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
     KEY_PROOF_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
@@ -152,7 +188,6 @@ class HelloResponse(_message.Message):
     protocol_version: int
     stream_id: str
     tables: _containers.RepeatedCompositeFieldContainer[TableSchema]
-    vector_dim: int
     key_epoch: int
     key_proof: bytes
     capabilities: _containers.RepeatedScalarFieldContainer[str]
@@ -161,7 +196,7 @@ class HelloResponse(_message.Message):
     text_embedder_dim: int
     session: bytes
     projection_key: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., vector_dim: _Optional[int] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription", "mac")

@@ -78,9 +78,7 @@ class WrapperServiceServicer:
         the wire), or by a client certificate the wrapper maps to the tenant
         (mTLS). The wrapper proves the same back and answers with a session
         token and what a driver needs before it subscribes. See SECURITY.md.
-        Errors: UNAUTHENTICATED (wrong secret, unknown or expired nonce, unknown
-        tenant), PERMISSION_DENIED (a certificate of another tenant),
-        RESOURCE_EXHAUSTED (too many failed attempts from this address).
+        Refusals: the authentication kinds of ErrorKind.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -88,8 +86,8 @@ class WrapperServiceServicer:
 
     def Subscribe(self, request, context):
         """Server streaming of frames from a resume position. See Frame. Subscribe
-        and Write need a session from Hello; a session of another tenant gets
-        PERMISSION_DENIED, an unknown or expired one UNAUTHENTICATED.
+        and Write need a session from Hello; a session of another tenant is
+        refused with wrong-tenant, an unknown or expired one with session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,10 +102,9 @@ class WrapperServiceServicer:
     def Write(self, request, context):
         """Writes go through the wrapper, which runs parametrized statements with
         its own credentials in one database transaction; drivers never send SQL.
-        Errors come back as gRPC statuses whose details carry the database's
-        message, with trailing metadata "prism-error" (a kind: permission,
-        invalid, not-found, constraint, conflict, unavailable) and, when the
-        database raised it, "prism-sqlstate".
+        Refusals: the write kinds of ErrorKind (or an authentication kind, before
+        anything ran), the status details carrying the database's message and,
+        when the database raised it, trailing metadata "prism-sqlstate".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

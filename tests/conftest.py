@@ -116,7 +116,7 @@ class WrapperFactory:
         tenants: list[dict[str, Any]] | None = None,
         **overrides: dict[str, Any],
     ) -> WrapperProcess:
-        """A wrapper process over TLS (chorus={"insecure": True} for
+        """A wrapper process over TLS (server={"insecure": True} for
         plaintext); `tenants` replaces the single tenant by [[tenants]]."""
         port = new_port()
         n = len(self.procs)
@@ -127,7 +127,7 @@ class WrapperFactory:
                 "slot": f"prism_{self.db.name}_{n}",
                 "publication": "prism",
             },
-            "chorus": {
+            "server": {
                 "listen_host": "127.0.0.1",
                 "listen_port": port,
                 "grace_seconds": 2.0,
@@ -141,7 +141,7 @@ class WrapperFactory:
         }
         for sec, body in overrides.items():
             sections.setdefault(sec, {}).update(body)
-        insecure = bool(sections["chorus"].get("insecure"))
+        insecure = bool(sections["server"].get("insecure"))
         if insecure:
             del sections["tls"]
         cfg = write_config(self.tmp_path / f"wrapper{n}.toml", sections, tables, tenants)

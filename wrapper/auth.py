@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import Message
 
 from prism.fabric import auth as handshake
+from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.errors import AuthError
 from prism.wrapper.errors import WrapperError
 
@@ -34,11 +35,10 @@ _WINDOW_S = 60.0
 
 
 class AuthFailure(WrapperError):
-    """A refused handshake or call. kind: unknown-tenant, bad-proof,
-    bad-challenge, retired-secret, wrong-tenant, rate-limited, session,
-    bad-mac."""
+    """A refused handshake or call; `kind` is one of the authentication
+    kinds of wrapper.proto's ErrorKind."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -96,18 +96,18 @@ class Authenticator:
         if len(q) >= self.failures_per_minute:
             wait = q[0] + _WINDOW_S - self.clock()
             raise AuthFailure(
-                "rate-limited",
+                ErrorKind.RATE_LIMITED,
                 f"too many failed authentications from {host}; retry in {wait:.0f}s",
             )
 
-    def _fail(self, host: str, kind: str, message: str) -> AuthFailure:
+    def _fail(self, host: str, kind: ErrorKind, message: str) -> AuthFailure:
         self._failures.setdefault(host, deque()).append(self.clock())
         return AuthFailure(kind, message)
 
     def _tenant(self, tenant_id: str, host: str) -> TenantSecrets:
         t = self.tenants.get(tenant_id)
         if t is None:
-            raise self._fail(host, "unknown-tenant", f"unknown tenant {tenant_id!r}")
+            raise self._fail(host, ErrorKind.UNKNOWN_TENANT, f"unknown tenant {tenant_id!r}")
         return t
 
     # -- the handshake ----------------------------------------------------
@@ -118,7 +118,9 @@ class Authenticator:
         if len(self._challenges) >= MAX_PENDING_CHALLENGES:
             self._challenges = {n: c for n, c in self._challenges.items() if c.expires > now}
             if len(self._challenges) >= MAX_PENDING_CHALLENGES:
-                raise AuthFailure("rate-limited", "too many pending challenges; retry shortly")
+                raise AuthFailure(
+                    ErrorKind.RATE_LIMITED, "too many pending challenges; retry shortly"
+                )
         nonce = os.urandom(handshake.NONCE_BYTES)
         self._challenges[nonce] = _Challenge(tenant_id, now + CHALLENGE_TTL_S)
         return nonce
@@ -139,12 +141,12 @@ class Authenticator:
         try:
             handshake.check_nonces(server_nonce, client_nonce)
         except AuthError as exc:
-            raise self._fail(host, "bad-challenge", str(exc)) from None
+            raise self._fail(host, ErrorKind.BAD_CHALLENGE, str(exc)) from None
         pending = self._challenges.pop(server_nonce, None)
         if pending is None or pending.expires < self.clock() or pending.tenant != tenant_id:
             raise self._fail(
                 host,
-                "bad-challenge",
+                ErrorKind.BAD_CHALLENGE,
                 "unknown, used or expired challenge: ask Challenge again (nonces are single-use "
                 f"and live {CHALLENGE_TTL_S:.0f}s)",
             )
@@ -155,7 +157,7 @@ class Authenticator:
         if cert_tenant is not None and cert_tenant != tenant_id:
             raise self._fail(
                 host,
-                "wrong-tenant",
+                ErrorKind.WRONG_TENANT,
                 f"the client certificate belongs to tenant {cert_tenant!r}, not {tenant_id!r}",
             )
         if tenant.identities and cert_tenant is None:
@@ -163,7 +165,7 @@ class Authenticator:
             # whatever secret it proves.
             raise self._fail(
                 host,
-                "wrong-tenant",
+                ErrorKind.WRONG_TENANT,
                 f"tenant {tenant_id!r} requires a client certificate with identity one of "
                 f"{list(tenant.identities)}; presented {sorted(presented) or 'none'}",
             )
@@ -176,7 +178,7 @@ class Authenticator:
         if index is not None and index > 0 and self._old_retired(tenant):
             raise self._fail(
                 host,
-                "retired-secret",
+                ErrorKind.RETIRED_SECRET,
                 f"the driver holds a retired secret of tenant {tenant_id!r}; give it the "
                 "current secret file",
             )
@@ -184,7 +186,7 @@ class Authenticator:
             if proof or cert_tenant is None:
                 raise self._fail(
                     host,
-                    "bad-proof",
+                    ErrorKind.BAD_PROOF,
                     f"the proof does not match the secret of tenant {tenant_id!r}: the driver's "
                     "secret_file differs from the wrapper's",
                 )
@@ -207,21 +209,23 @@ class Authenticator:
         s = self._sessions.get(token)
         if s is None or s.expires < self.clock():
             self._sessions.pop(token, None)
-            raise self._fail(host, "session", "no valid session: say Hello again")
+            raise self._fail(host, ErrorKind.SESSION, "no valid session: say Hello again")
         if s.secret_index > 0 and self._old_retired(self.tenants[s.tenant]):
             del self._sessions[token]
-            raise self._fail(host, "retired-secret", "the session's secret has been retired")
+            raise self._fail(
+                host, ErrorKind.RETIRED_SECRET, "the session's secret has been retired"
+            )
         if request is not None and not handshake.mac_matches(s.key, request):
             raise self._fail(
                 host,
-                "bad-mac",
+                ErrorKind.BAD_MAC,
                 "the request's MAC does not verify under its session key: a session token "
                 "used without the secret that opened it",
             )
         if s.tenant != tenant_id:
             raise self._fail(
                 host,
-                "wrong-tenant",
+                ErrorKind.WRONG_TENANT,
                 f"this session belongs to tenant {s.tenant!r}, not {tenant_id!r}",
             )
         return s

@@ -3,7 +3,7 @@ gen-certs, rotate-keys, config-reference).
 
 Config is read here, at the edge, into a frozen WrapperConfig; everything
 below takes typed arguments. SIGTERM (systemd stop) stops the pipeline after
-its current store commit, drains the gRPC streams for chorus.grace_seconds,
+its current store commit, drains the gRPC streams for server.grace_seconds,
 and exits 0.
 """
 
@@ -40,9 +40,7 @@ def tenant_secrets(cfg: WrapperConfig) -> dict[str, TenantSecrets]:
 
 
 def open_keyring(cfg: WrapperConfig) -> Keyring:
-    return Keyring(
-        cfg.store_path, [t.id for t in cfg.tenants], float(cfg["chorus.key_rotation_seconds"])
-    )
+    return Keyring(cfg.store_path, [t.id for t in cfg.tenants], cfg.server.key_rotation_seconds)
 
 
 def cmd_run(cfg: WrapperConfig) -> int:
@@ -53,13 +51,13 @@ def cmd_run(cfg: WrapperConfig) -> int:
 
     secrets = tenant_secrets(cfg)
     credentials = server_credentials(cfg)
-    store = Store(cfg.store_path, str(cfg["store.synchronous"]))
+    store = Store(cfg.store_path, cfg.store.synchronous)
     keyring = open_keyring(cfg)
     pipeline = Pipeline(cfg, store, {t: keyring.projection_key(t) for t in secrets})
     auth = Authenticator(
         secrets,
-        failures_per_minute=int(cfg["chorus.auth_failures_per_minute"]),
-        session_ttl_s=float(cfg["chorus.session_ttl_seconds"]),
+        failures_per_minute=cfg.server.auth_failures_per_minute,
+        session_ttl_s=cfg.server.session_ttl_seconds,
     )
     writes = (
         WriteExecutor(
@@ -71,7 +69,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
     state = WrapperState(
         cfg=cfg, store=store, pipeline=pipeline, auth=auth, keyring=keyring, writes=writes
     )
-    address = f"{cfg['chorus.listen_host']}:{cfg['chorus.listen_port']}"
+    address = f"{cfg.server.listen_host}:{cfg.server.listen_port}"
     server, port = create_server(state, address, credentials=credentials)
     stop = threading.Event()
 
@@ -86,16 +84,16 @@ def cmd_run(cfg: WrapperConfig) -> int:
     server.start()
     if cfg.insecure:
         log.warning(
-            "serving gRPC in PLAINTEXT (chorus.insecure = true): anyone on the network path "
+            "serving gRPC in PLAINTEXT (server.insecure = true): anyone on the network path "
             "can read sealed frames' metadata and session tokens; use TLS outside development"
         )
     log.info(
         "listening",
         extra={
-            "host": cfg["chorus.listen_host"],
+            "host": cfg.server.listen_host,
             "port": port,
             "tenants": [t.id for t in cfg.tenants],
-            "tls": "off" if cfg.insecure else "mutual" if cfg["tls.client_ca_file"] else "on",
+            "tls": "off" if cfg.insecure else "mutual" if cfg.tls.client_ca_file else "on",
             "store": str(cfg.store_path),
             "stream_id": store.meta.stream_id,
         },
@@ -108,7 +106,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
             break
     pipeline.stop()
     worker.join(timeout=30)
-    server.stop(float(cfg["chorus.grace_seconds"])).wait()
+    server.stop(cfg.server.grace_seconds).wait()
     if writes is not None:
         writes.close()
     keyring.close()
@@ -123,7 +121,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
 
 def cmd_check(cfg: WrapperConfig) -> int:
     """Validate config, secret and database prerequisites; print the fixes."""
-    from prism.wrapper.sources.postgres import PostgresSource
+    from prism.wrapper.sources.postgres.source import PostgresSource
 
     problems: list[str] = []
     for t in cfg.tenants:
@@ -134,17 +132,17 @@ def cmd_check(cfg: WrapperConfig) -> int:
             except PrismError as exc:
                 problems.append(str(exc))
     if cfg.insecure:
-        print("note chorus.insecure = true: gRPC is served in plaintext")
+        print("note server.insecure = true: gRPC is served in plaintext")
     else:
         from prism.wrapper.server import server_credentials
 
         try:
             server_credentials(cfg)
-            print(f"ok   TLS certificate {cfg['tls.cert_file']}")
+            print(f"ok   TLS certificate {cfg.tls.cert_file}")
         except PrismError as exc:
             problems.append(str(exc))
     if cfg.flavor == "mysql":
-        from prism.wrapper.sources.mysql import check_database
+        from prism.wrapper.sources.mysql.preflight import check_database
 
         return _verdict(problems + check_database(cfg))
     source = PostgresSource(cfg)
@@ -162,9 +160,9 @@ def cmd_check(cfg: WrapperConfig) -> int:
         problems += source.write_privilege_problems()
         if not source.publication_exists():
             print(
-                f"note publication {cfg['database.publication']!r} does not exist yet; "
+                f"note publication {cfg.database.publication!r} does not exist yet; "
                 "prism-wrapper run creates it (needs CREATE on the database, or create it: "
-                f"CREATE PUBLICATION {cfg['database.publication']} FOR TABLE ...)"
+                f"CREATE PUBLICATION {cfg.database.publication} FOR TABLE ...)"
             )
         print(f"ok   pgoutput binary mode: {'yes' if source.binary else 'no (text mode)'}")
     except PrismError as exc:

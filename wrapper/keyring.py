@@ -2,7 +2,7 @@
 
 Between the config's tenants and sealing: the serve step seals every frame
 with the tenant's *current* epoch, read from here. The epoch advances every
-chorus.key_rotation_seconds, and at once when `prism-wrapper rotate-keys`
+server.key_rotation_seconds, and at once when `prism-wrapper rotate-keys`
 bumps it from another process; drivers follow from the key_epoch of the
 frames, deriving the new keys from the secret they already hold, so nothing
 reconnects. The projection key (the seed of the tenant's keyed projection)

@@ -5,10 +5,10 @@ longer fit together) it copies the tables under the slot's exported snapshot
 into a store with a new stream identity; then it streams, group-committing
 received transactions to the store and acknowledging each stored position
 back to the source. Transient source errors are retried with bounded,
-logged backoff; permanent ones stop the daemon with their message. A full
-store disk is neither: the source is no longer acknowledged (the database
-keeps its log), Health says so, drivers are still served what is stored,
-and the pipeline retries until there is room again, however long that takes.
+logged, jittered backoff; permanent ones stop the daemon with their message. A
+full store disk is neither: the source is no longer acknowledged (the database
+keeps its log), Health says so, drivers are still served what is stored, and
+the pipeline retries until there is room again, however long that takes.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from prism.fabric.backoff import Backoff
 from prism.fabric.payload import encode_row
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
-from prism.wrapper.sources import make_source
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
+from prism.wrapper.sources.flavor import make_source
 from prism.wrapper.store import Store, free_bytes, now_us
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
 log = logging.getLogger("prism.wrapper.pipeline")
@@ -39,8 +41,10 @@ IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and sto
 PURGE_INTERVAL_S = 60.0
 # A stream that ran this long counts as recovered: the retry budget refills.
 HEALTHY_STREAM_S = 30.0
-# How often a full store is tried again (capped backoff).
-STORE_FULL_RETRY_S = (0.5, 5.0)
+# Waits between attempts after a source error (jittered, see prism.fabric.backoff).
+RETRY_FIRST_S, RETRY_CAP_S = 0.5, 30.0
+# ... and between attempts to write a full store.
+STORE_FULL_FIRST_S, STORE_FULL_CAP_S = 0.5, 5.0
 # A full store counts as having room again once it stored source
 # transactions, or, with nothing to store, once this much is free: a commit
 # of positions alone fits in the slack the WAL already has, so it proves little.
@@ -60,22 +64,6 @@ class PipelineStatus:
     started: threading.Event = field(default_factory=threading.Event)
 
 
-class Backoff:
-    """Exponential backoff with a cap; reset after a success."""
-
-    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
-        self.first, self.cap, self.next = first, cap, first
-
-    def wait(self, stop: threading.Event) -> float:
-        delay = self.next
-        self.next = min(self.cap, self.next * 2)
-        stop.wait(delay)
-        return delay
-
-    def reset(self) -> None:
-        self.next = self.first
-
-
 class Pipeline:
     def __init__(
         self, cfg: WrapperConfig, store: Store, projection_keys: Mapping[str, bytes]
@@ -86,13 +74,13 @@ class Pipeline:
         self.status = PipelineStatus()
         self.shapes: dict[str, TableShape] = {}
         self.stop_event = threading.Event()
-        self._interval = float(cfg["store.commit_interval_ms"]) / 1000.0
-        self._retention_us = int(float(cfg["store.retention_seconds"]) * 1_000_000)
+        self._interval = cfg.store.commit_interval_ms / 1000.0
+        self._retention_us = int(cfg.store.retention_seconds * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
         self._progressed = False  # this attempt stored and acknowledged something
         self._full_since = 0.0  # monotonic time the store's disk filled up; 0: not full
-        self._full_backoff = Backoff(*STORE_FULL_RETRY_S)
+        self._full_backoff = Backoff(STORE_FULL_FIRST_S, STORE_FULL_CAP_S)
         # Set when the source said the stored position cannot be resumed
         # (the server refused it): the next attempt copies afresh.
         self._resume_lost: str | None = None
@@ -104,8 +92,8 @@ class Pipeline:
         with the last error. An attempt that stored something, or streamed
         for HEALTHY_STREAM_S, ends the row: the count and the backoff start
         over, so outages far apart never add up."""
-        backoff = Backoff()
-        limit = int(self.cfg["database.retry_limit"])
+        backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
+        limit = self.cfg.database.retry_limit
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)
@@ -117,7 +105,7 @@ class Pipeline:
             except StoreFullError as exc:
                 # Not the database's fault, so not counted against retry_limit.
                 self._store_full(exc)
-                self._full_backoff.wait(self.stop_event)
+                self.stop_event.wait(self._full_backoff.next_delay())
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
@@ -141,7 +129,7 @@ class Pipeline:
                     return
                 self.status.state, self.status.detail = "RETRYING", str(exc)
                 self.status.retries += 1
-                delay = backoff.next
+                delay = backoff.next_delay()
                 log.warning(
                     "source error, retrying in %.1fs (attempt %d of %s): %s",
                     delay,
@@ -149,7 +137,7 @@ class Pipeline:
                     limit or "unlimited",
                     exc,
                 )
-                backoff.wait(self.stop_event)
+                self.stop_event.wait(delay)
             except Exception as exc:  # a bug or a raw store error: stop, and say so
                 log.exception("replication stopped by an unexpected error")
                 self.status.state = "FAILED"
@@ -195,7 +183,8 @@ class Pipeline:
         )
         self._full_since = 0.0
         self._full_backoff.reset()
-        self.status.state, self.status.detail = "STREAMING", ""
+        if not self._full_since:  # else STREAMING once the store took a commit
+            self.status.state, self.status.detail = "STREAMING", ""
 
     def _run_once(self, source: ReplicationSource) -> None:
         problems = source.check_prerequisites()
@@ -225,8 +214,7 @@ class Pipeline:
         )
         source.start_stream(self.store.meta.resume_point)
         self._streaming_since = time.monotonic()
-        if not self._full_since:  # else STREAMING once the store took a commit
-            self.status.state, self.status.detail = "STREAMING", ""
+        self.status.state, self.status.detail = "STREAMING", ""
         self.status.started.set()
         self._stream(source, applier)
 

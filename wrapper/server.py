@@ -2,7 +2,8 @@
 Health, over TLS (optionally mutual) unless configured insecure.
 
 Kept thin: authentication rules live in wrapper/auth.py, key epochs in
-wrapper/keyring.py, streaming in wrapper/serve.py, keys in prism.fabric.
+wrapper/keyring.py, what a Subscribe call streams in wrapper/subscription.py,
+keys in prism.fabric.
 `create_server()` binds and returns the port, so tests can ask for port 0.
 """
 
@@ -24,16 +25,18 @@ from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.errorkinds import GRPC_STATUS, ErrorKind, refusal_metadata
 from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.payload import qualify
 from prism.fabric.sealing import Sealer
+from prism.fabric.tablenames import qualify
 from prism.wrapper.auth import Authenticator, AuthFailure, Session
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
-from prism.wrapper.serve import ServeContext, subscription
+from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.subscription import ServeContext, subscription
 from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
@@ -41,29 +44,6 @@ log = logging.getLogger("prism.wrapper.server")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MIN_SUBSCRIPTION, MAX_SUBSCRIPTION = 16, 64
 CAPABILITIES = ("frames-v2", "catch-up", "bootstrap", "text-embedder", "key-rotation")
-
-_AUTH_STATUS = {
-    "unknown-tenant": grpc.StatusCode.UNAUTHENTICATED,
-    "bad-proof": grpc.StatusCode.UNAUTHENTICATED,
-    "bad-challenge": grpc.StatusCode.UNAUTHENTICATED,
-    "retired-secret": grpc.StatusCode.UNAUTHENTICATED,
-    "session": grpc.StatusCode.UNAUTHENTICATED,
-    "bad-mac": grpc.StatusCode.UNAUTHENTICATED,
-    "wrong-tenant": grpc.StatusCode.PERMISSION_DENIED,
-    "rate-limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
-
-_WRITE_STATUS = {
-    "permission": grpc.StatusCode.PERMISSION_DENIED,
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "not-found": grpc.StatusCode.NOT_FOUND,
-    "constraint": grpc.StatusCode.FAILED_PRECONDITION,
-    "conflict": grpc.StatusCode.ABORTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "lagging": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "unknown": grpc.StatusCode.UNAVAILABLE,
-}
 
 
 @dataclass
@@ -129,8 +109,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> NoReturn:
         log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
-        context.set_trailing_metadata((("prism-error", exc.kind),))
-        context.abort(_AUTH_STATUS.get(exc.kind, grpc.StatusCode.UNAUTHENTICATED), str(exc))
+        context.set_trailing_metadata(refusal_metadata(exc.kind))
+        context.abort(GRPC_STATUS[exc.kind], str(exc))
 
     def _still_valid(self, token: bytes) -> bool:
         with self.state.auth_lock:
@@ -240,13 +220,12 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             protocol_version=PROTOCOL_VERSION,
             stream_id=meta.stream_id,
             tables=tables,
-            vector_dim=int(st.cfg["vectors.dimension"]),
             key_epoch=keys.epoch,
             key_proof=handshake.server_proof(secret, tenant_id, *nonces),
             capabilities=list(CAPABILITIES),
             head_position=meta.head,
             retention_floor=meta.retention_floor,
-            text_embedder_dim=int(st.cfg["vectors.text_dim"]),
+            text_embedder_dim=st.cfg.vectors.text_dim,
             session=token,
             projection_key=handshake.wrap_projection_key(
                 secret, tenant_id, *nonces, keys.projection_key
@@ -310,31 +289,26 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                     context,
                     "write",
                     AuthFailure(
-                        "wrong-tenant",
+                        ErrorKind.WRONG_TENANT,
                         f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
                     ),
                 )
         try:
             if st.writes is None:
-                raise WriteError("permission", "no table is writable for this tenant")
+                raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
             return st.writes.execute(request)
         except WriteError as exc:
-            level = logging.WARNING if exc.kind == "permission" else logging.INFO
+            level = logging.WARNING if exc.kind == ErrorKind.PERMISSION else logging.INFO
             log.log(
                 level,
                 "write refused: %s",
                 exc,
                 extra={"peer": context.peer(), "kind": exc.kind, "sqlstate": exc.sqlstate},
             )
-            md: tuple[tuple[str, str | bytes], ...] = (("prism-error", exc.kind),)
-            if exc.sqlstate:
-                md += (("prism-sqlstate", exc.sqlstate),)
-            context.set_trailing_metadata(md)
-            context.abort(_WRITE_STATUS.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
+            context.set_trailing_metadata(refusal_metadata(exc.kind, exc.sqlstate))
+            context.abort(GRPC_STATUS[exc.kind], str(exc))
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
-        from prism.wrapper.sources import describe_point
-
         st = self.state
         meta = st.store.meta
         status = st.pipeline.status
@@ -369,12 +343,12 @@ def _read(path: str, key: str) -> bytes:
 
 
 def server_credentials(cfg: WrapperConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials from [tls], or None when chorus.insecure = true."""
+    """TLS credentials from [tls], or None when server.insecure = true."""
     if cfg.insecure:
         return None
-    cert = _read(cfg["tls.cert_file"], "tls.cert_file")
-    key = _read(cfg["tls.key_file"], "tls.key_file")
-    ca = cfg["tls.client_ca_file"]
+    cert = _read(cfg.tls.cert_file, "tls.cert_file")
+    key = _read(cfg.tls.key_file, "tls.key_file")
+    ca = cfg.tls.client_ca_file
     return grpc.ssl_server_credentials(
         [(key, cert)],
         root_certificates=_read(ca, "tls.client_ca_file") if ca else None,
@@ -406,5 +380,5 @@ def create_server(
     else:
         port = server.add_secure_port(address, credentials)
     if port == 0:
-        raise ConfigError(f"chorus.listen_port: cannot bind {address}")
+        raise ConfigError(f"server.listen_port: cannot bind {address}")
     return server, port

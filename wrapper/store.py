@@ -83,7 +83,7 @@ class StoreMeta:
     retention_floor: int
     source_position: int
     last_commit_us: int
-    # MySQL/MariaDB: the GTID state at source_position (sources/gtid.py),
+    # MySQL/MariaDB: the GTID state at source_position (sources/mysql/gtid.py),
     # "" when unknown or for PostgreSQL.
     gtid_state: str = ""
 

@@ -43,7 +43,7 @@ def as_float32(value: Any) -> Any:
 class Vectorizer:
     def __init__(self, cfg: WrapperConfig, projection_keys: Mapping[str, bytes]) -> None:
         """projection_keys: each tenant's projection key (wrapper/keyring.py)."""
-        self._embedder = TextEmbedder(int(cfg["vectors.text_dim"]))
+        self._embedder = TextEmbedder(cfg.vectors.text_dim)
         self._projections: dict[str, Projection] = {}
         self._tables: dict[str, TableConfig] = {}
         for t in cfg.tables:

@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import queue
-import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -31,24 +30,33 @@ from psycopg import sql
 from psycopg.types.json import Json, Jsonb
 
 from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.backoff import Backoff
+from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.errors import PayloadError
-from prism.fabric.payload import decode_row, qualify
-from prism.wrapper.apply import TableShape
+from prism.fabric.payload import decode_row
+from prism.fabric.tablenames import qualify
 from prism.wrapper.config import TableConfig, WrapperConfig
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.tables import TableShape
 
 log = logging.getLogger("prism.wrapper.writes")
 
 PURGE_EVERY_S = 600.0
+# Waits between retries of a deadlocked or serialization-failed write
+# (jittered, see prism.fabric.backoff). A conflict clears in milliseconds;
+# the cap keeps a large database.write_retries from holding a gRPC worker
+# for minutes.
+RETRY_FIRST_S, RETRY_CAP_S = 0.02, 1.0
 
 
 class WriteError(WrapperError):
-    """A write was refused or failed. `kind` is what the driver sees in the
-    "prism-error" metadata; `sqlstate` is the database's code, if any."""
+    """A write was refused or failed. `kind` (a write kind of wrapper.proto's
+    ErrorKind) is what the driver sees in the "prism-error" metadata;
+    `sqlstate` is the database's code, if any."""
 
-    def __init__(self, kind: str, message: str, sqlstate: str | None = None) -> None:
-        super().__init__(message, retriable=kind in ("conflict", "unavailable"))
+    def __init__(self, kind: ErrorKind, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message, retriable=kind in (ErrorKind.CONFLICT, ErrorKind.UNAVAILABLE))
         self.kind = kind
         self.sqlstate = sqlstate
 
@@ -67,7 +75,7 @@ def _values(blob: bytes, what: str, table: str) -> dict[str, Any]:
     try:
         return decode_row(blob)
     except PayloadError as exc:
-        raise WriteError("invalid", f"{table}: {what} cannot be decoded: {exc}") from None
+        raise WriteError(ErrorKind.INVALID, f"{table}: {what} cannot be decoded: {exc}") from None
 
 
 def _check_vector(t: TableConfig, data: Mapping[str, Any]) -> None:
@@ -78,15 +86,17 @@ def _check_vector(t: TableConfig, data: Mapping[str, Any]) -> None:
     try:
         arr = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
-        raise WriteError("invalid", f"{t.name}.{col}: a vector must be a list of numbers") from None
+        raise WriteError(
+            ErrorKind.INVALID, f"{t.name}.{col}: a vector must be a list of numbers"
+        ) from None
     if arr.ndim != 1 or arr.shape[0] != t.vector_dim:
         raise WriteError(
-            "invalid",
+            ErrorKind.INVALID,
             f"{t.name}.{col}: vector of dimension {arr.shape[0] if arr.ndim == 1 else arr.shape}, "
             f"the table takes {t.vector_dim}",
         )
     if not np.isfinite(arr).all():
-        raise WriteError("invalid", f"{t.name}.{col}: vector contains NaN or infinity")
+        raise WriteError(ErrorKind.INVALID, f"{t.name}.{col}: vector contains NaN or infinity")
 
 
 def _bind(value: Any, type_name: str) -> Any:
@@ -115,38 +125,44 @@ def plan(
     cfg: WrapperConfig, shapes: Mapping[str, TableShape], op: pb.WriteOp, default_table: str
 ) -> Planned:
     """Validate one operation and make its statement. Raises WriteError with
-    kind "permission" or "invalid", naming the table or column at fault."""
+    kind PERMISSION or INVALID, naming the table or column at fault."""
     name = op.table or default_table
     if not name:
-        raise WriteError("invalid", "table is required: this tenant has several writable tables")
+        raise WriteError(
+            ErrorKind.INVALID, "table is required: this tenant has several writable tables"
+        )
     name = qualify(name)
     try:
         t = cfg.table(name)
     except KeyError:
         raise WriteError(
-            "permission", f"table {name!r} is not replicated for this tenant"
+            ErrorKind.PERMISSION, f"table {name!r} is not replicated for this tenant"
         ) from None
     if not t.writable:
-        raise WriteError("permission", f"table {name} is not writable (set writable = true)")
+        raise WriteError(
+            ErrorKind.PERMISSION, f"table {name} is not writable (set writable = true)"
+        )
     shape = shapes.get(name)
     if shape is None:
-        raise WriteError("unavailable", "the wrapper is starting: tables not discovered yet")
+        raise WriteError(
+            ErrorKind.UNAVAILABLE, "the wrapper is starting: tables not discovered yet"
+        )
     types = dict(shape.columns)
     key = _values(op.key, "key", name)
     data = _values(op.data, "data", name)
     if set(key) != set(shape.key_columns):
         raise WriteError(
-            "invalid",
+            ErrorKind.INVALID,
             f"{name}: the key must give ({', '.join(shape.key_columns)}), got ({', '.join(key)})",
         )
     for col in data:
         if col not in types:
-            raise WriteError("invalid", f"{name}: unknown column {col!r}")
+            raise WriteError(ErrorKind.INVALID, f"{name}: unknown column {col!r}")
         # An upsert may repeat its key in data (checked equal below); an update
         # that sets a key column moves the row, so that column must be writable.
         repeats_key = col in shape.key_columns and op.kind == pb.UPSERT
         if t.writable_columns and col not in t.writable_columns and not repeats_key:
-            raise WriteError("permission", f"{name}: column {col!r} is not writable")
+            raise WriteError(ErrorKind.PERMISSION, f"{name}: column {col!r} is not writable")
     _check_vector(t, data)
     ident = sql.Identifier(*name.split("."))
     where = sql.SQL(" AND ").join(
@@ -156,12 +172,12 @@ def plan(
     key_params = [_bind(key[k], types[k]) for k in shape.key_columns]
     if op.kind == pb.DELETE:
         if data:
-            raise WriteError("invalid", f"{name}: a delete takes a key only, not data")
+            raise WriteError(ErrorKind.INVALID, f"{name}: a delete takes a key only, not data")
         stmt = sql.SQL("DELETE FROM {} WHERE {}").format(ident, where)
         return Planned(op.kind, name, stmt, key_params)
     if op.kind == pb.UPDATE:
         if not data:
-            raise WriteError("invalid", f"{name}: an update needs at least one column")
+            raise WriteError(ErrorKind.INVALID, f"{name}: an update needs at least one column")
         sets = sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(c), _placeholder(types[c])) for c in data
         )
@@ -170,11 +186,12 @@ def plan(
             op.kind, name, stmt, [_bind(v, types[c]) for c, v in data.items()] + key_params
         )
     if op.kind != pb.UPSERT:
-        raise WriteError("invalid", f"{name}: unknown write kind {op.kind}")
+        raise WriteError(ErrorKind.INVALID, f"{name}: unknown write kind {op.kind}")
     for k in shape.key_columns:
         if k in data and data[k] != key[k]:
             raise WriteError(
-                "invalid", f"{name}: data gives {k} = {data[k]!r} but the key says {key[k]!r}"
+                ErrorKind.INVALID,
+                f"{name}: data gives {k} = {data[k]!r} but the key says {key[k]!r}",
             )
     row = {**data, **key}
     cols = list(row)
@@ -201,10 +218,10 @@ def plan(
 _CONSTRAINT_CLASS = "23"
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 _SQLSTATE_KINDS = {
-    "42501": "permission",  # insufficient privilege of the wrapper's role
-    "25006": "unavailable",  # read-only transaction: the dsn reaches a standby
-    "25P03": "unavailable",  # idle session timeout
-    "40003": "unknown",  # statement completion unknown
+    "42501": ErrorKind.PERMISSION,  # insufficient privilege of the wrapper's role
+    "25006": ErrorKind.UNAVAILABLE,  # read-only transaction: the dsn reaches a standby
+    "25P03": ErrorKind.UNAVAILABLE,  # idle session timeout
+    "40003": ErrorKind.UNKNOWN,  # statement completion unknown
 }
 
 
@@ -217,20 +234,20 @@ def map_db_error(exc: BaseException) -> WriteError:
     if detail:
         msg = f"{msg} ({detail})"
     if sqlstate in _RETRY_SQLSTATES:
-        return WriteError("conflict", msg, sqlstate)
+        return WriteError(ErrorKind.CONFLICT, msg, sqlstate)
     if sqlstate in _SQLSTATE_KINDS:
         return WriteError(_SQLSTATE_KINDS[sqlstate], msg, sqlstate)
     if sqlstate and sqlstate.startswith(_CONSTRAINT_CLASS):
-        return WriteError("constraint", msg, sqlstate)
+        return WriteError(ErrorKind.CONSTRAINT, msg, sqlstate)
     if sqlstate and sqlstate.startswith(("22", "42")):
-        return WriteError("invalid", msg, sqlstate)
+        return WriteError(ErrorKind.INVALID, msg, sqlstate)
     if isinstance(exc, psycopg.DataError | ValueError):  # e.g. NUL in text, raised client-side
-        return WriteError("invalid", msg, sqlstate)
+        return WriteError(ErrorKind.INVALID, msg, sqlstate)
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError) or (
         sqlstate and sqlstate.startswith(("08", "57", "53"))
     ):
-        return WriteError("unavailable", f"database unavailable: {msg}", sqlstate)
-    return WriteError("invalid", msg, sqlstate)
+        return WriteError(ErrorKind.UNAVAILABLE, f"database unavailable: {msg}", sqlstate)
+    return WriteError(ErrorKind.INVALID, msg, sqlstate)
 
 
 class ConnectionPool:
@@ -248,7 +265,7 @@ class ConnectionPool:
         try:
             self._slots.get(timeout=timeout)
         except queue.Empty:
-            raise WriteError("unavailable", "all write connections are busy") from None
+            raise WriteError(ErrorKind.UNAVAILABLE, "all write connections are busy") from None
         conn = None
         try:
             try:
@@ -288,8 +305,8 @@ class WriteExecutor:
         self.store = store
         self._shapes = shapes
         self._replicating = replicating
-        self._pool = ConnectionPool(cfg.dsn, int(cfg["database.write_connections"]))
-        self._retries = int(cfg["database.write_retries"])
+        self._pool = ConnectionPool(cfg.dsn, cfg.database.write_connections)
+        self._retries = cfg.database.write_retries
         self._marker = sql.Identifier(*(cfg.writes_table or "public.prism_writes").split("."))
         self._last_purge = time.monotonic()
         writable = [t.name for t in cfg.tables if t.writable]
@@ -297,14 +314,14 @@ class WriteExecutor:
 
     def execute(self, request: pb.WriteRequest, wait_s: float = 30.0) -> pb.WriteResponse:
         if self.cfg.writes_table is None:
-            raise WriteError("permission", "no table is writable for this tenant")
+            raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
         if not request.ops:
-            raise WriteError("invalid", "a write needs at least one operation")
+            raise WriteError(ErrorKind.INVALID, "a write needs at least one operation")
         if len(request.request_id) > 200:
-            raise WriteError("invalid", "request_id is longer than 200 characters")
+            raise WriteError(ErrorKind.INVALID, "request_id is longer than 200 characters")
         if not self._replicating():
             # A commit now could not be confirmed: the stream is not running.
-            raise WriteError("unavailable", "replication is not running; try again later")
+            raise WriteError(ErrorKind.UNAVAILABLE, "replication is not running; try again later")
         shapes = self._shapes()
         planned = [plan(self.cfg, shapes, op, self._default_table) for op in request.ops]
         event_id, affected, replayed = self._run(planned, request.request_id or None)
@@ -319,6 +336,7 @@ class WriteExecutor:
         )
 
     def _run(self, planned: list[Planned], request_id: str | None) -> tuple[str, list[int], bool]:
+        backoff = None  # made at the first retry: most writes never need one
         for attempt in range(self._retries + 1):
             try:
                 return self._attempt(planned, request_id)
@@ -326,10 +344,11 @@ class WriteExecutor:
                 # Conflicts are retried; so is a connection found dead before
                 # COMMIT was sent (an idle pooled one after a restart): nothing
                 # was written.
-                stale = exc.kind == "unavailable" and attempt == 0
-                if (exc.kind != "conflict" and not stale) or attempt == self._retries:
+                stale = exc.kind == ErrorKind.UNAVAILABLE and attempt == 0
+                if (exc.kind != ErrorKind.CONFLICT and not stale) or attempt == self._retries:
                     raise
-                delay = 0.01 * (2**attempt) * (1 + random.random())
+                backoff = backoff or Backoff(RETRY_FIRST_S, RETRY_CAP_S)
+                delay = backoff.next_delay()
                 log.info(
                     "write conflict, retrying",
                     extra={"attempt": attempt + 1, "sqlstate": exc.sqlstate},
@@ -364,16 +383,18 @@ class WriteExecutor:
                 for p in planned:
                     n = conn.execute(p.statement, p.params).rowcount
                     if p.kind == pb.UPDATE and n == 0:
-                        raise WriteError("not-found", f"{p.table}: no row with that key to update")
+                        raise WriteError(
+                            ErrorKind.NOT_FOUND, f"{p.table}: no row with that key to update"
+                        )
                     affected.append(max(n, 0))
                 committing = True  # leaving the block sends COMMIT
         except WriteError:
             raise
         except (psycopg.Error, OSError, ValueError) as exc:
             err = map_db_error(exc)
-            if committing and err.kind == "unavailable":
+            if committing and err.kind == ErrorKind.UNAVAILABLE:
                 raise WriteError(
-                    "unknown",
+                    ErrorKind.UNKNOWN,
                     f"the connection failed during COMMIT: the write may or may not have "
                     f"committed (event {event_id}); retry with the same request_id ({exc})",
                     err.sqlstate,
@@ -402,7 +423,7 @@ class WriteExecutor:
                 pos = store.recent_writes.get(event_id)
         if pos is None:
             raise WriteError(
-                "lagging",
+                ErrorKind.LAGGING,
                 f"the write committed (event {event_id}) but the replication stream has "
                 f"not brought it to the wrapper's store within {wait_s}s",
             )
@@ -412,7 +433,7 @@ class WriteExecutor:
         if time.monotonic() - self._last_purge < PURGE_EVERY_S:
             return
         self._last_purge = time.monotonic()
-        retention = float(self.cfg["store.retention_seconds"])
+        retention = self.cfg.store.retention_seconds
         try:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute(

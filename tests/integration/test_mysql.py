@@ -333,13 +333,13 @@ def test_snapshot_meets_stream_exactly(mdb, method, resume, tmp_path) -> None:  
     position), which must meet the copy exactly as well."""
     from prism.wrapper.config import config_from_mapping
     from prism.wrapper.sources.base import RowChange
-    from prism.wrapper.sources.mysql import MySQLSource
+    from prism.wrapper.sources.mysql.source import MySQLSource
 
     mdb.execute("CREATE TABLE w (id INT PRIMARY KEY, writer INT) ENGINE = InnoDB")
     cfg = config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": mdb.dsn, "server_id": 4321, "resume": resume},
-            "chorus": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
+            "server": {"tenant_id": "acme", "secret_file": "/dev/null", "insecure": True},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": "w"}],
         },

@@ -33,8 +33,8 @@ import pytest
 import support.mysql_consistency as mc
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import ResumePoint
-from prism.wrapper.sources.binlog import binlog_file_seq, position_epoch, unpack_position
-from prism.wrapper.sources.mysql import MySQLSource
+from prism.wrapper.sources.mysql.positions import binlog_file_seq, position_epoch, unpack_position
+from prism.wrapper.sources.mysql.source import MySQLSource
 from support.consistency import BackgroundWorkload, wait_consistent
 from support.mariadb import EmbeddedMariaDB, MariaTestDB, shared_tmp
 from support.mysql_consistency import mysql_rows
@@ -186,7 +186,7 @@ async def test_failover_to_a_replica_resumes_by_gtid(pair, mysql_wrapper, secret
             config_from_mapping(
                 {
                     "database": {"flavor": "mysql", "dsn": replica.url(DB), "resume": "position"},
-                    "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+                    "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
                     "tables": mc.tables_config(),
                 },
                 env={},

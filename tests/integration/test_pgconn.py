@@ -1,5 +1,5 @@
 """ReplicationConnection against a real PostgreSQL 16 (PostgreSQL WAL →
-**pgconn** → walstream → decoder → pipeline → store): a slot's exported
+**conn** → walstream → decoder → pipeline → store): a slot's exported
 snapshot meets its stream exactly, and a confirmed flush position reaches
 pg_replication_slots."""
 
@@ -14,9 +14,9 @@ from conftest import TestDB
 from prism.wrapper.embedded_pg import free_port
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import RowChange, SourceTransaction
-from prism.wrapper.sources.pgconn import ReplicationConnection
-from prism.wrapper.sources.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.walstream import PrimaryKeepalive, XLogData, lsn_from_str
+from prism.wrapper.sources.postgres.conn import ReplicationConnection
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, XLogData, lsn_from_str
 
 pytestmark = pytest.mark.integration
 

@@ -174,7 +174,7 @@ async def test_plaintext_needs_explicit_insecure_and_is_logged(
         pb_grpc.WrapperServiceStub(ch).Health(pb.HealthRequest(), timeout=3)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "PLAINTEXT" not in tls.log_tail(10**7)
-    plain = wrapper(TABLES_CONFIG, chorus={"insecure": True})
+    plain = wrapper(TABLES_CONFIG, server={"insecure": True})
     assert "serving gRPC in PLAINTEXT" in plain.log_tail(10**7)
     async with driver_for(plain, secret_file) as driver:
         await driver.wait_ready(timeout=30)
@@ -184,7 +184,7 @@ def test_failed_authentications_are_rate_limited(
     db: Any, wrapper: Any, secret_file: Path, tmp_path: Path
 ) -> None:
     db.execute(SCHEMA)
-    proc = wrapper(TABLES_CONFIG, chorus={"auth_failures_per_minute": 3})
+    proc = wrapper(TABLES_CONFIG, server={"auth_failures_per_minute": 3})
     wrong = tenant_files(tmp_path, "wrong")["wrong"]
     codes = []
     for _ in range(3):
@@ -202,7 +202,7 @@ def test_random_handshake_bytes_get_typed_refusals(db: Any, wrapper: Any) -> Non
     """Garbage as ChallengeRequest and HelloRequest: every call ends in a gRPC
     status of its own, and the wrapper keeps serving."""
     db.execute(SCHEMA)
-    proc = wrapper(TABLES_CONFIG, chorus={"auth_failures_per_minute": 10**6})
+    proc = wrapper(TABLES_CONFIG, server={"auth_failures_per_minute": 10**6})
     rng = random.Random(5)
     seen = set()
     with proc.channel() as ch:
@@ -282,7 +282,7 @@ async def test_keys_rotate_under_continuous_writes(
     with db.connect() as c:
         wl.run(c, 100)
     proc = wrapper(
-        TABLES_CONFIG, chorus={"key_rotation_seconds": 1.0}, store={"commit_interval_ms": 2.0}
+        TABLES_CONFIG, server={"key_rotation_seconds": 1.0}, store={"commit_interval_ms": 2.0}
     )
     driver = driver_for(proc, secret_file)
     await driver.start()

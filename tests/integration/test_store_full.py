@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from prism.wrapper.sources.walstream import lsn_from_str
+from prism.wrapper.sources.postgres.walstream import lsn_from_str
 from prism.wrapper.store import StoreReader
 from support.consistency import KEYS, SCHEMA, TABLES_CONFIG, wait_consistent
 from support.faults import TmpfsDisk

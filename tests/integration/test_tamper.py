@@ -103,7 +103,7 @@ def served(tmp_path: Path, certs: CertPaths) -> Iterator[Served]:
     cfg = config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": TENANT, "secret_file": str(secret_file)},
+            "server": {"tenant_id": TENANT, "secret_file": str(secret_file)},
             "tls": {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)},
             "store": {"path": str(tmp_path / "s.sqlite3")},
             "tables": [{"name": TABLE, "vector_column": "v", "vector_dim": DIM}],

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from prism.fabric.payload import encode_key
-from prism.wrapper.sources.mysql import read_table_spec
+from prism.wrapper.sources.mysql.catalog import read_table_spec
 from support.consistency import Workload, _word
 
 VEC_DIM = 8

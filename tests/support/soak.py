@@ -271,7 +271,7 @@ class Soak:
         while True:
             for d in self._drivers():
                 t = d._replica.tables.get(table)
-                if t is None or not d._ready.is_set():
+                if t is None or not d._sub.ready.is_set():
                     continue
                 self.r.observations += 1
                 problems = group_violations(t.rows)

@@ -37,7 +37,7 @@ from prism.driver import DriverConfig, PrismDriver
 from prism.fabric.keys import write_secret
 from prism.wrapper.certs import generate
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
-from prism.wrapper.sources.walstream import lsn_from_str
+from prism.wrapper.sources.postgres.walstream import lsn_from_str
 from support import consistency
 from support.consistency import Workload, db_rows
 from support.faults import MariaDBServer, PostgresServer, TmpfsDisk
@@ -338,7 +338,7 @@ class SoakEnv:
         port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "database": db.wrapper_dsn(near, db_proxy.port) | {"status_interval_s": 1.0},
-            "chorus": {
+            "server": {
                 "listen_host": far,
                 "listen_port": port,
                 "tenant_id": TENANT,

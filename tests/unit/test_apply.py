@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from prism.fabric.payload import decode_row, encode_key
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import RelationInfo, SourceTransaction
-from prism.wrapper.sources.replay import ReplaySource
+from prism.wrapper.sources.postgres.replay import ReplaySource
 from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
@@ -23,7 +24,7 @@ def cfg() -> Any:
     return config_from_mapping(
         {
             "database": {"dsn": "host=unused"},
-            "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
             "tables": [
                 {"name": "public.types_t", "vector_column": "c_vec", "vector_dim": 3},
                 {"name": "public.docs", "text_columns": ["body"]},

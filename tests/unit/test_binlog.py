@@ -15,23 +15,18 @@ import pymysql
 import pytest
 
 from prism.fabric.payload import decode_row, encode_key
-from prism.wrapper.apply import Applier, TableShape
+from prism.wrapper.apply import Applier
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.errors import ConfigError, SourceError, map_pymysql_error
 from prism.wrapper.sources.base import RowChange, SourceTransaction, TruncateChange
-from prism.wrapper.sources.binlog import (
-    BinlogDecoder,
-    ColumnKind,
-    binlog_file_seq,
-    catalog_type_name,
-    ddl_targets,
-    pack_position,
-    unpack_position,
-)
-from prism.wrapper.sources.binlogreplay import BinlogReplaySource, read_recording, spec_from_json
-from prism.wrapper.sources.mysqlcheck import grant_problems, replica_id_problems, variable_problems
-from prism.wrapper.sources.mysqldsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.binlog import BinlogDecoder, ddl_targets
+from prism.wrapper.sources.mysql.check import grant_problems, replica_id_problems, variable_problems
+from prism.wrapper.sources.mysql.columns import ColumnKind, catalog_type_name
+from prism.wrapper.sources.mysql.dsn import parse_mysql_dsn
+from prism.wrapper.sources.mysql.positions import binlog_file_seq, pack_position, unpack_position
+from prism.wrapper.sources.mysql.replay import BinlogReplaySource, read_recording, spec_from_json
 from prism.wrapper.store import Store
+from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer, as_float32
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "binlog" / "mariadb.bin"
@@ -178,7 +173,7 @@ def test_applied_to_the_store(tmp_path: Path) -> None:
     cfg = config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": "mysql://u@h/fx"},
-            "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
             "tables": [{"name": "types_t"}, {"name": "docs"}],
         },
         env={},
@@ -377,7 +372,7 @@ def _cfg(**tables: Any) -> Any:
     return config_from_mapping(
         {
             "database": {"flavor": "mysql", "dsn": "mysql://u@h/shop", "server_id": 9},
-            "chorus": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
+            "server": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
             "tables": [{"name": "items"} | tables, {"name": "other.t"}],
         },
         env={},
@@ -387,14 +382,14 @@ def _cfg(**tables: Any) -> Any:
 def test_config_for_mysql() -> None:
     cfg = _cfg()
     assert cfg.flavor == "mysql" and [t.name for t in cfg.tables] == ["shop.items", "other.t"]
-    assert cfg["database.server_id"] == 9 and cfg["database.retry_limit"] == 10
+    assert cfg.database.server_id == 9 and cfg.database.retry_limit == 10
     with pytest.raises(ConfigError, match=r"tables\[0\].writable \(shop.items\).*mysql"):
         _cfg(writable=True)
     with pytest.raises(ConfigError, match=r"database\.dsn"):
         config_from_mapping(
             {
                 "database": {"flavor": "mysql", "dsn": "host=db"},
-                "chorus": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
+                "server": {"tenant_id": "t", "secret_file": "/s", "insecure": True},
                 "tables": [{"name": "items"}],
             },
             env={},

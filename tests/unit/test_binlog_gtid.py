@@ -16,22 +16,18 @@ import pytest
 
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.errors import ConfigError
-from prism.wrapper.sources import describe_point
 from prism.wrapper.sources.base import ResumePoint, RowChange, SourceTransaction
-from prism.wrapper.sources.binlog import (
-    BinlogDecoder,
-    pack_position,
-    position_epoch,
-    unpack_position,
-)
-from prism.wrapper.sources.binlogreplay import (
+from prism.wrapper.sources.flavor import describe_point
+from prism.wrapper.sources.mysql.binlog import BinlogDecoder
+from prism.wrapper.sources.mysql.check import gtid_problems, gtid_summary, server_has_gtids
+from prism.wrapper.sources.mysql.gtid import MariaPosition, MySQLGtidSet, decode_state
+from prism.wrapper.sources.mysql.positions import pack_position, position_epoch, unpack_position
+from prism.wrapper.sources.mysql.replay import (
     BinlogPacketParser,
     BinlogReplaySource,
     read_recording,
     spec_from_json,
 )
-from prism.wrapper.sources.gtid import MariaPosition, MySQLGtidSet, decode_state
-from prism.wrapper.sources.mysqlcheck import gtid_problems, gtid_summary, server_has_gtids
 from prism.wrapper.store import Store
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "binlog"
@@ -267,14 +263,14 @@ def test_gtid_summary_for_check() -> None:
 def test_resume_config_key() -> None:
     base = {
         "database": {"flavor": "mysql", "dsn": "mysql://u@h/db"},
-        "chorus": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+        "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
         "tables": [{"name": "t"}],
     }
-    assert config_from_mapping(base, env={})["database.resume"] == "auto"
+    assert config_from_mapping(base, env={}).database.resume == "auto"
     gtid = base | {"database": base["database"] | {"resume": "gtid"}}
-    assert config_from_mapping(gtid, env={})["database.resume"] == "gtid"
+    assert config_from_mapping(gtid, env={}).database.resume == "gtid"
     env = config_from_mapping(base, env={"PRISM_DATABASE_RESUME": "position"})
-    assert env["database.resume"] == "position"
+    assert env.database.resume == "position"
     with pytest.raises(ConfigError, match=r"database.resume = 'gtids'.*\"auto\", \"position\""):
         config_from_mapping(base | {"database": base["database"] | {"resume": "gtids"}}, env={})
 

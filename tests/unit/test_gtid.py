@@ -1,4 +1,4 @@
-"""Unit tests of the GTID state logic (wrapper/sources/gtid.py), no server:
+"""Unit tests of the GTID state logic (wrapper/sources/mysql/gtid.py), no server:
 MariaDB GTID positions and MySQL executed sets, their text forms as the
 servers print them, set arithmetic, and the purge / lag checks that decide
 whether a stream can resume by GTID."""
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prism.wrapper.errors import GtidError, SourceError
-from prism.wrapper.sources.gtid import (
+from prism.wrapper.sources.mysql.gtid import (
     MariaGtid,
     MariaPosition,
     MySQLGtid,

@@ -27,8 +27,9 @@ from prism.wrapper.sources.base import (
     SourceTransaction,
     TruncateChange,
 )
-from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported, pg_type_name
-from prism.wrapper.sources.walstream import PG_EPOCH_OFFSET_US
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.values import binary_supported, pg_type_name
+from prism.wrapper.sources.postgres.walstream import PG_EPOCH_OFFSET_US
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "pgoutput"
 MODES = ["text", "binary"]

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prism.wrapper.errors import SourceError
-from prism.wrapper.sources.walstream import (
+from prism.wrapper.sources.postgres.walstream import (
     PG_EPOCH_OFFSET_US,
     PrimaryKeepalive,
     XLogData,

@@ -1,36 +1,8 @@
-"""Change sources: where row changes come from (PostgreSQL, MySQL/MariaDB, replay)."""
+"""Change sources: where row changes come from.
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from prism.wrapper.config import WrapperConfig
-    from prism.wrapper.sources.base import ReplicationSource, ResumePoint
-
-
-def make_source(cfg: WrapperConfig) -> ReplicationSource:
-    """The live source for `database.flavor` (imported lazily: a PostgreSQL
-    wrapper does not need the MySQL libraries, nor the other way round)."""
-    if cfg.flavor == "mysql":
-        from prism.wrapper.sources.mysql import MySQLSource
-
-        return MySQLSource(cfg)
-    from prism.wrapper.sources.postgres import PostgresSource
-
-    return PostgresSource(cfg)
-
-
-def describe_point(flavor: str, point: ResumePoint) -> str:
-    """A stored resume point for people (Health's source_position):
-    PostgreSQL's LSN "0/16B3748"; MySQL's binlog file and offset with the
-    GTID state, "binlog #000003:1147, gtid 0-1-42"."""
-    if flavor == "mysql":
-        from prism.wrapper.sources.binlog import format_position
-
-        body = point.gtid_state.partition(":")[2]
-        gtid = (body or "(none yet)") if point.gtid_state else "unknown"
-        return f"binlog {format_position(point.position).removeprefix('file ')}, gtid {gtid}"
-    from prism.wrapper.sources.walstream import lsn_to_str
-
-    return lsn_to_str(point.position)
+base.py holds the change model and the ChangeSource interface every source
+implements; postgres/ and mysql/ hold one database each (live source, pure
+decoder, replay of recorded bytes); flavor.py picks one by database.flavor.
+Nothing is imported here, so config code may use a source's pure helpers
+(e.g. mysql.dsn) without loading any source.
+"""

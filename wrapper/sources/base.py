@@ -12,10 +12,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from prism.wrapper.apply import TableShape
+from prism.wrapper.tables import TableShape
 
 
 class _UnchangedToast:
@@ -103,7 +102,7 @@ class SourceTransaction:
     # how a source reports columns added or dropped mid-stream.
     relations: dict[str, RelationInfo] = field(default_factory=dict)
     # MySQL/MariaDB: the GTID state after this transaction, flavor-tagged
-    # (sources/gtid.py), stored with end_lsn; "" when unknown or not a
+    # (sources/mysql/gtid.py), stored with end_lsn; "" when unknown or not a
     # GTID source.
     gtid_state: str = ""
 

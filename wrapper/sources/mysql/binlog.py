@@ -1,7 +1,7 @@
 """Decoder for MySQL/MariaDB row-based binlog events (pure logic, no I/O).
 
 Place in the pipeline: MySQL binlog → python-mysql-replication (packets
-parsed into event objects, in the reader thread of `mysql.py`) → **binlog
+parsed into event objects, in the reader thread of `source.py`) → **binlog
 decoder** (row changes grouped into whole committed transactions, values
 normalized) → pipeline (vectorize, project) → store.
 
@@ -12,18 +12,12 @@ transactional tables (InnoDB); a ROLLBACK query, written only for
 transactions that also touched a non-transactional table, discards what was
 gathered.
 
-Positions. A binlog position is (file, offset). It is packed into one
-monotonic integer, `epoch << 64 | file sequence << 32 | offset`, so that the
-pipeline and the store handle it like PostgreSQL's LSN. Only positions
-*after* a whole transaction are ever handed out: resuming at a row event's
-position would lose rows until the next TableMap event, which names the
-table the rows belong to. The epoch is 0 until a stream resumed by GTID
-meets a server that numbers its binlog lower than the stored position
-(another server after a failover, renamed files): the decoder then starts
-the next epoch, so positions keep growing and "at or before the stored
-position" keeps meaning "already stored".
+Positions (positions.py) are packed into one growing integer; only
+positions *after* a whole transaction are ever handed out: resuming at a row
+event's position would lose rows until the next TableMap event, which names
+the table the rows belong to.
 
-GTIDs. The decoder tracks the GTID state (sources/gtid.py) as transactions
+GTIDs. The decoder tracks the GTID state (sources/mysql/gtid.py) as transactions
 commit, and hands it out with each transaction and idle position, to be
 stored beside the position. Resumed by GTID, the server sends exactly what
 the state lacks; a transaction whose GTID the state already holds is never
@@ -32,38 +26,17 @@ than ON, or MySQL 8.4's tagged GTIDs, which the library does not read)
 makes the state unknown: resuming by GTID is then impossible until the next
 copy.
 
-Values. The stream and the initial copy must give the same Python values,
-so both go through `ColumnKind.from_stream` / `ColumnKind.from_select`:
-
-==============================  =============================================
-MySQL type                      Python value
-==============================  =============================================
-TINYINT .. BIGINT [UNSIGNED]    int (BIGINT UNSIGNED up to 2**64 - 1)
-DECIMAL                         decimal.Decimal
-FLOAT                           float holding the exact float32 value
-DOUBLE                          float
-CHAR, VARCHAR, TEXT, ENUM       str
-BINARY, VARBINARY, BLOB         bytes (BINARY(n) padded with NUL to n bytes)
-JSON                            dict / list / str / int / float / bool / None
-                                (MariaDB's JSON is LONGTEXT with a json_valid
-                                check; it is parsed as well)
-SET                             str, members in definition order: "a,c"; ""
-DATETIME, TIMESTAMP             naive datetime.datetime (TIMESTAMP in UTC)
-DATE / TIME / YEAR              datetime.date / datetime.timedelta / int
-BIT                             int
-NULL                            None
-==============================  =============================================
+Values are normalized by the column kinds of columns.py, the same way the
+initial copy normalizes them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymysqlreplication.constants import FIELD_TYPE
 from pymysqlreplication.event import (
     GtidEvent,
     MariadbGtidEvent,
@@ -86,258 +59,11 @@ from prism.wrapper.sources.base import (
     SourceTransaction,
     TruncateChange,
 )
-from prism.wrapper.sources.gtid import Gtid, GtidState, MariaGtid, MySQLGtid, encode_state
+from prism.wrapper.sources.mysql.columns import ColumnKind, TableSpec, stream_type_name
+from prism.wrapper.sources.mysql.gtid import Gtid, GtidState, MariaGtid, MySQLGtid, encode_state
+from prism.wrapper.sources.mysql.positions import pack_position, position_epoch
 
-__all__ = [
-    "BinlogDecoder",
-    "ColumnKind",
-    "TableSpec",
-    "binlog_file_seq",
-    "catalog_type_name",
-    "ddl_targets",
-    "event_gtid",
-    "format_position",
-    "pack_position",
-    "position_epoch",
-    "unpack_position",
-]
-
-# -- positions -------------------------------------------------------------------
-
-_FILE_SEQ = re.compile(r"\.(\d+)$")
-MAX_OFFSET = (1 << 32) - 1
-
-
-def binlog_file_seq(name: str) -> int:
-    """The sequence number of a binlog file name: "binlog.000042" → 42."""
-    m = _FILE_SEQ.search(name)
-    if m is None:
-        raise SourceError(f"binlog file name {name!r} has no numeric extension")
-    return int(m[1])
-
-
-def pack_position(file: str, offset: int, epoch: int = 0) -> int:
-    """(file, offset) as one integer that grows with the binlog."""
-    if not 0 <= offset <= MAX_OFFSET:
-        raise SourceError(f"binlog offset {offset} out of range")
-    seq = binlog_file_seq(file)
-    if seq > MAX_OFFSET:
-        raise SourceError(f"binlog file sequence of {file!r} out of range")
-    return (epoch << 64) | (seq << 32) | offset
-
-
-def unpack_position(position: int) -> tuple[int, int]:
-    """(file sequence, offset) of a packed position (its epoch aside)."""
-    return (position >> 32) & MAX_OFFSET, position & MAX_OFFSET
-
-
-def position_epoch(position: int) -> int:
-    return position >> 64
-
-
-def format_position(position: int) -> str:
-    seq, offset = unpack_position(position)
-    return f"file #{seq:06d}:{offset}"
-
-
-# -- column kinds and values -----------------------------------------------------
-
-_INT_TYPES = {
-    FIELD_TYPE.TINY: "tinyint",
-    FIELD_TYPE.SHORT: "smallint",
-    FIELD_TYPE.INT24: "mediumint",
-    FIELD_TYPE.LONG: "int",
-    FIELD_TYPE.LONGLONG: "bigint",
-}
-_SIMPLE_TYPES = {
-    FIELD_TYPE.NEWDECIMAL: "decimal",
-    FIELD_TYPE.DECIMAL: "decimal",
-    FIELD_TYPE.FLOAT: "float",
-    FIELD_TYPE.DOUBLE: "double",
-    FIELD_TYPE.JSON: "json",
-    FIELD_TYPE.ENUM: "enum",
-    FIELD_TYPE.SET: "set",
-    FIELD_TYPE.DATETIME: "datetime",
-    FIELD_TYPE.DATETIME2: "datetime",
-    FIELD_TYPE.TIMESTAMP: "timestamp",
-    FIELD_TYPE.TIMESTAMP2: "timestamp",
-    FIELD_TYPE.DATE: "date",
-    FIELD_TYPE.NEWDATE: "date",
-    FIELD_TYPE.TIME: "time",
-    FIELD_TYPE.TIME2: "time",
-    FIELD_TYPE.YEAR: "year",
-    FIELD_TYPE.BIT: "bit",
-    FIELD_TYPE.GEOMETRY: "geometry",
-}
-# (text form, binary form) of the string families.
-_STRING_TYPES = {
-    FIELD_TYPE.VARCHAR: ("varchar", "varbinary"),
-    FIELD_TYPE.VAR_STRING: ("varchar", "varbinary"),
-    FIELD_TYPE.STRING: ("char", "binary"),
-    FIELD_TYPE.BLOB: ("text", "blob"),
-    FIELD_TYPE.TINY_BLOB: ("text", "blob"),
-    FIELD_TYPE.MEDIUM_BLOB: ("text", "blob"),
-    FIELD_TYPE.LONG_BLOB: ("text", "blob"),
-}
-_BINARY_TYPES = ("binary", "varbinary", "blob")
-_CATALOG_FAMILIES = {
-    "tinytext": "text",
-    "mediumtext": "text",
-    "longtext": "text",
-    "tinyblob": "blob",
-    "mediumblob": "blob",
-    "longblob": "blob",
-    "integer": "int",
-    "numeric": "decimal",
-    "real": "double",
-    "point": "geometry",
-    "linestring": "geometry",
-    "polygon": "geometry",
-    "multipoint": "geometry",
-    "multilinestring": "geometry",
-    "multipolygon": "geometry",
-    "geometrycollection": "geometry",
-    "geomcollection": "geometry",
-}
-
-
-def stream_type_name(col: Any, json_column: bool = False) -> str:
-    """A binlog TableMap column's type in the vocabulary both the stream and
-    the catalog can name (so a column counts as changed only when it did)."""
-    t = col.type
-    if t in _INT_TYPES:
-        return _INT_TYPES[t] + (" unsigned" if col.unsigned else "")
-    if t in _STRING_TYPES:
-        text, binary = _STRING_TYPES[t]
-        if text == "text" and json_column:
-            return "json"
-        return binary if col.character_set_name in (None, "binary") else text
-    return _SIMPLE_TYPES.get(t, f"type{t}")
-
-
-def catalog_type_name(data_type: str, column_type: str, json_column: bool = False) -> str:
-    """information_schema.COLUMNS (DATA_TYPE, COLUMN_TYPE) in the vocabulary
-    of `stream_type_name`."""
-    dt = data_type.lower()
-    if json_column:
-        return "json"
-    family = _CATALOG_FAMILIES.get(dt, dt)
-    if family in ("tinyint", "smallint", "mediumint", "int", "bigint"):
-        return family + (" unsigned" if "unsigned" in column_type.lower() else "")
-    if family == "bool":
-        return "tinyint"
-    return family
-
-
-@dataclass(frozen=True)
-class ColumnKind:
-    """How one column's values are normalized, from the stream and from a
-    SELECT, so that both give the same Python value."""
-
-    name: str
-    type_name: str  # stream_type_name / catalog_type_name vocabulary
-    set_members: tuple[str, ...] = ()
-    binary_length: int = 0  # BINARY(n): n
-
-    def from_stream(self, value: Any, none_source: str | None = None) -> Any:
-        t = self.type_name
-        if value is None:
-            # The library reports an empty SET as None; the column holds ''.
-            return "" if t == "set" and none_source == "empty set" else None
-        if t == "set":
-            members = value if isinstance(value, set | frozenset) else set(value)
-            return ",".join(m for m in self.set_members if m in members)
-        if t == "json":
-            if isinstance(value, str):  # MariaDB: JSON is text
-                return _parse_json(value, self.name)
-            return _json_bytes_to_str(value)  # MySQL: binary JSON, strings as bytes
-        if t == "bit":
-            return int(value, 2) if isinstance(value, str) else int(value)
-        if t in _BINARY_TYPES and isinstance(value, str):
-            # The library decodes binary columns with the codec "binary",
-            # which Python lacks; it keeps the bytes, except for an empty
-            # value, which the fast path for b"" turns into "".
-            value = value.encode("utf-8")
-        if t == "binary" and isinstance(value, bytes) and len(value) < self.binary_length:
-            # The binlog leaves out BINARY(n)'s trailing NUL padding.
-            return value.ljust(self.binary_length, b"\0")
-        return value
-
-    def from_select(self, value: Any) -> Any:
-        """A value as pymysql's text protocol returns it (see `select_expr`)."""
-        if value is None:
-            return None
-        t = self.type_name
-        if t == "json":
-            return _parse_json(value if isinstance(value, str) else value.decode(), self.name)
-        if t == "bit":
-            return int.from_bytes(value, "big") if isinstance(value, bytes) else int(value)
-        if t == "set" and isinstance(value, set | frozenset):
-            return ",".join(m for m in self.set_members if m in value)
-        return value
-
-    def select_expr(self, quoted: str) -> str:
-        """The SELECT expression for the column. FLOAT is widened to DOUBLE:
-        the text protocol prints FLOAT with 6 digits, which loses bits the
-        binlog carries; as DOUBLE it prints the float32 value exactly."""
-        return f"({quoted} + 0e0)" if self.type_name == "float" else quoted
-
-
-def _parse_json(text: str, column: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise SourceError(f"JSON column {column!r} holds invalid JSON: {exc}") from None
-
-
-def _json_bytes_to_str(value: Any) -> Any:
-    """python-mysql-replication returns MySQL binary JSON strings and object
-    keys as bytes; JSON text has str."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, list):
-        return [_json_bytes_to_str(v) for v in value]
-    if isinstance(value, dict):
-        return {
-            (k.decode("utf-8") if isinstance(k, bytes) else k): _json_bytes_to_str(v)
-            for k, v in value.items()
-        }
-    return value
-
-
-@dataclass
-class TableSpec:
-    """What the decoder knows of a replicated table from the catalog: its
-    columns (for the initial relation and value normalization)."""
-
-    schema: str
-    name: str
-    columns: tuple[ColumnKind, ...]
-    key_columns: tuple[str, ...]
-    json_columns: frozenset[str] = frozenset()
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    def relation(self) -> RelationInfo:
-        return RelationInfo(
-            relid=0,
-            schema=self.schema,
-            name=self.name,
-            replica_identity="d",
-            columns=tuple(
-                ColumnInfo(c.name, 0, c.type_name, is_key=c.name in self.key_columns)
-                for c in self.columns
-            ),
-        )
-
-    def kind(self, name: str) -> ColumnKind | None:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        return None
-
+__all__ = ["BinlogDecoder", "ddl_targets", "event_gtid"]
 
 # -- DDL -------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ XLogData / keepalive frames) → pgoutput decoder → pipeline → store. The
 standby status update built here is how the pipeline acknowledges, after its
 store committed, what the server may discard.
 
-Pure functions over bytes; the socket work lives in `pgconn`.
+Pure functions over bytes; the socket work lives in `conn`.
 """
 
 from __future__ import annotations

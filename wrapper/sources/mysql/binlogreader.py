@@ -41,7 +41,7 @@ from pymysqlreplication.event import (
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from prism.wrapper.errors import ResumeLostError, SourceError, WrapperError, map_pymysql_error
-from prism.wrapper.sources.mysqldsn import MySQLDsn
+from prism.wrapper.sources.mysql.dsn import MySQLDsn
 
 log = logging.getLogger("prism.wrapper.binlog")
 
@@ -115,7 +115,7 @@ class BinlogReader:
             # By GTID: MariaDB needs is_mariadb=True (@slave_connect_state;
             # log_file/log_pos are then ignored); MySQL sends the executed set
             # (COM_BINLOG_DUMP_GTID). Else file/position on both, where
-            # is_mariadb=True would mean "by GTID" (see mysql.py).
+            # is_mariadb=True would mean "by GTID" (see source.py).
             auto_position=gtid,
             is_mariadb=is_mariadb and gtid is not None,
             enable_logging=False,

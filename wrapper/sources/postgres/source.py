@@ -2,7 +2,7 @@
 
 I/O around the pure pieces: `pgoutput.PgOutputDecoder` turns the stream's
 messages into SourceTransactions, `walstream` frames the CopyBoth protocol,
-`pgconn.ReplicationConnection` is the replication-mode libpq connection.
+`conn.ReplicationConnection` is the replication-mode libpq connection.
 
 First start: the publication is created before the slot (pgoutput fails
 with "publication does not exist" otherwise), then the slot with an exported
@@ -23,13 +23,14 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import sql
 
-from prism.wrapper.apply import TableShape, check_configured_columns, key_columns_for
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
-from prism.wrapper.sources.pgconn import ReplicationConnection
-from prism.wrapper.sources.pgoutput import PgOutputDecoder, binary_supported
-from prism.wrapper.sources.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
+from prism.wrapper.sources.postgres.conn import ReplicationConnection
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
+from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
@@ -55,8 +56,8 @@ class PostgresSource(ReplicationSource):
 
     def __init__(self, cfg: WrapperConfig) -> None:
         self.cfg = cfg
-        self.slot = str(cfg["database.slot"])
-        self.publication = str(cfg["database.publication"])
+        self.slot = cfg.database.slot
+        self.publication = cfg.database.publication
         self._admin: psycopg.Connection[Any] | None = None
         self._repl: ReplicationConnection | None = None
         self._copy: psycopg.Connection[Any] | None = None
@@ -68,7 +69,7 @@ class PostgresSource(ReplicationSource):
         self._keepalive_lsn = 0
         self._in_txn = False
         self._last_status = 0.0
-        self._status_interval = float(cfg["database.status_interval_s"])
+        self._status_interval = cfg.database.status_interval_s
         self._last_heard = 0.0
 
     # -- admin connection -------------------------------------------------
@@ -144,7 +145,7 @@ class PostgresSource(ReplicationSource):
                     problems.append(
                         f"the write marker table {marker} does not exist and role {user!r} "
                         "cannot create it: GRANT CREATE ON SCHEMA public TO "
-                        f"{user}, or create it (see wrapper/sources/postgres.py)"
+                        f"{user}, or create it (see wrapper/sources/postgres/source.py)"
                     )
         return problems
 
@@ -207,7 +208,7 @@ class PostgresSource(ReplicationSource):
                 key_columns=key,
                 config=t,
             )
-        self.binary = bool(self.cfg["database.binary"]) and self.server_version() >= 140000
+        self.binary = self.cfg.database.binary and self.server_version() >= 140000
         if self.binary:
             for cols_ in self._column_oids.values():
                 for _name, oid, typname in cols_:

@@ -18,8 +18,8 @@ from prism.fabric.frames import open_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.serve import FrameStream, ServeContext, needs_bootstrap, subscription
 from prism.wrapper.store import Store, StoreMeta, StoreReader
+from prism.wrapper.subscription import FrameStream, ServeContext, needs_bootstrap, subscription
 
 SECRET = b"k" * 32
 DIM = 4

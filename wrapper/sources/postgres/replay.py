@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import ChangeSource, SourceTransaction
-from prism.wrapper.sources.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
 
 
 def read_messages(path: Path) -> list[bytes]:

@@ -1,6 +1,6 @@
 """The socket side of PostgreSQL logical replication.
 
-Place in the pipeline: PostgreSQL WAL → **pgconn** (a walsender connection:
+Place in the pipeline: PostgreSQL WAL → **conn** (a walsender connection:
 slot commands, the CopyBoth stream, status updates) → walstream framing →
 pgoutput decoder → pipeline → store.
 
@@ -21,7 +21,7 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from prism.wrapper.errors import PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.walstream import (
+from prism.wrapper.sources.postgres.walstream import (
     PrimaryKeepalive,
     XLogData,
     lsn_from_str,

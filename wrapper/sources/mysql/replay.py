@@ -33,10 +33,12 @@ from pymysqlreplication.row_event import TableMapEvent
 
 from prism.wrapper.errors import SourceError
 from prism.wrapper.sources.base import ChangeSource, SourceTransaction
-from prism.wrapper.sources.binlog import BinlogDecoder, ColumnKind, TableSpec, pack_position
-from prism.wrapper.sources.binlogreader import EVENTS
-from prism.wrapper.sources.gtid import decode_state
-from prism.wrapper.sources.replay import split_records
+from prism.wrapper.sources.mysql.binlog import BinlogDecoder
+from prism.wrapper.sources.mysql.binlogreader import EVENTS
+from prism.wrapper.sources.mysql.columns import ColumnKind, TableSpec
+from prism.wrapper.sources.mysql.gtid import decode_state
+from prism.wrapper.sources.mysql.positions import pack_position
+from prism.wrapper.sources.postgres.replay import split_records
 
 
 class _NoCatalog:

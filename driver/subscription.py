@@ -1,0 +1,333 @@
+"""The driver's side of Subscribe: connect, say Hello, follow the stream,
+apply whole batches, and come back after every lost link.
+
+Between the link (driver/link.py: channels, handshake) and the replica
+(driver/replica.py). One Subscription lives as long as its PrismDriver,
+whose background task runs `run()`: connect over TLS, authenticate (and
+check that the wrapper holds the same tenant secret), adopt the tables
+Hello describes (driver/schema.py), subscribe from the last applied
+position, verify, decrypt and unseal each frame under its key epoch
+(driver/epochs.py), count and drop a frame that fails a check, and apply
+each whole batch to the replica. A lost link is retried with jittered
+backoff (prism.fabric.backoff); a permanent error ends `run()` and is
+raised to every waiter, never lost in a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import grpc
+
+from prism.driver.config import DriverConfig
+from prism.driver.epochs import EpochSealers
+from prism.driver.errors import (
+    ConnectionLostError,
+    DriverError,
+    NotReadyError,
+    WaitTimeoutError,
+    map_grpc_error,
+)
+from prism.driver.follow import Batch, Follower
+from prism.driver.link import Link, Login
+from prism.driver.replica import Replica, ReplicaFeed
+from prism.driver.schema import Schema
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.backoff import Backoff
+from prism.fabric.errors import (
+    ExpiredEpochError,
+    FrameError,
+    ReplayedFrameError,
+    SealedRowsError,
+    SequenceGapError,
+    UnknownEpochError,
+    WatermarkError,
+)
+from prism.fabric.frames import open_frame, parse_frame
+
+log = logging.getLogger("prism.driver")
+
+SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
+# stats()["frames_rejected_by_reason"] keys, most specific first.
+_REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
+    (ExpiredEpochError, "expired-epoch"),
+    (UnknownEpochError, "unknown-epoch"),
+    (WatermarkError, "watermark"),
+    (ReplayedFrameError, "replayed"),
+    (SealedRowsError, "sealed-rows"),
+    (SequenceGapError, "sequence"),
+)
+
+
+class Subscription:
+    def __init__(self, config: DriverConfig, link: Link) -> None:
+        self.config = config
+        self.link = link
+        self.follower = Follower()
+        self.feed = ReplicaFeed(Replica({}))
+        self.schema = Schema(config.tenant_id)
+        self.keys = EpochSealers(config.tenant_id, link.secret)
+        self.rejections: Counter[str] = Counter()
+        self.counters = {
+            "bootstraps": 0,
+            "reconnects": 0,
+            "frames_rejected": 0,
+            "batches": 0,
+            "changes_applied": 0,
+            "frames": 0,
+            "key_rotations": 0,
+        }
+        self.last_commit_us = 0
+        self.last_error: str | None = None  # the latest transient failure, for stats()
+        self.connected = False
+        self.failure: BaseException | None = None
+        self.ready = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._closed = False
+
+    @property
+    def replica(self) -> Replica:
+        """The replica readers see."""
+        return self.feed.replica
+
+    # -- the task's life ----------------------------------------------------
+    async def run(self) -> None:
+        """Subscribe until closed or a permanent error (raised)."""
+        # Jittered: after a wrapper restart, drivers spread their reconnects
+        # over the window instead of arriving at once.
+        backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        first = True
+        while True:
+            if not first:
+                self.counters["reconnects"] += 1
+            first = False
+            batches = self.counters["batches"]
+            lost: DriverError | None = None
+            try:
+                await self._call()
+            except DriverError as exc:
+                if not exc.retriable:
+                    log.error("subscription stopped: %s", exc)
+                    raise
+                self.last_error = str(exc)
+                lost = exc
+            finally:
+                self.connected = False
+            if self.counters["batches"] > batches:
+                backoff.reset()  # the link worked: this outage starts from the first window
+            delay = backoff.next_delay()
+            if lost is not None:
+                log.warning("link to wrapper lost, reconnecting in %.2fs: %s", delay, lost)
+            await asyncio.sleep(delay)
+
+    def on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.failure is None:
+            self.failure = exc
+        self.ready.set()
+        self.signal_progress()
+
+    def close(self) -> None:
+        """The driver is closing: every waiter, now and later, gets NotReadyError."""
+        self._closed = True
+        if self.failure is None:
+            self.failure = NotReadyError("the driver is closed")
+        self.ready.set()
+        self.signal_progress()
+
+    def raise_if_failed(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    # -- one Subscribe call ---------------------------------------------------
+    async def _call(self) -> None:
+        cfg = self.config
+        async with self.link.channel() as channel:
+            stub = pb_grpc.WrapperServiceStub(channel)
+            self.link.reload_secret()
+            login = await self.link.handshake(stub)
+            self._on_hello(login)
+            stream_id, position = self.follower.new_call()
+            self.feed.restart()
+            subscription = os.urandom(16)
+            # Raw bytes, parsed by parse_frame: a frame that does not parse is
+            # then a counted rejection rather than a None from gRPC.
+            subscribe = channel.unary_stream(
+                SUBSCRIBE_METHOD,
+                request_serializer=pb.SubscribeRequest.SerializeToString,
+                response_deserializer=None,
+            )
+            call = subscribe(
+                login.signed(
+                    pb.SubscribeRequest(
+                        tenant_id=cfg.tenant_id,
+                        stream_id=stream_id,
+                        from_position=position,
+                        max_frame_rows=cfg.max_frame_rows,
+                        session=login.hello.session,
+                        subscription=subscription,
+                    )
+                )
+            )
+            self.connected = True
+            try:
+                async for raw in call:
+                    try:
+                        frame = parse_frame(raw)
+                        decoded = open_frame(
+                            frame,
+                            functools.partial(self.keys.sealer, dim=frame.vector_dim),
+                            tenant_id=cfg.tenant_id,
+                            stream_id=None,
+                            subscription=subscription,
+                        )
+                        batch = self.follower.on_frame(decoded)
+                    except FrameError as exc:
+                        self._reject(exc)
+                        call.cancel()
+                        raise ConnectionLostError(f"frame rejected: {exc}") from exc
+                    self.counters["frames"] += 1
+                    if decoded.key_epoch > self.keys.epoch:
+                        self.keys.rotate_to(decoded.key_epoch)
+                        self.counters["key_rotations"] += 1
+                    if batch is not None:
+                        self._apply(batch)
+                        self.last_error = None
+                    elif self.follower.resetting:
+                        # Bootstrap frames go to the replica built aside at
+                        # once; then let readers in before the next frame
+                        # (a buffered stream need not yield by itself).
+                        self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
+                        await asyncio.sleep(0)
+                    else:
+                        self.signal_progress()  # head moved: lag is visible in stats
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
+                    return
+                raise map_grpc_error(exc, "Subscribe") from exc
+        raise ConnectionLostError("the wrapper ended the stream")
+
+    def _reject(self, exc: FrameError) -> None:
+        """Count and log a frame that failed a check; nothing of it is applied."""
+        reason = next(
+            (name for cls, name in _REJECTION_REASONS if isinstance(exc, cls)), "malformed"
+        )
+        self.rejections[reason] += 1
+        self.counters["frames_rejected"] += 1
+        log.warning(
+            "frame rejected (%s); resuming from the last good position: %s",
+            reason,
+            exc,
+            extra={"position": self.follower.position},
+        )
+
+    def _on_hello(self, login: Login) -> None:
+        hello = login.hello
+        self.keys.restart(hello.key_epoch, self.link.secret)
+        if self.schema.update(hello, login.projection_key):
+            tables = self.schema.tables
+            shape = Replica.for_tables(
+                {
+                    n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                    for n, t in tables.items()
+                },
+                self.config.index,
+            )
+            if self.ready.is_set():
+                # Readers keep the replica they have until the bootstrap of
+                # the new shape is complete (never an empty one meanwhile).
+                self.feed.reshape(shape)
+            else:
+                self.feed = ReplicaFeed(shape)
+            self.follower = Follower()  # a different shape: bootstrap afresh
+
+    def _apply(self, batch: Batch) -> None:
+        # Synchronous on purpose: no await between the first and the last
+        # change, so readers on this loop see the batch whole or not at all.
+        n = self.feed.apply(batch)
+        if batch.reset:
+            self.counters["bootstraps"] += 1
+        self.follower.committed(batch)
+        self.last_commit_us = max(self.last_commit_us, batch.commit_time_us)
+        self.counters["batches"] += 1
+        self.counters["changes_applied"] += n
+        self.ready.set()
+        self.signal_progress()
+
+    def signal_progress(self) -> None:
+        # Wake every waiter, then give later waiters a fresh event: an event
+        # left set would make their wait return at once, forever, spinning.
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- waiting ----------------------------------------------------------------
+    async def wait_ready(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            last = f"; last error: {self.last_error}" if self.last_error else ""
+            raise WaitTimeoutError(f"the initial sync did not finish in {timeout}s{last}") from None
+        self.raise_if_failed()
+
+    async def wait_for(self, position: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.raise_if_failed()
+            if self.ready.is_set() and self.follower.position >= position:
+                return
+            ev = self._progress
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError(
+                    f"replica at position {self.follower.position}, not {position}, "
+                    f"after {timeout}s"
+                )
+            try:
+                await asyncio.wait_for(ev.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    async def wait_stream(self, stream_id: str, position: int, timeout: float | None) -> None:
+        """Return once the replica follows `stream_id` and shows `position`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.follower.stream_id != stream_id:
+            self.raise_if_failed()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise WaitTimeoutError("the replica follows another stream")
+            ev = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), remaining)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await self.wait_for(position, remaining)
+
+    def stats(self) -> dict[str, Any]:
+        now_us = time.time_ns() // 1000
+        replica, follower = self.replica, self.follower
+        idx = {n: t.index.describe() for n, t in replica.tables.items() if t.index is not None}
+        return {
+            "rows": replica.row_counts(),
+            "position": follower.position,
+            "head": follower.head,
+            "lag_positions": max(0, follower.head - follower.position),
+            "lag_ms": (now_us - self.last_commit_us) / 1000 if self.last_commit_us else None,
+            "stream_id": follower.stream_id,
+            "connected": self.connected,
+            "ready": self.ready.is_set() and self.failure is None,
+            "index": idx,
+            "bootstrap_rows_built": self.feed.building_rows,
+            "key_epoch": self.keys.epoch,
+            "last_error": self.last_error,
+            "frames_rejected_by_reason": dict(self.rejections),
+            **self.counters,
+        }

@@ -1,0 +1,5 @@
+"""PostgreSQL as a change source: the walsender connection (conn), the
+CopyBoth framing (walstream), the pgoutput decoder (pgoutput) and its column
+loaders (values), the live source (source) and the replay of recorded
+pgoutput bytes (replay). Nothing is imported here, so a MySQL wrapper never
+loads psycopg's replication pieces."""
