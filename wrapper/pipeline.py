@@ -45,9 +45,9 @@ HEALTHY_STREAM_S = 30.0
 RETRY_FIRST_S, RETRY_CAP_S = 0.5, 30.0
 # ... and between attempts to write a full store.
 STORE_FULL_FIRST_S, STORE_FULL_CAP_S = 0.5, 5.0
-# A full store counts as having room again once it stored source
-# transactions, or, with nothing to store, once this much is free: a commit
-# of positions alone fits in the slack the WAL already has, so it proves little.
+# A full store counts as having room again once a commit succeeded and this
+# much is free: a successful commit alone proves little, since a small one
+# fits in the slack the SQLite WAL already has while the disk is still full.
 STORE_ROOM_BYTES = 8 << 20
 
 
@@ -168,12 +168,10 @@ class Pipeline:
         self.status.detail = f"store disk full: {exc}"
 
     def _room_again(self, committer: Committer) -> bool:
-        if committer.durable.transactions:
-            return True
-        if not (committer.commits and committer.idle):
+        if not committer.commits:
             return False
         free = free_bytes(self.store.path)
-        return free is not None and free >= STORE_ROOM_BYTES
+        return free is None or free >= STORE_ROOM_BYTES
 
     def _durable_again(self) -> None:
         """A store transaction committed after the disk was full."""

@@ -18,6 +18,7 @@ rather than skips under CI=true without it.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -86,6 +87,7 @@ async def test_fault_soak(flavor: str, tmp_path: Path) -> None:
             full_detect_timeout=120.0,
         )
     )
+    (tmp_path / "report.json").write_text(json.dumps(report, indent=1, default=str))
     assert report["failures"] == [], "\n\n".join(report["failures"])
     assert report["faults"] == {k: plan.count(k) for k in plan}, report["notes"]
     f = report["figures"]
