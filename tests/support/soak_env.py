@@ -95,7 +95,8 @@ class SoakDatabase:
         """Whether the wrapper's store holds everything up to `mark`."""
         raise NotImplementedError
 
-    def stop(self) -> None:
+    def stop(self, logs: Path) -> None:
+        """Stop the server, keep its log in `logs`, remove its files."""
         raise NotImplementedError
 
 
@@ -156,8 +157,10 @@ class PostgresDatabase(SoakDatabase):
         slot = self.slot_lsn(conn)
         return slot is not None and slot >= int(mark)
 
-    def stop(self) -> None:
+    def stop(self, logs: Path) -> None:
         self.pg.stop()
+        with contextlib.suppress(OSError):
+            shutil.copy(self.pg.base_dir / "postgres.log", logs / "postgres.log")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
@@ -211,8 +214,10 @@ class MariaDatabase(SoakDatabase):
         stored = health.source_position.rpartition("gtid ")[2]
         return set(stored.split(",")) == set(mark.split(","))
 
-    def stop(self) -> None:
+    def stop(self, logs: Path) -> None:
         self.mdb.stop()
+        with contextlib.suppress(OSError):
+            shutil.copy(self.base_dir / "mariadb.log", logs / "mariadb.log")
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
 
@@ -393,7 +398,7 @@ class SoakEnv:
             with contextlib.suppress(Exception):
                 p.close()
         with contextlib.suppress(Exception):
-            self.db.stop()
+            self.db.stop(self.work)
         if self.veth is not None:
             self.veth.destroy()
         for _ in range(3):
