@@ -334,7 +334,13 @@ class SoakEnv:
         why = disk.mount()
         if why:
             notes.append(f"no full-disk faults: {why}")
-        db = make_database(flavor)
+        try:
+            db = make_database(flavor)
+        except BaseException:  # leave no namespace or mount behind
+            if veth is not None:
+                veth.destroy()
+            disk.unmount()
+            raise
         db_proxy = Proxy(db.port, listen_host=near)
         certs = generate(work / "pki", hosts=["localhost", "127.0.0.1", far])
         secret = work / "tenant.secret"
