@@ -36,7 +36,7 @@ from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
-from prism.wrapper.subscription import ServeContext, subscription
+from prism.wrapper.subscription import SendWatchdog, ServeContext, subscription
 from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
@@ -55,6 +55,7 @@ class WrapperState:
     keyring: Keyring
     writes: WriteExecutor | None = None
     auth_lock: threading.Lock = field(default_factory=threading.Lock)
+    watchdog: SendWatchdog = field(default_factory=SendWatchdog)
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
     def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
@@ -263,16 +264,17 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 "stream": request.stream_id,
             },
         )
+        frames = subscription(
+            ctx,
+            reader,
+            request.stream_id,
+            request.from_position,
+            request.max_frame_rows,
+            st.wait_for_head,
+            lambda: context.is_active() and self._still_valid(request.session),
+        )
         try:
-            yield from subscription(
-                ctx,
-                reader,
-                request.stream_id,
-                request.from_position,
-                request.max_frame_rows,
-                st.wait_for_head,
-                lambda: context.is_active() and self._still_valid(request.session),
-            )
+            yield from st.watchdog.guard(frames, context.cancel, context.peer())
         finally:
             reader.close()
 
