@@ -181,7 +181,7 @@ def main() -> int:
             plan=plan,
             netns=not args.no_netns,
             rate=args.rate,
-            store_mb=256,
+            store_mb=1024,
         )
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         report = asyncio.run(run_soak(cfg))

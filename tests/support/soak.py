@@ -793,9 +793,15 @@ class Soak:
     def describe_divergence(self, problems: list[str]) -> str:
         since = self.r.faults[self.last_good :]
         replay = ",".join(f.kind for f in since)
+        try:
+            h = self.e.wrapper.health()
+            health = f"{h.status} {h.detail[:300]}".strip()
+        except Exception as exc:
+            health = f"no answer ({type(exc).__name__})"
         lines = [
             f"DIVERGENCE in the {self.cfg.flavor} soak, seed {self.cfg.seed}, at checkpoint "
             f"{len(self.r.checkpoints)} (t={self.now():.1f}s)",
+            f"the wrapper's Health: {health}",
             "faults since the last consistent checkpoint:",
             *(f"  {f.line()}" for f in since),
             f"{len(problems)} problems (first 20):",

@@ -57,6 +57,7 @@ GROUP_ROWS = 4
 GROUP_START = 1000  # each row's v at the start: the sum never changes
 GROUP_SUM = GROUPS * GROUP_ROWS * GROUP_START
 EVOLVE_ROWS = 30
+ITEMS_CAP, TRIM_ROWS = 8000, 400
 
 PG_EXTRA_SCHEMA = f"""
 CREATE TABLE grp (
@@ -227,6 +228,9 @@ class SqlWorkload(threading.Thread):
         if self.ddl_every and n % self.ddl_every == self.ddl_every - 1:
             self._ddl()
             return
+        if len(self.wl.items) > ITEMS_CAP:
+            self._trim()
+            return
         r = self.rng.random()
         if r < 0.25:
             self._group_txn()
@@ -242,6 +246,19 @@ class SqlWorkload(threading.Thread):
             cur.execute("SELECT max(txn) FROM grp")
             row = cur.fetchone()
             self._txn = max(self._txn, int(row[0] or 0))
+
+    def _trim(self) -> None:
+        """Keep the items table to ITEMS_CAP rows, so that a long soak's
+        checks stay fast: its oldest rows go, in one multi-row DELETE."""
+        oldest = sorted(self.wl.items)[:TRIM_ROWS]
+        with self._conn.cursor() as cur:
+            cur.execute("BEGIN")
+            cur.execute(
+                f"DELETE FROM items WHERE id IN ({', '.join(['%s'] * len(oldest))})", oldest
+            )
+            cur.execute("COMMIT")
+        self.wl.items -= set(oldest)
+        self.counts.committed += 1
 
     def _group_txn(self) -> None:
         rng = self.rng
