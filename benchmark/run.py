@@ -74,6 +74,7 @@ from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp  #
 
 RESULTS = HERE / "results"
 RECV_SLOT = "bench_recv"
+RECV_LIVE_SLOT = "bench_recv_live"
 RECV_PUB = "bench_recv_pub"
 
 
@@ -514,15 +515,12 @@ class MarkerWait:
         return self.seen_ns
 
 
-async def bench_cdc_live(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> str:
-    """Changes written while the wrapper streams. Returns the end LSN."""
+async def bench_cdc_live(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
+    """Changes written while the wrapper streams, until the driver shows the
+    last one. Its baseline, pg_recvlogical decoding a burst as it is written,
+    is measured in the backlog phase (both consumers at once would share the
+    two cores and slow each other)."""
     n = ctx.args.changes
-    # pg_recvlogical's own slot and publication, created before the changes.
-    _sql(
-        ctx,
-        f"CREATE PUBLICATION {RECV_PUB} FOR TABLE items, bench_end",
-        f"SELECT pg_create_logical_replication_slot('{RECV_SLOT}', 'pgoutput')",
-    )
     proc, ready = await start_writer(
         ctx,
         "cdc",
@@ -568,20 +566,16 @@ async def bench_cdc_live(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> str:
         f"{(seen - res['t1_ns']) / 1e9:.2f}s behind the writer's last commit; the wrapper "
         f"stored the last change at {ctx.results['cdc_live']['wrapper_stored_last_s']}s)"
     )
-    return str(res["end_lsn"])
 
 
-def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
-    # A transaction past end_lsn on the publication, so pg_recvlogical sees a
-    # record beyond --endpos and stops even if no keepalive comes.
-    _sql(ctx, "INSERT INTO bench_end (note) VALUES ('end')")
-    pgr = ctx.pg.bin_dir / "pg_recvlogical"
-    cmd = [
-        str(pgr),
+def recvlogical_cmd(ctx: Ctx, slot: str, end_lsn: str | None) -> list[str]:
+    """pg_recvlogical with the wrapper's pgoutput options, output discarded."""
+    return [
+        str(ctx.pg.bin_dir / "pg_recvlogical"),
         "-d",
         ctx.dsn,
         "--slot",
-        RECV_SLOT,
+        slot,
         "--start",
         "--no-loop",
         "-o",
@@ -590,8 +584,7 @@ def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
         f"publication_names={RECV_PUB}",
         "-o",
         "binary=true",
-        "-E",
-        end_lsn,
+        *(["-E", end_lsn] if end_lsn else []),
         "-f",
         "/dev/null",
         "-F",
@@ -599,6 +592,14 @@ def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
         "-s",
         "1",
     ]
+
+
+def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
+    """pg_recvlogical reading the backlog of a burst from a slot made before it."""
+    # A transaction past end_lsn on the publication, so pg_recvlogical sees a
+    # record beyond --endpos and stops even if no keepalive comes.
+    _sql(ctx, "INSERT INTO bench_end (note) VALUES ('end')")
+    cmd = recvlogical_cmd(ctx, RECV_SLOT, end_lsn)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=ctx.args.timeout)
     secs = time.perf_counter() - t0
@@ -612,8 +613,32 @@ def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
         "end_lsn": end_lsn,
         "command": " ".join(cmd[1:]),
     }
-    log(f"pg_recvlogical: {n} changes in {secs:.2f}s = {n / secs:,.0f} changes/s")
-    _sql(ctx, f"SELECT pg_drop_replication_slot('{RECV_SLOT}')", f"DROP PUBLICATION {RECV_PUB}")
+    log(f"pg_recvlogical backlog: {n} changes in {secs:.2f}s = {n / secs:,.0f} changes/s")
+    _sql(ctx, f"SELECT pg_drop_replication_slot('{RECV_SLOT}')")
+
+
+def _lsn(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def wait_sent_lsn(ctx: Ctx, pid: int, end_lsn: str, timeout: float) -> int:
+    """Poll the walsender serving pg_recvlogical (`pid` is pg_recvlogical's
+    own process) until it has sent past `end_lsn`; returns that wall time.
+    The walsender's decoding is what bounds pg_recvlogical's speed."""
+    target = _lsn(end_lsn)
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT sent_lsn::text FROM pg_stat_replication WHERE client_port IS NOT NULL "
+                "AND pid = (SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s)",
+                (RECV_LIVE_SLOT,),
+            ).fetchone()
+            if row and row[0] and _lsn(row[0]) >= target:
+                return time.time_ns()
+            time.sleep(0.005)
+    raise TimeoutError(f"pg_recvlogical (pid {pid}) did not pass {end_lsn} in {timeout}s")
 
 
 async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
@@ -622,6 +647,19 @@ async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> N
     pg_recvlogical did)."""
     n = ctx.args.changes
     ctx.wrapper.stop()
+    # pg_recvlogical's publication and slots, made before the burst: one
+    # slot read live while the burst is written, one read afterwards.
+    _sql(
+        ctx,
+        f"CREATE PUBLICATION {RECV_PUB} FOR TABLE items, bench_end",
+        f"SELECT pg_create_logical_replication_slot('{RECV_SLOT}', 'pgoutput')",
+        f"SELECT pg_create_logical_replication_slot('{RECV_LIVE_SLOT}', 'pgoutput')",
+    )
+    live = subprocess.Popen(
+        recvlogical_cmd(ctx, RECV_LIVE_SLOT, None),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     proc, ready = await start_writer(
         ctx,
         "cdc",
@@ -634,6 +672,29 @@ async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> N
     await proc.stdin.drain()
     res = await finish_writer(ctx, proc)
     writer_s = (res["t1_ns"] - res["t0_ns"]) / 1e9
+    try:
+        _sql(ctx, "INSERT INTO bench_end (note) VALUES ('live end')")
+        sent = await asyncio.to_thread(
+            wait_sent_lsn, ctx, live.pid, str(res["end_lsn"]), ctx.args.timeout
+        )
+    finally:
+        live.terminate()
+        live.wait(timeout=30)
+    live_s = (sent - res["t0_ns"]) / 1e9
+    ctx.results["recvlogical_live"] = {
+        "changes": n,
+        "seconds": live_s,
+        "changes_per_s": n / live_s,
+        "writer_changes_per_s": n / writer_s,
+        "lag_after_writer_s": (sent - res["t1_ns"]) / 1e9,
+    }
+    log(
+        f"pg_recvlogical live: {n} changes sent {live_s:.2f}s after the writer began = "
+        f"{n / live_s:,.0f} changes/s (writer alone {n / writer_s:,.0f}/s)"
+    )
+    _sql(ctx, f"SELECT pg_drop_replication_slot('{RECV_LIVE_SLOT}')")
+    await asyncio.to_thread(bench_recvlogical, ctx, str(res["end_lsn"]))
+    _sql(ctx, f"DROP PUBLICATION {RECV_PUB}")
     t0 = time.time_ns()
     cpu0 = cpu_snapshot(ctx, fresh_wrapper=True)
     ctx.wrapper.start()
@@ -807,11 +868,7 @@ async def run_driver_phases(ctx: Ctx) -> None:
         await asyncio.sleep(1.0)  # let the wrapper settle (WAL checkpoint of its store)
         await phase(ctx, "bootstrap", lambda: bench_bootstrap(ctx))
         await phase(ctx, "reads", lambda: bench_reads(ctx, driver))
-        end_lsn = await phase(ctx, "cdc_live", lambda: bench_cdc_live(ctx, driver, hook))
-        if end_lsn:
-            await phase(
-                ctx, "recvlogical", lambda: asyncio.to_thread(bench_recvlogical, ctx, end_lsn)
-            )
+        await phase(ctx, "cdc_live", lambda: bench_cdc_live(ctx, driver, hook))
         if not ctx.args.skip_backlog:
             await phase(ctx, "cdc_backlog", lambda: bench_cdc_backlog(ctx, driver, hook))
         await phase(ctx, "latency", lambda: bench_latency(ctx, driver, hook))
@@ -853,7 +910,14 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     )
     ratio("bootstrap_vs_copy", ("bootstrap", "rows_per_s"), ("copy", "rows_per_s"))
     ratio(
-        "cdc_live_vs_recvlogical", ("cdc_live", "changes_per_s"), ("recvlogical", "changes_per_s")
+        "cdc_live_vs_recvlogical",
+        ("cdc_live", "changes_per_s"),
+        ("recvlogical_live", "changes_per_s"),
+    )
+    ratio(
+        "cdc_live_vs_recvlogical_backlog",
+        ("cdc_live", "changes_per_s"),
+        ("recvlogical", "changes_per_s"),
     )
     ratio(
         "cdc_backlog_vs_recvlogical",

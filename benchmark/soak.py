@@ -80,6 +80,10 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
             return "n/a (no slot)"
         return f"{len(s['violations'])} ({_n(s['checks'])} checks, {_n(s['samples'])} samples)"
 
+    def noticed(r: dict[str, Any]) -> str:
+        s = r.get("long_db_stalls", {"count": 0, "noticed": 0})
+        return f"{_n(s['noticed'])} of {_n(s['count'])}"
+
     def half(r: dict[str, Any]) -> str:
         return f"{_n(r['figures']['half_transactions_seen'])} in {_n(r['observations'])} looks"
 
@@ -132,6 +136,11 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
         row("half transactions seen (group invariant, between every two batches)", "0", half),
         row("lost or doubled writes (audit trigger, per request id)", "0", writes),
         row("slot: WAL held by away drivers, or confirmed beyond the store", "0", slot),
+        row(
+            "database link stalled past the silence window (10 s / 15 s): noticed while stalled",
+            "all",
+            noticed,
+        ),
         row("time to converge after the last fault, p50 / max", "bounded", converge),
         row("run", "", run),
         END,
@@ -184,7 +193,7 @@ def main() -> int:
             store_mb=1024,
         )
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        report = asyncio.run(run_soak(cfg))
+        report = asyncio.run(run_soak(cfg, interruptible=True))
         report["started"] = started
         report["machine"] = {
             "cpus": os.cpu_count(),
@@ -198,6 +207,9 @@ def main() -> int:
         print(f"\n{db}: {'passed' if report['ok'] else 'FAILED'}; results in {out}")
         for f in report["failures"]:
             print(f)
+        if any(f.startswith("interrupted") for f in report["failures"]):
+            print(render(reports))
+            return 130
     if not plan and not args.no_readme:
         merged = {}
         for db in ("postgres", "mariadb"):

@@ -7,9 +7,11 @@ codec, and the generated gRPC stubs of proto/prism/fabric/v1/wrapper.proto.
 
 from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
 
-# 2: challenge-response authentication, sessions, AEAD-sealed rows in frames.
+# Protocol 2: challenge-response authentication, sessions, AEAD-sealed rows.
+# Frame format 3: one sealed frame for every subscriber, bound to each call by
+# its envelope MAC; MessagePack rows (prism.fabric.rowcodec).
 PROTOCOL_VERSION = 2
-FRAME_FORMAT_VERSION = 2
+FRAME_FORMAT_VERSION = 3
 
 __all__ = [
     "FRAME_FORMAT_VERSION",

@@ -11,6 +11,14 @@ The keys and payloads blocks (the row data) travel only inside an AES-GCM
 ciphertext (sealed_rows) whose associated data is a digest of every other
 field, so rows cannot be moved to another tenant, table, epoch or position.
 
+A frame is built once and sent to many Subscribe calls: the watermark and
+the AEAD cover everything but the call's envelope (sequence, subscription),
+and a small binding MAC over (subscription, sequence, watermark) ties one
+copy to one call and one place in it (bind_frame). The wrapper serializes a
+shared frame once and appends each call's envelope as further protobuf
+fields; a frame replayed into another call, or at another place of this one,
+fails the binding.
+
 Both directions are pure functions over bytes and keys; a frame that fails any
 check raises FrameError (WatermarkError when the HMAC does not match), and the
 driver drops it whole and resumes from its last applied position.
@@ -18,7 +26,6 @@ driver drops it whole and resumes from its last applied position.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -86,11 +93,12 @@ _Fields = tuple[int, str, str, int, int, str, int, int, int, int, int, int]
 # The byte fields that follow them (13..21), by field number.
 _Blocks = Sequence[tuple[int, bytes]]
 _SEALED_ROWS = 19
+_BINDING_LABEL = b"prism/frame-binding/v3"
 
 
 def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[bytes]:
     """canonical(frame) as pieces, so large blocks are hashed without copying."""
-    (fv, tenant, stream, epoch, kind, table, seq, commit, head_pos, ctime, count, vdim) = head
+    (fv, tenant, stream, epoch, kind, table, _seq, commit, head_pos, ctime, count, vdim) = head
     t, s, tb = tenant.encode("utf-8"), stream.encode("utf-8"), table.encode("utf-8")
     fixed = b"".join(
         (
@@ -103,7 +111,6 @@ def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[bytes]:
             _INT_FIELD.pack(5, 8, kind),
             _FIELD_HEADER.pack(6, len(tb)),
             tb,
-            _INT_FIELD.pack(7, 8, seq),
             _INT_FIELD.pack(8, 8, commit),
             _INT_FIELD.pack(9, 8, head_pos),
             # int64 as its two's-complement u64: the same 8 bytes as "<q".
@@ -137,7 +144,7 @@ def _head(frame: wrapper_pb2.Frame) -> _Fields:
 
 
 def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
-    """Fields 13..21, each read once (protobuf copies bytes on every read)."""
+    """Fields 13..20, each read once (protobuf copies bytes on every read)."""
     return [
         (13, frame.keys),
         (14, frame.ops),
@@ -147,24 +154,46 @@ def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
         (18, frame.payloads),
         (_SEALED_ROWS, frame.sealed_rows),
         (20, frame.aead_nonce),
-        (21, frame.subscription),
     ]
 
 
 def _rows_aad(head: _Fields, blocks: _Blocks) -> bytes:
-    """The AEAD's associated data: SHA-256 of canonical(frame) without
-    sealed_rows, so the rows are bound to every other field."""
-    h = hashlib.sha256()
-    for p in _canonical_parts(head, [b for b in blocks if b[0] != _SEALED_ROWS]):
-        h.update(p)
-    return h.digest()
+    """The AEAD's associated data: canonical(frame) without sealed_rows, so
+    the rows are bound to every other field. GCM authenticates it at memory
+    speed, so it is passed whole rather than hashed first."""
+    return b"".join(_canonical_parts(head, [b for b in blocks if b[0] != _SEALED_ROWS]))
 
 
 def canonical_bytes(frame: wrapper_pb2.Frame) -> bytes:
-    """The bytes the watermark signs: every field but `watermark`, in field
-    number order, each as u32 field number, u64 byte length, bytes; integers
-    as 8 little-endian bytes, strings as UTF-8 (see wrapper.proto)."""
+    """The bytes the watermark signs: every field but the call's envelope
+    (sequence, subscription, binding) and `watermark`, in field number order,
+    each as u32 field number, u64 byte length, bytes; integers as 8
+    little-endian bytes, strings as UTF-8 (see wrapper.proto)."""
     return b"".join(_canonical_parts(_head(frame), _blocks(frame)))
+
+
+def binding_bytes(subscription: bytes, sequence: int, watermark: bytes) -> bytes:
+    """What a frame's binding MAC signs: the envelope of one Subscribe call
+    (its subscription nonce and the frame's place in it) and the watermark,
+    which stands for everything else."""
+    return b"".join(
+        (_BINDING_LABEL, _U32.pack(len(subscription)), subscription, _U64.pack(sequence), watermark)
+    )
+
+
+def bind_frame(sealer: Sealer, subscription: bytes, sequence: int, watermark: bytes) -> bytes:
+    """The binding MAC of a shared frame sent as frame ``sequence`` of the
+    Subscribe call ``subscription`` (HMAC-SHA256 with the epoch's HMAC key)."""
+    return sealer.watermark(binding_bytes(subscription, sequence, watermark))
+
+
+def envelope_bytes(sequence: int, subscription: bytes, binding: bytes) -> bytes:
+    """The serialized envelope fields. Appended to a shared frame's
+    serialization, protobuf's merge rule makes the two one Frame: the wrapper
+    serializes a shared frame once and sends it to every call this way."""
+    return wrapper_pb2.Frame(
+        sequence=sequence, subscription=subscription, binding=binding
+    ).SerializeToString()
 
 
 # -- building ---------------------------------------------------------------
@@ -197,8 +226,54 @@ def build_frame(
     vector_dim: int,
     subscription: bytes = b"",
 ) -> wrapper_pb2.Frame:
-    """Pack, seal and watermark a batch of changes of one table, for the
-    Subscribe call that named itself ``subscription``.
+    """Pack, seal and watermark a batch of changes of one table, sent as
+    frame ``sequence`` of the Subscribe call that named itself
+    ``subscription``: build_shared_frame, then the call's envelope."""
+    frame = build_shared_frame(
+        sealer=sealer,
+        tenant_id=tenant_id,
+        stream_id=stream_id,
+        kind=kind,
+        table=table,
+        commit_position=commit_position,
+        head_position=head_position,
+        commit_time_us=commit_time_us,
+        keys=keys,
+        ops=ops,
+        positions=positions,
+        vectors=vectors,
+        vector_mask=vector_mask,
+        payloads=payloads,
+        vector_dim=vector_dim,
+    )
+    frame.sequence = sequence
+    frame.subscription = subscription
+    if sealer is not None:
+        frame.binding = bind_frame(sealer, subscription, sequence, frame.watermark)
+    return frame
+
+
+def build_shared_frame(
+    *,
+    sealer: Sealer | None,
+    tenant_id: str,
+    stream_id: str,
+    kind: int,
+    table: str,
+    commit_position: int,
+    head_position: int,
+    commit_time_us: int,
+    keys: Sequence[str],
+    ops: bytes,
+    positions: Sequence[int] | np.ndarray,
+    vectors: np.ndarray | None,
+    vector_mask: np.ndarray | None,
+    payloads: Sequence[bytes],
+    vector_dim: int,
+) -> wrapper_pb2.Frame:
+    """Pack, seal and watermark a batch of changes of one table, without a
+    call's envelope (sequence 0, no subscription, no binding): one frame for
+    every Subscribe call that is sent it (see bind_frame, envelope_bytes).
 
     ``vectors`` are the unsealed float32 (count, vector_dim) vectors, or None
     when the table carries no vectors; then the frame's vector_dim is 0 and its
@@ -277,7 +352,7 @@ def build_frame(
             epoch,
             kind,
             table,
-            sequence,
+            0,
             commit_position,
             head_position,
             commit_time_us,
@@ -293,7 +368,6 @@ def build_frame(
             (18, b""),
             (_SEALED_ROWS, b""),
             (20, aead_nonce),
-            (21, subscription),
         ]
         sealed_rows, watermark = _seal(head, blocks, sealer, keys_block, payloads_block)
         keys_block = payloads_block = b""
@@ -304,7 +378,6 @@ def build_frame(
         key_epoch=epoch,
         kind=kind,  # type: ignore[arg-type]  # an enum value; protobuf accepts ints
         table=table,
-        sequence=sequence,
         commit_position=commit_position,
         head_position=head_position,
         commit_time_us=commit_time_us,
@@ -318,7 +391,6 @@ def build_frame(
         payloads=payloads_block,
         sealed_rows=sealed_rows,
         aead_nonce=aead_nonce,
-        subscription=subscription,
         watermark=watermark,
     )
 
@@ -355,9 +427,9 @@ def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
 def seal_frame(
     frame: wrapper_pb2.Frame, sealer: Sealer, keys_block: bytes, payloads_block: bytes
 ) -> None:
-    """Encrypt the row blocks into ``frame.sealed_rows`` and watermark the
-    frame, in place, with the keys of ``sealer``'s epoch. build_frame ends
-    with this; tools use it to re-seal a frame they changed."""
+    """Encrypt the row blocks into ``frame.sealed_rows``, watermark the
+    frame and bind it to its envelope, in place, with the keys of
+    ``sealer``'s epoch. Tools use it to re-seal a frame they changed."""
     frame.key_epoch = sealer.epoch
     frame.keys = frame.payloads = frame.sealed_rows = b""
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
@@ -365,6 +437,7 @@ def seal_frame(
     frame.sealed_rows, frame.watermark = _seal(
         _head(frame), blocks, sealer, keys_block, payloads_block
     )
+    frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
 
 
 def _seal(
@@ -440,8 +513,9 @@ def open_frame(
     ``sealer_for_epoch``; nothing in an unverified frame is trusted. Then the
     frame must be of this format version, tenant, (unless None) stream and
     Subscribe call (``subscription``: the nonce the driver sent in its
-    SubscribeRequest, so frames recorded from another call cannot be
-    replayed into this one), and its blocks must agree with count and
+    SubscribeRequest; the binding MAC ties the frame to that call and to its
+    sequence number there, so frames recorded from another call, or moved
+    within this one, are refused), and its blocks must agree with count and
     vector_dim. Bad bytes raise
     FrameError or its subclass WatermarkError, never anything else; a
     PrismError raised by ``sealer_for_epoch`` itself passes through.
@@ -485,10 +559,19 @@ def open_frame(
         raise FrameError(f"frame belongs to tenant {tenant!r}, not {tenant_id!r}")
     if stream_id is not None and stream != stream_id:
         raise FrameError(f"frame belongs to stream {stream!r}, not {stream_id!r}")
-    if subscription is not None and blocks[8][1] != subscription:
-        raise ReplayedFrameError(
-            f"frame {seq} of {table!r} was sent to another Subscribe call: replayed"
-        )
+    if subscription is not None:
+        if frame.subscription != subscription:
+            raise ReplayedFrameError(
+                f"frame {seq} of {table!r} was sent to another Subscribe call: replayed"
+            )
+        binding = frame.binding
+        if len(binding) != WATERMARK_BYTES or not hmac.compare_digest(
+            bind_frame(sealer, subscription, seq, mac), binding
+        ):
+            raise ReplayedFrameError(
+                f"frame {seq} of {table!r} fails its binding to this Subscribe call: "
+                "replayed, reordered or re-addressed"
+            )
     if kind not in _KINDS:
         raise FrameError(f"frame kind {kind} is unknown")
     if kind == wrapper_pb2.HEARTBEAT and count:

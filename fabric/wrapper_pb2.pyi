@@ -217,7 +217,7 @@ class SubscribeRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "subscription", "watermark")
+    __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "subscription", "watermark", "binding")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +240,7 @@ class Frame(_message.Message):
     AEAD_NONCE_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     tenant_id: str
     stream_id: str
@@ -262,7 +263,8 @@ class Frame(_message.Message):
     aead_nonce: bytes
     subscription: bytes
     watermark: bytes
-    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., sealed_rows: _Optional[bytes] = ..., aead_nonce: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., watermark: _Optional[bytes] = ...) -> None: ...
+    binding: bytes
+    def __init__(self, format_version: _Optional[int] = ..., tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., kind: _Optional[_Union[FrameKind, str]] = ..., table: _Optional[str] = ..., sequence: _Optional[int] = ..., commit_position: _Optional[int] = ..., head_position: _Optional[int] = ..., commit_time_us: _Optional[int] = ..., count: _Optional[int] = ..., vector_dim: _Optional[int] = ..., keys: _Optional[bytes] = ..., ops: _Optional[bytes] = ..., positions: _Optional[bytes] = ..., vector_mask: _Optional[bytes] = ..., vectors: _Optional[bytes] = ..., payloads: _Optional[bytes] = ..., sealed_rows: _Optional[bytes] = ..., aead_nonce: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., watermark: _Optional[bytes] = ..., binding: _Optional[bytes] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import canonical_bytes, seal_frame
+from prism.fabric.frames import bind_frame, canonical_bytes, seal_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret, write_secret
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
@@ -317,7 +317,10 @@ async def test_rows_moved_between_frames_fail_the_aead(served: Served) -> None:
         donor = previous[-2]  # the data frame before this one
         g = copy(f)
         g.sealed_rows, g.aead_nonce = donor.sealed_rows, donor.aead_nonce
-        g.watermark = served.sealer(g.key_epoch).watermark(canonical_bytes(g))
+        sealer = served.sealer(g.key_epoch)
+        g.watermark = sealer.watermark(canonical_bytes(g))
+        # With the HMAC key the attacker can bind the frame to the call too.
+        g.binding = bind_frame(sealer, g.subscription, g.sequence, g.watermark)
         return [g]
 
     def attack(srv: Tampering, call: int, frames: Iterator[pb.Frame]) -> Iterator[pb.Frame]:

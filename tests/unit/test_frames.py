@@ -1,14 +1,15 @@
 """Frame building, sealing, watermarking and opening (prism.fabric.frames).
 
-Format version 2: in a signed frame the keys and payloads blocks travel only
-inside sealed_rows (AES-256-GCM, associated data = SHA-256 of the canonical
-form without fields 19 and 30), and the HMAC watermark covers every field.
+Format version 3: in a signed frame the keys and payloads blocks travel only
+inside sealed_rows (AES-256-GCM, associated data = the canonical form without
+field 19), the HMAC watermark covers every field but the call's envelope
+(sequence 7, subscription 21, binding 31), and the binding MAC ties the
+watermarked frame to one Subscribe call and one sequence number in it.
 Fuzzing of open_frame lives in test_fuzz.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import time
@@ -30,10 +31,14 @@ from prism.fabric.errors import (
 from prism.fabric.frames import (
     AEAD_NONCE_BYTES,
     DecodedFrame,
+    bind_frame,
     build_frame,
+    build_shared_frame,
     canonical_bytes,
+    envelope_bytes,
     open_frame,
     open_rows,
+    parse_frame,
     seal_frame,
 )
 from prism.fabric.keys import derive_epoch_keys
@@ -93,13 +98,17 @@ def copy(frame: wrapper_pb2.Frame) -> wrapper_pb2.Frame:
 
 
 def resign(frame: wrapper_pb2.Frame, sealer: Sealer = SEALER) -> wrapper_pb2.Frame:
-    """Recompute only the HMAC watermark: an attacker who knows the HMAC key."""
+    """Recompute the HMAC watermark and binding: an attacker who knows the
+    HMAC key (but not the AEAD key)."""
     frame.watermark = sealer.watermark(canonical_bytes(frame))
+    frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
     return frame
 
 
 def open_(frame: wrapper_pb2.Frame, stream_id: str | None = "stream-1") -> DecodedFrame:
-    return open_frame(frame, sealers, tenant_id="acme", stream_id=stream_id)
+    return open_frame(
+        frame, sealers, tenant_id="acme", stream_id=stream_id, subscription=frame.subscription
+    )
 
 
 def documented_canonical(frame: wrapper_pb2.Frame, skip: frozenset[int]) -> bytes:
@@ -119,8 +128,11 @@ def documented_canonical(frame: wrapper_pb2.Frame, skip: frozenset[int]) -> byte
     return out
 
 
+ENVELOPE = frozenset({7, 21, 30, 31})
+
+
 def documented_aad(frame: wrapper_pb2.Frame) -> bytes:
-    return hashlib.sha256(documented_canonical(frame, frozenset({19, 30}))).digest()
+    return documented_canonical(frame, ENVELOPE | {19})
 
 
 def seal_raw(frame: wrapper_pb2.Frame, plaintext: bytes, sealer: Sealer = SEALER) -> None:
@@ -137,13 +149,13 @@ def seal_raw(frame: wrapper_pb2.Frame, plaintext: bytes, sealer: Sealer = SEALER
 def test_round_trip() -> None:
     vectors = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
     frame = make(vectors=vectors)
-    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 2
+    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 3
     assert frame.count == 5 and len(frame.watermark) == 32
     # The row data travels only encrypted.
     assert frame.keys == b"" and frame.payloads == b""
     assert len(frame.aead_nonce) == AEAD_NONCE_BYTES and len(frame.sealed_rows) > 16
     wire = frame.SerializeToString()
-    assert b"k1" not in wire and b'"id"' not in wire
+    assert b'"k1"' not in wire and b'"id"' not in wire
     # What travels is sealed, not the plain vectors.
     sent = np.frombuffer(frame.vectors, dtype="<f4").reshape(5, DIM)
     assert not np.allclose(sent[0], vectors[0], atol=0.1)
@@ -214,8 +226,8 @@ def test_negative_commit_time_and_big_positions() -> None:
 def test_canonical_bytes_as_documented() -> None:
     frame = make(2, ops=b"UD", payloads=[b"{}", b""])
     numbers = sorted(f.number for f in frame.DESCRIPTOR.fields)
-    assert numbers == [*range(1, 22), 30]
-    expected = documented_canonical(frame, frozenset({30}))
+    assert numbers == [*range(1, 22), 30, 31]
+    expected = documented_canonical(frame, ENVELOPE)
     assert canonical_bytes(frame) == expected
     assert frame.watermark == SEALER.watermark(expected)
     # Fields 19 and 20 are covered by the watermark.
@@ -232,10 +244,48 @@ def test_frame_is_bound_to_its_subscribe_call() -> None:
     # The same frame replayed into another call verifies, but is refused.
     with pytest.raises(ReplayedFrameError, match="another Subscribe call"):
         open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=other)
-    # Relabelling it for the other call breaks the watermark.
+    # Relabelling it for the other call breaks the binding.
     frame.subscription = other
-    with pytest.raises(WatermarkError):
+    with pytest.raises(ReplayedFrameError, match="binding"):
         open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=other)
+    # So does moving it to another place of its own call, or a bad binding.
+    frame.subscription = mine
+    for field, value in (("sequence", 8), ("binding", b""), ("binding", b"\0" * 32)):
+        moved = copy(frame)
+        setattr(moved, field, value)
+        with pytest.raises(ReplayedFrameError, match="binding"):
+            open_frame(moved, sealers, tenant_id="acme", stream_id=None, subscription=mine)
+    # Without a call to check against (tools), the envelope is not checked.
+    assert open_frame(frame, sealers, tenant_id="acme", stream_id=None).count == 2
+
+
+def test_one_shared_frame_serves_every_call() -> None:
+    shared = build_shared_frame(
+        sealer=SEALER,
+        tenant_id="acme",
+        stream_id="stream-1",
+        kind=wrapper_pb2.CHANGES,
+        table="public.items",
+        commit_position=9,
+        head_position=9,
+        commit_time_us=1,
+        keys=[encode_key([1])],
+        ops=b"U",
+        positions=[9],
+        vectors=np.ones((1, DIM), dtype=np.float32),
+        vector_mask=None,
+        payloads=[encode_row({"id": 1})],
+        vector_dim=DIM,
+    )
+    assert shared.sequence == 0 and not shared.subscription and not shared.binding
+    body = shared.SerializeToString()
+    for sub, seq in ((b"a" * 16, 1), (b"b" * 32, 7)):
+        binding = bind_frame(SEALER, sub, seq, shared.watermark)
+        wire = body + envelope_bytes(seq, sub, binding)
+        frame = parse_frame(wire)
+        assert (frame.sequence, frame.subscription, frame.binding) == (seq, sub, binding)
+        d = open_frame(frame, sealers, tenant_id="acme", stream_id="stream-1", subscription=sub)
+        assert d.sequence == seq and decode_row(d.payloads[0]) == {"id": 1}
 
 
 def test_sealed_rows_as_documented() -> None:
@@ -321,12 +371,11 @@ def test_flip_any_byte_of_any_block(block: str) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("format_version", 3),
+        ("format_version", 2),
         ("tenant_id", "acmf"),
         ("stream_id", "stream-2"),
         ("kind", wrapper_pb2.RESET),
         ("table", "public.itemz"),
-        ("sequence", 8),
         ("commit_position", 0),
         ("head_position", 1),
         ("commit_time_us", 0),
@@ -412,7 +461,6 @@ def test_unsigned_frames_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "tenant"),
     [
-        ("sequence", 8, "acme"),
         ("table", "public.other", "acme"),
         ("positions", struct.pack("<5Q", 100, 101, 102, 103, 105), "acme"),
         ("tenant_id", "other", "other"),
@@ -476,7 +524,7 @@ def test_resigned_bad_nonce_length_is_frame_error(nonce: bytes) -> None:
 
 
 def test_rows_cannot_be_spliced_into_another_frame() -> None:
-    victim, other = make(5), make(5, sequence=8)
+    victim, other = make(5), make(5, head_position=501)
     other.sealed_rows, other.aead_nonce = victim.sealed_rows, victim.aead_nonce
     with pytest.raises(FrameError, match=AEAD_FAILURE):
         open_(resign(other))
@@ -548,7 +596,7 @@ def _mutations() -> list[tuple[str, Any]]:
         ("count", 2**32 - 1),
         ("vector_dim", 4),
         ("vector_dim", 2**32 - 1),
-        ("format_version", 3),
+        ("format_version", 2),
         ("format_version", 1),
         ("format_version", 0),
         ("kind", 0),
@@ -623,7 +671,7 @@ def test_stream_none_skips_stream_check() -> None:
         open_(make(), stream_id="stream-2")
 
 
-@pytest.mark.parametrize("version", [1, 3])
+@pytest.mark.parametrize("version", [1, 2, 4])
 def test_format_version_error_is_not_retriable(version: int) -> None:
     frame = make()
     assert version != FRAME_FORMAT_VERSION

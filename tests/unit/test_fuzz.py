@@ -30,9 +30,10 @@ from prism.fabric.auth import (
     unwrap_projection_key,
     wrap_projection_key,
 )
-from prism.fabric.errors import AuthError, FrameError, WatermarkError
+from prism.fabric.errors import AuthError, FrameError, ReplayedFrameError, WatermarkError
 from prism.fabric.frames import (
     DecodedFrame,
+    bind_frame,
     build_frame,
     canonical_bytes,
     open_frame,
@@ -47,6 +48,7 @@ from prism.fabric.sealing import Sealer
 SECRET = b"f" * 32
 DIM = 4
 SEALER = Sealer(derive_epoch_keys(SECRET, "acme", 3), DIM)
+SUB = b"s" * 16  # the Subscribe call every valid frame is bound to
 AEAD_FAILURE = "AES-GCM"
 
 # A generous per-example deadline: it catches a pathological slowdown (e.g.
@@ -81,7 +83,9 @@ BYTES_FIELDS = (
     "payloads",
     "sealed_rows",
     "aead_nonce",
+    "subscription",
     "watermark",
+    "binding",
 )
 # What a re-sealing sender controls: seal_frame overwrites key_epoch, keys,
 # payloads, sealed_rows, aead_nonce and watermark.
@@ -123,6 +127,7 @@ def _build(count: int, *, vectors: bool = True, kind: int = wrapper_pb2.CHANGES)
         vector_mask=mask if vectors else None,
         payloads=[encode_row({"id": i}) if op == ord("U") else b"" for i, op in enumerate(ops)],
         vector_dim=DIM if vectors else 0,
+        subscription=SUB,
     )
     return frame.SerializeToString()
 
@@ -137,7 +142,13 @@ VALID = (
 
 
 def open_(frame: wrapper_pb2.Frame) -> DecodedFrame:
-    return open_frame(frame, sealers, tenant_id="acme", stream_id=None)
+    return open_frame(frame, sealers, tenant_id="acme", stream_id=None, subscription=SUB)
+
+
+def resign(frame: wrapper_pb2.Frame) -> None:
+    """Recompute the watermark and the binding, as a sender with the HMAC key."""
+    frame.watermark = SEALER.watermark(canonical_bytes(frame))
+    frame.binding = bind_frame(SEALER, frame.subscription, frame.sequence, frame.watermark)
 
 
 def assert_consistent(d: DecodedFrame, frame: wrapper_pb2.Frame) -> None:
@@ -258,18 +269,23 @@ def test_fuzz_mutated_fields(valid: bytes, data: st.DataObject) -> None:
     for field in fields:
         mutate_field(data, frame, field)
     # A negative kind has no canonical form (open_frame's WatermarkError).
-    resign = data.draw(st.booleans()) and frame.kind >= 0
+    resign = data.draw(st.booleans()) and frame.kind >= 0 and "subscription" not in fields
     if resign:
-        frame.watermark = SEALER.watermark(canonical_bytes(frame))
+        globals()["resign"](frame)
     exc = open_checked(frame)
     if frame.SerializeToString() == valid:
         assert exc is None  # a no-op mutation of a valid frame still opens
     elif not resign:
-        assert isinstance(exc, WatermarkError), exc
+        # The watermark catches the frame's fields, the binding the envelope.
+        assert isinstance(exc, WatermarkError | ReplayedFrameError), exc
     else:
         # Past the watermark, the AEAD or the structure checks must catch it,
-        # unless only the watermark itself was touched.
-        assert exc is not None or set(fields) == {"watermark"}
+        # unless only the envelope was touched: a sender with the HMAC key may
+        # bind a frame to another place in the call (the follower's sequence
+        # check is what orders frames; see SECURITY.md).
+        original = wrapper_pb2.Frame.FromString(valid)
+        changed = {f for f in fields if getattr(frame, f) != getattr(original, f)}
+        assert exc is not None or changed <= {"watermark", "binding", "sequence"}
 
 
 @pytest.mark.timeout(60)
@@ -293,7 +309,7 @@ def test_fuzz_mutated_bytes(
     except FrameError:
         return
     if resign:
-        frame.watermark = SEALER.watermark(canonical_bytes(frame))
+        globals()["resign"](frame)
     exc = open_checked(frame)
     if not resign and bytes(raw) != valid and frame.SerializeToString() != valid:
         assert isinstance(exc, FrameError)
