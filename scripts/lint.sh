@@ -7,8 +7,8 @@ ruff check .
 ruff format --check .
 tree=build/typecheck
 mkdir -p "$tree/prism"
-for p in fabric wrapper driver; do ln -sfn "../../../$p" "$tree/prism/$p"; done
+for p in fabric wrapper driver ffi; do ln -sfn "../../../$p" "$tree/prism/$p"; done
 (cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
-    -p prism.fabric -p prism.wrapper -p prism.driver)
+    -p prism.fabric -p prism.wrapper -p prism.driver -p prism.ffi)
 (cd "$tree" && MYPYPATH=. mypy --config-file ../../pyproject.toml \
     ../../examples/demo.py ../../proto/generate.py)

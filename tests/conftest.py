@@ -23,6 +23,7 @@ from support.servers import (
     WrapperProcess,
     new_port,
     start_postgres,
+    stop_postgres,
     write_config,
 )
 
@@ -37,7 +38,7 @@ def pg() -> Iterator[EmbeddedPostgres]:
             c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         yield server
     finally:
-        server.stop()
+        stop_postgres(server)
 
 
 class TestDB:

@@ -213,7 +213,7 @@ class SendWatchdog:
 
     def guard(
         self, frames: Generator[pb.Frame, None, None], cancel: Callable[[], None], peer: str = ""
-    ) -> Iterator[pb.Frame]:
+    ) -> Generator[pb.Frame, None, None]:
         """`frames`, each marked as waiting until gRPC asks for the next.
         Closing this closes `frames` at once (its store snapshot with it)."""
         call = next(self._ids)
