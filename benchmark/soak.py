@@ -201,13 +201,16 @@ def main() -> int:
             "load_at_end": os.getloadavg(),
         }
         reports[db] = report
-        args.out.mkdir(parents=True, exist_ok=True)
-        out = args.out / f"soak-{db}.json"
+        interrupted = any(f.startswith("interrupted") for f in report["failures"])
+        # An interrupted soak's report stays in its work directory: it must
+        # not replace the results of a whole one.
+        out = (work / db if interrupted else args.out) / f"soak-{db}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1, default=str) + "\n")
         print(f"\n{db}: {'passed' if report['ok'] else 'FAILED'}; results in {out}")
         for f in report["failures"]:
             print(f)
-        if any(f.startswith("interrupted") for f in report["failures"]):
+        if interrupted:
             print(render(reports))
             return 130
     if not plan and not args.no_readme:
