@@ -92,6 +92,10 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
         n = len(r["checkpoints"])
         return f"{_n(f['converge_s_p50'])} s / {_n(f['converge_s_max'])} s ({n} checkpoints)"
 
+    def exits(r: dict[str, Any]) -> str:
+        gave_up = sum(1 for x in r["wrapper_exits"] if "database.retry_limit" in x["log"])
+        return f"{gave_up} / {len(r['wrapper_exits']) - gave_up}"
+
     def run(r: dict[str, Any]) -> str:
         ok = "**passed**" if r["ok"] else "**FAILED**"
         return f"{ok}: {r['seconds'] / 60:.0f} min, seed {r['seed']}, commit `{r['commit']}`"
@@ -142,6 +146,11 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
             noticed,
         ),
         row("time to converge after the last fault, p50 / max", "bounded", converge),
+        row(
+            "wrapper exits by itself: after retry_limit (restarted, as systemd would) / other",
+            "— / 0",
+            exits,
+        ),
         row("run", "", run),
         END,
     ]
@@ -162,7 +171,16 @@ def main() -> int:
     p.add_argument("--work", type=Path, help="work directory (default: a new one in /var/tmp)")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite the README table from --out's JSON"
+    )
     args = p.parse_args()
+    if args.render:
+        found = {d: args.out / f"soak-{d}.json" for d in ("postgres", "mariadb")}
+        loaded = {d: json.loads(f.read_text()) for d, f in found.items() if f.exists()}
+        replace_readme_section(START, END, "## Faults", render(loaded))
+        print(render(loaded))
+        return 0
     plan = args.plan.split(",") if args.plan else None
     for k in plan or []:
         if k not in FAULTS:
