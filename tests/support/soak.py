@@ -171,6 +171,7 @@ class Soak:
         self.rng = random.Random(cfg.seed)
         self.r = Results()
         self.t0 = time.monotonic()
+        self.commit = _git_commit()  # what runs: taken at the start
         self.env: SoakEnv | None = None
         self.workload: SqlWorkload | None = None
         self.steady: PrismDriver | None = None
@@ -880,7 +881,7 @@ class Soak:
         return {
             "flavor": self.cfg.flavor,
             "seed": self.cfg.seed,
-            "commit": _git_commit(),
+            "commit": self.commit,
             "seconds": round(self.now(), 1),
             "config": {k: v for k, v in asdict(self.cfg).items() if k != "work"},
             "ok": not self.failures(),
