@@ -114,7 +114,7 @@ def render(reports: dict[str, dict[str, Any]]) -> str:
             "≥ 10",
             faults("kill9", "kill9_write"),
         ),
-        row("driver reconnects (all drivers)", "≥ 50", fig("driver_reconnects")),
+        row("driver reconnects (attempts, all drivers)", "≥ 50", fig("driver_reconnects")),
         row(
             "database restarts: crash (immediate / SIGKILL) / clean",
             "≥ 3",
