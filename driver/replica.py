@@ -141,6 +141,10 @@ class ReplicaFeed:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._building: Replica | None = None
+        # The shape the next bootstrap builds, when the wrapper describes the
+        # tables differently from the replica readers see (a column added,
+        # another table set); None: the readers' replica's shape.
+        self._shape: Replica | None = None
         self.building_rows = 0
 
     def restart(self) -> None:
@@ -148,11 +152,21 @@ class ReplicaFeed:
         self._building = None
         self.building_rows = 0
 
+    def reshape(self, shape: Replica) -> None:
+        """The tables changed shape: the next bootstrap builds an empty
+        replica like `shape` aside, and readers keep the current one, whole,
+        until that bootstrap completes."""
+        self._shape = shape
+        self.restart()
+
+    def _fresh(self) -> Replica:
+        return Replica.empty_like(self._shape or self.replica)
+
     def bootstrap_frames(self, frames: list[DecodedFrame]) -> None:
         if not frames:
             return
         if self._building is None:
-            self._building = Replica.empty_like(self.replica)
+            self._building = self._fresh()
         self.building_rows += self._building.apply_frames(frames)
 
     def apply(self, batch: Batch) -> int:
@@ -160,8 +174,9 @@ class ReplicaFeed:
         aside and swaps it in. Returns the changes applied by this call."""
         if not batch.reset:
             return self.replica.apply(batch)
-        fresh = self._building or Replica.empty_like(self.replica)
+        fresh = self._building or self._fresh()
         n = fresh.apply(batch)
         self.replica = fresh
+        self._shape = None
         self.restart()
         return n

@@ -238,15 +238,19 @@ class Subscription:
         self.keys.restart(hello.key_epoch, self.link.secret)
         if self.schema.update(hello, login.projection_key):
             tables = self.schema.tables
-            self.feed = ReplicaFeed(
-                Replica.for_tables(
-                    {
-                        n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
-                        for n, t in tables.items()
-                    },
-                    self.config.index,
-                )
+            shape = Replica.for_tables(
+                {
+                    n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                    for n, t in tables.items()
+                },
+                self.config.index,
             )
+            if self.ready.is_set():
+                # Readers keep the replica they have until the bootstrap of
+                # the new shape is complete (never an empty one meanwhile).
+                self.feed.reshape(shape)
+            else:
+                self.feed = ReplicaFeed(shape)
             self.follower = Follower()  # a different shape: bootstrap afresh
 
     def _apply(self, batch: Batch) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prism.wrapper.apply import Applier
-from prism.wrapper.errors import WrapperError
+from prism.wrapper.errors import StoreFullError, WrapperError
 from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
@@ -46,6 +46,7 @@ class Committer:
         self._busy = False
         self._stopping = False
         self.error: BaseException | None = None
+        self.commits = 0  # store transactions committed by this writer
         self.durable = Durable(position=store.meta.source_position)
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
@@ -119,9 +120,12 @@ class Committer:
                 return
             with self._cv:
                 self._busy = False
+                self.commits += 1
                 self._cv.notify_all()
             try:
                 self._after_commit()  # housekeeping: its failure must not stop the writer
+            except StoreFullError as exc:
+                log.warning("store housekeeping skipped: %s", exc)
             except Exception:
                 log.exception("store housekeeping after a commit failed")
 

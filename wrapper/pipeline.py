@@ -5,7 +5,10 @@ longer fit together) it copies the tables under the slot's exported snapshot
 into a store with a new stream identity; then it streams, group-committing
 received transactions to the store and acknowledging each stored position
 back to the source. Transient source errors are retried with bounded,
-logged, jittered backoff; permanent ones stop the daemon with their message.
+logged, jittered backoff; permanent ones stop the daemon with their message. A
+full store disk is neither: the source is no longer acknowledged (the database
+keeps its log), Health says so, drivers are still served what is stored, and
+the pipeline retries until there is room again, however long that takes.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier
 from prism.wrapper.committer import Committer
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import ResumeLostError, WrapperError
+from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.sources.flavor import make_source
-from prism.wrapper.store import Store, now_us
+from prism.wrapper.store import Store, free_bytes, now_us
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
@@ -40,6 +43,12 @@ PURGE_INTERVAL_S = 60.0
 HEALTHY_STREAM_S = 30.0
 # Waits between attempts after a source error (jittered, see prism.fabric.backoff).
 RETRY_FIRST_S, RETRY_CAP_S = 0.5, 30.0
+# ... and between attempts to write a full store.
+STORE_FULL_FIRST_S, STORE_FULL_CAP_S = 0.5, 5.0
+# A full store counts as having room again once a commit succeeded and this
+# much is free: a successful commit alone proves little, since a small one
+# fits in the slack the SQLite WAL already has while the disk is still full.
+STORE_ROOM_BYTES = 8 << 20
 
 
 @dataclass
@@ -72,6 +81,9 @@ class Pipeline:
         self._retention_us = int(cfg.store.retention_seconds * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
+        self._progressed = False  # this attempt stored and acknowledged something
+        self._full_since = 0.0  # monotonic time the store's disk filled up; 0: not full
+        self._full_backoff = Backoff(STORE_FULL_FIRST_S, STORE_FULL_CAP_S)
         # Set when the source said the stored position cannot be resumed
         # (the server refused it): the next attempt copies afresh.
         self._resume_lost: str | None = None
@@ -80,21 +92,29 @@ class Pipeline:
         """Run until stop() or a permanent error (kept in status.error).
         Transient errors are retried with capped backoff, each logged; after
         database.retry_limit failed attempts in a row the pipeline gives up
-        with the last error (a stream that ran for a while resets the count)."""
+        with the last error. An attempt that stored something, or streamed
+        for HEALTHY_STREAM_S, ends the row: the count and the backoff start
+        over, so outages far apart never add up."""
         backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
         limit = self.cfg.database.retry_limit
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)
             self._streaming_since = 0.0
+            self._progressed = False
             try:
                 self._run_once(source)
                 break
+            except StoreFullError as exc:
+                # Not the database's fault, so not counted against retry_limit.
+                self._store_full(exc)
+                self.stop_event.wait(self._full_backoff.next_delay())
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
-                if self._streaming_since and (
-                    time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                if self._progressed or (
+                    self._streaming_since
+                    and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
                 ):
                     attempts = 0
                     backoff.reset()
@@ -134,6 +154,38 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _store_full(self, exc: StoreFullError) -> None:
+        """Report a full store disk: the stored transactions were rolled back
+        whole and nothing past them was acknowledged, so the source replays
+        them once there is room again."""
+        if not self._full_since:
+            self._full_since = time.monotonic()
+            self.status.store_full += 1
+            log.error(
+                "store disk full: not acknowledging the database; drivers are served what is "
+                "stored; retrying until there is room: %s",
+                exc,
+            )
+        self.status.state = "RETRYING"
+        self.status.detail = f"store disk full: {exc}"
+
+    def _room_again(self, committer: Committer) -> bool:
+        if not committer.commits:
+            return False
+        free = free_bytes(self.store.path)
+        return free is None or free >= STORE_ROOM_BYTES
+
+    def _durable_again(self) -> None:
+        """A store transaction committed after the disk was full."""
+        log.warning(
+            "store has room again: streaming resumed",
+            extra={"full_seconds": round(time.monotonic() - self._full_since, 1)},
+        )
+        self._full_since = 0.0
+        self._full_backoff.reset()
+        if not self._full_since:  # else STREAMING once the store took a commit
+            self.status.state, self.status.detail = "STREAMING", ""
 
     def _run_once(self, source: ReplicationSource) -> None:
         problems = source.check_prerequisites()
@@ -244,6 +296,10 @@ class Pipeline:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
         committer = Committer(self.store, applier, self._maybe_purge)
+        if self._full_since:
+            # Probe the store with a commit of its own: it succeeds once
+            # there is room, even when the source has nothing new to say.
+            committer.submit_position(self.store.meta.resume_point)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
         pending_changes = 0
@@ -285,6 +341,9 @@ class Pipeline:
                     # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)
                     acked = durable.position
+                    self._progressed = True
+                if self._full_since and self._room_again(committer):
+                    self._durable_again()
                 self.status.transactions = base_txns + durable.transactions
                 self.status.changes = base_changes + durable.changes
                 if self.stop_event.is_set():

@@ -38,7 +38,7 @@ from prism.wrapper.metrics import WrapperMetrics, disk_free_bytes, store_bytes
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
-from prism.wrapper.subscription import ServeContext, subscription
+from prism.wrapper.subscription import SendWatchdog, ServeContext, subscription
 from prism.wrapper.writes import WriteError, WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
@@ -58,6 +58,7 @@ class WrapperState:
     writes: WriteExecutor | None = None
     metrics: WrapperMetrics = field(default_factory=WrapperMetrics)
     auth_lock: threading.Lock = field(default_factory=threading.Lock)
+    watchdog: SendWatchdog = field(default_factory=SendWatchdog)
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
     def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
@@ -270,8 +271,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         )
         ended = st.metrics.subscribed(tenant_id)
         sent = st.metrics.sender(tenant_id)
-        try:
-            for frame in subscription(
+        frames = st.watchdog.guard(
+            subscription(
                 ctx,
                 reader,
                 request.stream_id,
@@ -279,10 +280,18 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 request.max_frame_rows,
                 st.wait_for_head,
                 lambda: context.is_active() and self._still_valid(request.session),
-            ):
+            ),
+            context.cancel,
+            context.peer(),
+        )
+        try:
+            for frame in frames:
                 sent()
                 yield frame
         finally:
+            # Close the frames (and the store snapshot they may hold) now,
+            # before their reader: a for loop left by GeneratorExit does not.
+            frames.close()
             ended()
             reader.close()
 

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from prism.wrapper.errors import StoreError
+from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.sources.base import ResumePoint
 
 SCHEMA = """
@@ -90,6 +90,42 @@ class StoreMeta:
     @property
     def resume_point(self) -> ResumePoint:
         return ResumePoint(self.source_position, self.gtid_state)
+
+
+# SQLite's primary result codes for a full disk and for an I/O error (an I/O
+# error on a file system with no room left is a full disk too).
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes the store's file system has free for it (None: unknown)."""
+    return _free_bytes(path)
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The one place SQLite errors of the store become StoreErrors: a full
+    disk is StoreFullError (retriable), anything else a StoreError."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    full = code == _SQLITE_FULL or "disk is full" in str(exc)
+    if not full and code == _SQLITE_IOERR:
+        free = _free_bytes(path)
+        full = free is not None and free < (1 << 20)
+    if full:
+        free = _free_bytes(path)
+        room = f", {free} bytes free" if free is not None else ""
+        return StoreFullError(
+            f"store {path}: the disk is full while {doing} ({exc}{room}): free some space; "
+            "the wrapper resumes by itself"
+        )
+    return StoreError(f"store {path}: {doing} failed: {exc}")
 
 
 def _create_private(path: Path) -> None:
@@ -163,17 +199,24 @@ class Store:
         set inside it become durable together, or not at all."""
         if self._in_txn:
             raise StoreError("store transactions do not nest")
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "starting a transaction") from exc
         self._in_txn = True
         txn = StoreTxn(self, self._meta)
         try:
             yield txn
             txn._flush_meta()
             self._conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
+            # Rolled back whole: a failed commit (a full disk) leaves the
+            # store as it was before the transaction.
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             self._meta = self._load_meta()
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(exc, self.path, "writing") from exc
             raise
         finally:
             self._in_txn = False

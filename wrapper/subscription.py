@@ -10,7 +10,11 @@ bootstrap (RESET) when its stream identity or position no longer fits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +24,12 @@ from prism.fabric.frames import build_frame
 from prism.fabric.payload import decode_row, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.store import StoreMeta, StoreReader
+
+log = logging.getLogger("prism.wrapper.subscription")
+
+# How long one frame may wait for a subscriber to take it before the call is
+# ended: a live driver on a slow link takes a frame in well under this.
+SEND_STALL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,7 @@ def subscription(
     wait_for_head: Callable[[int, float], bool],
     is_active: Callable[[], bool],
     heartbeat_s: float = 1.0,
-) -> Iterator[pb.Frame]:
+) -> Generator[pb.Frame, None, None]:
     """The whole life of one Subscribe call, as frames."""
     fs = FrameStream(ctx, reader, max_rows)
     position = from_position
@@ -177,3 +187,69 @@ def subscription(
         if not wait_for_head(position, heartbeat_s):
             with reader.snapshot() as meta:
                 yield fs.heartbeat(meta)
+
+
+class SendWatchdog:
+    """Ends Subscribe calls whose subscriber stopped taking frames.
+
+    A batch is read inside one store snapshot (a SQLite read transaction)
+    and handed to gRPC frame by frame; when the subscriber stops reading (its
+    process stopped, its host gone silent behind a connection that stays
+    open), gRPC stops taking frames once the flow-control window and the
+    socket buffers are full, and the call waits inside that snapshot. The
+    snapshot keeps the store's WAL from being reset, so the WAL would grow by
+    everything the wrapper stores, for as long as the stall lasts. One thread
+    looks at every call once a second and cancels one whose frame has waited
+    longer than `stall_s`; the driver, if it ever comes back, reconnects and
+    resumes from its position.
+    """
+
+    def __init__(self, stall_s: float = SEND_STALL_S) -> None:
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[float, Callable[[], None], str]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def guard(
+        self, frames: Generator[pb.Frame, None, None], cancel: Callable[[], None], peer: str = ""
+    ) -> Generator[pb.Frame, None, None]:
+        """`frames`, each marked as waiting until gRPC asks for the next.
+        Closing this closes `frames` at once (its store snapshot with it)."""
+        call = next(self._ids)
+        self._start()
+        try:
+            for frame in frames:
+                with self._lock:
+                    self._waiting[call] = (time.monotonic(), cancel, peer)
+                yield frame
+                with self._lock:
+                    self._waiting.pop(call, None)
+        finally:
+            with self._lock:
+                self._waiting.pop(call, None)
+            frames.close()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="send-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.stall_s / 4))
+            now = time.monotonic()
+            with self._lock:
+                stalled = [(k, v) for k, v in self._waiting.items() if now - v[0] > self.stall_s]
+                for k, _ in stalled:
+                    del self._waiting[k]
+            for _, (since, cancel, peer) in stalled:
+                log.warning(
+                    "ending a subscription whose driver took no frame in %.0fs",
+                    now - since,
+                    extra={"peer": peer},
+                )
+                cancel()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg import sql
@@ -36,6 +36,11 @@ log = logging.getLogger("prism.wrapper.postgres")
 
 FLOAT4_ARRAY_OID = 1021
 TEXT_OID = 25
+# A stream whose server answered none of this many status requests in a row
+# (one per database.status_interval_s), and for at least SILENT_MIN_S, is
+# dead: 60 s by default, as PostgreSQL's own wal_receiver_timeout.
+SILENT_STATUS_REQUESTS = 6
+SILENT_MIN_S = 5.0
 
 
 def _known_oid(oid: int) -> bool:
@@ -43,6 +48,12 @@ def _known_oid(oid: int) -> bool:
 
 
 class PostgresSource(ReplicationSource):
+    # Walsenders of stream connections given up on as silent, by slot: the
+    # server keeps each (and the slot busy) until wal_sender_timeout unless
+    # told, so the next stream ends it first. Shared by this process's
+    # sources: the pipeline makes a new one for every attempt.
+    _abandoned: ClassVar[dict[str, int]] = {}
+
     def __init__(self, cfg: WrapperConfig) -> None:
         self.cfg = cfg
         self.slot = cfg.database.slot
@@ -59,6 +70,7 @@ class PostgresSource(ReplicationSource):
         self._in_txn = False
         self._last_status = 0.0
         self._status_interval = cfg.database.status_interval_s
+        self._last_heard = 0.0
 
     # -- admin connection -------------------------------------------------
     @property
@@ -388,7 +400,9 @@ class PostgresSource(ReplicationSource):
         )
         self._acked = from_lsn
         self._received = from_lsn
+        self._end_abandoned_walsender()
         self._repl.start_replication(self.slot, from_lsn, self.publication, binary=self.binary)
+        self._last_heard = time.monotonic()
         log.info(
             "streaming",
             extra={"slot": self.slot, "from": lsn_to_str(from_lsn), "binary": self.binary},
@@ -397,12 +411,24 @@ class PostgresSource(ReplicationSource):
     def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
         assert self._repl is not None and self._decoder is not None
         repl, decoder = self._repl, self._decoder
+        silent_s = max(SILENT_MIN_S, SILENT_STATUS_REQUESTS * self._status_interval)
         while True:
             msg = repl.read(idle_timeout)
             if msg is None:
+                if time.monotonic() - self._last_heard > silent_s:
+                    # A stalled or partitioned link never closes by itself:
+                    # the replies asked for went unanswered.
+                    self._abandoned[self.slot] = repl.pgconn.backend_pid
+                    raise SourceError(
+                        f"replication stream: no message from PostgreSQL in {silent_s:g}s "
+                        f"although a reply was asked for every {self._status_interval:g}s "
+                        "(database.status_interval_s): the link or the server is gone",
+                        retriable=True,
+                    )
                 self._periodic_status()
                 yield None
                 continue
+            self._last_heard = time.monotonic()
             if isinstance(msg, PrimaryKeepalive):
                 self._keepalive_lsn = max(self._keepalive_lsn, msg.wal_end)
                 if msg.reply_requested:
@@ -418,6 +444,33 @@ class PostgresSource(ReplicationSource):
                 self._in_txn = False
                 yield stx
             self._periodic_status()
+
+    def _end_abandoned_walsender(self) -> None:
+        """End the walsender of our last stream connection, given up on as
+        silent, if it still holds the slot: its link may be stalled rather
+        than closed, and the server would keep it until wal_sender_timeout.
+        Only that backend, whose pid we took from our own connection."""
+        pid = self._abandoned.pop(self.slot, None)
+        if pid is None:
+            return
+        rows = self._q(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+        )
+        if not rows or rows[0][0] != pid:
+            return
+        log.warning(
+            "ending the walsender of the silent stream connection",
+            extra={"pid": pid, "slot": self.slot},
+        )
+        self._q("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = self._q(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+            )
+            if not rows or rows[0][0] != pid:
+                return
+            time.sleep(0.05)
 
     def idle_position(self) -> ResumePoint | None:
         """A position past everything received that may be acknowledged
