@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism.fabric.payload import decode_row, encode_row
 from prism.wrapper.errors import SourceError
+from prism.wrapper.rowbatch import RowEncoder, merge_hidden
 from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
     RelationInfo,
@@ -47,6 +47,9 @@ class Applier:
     writes_table: str | None = None
     # (event_id, request_id) of writes seen since the last take_markers().
     markers: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._encoder = RowEncoder(self.vectorizer)
 
     def take_markers(self) -> list[tuple[str, str | None]]:
         out, self.markers = self.markers, []
@@ -106,26 +109,23 @@ class Applier:
             pending[(shape.name, old_key)] = (None, commit_us)
             n += 1
         pending.pop((shape.name, key), None)  # keep write order = change order
-        pending[(shape.name, key)] = (self.vectorizer.prepare(shape.name, dict(new)), commit_us)
+        # The change's row is the decoder's own fresh dict: prepared in place.
+        pending[(shape.name, key)] = (self.vectorizer.prepare(shape.name, new), commit_us)
         return n
 
     def _flush(self, txn: StoreTxn, pending: _Pending) -> None:
-        by_table: dict[str, list[tuple[str, dict[str, Any] | None, int]]] = {}
+        by_table: dict[str, tuple[list[str], list[dict[str, Any] | None], list[int]]] = {}
         for (table, key), (row, commit_us) in pending.items():
-            by_table.setdefault(table, []).append((key, row, commit_us))
+            cols = by_table.get(table)
+            if cols is None:
+                cols = by_table[table] = ([], [], [])
+            cols[0].append(key)
+            cols[1].append(row)
+            cols[2].append(commit_us)
         pending.clear()
-        for table, changes in by_table.items():
-            live = [row for _, row, _ in changes if row is not None]
-            vectors = iter(self.vectorizer.vector_bytes_many(table, live))
-            txn.write_many(
-                table,
-                [
-                    (key, encode_row(row), next(vectors), c)
-                    if row is not None
-                    else (key, None, None, c)
-                    for key, row, c in changes
-                ],
-            )
+        for table, (keys, rows, commits) in by_table.items():
+            b = self._encoder.changes(self.shapes[table], keys, rows, commits)
+            txn.write_batch(table, b.keys, b.payloads, b.vectors, b.hidden, b.commit_us)
 
     def _fill_toast(
         self,
@@ -140,7 +140,7 @@ class Applier:
             old_row = waiting[0]
         else:
             prev = txn.get(shape.name, key)
-            old_row = decode_row(prev[0]) if prev is not None else None
+            old_row = merge_hidden(prev.payload, prev.hidden) if prev is not None else None
         if old_row is None:
             # Cannot happen when the store holds every row since the snapshot;
             # say so loudly rather than invent a value.
@@ -179,14 +179,18 @@ class Applier:
             "table columns changed",
             extra={"table": shape.name, "added": added, "dropped": dropped},
         )
-        rewritten = []
-        for key, payload, vector in list(txn.live_rows(shape.name)):
-            row = decode_row(payload)
+        keys: list[str] = []
+        rows: list[dict[str, Any]] = []
+        vectors: list[bytes | None] = []
+        for key, image in list(txn.live_rows(shape.name)):
+            row = merge_hidden(image.payload, image.hidden)
             for c in dropped:
                 row.pop(c, None)
             for c, v in fills.items():
                 row.setdefault(c, v)
-            ordered = {c: row.get(c) for c in new_names}
-            rewritten.append((key, encode_row(ordered), vector, commit_us))
-        txn.write_many(shape.name, rewritten)
-        self.counters["schema_rewrites"] += len(rewritten)
+            keys.append(key)
+            rows.append({c: row.get(c) for c in new_names})
+            vectors.append(image.vector)  # the vector stays: its column is not one of these
+        payloads, hidden = self._encoder.payloads(shape, rows)
+        txn.write_batch(shape.name, keys, payloads, vectors, hidden, commit_us)
+        self.counters["schema_rewrites"] += len(keys)
