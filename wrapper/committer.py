@@ -1,11 +1,18 @@
-"""The store writer: group commits off the decoding loop (store step).
+"""The store writers: commits off the decoding loop (store step).
 
-The pipeline's decoding loop hands whole source transactions to this
-thread and goes on reading the source. While one group is being made
-durable (SQLite COMMIT, fsync with synchronous=full), the next group
-accumulates, so commits batch themselves under load instead of stalling the
-stream. Only this thread writes the store. The decoding loop acknowledges
-to the source only positions this thread reports durable.
+Committer, while streaming: the pipeline's decoding loop hands whole source
+transactions to this thread and goes on reading the source. While one group
+is being made durable (SQLite COMMIT, fsync with synchronous=full), the next
+group accumulates, so commits batch themselves under load instead of
+stalling the stream. The decoding loop acknowledges to the source only
+positions this thread reports durable.
+
+CopyWriter, during the initial copy: the pipeline thread encodes batches of
+rows and this thread commits them (not durable one by one: the copy's last
+commit is, and nothing is acknowledged before it), so SQLite's work (which
+releases the interpreter lock) overlaps the next batch's encoding.
+
+Only one of them runs at a time, and only it writes the store.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 
 from prism.wrapper.apply import Applier
 from prism.wrapper.errors import WrapperError
+from prism.wrapper.rowbatch import EncodedBatch
 from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
@@ -33,21 +41,46 @@ class Durable:
     changes: int = 0
 
 
-class Committer:
+class _StoreThread:
+    """A thread that alone writes the store while it runs; its failure is
+    kept and raised to the pipeline at its next call."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self._store = store
+        self._cv = threading.Condition()
+        self._stopping = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """Write what is queued, end the thread, raise its failure if any."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, WrapperError):
+                raise self.error
+            raise WrapperError(f"store writer failed: {self.error}") from self.error
+
+
+class Committer(_StoreThread):
     def __init__(
         self, store: Store, applier: Applier, after_commit: Callable[[], None] = lambda: None
     ) -> None:
-        self._store = store
+        super().__init__(store, "store-writer")
         self._applier = applier
         self._after_commit = after_commit
-        self._cv = threading.Condition()
         self._queue: list[SourceTransaction] = []
         self._idle: ResumePoint | None = None
         self._busy = False
-        self._stopping = False
-        self.error: BaseException | None = None
         self.durable = Durable(position=store.meta.source_position)
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
     @property
@@ -84,21 +117,11 @@ class Committer:
 
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        self._thread.join()
-        self._raise_if_failed()
+        self._end()
 
     def check(self) -> None:
         """Raise the writer's failure, if it failed."""
         self._raise_if_failed()
-
-    def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            if isinstance(self.error, WrapperError):
-                raise self.error
-            raise WrapperError(f"store writer failed: {self.error}") from self.error
 
     def _run(self) -> None:
         while True:
@@ -143,3 +166,49 @@ class Committer:
             transactions=self.durable.transactions + len(group),
             changes=self.durable.changes + n,
         )
+
+
+class CopyWriter(_StoreThread):
+    """Commits the initial copy's encoded batches on a thread of its own.
+    put() blocks while `depth` batches wait (backpressure); batches waiting
+    together go into one store transaction."""
+
+    def __init__(self, store: Store, depth: int = 4) -> None:
+        super().__init__(store, "copy-writer")
+        self._depth = max(1, depth)
+        self._queue: list[EncodedBatch] = []
+        self.rows = 0  # rows committed so far
+        self._thread.start()
+
+    def put(self, batch: EncodedBatch) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self.error is not None or len(self._queue) < self._depth)
+            self._raise_if_failed()
+            self._queue.append(batch)
+            self._cv.notify_all()
+
+    def finish(self) -> None:
+        """Commit what is queued, end the thread, raise its failure if any."""
+        self._end()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._queue or self._stopping)
+                if not self._queue:
+                    return
+                batches, self._queue = self._queue, []
+                self._cv.notify_all()
+            try:
+                with self._store.transaction(durable=False) as txn:
+                    for b in batches:
+                        txn.write_batch(
+                            b.table, b.keys, b.payloads, b.vectors, b.hidden, b.commit_us
+                        )
+            except BaseException as exc:
+                with self._cv:
+                    self.error = exc
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self.rows += sum(len(b) for b in batches)

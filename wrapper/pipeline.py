@@ -20,11 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.backoff import Backoff
-from prism.fabric.payload import encode_row
 from prism.wrapper.apply import Applier
-from prism.wrapper.committer import Committer
+from prism.wrapper.committer import Committer, CopyWriter
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, WrapperError
+from prism.wrapper.prefetch import Prefetch
+from prism.wrapper.rowbatch import RowEncoder
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.sources.flavor import make_source
 from prism.wrapper.store import Store, now_us
@@ -141,7 +142,9 @@ class Pipeline:
         source.prepare()
         meta = self.store.meta
         fresh_reason = None
-        if not meta.snapshot_done:
+        if self.store.rebuilt:
+            fresh_reason = self.store.rebuilt
+        elif not meta.snapshot_done:
             fresh_reason = "no completed snapshot in the store"
         elif self._resume_lost:
             fresh_reason, self._resume_lost = self._resume_lost, None
@@ -172,47 +175,58 @@ class Pipeline:
                 self.shapes[name].columns = tuple((c, t) for c, t in cols["columns"])
 
     def _snapshot(self, source: ReplicationSource) -> None:
+        """Copy the tables under the source's snapshot into a fresh store.
+
+        Three threads overlap: the source's rows are read ahead (Prefetch),
+        this thread keys, vectorizes and encodes each batch (RowEncoder), and
+        the CopyWriter commits them. Each batch commits the normal way, at
+        increasing positions, while meta.snapshot_done stays false: servers
+        may stream the copy as it grows. Only the last commit (source
+        position, snapshot_done) is durable by itself and makes everything
+        before it durable; a crash before it starts a new copy under a new
+        stream identity."""
         self.status.state = "SNAPSHOT"
         self.store.reset(uuid.uuid4().hex)
         start = source.begin_snapshot()
         commit_us = now_us()
         total = 0
         started = time.monotonic()
-        for name, shape in self.shapes.items():
-            expected = source.snapshot_count(name)
-            copied = 0
-            last_log = time.monotonic()
-            with self.store.transaction() as txn:
+        with self.store.transaction(durable=False) as txn:
+            for name, shape in self.shapes.items():
                 txn.set_table_columns(name, shape.to_json())
-            for batch in source.snapshot_rows(name):
-                rows = [self.vectorizer.prepare(name, row) for row in batch]
-                vectors = self.vectorizer.vector_bytes_many(name, rows)
-                with self.store.transaction() as txn:
-                    txn.write_many(
-                        name,
-                        [
-                            (shape.key_of(row), encode_row(row), vec, commit_us)
-                            for row, vec in zip(rows, vectors, strict=True)
-                        ],
-                    )
-                copied += len(batch)
-                total += len(batch)
-                self.status.snapshot_rows = total
-                self.status.detail = f"copying {name}: {copied}/{expected}"
-                if time.monotonic() - last_log >= 2.0:
-                    last_log = time.monotonic()
-                    log.info(
-                        "initial copy progress",
-                        extra={
-                            "table": name,
-                            "rows": copied,
-                            "of": expected,
-                            "rows_per_s": round(total / (time.monotonic() - started)),
-                        },
-                    )
-                if self.stop_event.is_set():
-                    raise WrapperError("stopped during the initial copy", retriable=False)
-            log.info("table copied", extra={"table": name, "rows": copied})
+        encoder = RowEncoder(self.vectorizer)
+        writer = CopyWriter(self.store)
+        try:
+            for name, shape in self.shapes.items():
+                expected = source.snapshot_count(name)
+                copied = 0
+                last_log = time.monotonic()
+                with Prefetch(source.snapshot_rows(name), name="snapshot-reader") as batches:
+                    for batch in batches:
+                        writer.put(encoder.live(shape, batch, commit_us))
+                        copied += len(batch)
+                        total += len(batch)
+                        self.status.snapshot_rows = total
+                        self.status.detail = f"copying {name}: {copied}/{expected}"
+                        if time.monotonic() - last_log >= 2.0:
+                            last_log = time.monotonic()
+                            log.info(
+                                "initial copy progress",
+                                extra={
+                                    "table": name,
+                                    "rows": copied,
+                                    "of": expected,
+                                    "rows_per_s": round(total / (time.monotonic() - started)),
+                                },
+                            )
+                        if self.stop_event.is_set():
+                            raise WrapperError("stopped during the initial copy", retriable=False)
+                log.info("table copied", extra={"table": name, "rows": copied})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped us wins
+                writer.finish()
+            raise
+        writer.finish()
         source.end_snapshot()
         with self.store.transaction() as txn:
             txn.set_source_position(start.position, commit_us, start.gtid_state)

@@ -21,14 +21,20 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-from psycopg import sql
+import psycopg.adapt
+from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
+from prism.wrapper.sources.base import (
+    ColumnInfo,
+    ReplicationSource,
+    ResumePoint,
+    SourceTransaction,
+)
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.values import ColumnLoaders, Load, binary_supported
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
@@ -36,6 +42,25 @@ log = logging.getLogger("prism.wrapper.postgres")
 
 FLOAT4_ARRAY_OID = 1021
 TEXT_OID = 25
+
+
+# The oid the configured vector column is announced with to COPY's row
+# parser, so that only that column (not every float4[]) gets the float32
+# loader. Above any oid PostgreSQL hands out (they stay below 2**31 - 1 in
+# practice and psycopg only looks the number up in its own map).
+_FLOAT32_LOADER_OID = 0xFFFF_FF01
+
+
+def _loader_class(load: Load) -> type[psycopg.adapt.Loader]:
+    """A psycopg binary loader class calling `load` (a values.py loader)."""
+
+    class Float32Loader(psycopg.adapt.Loader):
+        format = pq.Format.BINARY
+
+        def load(self, data: Any) -> Any:
+            return load(data)
+
+    return Float32Loader
 
 
 def _known_oid(oid: int) -> bool:
@@ -335,14 +360,28 @@ class PostgresSource(ReplicationSource):
 
     def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
         """Rows of `table` as of the snapshot, decoded like the stream decodes
-        them (binary COPY through psycopg's loaders; pgvector as real[])."""
+        them: binary COPY through psycopg's loaders, except the configured
+        vector column, which goes through the stream's own float32 loader
+        (values.ColumnLoaders), straight from the wire into a numpy array."""
         assert self._copy is not None
         cols = self._column_oids[table]
+        vector_column = self.cfg.table(table).vector_column
+        float32 = ColumnLoaders("numpy", [(table, vector_column)] if vector_column else ())
         exprs: list[sql.Composable] = []
         oids: list[int] = []
+        vector_loader: type[psycopg.adapt.Loader] | None = None
         for name, oid, typname in cols:
             ident = sql.Identifier(name)
-            if typname == "vector":
+            load = (
+                float32.float32_binary(ColumnInfo(name, oid, typname))
+                if self.binary and name == vector_column
+                else None
+            )
+            if load is not None:
+                exprs.append(ident)
+                oids.append(_FLOAT32_LOADER_OID)
+                vector_loader = _loader_class(load)
+            elif typname == "vector":
                 exprs.append(sql.SQL("{}::real[]").format(ident))
                 oids.append(FLOAT4_ARRAY_OID)
             elif _known_oid(oid):
@@ -359,16 +398,19 @@ class PostgresSource(ReplicationSource):
         )
         names = [c[0] for c in cols]
         try:
-            with self._copy.cursor() as cur, cur.copy(query) as copy:
-                copy.set_types(oids)
-                out: list[dict[str, Any]] = []
-                for row in copy.rows():
-                    out.append(dict(zip(names, row, strict=True)))
-                    if len(out) >= batch:
+            with self._copy.cursor() as cur:
+                if vector_loader is not None:  # the cursor's own copy of the adapters
+                    cur.adapters.register_loader(_FLOAT32_LOADER_OID, vector_loader)
+                with cur.copy(query) as copy:
+                    copy.set_types(oids)
+                    out: list[dict[str, Any]] = []
+                    for row in copy.rows():
+                        out.append(dict(zip(names, row, strict=True)))
+                        if len(out) >= batch:
+                            yield out
+                            out = []
+                    if out:
                         yield out
-                        out = []
-                if out:
-                    yield out
         except psycopg.Error as exc:
             raise map_psycopg_error(exc, f"copying table {table}") from exc
 
