@@ -28,6 +28,7 @@ from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.sources.base import (
     ColumnInfo,
+    RelationInfo,
     ReplicationSource,
     ResumePoint,
     SourceTransaction,
@@ -51,11 +52,11 @@ TEXT_OID = 25
 _FLOAT32_LOADER_OID = 0xFFFF_FF01
 
 
-def _loader_class(load: Load) -> type[psycopg.adapt.Loader]:
-    """A psycopg binary loader class calling `load` (a values.py loader)."""
+def _loader_class(load: Load, fmt: pq.Format) -> type[psycopg.adapt.Loader]:
+    """A psycopg loader class calling `load` (a values.py loader)."""
 
     class Float32Loader(psycopg.adapt.Loader):
-        format = pq.Format.BINARY
+        format = fmt
 
         def load(self, data: Any) -> Any:
             return load(data)
@@ -360,27 +361,27 @@ class PostgresSource(ReplicationSource):
 
     def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
         """Rows of `table` as of the snapshot, decoded like the stream decodes
-        them: binary COPY through psycopg's loaders, except the configured
-        vector column, which goes through the stream's own float32 loader
-        (values.ColumnLoaders), straight from the wire into a numpy array."""
+        them: COPY (binary when the stream is) through psycopg's loaders,
+        except the configured vector column, which goes through the stream's
+        own loader (values.ColumnLoaders.float32_loader): in binary, straight
+        from the wire into a float32 array."""
         assert self._copy is not None
         cols = self._column_oids[table]
         vector_column = self.cfg.table(table).vector_column
-        float32 = ColumnLoaders("numpy", [(table, vector_column)] if vector_column else ())
+        fmt = pq.Format.BINARY if self.binary else pq.Format.TEXT
         exprs: list[sql.Composable] = []
         oids: list[int] = []
         vector_loader: type[psycopg.adapt.Loader] | None = None
         for name, oid, typname in cols:
             ident = sql.Identifier(name)
-            load = (
-                float32.float32_binary(ColumnInfo(name, oid, typname))
-                if self.binary and name == vector_column
-                else None
-            )
-            if load is not None:
+            if name == vector_column:
                 exprs.append(ident)
                 oids.append(_FLOAT32_LOADER_OID)
-                vector_loader = _loader_class(load)
+                info = RelationInfo(0, *table.split("."), "d", ())
+                loaders = ColumnLoaders("numpy", [(table, name)])
+                vector_loader = _loader_class(
+                    loaders.float32_loader(info, ColumnInfo(name, oid, typname), fmt), fmt
+                )
             elif typname == "vector":
                 exprs.append(sql.SQL("{}::real[]").format(ident))
                 oids.append(FLOAT4_ARRAY_OID)
@@ -392,9 +393,10 @@ class PostgresSource(ReplicationSource):
                 oids.append(TEXT_OID)
         # Same wire format as the stream, so values match exactly (float4 in
         # text form is the shortest decimal, in binary the exact float32).
-        fmt = sql.SQL("BINARY" if self.binary else "TEXT")
         query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(*table.split(".")), fmt
+            sql.SQL(", ").join(exprs),
+            sql.Identifier(*table.split(".")),
+            sql.SQL("BINARY" if self.binary else "TEXT"),
         )
         names = [c[0] for c in cols]
         try:

@@ -315,16 +315,21 @@ class ColumnLoaders:
         as_f32 = [(info.qualified, c.name) in self._float32_columns for c in columns]
         return (
             [
-                _float32_or(self.text_loader(c)) if f else self.text_loader(c)
+                self.float32_loader(info, c, Format.TEXT) if f else self.text_loader(c)
                 for c, f in zip(columns, as_f32, strict=True)
             ],
             [
-                self.float32_binary(c) or self.binary_loader(info, c)
-                if f
-                else self.binary_loader(info, c)
+                self.float32_loader(info, c, Format.BINARY) if f else self.binary_loader(info, c)
                 for c, f in zip(columns, as_f32, strict=True)
             ],
         )
+
+    def float32_loader(self, info: RelationInfo, col: ColumnInfo, fmt: Format) -> Load:
+        """The loader of a configured vector column: a flat real[] or vector
+        value as a float32 array, anything else as the plain loader has it."""
+        if fmt == Format.TEXT:
+            return _float32_or(self.text_loader(col))
+        return self.float32_binary(col) or self.binary_loader(info, col)
 
     def text_loader(self, col: ColumnInfo) -> Load:
         if col.type_name == "vector":
