@@ -72,11 +72,19 @@ class _StoreThread:
 
 class Committer(_StoreThread):
     def __init__(
-        self, store: Store, applier: Applier, after_commit: Callable[[], None] = lambda: None
+        self,
+        store: Store,
+        applier: Applier,
+        after_commit: Callable[[], None] = lambda: None,
+        max_queued: int = 5000,
     ) -> None:
+        """max_queued: changes that may wait for the writer before submit()
+        blocks (a single bigger transaction is still taken whole)."""
         super().__init__(store, "store-writer")
         self._applier = applier
         self._after_commit = after_commit
+        self._max_queued = max_queued
+        self._queued = 0
         self._queue: list[SourceTransaction] = []
         self._idle: ResumePoint | None = None
         self._busy = False
@@ -90,9 +98,13 @@ class Committer(_StoreThread):
             return not self._busy and not self._queue and self._idle is None
 
     def submit(self, group: list[SourceTransaction]) -> None:
-        self._raise_if_failed()
+        """Queue whole transactions for the writer; blocks while max_queued
+        changes wait already."""
         with self._cv:
+            self._cv.wait_for(lambda: self.error is not None or self._queued < self._max_queued)
+            self._raise_if_failed()
             self._queue.extend(group)
+            self._queued += sum(len(stx.changes) for stx in group)
             self._cv.notify_all()
 
     def submit_position(self, point: ResumePoint) -> None:
@@ -102,18 +114,6 @@ class Committer(_StoreThread):
             if self._idle is None or point.position > self._idle.position:
                 self._idle = point
             self._cv.notify_all()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cv:
-            done = self._cv.wait_for(
-                lambda: (
-                    self.error is not None
-                    or (not self._busy and not self._queue and self._idle is None)
-                ),
-                timeout,
-            )
-        self._raise_if_failed()
-        return done
 
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
@@ -130,8 +130,10 @@ class Committer(_StoreThread):
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
+                self._queued = 0
                 idle, self._idle = self._idle, None
                 self._busy = True
+                self._cv.notify_all()  # submit() may queue the next group now
             try:
                 self._write(group, idle)
             except BaseException as exc:

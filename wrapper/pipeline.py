@@ -246,15 +246,15 @@ class Pipeline:
     def _stream(self, source: ReplicationSource, applier: Applier) -> None:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
-        committer = Committer(self.store, applier, self._maybe_purge)
+        committer = Committer(self.store, applier, self._maybe_purge, MAX_GROUP_CHANGES)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
-        pending_changes = 0
         first_at = 0.0
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
+        interval = self._interval
         try:
-            for stx in source.transactions(max(self._interval, IDLE_TICK_S)):
+            for stx in source.transactions(max(interval, IDLE_TICK_S)):
                 committer.check()
                 if stx is not None:
                     if stx.end_lsn <= skip_upto:
@@ -262,17 +262,13 @@ class Pipeline:
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(stx)
-                    pending_changes += len(stx.changes)
-                full = pending_changes >= MAX_GROUP_CHANGES
-                if full:
-                    committer.wait_idle()  # backpressure: one big group at a time
-                if (
-                    pending
-                    and committer.idle
-                    and (full or stx is None or time.monotonic() - first_at >= self._interval)
-                ):
+                if pending and (stx is None or time.monotonic() - first_at >= interval):
+                    # With no wait (interval 0) each transaction goes to the
+                    # writer at once; the writer takes everything that queued
+                    # while it committed as one group. submit() blocks while a
+                    # full group waits (backpressure).
                     committer.submit(pending)
-                    pending, pending_changes = [], 0
+                    pending = []
                 elif stx is None and not pending and committer.idle:
                     idle = source.idle_position()
                     if idle is not None and idle.position > acked:
