@@ -76,16 +76,35 @@ class Vectorizer:
         if proj is None or not rows:
             return out
         if t.vector_column is not None:
-            dim = t.vector_dim or 0
+            col, dim = t.vector_column, t.vector_dim or 0
             idx, vecs = [], []
+            vec: np.ndarray | None
             for i, row in enumerate(rows):
-                vec = self._check_vector(table, row.get(t.vector_column), dim)
-                if vec is not None:
-                    idx.append(i)
-                    vecs.append(vec)
+                raw = row.get(col)
+                # The common case (a prepared float32 array of the right
+                # size) is checked for the whole batch at once below.
+                if type(raw) is np.ndarray and raw.dtype == np.float32 and raw.shape == (dim,):
+                    vec = raw
+                else:
+                    vec = self._check_vector(table, raw, dim)
+                    if vec is None:
+                        continue
+                idx.append(i)
+                vecs.append(vec)
             if not vecs:
                 return out
             src = np.stack(vecs)
+            finite = np.isfinite(src).all(axis=1)
+            nonzero = src.any(axis=1)
+            good = finite & nonzero
+            if not good.all():
+                for reason, bad in (("not-finite", ~finite), ("zero", finite & ~nonzero)):
+                    if n_bad := int(bad.sum()):
+                        self.missing[(table, reason)] += n_bad
+                src = src[good]
+                idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
+                if not idx:
+                    return out
         else:
             idx = list(range(len(rows)))
             src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])

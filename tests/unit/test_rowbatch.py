@@ -120,3 +120,27 @@ def test_changes_mix_images_and_tombstones_in_order() -> None:
     assert isinstance(batch.hidden, list) and batch.hidden[1] is None
     assert decode_row(batch.payloads[2] or b"")["title"] == "two"
     assert batch.vectors[0] is not None and batch.vectors[2] is not None
+
+
+def test_batch_vector_checks_count_each_reason_once() -> None:
+    cfg = _cfg(True)
+    vectorizer = Vectorizer(cfg, {"t": b"k" * 32})
+    f32 = np.float32
+    rows: list[dict[str, Any]] = [
+        {"emb": np.array([1, 2, 3], dtype=f32)},
+        {"emb": np.array([np.nan, 0, 0], dtype=f32)},  # fast path, not finite
+        {"emb": np.array([np.inf, 1, 1], dtype=f32)},
+        {"emb": np.zeros(3, dtype=f32)},  # fast path, zero
+        {"emb": np.array([1, 2], dtype=f32)},  # wrong dimension
+        {"emb": "[1,2,3]"},  # pgvector text: the per-row path
+        {"emb": ["x"]},
+    ]
+    out = vectorizer.vector_bytes_many("public.items", rows)
+    assert [v is not None for v in out] == [True, False, False, False, False, True, False]
+    assert out[0] == out[5]
+    assert vectorizer.missing == {
+        ("public.items", "not-finite"): 2,
+        ("public.items", "zero"): 1,
+        ("public.items", "wrong-dimension"): 1,
+        ("public.items", "not-numeric"): 1,
+    }
