@@ -30,9 +30,12 @@ changes per second and their ratio to the baseline of the same run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -64,6 +67,34 @@ SLOT = "ingest_bench"
 PUB = "ingest_pub"
 RECV_SLOT = "ingest_recv"
 CAPTURE_SLOT = "ingest_capture"
+
+
+PROFILE: Path | None = None  # --profile: py-spy raw profiles of each phase go here
+
+
+@contextlib.contextmanager
+def profiled(name: str) -> Iterator[None]:
+    """py-spy this process (all threads) while the block runs, with --profile."""
+    if PROFILE is None or shutil.which("py-spy") is None:
+        yield
+        return
+    PROFILE.mkdir(parents=True, exist_ok=True)
+    out = PROFILE / f"ingest-{name}.txt"
+    proc = subprocess.Popen(
+        [
+            *("py-spy", "record", "--pid", str(os.getpid()), "--format", "raw"),
+            *("--rate", "200", "--nonblocking", "--threads", "-o", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # let it attach
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+        log(f"profile: {out}")
 
 
 def log(msg: str) -> None:
@@ -121,7 +152,8 @@ def bench_snapshot(
         source.prepare()
         t0 = time.perf_counter()
         c0 = time.process_time()
-        pipeline._snapshot(source)
+        with profiled("copy"):
+            pipeline._snapshot(source)
         secs = time.perf_counter() - t0
         cpu = time.process_time() - c0
     finally:
@@ -281,7 +313,8 @@ def bench_apply(
     head0 = store.meta.head
     t0 = time.perf_counter()
     c0 = time.process_time()
-    pipeline._stream(src, applier)  # type: ignore[arg-type]
+    with profiled("apply"):
+        pipeline._stream(src, applier)  # type: ignore[arg-type]
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     stored = store.meta.head - head0
@@ -301,7 +334,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--skip-copy", action="store_true", help="only the CDC phases")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--profile", type=Path, default=None, help="py-spy each phase into DIR")
     args = p.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     if args.quick:
         args.rows, args.changes = 10_000, 10_000
     logging.basicConfig(level=logging.WARNING)
