@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prism.wrapper.apply import Applier
+from prism.wrapper.apply import Applier, PreparedTxn
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.rowbatch import EncodedBatch
 from prism.wrapper.sources.base import ResumePoint, SourceTransaction
@@ -86,6 +86,7 @@ class Committer(_StoreThread):
         self._max_queued = max_queued
         self._queued = 0
         self._queue: list[SourceTransaction] = []
+        self._prepared: list[PreparedTxn] = []  # Applier.prepare() of each queued one
         self._idle: ResumePoint | None = None
         self._busy = False
         self.durable = Durable(position=store.meta.source_position)
@@ -97,13 +98,16 @@ class Committer(_StoreThread):
         with self._cv:
             return not self._busy and not self._queue and self._idle is None
 
-    def submit(self, group: list[SourceTransaction]) -> None:
-        """Queue whole transactions for the writer; blocks while max_queued
-        changes wait already."""
+    def submit(
+        self, group: list[SourceTransaction], prepared: list[PreparedTxn] | None = None
+    ) -> None:
+        """Queue whole transactions for the writer, with what Applier.prepare
+        made of each (if it ran); blocks while max_queued changes wait already."""
         with self._cv:
             self._cv.wait_for(lambda: self.error is not None or self._queued < self._max_queued)
             self._raise_if_failed()
             self._queue.extend(group)
+            self._prepared.extend(prepared if prepared is not None else [{} for _ in group])
             self._queued += sum(len(stx.changes) for stx in group)
             self._cv.notify_all()
 
@@ -130,12 +134,13 @@ class Committer(_StoreThread):
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
+                prepared, self._prepared = self._prepared, []
                 self._queued = 0
                 idle, self._idle = self._idle, None
                 self._busy = True
                 self._cv.notify_all()  # submit() may queue the next group now
             try:
-                self._write(group, idle)
+                self._write(group, prepared, idle)
             except BaseException as exc:
                 with self._cv:
                     self.error = exc
@@ -150,11 +155,16 @@ class Committer(_StoreThread):
             except Exception:
                 log.exception("store housekeeping after a commit failed")
 
-    def _write(self, group: list[SourceTransaction], idle: ResumePoint | None) -> None:
+    def _write(
+        self,
+        group: list[SourceTransaction],
+        prepared: list[PreparedTxn],
+        idle: ResumePoint | None,
+    ) -> None:
         n = 0
         with self._store.transaction() as txn:
             if group:
-                n = self._applier.apply_group(txn, group)
+                n = self._applier.apply_group(txn, group, prepared)
                 # The whole group is visible at the head it ends with.
                 for event_id, request_id in self._applier.take_markers():
                     txn.record_write(event_id, request_id, txn.head)

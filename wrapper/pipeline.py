@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.backoff import Backoff
-from prism.wrapper.apply import Applier
+from prism.wrapper.apply import Applier, PreparedTxn
 from prism.wrapper.committer import Committer, CopyWriter
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, WrapperError
@@ -249,6 +249,7 @@ class Pipeline:
         committer = Committer(self.store, applier, self._maybe_purge, MAX_GROUP_CHANGES)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
+        prepared: list[PreparedTxn] = []
         first_at = 0.0
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
@@ -262,13 +263,16 @@ class Pipeline:
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(stx)
+                    # Encoded here, on this thread, while the writer's thread
+                    # is in SQLite (see apply.py).
+                    prepared.append(applier.prepare(stx))
                 if pending and (stx is None or time.monotonic() - first_at >= interval):
                     # With no wait (interval 0) each transaction goes to the
                     # writer at once; the writer takes everything that queued
                     # while it committed as one group. submit() blocks while a
                     # full group waits (backpressure).
-                    committer.submit(pending)
-                    pending = []
+                    committer.submit(pending, prepared)
+                    pending, prepared = [], []
                 elif stx is None and not pending and committer.idle:
                     idle = source.idle_position()
                     if idle is not None and idle.position > acked:
@@ -283,7 +287,7 @@ class Pipeline:
                 if self.stop_event.is_set():
                     break
             if pending:
-                committer.submit(pending)
+                committer.submit(pending, prepared)
         except BaseException:
             # Write what is whole already; the error that stopped us wins.
             with contextlib.suppress(WrapperError):
