@@ -21,7 +21,15 @@ the benchmark's table (benchmark/common.py):
  4. CDC apply: the captured messages replayed through the pipeline's real
     stream loop (decode → group → store writer thread: apply, vectorize,
     encode, commit) into the store of step 2, which holds the rows the
-    updates change.
+    updates change;
+ 5. CDC live: the real pipeline streaming (Pipeline.run on a thread: the
+    replication connection, decode, store) while another burst is written,
+    timed from the writer's start to the store's commit of its last change,
+    beside the writer alone;
+ 6. latency: single-row transactions at --rate while the pipeline streams,
+    from each PostgreSQL commit to the store commit that holds it (seen by a
+    thread waiting on the store's commit notification, as serving does):
+    the wrapper's half of commit → visible.
 
 Results: benchmark/results/ingest-<rows>.json and a log; figures are rows or
 changes per second and their ratio to the baseline of the same run.
@@ -49,8 +57,9 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import DIM, TABLE, TENANT, load_table  # noqa: E402
+from common import DIM, TABLE, TENANT, load_table, percentiles  # noqa: E402
 
+from prism.fabric.payload import encode_key  # noqa: E402
 from prism.wrapper.apply import Applier  # noqa: E402
 from prism.wrapper.config import WrapperConfig, config_from_mapping  # noqa: E402
 from prism.wrapper.embedded_pg import EmbeddedPostgres, shared_tmp  # noqa: E402
@@ -60,7 +69,7 @@ from prism.wrapper.sources.postgres.conn import ReplicationConnection  # noqa: E
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder  # noqa: E402
 from prism.wrapper.sources.postgres.source import PostgresSource  # noqa: E402
 from prism.wrapper.sources.postgres.walstream import XLogData, lsn_from_str  # noqa: E402
-from prism.wrapper.store import Store  # noqa: E402
+from prism.wrapper.store import Store, StoreReader  # noqa: E402
 
 RESULTS = HERE / "results"
 SLOT = "ingest_bench"
@@ -174,7 +183,9 @@ def _sql(dsn: str, *queries: str) -> list[Any]:
     return out
 
 
-def write_burst(dsn: str, rows: int, changes: int, txn: int, seed: int) -> dict[str, Any]:
+def write_burst(
+    dsn: str, rows: int, changes: int, txn: int, seed: int, start_id: int | None = None
+) -> dict[str, Any]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -185,7 +196,7 @@ def write_burst(dsn: str, rows: int, changes: int, txn: int, seed: int) -> dict[
             "--existing",
             str(rows),
             "--start-id",
-            str(rows),
+            str(rows if start_id is None else start_id),
             "--changes",
             str(changes),
             "--txn",
@@ -314,7 +325,7 @@ def bench_apply(
     t0 = time.perf_counter()
     c0 = time.process_time()
     with profiled("apply"):
-        pipeline._stream(src, applier)  # type: ignore[arg-type]
+        pipeline._stream(src, applier)
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     stored = store.meta.head - head0
@@ -325,6 +336,108 @@ def bench_apply(
     return {"seconds": secs, "changes_per_s": changes / secs, "cpu_s": cpu, "stored": stored}
 
 
+class LivePipeline:
+    """The real pipeline streaming from PostgreSQL into the store on a thread,
+    and a watcher noting when each key's change was first committed."""
+
+    def __init__(self, cfg: WrapperConfig, store: Store) -> None:
+        self.store = store
+        self.pipeline = Pipeline(cfg, store, {TENANT: b"k" * 32})
+        self.seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._runner = threading.Thread(target=self.pipeline.run, name="pipeline")
+        self._runner.start()
+        if not self.pipeline.status.started.wait(60) or self.pipeline.status.error:
+            raise RuntimeError(f"pipeline did not start: {self.pipeline.status.detail}")
+        self._watcher = threading.Thread(target=self._watch, name="watcher")
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        reader = StoreReader(self.store.path)
+        head = self.store.meta.head
+        try:
+            while not self._stop.is_set():
+                self._wait_past(head)
+                now = time.time_ns()
+                with reader.snapshot() as meta:
+                    for r in reader.changes_since(TABLE, head):
+                        self.seen.setdefault(r.key, now)
+                    head = meta.head
+        finally:
+            reader.close()
+
+    def _wait_past(self, head: int) -> None:
+        with self.store.changed:
+            self.store.changed.wait_for(
+                lambda: self.store.meta.head != head or self._stop.is_set(), 0.5
+            )
+
+    def wait_for(self, key: str, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while key not in self.seen:
+            if time.monotonic() > deadline or not self._runner.is_alive():
+                raise RuntimeError(f"the store never showed {key}: {self.pipeline.status}")
+            time.sleep(0.002)
+        return self.seen[key]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._watcher.join()
+        self.pipeline.stop()
+        self._runner.join()
+
+
+def bench_live(live: LivePipeline, dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    start = args.rows + args.changes
+    burst = write_burst(dsn, args.rows, args.changes, args.txn, args.seed + 13, start)
+    last = live.wait_for(encode_key([burst["marker_id"]]), 600)
+    secs = (last - burst["t0_ns"]) / 1e9
+    writer = (burst["t1_ns"] - burst["t0_ns"]) / 1e9
+    log(
+        f"CDC live → store: {args.changes / secs:,.0f} changes/s ({secs:.2f}s; the writer "
+        f"alone {args.changes / writer:,.0f}/s)"
+    )
+    return {"seconds": secs, "changes_per_s": args.changes / secs, "writer_seconds": writer}
+
+
+def bench_latency(live: LivePipeline, dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    start = args.rows + 2 * args.changes
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "workload.py"),
+            "latency",
+            *("--dsn", dsn, "--existing", str(args.rows), "--start-id", str(start)),
+            *("--rate", str(args.rate), "--seconds", str(args.latency_seconds)),
+            *("--seed", str(args.seed + 17)),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    res = json.loads(proc.stdout.readline())
+    proc.wait()
+    keys = [encode_key([i]) for i in res["ids"]]
+    live.wait_for(keys[-1], 60)
+    time.sleep(0.2)
+    lat = [
+        (live.seen[k] - c) / 1e6
+        for k, c in zip(keys, res["commit_ns"], strict=True)
+        if k in live.seen
+    ]
+    out = percentiles(lat)
+    out.update({"commits": len(keys), "missing": len(keys) - len(lat), "rate": args.rate})
+    log(
+        f"latency at {args.rate:.0f} commits/s, PostgreSQL commit → store commit: "
+        f"p50 {out['p50']:.2f} ms, p99 {out['p99']:.2f} ms, max {out['max']:.1f} ms"
+    )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000)
@@ -332,7 +445,8 @@ def main() -> None:
     p.add_argument("--txn", type=int, default=100, help="rows per CDC transaction")
     p.add_argument("--quick", action="store_true", help="10k rows, 10k changes")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--skip-copy", action="store_true", help="only the CDC phases")
+    p.add_argument("--rate", type=float, default=500.0, help="latency: commits per second")
+    p.add_argument("--latency-seconds", type=float, default=10.0)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="py-spy each phase into DIR")
     args = p.parse_args()
@@ -374,7 +488,13 @@ def main() -> None:
         messages, results["capture"] = capture(dsn, lsn_from_str(burst["end_lsn"]), args.changes)
         results["decode"] = bench_decode(messages, cfg, args.changes)
         results["apply"] = bench_apply(messages, cfg, store, pipeline, args.changes)
-        for k in ("capture", "decode", "apply"):
+        live = LivePipeline(cfg, store)
+        try:
+            results["live"] = bench_live(live, dsn, args)
+            results["latency"] = bench_latency(live, dsn, args)
+        finally:
+            live.stop()
+        for k in ("capture", "decode", "apply", "live"):
             results[k]["ratio"] = (
                 results[k]["changes_per_s"] / results["recvlogical"]["changes_per_s"]
             )
@@ -387,11 +507,12 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=1) + "\n")
     log(
         "ratios: initial copy {:.2f}x COPY; capture {:.2f}x, decode {:.2f}x, "
-        "decode→store {:.2f}x pg_recvlogical; wrote {}".format(
+        "decode→store {:.2f}x, live {:.2f}x pg_recvlogical; wrote {}".format(
             results["snapshot"]["ratio"],
             results["capture"]["ratio"],
             results["decode"]["ratio"],
             results["apply"]["ratio"],
+            results["live"]["ratio"],
             out,
         )
     )
