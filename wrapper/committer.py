@@ -182,12 +182,17 @@ class Committer(_StoreThread):
 
 class CopyWriter(_StoreThread):
     """Commits the initial copy's encoded batches on a thread of its own.
-    put() blocks while `depth` batches wait (backpressure); batches waiting
-    together go into one store transaction."""
 
-    def __init__(self, store: Store, depth: int = 4) -> None:
+    Batches are committed together, `commit_rows` or `depth` batches at a
+    time: each commit rewrites the key index's pages it touches, which for a
+    copy in key-hash order is most of them, so fewer, larger commits write
+    far less. put() blocks while `depth` batches wait (backpressure)."""
+
+    def __init__(self, store: Store, depth: int = 8, commit_rows: int = 16384) -> None:
         super().__init__(store, "copy-writer")
         self._depth = max(1, depth)
+        self._commit_rows = commit_rows
+        self._queued = 0
         self._queue: list[EncodedBatch] = []
         self.rows = 0  # rows committed so far
         self._thread.start()
@@ -197,6 +202,7 @@ class CopyWriter(_StoreThread):
             self._cv.wait_for(lambda: self.error is not None or len(self._queue) < self._depth)
             self._raise_if_failed()
             self._queue.append(batch)
+            self._queued += len(batch)
             self._cv.notify_all()
 
     def finish(self) -> None:
@@ -206,10 +212,15 @@ class CopyWriter(_StoreThread):
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._queue or self._stopping)
+                self._cv.wait_for(
+                    lambda: self._stopping
+                    or self._queued >= self._commit_rows
+                    or len(self._queue) >= self._depth
+                )
                 if not self._queue:
                     return
                 batches, self._queue = self._queue, []
+                self._queued = 0
                 self._cv.notify_all()
             try:
                 with self._store.transaction(durable=False) as txn:
