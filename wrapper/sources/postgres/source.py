@@ -377,7 +377,8 @@ class PostgresSource(ReplicationSource):
             if name == vector_column:
                 exprs.append(ident)
                 oids.append(_FLOAT32_LOADER_OID)
-                info = RelationInfo(0, *table.split("."), "d", ())
+                schema, relname = table.split(".")
+                info = RelationInfo(0, schema, relname, "d", ())
                 loaders = ColumnLoaders("numpy", [(table, name)])
                 vector_loader = _loader_class(
                     loaders.float32_loader(info, ColumnInfo(name, oid, typname), fmt), fmt
