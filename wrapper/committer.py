@@ -213,9 +213,11 @@ class CopyWriter(_StoreThread):
         while True:
             with self._cv:
                 self._cv.wait_for(
-                    lambda: self._stopping
-                    or self._queued >= self._commit_rows
-                    or len(self._queue) >= self._depth
+                    lambda: (
+                        self._stopping
+                        or self._queued >= self._commit_rows
+                        or len(self._queue) >= self._depth
+                    )
                 )
                 if not self._queue:
                     return
