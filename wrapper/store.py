@@ -599,17 +599,25 @@ class StoreTxn:
 
     def _flush_meta(self) -> None:
         self.meta = _replace(self.meta, head=self._head)
-        m = self.meta
-        for k, v in (
-            ("stream_id", m.stream_id),
-            ("snapshot_done", "1" if m.snapshot_done else "0"),
-            ("head", m.head),
-            ("retention_floor", m.retention_floor),
-            ("source_position", m.source_position),
-            ("last_commit_us", m.last_commit_us),
-            ("gtid_state", m.gtid_state),
-        ):
-            self._store._set(k, v)
+        # Only what changed: the meta table always holds the store's last
+        # committed meta (read_meta's defaults stand for missing keys).
+        before = _meta_items(self._store._meta)
+        for k, v in _meta_items(self.meta).items():
+            if before[k] != v:
+                self._store._set(k, v)
+
+
+def _meta_items(m: StoreMeta) -> dict[str, str]:
+    """A meta as the meta table spells it (read_meta reads it back)."""
+    return {
+        "stream_id": m.stream_id,
+        "snapshot_done": "1" if m.snapshot_done else "0",
+        "head": str(m.head),
+        "retention_floor": str(m.retention_floor),
+        "source_position": str(m.source_position),
+        "last_commit_us": str(m.last_commit_us),
+        "gtid_state": m.gtid_state,
+    }
 
 
 class StoreReader:
