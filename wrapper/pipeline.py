@@ -23,11 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.backoff import Backoff
-from prism.fabric.payload import encode_row
-from prism.wrapper.apply import Applier
-from prism.wrapper.committer import Committer
+from prism.wrapper.apply import Applier, PreparedTxn
+from prism.wrapper.committer import Committer, CopyWriter
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
+from prism.wrapper.prefetch import Prefetch
+from prism.wrapper.rowbatch import RowEncoder
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.sources.flavor import make_source
 from prism.wrapper.store import Store, free_bytes, now_us
@@ -197,7 +198,9 @@ class Pipeline:
         source.prepare()
         meta = self.store.meta
         fresh_reason = None
-        if not meta.snapshot_done:
+        if self.store.rebuilt:
+            fresh_reason = self.store.rebuilt
+        elif not meta.snapshot_done:
             fresh_reason = "no completed snapshot in the store"
         elif self._resume_lost:
             fresh_reason, self._resume_lost = self._resume_lost, None
@@ -206,9 +209,10 @@ class Pipeline:
         elif set(self.store.table_columns()) != set(self.shapes):
             fresh_reason = "the configured tables changed"
         if fresh_reason:
-            if meta.head == 0 and not meta.snapshot_done:
+            if meta.head == 0 and not meta.snapshot_done and not self.store.rebuilt:
                 # A new store (or one whose first copy was cut short): the
                 # normal first start, nothing for drivers to re-bootstrap from.
+                # (A store rebuilt for its format had drivers: they re-bootstrap.)
                 log.info("initial copy of the tables: %s", fresh_reason)
             else:
                 log.warning(
@@ -235,47 +239,58 @@ class Pipeline:
                 self.shapes[name].columns = tuple((c, t) for c, t in cols["columns"])
 
     def _snapshot(self, source: ReplicationSource) -> None:
+        """Copy the tables under the source's snapshot into a fresh store.
+
+        Three threads overlap: the source's rows are read ahead (Prefetch),
+        this thread keys, vectorizes and encodes each batch (RowEncoder), and
+        the CopyWriter commits them. Each batch commits the normal way, at
+        increasing positions, while meta.snapshot_done stays false: servers
+        may stream the copy as it grows. Only the last commit (source
+        position, snapshot_done) is durable by itself and makes everything
+        before it durable; a crash before it starts a new copy under a new
+        stream identity."""
         self.status.state = "SNAPSHOT"
         self.store.reset(uuid.uuid4().hex)
         start = source.begin_snapshot()
         commit_us = now_us()
         total = 0
         started = time.monotonic()
-        for name, shape in self.shapes.items():
-            expected = source.snapshot_count(name)
-            copied = 0
-            last_log = time.monotonic()
-            with self.store.transaction() as txn:
+        with self.store.transaction(durable=False) as txn:
+            for name, shape in self.shapes.items():
                 txn.set_table_columns(name, shape.to_json())
-            for batch in source.snapshot_rows(name):
-                rows = [self.vectorizer.prepare(name, row) for row in batch]
-                vectors = self.vectorizer.vector_bytes_many(name, rows)
-                with self.store.transaction() as txn:
-                    txn.write_many(
-                        name,
-                        [
-                            (shape.key_of(row), encode_row(row), vec, commit_us)
-                            for row, vec in zip(rows, vectors, strict=True)
-                        ],
-                    )
-                copied += len(batch)
-                total += len(batch)
-                self.status.snapshot_rows = total
-                self.status.detail = f"copying {name}: {copied}/{expected}"
-                if time.monotonic() - last_log >= 2.0:
-                    last_log = time.monotonic()
-                    log.info(
-                        "initial copy progress",
-                        extra={
-                            "table": name,
-                            "rows": copied,
-                            "of": expected,
-                            "rows_per_s": round(total / (time.monotonic() - started)),
-                        },
-                    )
-                if self.stop_event.is_set():
-                    raise WrapperError("stopped during the initial copy", retriable=False)
-            log.info("table copied", extra={"table": name, "rows": copied})
+        encoder = RowEncoder(self.vectorizer)
+        writer = CopyWriter(self.store)
+        try:
+            for name, shape in self.shapes.items():
+                expected = source.snapshot_count(name)
+                copied = 0
+                last_log = time.monotonic()
+                with Prefetch(source.snapshot_rows(name), name="snapshot-reader") as batches:
+                    for batch in batches:
+                        writer.put(encoder.live(shape, batch, commit_us))
+                        copied += len(batch)
+                        total += len(batch)
+                        self.status.snapshot_rows = total
+                        self.status.detail = f"copying {name}: {copied}/{expected}"
+                        if time.monotonic() - last_log >= 2.0:
+                            last_log = time.monotonic()
+                            log.info(
+                                "initial copy progress",
+                                extra={
+                                    "table": name,
+                                    "rows": copied,
+                                    "of": expected,
+                                    "rows_per_s": round(total / (time.monotonic() - started)),
+                                },
+                            )
+                        if self.stop_event.is_set():
+                            raise WrapperError("stopped during the initial copy", retriable=False)
+                log.info("table copied", extra={"table": name, "rows": copied})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped us wins
+                writer.finish()
+            raise
+        writer.finish()
         source.end_snapshot()
         with self.store.transaction() as txn:
             txn.set_source_position(start.position, commit_us, start.gtid_state)
@@ -295,20 +310,21 @@ class Pipeline:
     def _stream(self, source: ReplicationSource, applier: Applier) -> None:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
-        committer = Committer(self.store, applier, self._maybe_purge)
+        committer = Committer(self.store, applier, self._maybe_purge, MAX_GROUP_CHANGES)
         if self._full_since:
             # Probe the store with a commit of its own: it succeeds once
             # there is room, even when the source has nothing new to say.
             committer.submit_position(self.store.meta.resume_point)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
-        pending_changes = 0
+        prepared: list[PreparedTxn] = []
         first_at = 0.0
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
+        interval = self._interval
         seen_txns = 0
         try:
-            for stx in source.transactions(max(self._interval, IDLE_TICK_S)):
+            for stx in source.transactions(max(interval, IDLE_TICK_S)):
                 committer.check()
                 if stx is not None:
                     if stx.end_lsn <= skip_upto:
@@ -316,17 +332,16 @@ class Pipeline:
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(stx)
-                    pending_changes += len(stx.changes)
-                full = pending_changes >= MAX_GROUP_CHANGES
-                if full:
-                    committer.wait_idle()  # backpressure: one big group at a time
-                if (
-                    pending
-                    and committer.idle
-                    and (full or stx is None or time.monotonic() - first_at >= self._interval)
-                ):
-                    committer.submit(pending)
-                    pending, pending_changes = [], 0
+                    # Encoded here, on this thread, while the writer's thread
+                    # is in SQLite (see apply.py).
+                    prepared.append(applier.prepare(stx))
+                if pending and (stx is None or time.monotonic() - first_at >= interval):
+                    # With no wait (interval 0) each transaction goes to the
+                    # writer at once; the writer takes everything that queued
+                    # while it committed as one group. submit() blocks while a
+                    # full group waits (backpressure).
+                    committer.submit(pending, prepared)
+                    pending, prepared = [], []
                 elif stx is None and not pending and committer.idle:
                     idle = source.idle_position()
                     if idle is not None and idle.position > acked:
@@ -349,7 +364,7 @@ class Pipeline:
                 if self.stop_event.is_set():
                     break
             if pending:
-                committer.submit(pending)
+                committer.submit(pending, prepared)
         except BaseException:
             # Write what is whole already; the error that stopped us wins.
             with contextlib.suppress(WrapperError):

@@ -259,7 +259,6 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             sealer=lambda dim: st.sealer(secret, tenant_id, st.keyring.epoch(tenant_id), dim),
             tables=tuple(t.name for t in tables),
             subscription=request.subscription,
-            hidden={t.name: t.hidden_column for t in tables if t.hidden_column},
         )
         log.info(
             "subscriber",

@@ -14,14 +14,13 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import build_frame
-from prism.fabric.payload import decode_row, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.store import StoreMeta, StoreReader
 
@@ -39,13 +38,6 @@ class ServeContext:
     sealer: Callable[[int], Sealer]  # the current epoch's sealer for a dimension
     tables: tuple[str, ...]
     subscription: bytes = b""  # the call's nonce, bound into every frame
-    hidden: Mapping[str, str] = field(default_factory=dict)  # table -> column left out of rows
-
-
-def strip_column(payload: bytes, column: str) -> bytes:
-    row = decode_row(payload)
-    row.pop(column, None)
-    return encode_row(row)
 
 
 def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool:
@@ -102,20 +94,12 @@ class FrameStream:
             positions=[r[2] for r in rows],
             vectors=vectors,
             vector_mask=mask,
-            payloads=self._payloads(table, rows),
+            # The store holds rows as drivers receive them (a hidden column
+            # is kept apart there), so payloads go out as stored.
+            payloads=[r[3] or b"" for r in rows],
             vector_dim=dim,
             subscription=self.ctx.subscription,
         )
-
-    def _payloads(
-        self, table: str, rows: list[tuple[str, str, int, bytes | None, bytes | None]]
-    ) -> list[bytes]:
-        hidden = self.ctx.hidden.get(table)
-        if hidden is None:
-            return [r[3] or b"" for r in rows]
-        # The store keeps whole rows (TOAST fill and writes need them); the
-        # raw embedding is left out only of what drivers receive.
-        return [strip_column(r[3], hidden) if r[3] else b"" for r in rows]
 
     def _chunks(
         self, from_position: int, live_only: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -227,6 +228,35 @@ async def test_new_store_means_rebootstrap(db, wrapper, secret_file, tmp_path) -
         await wait_consistent(driver, db.connect(), KEYS, timeout=30)
         assert driver.stream_id != first
         assert driver.stats()["bootstraps"] == 2
+
+
+async def test_store_of_an_older_format_is_rebuilt(db, wrapper, secret_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A store written by an older layout is never read as the current one:
+    the wrapper says so, copies the tables afresh under a new stream
+    identity, and the driver re-bootstraps to the database's rows."""
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO items (id, title) SELECT g, 'a' FROM generate_series(1, 20) g")
+    proc = wrapper(TABLES_CONFIG)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        first = driver.stream_id
+        proc.kill9()
+        # Turn it into format 1: no recorded format, no `hidden` column.
+        conn = sqlite3.connect(tmp_path / "store0.sqlite3")
+        conn.execute("DELETE FROM meta WHERE k = 'format'")
+        conn.execute("ALTER TABLE rows DROP COLUMN hidden")
+        conn.commit()
+        conn.close()
+        with db.connect() as c:
+            c.execute("UPDATE items SET title = 'changed while away' WHERE id = 3")
+        proc.start()
+        await wait_consistent(driver, db.connect(), KEYS, timeout=30)
+        assert driver.stream_id != first
+        assert driver.stats()["bootstraps"] == 2
+    log = proc.log_tail(100_000)
+    assert "store format 1 found, this prism-wrapper writes format" in log
+    assert "copying the tables afresh: the store had format 1" in log
 
 
 async def test_idle_wrapper_confirms_slot(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]

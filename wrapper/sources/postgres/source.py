@@ -21,14 +21,21 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import psycopg
-from psycopg import sql
+import psycopg.adapt
+from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
+from prism.wrapper.sources.base import (
+    ColumnInfo,
+    RelationInfo,
+    ReplicationSource,
+    ResumePoint,
+    SourceTransaction,
+)
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.values import ColumnLoaders, Load, binary_supported
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
@@ -41,6 +48,25 @@ TEXT_OID = 25
 # dead: 60 s by default, as PostgreSQL's own wal_receiver_timeout.
 SILENT_STATUS_REQUESTS = 6
 SILENT_MIN_S = 5.0
+
+
+# The oid the configured vector column is announced with to COPY's row
+# parser, so that only that column (not every float4[]) gets the float32
+# loader. Above any oid PostgreSQL hands out (they stay below 2**31 - 1 in
+# practice and psycopg only looks the number up in its own map).
+_FLOAT32_LOADER_OID = 0xFFFF_FF01
+
+
+def _loader_class(load: Load, fmt: pq.Format) -> type[psycopg.adapt.Loader]:
+    """A psycopg loader class calling `load` (a values.py loader)."""
+
+    class Float32Loader(psycopg.adapt.Loader):
+        format = fmt
+
+        def load(self, data: Any) -> Any:
+            return load(data)
+
+    return Float32Loader
 
 
 def _known_oid(oid: int) -> bool:
@@ -347,14 +373,29 @@ class PostgresSource(ReplicationSource):
 
     def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
         """Rows of `table` as of the snapshot, decoded like the stream decodes
-        them (binary COPY through psycopg's loaders; pgvector as real[])."""
+        them: COPY (binary when the stream is) through psycopg's loaders,
+        except the configured vector column, which goes through the stream's
+        own loader (values.ColumnLoaders.float32_loader): in binary, straight
+        from the wire into a float32 array."""
         assert self._copy is not None
         cols = self._column_oids[table]
+        vector_column = self.cfg.table(table).vector_column
+        fmt = pq.Format.BINARY if self.binary else pq.Format.TEXT
         exprs: list[sql.Composable] = []
         oids: list[int] = []
+        vector_loader: type[psycopg.adapt.Loader] | None = None
         for name, oid, typname in cols:
             ident = sql.Identifier(name)
-            if typname == "vector":
+            if name == vector_column:
+                exprs.append(ident)
+                oids.append(_FLOAT32_LOADER_OID)
+                schema, relname = table.split(".")
+                info = RelationInfo(0, schema, relname, "d", ())
+                loaders = ColumnLoaders("numpy", [(table, name)])
+                vector_loader = _loader_class(
+                    loaders.float32_loader(info, ColumnInfo(name, oid, typname), fmt), fmt
+                )
+            elif typname == "vector":
                 exprs.append(sql.SQL("{}::real[]").format(ident))
                 oids.append(FLOAT4_ARRAY_OID)
             elif _known_oid(oid):
@@ -365,22 +406,26 @@ class PostgresSource(ReplicationSource):
                 oids.append(TEXT_OID)
         # Same wire format as the stream, so values match exactly (float4 in
         # text form is the shortest decimal, in binary the exact float32).
-        fmt = sql.SQL("BINARY" if self.binary else "TEXT")
         query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(*table.split(".")), fmt
+            sql.SQL(", ").join(exprs),
+            sql.Identifier(*table.split(".")),
+            sql.SQL("BINARY" if self.binary else "TEXT"),
         )
         names = [c[0] for c in cols]
         try:
-            with self._copy.cursor() as cur, cur.copy(query) as copy:
-                copy.set_types(oids)
-                out: list[dict[str, Any]] = []
-                for row in copy.rows():
-                    out.append(dict(zip(names, row, strict=True)))
-                    if len(out) >= batch:
+            with self._copy.cursor() as cur:
+                if vector_loader is not None:  # the cursor's own copy of the adapters
+                    cur.adapters.register_loader(_FLOAT32_LOADER_OID, vector_loader)
+                with cur.copy(query) as copy:
+                    copy.set_types(oids)
+                    out: list[dict[str, Any]] = []
+                    for row in copy.rows():
+                        out.append(dict(zip(names, row, strict=True)))
+                        if len(out) >= batch:
+                            yield out
+                            out = []
+                    if out:
                         yield out
-                        out = []
-                if out:
-                    yield out
         except psycopg.Error as exc:
             raise map_psycopg_error(exc, f"copying table {table}") from exc
 
