@@ -292,6 +292,12 @@ class ServerConfig:
         _positive,
     )
     grace_seconds: float = key(5.0, "how long SIGTERM waits for streams", _positive)
+    frame_cache_mb: float = key(
+        512.0,
+        "memory for sealed frames shared by every subscriber (a bootstrap served once is "
+        "served again from here); a bootstrap larger than this is built per driver",
+        lambda v: None if v >= 0 else "must be 0 or more",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,35 +1,77 @@
 """From the store to frames: what a Subscribe call streams (store → serve).
 
-Plain code under the thin gRPC servicer in wrapper/server.py. A subscriber
-gets batches: each is read from one committed store state (a SQLite read
-transaction) and closes with a frame carrying commit_position = that state's
-head, so the driver applies it whole and lands on a transaction boundary.
-The first batch is a catch-up from the driver's position, or a full
-bootstrap (RESET) when its stream identity or position no longer fits.
+Plain code under the thin gRPC servicer in wrapper/server.py. A call streams
+*segments*: the frames that take a replica from one position to another,
+each read from one committed store state (a SQLite read transaction). A
+segment ends with a frame carrying commit_position = that state's head once
+the initial copy is done, so the driver applies it whole and lands on a
+transaction boundary. The first segment is a catch-up from the driver's
+position, or a full bootstrap (RESET, then the live rows) when its stream
+identity or position no longer fits.
+
+Segments are built once and shared (wrapper/framecache.py): every call of a
+tenant at one position gets the same sealed bytes, and appends only its own
+envelope (sequence, subscription, binding MAC), so a frame replayed into
+another call, or moved within one, still fails at the driver. A bootstrap
+reuses the newest bootstrap segment of an earlier head H0 of the stream
+(if H0 is not below the retention floor, so every delete after H0 still has
+its tombstone) and goes on with the changes after H0, themselves shared.
+
+During the initial copy a subscriber is served what the copy stored so far:
+RESET, the rows, then each further stretch as it is stored, and the
+committing frame when the copy is done. The copy is acknowledged to nothing
+until then; if it starts afresh under a new stream identity, the call ends
+and the driver, which never committed any of it, bootstraps again.
+
+Waiting is event-driven: a call sleeps on the store's commit notification
+and sends a heartbeat only when nothing was committed for heartbeat_s.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import build_frame
+from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.payload import decode_row, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.store import StoreMeta, StoreReader
+from prism.wrapper.framecache import FrameCache, Segment, SharedFrame
+from prism.wrapper.store import RowTuple, StoreMeta, StoreReader
+
+log = logging.getLogger("prism.wrapper.subscription")
+
+DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS = 1024, 16384
+BOOTSTRAP, CHANGES = "bootstrap", "changes"
 
 
 @dataclass(frozen=True)
-class ServeContext:
+class ServeScope:
+    """What decides the bytes of a tenant's frames, and so which calls may
+    share them: the tenant (its tables and their vector dimensions), the
+    secret the frames are sealed for, and the frame size."""
+
     tenant_id: str
-    dims: dict[str, int]  # projected vector dimension per table (0: no vectors)
-    sealer: Callable[[int], Sealer]  # the current epoch's sealer for a dimension
     tables: tuple[str, ...]
-    subscription: bytes = b""  # the call's nonce, bound into every frame
+    dims: Mapping[str, int]  # projected vector dimension per table (0: no vectors)
+    sealer: Callable[[int, int], Sealer]  # (key epoch, dimension) -> that epoch's sealer
+    epoch: Callable[[], int]  # the tenant's current key epoch
+    secret_id: bytes = b""  # names the secret the keys derive from (never the secret)
     hidden: Mapping[str, str] = field(default_factory=dict)  # table -> column left out of rows
+    max_rows: int = DEFAULT_FRAME_ROWS
+
+    @property
+    def key(self) -> tuple[str, bytes, int]:
+        return (self.tenant_id, self.secret_id, self.max_rows)
+
+
+def frame_rows(requested: int) -> int:
+    """A call's rows per frame: what the driver asked for, within bounds."""
+    return max(1, min(requested or DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS))
 
 
 def strip_column(payload: bytes, column: str) -> bytes:
@@ -49,131 +91,225 @@ def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool
     )
 
 
-class FrameStream:
-    """Numbers frames (sequence) and turns stored rows into frames."""
+# -- building: one committed store state → shared frames -----------------------
 
-    def __init__(self, ctx: ServeContext, reader: StoreReader, max_rows: int) -> None:
-        self.ctx = ctx
+
+class SegmentBuilder:
+    """Turns the rows of one store state into sealed, serialized frames."""
+
+    def __init__(self, scope: ServeScope, reader: StoreReader, meta: StoreMeta, epoch: int):
+        self.scope = scope
         self.reader = reader
-        self.max_rows = max(1, min(max_rows or 1024, 16384))
-        self.sequence = 0
+        self.meta = meta
+        self.epoch = epoch
 
     def _frame(
         self,
-        meta: StoreMeta,
         kind: int,
         table: str,
-        rows: list[tuple[str, str, int, bytes | None, bytes | None]],
+        rows: list[RowTuple],
         commit_position: int,
         commit_us: int,
-    ) -> pb.Frame:
-        self.sequence += 1
-        dim = self.ctx.dims.get(table, 0)
+    ) -> SharedFrame:
+        dim = self.scope.dims.get(table, 0)
         n = len(rows)
-        vectors = None
-        mask = None
+        if n:
+            keys, ops, positions, payloads, vecs, _ = zip(*rows, strict=True)
+        else:
+            keys = ops = positions = payloads = vecs = ()
+        vectors = mask = None
         if dim and n:
-            mask = np.fromiter((r[4] is not None for r in rows), dtype=bool, count=n)
-            vectors = np.zeros((n, dim), dtype=np.float32)
-            stored = b"".join(r[4] for r in rows if r[4] is not None)
-            vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
-        return build_frame(
-            sealer=self.ctx.sealer(dim),
-            tenant_id=self.ctx.tenant_id,
-            stream_id=meta.stream_id,
+            if None in vecs:
+                mask = np.fromiter((v is not None for v in vecs), dtype=bool, count=n)
+                vectors = np.zeros((n, dim), dtype=np.float32)
+                stored = b"".join(v for v in vecs if v is not None)
+                vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
+            else:
+                vectors = np.frombuffer(b"".join(vecs), dtype="<f4").reshape(n, dim)
+        hidden = self.scope.hidden.get(table)
+        if hidden is None:
+            blobs = [p or b"" for p in payloads]
+        else:
+            # The store keeps whole rows (TOAST fill and writes need them); the
+            # raw embedding is left out only of what drivers receive.
+            blobs = [strip_column(p, hidden) if p else b"" for p in payloads]
+        frame = build_shared_frame(
+            sealer=self.scope.sealer(self.epoch, dim),
+            tenant_id=self.scope.tenant_id,
+            stream_id=self.meta.stream_id,
             kind=kind,
             table=table,
-            sequence=self.sequence,
             commit_position=commit_position,
-            head_position=meta.head,
+            head_position=self.meta.head,
             commit_time_us=commit_us,
-            keys=[r[0] for r in rows],
-            ops=b"".join(r[1].encode() for r in rows),
-            positions=[r[2] for r in rows],
+            keys=keys,
+            ops="".join(ops).encode(),
+            positions=positions,
             vectors=vectors,
             vector_mask=mask,
-            payloads=self._payloads(table, rows),
+            payloads=blobs,
             vector_dim=dim,
-            subscription=self.ctx.subscription,
         )
+        return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
 
-    def _payloads(
-        self, table: str, rows: list[tuple[str, str, int, bytes | None, bytes | None]]
-    ) -> list[bytes]:
-        hidden = self.ctx.hidden.get(table)
-        if hidden is None:
-            return [r[3] or b"" for r in rows]
-        # The store keeps whole rows (TOAST fill and writes need them); the
-        # raw embedding is left out only of what drivers receive.
-        return [strip_column(r[3], hidden) if r[3] else b"" for r in rows]
-
-    def _chunks(
-        self, from_position: int, live_only: bool
-    ) -> Iterator[tuple[str, list[tuple[str, str, int, bytes | None, bytes | None]], int]]:
-        """(table, rows, newest commit time) in frames' worth of rows."""
-        newest = 0
-        for table in self.ctx.tables:
-            chunk: list[tuple[str, str, int, bytes | None, bytes | None]] = []
-            for r in self.reader.changes_since(table, from_position, live_only=live_only):
-                chunk.append((r.key, r.op, r.position, r.payload, r.vector))
-                newest = max(newest, r.commit_us)
-                if len(chunk) >= self.max_rows:
-                    yield table, chunk, newest
-                    chunk = []
-            if chunk:
-                yield table, chunk, newest
-
-    def batch(self, meta: StoreMeta, from_position: int, bootstrap: bool) -> Iterator[pb.Frame]:
-        """Frames that take a replica at from_position (or empty, when
-        bootstrapping) to meta.head. Call inside reader.snapshot(). The last
-        frame carries commit_position; it holds rows unless there are none."""
+    def frames(self, bootstrap: bool, start: int) -> Iterator[SharedFrame]:
+        """A bootstrap (RESET and the live rows) or the changes after
+        `start`, tombstones included. Once the initial copy is done the last
+        frame carries commit_position = head (a frame of its own when there
+        are no rows); before that none does."""
+        meta = self.meta
         if bootstrap:
-            yield self._frame(meta, pb.RESET, "", [], 0, meta.last_commit_us)
-            from_position = 0
-        held = None  # one chunk of lookahead, so the last one can close the batch
-        for chunk in self._chunks(from_position, live_only=bootstrap):
-            if held is not None:
-                yield self._frame(meta, pb.CHANGES, held[0], held[1], 0, held[2])
-            held = chunk
-        if held is None:
-            yield self._frame(meta, pb.CHANGES, "", [], meta.head, meta.last_commit_us)
-        else:
-            newest = max(held[2], meta.last_commit_us)
-            yield self._frame(meta, pb.CHANGES, held[0], held[1], meta.head, newest)
+            yield self._frame(pb.RESET, "", [], 0, meta.last_commit_us)
+        commit = meta.head if meta.snapshot_done else 0
+        held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
+        newest = 0
+        for table in self.scope.tables:
+            for rows in self.reader.chunks(table, start, self.scope.max_rows, bootstrap):
+                newest = max(newest, max(r[5] for r in rows))
+                if held is not None:
+                    yield self._frame(pb.CHANGES, held[0], held[1], 0, held[2])
+                held = (table, rows, newest)
+        if held is not None:
+            newest = max(held[2], meta.last_commit_us) if commit else held[2]
+            yield self._frame(pb.CHANGES, held[0], held[1], commit, newest)
+        elif commit:
+            yield self._frame(pb.CHANGES, "", [], commit, meta.last_commit_us)
 
-    def heartbeat(self, meta: StoreMeta) -> pb.Frame:
-        return self._frame(meta, pb.HEARTBEAT, "", [], 0, meta.last_commit_us)
+    def heartbeat(self) -> SharedFrame:
+        return self._frame(pb.HEARTBEAT, "", [], 0, self.meta.last_commit_us)
+
+
+def build_segment(
+    cache: FrameCache, seg: Segment, builder: SegmentBuilder, bootstrap: bool, start: int
+) -> None:
+    """Build a segment whole into the cache, here and now (a small one, in
+    the caller's read transaction)."""
+    try:
+        for f in builder.frames(bootstrap, start):
+            cache.add(seg, f, backpressure=False)
+    except BaseException as exc:
+        cache.finish(seg, error=exc)
+        raise
+    cache.finish(seg, commits=builder.meta.snapshot_done)
+
+
+def build_segment_aside(
+    cache: FrameCache, seg: Segment, builder: SegmentBuilder, bootstrap: bool, start: int
+) -> None:
+    """Build a large segment on a thread of its own, which owns the reader
+    (inside its read transaction) from now on: readers stream its frames as
+    they come, and while frames are sealed the calls send earlier ones."""
+
+    def run() -> None:
+        reader = builder.reader
+        try:
+            for f in builder.frames(bootstrap, start):
+                if not cache.add(seg, f):
+                    cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
+                    return
+            cache.finish(seg, commits=builder.meta.snapshot_done)
+        except BaseException as exc:
+            log.exception("building frames failed")
+            cache.finish(seg, error=exc)
+        finally:
+            try:
+                reader.end()
+            finally:
+                reader.close()
+
+    threading.Thread(target=run, name="frame-builder", daemon=True).start()
+
+
+# -- one Subscribe call ------------------------------------------------------
+
+
+class Envelope:
+    """A call's side of each frame: its sequence number, its subscription
+    nonce and the binding MAC over both and the frame's watermark, appended
+    to the shared bytes (protobuf's merge rule makes them one Frame)."""
+
+    def __init__(self, scope: ServeScope, subscription: bytes) -> None:
+        self.scope = scope
+        self.subscription = subscription
+        self.sequence = 0
+
+    def wrap(self, frame: SharedFrame) -> bytes:
+        self.sequence += 1
+        sealer = self.scope.sealer(frame.epoch, 0)
+        binding = bind_frame(sealer, self.subscription, self.sequence, frame.watermark)
+        return frame.data + envelope_bytes(self.sequence, self.subscription, binding)
 
 
 def subscription(
-    ctx: ServeContext,
-    reader: StoreReader,
+    scope: ServeScope,
+    cache: FrameCache,
+    open_reader: Callable[[], StoreReader],
     stream_id: str,
     from_position: int,
-    max_rows: int,
+    subscription: bytes,
     wait_for_head: Callable[[int, float], bool],
     is_active: Callable[[], bool],
     heartbeat_s: float = 1.0,
-) -> Iterator[pb.Frame]:
-    """The whole life of one Subscribe call, as frames."""
-    fs = FrameStream(ctx, reader, max_rows)
-    position = from_position
-    current_stream = stream_id
-    while is_active():
-        with reader.snapshot() as meta:
-            copying = not meta.snapshot_done
-            if copying:
-                pass  # nothing servable yet: the initial copy is running
-            elif needs_bootstrap(meta, current_stream, position):
-                yield from fs.batch(meta, 0, bootstrap=True)
-                position, current_stream = meta.head, meta.stream_id
-            elif meta.head > position:
-                yield from fs.batch(meta, position, bootstrap=False)
-                position = meta.head
-        if copying:
-            # Wait for the next commit of the copy rather than spin on it.
-            wait_for_head(meta.head, heartbeat_s)
-            continue
-        if not wait_for_head(position, heartbeat_s):
-            with reader.snapshot() as meta:
-                yield fs.heartbeat(meta)
+) -> Iterator[bytes]:
+    """The whole life of one Subscribe call, as the bytes of its frames."""
+    envelope = Envelope(scope, subscription)
+    position, stream = from_position, stream_id
+    resetting = False  # a bootstrap was started and has not committed yet
+    reader = open_reader()
+    try:
+        while is_active():
+            meta = reader.begin()
+            owned = True  # this call still owns the reader's read transaction
+            seg = None
+            try:
+                if resetting and meta.stream_id != stream:
+                    # The copy started afresh under a new stream identity:
+                    # end the call; the driver never committed any of it.
+                    log.info("the stream identity changed during a bootstrap: ending the call")
+                    return
+                if not resetting and (
+                    not meta.snapshot_done or needs_bootstrap(meta, stream, position)
+                ):
+                    bootstrap, start = True, 0
+                    # Nothing stored yet (the copy is starting): nothing to send.
+                    wanted = meta.snapshot_done or meta.head > 0
+                else:
+                    bootstrap, start = False, position
+                    wanted = meta.head > position
+                if wanted:
+                    epoch = scope.epoch()
+                    kind = BOOTSTRAP if bootstrap else CHANGES
+                    seg, rid, build = cache.acquire(
+                        (*scope.key, meta.stream_id, epoch, kind, start),
+                        meta.head,
+                        # An earlier bootstrap serves while its head keeps
+                        # every later delete's tombstone.
+                        min_end=meta.retention_floor,
+                    )
+                    if build:
+                        builder = SegmentBuilder(scope, reader, meta, epoch)
+                        if bootstrap or meta.head - start > scope.max_rows:
+                            build_segment_aside(cache, seg, builder, bootstrap, start)
+                            owned = False
+                            reader = open_reader()
+                        else:
+                            build_segment(cache, seg, builder, bootstrap, start)
+            finally:
+                if owned:
+                    reader.end()
+            if seg is None:
+                # Sleep until the store commits past what this state showed.
+                if not wait_for_head(meta.head, heartbeat_s):
+                    with reader.snapshot() as now:
+                        yield envelope.wrap(
+                            SegmentBuilder(scope, reader, now, scope.epoch()).heartbeat()
+                        )
+                continue
+            for frame in cache.read(seg, rid, is_active):
+                yield envelope.wrap(frame)
+            if not seg.done:
+                return  # the call ended while waiting for frames
+            position, stream = seg.end, meta.stream_id
+            resetting = (bootstrap or resetting) and not seg.commits
+    finally:
+        reader.close()

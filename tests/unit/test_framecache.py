@@ -1,0 +1,156 @@
+"""The shared frame cache: single flight, a byte budget, least recently used
+eviction, and backpressure on segments too large to keep."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from prism.wrapper.framecache import FrameCache, SegmentFailed, SharedFrame
+
+START = ("acme", b"secret-id", 1024, "stream", 1, "changes", 10)
+
+
+def frame(i: int, size: int = 10) -> SharedFrame:
+    return SharedFrame(bytes([i % 256]) * size, b"w" * 32, 1, 1)
+
+
+def test_one_build_for_every_caller_at_a_position() -> None:
+    cache = FrameCache(1 << 20)
+    seg, rid, build = cache.acquire(START, 20)
+    assert build
+    joined = [cache.acquire(START, 20) for _ in range(5)]
+    assert all(s is seg and not b for s, _, b in joined)
+    cache.add(seg, frame(1))
+    cache.finish(seg, commits=True)
+    assert [f.data for f in cache.read(seg, rid)] == [frame(1).data]
+    for s, r, _ in joined:
+        assert [f.data for f in cache.read(s, r)] == [frame(1).data]
+    assert cache.stats["segments_built"] == 1 and cache.stats["segments_shared"] == 5
+    assert not seg.readers  # every reader let go
+
+
+def test_the_newest_segment_that_fits_is_chosen() -> None:
+    cache = FrameCache(1 << 20)
+    for end in (15, 18, 25):
+        seg, _, build = cache.acquire(START, end, min_end=end)
+        assert build and seg.end == end
+        cache.finish(seg)
+    # at head 20 the newest ending at or before it; at 30 the newest of all
+    assert cache.acquire(START, 20)[0].end == 18
+    assert cache.acquire(START, 30)[0].end == 25
+    # too old (below the retention floor): a new one is built
+    seg, _, build = cache.acquire(START, 30, min_end=26)
+    assert build and seg.end == 30
+    # another start, stream or epoch is another segment
+    assert cache.acquire((*START[:-1], 11), 30)[2]
+
+
+def test_readers_stream_frames_while_they_are_built() -> None:
+    cache = FrameCache(1 << 20)
+    seg, _, _ = cache.acquire(START, 20)
+    _, rid, _ = cache.acquire(START, 20)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(f.data for f in cache.read(seg, rid)))
+    reader.start()
+    for i in range(3):
+        cache.add(seg, frame(i))
+        deadline = time.monotonic() + 5
+        while len(got) <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(got) == i + 1  # received before the segment is done
+    cache.finish(seg)
+    reader.join(5)
+    assert got == [frame(i).data for i in range(3)]
+
+
+def test_least_recently_used_segments_leave_the_budget() -> None:
+    cache = FrameCache(max_bytes=250)
+    segs = []
+    for end in (1, 2, 3):
+        seg, _, _ = cache.acquire((*START[:-1], end), end)
+        cache.add(seg, frame(end, 100))
+        cache.finish(seg)
+        segs.append(seg)
+    # the third pushed the budget over: the oldest went
+    assert cache.counters()["frame_cache_bytes"] == 200
+    assert cache.acquire((*START[:-1], 1), 1)[2]  # built again
+    assert not cache.acquire((*START[:-1], 3), 3)[2]  # still cached
+    assert cache.stats["segments_evicted"] >= 1
+
+
+def test_an_evicted_segment_is_still_read_whole_by_its_readers() -> None:
+    cache = FrameCache(max_bytes=150)
+    seg, rid, _ = cache.acquire(START, 20)
+    cache.add(seg, frame(1, 100))
+    cache.finish(seg)
+    other, _, _ = cache.acquire((*START[:-1], 30), 40)
+    cache.add(other, frame(2, 100))  # evicts seg
+    assert cache.acquire(START, 20)[2]
+    assert [f.data for f in cache.read(seg, rid)] == [frame(1, 100).data]
+
+
+def test_a_segment_past_the_budget_is_built_at_its_slowest_readers_pace() -> None:
+    cache = FrameCache(max_bytes=35, window=2)
+    seg, rid, _ = cache.acquire(START, 20)
+    built: list[int] = []
+
+    def builder() -> None:
+        for i in range(8):
+            if not cache.add(seg, frame(i)):
+                return
+            built.append(i)
+        cache.finish(seg)
+
+    t = threading.Thread(target=builder)
+    t.start()
+    time.sleep(0.3)
+    # past 35 bytes it stopped being cached, and waits for its reader
+    assert not seg.cached and len(built) <= 4
+    assert cache.acquire(START, 20)[2]  # no new caller joins it
+    got = []
+    for f in cache.read(seg, rid):
+        got.append(f.data)
+        # uncached from the 4th frame on, then never more than `window` ahead
+        assert seg.built <= max(4, len(got) + 2)
+    t.join(5)
+    assert got == [frame(i).data for i in range(8)]
+    # frames every reader has are let go
+    assert seg.frames.count(None) == 8
+
+
+def test_nobody_reading_an_uncached_segment_stops_its_builder() -> None:
+    cache = FrameCache(max_bytes=15, window=1)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    cache.add(seg, frame(0))
+    assert next(reader).data == frame(0).data
+    reader.close()  # the call went away
+    assert cache.add(seg, frame(1)) is False
+
+
+def test_a_failed_build_fails_its_readers_and_is_not_reused() -> None:
+    cache = FrameCache(1 << 20)
+    seg, _, _ = cache.acquire(START, 20)
+    _, rid, _ = cache.acquire(START, 20)
+    cache.add(seg, frame(0))
+    cache.finish(seg, error=RuntimeError("disk I/O error"))
+    with pytest.raises(SegmentFailed, match="disk I/O error"):
+        list(cache.read(seg, rid))
+    assert cache.acquire(START, 20)[2]
+
+
+def test_a_reader_whose_call_ended_stops_waiting() -> None:
+    cache = FrameCache(1 << 20)
+    seg, rid, _ = cache.acquire(START, 20)
+    active = [True]
+    got = []
+    t = threading.Thread(
+        target=lambda: got.extend(cache.read(seg, rid, is_active=lambda: active[0]))
+    )
+    t.start()
+    active[0] = False
+    t.join(5)
+    assert not t.is_alive() and got == [] and not seg.readers
