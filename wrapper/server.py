@@ -37,7 +37,7 @@ from prism.wrapper.framecache import FrameCache
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
-from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.store import ReaderPool, Store
 from prism.wrapper.subscription import ServeScope, frame_rows, subscription
 from prism.wrapper.writes import WriteError, WriteExecutor
 
@@ -58,11 +58,14 @@ class WrapperState:
     writes: WriteExecutor | None = None
     auth_lock: threading.Lock = field(default_factory=threading.Lock)
     frames: FrameCache | None = None  # shared frames; sized from server.frame_cache_mb
+    readers: ReaderPool | None = None  # store readers for Subscribe calls and frame builds
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.frames is None:
             self.frames = FrameCache(int(self.cfg.server.frame_cache_mb * 1024 * 1024))
+        if self.readers is None:
+            self.readers = ReaderPool(self.store.path)
 
     def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
         k = (secret, tenant, epoch, dim)
@@ -178,12 +181,13 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 extra={"peer": context.peer(), "tenant": tenant_id},
             )
         tables = []
-        reader = StoreReader(st.store.path)
+        assert st.readers is not None
+        reader = st.readers.get()
         try:
             with reader.snapshot() as meta:
                 stored = reader.table_columns() if meta.snapshot_done else {}
         finally:
-            reader.close()
+            st.readers.put(reader)
         if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
             # A driver must not learn an empty schema and keep it.
             context.abort(
@@ -282,11 +286,11 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 "stream": request.stream_id,
             },
         )
-        assert st.frames is not None
+        assert st.frames is not None and st.readers is not None
         yield from subscription(
             scope,
             st.frames,
-            lambda: StoreReader(st.store.path),
+            st.readers,
             request.stream_id,
             request.from_position,
             request.subscription,

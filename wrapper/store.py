@@ -456,3 +456,34 @@ class StoreReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+class ReaderPool:
+    """Idle StoreReaders kept for the next Subscribe call or segment build,
+    so serving does not open a connection (and map the file) each time."""
+
+    def __init__(self, path: Path, keep: int = 16) -> None:
+        self.path = path
+        self.keep = keep
+        self._idle: list[StoreReader] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> StoreReader:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return StoreReader(self.path)
+
+    def put(self, reader: StoreReader) -> None:
+        """Give back a reader outside any read transaction."""
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(reader)
+                return
+        reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for r in idle:
+            r.close()

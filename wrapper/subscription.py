@@ -41,7 +41,7 @@ from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.payload import decode_row, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame
-from prism.wrapper.store import RowTuple, StoreMeta, StoreReader
+from prism.wrapper.store import ReaderPool, RowTuple, StoreMeta, StoreReader
 
 log = logging.getLogger("prism.wrapper.subscription")
 
@@ -194,11 +194,17 @@ def build_segment(
 
 
 def build_segment_aside(
-    cache: FrameCache, seg: Segment, builder: SegmentBuilder, bootstrap: bool, start: int
+    cache: FrameCache,
+    seg: Segment,
+    builder: SegmentBuilder,
+    bootstrap: bool,
+    start: int,
+    readers: ReaderPool,
 ) -> None:
     """Build a large segment on a thread of its own, which owns the reader
-    (inside its read transaction) from now on: readers stream its frames as
-    they come, and while frames are sealed the calls send earlier ones."""
+    (inside its read transaction) from now on and gives it back to `readers`:
+    calls stream its frames as they come, and send earlier frames while later
+    ones are sealed."""
 
     def run() -> None:
         reader = builder.reader
@@ -212,10 +218,8 @@ def build_segment_aside(
             log.exception("building frames failed")
             cache.finish(seg, error=exc)
         finally:
-            try:
-                reader.end()
-            finally:
-                reader.close()
+            reader.end()
+            readers.put(reader)
 
     threading.Thread(target=run, name="frame-builder", daemon=True).start()
 
@@ -243,7 +247,7 @@ class Envelope:
 def subscription(
     scope: ServeScope,
     cache: FrameCache,
-    open_reader: Callable[[], StoreReader],
+    readers: ReaderPool,
     stream_id: str,
     from_position: int,
     subscription: bytes,
@@ -255,7 +259,7 @@ def subscription(
     envelope = Envelope(scope, subscription)
     position, stream = from_position, stream_id
     resetting = False  # a bootstrap was started and has not committed yet
-    reader = open_reader()
+    reader = readers.get()
     try:
         while is_active():
             meta = reader.begin()
@@ -289,9 +293,9 @@ def subscription(
                     if build:
                         builder = SegmentBuilder(scope, reader, meta, epoch)
                         if bootstrap or meta.head - start > scope.max_rows:
-                            build_segment_aside(cache, seg, builder, bootstrap, start)
+                            build_segment_aside(cache, seg, builder, bootstrap, start, readers)
                             owned = False
-                            reader = open_reader()
+                            reader = readers.get()
                         else:
                             build_segment(cache, seg, builder, bootstrap, start)
             finally:
@@ -312,4 +316,4 @@ def subscription(
             position, stream = seg.end, meta.stream_id
             resetting = (bootstrap or resetting) and not seg.commits
     finally:
-        reader.close()
+        readers.put(reader)

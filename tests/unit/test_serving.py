@@ -24,7 +24,7 @@ from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache
-from prism.wrapper.store import Store, StoreReader, now_us
+from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
 from prism.wrapper.subscription import ServeScope, subscription
 
 SECRET = b"k" * 32
@@ -103,7 +103,7 @@ class Driver:
         self.call = subscription(
             SCOPE,
             cache,
-            lambda: StoreReader(store.path),
+            ReaderPool(store.path),
             stream_id,
             pos,
             self.nonce,

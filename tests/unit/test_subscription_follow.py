@@ -19,7 +19,7 @@ from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache
-from prism.wrapper.store import Store, StoreMeta, StoreReader
+from prism.wrapper.store import ReaderPool, Store, StoreMeta, StoreReader
 from prism.wrapper.subscription import (
     Envelope,
     SegmentBuilder,
@@ -235,7 +235,7 @@ def test_subscription_streams_then_heartbeats(store: Store) -> None:
     call = subscription(
         scope(100),
         FrameCache(1 << 20),
-        lambda: StoreReader(store.path),
+        ReaderPool(store.path),
         "",
         0,
         SUB,
