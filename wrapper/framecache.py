@@ -71,9 +71,11 @@ class Segment:
 
 
 class FrameCache:
-    def __init__(self, max_bytes: int, window: int = 4) -> None:
+    def __init__(self, max_bytes: int, window: int = 4, max_segments: int = 65536) -> None:
         self.max_bytes = max(0, max_bytes)
         self.window = max(1, window)
+        # Live commits make one small segment each: the count bounds the index.
+        self.max_segments = max(1, max_segments)
         self._cond = threading.Condition()
         self._by_start: dict[StartKey, list[Segment]] = {}
         self._lru: OrderedDict[int, Segment] = OrderedDict()  # id(segment) -> segment
@@ -103,6 +105,8 @@ class FrameCache:
                 best = Segment(start, head)
                 self._by_start.setdefault(start, []).append(best)
                 self.stats["segments_built"] += 1
+                self._lru[id(best)] = best
+                self._evict(keep=best)
             else:
                 self.stats["segments_shared"] += 1
             self._lru[id(best)] = best
@@ -206,12 +210,20 @@ class FrameCache:
                 del self._by_start[seg.start]
 
     def _evict(self, keep: Segment) -> None:
-        """Drop least recently used finished segments until within budget."""
-        for seg in list(self._lru.values()):
-            if self._bytes <= self.max_bytes:
-                return
+        """Drop least recently used finished segments until within budget
+        (bytes and count); stops at the first that suffice."""
+        excess = self._bytes - self.max_bytes
+        extra = len(self._lru) - self.max_segments
+        victims = []
+        for seg in self._lru.values():
+            if excess <= 0 and extra <= 0:
+                break
             if seg is keep or not seg.done:
                 continue
+            victims.append(seg)
+            excess -= seg.nbytes
+            extra -= 1
+        for seg in victims:
             self._uncache(seg)
             self.stats["segments_evicted"] += 1
 

@@ -81,6 +81,17 @@ def test_least_recently_used_segments_leave_the_budget() -> None:
     assert cache.stats["segments_evicted"] >= 1
 
 
+def test_the_number_of_segments_is_bounded_too() -> None:
+    cache = FrameCache(max_bytes=1 << 20, max_segments=3)
+    for end in range(1, 7):
+        seg, _, _ = cache.acquire((*START[:-1], end), end)
+        cache.add(seg, frame(end))
+        cache.finish(seg)
+    assert cache.counters()["frame_cache_segments"] == 3
+    assert not cache.acquire((*START[:-1], 6), 6)[2]
+    assert cache.acquire((*START[:-1], 1), 1)[2]
+
+
 def test_an_evicted_segment_is_still_read_whole_by_its_readers() -> None:
     cache = FrameCache(max_bytes=150)
     seg, rid, _ = cache.acquire(START, 20)
