@@ -221,7 +221,11 @@ def build_segment_aside(
             reader.end()
             readers.put(reader)
 
-    threading.Thread(target=run, name="frame-builder", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="frame-builder", daemon=True).start()
+    except BaseException as exc:
+        cache.finish(seg, error=exc)
+        raise
 
 
 # -- one Subscribe call ------------------------------------------------------
@@ -292,12 +296,16 @@ def subscription(
                     )
                     if build:
                         builder = SegmentBuilder(scope, reader, meta, epoch)
-                        if bootstrap or meta.head - start > scope.max_rows:
-                            build_segment_aside(cache, seg, builder, bootstrap, start, readers)
-                            owned = False
-                            reader = readers.get()
-                        else:
-                            build_segment(cache, seg, builder, bootstrap, start)
+                        try:
+                            if bootstrap or meta.head - start > scope.max_rows:
+                                build_segment_aside(cache, seg, builder, bootstrap, start, readers)
+                                owned = False
+                                reader = readers.get()
+                            else:
+                                build_segment(cache, seg, builder, bootstrap, start)
+                        except BaseException:
+                            cache.release(seg, rid)
+                            raise
             finally:
                 if owned:
                     reader.end()
