@@ -71,7 +71,7 @@ def log(msg: str) -> None:
 # -- the server process -----------------------------------------------------------
 
 
-def wrapper_config(base: Path, port: int, tls: bool) -> Any:
+def wrapper_config(base: Path, port: int, tls: bool, cache_mb: float, spill_mb: float) -> Any:
     from prism.wrapper.config import config_from_mapping
 
     sections: dict[str, Any] = {
@@ -81,6 +81,8 @@ def wrapper_config(base: Path, port: int, tls: bool) -> Any:
             "secret_file": str(base / "tenant.secret"),
             "listen_port": port,
             "insecure": not tls,
+            "frame_cache_mb": cache_mb,
+            "frame_spill_mb": spill_mb,
         },
         "store": {"path": str(base / "store.sqlite3"), "synchronous": "normal"},
         "tables": [{"name": TABLE, "vector_column": "embedding", "vector_dim": DIM}],
@@ -155,7 +157,7 @@ def serve(args: argparse.Namespace) -> None:
     from prism.wrapper.store import Store
 
     base = Path(args.base)
-    cfg = wrapper_config(base, args.port, args.tls)
+    cfg = wrapper_config(base, args.port, args.tls, args.cache_mb, args.spill_mb)
     store = Store(cfg.store_path, "normal")
     keyring = Keyring(cfg.store_path, [TENANT], 0)
     pipeline = Pipeline(cfg, store, {TENANT: keyring.projection_key(TENANT)})
@@ -165,6 +167,17 @@ def serve(args: argparse.Namespace) -> None:
         state, f"127.0.0.1:{args.port}", credentials=server_credentials(cfg)
     )
     server.start()
+    if args.switch_interval:
+        sys.setswitchinterval(args.switch_interval)
+    if args.busy:
+        # Stands in for the pipeline thread's pure-Python decoding: it holds
+        # the GIL whenever the serving threads do not.
+        def busy() -> None:
+            x = 0
+            while True:
+                x = (x * 31 + 7) % 1_000_003
+
+        threading.Thread(target=busy, daemon=True).start()
     print(json.dumps({"ready": port}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -181,12 +194,15 @@ def serve(args: argparse.Namespace) -> None:
 
 
 class Server:
-    def __init__(self, base: Path, tls: bool) -> None:
+    def __init__(self, base: Path, tls: bool, busy: bool, switch: float, cache: list[str]) -> None:
         self.base = base
         self.tls = tls
         self.port = free_port()
         cmd = [sys.executable, __file__, "--serve", str(base), "--port", str(self.port)]
         cmd += [] if tls else ["--insecure"]
+        cmd += ["--busy"] if busy else []
+        cmd += ["--switch-interval", str(switch)] if switch else []
+        cmd += cache
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         json.loads(self.proc.stdout.readline())
@@ -346,6 +362,15 @@ def main() -> None:
     p.add_argument("--insecure", action="store_true", help="plaintext gRPC (default TLS)")
     p.add_argument("--store", type=Path, help="reuse this directory's store (made if absent)")
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--busy",
+        action="store_true",
+        help="a pure-Python busy thread in the server process, as the pipeline thread",
+    )
+    p.add_argument("--switch-interval", type=float, default=0.0, help="sys.setswitchinterval")
+    p.add_argument("--latency-only", action="store_true")
+    p.add_argument("--cache-mb", type=float, default=512.0, help="server.frame_cache_mb")
+    p.add_argument("--spill-mb", type=float, default=4096.0, help="server.frame_spill_mb")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -367,9 +392,10 @@ def main() -> None:
         store.close()
         log(f"store of {args.rows} rows made in {time.perf_counter() - t:.1f}s")
     results: dict[str, Any] = {"rows": args.rows, "tls": args.tls, "loadavg_start": os.getloadavg()}
-    server = Server(base, args.tls)
+    cache = ["--cache-mb", str(args.cache_mb), "--spill-mb", str(args.spill_mb)]
+    server = Server(base, args.tls, args.busy, args.switch_interval, cache)
     try:
-        for name in ("bootstrap_cold", "bootstrap_cached"):
+        for name in () if args.latency_only else ("bootstrap_cold", "bootstrap_cached"):
             r = bootstrap(server)
             r["rows_per_s"] = r["rows"] / r["seconds"]
             r["mb_per_s"] = r["bytes"] / r["seconds"] / 1e6
@@ -378,24 +404,25 @@ def main() -> None:
                 f"{name}: {r['rows']} rows, {r['bytes'] / 1e6:.0f} MB in {r['seconds']:.2f}s = "
                 f"{r['rows_per_s']:,.0f} rows/s ({r['mb_per_s']:.0f} MB/s)"
             )
-        before = server.counters()
-        t = time.perf_counter()
-        many = concurrent(args.subscribers, lambda: bootstrap(server))
-        wall = time.perf_counter() - t
-        after = server.counters()
-        total = sum(r["rows"] for r in many)
-        results["bootstrap_concurrent"] = {
-            "subscribers": args.subscribers,
-            "rows": total,
-            "seconds": wall,
-            "rows_per_s": total / wall,
-            "frames_built": after.get("frame_cache_frames_built", 0)
-            - before.get("frame_cache_frames_built", 0),
-        }
-        log(
-            f"{args.subscribers} bootstraps at once: {total / wall:,.0f} rows/s in all, "
-            f"{results['bootstrap_concurrent']['frames_built']} frames built"
-        )
+        if not args.latency_only:
+            before = server.counters()
+            t = time.perf_counter()
+            many = concurrent(args.subscribers, lambda: bootstrap(server))
+            wall = time.perf_counter() - t
+            after = server.counters()
+            total = sum(r["rows"] for r in many)
+            results["bootstrap_concurrent"] = {
+                "subscribers": args.subscribers,
+                "rows": total,
+                "seconds": wall,
+                "rows_per_s": total / wall,
+                "frames_built": after.get("frame_cache_frames_built", 0)
+                - before.get("frame_cache_frames_built", 0),
+            }
+            log(
+                f"{args.subscribers} bootstraps at once: {total / wall:,.0f} rows/s in all, "
+                f"{results['bootstrap_concurrent']['frames_built']} frames built"
+            )
         r = latency(server, args.subscribers, args.rate, args.seconds, args.rows)
         results["latency"] = r
         lat = r["latency_ms"]

@@ -15,10 +15,13 @@ without any call's envelope, so a call only binds and appends its envelope
 - Bounded by bytes, least recently used first. Eviction only drops the
   cache's reference: a call that is reading a segment keeps it whole until
   it is done.
-- A segment that outgrows the budget (a bootstrap of millions of rows) stops
-  being cached: it is still built once for the calls already reading it,
-  never more than `window` frames ahead of the slowest of them, and each
-  frame is let go once every reader has it.
+- Frames past the memory budget spill to a disk budget (an anonymous,
+  already unlinked file per segment, read back with pread): a bootstrap of
+  millions of rows is sealed once and served again from the page cache,
+  and nothing is left behind by a crash. With neither budget left, a
+  segment stops being cached: it is still built once for the calls already
+  reading it, never more than `window` frames ahead of the slowest of them,
+  and each frame is let go once every reader has it.
 
 Hand-written because it is small and specific: cachetools and functools
 bound entries by count or size but know nothing of in-flight builds whose
@@ -29,6 +32,8 @@ Pure threading logic; no store, no gRPC.
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
@@ -48,6 +53,42 @@ class SharedFrame:
     rows: int
 
 
+@dataclass(frozen=True)
+class Spilled:
+    """Where a spilled frame's bytes lie in its segment's spill file."""
+
+    offset: int
+    size: int
+    watermark: bytes
+    epoch: int
+    rows: int
+
+
+class SpillFile:
+    """A segment's frames on disk: an anonymous file (unlinked at once, so
+    it goes with the last reference to it or with the process), written and
+    read at offsets, with no lock held and the GIL released."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        # Lives as long as its segment: closed (and so freed) when collected.
+        self._file = tempfile.TemporaryFile(dir=directory, prefix="prism-frames-")  # noqa: SIM115
+        self.size = 0
+
+    def append(self, data: bytes) -> int:
+        offset, self.size = self.size, self.size + len(data)
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._file.fileno(), view[done:], offset + done)
+        return offset
+
+    def read(self, offset: int, size: int) -> bytes:
+        data = os.pread(self._file.fileno(), size, offset)
+        while len(data) < size:  # a short read: rare, but allowed
+            data += os.pread(self._file.fileno(), size - len(data), offset + len(data))
+        return data
+
+
 class SegmentFailed(Exception):
     """The build a reader was following failed; the reader's call ends."""
 
@@ -58,9 +99,11 @@ class Segment:
 
     start: StartKey
     end: int
-    frames: list[SharedFrame | None] = field(default_factory=list)
+    frames: list[SharedFrame | Spilled | None] = field(default_factory=list)
     built: int = 0  # frames appended so far
-    nbytes: int = 0
+    nbytes: int = 0  # bytes of its frames in memory
+    disk_bytes: int = 0  # and in its spill file
+    spill: SpillFile | None = None
     rows: int = 0
     done: bool = False
     commits: bool = False  # the last frame carries commit_position = end
@@ -71,8 +114,17 @@ class Segment:
 
 
 class FrameCache:
-    def __init__(self, max_bytes: int, window: int = 4, max_segments: int = 65536) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        window: int = 4,
+        max_segments: int = 65536,
+        spill_bytes: int = 0,
+        spill_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.max_bytes = max(0, max_bytes)
+        self.spill_bytes = max(0, spill_bytes)
+        self.spill_dir = spill_dir
         self.window = max(1, window)
         # Live commits make one small segment each: the count bounds the index.
         self.max_segments = max(1, max_segments)
@@ -80,6 +132,7 @@ class FrameCache:
         self._by_start: dict[StartKey, list[Segment]] = {}
         self._lru: OrderedDict[int, Segment] = OrderedDict()  # id(segment) -> segment
         self._bytes = 0
+        self._disk = 0
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
 
@@ -117,25 +170,43 @@ class FrameCache:
 
     # -- the builder's side --------------------------------------------------
     def add(self, seg: Segment, frame: SharedFrame, backpressure: bool = True) -> bool:
-        """Append a built frame. Past the budget the segment stops being
-        cached; with `backpressure` the builder then waits while the slowest
-        reader is `window` frames behind, and False tells it that nobody
-        reads the segment any more, so it may give up. A caller that builds
-        a small segment whole before reading it passes backpressure=False."""
+        """Append a built frame: in memory while the budget allows, else in
+        the segment's spill file while the disk budget allows, else the
+        segment stops being cached. Then, with `backpressure`, an uncached
+        segment's builder waits while the slowest reader is `window` frames
+        behind, and False tells it that nobody reads the segment any more,
+        so it may give up. A caller that builds a small segment whole before
+        reading it passes backpressure=False."""
         size = len(frame.data)
         with self._cond:
-            seg.frames.append(frame)
-            seg.built += 1
-            seg.rows += frame.rows
-            seg.nbytes += size
             self.stats["frames_built"] += 1
             self.stats["bytes_built"] += size
+            place = "memory"
             if seg.cached:
-                self._bytes += size
-                self._evict(keep=seg)
-                if self._bytes > self.max_bytes:
-                    self._uncache(seg)
-                    self.stats["segments_overflowed"] += 1
+                self._evict(keep=seg, memory=size)
+                if self._bytes + size > self.max_bytes:
+                    self._evict(keep=seg, disk=size)
+                    if self.spill_bytes and self._disk + size <= self.spill_bytes:
+                        place = "disk"
+                        self._disk += size  # reserved before the write
+                        seg.disk_bytes += size
+                    else:
+                        self._uncache(seg)
+                        self.stats["segments_overflowed"] += 1
+                if place == "memory" and seg.cached:
+                    self._bytes += size
+                    seg.nbytes += size
+        entry: SharedFrame | Spilled = frame
+        if place == "disk":
+            if seg.spill is None:
+                seg.spill = SpillFile(self.spill_dir)
+            offset = seg.spill.append(frame.data)  # only this builder writes it
+            entry = Spilled(offset, size, frame.watermark, frame.epoch, frame.rows)
+            self.stats["frames_spilled"] += 1
+        with self._cond:
+            seg.frames.append(entry)
+            seg.built += 1
+            seg.rows += frame.rows
             self._cond.notify_all()
             while not seg.cached and backpressure:
                 self._drop_read(seg)
@@ -179,13 +250,18 @@ class FrameCache:
                         raise SegmentFailed(str(seg.error)) from seg.error
                     if i >= seg.built:
                         return
-                    frame = seg.frames[i]
+                    entry = seg.frames[i]
                     i += 1
                     seg.readers[rid] = i
                     if not seg.cached:
                         self._cond.notify_all()  # the builder may be waiting on us
-                assert frame is not None  # frames are let go only once every reader has them
-                yield frame
+                assert entry is not None  # frames are let go only once every reader has them
+                if isinstance(entry, Spilled):
+                    assert seg.spill is not None
+                    data = seg.spill.read(entry.offset, entry.size)
+                    yield SharedFrame(data, entry.watermark, entry.epoch, entry.rows)
+                else:
+                    yield entry
         finally:
             self.release(seg, rid)
 
@@ -202,6 +278,7 @@ class FrameCache:
             return
         seg.cached = False
         self._bytes -= seg.nbytes
+        self._disk -= seg.disk_bytes
         self._lru.pop(id(seg), None)
         same = self._by_start.get(seg.start)
         if same is not None:
@@ -209,20 +286,24 @@ class FrameCache:
             if not same:
                 del self._by_start[seg.start]
 
-    def _evict(self, keep: Segment) -> None:
-        """Drop least recently used finished segments until within budget
-        (bytes and count); stops at the first that suffice."""
-        excess = self._bytes - self.max_bytes
+    def _evict(self, keep: Segment, memory: int = 0, disk: int = 0) -> None:
+        """Drop least recently used finished segments until `memory` more
+        bytes fit in memory and `disk` more on disk, and the count is within
+        bounds; stops at the first that suffice."""
+        excess = self._bytes + memory - self.max_bytes
+        excess_disk = self._disk + disk - self.spill_bytes if disk else 0
         extra = len(self._lru) - self.max_segments
         victims = []
         for seg in self._lru.values():
-            if excess <= 0 and extra <= 0:
+            if excess <= 0 and excess_disk <= 0 and extra <= 0:
                 break
             if seg is keep or not seg.done:
                 continue
-            victims.append(seg)
-            excess -= seg.nbytes
-            extra -= 1
+            if (excess > 0 and seg.nbytes) or (excess_disk > 0 and seg.disk_bytes) or extra > 0:
+                victims.append(seg)
+                excess -= seg.nbytes
+                excess_disk -= seg.disk_bytes
+                extra -= 1
         for seg in victims:
             self._uncache(seg)
             self.stats["segments_evicted"] += 1
@@ -239,5 +320,6 @@ class FrameCache:
             return {
                 **{f"frame_cache_{k}": v for k, v in self.stats.items()},
                 "frame_cache_bytes": self._bytes,
+                "frame_cache_disk_bytes": self._disk,
                 "frame_cache_segments": len(self._lru),
             }

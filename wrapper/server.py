@@ -63,7 +63,12 @@ class WrapperState:
 
     def __post_init__(self) -> None:
         if self.frames is None:
-            self.frames = FrameCache(int(self.cfg.server.frame_cache_mb * 1024 * 1024))
+            mb = 1024 * 1024
+            self.frames = FrameCache(
+                int(self.cfg.server.frame_cache_mb * mb),
+                spill_bytes=int(self.cfg.server.frame_spill_mb * mb),
+                spill_dir=self.store.path.parent,
+            )
         if self.readers is None:
             self.readers = ReaderPool(self.store.path)
 

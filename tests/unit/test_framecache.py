@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,49 @@ def test_a_reader_whose_call_ended_stops_waiting() -> None:
     active[0] = False
     t.join(5)
     assert not t.is_alive() and got == [] and not seg.readers
+
+
+def test_frames_past_the_memory_budget_spill_to_disk(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=25, spill_bytes=1000, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    for i in range(6):
+        assert cache.add(seg, frame(i))
+    cache.finish(seg, commits=True)
+    # two frames in memory, four on disk; still cached, whole
+    counters = cache.counters()
+    assert counters["frame_cache_bytes"] == 20 and counters["frame_cache_disk_bytes"] == 40
+    assert cache.stats["frames_spilled"] == 4 and seg.cached
+    assert list(tmp_path.iterdir()) == []  # the spill file has no name
+    expected = [frame(i) for i in range(6)]
+    assert list(cache.read(seg, rid)) == expected
+    again, rid2, build = cache.acquire(START, 20)
+    assert again is seg and not build
+    assert list(cache.read(again, rid2)) == expected
+
+
+def test_past_both_budgets_a_segment_stops_being_cached(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=15, spill_bytes=25, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    got = []
+    for i in range(5):
+        cache.add(seg, frame(i), backpressure=False)
+    assert not seg.cached and cache.counters()["frame_cache_disk_bytes"] == 0
+    cache.finish(seg)
+    got = [f.data for f in reader]
+    assert got == [frame(i).data for i in range(5)]  # its reader still gets every frame
+
+
+def test_evicting_a_spilled_segment_frees_the_disk_budget(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=10, spill_bytes=40, spill_dir=tmp_path)
+    first, _, _ = cache.acquire(START, 20)
+    for i in range(4):
+        cache.add(first, frame(i))
+    cache.finish(first)
+    assert cache.counters()["frame_cache_disk_bytes"] == 30
+    second, _, _ = cache.acquire((*START[:-1], 20), 30)
+    for i in range(4):
+        cache.add(second, frame(i))
+    cache.finish(second)
+    assert not first.cached and second.cached
+    assert cache.counters()["frame_cache_disk_bytes"] == 30
