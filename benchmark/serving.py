@@ -169,6 +169,10 @@ def serve(args: argparse.Namespace) -> None:
     server.start()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
+    if args.seal_threads:
+        import prism.wrapper.subscription as serving
+
+        serving.SEAL_THREADS = args.seal_threads
     if args.busy:
         # Stands in for the pipeline thread's pure-Python decoding: it holds
         # the GIL whenever the serving threads do not.
@@ -371,6 +375,7 @@ def main() -> None:
     p.add_argument("--latency-only", action="store_true")
     p.add_argument("--cache-mb", type=float, default=512.0, help="server.frame_cache_mb")
     p.add_argument("--spill-mb", type=float, default=4096.0, help="server.frame_spill_mb")
+    p.add_argument("--seal-threads", type=int, default=0, help="override SEAL_THREADS")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -393,6 +398,7 @@ def main() -> None:
         log(f"store of {args.rows} rows made in {time.perf_counter() - t:.1f}s")
     results: dict[str, Any] = {"rows": args.rows, "tls": args.tls, "loadavg_start": os.getloadavg()}
     cache = ["--cache-mb", str(args.cache_mb), "--spill-mb", str(args.spill_mb)]
+    cache += ["--seal-threads", str(args.seal_threads)] if args.seal_threads else []
     server = Server(base, args.tls, args.busy, args.switch_interval, cache)
     try:
         for name in () if args.latency_only else ("bootstrap_cold", "bootstrap_cached"):

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +49,12 @@ log = logging.getLogger("prism.wrapper.subscription")
 
 DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS = 1024, 16384
 BOOTSTRAP, CHANGES = "bootstrap", "changes"
+# Threads that seal the frames of one large segment while its rows are read:
+# reading, the matmul, AES-GCM and HMAC each release the GIL.
+SEAL_THREADS = 2
+
+# A frame to build: (kind, table, rows, commit_position, commit_time_us).
+FramePlan = tuple[int, str, list[RowTuple], int, int]
 
 
 @dataclass(frozen=True)
@@ -103,14 +111,11 @@ class SegmentBuilder:
         self.meta = meta
         self.epoch = epoch
 
-    def _frame(
-        self,
-        kind: int,
-        table: str,
-        rows: list[RowTuple],
-        commit_position: int,
-        commit_us: int,
-    ) -> SharedFrame:
+    def seal(self, plan: FramePlan) -> SharedFrame:
+        """Build one planned frame: pack, seal, watermark and serialize it.
+        Pure work on rows already read, safe on any thread: the heavy parts
+        (matmul, AES-GCM, HMAC) release the GIL."""
+        kind, table, rows, commit_position, commit_us = plan
         dim = self.scope.dims.get(table, 0)
         n = len(rows)
         if n:
@@ -152,14 +157,15 @@ class SegmentBuilder:
         )
         return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
 
-    def frames(self, bootstrap: bool, start: int) -> Iterator[SharedFrame]:
-        """A bootstrap (RESET and the live rows) or the changes after
-        `start`, tombstones included. Once the initial copy is done the last
-        frame carries commit_position = head (a frame of its own when there
-        are no rows); before that none does."""
+    def plan(self, bootstrap: bool, start: int) -> Iterator[FramePlan]:
+        """The frames of a bootstrap (RESET and the live rows) or of the
+        changes after `start`, tombstones included, with their rows read
+        from the store. Once the initial copy is done the last frame carries
+        commit_position = head (a frame of its own when there are no rows);
+        before that none does."""
         meta = self.meta
         if bootstrap:
-            yield self._frame(pb.RESET, "", [], 0, meta.last_commit_us)
+            yield (pb.RESET, "", [], 0, meta.last_commit_us)
         commit = meta.head if meta.snapshot_done else 0
         held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
         newest = 0
@@ -167,16 +173,20 @@ class SegmentBuilder:
             for rows in self.reader.chunks(table, start, self.scope.max_rows, bootstrap):
                 newest = max(newest, max(r[5] for r in rows))
                 if held is not None:
-                    yield self._frame(pb.CHANGES, held[0], held[1], 0, held[2])
+                    yield (pb.CHANGES, held[0], held[1], 0, held[2])
                 held = (table, rows, newest)
         if held is not None:
             newest = max(held[2], meta.last_commit_us) if commit else held[2]
-            yield self._frame(pb.CHANGES, held[0], held[1], commit, newest)
+            yield (pb.CHANGES, held[0], held[1], commit, newest)
         elif commit:
-            yield self._frame(pb.CHANGES, "", [], commit, meta.last_commit_us)
+            yield (pb.CHANGES, "", [], commit, meta.last_commit_us)
+
+    def frames(self, bootstrap: bool, start: int) -> Iterator[SharedFrame]:
+        """plan(), sealed in order on this thread."""
+        return map(self.seal, self.plan(bootstrap, start))
 
     def heartbeat(self) -> SharedFrame:
-        return self._frame(pb.HEARTBEAT, "", [], 0, self.meta.last_commit_us)
+        return self.seal((pb.HEARTBEAT, "", [], 0, self.meta.last_commit_us))
 
 
 def build_segment(
@@ -208,16 +218,25 @@ def build_segment_aside(
 
     def run() -> None:
         reader = builder.reader
+        pending: deque[Future[SharedFrame]] = deque()
         try:
-            for f in builder.frames(bootstrap, start):
-                if not cache.add(seg, f):
-                    cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
-                    return
+            with ThreadPoolExecutor(SEAL_THREADS, thread_name_prefix="frame-sealer") as sealers:
+                for plan in builder.plan(bootstrap, start):
+                    pending.append(sealers.submit(builder.seal, plan))
+                    if len(pending) <= SEAL_THREADS:
+                        continue
+                    if not cache.add(seg, pending.popleft().result()):
+                        cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
+                        return
+                while pending:
+                    cache.add(seg, pending.popleft().result())
             cache.finish(seg, commits=builder.meta.snapshot_done)
         except BaseException as exc:
             log.exception("building frames failed")
             cache.finish(seg, error=exc)
         finally:
+            for f in pending:
+                f.cancel()
             reader.end()
             readers.put(reader)
 
