@@ -15,10 +15,12 @@ without any call's envelope, so a call only binds and appends its envelope
 - Bounded by bytes, least recently used first. Eviction only drops the
   cache's reference: a call that is reading a segment keeps it whole until
   it is done.
-- Frames past the memory budget spill to a disk budget (an anonymous,
-  already unlinked file per segment, read back with pread): a bootstrap of
-  millions of rows is sealed once and served again from the page cache,
-  and nothing is left behind by a crash. With neither budget left, a
+- Large segments (bootstraps, long catch-ups), and any frames past the
+  memory budget, go to a disk budget instead (an anonymous, already unlinked
+  file per segment, read back with pread): a bootstrap of millions of rows
+  is sealed once and served again from the page cache, memory stays for
+  the small segments of live commits, and nothing is left behind by a
+  crash. With neither budget left, a
   segment stops being cached: it is still built once for the calls already
   reading it, never more than `window` frames ahead of the slowest of them,
   and each frame is let go once every reader has it.
@@ -169,22 +171,28 @@ class FrameCache:
             return best, rid, build
 
     # -- the builder's side --------------------------------------------------
-    def add(self, seg: Segment, frame: SharedFrame, backpressure: bool = True) -> bool:
-        """Append a built frame: in memory while the budget allows, else in
-        the segment's spill file while the disk budget allows, else the
-        segment stops being cached. Then, with `backpressure`, an uncached
-        segment's builder waits while the slowest reader is `window` frames
-        behind, and False tells it that nobody reads the segment any more,
-        so it may give up. A caller that builds a small segment whole before
-        reading it passes backpressure=False."""
+    def add(
+        self, seg: Segment, frame: SharedFrame, backpressure: bool = True, large: bool = False
+    ) -> bool:
+        """Append a built frame. A `large` segment's frames (a bootstrap, a
+        long catch-up) go to its spill file while the disk budget allows,
+        which keeps memory for the small segments of live commits; any
+        other frame stays in memory while that budget allows, and spills
+        past it. With neither budget left the segment stops being cached.
+        Then, with `backpressure`, an uncached segment's builder waits while
+        the slowest reader is `window` frames behind, and False tells it
+        that nobody reads the segment any more, so it may give up. A caller
+        that builds a small segment whole before reading it passes
+        backpressure=False."""
         size = len(frame.data)
         with self._cond:
             self.stats["frames_built"] += 1
             self.stats["bytes_built"] += size
             place = "memory"
             if seg.cached:
-                self._evict(keep=seg, memory=size)
-                if self._bytes + size > self.max_bytes:
+                if not (large and self.spill_bytes):
+                    self._evict(keep=seg, memory=size)
+                if (large and self.spill_bytes) or self._bytes + size > self.max_bytes:
                     self._evict(keep=seg, disk=size)
                     if self.spill_bytes and self._disk + size <= self.spill_bytes:
                         place = "disk"

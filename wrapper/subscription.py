@@ -225,11 +225,11 @@ def build_segment_aside(
                     pending.append(sealers.submit(builder.seal, plan))
                     if len(pending) <= SEAL_THREADS:
                         continue
-                    if not cache.add(seg, pending.popleft().result()):
+                    if not cache.add(seg, pending.popleft().result(), large=True):
                         cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
                         return
                 while pending:
-                    cache.add(seg, pending.popleft().result())
+                    cache.add(seg, pending.popleft().result(), large=True)
             cache.finish(seg, commits=builder.meta.snapshot_done)
         except BaseException as exc:
             log.exception("building frames failed")

@@ -212,3 +212,22 @@ def test_evicting_a_spilled_segment_frees_the_disk_budget(tmp_path: Path) -> Non
     cache.finish(second)
     assert not first.cached and second.cached
     assert cache.counters()["frame_cache_disk_bytes"] == 30
+
+
+def test_large_segments_go_to_disk_and_leave_memory_to_live_ones(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=1000, spill_bytes=1000, spill_dir=tmp_path)
+    boot, rid, _ = cache.acquire(START, 20)
+    for i in range(3):
+        cache.add(boot, frame(i), large=True)
+    cache.finish(boot)
+    live, _, _ = cache.acquire((*START[:-1], 20), 21)
+    cache.add(live, frame(9), backpressure=False)
+    cache.finish(live)
+    counters = cache.counters()
+    assert counters["frame_cache_disk_bytes"] == 30 and counters["frame_cache_bytes"] == 10
+    assert list(cache.read(boot, rid)) == [frame(i) for i in range(3)]
+    # without a disk budget a large segment stays in memory
+    plain = FrameCache(max_bytes=1000)
+    seg, _, _ = plain.acquire(START, 20)
+    plain.add(seg, frame(0), large=True)
+    assert plain.counters()["frame_cache_bytes"] == 10
