@@ -52,6 +52,10 @@ BOOTSTRAP, CHANGES = "bootstrap", "changes"
 # Threads that seal the frames of one large segment while its rows are read:
 # reading, the matmul, AES-GCM and HMAC each release the GIL.
 SEAL_THREADS = 2
+# Changes after a position spanning more frames than this are a large
+# segment (a long catch-up), kept on disk like a bootstrap; fewer stay in
+# memory, as live commits do.
+LARGE_FRAMES = 8
 
 # A frame to build: (kind, table, rows, commit_position, commit_time_us).
 FramePlan = tuple[int, str, list[RowTuple], int, int]
@@ -210,11 +214,13 @@ def build_segment_aside(
     bootstrap: bool,
     start: int,
     readers: ReaderPool,
+    large: bool,
 ) -> None:
-    """Build a large segment on a thread of its own, which owns the reader
-    (inside its read transaction) from now on and gives it back to `readers`:
-    calls stream its frames as they come, and send earlier frames while later
-    ones are sealed."""
+    """Build a segment of several frames on a thread of its own, which owns
+    the reader (inside its read transaction) from now on and gives it back
+    to `readers`: calls stream its frames as they come, and send earlier
+    frames while later ones are sealed. A `large` one (a bootstrap, the
+    initial copy, a long catch-up) is kept on disk (FrameCache.add)."""
 
     def run() -> None:
         reader = builder.reader
@@ -225,11 +231,11 @@ def build_segment_aside(
                     pending.append(sealers.submit(builder.seal, plan))
                     if len(pending) <= SEAL_THREADS:
                         continue
-                    if not cache.add(seg, pending.popleft().result(), large=True):
+                    if not cache.add(seg, pending.popleft().result(), large=large):
                         cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
                         return
                 while pending:
-                    cache.add(seg, pending.popleft().result(), large=True)
+                    cache.add(seg, pending.popleft().result(), large=large)
             cache.finish(seg, commits=builder.meta.snapshot_done)
         except BaseException as exc:
             log.exception("building frames failed")
@@ -267,6 +273,67 @@ class Envelope:
         return frame.data + envelope_bytes(self.sequence, self.subscription, binding)
 
 
+class StreamEnded(Exception):
+    """The stream identity changed under a bootstrap in progress."""
+
+
+@dataclass
+class Call:
+    """Where one Subscribe call stands, and how it gets its next segment."""
+
+    scope: ServeScope
+    cache: FrameCache
+    readers: ReaderPool
+    stream: str  # the stream the driver's replica (or its bootstrap) follows
+    position: int  # the position it has been sent up to
+    resetting: bool = False  # a bootstrap was started and has not committed yet
+
+    def wanted(self, meta: StoreMeta) -> tuple[bool, int] | None:
+        """(bootstrap, start) of the segment this call needs at `meta`, or
+        None when it is up to date (or the copy has stored nothing yet)."""
+        if self.resetting:
+            if meta.stream_id != self.stream:
+                raise StreamEnded
+            return (False, self.position) if meta.head > self.position else None
+        if not meta.snapshot_done or needs_bootstrap(meta, self.stream, self.position):
+            return (True, 0) if meta.snapshot_done or meta.head > 0 else None
+        return (False, self.position) if meta.head > self.position else None
+
+    def acquire(
+        self, reader: StoreReader, meta: StoreMeta, bootstrap: bool, start: int
+    ) -> tuple[Segment, int, StoreReader]:
+        """The segment from `start` (shared, or built now from `reader`'s
+        state), with this call as a reader; and the reader the call goes on
+        with (another one when a builder thread took this one over)."""
+        epoch = self.scope.epoch()
+        seg, rid, build = self.cache.acquire(
+            (*self.scope.key, meta.stream_id, epoch, BOOTSTRAP if bootstrap else CHANGES, start),
+            meta.head,
+            # An earlier bootstrap serves while its head keeps every later
+            # delete's tombstone.
+            min_end=meta.retention_floor,
+        )
+        if not build:
+            return seg, rid, reader
+        builder = SegmentBuilder(self.scope, reader, meta, epoch)
+        span = meta.head - start
+        try:
+            if not bootstrap and span <= self.scope.max_rows:
+                build_segment(self.cache, seg, builder, bootstrap, start)
+                return seg, rid, reader
+            large = bootstrap or not meta.snapshot_done or span > LARGE_FRAMES * self.scope.max_rows
+            build_segment_aside(self.cache, seg, builder, bootstrap, start, self.readers, large)
+        except BaseException:
+            self.cache.release(seg, rid)
+            raise
+        return seg, rid, self.readers.get()
+
+    def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
+        """The whole segment went out."""
+        self.position, self.stream = seg.end, meta.stream_id
+        self.resetting = (bootstrap or self.resetting) and not seg.commits
+
+
 def subscription(
     scope: ServeScope,
     cache: FrameCache,
@@ -280,55 +347,25 @@ def subscription(
 ) -> Iterator[bytes]:
     """The whole life of one Subscribe call, as the bytes of its frames."""
     envelope = Envelope(scope, subscription)
-    position, stream = from_position, stream_id
-    resetting = False  # a bootstrap was started and has not committed yet
+    call = Call(scope, cache, readers, stream_id, from_position)
     reader = readers.get()
     try:
         while is_active():
             meta = reader.begin()
-            owned = True  # this call still owns the reader's read transaction
-            seg = None
+            building = reader
             try:
-                if resetting and meta.stream_id != stream:
-                    # The copy started afresh under a new stream identity:
-                    # end the call; the driver never committed any of it.
-                    log.info("the stream identity changed during a bootstrap: ending the call")
-                    return
-                if not resetting and (
-                    not meta.snapshot_done or needs_bootstrap(meta, stream, position)
-                ):
-                    bootstrap, start = True, 0
-                    # Nothing stored yet (the copy is starting): nothing to send.
-                    wanted = meta.snapshot_done or meta.head > 0
-                else:
-                    bootstrap, start = False, position
-                    wanted = meta.head > position
-                if wanted:
-                    epoch = scope.epoch()
-                    kind = BOOTSTRAP if bootstrap else CHANGES
-                    seg, rid, build = cache.acquire(
-                        (*scope.key, meta.stream_id, epoch, kind, start),
-                        meta.head,
-                        # An earlier bootstrap serves while its head keeps
-                        # every later delete's tombstone.
-                        min_end=meta.retention_floor,
-                    )
-                    if build:
-                        builder = SegmentBuilder(scope, reader, meta, epoch)
-                        try:
-                            if bootstrap or meta.head - start > scope.max_rows:
-                                build_segment_aside(cache, seg, builder, bootstrap, start, readers)
-                                owned = False
-                                reader = readers.get()
-                            else:
-                                build_segment(cache, seg, builder, bootstrap, start)
-                        except BaseException:
-                            cache.release(seg, rid)
-                            raise
+                want = call.wanted(meta)
+                if want is not None:
+                    seg, rid, reader = call.acquire(reader, meta, *want)
+            except StreamEnded:
+                # The copy started afresh under a new stream identity: end
+                # the call; the driver never committed any of it.
+                log.info("the stream identity changed during a bootstrap: ending the call")
+                return
             finally:
-                if owned:
+                if reader is building:  # not taken over by a builder thread
                     reader.end()
-            if seg is None:
+            if want is None:
                 # Sleep until the store commits past what this state showed.
                 if not wait_for_head(meta.head, heartbeat_s):
                     with reader.snapshot() as now:
@@ -340,7 +377,6 @@ def subscription(
                 yield envelope.wrap(frame)
             if not seg.done:
                 return  # the call ended while waiting for frames
-            position, stream = seg.end, meta.stream_id
-            resetting = (bootstrap or resetting) and not seg.commits
+            call.sent(seg, want[0], meta)
     finally:
         readers.put(reader)
