@@ -130,7 +130,7 @@ class FrameCache:
         self.window = max(1, window)
         # Live commits make one small segment each: the count bounds the index.
         self.max_segments = max(1, max_segments)
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
         self._by_start: dict[StartKey, list[Segment]] = {}
         self._lru: OrderedDict[int, Segment] = OrderedDict()  # id(segment) -> segment
         self._bytes = 0
@@ -139,6 +139,14 @@ class FrameCache:
         self.stats: Counter[str] = Counter()
 
     # -- finding or starting a segment -------------------------------------
+    def find(self, start: StartKey, head: int, min_end: int = 0) -> tuple[Segment, int] | None:
+        """acquire() without building: (segment, reader id), or None."""
+        with self._cond:
+            if not any(min_end <= s.end <= head for s in self._by_start.get(start, ())):
+                return None
+            seg, rid, _ = self.acquire(start, head, min_end)
+            return seg, rid
+
     def acquire(self, start: StartKey, head: int, min_end: int = 0) -> tuple[Segment, int, bool]:
         """(segment, reader id, build) for a call that needs the frames from
         `start` and sees the store at `head`: the newest cached or in-flight

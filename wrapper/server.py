@@ -309,6 +309,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 request.subscription,
                 st.wait_for_head,
                 lambda: context.is_active() and self._still_valid(request.session),
+                current=lambda: st.store.meta,
             ):
                 sent()
                 yield data

@@ -42,7 +42,7 @@ from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.payload import decode_row, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.framecache import FrameCache, Segment, SharedFrame
+from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
 from prism.wrapper.store import ReaderPool, RowTuple, StoreMeta, StoreReader
 
 log = logging.getLogger("prism.wrapper.subscription")
@@ -299,20 +299,29 @@ class Call:
             return (True, 0) if meta.snapshot_done or meta.head > 0 else None
         return (False, self.position) if meta.head > self.position else None
 
+    def _start(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[StartKey, int]:
+        """The segment's cache key, and the key epoch it is sealed under."""
+        epoch = self.scope.epoch()
+        kind = BOOTSTRAP if bootstrap else CHANGES
+        return (*self.scope.key, meta.stream_id, epoch, kind, start), epoch
+
+    def find(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[Segment, int] | None:
+        """The segment from `start` if one is cached or being built: what
+        every call but the first at a position gets, without reading the
+        store."""
+        key, _ = self._start(meta, bootstrap, start)
+        return self.cache.find(key, meta.head, min_end=meta.retention_floor)
+
     def acquire(
         self, reader: StoreReader, meta: StoreMeta, bootstrap: bool, start: int
     ) -> tuple[Segment, int, StoreReader]:
         """The segment from `start` (shared, or built now from `reader`'s
         state), with this call as a reader; and the reader the call goes on
         with (another one when a builder thread took this one over)."""
-        epoch = self.scope.epoch()
-        seg, rid, build = self.cache.acquire(
-            (*self.scope.key, meta.stream_id, epoch, BOOTSTRAP if bootstrap else CHANGES, start),
-            meta.head,
-            # An earlier bootstrap serves while its head keeps every later
-            # delete's tombstone.
-            min_end=meta.retention_floor,
-        )
+        key, epoch = self._start(meta, bootstrap, start)
+        # An earlier bootstrap serves while its head keeps every later
+        # delete's tombstone.
+        seg, rid, build = self.cache.acquire(key, meta.head, min_end=meta.retention_floor)
         if not build:
             return seg, rid, reader
         builder = SegmentBuilder(self.scope, reader, meta, epoch)
@@ -344,39 +353,64 @@ def subscription(
     wait_for_head: Callable[[int, float], bool],
     is_active: Callable[[], bool],
     heartbeat_s: float = 1.0,
+    current: Callable[[], StoreMeta] | None = None,
 ) -> Iterator[bytes]:
-    """The whole life of one Subscribe call, as the bytes of its frames."""
+    """The whole life of one Subscribe call, as the bytes of its frames.
+
+    `current` gives the store's newest committed meta without reading the
+    store (the writer's own copy, in the same process): with it, a call
+    whose next segment is cached or being built never opens a read
+    transaction; only the call that builds reads the store."""
     envelope = Envelope(scope, subscription)
     call = Call(scope, cache, readers, stream_id, from_position)
     reader = readers.get()
     try:
         while is_active():
-            meta = reader.begin()
-            building = reader
+            found = None
             try:
-                want = call.wanted(meta)
-                if want is not None:
-                    seg, rid, reader = call.acquire(reader, meta, *want)
+                if current is not None:
+                    meta = current()
+                    want = call.wanted(meta)
+                    if want is not None:
+                        found = call.find(meta, *want)
+                if found is None and (current is None or want is not None):
+                    # Read the store: the state a segment is built from.
+                    meta = reader.begin()
+                    building = reader
+                    try:
+                        want = call.wanted(meta)
+                        if want is not None:
+                            seg, rid, reader = call.acquire(reader, meta, *want)
+                            found = seg, rid
+                    finally:
+                        if reader is building:  # not taken over by a builder thread
+                            reader.end()
             except StreamEnded:
                 # The copy started afresh under a new stream identity: end
                 # the call; the driver never committed any of it.
                 log.info("the stream identity changed during a bootstrap: ending the call")
                 return
-            finally:
-                if reader is building:  # not taken over by a builder thread
-                    reader.end()
-            if want is None:
+            if found is None:
                 # Sleep until the store commits past what this state showed.
                 if not wait_for_head(meta.head, heartbeat_s):
-                    with reader.snapshot() as now:
-                        yield envelope.wrap(
-                            SegmentBuilder(scope, reader, now, scope.epoch()).heartbeat()
-                        )
+                    yield envelope.wrap(heartbeat(scope, reader, current))
                 continue
+            seg, rid = found
             for frame in cache.read(seg, rid, is_active):
                 yield envelope.wrap(frame)
             if not seg.done:
                 return  # the call ended while waiting for frames
+            assert want is not None
             call.sent(seg, want[0], meta)
     finally:
         readers.put(reader)
+
+
+def heartbeat(
+    scope: ServeScope, reader: StoreReader, current: Callable[[], StoreMeta] | None
+) -> SharedFrame:
+    """A HEARTBEAT frame of the store's newest state, under the current epoch."""
+    if current is not None:
+        return SegmentBuilder(scope, reader, current(), scope.epoch()).heartbeat()
+    with reader.snapshot() as meta:
+        return SegmentBuilder(scope, reader, meta, scope.epoch()).heartbeat()

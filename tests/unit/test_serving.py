@@ -85,7 +85,14 @@ def stored(store: Store) -> dict[str, dict[str, str]]:
 class Driver:
     """A driver's follower and replica fed by one Subscribe call."""
 
-    def __init__(self, store: Store, cache: FrameCache, stream: str = "", position: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        cache: FrameCache,
+        stream: str = "",
+        position: int = 0,
+        fast: bool = True,
+    ):
         self.store = store
         self.follower = Follower(stream_id=stream, position=position)
         self.feed = ReplicaFeed(
@@ -110,6 +117,8 @@ class Driver:
             self.wait,
             lambda: self.active,
             heartbeat_s=0.05,
+            # the writer's meta, as the server passes it (or the store read each time)
+            current=(lambda: store.meta) if fast else None,
         )
 
     def wait(self, head: int, timeout: float) -> bool:
@@ -154,11 +163,12 @@ class Driver:
         }
 
 
-def test_subscribers_at_one_position_share_one_build(store: Store) -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_subscribers_at_one_position_share_one_build(store: Store, fast: bool) -> None:
     write(store, {("t", i): f"a{i}" for i in range(7)}, set())
     done(store)
     cache = FrameCache(1 << 20)
-    drivers = [Driver(store, cache) for _ in range(6)]
+    drivers = [Driver(store, cache, fast=fast) for _ in range(6)]
     for d in drivers:
         d.catch_up()
     built = cache.stats["frames_built"]
