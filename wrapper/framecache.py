@@ -34,12 +34,15 @@ Pure threading logic; no store, no gRPC.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import tempfile
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+
+log = logging.getLogger("prism.wrapper.framecache")
 
 # Where a segment starts: (scope..., stream, epoch, kind, start position).
 StartKey = tuple[Hashable, ...]
@@ -214,11 +217,21 @@ class FrameCache:
                     seg.nbytes += size
         entry: SharedFrame | Spilled = frame
         if place == "disk":
-            if seg.spill is None:
-                seg.spill = SpillFile(self.spill_dir)
-            offset = seg.spill.append(frame.data)  # only this builder writes it
-            entry = Spilled(offset, size, frame.watermark, frame.epoch, frame.rows)
-            self.stats["frames_spilled"] += 1
+            try:
+                if seg.spill is None:
+                    seg.spill = SpillFile(self.spill_dir)
+                offset = seg.spill.append(frame.data)  # only this builder writes it
+                entry = Spilled(offset, size, frame.watermark, frame.epoch, frame.rows)
+                self.stats["frames_spilled"] += 1
+            except OSError as exc:
+                # A full or read-only disk: serve from memory, spill no more.
+                log.warning("frames can no longer spill to %s: %s", self.spill_dir, exc)
+                with self._cond:
+                    self.spill_bytes = 0
+                    self._disk -= size
+                    seg.disk_bytes -= size
+                    self._uncache(seg)
+                    self.stats["spill_failures"] += 1
         with self._cond:
             seg.frames.append(entry)
             seg.built += 1

@@ -231,3 +231,15 @@ def test_large_segments_go_to_disk_and_leave_memory_to_live_ones(tmp_path: Path)
     seg, _, _ = plain.acquire(START, 20)
     plain.add(seg, frame(0), large=True)
     assert plain.counters()["frame_cache_bytes"] == 10
+
+
+def test_a_disk_that_refuses_the_spill_leaves_frames_in_memory(tmp_path: Path) -> None:
+    gone = tmp_path / "no-such-directory"
+    cache = FrameCache(max_bytes=1000, spill_bytes=1000, spill_dir=gone)
+    seg, rid, _ = cache.acquire(START, 20)
+    for i in range(3):
+        assert cache.add(seg, frame(i), backpressure=False, large=True)
+    cache.finish(seg)
+    assert [f.data for f in cache.read(seg, rid)] == [frame(i).data for i in range(3)]
+    assert cache.spill_bytes == 0 and cache.stats["spill_failures"] == 1
+    assert cache.counters()["frame_cache_disk_bytes"] == 0
