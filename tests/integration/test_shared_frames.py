@@ -199,6 +199,17 @@ def data_frames(frames: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
         yield (f.sequence if f.count else 0), data
 
 
+async def attacked(s: Served, attack: Attack) -> tuple[FrameProxy, dict[str, Any]]:
+    """The real server behind a proxy running `attack`; a driver syncs
+    through it (sync_through). The proxy, and the driver's stats."""
+    with s.serve(WrapperServicer(s.state)) as port:
+        proxy = FrameProxy(port, attack)
+        try:
+            return proxy, await sync_through(s, proxy)
+        finally:
+            proxy.close()
+
+
 async def sync_through(s: Served, proxy: FrameProxy) -> dict[str, Any]:
     """A driver that bootstraps through the proxy, then sees a live write;
     its stats once its replica equals the store."""
@@ -236,12 +247,7 @@ async def test_a_frame_replayed_from_another_call_is_refused(served: Served) -> 
                 continue
             yield data
 
-    with served.serve(WrapperServicer(served.state)) as port:
-        proxy = FrameProxy(port, attack)
-        try:
-            stats = await sync_through(served, proxy)
-        finally:
-            proxy.close()
+    proxy, stats = await attacked(served, attack)
     assert proxy.tampered == 2 and proxy.calls >= 3
     assert stats["frames_rejected_by_reason"] == {"sequence": 1, "replayed": 1}
     assert stats["bootstraps"] == 1
@@ -270,12 +276,7 @@ async def test_a_frame_moved_within_a_call_fails_its_binding(served: Served, pha
                 continue
             yield data
 
-    with served.serve(WrapperServicer(served.state)) as port:
-        proxy = FrameProxy(port, attack)
-        try:
-            stats = await sync_through(served, proxy)
-        finally:
-            proxy.close()
+    proxy, stats = await attacked(served, attack)
     assert proxy.tampered == 1 and proxy.calls >= 2
     assert stats["frames_rejected_by_reason"] == {"replayed": 1}
     assert stats["bootstraps"] == 1
