@@ -164,13 +164,15 @@ class SegmentBuilder:
     def plan(self, bootstrap: bool, start: int) -> Iterator[FramePlan]:
         """The frames of a bootstrap (RESET and the live rows) or of the
         changes after `start`, tombstones included, with their rows read
-        from the store. Once the initial copy is done the last frame carries
-        commit_position = head (a frame of its own when there are no rows);
-        before that none does."""
+        from the store. The changes' last frame carries commit_position =
+        head once the initial copy is done (a frame of its own when there
+        are no rows); before that none does. A bootstrap never commits: the
+        changes after its head do, so one bootstrap serves later drivers
+        too, and each one's replica appears at the head it subscribed at."""
         meta = self.meta
         if bootstrap:
             yield (pb.RESET, "", [], 0, meta.last_commit_us)
-        commit = meta.head if meta.snapshot_done else 0
+        commit = meta.head if meta.snapshot_done and not bootstrap else 0
         held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
         newest = 0
         for table in self.scope.tables:
@@ -204,7 +206,7 @@ def build_segment(
     except BaseException as exc:
         cache.finish(seg, error=exc)
         raise
-    cache.finish(seg, commits=builder.meta.snapshot_done)
+    cache.finish(seg, commits=builder.meta.snapshot_done and not bootstrap)
 
 
 def build_segment_aside(
@@ -236,7 +238,7 @@ def build_segment_aside(
                         return
                 while pending:
                     cache.add(seg, pending.popleft().result(), large=large)
-            cache.finish(seg, commits=builder.meta.snapshot_done)
+            cache.finish(seg, commits=builder.meta.snapshot_done and not bootstrap)
         except BaseException as exc:
             log.exception("building frames failed")
             cache.finish(seg, error=exc)
@@ -294,7 +296,11 @@ class Call:
         if self.resetting:
             if meta.stream_id != self.stream:
                 raise StreamEnded
-            return (False, self.position) if meta.head > self.position else None
+            # After the bootstrap, the changes since its head commit it (with
+            # none, a frame that only commits), once the copy is complete.
+            if meta.head > self.position or meta.snapshot_done:
+                return (False, self.position)
+            return None
         if not meta.snapshot_done or needs_bootstrap(meta, self.stream, self.position):
             return (True, 0) if meta.snapshot_done or meta.head > 0 else None
         return (False, self.position) if meta.head > self.position else None
@@ -305,12 +311,20 @@ class Call:
         kind = BOOTSTRAP if bootstrap else CHANGES
         return (*self.scope.key, meta.stream_id, epoch, kind, start), epoch
 
+    @staticmethod
+    def _min_end(meta: StoreMeta, start: int) -> int:
+        """Where a usable segment from `start` may end, at the earliest: past
+        `start` when the store is (only a bootstrap's commit may end where
+        it starts), and never below the retention floor, so that every
+        delete after it still has its tombstone."""
+        return max(meta.retention_floor, start + 1 if meta.head > start else start)
+
     def find(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[Segment, int] | None:
         """The segment from `start` if one is cached or being built: what
         every call but the first at a position gets, without reading the
         store."""
         key, _ = self._start(meta, bootstrap, start)
-        return self.cache.find(key, meta.head, min_end=meta.retention_floor)
+        return self.cache.find(key, meta.head, self._min_end(meta, start))
 
     def acquire(
         self, reader: StoreReader, meta: StoreMeta, bootstrap: bool, start: int
@@ -319,9 +333,7 @@ class Call:
         state), with this call as a reader; and the reader the call goes on
         with (another one when a builder thread took this one over)."""
         key, epoch = self._start(meta, bootstrap, start)
-        # An earlier bootstrap serves while its head keeps every later
-        # delete's tombstone.
-        seg, rid, build = self.cache.acquire(key, meta.head, min_end=meta.retention_floor)
+        seg, rid, build = self.cache.acquire(key, meta.head, self._min_end(meta, start))
         if not build:
             return seg, rid, reader
         builder = SegmentBuilder(self.scope, reader, meta, epoch)
@@ -340,7 +352,7 @@ class Call:
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
         self.position, self.stream = seg.end, meta.stream_id
-        self.resetting = (bootstrap or self.resetting) and not seg.commits
+        self.resetting = bootstrap or (self.resetting and not seg.commits)
 
 
 def subscription(

@@ -172,8 +172,9 @@ def test_subscribers_at_one_position_share_one_build(store: Store, fast: bool) -
     for d in drivers:
         d.catch_up()
     built = cache.stats["frames_built"]
-    assert cache.stats["segments_built"] == 1  # one bootstrap for six drivers
-    assert built == 1 + 3  # RESET, and 7 rows in frames of 3 (the last one commits)
+    # One bootstrap for six drivers, and one frame that commits it.
+    assert cache.stats["segments_built"] == 2
+    assert built == 1 + 3 + 1  # RESET, 7 rows in frames of 3, the commit
     # Live: all six wait at the head; one commit wakes them, one segment is built.
     errors: list[BaseException] = []
     target = store.meta.head + 3  # the commit below takes three positions
@@ -191,8 +192,8 @@ def test_subscribers_at_one_position_share_one_build(store: Store, fast: bool) -
     for t in threads:
         t.join(10)
     assert not errors and store.meta.head == target
-    assert cache.stats["segments_built"] == 2 and cache.stats["frames_built"] == built + 2
-    assert cache.stats["segments_shared"] == 10
+    assert cache.stats["segments_built"] == 3 and cache.stats["frames_built"] == built + 2
+    assert cache.stats["segments_shared"] == 15
     for d in drivers:
         assert d.rows() == stored(store)
         d.call.close()
@@ -214,11 +215,11 @@ def test_bootstrap_reuses_an_earlier_heads_frames_and_catches_up(store: Store) -
     second = Driver(store, cache)
     second.catch_up()
     assert second.rows() == stored(store)
-    # The bootstrap came from the cache (committing at H0); only the
-    # catch-up from H0 was built, as a batch of its own.
-    assert second.commits == [h0, store.meta.head]
-    assert cache.stats["segments_built"] == 2
-    assert cache.stats["frames_built"] - frames_h0 <= 3
+    # The bootstrap came from the cache; only the catch-up from H0 was
+    # built, and it commits the whole at the head.
+    assert second.commits == [store.meta.head] and first.commits == [h0]
+    assert cache.stats["segments_built"] == 3
+    assert cache.stats["frames_built"] - frames_h0 == 3  # 4 changes of t, 1 of plain
     first.call.close()
     second.call.close()
 
@@ -235,7 +236,7 @@ def test_a_bootstrap_below_the_retention_floor_is_not_reused(store: Store) -> No
     later.catch_up()
     assert later.commits == [store.meta.head]  # a fresh bootstrap at the head
     assert later.rows() == stored(store)
-    assert cache.stats["segments_built"] == 2
+    assert cache.stats["segments_built"] == 4  # each bootstrap, and its commit
 
 
 def test_subscribers_are_served_during_the_initial_copy(store: Store) -> None:
