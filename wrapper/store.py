@@ -663,20 +663,45 @@ def _meta_items(m: StoreMeta) -> dict[str, str]:
     }
 
 
+# A served row as the reader hands it out, in the column order of _ROW_COLUMNS:
+# (key, op, position, payload or None, vector or None, commit_us).
+RowTuple = tuple[str, str, int, bytes | None, bytes | None, int]
+_ROW_COLUMNS = "key, op, position, payload, vector, commit_us"
+# Readers map the store file instead of copying each page through read():
+# serving a bootstrap reads every row's payload and vector once, and a mapped
+# page costs no system call. Address space only; pages stay the OS cache's.
+READER_MMAP_BYTES = 1 << 40
+
+
 class StoreReader:
     """A read-only view for one subscriber, on its own connection. Use
-    `snapshot()` so that everything read belongs to one committed state."""
+    `snapshot()` (or begin()/end()) so that everything read belongs to one
+    committed state."""
 
     def __init__(self, path: Path) -> None:
         self._conn = _connect(path, "normal", readonly=True)
+        self._conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[StoreMeta]:
+        meta = self.begin()
+        try:
+            yield meta
+        finally:
+            self.end()
+
+    def begin(self) -> StoreMeta:
+        """Open a read transaction: until end(), every read sees the
+        committed state whose meta this returns (SQLite WAL snapshot)."""
         self._conn.execute("BEGIN")
         try:
-            yield read_meta(self._conn)
-        finally:
+            return read_meta(self._conn)
+        except BaseException:
             self._conn.execute("COMMIT")
+            raise
+
+    def end(self) -> None:
+        self._conn.execute("COMMIT")
 
     def table_columns(self) -> dict[str, str]:
         return read_table_columns(self._conn)
@@ -687,30 +712,58 @@ class StoreReader:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def changes_since(
-        self, table: str, position: int, live_only: bool = False
-    ) -> Iterator[StoredRow]:
-        sql = (
-            "SELECT key, op, position, payload, vector, commit_us FROM rows "
-            "WHERE tbl = ? AND position > ?"
-        )
+    def chunks(
+        self, table: str, position: int, size: int, live_only: bool = False
+    ) -> Iterator[list[RowTuple]]:
+        """The table's entries after `position`, in position order, as lists
+        of at most `size` row tuples (RowTuple): live images and tombstones,
+        or live images only. Rows come out as SQLite hands them over, with no
+        per-row object of ours: a frame's columns are cut from the list."""
+        sql = f"SELECT {_ROW_COLUMNS} FROM rows WHERE tbl = ? AND position > ?"
         if live_only:
             sql += " AND op = 'U'"
         sql += " ORDER BY position"
         cur = self._conn.execute(sql, (table, position))
-        while True:
-            batch = cur.fetchmany(2048)
-            if not batch:
-                return
+        while batch := cur.fetchmany(size):
+            yield batch
+
+    def changes_since(
+        self, table: str, position: int, live_only: bool = False
+    ) -> Iterator[StoredRow]:
+        for batch in self.chunks(table, position, 2048, live_only):
             for k, op, pos, p, v, c in batch:
-                yield StoredRow(
-                    str(k),
-                    str(op),
-                    int(pos),
-                    None if p is None else bytes(p),
-                    None if v is None else bytes(v),
-                    int(c),
-                )
+                yield StoredRow(k, op, pos, p, v, c)
 
     def close(self) -> None:
         self._conn.close()
+
+
+class ReaderPool:
+    """Idle StoreReaders kept for the next Subscribe call or segment build,
+    so serving does not open a connection (and map the file) each time."""
+
+    def __init__(self, path: Path, keep: int = 16) -> None:
+        self.path = path
+        self.keep = keep
+        self._idle: list[StoreReader] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> StoreReader:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return StoreReader(self.path)
+
+    def put(self, reader: StoreReader) -> None:
+        """Give back a reader outside any read transaction."""
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(reader)
+                return
+        reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for r in idle:
+            r.close()
