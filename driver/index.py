@@ -68,6 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prism.driver import heap
 from prism.driver.errors import DriverConfigError
 
 _EPS = 1e-12
@@ -168,6 +169,15 @@ def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generato
 class Partitioning:
     basis: np.ndarray  # (dim, r): top-r principal directions of unit grid vectors
     centroids: np.ndarray  # (nlist, r), unit
+
+
+def _train_in_thread(sample: np.ndarray, params: IndexParams) -> Partitioning:
+    """train_partitioning in the training thread, whose malloc arena then
+    gives back what the training's temporaries took."""
+    try:
+        return train_partitioning(sample, params)
+    finally:
+        heap.trim()
 
 
 def train_partitioning(sample: np.ndarray, params: IndexParams, seed: int = 0) -> Partitioning:
@@ -647,7 +657,7 @@ class VectorIndex:
         sample = self._grid[np.sort(pick)] / np.sqrt(self._sq[np.sort(pick)])[:, None]
         sample = sample.astype(np.float32)
         if p.background:
-            self._training = _TRAINER.submit(train_partitioning, sample, p)
+            self._training = _TRAINER.submit(_train_in_thread, sample, p)
         else:
             self.adopt(train_partitioning(sample, p))
 
@@ -694,6 +704,8 @@ class VectorIndex:
             lists.file(s, lists.reduce(unit))
         self._adopt_next = hi
         self._adopted = hi >= len(self._keys)
+        if self._adopted:
+            heap.trim()  # the chunks' temporaries
 
     # -- queries ------------------------------------------------------------
     def query(

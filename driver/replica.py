@@ -22,13 +22,13 @@ pause longer than one frame's apply.
 
 from __future__ import annotations
 
-import ctypes
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from prism.driver import heap
 from prism.driver.follow import Batch
 from prism.driver.index import IndexParams, VectorIndex
 from prism.fabric.frames import DecodedFrame
@@ -194,20 +194,6 @@ class Replica:
         return {n: len(t.payloads) for n, t in self.tables.items()}
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, where there is one."""
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int], int]", fn)
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-
 def release_memory(replica: Replica) -> None:
     """After a bootstrap (or a warm restart) built `replica`: give back what
     building it left over. The index slabs lose their growth room, and the C
@@ -216,8 +202,7 @@ def release_memory(replica: Replica) -> None:
     for t in replica.tables.values():
         if t.index is not None:
             t.index.trim()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+    heap.trim()
 
 
 class ReplicaFeed:
@@ -255,4 +240,5 @@ class ReplicaFeed:
         n = fresh.apply(batch)
         self.replica = fresh
         self.restart()
+        release_memory(fresh)
         return n

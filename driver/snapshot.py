@@ -289,7 +289,7 @@ def write_snapshot(path: Path, snap: Snapshot, secret: bytes) -> int:
         separators=(",", ":"),
     ).encode("utf-8")
     base = hashlib.sha256(MAGIC + header).digest()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     size = 0

@@ -311,7 +311,6 @@ class Subscription:
         n = self.feed.apply(batch)
         if batch.reset:
             self.counters["bootstraps"] += 1
-            release_memory(self.feed.replica)
         self.follower.committed(batch)
         self.last_commit_us = max(self.last_commit_us, batch.commit_time_us)
         self.counters["batches"] += 1
