@@ -19,9 +19,11 @@ last batch swapping it in). Reading the cached bytes is not timed.
 Reported (one JSON line, and a summary on stderr): rows/s of that loop; the
 driver's RSS growth against the data it holds (row payload bytes as framed
 plus vector bytes at float32), measured after a gc against the RSS with the
-frames file open but nothing applied; `driver.get` latency; and, when the
-driver has warm-restart snapshots (driver/snapshot.py), the time to write one
-and the time to load one into a ready replica.
+frames file open but nothing applied, right after the bootstrap and again
+once the index has trained and adopted its partitioning (steady state);
+`driver.get` latency; and, when the driver has warm-restart snapshots
+(driver/snapshot.py), the time to write one and the time to load one into a
+ready replica.
 """
 
 from __future__ import annotations
@@ -269,6 +271,19 @@ def main() -> None:
     feed, follower, spent, cpu_spent, frames = bootstrap(path)
     gc.collect()
     rss1 = rss_bytes()
+    # Steady state: the index trained and adopted its partitioning (in the
+    # background after a bootstrap), and the heap trimmed as the driver does.
+    idx = feed.replica.tables[TABLE].index
+    if idx is not None:
+        idx.wait_trained(600)
+    try:
+        from prism.driver import heap
+    except ImportError:  # a driver without it
+        pass
+    else:
+        heap.trim()
+    gc.collect()
+    rss2 = rss_bytes()
     data = meta["payload_bytes"] + meta["vector_bytes"]
     n = feed.replica.row_counts()[TABLE]
     if n != args.rows:
@@ -285,6 +300,9 @@ def main() -> None:
         "vector_bytes_per_row": meta["vector_bytes"] / n,
         "rss_delta_per_row": (rss1 - rss0) / n,
         "rss_vs_data": (rss1 - rss0) / data,
+        "rss_steady_per_row": (rss2 - rss0) / n,
+        "rss_steady_vs_data": (rss2 - rss0) / data,
+        "index_kind": idx.kind if idx is not None else None,
         "get_us": time_gets(feed, args.rows, args.gets),
     }
     if not args.no_snapshot:
@@ -300,7 +318,8 @@ def main() -> None:
         f"{n} rows: {res['rows_per_s']:,.0f} rows/s ({res['us_per_row']:.1f} us/row), "
         f"{res['rows_per_cpu_s']:,.0f} rows per CPU second; "
         f"RSS +{(rss1 - rss0) / 1e6:.0f} MB = {res['rss_delta_per_row']:,.0f} B/row = "
-        f"{res['rss_vs_data']:.2f}x data; get p50 {res['get_us']['p50']:.2f} us",
+        f"{res['rss_vs_data']:.2f}x data, {res['rss_steady_vs_data']:.2f}x once the index "
+        f"is {res['index_kind']}; get p50 {res['get_us']['p50']:.2f} us",
         file=sys.stderr,
     )
     print(json.dumps(res), flush=True)

@@ -171,11 +171,18 @@ class Partitioning:
     centroids: np.ndarray  # (nlist, r), unit
 
 
-def _train_in_thread(sample: np.ndarray, params: IndexParams) -> Partitioning:
-    """train_partitioning in the training thread, whose malloc arena then
-    gives back what the training's temporaries took."""
+def _unit_sample(grid: np.ndarray, sq: np.ndarray) -> np.ndarray:
+    """Grid vectors scaled to unit length, in place (float32)."""
+    grid /= np.sqrt(sq).astype(np.float32)[:, None]
+    return grid
+
+
+def _train_in_thread(grid: np.ndarray, sq: np.ndarray, params: IndexParams) -> Partitioning:
+    """train_partitioning of a sample of grid vectors, in the training
+    thread, whose malloc arena then gives back what the training's
+    temporaries took."""
     try:
-        return train_partitioning(sample, params)
+        return train_partitioning(_unit_sample(grid, sq), params)
     finally:
         heap.trim()
 
@@ -421,6 +428,9 @@ class VectorIndex:
         self._adopt_next = 0
         self._adopted = False
         self._training: Future[Partitioning] | None = None
+        # While a bootstrap builds this index aside, nobody queries it: it
+        # stays exact, and trains once it is swapped in (hold_training).
+        self._hold_training = False
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -647,19 +657,37 @@ class VectorIndex:
         return self._lists.part if self._lists is not None else None
 
     # -- the partitioned mode ------------------------------------------------
+    def hold_training(self, hold: bool) -> None:
+        """Hold (True) or allow (False) training a partitioning. An index a
+        bootstrap builds aside holds it: training and filing every row into
+        lists would cost the bootstrap half its time (the training thread
+        competes for the CPU), for queries nobody can make yet. Allowed
+        again at the swap, it trains in the background then, and queries are
+        exact meanwhile."""
+        self._hold_training = hold
+        if not hold:
+            self._maybe_train()
+
     def _maybe_train(self) -> None:
         p = self.params
-        if self._lists is not None or self._training is not None or len(self) < p.exact_limit:
+        if (
+            self._hold_training
+            or self._lists is not None
+            or self._training is not None
+            or len(self) < p.exact_limit
+        ):
             return
         live = np.flatnonzero(self._sq[: len(self._keys)])
         rng = np.random.default_rng(len(live))
         pick = live if len(live) <= p.train_sample else rng.choice(live, p.train_sample, False)
-        sample = self._grid[np.sort(pick)] / np.sqrt(self._sq[np.sort(pick)])[:, None]
-        sample = sample.astype(np.float32)
+        pick.sort()
+        # A copy of the sampled grid vectors (the slab changes under later
+        # upserts); they are scaled to unit length in the training thread.
+        grid, sq = self._grid[pick], self._sq[pick]
         if p.background:
-            self._training = _TRAINER.submit(_train_in_thread, sample, p)
+            self._training = _TRAINER.submit(_train_in_thread, grid, sq, p)
         else:
-            self.adopt(train_partitioning(sample, p))
+            self.adopt(train_partitioning(_unit_sample(grid, sq), p))
 
     def _adopt_if_trained(self) -> None:
         t = self._training

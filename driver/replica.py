@@ -224,11 +224,20 @@ class ReplicaFeed:
         self._building = None
         self.building_rows = 0
 
+    def _build(self) -> Replica:
+        """A new, empty replica to build a bootstrap in; its indexes hold
+        their training until it is swapped in (VectorIndex.hold_training)."""
+        fresh = Replica.empty_like(self.replica)
+        for t in fresh.tables.values():
+            if t.index is not None:
+                t.index.hold_training(True)
+        return fresh
+
     def bootstrap_frames(self, frames: list[DecodedFrame]) -> None:
         if not frames:
             return
         if self._building is None:
-            self._building = Replica.empty_like(self.replica)
+            self._building = self._build()
         self.building_rows += self._building.apply_frames(frames)
 
     def apply(self, batch: Batch) -> int:
@@ -236,9 +245,12 @@ class ReplicaFeed:
         aside and swaps it in. Returns the changes applied by this call."""
         if not batch.reset:
             return self.replica.apply(batch)
-        fresh = self._building or Replica.empty_like(self.replica)
+        fresh = self._building or self._build()
         n = fresh.apply(batch)
         self.replica = fresh
         self.restart()
         release_memory(fresh)
+        for t in fresh.tables.values():
+            if t.index is not None:
+                t.index.hold_training(False)
         return n

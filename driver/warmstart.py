@@ -187,12 +187,12 @@ class WarmStart:
         """Capture the replica now (the caller applies nothing until this
         returns) and write it: in the background, or before returning with
         wait=True. Failures are logged and counted, never raised."""
-        if (stream_id, position) == self.written or not stream_id:
-            return
         if self._writing is not None and not self._writing.done():
             if not wait:
                 return
             await asyncio.shield(self._writing)
+        if (stream_id, position) == self.written or not stream_id:
+            return
         self._last_capture = time.monotonic()
         tag = projection_tag(secret, self.config.tenant_id, pkey)
         try:

@@ -176,3 +176,45 @@ async def test_a_snapshot_older_than_retention_is_discarded(
         await asyncio.sleep(0.2)
     assert floor > closed_at
     await discards_and_bootstraps(db, proc, secret_file, snaps, "retention")
+
+
+async def test_snapshots_follow_the_replica_while_it_runs(
+    db, wrapper, secret_file, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Written after the bootstrap and then every snapshot_interval_s while
+    the replica moves, so a driver that dies without close() restarts warm
+    from a recent position."""
+    from prism.driver.index import IndexParams
+    from prism.driver.snapshot import read_snapshot
+    from prism.fabric.keys import load_secret
+
+    fill(db, 50)
+    proc = wrapper(TABLES_CONFIG)
+    snaps = tmp_path / "snapshots"
+    path = snapshot_path(snaps, "acme")
+    async with driver_for(proc, secret_file, snapshot_dir=snaps, snapshot_interval_s=0.2) as driver:
+        await driver.wait_ready(timeout=30)
+        for _ in range(100):  # the one written after the bootstrap
+            if path.exists():
+                break
+            await asyncio.sleep(0.05)
+        first = read_snapshot(path, load_secret(secret_file), "acme", IndexParams())
+        for i in range(3):
+            with db.connect() as c:
+                c.execute("UPDATE items SET qty = %s WHERE id < 20", (i,))
+                await wait_consistent(driver, c, KEYS, timeout=30)
+            await asyncio.sleep(0.3)
+            with db.connect() as c:  # one more change: the interval has passed
+                c.execute("UPDATE items SET qty = -1 WHERE id = 49")
+                await wait_consistent(driver, c, KEYS, timeout=30)
+        for _ in range(100):
+            if driver.stats()["snapshot"]["last_write_position"] == driver.position:
+                break
+            await asyncio.sleep(0.05)
+        stats = driver.stats()["snapshot"]
+        assert stats["written"] >= 3 and stats["last_write_position"] == driver.position, stats
+        latest = read_snapshot(path, load_secret(secret_file), "acme", IndexParams())
+        assert latest.position == driver.position > first.position
+        assert latest.replica.tables["public.items"].payloads == (
+            driver._replica.tables["public.items"].payloads
+        )

@@ -139,3 +139,25 @@ def _reset_batch() -> Any:
     from prism.driver.follow import Batch
 
     return Batch(reset=True, stream_id="st", position=1, head=1, commit_time_us=0, frames=[])
+
+
+def test_a_bootstrap_builds_its_index_exact_and_trains_it_once_swapped_in() -> None:
+    """Nobody queries the replica a bootstrap builds aside: its index holds
+    its training (which would compete with the bootstrap for the CPU) until
+    the swap, then partitions as any index past exact_limit does."""
+    params = IndexParams(
+        exact_limit=50, nlist=2, nprobe=2, reduced_dim=2, train_sample=50, background=False
+    )
+    feed = ReplicaFeed(Replica.for_tables({T: (("id",), (), DIM)}, params))
+    rng = np.random.default_rng(2)
+    changes = [
+        (i, "U", True, rng.integers(-4, 5, DIM).astype(float).tolist(), i) for i in range(200)
+    ]
+    for lo in range(0, 200, 40):
+        feed.bootstrap_frames([frame(changes[lo : lo + 40], seq=lo // 40 + 1)])
+    building = feed._building
+    assert building is not None
+    idx = building.tables[T].index
+    assert idx is not None and len(idx) == 200 and idx.kind == "exact"
+    feed.apply(_reset_batch())
+    assert feed.replica is building and idx.kind == "ivf"
