@@ -3,7 +3,8 @@
 Run by benchmark/run.py against the already-running wrapper. It measures
 the resident set size after the imports and the driver's construction
 ("before"), times `async with driver: await driver.wait_ready()` (a full
-bootstrap from the wrapper's store), measures RSS again after a gc
+bootstrap from the wrapper's store, or with --snapshot-dir a warm restart
+from the snapshot an earlier run left there), measures RSS again after a gc
 ("after"), and prints one JSON line. A sample of rows is also sized
 object by object, to split the per-row cost into Python row objects and the
 vector index.
@@ -52,6 +53,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         **driver_tls(Path(args.ca) if args.ca else None),
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
+        snapshot_dir=args.snapshot_dir,
     )
     driver = PrismDriver(cfg)
     rss_before = rss_bytes()
@@ -69,6 +71,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         row_bytes = sum(deep_size(r) for _, r in sample) / max(1, len(sample))
         emb = [r.get("embedding") for _, r in sample]
         emb_bytes = sum(deep_size(e) for e in emb if e is not None) / max(1, len(sample))
+        payload_bytes = sum(map(len, table.payloads.values()))
+        t2 = time.perf_counter()
+    t3 = time.perf_counter()  # close(): with a snapshot_dir, the snapshot is written
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak_kb = usage.ru_maxrss
     return {
@@ -83,6 +88,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "sample_row_bytes": row_bytes,
         "sample_embedding_list_bytes": emb_bytes,
         "frames": stats["frames"],
+        "bootstraps": stats["bootstraps"],
+        "warm_restarts": stats.get("warm_restarts", 0),
+        "snapshot": stats.get("snapshot"),
+        "payload_bytes": payload_bytes,
+        "close_seconds": t3 - t2,
         "cpu_seconds": usage.ru_utime + usage.ru_stime,  # the whole process, imports included
     }
 
@@ -93,6 +103,7 @@ def main() -> None:
     p.add_argument("--secret", required=True)
     p.add_argument("--ca", help="the CA of the wrapper's TLS certificate (none: plaintext)")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--snapshot-dir", help="DriverConfig.snapshot_dir (warm restart)")
     args = p.parse_args()
     print(json.dumps(asyncio.run(main_async(args))), flush=True)
 

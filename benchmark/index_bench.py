@@ -62,6 +62,7 @@ from prism.driver import DriverConfig, PrismDriver  # noqa: E402
 from prism.driver.index import IndexParams, VectorIndex, normalize  # noqa: E402
 from prism.driver.replica import Replica  # noqa: E402
 from prism.fabric.keys import write_secret  # noqa: E402
+from prism.fabric.payload import encode_row  # noqa: E402
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp  # noqa: E402
 from support.servers import WrapperProcess  # noqa: E402
 
@@ -292,7 +293,7 @@ async def ingest_and_query(
     assert idx is not None
     rng = np.random.default_rng(3)
     n = len(vecs_proj)
-    live = set(t.rows)
+    live = set(t.payloads)
     batch_ms, q_ms, bad = [], [], 0
     for r in range(rounds):
         ids = rng.choice(n, 1024, replace=False)
@@ -300,10 +301,10 @@ async def ingest_and_query(
         dels, ups = keys[:512], keys[512:]
         b0 = time.perf_counter()
         for k in dels:
-            t.rows.pop(k, None)
+            t.payloads.pop(k, None)
             idx.delete(k)
         for k in ups:
-            t.rows[k] = {"id": int(k[1:-1])}
+            t.payloads[k] = encode_row({"id": int(k[1:-1])})
         idx.upsert_many(ups, normalize(vecs_proj[rng.integers(0, n, 512)]))
         batch_ms.append((time.perf_counter() - b0) * 1e3)
         live.difference_update(dels)
@@ -315,7 +316,7 @@ async def ingest_and_query(
         bad += sum(f"[{x.row_id}]" not in live for x in m)
         # put the deleted rows back so the table keeps its size
         for k in dels:
-            t.rows[k] = {"id": int(k[1:-1])}
+            t.payloads[k] = encode_row({"id": int(k[1:-1])})
         idx.upsert_many(dels, normalize(vecs_proj[[int(k[1:-1]) for k in dels]]))
         live.update(dels)
     return {
@@ -467,7 +468,7 @@ async def big_phase(
     rep = Replica.for_tables({TABLE: (("id",), ("title",), DIM)}, IndexParams())
     t = rep.tables[TABLE]
     keys = [f"[{i}]" for i in range(len(big_proj))]
-    t.rows = {k: {"id": i} for i, k in enumerate(keys)}
+    t.payloads = {k: encode_row({"id": i}) for i, k in enumerate(keys)}
     assert t.index is not None
     rss0 = rss_bytes()
     res["ingest_big"] = {"insert": ingest(t.index, keys, big_proj)}
@@ -482,8 +483,8 @@ async def big_phase(
         t.index.delete(k)
     res["ingest_big"]["delete_per_s"] = len(keys[::10]) / (time.perf_counter() - d0)
     t.index.upsert_many(keys[::10], big_proj[::10])
-    old = driver._feed.replica
-    driver._feed.replica = rep  # benchmark only: the driver now answers from the 1M replica
+    old = driver._sub.feed.replica
+    driver._sub.feed.replica = rep  # benchmark only: the driver now answers from the 1M replica
     try:
         lat, found = await time_queries(driver, queries[: args.big_queries])
         res["prism_big"] = {"ms": percentiles(lat), "recall_at_10": recall(found, truth)}
@@ -496,7 +497,7 @@ async def big_phase(
         )
         res["stats_big"] = driver.stats()["index"][TABLE]
     finally:
-        driver._feed.replica = old
+        driver._sub.feed.replica = old
 
 
 def environment() -> dict[str, Any]:

@@ -36,7 +36,7 @@ from prism.driver.subscription import Subscription
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric.embedder import row_text
 from prism.fabric.errors import PrismError
-from prism.fabric.payload import decode_key, encode_key
+from prism.fabric.payload import decode_key, decode_row, encode_key
 from prism.fabric.tablenames import qualify
 
 __all__ = ["Match", "PrismDriver", "TableInfo"]
@@ -75,13 +75,16 @@ class PrismDriver:
         self._task.add_done_callback(self._sub.on_task_done)
 
     async def close(self) -> None:
+        """Stop the subscription; with DriverConfig.snapshot_dir, write the
+        replica's snapshot first (prism.driver.warmstart)."""
         self._sub.close()
         await self._link.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, PrismError):
                 await self._task
-        self._task = None
+            self._task = None
+            await self._sub.finish()
 
     def _raise_if_failed(self) -> None:
         self._sub.raise_if_failed()
@@ -124,18 +127,20 @@ class PrismDriver:
         return t
 
     def get(self, table: str, key: Any) -> dict[str, Any] | None:
-        """The row with primary key `key` (a tuple for composite keys), or None."""
+        """The row with primary key `key` (a tuple for composite keys), or None.
+        Each call decodes the row afresh: the dict is the caller's own."""
         t = self._replica.tables.get(table) or self._table(table)
         if type(key) is int and len(t.key_columns) == 1:
             # The common case without the general encoder: encode_key([n])
             # is "[n]" for any int (tests/unit/test_payload.py checks it).
-            return t.rows.get(f"[{key}]")
+            p = t.payloads.get(f"[{key}]")
+            return None if p is None else decode_row(p)
         values = key if isinstance(key, tuple | list) else (key,)
         if len(values) != len(t.key_columns):
             raise QueryError(
                 f"table {t.name} has key ({', '.join(t.key_columns)}); got {len(values)} value(s)"
             )
-        return t.rows.get(encode_key(list(values)))
+        return t.row(encode_key(list(values)))
 
     async def query(
         self,
@@ -183,7 +188,7 @@ class PrismDriver:
         out = []
         for score, tname, key in results[:top_k]:
             t = self._replica.tables[tname]
-            row = t.rows[key]
+            row = decode_row(t.payloads[key])
             kv = decode_key(key)
             out.append(
                 Match(

@@ -3,7 +3,8 @@
 The app node needs no database credentials: only where the wrapper is, the
 tenant, the tenant's secret file (shared with the wrapper) and how to trust
 the wrapper's TLS certificate. TLS is the default; `insecure=True` speaks
-plaintext gRPC, for development only.
+plaintext gRPC, for development only. `snapshot_dir` opts in to warm
+restarts (prism.driver.warmstart).
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class DriverConfig:
     # How the local vector index searches: exact below index.exact_limit
     # vectors per table, partitioned ("ivf") above; see prism.driver.index.
     index: IndexParams = field(default_factory=IndexParams)
+    # Warm restart (opt-in): a directory where the driver keeps a sealed
+    # snapshot of its replica (one file per tenant, mode 0600), written after
+    # each bootstrap, every snapshot_interval_s while the replica moves, and
+    # on close; a restarted driver resumes from it instead of bootstrapping
+    # when the wrapper still serves its stream and position
+    # (prism.driver.warmstart).
+    snapshot_dir: str | Path | None = None
+    snapshot_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -62,7 +71,13 @@ class DriverConfig:
             raise DriverConfigError(
                 "secret_file: required, the tenant secret shared with the wrapper"
             )
-        for name in ("reconnect_min_s", "reconnect_max_s", "connect_timeout_s", "write_timeout_s"):
+        for name in (
+            "reconnect_min_s",
+            "reconnect_max_s",
+            "connect_timeout_s",
+            "write_timeout_s",
+            "snapshot_interval_s",
+        ):
             v = getattr(self, name)
             if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
                 raise DriverConfigError(f"{name}: {v!r} must be a positive number of seconds")
@@ -83,6 +98,14 @@ class DriverConfig:
             raise DriverConfigError(f"index: {self.index!r} must be an IndexParams")
         if not isinstance(self.max_frame_rows, int) or not 1 <= self.max_frame_rows <= 16384:
             raise DriverConfigError(f"max_frame_rows: {self.max_frame_rows!r} not in 1..16384")
+        if self.snapshot_dir is not None:
+            d = self.snapshot_dir
+            if not isinstance(d, str | Path) or not str(d):
+                raise DriverConfigError(
+                    f"snapshot_dir: {d!r} must be a directory path (or None: no warm restart)"
+                )
+            if Path(d).exists() and not Path(d).is_dir():
+                raise DriverConfigError(f"snapshot_dir: {d} exists and is not a directory")
 
     @property
     def target(self) -> str:

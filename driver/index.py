@@ -59,6 +59,7 @@ the other's layout.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections.abc import Sequence
@@ -67,6 +68,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prism.driver import heap
 from prism.driver.errors import DriverConfigError
 
 _EPS = 1e-12
@@ -90,10 +92,11 @@ def to_grid(vectors: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """Grid vectors (float32 holding integers in [-limit, limit]) and their
     squared norms (float64, exact), for a (n, dim) array."""
     v = np.asarray(vectors, dtype=np.float32)
-    peak = np.abs(v).max(axis=-1, keepdims=True)
+    peak = np.maximum(v.max(axis=-1, keepdims=True), -v.min(axis=-1, keepdims=True))
     scale = np.float32(limit) / np.maximum(peak, np.float32(1e-30))
     # |v * scale| <= limit * (1 + 2**-23) < limit + 0.5: rint never passes limit.
-    g = np.rint(v * scale)
+    g = np.multiply(v, scale)
+    np.rint(g, out=g)
     sq = np.einsum("...i,...i->...", g, g, dtype=np.float64)
     return g, sq
 
@@ -166,6 +169,22 @@ def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generato
 class Partitioning:
     basis: np.ndarray  # (dim, r): top-r principal directions of unit grid vectors
     centroids: np.ndarray  # (nlist, r), unit
+
+
+def _unit_sample(grid: np.ndarray, sq: np.ndarray) -> np.ndarray:
+    """Grid vectors scaled to unit length, in place (float32)."""
+    grid /= np.sqrt(sq).astype(np.float32)[:, None]
+    return grid
+
+
+def _train_in_thread(grid: np.ndarray, sq: np.ndarray, params: IndexParams) -> Partitioning:
+    """train_partitioning of a sample of grid vectors, in the training
+    thread, whose malloc arena then gives back what the training's
+    temporaries took."""
+    try:
+        return train_partitioning(_unit_sample(grid, sq), params)
+    finally:
+        heap.trim()
 
 
 def train_partitioning(sample: np.ndarray, params: IndexParams, seed: int = 0) -> Partitioning:
@@ -409,6 +428,9 @@ class VectorIndex:
         self._adopt_next = 0
         self._adopted = False
         self._training: Future[Partitioning] | None = None
+        # While a bootstrap builds this index aside, nobody queries it: it
+        # stays exact, and trains once it is swapped in (hold_training).
+        self._hold_training = False
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -478,24 +500,38 @@ class VectorIndex:
         if self._lists is not None:
             self._lists.grow_slots(new_cap)
 
-    def _take_slot(self, key: str) -> int:
-        if self._free:
-            slot = self._free.pop()
-            self._keys[slot] = key
-        else:
-            slot = len(self._keys)
-            self._grow(slot + 1)
-            self._keys.append(key)
-        self._slot[key] = slot
-        return slot
+    def _slots_for(self, keys: Sequence[str]) -> np.ndarray:
+        """The slot of each key (distinct keys), taking free or new slots for
+        keys not present: per key only a dict lookup, the rest in bulk."""
+        get = self._slot.get
+        found = [get(k, -1) for k in keys]
+        slots = np.fromiter(found, np.int64, len(found))
+        new = np.flatnonzero(slots < 0)
+        if not len(new):
+            return slots
+        new_keys = [keys[i] for i in new.tolist()]
+        reuse = min(len(new_keys), len(self._free))
+        taken = [self._free.pop() for _ in range(reuse)]
+        for k, s in zip(new_keys[:reuse], taken, strict=True):
+            self._keys[s] = k
+        start = len(self._keys)
+        fresh = len(new_keys) - reuse
+        self._grow(start + fresh)
+        self._keys.extend(new_keys[reuse:])
+        taken.extend(range(start, start + fresh))
+        self._slot.update(zip(new_keys, taken, strict=True))
+        slots[new] = taken
+        return slots
 
     def upsert(self, key: str, unit_vector: np.ndarray) -> None:
         """Set key's vector (already normalized)."""
         self.upsert_many([key], np.asarray(unit_vector, np.float32)[None, :])
 
     def upsert_many(self, keys: Sequence[str], unit_vectors: np.ndarray) -> None:
-        """Set the vectors of `keys` (rows of `unit_vectors`, normalized); a
-        key given twice keeps its last vector."""
+        """Set the vectors of `keys` (rows of `unit_vectors`); a key given
+        twice keeps its last vector. The vectors need not be normalized: a
+        grid vector is scaled by its own largest component (to_grid), so any
+        positive multiple of a vector gives the same one."""
         if len(keys) != len(unit_vectors):
             raise ValueError("upsert_many: keys and vectors differ in length")
         if not len(keys):
@@ -514,17 +550,17 @@ class VectorIndex:
             if not keys:
                 return
         lists = self._lists
-        slots = np.empty(len(keys), np.int64)
-        get = self._slot.get
-        for i, key in enumerate(keys):
-            slot: int | None = get(key)
-            if slot is None:
-                slot = self._take_slot(key)
-            slots[i] = slot
+        slots = self._slots_for(keys)
         if lists is not None:
             lists.remove(slots)  # the old positions of keys already present
-        self._grid[slots] = grid
-        self._sq[slots] = sq
+        lo = int(slots[0])
+        if int(slots[-1]) - lo == len(slots) - 1 and bool(np.all(np.diff(slots) == 1)):
+            # New keys in fresh slots (a bootstrap): a slice, not a gather.
+            self._grid[lo : lo + len(slots)] = grid
+            self._sq[lo : lo + len(slots)] = sq
+        else:
+            self._grid[slots] = grid
+            self._sq[slots] = sq
         if lists is not None:
             unit = grid / np.sqrt(np.maximum(sq, 1.0))[:, None].astype(np.float32)
             lists.add(slots, lists.reduce(unit))
@@ -548,20 +584,110 @@ class VectorIndex:
         if self._lists is not None:
             self._lists.remove(slots)
 
+    # -- bulk state (warm-restart snapshots, driver/snapshot.py) --------------
+    def trim(self) -> None:
+        """Give back the slab's growth room (after a bootstrap, when the
+        table's size is known): up to an eighth of the vectors' bytes."""
+        n = max(len(self._keys), 16)
+        if n < self._grid.shape[0]:
+            self._grid.resize((n, self.dim), refcheck=False)  # realloc: no copy
+            self._sq.resize(n, refcheck=False)
+            if self._lists is not None:
+                self._lists.grow_slots(n)
+
+    def export_rows(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """For `keys` (a table's rows, in their order): which of them the
+        index holds (bool mask), and their grid vectors in that order as
+        int16, which holds them exactly (|component| <= grid_limit <= 4095)."""
+        get = self._slot.get
+        slots = np.fromiter(map(get, keys, itertools.repeat(-1)), np.int64, len(keys))
+        mask = slots >= 0
+        held = slots[mask]
+        n = len(held)
+        if n and int(held[0]) == 0 and int(held[-1]) == n - 1 and bool(np.all(np.diff(held) == 1)):
+            return mask, self._grid[:n].astype(np.int16)  # slots in row order: no gather
+        return mask, self._grid[held].astype(np.int16)
+
+    def load_rows(
+        self, keys: list[str], grid: np.ndarray, part: Partitioning | None = None
+    ) -> None:
+        """Fill an empty index with `keys` and their grid vectors (the first
+        len(keys) rows of `grid`, integers as export_rows gave them): no
+        rounding, the same scores as before. A float32 `grid` becomes the
+        index's slab as it is (no copy). With `part`, the partitioning the
+        index had is adopted again (its rows are filed as adoption does, a
+        chunk per call); without, a large table trains one as an upsert
+        would have it."""
+        if self._slot:
+            raise ValueError("load_rows: the index is not empty")
+        n = len(keys)
+        if grid.ndim != 2 or grid.shape[1] != self.dim or grid.shape[0] < n:
+            raise ValueError(f"load_rows: grid of shape {grid.shape} for {n} keys")
+        held = grid[:n]
+        if n and max(float(held.max()), -float(held.min())) > self.limit:
+            raise ValueError(f"load_rows: a grid component exceeds the grid limit {self.limit}")
+        if grid.dtype == np.float32 and grid.flags.c_contiguous and len(grid) >= 16:
+            self._grid = grid
+        else:
+            self._grid = np.zeros((max(n, 16), self.dim), np.float32)
+            self._grid[:n] = held
+        self._sq = np.zeros(len(self._grid), np.float64)
+        self._sq[:n] = np.einsum("ij,ij->i", self._grid[:n], self._grid[:n], dtype=np.float64)
+        if n and not self._sq[:n].all():
+            raise ValueError("load_rows: a zero grid vector")
+        self._keys = list(keys)
+        self._slot = dict(zip(keys, range(n), strict=True))
+        if len(self._slot) != n:
+            raise ValueError("load_rows: a key given twice")
+        self._free = []
+        if part is not None:
+            r = part.basis.shape[1]
+            if part.basis.shape != (self.dim, r) or part.centroids.shape[1:] != (r,):
+                raise ValueError(
+                    f"load_rows: a partitioning of shape {part.basis.shape} for dimension "
+                    f"{self.dim}"
+                )
+            self.adopt(part)
+        else:
+            self._maybe_train()
+
+    @property
+    def partitioning(self) -> Partitioning | None:
+        """The partitioning in use (or being adopted), if any."""
+        return self._lists.part if self._lists is not None else None
+
     # -- the partitioned mode ------------------------------------------------
+    def hold_training(self, hold: bool) -> None:
+        """Hold (True) or allow (False) training a partitioning. An index a
+        bootstrap builds aside holds it: training and filing every row into
+        lists would cost the bootstrap half its time (the training thread
+        competes for the CPU), for queries nobody can make yet. Allowed
+        again at the swap, it trains in the background then, and queries are
+        exact meanwhile."""
+        self._hold_training = hold
+        if not hold:
+            self._maybe_train()
+
     def _maybe_train(self) -> None:
         p = self.params
-        if self._lists is not None or self._training is not None or len(self) < p.exact_limit:
+        if (
+            self._hold_training
+            or self._lists is not None
+            or self._training is not None
+            or len(self) < p.exact_limit
+        ):
             return
         live = np.flatnonzero(self._sq[: len(self._keys)])
         rng = np.random.default_rng(len(live))
         pick = live if len(live) <= p.train_sample else rng.choice(live, p.train_sample, False)
-        sample = self._grid[np.sort(pick)] / np.sqrt(self._sq[np.sort(pick)])[:, None]
-        sample = sample.astype(np.float32)
+        pick.sort()
+        # A copy of the sampled grid vectors (the slab changes under later
+        # upserts); they are scaled to unit length in the training thread.
+        grid, sq = self._grid[pick], self._sq[pick]
         if p.background:
-            self._training = _TRAINER.submit(train_partitioning, sample, p)
+            self._training = _TRAINER.submit(_train_in_thread, grid, sq, p)
         else:
-            self.adopt(train_partitioning(sample, p))
+            self.adopt(train_partitioning(_unit_sample(grid, sq), p))
 
     def _adopt_if_trained(self) -> None:
         t = self._training
@@ -606,6 +732,8 @@ class VectorIndex:
             lists.file(s, lists.reduce(unit))
         self._adopt_next = hi
         self._adopted = hi >= len(self._keys)
+        if self._adopted:
+            heap.trim()  # the chunks' temporaries
 
     # -- queries ------------------------------------------------------------
     def query(

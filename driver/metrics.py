@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prism.driver.subscription import REJECTION_REASON_NAMES
 from prism.fabric.metrics import Figure, Snapshot, SnapshotCollector
@@ -75,27 +75,15 @@ FIGURES = (
 )
 
 
-def _deep_size(value: Any) -> int:
-    """Bytes of a decoded row value and what it holds (one level of
-    containers: rows hold scalars, arrays, and JSON's lists and dicts)."""
-    size = sys.getsizeof(value)
-    if isinstance(value, dict):
-        size += sum(sys.getsizeof(k) + _deep_size(v) for k, v in value.items())
-    elif isinstance(value, list | tuple):
-        size += sum(_deep_size(v) for v in value)
-    elif hasattr(value, "nbytes"):
-        size += int(value.nbytes)
-    return size
-
-
-def rows_bytes(rows: dict[str, dict[str, Any]]) -> int:
-    """An estimate of a table's rows in memory: the mean of up to ROW_SAMPLE
-    rows (key and decoded values) times their count, plus the dict itself."""
-    if not rows:
-        return sys.getsizeof(rows)
-    sample = list(itertools.islice(rows.items(), ROW_SAMPLE))
-    mean = sum(sys.getsizeof(k) + _deep_size(r) for k, r in sample) / len(sample)
-    return int(mean * len(rows)) + sys.getsizeof(rows)
+def rows_bytes(payloads: dict[str, bytes]) -> int:
+    """An estimate of a table's rows in memory: the mean size of up to
+    ROW_SAMPLE rows (key and payload, as the replica keeps them) times their
+    count, plus the dict itself."""
+    if not payloads:
+        return sys.getsizeof(payloads)
+    sample = list(itertools.islice(payloads.items(), ROW_SAMPLE))
+    mean = sum(sys.getsizeof(k) + sys.getsizeof(p) for k, p in sample) / len(sample)
+    return int(mean * len(payloads)) + sys.getsizeof(payloads)
 
 
 class DriverCollector(SnapshotCollector):
@@ -130,6 +118,6 @@ class DriverCollector(SnapshotCollector):
         s.set("prism_driver_key_epoch", st["key_epoch"], tenant)
         s.set("prism_driver_key_rotations_total", st["key_rotations"], tenant)
         for name, t in d._replica.tables.items():
-            s.set("prism_driver_replica_rows", len(t.rows), tenant, name)
+            s.set("prism_driver_replica_rows", len(t.payloads), tenant, name)
             index = t.index.nbytes if t.index is not None else 0
-            s.set("prism_driver_replica_bytes", index + rows_bytes(t.rows), tenant, name)
+            s.set("prism_driver_replica_bytes", index + rows_bytes(t.payloads), tenant, name)

@@ -1,4 +1,16 @@
-"""The driver's local replica: rows by key and a vector index per table.
+"""The driver's local replica: row payloads by key and a vector index per table.
+
+Between the subscription (driver/subscription.py), which applies whole
+batches of verified, unsealed frames, and the reads (driver/api.py). A row
+is kept as the row-codec bytes its frame carried (prism.fabric.payload,
+MessagePack) and decoded only when a reader asks for it: `get`, a query's
+matches, `rows`. So applying a frame is no per-row decoding, only a dict
+insert per row, and a row costs its encoded size plus one dict entry, not a
+tree of Python objects (about a third of the memory, and nothing for the
+cyclic garbage collector to walk). Decoding a typical row takes 1-2 µs, and
+each reader gets its own dict, so no caller can change the replica through
+a row it was given. Vectors live only in the index (driver/index.py), in
+the tenant's keyed space.
 
 Applied to only in whole batches (see follow.py), synchronously on the
 event loop, so a reader on the loop never sees half of a source
@@ -10,16 +22,41 @@ pause longer than one frame's apply.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from prism.driver import heap
 from prism.driver.follow import Batch
-from prism.driver.index import IndexParams, VectorIndex, normalize
+from prism.driver.index import IndexParams, VectorIndex
 from prism.fabric.frames import DecodedFrame
 from prism.fabric.payload import decode_row
+
+_DELETE = 0x44  # b"D"
+
+
+class RowsView(Mapping[str, dict[str, Any]]):
+    """A table's rows as a read-only mapping of key -> row, decoding each
+    row when it is read (tests and tools; `get` is the fast path)."""
+
+    __slots__ = ("_payloads",)
+
+    def __init__(self, payloads: dict[str, bytes]) -> None:
+        self._payloads = payloads
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return decode_row(self._payloads[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._payloads
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._payloads)
+
+    def __len__(self) -> int:
+        return len(self._payloads)
 
 
 @dataclass
@@ -27,8 +64,75 @@ class TableReplica:
     name: str
     key_columns: tuple[str, ...]
     text_columns: tuple[str, ...]
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # encode_key string -> the row's payload as framed (decode_row gives the row).
+    payloads: dict[str, bytes] = field(default_factory=dict)
     index: VectorIndex | None = None
+
+    @property
+    def rows(self) -> RowsView:
+        return RowsView(self.payloads)
+
+    def row(self, key: str) -> dict[str, Any] | None:
+        """The decoded row of an encode_key string, or None."""
+        p = self.payloads.get(key)
+        return None if p is None else decode_row(p)
+
+    def apply_frame(self, f: DecodedFrame) -> None:
+        """Apply one frame's changes in order: the replica ends as the last
+        change of each key says."""
+        keys, ops, payloads = f.keys, f.ops, f.payloads
+        idx = self.index
+        if b"D" not in ops and (idx is None or bool(f.vector_mask.all())):
+            # The common case (a bootstrap, a stream of upserts with vectors):
+            # one C-level dict update and one index call for the whole frame.
+            # A key upserted twice ends with its last image in both.
+            self.payloads.update(zip(keys, payloads, strict=True))
+            if idx is not None:
+                idx.upsert_many(keys, f.vectors)
+            return
+        self._apply_in_runs(f)
+
+    def _apply_in_runs(self, f: DecodedFrame) -> None:
+        """Deletes and rows without a vector: the index takes the changes in
+        runs (one call per run of upserts or of removals), in the frame's
+        order, so a key changed twice in a frame ends as its last change says."""
+        rows = self.payloads
+        idx = self.index
+        ops, mask, payloads = f.ops, f.vector_mask, f.payloads
+        up_keys: list[str] = []
+        up_at: list[int] = []
+        del_keys: list[str] = []
+        for i, key in enumerate(f.keys):
+            if ops[i] == _DELETE:
+                rows.pop(key, None)
+                gone = True
+            else:
+                rows[key] = payloads[i]
+                gone = not mask[i]
+            if idx is None:
+                continue
+            if gone:
+                if up_keys:
+                    _upsert(idx, f.vectors, up_keys, up_at)
+                del_keys.append(key)
+            else:
+                if del_keys:
+                    idx.delete_many(del_keys)
+                    del_keys = []
+                up_keys.append(key)
+                up_at.append(i)
+        if idx is not None:
+            if up_keys:
+                _upsert(idx, f.vectors, up_keys, up_at)
+            if del_keys:
+                idx.delete_many(del_keys)
+
+
+def _upsert(idx: VectorIndex, vectors: np.ndarray, keys: list[str], at: list[int]) -> None:
+    """Upsert the run and empty it."""
+    idx.upsert_many(keys, vectors[np.asarray(at)])
+    keys.clear()
+    at.clear()
 
 
 class Replica:
@@ -82,51 +186,23 @@ class Replica:
             t = self.tables.get(f.table)
             if t is None:
                 continue  # a table this driver does not know (newer wrapper config)
-            ops = f.ops
-            rows = t.rows
-            idx = t.index
-            # The index takes changes in runs (one call per run of upserts or
-            # of deletes), in the frame's order, so a key changed twice in a
-            # frame ends as its last change says.
-            up_keys: list[str] = []
-            up_at: list[int] = []
-            del_keys: list[str] = []
-            for i, key in enumerate(f.keys):
-                if ops[i] == 0x44:  # 'D'
-                    rows.pop(key, None)
-                    gone = True
-                else:
-                    rows[key] = decode_row(f.payloads[i])
-                    gone = not f.vector_mask[i]
-                n += 1
-                if idx is None:
-                    continue
-                if gone:
-                    if up_keys:
-                        _upsert(idx, f.vectors, up_keys, up_at)
-                    del_keys.append(key)
-                else:
-                    if del_keys:
-                        idx.delete_many(del_keys)
-                        del_keys = []
-                    up_keys.append(key)
-                    up_at.append(i)
-            if idx is not None:
-                if up_keys:
-                    _upsert(idx, f.vectors, up_keys, up_at)
-                if del_keys:
-                    idx.delete_many(del_keys)
+            t.apply_frame(f)
+            n += len(f.keys)
         return n
 
     def row_counts(self) -> dict[str, int]:
-        return {n: len(t.rows) for n, t in self.tables.items()}
+        return {n: len(t.payloads) for n, t in self.tables.items()}
 
 
-def _upsert(idx: VectorIndex, vectors: np.ndarray, keys: list[str], at: list[int]) -> None:
-    """Upsert the run and empty it."""
-    idx.upsert_many(keys, normalize(vectors[np.asarray(at)]))
-    keys.clear()
-    at.clear()
+def release_memory(replica: Replica) -> None:
+    """After a bootstrap (or a warm restart) built `replica`: give back what
+    building it left over. The index slabs lose their growth room, and the C
+    heap returns the pages that held frames (their buffers lie between the
+    rows that outlive them; a few ms, about 5% of the replica's RSS)."""
+    for t in replica.tables.values():
+        if t.index is not None:
+            t.index.trim()
+    heap.trim()
 
 
 class ReplicaFeed:
@@ -159,14 +235,21 @@ class ReplicaFeed:
         self._shape = shape
         self.restart()
 
-    def _fresh(self) -> Replica:
-        return Replica.empty_like(self._shape or self.replica)
+    def _build(self) -> Replica:
+        """A new, empty replica to build a bootstrap in, shaped like the
+        tables' new shape if they changed; its indexes hold their training
+        until it is swapped in (VectorIndex.hold_training)."""
+        fresh = Replica.empty_like(self._shape or self.replica)
+        for t in fresh.tables.values():
+            if t.index is not None:
+                t.index.hold_training(True)
+        return fresh
 
     def bootstrap_frames(self, frames: list[DecodedFrame]) -> None:
         if not frames:
             return
         if self._building is None:
-            self._building = self._fresh()
+            self._building = self._build()
         self.building_rows += self._building.apply_frames(frames)
 
     def apply(self, batch: Batch) -> int:
@@ -174,9 +257,13 @@ class ReplicaFeed:
         aside and swaps it in. Returns the changes applied by this call."""
         if not batch.reset:
             return self.replica.apply(batch)
-        fresh = self._building or self._fresh()
+        fresh = self._building or self._build()
         n = fresh.apply(batch)
         self.replica = fresh
         self._shape = None
         self.restart()
+        release_memory(fresh)
+        for t in fresh.tables.values():
+            if t.index is not None:
+                t.index.hold_training(False)
         return n

@@ -37,8 +37,9 @@ from prism.driver.errors import (
 )
 from prism.driver.follow import Batch, Follower
 from prism.driver.link import Link, Login
-from prism.driver.replica import Replica, ReplicaFeed
+from prism.driver.replica import Replica, ReplicaFeed, release_memory
 from prism.driver.schema import Schema
+from prism.driver.warmstart import WarmStart
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.backoff import Backoff
@@ -77,6 +78,8 @@ class Subscription:
         self.feed = ReplicaFeed(Replica({}))
         self.schema = Schema(config.tenant_id)
         self.keys = EpochSealers(config.tenant_id, link.secret)
+        self.warm = WarmStart(config) if config.snapshot_dir is not None else None
+        self._login: Login | None = None
         self.rejections: Counter[str] = Counter()
         self.counters = {
             "bootstraps": 0,
@@ -86,6 +89,7 @@ class Subscription:
             "changes_applied": 0,
             "frames": 0,
             "key_rotations": 0,
+            "warm_restarts": 0,
         }
         self.last_commit_us = 0
         self.last_error: str | None = None  # the latest transient failure, for stats()
@@ -106,6 +110,8 @@ class Subscription:
         # Jittered: after a wrapper restart, drivers spread their reconnects
         # over the window instead of arriving at once.
         backoff = Backoff(self.config.reconnect_min_s, self.config.reconnect_max_s)
+        if self.warm is not None:
+            self.warm.start_loading(self.link.secret)
         first = True
         while True:
             if not first:
@@ -159,6 +165,8 @@ class Subscription:
             self.link.reload_secret()
             login = await self.link.handshake(stub)
             self._on_hello(login)
+            if self.warm is not None and self.warm.pending:
+                await self._warm_restart(login)
             stream_id, position = self.follower.new_call()
             self.feed.restart()
             subscription = os.urandom(16)
@@ -205,6 +213,10 @@ class Subscription:
                     if batch is not None:
                         self._apply(batch)
                         self.last_error = None
+                        if self.warm is not None and (
+                            batch.reset or self.warm.due(batch.stream_id, batch.position)
+                        ):
+                            await self.save_snapshot(wait=False)
                     elif self.follower.resetting:
                         # Bootstrap frames go to the replica built aside at
                         # once; then let readers in before the next frame
@@ -235,6 +247,7 @@ class Subscription:
 
     def _on_hello(self, login: Login) -> None:
         hello = login.hello
+        self._login = login
         self.keys.restart(hello.key_epoch, self.link.secret)
         if self.schema.update(hello, login.projection_key):
             tables = self.schema.tables
@@ -252,6 +265,51 @@ class Subscription:
             else:
                 self.feed = ReplicaFeed(shape)
             self.follower = Follower()  # a different shape: bootstrap afresh
+
+    async def _warm_restart(self, login: Login) -> None:
+        """At the first Hello: serve the loaded snapshot if the wrapper still
+        serves its stream and position (driver/warmstart.py), and resume
+        from there instead of bootstrapping."""
+        assert self.warm is not None
+        hello = login.hello
+        restored = await self.warm.restore(
+            hello, self.schema.tables, self.link.secret, login.projection_key
+        )
+        if restored is None:
+            return
+        self.feed = ReplicaFeed(restored.replica)
+        self.follower = Follower(
+            stream_id=restored.stream_id, position=restored.position, head=hello.head_position
+        )
+        self.counters["warm_restarts"] += 1
+        release_memory(restored.replica)
+        if restored.position >= hello.head_position:
+            self.ready.set()  # nothing newer to wait for
+        self.signal_progress()
+
+    async def save_snapshot(self, wait: bool) -> None:
+        """Snapshot the replica readers see (driver/warmstart.py); nothing is
+        applied until it is captured. With wait, also until it is written."""
+        login = self._login
+        if self.warm is None or login is None:
+            return
+        await self.warm.save(
+            self.replica,
+            self.schema.tables,
+            stream_id=self.follower.stream_id,
+            position=self.follower.position,
+            head=self.follower.head,
+            secret=self.link.secret,
+            pkey=login.projection_key,
+            wait=wait,
+        )
+
+    async def finish(self) -> None:
+        """After the task ended (close): write the last snapshot."""
+        if self.warm is None:
+            return
+        await self.save_snapshot(wait=True)
+        await self.warm.close()
 
     def _apply(self, batch: Batch) -> None:
         # Synchronous on purpose: no await between the first and the last
@@ -331,5 +389,6 @@ class Subscription:
             "key_epoch": self.keys.epoch,
             "last_error": self.last_error,
             "frames_rejected_by_reason": dict(self.rejections),
+            "snapshot": dict(self.warm.stats) if self.warm is not None else None,
             **self.counters,
         }

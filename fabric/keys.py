@@ -4,7 +4,8 @@ This is the root of trust of the pipeline: the wrapper (DB node) and every
 driver (app node) of a tenant read the same secret file, and from it derive,
 per key epoch, the seed of the keyed orthogonal matrix that seals vectors,
 the HMAC key that watermarks frames and the AEAD key for payloads, plus the
-epoch-independent key of the challenge-response handshake. The seed of the
+epoch-independent keys of the challenge-response handshake and of the
+driver's warm-restart snapshots. The seed of the
 tenant's projection comes from a projection key the wrapper keeps in its
 store (see prism.wrapper.keyring), not from the secret, so that the secret
 can rotate without re-projecting stored vectors. Nothing here does I/O
@@ -176,6 +177,14 @@ def derive_auth_key(secret: bytes, tenant_id: str) -> bytes:
     """The key of the Hello challenge-response (prism.fabric.auth). Independent
     of the epoch: a driver authenticates before it knows the current epoch."""
     return _hkdf(secret, _info("auth", tenant_id, None))
+
+
+@functools.lru_cache(maxsize=64)
+def derive_snapshot_key(secret: bytes, tenant_id: str) -> bytes:
+    """The key of a driver's warm-restart snapshots (prism.driver.snapshot):
+    its own label, so it seals nothing that travels, and a driver that is
+    given another secret cannot read or forge its old snapshots."""
+    return _hkdf(secret, _info("snapshot", tenant_id, None))
 
 
 def new_projection_key() -> bytes:

@@ -10,6 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from prism.fabric.payload import encode_row
 from support.consistency import SCHEMA, TABLES_CONFIG, VEC_DIM
 from support.servers import driver_for
 
@@ -61,7 +62,10 @@ async def test_queries_during_live_changes_see_whole_rows(db, wrapper, secret_fi
             q = np.zeros(VEC_DIM, dtype=np.float32)
             q[axis] = 1.0
             for m in await driver.query(embedding=q, top_k=20, threshold=-1.0, table="items"):
-                assert driver.get("items", m.row_id) is m.row  # live, and the row shown now
+                # Live, and the row shown now: rows are decoded per read (each
+                # caller gets its own dict), so the same content, byte for byte.
+                now = driver.get("items", m.row_id)
+                assert now is not None and encode_row(now) == encode_row(m.row)
                 rev = int(m.row["title"].split()[1])
                 v = np.asarray(direction(rev))
                 want = float(v[axis] / np.linalg.norm(v))  # ~1.0 on its axis, ~0.01 off it

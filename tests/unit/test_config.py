@@ -226,6 +226,11 @@ def test_reference_lists_every_key_once() -> None:
         ({"reconnect_min_s": 5, "reconnect_max_s": 1}, "reconnect_max_s"),
         ({"max_frame_rows": 0}, "max_frame_rows"),
         ({"wrapper_host": ""}, "wrapper_host"),
+        ({"snapshot_dir": ""}, "snapshot_dir"),
+        ({"snapshot_dir": 3}, "snapshot_dir"),
+        ({"snapshot_dir": __file__}, "snapshot_dir: .* is not a directory"),
+        ({"snapshot_interval_s": 0}, "snapshot_interval_s"),
+        ({"snapshot_interval_s": float("nan")}, "snapshot_interval_s"),
     ],
 )
 def test_driver_config_rejects_bad_arguments(kw: dict[str, Any], match: str) -> None:

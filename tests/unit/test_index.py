@@ -356,3 +356,60 @@ def test_lists_keep_room_made_for_a_batch_when_the_arena_compacts(seed: int) -> 
             live |= set(range(nxt, nxt + m))
             nxt += m
         check_lists(lists, live)
+
+
+@pytest.mark.parametrize("churn", [False, True])
+def test_rows_exported_and_loaded_answer_the_same(churn: bool) -> None:
+    """export_rows/load_rows (warm-restart snapshots) keep every grid vector
+    exactly; `churn` frees and reuses slots, so the export gathers rather
+    than slices."""
+    rng = np.random.default_rng(11)
+    idx = VectorIndex(DIM, params=EXACT)
+    oracle = Oracle()
+    keys = [f"r{i}" for i in range(300)]
+    vs = normalize(rng.integers(-3, 4, (300, DIM)).astype(np.float32))
+    idx.upsert_many(keys, vs)
+    for k, v in zip(keys, vs, strict=True):
+        oracle.upsert(k, v)
+    if churn:
+        idx.delete_many(keys[::3])
+        for k in keys[::3]:
+            oracle.grid.pop(k, None)
+        more = normalize(rng.integers(-3, 4, (50, DIM)).astype(np.float32))
+        idx.upsert_many([f"n{i}" for i in range(50)], more)
+        for i, v in enumerate(more):
+            oracle.upsert(f"n{i}", v)
+    rows = [*keys, *(f"n{i}" for i in range(50)), "no-vector"]
+    mask, grid = idx.export_rows(rows)
+    assert grid.dtype == np.int16 and mask.sum() == len(idx) == len(grid)
+    loaded = VectorIndex(DIM, params=EXACT)
+    loaded.load_rows([k for k, m in zip(rows, mask.tolist(), strict=True) if m], grid)
+    assert len(loaded) == len(idx)
+    for _ in range(20):
+        q = unit(rng.integers(-3, 4, DIM).tolist())
+        if not q.any():
+            continue
+        assert loaded.query(q, 15, -1.0) == idx.query(q, 15, -1.0) == oracle.query(q, 15, -1.0)
+    with pytest.raises(ValueError, match="not empty"):
+        loaded.load_rows(["x"], grid[:1])
+
+
+def test_trim_gives_back_growth_room_and_the_index_grows_again() -> None:
+    rng = np.random.default_rng(12)
+    idx = VectorIndex(DIM, params=EXACT)
+    oracle = Oracle()
+    for lo in range(0, 1000, 100):
+        vs = normalize(rng.standard_normal((100, DIM)).astype(np.float32))
+        ks = [f"k{lo + i}" for i in range(100)]
+        idx.upsert_many(ks, vs)
+        for k, v in zip(ks, vs, strict=True):
+            oracle.upsert(k, v)
+    idx.trim()
+    assert idx.capacity == 1000
+    vs = normalize(rng.standard_normal((10, DIM)).astype(np.float32))
+    idx.upsert_many([f"x{i}" for i in range(10)], vs)
+    for i, v in enumerate(vs):
+        oracle.upsert(f"x{i}", v)
+    assert idx.capacity > 1000
+    q = unit([1, -1, 2, 0])
+    assert idx.query(q, 30, -1.0) == oracle.query(q, 30, -1.0)
