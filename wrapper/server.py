@@ -37,7 +37,8 @@ from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.subscription import ServeContext, subscription
-from prism.wrapper.writes import WriteError, WriteExecutor
+from prism.wrapper.writeplan import WriteError
+from prism.wrapper.writes import WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from prism.wrapper.errors import StoreError
 from prism.wrapper.sources.base import ResumePoint
+from prism.wrapper.writepositions import WritePositions
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -55,9 +56,6 @@ CREATE TABLE IF NOT EXISTS writes (
 CREATE INDEX IF NOT EXISTS writes_stored ON writes (stored_us);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
-
-
-RECENT_WRITES = 100_000
 
 
 def now_us() -> int:
@@ -122,8 +120,8 @@ class Store:
         self._in_txn = False
         # Commit notifications for the server's subscription threads.
         self.changed = threading.Condition()
-        # event_id -> position of recent writes, for Write calls waiting on them.
-        self.recent_writes: dict[str, int] = {}
+        # Where writes through the wrapper became visible, for Write calls.
+        self.write_positions = WritePositions()
 
     # -- meta -------------------------------------------------------------
     def _get(self, k: str) -> str | None:
@@ -166,11 +164,10 @@ class Store:
             self._in_txn = False
         self._meta = txn.meta
         with self.changed:
-            for event_id, position in txn.written:
-                self.recent_writes[event_id] = position
-            while len(self.recent_writes) > RECENT_WRITES:
-                del self.recent_writes[next(iter(self.recent_writes))]
             self.changed.notify_all()
+        # After the subscribers: a waiting writer wants its frame as well.
+        if txn.written:
+            self.write_positions.publish(txn.written)
 
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume
@@ -179,8 +176,7 @@ class Store:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
-            with self.changed:
-                self.recent_writes.clear()
+            self.write_positions.clear()
             txn.meta = StoreMeta(
                 stream_id=stream_id or uuid.uuid4().hex,
                 snapshot_done=False,

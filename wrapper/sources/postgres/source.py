@@ -28,13 +28,12 @@ from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, ma
 from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.values import FLOAT4_ARRAY_OID, binary_supported
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
-FLOAT4_ARRAY_OID = 1021
 TEXT_OID = 25
 
 

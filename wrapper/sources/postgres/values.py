@@ -149,6 +149,7 @@ def _load_text_as_str(data: bytes) -> str:
 
 _ARRAY_HEAD = struct.Struct(">iiI")  # ndim, has-nulls flag, element oid
 FLOAT4_OID = 700
+FLOAT4_ARRAY_OID = 1021
 # A float4[] element in binary form: its length word, then the value.
 _F4_ELEMENT = np.dtype([("len", ">i4"), ("val", ">f4")])
 
@@ -169,6 +170,19 @@ def _float4_array_numpy(data: bytes) -> np.ndarray[Any, Any] | None:
     if not (elems["len"] == 4).all():
         return None
     return elems["val"].astype(np.float32)
+
+
+def dump_float4_array(values: np.ndarray[Any, Any]) -> bytes:
+    """The binary float4[] of a 1-D float array: the inverse of
+    _float4_array_numpy, for writes (one numpy cast instead of psycopg's
+    element-by-element list dumper)."""
+    n = len(values)
+    if n == 0:
+        return _ARRAY_HEAD.pack(0, 0, FLOAT4_OID)
+    elems = np.empty(n, dtype=_F4_ELEMENT)
+    elems["len"] = 4
+    elems["val"] = values
+    return _ARRAY_HEAD.pack(1, 0, FLOAT4_OID) + _I32.pack(n) + _I32.pack(1) + elems.tobytes()
 
 
 def _float32_or(load: Load) -> Load:
