@@ -42,6 +42,7 @@ class Committer:
         self._after_commit = after_commit
         self._cv = threading.Condition()
         self._queue: list[SourceTransaction] = []
+        self._queued_changes = 0
         self._idle: ResumePoint | None = None
         self._busy = False
         self._stopping = False
@@ -56,10 +57,17 @@ class Committer:
         with self._cv:
             return not self._busy and not self._queue and self._idle is None
 
+    @property
+    def queued_changes(self) -> int:
+        """Changes handed over and not yet being written."""
+        with self._cv:
+            return self._queued_changes
+
     def submit(self, group: list[SourceTransaction]) -> None:
         self._raise_if_failed()
         with self._cv:
             self._queue.extend(group)
+            self._queued_changes += sum(len(stx.changes) for stx in group)
             self._cv.notify_all()
 
     def submit_position(self, point: ResumePoint) -> None:
@@ -107,6 +115,7 @@ class Committer:
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
+                self._queued_changes = 0
                 idle, self._idle = self._idle, None
                 self._busy = True
             try:

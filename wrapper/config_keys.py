@@ -322,10 +322,10 @@ class StoreConfig:
         "full", "SQLite synchronous mode: full or normal", _one_of("full", "normal")
     )
     commit_interval_ms: float = key(
-        5.0,
+        0.0,
         "group commit: longest a received transaction waits before its group is handed to "
-        "the store writer; 0 hands it over as soon as the writer is free (groups still grow "
-        "while a commit is in flight)",
+        "the store writer; 0 hands each one over at once (the writer still groups what "
+        "queues up while a commit is in flight)",
         _not_negative,
     )
 

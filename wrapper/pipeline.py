@@ -250,11 +250,13 @@ class Pipeline:
                     pending.append(stx)
                     pending_changes += len(stx.changes)
                 full = pending_changes >= MAX_GROUP_CHANGES
-                if full:
+                if full or committer.queued_changes >= MAX_GROUP_CHANGES:
                     committer.wait_idle()  # backpressure: one big group at a time
+                # With no interval, hand each transaction over at once: the
+                # writer groups what queues up while a commit is in flight.
                 if (
                     pending
-                    and committer.idle
+                    and (committer.idle or not self._interval)
                     and (full or stx is None or time.monotonic() - first_at >= self._interval)
                 ):
                     committer.submit(pending)

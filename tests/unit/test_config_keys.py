@@ -231,7 +231,7 @@ ENV_VALUES = {
     "store.path": ("/tmp/store.sqlite3", "/tmp/store.sqlite3"),
     "store.retention_seconds": ("3600", 3600.0),
     "store.synchronous": ("normal", "normal"),
-    "store.commit_interval_ms": ("0", 0.0),
+    "store.commit_interval_ms": ("5", 5.0),
     "vectors.dimension": ("128", 128),
     "vectors.text_dim": ("64", 64),
 }
