@@ -460,6 +460,8 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue: deque[_Slot] = deque()
         self._free = leaders
+        self.groups = 0  # transactions run, for Health
+        self.requests = 0  # requests they carried
 
     def submit(self, request: Request) -> Result:
         """Run `request` in the next group; block until its result is known."""
@@ -487,6 +489,8 @@ class GroupCommit:
     def _lead(self) -> None:
         with self._lock:
             group = [self._queue.popleft() for _ in range(min(MAX_GROUP, len(self._queue)))]
+            self.groups += bool(group)
+            self.requests += len(group)
         unknown = WriteError(ErrorKind.UNKNOWN, "the wrapper stopped while running the write")
         results: list[Result] = [unknown] * len(group)
         try:

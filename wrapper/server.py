@@ -322,6 +322,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "snapshot_rows": status.snapshot_rows,
             "retries": status.retries,
         }
+        if st.writes is not None:
+            counters.update(st.writes.counters())
         for (table, reason), n in dict(st.pipeline.vectorizer.missing).items():
             counters[f"vector_missing:{table}:{reason}"] = n
         return pb.HealthResponse(

@@ -163,5 +163,9 @@ class WriteExecutor:
         except (psycopg.Error, WriteError) as exc:
             log.warning("could not purge old write markers: %s", exc)
 
+    def counters(self) -> dict[str, int]:
+        """For Health: requests run, and the transactions they shared."""
+        return {"write_requests": self._groups.requests, "write_groups": self._groups.groups}
+
     def close(self) -> None:
         self._pool.close()
