@@ -11,8 +11,9 @@ stream to bring them back, wrapper/writes.py's.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,7 @@ class WriteError(WrapperError):
 class Planned:
     kind: int  # pb.WriteKind
     table: str
-    statement: sql.Composed
+    statement: bytes | sql.Composable
     params: list[Any]
 
 
@@ -197,38 +198,62 @@ def plan(
         if t.writable_columns and col not in t.writable_columns and not repeats_key:
             raise WriteError(ErrorKind.PERMISSION, f"{name}: column {col!r} is not writable")
     _check_vector(t, data)
-    ident = sql.Identifier(*name.split("."))
-    where = sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(k), _placeholder(types[k]))
-        for k in shape.key_columns
-    )
-    key_params = [_bind(key[k], types[k]) for k in shape.key_columns]
+    keys = shape.key_columns
+    key_params = [_bind(key[k], types[k]) for k in keys]
     if op.kind == pb.DELETE:
         if data:
             raise WriteError(ErrorKind.INVALID, f"{name}: a delete takes a key only, not data")
-        stmt = sql.SQL("DELETE FROM {} WHERE {}").format(ident, where)
+        stmt = _statement(op.kind, name, (), _typed(keys, types))
         return Planned(op.kind, name, stmt, key_params)
     if op.kind == pb.UPDATE:
         if not data:
             raise WriteError(ErrorKind.INVALID, f"{name}: an update needs at least one column")
-        sets = sql.SQL(", ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c), _placeholder(types[c])) for c in data
-        )
-        stmt = sql.SQL("UPDATE {} SET {} WHERE {}").format(ident, sets, where)
+        stmt = _statement(op.kind, name, _typed(data, types), _typed(keys, types))
         return Planned(
             op.kind, name, stmt, [_bind(v, types[c]) for c, v in data.items()] + key_params
         )
     if op.kind != pb.UPSERT:
         raise WriteError(ErrorKind.INVALID, f"{name}: unknown write kind {op.kind}")
-    for k in shape.key_columns:
+    for k in keys:
         if k in data and data[k] != key[k]:
             raise WriteError(
                 ErrorKind.INVALID,
                 f"{name}: data gives {k} = {data[k]!r} but the key says {key[k]!r}",
             )
     row = {**data, **key}
-    cols = list(row)
-    updates = [c for c in cols if c not in shape.key_columns]
+    stmt = _statement(op.kind, name, _typed(row, types), _typed(keys, types))
+    return Planned(op.kind, name, stmt, [_bind(v, types[c]) for c, v in row.items()])
+
+
+def _typed(cols: Iterable[str], types: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple((c, types[c]) for c in cols)
+
+
+@functools.lru_cache(maxsize=1024)
+def _statement(
+    kind: int,
+    table: str,
+    cols: tuple[tuple[str, str], ...],
+    keys: tuple[tuple[str, str], ...],
+) -> bytes:
+    """The statement of a write of this shape, rendered once: a table's
+    writes take few shapes, and composing and quoting them again for every
+    write was a tenth of the wrapper's time per write. For an upsert,
+    `cols` are all the row's columns, keys included; for an update, the
+    columns it sets."""
+    ident = sql.Identifier(*table.split("."))
+    where = sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(k), _placeholder(ty)) for k, ty in keys
+    )
+    if kind == pb.DELETE:
+        return sql.SQL("DELETE FROM {} WHERE {}").format(ident, where).as_bytes(None)
+    if kind == pb.UPDATE:
+        sets = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), _placeholder(ty)) for c, ty in cols
+        )
+        return sql.SQL("UPDATE {} SET {} WHERE {}").format(ident, sets, where).as_bytes(None)
+    key_names = {k for k, _ in keys}
+    updates = [c for c, _ in cols if c not in key_names]
     conflict = (
         sql.SQL("DO UPDATE SET {}").format(
             sql.SQL(", ").join(
@@ -238,14 +263,17 @@ def plan(
         if updates
         else sql.SQL("DO NOTHING")
     )
-    stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-        ident,
-        sql.SQL(", ").join(map(sql.Identifier, cols)),
-        sql.SQL(", ").join(_placeholder(types[c]) for c in cols),
-        sql.SQL(", ").join(map(sql.Identifier, shape.key_columns)),
-        conflict,
+    return (
+        sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}")
+        .format(
+            ident,
+            sql.SQL(", ").join(sql.Identifier(c) for c, _ in cols),
+            sql.SQL(", ").join(_placeholder(ty) for _, ty in cols),
+            sql.SQL(", ").join(sql.Identifier(k) for k, _ in keys),
+            conflict,
+        )
+        .as_bytes(None)
     )
-    return Planned(op.kind, name, stmt, [_bind(row[c], types[c]) for c in cols])
 
 
 _CONSTRAINT_CLASS = "23"
