@@ -27,6 +27,7 @@ from prism.driver.errors import (
     SecretRetiredError,
     SessionExpiredError,
     TenantDeniedError,
+    TlsMismatchError,
     UnknownTenantError,
     WaitTimeoutError,
     WriteConflictError,
@@ -35,6 +36,7 @@ from prism.driver.errors import (
     WritePermissionError,
 )
 from prism.driver.index import IndexParams
+from prism.driver.metrics import DriverCollector
 from prism.driver.schema import TableInfo
 from prism.driver.writes import WriteAck, WriteOp
 
@@ -43,6 +45,7 @@ __all__ = [
     "ConnectionLostError",
     "ConstraintViolationError",
     "DatabaseUnavailableError",
+    "DriverCollector",
     "DriverConfig",
     "DriverConfigError",
     "DriverError",
@@ -59,6 +62,7 @@ __all__ = [
     "SessionExpiredError",
     "TableInfo",
     "TenantDeniedError",
+    "TlsMismatchError",
     "UnknownTenantError",
     "WaitTimeoutError",
     "WriteAck",

@@ -47,6 +47,14 @@ class TenantDeniedError(AuthenticationError):
     client certificate of tenant B asking for tenant A. Permanent."""
 
 
+class TlsMismatchError(DriverError):
+    """The driver's TLS settings do not fit the wrapper's: TLS against a
+    plaintext wrapper or the other way round, a certificate from a CA the
+    driver does not trust, a name the certificate does not hold, or a
+    missing client certificate. The message names the likely cause.
+    Permanent: fix the DriverConfig (or the wrapper's [tls])."""
+
+
 class RateLimitedError(DriverError):
     """Too many failed authentications from this address; the wrapper
     refuses it for up to a minute. The subscription retries by itself."""

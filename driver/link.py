@@ -13,6 +13,7 @@ driver/errors.py, nowhere else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ from typing import TypeVar
 
 import grpc
 
+from prism.driver import tlscheck
 from prism.driver.config import DriverConfig
 from prism.driver.errors import (
     AuthenticationError,
     DriverError,
     SessionExpiredError,
+    TlsMismatchError,
     WriteOutcomeUnknownError,
     map_grpc_error,
     map_write_error,
@@ -39,6 +42,9 @@ from prism.fabric.keys import load_secret
 log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The TLS diagnosis after a failed connection takes one round trip or two;
+# past this (a stalled link) the driver just retries as before.
+DIAGNOSE_MAX_S = 5.0
 _Req = TypeVar("_Req", pb.SubscribeRequest, pb.WriteRequest)
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -124,6 +130,8 @@ class Link:
                 timeout=cfg.connect_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                await self._raise_if_tls_mismatch(exc)
             raise map_grpc_error(exc, f"authenticating to {cfg.target}") from exc
         if hello.protocol_version != PROTOCOL_VERSION:
             raise DriverError(
@@ -145,6 +153,25 @@ class Link:
         key = handshake.session_key(secret, cfg.tenant_id, server_nonce, client_nonce)
         self.login = Login(hello, projection_key, key)
         return self.login
+
+    async def _raise_if_tls_mismatch(self, exc: grpc.aio.AioRpcError) -> None:
+        """A connection that failed may have failed for good: a TLS setting
+        that does not fit the wrapper's. Ask (within connect_timeout_s) and
+        raise that as a permanent TlsMismatchError, so wait_ready() and
+        every read say so instead of the driver retrying forever."""
+        if "connection refused" in (exc.details() or "").lower():
+            return  # nothing listens (yet): a wrapper restarting, not a mismatch
+        timeout = min(self.config.connect_timeout_s, DIAGNOSE_MAX_S)
+        try:
+            cause = await asyncio.wait_for(tlscheck.diagnose(self.config, timeout), timeout)
+        except TimeoutError:
+            return
+        if cause is not None:
+            raise TlsMismatchError(
+                f"cannot connect to the wrapper at {self.config.target}: {cause} "
+                f"(gRPC: {exc.details()})",
+                retriable=False,
+            ) from exc
 
     async def write(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
         """One Write call on the current session (a new one when there is

@@ -65,6 +65,8 @@ _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
     (SealedRowsError, "sealed-rows"),
     (SequenceGapError, "sequence"),
 )
+# Every reason a rejection may be counted under (prism.driver.metrics shows each).
+REJECTION_REASON_NAMES = (*(name for _, name in _REJECTION_REASONS), "malformed")
 
 
 class Subscription:

@@ -4,8 +4,10 @@ Starts an embedded PostgreSQL 16 with a sample `products` table, writes a
 tenant secret and a wrapper config, runs the real `prism-wrapper` process,
 and then acts as the application: a PrismDriver syncs the table, answers
 `get` and similarity queries in process, shows a change made in the
-database arriving in the replica, and writes through the wrapper.
-Everything prints with timings.
+database arriving in the replica, and writes through the wrapper. Then the
+cache half (examples/cache_demo.py): PrismCache answers a question through
+a stand-in LLM once, serves a paraphrase, refuses a look-alike trap and
+prints its metrics. Everything prints with timings.
 
     python examples/demo.py [--rows 5000] [--keep]
 """
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,10 @@ from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
 from prism.wrapper.certs import generate as generate_certs
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, remove_tree, shared_tmp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cache_demo
 
 ADJECTIVES = [
     "red",
@@ -211,6 +215,7 @@ def main() -> int:
     base = shared_tmp("prismlib-demo-")
     wrapper: subprocess.Popen[bytes] | None = None
     pg = EmbeddedPostgres(base / "pg")
+    ok = False
     try:
         t0 = time.perf_counter()
         pg.start()
@@ -266,21 +271,28 @@ writable_columns = ["name", "description", "price"]
             stderr=log,
         )
         wait_serving(port, wrapper, pki.ca_cert)
+        kept = "kept" if args.keep else "removed at the end unless the demo fails; --keep keeps it"
         print(
             f"[wrapper] prism-wrapper serving TLS on 127.0.0.1:{port} after "
-            f"{ms(time.perf_counter() - t2)} (log: {base / 'wrapper.log'})"
+            f"{ms(time.perf_counter() - t2)} (log: {base / 'wrapper.log'}, {kept})"
         )
         asyncio.run(app(port, secret, pki.ca_cert, pg.dsn, args.rows))
         wrapper.send_signal(signal.SIGTERM)
         print(f"\n[wrapper] SIGTERM -> exit code {wrapper.wait(30)}")
         wrapper = None
+        ok = True
+        cache_demo.main()  # the product's second half: PrismCache
         return 0
     finally:
         if wrapper is not None:
             wrapper.kill()
         pg.stop()
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
+        if args.keep or not ok:
+            # A failed demo keeps its directory: the wrapper's log is what to read.
+            print(f"[demo] kept {base} (wrapper.log, pg/postgres.log, the store)")
+        else:
+            remove_tree(base)
+            print(f"[demo] removed {base}; run with --keep to keep its logs and store")
 
 
 if __name__ == "__main__":

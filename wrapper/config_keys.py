@@ -343,6 +343,22 @@ class VectorsConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """[metrics]: the Prometheus endpoint (opt-in; see prism.wrapper.metrics)."""
+
+    listen_port: int = key(
+        0,
+        "port of the Prometheus /metrics endpoint (0, the default: no endpoint); e.g. 9187",
+        _port,
+    )
+    listen_host: str = key(
+        "127.0.0.1",
+        "address the metrics endpoint binds (0.0.0.0 to let a Prometheus on another host "
+        "scrape it)",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class TenantConfig:
     """A [[tenants]] entry: one tenant, its secrets and its drivers' identities."""
 
@@ -435,6 +451,7 @@ SECTIONS: dict[str, type] = {
     "tls": TlsConfig,
     "store": StoreConfig,
     "vectors": VectorsConfig,
+    "metrics": MetricsConfig,
 }
 ALIASES = {"chorus": "server"}  # the seed's spelling -> the section's name
 ARRAYS: dict[str, type] = {"tenants": TenantConfig, "tables": TableConfig}
@@ -509,7 +526,9 @@ _HEADINGS = {
     "given in both is an error; PRISM_SERVER_<KEY> wins over PRISM_CHORUS_<KEY>)",
     "tenants": "[[tenants]]  one entry per tenant, instead of the server section's tenant_id and "
     "secret_file; no environment overrides",
-    "tables": "[[tables]]  one entry per replicated table; no environment overrides",
+    "tables": "[[tables]]  one entry per replicated table; no environment overrides. With "
+    "none, every table with a primary key is captured (PostgreSQL: of every schema but the "
+    "system ones; MySQL: of the dsn's database)",
 }
 
 

@@ -37,6 +37,45 @@ def shared_tmp(prefix: str) -> Path:
     return d
 
 
+def remove_tree(path: Path) -> None:
+    """Remove a directory a stopped cluster (or any throwaway server) used;
+    the demo, the tests and the benchmarks call it, so /var/tmp does not
+    collect a 55 MB data directory per run."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_stale(prefix: str, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove /var/tmp/<prefix>* directories left by runs that were killed
+    before they could clean up: those older than `older_than_s` with no
+    live postmaster in them (a run in progress elsewhere keeps its own).
+    Returns what was removed."""
+    removed = []
+    now = time.time()
+    for d in Path("/var/tmp").glob(f"{prefix}*"):
+        try:
+            if not d.is_dir() or now - d.stat().st_mtime < older_than_s:
+                continue
+            pid_files = [*d.glob("data/postmaster.pid"), *d.glob("*/data/postmaster.pid")]
+            if any(_postmaster_alive(p) for p in pid_files):
+                continue
+        except OSError:
+            continue
+        remove_tree(d)
+        removed.append(d)
+    return removed
+
+
+def _postmaster_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # alive, and another user's
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -141,10 +180,18 @@ class EmbeddedPostgres:
         preexec = None
         if user is not None:
             uid, gid = user.pw_uid, user.pw_gid
+            setpriv = shutil.which("setpriv")
+            if setpriv is not None:
+                # util-linux's setpriv drops to the server's user, so no Python
+                # runs between fork and exec: the child can be made with vfork,
+                # which a process with gRPC's threads (a test's driver) needs;
+                # a forked child inherits gRPC's state and may abort in it.
+                args = [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *args]
+            else:
 
-            def preexec() -> None:
-                os.setgid(gid)
-                os.setuid(uid)
+                def preexec() -> None:
+                    os.setgid(gid)
+                    os.setuid(uid)
 
         env = dict(os.environ, LC_ALL="C", LANG="C")
         return subprocess.run(  # type: ignore[call-overload]

@@ -51,6 +51,10 @@ class PipelineStatus:
     changes: int = 0
     snapshot_rows: int = 0
     retries: int = 0
+    store_full: int = 0  # times the store's disk filled up
+    # Seconds from the newest stored transaction's commit in the database to
+    # its store commit (the metrics' source lag); None before the first.
+    lag_s: float | None = None
     started: threading.Event = field(default_factory=threading.Event)
 
 
@@ -150,7 +154,14 @@ class Pipeline:
         elif set(self.store.table_columns()) != set(self.shapes):
             fresh_reason = "the configured tables changed"
         if fresh_reason:
-            log.warning("copying the tables afresh: %s; drivers will re-bootstrap", fresh_reason)
+            if meta.head == 0 and not meta.snapshot_done:
+                # A new store (or one whose first copy was cut short): the
+                # normal first start, nothing for drivers to re-bootstrap from.
+                log.info("initial copy of the tables: %s", fresh_reason)
+            else:
+                log.warning(
+                    "copying the tables afresh: %s; drivers will re-bootstrap", fresh_reason
+                )
             self._snapshot(source)
         else:
             self._load_shapes()
@@ -239,6 +250,7 @@ class Pipeline:
         first_at = 0.0
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
+        seen_txns = 0
         try:
             for stx in source.transactions(max(self._interval, IDLE_TICK_S)):
                 committer.check()
@@ -266,6 +278,11 @@ class Pipeline:
                     if idle is not None and idle.position > acked:
                         committer.submit_position(idle)
                 durable = committer.durable
+                if durable.transactions != seen_txns:
+                    seen_txns = durable.transactions
+                    commit_us = self.store.meta.last_commit_us
+                    if commit_us:
+                        self.status.lag_s = max(0.0, time.time() - commit_us / 1e6)
                 if durable.position > acked:
                     # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)

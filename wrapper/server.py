@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from prism.wrapper.auth import Authenticator, AuthFailure, Session
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.keyring import Keyring
+from prism.wrapper.metrics import WrapperMetrics, disk_free_bytes, store_bytes
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import Store, StoreReader
@@ -55,6 +57,7 @@ class WrapperState:
     auth: Authenticator
     keyring: Keyring
     writes: WriteExecutor | None = None
+    metrics: WrapperMetrics = field(default_factory=WrapperMetrics)
     auth_lock: threading.Lock = field(default_factory=threading.Lock)
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
@@ -110,6 +113,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> NoReturn:
         log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
+        self.state.metrics.refused(what, exc.kind.value)
         context.set_trailing_metadata(refusal_metadata(exc.kind))
         context.abort(GRPC_STATUS[exc.kind], str(exc))
 
@@ -240,6 +244,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         tenant_id = request.tenant_id
         session = self._session(request, context)
         if not MIN_SUBSCRIPTION <= len(request.subscription) <= MAX_SUBSCRIPTION:
+            st.metrics.refused("subscribe", "invalid-subscription")
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"subscription must be {MIN_SUBSCRIPTION}-{MAX_SUBSCRIPTION} random bytes, "
@@ -264,8 +269,10 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 "stream": request.stream_id,
             },
         )
+        ended = st.metrics.subscribed(tenant_id)
+        sent = st.metrics.sender(tenant_id)
         try:
-            yield from subscription(
+            for frame in subscription(
                 ctx,
                 reader,
                 request.stream_id,
@@ -273,8 +280,11 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 request.max_frame_rows,
                 st.wait_for_head,
                 lambda: context.is_active() and self._still_valid(request.session),
-            )
+            ):
+                sent()
+                yield frame
         finally:
+            ended()
             reader.close()
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
@@ -294,11 +304,16 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                         f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
                     ),
                 )
+        started = time.monotonic()
         try:
             if st.writes is None:
                 raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
-            return st.writes.execute(request)
+            response = st.writes.execute(request)
+            st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
+            return response
         except WriteError as exc:
+            st.metrics.write_seconds.labels(exc.kind.value).observe(time.monotonic() - started)
+            st.metrics.refused("write", exc.kind.value)
             level = logging.WARNING if exc.kind == ErrorKind.PERMISSION else logging.INFO
             log.log(
                 level,
@@ -321,9 +336,18 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "changes": status.changes,
             "snapshot_rows": status.snapshot_rows,
             "retries": status.retries,
+            "store_full": status.store_full,
+            "subscribers": st.metrics.subscriber_count,
+            "frames_sent": st.metrics.frames_sent_count,
+            "store_bytes": store_bytes(st.store.path),
         }
         if st.writes is not None:
             counters.update(st.writes.counters())
+        free = disk_free_bytes(st.store.path)
+        if free is not None:
+            counters["store_disk_free_bytes"] = free
+        for t in st.cfg.tenants:
+            counters[f"key_epoch:{t.id}"] = st.keyring.epoch(t.id)
         for (table, reason), n in dict(st.pipeline.vectorizer.missing).items():
             counters[f"vector_missing:{table}:{reason}"] = n
         return pb.HealthResponse(

@@ -17,6 +17,7 @@ purged: a driver whose position is below it must bootstrap in full.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -89,6 +90,18 @@ class StoreMeta:
         return ResumePoint(self.source_position, self.gtid_state)
 
 
+def _create_private(path: Path) -> None:
+    """Create the store's directory (700) and file (600) unless they exist:
+    the store holds every replicated row, so only the wrapper's user may
+    read it, with or without systemd's UMask. SQLite gives its -wal and
+    -shm files the database file's mode."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # created meanwhile (the keyring's file too)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Connection:
     try:
         if readonly:
@@ -96,14 +109,14 @@ def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Co
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
             )
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(path)
             conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 10000")
         if not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         return conn
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from exc
 
 

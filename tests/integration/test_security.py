@@ -26,8 +26,8 @@ from prism.driver import (
     InvalidWriteError,
     SecretRetiredError,
     TenantDeniedError,
+    TlsMismatchError,
     UnknownTenantError,
-    WaitTimeoutError,
 )
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import wrapper_pb2 as pb
@@ -156,11 +156,11 @@ async def test_mutual_tls_maps_certificates_to_tenants(
     ) as driver:
         with pytest.raises(TenantDeniedError, match="belongs to tenant 'other'"):
             await driver.wait_ready(timeout=30)
-    # No client certificate: the TLS handshake itself fails; the driver keeps
-    # retrying and says why.
+    # No client certificate: the TLS handshake itself fails, for good; the
+    # driver says why at once instead of retrying (tests/integration/test_tls_mismatch.py).
     async with driver_for(proc, files["acme"], tenant="acme") as driver:
-        with pytest.raises(WaitTimeoutError, match=r"last error: .*UNAVAILABLE"):
-            await driver.wait_ready(timeout=3)
+        with pytest.raises(TlsMismatchError, match="requires a client certificate"):
+            await driver.wait_ready(timeout=30)
         assert driver.stats()["ready"] is False
 
 

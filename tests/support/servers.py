@@ -20,7 +20,13 @@ import pytest
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
+from prism.wrapper.embedded_pg import (
+    EmbeddedPostgres,
+    free_port,
+    remove_tree,
+    shared_tmp,
+    sweep_stale,
+)
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -32,13 +38,30 @@ def unavailable(what: str, exc: BaseException) -> None:
     pytest.skip(msg)
 
 
-def start_postgres() -> EmbeddedPostgres:
-    pg = EmbeddedPostgres(shared_tmp("prism-test-pg-") / "pg")
+PG_PREFIX = "prism-test-pg-"
+
+
+def start_postgres(**settings: str) -> EmbeddedPostgres:
+    """A PostgreSQL cluster in a new /var/tmp directory; stop it with
+    stop_postgres(), which removes the directory too. Directories that
+    killed runs left behind are swept first."""
+    sweep_stale(PG_PREFIX)
+    pg = EmbeddedPostgres(shared_tmp(PG_PREFIX) / "pg", settings=dict(settings))
     try:
         pg.start()
     except Exception as exc:
+        remove_tree(pg.base_dir.parent)
         unavailable("PostgreSQL", exc)
     return pg
+
+
+def stop_postgres(pg: EmbeddedPostgres) -> None:
+    """Stop a cluster of start_postgres() and remove its directory (its
+    data directory alone is ~55 MB)."""
+    try:
+        pg.stop()
+    finally:
+        remove_tree(pg.base_dir.parent)
 
 
 def toml_value(v: Any) -> str:
@@ -259,3 +282,30 @@ def driver_for(
             **args,
         )
     )
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text as {(sample name, sorted labels): value}, parsed by
+    prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def scrape(port: int, timeout: float = 10.0) -> Samples:
+    """GET http://127.0.0.1:port/metrics, parsed."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        return parse_metrics(r.read().decode())
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))

@@ -57,7 +57,7 @@ def test_environment_overrides_the_file() -> None:
     [
         (
             with_(database={"dsn": None}) | {"database": {"flavor": "postgres"}},
-            "database.dsn is required",
+            "missing required key database.dsn",
         ),
         (with_(chorus={"listen_port": 70000}), "listen_port = 70000.*TCP port"),
         (with_(chorus={"listen_port": True}), "expected an integer"),
@@ -67,7 +67,14 @@ def test_environment_overrides_the_file() -> None:
         (with_(store={"synchronous": "off"}), "store.synchronous"),
         (with_(chorus={"colour": "blue"}), "unknown key chorus.colour"),
         (with_(extra={"a": 1}), r"unknown section \[extra\]"),
-        (with_(tables=[]), "no tables configured"),
+        (
+            with_(
+                tables=[],
+                chorus={"tenant_id": "", "secret_file": ""},
+                tenants=[{"id": "a", "secret_files": ["/a"]}, {"id": "b", "secret_files": ["/b"]}],
+            ),
+            r"no \[\[tables\]\].*2 tenants",
+        ),
         (with_(tables=[{"name": "x", "vector_column": "v"}]), "vector_dim.*required"),
         (
             with_(
@@ -143,7 +150,7 @@ def test_several_tenants_each_with_their_tables() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({**two_tenants(), "tls": {}}, "tls.cert_file and tls.key_file are required unless"),
+        ({**two_tenants(), "tls": {}}, "missing required keys tls.cert_file, tls.key_file"),
         (
             {**two_tenants(), "tls": TLS | {"client_ca_file": "/ca"}, "chorus": {"insecure": True}},
             "client_ca_file needs TLS",
@@ -170,7 +177,10 @@ def test_several_tenants_each_with_their_tables() -> None:
             {**two_tenants(), "chorus": {"tenant_id": "acme", "secret_file": "/s"}},
             "both given; keep one",
         ),
-        ({"database": {"dsn": "x"}, "tls": TLS, "tables": [{"name": "t"}]}, "no tenant in"),
+        (
+            {"database": {"dsn": "x"}, "tls": TLS, "tables": [{"name": "t"}]},
+            "missing required keys server.tenant_id, server.secret_file",
+        ),
     ],
 )
 def test_bad_tenant_and_tls_settings_are_refused_by_name(data: dict[str, Any], match: str) -> None:

@@ -234,6 +234,8 @@ ENV_VALUES = {
     "store.commit_interval_ms": ("5", 5.0),
     "vectors.dimension": ("128", 128),
     "vectors.text_dim": ("64", 64),
+    "metrics.listen_port": ("9187", 9187),
+    "metrics.listen_host": ("0.0.0.0", "0.0.0.0"),
 }
 
 

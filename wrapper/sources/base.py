@@ -118,6 +118,27 @@ class ResumePoint:
     gtid_state: str = ""
 
 
+@dataclass(frozen=True)
+class SourceFigures:
+    """How far the store is behind the database, in bytes of its log, as a
+    probe beside the stream measured it (the metrics endpoint's figures)."""
+
+    lag_bytes: int | None  # the database's log after the stored position (None: unknown)
+    retained_bytes: int | None = None  # log the database keeps for us (PostgreSQL's slot)
+
+
+class SourceProbe(abc.ABC):
+    """A connection of its own that answers `figures()` from another thread
+    than the stream's."""
+
+    @abc.abstractmethod
+    def figures(self, stored_position: int) -> SourceFigures:
+        """Raises a SourceError when the database cannot be asked."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
 class ChangeSource(abc.ABC):
     """Yields committed transactions in commit order, from a resume position.
 

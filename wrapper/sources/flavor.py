@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from prism.wrapper.config import WrapperConfig
-    from prism.wrapper.sources.base import ReplicationSource, ResumePoint
+    from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceProbe
 
 
 def make_source(cfg: WrapperConfig) -> ReplicationSource:
@@ -23,6 +23,31 @@ def make_source(cfg: WrapperConfig) -> ReplicationSource:
     from prism.wrapper.sources.postgres.source import PostgresSource
 
     return PostgresSource(cfg)
+
+
+def keyed_tables(cfg: WrapperConfig) -> list[str]:
+    """Every table with a primary key (PostgreSQL: of every schema but the
+    system ones; MySQL: of the dsn's database): what is captured when the
+    config has no [[tables]] entry. Raises a SourceError (retriable when
+    the database is unreachable)."""
+    if cfg.flavor == "mysql":
+        from prism.wrapper.sources.mysql import admin as mysql_admin
+
+        return mysql_admin.keyed_tables(cfg.dsn)
+    from prism.wrapper.sources.postgres import admin as pg_admin
+
+    return pg_admin.keyed_tables(cfg.dsn)
+
+
+def make_probe(cfg: WrapperConfig) -> SourceProbe:
+    """A connection of its own for the metrics endpoint's source figures."""
+    if cfg.flavor == "mysql":
+        from prism.wrapper.sources.mysql.admin import MySQLProbe
+
+        return MySQLProbe(cfg.dsn)
+    from prism.wrapper.sources.postgres.admin import PostgresProbe
+
+    return PostgresProbe(cfg.dsn, cfg.database.slot)
 
 
 def describe_point(flavor: str, point: ResumePoint) -> str:
