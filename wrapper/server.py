@@ -41,7 +41,8 @@ from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import ReaderPool, Store
 from prism.wrapper.subscription import SendWatchdog, ServeScope, frame_rows, subscription
-from prism.wrapper.writes import WriteError, WriteExecutor
+from prism.wrapper.writeplan import WriteError
+from prism.wrapper.writes import WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
 
@@ -378,6 +379,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "frames_sent": st.metrics.frames_sent_count,
             "store_bytes": store_bytes(st.store.path),
         }
+        if st.writes is not None:
+            counters.update(st.writes.counters())
         free = disk_free_bytes(st.store.path)
         if free is not None:
             counters["store_disk_free_bytes"] = free

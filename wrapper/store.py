@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 
 from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.sources.base import ResumePoint
+from prism.wrapper.writepositions import WritePositions
 
 log = logging.getLogger("prism.wrapper.store")
 
@@ -88,8 +89,6 @@ CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D
 # What a rebuild drops (the keyring's table in the same file stays: the
 # tenants' projection keys outlive any copy of the tables).
 _STORE_TABLES = ("rows", "table_schema", "writes", "meta")
-
-RECENT_WRITES = 100_000
 
 
 def now_us() -> int:
@@ -282,8 +281,8 @@ class Store:
         self._checkpointer: _Checkpointer | None = None
         # Commit notifications for the server's subscription threads.
         self.changed = threading.Condition()
-        # event_id -> position of recent writes, for Write calls waiting on them.
-        self.recent_writes: dict[str, int] = {}
+        # Where writes through the wrapper became visible, for Write calls.
+        self.write_positions = WritePositions()
 
     # -- format -----------------------------------------------------------
     def _open_format(self) -> None:
@@ -393,11 +392,10 @@ class Store:
             self._checkpointer = _Checkpointer(self.path, self._synchronous)
         self._checkpointer.committed(txn.nbytes)
         with self.changed:
-            for event_id, position in txn.written:
-                self.recent_writes[event_id] = position
-            while len(self.recent_writes) > RECENT_WRITES:
-                del self.recent_writes[next(iter(self.recent_writes))]
             self.changed.notify_all()
+        # After the subscribers: a waiting writer wants its frame as well.
+        if txn.written:
+            self.write_positions.publish(txn.written)
 
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume
@@ -406,8 +404,7 @@ class Store:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
-            with self.changed:
-                self.recent_writes.clear()
+            self.write_positions.clear()
             txn.meta = StoreMeta(
                 stream_id=stream_id or uuid.uuid4().hex,
                 snapshot_done=False,

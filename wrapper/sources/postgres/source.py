@@ -35,13 +35,17 @@ from prism.wrapper.sources.base import (
 )
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.values import ColumnLoaders, Load, binary_supported
+from prism.wrapper.sources.postgres.values import (
+    FLOAT4_ARRAY_OID,
+    ColumnLoaders,
+    Load,
+    binary_supported,
+)
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
-FLOAT4_ARRAY_OID = 1021
 TEXT_OID = 25
 # A stream whose server answered none of this many status requests in a row
 # (one per database.status_interval_s), and for at least SILENT_MIN_S, is

@@ -149,6 +149,9 @@ def _load_text_as_str(data: bytes) -> str:
 
 _ARRAY_HEAD = struct.Struct(">iiI")  # ndim, has-nulls flag, element oid
 FLOAT4_OID = 700
+FLOAT4_ARRAY_OID = 1021
+# A float4[] element in binary form: its length word, then the value.
+_F4_ELEMENT = np.dtype([("len", ">i4"), ("val", ">f4")])
 
 
 _FOURS: dict[int, bytes] = {}  # b"\x04" * n, by n (a few vector sizes)
@@ -177,6 +180,19 @@ def _float4_array_numpy(data: bytes) -> np.ndarray[Any, Any] | None:
     if data[pos + 3 : end : 8] != fours:
         return None
     return np.frombuffer(data, dtype=">f4", count=2 * n, offset=pos)[1::2].astype(np.float32)
+
+
+def dump_float4_array(values: np.ndarray[Any, Any]) -> bytes:
+    """The binary float4[] of a 1-D float array: the inverse of
+    _float4_array_numpy, for writes (one numpy cast instead of psycopg's
+    element-by-element list dumper)."""
+    n = len(values)
+    if n == 0:
+        return _ARRAY_HEAD.pack(0, 0, FLOAT4_OID)
+    elems = np.empty(n, dtype=_F4_ELEMENT)
+    elems["len"] = 4
+    elems["val"] = values
+    return _ARRAY_HEAD.pack(1, 0, FLOAT4_OID) + _I32.pack(n) + _I32.pack(1) + elems.tobytes()
 
 
 def _float32_or(load: Load) -> Load:
