@@ -140,6 +140,15 @@ class BertWeights:
 def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean-pooled, L2-normalized sentence vectors, (batch, dim) float32,
     for token ids (batch, seq) and their attention mask (1 real, 0 pad)."""
+    return encode_states(w, ids, mask)[0]
+
+
+def encode_states(
+    w: BertWeights, ids: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sentence vectors (as `encode`) and the last layer's contextual
+    token states (batch, seq, dim) float32 they were pooled from: the
+    verifier aligns two questions token by token with the latter."""
     b, n = ids.shape
     d, h = w.dim, w.heads
     hd = d // h
@@ -168,4 +177,4 @@ def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask.astype(np.float32)[:, :, None]
     pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32), x.astype(np.float32)
