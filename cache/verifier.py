@@ -226,8 +226,15 @@ _AMBIGUOUS_MONTHS = frozenset({"may", "march"})
 
 @dataclass(frozen=True)
 class Verdict:
+    """`kind`: "veto" (a rule of 1-3, or a change of direction: never
+    served), "edit" (rule 4 found a swapped or added word), "reworded"
+    (too few shared words for rule 4) or "same" (the same content words).
+    The learned part of the verifier (prism.cache.judge) weighs the last
+    three; `ok` is the rules' own decision."""
+
     ok: bool
     reason: str = ""
+    kind: str = "veto"
 
     def __bool__(self) -> bool:
         return self.ok
@@ -559,6 +566,19 @@ class Verifier:
             return Verdict(False, "names in another order (direction)")
         return self._substitutions(ta, tb, ca, cb, only_a, only_b)
 
+    def unmatched(self, cached: str, query: str) -> tuple[set[str], set[str], int, int]:
+        """Rule 4's view of a pair: the content words of each side that no
+        word of the other matches (variant, synonym), the number of shared
+        content words, and the number of content words of both together."""
+        ta, tb = tokens(cached), tokens(query)
+        ca, cb = set(_content(ta)), set(_content(tb))
+        only_a, only_b = ca - cb, cb - ca
+        pool_a, pool_b = only_a | _with_parts(ta), only_b | _with_parts(tb)
+        ua = {x for x in only_a if not _matched(x, pool_b)}
+        ub = {y for y in only_b if not _matched(y, pool_a)}
+        shared = (ca & cb) | (only_a - ua)
+        return ua, ub, len(shared), len(ca | cb)
+
     def _substitutions(
         self,
         ta: list[str],
@@ -577,15 +597,17 @@ class Verifier:
         shared = (set(ca) & set(cb)) | (only_a - unmatched_a)
         small = len(unmatched_a) + len(unmatched_b) <= self.max_edit_words
         if not shared or not (small or _one_span(ca, cb)):
-            return Verdict(True, "reworded: no word-level check")
+            return Verdict(True, "reworded: no word-level check", "reworded")
         if unmatched_a and unmatched_b:
-            return Verdict(False, f"words swapped: {sorted(unmatched_a)} / {sorted(unmatched_b)}")
+            return Verdict(
+                False, f"words swapped: {sorted(unmatched_a)} / {sorted(unmatched_b)}", "edit"
+            )
         if (unmatched_a or unmatched_b) and self.refuse_added:
-            return Verdict(False, f"a qualifier added: {sorted(unmatched_a | unmatched_b)}")
+            return Verdict(False, f"a qualifier added: {sorted(unmatched_a | unmatched_b)}", "edit")
         # Same content words: a change of order may be a change of direction.
         if _order_words(ta, tb):
             return Verdict(False, "same words, another order (direction)")
-        return Verdict(True, "same content words")
+        return Verdict(True, "same content words", "same")
 
 
 def _one_span(ca: list[str], cb: list[str]) -> bool:
