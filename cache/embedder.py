@@ -310,6 +310,7 @@ class MemoEmbedder:
         self.inner = inner
         self.size = size
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._states: dict[str, WordStates] = {}  # beside _memo, evicted with it
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -333,20 +334,55 @@ class MemoEmbedder:
                 self.misses += 1
             return v
 
-    def remember(self, text: str, v: np.ndarray) -> np.ndarray:
+    def remember(self, text: str, v: np.ndarray, states: WordStates | None = None) -> np.ndarray:
         v = np.array(v, dtype=np.float32)
         v.setflags(write=False)
         with self._lock:
             self._memo[text] = v
+            if states is not None:
+                self._states[text] = states
             while len(self._memo) > self.size:
-                self._memo.popitem(last=False)
+                old, _ = self._memo.popitem(last=False)
+                self._states.pop(old, None)
         return v
+
+    @property
+    def has_states(self) -> bool:
+        """Whether the inner embedder gives word states (MiniLM does)."""
+        return hasattr(self.inner, "embed_with_states")
+
+    def embed_many_with_states(
+        self, texts: Sequence[str]
+    ) -> tuple[np.ndarray, list[WordStates | None]]:
+        if self.has_states:
+            vecs, states = self.inner.embed_with_states(texts)  # type: ignore[attr-defined]
+            return vecs, list(states)
+        return self.inner.embed_many(texts), [None] * len(texts)
+
+    def has_memo_states(self, text: str) -> bool:
+        with self._lock:
+            return text in self._states
+
+    def states(self, text: str) -> WordStates | None:
+        """The word states of `text` (memoized with its vector; computed if
+        the text was embedded without them), or None for an embedder
+        without word states."""
+        if not self.has_states:
+            return None
+        with self._lock:
+            st = self._states.get(text)
+        if st is None:
+            v, sts = self.embed_many_with_states([text])
+            self.remember(text, v[0], sts[0])
+            st = sts[0]
+        return st
 
     def embed(self, text: str) -> np.ndarray:
         v = self.recall(text)
         if v is not None:
             return v
-        return self.remember(text, self.inner.embed_many([text])[0])
+        vecs, states = self.embed_many_with_states([text])
+        return self.remember(text, vecs[0], states[0])
 
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed_many(texts)
