@@ -70,7 +70,9 @@ def pair_table(pairs: list[dict[str, Any]], emb: MiniLMEmbedder) -> dict[str, An
         stored = WordStates.from_bytes(sa[i].to_bytes(), emb.dim)
         assert stored is not None
         feats.append(
-            pair_features(float(score[i]), verdicts[i], ver.unmatched(p["a"], p["b"]), stored, sb[i])
+            pair_features(
+                float(score[i]), verdicts[i], ver.unmatched(p["a"], p["b"]), stored, sb[i]
+            )
         )
     names = sorted(feats[0])
     x = np.array([[f[k] for k in names] for f in feats])
@@ -160,6 +162,7 @@ def nested(t: dict[str, Any], pairs: list[dict[str, Any]], seeds: Any) -> dict[s
         f = folds(pairs, FOLDS, 100 + s)
         served = np.zeros(len(pairs), bool)
         prob = np.zeros(len(pairs))
+        cuts = np.zeros(len(pairs))
         for j in range(FOLDS):
             train = np.flatnonzero(f != j)
             test = np.flatnonzero(f == j)
@@ -169,8 +172,9 @@ def nested(t: dict[str, Any], pairs: list[dict[str, Any]], seeds: Any) -> dict[s
             p = m.prob(t["x"][test])
             p[t["veto"][test]] = 0.0
             prob[test] = p
+            cuts[test] = cut
             served[test] = (p >= cut) & (score[test] >= FLOOR)
-        runs.append({"served": served.tolist(), "prob": prob.tolist()})
+        runs.append({"served": served.tolist(), "prob": prob.tolist(), "cutoff": cuts.tolist()})
     return {"runs": runs}
 
 

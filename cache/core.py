@@ -45,6 +45,7 @@ import numpy as np
 from prism.cache.codes import CodeIndex
 from prism.cache.embedder import Embedder, MemoEmbedder, MiniLMEmbedder
 from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, StoreError
+from prism.cache.judge import LearnedVerifier
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
@@ -63,7 +64,6 @@ from prism.cache.store import (
     entry_from_row,
     row_tags,
 )
-from prism.cache.judge import LearnedVerifier
 from prism.cache.verifier import Verifier
 
 log = logging.getLogger("prism.cache")
@@ -120,9 +120,7 @@ class _EmbedBatcher:
                 texts = list(dict.fromkeys(t for t, _ in batch))
                 t0 = time.perf_counter()
                 try:
-                    vecs, states = await asyncio.to_thread(
-                        self.memo.embed_many_with_states, texts
-                    )
+                    vecs, states = await asyncio.to_thread(self.memo.embed_many_with_states, texts)
                 except BaseException as exc:
                     for _, f in batch:
                         if not f.done():

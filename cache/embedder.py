@@ -183,9 +183,7 @@ class MiniLMEmbedder:
                     e = encs[i].ids
                     ids[r, : len(e)] = e
                     mask[r, : len(e)] = 1
-                vecs, layers = encode_states(
-                    self._weights, ids, mask, LAYERS if want else ()
-                )
+                vecs, layers = encode_states(self._weights, ids, mask, LAYERS if want else ())
                 out[idx] = vecs
                 for r, i in enumerate(idx):
                     if want:

@@ -181,9 +181,9 @@ class LearnedVerifier(Verifier):
             return v
         if not cached_states.words or not query_states.words:
             return v
-        feats = pair_features(
-            score, v, self.unmatched(cached, query), cached_states, query_states
-        )
+        feats = pair_features(score, v, self.unmatched(cached, query), cached_states, query_states)
         p = self.judge.probability(feats)
         ok = p >= self.judge.cutoff
-        return Verdict(ok, f"{v.reason}; learned score {p:.2f} (cutoff {self.judge.cutoff:.2f})", v.kind)
+        return Verdict(
+            ok, f"{v.reason}; learned score {p:.2f} (cutoff {self.judge.cutoff:.2f})", v.kind
+        )

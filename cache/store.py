@@ -241,9 +241,7 @@ class SqliteStore:
     def states(self, entry_id: int) -> bytes | None:
         """One entry's stored word states (None if it has none)."""
         with self._lock:
-            row = self._run(
-                f"SELECT states FROM {self.table} WHERE id = ?", (entry_id,)
-            ).fetchone()
+            row = self._run(f"SELECT states FROM {self.table} WHERE id = ?", (entry_id,)).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
 
     def load(self, now: float, batch: int = 20_000) -> Iterator[tuple[list[Row], np.ndarray]]:

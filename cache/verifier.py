@@ -302,7 +302,6 @@ def _quantities(toks: list[str]) -> list[str]:
     nums: list[str] = []
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else ""
-        unit = _unit(nxt)
         m = _UNIT_SUFFIX.match(t)
         if m:
             _currency, num, suffix = m.groups()  # "£50" = "fifty pounds"
@@ -623,9 +622,7 @@ def _one_span(ca: list[str], cb: list[str]) -> bool:
 def _matched(word: str, others: set[str]) -> bool:
     syn = SYNONYMS.get(word, frozenset())
     parts = [p for p in word.split("-") if len(p) >= 3] if "-" in word else []
-    return any(
-        o in syn or _variant(word, o) or any(_variant(p, o) for p in parts) for o in others
-    )
+    return any(o in syn or _variant(word, o) or any(_variant(p, o) for p in parts) for o in others)
 
 
 def _with_parts(toks: list[str]) -> set[str]:

@@ -84,9 +84,9 @@ def word_states(
     ((seq, dim) each, padding rows ignored). Pieces of one word are
     averaged; words without a letter or digit (punctuation) are dropped."""
     groups: dict[int, list[int]] = {}
-    for i, w in enumerate(word_ids):
-        if w is not None:
-            groups.setdefault(w, []).append(i)
+    for i, wid in enumerate(word_ids):
+        if wid is not None:
+            groups.setdefault(wid, []).append(i)
     words: list[str] = []
     keep: list[list[int]] = []
     for ix in groups.values():

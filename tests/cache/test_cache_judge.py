@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cache_verifier import SAME, TRAPS
 
 from prism.cache import CacheConfigError, MiniLMEmbedder, PrismCache
 from prism.cache.core import DEFAULT_THRESHOLD, RULES_THRESHOLD
@@ -17,8 +18,6 @@ from prism.cache.embedder import HashedEmbedder
 from prism.cache.judge import MODEL_FILE, Judge, LearnedVerifier, pair_features
 from prism.cache.verifier import Verifier
 from prism.cache.wordstates import LAYERS, WordStates
-
-from test_cache_verifier import SAME, TRAPS
 
 
 def _decide(minilm: MiniLMEmbedder, lv: LearnedVerifier, a: str, b: str) -> bool:
@@ -54,7 +53,10 @@ def test_learned_verifier_serves_rewordings_the_rules_refused(minilm: MiniLMEmbe
     lv = LearnedVerifier()
     pairs = [
         ("How do I book a table?", "How do I reserve a table?"),
-        ("What's the deadline for submitting my expenses?", "When is the deadline for filing my expenses?"),
+        (
+            "What's the deadline for submitting my expenses?",
+            "When is the deadline for filing my expenses?",
+        ),
     ]
     for a, b in pairs:
         assert Verifier().check(a, b).kind in ("edit", "same")
@@ -113,7 +115,9 @@ def test_cache_serves_a_rewording_and_refuses_a_swap(minilm: MiniLMEmbedder) -> 
     assert hit is not None and hit.response == "steps"
 
 
-def test_states_persist_and_old_files_get_the_column(minilm: MiniLMEmbedder, tmp_path: Path) -> None:
+def test_states_persist_and_old_files_get_the_column(
+    minilm: MiniLMEmbedder, tmp_path: Path
+) -> None:
     import sqlite3
 
     path = tmp_path / "c.db"

@@ -140,7 +140,10 @@ def test_more_traps_the_rules_refuse(cached: str, query: str) -> None:
         ("How many calories are in one egg?", "How many calories are in an egg?"),
         ("Do you deliver on weekends?", "Do you deliver at the weekend?"),
         ("What time do you open on Mondays?", "What time do you open on Mondys?"),
-        ("Move £50 from savings into my current account", "Move £50 from savings to my current account"),
+        (
+            "Move £50 from savings into my current account",
+            "Move £50 from savings to my current account",
+        ),
         ("What's the price for non-members?", "How much is it if I'm not a member?"),
         ("How do I request a refund?", "How do I reqest a refund?"),
         ("Is the restaurant dog-friendly?", "Are dogs welcome in the restaurant?"),
