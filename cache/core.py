@@ -380,7 +380,7 @@ class PrismCache:
                         e.query,
                         query,
                         score=score,
-                        cached_states=e.word_states(self._store, self.dim),
+                        cached_states=functools.partial(e.word_states, self._store, self.dim),
                         query_states=self.embedder.states(query),
                     )
                 elif self.verifier is not None:

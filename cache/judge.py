@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,12 @@ class Judge:
             raise CacheConfigError(f"cannot read the verifier model {path}: {exc}") from None
         return judge
 
+    @functools.cached_property
+    def same_probability(self) -> float:
+        """The probability of every pair of the kind "same" (its features
+        are the kind's indicator and zeros)."""
+        return self.probability({k: float(k == "same") for k in self.features})
+
     def probability(self, feats: dict[str, float]) -> float:
         x = np.array([feats[k] for k in self.features])
         z = float(self.bias + ((x - self.mean) / self.scale) @ self.weights)
@@ -173,16 +180,29 @@ class LearnedVerifier(Verifier):
         query: str,
         *,
         score: float,
-        cached_states: WordStates | None,
+        cached_states: WordStates | Callable[[], WordStates | None] | None,
         query_states: WordStates | None,
     ) -> Verdict:
+        """`cached_states` may be a function that returns them: decoding
+        the stored states is skipped for pairs the rules veto."""
         v = self.check(cached, query)
         if v.kind == "veto" or cached_states is None or query_states is None:
             return v
+        if callable(cached_states):
+            cached_states = cached_states()
+            if cached_states is None:
+                return v
         if not cached_states.words or not query_states.words:
             return v
-        feats = pair_features(score, v, self.unmatched(cached, query), cached_states, query_states)
-        p = self.judge.probability(feats)
+        if v.kind == "same":
+            # Every feature but the kind's is zero for the same content
+            # words: one probability for all such pairs, computed once.
+            p = self.judge.same_probability
+        else:
+            feats = pair_features(
+                score, v, self.unmatched(cached, query), cached_states, query_states
+            )
+            p = self.judge.probability(feats)
         ok = p >= self.judge.cutoff
         return Verdict(
             ok, f"{v.reason}; learned score {p:.2f} (cutoff {self.judge.cutoff:.2f})", v.kind

@@ -251,13 +251,20 @@ _CLITIC = re.compile(r"'(s|d|m|re|ve|ll)$")
 def tokens(text: str) -> list[str]:
     """Lowercased word and number tokens. A clitic is cut off ("what's" ->
     "what", "Austria's" -> "austria"); "n't" stays, it is a negation."""
+    return list(_tokens(text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _tokens(text: str) -> tuple[str, ...]:
+    # Cached: a lookup checks the same new question against up to four
+    # candidates, and the learned verifier reads the tokens twice.
     out = []
     for t in _TOKEN.findall(_fold(text)):
         t = t.lower()
         if "'" in t and not t.endswith("n't"):
             t = _CLITIC.sub("", t)
         out.append(t)
-    return out
+    return tuple(out)
 
 
 _UNITS = {
@@ -333,6 +340,7 @@ def _quantities(toks: list[str]) -> list[str]:
     return nums + sorted(out.elements())
 
 
+@functools.lru_cache(maxsize=65536)
 def _calendar_typo(word: str) -> str:
     """The calendar word a token is a typo of ("Mondys"), or ""."""
     for c in _CALENDAR_LONG:
@@ -405,6 +413,7 @@ def _edit_distance_le1(a: str, b: str) -> bool:
     return a[i:] == b[i + 1 :]
 
 
+@functools.lru_cache(maxsize=65536)
 def _variant(a: str, b: str) -> bool:
     """Same word up to inflection, spelling or a typo (not for short words,
     where one letter is a different word: "debt" is not "debit" but "cat"
@@ -430,6 +439,7 @@ def _typo2(a: str, b: str) -> bool:
     return prev[-1] <= 2
 
 
+@functools.lru_cache(maxsize=65536)
 def _opposed(a: str, b: str) -> bool:
     """Opposites: a listed pair, inflected ("increased" / "decreased"), a
     negating prefix ("safe" / "unsafe"), or compounds that differ in one
