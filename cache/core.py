@@ -440,7 +440,15 @@ class PrismCache:
         tags_ = _check_tags(tags)
         s = self._scope(scope)
         return self._put(
-            self._scope_key(s), query, response, tags_, ttl_s, vector, usage_from, self._clock()
+            self._scope_key(s),
+            query,
+            response,
+            tags_,
+            ttl_s,
+            vector,
+            usage_from,
+            self._clock(),
+            compute_states=vector is None,
         )
 
     def _put(
@@ -455,7 +463,10 @@ class PrismCache:
         now: float,
         *,
         exact: str | None = None,
+        compute_states: bool = True,
     ) -> Entry | None:
+        """`compute_states=False`: keep the word states only if the memo
+        has them (put() with a caller's vector runs no forward pass)."""
         usage = usage_of(query, response if usage_from is None else usage_from)
         stored = scrub_value(response) if self.scrub_responses else response
         stored_query = scrub_text(query) if self.scrub_queries else query
@@ -468,7 +479,7 @@ class PrismCache:
                 return None
             response_json = ""
         vec = vector if vector is not None else self._embed(query)
-        states = self._states_of(stored_query, compute=vector is None or stored_query != query)
+        states = self._states_of(stored_query, compute=compute_states or stored_query != query)
         ek = exact if exact is not None else exact_key(sk, normalize_query(query))
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         size = len(stored_query.encode()) + len((response_json or str(stored)).encode())

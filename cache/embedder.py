@@ -308,7 +308,11 @@ class MemoEmbedder:
         self.inner = inner
         self.size = size
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._states: dict[str, WordStates] = {}  # beside _memo, evicted with it
+        # Word states of the most recent texts only: a query needs its own
+        # between its embedding and its lookup (and its entry's write),
+        # and float32 states of a question weigh ~25 KB.
+        self._states: OrderedDict[str, WordStates] = OrderedDict()
+        self.states_size = min(size, 256)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -339,9 +343,11 @@ class MemoEmbedder:
             self._memo[text] = v
             if states is not None:
                 self._states[text] = states
+                self._states.move_to_end(text)
+                while len(self._states) > self.states_size:
+                    self._states.popitem(last=False)
             while len(self._memo) > self.size:
-                old, _ = self._memo.popitem(last=False)
-                self._states.pop(old, None)
+                self._memo.popitem(last=False)
         return v
 
     @property
