@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -371,7 +371,7 @@ class PrismCache:
             index = self._indexes.get(sk)
             if index is None or not len(index):
                 return None
-            for eid, score in index.search(vec, self.threshold, top_k=4):
+            for eid, score in self._candidates(index, vec):
                 e = self._entry(eid)
                 if e is None or e.expired(now):
                     continue
@@ -393,6 +393,23 @@ class PrismCache:
                     continue
                 return self._served(e, "semantic", score)
         return None
+
+    def _candidates(self, index: CodeIndex, vec: np.ndarray) -> Iterator[tuple[int, float]]:
+        """Candidates best first: those at or above RULES_THRESHOLD from a
+        narrow scan (~0.2 ms at 100k entries), then, only if none of them
+        was served, the rest down to the threshold from a wide one (a low
+        threshold lets many entries through the Hamming prefilter: ~5x the
+        narrow scan's cost, paid by lookups that serve nothing or a
+        low-cosine rewording)."""
+        seen = set()
+        narrow = max(self.threshold, RULES_THRESHOLD)
+        for eid, score in index.search(vec, narrow, top_k=4):
+            seen.add(eid)
+            yield eid, score
+        if self.threshold < narrow:
+            for eid, score in index.search(vec, self.threshold, top_k=4 + len(seen)):
+                if eid not in seen:
+                    yield eid, score
 
     def _served(self, e: Entry, tier: str, score: float) -> Hit:
         self._entries.move_to_end(e.id)
