@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -45,6 +45,7 @@ import numpy as np
 from prism.cache.codes import CodeIndex
 from prism.cache.embedder import Embedder, MemoEmbedder, MiniLMEmbedder
 from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, StoreError
+from prism.cache.judge import LearnedVerifier
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
@@ -69,11 +70,16 @@ log = logging.getLogger("prism.cache")
 
 T = TypeVar("T")
 
-# Chosen from the quality table of benchmark/cache_bench.py (benchmark/README.md,
-# "PrismCache"): the lowest threshold whose false-hit rate with the verifier
-# stays within 2% of the different-answer pairs, on all pairs and on the half
-# the verifier's rules were not written against.
-DEFAULT_THRESHOLD = 0.78
+# The candidates' cosine floor with the default (MiniLM) embedder: what is
+# served above it is decided by the learned verifier (prism.cache.judge),
+# whose cutoff benchmark/fit_verifier.py chose on held-out folds; the floor
+# only bounds the scan (benchmark/README.md, "PrismCache").
+DEFAULT_THRESHOLD = 0.5
+# With an embedder that gives no word states (HashedEmbedder, an
+# OpenAI-compatible endpoint) the rules decide alone, and the threshold is
+# the one the rules-only quality table chose: the lowest whose false hits
+# stay within 2% of the different-answer pairs.
+RULES_THRESHOLD = 0.78
 _ENTRY_OVERHEAD = 200 + 160  # index codes + the entry's own bookkeeping, for the byte budget
 EXPORT_FORMAT = "prism-cache-export"
 EXPORT_VERSION = 1
@@ -114,7 +120,7 @@ class _EmbedBatcher:
                 texts = list(dict.fromkeys(t for t, _ in batch))
                 t0 = time.perf_counter()
                 try:
-                    vecs = await asyncio.to_thread(self.memo.inner.embed_many, texts)
+                    vecs, states = await asyncio.to_thread(self.memo.embed_many_with_states, texts)
                 except BaseException as exc:
                     for _, f in batch:
                         if not f.done():
@@ -125,7 +131,10 @@ class _EmbedBatcher:
                 per_text = (time.perf_counter() - t0) * 1e3 / len(texts)
                 with self.rec.lock:
                     self.rec.embed_ms.extend([per_text] * len(texts))
-                by_text = {t: self.memo.remember(t, v) for t, v in zip(texts, vecs, strict=True)}
+                by_text = {
+                    t: self.memo.remember(t, v, st)
+                    for t, v, st in zip(texts, vecs, states, strict=True)
+                }
                 for t, f in batch:
                     if not f.done():
                         f.set_result(by_text[t])
@@ -187,8 +196,15 @@ class PrismCache:
             raise CacheConfigError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
         if not isinstance(llm_model, str) or not llm_model:
             raise CacheConfigError(f"llm_model must be a non-empty string, got {llm_model!r}")
+        self.embedder = MemoEmbedder(
+            embedder if embedder is not None else MiniLMEmbedder(), memo_size
+        )
+        if verifier is True:
+            verifier = LearnedVerifier() if self.embedder.has_states else Verifier()
+        self.verifier: Verifier | None = verifier or None
         if threshold is None:
-            threshold = DEFAULT_THRESHOLD
+            learned = isinstance(self.verifier, LearnedVerifier) and self.embedder.has_states
+            threshold = DEFAULT_THRESHOLD if learned else RULES_THRESHOLD
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, int | float)
@@ -212,9 +228,6 @@ class PrismCache:
         self.max_bytes = max_bytes
         self.scrub_responses = scrub_pii in (True, "responses", "both")
         self.scrub_queries = scrub_pii in (True, "queries", "both")
-        if verifier is True:
-            verifier = Verifier()
-        self.verifier: Verifier | None = verifier or None
         self.prices = dict(PRICES_PER_MTOK)
         if prices:
             for m, p in prices.items():
@@ -223,9 +236,6 @@ class PrismCache:
                         f"prices[{m!r}] must be (input, output) USD per 1M tokens"
                     )
                 self.prices[m] = (float(p[0]), float(p[1]))
-        self.embedder = MemoEmbedder(
-            embedder if embedder is not None else MiniLMEmbedder(), memo_size
-        )
         self.dim = int(self.embedder.dim)
         self._lock = threading.RLock()
         # Entries in LRU order; a reloaded one stays the row it was read as
@@ -361,18 +371,45 @@ class PrismCache:
             index = self._indexes.get(sk)
             if index is None or not len(index):
                 return None
-            for eid, score in index.search(vec, self.threshold, top_k=4):
+            for eid, score in self._candidates(index, vec):
                 e = self._entry(eid)
                 if e is None or e.expired(now):
                     continue
-                if self.verifier is not None:
+                if isinstance(self.verifier, LearnedVerifier):
+                    verdict = self.verifier.decide(
+                        e.query,
+                        query,
+                        score=score,
+                        cached_states=functools.partial(e.word_states, self._store, self.dim),
+                        query_states=self.embedder.states(query),
+                    )
+                elif self.verifier is not None:
                     verdict = self.verifier.check(e.query, query)
-                    if not verdict.ok:
-                        self._rec.add("verifier_rejections")
-                        log.debug("verifier refused %r for %r: %s", e.query, query, verdict.reason)
-                        continue
+                else:
+                    verdict = None
+                if verdict is not None and not verdict.ok:
+                    self._rec.add("verifier_rejections")
+                    log.debug("verifier refused %r for %r: %s", e.query, query, verdict.reason)
+                    continue
                 return self._served(e, "semantic", score)
         return None
+
+    def _candidates(self, index: CodeIndex, vec: np.ndarray) -> Iterator[tuple[int, float]]:
+        """Candidates best first: those at or above RULES_THRESHOLD from a
+        narrow scan (~0.2 ms at 100k entries), then, only if none of them
+        was served, the rest down to the threshold from a wide one (a low
+        threshold lets many entries through the Hamming prefilter: ~5x the
+        narrow scan's cost, paid by lookups that serve nothing or a
+        low-cosine rewording)."""
+        seen = set()
+        narrow = max(self.threshold, RULES_THRESHOLD)
+        for eid, score in index.search(vec, narrow, top_k=4):
+            seen.add(eid)
+            yield eid, score
+        if self.threshold < narrow:
+            for eid, score in index.search(vec, self.threshold, top_k=4 + len(seen)):
+                if eid not in seen:
+                    yield eid, score
 
     def _served(self, e: Entry, tier: str, score: float) -> Hit:
         self._entries.move_to_end(e.id)
@@ -420,7 +457,15 @@ class PrismCache:
         tags_ = _check_tags(tags)
         s = self._scope(scope)
         return self._put(
-            self._scope_key(s), query, response, tags_, ttl_s, vector, usage_from, self._clock()
+            self._scope_key(s),
+            query,
+            response,
+            tags_,
+            ttl_s,
+            vector,
+            usage_from,
+            self._clock(),
+            compute_states=vector is None,
         )
 
     def _put(
@@ -435,7 +480,10 @@ class PrismCache:
         now: float,
         *,
         exact: str | None = None,
+        compute_states: bool = True,
     ) -> Entry | None:
+        """`compute_states=False`: keep the word states only if the memo
+        has them (put() with a caller's vector runs no forward pass)."""
         usage = usage_of(query, response if usage_from is None else usage_from)
         stored = scrub_value(response) if self.scrub_responses else response
         stored_query = scrub_text(query) if self.scrub_queries else query
@@ -448,6 +496,7 @@ class PrismCache:
                 return None
             response_json = ""
         vec = vector if vector is not None else self._embed(query)
+        states = self._states_of(stored_query, compute=compute_states or stored_query != query)
         ek = exact if exact is not None else exact_key(sk, normalize_query(query))
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         size = len(stored_query.encode()) + len((response_json or str(stored)).encode())
@@ -469,6 +518,7 @@ class PrismCache:
                 usage.completion_tokens,
                 usage.estimated,
                 size,
+                states=states,
             )
             index = self._indexes.get(sk)
             if index is None:
@@ -491,6 +541,18 @@ class PrismCache:
                 heapq.heappush(self._expiry, (e.expires, eid))
             self._evict()
         return e
+
+    def _states_of(self, stored_query: str, *, compute: bool) -> bytes | None:
+        """The stored question's word states for the learned verifier (of
+        the scrubbed text when PII was scrubbed from it): from the memo
+        (the lookup that missed computed them), else computed when
+        `compute`; None without a learned verifier or word states."""
+        if not isinstance(self.verifier, LearnedVerifier) or not self.embedder.has_states:
+            return None
+        if not compute and not self.embedder.has_memo_states(stored_query):
+            return None
+        st = self.embedder.states(stored_query)
+        return st.to_bytes() if st is not None and st.words else None
 
     def _put_answer(
         self,
@@ -774,9 +836,12 @@ class PrismCache:
         n = 0
         for lo in range(0, len(items), 256):
             chunk = items[lo : lo + 256]
-            vecs = self.embedder.embed_many([self._check_query(q) for q, _, _ in chunk])
+            vecs, sts = self.embedder.embed_many_with_states(
+                [self._check_query(q) for q, _, _ in chunk]
+            )
             now = self._clock()
-            for (q, r, tg), v in zip(chunk, vecs, strict=True):
+            for (q, r, tg), v, st in zip(chunk, vecs, sts, strict=True):
+                self.embedder.remember(q, v, st)
                 if self._put(sk, q, r, tg, ttl_s, v, None, now) is not None:
                     n += 1
         return n
@@ -860,8 +925,9 @@ class PrismCache:
         rows = [r for r in rows if r[4] is None or r[4] > now]
         for lo in range(0, len(rows), 256):
             chunk = rows[lo : lo + 256]
-            vecs = self.embedder.embed_many([r[0] for r in chunk])
-            for (q, sk, resp, tg, exp, pt, ct), v in zip(chunk, vecs, strict=True):
+            vecs, sts = self.embedder.embed_many_with_states([r[0] for r in chunk])
+            for (q, sk, resp, tg, exp, pt, ct), v, st in zip(chunk, vecs, sts, strict=True):
+                self.embedder.remember(q, v, st)
                 usage = None
                 if isinstance(pt, int) and isinstance(ct, int):
                     usage = {"usage": {"prompt_tokens": pt, "completion_tokens": ct}}
