@@ -426,6 +426,7 @@ class PrismCache:
         rec.add("hits")
         rec.add(f"{tier}_hits")
         rec.add("shared_hits")
+        rec.add(f"shared_{tier}_hits")
         rec.add("tokens_saved", r.prompt_tokens + r.completion_tokens)
         if r.tokens_estimated:
             rec.add("tokens_estimated")
@@ -1262,7 +1263,8 @@ class PrismCache:
         shared = self._shared
         if shared is None:
             return out
-        out["shared_hits"] = float(c.get("shared_hits", 0))
+        for k in ("shared_hits", "shared_exact_hits", "shared_semantic_hits"):
+            out[k] = float(c.get(k, 0))
         out.update({f"shared_{k}": float(v) for k, v in shared.counts.items()})
         vis = shared.visible_ms
         if vis:

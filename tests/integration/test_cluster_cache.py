@@ -19,6 +19,7 @@ import pytest
 from prism.cache.shared import table_name
 from prism.fabric.keys import write_secret
 from support.cluster import NodeProcess, cache_tables, create_cache_tables
+from support.servers import parse_metrics, sample
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +71,22 @@ def test_hit_on_another_node_and_invalidation(db, wrapper, secret_file, nodes) -
     # A look-alike trap is not served on B either.
     trap = b.call("ask", query="How do I not reset my password?", answer="trap answer")
     assert trap["called"]
+    b.call("flush")
     sb = b.call("state")
     assert sb["llm_calls"] == 1 and sb["extra"]["shared_hits"] == 2
     assert sb["tokens_saved"] == 2 * (350 + 60)
+    got = parse_metrics(sb["prometheus"])
+    assert sample(got, "prism_cache_lookups_total", tenant="acme", result="shared_exact_hit") == 1
+    assert (
+        sample(got, "prism_cache_lookups_total", tenant="acme", result="shared_semantic_hit") == 1
+    )
+    assert sample(got, "prism_cache_shared_rows", tenant="acme") == 2  # A's answer, B's trap
+    sa = parse_metrics(a.call("state")["prometheus"])
+    assert sample(sa, "prism_cache_shared_writes_total", tenant="acme", outcome="written") == 1
+    assert sample(sa, "prism_cache_shared_visible_seconds", tenant="acme", quantile="0.5") > 0
+    # The sync API, from a thread other than the driver's loop.
+    sync = b.call("ask_thread", query="How can one reset the password?", answer="B sync")
+    assert not sync["called"] and sync["response"] == "Use the reset link."
 
     # B answers another tagged question; A invalidates the tag: both rows go.
     b.call("ask", query="Which plans do you offer?", answer="Basic and Pro.", tags=["account"])

@@ -114,6 +114,18 @@ class Node:
             return await self.asks(c)
         if op == "watch":
             return await self.watch(c)
+        if op == "ask_thread":  # the sync API, from a worker thread
+            calls = len(self.llm_calls)
+
+            def llm() -> dict[str, Any]:
+                self.llm_calls.append(c["query"])
+                return {"choices": [{"message": {"content": c["answer"]}}]}
+
+            resp = await asyncio.to_thread(self.cache.get_or_call, c["query"], llm)
+            return {
+                "response": resp["choices"][0]["message"]["content"],
+                "called": len(self.llm_calls) > calls,
+            }
         if op == "lookup":
             hit = await self.cache.alookup(c["query"], scope=c.get("scope"))
             return {"hit": None if hit is None else {"tier": hit.tier, "score": hit.score}}
