@@ -85,7 +85,7 @@ def test_deploy_sql_is_the_spec_ddl() -> None:
     assert TableSpec("shop", role="prism").ddl().strip() == statements.strip()
     spec = TableSpec("shop").wrapper_table()
     assert spec["writable_columns"] == list(WRITABLE) and "key" not in WRITABLE
-    assert [c for c, _ in COLUMNS][0] == "key"
+    assert COLUMNS[0][0] == "key"
     assert f"writable_columns = {json.dumps(list(WRITABLE))[:40]}" in text.replace("\n--", "")
 
 
@@ -117,9 +117,9 @@ def test_bad_shared_arguments(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
             PrismCache.build(tenant_id="acme", llm_model="m", embedder=minilm, shared=object())
         cache = PrismCache.build(tenant_id="acme", llm_model="m", embedder=minilm, shared=d)
         # The sync API would block the loop the driver runs on.
-        with pytest.raises(CacheConfigError, match="await cache.aget_or_call"):
+        with pytest.raises(CacheConfigError, match=r"await cache\.aget_or_call"):
             cache.get_or_call(query="q", call_fn=lambda: "a")
-        with pytest.raises(CacheConfigError, match="await cache.ainvalidate"):
+        with pytest.raises(CacheConfigError, match=r"await cache\.ainvalidate"):
             cache.invalidate(tag="t")
 
     asyncio.run(inside())

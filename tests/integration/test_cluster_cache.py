@@ -85,7 +85,7 @@ def test_hit_on_another_node_and_invalidation(db, wrapper, secret_file, nodes) -
     assert sample(sa, "prism_cache_shared_writes_total", tenant="acme", outcome="written") == 1
     assert sample(sa, "prism_cache_shared_visible_seconds", tenant="acme", quantile="0.5") > 0
     # The sync API, from a thread other than the driver's loop.
-    sync = b.call("ask_thread", query="How can one reset the password?", answer="B sync")
+    sync = b.call("ask_thread", query="how do I reset my password", answer="B sync")
     assert not sync["called"] and sync["response"] == "Use the reset link."
 
     # B answers another tagged question; A invalidates the tag: both rows go.
