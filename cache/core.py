@@ -189,6 +189,7 @@ class PrismCache:
         shared: Any = None,
         shared_table: str | None = None,
         node_id: str | None = None,
+        sweep_s: float = 60.0,
     ) -> None:
         if not isinstance(tenant_id, str) or not tenant_id.strip():
             raise CacheConfigError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
@@ -264,6 +265,7 @@ class PrismCache:
                 dim=self.dim,
                 node_id=node_id,
                 table=shared_table,
+                sweep_s=sweep_s,
                 clock=clock,
             )
         elif shared_table is not None or node_id is not None:
@@ -301,7 +303,7 @@ class PrismCache:
         """A cache with sensible defaults: the measured threshold, the
         MiniLM embedder, the verifier on, PII scrubbed, in memory unless
         `path` names a file. `options`: verifier=, prices=, memo_size=,
-        clock=, and shared=driver (with shared_table=, node_id=): the tier
+        clock=, and shared=driver (with shared_table=, node_id=, sweep_s=): the tier
         shared by every app node of the tenant (prism.cache.shared)."""
         return cls(
             tenant_id,

@@ -198,3 +198,30 @@ def test_concurrent_misses_write_one_row(db, wrapper, secret_file, nodes) -> Non
     assert sum(e.get("shared_writes_deduplicated", 0) for e in extras) == 1
     for n in (a, b):
         assert n.call("ask", query=q, answer="x")["response"] == winner
+
+
+def test_expiry_on_every_node_and_the_sweep(db, wrapper, secret_file, nodes) -> None:  # type: ignore[no-untyped-def]
+    with db.connect() as c:
+        create_cache_tables(c, "acme")
+    proc = wrapper(cache_tables("acme"))
+    a = start_node(nodes, proc, secret_file, "a", sweep_s=0.5)
+    b = start_node(nodes, proc, secret_file, "b")
+    assert a.call("ask", query=Q, answer="short-lived", ttl_s=2.0)["called"]
+    settle(a, b)
+    assert not b.call("ask", query=Q, answer="x", ttl_s=60)["called"]
+    time.sleep(2.2)
+    # Expired: neither node serves it, whether its row was swept yet or not.
+    assert b.call("lookup", query=Q)["hit"] is None
+    assert a.call("lookup", query=Q)["hit"] is None
+    # A's sweep (due every 0.5 s, run by its next call) deletes its own expired row.
+    a.call("ask", query="Another question to wake the sweep?", answer="y")
+    deadline = time.monotonic() + 20
+    with db.connect() as c:
+        while time.monotonic() < deadline:
+            (n,) = c.execute(
+                f"SELECT count(*) FROM {table_name('acme')} WHERE query = %s", (Q,)
+            ).fetchone()
+            if n == 0:
+                break
+            time.sleep(0.2)
+        assert n == 0

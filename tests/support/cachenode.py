@@ -181,6 +181,7 @@ async def main_async(args: argparse.Namespace) -> None:
             llm_model="gpt-4o-mini",
             embedder=emb,
             scrub_pii=False,
+            sweep_s=args.sweep_s,
         )
         node = Node(cache, driver)
         print(json.dumps({"ok": True, "ready": True}), flush=True)
@@ -203,6 +204,7 @@ def main() -> None:
     p.add_argument("--tenant", default="acme")
     p.add_argument("--node-id", required=True)
     p.add_argument("--ca")
+    p.add_argument("--sweep-s", type=float, default=60.0)
     args = p.parse_args()
     asyncio.run(main_async(args))
 

@@ -31,9 +31,10 @@ class NodeProcess:
         tenant: str = "acme",
         ca: Path | None = None,
         log_dir: Path | None = None,
+        sweep_s: float = 60.0,
     ) -> None:
         self.args = [sys.executable, str(NODE), "--port", str(port), "--secret", str(secret)]
-        self.args += ["--tenant", tenant, "--node-id", node_id]
+        self.args += ["--tenant", tenant, "--node-id", node_id, "--sweep-s", str(sweep_s)]
         if ca is not None:
             self.args += ["--ca", str(ca)]
         self.node_id = node_id
