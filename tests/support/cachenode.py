@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prism.cache import MiniLMEmbedder
+from prism.cache import MiniLMEmbedder, PrismCache
 from prism.cache.keys import exact_key, make_scope, normalize_query
 from prism.cache.shared import row_key
 from prism.cluster.cache import ClusterCache
@@ -30,7 +30,7 @@ from prism.driver import DriverConfig, PrismDriver
 
 
 class Node:
-    def __init__(self, cache: ClusterCache, driver: PrismDriver) -> None:
+    def __init__(self, cache: PrismCache, driver: PrismDriver) -> None:
         self.cache = cache
         self.driver = driver
         self.llm_calls: list[str] = []
@@ -85,7 +85,7 @@ class Node:
 
     async def watch(self, c: dict[str, Any]) -> dict[str, Any]:
         """Wait until each query is served from the shared tier: poll the
-        replica for its row every millisecond, then confirm with a lookup
+        replica for its row every 2 ms, then confirm with a lookup
         that the cache serves it; returns the wall time of each."""
         sk = make_scope(self.cache.llm_model, c.get("scope")).key
         table = self.cache._shared.table if self.cache._shared else ""
@@ -103,7 +103,7 @@ class Node:
                     if hit is not None:
                         seen[q] = t
                         del todo[q]
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.002)
         return {"served_at": seen, "missing": list(todo)}
 
     async def handle(self, c: dict[str, Any]) -> dict[str, Any]:
@@ -175,13 +175,19 @@ async def main_async(args: argparse.Namespace) -> None:
     emb = MiniLMEmbedder()
     async with PrismDriver(cfg) as driver:
         await driver.wait_ready(timeout=60)
-        cache = ClusterCache(
-            node_id=args.node_id,
-            driver=driver,
-            llm_model="gpt-4o-mini",
-            embedder=emb,
-            scrub_pii=False,
-            sweep_s=args.sweep_s,
+        cache: PrismCache = (
+            PrismCache.build(
+                tenant_id=args.tenant, llm_model="gpt-4o-mini", embedder=emb, scrub_pii=False
+            )
+            if args.local_only  # the benchmark's baseline: a cache of this node alone
+            else ClusterCache(
+                node_id=args.node_id,
+                driver=driver,
+                llm_model="gpt-4o-mini",
+                embedder=emb,
+                scrub_pii=False,
+                sweep_s=args.sweep_s,
+            )
         )
         node = Node(cache, driver)
         print(json.dumps({"ok": True, "ready": True}), flush=True)
@@ -205,6 +211,7 @@ def main() -> None:
     p.add_argument("--node-id", required=True)
     p.add_argument("--ca")
     p.add_argument("--sweep-s", type=float, default=60.0)
+    p.add_argument("--local-only", action="store_true", help="a PrismCache without shared=")
     args = p.parse_args()
     asyncio.run(main_async(args))
 
