@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from prism.cache.errors import CacheConfigError, CacheError
+from prism.cache.errors import CacheConfigError
 
 if TYPE_CHECKING:
     from prism.driver import PrismDriver
@@ -285,14 +285,7 @@ class SharedTier:
 
     # -- reads (the local replica) ---------------------------------------------
     def row(self, key: str) -> SharedRow | None:
-        try:
-            raw = self.driver.get(self.table, key)
-        except CacheError:
-            raise
-        except Exception as exc:  # the driver's QueryError: table not replicated (yet)
-            self.add("read_errors")
-            log.debug("shared table not readable: %s", exc)
-            return None
+        raw = self._raw(key)
         return parse_row(raw) if raw is not None else None
 
     def alive(self, entry_id: int) -> bool:
@@ -307,7 +300,9 @@ class SharedTier:
     def _raw(self, key: str) -> Mapping[str, Any] | None:
         try:
             return self.driver.get(self.table, key)
-        except Exception:
+        except Exception as exc:  # the driver's QueryError: the table is not replicated (yet)
+            self.add("read_errors")
+            log.debug("shared table not readable: %s", exc)
             return None
 
     async def search(self, vec: np.ndarray, threshold: float) -> list[tuple[SharedRow, float]]:
