@@ -126,6 +126,13 @@ class Node:
                 "response": resp["choices"][0]["message"]["content"],
                 "called": len(self.llm_calls) > calls,
             }
+        if op == "lookups":  # served or not, without calling the LLM or writing
+            out = []
+            for q in c["queries"]:
+                hit = await self.cache.alookup(q, scope=c.get("scope"))
+                text = None if hit is None else hit.response["choices"][0]["message"]["content"]
+                out.append(text)
+            return {"responses": out}
         if op == "lookup":
             hit = await self.cache.alookup(c["query"], scope=c.get("scope"))
             return {"hit": None if hit is None else {"tier": hit.tier, "score": hit.score}}
