@@ -32,6 +32,8 @@ Results go to results/cluster.json and the "Shared cache" section of
 README.md.
 
     flock /work/coord/bench.lock python benchmark/cluster_bench.py [--quick]
+
+`--quick` is a smoke test of a minute or two (its figures are not published).
 """
 
 from __future__ import annotations
@@ -329,10 +331,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1500)
     ap.add_argument("--latency-entries", type=int, default=500)
     ap.add_argument("--rate", type=float, default=50.0)
-    ap.add_argument("--out", default=str(HERE / "results" / "cluster.json"))
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    per_delta = 20
     if args.quick:
-        args.answered, args.requests, args.latency_entries = 30, 300, 100
+        args.answered, args.requests, args.latency_entries, per_delta = 10, 60, 50, 4
     groups = intents()
     base = shared_tmp("prism-bench-cluster-")
     pg = EmbeddedPostgres(base / "pg").start()
@@ -384,12 +387,15 @@ def main() -> int:
         reset(shared)
         print("duplicates ...", flush=True)
         deltas = [0.0, 50.0, 150.0, 300.0]
-        res["duplicates"] = duplicate_run(shared, 20, deltas)
-        res["duplicate_questions"] = 20 * len(deltas)
+        res["duplicates"] = duplicate_run(shared, per_delta, deltas)
+        res["duplicate_questions"] = per_delta * len(deltas)
         res["rows_after_duplicates"] = rows(pg.dsn, table_name(TENANT))
         res["quick"] = args.quick
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        out = Path(
+            args.out or HERE / "results" / ("cluster-quick.json" if args.quick else "cluster.json")
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
         table = report(res)
         if not args.quick:
             replace_readme_section(
