@@ -122,6 +122,15 @@ class StoreMeta:
         return ResumePoint(self.source_position, self.gtid_state)
 
 
+# A store transaction that adds data needs at least this much free on the
+# store's file system: below it the disk counts as full before SQLite says so.
+# A commit that fits in the slack the SQLite WAL file already has succeeds on
+# a disk with no room left; without this reserve the wrapper would go on
+# acknowledging the database until a bigger commit failed, and a full disk
+# would show up late or, with a steady small workload, not at all (the fault
+# soak's MariaDB run). Purging and resetting free space, so they are exempt.
+STORE_RESERVE_BYTES = 4 << 20
+
 # SQLite's primary result codes for a full disk and for an I/O error (an I/O
 # error on a file system with no room left is a full disk too).
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10
@@ -355,16 +364,26 @@ class Store:
             self._sync_now = level
 
     @contextlib.contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[StoreTxn]:
+    def transaction(self, durable: bool = True, grows: bool = True) -> Iterator[StoreTxn]:
         """One SQLite write transaction. The changes and the source position
         set inside it become durable together, or not at all.
 
         durable=False: the commit need not survive a power loss by itself
         (it still survives the process dying); it becomes durable with the
         next durable commit. Only for work nothing is acknowledged for yet,
-        which a crash discards anyway (the initial copy's batches)."""
+        which a crash discards anyway (the initial copy's batches).
+
+        grows=False: the transaction frees space (purge, reset), so it runs
+        on a full disk too; others need STORE_RESERVE_BYTES free."""
         if self._in_txn:
             raise StoreError("store transactions do not nest")
+        if grows:
+            free = _free_bytes(self.path)
+            if free is not None and free < STORE_RESERVE_BYTES:
+                raise StoreFullError(
+                    f"store {self.path}: the disk is full ({free} bytes free, a write needs "
+                    f"{STORE_RESERVE_BYTES}): free some space; the wrapper resumes by itself"
+                )
         self._synchronous_for(durable)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -400,7 +419,7 @@ class Store:
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume
         against it bootstrap in full."""
-        with self.transaction() as txn:
+        with self.transaction(grows=False) as txn:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
@@ -421,7 +440,7 @@ class Store:
     def purge_tombstones(self, older_than_us: int) -> int:
         """Drop tombstones stored before `older_than_us` and raise the
         retention floor past them. Returns how many were purged."""
-        with self.transaction() as txn:
+        with self.transaction(grows=False) as txn:
             row = self._conn.execute(
                 "SELECT count(*), max(position) FROM rows WHERE op = 'D' AND stored_us < ?",
                 (older_than_us,),

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from prism.wrapper.errors import StoreError
-from prism.wrapper.store import FORMAT, Store, StoreReader, now_us
+import prism.wrapper.store as store_module
+from prism.wrapper.errors import StoreError, StoreFullError
+from prism.wrapper.store import FORMAT, STORE_RESERVE_BYTES, Store, StoreReader, now_us
 
 
 @pytest.fixture
@@ -197,3 +198,27 @@ def test_a_commit_that_need_not_be_durable_is_still_atomic(store: Store) -> None
     assert reopened.meta == store.meta and reopened.meta.head == 1
     assert reopened.row_counts() == {"t": 1}
     reopened.close()
+
+
+def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the reserve a write is a full disk even where SQLite would still
+    fit it in its WAL's slack (the soak's MariaDB run never saw ENOSPC):
+    nothing is written, and purging, which frees space, still runs."""
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"x", None, 1)
+        txn.delete("t", "[2]", 1)
+        txn.set_source_position(10)
+    before = store.meta
+    monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES - 1)
+    with pytest.raises(StoreFullError, match="disk is full") as err, store.transaction() as txn:
+        txn.upsert("t", "[3]", b"y", None, 1)
+        txn.set_source_position(20)
+    assert err.value.retriable and str(STORE_RESERVE_BYTES) in str(err.value)
+    assert store.meta == before and changes(store, "t") == [("[1]", "U", 1), ("[2]", "D", 2)]
+    assert store.purge_tombstones(now_us() + 1_000_000) == 1
+    monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES)
+    with store.transaction() as txn:
+        txn.upsert("t", "[3]", b"y", None, 1)
+    assert changes(store, "t") == [("[1]", "U", 1), ("[3]", "U", 3)]
