@@ -336,11 +336,20 @@ class Call:
                 build_segment(self.cache, seg, builder, bootstrap, start)
                 return seg, rid, reader
             large = bootstrap or not meta.snapshot_done or span > LARGE_FRAMES * self.scope.max_rows
-            build_segment_aside(self.cache, seg, builder, bootstrap, start, self.readers, large)
+            # The call's next reader is taken before the builder thread owns
+            # this one: a quick builder gives its reader back to the pool,
+            # and get() afterwards could hand the call that same reader,
+            # whose transaction the builder already ended.
+            replacement = self.readers.get()
+            try:
+                build_segment_aside(self.cache, seg, builder, bootstrap, start, self.readers, large)
+            except BaseException:
+                self.readers.put(replacement)
+                raise
         except BaseException:
             self.cache.release(seg, rid)
             raise
-        return seg, rid, self.readers.get()
+        return seg, rid, replacement
 
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""

@@ -25,7 +25,7 @@ from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
-from prism.wrapper.subscription import ServeScope, subscription
+from prism.wrapper.subscription import Call, ServeScope, subscription
 
 SECRET = b"k" * 32
 DIM = 4
@@ -292,3 +292,43 @@ def test_frames_of_one_call_do_not_open_in_another(store: Store) -> None:
         b.receive(fa)
     a.call.close()
     b.call.close()
+
+
+class _PoolThatWaitsForAPut(ReaderPool):
+    """A pool whose get() after the first waits a moment for a reader to
+    come back: it makes a quick builder thread win the race the code must
+    not depend on (a builder giving its reader back before the call takes
+    its next one)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.gets = 0
+        self.returned = threading.Event()
+
+    def get(self) -> StoreReader:
+        self.gets += 1
+        if self.gets > 1:
+            self.returned.wait(0.5)
+        return super().get()
+
+    def put(self, reader: StoreReader) -> None:
+        super().put(reader)
+        self.returned.set()
+
+
+def test_a_call_never_goes_on_with_the_reader_its_builder_took(store: Store) -> None:
+    write(store, {("t", i): f"v{i}" for i in range(7)}, set())
+    done(store)
+    pool = _PoolThatWaitsForAPut(store.path)
+    call = Call(SCOPE, FrameCache(1 << 20), pool, "", 0)
+    reader = pool.get()
+    meta = reader.begin()
+    seg, rid, nxt = call.acquire(reader, meta, True, 0)  # a bootstrap: built aside
+    assert nxt is not reader  # the builder owns `reader` and ends its transaction
+    for _ in call.cache.read(seg, rid, lambda: True):
+        pass
+    assert seg.done
+    assert nxt.begin().head == store.meta.head  # a reader of its own, free to begin
+    nxt.end()
+    pool.put(nxt)
+    pool.close()
