@@ -29,6 +29,11 @@ class DriverConfig:
     reconnect_min_s: float = 0.1
     reconnect_max_s: float = 5.0
     connect_timeout_s: float = 10.0
+    # A Subscribe call that brings no frame for this long is dropped and
+    # made anew: the wrapper sends a heartbeat every second when idle, so
+    # silence means a hung link (a stalled peer, or a byte stream knocked out
+    # of step that gRPC waits on), which keepalive does not always catch.
+    link_silence_s: float = 15.0
     # Rows per frame the wrapper may send (bounded by the wrapper).
     max_frame_rows: int = 1024
     # Deadline of one Write call to the wrapper (the database commit and the
@@ -83,6 +88,12 @@ class DriverConfig:
                 raise DriverConfigError(f"{name}: {v!r} must be a positive number of seconds")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise DriverConfigError("reconnect_max_s must be >= reconnect_min_s")
+        silence = self.link_silence_s
+        if not isinstance(silence, int | float) or not math.isfinite(silence) or silence < 2:
+            raise DriverConfigError(
+                f"link_silence_s: {silence!r} must be at least 2 seconds "
+                "(the wrapper heartbeats every second)"
+            )
         if not isinstance(self.insecure, bool):
             raise DriverConfigError(f"insecure: {self.insecure!r} must be True or False")
         tls = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")

@@ -191,7 +191,10 @@ class Subscription:
             )
             self.connected = True
             try:
-                async for raw in call:
+                while True:
+                    raw = await self._next_frame(call)
+                    if raw is None:
+                        break
                     try:
                         frame = parse_frame(raw)
                         decoded = open_frame(
@@ -230,6 +233,19 @@ class Subscription:
                     return
                 raise map_grpc_error(exc, "Subscribe") from exc
         raise ConnectionLostError("the wrapper ended the stream")
+
+    async def _next_frame(self, call: Any) -> bytes | None:
+        """The call's next frame, or None at its end. Silence past
+        link_silence_s ends the call: a heartbeat comes every second."""
+        silence = self.config.link_silence_s
+        try:
+            raw = await asyncio.wait_for(call.read(), silence)
+        except TimeoutError:
+            call.cancel()
+            raise ConnectionLostError(
+                f"no frame from the wrapper in {silence:g}s (link_silence_s): the link hangs"
+            ) from None
+        return raw if isinstance(raw, bytes) else None  # else grpc.aio.EOF: the call ended
 
     def _reject(self, exc: FrameError) -> None:
         """Count and log a frame that failed a check; nothing of it is applied."""

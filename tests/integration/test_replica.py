@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -568,3 +569,30 @@ async def test_a_silent_database_link_is_noticed_and_replaced(db, wrapper, secre
         assert driver.get("items", 1) is not None, proc.log_tail()
         assert "no message from PostgreSQL" in proc.log_tail(20000)
     to_db.close()
+
+
+async def test_a_silent_wrapper_link_is_dropped_and_made_anew(  # type: ignore[no-untyped-def]
+    db, wrapper, secret_file, caplog
+) -> None:
+    """A Subscribe call that brings nothing, not even the wrapper's heartbeat
+    each second, hangs (a stalled peer, or a byte stream knocked out of step
+    that gRPC waits on, as test_tamper's repeated bytes once did): the driver
+    drops it after link_silence_s and subscribes anew, well before gRPC's
+    keepalive (10 s + 5 s) would notice."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES_CONFIG)
+    proxy = Proxy(proc.port)
+    async with driver_for(proxy.port, secret_file, link_silence_s=2) as driver:
+        await driver.wait_ready(timeout=30)
+        reconnects = driver.stats()["reconnects"]
+        proxy.stall()  # the open connection hangs; a new one gets through
+        db.execute("INSERT INTO items (id, title) VALUES (1, 'after the link went silent')")
+        started = time.monotonic()
+        while driver.get("items", 1) is None and time.monotonic() - started < 9:
+            await asyncio.sleep(0.05)
+        assert driver.get("items", 1) is not None, proc.log_tail()
+        assert driver.stats()["reconnects"] > reconnects
+        assert "no frame from the wrapper in 2s" in caplog.text
+    proxy.close()

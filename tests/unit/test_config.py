@@ -231,6 +231,9 @@ def test_reference_lists_every_key_once() -> None:
         ({"snapshot_dir": __file__}, "snapshot_dir: .* is not a directory"),
         ({"snapshot_interval_s": 0}, "snapshot_interval_s"),
         ({"snapshot_interval_s": float("nan")}, "snapshot_interval_s"),
+        ({"link_silence_s": 1}, "link_silence_s: 1 must be at least 2 seconds"),
+        ({"link_silence_s": float("inf")}, "link_silence_s"),
+        ({"link_silence_s": "15"}, "link_silence_s"),
     ],
 )
 def test_driver_config_rejects_bad_arguments(kw: dict[str, Any], match: str) -> None:
