@@ -29,7 +29,9 @@ Parts (results in benchmark/results/cache.json, tables in benchmark/README.md):
 5. **Load run**: 50 concurrent asyncio users, a mock LLM that takes 80 ms,
    a paraphrase-heavy workload built from the pairs; hit rate, tokens saved,
    wrong answers served, p50/p99 latency, beside no cache and a cache
-   without the verifier.
+   without the verifier; then the same plan one request at a time, by the
+   learned verifier's floor and for the rules alone (wrong answers between
+   questions that no labelled pair puts side by side).
 """
 
 from __future__ import annotations
@@ -431,21 +433,13 @@ def reload_rate(emb: MiniLMEmbedder, pairs: list[dict[str, Any]], n: int) -> dic
 
 
 # -- 5. load run -------------------------------------------------------------------------
-def load_run(
-    pairs: list[dict[str, Any]],
-    emb: MiniLMEmbedder,
-    threshold: float,
-    requests: int,
-    users: int,
-    llm_ms: float,
-    seed: int = 7,
-) -> dict[str, Any]:
-    """Intents: the questions of a same-answer pair are one intent, and so
-    are identical questions (the data set reuses a question in several
-    pairs); the two questions of a trap pair are two intents. Users pick
-    intents from a skewed (Zipf-like) popularity, a random phrasing, and
-    ask through the cache; an answer is wrong when it belongs to another
-    intent."""
+
+
+def load_plan(
+    pairs: list[dict[str, Any]], requests: int, seed: int = 7
+) -> tuple[list[list[str]], list[tuple[int, int]]]:
+    """The load run's intents (lists of phrasings) and its plan of
+    (intent, phrasing) requests; see load_run."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -474,6 +468,79 @@ def load_run(
         (order[i], rng.randrange(len(intents[order[i]])))
         for i in rng.choices(range(len(intents)), weights, k=requests)
     ]
+    return intents, plan
+
+
+def replay_by_floor(
+    pairs: list[dict[str, Any]], emb: MiniLMEmbedder, requests: int, seed: int = 7
+) -> list[dict[str, Any]]:
+    """The load run's plan asked one request at a time (no concurrency,
+    so no single flight: a miss is answered and cached before the next
+    request), for several floors of the learned verifier and for the rules
+    alone. A served answer of another intent is wrong; it is counted apart
+    when the two questions form one of the labelled trap pairs, since the
+    quality table only measures those."""
+    intents, plan = load_plan(pairs, requests, seed)
+    traps = {frozenset((p["a"], p["b"])) for p in pairs if not p["same_answer"]}
+    runs: list[tuple[float, bool | Verifier]] = [
+        (0.5, True),
+        (0.6, True),
+        (0.65, True),
+        (0.7, True),
+        (RULES_THRESHOLD, True),
+        (RULES_THRESHOLD, Verifier()),
+    ]
+    out = []
+    for floor, verifier in runs:
+        cache = PrismCache.build(
+            tenant_id="replay",
+            llm_model="m",
+            embedder=emb,
+            scrub_pii=False,
+            threshold=floor,
+            verifier=verifier,
+        )
+        hits = wrong = wrong_traps = 0
+        for intent, phr in plan:
+            q = intents[intent][phr]
+            hit = cache.lookup(q)
+            if hit is None:
+                cache.put(q, intent)
+                continue
+            hits += 1
+            if hit.response != intent:
+                wrong += 1
+                wrong_traps += frozenset((hit.cached_query, q)) in traps
+        out.append(
+            {
+                "floor": floor,
+                "verifier": "learned" if verifier is True else "rules",
+                "hit_rate": hits / len(plan),
+                "wrong_rate": wrong / len(plan),
+                "wrong": wrong,
+                "wrong_labelled_traps": wrong_traps,
+                "correct_rate": (hits - wrong) / len(plan),
+            }
+        )
+    return out
+
+
+def load_run(
+    pairs: list[dict[str, Any]],
+    emb: MiniLMEmbedder,
+    threshold: float,
+    requests: int,
+    users: int,
+    llm_ms: float,
+    seed: int = 7,
+) -> dict[str, Any]:
+    """Intents: the questions of a same-answer pair are one intent, and so
+    are identical questions (the data set reuses a question in several
+    pairs); the two questions of a trap pair are two intents. Users pick
+    intents from a skewed (Zipf-like) popularity, a random phrasing, and
+    ask through the cache; an answer is wrong when it belongs to another
+    intent."""
+    intents, plan = load_plan(pairs, requests, seed)
     out: dict[str, Any] = {
         "requests": requests,
         "users": users,
@@ -684,6 +751,24 @@ def render(r: dict[str, Any]) -> str:
             f"{m['latency_ms']['p99']:.3g} ms, {m['llm_calls']} LLM calls, "
             f"{m['wrong_answers']} wrong answers{extra} | — | — |"
         )
+    lines += [
+        "",
+        f"**The load run's plan asked one request at a time, by floor** ({lr['requests']} "
+        "requests, no concurrency; wrong: another intent's answer served; labelled traps: "
+        "wrong answers between the two questions of a trap pair, the only kind the quality "
+        "table measures):",
+        "",
+        "| verifier, floor | hit rate | wrong answers, % of requests | of them, labelled traps "
+        "| correct answers served, % of requests |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for x in r["replay"]:
+        mark = " **(default)**" if x["verifier"] == "learned" and x["floor"] == t_def else ""
+        lines.append(
+            f"| {x['verifier']}, {x['floor']:.2f}{mark} | {_pct(x['hit_rate'])} | "
+            f"{_pct(x['wrong_rate'])} ({x['wrong']}) | {x['wrong_labelled_traps']} | "
+            f"{_pct(x['correct_rate'])} |"
+        )
     lines += ["", "<!-- cache-bench:end -->"]
     return "\n".join(lines)
 
@@ -716,6 +801,8 @@ def main() -> None:
     r["reload"] = reload_rate(emb, pairs, n)
     print("load run ...", file=sys.stderr, flush=True)
     r["load"] = load_run(pairs, emb, t, requests=600 if args.quick else 3000, users=50, llm_ms=80.0)
+    print("replay by floor ...", file=sys.stderr, flush=True)
+    r["replay"] = replay_by_floor(pairs, emb, requests=600 if args.quick else 3000)
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(r, indent=1) + "\n")
     table = render(r)

@@ -68,7 +68,8 @@ from prism.cache.store import (
     entry_from_row,
     row_tags,
 )
-from prism.cache.verifier import Verifier
+from prism.cache.verifier import Verdict, Verifier
+from prism.cache.wordstates import WordStates
 
 log = logging.getLogger("prism.cache")
 
@@ -492,13 +493,43 @@ class PrismCache:
         for r, score in await self._shared.search(vec, self.threshold):
             if r.scope != sk or r.expired(now):
                 continue
-            if self.verifier is not None:
+            if isinstance(self.verifier, LearnedVerifier):
+                verdict = await self._learned_verdict(r.query, query, score)
+            elif self.verifier is not None:
                 verdict = self.verifier.check(r.query, query)
-                if not verdict.ok:
-                    self._rec.add("verifier_rejections")
-                    continue
+            else:
+                verdict = None
+            if verdict is not None and not verdict.ok:
+                self._rec.add("verifier_rejections")
+                log.debug("verifier refused shared %r for %r: %s", r.query, query, verdict.reason)
+                continue
             return self._served_row(r, "semantic", score)
         return None
+
+    async def _learned_verdict(self, cached: str, query: str, score: float) -> Verdict:
+        """The learned verifier on a shared row. Rows carry no word states,
+        so the row's question is embedded again (memoized), in a worker
+        thread, and only when the rules let the pair through: the rules
+        alone at the learned verifier's low floor would serve ~5% traps.
+        Without states (an embedder that has none) the rules decide, but
+        only at or above RULES_THRESHOLD, where they alone were measured."""
+        assert isinstance(self.verifier, LearnedVerifier)
+        rules = self.verifier.check(cached, query)
+        if rules.kind == "veto":
+            return rules
+        qs = await self._states(query)
+        cs = await self._states(cached) if qs is not None else None
+        if qs is None or cs is None:
+            if score < RULES_THRESHOLD:
+                return Verdict(False, f"{rules.reason}; no word states below {RULES_THRESHOLD}")
+            return rules
+        return self.verifier.decide(cached, query, score=score, cached_states=cs, query_states=qs)
+
+    async def _states(self, text: str) -> WordStates | None:
+        """Word states of `text`: from the memo, else a forward pass off the loop."""
+        if self.embedder.has_memo_states(text):
+            return self.embedder.states(text)
+        return await asyncio.to_thread(self.embedder.states, text)
 
     async def _shared_lookup(
         self, sk: str, ek: str, query: str, vec: np.ndarray | None

@@ -410,7 +410,15 @@ class ConnectionPool:
                 return conn
             conn.close()
         try:
-            conn = psycopg.connect(self._dsn, connect_timeout=10, autocommit=True)
+            # prepare_threshold=None: no server-side prepared statements.
+            # In pipeline mode a failing request makes PostgreSQL skip the
+            # rest of the pipeline, the Parse of a statement psycopg was
+            # preparing too, and psycopg would still count it as prepared:
+            # its later executions fail ('prepared statement "_pg3_N" does
+            # not exist'). A group's statements are few and short to parse.
+            conn = psycopg.connect(
+                self._dsn, connect_timeout=10, autocommit=True, prepare_threshold=None
+            )
             # An acked write is a durable one; and the walsender only sends
             # flushed WAL, so with the server's synchronous_commit = off a
             # write would reach the stream only at the WAL writer's next

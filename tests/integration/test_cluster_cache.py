@@ -112,6 +112,19 @@ def test_hit_on_another_node_and_invalidation(db, wrapper, secret_file, nodes) -
         assert c.execute(f"SELECT count(*) FROM {table_name('acme')}").fetchone() == (0,)
     assert a.call("ask", query=Q, answer="after clear")["called"]
 
+    # A trap the rules cannot check (a reworded change of scope, cosine
+    # ~0.74, above the learned verifier's 0.5 floor) is refused on the
+    # shared tier by the learned verifier, as the local tier refuses it;
+    # its paraphrase is served.
+    a.call("ask", query="How do I share a file with my team?", answer="Use the share button.")
+    settle(a, b)
+    trap = b.call(
+        "ask", query="How do I share a file with someone outside my company?", answer="Guest link."
+    )
+    assert trap["called"] and trap["response"] == "Guest link."
+    para = b.call("ask", query="How can I share a file with my team?", answer="x")
+    assert not para["called"] and para["response"] == "Use the share button."
+
 
 def test_tenants_never_share(db, wrapper, secret_file, tmp_path, nodes) -> None:  # type: ignore[no-untyped-def]
     other_secret = tmp_path / "other.secret"

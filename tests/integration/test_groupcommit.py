@@ -234,3 +234,33 @@ def test_concurrent_callers_share_groups_and_each_gets_its_own_answer(db) -> Non
         # transaction, one now() (savepoints give each row its own xmin)
         commits = c.execute("SELECT count(DISTINCT created_at) FROM prism_writes").fetchone()
     assert commits is not None and commits[0] <= 3
+
+
+def test_statements_skipped_after_a_failure_are_never_taken_as_prepared(db) -> None:  # type: ignore[no-untyped-def]
+    # psycopg prepares a statement on its 6th execution. In a pipeline,
+    # PostgreSQL skips everything after a failing statement up to the next
+    # Sync, the Parse of that preparation too; psycopg still counts the
+    # statement as prepared, and every later execution of it failed with
+    # 'prepared statement "_pg3_N" does not exist' (seen on the shared
+    # cache table after a clear()). The pool's connections prepare nothing.
+    db.execute(SCHEMA + "INSERT INTO items VALUES (100, 'taken', 1);")
+    pool = ConnectionPool(db.dsn, 1)
+    try:
+        for i in range(12):
+            with pool.connection() as conn:
+                results = run_group(
+                    conn,
+                    MARKER,
+                    [
+                        req(upsert(2 * i + 1)),
+                        req(upsert(1000 + i, sku="taken")),
+                        req(upsert(2 * i + 2)),
+                    ],
+                )
+            assert isinstance(results[0], Outcome), (i, results[0])
+            assert isinstance(results[1], WriteError) and results[1].sqlstate == "23505"
+            assert isinstance(results[2], Outcome), (i, results[2])
+    finally:
+        pool.close()
+    with db.connect() as c:
+        assert ids(c) == [*range(1, 25), 100]
