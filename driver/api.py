@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,7 +29,9 @@ from prism.driver.errors import (
     ReplicaLagError,
     WaitTimeoutError,
 )
+from prism.driver.filters import Columns, compile_filter, parse_order
 from prism.driver.link import Link
+from prism.driver.lookup import filtered_search, find_rows
 from prism.driver.replica import Replica, TableReplica
 from prism.driver.schema import TableInfo
 from prism.driver.subscription import Subscription
@@ -142,6 +144,41 @@ class PrismDriver:
             )
         return t.row(encode_key(list(values)))
 
+    def get_many(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any] | None]:
+        """The rows of `keys`, in their order (None where there is none):
+        `get` for each, from one state of the replica."""
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise QueryError(f"get_many takes a list of keys, got {keys!r}")
+        return [self.get(table, k) for k in keys]
+
+    def _columns(self, t: TableReplica) -> Columns:
+        info = self._sub.schema.tables.get(t.name)
+        return Columns(t.name, info.columns if info is not None else ())
+
+    def find(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: Sequence[str] | str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows of `table` that `where` matches (prism.driver.filters),
+        as dicts, ordered by `order_by` ("-price" descends; NULLs last when
+        ascending, first when descending, as in PostgreSQL), ties by primary
+        key, at most `limit`. An equality on a column declared in
+        DriverConfig.indexes is a dict look-up; anything else scans the
+        table. QueryError names a bad column, operator or value."""
+        t = self._table(table)
+        cols = self._columns(t)
+        flt = compile_filter(where, cols)
+        order = parse_order(order_by, cols)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise QueryError(f"limit must be a non-negative integer or None, got {limit!r}")
+        return find_rows(t, flt, cols, order, limit)
+
     async def query(
         self,
         embedding: Sequence[float] | np.ndarray | None = None,
@@ -151,18 +188,30 @@ class PrismDriver:
         threshold: float = 0.0,
         table: str | None = None,
         exact: bool = False,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
         """Rows most similar to `embedding` (or to `text`, embedded with the
         built-in text embedder), best first. A row is returned when its
         score is >= threshold, exactly: the score is the cosine of the
         query's and the row's grid vectors in the tenant's keyed space (see
         prism.driver.index). A large table is searched through its
-        partitions, which may miss a row; `exact=True` scans every row."""
+        partitions, which may miss a row; `exact=True` scans every row.
+        `where` (a filter, as for `find`) limits the result to the top_k of
+        the rows it matches (prism.driver.lookup); it needs `table` unless
+        only one table has vectors."""
         self._raise_if_failed()
         emb = _query_embedding(embedding, text, top_k, threshold)
         schema = self._sub.schema
         infos = [schema.tables[self._table(table).name]] if table else list(schema.tables.values())
         searchable = [i for i in infos if i.has_vectors]
+        flt = None
+        if where is not None:
+            if len(searchable) != 1:
+                raise QueryError(
+                    "query(where=...): say which table with table=... "
+                    f"(tables with vectors: {sorted(i.name for i in searchable)})"
+                )
+            flt = compile_filter(where, self._columns(self._table(searchable[0].name)))
         results: list[tuple[float, str, str]] = []
         tried = False
         for info in searchable:
@@ -172,7 +221,12 @@ class PrismDriver:
             tried = True
             t = self._replica.tables[info.name]
             assert t.index is not None
-            for key, score in t.index.query(q, top_k, float(threshold), exact=bool(exact)):
+            hits = (
+                t.index.query(q, top_k, float(threshold), exact=bool(exact))
+                if flt is None
+                else filtered_search(t, flt, q, top_k, float(threshold), bool(exact))
+            )
+            for key, score in hits:
                 results.append((score, info.name, key))
         if not tried:
             dims = sorted({i.source_dim for i in searchable if not i.text_embedded})

@@ -62,7 +62,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -757,6 +757,25 @@ class VectorIndex:
             count = max(self.params.rerank, top_k)
             cand = lists.candidates(q_red, self.params.nprobe, count)
             dots = self._grid[cand] @ q
+        return self._best(cand, dots, qq, top_k, threshold)
+
+    def query_among(
+        self, unit_query: np.ndarray, keys: Iterable[str], top_k: int, threshold: float
+    ) -> list[tuple[str, float]]:
+        """As query(exact=True), over the rows of `keys` only (keys the index
+        does not hold are skipped): a filtered search over a known set."""
+        get = self._slot.get
+        cand = np.fromiter((s for s in (get(k) for k in keys) if s is not None), dtype=np.int64)
+        if not len(cand):
+            return []
+        q, qq = query_grid(unit_query, self.limit)
+        return self._best(cand, self._grid[cand] @ q, qq, top_k, threshold)
+
+    def _best(
+        self, cand: np.ndarray, dots: np.ndarray, qq: float, top_k: int, threshold: float
+    ) -> list[tuple[str, float]]:
+        """The top_k of slots `cand` (dot products `dots` with the query's
+        grid vector) with score >= threshold, best first, ties by key."""
         scores = exact_scores(dots, qq, self._sq[cand])
         keep = scores >= threshold
         if not keep.all():

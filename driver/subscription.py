@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from prism.driver.colindex import index_spec
 from prism.driver.config import DriverConfig
 from prism.driver.epochs import EpochSealers
 from prism.driver.errors import (
@@ -77,6 +78,8 @@ class Subscription:
         self.follower = Follower()
         self.feed = ReplicaFeed(Replica({}))
         self.schema = Schema(config.tenant_id)
+        # The declared indexes the tables can hold (driver/colindex.py).
+        self.index_spec: dict[str, tuple[tuple[str, str], ...]] = {}
         self.keys = EpochSealers(config.tenant_id, link.secret)
         self.warm = WarmStart(config) if config.snapshot_dir is not None else None
         self._login: Login | None = None
@@ -251,6 +254,7 @@ class Subscription:
         self.keys.restart(hello.key_epoch, self.link.secret)
         if self.schema.update(hello, login.projection_key):
             tables = self.schema.tables
+            self.index_spec = index_spec(self.config.indexes, tables)
             self.feed = ReplicaFeed(
                 Replica.for_tables(
                     {
@@ -258,6 +262,7 @@ class Subscription:
                         for n, t in tables.items()
                     },
                     self.config.index,
+                    self.index_spec,
                 )
             )
             self.follower = Follower()  # a different shape: bootstrap afresh
@@ -273,6 +278,7 @@ class Subscription:
         )
         if restored is None:
             return
+        restored.replica.attach_indexes(self.index_spec)
         self.feed = ReplicaFeed(restored.replica)
         self.follower = Follower(
             stream_id=restored.stream_id, position=restored.position, head=hello.head_position
