@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from prism.driver.changes import Change, ChangeStream
 from prism.driver.config import DriverConfig
 from prism.driver.errors import (
     InvalidWriteError,
@@ -61,6 +63,7 @@ class PrismDriver:
         self._link = Link(config)  # reads the secret file: a bad one fails here
         self._sub = Subscription(config, self._link)
         self._task: asyncio.Task[None] | None = None
+        self._callbacks: set[asyncio.Task[None]] = set()  # on_change tasks
 
     # -- lifecycle --------------------------------------------------------
     async def __aenter__(self) -> PrismDriver:
@@ -87,6 +90,10 @@ class PrismDriver:
                 await self._task
             self._task = None
             await self._sub.finish()
+        for cb in list(self._callbacks):
+            cb.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await cb
 
     def _raise_if_failed(self) -> None:
         self._sub.raise_if_failed()
@@ -253,6 +260,62 @@ class PrismDriver:
                 )
             )
         return out
+
+    # -- the change feed ----------------------------------------------------
+    def changes(
+        self, tables: Iterable[str] | None = None, from_position: int | None = None
+    ) -> ChangeStream:
+        """The committed changes the replica applies, as an async iterator of
+        Change (prism.driver.changes): `async for change in
+        driver.changes()`. `tables` limits them to those tables; with
+        `from_position`, first every retained change after that position
+        (ChangePositionExpiredError when they are no longer all retained).
+        A consumer that falls DriverConfig.change_buffer changes behind gets
+        ChangeFeedOverflowError; the replica never waits for it."""
+        if self._task is None:
+            self._raise_if_failed()
+        names = None
+        if tables is not None:
+            if isinstance(tables, str):
+                tables = [tables]
+            names = {qualify(t) for t in tables}
+            known = self._sub.schema.tables
+            unknown = sorted(n for n in names if known and n not in known)
+            if unknown:
+                raise QueryError(
+                    f"changes: unknown table(s) {unknown} (replicated: {sorted(known)})"
+                )
+        if from_position is not None and (
+            isinstance(from_position, bool)
+            or not isinstance(from_position, int)
+            or from_position < 0
+        ):
+            raise QueryError(
+                f"from_position must be a position (an int >= 0), got {from_position!r}"
+            )
+        return self._sub.changes.subscribe(names, from_position)
+
+    def on_change(
+        self, table: str, callback: Callable[[Change], Awaitable[None] | None]
+    ) -> asyncio.Task[None]:
+        """Call `callback(change)` (a function or a coroutine function) for
+        each change of `table`, in order, from now on. Returns the task doing
+        it: cancel it to stop; it ends with the driver, and with the
+        callback's exception or the feed's (ChangeFeedOverflowError when the
+        callback falls behind) if one is raised: await it to see."""
+        stream = self.changes([table])
+
+        async def follow() -> None:
+            async with stream:
+                async for change in stream:
+                    result = callback(change)
+                    if inspect.isawaitable(result):
+                        await result
+
+        task = asyncio.get_running_loop().create_task(follow(), name=f"prism-on-change-{table}")
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+        return task
 
     # -- writes -------------------------------------------------------------
     def _write_table(self, table: str | None) -> TableInfo:

@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from prism.driver.changes import ChangeHub
 from prism.driver.colindex import index_spec
 from prism.driver.config import DriverConfig
 from prism.driver.epochs import EpochSealers
@@ -78,6 +79,8 @@ class Subscription:
         self.follower = Follower()
         self.feed = ReplicaFeed(Replica({}))
         self.schema = Schema(config.tenant_id)
+        # The change feed (driver/changes.py), fed with each applied batch.
+        self.changes = ChangeHub(config.change_retention, config.change_buffer)
         # The declared indexes the tables can hold (driver/colindex.py).
         self.index_spec: dict[str, tuple[tuple[str, str], ...]] = {}
         self.keys = EpochSealers(config.tenant_id, link.secret)
@@ -145,12 +148,14 @@ class Subscription:
         exc = task.exception()
         if exc is not None and self.failure is None:
             self.failure = exc
+        self.changes.end(exc)
         self.ready.set()
         self.signal_progress()
 
     def close(self) -> None:
         """The driver is closing: every waiter, now and later, gets NotReadyError."""
         self._closed = True
+        self.changes.end(None)
         if self.failure is None:
             self.failure = NotReadyError("the driver is closed")
         self.ready.set()
@@ -284,6 +289,7 @@ class Subscription:
             stream_id=restored.stream_id, position=restored.position, head=hello.head_position
         )
         self.counters["warm_restarts"] += 1
+        self.changes.restart_at(restored.position)
         release_memory(restored.replica)
         if restored.position >= hello.head_position:
             self.ready.set()  # nothing newer to wait for
@@ -317,6 +323,7 @@ class Subscription:
         # Synchronous on purpose: no await between the first and the last
         # change, so readers on this loop see the batch whole or not at all.
         n = self.feed.apply(batch)
+        self.changes.publish(batch, self.replica.tables)
         if batch.reset:
             self.counters["bootstraps"] += 1
         self.follower.committed(batch)
