@@ -32,13 +32,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.netns import Veth
+
 NS = "prism-app"
 HOST_IF, APP_IF = "prism-h", "prism-a"
 HOST_IP, APP_IP = "10.213.7.1", "10.213.7.2"
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
 def _slack_1ns() -> None:
@@ -129,23 +128,10 @@ class Link:
 
     @classmethod
     def create(cls, one_way_s: float = 0.00025) -> tuple[Link | None, str]:
-        import os
-
-        if os.geteuid() != 0:
-            return None, "not root: cannot create network namespaces; remote baselines skipped"
         cls.destroy()
-        try:
-            _ip("netns", "add", NS)
-            _ip("link", "add", HOST_IF, "type", "veth", "peer", "name", APP_IF)
-            _ip("link", "set", APP_IF, "netns", NS)
-            _ip("addr", "add", f"{HOST_IP}/30", "dev", HOST_IF)
-            _ip("link", "set", HOST_IF, "up")
-            _ip("-n", NS, "addr", "add", f"{APP_IP}/30", "dev", APP_IF)
-            _ip("-n", NS, "link", "set", APP_IF, "up")
-            _ip("-n", NS, "link", "set", "lo", "up")
-        except subprocess.CalledProcessError as exc:
-            cls.destroy()
-            return None, f"could not create the namespaces: {exc.stderr.strip()}"
+        veth, why = Veth.create(NS, HOST_IF, APP_IF, HOST_IP, APP_IP)
+        if veth is None:
+            return None, f"{why}; remote baselines skipped"
         us = f"{one_way_s * 1e6:.0f}us"
         r1 = subprocess.run(
             ["tc", "qdisc", "add", "dev", HOST_IF, "root", "netem", "delay", us],
@@ -199,8 +185,7 @@ class Link:
 
     @staticmethod
     def destroy() -> None:
-        _ip("link", "del", HOST_IF, check=False)
-        _ip("netns", "del", NS, check=False)
+        Veth(NS, HOST_IF, APP_IF, HOST_IP, APP_IP).destroy()
 
     def close(self) -> None:
         if self.relay is not None:

@@ -106,7 +106,7 @@ class ApplyHook:
 
     def __init__(self, driver: PrismDriver) -> None:
         self.callbacks: list[Callable[[Any, int], None]] = []
-        original = driver._apply
+        original = driver._sub._apply
 
         def wrapped(batch: Any) -> None:
             original(batch)
@@ -114,7 +114,7 @@ class ApplyHook:
             for cb in list(self.callbacks):
                 cb(batch, now)
 
-        driver._apply = wrapped  # type: ignore[method-assign]
+        driver._sub._apply = wrapped  # type: ignore[method-assign]
 
 
 def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> tuple[float, float, float]:

@@ -13,6 +13,7 @@ verifier (look-alike traps) -> the answer, or call_fn and a new entry
 (pii, metrics, store). See core.py.
 """
 
+from prism.cache.compress import ContextCompressor, Selection
 from prism.cache.core import DEFAULT_THRESHOLD, Hit, PrismCache, cached
 from prism.cache.embedder import (
     Embedder,
@@ -30,14 +31,16 @@ from prism.cache.errors import (
     StoreError,
 )
 from prism.cache.keys import Scope
-from prism.cache.metrics import PRICES_PER_MTOK, Metrics
+from prism.cache.metrics import PRICES_PER_MTOK, CacheCollector, Metrics
 from prism.cache.verifier import Verdict, Verifier
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "PRICES_PER_MTOK",
+    "CacheCollector",
     "CacheConfigError",
     "CacheError",
+    "ContextCompressor",
     "Embedder",
     "EmbedderError",
     "EmbeddingServiceError",
@@ -50,6 +53,7 @@ __all__ = [
     "OpenAICompatibleEmbedder",
     "PrismCache",
     "Scope",
+    "Selection",
     "StoreError",
     "Verdict",
     "Verifier",

@@ -140,7 +140,19 @@ class BertWeights:
 def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean-pooled, L2-normalized sentence vectors, (batch, dim) float32,
     for token ids (batch, seq) and their attention mask (1 real, 0 pad)."""
+    return encode_states(w, ids, mask)[0]
+
+
+def encode_states(
+    w: BertWeights, ids: np.ndarray, mask: np.ndarray, layers: tuple[int, ...] = ()
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The sentence vectors (as `encode`) and the contextual token states
+    (batch, seq, dim) float32 after each layer numbered in `layers` (1 is
+    the first encoder layer, len(w.layers) the last, which the sentence
+    vector is pooled from): the verifier aligns two questions word by word
+    with them."""
     b, n = ids.shape
+    kept: list[np.ndarray] = []
     d, h = w.dim, w.heads
     hd = d // h
     x = w.word[ids] + w.position[:n][None, :, :] + w.token_type[0][None, None, :]
@@ -148,7 +160,7 @@ def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     # Padding gets -inf-like scores so its softmax weight is 0, as in BERT.
     bias = ((1.0 - mask.astype(np.float32)) * np.float32(-1e9))[:, None, None, :]
     scale = np.float32(1.0 / math.sqrt(hd))
-    for layer in w.layers:
+    for depth, layer in enumerate(w.layers, 1):
         # Dense layers as 2-D matmuls (one BLAS gemm each); attention on
         # contiguous per-head blocks, which numpy's batched matmul needs to
         # reach BLAS instead of its strided fallback.
@@ -165,7 +177,9 @@ def encode(w: BertWeights, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         up = gelu(x2 @ layer.up_w + layer.up_b)
         x2 = layer_norm(up @ layer.down_w + layer.down_b + x2, layer.ln2_w, layer.ln2_b, w.eps)
         x = x2.reshape(b, n, d)
+        if depth in layers:
+            kept.append(x)
     m = mask.astype(np.float32)[:, :, None]
     pooled = (x * m).sum(1) / np.maximum(m.sum(1), 1e-9)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32), kept

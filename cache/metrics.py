@@ -17,11 +17,19 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from prism.fabric.metrics import (
+    CollectorRegistry,
+    Figure,
+    Snapshot,
+    SnapshotCollector,
+    render,
+)
 
 # USD per 1M tokens (input, output), vendors' list prices (2025); override
 # or extend with PrismCache.build(prices={...}).
@@ -118,78 +126,151 @@ class Metrics:
     def hit_rate(self) -> float:
         return self.hits / self.lookups if self.lookups else 0.0
 
-    def to_prometheus(self, prefix: str = "prism_cache") -> str:
-        """Prometheus text exposition (version 0.0.4) of this snapshot."""
-        t = self.tenant_id.replace("\\", "\\\\").replace('"', '\\"')
-        lab = f'tenant="{t}"'
-        lines: list[str] = []
+    def to_prometheus(self) -> str:
+        """Prometheus text exposition (version 0.0.4) of this snapshot, by
+        the exporter every prism process uses (prism.fabric.metrics)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(SnapshotCollector(FIGURES, lambda s: fill(s, [self])))
+        return render(registry)
 
-        def metric(name: str, kind: str, help_: str, value: float, labels: str = lab) -> None:
-            full = f"{prefix}_{name}"
-            if not any(line.startswith(f"# TYPE {full} ") for line in lines):
-                lines.append(f"# HELP {full} {help_}")
-                lines.append(f"# TYPE {full} {kind}")
-            lines.append(f"{full}{{{labels}}} {value:.10g}")
 
-        metric(
-            "lookups_total",
-            "counter",
-            "Lookups, by result.",
-            self.exact_hits,
-            lab + ',result="exact_hit"',
-        )
-        metric(
-            "lookups_total",
-            "counter",
-            "Lookups, by result.",
-            self.semantic_hits,
-            lab + ',result="semantic_hit"',
-        )
-        metric(
-            "lookups_total", "counter", "Lookups, by result.", self.misses, lab + ',result="miss"'
-        )
-        metric(
-            "verifier_rejections_total",
-            "counter",
-            "Candidates above the threshold refused by the verifier.",
-            self.verifier_rejections,
-        )
-        metric(
-            "merged_calls_total",
-            "counter",
-            "Concurrent identical misses answered by another caller's LLM call.",
-            self.merged_calls,
-        )
-        metric("call_errors_total", "counter", "call_fn raised; nothing cached.", self.call_errors)
-        metric(
-            "tokens_saved_total",
-            "counter",
-            "Prompt plus completion tokens not spent.",
-            self.tokens_saved,
-        )
-        metric(
-            "cost_saved_usd_total",
-            "counter",
-            "USD not spent, by the price table.",
-            self.cost_saved_usd,
-        )
-        metric("evictions_total", "counter", "Entries evicted by the LRU bounds.", self.evictions)
-        metric("expirations_total", "counter", "Entries dropped at their TTL.", self.expirations)
-        metric(
-            "invalidations_total", "counter", "Entries removed by invalidate().", self.invalidations
-        )
-        metric("entries", "gauge", "Entries held.", self.entries)
-        metric("bytes", "gauge", "Bytes the entries account for (LRU budget).", self.bytes)
-        metric("hit_rate", "gauge", "Hits over lookups since start.", self.hit_rate)
-        for q, v in (("0.5", self.hit_latency_ms_p50), ("0.99", self.hit_latency_ms_p99)):
-            metric(
-                "hit_latency_ms",
-                "gauge",
-                "Latency of hits (recent window).",
-                v,
-                lab + f',quantile="{q}"',
+_T = ("tenant",)
+FIGURES = (
+    Figure("prism_cache_lookups_total", "counter", "Lookups, by result", (*_T, "result")),
+    Figure("prism_cache_hit_rate", "gauge", "Hits over lookups since the cache was built", _T),
+    Figure(
+        "prism_cache_verifier_rejections_total",
+        "counter",
+        "Candidates above the threshold refused by the verifier",
+        _T,
+    ),
+    Figure(
+        "prism_cache_merged_calls_total",
+        "counter",
+        "Concurrent identical misses answered by another caller's LLM call",
+        _T,
+    ),
+    Figure("prism_cache_call_errors_total", "counter", "call_fn raised; nothing cached", _T),
+    Figure(
+        "prism_cache_tokens_saved_total", "counter", "Prompt plus completion tokens not spent", _T
+    ),
+    Figure("prism_cache_cost_saved_usd_total", "counter", "USD not spent, by the price table", _T),
+    Figure(
+        "prism_cache_removed_total",
+        "counter",
+        "Entries removed, by reason (evicted, expired, invalidated)",
+        (*_T, "reason"),
+    ),
+    Figure("prism_cache_entries", "gauge", "Entries held in the local tier", _T),
+    Figure("prism_cache_bytes", "gauge", "Bytes the local entries account for (LRU budget)", _T),
+    Figure(
+        "prism_cache_hit_latency_seconds",
+        "gauge",
+        "Latency of hits over a recent window, by quantile",
+        (*_T, "quantile"),
+    ),
+    Figure(
+        "prism_cache_context_tokens_total",
+        "counter",
+        "ContextCompressor: context tokens given (in) and sent to the LLM (sent)",
+        (*_T, "kind"),
+    ),
+    Figure(
+        "prism_cache_shared_writes_total",
+        "counter",
+        "Shared-tier writes of new entries, by outcome (written; deduplicated: another "
+        "node's write of the question won; skipped: its row arrived during the call; failed)",
+        (*_T, "outcome"),
+    ),
+    Figure(
+        "prism_cache_shared_rows",
+        "gauge",
+        "Rows of the tenant's shared table in this node's replica",
+        _T,
+    ),
+    Figure(
+        "prism_cache_shared_lag_seconds",
+        "gauge",
+        "0 when the node's replica shows the wrapper's head, else the age of its newest "
+        "change: how late other nodes' entries reach this one",
+        _T,
+    ),
+    Figure(
+        "prism_cache_shared_visible_seconds",
+        "gauge",
+        "A shared write's call until the node's own replica shows it, recent window",
+        (*_T, "quantile"),
+    ),
+)
+
+_WRITE_OUTCOMES = {
+    "written": "shared_writes",
+    "deduplicated": "shared_writes_deduplicated",
+    "skipped": "shared_writes_skipped",
+    "failed": "shared_write_errors",
+}
+
+
+def fill(s: Snapshot, snapshots: Iterable[Metrics]) -> None:
+    """Set the figures from metrics snapshots (one per tenant's cache)."""
+    for m in snapshots:
+        t = m.tenant_id
+        shared_exact = m.extra.get("shared_exact_hits", 0.0)
+        shared_semantic = m.extra.get("shared_semantic_hits", 0.0)
+        for result, v in (
+            ("exact_hit", m.exact_hits - shared_exact),
+            ("semantic_hit", m.semantic_hits - shared_semantic),
+            ("miss", m.misses),
+        ):
+            s.set("prism_cache_lookups_total", v, t, result)
+        if "shared_hits" in m.extra:
+            s.set("prism_cache_lookups_total", shared_exact, t, "shared_exact_hit")
+            s.set("prism_cache_lookups_total", shared_semantic, t, "shared_semantic_hit")
+        s.set("prism_cache_hit_rate", m.hit_rate, t)
+        s.set("prism_cache_verifier_rejections_total", m.verifier_rejections, t)
+        s.set("prism_cache_merged_calls_total", m.merged_calls, t)
+        s.set("prism_cache_call_errors_total", m.call_errors, t)
+        s.set("prism_cache_tokens_saved_total", m.tokens_saved, t)
+        s.set("prism_cache_cost_saved_usd_total", m.cost_saved_usd, t)
+        for reason, v in (
+            ("evicted", m.evictions),
+            ("expired", m.expirations),
+            ("invalidated", m.invalidations),
+        ):
+            s.set("prism_cache_removed_total", v, t, reason)
+        s.set("prism_cache_entries", m.entries, t)
+        s.set("prism_cache_bytes", m.bytes, t)
+        for q, ms in (("0.5", m.hit_latency_ms_p50), ("0.99", m.hit_latency_ms_p99)):
+            s.set("prism_cache_hit_latency_seconds", ms / 1e3, t, q)
+        for kind in ("in", "sent"):
+            s.set(
+                "prism_cache_context_tokens_total", m.extra.get(f"context_tokens_{kind}"), t, kind
             )
-        return "\n".join(lines) + "\n"
+        if "shared_hits" not in m.extra:
+            continue
+        for outcome, key in _WRITE_OUTCOMES.items():
+            s.set("prism_cache_shared_writes_total", m.extra.get(key, 0.0), t, outcome)
+        s.set("prism_cache_shared_rows", m.extra.get("shared_rows"), t)
+        s.set("prism_cache_shared_lag_seconds", m.extra.get("shared_lag_s"), t)
+        for q, key in (("0.5", "shared_visible_ms_p50"), ("0.99", "shared_visible_ms_p99")):
+            vis = m.extra.get(key)
+            s.set("prism_cache_shared_visible_seconds", None if vis is None else vis / 1e3, t, q)
+
+
+class CacheCollector(SnapshotCollector):
+    """The caches' figures for the app's own Prometheus registry, read at
+    each scrape: `REGISTRY.register(CacheCollector(cache))`, or a callable
+    returning the caches of several tenants."""
+
+    def __init__(self, caches: Any) -> None:
+        self._caches = caches
+        super().__init__(FIGURES, self._fill)
+
+    def _fill(self, s: Snapshot) -> None:
+        caches = self._caches() if callable(self._caches) else self._caches
+        if not isinstance(caches, Iterable):
+            caches = [caches]
+        fill(s, [c.metrics() for c in caches])
 
 
 class Recorder:

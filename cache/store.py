@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from prism.cache.errors import StoreError
+from prism.cache.wordstates import WordStates
 
 FORMAT_VERSION = 1
 
@@ -54,6 +55,8 @@ class Entry:
     tokens_estimated: bool
     size: int  # bytes the LRU's byte budget counts for this entry
     on_disk: bool = False  # reloaded: the response is read from the file when served
+    states: bytes | None = None  # the question's word states (wordstates.WordStates.to_bytes)
+    on_disk_states: bool = False  # reloaded: states are read from the file when first needed
 
     def expired(self, now: float) -> bool:
         return self.expires is not None and now >= self.expires
@@ -66,6 +69,14 @@ class Entry:
             self.response = store.response(self.id)
             self.on_disk = False
         return self.response
+
+    def word_states(self, store: SqliteStore | None, dim: int) -> WordStates | None:
+        """The question's word states for the verifier (read from the file
+        on first use for a reloaded entry), or None when it has none."""
+        if self.states is None and self.on_disk_states and store is not None:
+            self.states = store.states(self.id)
+            self.on_disk_states = False
+        return WordStates.from_bytes(self.states, dim) if self.states else None
 
 
 def encode_response(response: Any) -> str:
@@ -98,7 +109,8 @@ CREATE TABLE IF NOT EXISTS {t} (
     completion_tokens INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    codes BLOB NOT NULL
+    codes BLOB NOT NULL,
+    states BLOB
 )
 """
 
@@ -124,6 +136,9 @@ class SqliteStore:
                 " bits INTEGER NOT NULL, format INTEGER NOT NULL)"
             )
             self._db.execute(_SCHEMA.format(t=self.table))
+            cols = [r[1] for r in self._db.execute(f"PRAGMA table_info({self.table})")]
+            if "states" not in cols:  # a file written before the learned verifier
+                self._db.execute(f"ALTER TABLE {self.table} ADD COLUMN states BLOB")
             self._db.execute(
                 f"CREATE INDEX IF NOT EXISTS {self.table}_exact ON {self.table}(exact)"
             )
@@ -168,7 +183,7 @@ class SqliteStore:
     def put(self, e: Entry, response_json: str, codes: bytes) -> None:
         with self._lock:
             self._run(
-                f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT OR REPLACE INTO {self.table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     e.id,
                     e.scope_key,
@@ -183,6 +198,7 @@ class SqliteStore:
                     int(e.tokens_estimated),
                     e.size,
                     codes,
+                    e.states,
                 ),
             )
 
@@ -222,6 +238,12 @@ class SqliteStore:
         except ValueError as exc:
             raise StoreError(f"cache file {self.path}: entry {entry_id}: {exc}") from exc
 
+    def states(self, entry_id: int) -> bytes | None:
+        """One entry's stored word states (None if it has none)."""
+        with self._lock:
+            row = self._run(f"SELECT states FROM {self.table} WHERE id = ?", (entry_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
     def load(self, now: float, batch: int = 20_000) -> Iterator[tuple[list[Row], np.ndarray]]:
         """Unexpired entries as rows (see `Row`; `entry_from_row` makes an
         Entry of one), oldest first (the LRU order a restart keeps), in
@@ -257,5 +279,7 @@ def row_tags(r: Row) -> tuple[str, ...]:
 
 
 def entry_from_row(r: Row) -> Entry:
-    return Entry(r[0], r[1], r[2], r[3], None, row_tags(r), r[5], r[6], r[7], r[8], bool(r[9]),
-                 r[10], True)  # fmt: skip
+    e = Entry(r[0], r[1], r[2], r[3], None, row_tags(r), r[5], r[6], r[7], r[8], bool(r[9]),
+              r[10], True)  # fmt: skip
+    e.on_disk_states = True  # read from the file when the verifier first needs them
+    return e

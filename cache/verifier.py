@@ -216,6 +216,7 @@ _CALENDAR = _words(
     saturdays sundays today tomorrow yesterday tonight weekend weekends weekday weekdays
     """
 )
+_CALENDAR_LONG = tuple(sorted(w for w in _CALENDAR if len(w) >= 6))
 _UNIT_SUFFIX = re.compile(r"^([£$€]?)([\d,]*\.?\d+)([a-z%]*)$")
 _ORDINAL = re.compile(r"^(\d+)(st|nd|rd|th)$")
 # "may" and "march" are verbs as often as months: counted only beside a
@@ -225,8 +226,15 @@ _AMBIGUOUS_MONTHS = frozenset({"may", "march"})
 
 @dataclass(frozen=True)
 class Verdict:
+    """`kind`: "veto" (a rule of 1-3, or a change of direction: never
+    served), "edit" (rule 4 found a swapped or added word), "reworded"
+    (too few shared words for rule 4) or "same" (the same content words).
+    The learned part of the verifier (prism.cache.judge) weighs the last
+    three; `ok` is the rules' own decision."""
+
     ok: bool
     reason: str = ""
+    kind: str = "veto"
 
     def __bool__(self) -> bool:
         return self.ok
@@ -243,13 +251,20 @@ _CLITIC = re.compile(r"'(s|d|m|re|ve|ll)$")
 def tokens(text: str) -> list[str]:
     """Lowercased word and number tokens. A clitic is cut off ("what's" ->
     "what", "Austria's" -> "austria"); "n't" stays, it is a negation."""
+    return list(_tokens(text))
+
+
+@functools.lru_cache(maxsize=8192)
+def _tokens(text: str) -> tuple[str, ...]:
+    # Cached: a lookup checks the same new question against up to four
+    # candidates, and the learned verifier reads the tokens twice.
     out = []
     for t in _TOKEN.findall(_fold(text)):
         t = t.lower()
         if "'" in t and not t.endswith("n't"):
             t = _CLITIC.sub("", t)
         out.append(t)
-    return out
+    return tuple(out)
 
 
 _UNITS = {
@@ -267,6 +282,25 @@ _UNITS = {
 _CURRENCY = _words("pounds quid dollars euros pence cents bucks")
 
 
+# Durations in days, so that "14 days" = "two weeks" and "2-year" = "two-year".
+_DAYS = {
+    "hour": 1 / 24, "hours": 1 / 24, "day": 1, "days": 1, "week": 7, "weeks": 7,
+    "fortnight": 14, "fortnights": 14, "month": 30, "months": 30, "year": 365, "years": 365,
+}  # fmt: skip
+
+
+def _unit(word: str) -> str:
+    return _UNITS.get(word, "") if word != "pound" else ""
+
+
+def _amount(v: float, unit_word: str, suffix: str = "") -> str:
+    """A quantity's canonical form: durations in days, other units by their
+    short name ("100 grams" = "100g"); an unknown suffix ("2fa") is kept."""
+    if unit_word in _DAYS:
+        return f"{v * _DAYS[unit_word]:g}d"
+    return f"{v:g}{_unit(unit_word) or suffix}"
+
+
 def _quantities(toks: list[str]) -> list[str]:
     """Numbers with their unit ("100g" = "100 grams", "15%" = "fifteen
     percent") in order of appearance ("from 3 to 5" is not "from 5 to 3"),
@@ -275,7 +309,6 @@ def _quantities(toks: list[str]) -> list[str]:
     nums: list[str] = []
     for i, t in enumerate(toks):
         nxt = toks[i + 1] if i + 1 < len(toks) else ""
-        unit = _UNITS.get(nxt, "") if nxt != "pound" else ""
         m = _UNIT_SUFFIX.match(t)
         if m:
             _currency, num, suffix = m.groups()  # "£50" = "fifty pounds"
@@ -291,20 +324,40 @@ def _quantities(toks: list[str]) -> list[str]:
                 nums.append(f"{v:g}")
                 out["@" + suffix] += 1
             else:
-                nums.append(f"{v:g}{_UNITS.get(suffix, suffix) or unit}")
+                nums.append(_amount(v, suffix if suffix in _UNITS else nxt, suffix))
             continue
-        head = t.split("-", 1)[0]
-        if head != t and head in _NUMBER_WORDS:  # "two-bed", "five-bedroom"
-            nums.append(f"{_NUMBER_WORDS[head]:g}")
+        head, _, tail = t.partition("-")
+        if tail and head in _NUMBER_WORDS:  # "two-bed", "five-bedroom", "two-year"
+            nums.append(_amount(_NUMBER_WORDS[head], tail))
             continue
         if t in _NUMBER_WORDS and t not in ("first", "second", "once", "single", "couple"):
-            nums.append(f"{_NUMBER_WORDS[t]:g}{unit}")
-        elif t in _CALENDAR:
-            out[t.rstrip("s") if t.endswith("days") else t] += 1
+            nums.append(_amount(_NUMBER_WORDS[t], nxt))
+        elif t in _CALENDAR or (len(t) >= 5 and (t := _calendar_typo(t)) != ""):
+            out[t[:-1] if t.endswith(("days", "weekends")) else t] += 1
         elif t in _AMBIGUOUS_MONTHS and i > 0 and toks[i - 1] in ("in", "of", "from", "until"):
             out[t] += 1
     # "two hundred" etc. stay as their parts on both sides: only equality matters.
     return nums + sorted(out.elements())
+
+
+@functools.lru_cache(maxsize=65536)
+def _calendar_typo(word: str) -> str:
+    """The calendar word a token is a typo of ("Mondys"), or ""."""
+    for c in _CALENDAR_LONG:
+        if abs(len(c) - len(word)) <= 1 and c[0] == word[0] and _edit_distance_le1(word, c):
+            return c
+    return ""
+
+
+def _lone_one(qa: list[str], qb: list[str]) -> bool:
+    """True when the only difference is a "one" on a side and no number on
+    the other: "one egg" is "an egg", "a new one" a pronoun, not a count
+    that changes the answer."""
+    for x, y in ((qa, qb), (qb, qa)):
+        rest = [q for q in x if q != "1"]
+        if len(rest) < len(x) and rest == y and "1" not in y:
+            return True
+    return False
 
 
 def _negations(toks: list[str]) -> int:
@@ -326,6 +379,12 @@ def stem(word: str) -> str:
     if len(w) > 3 and w[-1] == w[-2]:
         w = w[:-1]
     return w
+
+
+# The same oppositions between stems, so that inflections count too.
+_STEM_ANTONYMS: frozenset[frozenset[str]] = frozenset(
+    s for s in (frozenset(stem(w) for w in pair) for pair in ANTONYMS) if len(s) == 2
+)
 
 
 def _edit_distance_le1(a: str, b: str) -> bool:
@@ -354,6 +413,7 @@ def _edit_distance_le1(a: str, b: str) -> bool:
     return a[i:] == b[i + 1 :]
 
 
+@functools.lru_cache(maxsize=65536)
 def _variant(a: str, b: str) -> bool:
     """Same word up to inflection, spelling or a typo (not for short words,
     where one letter is a different word: "debt" is not "debit" but "cat"
@@ -379,13 +439,26 @@ def _typo2(a: str, b: str) -> bool:
     return prev[-1] <= 2
 
 
+@functools.lru_cache(maxsize=65536)
 def _opposed(a: str, b: str) -> bool:
+    """Opposites: a listed pair, inflected ("increased" / "decreased"), a
+    negating prefix ("safe" / "unsafe"), or compounds that differ in one
+    opposed part ("full-time" / "part-time")."""
     if frozenset((a, b)) in ANTONYMS:
+        return True
+    if a.startswith("non-") or b.startswith("non-"):
+        return False  # a negation: rule 2 compares the counts ("non-members" / "not a member")
+    if frozenset((stem(a), stem(b))) in _STEM_ANTONYMS:
         return True
     for p in _NEG_PREFIXES:
         for x, y in ((a, b), (b, a)):
-            if y == p + x or y == p + "-" + x:
+            # A prefix negates a word, not a particle ("into" is not "not to").
+            if len(x) >= 4 and (y == p + x or y == p + "-" + x):
                 return True
+    pa, pb = a.split("-"), b.split("-")
+    if len(pa) == len(pb) > 1:
+        diff = [(x, y) for x, y in zip(pa, pb, strict=True) if x != y]
+        return len(diff) == 1 and _opposed(*diff[0])
     return False
 
 
@@ -403,7 +476,7 @@ def entities(text: str) -> list[str]:
         before = t[:start].rstrip()
         sentence_start = not before or before[-1] in '.?!:;"(' or before.endswith(("\n",))
         lw = w.lower().replace("’", "'")
-        if w in ("I", "I'm", "I've", "I'd", "I'll") or lw in _CALENDAR:
+        if w in ("I", "I'm", "I've", "I'd", "I'll") or lw in _CALENDAR or _calendar_typo(lw):
             continue
         if sentence_start and not (w.isupper() and len(w) > 1):
             continue
@@ -441,6 +514,7 @@ def _content(toks: list[str]) -> list[str]:
         and t not in _NUMBER_WORDS
         and t not in LIGHT
         and t not in _UNITS
+        and t not in _DAYS
         and t not in _CURRENCY
         and not t[0].isdigit()
         and t[0] not in "£$€"
@@ -469,7 +543,7 @@ class Verifier:
             # both questions state one.
             qa = [q for q in qa if q[0] != "@"]
             qb = [q for q in qb if q[0] != "@"]
-        if qa != qb:
+        if qa != qb and not _lone_one(qa, qb):
             return Verdict(False, f"numbers or dates differ: {qa} / {qb}")
         if _negations(ta) % 2 != _negations(tb) % 2:
             return Verdict(False, "one side is negated")
@@ -501,6 +575,19 @@ class Verifier:
             return Verdict(False, "names in another order (direction)")
         return self._substitutions(ta, tb, ca, cb, only_a, only_b)
 
+    def unmatched(self, cached: str, query: str) -> tuple[set[str], set[str], int, int]:
+        """Rule 4's view of a pair: the content words of each side that no
+        word of the other matches (variant, synonym), the number of shared
+        content words, and the number of content words of both together."""
+        ta, tb = tokens(cached), tokens(query)
+        ca, cb = set(_content(ta)), set(_content(tb))
+        only_a, only_b = ca - cb, cb - ca
+        pool_a, pool_b = only_a | _with_parts(ta), only_b | _with_parts(tb)
+        ua = {x for x in only_a if not _matched(x, pool_b)}
+        ub = {y for y in only_b if not _matched(y, pool_a)}
+        shared = (ca & cb) | (only_a - ua)
+        return ua, ub, len(shared), len(ca | cb)
+
     def _substitutions(
         self,
         ta: list[str],
@@ -510,20 +597,26 @@ class Verifier:
         only_a: set[str],
         only_b: set[str],
     ) -> Verdict:
-        unmatched_a = {x for x in only_a if not _matched(x, only_b)}
-        unmatched_b = {y for y in only_b if not _matched(y, only_a)}
+        # A word is matched by a variant among the other side's unshared
+        # content words, or among all its words and their compound parts (a
+        # typo of a light word, "reqest" / "request"; "dog-friendly" / "dogs").
+        pool_a, pool_b = only_a | _with_parts(ta), only_b | _with_parts(tb)
+        unmatched_a = {x for x in only_a if not _matched(x, pool_b)}
+        unmatched_b = {y for y in only_b if not _matched(y, pool_a)}
         shared = (set(ca) & set(cb)) | (only_a - unmatched_a)
         small = len(unmatched_a) + len(unmatched_b) <= self.max_edit_words
         if not shared or not (small or _one_span(ca, cb)):
-            return Verdict(True, "reworded: no word-level check")
+            return Verdict(True, "reworded: no word-level check", "reworded")
         if unmatched_a and unmatched_b:
-            return Verdict(False, f"words swapped: {sorted(unmatched_a)} / {sorted(unmatched_b)}")
+            return Verdict(
+                False, f"words swapped: {sorted(unmatched_a)} / {sorted(unmatched_b)}", "edit"
+            )
         if (unmatched_a or unmatched_b) and self.refuse_added:
-            return Verdict(False, f"a qualifier added: {sorted(unmatched_a | unmatched_b)}")
+            return Verdict(False, f"a qualifier added: {sorted(unmatched_a | unmatched_b)}", "edit")
         # Same content words: a change of order may be a change of direction.
         if _order_words(ta, tb):
             return Verdict(False, "same words, another order (direction)")
-        return Verdict(True, "same content words")
+        return Verdict(True, "same content words", "same")
 
 
 def _one_span(ca: list[str], cb: list[str]) -> bool:
@@ -538,7 +631,17 @@ def _one_span(ca: list[str], cb: list[str]) -> bool:
 
 def _matched(word: str, others: set[str]) -> bool:
     syn = SYNONYMS.get(word, frozenset())
-    return any(o in syn or _variant(word, o) for o in others)
+    parts = [p for p in word.split("-") if len(p) >= 3] if "-" in word else []
+    return any(o in syn or _variant(word, o) or any(_variant(p, o) for p in parts) for o in others)
+
+
+def _with_parts(toks: list[str]) -> set[str]:
+    """Tokens of at least three letters, and the parts of hyphenated ones."""
+    out = {t for t in toks if len(t) >= 3}
+    for t in toks:
+        if "-" in t:
+            out.update(p for p in t.split("-") if len(p) >= 3)
+    return out
 
 
 def _order(names: list[str]) -> list[str]:

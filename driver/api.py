@@ -226,8 +226,9 @@ class PrismDriver:
             if q is None:
                 continue
             tried = True
-            t = self._replica.tables[info.name]
-            assert t.index is not None
+            t = self._replica.tables.get(info.name)
+            if t is None or t.index is None or t.index.dim != q.shape[0]:
+                continue  # the table changed shape: its new replica is being built
             hits = (
                 t.index.query(q, top_k, float(threshold), exact=bool(exact))
                 if flt is None

@@ -239,6 +239,10 @@ class ReplicaFeed:
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
         self._building: Replica | None = None
+        # The shape the next bootstrap builds, when the wrapper describes the
+        # tables differently from the replica readers see (a column added,
+        # another table set); None: the readers' replica's shape.
+        self._shape: Replica | None = None
         self.building_rows = 0
 
     def restart(self) -> None:
@@ -246,10 +250,18 @@ class ReplicaFeed:
         self._building = None
         self.building_rows = 0
 
+    def reshape(self, shape: Replica) -> None:
+        """The tables changed shape: the next bootstrap builds an empty
+        replica like `shape` aside, and readers keep the current one, whole,
+        until that bootstrap completes."""
+        self._shape = shape
+        self.restart()
+
     def _build(self) -> Replica:
-        """A new, empty replica to build a bootstrap in; its indexes hold
-        their training until it is swapped in (VectorIndex.hold_training)."""
-        fresh = Replica.empty_like(self.replica)
+        """A new, empty replica to build a bootstrap in, shaped like the
+        tables' new shape if they changed; its indexes hold their training
+        until it is swapped in (VectorIndex.hold_training)."""
+        fresh = Replica.empty_like(self._shape or self.replica)
         for t in fresh.tables.values():
             if t.index is not None:
                 t.index.hold_training(True)
@@ -270,6 +282,7 @@ class ReplicaFeed:
         fresh = self._building or self._build()
         n = fresh.apply(batch)
         self.replica = fresh
+        self._shape = None
         self.restart()
         release_memory(fresh)
         for t in fresh.tables.values():

@@ -260,16 +260,20 @@ class Subscription:
         if self.schema.update(hello, login.projection_key):
             tables = self.schema.tables
             self.index_spec = index_spec(self.config.indexes, tables)
-            self.feed = ReplicaFeed(
-                Replica.for_tables(
-                    {
-                        n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
-                        for n, t in tables.items()
-                    },
-                    self.config.index,
-                    self.index_spec,
-                )
+            shape = Replica.for_tables(
+                {
+                    n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
+                    for n, t in tables.items()
+                },
+                self.config.index,
+                self.index_spec,
             )
+            if self.ready.is_set():
+                # Readers keep the replica they have until the bootstrap of
+                # the new shape is complete (never an empty one meanwhile).
+                self.feed.reshape(shape)
+            else:
+                self.feed = ReplicaFeed(shape)
             self.follower = Follower()  # a different shape: bootstrap afresh
 
     async def _warm_restart(self, login: Login) -> None:

@@ -26,7 +26,8 @@ from fastapi import FastAPI, Header, HTTPException
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from prism.cache import CacheError, Embedder, MiniLMEmbedder, PrismCache
+from prism.cache import CacheCollector, CacheError, Embedder, MiniLMEmbedder, PrismCache
+from prism.fabric.metrics import CollectorRegistry, render
 
 CACHE_PATH = os.environ.get("PRISM_CACHE_PATH")  # unset: in memory
 MODEL = os.environ.get("PRISM_LLM_MODEL", "gpt-4o-mini")
@@ -82,6 +83,9 @@ class Caches:
 
 def create_app(embedder: Embedder | None = None) -> FastAPI:
     caches = Caches(embedder)
+    # One collector over every tenant's cache, read at each scrape.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(CacheCollector(lambda: list(caches.by_tenant.values())))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -109,7 +113,7 @@ def create_app(embedder: Embedder | None = None) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> str:
-        return "".join(c.metrics().to_prometheus() for c in caches.by_tenant.values())
+        return render(registry)
 
     @app.delete("/cache")
     async def invalidate(tag: str, x_tenant: str = Header(min_length=1)) -> dict[str, int]:

@@ -51,6 +51,7 @@ import datetime as dt
 import json
 import math
 import struct
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -170,7 +171,16 @@ def _new_packer() -> msgpack.Packer:
     )
 
 
-_packer = _new_packer()
+# A Packer keeps its output buffer between calls, so threads must not share
+# one: the wrapper encodes rows on its decoding thread and its store writer's.
+_local = threading.local()
+
+
+def _thread_packer() -> msgpack.Packer:
+    packer: msgpack.Packer | None = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = _new_packer()
+    return packer
 
 
 def _pack_nested(v: Any) -> bytes:
@@ -258,10 +268,11 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
         t = type(v)
         if t is dict or t is list or t is tuple:
             _check_map_keys(column, v)
+    packer = _thread_packer()
     try:
-        return bytes(_packer.pack(row))
+        return bytes(packer.pack(row))
     except (TypeError, ValueError, OverflowError) as exc:
-        _packer.reset()
+        packer.reset()
         raise _explain(row, exc) from None
 
 

@@ -5,6 +5,14 @@ TOAST values filled from the stored image, truncate, and columns added or
 dropped mid-stream. No database I/O here: what must come from the source's
 catalog (the value existing rows take for an added column) is asked through
 the `missing_value` callback.
+
+Two steps, on two threads: `prepare` (on the decoding thread, no store
+needed) keys, vectorizes and encodes a transaction's row images as it
+arrives; `apply_group` (on the store writer's thread, inside the store
+transaction) compacts a group by key, fills what needs the stored image
+(unchanged TOAST values), and writes. So the writer's thread spends its time
+in SQLite, which runs without the interpreter lock, while the next
+transactions are decoded and encoded.
 """
 
 from __future__ import annotations
@@ -15,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prism.fabric.payload import decode_row, encode_row
 from prism.wrapper.errors import SourceError
+from prism.wrapper.rowbatch import RowEncoder, merge_hidden
 from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
     RelationInfo,
@@ -33,8 +41,31 @@ log = logging.getLogger("prism.wrapper.apply")
 
 MissingValue = Callable[[str, str], Any]  # (table, column) -> value existing rows take
 
-# A change waiting in a group: the row's new image, or None for a delete.
-_Pending = dict[tuple[str, str], tuple[dict[str, Any] | None, int]]
+
+@dataclass(slots=True)
+class Prepared:
+    """A row change keyed and encoded ahead of its group (Applier.prepare)."""
+
+    key: str
+    old_key: str
+    payload: bytes
+    vector: bytes | None
+    hidden: bytes | None
+
+
+@dataclass(slots=True)
+class _Image:
+    """A change waiting in a group: the row's new image (None for a
+    tombstone), encoded already or still to be encoded at the flush."""
+
+    row: dict[str, Any] | None
+    commit_us: int
+    encoded: Prepared | None = None
+
+
+_Pending = dict[tuple[str, str], _Image]
+# What prepare() made of one transaction: change index -> its encoding.
+PreparedTxn = dict[int, Prepared]
 
 
 @dataclass
@@ -48,6 +79,9 @@ class Applier:
     # (event_id, request_id) of writes seen since the last take_markers().
     markers: list[tuple[str, str | None]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._encoder = RowEncoder(self.vectorizer)
+
     def take_markers(self) -> list[tuple[str, str | None]]:
         out, self.markers = self.markers, []
         return out
@@ -55,24 +89,59 @@ class Applier:
     def apply(self, txn: StoreTxn, stx: SourceTransaction) -> int:
         return self.apply_group(txn, [stx])
 
-    def apply_group(self, txn: StoreTxn, group: list[SourceTransaction]) -> int:
+    def prepare(self, stx: SourceTransaction) -> PreparedTxn:
+        """Key, vectorize and encode the transaction's row images that need
+        nothing from the store (all but those with unchanged TOAST values),
+        one vectorize call per table. Safe on another thread than the
+        writer's: it reads only the tables' keys and configs."""
+        by_table: dict[str, list[tuple[int, RowChange, dict[str, Any]]]] = {}
+        for i, ch in enumerate(stx.changes):
+            if (
+                type(ch) is RowChange
+                and ch.op != "delete"
+                and ch.table in self.shapes
+                and ch.new is not None
+                and not any(v is UNCHANGED_TOAST for v in ch.new.values())
+            ):
+                by_table.setdefault(ch.table, []).append((i, ch, ch.new))
+        out: PreparedTxn = {}
+        for table, items in by_table.items():
+            shape = self.shapes[table]
+            batch = self._encoder.live(shape, [new for _, _, new in items], stx.commit_time_us)
+            hidden = batch.hidden if isinstance(batch.hidden, list) else [None] * len(items)
+            key_of = shape.key_of
+            for (i, ch, _), key, payload, vector, hid in zip(
+                items, batch.keys, batch.payloads, batch.vectors, hidden, strict=True
+            ):
+                assert payload is not None  # a live image always has one
+                old_key = key_of(ch.old) if ch.old is not None else key
+                out[i] = Prepared(key, old_key, payload, vector, hid)
+        return out
+
+    def apply_group(
+        self,
+        txn: StoreTxn,
+        group: list[SourceTransaction],
+        prepared: list[PreparedTxn] | None = None,
+    ) -> int:
         """Write a group of source transactions in one store transaction;
         returns the number of row changes. Changes are gathered per key (the
-        store keeps only the latest image anyway) and written table by table,
-        vectorized in one batch."""
+        store keeps only the latest image anyway) and written table by table.
+        `prepared`: what prepare() made of each transaction, if it ran."""
         pending: _Pending = {}
         n = 0
-        for stx in group:
+        for t, stx in enumerate(group):
+            ready = prepared[t] if prepared is not None else {}
             if any(self._columns_changed(rel) for rel in stx.relations.values()):
                 self._flush(txn, pending)
                 for rel in stx.relations.values():
                     self._relation(txn, rel, stx.commit_time_us)
-            for ch in stx.changes:
+            for i, ch in enumerate(stx.changes):
                 if isinstance(ch, TruncateChange):
                     self._flush(txn, pending)
-                    for t in ch.tables:
-                        if t in self.shapes:
-                            n += txn.truncate(t, stx.commit_time_us)
+                    for name in ch.tables:
+                        if name in self.shapes:
+                            n += txn.truncate(name, stx.commit_time_us)
                             self.counters["truncates"] += 1
                     continue
                 if ch.table == self.writes_table:
@@ -83,48 +152,75 @@ class Applier:
                 shape = self.shapes.get(ch.table)
                 if shape is None:
                     continue  # not a configured table (publication shared with others)
-                n += self._row(txn, pending, shape, ch, stx.commit_time_us)
+                n += self._row(txn, pending, shape, ch, stx.commit_time_us, ready.get(i))
         self._flush(txn, pending)
         return n
 
     def _row(
-        self, txn: StoreTxn, pending: _Pending, shape: TableShape, ch: RowChange, commit_us: int
+        self,
+        txn: StoreTxn,
+        pending: _Pending,
+        shape: TableShape,
+        ch: RowChange,
+        commit_us: int,
+        encoded: Prepared | None,
     ) -> int:
+        table = shape.name
         if ch.op == "delete":
             if ch.old is None:
-                raise SourceError(f"table {shape.name}: delete without old key")
-            pending[(shape.name, shape.key_of(ch.old))] = (None, commit_us)
+                raise SourceError(f"table {table}: delete without old key")
+            pending[(table, shape.key_of(ch.old))] = _Image(None, commit_us)
             return 1
         assert ch.new is not None
         new = ch.new
-        key = shape.key_of(new)
-        old_key = shape.key_of(ch.old) if ch.old is not None else key
-        if any(v is UNCHANGED_TOAST for v in new.values()):
-            new = self._fill_toast(txn, pending, shape, old_key, new)
+        if encoded is not None:
+            key, old_key = encoded.key, encoded.old_key
+        else:
+            key = shape.key_of(new)
+            old_key = shape.key_of(ch.old) if ch.old is not None else key
+            if any(v is UNCHANGED_TOAST for v in new.values()):
+                new = self._fill_toast(txn, pending, shape, old_key, new)
+            # The change's row is the decoder's own fresh dict: prepared in place.
+            self.vectorizer.prepare(table, new)
         n = 1
         if old_key != key:
-            pending[(shape.name, old_key)] = (None, commit_us)
+            pending[(table, old_key)] = _Image(None, commit_us)
             n += 1
-        pending.pop((shape.name, key), None)  # keep write order = change order
-        pending[(shape.name, key)] = (self.vectorizer.prepare(shape.name, dict(new)), commit_us)
+        pending.pop((table, key), None)  # keep write order = change order
+        pending[(table, key)] = _Image(new, commit_us, encoded)
         return n
 
     def _flush(self, txn: StoreTxn, pending: _Pending) -> None:
-        by_table: dict[str, list[tuple[str, dict[str, Any] | None, int]]] = {}
-        for (table, key), (row, commit_us) in pending.items():
-            by_table.setdefault(table, []).append((key, row, commit_us))
+        by_table: dict[str, tuple[list[str], list[_Image]]] = {}
+        for (table, key), image in pending.items():
+            cols = by_table.get(table)
+            if cols is None:
+                cols = by_table[table] = ([], [])
+            cols[0].append(key)
+            cols[1].append(image)
         pending.clear()
-        for table, changes in by_table.items():
-            live = [row for _, row, _ in changes if row is not None]
-            vectors = iter(self.vectorizer.vector_bytes_many(table, live))
-            txn.write_many(
+        for table, (keys, images) in by_table.items():
+            todo = [i for i, im in enumerate(images) if im.row is not None and im.encoded is None]
+            if todo:
+                b = self._encoder.changes(
+                    self.shapes[table],
+                    [keys[i] for i in todo],
+                    [images[i].row for i in todo],
+                    [images[i].commit_us for i in todo],
+                )
+                hidden = b.hidden if isinstance(b.hidden, list) else [None] * len(todo)
+                for j, i in enumerate(todo):
+                    payload = b.payloads[j]
+                    assert payload is not None  # a live image always has one
+                    images[i].encoded = Prepared(keys[i], keys[i], payload, b.vectors[j], hidden[j])
+            enc = [im.encoded for im in images]
+            txn.write_batch(
                 table,
-                [
-                    (key, encode_row(row), next(vectors), c)
-                    if row is not None
-                    else (key, None, None, c)
-                    for key, row, c in changes
-                ],
+                keys,
+                [e.payload if e is not None else None for e in enc],
+                [e.vector if e is not None else None for e in enc],
+                [e.hidden if e is not None else None for e in enc],
+                [im.commit_us for im in images],
             )
 
     def _fill_toast(
@@ -137,10 +233,10 @@ class Applier:
     ) -> dict[str, Any]:
         waiting = pending.get((shape.name, key))
         if waiting is not None:
-            old_row = waiting[0]
+            old_row = waiting.row
         else:
             prev = txn.get(shape.name, key)
-            old_row = decode_row(prev[0]) if prev is not None else None
+            old_row = merge_hidden(prev.payload, prev.hidden) if prev is not None else None
         if old_row is None:
             # Cannot happen when the store holds every row since the snapshot;
             # say so loudly rather than invent a value.
@@ -179,14 +275,18 @@ class Applier:
             "table columns changed",
             extra={"table": shape.name, "added": added, "dropped": dropped},
         )
-        rewritten = []
-        for key, payload, vector in list(txn.live_rows(shape.name)):
-            row = decode_row(payload)
+        keys: list[str] = []
+        rows: list[dict[str, Any]] = []
+        vectors: list[bytes | None] = []
+        for key, image in list(txn.live_rows(shape.name)):
+            row = merge_hidden(image.payload, image.hidden)
             for c in dropped:
                 row.pop(c, None)
             for c, v in fills.items():
                 row.setdefault(c, v)
-            ordered = {c: row.get(c) for c in new_names}
-            rewritten.append((key, encode_row(ordered), vector, commit_us))
-        txn.write_many(shape.name, rewritten)
-        self.counters["schema_rewrites"] += len(rewritten)
+            keys.append(key)
+            rows.append({c: row.get(c) for c in new_names})
+            vectors.append(image.vector)  # the vector stays: its column is not one of these
+        payloads, hidden = self._encoder.payloads(shape, rows)
+        txn.write_batch(shape.name, keys, payloads, vectors, hidden, commit_us)
+        self.counters["schema_rewrites"] += len(keys)

@@ -1,11 +1,18 @@
-"""The store writer: group commits off the decoding loop (store step).
+"""The store writers: commits off the decoding loop (store step).
 
-The pipeline's decoding loop hands whole source transactions to this
-thread and goes on reading the source. While one group is being made
-durable (SQLite COMMIT, fsync with synchronous=full), the next group
-accumulates, so commits batch themselves under load instead of stalling the
-stream. Only this thread writes the store. The decoding loop acknowledges
-to the source only positions this thread reports durable.
+Committer, while streaming: the pipeline's decoding loop hands whole source
+transactions to this thread and goes on reading the source. While one group
+is being made durable (SQLite COMMIT, fsync with synchronous=full), the next
+group accumulates, so commits batch themselves under load instead of
+stalling the stream. The decoding loop acknowledges to the source only
+positions this thread reports durable.
+
+CopyWriter, during the initial copy: the pipeline thread encodes batches of
+rows and this thread commits them (not durable one by one: the copy's last
+commit is, and nothing is acknowledged before it), so SQLite's work (which
+releases the interpreter lock) overlaps the next batch's encoding.
+
+Only one of them runs at a time, and only it writes the store.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prism.wrapper.apply import Applier
-from prism.wrapper.errors import WrapperError
+from prism.wrapper.apply import Applier, PreparedTxn
+from prism.wrapper.errors import StoreFullError, WrapperError
+from prism.wrapper.rowbatch import EncodedBatch
 from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
@@ -33,21 +41,56 @@ class Durable:
     changes: int = 0
 
 
-class Committer:
-    def __init__(
-        self, store: Store, applier: Applier, after_commit: Callable[[], None] = lambda: None
-    ) -> None:
+class _StoreThread:
+    """A thread that alone writes the store while it runs; its failure is
+    kept and raised to the pipeline at its next call."""
+
+    def __init__(self, store: Store, name: str) -> None:
         self._store = store
-        self._applier = applier
-        self._after_commit = after_commit
         self._cv = threading.Condition()
-        self._queue: list[SourceTransaction] = []
-        self._idle: ResumePoint | None = None
-        self._busy = False
         self._stopping = False
         self.error: BaseException | None = None
+        self.commits = 0  # store transactions committed by this writer
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """Write what is queued, end the thread, raise its failure if any."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, WrapperError):
+                raise self.error
+            raise WrapperError(f"store writer failed: {self.error}") from self.error
+
+
+class Committer(_StoreThread):
+    def __init__(
+        self,
+        store: Store,
+        applier: Applier,
+        after_commit: Callable[[], None] = lambda: None,
+        max_queued: int = 5000,
+    ) -> None:
+        """max_queued: changes that may wait for the writer before submit()
+        blocks (a single bigger transaction is still taken whole)."""
+        super().__init__(store, "store-writer")
+        self._applier = applier
+        self._after_commit = after_commit
+        self._max_queued = max_queued
+        self._queued = 0
+        self._queue: list[SourceTransaction] = []
+        self._prepared: list[PreparedTxn] = []  # Applier.prepare() of each queued one
+        self._idle: ResumePoint | None = None
+        self._busy = False
         self.durable = Durable(position=store.meta.source_position)
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
 
     @property
@@ -56,10 +99,17 @@ class Committer:
         with self._cv:
             return not self._busy and not self._queue and self._idle is None
 
-    def submit(self, group: list[SourceTransaction]) -> None:
-        self._raise_if_failed()
+    def submit(
+        self, group: list[SourceTransaction], prepared: list[PreparedTxn] | None = None
+    ) -> None:
+        """Queue whole transactions for the writer, with what Applier.prepare
+        made of each (if it ran); blocks while max_queued changes wait already."""
         with self._cv:
+            self._cv.wait_for(lambda: self.error is not None or self._queued < self._max_queued)
+            self._raise_if_failed()
             self._queue.extend(group)
+            self._prepared.extend(prepared if prepared is not None else [{} for _ in group])
+            self._queued += sum(len(stx.changes) for stx in group)
             self._cv.notify_all()
 
     def submit_position(self, point: ResumePoint) -> None:
@@ -70,35 +120,13 @@ class Committer:
                 self._idle = point
             self._cv.notify_all()
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        with self._cv:
-            done = self._cv.wait_for(
-                lambda: (
-                    self.error is not None
-                    or (not self._busy and not self._queue and self._idle is None)
-                ),
-                timeout,
-            )
-        self._raise_if_failed()
-        return done
-
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        self._thread.join()
-        self._raise_if_failed()
+        self._end()
 
     def check(self) -> None:
         """Raise the writer's failure, if it failed."""
         self._raise_if_failed()
-
-    def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            if isinstance(self.error, WrapperError):
-                raise self.error
-            raise WrapperError(f"store writer failed: {self.error}") from self.error
 
     def _run(self) -> None:
         while True:
@@ -107,10 +135,13 @@ class Committer:
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
+                prepared, self._prepared = self._prepared, []
+                self._queued = 0
                 idle, self._idle = self._idle, None
                 self._busy = True
+                self._cv.notify_all()  # submit() may queue the next group now
             try:
-                self._write(group, idle)
+                self._write(group, prepared, idle)
             except BaseException as exc:
                 with self._cv:
                     self.error = exc
@@ -119,17 +150,25 @@ class Committer:
                 return
             with self._cv:
                 self._busy = False
+                self.commits += 1
                 self._cv.notify_all()
             try:
                 self._after_commit()  # housekeeping: its failure must not stop the writer
+            except StoreFullError as exc:
+                log.warning("store housekeeping skipped: %s", exc)
             except Exception:
                 log.exception("store housekeeping after a commit failed")
 
-    def _write(self, group: list[SourceTransaction], idle: ResumePoint | None) -> None:
+    def _write(
+        self,
+        group: list[SourceTransaction],
+        prepared: list[PreparedTxn],
+        idle: ResumePoint | None,
+    ) -> None:
         n = 0
         with self._store.transaction() as txn:
             if group:
-                n = self._applier.apply_group(txn, group)
+                n = self._applier.apply_group(txn, group, prepared)
                 # The whole group is visible at the head it ends with.
                 for event_id, request_id in self._applier.take_markers():
                     txn.record_write(event_id, request_id, txn.head)
@@ -143,3 +182,62 @@ class Committer:
             transactions=self.durable.transactions + len(group),
             changes=self.durable.changes + n,
         )
+
+
+class CopyWriter(_StoreThread):
+    """Commits the initial copy's encoded batches on a thread of its own.
+
+    Batches are committed together, `commit_rows` or `depth` batches at a
+    time: each commit rewrites the key index's pages it touches, which for a
+    copy in key-hash order is most of them, so fewer, larger commits write
+    far less. put() blocks while `depth` batches wait (backpressure)."""
+
+    def __init__(self, store: Store, depth: int = 8, commit_rows: int = 16384) -> None:
+        super().__init__(store, "copy-writer")
+        self._depth = max(1, depth)
+        self._commit_rows = commit_rows
+        self._queued = 0
+        self._queue: list[EncodedBatch] = []
+        self.rows = 0  # rows committed so far
+        self._thread.start()
+
+    def put(self, batch: EncodedBatch) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self.error is not None or len(self._queue) < self._depth)
+            self._raise_if_failed()
+            self._queue.append(batch)
+            self._queued += len(batch)
+            self._cv.notify_all()
+
+    def finish(self) -> None:
+        """Commit what is queued, end the thread, raise its failure if any."""
+        self._end()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(
+                    lambda: (
+                        self._stopping
+                        or self._queued >= self._commit_rows
+                        or len(self._queue) >= self._depth
+                    )
+                )
+                if not self._queue:
+                    return
+                batches, self._queue = self._queue, []
+                self._queued = 0
+                self._cv.notify_all()
+            try:
+                with self._store.transaction(durable=False) as txn:
+                    for b in batches:
+                        txn.write_batch(
+                            b.table, b.keys, b.payloads, b.vectors, b.hidden, b.commit_us
+                        )
+            except BaseException as exc:
+                with self._cv:
+                    self.error = exc
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self.rows += sum(len(b) for b in batches)

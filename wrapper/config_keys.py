@@ -292,6 +292,19 @@ class ServerConfig:
         _positive,
     )
     grace_seconds: float = key(5.0, "how long SIGTERM waits for streams", _positive)
+    frame_cache_mb: float = key(
+        512.0,
+        "memory for sealed frames shared by every subscriber: what one driver was sent "
+        "is sent to the next from here, not sealed again",
+        lambda v: None if v >= 0 else "must be 0 or more",
+    )
+    frame_spill_mb: float = key(
+        4096.0,
+        "disk for sealed frames past frame_cache_mb (a bootstrap of millions of rows), "
+        "in unnamed files beside the store that vanish with the process; 0: none, such "
+        "frames are then sealed again for each driver",
+        lambda v: None if v >= 0 else "must be 0 or more",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,10 +335,10 @@ class StoreConfig:
         "full", "SQLite synchronous mode: full or normal", _one_of("full", "normal")
     )
     commit_interval_ms: float = key(
-        5.0,
+        0.0,
         "group commit: longest a received transaction waits before its group is handed to "
-        "the store writer; 0 hands it over as soon as the writer is free (groups still grow "
-        "while a commit is in flight)",
+        "the store writer; 0 (the default) hands it over as soon as the writer is free, and "
+        "groups still grow while a commit is in flight, so a wait only adds latency",
         _not_negative,
     )
 

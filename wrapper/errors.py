@@ -44,6 +44,14 @@ class StoreError(WrapperError):
     """The wrapper's durable store failed or is inconsistent."""
 
 
+class StoreFullError(StoreError):
+    """The store's file system is full. The store transaction that hit it was
+    rolled back whole, so nothing is lost and nothing was acknowledged past
+    what is stored; the pipeline waits for space and resumes by itself."""
+
+    retriable = True
+
+
 # SQLSTATE classes that a retry can cure: connection exceptions, operator
 # intervention (admin shutdown, crash shutdown), insufficient resources,
 # serialization failure / deadlock.

@@ -5,7 +5,10 @@ longer fit together) it copies the tables under the slot's exported snapshot
 into a store with a new stream identity; then it streams, group-committing
 received transactions to the store and acknowledging each stored position
 back to the source. Transient source errors are retried with bounded,
-logged, jittered backoff; permanent ones stop the daemon with their message.
+logged, jittered backoff; permanent ones stop the daemon with their message. A
+full store disk is neither: the source is no longer acknowledged (the database
+keeps its log), Health says so, drivers are still served what is stored, and
+the pipeline retries until there is room again, however long that takes.
 """
 
 from __future__ import annotations
@@ -20,14 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prism.fabric.backoff import Backoff
-from prism.fabric.payload import encode_row
-from prism.wrapper.apply import Applier
-from prism.wrapper.committer import Committer
+from prism.wrapper.apply import Applier, PreparedTxn
+from prism.wrapper.committer import Committer, CopyWriter
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import ResumeLostError, WrapperError
+from prism.wrapper.errors import ResumeLostError, StoreFullError, WrapperError
+from prism.wrapper.prefetch import Prefetch
+from prism.wrapper.rowbatch import RowEncoder
 from prism.wrapper.sources.base import ReplicationSource, SourceTransaction
 from prism.wrapper.sources.flavor import make_source
-from prism.wrapper.store import Store, now_us
+from prism.wrapper.store import Store, free_bytes, now_us
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
@@ -40,6 +44,12 @@ PURGE_INTERVAL_S = 60.0
 HEALTHY_STREAM_S = 30.0
 # Waits between attempts after a source error (jittered, see prism.fabric.backoff).
 RETRY_FIRST_S, RETRY_CAP_S = 0.5, 30.0
+# ... and between attempts to write a full store.
+STORE_FULL_FIRST_S, STORE_FULL_CAP_S = 0.5, 5.0
+# A full store counts as having room again once a commit succeeded and this
+# much is free: a successful commit alone proves little, since a small one
+# fits in the slack the SQLite WAL already has while the disk is still full.
+STORE_ROOM_BYTES = 8 << 20
 
 
 @dataclass
@@ -72,6 +82,9 @@ class Pipeline:
         self._retention_us = int(cfg.store.retention_seconds * 1_000_000)
         self._last_purge = 0.0
         self._streaming_since = 0.0
+        self._progressed = False  # this attempt stored and acknowledged something
+        self._full_since = 0.0  # monotonic time the store's disk filled up; 0: not full
+        self._full_backoff = Backoff(STORE_FULL_FIRST_S, STORE_FULL_CAP_S)
         # Set when the source said the stored position cannot be resumed
         # (the server refused it): the next attempt copies afresh.
         self._resume_lost: str | None = None
@@ -80,21 +93,29 @@ class Pipeline:
         """Run until stop() or a permanent error (kept in status.error).
         Transient errors are retried with capped backoff, each logged; after
         database.retry_limit failed attempts in a row the pipeline gives up
-        with the last error (a stream that ran for a while resets the count)."""
+        with the last error. An attempt that stored something, or streamed
+        for HEALTHY_STREAM_S, ends the row: the count and the backoff start
+        over, so outages far apart never add up."""
         backoff = Backoff(RETRY_FIRST_S, RETRY_CAP_S)
         limit = self.cfg.database.retry_limit
         attempts = 0
         while not self.stop_event.is_set():
             source = make_source(self.cfg)
             self._streaming_since = 0.0
+            self._progressed = False
             try:
                 self._run_once(source)
                 break
+            except StoreFullError as exc:
+                # Not the database's fault, so not counted against retry_limit.
+                self._store_full(exc)
+                self.stop_event.wait(self._full_backoff.next_delay())
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
-                if self._streaming_since and (
-                    time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                if self._progressed or (
+                    self._streaming_since
+                    and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
                 ):
                     attempts = 0
                     backoff.reset()
@@ -135,6 +156,38 @@ class Pipeline:
     def stop(self) -> None:
         self.stop_event.set()
 
+    def _store_full(self, exc: StoreFullError) -> None:
+        """Report a full store disk: the stored transactions were rolled back
+        whole and nothing past them was acknowledged, so the source replays
+        them once there is room again."""
+        if not self._full_since:
+            self._full_since = time.monotonic()
+            self.status.store_full += 1
+            log.error(
+                "store disk full: not acknowledging the database; drivers are served what is "
+                "stored; retrying until there is room: %s",
+                exc,
+            )
+        self.status.state = "RETRYING"
+        self.status.detail = f"store disk full: {exc}"
+
+    def _room_again(self, committer: Committer) -> bool:
+        if not committer.commits:
+            return False
+        free = free_bytes(self.store.path)
+        return free is None or free >= STORE_ROOM_BYTES
+
+    def _durable_again(self) -> None:
+        """A store transaction committed after the disk was full."""
+        log.warning(
+            "store has room again: streaming resumed",
+            extra={"full_seconds": round(time.monotonic() - self._full_since, 1)},
+        )
+        self._full_since = 0.0
+        self._full_backoff.reset()
+        if not self._full_since:  # else STREAMING once the store took a commit
+            self.status.state, self.status.detail = "STREAMING", ""
+
     def _run_once(self, source: ReplicationSource) -> None:
         problems = source.check_prerequisites()
         if problems:
@@ -145,7 +198,9 @@ class Pipeline:
         source.prepare()
         meta = self.store.meta
         fresh_reason = None
-        if not meta.snapshot_done:
+        if self.store.rebuilt:
+            fresh_reason = self.store.rebuilt
+        elif not meta.snapshot_done:
             fresh_reason = "no completed snapshot in the store"
         elif self._resume_lost:
             fresh_reason, self._resume_lost = self._resume_lost, None
@@ -154,9 +209,10 @@ class Pipeline:
         elif set(self.store.table_columns()) != set(self.shapes):
             fresh_reason = "the configured tables changed"
         if fresh_reason:
-            if meta.head == 0 and not meta.snapshot_done:
+            if meta.head == 0 and not meta.snapshot_done and not self.store.rebuilt:
                 # A new store (or one whose first copy was cut short): the
                 # normal first start, nothing for drivers to re-bootstrap from.
+                # (A store rebuilt for its format had drivers: they re-bootstrap.)
                 log.info("initial copy of the tables: %s", fresh_reason)
             else:
                 log.warning(
@@ -183,47 +239,58 @@ class Pipeline:
                 self.shapes[name].columns = tuple((c, t) for c, t in cols["columns"])
 
     def _snapshot(self, source: ReplicationSource) -> None:
+        """Copy the tables under the source's snapshot into a fresh store.
+
+        Three threads overlap: the source's rows are read ahead (Prefetch),
+        this thread keys, vectorizes and encodes each batch (RowEncoder), and
+        the CopyWriter commits them. Each batch commits the normal way, at
+        increasing positions, while meta.snapshot_done stays false: servers
+        may stream the copy as it grows. Only the last commit (source
+        position, snapshot_done) is durable by itself and makes everything
+        before it durable; a crash before it starts a new copy under a new
+        stream identity."""
         self.status.state = "SNAPSHOT"
         self.store.reset(uuid.uuid4().hex)
         start = source.begin_snapshot()
         commit_us = now_us()
         total = 0
         started = time.monotonic()
-        for name, shape in self.shapes.items():
-            expected = source.snapshot_count(name)
-            copied = 0
-            last_log = time.monotonic()
-            with self.store.transaction() as txn:
+        with self.store.transaction(durable=False) as txn:
+            for name, shape in self.shapes.items():
                 txn.set_table_columns(name, shape.to_json())
-            for batch in source.snapshot_rows(name):
-                rows = [self.vectorizer.prepare(name, row) for row in batch]
-                vectors = self.vectorizer.vector_bytes_many(name, rows)
-                with self.store.transaction() as txn:
-                    txn.write_many(
-                        name,
-                        [
-                            (shape.key_of(row), encode_row(row), vec, commit_us)
-                            for row, vec in zip(rows, vectors, strict=True)
-                        ],
-                    )
-                copied += len(batch)
-                total += len(batch)
-                self.status.snapshot_rows = total
-                self.status.detail = f"copying {name}: {copied}/{expected}"
-                if time.monotonic() - last_log >= 2.0:
-                    last_log = time.monotonic()
-                    log.info(
-                        "initial copy progress",
-                        extra={
-                            "table": name,
-                            "rows": copied,
-                            "of": expected,
-                            "rows_per_s": round(total / (time.monotonic() - started)),
-                        },
-                    )
-                if self.stop_event.is_set():
-                    raise WrapperError("stopped during the initial copy", retriable=False)
-            log.info("table copied", extra={"table": name, "rows": copied})
+        encoder = RowEncoder(self.vectorizer)
+        writer = CopyWriter(self.store)
+        try:
+            for name, shape in self.shapes.items():
+                expected = source.snapshot_count(name)
+                copied = 0
+                last_log = time.monotonic()
+                with Prefetch(source.snapshot_rows(name), name="snapshot-reader") as batches:
+                    for batch in batches:
+                        writer.put(encoder.live(shape, batch, commit_us))
+                        copied += len(batch)
+                        total += len(batch)
+                        self.status.snapshot_rows = total
+                        self.status.detail = f"copying {name}: {copied}/{expected}"
+                        if time.monotonic() - last_log >= 2.0:
+                            last_log = time.monotonic()
+                            log.info(
+                                "initial copy progress",
+                                extra={
+                                    "table": name,
+                                    "rows": copied,
+                                    "of": expected,
+                                    "rows_per_s": round(total / (time.monotonic() - started)),
+                                },
+                            )
+                        if self.stop_event.is_set():
+                            raise WrapperError("stopped during the initial copy", retriable=False)
+                log.info("table copied", extra={"table": name, "rows": copied})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped us wins
+                writer.finish()
+            raise
+        writer.finish()
         source.end_snapshot()
         with self.store.transaction() as txn:
             txn.set_source_position(start.position, commit_us, start.gtid_state)
@@ -243,16 +310,21 @@ class Pipeline:
     def _stream(self, source: ReplicationSource, applier: Applier) -> None:
         """Decode and hand whole transactions to the store writer; acknowledge
         to the source only what the writer reports durable."""
-        committer = Committer(self.store, applier, self._maybe_purge)
+        committer = Committer(self.store, applier, self._maybe_purge, MAX_GROUP_CHANGES)
+        if self._full_since:
+            # Probe the store with a commit of its own: it succeeds once
+            # there is room, even when the source has nothing new to say.
+            committer.submit_position(self.store.meta.resume_point)
         skip_upto = self.store.meta.source_position
         pending: list[SourceTransaction] = []
-        pending_changes = 0
+        prepared: list[PreparedTxn] = []
         first_at = 0.0
         acked = skip_upto
         base_txns, base_changes = self.status.transactions, self.status.changes
+        interval = self._interval
         seen_txns = 0
         try:
-            for stx in source.transactions(max(self._interval, IDLE_TICK_S)):
+            for stx in source.transactions(max(interval, IDLE_TICK_S)):
                 committer.check()
                 if stx is not None:
                     if stx.end_lsn <= skip_upto:
@@ -260,17 +332,16 @@ class Pipeline:
                     if not pending:
                         first_at = time.monotonic()
                     pending.append(stx)
-                    pending_changes += len(stx.changes)
-                full = pending_changes >= MAX_GROUP_CHANGES
-                if full:
-                    committer.wait_idle()  # backpressure: one big group at a time
-                if (
-                    pending
-                    and committer.idle
-                    and (full or stx is None or time.monotonic() - first_at >= self._interval)
-                ):
-                    committer.submit(pending)
-                    pending, pending_changes = [], 0
+                    # Encoded here, on this thread, while the writer's thread
+                    # is in SQLite (see apply.py).
+                    prepared.append(applier.prepare(stx))
+                if pending and (stx is None or time.monotonic() - first_at >= interval):
+                    # With no wait (interval 0) each transaction goes to the
+                    # writer at once; the writer takes everything that queued
+                    # while it committed as one group. submit() blocks while a
+                    # full group waits (backpressure).
+                    committer.submit(pending, prepared)
+                    pending, prepared = [], []
                 elif stx is None and not pending and committer.idle:
                     idle = source.idle_position()
                     if idle is not None and idle.position > acked:
@@ -285,12 +356,15 @@ class Pipeline:
                     # Only now may the database discard its log up to there.
                     source.acknowledge(durable.position)
                     acked = durable.position
+                    self._progressed = True
+                if self._full_since and self._room_again(committer):
+                    self._durable_again()
                 self.status.transactions = base_txns + durable.transactions
                 self.status.changes = base_changes + durable.changes
                 if self.stop_event.is_set():
                     break
             if pending:
-                committer.submit(pending)
+                committer.submit(pending, prepared)
         except BaseException:
             # Write what is whole already; the error that stopped us wins.
             with contextlib.suppress(WrapperError):

@@ -9,6 +9,7 @@ keys in prism.fabric.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -33,13 +34,15 @@ from prism.fabric.tablenames import qualify
 from prism.wrapper.auth import Authenticator, AuthFailure, Session
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError
+from prism.wrapper.framecache import FrameCache
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.metrics import WrapperMetrics, disk_free_bytes, store_bytes
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
-from prism.wrapper.store import Store, StoreReader
-from prism.wrapper.subscription import ServeContext, subscription
-from prism.wrapper.writes import WriteError, WriteExecutor
+from prism.wrapper.store import ReaderPool, Store
+from prism.wrapper.subscription import SendWatchdog, ServeScope, frame_rows, subscription
+from prism.wrapper.writeplan import WriteError
+from prism.wrapper.writes import WriteExecutor
 
 log = logging.getLogger("prism.wrapper.server")
 
@@ -58,7 +61,21 @@ class WrapperState:
     writes: WriteExecutor | None = None
     metrics: WrapperMetrics = field(default_factory=WrapperMetrics)
     auth_lock: threading.Lock = field(default_factory=threading.Lock)
+    frames: FrameCache | None = None  # shared frames; sized from server.frame_cache_mb
+    readers: ReaderPool | None = None  # store readers for Subscribe calls and frame builds
+    watchdog: SendWatchdog = field(default_factory=SendWatchdog)
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.frames is None:
+            mb = 1024 * 1024
+            self.frames = FrameCache(
+                int(self.cfg.server.frame_cache_mb * mb),
+                spill_bytes=int(self.cfg.server.frame_spill_mb * mb),
+                spill_dir=self.store.path.parent,
+            )
+        if self.readers is None:
+            self.readers = ReaderPool(self.store.path)
 
     def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
         k = (secret, tenant, epoch, dim)
@@ -175,12 +192,13 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 extra={"peer": context.peer(), "tenant": tenant_id},
             )
         tables = []
-        reader = StoreReader(st.store.path)
+        assert st.readers is not None
+        reader = st.readers.get()
         try:
             with reader.snapshot() as meta:
                 stored = reader.table_columns() if meta.snapshot_done else {}
         finally:
-            reader.close()
+            st.readers.put(reader)
         if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
             # A driver must not learn an empty schema and keep it.
             context.abort(
@@ -239,6 +257,17 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
     def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Frame]:
+        """The stream as Frame messages, for code that wants to look at them
+        (tools, tests that play the attacker). The server itself registers
+        subscribe_bytes, which sends the same frames without parsing them."""
+        for data in self.subscribe_bytes(request, context):
+            yield pb.Frame.FromString(data)
+
+    def subscribe_bytes(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        """Subscribe's frames as the bytes gRPC sends: shared, sealed frames
+        with this call's envelope appended."""
         st = self.state
         tenant_id = request.tenant_id
         session = self._session(request, context)
@@ -251,14 +280,14 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             )
         secret = st.auth.tenants[tenant_id].secrets[session.secret_index]
         tables = st.cfg.tables_of(tenant_id)
-        reader = StoreReader(st.store.path)
-        ctx = ServeContext(
+        scope = ServeScope(
             tenant_id=tenant_id,
-            dims={t.name: st.cfg.table_dim(t) for t in tables},
-            sealer=lambda dim: st.sealer(secret, tenant_id, st.keyring.epoch(tenant_id), dim),
             tables=tuple(t.name for t in tables),
-            subscription=request.subscription,
-            hidden={t.name: t.hidden_column for t in tables if t.hidden_column},
+            dims={t.name: st.cfg.table_dim(t) for t in tables},
+            sealer=lambda epoch, dim: st.sealer(secret, tenant_id, epoch, dim),
+            epoch=lambda: st.keyring.epoch(tenant_id),
+            secret_id=hashlib.sha256(b"prism/serve-scope\0" + secret).digest()[:16],
+            max_rows=frame_rows(request.max_frame_rows),
         )
         log.info(
             "subscriber",
@@ -268,23 +297,33 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 "stream": request.stream_id,
             },
         )
+        assert st.frames is not None and st.readers is not None
         ended = st.metrics.subscribed(tenant_id)
         sent = st.metrics.sender(tenant_id)
-        try:
-            for frame in subscription(
-                ctx,
-                reader,
+        frames = st.watchdog.guard(
+            subscription(
+                scope,
+                st.frames,
+                st.readers,
                 request.stream_id,
                 request.from_position,
-                request.max_frame_rows,
+                request.subscription,
                 st.wait_for_head,
                 lambda: context.is_active() and self._still_valid(request.session),
-            ):
+                current=lambda: st.store.meta,
+            ),
+            context.cancel,
+            context.peer(),
+        )
+        try:
+            for data in frames:
                 sent()
-                yield frame
+                yield data
         finally:
+            # Close the frames now (their segment and reader with them): a for
+            # loop left by GeneratorExit does not.
+            frames.close()
             ended()
-            reader.close()
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
         st = self.state
@@ -340,6 +379,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "frames_sent": st.metrics.frames_sent_count,
             "store_bytes": store_bytes(st.store.path),
         }
+        if st.writes is not None:
+            counters.update(st.writes.counters())
         free = disk_free_bytes(st.store.path)
         if free is not None:
             counters["store_disk_free_bytes"] = free
@@ -347,6 +388,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             counters[f"key_epoch:{t.id}"] = st.keyring.epoch(t.id)
         for (table, reason), n in dict(st.pipeline.vectorizer.missing).items():
             counters[f"vector_missing:{table}:{reason}"] = n
+        if st.frames is not None:
+            counters.update(st.frames.counters())
         return pb.HealthResponse(
             status=state,
             counters=counters,
@@ -379,6 +422,40 @@ def server_credentials(cfg: WrapperConfig) -> grpc.ServerCredentials | None:
     )
 
 
+class _Handlers:
+    """Stands in for a server to catch the generated method handlers."""
+
+    handlers: dict[str, grpc.RpcMethodHandler]
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = handlers
+
+
+def add_servicer(servicer: WrapperServicer, server: grpc.Server) -> None:
+    """Register the servicer's methods, as the generated
+    add_WrapperServiceServicer_to_server does, except that Subscribe sends
+    the bytes of subscribe_bytes as they are (no serializer): frames are
+    serialized once, when built, not once per call. A servicer that
+    overrides Subscribe (a test's attacker) keeps the Frame path."""
+    caught = _Handlers()
+    pb_grpc.add_WrapperServiceServicer_to_server(servicer, caught)
+    handlers = dict(caught.handlers)
+    if type(servicer).Subscribe is WrapperServicer.Subscribe:
+        handlers["Subscribe"] = grpc.unary_stream_rpc_method_handler(
+            servicer.subscribe_bytes,
+            request_deserializer=pb.SubscribeRequest.FromString,
+            response_serializer=None,
+        )
+    service = "prism.fabric.v1.WrapperService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)  # type: ignore[attr-defined]
+
+
 def create_server(
     state: WrapperState,
     address: str,
@@ -397,7 +474,7 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_WrapperServiceServicer_to_server(servicer or WrapperServicer(state), server)
+    add_servicer(servicer or WrapperServicer(state), server)
     if credentials is None:
         port = server.add_insecure_port(address)
     else:

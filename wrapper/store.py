@@ -12,11 +12,28 @@ holding the row's latest image (or a tombstone, kept `retention` long), so a
 driver that was away catches up from here and never pins the database's log.
 `retention_floor` is the highest position whose tombstone may have been
 purged: a driver whose position is below it must bootstrap in full.
+
+A row is stored as drivers receive it: `payload` is the row image without
+the table's hidden column (config `vector_in_rows = false`), which sits in
+`hidden` on its own, so serving never re-encodes a row. The store's layout
+has a version (`FORMAT`, in meta): a store of another version is never read
+as this one; an older one is rebuilt empty (the pipeline then copies the
+tables afresh under a new stream identity, and drivers re-bootstrap).
+
+Durability and speed: commits are fsynced (synchronous=full) unless the
+caller says a commit need not be durable on its own (the initial copy's
+batches: nothing is acknowledged until the copy's last, durable commit, which
+syncs everything before it). WAL checkpoints, which copy committed pages into
+the database file, run on a background thread with its own connection, so
+the writer rarely waits for them; the writer's own checkpoint runs only every
+WRITER_CHECKPOINT_PAGES, where it finds the work done and lets the WAL file
+start over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -24,23 +41,36 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from prism.wrapper.errors import StoreError
+from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.sources.base import ResumePoint
+from prism.wrapper.writepositions import WritePositions
+
+log = logging.getLogger("prism.wrapper.store")
+
+# The store's layout. 1: rows kept whole (hidden column inside the payload),
+# no version in meta. 2: this one (served payload and hidden value apart,
+# format recorded in meta).
+FORMAT = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS table_schema (name TEXT PRIMARY KEY, columns TEXT NOT NULL);
 -- A rowid table, not WITHOUT ROWID: rows are several kB (payload plus
 -- vector), which SQLite stores far faster outside a clustered key index.
+-- Positions are not the rowid: a change rewrites its row in place, which
+-- costs fewer page writes than moving it.
 CREATE TABLE IF NOT EXISTS rows (
     tbl TEXT NOT NULL,
     key TEXT NOT NULL,
     position INTEGER NOT NULL,
     op TEXT NOT NULL,            -- 'U' live image, 'D' tombstone
-    payload BLOB,                -- encoded row image (prism.fabric.payload)
+    payload BLOB,                -- the row image drivers receive (prism.fabric.payload)
     vector BLOB,                 -- projected float32 vector, NULL when the row has none
+    hidden BLOB,                 -- {hidden column: value} (payload encoding), or NULL
     commit_us INTEGER NOT NULL,  -- source commit time
     stored_us INTEGER NOT NULL,  -- when stored: tombstone retention clock
     UNIQUE (tbl, key)
@@ -56,9 +86,9 @@ CREATE TABLE IF NOT EXISTS writes (
 CREATE INDEX IF NOT EXISTS writes_stored ON writes (stored_us);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
-
-
-RECENT_WRITES = 100_000
+# What a rebuild drops (the keyring's table in the same file stays: the
+# tenants' projection keys outlive any copy of the tables).
+_STORE_TABLES = ("rows", "table_schema", "writes", "meta")
 
 
 def now_us() -> int:
@@ -92,6 +122,51 @@ class StoreMeta:
         return ResumePoint(self.source_position, self.gtid_state)
 
 
+# A store transaction that adds data needs at least this much free on the
+# store's file system: below it the disk counts as full before SQLite says so.
+# A commit that fits in the slack the SQLite WAL file already has succeeds on
+# a disk with no room left; without this reserve the wrapper would go on
+# acknowledging the database until a bigger commit failed, and a full disk
+# would show up late or, with a steady small workload, not at all (the fault
+# soak's MariaDB run). Purging and resetting free space, so they are exempt.
+STORE_RESERVE_BYTES = 4 << 20
+
+# SQLite's primary result codes for a full disk and for an I/O error (an I/O
+# error on a file system with no room left is a full disk too).
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes the store's file system has free for it (None: unknown)."""
+    return _free_bytes(path)
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def store_error(exc: sqlite3.Error, path: Path, doing: str) -> StoreError:
+    """The one place SQLite errors of the store become StoreErrors: a full
+    disk is StoreFullError (retriable), anything else a StoreError."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    full = code == _SQLITE_FULL or "disk is full" in str(exc)
+    if not full and code == _SQLITE_IOERR:
+        free = _free_bytes(path)
+        full = free is not None and free < (1 << 20)
+    if full:
+        free = _free_bytes(path)
+        room = f", {free} bytes free" if free is not None else ""
+        return StoreFullError(
+            f"store {path}: the disk is full while {doing} ({exc}{room}): free some space; "
+            "the wrapper resumes by itself"
+        )
+    return StoreError(f"store {path}: {doing} failed: {exc}")
+
+
 def _create_private(path: Path) -> None:
     """Create the store's directory (700) and file (600) unless they exist:
     the store holds every replicated row, so only the wrapper's user may
@@ -122,6 +197,74 @@ def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Co
         raise StoreError(f"cannot open store {path}: {exc}") from exc
 
 
+# The writer's own WAL checkpoint (which lets the WAL file start over) runs
+# after this many WAL pages; the background checkpointer copies pages into
+# the database file long before, so the writer's is cheap when it comes.
+WRITER_CHECKPOINT_PAGES = 16384
+# The background checkpointer runs after this many bytes were committed, or
+# after CHECKPOINT_IDLE_S with anything committed.
+CHECKPOINT_BYTES = 8 << 20
+CHECKPOINT_IDLE_S = 1.0
+# The WAL file is cut back to this size when it starts over.
+WAL_SIZE_LIMIT = 64 << 20
+# Pages the writer keeps in memory (negative: KiB): the key and position
+# indexes of a few million rows.
+WRITER_CACHE_KIB = 64 << 10
+
+
+class StoredImage(NamedTuple):
+    """A row's live image as stored: the served payload, the projected
+    vector and the hidden column's value (payload encoding), each maybe None."""
+
+    payload: bytes
+    vector: bytes | None
+    hidden: bytes | None
+
+
+class _Checkpointer:
+    """Copies committed WAL pages into the database file off the writer's
+    thread (PASSIVE checkpoints, on a connection of its own; SQLite lets one
+    checkpointer run beside the one writer)."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self._conn = _connect(path, synchronous)
+        self._cv = threading.Condition()
+        self._pending = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self, nbytes: int) -> None:
+        with self._cv:
+            self._pending += nbytes
+            if self._pending >= CHECKPOINT_BYTES:
+                self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(
+                    lambda: self._stopping or self._pending >= CHECKPOINT_BYTES,
+                    CHECKPOINT_IDLE_S,
+                )
+                if self._stopping:
+                    return
+                if not self._pending:
+                    continue
+                self._pending = 0
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the writer's own checkpoint still runs
+                log.warning("background WAL checkpoint failed: %s", exc)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+        self._conn.close()
+
+
 class Store:
     """The single writer. Owned by the pipeline thread; readers use
     StoreReader on their own connections (SQLite WAL: readers never block the
@@ -129,14 +272,68 @@ class Store:
 
     def __init__(self, path: Path, synchronous: str = "full") -> None:
         self.path = path
+        self._synchronous = synchronous.upper()
         self._conn = _connect(path, synchronous)
-        self._conn.executescript(SCHEMA)
+        # Why the store was emptied on open (another format), for the log
+        # line of the copy that refills it; None when it was not.
+        self.rebuilt: str | None = None
+        try:
+            self._open_format()
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
+            self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._meta = self._load_meta()
         self._in_txn = False
+        self._sync_now = self._synchronous
+        self._checkpointer: _Checkpointer | None = None
         # Commit notifications for the server's subscription threads.
         self.changed = threading.Condition()
-        # event_id -> position of recent writes, for Write calls waiting on them.
-        self.recent_writes: dict[str, int] = {}
+        # Where writes through the wrapper became visible, for Write calls.
+        self.write_positions = WritePositions()
+
+    # -- format -----------------------------------------------------------
+    def _open_format(self) -> None:
+        """Create the store, or check the format of the one there: an older
+        one is emptied (rebuilt), a newer one refused."""
+        conn = self._conn
+        names = {str(n) for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+        found: int | None = None
+        if "meta" in names:
+            row = conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone()
+            found = int(row[0]) if row is not None else 1
+        elif "rows" in names:
+            found = 1
+        if found is not None and found > FORMAT:
+            raise StoreError(
+                f"store {self.path} has format {found}, newer than this prism-wrapper writes "
+                f"({FORMAT}): run a newer prism-wrapper, or move the store away to copy the "
+                "tables afresh"
+            )
+        if found is not None and found < FORMAT:
+            self.rebuilt = f"the store had format {found}, this prism-wrapper writes {FORMAT}"
+            log.warning(
+                "store format %d found, this prism-wrapper writes format %d: rebuilding the "
+                "store (the tables are copied afresh under a new stream identity; drivers "
+                "re-bootstrap)",
+                found,
+                FORMAT,
+                extra={"store": str(self.path)},
+            )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for t in _STORE_TABLES:
+                    conn.execute(f"DROP TABLE IF EXISTS {t}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        conn.executescript(SCHEMA)
+        conn.execute(
+            "INSERT INTO meta (k, v) VALUES ('format', ?) ON CONFLICT (k) DO NOTHING",
+            (str(FORMAT),),
+        )
 
     # -- meta -------------------------------------------------------------
     def _get(self, k: str) -> str | None:
@@ -157,43 +354,76 @@ class Store:
         )
 
     # -- transactions -----------------------------------------------------
+    def _synchronous_for(self, durable: bool) -> None:
+        # In WAL mode NORMAL skips only the commit's fsync: such a commit may
+        # be lost with the machine's power, never half-applied, and the next
+        # FULL commit's fsync makes it durable too (one file, synced whole).
+        level = self._synchronous if durable else "NORMAL"
+        if level != self._sync_now:
+            self._conn.execute(f"PRAGMA synchronous = {level}")
+            self._sync_now = level
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[StoreTxn]:
+    def transaction(self, durable: bool = True, grows: bool = True) -> Iterator[StoreTxn]:
         """One SQLite write transaction. The changes and the source position
-        set inside it become durable together, or not at all."""
+        set inside it become durable together, or not at all.
+
+        durable=False: the commit need not survive a power loss by itself
+        (it still survives the process dying); it becomes durable with the
+        next durable commit. Only for work nothing is acknowledged for yet,
+        which a crash discards anyway (the initial copy's batches).
+
+        grows=False: the transaction frees space (purge, reset), so it runs
+        on a full disk too; others need STORE_RESERVE_BYTES free."""
         if self._in_txn:
             raise StoreError("store transactions do not nest")
-        self._conn.execute("BEGIN IMMEDIATE")
+        if grows:
+            free = _free_bytes(self.path)
+            if free is not None and free < STORE_RESERVE_BYTES:
+                raise StoreFullError(
+                    f"store {self.path}: the disk is full ({free} bytes free, a write needs "
+                    f"{STORE_RESERVE_BYTES}): free some space; the wrapper resumes by itself"
+                )
+        self._synchronous_for(durable)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "starting a transaction") from exc
         self._in_txn = True
         txn = StoreTxn(self, self._meta)
         try:
             yield txn
             txn._flush_meta()
             self._conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
+            # Rolled back whole: a failed commit (a full disk) leaves the
+            # store as it was before the transaction.
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             self._meta = self._load_meta()
+            if isinstance(exc, sqlite3.Error):
+                raise store_error(exc, self.path, "writing") from exc
             raise
         finally:
             self._in_txn = False
         self._meta = txn.meta
+        if self._checkpointer is None:
+            self._checkpointer = _Checkpointer(self.path, self._synchronous)
+        self._checkpointer.committed(txn.nbytes)
         with self.changed:
-            for event_id, position in txn.written:
-                self.recent_writes[event_id] = position
-            while len(self.recent_writes) > RECENT_WRITES:
-                del self.recent_writes[next(iter(self.recent_writes))]
             self.changed.notify_all()
+        # After the subscribers: a waiting writer wants its frame as well.
+        if txn.written:
+            self.write_positions.publish(txn.written)
 
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume
         against it bootstrap in full."""
-        with self.transaction() as txn:
+        with self.transaction(grows=False) as txn:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
-            with self.changed:
-                self.recent_writes.clear()
+            self.write_positions.clear()
             txn.meta = StoreMeta(
                 stream_id=stream_id or uuid.uuid4().hex,
                 snapshot_done=False,
@@ -204,12 +434,13 @@ class Store:
                 gtid_state="",
             )
             txn._head = 0
+        self.rebuilt = None
         return self._meta
 
     def purge_tombstones(self, older_than_us: int) -> int:
         """Drop tombstones stored before `older_than_us` and raise the
         retention floor past them. Returns how many were purged."""
-        with self.transaction() as txn:
+        with self.transaction(grows=False) as txn:
             row = self._conn.execute(
                 "SELECT count(*), max(position) FROM rows WHERE op = 'D' AND stored_us < ?",
                 (older_than_us,),
@@ -235,7 +466,15 @@ class Store:
         }
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         self._conn.close()
+
+
+def _image(row: tuple[Any, Any, Any]) -> StoredImage:
+    p, v, h = row
+    return StoredImage(bytes(p), None if v is None else bytes(v), None if h is None else bytes(h))
 
 
 def _replace(meta: StoreMeta, **kw: object) -> StoreMeta:
@@ -272,6 +511,7 @@ class StoreTxn:
         self._head = meta.head
         self._stored_us = now_us()
         self.written: list[tuple[str, int]] = []
+        self.nbytes = 0  # row bytes written, for the checkpointer's pace
 
     @property
     def head(self) -> int:
@@ -291,24 +531,32 @@ class StoreTxn:
         self._head += 1
         return self._head
 
+    # op follows from the payload: a tombstone has none.
     _UPSERT = (
-        "INSERT INTO rows (tbl, key, position, op, payload, vector, commit_us, stored_us) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET "
+        "INSERT INTO rows (tbl, key, position, op, payload, vector, hidden, commit_us, stored_us) "
+        "VALUES (?1, ?2, ?3, CASE WHEN ?4 IS NULL THEN 'D' ELSE 'U' END, ?4, ?5, ?6, ?7, ?8) "
+        "ON CONFLICT (tbl, key) DO UPDATE SET "
         "position = excluded.position, op = excluded.op, payload = excluded.payload, "
-        "vector = excluded.vector, commit_us = excluded.commit_us, "
+        "vector = excluded.vector, hidden = excluded.hidden, commit_us = excluded.commit_us, "
         "stored_us = excluded.stored_us"
     )
 
     def upsert(
-        self, table: str, key: str, payload: bytes, vector: bytes | None, commit_us: int
+        self,
+        table: str,
+        key: str,
+        payload: bytes,
+        vector: bytes | None,
+        commit_us: int,
+        hidden: bytes | None = None,
     ) -> int:
         """Store a row's live image; returns its position."""
-        self.write_many(table, [(key, payload, vector, commit_us)])
+        self.write_batch(table, [key], [payload], [vector], [hidden], commit_us)
         return self._head
 
     def delete(self, table: str, key: str, commit_us: int) -> int:
         """Store a tombstone; returns its position."""
-        self.write_many(table, [(key, None, None, commit_us)])
+        self.write_batch(table, [key], [None], [None], [None], commit_us)
         return self._head
 
     def write_many(
@@ -316,24 +564,50 @@ class StoreTxn:
     ) -> None:
         """Write (key, payload or None for a tombstone, vector, commit_us)
         changes in order, each at its own position."""
+        if changes:
+            keys, payloads, vectors, commits = zip(*changes, strict=True)
+            self.write_batch(table, keys, payloads, vectors, repeat(None), commits)
+
+    def write_batch(
+        self,
+        table: str,
+        keys: Sequence[str],
+        payloads: Sequence[bytes | None],
+        vectors: Sequence[bytes | None] | repeat[None],
+        hidden: Sequence[bytes | None] | repeat[None],
+        commit_us: int | Sequence[int],
+    ) -> None:
+        """Write changes given as columns, in order, each at its own position:
+        keys, payloads (None: a tombstone), vectors, hidden values (a tombstone
+        has neither) and commit times (one for all, or one each)."""
+        n = len(keys)
+        if not n:
+            return
         base = self._head
-        self._head += len(changes)
-        stored = self._stored_us
+        self._head += n
+        commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
+        self.nbytes += sum(len(p) for p in payloads if p is not None)
         self._conn.executemany(
             self._UPSERT,
-            [
-                (table, k, base + i + 1, "U" if p is not None else "D", p, v, c, stored)
-                for i, (k, p, v, c) in enumerate(changes)
-            ],
+            zip(
+                repeat(table),
+                keys,
+                range(base + 1, base + n + 1),
+                payloads,
+                vectors,
+                hidden,
+                commits,
+                repeat(self._stored_us),
+            ),
         )
 
-    def get(self, table: str, key: str) -> tuple[bytes, bytes | None] | None:
-        """The live image of a row (payload, vector), as of this transaction."""
+    def get(self, table: str, key: str) -> StoredImage | None:
+        """The live image of a row, as of this transaction."""
         row = self._conn.execute(
-            "SELECT payload, vector FROM rows WHERE tbl = ? AND key = ? AND op = 'U'",
+            "SELECT payload, vector, hidden FROM rows WHERE tbl = ? AND key = ? AND op = 'U'",
             (table, key),
         ).fetchone()
-        return None if row is None else (bytes(row[0]), None if row[1] is None else bytes(row[1]))
+        return None if row is None else _image(row)
 
     def live_keys(self, table: str) -> list[str]:
         return [
@@ -343,15 +617,16 @@ class StoreTxn:
             )
         ]
 
-    def live_rows(self, table: str) -> Iterator[tuple[str, bytes, bytes | None]]:
-        for k, p, v in self._conn.execute(
-            "SELECT key, payload, vector FROM rows WHERE tbl = ? AND op = 'U'", (table,)
+    def live_rows(self, table: str) -> Iterator[tuple[str, StoredImage]]:
+        for k, p, v, h in self._conn.execute(
+            "SELECT key, payload, vector, hidden FROM rows WHERE tbl = ? AND op = 'U'", (table,)
         ).fetchall():
-            yield str(k), bytes(p), None if v is None else bytes(v)
+            yield str(k), _image((p, v, h))
 
     def truncate(self, table: str, commit_us: int) -> int:
         keys = self.live_keys(table)
-        self.write_many(table, [(k, None, None, commit_us) for k in keys])
+        none = [None] * len(keys)
+        self.write_batch(table, keys, none, none, none, commit_us)
         return len(keys)
 
     def set_table_columns(self, table: str, columns_json: str) -> None:
@@ -383,33 +658,66 @@ class StoreTxn:
 
     def _flush_meta(self) -> None:
         self.meta = _replace(self.meta, head=self._head)
-        m = self.meta
-        for k, v in (
-            ("stream_id", m.stream_id),
-            ("snapshot_done", "1" if m.snapshot_done else "0"),
-            ("head", m.head),
-            ("retention_floor", m.retention_floor),
-            ("source_position", m.source_position),
-            ("last_commit_us", m.last_commit_us),
-            ("gtid_state", m.gtid_state),
-        ):
-            self._store._set(k, v)
+        # Only what changed: the meta table always holds the store's last
+        # committed meta (read_meta's defaults stand for missing keys).
+        before = _meta_items(self._store._meta)
+        for k, v in _meta_items(self.meta).items():
+            if before[k] != v:
+                self._store._set(k, v)
+
+
+def _meta_items(m: StoreMeta) -> dict[str, str]:
+    """A meta as the meta table spells it (read_meta reads it back)."""
+    return {
+        "stream_id": m.stream_id,
+        "snapshot_done": "1" if m.snapshot_done else "0",
+        "head": str(m.head),
+        "retention_floor": str(m.retention_floor),
+        "source_position": str(m.source_position),
+        "last_commit_us": str(m.last_commit_us),
+        "gtid_state": m.gtid_state,
+    }
+
+
+# A served row as the reader hands it out, in the column order of _ROW_COLUMNS:
+# (key, op, position, payload or None, vector or None, commit_us).
+RowTuple = tuple[str, str, int, bytes | None, bytes | None, int]
+_ROW_COLUMNS = "key, op, position, payload, vector, commit_us"
+# Readers map the store file instead of copying each page through read():
+# serving a bootstrap reads every row's payload and vector once, and a mapped
+# page costs no system call. Address space only; pages stay the OS cache's.
+READER_MMAP_BYTES = 1 << 40
 
 
 class StoreReader:
     """A read-only view for one subscriber, on its own connection. Use
-    `snapshot()` so that everything read belongs to one committed state."""
+    `snapshot()` (or begin()/end()) so that everything read belongs to one
+    committed state."""
 
     def __init__(self, path: Path) -> None:
         self._conn = _connect(path, "normal", readonly=True)
+        self._conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[StoreMeta]:
+        meta = self.begin()
+        try:
+            yield meta
+        finally:
+            self.end()
+
+    def begin(self) -> StoreMeta:
+        """Open a read transaction: until end(), every read sees the
+        committed state whose meta this returns (SQLite WAL snapshot)."""
         self._conn.execute("BEGIN")
         try:
-            yield read_meta(self._conn)
-        finally:
+            return read_meta(self._conn)
+        except BaseException:
             self._conn.execute("COMMIT")
+            raise
+
+    def end(self) -> None:
+        self._conn.execute("COMMIT")
 
     def table_columns(self) -> dict[str, str]:
         return read_table_columns(self._conn)
@@ -420,30 +728,58 @@ class StoreReader:
         ).fetchone()
         return None if row is None else int(row[0])
 
-    def changes_since(
-        self, table: str, position: int, live_only: bool = False
-    ) -> Iterator[StoredRow]:
-        sql = (
-            "SELECT key, op, position, payload, vector, commit_us FROM rows "
-            "WHERE tbl = ? AND position > ?"
-        )
+    def chunks(
+        self, table: str, position: int, size: int, live_only: bool = False
+    ) -> Iterator[list[RowTuple]]:
+        """The table's entries after `position`, in position order, as lists
+        of at most `size` row tuples (RowTuple): live images and tombstones,
+        or live images only. Rows come out as SQLite hands them over, with no
+        per-row object of ours: a frame's columns are cut from the list."""
+        sql = f"SELECT {_ROW_COLUMNS} FROM rows WHERE tbl = ? AND position > ?"
         if live_only:
             sql += " AND op = 'U'"
         sql += " ORDER BY position"
         cur = self._conn.execute(sql, (table, position))
-        while True:
-            batch = cur.fetchmany(2048)
-            if not batch:
-                return
+        while batch := cur.fetchmany(size):
+            yield batch
+
+    def changes_since(
+        self, table: str, position: int, live_only: bool = False
+    ) -> Iterator[StoredRow]:
+        for batch in self.chunks(table, position, 2048, live_only):
             for k, op, pos, p, v, c in batch:
-                yield StoredRow(
-                    str(k),
-                    str(op),
-                    int(pos),
-                    None if p is None else bytes(p),
-                    None if v is None else bytes(v),
-                    int(c),
-                )
+                yield StoredRow(k, op, pos, p, v, c)
 
     def close(self) -> None:
         self._conn.close()
+
+
+class ReaderPool:
+    """Idle StoreReaders kept for the next Subscribe call or segment build,
+    so serving does not open a connection (and map the file) each time."""
+
+    def __init__(self, path: Path, keep: int = 16) -> None:
+        self.path = path
+        self.keep = keep
+        self._idle: list[StoreReader] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> StoreReader:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return StoreReader(self.path)
+
+    def put(self, reader: StoreReader) -> None:
+        """Give back a reader outside any read transaction."""
+        with self._lock:
+            if len(self._idle) < self.keep:
+                self._idle.append(reader)
+                return
+        reader.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for r in idle:
+            r.close()

@@ -1,41 +1,92 @@
 """From the store to frames: what a Subscribe call streams (store → serve).
 
-Plain code under the thin gRPC servicer in wrapper/server.py. A subscriber
-gets batches: each is read from one committed store state (a SQLite read
-transaction) and closes with a frame carrying commit_position = that state's
-head, so the driver applies it whole and lands on a transaction boundary.
-The first batch is a catch-up from the driver's position, or a full
-bootstrap (RESET) when its stream identity or position no longer fits.
+Plain code under the thin gRPC servicer in wrapper/server.py. A call streams
+*segments*: the frames that take a replica from one position to another,
+each read from one committed store state (a SQLite read transaction). A
+segment ends with a frame carrying commit_position = that state's head once
+the initial copy is done, so the driver applies it whole and lands on a
+transaction boundary. The first segment is a catch-up from the driver's
+position, or a full bootstrap (RESET, then the live rows) when its stream
+identity or position no longer fits.
+
+Segments are built once and shared (wrapper/framecache.py): every call of a
+tenant at one position gets the same sealed bytes, and appends only its own
+envelope (sequence, subscription, binding MAC), so a frame replayed into
+another call, or moved within one, still fails at the driver. A bootstrap
+reuses the newest bootstrap segment of an earlier head H0 of the stream
+(if H0 is not below the retention floor, so every delete after H0 still has
+its tombstone) and goes on with the changes after H0, themselves shared.
+
+During the initial copy a subscriber is served what the copy stored so far:
+RESET, the rows, then each further stretch as it is stored, and the
+committing frame when the copy is done. The copy is acknowledged to nothing
+until then; if it starts afresh under a new stream identity, the call ends
+and the driver, which never committed any of it, bootstraps again.
+
+Waiting is event-driven: a call sleeps on the store's commit notification
+and sends a heartbeat only when nothing was committed for heartbeat_s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import build_frame
-from prism.fabric.payload import decode_row, encode_row
+from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.sealing import Sealer
-from prism.wrapper.store import StoreMeta, StoreReader
+from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
+from prism.wrapper.store import ReaderPool, RowTuple, StoreMeta, StoreReader
+
+log = logging.getLogger("prism.wrapper.subscription")
+
+DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS = 1024, 16384
+BOOTSTRAP, CHANGES = "bootstrap", "changes"
+# Threads that seal the frames of one large segment while its rows are read:
+# reading, the matmul, AES-GCM and HMAC each release the GIL.
+SEAL_THREADS = 2
+# How long one frame may wait for a subscriber to take it before the call is
+# ended: a live driver on a slow link takes a frame in well under this.
+SEND_STALL_S = 30.0
+# Changes after a position spanning more frames than this are a large
+# segment (a long catch-up), kept on disk like a bootstrap; fewer stay in
+# memory, as live commits do.
+LARGE_FRAMES = 8
+
+# A frame to build: (kind, table, rows, commit_position, commit_time_us).
+FramePlan = tuple[int, str, list[RowTuple], int, int]
 
 
 @dataclass(frozen=True)
-class ServeContext:
+class ServeScope:
+    """What decides the bytes of a tenant's frames, and so which calls may
+    share them: the tenant (its tables and their vector dimensions), the
+    secret the frames are sealed for, and the frame size."""
+
     tenant_id: str
-    dims: dict[str, int]  # projected vector dimension per table (0: no vectors)
-    sealer: Callable[[int], Sealer]  # the current epoch's sealer for a dimension
     tables: tuple[str, ...]
-    subscription: bytes = b""  # the call's nonce, bound into every frame
-    hidden: Mapping[str, str] = field(default_factory=dict)  # table -> column left out of rows
+    dims: Mapping[str, int]  # projected vector dimension per table (0: no vectors)
+    sealer: Callable[[int, int], Sealer]  # (key epoch, dimension) -> that epoch's sealer
+    epoch: Callable[[], int]  # the tenant's current key epoch
+    secret_id: bytes = b""  # names the secret the keys derive from (never the secret)
+    max_rows: int = DEFAULT_FRAME_ROWS
+
+    @property
+    def key(self) -> tuple[str, bytes, int]:
+        return (self.tenant_id, self.secret_id, self.max_rows)
 
 
-def strip_column(payload: bytes, column: str) -> bytes:
-    row = decode_row(payload)
-    row.pop(column, None)
-    return encode_row(row)
+def frame_rows(requested: int) -> int:
+    """A call's rows per frame: what the driver asked for, within bounds."""
+    return max(1, min(requested or DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS))
 
 
 def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool:
@@ -49,131 +100,386 @@ def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool
     )
 
 
-class FrameStream:
-    """Numbers frames (sequence) and turns stored rows into frames."""
+# -- building: one committed store state → shared frames -----------------------
 
-    def __init__(self, ctx: ServeContext, reader: StoreReader, max_rows: int) -> None:
-        self.ctx = ctx
+
+class SegmentBuilder:
+    """Turns the rows of one store state into sealed, serialized frames."""
+
+    def __init__(self, scope: ServeScope, reader: StoreReader, meta: StoreMeta, epoch: int):
+        self.scope = scope
         self.reader = reader
-        self.max_rows = max(1, min(max_rows or 1024, 16384))
-        self.sequence = 0
+        self.meta = meta
+        self.epoch = epoch
 
-    def _frame(
-        self,
-        meta: StoreMeta,
-        kind: int,
-        table: str,
-        rows: list[tuple[str, str, int, bytes | None, bytes | None]],
-        commit_position: int,
-        commit_us: int,
-    ) -> pb.Frame:
-        self.sequence += 1
-        dim = self.ctx.dims.get(table, 0)
+    def seal(self, plan: FramePlan) -> SharedFrame:
+        """Build one planned frame: pack, seal, watermark and serialize it.
+        Pure work on rows already read, safe on any thread: the heavy parts
+        (matmul, AES-GCM, HMAC) release the GIL."""
+        kind, table, rows, commit_position, commit_us = plan
+        dim = self.scope.dims.get(table, 0)
         n = len(rows)
-        vectors = None
-        mask = None
+        if n:
+            keys, ops, positions, payloads, vecs, _ = zip(*rows, strict=True)
+        else:
+            keys = ops = positions = payloads = vecs = ()
+        vectors = mask = None
         if dim and n:
-            mask = np.fromiter((r[4] is not None for r in rows), dtype=bool, count=n)
-            vectors = np.zeros((n, dim), dtype=np.float32)
-            stored = b"".join(r[4] for r in rows if r[4] is not None)
-            vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
-        return build_frame(
-            sealer=self.ctx.sealer(dim),
-            tenant_id=self.ctx.tenant_id,
-            stream_id=meta.stream_id,
+            if None in vecs:
+                mask = np.fromiter((v is not None for v in vecs), dtype=bool, count=n)
+                vectors = np.zeros((n, dim), dtype=np.float32)
+                stored = b"".join(v for v in vecs if v is not None)
+                vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
+            else:
+                vectors = np.frombuffer(b"".join(vecs), dtype="<f4").reshape(n, dim)
+        # The store holds rows as drivers receive them (a hidden column is
+        # kept apart there, store format 2), so payloads go out as stored.
+        blobs = [p or b"" for p in payloads]
+        frame = build_shared_frame(
+            sealer=self.scope.sealer(self.epoch, dim),
+            tenant_id=self.scope.tenant_id,
+            stream_id=self.meta.stream_id,
             kind=kind,
             table=table,
-            sequence=self.sequence,
             commit_position=commit_position,
-            head_position=meta.head,
+            head_position=self.meta.head,
             commit_time_us=commit_us,
-            keys=[r[0] for r in rows],
-            ops=b"".join(r[1].encode() for r in rows),
-            positions=[r[2] for r in rows],
+            keys=keys,
+            ops="".join(ops).encode(),
+            positions=positions,
             vectors=vectors,
             vector_mask=mask,
-            payloads=self._payloads(table, rows),
+            payloads=blobs,
             vector_dim=dim,
-            subscription=self.ctx.subscription,
         )
+        return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
 
-    def _payloads(
-        self, table: str, rows: list[tuple[str, str, int, bytes | None, bytes | None]]
-    ) -> list[bytes]:
-        hidden = self.ctx.hidden.get(table)
-        if hidden is None:
-            return [r[3] or b"" for r in rows]
-        # The store keeps whole rows (TOAST fill and writes need them); the
-        # raw embedding is left out only of what drivers receive.
-        return [strip_column(r[3], hidden) if r[3] else b"" for r in rows]
-
-    def _chunks(
-        self, from_position: int, live_only: bool
-    ) -> Iterator[tuple[str, list[tuple[str, str, int, bytes | None, bytes | None]], int]]:
-        """(table, rows, newest commit time) in frames' worth of rows."""
-        newest = 0
-        for table in self.ctx.tables:
-            chunk: list[tuple[str, str, int, bytes | None, bytes | None]] = []
-            for r in self.reader.changes_since(table, from_position, live_only=live_only):
-                chunk.append((r.key, r.op, r.position, r.payload, r.vector))
-                newest = max(newest, r.commit_us)
-                if len(chunk) >= self.max_rows:
-                    yield table, chunk, newest
-                    chunk = []
-            if chunk:
-                yield table, chunk, newest
-
-    def batch(self, meta: StoreMeta, from_position: int, bootstrap: bool) -> Iterator[pb.Frame]:
-        """Frames that take a replica at from_position (or empty, when
-        bootstrapping) to meta.head. Call inside reader.snapshot(). The last
-        frame carries commit_position; it holds rows unless there are none."""
+    def plan(self, bootstrap: bool, start: int) -> Iterator[FramePlan]:
+        """The frames of a bootstrap (RESET and the live rows) or of the
+        changes after `start`, tombstones included, with their rows read
+        from the store. The changes' last frame carries commit_position =
+        head once the initial copy is done (a frame of its own when there
+        are no rows); before that none does. A bootstrap never commits: the
+        changes after its head do, so one bootstrap serves later drivers
+        too, and each one's replica appears at the head it subscribed at."""
+        meta = self.meta
         if bootstrap:
-            yield self._frame(meta, pb.RESET, "", [], 0, meta.last_commit_us)
-            from_position = 0
-        held = None  # one chunk of lookahead, so the last one can close the batch
-        for chunk in self._chunks(from_position, live_only=bootstrap):
-            if held is not None:
-                yield self._frame(meta, pb.CHANGES, held[0], held[1], 0, held[2])
-            held = chunk
-        if held is None:
-            yield self._frame(meta, pb.CHANGES, "", [], meta.head, meta.last_commit_us)
-        else:
-            newest = max(held[2], meta.last_commit_us)
-            yield self._frame(meta, pb.CHANGES, held[0], held[1], meta.head, newest)
+            yield (pb.RESET, "", [], 0, meta.last_commit_us)
+        commit = meta.head if meta.snapshot_done and not bootstrap else 0
+        held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
+        newest = 0
+        for table in self.scope.tables:
+            for rows in self.reader.chunks(table, start, self.scope.max_rows, bootstrap):
+                newest = max(newest, max(r[5] for r in rows))
+                if held is not None:
+                    yield (pb.CHANGES, held[0], held[1], 0, held[2])
+                held = (table, rows, newest)
+        if held is not None:
+            newest = max(held[2], meta.last_commit_us) if commit else held[2]
+            yield (pb.CHANGES, held[0], held[1], commit, newest)
+        elif commit:
+            yield (pb.CHANGES, "", [], commit, meta.last_commit_us)
 
-    def heartbeat(self, meta: StoreMeta) -> pb.Frame:
-        return self._frame(meta, pb.HEARTBEAT, "", [], 0, meta.last_commit_us)
+    def frames(self, bootstrap: bool, start: int) -> Iterator[SharedFrame]:
+        """plan(), sealed in order on this thread."""
+        return map(self.seal, self.plan(bootstrap, start))
+
+    def heartbeat(self) -> SharedFrame:
+        return self.seal((pb.HEARTBEAT, "", [], 0, self.meta.last_commit_us))
+
+
+def build_segment(
+    cache: FrameCache, seg: Segment, builder: SegmentBuilder, bootstrap: bool, start: int
+) -> None:
+    """Build a segment whole into the cache, here and now (a small one, in
+    the caller's read transaction)."""
+    try:
+        for f in builder.frames(bootstrap, start):
+            cache.add(seg, f, backpressure=False)
+    except BaseException as exc:
+        cache.finish(seg, error=exc)
+        raise
+    cache.finish(seg, commits=builder.meta.snapshot_done and not bootstrap)
+
+
+def build_segment_aside(
+    cache: FrameCache,
+    seg: Segment,
+    builder: SegmentBuilder,
+    bootstrap: bool,
+    start: int,
+    readers: ReaderPool,
+    large: bool,
+) -> None:
+    """Build a segment of several frames on a thread of its own, which owns
+    the reader (inside its read transaction) from now on and gives it back
+    to `readers`: calls stream its frames as they come, and send earlier
+    frames while later ones are sealed. A `large` one (a bootstrap, the
+    initial copy, a long catch-up) is kept on disk (FrameCache.add)."""
+
+    def run() -> None:
+        reader = builder.reader
+        pending: deque[Future[SharedFrame]] = deque()
+        try:
+            with ThreadPoolExecutor(SEAL_THREADS, thread_name_prefix="frame-sealer") as sealers:
+                for plan in builder.plan(bootstrap, start):
+                    pending.append(sealers.submit(builder.seal, plan))
+                    if len(pending) <= SEAL_THREADS:
+                        continue
+                    if not cache.add(seg, pending.popleft().result(), large=large):
+                        cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
+                        return
+                while pending:
+                    cache.add(seg, pending.popleft().result(), large=large)
+            cache.finish(seg, commits=builder.meta.snapshot_done and not bootstrap)
+        except BaseException as exc:
+            log.exception("building frames failed")
+            cache.finish(seg, error=exc)
+        finally:
+            for f in pending:
+                f.cancel()
+            reader.end()
+            readers.put(reader)
+
+    try:
+        threading.Thread(target=run, name="frame-builder", daemon=True).start()
+    except BaseException as exc:
+        cache.finish(seg, error=exc)
+        raise
+
+
+# -- one Subscribe call ------------------------------------------------------
+
+
+class Envelope:
+    """A call's side of each frame: its sequence number, its subscription
+    nonce and the binding MAC over both and the frame's watermark, appended
+    to the shared bytes (protobuf's merge rule makes them one Frame)."""
+
+    def __init__(self, scope: ServeScope, subscription: bytes) -> None:
+        self.scope = scope
+        self.subscription = subscription
+        self.sequence = 0
+
+    def wrap(self, frame: SharedFrame) -> bytes:
+        self.sequence += 1
+        sealer = self.scope.sealer(frame.epoch, 0)
+        binding = bind_frame(sealer, self.subscription, self.sequence, frame.watermark)
+        return frame.data + envelope_bytes(self.sequence, self.subscription, binding)
+
+
+class StreamEnded(Exception):
+    """The stream identity changed under a bootstrap in progress."""
+
+
+@dataclass
+class Call:
+    """Where one Subscribe call stands, and how it gets its next segment."""
+
+    scope: ServeScope
+    cache: FrameCache
+    readers: ReaderPool
+    stream: str  # the stream the driver's replica (or its bootstrap) follows
+    position: int  # the position it has been sent up to
+    resetting: bool = False  # a bootstrap was started and has not committed yet
+
+    def wanted(self, meta: StoreMeta) -> tuple[bool, int] | None:
+        """(bootstrap, start) of the segment this call needs at `meta`, or
+        None when it is up to date (or the copy has stored nothing yet)."""
+        if self.resetting:
+            if meta.stream_id != self.stream:
+                raise StreamEnded
+            # After the bootstrap, the changes since its head commit it (with
+            # none, a frame that only commits), once the copy is complete.
+            if meta.head > self.position or meta.snapshot_done:
+                return (False, self.position)
+            return None
+        if not meta.snapshot_done or needs_bootstrap(meta, self.stream, self.position):
+            return (True, 0) if meta.snapshot_done or meta.head > 0 else None
+        return (False, self.position) if meta.head > self.position else None
+
+    def _start(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[StartKey, int]:
+        """The segment's cache key, and the key epoch it is sealed under."""
+        epoch = self.scope.epoch()
+        kind = BOOTSTRAP if bootstrap else CHANGES
+        return (*self.scope.key, meta.stream_id, epoch, kind, start), epoch
+
+    @staticmethod
+    def _min_end(meta: StoreMeta, start: int) -> int:
+        """Where a usable segment from `start` may end, at the earliest: past
+        `start` when the store is (only a bootstrap's commit may end where
+        it starts), and never below the retention floor, so that every
+        delete after it still has its tombstone."""
+        return max(meta.retention_floor, start + 1 if meta.head > start else start)
+
+    def find(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[Segment, int] | None:
+        """The segment from `start` if one is cached or being built: what
+        every call but the first at a position gets, without reading the
+        store."""
+        key, _ = self._start(meta, bootstrap, start)
+        return self.cache.find(key, meta.head, self._min_end(meta, start))
+
+    def acquire(
+        self, reader: StoreReader, meta: StoreMeta, bootstrap: bool, start: int
+    ) -> tuple[Segment, int, StoreReader]:
+        """The segment from `start` (shared, or built now from `reader`'s
+        state), with this call as a reader; and the reader the call goes on
+        with (another one when a builder thread took this one over)."""
+        key, epoch = self._start(meta, bootstrap, start)
+        seg, rid, build = self.cache.acquire(key, meta.head, self._min_end(meta, start))
+        if not build:
+            return seg, rid, reader
+        builder = SegmentBuilder(self.scope, reader, meta, epoch)
+        span = meta.head - start
+        try:
+            if not bootstrap and span <= self.scope.max_rows:
+                build_segment(self.cache, seg, builder, bootstrap, start)
+                return seg, rid, reader
+            large = bootstrap or not meta.snapshot_done or span > LARGE_FRAMES * self.scope.max_rows
+            build_segment_aside(self.cache, seg, builder, bootstrap, start, self.readers, large)
+        except BaseException:
+            self.cache.release(seg, rid)
+            raise
+        return seg, rid, self.readers.get()
+
+    def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
+        """The whole segment went out."""
+        self.position, self.stream = seg.end, meta.stream_id
+        self.resetting = bootstrap or (self.resetting and not seg.commits)
 
 
 def subscription(
-    ctx: ServeContext,
-    reader: StoreReader,
+    scope: ServeScope,
+    cache: FrameCache,
+    readers: ReaderPool,
     stream_id: str,
     from_position: int,
-    max_rows: int,
+    subscription: bytes,
     wait_for_head: Callable[[int, float], bool],
     is_active: Callable[[], bool],
     heartbeat_s: float = 1.0,
-) -> Iterator[pb.Frame]:
-    """The whole life of one Subscribe call, as frames."""
-    fs = FrameStream(ctx, reader, max_rows)
-    position = from_position
-    current_stream = stream_id
-    while is_active():
-        with reader.snapshot() as meta:
-            copying = not meta.snapshot_done
-            if copying:
-                pass  # nothing servable yet: the initial copy is running
-            elif needs_bootstrap(meta, current_stream, position):
-                yield from fs.batch(meta, 0, bootstrap=True)
-                position, current_stream = meta.head, meta.stream_id
-            elif meta.head > position:
-                yield from fs.batch(meta, position, bootstrap=False)
-                position = meta.head
-        if copying:
-            # Wait for the next commit of the copy rather than spin on it.
-            wait_for_head(meta.head, heartbeat_s)
-            continue
-        if not wait_for_head(position, heartbeat_s):
-            with reader.snapshot() as meta:
-                yield fs.heartbeat(meta)
+    current: Callable[[], StoreMeta] | None = None,
+) -> Generator[bytes, None, None]:
+    """The whole life of one Subscribe call, as the bytes of its frames.
+
+    `current` gives the store's newest committed meta without reading the
+    store (the writer's own copy, in the same process): with it, a call
+    whose next segment is cached or being built never opens a read
+    transaction; only the call that builds reads the store."""
+    envelope = Envelope(scope, subscription)
+    call = Call(scope, cache, readers, stream_id, from_position)
+    reader = readers.get()
+    try:
+        while is_active():
+            found = None
+            try:
+                if current is not None:
+                    meta = current()
+                    want = call.wanted(meta)
+                    if want is not None:
+                        found = call.find(meta, *want)
+                if found is None and (current is None or want is not None):
+                    # Read the store: the state a segment is built from.
+                    meta = reader.begin()
+                    building = reader
+                    try:
+                        want = call.wanted(meta)
+                        if want is not None:
+                            seg, rid, reader = call.acquire(reader, meta, *want)
+                            found = seg, rid
+                    finally:
+                        if reader is building:  # not taken over by a builder thread
+                            reader.end()
+            except StreamEnded:
+                # The copy started afresh under a new stream identity: end
+                # the call; the driver never committed any of it.
+                log.info("the stream identity changed during a bootstrap: ending the call")
+                return
+            if found is None:
+                # Sleep until the store commits past what this state showed.
+                if not wait_for_head(meta.head, heartbeat_s):
+                    yield envelope.wrap(heartbeat(scope, reader, current))
+                continue
+            seg, rid = found
+            for frame in cache.read(seg, rid, is_active):
+                yield envelope.wrap(frame)
+            if not seg.done:
+                return  # the call ended while waiting for frames
+            assert want is not None
+            call.sent(seg, want[0], meta)
+    finally:
+        readers.put(reader)
+
+
+def heartbeat(
+    scope: ServeScope, reader: StoreReader, current: Callable[[], StoreMeta] | None
+) -> SharedFrame:
+    """A HEARTBEAT frame of the store's newest state, under the current epoch."""
+    if current is not None:
+        return SegmentBuilder(scope, reader, current(), scope.epoch()).heartbeat()
+    with reader.snapshot() as meta:
+        return SegmentBuilder(scope, reader, meta, scope.epoch()).heartbeat()
+
+
+class SendWatchdog:
+    """Ends Subscribe calls whose subscriber stopped taking frames.
+
+    When the subscriber stops reading (its process stopped, its host gone
+    silent behind a connection that stays open), gRPC stops taking frames
+    once the flow-control window and the socket buffers are full, and the
+    call waits forever, holding its segment (and the frames and store
+    reader behind it) for as long as the stall lasts. One thread
+    looks at every call once a second and cancels one whose frame has waited
+    longer than `stall_s`; the driver, if it ever comes back, reconnects and
+    resumes from its position.
+    """
+
+    def __init__(self, stall_s: float = SEND_STALL_S) -> None:
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+        self._waiting: dict[int, tuple[float, Callable[[], None], str]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def guard(
+        self, frames: Generator[bytes, None, None], cancel: Callable[[], None], peer: str = ""
+    ) -> Generator[bytes, None, None]:
+        """`frames`, each marked as waiting until gRPC asks for the next.
+        Closing this closes `frames` at once (its store snapshot with it)."""
+        call = next(self._ids)
+        self._start()
+        try:
+            for frame in frames:
+                with self._lock:
+                    self._waiting[call] = (time.monotonic(), cancel, peer)
+                yield frame
+                with self._lock:
+                    self._waiting.pop(call, None)
+        finally:
+            with self._lock:
+                self._waiting.pop(call, None)
+            frames.close()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch, name="send-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.stall_s / 4))
+            now = time.monotonic()
+            with self._lock:
+                stalled = [(k, v) for k, v in self._waiting.items() if now - v[0] > self.stall_s]
+                for k, _ in stalled:
+                    del self._waiting[k]
+            for _, (since, cancel, peer) in stalled:
+                log.warning(
+                    "ending a subscription whose driver took no frame in %.0fs",
+                    now - since,
+                    extra={"peer": peer},
+                )
+                cancel()

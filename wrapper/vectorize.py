@@ -11,6 +11,7 @@ counted. Rows are vectorized in batches: one projection per batch, not per row.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,8 +53,14 @@ class Vectorizer:
                 self._projections[t.name] = Projection(
                     projection_keys[t.tenant], t.tenant, cfg.source_dim(t), cfg.table_dim(t)
                 )
-        # Rows replicated without a vector, by (table, reason).
+        # Rows replicated without a vector, by (table, reason). Counted from
+        # the decoding thread and the store writer's (apply.py): locked.
         self.missing: Counter[tuple[str, str]] = Counter()
+        self._missing_lock = threading.Lock()
+
+    def _miss(self, table: str, reason: str, n: int) -> None:
+        with self._missing_lock:
+            self.missing[(table, reason)] += n
 
     def prepare(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
         """Normalize a row's vector column (see as_float32), in place."""
@@ -76,16 +83,35 @@ class Vectorizer:
         if proj is None or not rows:
             return out
         if t.vector_column is not None:
-            dim = t.vector_dim or 0
+            col, dim = t.vector_column, t.vector_dim or 0
             idx, vecs = [], []
+            vec: np.ndarray | None
             for i, row in enumerate(rows):
-                vec = self._check_vector(table, row.get(t.vector_column), dim)
-                if vec is not None:
-                    idx.append(i)
-                    vecs.append(vec)
+                raw = row.get(col)
+                # The common case (a prepared float32 array of the right
+                # size) is checked for the whole batch at once below.
+                if type(raw) is np.ndarray and raw.dtype == np.float32 and raw.shape == (dim,):
+                    vec = raw
+                else:
+                    vec = self._check_vector(table, raw, dim)
+                    if vec is None:
+                        continue
+                idx.append(i)
+                vecs.append(vec)
             if not vecs:
                 return out
             src = np.stack(vecs)
+            finite = np.isfinite(src).all(axis=1)
+            nonzero = src.any(axis=1)
+            good = finite & nonzero
+            if not good.all():
+                for reason, bad in (("not-finite", ~finite), ("zero", finite & ~nonzero)):
+                    if n_bad := int(bad.sum()):
+                        self._miss(table, reason, n_bad)
+                src = src[good]
+                idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
+                if not idx:
+                    return out
         else:
             idx = list(range(len(rows)))
             src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])
@@ -96,22 +122,22 @@ class Vectorizer:
 
     def _check_vector(self, table: str, raw: Any, dim: int) -> np.ndarray | None:
         if raw is None:
-            self.missing[(table, "null")] += 1
+            self._miss(table, "null", 1)
             return None
         if isinstance(raw, str):  # a pgvector value in text form
             raw = [float(x) for x in raw.strip("[]").split(",") if x.strip()]
         try:
             vec = np.asarray(raw, dtype=np.float32)
         except (TypeError, ValueError):
-            self.missing[(table, "not-numeric")] += 1
+            self._miss(table, "not-numeric", 1)
             return None
         if vec.ndim != 1 or vec.shape[0] != dim:
-            self.missing[(table, "wrong-dimension")] += 1
+            self._miss(table, "wrong-dimension", 1)
             return None
         if not np.isfinite(vec).all():
-            self.missing[(table, "not-finite")] += 1
+            self._miss(table, "not-finite", 1)
             return None
         if not vec.any():
-            self.missing[(table, "zero")] += 1
+            self._miss(table, "zero", 1)
             return None
         return vec

@@ -22,6 +22,7 @@ from prism.cache import (
 )
 from prism.fabric.errors import PrismError
 from support.cachefix import LLM, Clock
+from support.servers import parse_metrics, sample
 
 Q = "How do I reset my password?"
 PARAPHRASE = "How can I reset my password?"
@@ -280,10 +281,14 @@ def test_prometheus_export(cache: PrismCache) -> None:
     cache.get_or_call(query=Q, call_fn=lambda: "a")
     text = cache.metrics().to_prometheus()
     assert "# TYPE prism_cache_lookups_total counter" in text
-    assert 'prism_cache_lookups_total{tenant="acme",result="exact_hit"} 1' in text
-    assert 'prism_cache_lookups_total{tenant="acme",result="miss"} 1' in text
-    assert 'prism_cache_entries{tenant="acme"} 1' in text
+    got = parse_metrics(text)  # prometheus_client's own parser
+    assert sample(got, "prism_cache_lookups_total", tenant="acme", result="exact_hit") == 1
+    assert sample(got, "prism_cache_lookups_total", tenant="acme", result="miss") == 1
+    assert sample(got, "prism_cache_entries", tenant="acme") == 1
+    assert sample(got, "prism_cache_hit_rate", tenant="acme") == 0.5
     assert text.count("# TYPE prism_cache_lookups_total") == 1
+    # No shared tier: no shared figures.
+    assert "prism_cache_shared" not in text
 
 
 def test_decorator_sync_and_async(cache: PrismCache) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from prism.cache import MiniLMEmbedder
+from support.servers import parse_metrics, sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 import fastapi_app
@@ -34,8 +35,10 @@ def test_fastapi_example(minilm: MiniLMEmbedder) -> None:
         )
         assert r.json()["cached"] is False
         text = client.get("/metrics").text
-        assert 'prism_cache_lookups_total{tenant="acme",result="semantic_hit"} 1' in text
-        assert 'tenant="globex"' in text
+        got = parse_metrics(text)
+        assert sample(got, "prism_cache_lookups_total", tenant="acme", result="semantic_hit") == 1
+        assert sample(got, "prism_cache_lookups_total", tenant="globex", result="miss") == 1
+        assert text.count("# TYPE prism_cache_lookups_total") == 1  # one family, every tenant
         assert client.delete("/cache", params={"tag": "faq"}, headers=acme).json() == {"removed": 1}
         assert client.post("/ask", json={"question": ""}, headers=acme).status_code == 422
         assert client.post("/ask", json={"question": "x"}).status_code == 422  # no tenant

@@ -141,7 +141,7 @@ def test_two_rows_of_one_question_reload_as_the_newer(tmp_path: Path) -> None:
         (tbl,) = db.execute("SELECT tbl FROM prism_cache_meta").fetchone()
         db.execute(
             f"INSERT INTO {tbl} SELECT id + 100, scope, exact, query, '\"new answer\"', tags,"
-            f" created, expires, prompt_tokens, completion_tokens, estimated, size, codes"
+            f" created, expires, prompt_tokens, completion_tokens, estimated, size, codes, states"
             f" FROM {tbl} WHERE query = 'What is the refund policy?'"
         )
     d = PrismCache.build(tenant_id="t", llm_model="m", embedder=HashedEmbedder(), path=path)

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).parents[2]
 PIP_WHEEL = (sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation")
-SOURCES = ("pyproject.toml", "README.md", "fabric", "wrapper", "driver", "ffi")
+SOURCES = ("pyproject.toml", "README.md", "fabric", "wrapper", "driver", "ffi", "cache", "cluster")
 
 
 def _name(requirement: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -229,6 +230,35 @@ async def test_new_store_means_rebootstrap(db, wrapper, secret_file, tmp_path) -
         assert driver.stats()["bootstraps"] == 2
 
 
+async def test_store_of_an_older_format_is_rebuilt(db, wrapper, secret_file, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A store written by an older layout is never read as the current one:
+    the wrapper says so, copies the tables afresh under a new stream
+    identity, and the driver re-bootstraps to the database's rows."""
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO items (id, title) SELECT g, 'a' FROM generate_series(1, 20) g")
+    proc = wrapper(TABLES_CONFIG)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        first = driver.stream_id
+        proc.kill9()
+        # Turn it into format 1: no recorded format, no `hidden` column.
+        conn = sqlite3.connect(tmp_path / "store0.sqlite3")
+        conn.execute("DELETE FROM meta WHERE k = 'format'")
+        conn.execute("ALTER TABLE rows DROP COLUMN hidden")
+        conn.commit()
+        conn.close()
+        with db.connect() as c:
+            c.execute("UPDATE items SET title = 'changed while away' WHERE id = 3")
+        proc.start()
+        await wait_consistent(driver, db.connect(), KEYS, timeout=30)
+        assert driver.stream_id != first
+        assert driver.stats()["bootstraps"] == 2
+    log = proc.log_tail(100_000)
+    assert "store format 1 found, this prism-wrapper writes format" in log
+    assert "copying the tables afresh: the store had format 1" in log
+
+
 async def test_idle_wrapper_confirms_slot(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA + "CREATE TABLE unrelated (x int);")
     wrapper(TABLES_CONFIG, database={"status_interval_s": 0.2})
@@ -435,3 +465,106 @@ async def test_driver_started_before_the_wrapper(db, wrapper, secret_file) -> No
         assert driver.get("pairs", (7, "b7")) == {"a": 7, "b": "b7", "note": "n"}
         with db.connect() as c:
             await wait_consistent(driver, c, KEYS, timeout=30)
+
+
+async def test_reconnect_after_ddl_keeps_the_replica_readable(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak: a driver that reconnects after a column was added
+    learns a new table shape from Hello and bootstraps again. Readers must
+    go on seeing the old replica, whole, until the new one is complete;
+    the driver used to swap in an empty replica at Hello, so rows that
+    exist vanished from get() until the bootstrap ended."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    with db.connect() as c:
+        c.execute("INSERT INTO pairs SELECT g, 'b' || g, 'n' FROM generate_series(1, 3000) g")
+    proc = wrapper(TABLES_CONFIG)
+    proxy = Proxy(proc.port)
+    async with driver_for(proxy.port, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        proxy.cut()
+        with db.connect() as c:
+            c.execute("ALTER TABLE pairs ADD COLUMN extra integer DEFAULT 5")
+            c.execute("UPDATE pairs SET note = 'm' WHERE a = 1")
+        await asyncio.sleep(0.3)
+        bootstraps = driver.stats()["bootstraps"]
+        proxy.restore()
+        looks = 0
+        while driver.stats()["bootstraps"] == bootstraps:
+            # Every look between two applied batches: the old replica or the new, whole.
+            assert len(driver._replica.tables["public.pairs"].rows) == 3000, driver.stats()
+            assert driver.get("pairs", (7, "b7")) is not None
+            looks += 1
+            await asyncio.sleep(0)
+        assert looks > 0
+        assert driver.get("pairs", (7, "b7")) == {"a": 7, "b": "b7", "note": "n", "extra": 5}
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=30)
+    proxy.close()
+
+
+async def test_short_database_outages_with_progress_between_never_exhaust_retries(  # type: ignore[no-untyped-def]
+    db, wrapper, secret_file
+) -> None:
+    """Found by the soak: the retry count and the backoff were reset only by
+    a stream that had run 30 s, so short database outages minutes apart, with
+    transactions streamed between them, added up: each recovery waited
+    longer (up to 30 s) and the tenth made the wrapper give up and exit.
+    Failed attempts in a row count; a stream that stored something ends the
+    row."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    to_db = Proxy(db.pg.port)
+    proc = wrapper(
+        TABLES_CONFIG,
+        database={
+            "dsn": f"host=127.0.0.1 port={to_db.port} user=postgres dbname={db.name}",
+            "retry_limit": 3,
+        },
+    )
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for n in range(6):
+            to_db.cut()
+            to_db.restore()
+            db.execute("INSERT INTO items (id, title) VALUES (%s, 'after an outage')", (n,))
+            for _ in range(300):
+                if driver.get("items", n) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert driver.get("items", n) is not None, proc.log_tail()
+            assert proc.proc.poll() is None, proc.log_tail()
+    log = proc.log_tail(50000)
+    assert log.count("attempt 1 of 3") >= 6 and "attempt 4" not in log
+    to_db.close()
+
+
+async def test_a_silent_database_link_is_noticed_and_replaced(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Found by the soak: a replication connection that goes silent without
+    closing (a stalled link, a partition) was never noticed. The wrapper
+    waited, reporting SERVING, for as long as the silence lasted. It now
+    gives up on a link that answered none of 6 status requests in a row,
+    as PostgreSQL's own receivers do, and streams over a new one."""
+    from support.proxy import Proxy
+
+    db.execute(SCHEMA)
+    to_db = Proxy(db.pg.port)
+    proc = wrapper(
+        TABLES_CONFIG,
+        database={
+            "dsn": f"host=127.0.0.1 port={to_db.port} user=postgres dbname={db.name}",
+            "status_interval_s": 0.5,
+        },
+    )
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        to_db.stall()  # the open connections hang; new ones get through
+        db.execute("INSERT INTO items (id, title) VALUES (1, 'while the link was silent')")
+        for _ in range(400):
+            if driver.get("items", 1) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert driver.get("items", 1) is not None, proc.log_tail()
+        assert "no message from PostgreSQL" in proc.log_tail(20000)
+    to_db.close()

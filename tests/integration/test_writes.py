@@ -8,6 +8,7 @@ import asyncio
 import threading
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -378,3 +379,121 @@ async def test_database_down_is_a_typed_error_and_recovers(db, wrapper, secret_f
                 await asyncio.sleep(0.2)
         assert driver.get("items", 3)["title"] == "after"
     link.close()
+
+
+async def _wait_for_backend(db, condition: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    """Until a backend of the test database matches `condition` (SQL on
+    pg_stat_activity)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    with db.connect() as c:
+        while asyncio.get_running_loop().time() < deadline:
+            row = c.execute(
+                f"SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND {condition}",
+                (db.name,),
+            ).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.05)
+    pytest.fail(f"no backend came to {condition}")
+
+
+async def test_grouped_writes_fail_alone(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(SCHEMA)
+    # One connection, so one group at a time: the writes that arrive while it
+    # runs queue up and go out together in the next.
+    proc = wrapper(TABLES, database={"write_connections": 1})
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=1000, data={"sku": "taken"}, table="items")
+        earlier = await driver.write(row_id=1001, data={"qty": 1}, table="items", request_id="e")
+        before = proc.health().counters
+        blocker = db.connect()
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT * FROM items WHERE id = 1000 FOR UPDATE")
+        first = asyncio.create_task(driver.update(row_id=1000, data={"qty": 5}, table="items"))
+        await _wait_for_backend(db, "wait_event_type = 'Lock'")
+
+        def write(i: int, **kw: Any) -> asyncio.Task[Any]:
+            data = {"sku": f"s{i}", "qty": i, **kw.pop("data", {})}
+            return asyncio.create_task(driver.write(row_id=i, data=data, table="items", **kw))
+
+        tasks = {i: write(i) for i in range(1, 13) if i not in (7, 8)}
+        tasks[7] = write(7, data={"sku": "taken"})  # a unique violation
+        tasks[8] = write(8, data={"price": Decimal("-1")})  # a check violation
+        tasks[20] = write(20, request_id="same")
+        tasks[21] = write(21, request_id="same")  # the same id twice in one group
+        tasks[22] = write(22, request_id="e")  # a retry of a write that committed
+        missing = asyncio.create_task(driver.update(row_id=404, data={"qty": 1}, table="items"))
+        await asyncio.sleep(1.0)  # all of them queued behind the first
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert (await first).affected == (1,)
+        done = await asyncio.gather(*tasks.values(), return_exceptions=True)
+        results = dict(zip(tasks, done, strict=True))
+        with pytest.raises(RowNotFoundError):
+            await missing
+        assert isinstance(results.pop(7), ConstraintViolationError)
+        e8 = results.pop(8)
+        assert isinstance(e8, ConstraintViolationError) and e8.sqlstate == "23514"
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        same = {i: results.pop(i) for i in (20, 21)}
+        (applied,) = [i for i, a in same.items() if not a.replayed]  # whichever came first
+        assert same[20].event_id == same[21].event_id
+        replay = results.pop(22)
+        assert replay.replayed and replay.event_id == earlier.event_id
+        assert all(a.affected == (1,) and not a.replayed for a in results.values())
+        for i in results:
+            assert driver.get("items", i)["qty"] == i  # read-your-writes, each one
+        after = proc.health().counters
+        requests = after["write_requests"] - before["write_requests"]
+        groups = after["write_groups"] - before["write_groups"]
+        assert requests == 17 and groups <= 3, (requests, groups)
+        with db.connect() as c:
+            got = [r[0] for r in c.execute("SELECT id FROM items ORDER BY id").fetchall()]
+            assert got == [i for i in range(1, 13) if i not in (7, 8)] + [applied, 1000, 1001]
+            await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_request_ids_apply_once_after_a_kill9_mid_write(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute(
+        SCHEMA
+        + """
+        -- counts every time a row is written, and makes each write slow enough
+        -- to kill the wrapper in the middle of it
+        CREATE TABLE applied (n serial PRIMARY KEY, id bigint NOT NULL);
+        CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO applied (id) VALUES (NEW.id);
+            PERFORM pg_sleep(0.2);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER audit AFTER INSERT OR UPDATE ON items
+            FOR EACH ROW EXECUTE FUNCTION audit();
+        """
+    )
+    proc = wrapper(TABLES)
+    rids = {i: f"kill9-{i}-{uuid.uuid4()}" for i in range(10)}
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+
+        def write(i: int) -> Any:
+            return driver.write(
+                row_id=i, data={"qty": i}, table="items", request_id=rids[i], timeout=30
+            )
+
+        tasks = [asyncio.create_task(write(i)) for i in rids]
+        await _wait_for_backend(db, "wait_event = 'PgSleep'")
+        proc.kill9()
+        lost = await asyncio.gather(*tasks, return_exceptions=True)
+        assert any(isinstance(r, DriverError) for r in lost), lost
+        proc.start()
+        acks = [await write(i) for i in rids]  # the retries, with the same ids
+        for i, ack in enumerate(acks):
+            assert driver.get("items", i)["qty"] == i
+            if isinstance(lost[i], BaseException):
+                continue
+            assert ack.replayed and ack.event_id == lost[i].event_id
+        with db.connect() as c:
+            counts = dict(c.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall())
+            assert counts == {i: 1 for i in rids}  # each write applied exactly once
+            await wait_consistent(driver, c, KEYS, timeout=20)

@@ -364,27 +364,47 @@ class Workload:
             if n >= transactions and (until is None or until() or n >= 10 * transactions):
                 break
             if self.alter_at is not None and n == self.alter_at and not self.altered:
-                self._alter(conn)
-                self.altered = True
-            pending = {"items": set(self.items), "pairs": set(self.pairs), "nokey": set(self.nokey)}
-            rollback = self.rng.random() < 0.1
-            with conn.cursor() as cur:
-                cur.execute("BEGIN")
-                for _ in range(self.rng.randint(1, 5)):
-                    self._op(cur, pending)
-                if rollback:
-                    cur.execute("ROLLBACK")
-                    self.rolled_back += 1
-                else:
-                    cur.execute("COMMIT")
-                    self.items, self.pairs, self.nokey = (
-                        pending["items"],
-                        pending["pairs"],
-                        pending["nokey"],
-                    )
-                    self.committed += 1
+                self.alter(conn)
+            self.transaction(conn)
             if between is not None:
                 between(n)
+
+    def alter(self, conn: Any) -> None:
+        """The workload's one ALTER TABLE (a column added, one dropped)."""
+        self._alter(conn)
+        self.altered = True
+
+    def transaction(self, conn: Any) -> bool:
+        """One random transaction of 1-5 operations, committed or (one in
+        ten) rolled back. Returns whether it committed."""
+        pending = {"items": set(self.items), "pairs": set(self.pairs), "nokey": set(self.nokey)}
+        rollback = self.rng.random() < 0.1
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            for _ in range(self.rng.randint(1, 5)):
+                self._op(cur, pending)
+            if rollback:
+                cur.execute("ROLLBACK")
+                self.rolled_back += 1
+                return False
+            cur.execute("COMMIT")
+        self.items, self.pairs, self.nokey = pending["items"], pending["pairs"], pending["nokey"]
+        self.committed += 1
+        return True
+
+    def resync(self, conn: Any) -> None:
+        """Read which keys exist from the database itself: after a lost
+        connection the last COMMIT's outcome is unknown, and ops planned on
+        a stale view would insert duplicates into the keyless table."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM items")
+            self.items = {int(r[0]) for r in cur.fetchall()}
+            cur.execute("SELECT a, b FROM pairs")
+            self.pairs = {(int(a), str(b)) for a, b in cur.fetchall()}
+            cur.execute("SELECT k FROM nokey")
+            self.nokey = {int(r[0]) for r in cur.fetchall()}
+        if self.items:
+            self.next_id = max(self.next_id, max(self.items) + 1)
 
 
 class BackgroundWorkload:

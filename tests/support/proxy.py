@@ -1,6 +1,8 @@
-"""A TCP proxy for fault tests: forwards 127.0.0.1:port to a target and can
-cut every connection (and refuse new ones) until restored, stall them, or
-alter the bytes the server sends (flip, drop, repeat) on chosen connections."""
+"""A TCP proxy for fault tests: forwards 127.0.0.1:port (or another local
+address) to a target and can cut every connection (and refuse new ones)
+until restored, stall them (held open, nothing forwarded), delay what it
+forwards, or alter the bytes the server sends (flip, drop, repeat) on chosen
+connections."""
 
 from __future__ import annotations
 
@@ -16,11 +18,13 @@ Mutator = Callable[[int, bytes], bytes]
 
 
 class Proxy:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, target_port: int, target_host: str = "127.0.0.1", listen_host: str = "127.0.0.1"
+    ) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        self._listener.bind((listen_host, 0))
         self._listener.listen(64)
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
@@ -28,6 +32,7 @@ class Proxy:
         self._cut = False
         self._closed = False
         self._stalled: set[int] = set()
+        self._delay = 0.0
         self.connections = 0
         self._mutators: list[Mutator] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -38,14 +43,23 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._cut:
+                client.close()
+                continue
+            # Outside the lock: a target that does not answer (a partitioned
+            # or stopped server) must not hold up cut() and restore().
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            # Blocking from now on, as a TCP link is: a peer that stops
+            # reading makes the sender wait, never closes the connection.
+            upstream.settimeout(None)
             with self._lock:
                 if self._cut:
                     client.close()
-                    continue
-                try:
-                    upstream = socket.create_connection(self.target, timeout=5)
-                except OSError:
-                    client.close()
+                    upstream.close()
                     continue
                 self._pairs.append((client, upstream))
                 self.connections += 1
@@ -81,6 +95,8 @@ class Proxy:
                     if s is b and mutate is not None:
                         offset, downstream = downstream, downstream + len(data)
                         data = mutate(offset, data)
+                    if self._delay:
+                        threading.Event().wait(self._delay)
                     (b if s is a else a).sendall(data)
         except (OSError, ValueError):  # a socket closed under us by cut()
             return
@@ -106,10 +122,16 @@ class Proxy:
         with self._lock:
             self._stalled.update(id(a) for a, _ in self._pairs)
 
+    def delay(self, seconds: float) -> None:
+        """Hold every chunk `seconds` before forwarding it (a slow link), on
+        every connection, until restored."""
+        self._delay = seconds
+
     def restore(self) -> None:
         with self._lock:
             self._cut = False
             self._stalled.clear()
+            self._delay = 0.0
 
     def close(self) -> None:
         self._closed = True

@@ -105,22 +105,35 @@ class WrapperProcess:
         log_path: Path,
         ca_file: Path | None = None,
         client_cert: tuple[Path, Path] | None = None,
+        host: str = "127.0.0.1",
+        command_prefix: tuple[str, ...] = (),
     ) -> None:
         self.config_path = config_path
         self.port = port
         self.log_path = log_path
         self.ca_file = ca_file  # the CA of its TLS certificate; None: plaintext
         self.client_cert = client_cert  # (cert, key) when it requires mutual TLS
+        self.host = host  # where it listens
+        # e.g. `ip netns exec NS`, which execs in place: proc.pid stays the wrapper's
+        self.command_prefix = command_prefix
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, wait: bool = True, timeout: float = 60.0) -> WrapperProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prism.wrapper.cli", "run", "--config", str(self.config_path)],
+            [
+                *self.command_prefix,
+                sys.executable,
+                "-m",
+                "prism.wrapper.cli",
+                "run",
+                "--config",
+                str(self.config_path),
+            ],
             stdout=log,
             stderr=log,
             env=dict(os.environ, PRISM_CHORUS_LISTEN_PORT=str(self.port)),

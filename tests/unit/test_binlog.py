@@ -199,7 +199,7 @@ def test_applied_to_the_store(tmp_path: Path) -> None:
         assert txn.live_keys("fx.types_t") and len(txn.live_keys("fx.types_t")) == 1
     with store.transaction() as txn:
         applier.apply_group(txn, txns[3:6])
-        docs = {k: decode_row(p) for k, p, _ in txn.live_rows("fx.docs")}
+        docs = {k: decode_row(image.payload) for k, image in txn.live_rows("fx.docs")}
         # body dropped, extra filled with the default
         assert docs[encode_key([1])] == {"id": 1, "n": 10, "extra": 7}
         assert docs[encode_key([5])] == {"id": 5, "n": 5, "extra": 7}

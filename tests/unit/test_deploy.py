@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from prism.cache.metrics import FIGURES as CACHE_FIGURES
 from prism.driver.metrics import FIGURES as DRIVER_FIGURES
 from prism.wrapper.metrics import FIGURES as WRAPPER_FIGURES
 from prism.wrapper.metrics import WrapperMetrics
@@ -17,7 +18,7 @@ RULES = Path(__file__).parents[2] / "deploy" / "prometheus-alerts.yml"
 
 def exposed_names() -> set[str]:
     """Every sample name the wrapper and the driver can expose."""
-    names = {f.name for f in (*WRAPPER_FIGURES, *DRIVER_FIGURES)}
+    names = {f.name for f in (*WRAPPER_FIGURES, *DRIVER_FIGURES, *CACHE_FIGURES)}
     for metric in WrapperMetrics().registry.collect():
         names.update(s.name for s in metric.samples)
         names.add(metric.name + ("_total" if metric.type == "counter" else ""))
@@ -44,4 +45,10 @@ def test_alert_rules_are_well_formed_and_name_existing_metrics() -> None:
         "PrismRetainedWal",
         "PrismDriverFallingBehind",
         "PrismDriverRejectedFrames",
+    } <= alerts
+    # Issue 14: the cache's hit rate and its shared tier's lag and writes.
+    assert {
+        "PrismCacheHitRateLow",
+        "PrismCacheSharedLag",
+        "PrismCacheSharedWritesFailing",
     } <= alerts

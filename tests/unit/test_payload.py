@@ -393,3 +393,44 @@ def test_bad_keys(key: str) -> None:
 def test_int_key_fast_path_matches_encode_key(n: int) -> None:
     """PrismDriver.get builds the key of a single int as f"[{n}]"."""
     assert encode_key([n]) == f"[{n}]"
+
+
+def test_rows_encode_correctly_from_several_threads_at_once() -> None:
+    """The wrapper encodes on its decoding thread and its store writer's at
+    once; values that go through the encoder's Python hook (float32 arrays,
+    Decimals) let threads switch in the middle of a row."""
+    import threading
+
+    failures: list[str] = []
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for i in range(400):
+            row = {
+                "id": seed * 100_000 + i,
+                "v": rng.standard_normal(64).astype(np.float32),
+                "d": Decimal(i) / 7,
+                "t": "x" * int(rng.integers(0, 300)),
+            }
+            try:
+                back = decode_row(encode_row(row))
+            except Exception as exc:  # a mixed-up buffer may not decode at all
+                failures.append(f"thread {seed} row {i}: {exc!r}")
+                return
+            if back["id"] != row["id"] or back["v"].tobytes() != row["v"].tobytes():
+                failures.append(f"thread {seed} row {i}: decoded to another row")
+                return
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []

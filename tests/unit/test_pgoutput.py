@@ -603,3 +603,31 @@ def test_float32_columns_decode_to_exact_float32_arrays(mode_: str) -> None:
                 else:
                     assert vb == va  # NULL, empty arrays and TOAST markers unchanged
     assert seen >= 3
+
+
+def _decode_float32(data: bytes) -> Any:
+    dec = PgOutputDecoder(binary=True, float32_columns=[("public.t", "a")])
+    txn = run(
+        dec, [begin(), relation(9, [("a", 1021, False)]), insert(9, [(b"b", data)]), commit()]
+    )
+    return (rows(txn)[0].new or {})["a"]
+
+
+def test_float32_fast_path_is_exact_and_falls_back_for_anything_else() -> None:
+    values = np.array([0.5, -0.0, np.inf, -np.inf, 1e-45, 3.4028235e38, 0.1], dtype=">f4")
+    elems = [values[i : i + 1].tobytes() for i in range(len(values))]  # big-endian, as sent
+    got = _decode_float32(_array(700, [len(values)], elems))
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    assert got.tobytes() == values.astype(np.float32).tobytes()
+    nan = _decode_float32(_array(700, [1], [np.array([np.nan], dtype=">f4").tobytes()]))
+    assert np.isnan(nan).all()
+    f4 = [struct.pack(">f", v) for v in (0.5, -1.0)]
+    # NULL elements or two dimensions: the general loader's lists.
+    assert _decode_float32(_array(700, [3], [f4[0], None, f4[1]])) == [0.5, None, -1.0]
+    assert _decode_float32(_array(700, [1, 2], f4)) == [[0.5, -1.0]]
+    # A length word that is not 4 (the NULL flag not set) is not read as a
+    # value: the general loader refuses the array.
+    bad = _array(700, [2], f4)
+    bad = bad[:20] + struct.pack(">i", 5) + bad[24:]
+    with pytest.raises(SourceError):
+        _decode_float32(bad)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from prism.wrapper.store import Store, StoreReader, now_us
+import prism.wrapper.store as store_module
+from prism.wrapper.errors import StoreError, StoreFullError
+from prism.wrapper.store import FORMAT, STORE_RESERVE_BYTES, Store, StoreReader, now_us
 
 
 @pytest.fixture
@@ -100,3 +104,121 @@ def test_reader_sees_one_committed_state(store: Store) -> None:
     with reader.snapshot() as meta:
         assert meta.head == 2
     reader.close()
+
+
+# The layout of format 1 (before the store recorded its format): rows kept
+# whole, no `hidden` column, no 'format' in meta.
+FORMAT_1 = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE table_schema (name TEXT PRIMARY KEY, columns TEXT NOT NULL);
+CREATE TABLE rows (tbl TEXT NOT NULL, key TEXT NOT NULL, position INTEGER NOT NULL,
+    op TEXT NOT NULL, payload BLOB, vector BLOB, commit_us INTEGER NOT NULL,
+    stored_us INTEGER NOT NULL, UNIQUE (tbl, key));
+CREATE TABLE writes (event_id TEXT PRIMARY KEY, request_id TEXT, position INTEGER NOT NULL,
+    stored_us INTEGER NOT NULL);
+CREATE TABLE keyring (tenant TEXT PRIMARY KEY, epoch INTEGER NOT NULL,
+    epoch_started REAL NOT NULL, projection_key BLOB NOT NULL);
+INSERT INTO meta VALUES ('stream_id', 'old-stream'), ('snapshot_done', '1'), ('head', '1'),
+    ('source_position', '99');
+INSERT INTO table_schema VALUES ('t', '{"columns": [], "key_columns": []}');
+INSERT INTO rows VALUES ('t', '[1]', 1, 'U', x'81a16101', NULL, 1, 1);
+INSERT INTO keyring VALUES ('tenant', 3, 0.0, x'00');
+"""
+
+
+def test_an_older_format_is_rebuilt_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(FORMAT_1)
+    conn.close()
+    with caplog.at_level(logging.WARNING, logger="prism.wrapper.store"):
+        store = Store(path, "normal")
+    assert store.rebuilt is not None and f"writes {FORMAT}" in store.rebuilt
+    assert any("store format 1 found" in r.getMessage() for r in caplog.records)
+    # Nothing of the old store is read as this one: no snapshot, no stream,
+    # no rows, no schema; the pipeline copies afresh under a new identity.
+    assert store.meta.stream_id == "" and not store.meta.snapshot_done
+    assert store.meta.head == 0 and store.meta.source_position == 0
+    assert store.row_counts() == {} and store.table_columns() == {}
+    # The keyring's table is not the store's: projection keys survive.
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT epoch FROM keyring").fetchall() == [(3,)]
+    conn.close()
+    meta = store.reset("new-stream")
+    assert meta.stream_id == "new-stream" and store.rebuilt is None
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"a", None, 1, hidden=b"h")
+    store.close()
+    # Reopened, the new format is kept as it is.
+    again = Store(path, "normal")
+    assert again.rebuilt is None and again.meta.stream_id == "new-stream"
+    assert again.row_counts() == {"t": 1}
+    again.close()
+
+
+def test_a_newer_format_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    Store(path, "normal").close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET v = ? WHERE k = 'format'", (str(FORMAT + 1),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=rf"format {FORMAT + 1}, newer than .* \({FORMAT}\)"):
+        Store(path, "normal")
+
+
+def test_hidden_values_are_kept_apart_from_served_payloads(store: Store) -> None:
+    with store.transaction() as txn:
+        txn.write_batch("t", ["[1]", "[2]"], [b"p1", None], [b"v1", None], [b"h1", None], 5)
+        image = txn.get("t", "[1]")
+        assert image == (b"p1", b"v1", b"h1")
+        assert txn.get("t", "[2]") is None  # a tombstone has no live image
+        assert [(k, i.hidden) for k, i in txn.live_rows("t")] == [("[1]", b"h1")]
+    r = StoreReader(store.path)
+    with r.snapshot():
+        rows = list(r.changes_since("t", 0))
+    r.close()
+    assert [(c.key, c.op, c.payload, c.vector) for c in rows] == [
+        ("[1]", "U", b"p1", b"v1"),
+        ("[2]", "D", None, None),
+    ]
+
+
+def test_a_commit_that_need_not_be_durable_is_still_atomic(store: Store) -> None:
+    with store.transaction(durable=False) as txn:
+        txn.upsert("t", "[1]", b"a", None, 1)
+    with pytest.raises(RuntimeError), store.transaction(durable=False) as txn:
+        txn.upsert("t", "[2]", b"b", None, 1)
+        raise RuntimeError("crash mid-transaction")
+    with store.transaction() as txn:
+        txn.set_source_position(7)
+    reopened = Store(store.path, "normal")
+    assert reopened.meta == store.meta and reopened.meta.head == 1
+    assert reopened.row_counts() == {"t": 1}
+    reopened.close()
+
+
+def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the reserve a write is a full disk even where SQLite would still
+    fit it in its WAL's slack (the soak's MariaDB run never saw ENOSPC):
+    nothing is written, and purging, which frees space, still runs."""
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"x", None, 1)
+        txn.delete("t", "[2]", 1)
+        txn.set_source_position(10)
+    before = store.meta
+    monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES - 1)
+    with pytest.raises(StoreFullError, match="disk is full") as err, store.transaction() as txn:
+        txn.upsert("t", "[3]", b"y", None, 1)
+        txn.set_source_position(20)
+    assert err.value.retriable and str(STORE_RESERVE_BYTES) in str(err.value)
+    assert store.meta == before and changes(store, "t") == [("[1]", "U", 1), ("[2]", "D", 2)]
+    assert store.purge_tombstones(now_us() + 1_000_000) == 1
+    monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES)
+    with store.transaction() as txn:
+        txn.upsert("t", "[3]", b"y", None, 1)
+    assert changes(store, "t") == [("[1]", "U", 1), ("[3]", "U", 3)]

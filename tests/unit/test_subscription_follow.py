@@ -14,12 +14,19 @@ from prism.driver.index import VectorIndex
 from prism.driver.replica import Replica, ReplicaFeed, TableReplica
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errors import FrameError
-from prism.fabric.frames import open_frame
+from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.store import Store, StoreMeta, StoreReader
-from prism.wrapper.subscription import FrameStream, ServeContext, needs_bootstrap, subscription
+from prism.wrapper.framecache import FrameCache
+from prism.wrapper.store import ReaderPool, Store, StoreMeta, StoreReader
+from prism.wrapper.subscription import (
+    Envelope,
+    SegmentBuilder,
+    ServeScope,
+    needs_bootstrap,
+    subscription,
+)
 
 SECRET = b"k" * 32
 DIM = 4
@@ -29,9 +36,43 @@ def sealer(dim: int, epoch: int = 1) -> Sealer:
     return Sealer(derive_epoch_keys(SECRET, "acme", epoch), dim)
 
 
-CTX = ServeContext(
-    tenant_id="acme", dims={"t": DIM, "plain": 0}, sealer=sealer, tables=("t", "plain")
-)
+def scope(rows: int = 2) -> ServeScope:
+    return ServeScope(
+        tenant_id="acme",
+        tables=("t", "plain"),
+        dims={"t": DIM, "plain": 0},
+        sealer=lambda epoch, dim: sealer(dim, epoch),
+        epoch=lambda: 1,
+        max_rows=rows,
+    )
+
+
+SUB = b"s" * 16
+
+
+def opened(data: bytes, subscription: bytes | None = SUB):  # type: ignore[no-untyped-def]
+    f = parse_frame(data)
+    return open_frame(
+        f,
+        lambda e, d=f.vector_dim: sealer(d, e),
+        tenant_id="acme",
+        stream_id=None,
+        subscription=subscription,
+    )
+
+
+def segment(store: Store, pos: int, bootstrap: bool, rows: int = 2) -> list[bytes]:
+    """The frames of one segment from the store's current state, as a call
+    with subscription SUB sends them."""
+    reader = StoreReader(store.path)
+    with reader.snapshot() as meta:
+        builder = SegmentBuilder(scope(rows), reader, meta, 1)
+        shared = list(builder.frames(bootstrap, pos))
+        if bootstrap:  # a bootstrap is committed by the changes after its head
+            shared += builder.frames(False, meta.head)
+    reader.close()
+    env = Envelope(scope(rows), SUB)
+    return [env.wrap(f) for f in shared]
 
 
 @pytest.fixture
@@ -72,19 +113,11 @@ def follow(
     """One Subscribe call's first batch, through the real frame codec, fed
     to the replica as the driver does (ReplicaFeed); `between` runs after
     every frame, where a reader on the driver's loop could run."""
-    reader = StoreReader(store.path)
     feed = ReplicaFeed(rep)
     stream_id, pos = follower.new_call()
-    fs = FrameStream(CTX, reader, rows)
-    with reader.snapshot() as meta:
-        frames = list(fs.batch(meta, pos, needs_bootstrap(meta, stream_id, pos)))
-    reader.close()
-    for f in frames:
-        wire = pb.Frame.FromString(f.SerializeToString())
-        decoded = open_frame(
-            wire, lambda e, d=wire.vector_dim: sealer(d, e), tenant_id="acme", stream_id=None
-        )
-        batch = follower.on_frame(decoded)
+    boot = needs_bootstrap(store.meta, stream_id, pos)
+    for data in segment(store, 0 if boot else pos, boot, rows):
+        batch = follower.on_frame(opened(data))
         if batch is not None:
             feed.apply(batch)
             follower.committed(batch)
@@ -174,23 +207,14 @@ def test_bootstrap_is_built_aside_frame_by_frame(store: Store) -> None:
     assert all(is_old and hits == old_keys for is_old, _, hits in seen[:-1])
     assert seen[-1] == (False, 0, new_keys)
     built = [b for _, b, _ in seen[:-1]]
-    assert built == sorted(built) and 0 < built[-1] < 9  # applied aside, frame by frame
+    # applied aside, frame by frame, all of it before the commit
+    assert built == sorted(built) and len(set(built)) > 2 and built[-1] == 9
 
 
 def test_sequence_gap_and_replay_are_rejected(store: Store) -> None:
     for i in range(4):
         put(store, "t", i)
-    reader = StoreReader(store.path)
-    fs = FrameStream(CTX, reader, 1)
-    with reader.snapshot() as meta:
-        frames = list(fs.batch(meta, 0, True))
-    reader.close()
-
-    def opened(f: pb.Frame):  # type: ignore[no-untyped-def]
-        return open_frame(
-            f, lambda e, d=f.vector_dim: sealer(d, e), tenant_id="acme", stream_id=None
-        )
-
+    frames = segment(store, 0, True, rows=1)
     follower = Follower()
     follower.new_call()
     follower.on_frame(opened(frames[0]))
@@ -206,18 +230,30 @@ def test_sequence_gap_and_replay_are_rejected(store: Store) -> None:
 
 def test_subscription_streams_then_heartbeats(store: Store) -> None:
     put(store, "t", 1)
-    reader = StoreReader(store.path)
-    calls = iter([True, True, False])
     waits: list[int] = []
 
     def wait(pos: int, timeout: float) -> bool:
         waits.append(pos)
         return False  # nothing new: heartbeat
 
-    frames = list(subscription(CTX, reader, "", 0, 100, wait, lambda: next(calls)))
+    call = subscription(
+        scope(100),
+        FrameCache(1 << 20),
+        ReaderPool(store.path),
+        "",
+        0,
+        SUB,
+        wait,
+        lambda: True,
+    )
+    frames = []
+    for data in call:
+        frames.append(opened(data))
+        if frames[-1].kind == pb.HEARTBEAT:
+            break
+    call.close()
     kinds = [f.kind for f in frames]
-    assert kinds[0] == pb.RESET and pb.HEARTBEAT in kinds
+    assert kinds[0] == pb.RESET and kinds[-1] == pb.HEARTBEAT
     assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
-    assert frames[kinds.index(pb.HEARTBEAT) - 1].commit_position == store.meta.head
-    assert waits == [store.meta.head, store.meta.head]
-    reader.close()
+    assert frames[-2].commit_position == store.meta.head
+    assert waits == [store.meta.head]

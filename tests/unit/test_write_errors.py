@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from prism.wrapper.writes import map_db_error
+from prism.wrapper.writeplan import map_db_error
 
 
 @pytest.mark.parametrize(

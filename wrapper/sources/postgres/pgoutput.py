@@ -56,12 +56,13 @@ class _Relation:
     """A RelationInfo plus what decoding its tuples needs, built once per
     Relation message so the per-row loop only indexes lists."""
 
-    __slots__ = ("binary_loaders", "info", "key_names", "names", "text_loaders")
+    __slots__ = ("binary_loaders", "info", "key_names", "names", "qualified", "text_loaders")
 
     def __init__(
         self, info: RelationInfo, text_loaders: list[Load], binary_loaders: list[Load]
     ) -> None:
         self.info = info
+        self.qualified = info.qualified
         self.names = info.column_names
         self.key_names = tuple(c.name for c in info.columns if c.is_key)
         self.text_loaders = text_loaders
@@ -236,7 +237,7 @@ class PgOutputDecoder:
             raise Malformed(f"expected 'N' new tuple, got {msg[5]:#04x}")
         new, pos = self._tuple(msg, 6, rel)
         _expect_end(msg, pos)
-        txn.changes.append(RowChange(rel.info.qualified, "insert", new))
+        txn.changes.append(RowChange(rel.qualified, "insert", new))
 
     def _update(self, msg: bytes) -> None:
         txn = self._current()
@@ -253,7 +254,7 @@ class PgOutputDecoder:
             raise Malformed(f"expected 'N' new tuple, got {marker:#04x}")
         new, pos = self._tuple(msg, pos + 1, rel)
         _expect_end(msg, pos)
-        txn.changes.append(RowChange(rel.info.qualified, "update", new, old))
+        txn.changes.append(RowChange(rel.qualified, "update", new, old))
 
     def _delete(self, msg: bytes) -> None:
         txn = self._current()
@@ -265,7 +266,7 @@ class PgOutputDecoder:
         if marker == 0x4B:
             old = {k: old[k] for k in rel.key_names}
         _expect_end(msg, pos)
-        txn.changes.append(RowChange(rel.info.qualified, "delete", None, old))
+        txn.changes.append(RowChange(rel.qualified, "delete", None, old))
 
     def _truncate(self, msg: bytes) -> None:
         txn = self._current()

@@ -18,24 +18,59 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
-from psycopg import sql
+import psycopg.adapt
+from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
-from prism.wrapper.sources.base import ReplicationSource, ResumePoint, SourceTransaction
+from prism.wrapper.sources.base import (
+    ColumnInfo,
+    RelationInfo,
+    ReplicationSource,
+    ResumePoint,
+    SourceTransaction,
+)
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.values import binary_supported
+from prism.wrapper.sources.postgres.values import (
+    FLOAT4_ARRAY_OID,
+    ColumnLoaders,
+    Load,
+    binary_supported,
+)
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
 
 log = logging.getLogger("prism.wrapper.postgres")
 
-FLOAT4_ARRAY_OID = 1021
 TEXT_OID = 25
+# A stream whose server answered none of this many status requests in a row
+# (one per database.status_interval_s), and for at least SILENT_MIN_S, is
+# dead: 60 s by default, as PostgreSQL's own wal_receiver_timeout.
+SILENT_STATUS_REQUESTS = 6
+SILENT_MIN_S = 5.0
+
+
+# The oid the configured vector column is announced with to COPY's row
+# parser, so that only that column (not every float4[]) gets the float32
+# loader. Above any oid PostgreSQL hands out (they stay below 2**31 - 1 in
+# practice and psycopg only looks the number up in its own map).
+_FLOAT32_LOADER_OID = 0xFFFF_FF01
+
+
+def _loader_class(load: Load, fmt: pq.Format) -> type[psycopg.adapt.Loader]:
+    """A psycopg loader class calling `load` (a values.py loader)."""
+
+    class Float32Loader(psycopg.adapt.Loader):
+        format = fmt
+
+        def load(self, data: Any) -> Any:
+            return load(data)
+
+    return Float32Loader
 
 
 def _known_oid(oid: int) -> bool:
@@ -43,6 +78,12 @@ def _known_oid(oid: int) -> bool:
 
 
 class PostgresSource(ReplicationSource):
+    # Walsenders of stream connections given up on as silent, by slot: the
+    # server keeps each (and the slot busy) until wal_sender_timeout unless
+    # told, so the next stream ends it first. Shared by this process's
+    # sources: the pipeline makes a new one for every attempt.
+    _abandoned: ClassVar[dict[str, int]] = {}
+
     def __init__(self, cfg: WrapperConfig) -> None:
         self.cfg = cfg
         self.slot = cfg.database.slot
@@ -59,6 +100,7 @@ class PostgresSource(ReplicationSource):
         self._in_txn = False
         self._last_status = 0.0
         self._status_interval = cfg.database.status_interval_s
+        self._last_heard = 0.0
 
     # -- admin connection -------------------------------------------------
     @property
@@ -335,14 +377,29 @@ class PostgresSource(ReplicationSource):
 
     def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
         """Rows of `table` as of the snapshot, decoded like the stream decodes
-        them (binary COPY through psycopg's loaders; pgvector as real[])."""
+        them: COPY (binary when the stream is) through psycopg's loaders,
+        except the configured vector column, which goes through the stream's
+        own loader (values.ColumnLoaders.float32_loader): in binary, straight
+        from the wire into a float32 array."""
         assert self._copy is not None
         cols = self._column_oids[table]
+        vector_column = self.cfg.table(table).vector_column
+        fmt = pq.Format.BINARY if self.binary else pq.Format.TEXT
         exprs: list[sql.Composable] = []
         oids: list[int] = []
+        vector_loader: type[psycopg.adapt.Loader] | None = None
         for name, oid, typname in cols:
             ident = sql.Identifier(name)
-            if typname == "vector":
+            if name == vector_column:
+                exprs.append(ident)
+                oids.append(_FLOAT32_LOADER_OID)
+                schema, relname = table.split(".")
+                info = RelationInfo(0, schema, relname, "d", ())
+                loaders = ColumnLoaders("numpy", [(table, name)])
+                vector_loader = _loader_class(
+                    loaders.float32_loader(info, ColumnInfo(name, oid, typname), fmt), fmt
+                )
+            elif typname == "vector":
                 exprs.append(sql.SQL("{}::real[]").format(ident))
                 oids.append(FLOAT4_ARRAY_OID)
             elif _known_oid(oid):
@@ -353,22 +410,26 @@ class PostgresSource(ReplicationSource):
                 oids.append(TEXT_OID)
         # Same wire format as the stream, so values match exactly (float4 in
         # text form is the shortest decimal, in binary the exact float32).
-        fmt = sql.SQL("BINARY" if self.binary else "TEXT")
         query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT {})").format(
-            sql.SQL(", ").join(exprs), sql.Identifier(*table.split(".")), fmt
+            sql.SQL(", ").join(exprs),
+            sql.Identifier(*table.split(".")),
+            sql.SQL("BINARY" if self.binary else "TEXT"),
         )
         names = [c[0] for c in cols]
         try:
-            with self._copy.cursor() as cur, cur.copy(query) as copy:
-                copy.set_types(oids)
-                out: list[dict[str, Any]] = []
-                for row in copy.rows():
-                    out.append(dict(zip(names, row, strict=True)))
-                    if len(out) >= batch:
+            with self._copy.cursor() as cur:
+                if vector_loader is not None:  # the cursor's own copy of the adapters
+                    cur.adapters.register_loader(_FLOAT32_LOADER_OID, vector_loader)
+                with cur.copy(query) as copy:
+                    copy.set_types(oids)
+                    out: list[dict[str, Any]] = []
+                    for row in copy.rows():
+                        out.append(dict(zip(names, row, strict=True)))
+                        if len(out) >= batch:
+                            yield out
+                            out = []
+                    if out:
                         yield out
-                        out = []
-                if out:
-                    yield out
         except psycopg.Error as exc:
             raise map_psycopg_error(exc, f"copying table {table}") from exc
 
@@ -388,7 +449,9 @@ class PostgresSource(ReplicationSource):
         )
         self._acked = from_lsn
         self._received = from_lsn
+        self._end_abandoned_walsender()
         self._repl.start_replication(self.slot, from_lsn, self.publication, binary=self.binary)
+        self._last_heard = time.monotonic()
         log.info(
             "streaming",
             extra={"slot": self.slot, "from": lsn_to_str(from_lsn), "binary": self.binary},
@@ -397,12 +460,24 @@ class PostgresSource(ReplicationSource):
     def transactions(self, idle_timeout: float) -> Iterator[SourceTransaction | None]:
         assert self._repl is not None and self._decoder is not None
         repl, decoder = self._repl, self._decoder
+        silent_s = max(SILENT_MIN_S, SILENT_STATUS_REQUESTS * self._status_interval)
         while True:
             msg = repl.read(idle_timeout)
             if msg is None:
+                if time.monotonic() - self._last_heard > silent_s:
+                    # A stalled or partitioned link never closes by itself:
+                    # the replies asked for went unanswered.
+                    self._abandoned[self.slot] = repl.pgconn.backend_pid
+                    raise SourceError(
+                        f"replication stream: no message from PostgreSQL in {silent_s:g}s "
+                        f"although a reply was asked for every {self._status_interval:g}s "
+                        "(database.status_interval_s): the link or the server is gone",
+                        retriable=True,
+                    )
                 self._periodic_status()
                 yield None
                 continue
+            self._last_heard = time.monotonic()
             if isinstance(msg, PrimaryKeepalive):
                 self._keepalive_lsn = max(self._keepalive_lsn, msg.wal_end)
                 if msg.reply_requested:
@@ -418,6 +493,33 @@ class PostgresSource(ReplicationSource):
                 self._in_txn = False
                 yield stx
             self._periodic_status()
+
+    def _end_abandoned_walsender(self) -> None:
+        """End the walsender of our last stream connection, given up on as
+        silent, if it still holds the slot: its link may be stalled rather
+        than closed, and the server would keep it until wal_sender_timeout.
+        Only that backend, whose pid we took from our own connection."""
+        pid = self._abandoned.pop(self.slot, None)
+        if pid is None:
+            return
+        rows = self._q(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+        )
+        if not rows or rows[0][0] != pid:
+            return
+        log.warning(
+            "ending the walsender of the silent stream connection",
+            extra={"pid": pid, "slot": self.slot},
+        )
+        self._q("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = self._q(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (self.slot,)
+            )
+            if not rows or rows[0][0] != pid:
+                return
+            time.sleep(0.05)
 
     def idle_position(self) -> ResumePoint | None:
         """A position past everything received that may be acknowledged

@@ -1,0 +1,245 @@
+"""The shared frame cache: single flight, a byte budget, least recently used
+eviction, and backpressure on segments too large to keep."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from prism.wrapper.framecache import FrameCache, SegmentFailed, SharedFrame
+
+START = ("acme", b"secret-id", 1024, "stream", 1, "changes", 10)
+
+
+def frame(i: int, size: int = 10) -> SharedFrame:
+    return SharedFrame(bytes([i % 256]) * size, b"w" * 32, 1, 1)
+
+
+def test_one_build_for_every_caller_at_a_position() -> None:
+    cache = FrameCache(1 << 20)
+    seg, rid, build = cache.acquire(START, 20)
+    assert build
+    joined = [cache.acquire(START, 20) for _ in range(5)]
+    assert all(s is seg and not b for s, _, b in joined)
+    cache.add(seg, frame(1))
+    cache.finish(seg, commits=True)
+    assert [f.data for f in cache.read(seg, rid)] == [frame(1).data]
+    for s, r, _ in joined:
+        assert [f.data for f in cache.read(s, r)] == [frame(1).data]
+    assert cache.stats["segments_built"] == 1 and cache.stats["segments_shared"] == 5
+    assert not seg.readers  # every reader let go
+
+
+def test_the_newest_segment_that_fits_is_chosen() -> None:
+    cache = FrameCache(1 << 20)
+    for end in (15, 18, 25):
+        seg, _, build = cache.acquire(START, end, min_end=end)
+        assert build and seg.end == end
+        cache.finish(seg)
+    # at head 20 the newest ending at or before it; at 30 the newest of all
+    assert cache.acquire(START, 20)[0].end == 18
+    assert cache.acquire(START, 30)[0].end == 25
+    # too old (below the retention floor): a new one is built
+    seg, _, build = cache.acquire(START, 30, min_end=26)
+    assert build and seg.end == 30
+    # another start, stream or epoch is another segment
+    assert cache.acquire((*START[:-1], 11), 30)[2]
+
+
+def test_readers_stream_frames_while_they_are_built() -> None:
+    cache = FrameCache(1 << 20)
+    seg, _, _ = cache.acquire(START, 20)
+    _, rid, _ = cache.acquire(START, 20)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(f.data for f in cache.read(seg, rid)))
+    reader.start()
+    for i in range(3):
+        cache.add(seg, frame(i))
+        deadline = time.monotonic() + 5
+        while len(got) <= i and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(got) == i + 1  # received before the segment is done
+    cache.finish(seg)
+    reader.join(5)
+    assert got == [frame(i).data for i in range(3)]
+
+
+def test_least_recently_used_segments_leave_the_budget() -> None:
+    cache = FrameCache(max_bytes=250)
+    segs = []
+    for end in (1, 2, 3):
+        seg, _, _ = cache.acquire((*START[:-1], end), end)
+        cache.add(seg, frame(end, 100))
+        cache.finish(seg)
+        segs.append(seg)
+    # the third pushed the budget over: the oldest went
+    assert cache.counters()["frame_cache_bytes"] == 200
+    assert cache.acquire((*START[:-1], 1), 1)[2]  # built again
+    assert not cache.acquire((*START[:-1], 3), 3)[2]  # still cached
+    assert cache.stats["segments_evicted"] >= 1
+
+
+def test_the_number_of_segments_is_bounded_too() -> None:
+    cache = FrameCache(max_bytes=1 << 20, max_segments=3)
+    for end in range(1, 7):
+        seg, _, _ = cache.acquire((*START[:-1], end), end)
+        cache.add(seg, frame(end))
+        cache.finish(seg)
+    assert cache.counters()["frame_cache_segments"] == 3
+    assert not cache.acquire((*START[:-1], 6), 6)[2]
+    assert cache.acquire((*START[:-1], 1), 1)[2]
+
+
+def test_an_evicted_segment_is_still_read_whole_by_its_readers() -> None:
+    cache = FrameCache(max_bytes=150)
+    seg, rid, _ = cache.acquire(START, 20)
+    cache.add(seg, frame(1, 100))
+    cache.finish(seg)
+    other, _, _ = cache.acquire((*START[:-1], 30), 40)
+    cache.add(other, frame(2, 100))  # evicts seg
+    assert cache.acquire(START, 20)[2]
+    assert [f.data for f in cache.read(seg, rid)] == [frame(1, 100).data]
+
+
+def test_a_segment_past_the_budget_is_built_at_its_slowest_readers_pace() -> None:
+    cache = FrameCache(max_bytes=35, window=2)
+    seg, rid, _ = cache.acquire(START, 20)
+    built: list[int] = []
+
+    def builder() -> None:
+        for i in range(8):
+            if not cache.add(seg, frame(i)):
+                return
+            built.append(i)
+        cache.finish(seg)
+
+    t = threading.Thread(target=builder)
+    t.start()
+    time.sleep(0.3)
+    # past 35 bytes it stopped being cached, and waits for its reader
+    assert not seg.cached and len(built) <= 4
+    assert cache.acquire(START, 20)[2]  # no new caller joins it
+    got = []
+    for f in cache.read(seg, rid):
+        got.append(f.data)
+        # uncached from the 4th frame on, then never more than `window` ahead
+        assert seg.built <= max(4, len(got) + 2)
+    t.join(5)
+    assert got == [frame(i).data for i in range(8)]
+    # frames every reader has are let go
+    assert seg.frames.count(None) == 8
+
+
+def test_nobody_reading_an_uncached_segment_stops_its_builder() -> None:
+    cache = FrameCache(max_bytes=15, window=1)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    cache.add(seg, frame(0))
+    assert next(reader).data == frame(0).data
+    reader.close()  # the call went away
+    assert cache.add(seg, frame(1)) is False
+
+
+def test_a_failed_build_fails_its_readers_and_is_not_reused() -> None:
+    cache = FrameCache(1 << 20)
+    seg, _, _ = cache.acquire(START, 20)
+    _, rid, _ = cache.acquire(START, 20)
+    cache.add(seg, frame(0))
+    cache.finish(seg, error=RuntimeError("disk I/O error"))
+    with pytest.raises(SegmentFailed, match="disk I/O error"):
+        list(cache.read(seg, rid))
+    assert cache.acquire(START, 20)[2]
+
+
+def test_a_reader_whose_call_ended_stops_waiting() -> None:
+    cache = FrameCache(1 << 20)
+    seg, rid, _ = cache.acquire(START, 20)
+    active = [True]
+    got = []
+    t = threading.Thread(
+        target=lambda: got.extend(cache.read(seg, rid, is_active=lambda: active[0]))
+    )
+    t.start()
+    active[0] = False
+    t.join(5)
+    assert not t.is_alive() and got == [] and not seg.readers
+
+
+def test_frames_past_the_memory_budget_spill_to_disk(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=25, spill_bytes=1000, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    for i in range(6):
+        assert cache.add(seg, frame(i))
+    cache.finish(seg, commits=True)
+    # two frames in memory, four on disk; still cached, whole
+    counters = cache.counters()
+    assert counters["frame_cache_bytes"] == 20 and counters["frame_cache_disk_bytes"] == 40
+    assert cache.stats["frames_spilled"] == 4 and seg.cached
+    assert list(tmp_path.iterdir()) == []  # the spill file has no name
+    expected = [frame(i) for i in range(6)]
+    assert list(cache.read(seg, rid)) == expected
+    again, rid2, build = cache.acquire(START, 20)
+    assert again is seg and not build
+    assert list(cache.read(again, rid2)) == expected
+
+
+def test_past_both_budgets_a_segment_stops_being_cached(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=15, spill_bytes=25, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    got = []
+    for i in range(5):
+        cache.add(seg, frame(i), backpressure=False)
+    assert not seg.cached and cache.counters()["frame_cache_disk_bytes"] == 0
+    cache.finish(seg)
+    got = [f.data for f in reader]
+    assert got == [frame(i).data for i in range(5)]  # its reader still gets every frame
+
+
+def test_evicting_a_spilled_segment_frees_the_disk_budget(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=10, spill_bytes=40, spill_dir=tmp_path)
+    first, _, _ = cache.acquire(START, 20)
+    for i in range(4):
+        cache.add(first, frame(i))
+    cache.finish(first)
+    assert cache.counters()["frame_cache_disk_bytes"] == 30
+    second, _, _ = cache.acquire((*START[:-1], 20), 30)
+    for i in range(4):
+        cache.add(second, frame(i))
+    cache.finish(second)
+    assert not first.cached and second.cached
+    assert cache.counters()["frame_cache_disk_bytes"] == 30
+
+
+def test_large_segments_go_to_disk_and_leave_memory_to_live_ones(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=1000, spill_bytes=1000, spill_dir=tmp_path)
+    boot, rid, _ = cache.acquire(START, 20)
+    for i in range(3):
+        cache.add(boot, frame(i), large=True)
+    cache.finish(boot)
+    live, _, _ = cache.acquire((*START[:-1], 20), 21)
+    cache.add(live, frame(9), backpressure=False)
+    cache.finish(live)
+    counters = cache.counters()
+    assert counters["frame_cache_disk_bytes"] == 30 and counters["frame_cache_bytes"] == 10
+    assert list(cache.read(boot, rid)) == [frame(i) for i in range(3)]
+    # without a disk budget a large segment stays in memory
+    plain = FrameCache(max_bytes=1000)
+    seg, _, _ = plain.acquire(START, 20)
+    plain.add(seg, frame(0), large=True)
+    assert plain.counters()["frame_cache_bytes"] == 10
+
+
+def test_a_disk_that_refuses_the_spill_leaves_frames_in_memory(tmp_path: Path) -> None:
+    gone = tmp_path / "no-such-directory"
+    cache = FrameCache(max_bytes=1000, spill_bytes=1000, spill_dir=gone)
+    seg, rid, _ = cache.acquire(START, 20)
+    for i in range(3):
+        assert cache.add(seg, frame(i), backpressure=False, large=True)
+    cache.finish(seg)
+    assert [f.data for f in cache.read(seg, rid)] == [frame(i).data for i in range(3)]
+    assert cache.spill_bytes == 0 and cache.stats["spill_failures"] == 1
+    assert cache.counters()["frame_cache_disk_bytes"] == 0

@@ -1,0 +1,294 @@
+"""Subscribe calls over a real store, with the shared frame cache, to a
+real follower and replica (no network): frames are built once for every
+subscriber, a bootstrap reuses an earlier head's frames and catches up,
+subscribers are served during the initial copy, and every replica ends equal
+to the store."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prism.driver.follow import Follower
+from prism.driver.index import VectorIndex
+from prism.driver.replica import Replica, ReplicaFeed, TableReplica
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.errors import ReplayedFrameError
+from prism.fabric.frames import open_frame, parse_frame
+from prism.fabric.keys import derive_epoch_keys
+from prism.fabric.payload import decode_row, encode_key, encode_row
+from prism.fabric.sealing import Sealer
+from prism.wrapper.framecache import FrameCache
+from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
+from prism.wrapper.subscription import ServeScope, subscription
+
+SECRET = b"k" * 32
+DIM = 4
+TABLES = ("t", "plain")
+
+
+def sealer(epoch: int, dim: int) -> Sealer:
+    return Sealer(derive_epoch_keys(SECRET, "acme", epoch), dim)
+
+
+SCOPE = ServeScope(
+    tenant_id="acme",
+    tables=TABLES,
+    dims={"t": DIM, "plain": 0},
+    sealer=sealer,
+    epoch=lambda: 1,
+    max_rows=3,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "s.sqlite3", "normal")
+    s.reset("stream-1")
+    yield s
+    s.close()
+
+
+def write(store: Store, upserts: dict[tuple[str, int], str], deletes: set[tuple[str, int]]) -> None:
+    """One store transaction (a source commit)."""
+    with store.transaction() as txn:
+        for (table, i), v in upserts.items():
+            vec = np.full(DIM, i + 1, dtype="<f4").tobytes() if table == "t" else None
+            txn.upsert(table, encode_key([i]), encode_row({"id": i, "v": v}), vec, now_us())
+        for table, i in deletes:
+            txn.delete(table, encode_key([i]), now_us())
+
+
+def done(store: Store) -> None:
+    with store.transaction() as txn:
+        txn.mark_snapshot_done()
+
+
+def stored(store: Store) -> dict[str, dict[str, str]]:
+    reader = StoreReader(store.path)
+    out: dict[str, dict[str, str]] = {t: {} for t in TABLES}
+    with reader.snapshot():
+        for t in TABLES:
+            for rows in reader.chunks(t, 0, 100, live_only=True):
+                for key, _op, _pos, payload, _v, _c in rows:
+                    assert payload is not None
+                    out[t][key] = decode_row(payload)["v"]
+    reader.close()
+    return out
+
+
+class Driver:
+    """A driver's follower and replica fed by one Subscribe call."""
+
+    def __init__(
+        self,
+        store: Store,
+        cache: FrameCache,
+        stream: str = "",
+        position: int = 0,
+        fast: bool = True,
+    ):
+        self.store = store
+        self.follower = Follower(stream_id=stream, position=position)
+        self.feed = ReplicaFeed(
+            Replica(
+                {
+                    "t": TableReplica("t", ("id",), ("v",), index=VectorIndex(DIM)),
+                    "plain": TableReplica("plain", ("id",), ()),
+                }
+            )
+        )
+        self.nonce = os.urandom(16)
+        self.active = True
+        self.commits: list[int] = []
+        stream_id, pos = self.follower.new_call()
+        self.call = subscription(
+            SCOPE,
+            cache,
+            ReaderPool(store.path),
+            stream_id,
+            pos,
+            self.nonce,
+            self.wait,
+            lambda: self.active,
+            heartbeat_s=0.05,
+            # the writer's meta, as the server passes it (or the store read each time)
+            current=(lambda: store.meta) if fast else None,
+        )
+
+    def wait(self, head: int, timeout: float) -> bool:
+        st = self.store
+        with st.changed:
+            return st.changed.wait_for(lambda: st.meta.head != head, timeout)
+
+    def receive(self, data: bytes) -> pb.FrameKind:
+        f = parse_frame(data)
+        decoded = open_frame(
+            f,
+            lambda e, d=f.vector_dim: sealer(e, d),
+            tenant_id="acme",
+            stream_id=None,
+            subscription=self.nonce,
+        )
+        batch = self.follower.on_frame(decoded)
+        if batch is not None:
+            self.feed.apply(batch)
+            self.follower.committed(batch)
+            self.commits.append(batch.position)
+        elif self.follower.resetting:
+            self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
+        return f.kind
+
+    def catch_up(self, target: int = 0) -> None:
+        """Take frames until the replica shows `target` (default: the
+        store's head)."""
+        for data in self.call:
+            self.receive(data)
+            goal = target or self.store.meta.head
+            if self.follower.position >= goal and not self.follower.resetting:
+                return
+        raise AssertionError("the call ended")
+
+    def rows(self) -> dict[str, dict[str, str]]:
+        def value(row: object) -> str:
+            return str((decode_row(row) if isinstance(row, bytes) else row)["v"])  # type: ignore[index]
+
+        return {
+            n: {k: value(v) for k, v in t.rows.items()} for n, t in self.feed.replica.tables.items()
+        }
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_subscribers_at_one_position_share_one_build(store: Store, fast: bool) -> None:
+    write(store, {("t", i): f"a{i}" for i in range(7)}, set())
+    done(store)
+    cache = FrameCache(1 << 20)
+    drivers = [Driver(store, cache, fast=fast) for _ in range(6)]
+    for d in drivers:
+        d.catch_up()
+    built = cache.stats["frames_built"]
+    # One bootstrap for six drivers, and one frame that commits it.
+    assert cache.stats["segments_built"] == 2
+    assert built == 1 + 3 + 1  # RESET, 7 rows in frames of 3, the commit
+    # Live: all six wait at the head; one commit wakes them, one segment is built.
+    errors: list[BaseException] = []
+    target = store.meta.head + 3  # the commit below takes three positions
+
+    def follow(d: Driver) -> None:
+        try:
+            d.catch_up(target)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=follow, args=(d,)) for d in drivers]
+    for t in threads:
+        t.start()
+    write(store, {("t", 2): "b2", ("plain", 1): "p1"}, {("t", 5)})
+    for t in threads:
+        t.join(10)
+    assert not errors and store.meta.head == target
+    assert cache.stats["segments_built"] == 3 and cache.stats["frames_built"] == built + 2
+    assert cache.stats["segments_shared"] == 15
+    for d in drivers:
+        assert d.rows() == stored(store)
+        d.call.close()
+
+
+def test_bootstrap_reuses_an_earlier_heads_frames_and_catches_up(store: Store) -> None:
+    write(store, {("t", i): f"a{i}" for i in range(10)}, set())
+    write(store, {("plain", i): f"p{i}" for i in range(4)}, set())
+    done(store)
+    cache = FrameCache(1 << 20)
+    first = Driver(store, cache)
+    first.catch_up()
+    h0 = store.meta.head
+    frames_h0 = cache.stats["frames_built"]
+    # Updates, deletes (in both tables) and inserts after H0, and a row
+    # deleted and inserted again.
+    write(store, {("t", 1): "b1", ("t", 11): "b11"}, {("t", 3), ("plain", 2)})
+    write(store, {("t", 3): "c3"}, {("t", 4)})
+    second = Driver(store, cache)
+    second.catch_up()
+    assert second.rows() == stored(store)
+    # The bootstrap came from the cache; only the catch-up from H0 was
+    # built, and it commits the whole at the head.
+    assert second.commits == [store.meta.head] and first.commits == [h0]
+    assert cache.stats["segments_built"] == 3
+    assert cache.stats["frames_built"] - frames_h0 == 3  # 4 changes of t, 1 of plain
+    first.call.close()
+    second.call.close()
+
+
+def test_a_bootstrap_below_the_retention_floor_is_not_reused(store: Store) -> None:
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache = FrameCache(1 << 20)
+    Driver(store, cache).catch_up()
+    write(store, {}, {("t", 0)})
+    store.purge_tombstones(now_us() + 1_000_000)  # the floor passes H0
+    assert store.meta.retention_floor > 0
+    later = Driver(store, cache)
+    later.catch_up()
+    assert later.commits == [store.meta.head]  # a fresh bootstrap at the head
+    assert later.rows() == stored(store)
+    assert cache.stats["segments_built"] == 4  # each bootstrap, and its commit
+
+
+def test_subscribers_are_served_during_the_initial_copy(store: Store) -> None:
+    cache = FrameCache(1 << 20)
+    d = Driver(store, cache, stream="an-old-stream", position=40)
+    kinds: list[pb.FrameKind] = []
+
+    def take(n: int) -> None:
+        for _ in range(n):
+            kinds.append(d.receive(next(d.call)))
+
+    write(store, {("t", i): f"a{i}" for i in range(5)}, set())  # the copy's first batch
+    take(1 + 2)  # RESET and the 5 rows, in frames of 3
+    assert kinds[0] == pb.RESET and d.follower.resetting
+    assert d.feed.building_rows == 5 and d.commits == []  # built aside, not committed
+    write(store, {("plain", i): f"p{i}" for i in range(2)}, set())
+    take(1)
+    assert d.feed.building_rows == 7 and d.commits == []
+    done(store)  # the copy is complete: its commit frame
+    take(1)
+    assert d.commits == [store.meta.head] and d.follower.stream_id == "stream-1"
+    assert d.rows() == stored(store)
+    # and it follows the stream from there
+    write(store, {("t", 1): "b1"}, set())
+    d.catch_up()
+    assert d.rows() == stored(store)
+    d.call.close()
+
+
+def test_a_copy_started_afresh_ends_the_call(store: Store) -> None:
+    cache = FrameCache(1 << 20)
+    d = Driver(store, cache)
+    write(store, {("t", 1): "a1"}, set())
+    assert d.receive(next(d.call)) == pb.RESET
+    d.receive(next(d.call))
+    store.reset("stream-2")  # the copy failed and starts again
+    write(store, {("t", 2): "a2"}, set())
+    assert list(d.call) == []  # the call ends; the driver resubscribes
+    assert d.commits == []
+
+
+def test_frames_of_one_call_do_not_open_in_another(store: Store) -> None:
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache = FrameCache(1 << 20)
+    a, b = Driver(store, cache), Driver(store, cache)
+    fa, fb = next(a.call), next(b.call)
+    # The same shared frame: only the envelopes differ...
+    pa, pb_ = parse_frame(fa), parse_frame(fb)
+    assert pa.watermark == pb_.watermark and pa.subscription != pb_.subscription
+    # ...and a frame of one call fails in the other.
+    with pytest.raises(ReplayedFrameError):
+        b.receive(fa)
+    a.call.close()
+    b.call.close()
