@@ -64,6 +64,7 @@ class PrismDriver:
         self._sub = Subscription(config, self._link)
         self._task: asyncio.Task[None] | None = None
         self._callbacks: set[asyncio.Task[None]] = set()  # on_change tasks
+        self._column_cache: dict[str, tuple[tuple[tuple[str, str], ...], Columns]] = {}
 
     # -- lifecycle --------------------------------------------------------
     async def __aenter__(self) -> PrismDriver:
@@ -159,8 +160,13 @@ class PrismDriver:
         return [self.get(table, k) for k in keys]
 
     def _columns(self, t: TableReplica) -> Columns:
+        """The table's columns as filters see them, made once per shape."""
         info = self._sub.schema.tables.get(t.name)
-        return Columns(t.name, info.columns if info is not None else ())
+        cols = info.columns if info is not None else ()
+        got = self._column_cache.get(t.name)
+        if got is None or got[0] != cols:
+            got = self._column_cache[t.name] = (cols, Columns(t.name, cols))
+        return got[1]
 
     def find(
         self,

@@ -204,15 +204,18 @@ class Columns:
     def __init__(self, table: str, columns: Sequence[tuple[str, str]]) -> None:
         self.table = table
         self.types = dict(columns)
+        self._cats = {c: category_of(t) for c, t in self.types.items()}
 
     def category(self, column: Any, what: str = "filter") -> str:
+        cat = self._cats.get(column) if isinstance(column, str) else None
+        if cat is not None:
+            return cat
         if not isinstance(column, str):
             raise QueryError(f"{what}: column names are strings, got {column!r}")
         type_name = self.types.get(column)
         if type_name is None:
             known = ", ".join(self.types) or "none"
             raise QueryError(f"{what}: table {self.table} has no column {column!r} (has: {known})")
-        cat = category_of(type_name)
         if cat is None:
             raise QueryError(
                 f"{what}: column {column!r} has type {type_name}, which cannot be "
