@@ -53,6 +53,14 @@ CAST = {
     "flag": "boolean",
     "at": "timestamptz",
 }
+PY_TYPE: dict[str, Any] = {
+    "n": int,
+    "price": Decimal,
+    "f": float,
+    "cat": str,
+    "flag": bool,
+    "at": lambda x: x,
+}
 OPS = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
@@ -117,7 +125,8 @@ def to_sql(where: dict[str, Any], params: list[Any]) -> sql.Composable:
             if op == "ne" and v is None:
                 parts.append(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)))
             elif op == "in":
-                params.append(v)
+                # One element type per array for psycopg (the values are equal).
+                params.append([PY_TYPE[c](x) if x is not None else None for x in v])
                 parts.append(sql.SQL("{} = ANY(%s::{}[])").format(col_sql(c), sql.SQL(CAST[c])))
             else:
                 params.append(v)
