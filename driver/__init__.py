@@ -10,9 +10,13 @@ async with PrismDriver(DriverConfig(wrapper_host="127.0.0.1", wrapper_port=50051
 """
 
 from prism.driver.api import Match, PrismDriver
+from prism.driver.changes import Change
 from prism.driver.config import DriverConfig
 from prism.driver.errors import (
     AuthenticationError,
+    ChangeFeedError,
+    ChangeFeedOverflowError,
+    ChangePositionExpiredError,
     ConnectionLostError,
     ConstraintViolationError,
     DatabaseUnavailableError,
@@ -42,6 +46,10 @@ from prism.driver.writes import WriteAck, WriteOp
 
 __all__ = [
     "AuthenticationError",
+    "Change",
+    "ChangeFeedError",
+    "ChangeFeedOverflowError",
+    "ChangePositionExpiredError",
     "ConnectionLostError",
     "ConstraintViolationError",
     "DatabaseUnavailableError",

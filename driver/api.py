@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from prism.driver.changes import Change, ChangeStream
 from prism.driver.config import DriverConfig
 from prism.driver.errors import (
     InvalidWriteError,
@@ -29,7 +31,9 @@ from prism.driver.errors import (
     ReplicaLagError,
     WaitTimeoutError,
 )
+from prism.driver.filters import Columns, compile_filter, parse_order
 from prism.driver.link import Link
+from prism.driver.lookup import filtered_search, find_rows
 from prism.driver.replica import Replica, TableReplica
 from prism.driver.schema import TableInfo
 from prism.driver.subscription import Subscription
@@ -59,6 +63,8 @@ class PrismDriver:
         self._link = Link(config)  # reads the secret file: a bad one fails here
         self._sub = Subscription(config, self._link)
         self._task: asyncio.Task[None] | None = None
+        self._callbacks: set[asyncio.Task[None]] = set()  # on_change tasks
+        self._column_cache: dict[str, tuple[tuple[tuple[str, str], ...], Columns]] = {}
 
     # -- lifecycle --------------------------------------------------------
     async def __aenter__(self) -> PrismDriver:
@@ -85,6 +91,10 @@ class PrismDriver:
                 await self._task
             self._task = None
             await self._sub.finish()
+        for cb in list(self._callbacks):
+            cb.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await cb
 
     def _raise_if_failed(self) -> None:
         self._sub.raise_if_failed()
@@ -142,6 +152,46 @@ class PrismDriver:
             )
         return t.row(encode_key(list(values)))
 
+    def get_many(self, table: str, keys: Iterable[Any]) -> list[dict[str, Any] | None]:
+        """The rows of `keys`, in their order (None where there is none):
+        `get` for each, from one state of the replica."""
+        if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+            raise QueryError(f"get_many takes a list of keys, got {keys!r}")
+        return [self.get(table, k) for k in keys]
+
+    def _columns(self, t: TableReplica) -> Columns:
+        """The table's columns as filters see them, made once per shape."""
+        info = self._sub.schema.tables.get(t.name)
+        cols = info.columns if info is not None else ()
+        got = self._column_cache.get(t.name)
+        if got is None or got[0] != cols:
+            got = self._column_cache[t.name] = (cols, Columns(t.name, cols))
+        return got[1]
+
+    def find(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        *,
+        order_by: Sequence[str] | str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows of `table` that `where` matches (prism.driver.filters),
+        as dicts, ordered by `order_by` ("-price" descends; NULLs last when
+        ascending, first when descending, as in PostgreSQL), ties by primary
+        key, at most `limit`. An equality on a column declared in
+        DriverConfig.indexes is a dict look-up; anything else scans the
+        table. QueryError names a bad column, operator or value."""
+        t = self._table(table)
+        cols = self._columns(t)
+        flt = compile_filter(where, cols)
+        order = parse_order(order_by, cols)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise QueryError(f"limit must be a non-negative integer or None, got {limit!r}")
+        return find_rows(t, flt, cols, order, limit)
+
     async def query(
         self,
         embedding: Sequence[float] | np.ndarray | None = None,
@@ -151,18 +201,30 @@ class PrismDriver:
         threshold: float = 0.0,
         table: str | None = None,
         exact: bool = False,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Match]:
         """Rows most similar to `embedding` (or to `text`, embedded with the
         built-in text embedder), best first. A row is returned when its
         score is >= threshold, exactly: the score is the cosine of the
         query's and the row's grid vectors in the tenant's keyed space (see
         prism.driver.index). A large table is searched through its
-        partitions, which may miss a row; `exact=True` scans every row."""
+        partitions, which may miss a row; `exact=True` scans every row.
+        `where` (a filter, as for `find`) limits the result to the top_k of
+        the rows it matches (prism.driver.lookup); it needs `table` unless
+        only one table has vectors."""
         self._raise_if_failed()
         emb = _query_embedding(embedding, text, top_k, threshold)
         schema = self._sub.schema
         infos = [schema.tables[self._table(table).name]] if table else list(schema.tables.values())
         searchable = [i for i in infos if i.has_vectors]
+        flt = None
+        if where is not None:
+            if len(searchable) != 1:
+                raise QueryError(
+                    "query(where=...): say which table with table=... "
+                    f"(tables with vectors: {sorted(i.name for i in searchable)})"
+                )
+            flt = compile_filter(where, self._columns(self._table(searchable[0].name)))
         results: list[tuple[float, str, str]] = []
         tried = False
         for info in searchable:
@@ -173,7 +235,12 @@ class PrismDriver:
             t = self._replica.tables.get(info.name)
             if t is None or t.index is None or t.index.dim != q.shape[0]:
                 continue  # the table changed shape: its new replica is being built
-            for key, score in t.index.query(q, top_k, float(threshold), exact=bool(exact)):
+            hits = (
+                t.index.query(q, top_k, float(threshold), exact=bool(exact))
+                if flt is None
+                else filtered_search(t, flt, q, top_k, float(threshold), bool(exact))
+            )
+            for key, score in hits:
                 results.append((score, info.name, key))
         if not tried:
             dims = sorted({i.source_dim for i in searchable if not i.text_embedded})
@@ -200,6 +267,62 @@ class PrismDriver:
                 )
             )
         return out
+
+    # -- the change feed ----------------------------------------------------
+    def changes(
+        self, tables: Iterable[str] | None = None, from_position: int | None = None
+    ) -> ChangeStream:
+        """The committed changes the replica applies, as an async iterator of
+        Change (prism.driver.changes): `async for change in
+        driver.changes()`. `tables` limits them to those tables; with
+        `from_position`, first every retained change after that position
+        (ChangePositionExpiredError when they are no longer all retained).
+        A consumer that falls DriverConfig.change_buffer changes behind gets
+        ChangeFeedOverflowError; the replica never waits for it."""
+        if self._task is None:
+            self._raise_if_failed()
+        names = None
+        if tables is not None:
+            if isinstance(tables, str):
+                tables = [tables]
+            names = {qualify(t) for t in tables}
+            known = self._sub.schema.tables
+            unknown = sorted(n for n in names if known and n not in known)
+            if unknown:
+                raise QueryError(
+                    f"changes: unknown table(s) {unknown} (replicated: {sorted(known)})"
+                )
+        if from_position is not None and (
+            isinstance(from_position, bool)
+            or not isinstance(from_position, int)
+            or from_position < 0
+        ):
+            raise QueryError(
+                f"from_position must be a position (an int >= 0), got {from_position!r}"
+            )
+        return self._sub.changes.subscribe(names, from_position)
+
+    def on_change(
+        self, table: str, callback: Callable[[Change], Awaitable[None] | None]
+    ) -> asyncio.Task[None]:
+        """Call `callback(change)` (a function or a coroutine function) for
+        each change of `table`, in order, from now on. Returns the task doing
+        it: cancel it to stop; it ends with the driver, and with the
+        callback's exception or the feed's (ChangeFeedOverflowError when the
+        callback falls behind) if one is raised: await it to see."""
+        stream = self.changes([table])
+
+        async def follow() -> None:
+            async with stream:
+                async for change in stream:
+                    result = callback(change)
+                    if inspect.isawaitable(result):
+                        await result
+
+        task = asyncio.get_running_loop().create_task(follow(), name=f"prism-on-change-{table}")
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+        return task
 
     # -- writes -------------------------------------------------------------
     def _write_table(self, table: str | None) -> TableInfo:

@@ -10,6 +10,7 @@ restarts (prism.driver.warmstart).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import grpc
 
 from prism.driver.errors import DriverConfigError
 from prism.driver.index import IndexParams
+from prism.fabric.tablenames import qualify
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,16 @@ class DriverConfig:
     # (prism.driver.warmstart).
     snapshot_dir: str | Path | None = None
     snapshot_interval_s: float = 300.0
+    # Equality indexes kept exact with the rows, for `find` and filtered
+    # `query`: table -> columns, e.g. {"public.orders": ["customer_id"]}.
+    # Table names without a schema mean "public." (normalized here).
+    indexes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The change feed (driver.changes): how many of the latest changes the
+    # driver keeps so a consumer can start from an earlier position, and how
+    # many changes one consumer may have waiting before it gets
+    # ChangeFeedOverflowError.
+    change_retention: int = 10_000
+    change_buffer: int = 10_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -109,6 +121,11 @@ class DriverConfig:
             raise DriverConfigError(f"index: {self.index!r} must be an IndexParams")
         if not isinstance(self.max_frame_rows, int) or not 1 <= self.max_frame_rows <= 16384:
             raise DriverConfigError(f"max_frame_rows: {self.max_frame_rows!r} not in 1..16384")
+        object.__setattr__(self, "indexes", _indexes(self.indexes))
+        for name, least in (("change_retention", 0), ("change_buffer", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise DriverConfigError(f"{name}: {v!r} must be an integer >= {least}")
         if self.snapshot_dir is not None:
             d = self.snapshot_dir
             if not isinstance(d, str | Path) or not str(d):
@@ -140,3 +157,23 @@ class DriverConfig:
             private_key=self._read("tls_key_file"),
             certificate_chain=self._read("tls_cert_file"),
         )
+
+
+def _indexes(declared: object) -> dict[str, tuple[str, ...]]:
+    """DriverConfig.indexes checked and normalized: qualified table names,
+    column tuples without repeats."""
+    if not isinstance(declared, Mapping):
+        raise DriverConfigError(f"indexes: {declared!r} must map table names to column lists")
+    out: dict[str, tuple[str, ...]] = {}
+    for table, cols in declared.items():
+        if not isinstance(table, str) or not table:
+            raise DriverConfigError(f"indexes: table name {table!r} must be a non-empty string")
+        if isinstance(cols, str) or not isinstance(cols, Sequence) or not cols:
+            raise DriverConfigError(
+                f"indexes[{table!r}]: {cols!r} must be a non-empty list of column names"
+            )
+        for c in cols:
+            if not isinstance(c, str) or not c:
+                raise DriverConfigError(f"indexes[{table!r}]: column {c!r} must be a string")
+        out[qualify(table)] = tuple(dict.fromkeys(cols))
+    return out

@@ -28,6 +28,22 @@ class QueryError(DriverError):
     """A query's arguments are invalid (dimension, NaN, top_k, threshold...)."""
 
 
+class ChangeFeedError(DriverError):
+    """The change feed cannot give this consumer every change it asked for."""
+
+
+class ChangeFeedOverflowError(ChangeFeedError):
+    """A consumer fell more than DriverConfig.change_buffer changes behind and
+    was dropped (the replica never waits for it). The message names the
+    position to resume from."""
+
+
+class ChangePositionExpiredError(ChangeFeedError):
+    """`from_position` is older than the changes the driver retains (or from
+    before its last bootstrap): re-read the tables with find() and follow
+    the feed from driver.position."""
+
+
 class AuthenticationError(DriverError):
     """The wrapper does not share this driver's tenant secret (or the wrapper
     failed to prove it holds it). Permanent: fix the secret_file."""

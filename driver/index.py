@@ -62,7 +62,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -737,11 +737,17 @@ class VectorIndex:
 
     # -- queries ------------------------------------------------------------
     def query(
-        self, unit_query: np.ndarray, top_k: int, threshold: float, exact: bool = False
+        self,
+        unit_query: np.ndarray,
+        top_k: int,
+        threshold: float,
+        exact: bool = False,
+        nprobe: int | None = None,
     ) -> list[tuple[str, float]]:
         """Keys with score >= threshold, best first, at most top_k; ties
         broken by key so results are deterministic. Scores: see the module
-        docstring."""
+        docstring. `nprobe` overrides the partitions scanned (a filtered
+        search scans more: prism.driver.lookup)."""
         if not self._slot:
             return []
         self._adopt_if_trained()
@@ -755,8 +761,74 @@ class VectorIndex:
         else:
             q_red = lists.reduce(q)  # unscaled: only the candidates' order matters
             count = max(self.params.rerank, top_k)
-            cand = lists.candidates(q_red, self.params.nprobe, count)
+            cand = lists.candidates(q_red, nprobe or self.params.nprobe, count)
             dots = self._grid[cand] @ q
+        return self._best(cand, dots, qq, top_k, threshold)
+
+    def query_where(
+        self,
+        unit_query: np.ndarray,
+        top_k: int,
+        threshold: float,
+        keep: Callable[[str], bool],
+        count: int,
+        nprobe: int,
+    ) -> tuple[list[tuple[str, float]], int, bool]:
+        """A filtered search through the partitions: the best `count`
+        candidates of the `nprobe` nearest lists, scored exactly, then taken
+        best first while `keep(key)` says so, up to top_k. Returns the hits
+        (best first, ties by key), how many candidates were checked, and
+        whether the probed lists held fewer than `count` candidates (asking
+        for more would not find more). Without a partitioning in use, every
+        row is a candidate."""
+        if not self._slot:
+            return [], 0, True
+        self._adopt_if_trained()
+        q, qq = query_grid(unit_query, self.limit)
+        lists = self._lists
+        if lists is None or not self._adopted:
+            cand = np.flatnonzero(self._sq[: len(self._keys)])
+            short = True
+        else:
+            cand = lists.candidates(lists.reduce(q), min(nprobe, len(lists.n)), count)
+            short = len(cand) < count
+        scores = exact_scores(self._grid[cand] @ q, qq, self._sq[cand])
+        order = np.argsort(-scores, kind="stable")
+        keys = self._keys
+        hits: list[tuple[str, float]] = []
+        checked = 0
+        for i in order.tolist():
+            s = float(scores[i])
+            if s < threshold:
+                short = True  # the rest score lower still
+                break
+            k = keys[int(cand[i])]
+            assert k is not None
+            checked += 1
+            if keep(k):
+                hits.append((k, s))
+                if len(hits) == top_k:
+                    break
+        hits.sort(key=lambda t: (-t[1], t[0]))
+        return hits, checked, short
+
+    def query_among(
+        self, unit_query: np.ndarray, keys: Iterable[str], top_k: int, threshold: float
+    ) -> list[tuple[str, float]]:
+        """As query(exact=True), over the rows of `keys` only (keys the index
+        does not hold are skipped): a filtered search over a known set."""
+        get = self._slot.get
+        cand = np.fromiter((s for s in (get(k) for k in keys) if s is not None), dtype=np.int64)
+        if not len(cand):
+            return []
+        q, qq = query_grid(unit_query, self.limit)
+        return self._best(cand, self._grid[cand] @ q, qq, top_k, threshold)
+
+    def _best(
+        self, cand: np.ndarray, dots: np.ndarray, qq: float, top_k: int, threshold: float
+    ) -> list[tuple[str, float]]:
+        """The top_k of slots `cand` (dot products `dots` with the query's
+        grid vector) with score >= threshold, best first, ties by key."""
         scores = exact_scores(dots, qq, self._sq[cand])
         keep = scores >= threshold
         if not keep.all():

@@ -22,13 +22,14 @@ pause longer than one frame's apply.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from prism.driver import heap
+from prism.driver.colindex import ColumnIndexes
 from prism.driver.follow import Batch
 from prism.driver.index import IndexParams, VectorIndex
 from prism.fabric.frames import DecodedFrame
@@ -67,6 +68,8 @@ class TableReplica:
     # encode_key string -> the row's payload as framed (decode_row gives the row).
     payloads: dict[str, bytes] = field(default_factory=dict)
     index: VectorIndex | None = None
+    # Declared equality indexes (driver/colindex.py), changed with the rows.
+    columns: ColumnIndexes | None = None
 
     @property
     def rows(self) -> RowsView:
@@ -81,6 +84,8 @@ class TableReplica:
         """Apply one frame's changes in order: the replica ends as the last
         change of each key says."""
         keys, ops, payloads = f.keys, f.ops, f.payloads
+        if self.columns is not None:
+            self.columns.apply(keys, ops, payloads)
         idx = self.index
         if b"D" not in ops and (idx is None or bool(f.vector_mask.all())):
             # The common case (a bootstrap, a stream of upserts with vectors):
@@ -144,17 +149,33 @@ class Replica:
         cls,
         tables: Mapping[str, tuple[tuple[str, ...], tuple[str, ...], int]],
         params: IndexParams | None = None,
+        indexes: Mapping[str, Sequence[tuple[str, str]]] | None = None,
     ) -> Replica:
         """An empty replica; `tables` maps a name to (key columns, text
-        columns, vector dimension or 0 for a table without vectors)."""
+        columns, vector dimension or 0 for a table without vectors);
+        `indexes` a name to its indexed (column, filter category) pairs."""
+        indexes = indexes or {}
         return cls(
             {
                 n: TableReplica(
-                    n, keys, text, index=VectorIndex(dim, params=params) if dim else None
+                    n,
+                    keys,
+                    text,
+                    index=VectorIndex(dim, params=params) if dim else None,
+                    columns=ColumnIndexes(indexes[n]) if indexes.get(n) else None,
                 )
                 for n, (keys, text, dim) in tables.items()
             }
         )
+
+    def attach_indexes(self, indexes: Mapping[str, Sequence[tuple[str, str]]]) -> None:
+        """Build the declared equality indexes over the rows held (a replica
+        restored from a snapshot carries none)."""
+        for n, t in self.tables.items():
+            cols = indexes.get(n)
+            if cols:
+                t.columns = ColumnIndexes(cols)
+                t.columns.rebuild(t.payloads)
 
     @classmethod
     def empty_like(cls, other: Replica) -> Replica:
@@ -169,6 +190,7 @@ class Replica:
                         if t.index is not None
                         else None
                     ),
+                    columns=t.columns.empty_like() if t.columns is not None else None,
                 )
                 for n, t in other.tables.items()
             }

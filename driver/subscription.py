@@ -26,6 +26,8 @@ from typing import Any
 
 import grpc
 
+from prism.driver.changes import ChangeHub
+from prism.driver.colindex import index_spec
 from prism.driver.config import DriverConfig
 from prism.driver.epochs import EpochSealers
 from prism.driver.errors import (
@@ -77,6 +79,10 @@ class Subscription:
         self.follower = Follower()
         self.feed = ReplicaFeed(Replica({}))
         self.schema = Schema(config.tenant_id)
+        # The change feed (driver/changes.py), fed with each applied batch.
+        self.changes = ChangeHub(config.change_retention, config.change_buffer)
+        # The declared indexes the tables can hold (driver/colindex.py).
+        self.index_spec: dict[str, tuple[tuple[str, str], ...]] = {}
         self.keys = EpochSealers(config.tenant_id, link.secret)
         self.warm = WarmStart(config) if config.snapshot_dir is not None else None
         self._login: Login | None = None
@@ -142,12 +148,14 @@ class Subscription:
         exc = task.exception()
         if exc is not None and self.failure is None:
             self.failure = exc
+        self.changes.end(exc)
         self.ready.set()
         self.signal_progress()
 
     def close(self) -> None:
         """The driver is closing: every waiter, now and later, gets NotReadyError."""
         self._closed = True
+        self.changes.end(None)
         if self.failure is None:
             self.failure = NotReadyError("the driver is closed")
         self.ready.set()
@@ -267,12 +275,14 @@ class Subscription:
         self.keys.restart(hello.key_epoch, self.link.secret)
         if self.schema.update(hello, login.projection_key):
             tables = self.schema.tables
+            self.index_spec = index_spec(self.config.indexes, tables)
             shape = Replica.for_tables(
                 {
                     n: (t.key_columns, t.text_columns, t.vector_dim if t.has_vectors else 0)
                     for n, t in tables.items()
                 },
                 self.config.index,
+                self.index_spec,
             )
             if self.ready.is_set():
                 # Readers keep the replica they have until the bootstrap of
@@ -293,11 +303,13 @@ class Subscription:
         )
         if restored is None:
             return
+        restored.replica.attach_indexes(self.index_spec)
         self.feed = ReplicaFeed(restored.replica)
         self.follower = Follower(
             stream_id=restored.stream_id, position=restored.position, head=hello.head_position
         )
         self.counters["warm_restarts"] += 1
+        self.changes.restart_at(restored.position)
         release_memory(restored.replica)
         if restored.position >= hello.head_position:
             self.ready.set()  # nothing newer to wait for
@@ -331,6 +343,7 @@ class Subscription:
         # Synchronous on purpose: no await between the first and the last
         # change, so readers on this loop see the batch whole or not at all.
         n = self.feed.apply(batch)
+        self.changes.publish(batch, self.replica.tables)
         if batch.reset:
             self.counters["bootstraps"] += 1
         self.follower.committed(batch)

@@ -1,0 +1,122 @@
+"""Declared equality indexes on a replica table's columns.
+
+Part of the replica (driver/replica.py): a TableReplica with declared
+columns (DriverConfig(indexes={"public.orders": ["customer_id"]})) keeps,
+per column, the keys of the rows holding each value, and changes it in the
+same synchronous call that changes the rows (`apply`), so a reader never
+finds a key in an index whose row is gone or has another value. A bootstrap
+builds the indexes with the replica it builds aside; a warm restart builds
+them from the restored rows (`rebuild`).
+
+Values are kept in the filter's normalized form (driver/filters.norm), so a
+look-up by Decimal 1.5 finds the row holding 1.50, and every NaN is one
+value. NULL is a value here too: `{"col": None}` is a look-up. A dict of
+sets: O(1) per look-up and per change; the row is decoded once per change
+for all of the table's indexed columns. No I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from prism.driver.filters import category_of, norm
+from prism.driver.schema import TableInfo
+from prism.fabric.payload import decode_row
+
+log = logging.getLogger("prism.driver")
+
+_DELETE = 0x44  # b"D"
+
+
+class ColumnIndexes:
+    """The equality indexes of one table: column -> value -> keys."""
+
+    def __init__(self, columns: Sequence[tuple[str, str]]) -> None:
+        # (column, filter category) per indexed column.
+        self.columns = tuple(columns)
+        self._by_value: dict[str, dict[Any, set[str]]] = {c: {} for c, _ in self.columns}
+        self._of_key: dict[str, tuple[Any, ...]] = {}  # key -> the values it is filed under
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.columns)
+
+    def _remove(self, key: str) -> None:
+        old = self._of_key.pop(key, None)
+        if old is None:
+            return
+        for (c, _), v in zip(self.columns, old, strict=True):
+            keys = self._by_value[c][v]
+            keys.discard(key)
+            if not keys:
+                del self._by_value[c][v]
+
+    def _add(self, key: str, row: Mapping[str, Any]) -> None:
+        values = tuple(norm(cat, row.get(c)) for c, cat in self.columns)
+        self._of_key[key] = values
+        for (c, _), v in zip(self.columns, values, strict=True):
+            self._by_value[c].setdefault(v, set()).add(key)
+
+    def apply(self, keys: Sequence[str], ops: bytes, payloads: Sequence[bytes]) -> None:
+        """A frame's changes, in order (a key changed twice ends as its last change)."""
+        for i, key in enumerate(keys):
+            self._remove(key)
+            if ops[i] != _DELETE:
+                self._add(key, decode_row(payloads[i]))
+
+    def rebuild(self, payloads: Mapping[str, bytes]) -> None:
+        """File every row afresh (a replica restored from a snapshot)."""
+        self._by_value = {c: {} for c, _ in self.columns}
+        self._of_key = {}
+        for key, p in payloads.items():
+            self._add(key, decode_row(p))
+
+    def lookup(self, column: str, values: Iterable[Any]) -> set[str]:
+        """Keys of the rows whose `column` holds one of `values` (normalized)."""
+        by_value = self._by_value[column]
+        out: set[str] = set()
+        for v in values:
+            keys = by_value.get(v)
+            if keys:
+                out |= keys
+        return out
+
+    def __len__(self) -> int:
+        return len(self._of_key)
+
+    def empty_like(self) -> ColumnIndexes:
+        return ColumnIndexes(self.columns)
+
+
+def index_spec(
+    declared: Mapping[str, Sequence[str]], tables: Mapping[str, TableInfo]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The declared indexes (DriverConfig.indexes) that the tables Hello
+    described can hold: table -> ((column, filter category), ...). A table
+    or column the wrapper does not serve, or of a type that cannot be
+    compared, is logged and left out: `find` then scans for it (and a
+    filter on a missing column is a QueryError there)."""
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for table, cols in declared.items():
+        info = tables.get(table)
+        if info is None:
+            log.warning("index declared on %s, which the wrapper does not serve", table)
+            continue
+        types = dict(info.columns)
+        keep = []
+        for c in cols:
+            cat = category_of(types[c]) if c in types else None
+            if cat is None:
+                log.warning(
+                    "index declared on %s.%s: %s; not indexed",
+                    table,
+                    c,
+                    "no such column" if c not in types else f"type {types[c]} cannot be indexed",
+                )
+                continue
+            keep.append((c, cat))
+        if keep:
+            out[table] = tuple(keep)
+    return out
