@@ -128,7 +128,10 @@ class StoreMeta:
 # a disk with no room left; without this reserve the wrapper would go on
 # acknowledging the database until a bigger commit failed, and a full disk
 # would show up late or, with a steady small workload, not at all (the fault
-# soak's MariaDB run). Purging and resetting free space, so they are exempt.
+# soak's MariaDB run). Purging frees space, so it is exempt. A reset is not:
+# emptying the store writes its whole content to the WAL and starts a copy
+# that cannot proceed, so on a full disk it would take the room freed later
+# and leave drivers an empty store (seen in the soak).
 STORE_RESERVE_BYTES = 4 << 20
 
 # SQLite's primary result codes for a full disk and for an I/O error (an I/O
@@ -373,8 +376,8 @@ class Store:
         next durable commit. Only for work nothing is acknowledged for yet,
         which a crash discards anyway (the initial copy's batches).
 
-        grows=False: the transaction frees space (purge, reset), so it runs
-        on a full disk too; others need STORE_RESERVE_BYTES free."""
+        grows=False: the transaction frees space (a purge), so it runs on a
+        full disk too; others need STORE_RESERVE_BYTES free."""
         if self._in_txn:
             raise StoreError("store transactions do not nest")
         if grows:
@@ -419,7 +422,7 @@ class Store:
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume
         against it bootstrap in full."""
-        with self.transaction(grows=False) as txn:
+        with self.transaction() as txn:
             self._conn.execute("DELETE FROM rows")
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")

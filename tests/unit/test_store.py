@@ -205,7 +205,8 @@ def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
 ) -> None:
     """Below the reserve a write is a full disk even where SQLite would still
     fit it in its WAL's slack (the soak's MariaDB run never saw ENOSPC):
-    nothing is written, and purging, which frees space, still runs."""
+    nothing is written, nor is the store reset, and purging, which frees
+    space, still runs."""
     with store.transaction() as txn:
         txn.upsert("t", "[1]", b"x", None, 1)
         txn.delete("t", "[2]", 1)
@@ -218,6 +219,10 @@ def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
     assert err.value.retriable and str(STORE_RESERVE_BYTES) in str(err.value)
     assert store.meta == before and changes(store, "t") == [("[1]", "U", 1), ("[2]", "D", 2)]
     assert store.purge_tombstones(now_us() + 1_000_000) == 1
+    # A reset would empty the store for a copy that cannot run: refused too.
+    with pytest.raises(StoreFullError):
+        store.reset("s2")
+    assert store.meta.stream_id == "s1" and changes(store, "t") == [("[1]", "U", 1)]
     monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES)
     with store.transaction() as txn:
         txn.upsert("t", "[3]", b"y", None, 1)
