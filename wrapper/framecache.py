@@ -41,6 +41,9 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from prism.wrapper.store import free_bytes
 
 log = logging.getLogger("prism.wrapper.framecache")
 
@@ -116,6 +119,14 @@ class Segment:
     cached: bool = True  # in the cache's index and budget
     readers: dict[int, int] = field(default_factory=dict)  # reader id -> next frame
     dropped: int = 0  # frames before this index were let go (uncached only)
+
+
+# Spilled frames are a cache: they must never take the room the store needs
+# to go on committing (the spill lives beside it, on the same disk, by
+# default). Spilling stops while it would leave less than this free there,
+# so a bootstrap served during a full disk cannot take the room freed
+# afterwards, which the store needs to commit and resume.
+SPILL_KEEP_FREE_BYTES = 64 << 20
 
 
 class FrameCache:
@@ -205,7 +216,11 @@ class FrameCache:
                     self._evict(keep=seg, memory=size)
                 if (large and self.spill_bytes) or self._bytes + size > self.max_bytes:
                     self._evict(keep=seg, disk=size)
-                    if self.spill_bytes and self._disk + size <= self.spill_bytes:
+                    if (
+                        self.spill_bytes
+                        and self._disk + size <= self.spill_bytes
+                        and self._disk_keeps_room(size)
+                    ):
                         place = "disk"
                         self._disk += size  # reserved before the write
                         seg.disk_bytes += size
@@ -245,6 +260,11 @@ class FrameCache:
                     return True
                 self._cond.wait(0.5)
             return True
+
+    def _disk_keeps_room(self, size: int) -> bool:
+        """Whether `size` more spilled bytes leave SPILL_KEEP_FREE_BYTES free."""
+        free = free_bytes(Path(self.spill_dir or tempfile.gettempdir()) / "spill")
+        return free is None or free - size >= SPILL_KEEP_FREE_BYTES
 
     def finish(
         self, seg: Segment, commits: bool = False, error: BaseException | None = None

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from prism.wrapper import framecache
 from prism.wrapper.framecache import FrameCache, SegmentFailed, SharedFrame
 
 START = ("acme", b"secret-id", 1024, "stream", 1, "changes", 10)
@@ -243,3 +244,24 @@ def test_a_disk_that_refuses_the_spill_leaves_frames_in_memory(tmp_path: Path) -
     assert [f.data for f in cache.read(seg, rid)] == [frame(i).data for i in range(3)]
     assert cache.spill_bytes == 0 and cache.stats["spill_failures"] == 1
     assert cache.counters()["frame_cache_disk_bytes"] == 0
+
+
+def test_spilling_leaves_the_store_its_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spill shares the store's disk: it stops while it would leave less
+    than SPILL_KEEP_FREE_BYTES free there, so the room freed after a full
+    disk goes to the store, which must commit to resume, not to frames."""
+    free = {"bytes": framecache.SPILL_KEEP_FREE_BYTES + 25}
+    monkeypatch.setattr(framecache, "free_bytes", lambda path: free["bytes"])
+    cache = FrameCache(max_bytes=15, spill_bytes=1000, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    for i in range(5):
+        cache.add(seg, frame(i), backpressure=False)
+        if cache.stats["frames_spilled"]:
+            free["bytes"] -= 10  # what the spill took
+    # one frame in memory, two spilled, then the floor: the segment leaves the cache
+    assert cache.stats["frames_spilled"] == 2 and not seg.cached
+    cache.finish(seg)
+    assert [f.data for f in reader] == [frame(i).data for i in range(5)]
