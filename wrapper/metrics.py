@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prism.fabric.metrics import Figure, MetricsServer, Snapshot, SnapshotCollector
 from prism.wrapper.errors import WrapperError
 from prism.wrapper.sources.base import SourceFigures, SourceProbe
+from prism.wrapper.store import free_bytes
 
 if TYPE_CHECKING:
     from prism.wrapper.config import WrapperConfig
@@ -219,14 +219,6 @@ def store_bytes(path: Path) -> int:
     return total
 
 
-def disk_free_bytes(path: Path) -> int | None:
-    try:
-        st = os.statvfs(path.parent)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
-
-
 class StateReader:
     """Fills FIGURES from the wrapper's live state."""
 
@@ -288,7 +280,7 @@ class StateReader:
         s.set("prism_wrapper_snapshot_rows_total", status.snapshot_rows)
         s.set("prism_wrapper_head_position", meta.head)
         s.set("prism_wrapper_store_bytes", store_bytes(self.store.path))
-        s.set("prism_wrapper_store_disk_free_bytes", disk_free_bytes(self.store.path))
+        s.set("prism_wrapper_store_disk_free_bytes", free_bytes(self.store.path))
         s.set("prism_wrapper_store_full_total", status.store_full)
         s.set("prism_wrapper_database_retries_total", status.retries)
         for t in self.cfg.tenants:

@@ -36,10 +36,10 @@ from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.keyring import Keyring
-from prism.wrapper.metrics import WrapperMetrics, disk_free_bytes, store_bytes
+from prism.wrapper.metrics import WrapperMetrics, store_bytes
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
-from prism.wrapper.store import ReaderPool, Store
+from prism.wrapper.store import ReaderPool, Store, free_bytes
 from prism.wrapper.subscription import SendWatchdog, ServeScope, frame_rows, subscription
 from prism.wrapper.writeplan import WriteError
 from prism.wrapper.writes import WriteExecutor
@@ -381,7 +381,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         }
         if st.writes is not None:
             counters.update(st.writes.counters())
-        free = disk_free_bytes(st.store.path)
+        free = free_bytes(st.store.path)
         if free is not None:
             counters["store_disk_free_bytes"] = free
         for t in st.cfg.tenants:
