@@ -72,6 +72,44 @@ _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
 REJECTION_REASON_NAMES = (*(name for _, name in _REJECTION_REASONS), "malformed")
 
 
+class SilenceWatch:
+    """Cancels a Subscribe call that has been silent for `limit` seconds (the
+    wrapper sends a heartbeat every second, so silence means a hung link).
+
+    It cancels through gRPC (`call.cancel()`), never by cancelling a task
+    that awaits `call.read()`: with `asyncio.wait_for(call.read(), limit)`,
+    a read task cancelled at close() could wait forever for gRPC to finish
+    it, and close() with it (seen in CI). One timer per call, re-armed only
+    when it fires; a frame just stamps the time."""
+
+    def __init__(self, call: Any, limit: float) -> None:
+        self._call = call
+        self.limit = limit
+        self._loop = asyncio.get_running_loop()
+        self.last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_later(limit, self._check)
+
+    def saw_frame(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle >= self.limit:
+            self.fired = True
+            self._call.cancel()
+        else:
+            self._handle = self._loop.call_later(self.limit - idle, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def lost(self) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"no frame from the wrapper in {self.limit:g}s (link_silence_s): the link hangs"
+        )
+
+
 class Subscription:
     def __init__(self, config: DriverConfig, link: Link) -> None:
         self.config = config
@@ -104,6 +142,7 @@ class Subscription:
         self.ready = asyncio.Event()
         self._progress = asyncio.Event()
         self._closed = False
+        self._call_in_flight: Any = None  # the Subscribe call being read
 
     @property
     def replica(self) -> Replica:
@@ -155,6 +194,8 @@ class Subscription:
     def close(self) -> None:
         """The driver is closing: every waiter, now and later, gets NotReadyError."""
         self._closed = True
+        if self._call_in_flight is not None:
+            self._call_in_flight.cancel()  # gRPC ends the read; see SilenceWatch
         self.changes.end(None)
         if self.failure is None:
             self.failure = NotReadyError("the driver is closed")
@@ -198,11 +239,14 @@ class Subscription:
                 )
             )
             self.connected = True
+            watch = SilenceWatch(call, cfg.link_silence_s)
+            self._call_in_flight = call
             try:
                 while True:
-                    raw = await self._next_frame(call)
-                    if raw is None:
-                        break
+                    raw = await call.read()
+                    watch.saw_frame()
+                    if not isinstance(raw, bytes):
+                        break  # grpc.aio.EOF: the call ended
                     try:
                         frame = parse_frame(raw)
                         decoded = open_frame(
@@ -239,21 +283,23 @@ class Subscription:
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED and self._closed:
                     return
+                if watch.fired:
+                    raise watch.lost() from None
                 raise map_grpc_error(exc, "Subscribe") from exc
+            except asyncio.CancelledError:
+                # gRPC raises CancelledError from read() when the call was
+                # cancelled here: by the watch, that is a lost link; by close()
+                # or a cancelled task, it goes on up.
+                task = asyncio.current_task()
+                if watch.fired and not self._closed and (task is None or not task.cancelling()):
+                    raise watch.lost() from None
+                raise
+            finally:
+                watch.stop()
+                self._call_in_flight = None
+            if watch.fired:
+                raise watch.lost()
         raise ConnectionLostError("the wrapper ended the stream")
-
-    async def _next_frame(self, call: Any) -> bytes | None:
-        """The call's next frame, or None at its end. Silence past
-        link_silence_s ends the call: a heartbeat comes every second."""
-        silence = self.config.link_silence_s
-        try:
-            raw = await asyncio.wait_for(call.read(), silence)
-        except TimeoutError:
-            call.cancel()
-            raise ConnectionLostError(
-                f"no frame from the wrapper in {silence:g}s (link_silence_s): the link hangs"
-            ) from None
-        return raw if isinstance(raw, bytes) else None  # else grpc.aio.EOF: the call ended
 
     def _reject(self, exc: FrameError) -> None:
         """Count and log a frame that failed a check; nothing of it is applied."""

@@ -3,9 +3,12 @@ database (and slot/publication names) per test, secrets, wrapper processes."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,32 @@ from support.servers import (
 )
 
 _db_counter = itertools.count(1)
+
+
+def _dump_pending_tasks(nodeid: str) -> None:
+    """Print the stack of every pending asyncio task: a hung async test shows
+    only its event loop's select() in pytest-timeout's dump, never the
+    await it is stuck on."""
+    tasks = [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]
+    head = f"--- {nodeid}: near its timeout, {len(tasks)} pending asyncio tasks ---"
+    print(head, file=sys.stderr)
+    for task in tasks:
+        try:
+            task.print_stack(file=sys.stderr)
+        except Exception as exc:  # the loop runs on: a stack may change under us
+            print(f"{task!r}: {exc!r}", file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+def _tasks_dumped_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0] if marker else request.config.getini("timeout") or 0)
+    timer = threading.Timer(max(limit - 10.0, 1.0), _dump_pending_tasks, (request.node.nodeid,))
+    timer.daemon = True
+    if limit:
+        timer.start()
+    yield
+    timer.cancel()
 
 
 @pytest.fixture(scope="session")
