@@ -173,12 +173,22 @@ class Node:
     parts: tuple[Leaf | Node, ...]
 
 
-@dataclass(frozen=True)
 class Filter:
-    """A compiled filter: its tree and the predicate evaluating it."""
+    """A compiled filter: its tree, and the predicate evaluating it, built on
+    first use (a filter an equality index answers whole never needs it)."""
 
-    tree: Node
-    predicate: Predicate
+    __slots__ = ("_columns", "_predicate", "tree")
+
+    def __init__(self, tree: Node, columns: Columns) -> None:
+        self.tree = tree
+        self._columns = columns
+        self._predicate: Predicate | None = None
+
+    @property
+    def predicate(self) -> Predicate:
+        if self._predicate is None:
+            self._predicate = _predicate(self.tree, self._columns)
+        return self._predicate
 
     def equality_lookups(self, indexed: Iterable[str]) -> list[tuple[str, list[Any]]]:
         """(column, normalized values) of the top-level eq / in / IS NULL
@@ -233,7 +243,7 @@ def compile_filter(where: Mapping[str, Any] | None, columns: Columns) -> Filter:
     if not isinstance(where, Mapping):
         raise QueryError(f"where= takes a dict, got {type(where).__name__}")
     tree = _compile_and(where, columns)
-    return Filter(tree, _predicate(tree, columns))
+    return Filter(tree, columns)
 
 
 def _compile_and(where: Mapping[str, Any], columns: Columns) -> Node:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,9 @@ from prism.driver.filters import Columns, Filter, sort_rows
 from prism.driver.index import VectorIndex
 from prism.driver.replica import TableReplica
 from prism.fabric.payload import decode_row
+
+# Key column categories whose values sort as filters.norm sorts them (no NaN).
+_SORT_AS_IS = frozenset({"int", "text"})
 
 # Above this many matching rows (known from an equality index), a filtered
 # search over a partitioned index over-fetches instead of scoring them all.
@@ -97,8 +101,6 @@ def find_rows(
     """The matching rows in `order`, ties (and no order at all) broken by
     the primary key ascending, at most `limit`."""
     found = matching_rows(t, flt)
-    found.sort(key=lambda kr: kr[0])  # deterministic, whatever the key types
-    rows = [r for _, r in found]
     key_order = []
     for c in t.key_columns:
         try:
@@ -106,8 +108,16 @@ def find_rows(
         except QueryError:  # a key of a type without an order: the key string's
             key_order = []
             break
-    ordered = {c for c, _, _ in order}
-    sort_rows(rows, [*order, *(k for k in key_order if k[0] not in ordered)])
+    if not key_order:
+        found.sort(key=lambda kr: kr[0])  # deterministic, whatever the key types
+    rows = [r for _, r in found]
+    if key_order and all(cat in _SORT_AS_IS for _, cat, _ in key_order):
+        # A key is never NULL, and ints and text sort as themselves: one C sort.
+        rows.sort(key=itemgetter(*(c for c, _, _ in key_order)))
+    elif key_order:
+        sort_rows(rows, key_order)
+    # Stable: `order` on top of the key order leaves ties in key order.
+    sort_rows(rows, order)
     return rows if limit is None else rows[:limit]
 
 
