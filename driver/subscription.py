@@ -45,6 +45,7 @@ from prism.driver.warmstart import WarmStart
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.backoff import Backoff
+from prism.fabric.blas import one_blas_thread
 from prism.fabric.errors import (
     ExpiredEpochError,
     FrameError,
@@ -59,6 +60,10 @@ from prism.fabric.frames import open_frame, parse_frame
 log = logging.getLogger("prism.driver")
 
 SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
+# Frames from this size on (about 40 rows of 384-d vectors) switch BLAS to
+# one thread around their matrix products; the switch costs ~10 us.
+BLAS_ONE_THREAD_BYTES = 64 * 1024
+_no_switch = contextlib.nullcontext
 # stats()["frames_rejected_by_reason"] keys, most specific first.
 _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
     (ExpiredEpochError, "expired-epoch"),
@@ -247,15 +252,19 @@ class Subscription:
                     watch.saw_frame()
                     if not isinstance(raw, bytes):
                         break  # grpc.aio.EOF: the call ended
+                    # A large frame's products (unseal, index) run on one BLAS
+                    # thread (prism.fabric.blas); a small one's are single-threaded anyway.
+                    blas = one_blas_thread if len(raw) >= BLAS_ONE_THREAD_BYTES else _no_switch
                     try:
                         frame = parse_frame(raw)
-                        decoded = open_frame(
-                            frame,
-                            functools.partial(self.keys.sealer, dim=frame.vector_dim),
-                            tenant_id=cfg.tenant_id,
-                            stream_id=None,
-                            subscription=subscription,
-                        )
+                        with blas():
+                            decoded = open_frame(
+                                frame,
+                                functools.partial(self.keys.sealer, dim=frame.vector_dim),
+                                tenant_id=cfg.tenant_id,
+                                stream_id=None,
+                                subscription=subscription,
+                            )
                         batch = self.follower.on_frame(decoded)
                     except FrameError as exc:
                         self._reject(exc)
@@ -266,7 +275,8 @@ class Subscription:
                         self.keys.rotate_to(decoded.key_epoch)
                         self.counters["key_rotations"] += 1
                     if batch is not None:
-                        self._apply(batch)
+                        with blas():
+                            self._apply(batch)
                         self.last_error = None
                         if self.warm is not None and (
                             batch.reset or self.warm.due(batch.stream_id, batch.position)

@@ -26,6 +26,7 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+from prism.fabric.blas import limit_process_to_one_blas_thread
 from prism.fabric.errors import PrismError
 from prism.fabric.keys import load_secret, write_secret
 from prism.wrapper.auth import Authenticator, TenantSecrets
@@ -86,6 +87,9 @@ def cmd_run(cfg: WrapperConfig) -> int:
     checks run in the pipeline, which logs them and retries, while drivers
     are served what the store holds."""
     require_wrapper_extra(cfg.flavor)
+    # The daemon's matrix products are small: one BLAS thread (prism.fabric.blas).
+    if not limit_process_to_one_blas_thread():
+        log.warning("threadpoolctl is not installed: BLAS keeps its default threads")
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server, server_credentials
     from prism.wrapper.sources.flavor import make_probe
