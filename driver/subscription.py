@@ -252,8 +252,9 @@ class Subscription:
                     watch.saw_frame()
                     if not isinstance(raw, bytes):
                         break  # grpc.aio.EOF: the call ended
-                    # A large frame's products (unseal, index) run on one BLAS
-                    # thread (prism.fabric.blas); a small one's are single-threaded anyway.
+                    # A large frame's products (unseal, index; bootstrap frames
+                    # too) run on one BLAS thread (prism.fabric.blas); a small
+                    # one's are single-threaded anyway.
                     blas = one_blas_thread if len(raw) >= BLAS_ONE_THREAD_BYTES else _no_switch
                     try:
                         frame = parse_frame(raw)
@@ -286,7 +287,8 @@ class Subscription:
                         # Bootstrap frames go to the replica built aside at
                         # once; then let readers in before the next frame
                         # (a buffered stream need not yield by itself).
-                        self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
+                        with blas():
+                            self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
                         await asyncio.sleep(0)
                     else:
                         self.signal_progress()  # head moved: lag is visible in stats

@@ -4,8 +4,8 @@ keyed projection, the driver's unseal and index, PrismCache's embedder).
 Those products are (rows x 384) @ (384 x 384) at most: extra BLAS threads buy
 little, and on a busy machine OpenBLAS's spinning workers fight the other
 processes for the cores. Measured with benchmark/run.py on 2 shared cores
-(100k rows): CDC 2,966 -> 9,638 changes/s and commit-to-visible p50/p99
-51/805 -> 1.6/31 ms with one BLAS thread per process.
+(100k rows, benchmark/README.md "Issue 12"): CDC 2,966 -> 7,083 changes/s
+and commit-to-visible p50/p99 51/805 -> 3.7/24 ms with these limits.
 
 threadpoolctl (a small, well-kept library) switches the limit at run time,
 whatever BLAS numpy loaded, which an environment variable set after numpy's
