@@ -202,10 +202,7 @@ def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
     """A failed Write call as a typed error, from its prism-error metadata."""
     items: Any = exc.trailing_metadata() or ()
     kind = kind_in(items)
-    if kind in AUTH_ERRORS:
-        # Refused before anything ran: not an unknown outcome.
-        return AUTH_ERRORS[kind](f"Write: {exc.details()}")
-    if kind is None or kind not in WRITE_ERRORS:
+    if kind is None or (kind not in AUTH_ERRORS and kind not in WRITE_ERRORS):
         mapped = map_grpc_error(exc, "Write")
         if mapped.retriable:  # sent, but no answer: the outcome is unknown
             return WriteOutcomeUnknownError(
@@ -213,11 +210,24 @@ def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
                 "same request_id to apply it once"
             )
         return mapped
-    details = exc.details() or kind.value
-    cls = WRITE_ERRORS[kind]
+    return write_refusal(kind, exc.details() or kind.value, metadata_value(items, SQLSTATE_KEY))
+
+
+def write_refusal(kind: ErrorKind, details: str, sqlstate: str | None) -> DriverError:
+    """The typed error of a write the wrapper refused with `kind` (a Write
+    call's status, or one result of a WriteBatch call)."""
+    if kind in AUTH_ERRORS:
+        # Refused before anything ran: not an unknown outcome.
+        return AUTH_ERRORS[kind](f"Write: {details}")
+    cls = WRITE_ERRORS.get(kind)
+    if cls is None:  # not a write kind: nothing says whether it ran
+        return WriteOutcomeUnknownError(
+            f"Write: {details} - the write may or may not have committed; retry it with "
+            "the same request_id to apply it once"
+        )
     if cls is ReplicaLagError:
         return ReplicaLagError(details)
-    return cls(details, sqlstate=metadata_value(items, SQLSTATE_KEY))
+    return cls(details, sqlstate=sqlstate or None)
 
 
 _PERMANENT = {

@@ -1,5 +1,5 @@
 """The driver's link to the wrapper: channels, the handshake, and the Write
-call.
+and WriteBatch calls.
 
 Below the subscription (driver/subscription.py) and the public write calls
 (driver/api.py), which share one session: the subscription's handshake
@@ -14,8 +14,10 @@ driver/errors.py, nowhere else.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -31,17 +33,21 @@ from prism.driver.errors import (
     WriteOutcomeUnknownError,
     map_grpc_error,
     map_write_error,
+    write_refusal,
 )
+from prism.driver.writebatch import WriteCoalescer
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
+from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.errors import AuthError, PrismError
 from prism.fabric.keys import load_secret
 
 log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+WRITE_BATCH = "write-batch"  # the wrapper capability (HelloResponse) of WriteBatch calls
 # The TLS diagnosis after a failed connection takes one round trip or two;
 # past this (a stalled link) the driver just retries as before.
 DIAGNOSE_MAX_S = 5.0
@@ -78,6 +84,7 @@ class Link:
         self.secret = load_secret(config.secret_file)
         self.login: Login | None = None  # the latest session, which writes reuse
         self._write_channel: grpc.aio.Channel | None = None
+        self._writes: WriteCoalescer | None = None
 
     def reload_secret(self) -> None:
         """Read the secret file again before each subscription handshake, so a
@@ -174,26 +181,41 @@ class Link:
             ) from exc
 
     async def write(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
-        """One Write call on the current session (a new one when there is
-        none yet, or once when the wrapper forgot it). Refusals come back
-        as typed WriteErrors; an answer lost on the way as
-        WriteOutcomeUnknownError carrying `request_id`, to retry with."""
+        """One write's ack. Writes that overlap share WriteBatch calls
+        (driver/writebatch.py); refusals come back as typed WriteErrors, an
+        answer lost on the way as WriteOutcomeUnknownError carrying
+        `request_id`, to retry with."""
+        if self._writes is None:
+            self._writes = WriteCoalescer(self.write_one, self.write_batch)
+        return await self._writes.write(ops, request_id)
+
+    def _write_stub(self) -> pb_grpc.WrapperServiceStub:
         if self._write_channel is None:
             self._write_channel = self.channel()
-        stub = pb_grpc.WrapperServiceStub(self._write_channel)
+        return pb_grpc.WrapperServiceStub(self._write_channel)
+
+    def _write_request(
+        self, login: Login, ops: list[pb.WriteOp], request_id: str
+    ) -> pb.WriteRequest:
+        return login.signed(
+            pb.WriteRequest(
+                protocol_version=PROTOCOL_VERSION,
+                tenant_id=self.config.tenant_id,
+                ops=ops,
+                request_id=request_id,
+                session=login.hello.session,
+            )
+        )
+
+    async def write_one(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
+        """One Write call on the current session (a new one when there is
+        none yet, or once when the wrapper forgot it)."""
+        stub = self._write_stub()
         for attempt in (1, 2):
             login = self.login or await self.handshake(stub)
             try:
                 response: pb.WriteResponse = await stub.Write(
-                    login.signed(
-                        pb.WriteRequest(
-                            protocol_version=PROTOCOL_VERSION,
-                            tenant_id=self.config.tenant_id,
-                            ops=ops,
-                            request_id=request_id,
-                            session=login.hello.session,
-                        )
-                    ),
+                    self._write_request(login, ops, request_id),
                     timeout=self.config.write_timeout_s,
                 )
                 return response
@@ -207,7 +229,84 @@ class Link:
                 raise err from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    async def write_batch(
+        self, items: Sequence[tuple[list[pb.WriteOp], str]]
+    ) -> list[pb.WriteResponse | DriverError]:
+        """Several writes in one WriteBatch call: each write's ack or typed
+        error, in order (never raises for them). A wrapper without the
+        call gets them as concurrent Write calls."""
+        stub = self._write_stub()
+        for attempt in (1, 2):
+            login = self.login or await self.handshake(stub)
+            if WRITE_BATCH not in login.hello.capabilities:
+                return list(
+                    await asyncio.gather(*(self._write_result(ops, rid) for ops, rid in items))
+                )
+            request = pb.WriteBatchRequest(
+                requests=[self._write_request(login, ops, rid) for ops, rid in items]
+            )
+            try:
+                response: pb.WriteBatchResponse = await stub.WriteBatch(
+                    request, timeout=self.config.write_timeout_s
+                )
+            except grpc.aio.AioRpcError as exc:
+                err = map_write_error(exc)
+                if isinstance(err, SessionExpiredError) and attempt == 1:
+                    self.login = None
+                    continue
+                return [_own_copy(err, rid) for _, rid in items]
+            if len(response.results) != len(items):
+                lost = WriteOutcomeUnknownError(
+                    f"the wrapper answered {len(response.results)} results for "
+                    f"{len(items)} writes - retry each with its request_id"
+                )
+                return [_own_copy(lost, rid) for _, rid in items]
+            return [
+                _batch_result(r, rid) for (_, rid), r in zip(items, response.results, strict=True)
+            ]
+        raise AssertionError("unreachable: the second attempt returns")
+
+    async def _write_result(
+        self, ops: list[pb.WriteOp], request_id: str
+    ) -> pb.WriteResponse | DriverError:
+        try:
+            return await self.write_one(ops, request_id)
+        except DriverError as exc:
+            return exc
+
     async def close(self) -> None:
+        if self._writes is not None:
+            await self._writes.close()
+            self._writes = None
         if self._write_channel is not None:
             await self._write_channel.close(None)
             self._write_channel = None
+
+
+def _own_copy(err: DriverError, request_id: str) -> DriverError:
+    """Each write of a failed batch gets an exception of its own (each caller
+    raises it), with its request_id when the outcome is unknown."""
+    mine = copy.copy(err)
+    if isinstance(mine, WriteOutcomeUnknownError):
+        mine.request_id = request_id
+    return mine
+
+
+def _batch_result(result: pb.WriteResult, request_id: str) -> pb.WriteResponse | DriverError:
+    if result.HasField("response"):
+        return result.response
+    try:
+        kind: ErrorKind | None = ErrorKind(result.error_kind)
+    except ValueError:
+        kind = None  # a kind from a newer wrapper: nothing says whether it ran
+    err = (
+        write_refusal(kind, result.error_message or kind.value, result.sqlstate)
+        if kind is not None
+        else WriteOutcomeUnknownError(
+            f"Write: {result.error_message or result.error_kind} - the write may or may not "
+            "have committed; retry it with the same request_id to apply it once"
+        )
+    )
+    if isinstance(err, WriteOutcomeUnknownError):
+        err.request_id = request_id
+    return err

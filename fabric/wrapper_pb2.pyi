@@ -108,6 +108,30 @@ class WriteResponse(_message.Message):
     affected: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, event_id: _Optional[str] = ..., position: _Optional[int] = ..., stream_id: _Optional[str] = ..., replayed: _Optional[bool] = ..., affected: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class WriteBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[WriteRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[WriteRequest, _Mapping]]] = ...) -> None: ...
+
+class WriteResult(_message.Message):
+    __slots__ = ("response", "error_kind", "error_message", "sqlstate")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SQLSTATE_FIELD_NUMBER: _ClassVar[int]
+    response: WriteResponse
+    error_kind: str
+    error_message: str
+    sqlstate: str
+    def __init__(self, response: _Optional[_Union[WriteResponse, _Mapping]] = ..., error_kind: _Optional[str] = ..., error_message: _Optional[str] = ..., sqlstate: _Optional[str] = ...) -> None: ...
+
+class WriteBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[WriteResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ...) -> None: ...
+
 class ChallengeRequest(_message.Message):
     __slots__ = ("protocol_version", "tenant_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class WrapperServiceStub:
                 request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.SerializeToString,
                 response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.WriteBatch = channel.unary_unary(
+                '/prism.fabric.v1.WrapperService/WriteBatch',
+                request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.SerializeToString,
+                response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.FromString,
+                _registered_method=True)
 
 
 class WrapperServiceServicer:
@@ -110,6 +115,18 @@ class WrapperServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteBatch(self, request, context):
+        """Several independent writes in one call: concurrent writers of one driver
+        share the call's round trip and authentication, and the wrapper hands
+        them to its group commit together, so they share database transactions
+        too. Each request keeps its own MAC, request_id, transaction (savepoint)
+        and result: one refusal never fails the others. An authentication
+        refusal of any request refuses the whole call, as Write would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WrapperServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +154,11 @@ def add_WrapperServiceServicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.FromString,
                     response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.SerializeToString,
+            ),
+            'WriteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteBatch,
+                    request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.FromString,
+                    response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +296,33 @@ class WrapperService:
             '/prism.fabric.v1.WrapperService/Write',
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteRequest.SerializeToString,
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/prism.fabric.v1.WrapperService/WriteBatch',
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.SerializeToString,
+            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

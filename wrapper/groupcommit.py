@@ -457,11 +457,11 @@ class _Slot:
 
     __slots__ = ("lead", "request", "result", "wake")
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, wake: threading.Event) -> None:
         self.request = request
         self.result: Result | None = None
         self.lead = False
-        self.wake = threading.Event()
+        self.wake = wake  # shared by the slots of one submit_many call
 
 
 class GroupCommit:
@@ -481,24 +481,37 @@ class GroupCommit:
 
     def submit(self, request: Request) -> Result:
         """Run `request` in the next group; block until its result is known."""
-        slot = _Slot(request)
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[Request]) -> list[Result]:
+        """Queue `requests` together (a WriteBatch call's) and block until
+        each has its result: they go into the same group where they fit.
+        The calling thread leads groups while it holds a leader's token."""
+        wake = threading.Event()
+        slots = [_Slot(r, wake) for r in requests]
+        if not slots:
+            return []
         with self._lock:
-            self._queue.append(slot)
+            self._queue.extend(slots)
             if self._free:
                 self._free -= 1
-                slot.lead = True
-                slot.wake.set()
+                slots[0].lead = True
+                wake.set()
         while True:
-            slot.wake.wait()
+            wake.wait()
             with self._lock:
-                lead, slot.lead = slot.lead, False
-                result = slot.result
-                if result is None:
-                    slot.wake.clear()
-                elif lead:
-                    self._pass_token()  # finished by another leader meanwhile
-            if result is not None:
-                return result
+                wake.clear()
+                tokens = sum(s.lead for s in slots)
+                for s in slots:
+                    s.lead = False
+                done = all(s.result is not None for s in slots)
+                # Keep one token to lead with, unless all is done; hand the
+                # rest on (to a queued caller, or back to the pool).
+                for _ in range(tokens - (0 if done else 1)):
+                    self._pass_token(other_than=wake)
+                lead = tokens > 0 and not done
+            if done:
+                return [s.result for s in slots if s.result is not None]
             if lead:
                 self._lead()
 
@@ -519,11 +532,12 @@ class GroupCommit:
                     slot.wake.set()
                 self._pass_token()
 
-    def _pass_token(self) -> None:
-        """Give a leader's token to the first queued caller without one, or
-        put it back. Call with the lock held."""
+    def _pass_token(self, other_than: threading.Event | None = None) -> None:
+        """Give a leader's token to the first queued caller without one (not
+        the caller whose event is `other_than`: it already leads), or put it
+        back. Call with the lock held."""
         for slot in self._queue:
-            if not slot.lead:
+            if not slot.lead and slot.wake is not other_than:
                 slot.lead = True
                 slot.wake.set()
                 return

@@ -48,7 +48,16 @@ log = logging.getLogger("prism.wrapper.server")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MIN_SUBSCRIPTION, MAX_SUBSCRIPTION = 16, 64
-CAPABILITIES = ("frames-v2", "catch-up", "bootstrap", "text-embedder", "key-rotation")
+CAPABILITIES = (
+    "frames-v2",
+    "catch-up",
+    "bootstrap",
+    "text-embedder",
+    "key-rotation",
+    "write-batch",
+)
+# Requests per WriteBatch call (a driver sends at most 64; see driver/link.py).
+MAX_WRITE_BATCH = 1024
 
 
 @dataclass
@@ -327,10 +336,59 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
         st = self.state
+        self._authorize_write(request, context)
+        started = time.monotonic()
+        try:
+            if st.writes is None:
+                raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
+            response = st.writes.execute(request)
+            st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
+            return response
+        except WriteError as exc:
+            self._note_refusal(exc, started, context)
+            context.set_trailing_metadata(refusal_metadata(exc.kind, exc.sqlstate))
+            context.abort(GRPC_STATUS[exc.kind], str(exc))
+
+    def WriteBatch(
+        self, request: pb.WriteBatchRequest, context: grpc.ServicerContext
+    ) -> pb.WriteBatchResponse:
+        """Several Write requests in one call; each its own result (see the proto)."""
+        st = self.state
+        n = len(request.requests)
+        if not 1 <= n <= MAX_WRITE_BATCH:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a write batch holds 1 to {MAX_WRITE_BATCH} requests, this one {n}",
+            )
+        for one in request.requests:
+            self._authorize_write(one, context)
+        started = time.monotonic()
+        results: list[pb.WriteResponse | WriteError]
+        if st.writes is None:
+            results = [WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")] * n
+        else:
+            results = st.writes.execute_many(list(request.requests))
+        out = pb.WriteBatchResponse()
+        for result in results:
+            if isinstance(result, WriteError):
+                self._note_refusal(result, started, context)
+                out.results.add(
+                    error_kind=result.kind.value,
+                    error_message=str(result),
+                    sqlstate=result.sqlstate or "",
+                )
+            else:
+                st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
+                out.results.add(response=result)
+        return out
+
+    def _authorize_write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> None:
+        """The request's session, and every table it names of that session's
+        tenant; the call is refused otherwise."""
         session = self._session(request, context)
         for op in request.ops:
             try:
-                owner = st.cfg.table(qualify(op.table)).tenant
+                owner = self.state.cfg.table(qualify(op.table)).tenant
             except (KeyError, ValueError):
                 continue  # not a configured table: the executor refuses it by name
             if owner != session.tenant:
@@ -342,25 +400,18 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                         f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
                     ),
                 )
-        started = time.monotonic()
-        try:
-            if st.writes is None:
-                raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
-            response = st.writes.execute(request)
-            st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
-            return response
-        except WriteError as exc:
-            st.metrics.write_seconds.labels(exc.kind.value).observe(time.monotonic() - started)
-            st.metrics.refused("write", exc.kind.value)
-            level = logging.WARNING if exc.kind == ErrorKind.PERMISSION else logging.INFO
-            log.log(
-                level,
-                "write refused: %s",
-                exc,
-                extra={"peer": context.peer(), "kind": exc.kind, "sqlstate": exc.sqlstate},
-            )
-            context.set_trailing_metadata(refusal_metadata(exc.kind, exc.sqlstate))
-            context.abort(GRPC_STATUS[exc.kind], str(exc))
+
+    def _note_refusal(self, exc: WriteError, started: float, context: grpc.ServicerContext) -> None:
+        st = self.state
+        st.metrics.write_seconds.labels(exc.kind.value).observe(time.monotonic() - started)
+        st.metrics.refused("write", exc.kind.value)
+        level = logging.WARNING if exc.kind == ErrorKind.PERMISSION else logging.INFO
+        log.log(
+            level,
+            "write refused: %s",
+            exc,
+            extra={"peer": context.peer(), "kind": exc.kind, "sqlstate": exc.sqlstate},
+        )
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         st = self.state

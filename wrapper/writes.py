@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
@@ -65,6 +65,59 @@ class WriteExecutor:
         self._default_table = writable[0] if len(writable) == 1 else ""
 
     def execute(self, request: pb.WriteRequest, wait_s: float = 30.0) -> pb.WriteResponse:
+        """One Write call: its ack, or the WriteError that refuses it."""
+        result = self.execute_many([request], wait_s)[0]
+        if isinstance(result, WriteError):
+            raise result
+        return result
+
+    def execute_many(
+        self, requests: Sequence[pb.WriteRequest], wait_s: float = 30.0
+    ) -> list[pb.WriteResponse | WriteError]:
+        """Independent Write requests (a WriteBatch call's), run together: they
+        enter the group commit at once, so they share transactions where they
+        fit. Each gets its own ack or refusal, in order; `wait_s` bounds the
+        wait for all of their positions."""
+        results: list[pb.WriteResponse | WriteError | None] = [None] * len(requests)
+        prepared: list[tuple[int, Request, concurrent.futures.Future[int]]] = []
+        for i, request in enumerate(requests):
+            try:
+                prepared.append((i, *self._prepare(request)))
+            except WriteError as exc:
+                results[i] = exc
+        positions = self.store.write_positions
+        try:
+            outcomes = self._run_many([req for _, req, _ in prepared])
+        except BaseException:
+            for _, req, waiting in prepared:
+                positions.forget(req.event_id, waiting)
+            raise
+        deadline = time.monotonic() + wait_s
+        for (i, req, waiting), outcome in zip(prepared, outcomes, strict=True):
+            if isinstance(outcome, WriteError):
+                positions.forget(req.event_id, waiting)
+                results[i] = outcome
+                continue
+            if outcome.replayed:
+                positions.forget(req.event_id, waiting)  # the first write's marker is the one
+            try:
+                position = self._position(outcome, waiting, max(0.0, deadline - time.monotonic()))
+            except WriteError as exc:
+                results[i] = exc
+                continue
+            results[i] = pb.WriteResponse(
+                event_id=outcome.event_id,
+                position=position,
+                stream_id=self.store.meta.stream_id,
+                replayed=outcome.replayed,
+                affected=list(outcome.affected),
+            )
+        self._maybe_purge()
+        missing = WriteError(ErrorKind.UNKNOWN, "the wrapper lost track of the write")
+        return [r if r is not None else missing for r in results]  # all set above
+
+    def _prepare(self, request: pb.WriteRequest) -> tuple[Request, concurrent.futures.Future[int]]:
+        """Check and plan a request, and register for its marker's position."""
         if self.cfg.writes_table is None:
             raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
         if not request.ops:
@@ -77,31 +130,19 @@ class WriteExecutor:
         shapes = self._shapes()
         planned = [plan(self.cfg, shapes, op, self._default_table) for op in request.ops]
         event_id = str(uuid.uuid4())
-        positions = self.store.write_positions
         # Registered before the transaction runs: its marker may come back
         # through the stream before the database's answer does.
-        waiting = positions.expect(event_id)
-        try:
-            outcome = self._run(Request(planned, request.request_id or None, event_id))
-        except BaseException:
-            positions.forget(event_id, waiting)
-            raise
-        if outcome.replayed:
-            positions.forget(event_id, waiting)  # the first write's marker is the one
-        position = self._position(outcome, waiting, wait_s)
-        self._maybe_purge()
-        return pb.WriteResponse(
-            event_id=outcome.event_id,
-            position=position,
-            stream_id=self.store.meta.stream_id,
-            replayed=outcome.replayed,
-            affected=list(outcome.affected),
-        )
+        waiting = self.store.write_positions.expect(event_id)
+        return Request(planned, request.request_id or None, event_id), waiting
 
-    def _run(self, request: Request) -> Outcome:
+    def _run_many(self, requests: list[Request]) -> list[Outcome | WriteError]:
+        first = self._groups.submit_many(requests)
+        return [self._retry(req, res) for req, res in zip(requests, first, strict=True)]
+
+    def _retry(self, request: Request, result: Outcome | WriteError) -> Outcome | WriteError:
+        """`result` of the first attempt, or of the retries it warrants."""
         backoff = None  # made at the first retry: most writes never need one
         for attempt in range(self._retries + 1):
-            result = self._groups.submit(request)
             if isinstance(result, Outcome):
                 return result
             # Conflicts are retried; so is a connection found dead before
@@ -109,14 +150,15 @@ class WriteExecutor:
             # nothing was written.
             stale = result.kind == ErrorKind.UNAVAILABLE and attempt == 0
             if (result.kind != ErrorKind.CONFLICT and not stale) or attempt == self._retries:
-                raise result
+                return result
             backoff = backoff or Backoff(RETRY_FIRST_S, RETRY_CAP_S)
             log.info(
                 "write conflict, retrying",
                 extra={"attempt": attempt + 1, "sqlstate": result.sqlstate},
             )
             time.sleep(backoff.next_delay())
-        raise AssertionError("unreachable")
+            result = self._groups.submit(request)
+        return result
 
     def _position(
         self, outcome: Outcome, waiting: concurrent.futures.Future[int], wait_s: float

@@ -136,6 +136,66 @@ async def test_tenants_see_only_their_tables_and_are_denied_the_others(
     assert "refused" in log and "127.0.0.1" in log
 
 
+async def test_a_write_batch_is_refused_whole_when_any_request_fails_authorization(
+    db: Any, wrapper: Any, tmp_path: Path
+) -> None:
+    """WriteBatch authenticates every request as Write would: one request for
+    another tenant's table, or with a MAC that does not verify, refuses the
+    whole call, and none of its requests runs."""
+    db.execute(TWO_TENANTS_SCHEMA)
+    proc, files = two_tenants(wrapper, tmp_path)
+    login = proc.hello(files["other"], "other")
+
+    def write(table: str, key: int, body: str) -> pb.WriteRequest:
+        op = pb.WriteOp(
+            table=table,
+            kind=pb.UPSERT,
+            key=encode_row({"id": key}),
+            data=encode_row({"body": body} if table == "public.notes" else {"title": body}),
+        )
+        return login.signed(
+            pb.WriteRequest(
+                protocol_version=PROTOCOL_VERSION,
+                tenant_id="other",
+                ops=[op],
+                session=login.session,
+                request_id=f"r{key}",
+            )
+        )
+
+    with proc.channel() as ch:
+        stub = pb_grpc.WrapperServiceStub(ch)
+        own, foreign = write("public.notes", 10, "mine"), write("public.items", 1, "stolen")
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.WriteBatch(pb.WriteBatchRequest(requests=[own, foreign]), timeout=5)
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        forged = write("public.notes", 11, "forged")
+        forged.mac = b"\0" * 32
+        with pytest.raises(grpc.RpcError) as stolen:
+            stub.WriteBatch(
+                pb.WriteBatchRequest(requests=[write("public.notes", 12, "x"), forged]), timeout=5
+            )
+        assert stolen.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "MAC does not verify" in (stolen.value.details() or "")
+        with pytest.raises(grpc.RpcError) as empty:
+            stub.WriteBatch(pb.WriteBatchRequest(requests=[]), timeout=5)
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # The same requests, authorized, each get their own result.
+        ok = stub.WriteBatch(
+            pb.WriteBatchRequest(
+                requests=[write("public.notes", 13, "a"), write("public.notes", 14, "b")]
+            ),
+            timeout=30,
+        )
+        assert [r.HasField("response") for r in ok.results] == [True, True]
+        first, second = (r.response for r in ok.results)
+        assert first.event_id != second.event_id and 0 < first.position <= second.position
+    with db.connect() as c:
+        ids = [r[0] for r in c.execute("SELECT id FROM notes WHERE id > 5 ORDER BY id")]
+        assert ids == [13, 14]
+        assert c.execute("SELECT title FROM items WHERE id = 1").fetchone() == ("item 1",)
+
+
 async def test_mutual_tls_maps_certificates_to_tenants(
     db: Any, wrapper: Any, tmp_path: Path, certs: CertPaths
 ) -> None:

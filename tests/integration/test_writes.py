@@ -444,6 +444,9 @@ async def test_grouped_writes_fail_alone(db, wrapper, secret_file) -> None:  # t
         assert all(a.affected == (1,) and not a.replayed for a in results.values())
         for i in results:
             assert driver.get("items", i)["qty"] == i  # read-your-writes, each one
+        # They travelled together too: queued in one tick, one WriteBatch call.
+        coalescer = driver._link._writes
+        assert coalescer is not None and coalescer.batched >= 10, coalescer and coalescer.batched
         after = proc.health().counters
         requests = after["write_requests"] - before["write_requests"]
         groups = after["write_groups"] - before["write_groups"]
