@@ -269,8 +269,12 @@ def table_bytes(dsn: str) -> int:
 
 def dev_certs(base: Path) -> CertPaths:
     """A development CA and server certificate for 127.0.0.1: the benchmarks
-    run the wrapper over TLS, as deployments do."""
-    return generate_certs(base / "pki", hosts=["127.0.0.1", "localhost"])
+    run the wrapper over TLS, as deployments do. A directory reused by a
+    second run (serving.py --store) keeps the ones it has."""
+    pki = base / "pki"
+    if (pki / "server.pem").exists():
+        return CertPaths(pki / "ca.pem", pki / "ca.key", pki / "server.pem", pki / "server.key", {})
+    return generate_certs(pki, hosts=["127.0.0.1", "localhost"])
 
 
 def driver_tls(ca: Path | None) -> dict[str, Any]:

@@ -69,9 +69,13 @@ SUBSCRIPTION = b"s" * 16
 _LEN = struct.Struct("<I")
 
 
-def build_frames(path: Path, rows: int, frame_rows: int, seed: int) -> dict[str, int]:
+def build_frames(
+    path: Path, rows: int, frame_rows: int, seed: int, vector_in_rows: bool = True
+) -> dict[str, int]:
     """Write the frames of a bootstrap of `rows` rows to `path`; returns the
-    byte counts of the data they carry."""
+    byte counts of the data they carry. Without `vector_in_rows` the rows
+    leave out their embedding, as the wrapper's `vector_in_rows = false`
+    serves them: the driver then holds each vector once, in its index."""
     sealer = Sealer(derive_epoch_keys(SECRET, TENANT, 0), DIM)
     rng = np.random.default_rng(seed)
     payload_bytes = 0
@@ -111,7 +115,10 @@ def build_frames(path: Path, rows: int, frame_rows: int, seed: int) -> dict[str,
             ids = np.arange(lo, min(rows, lo + frame_rows), dtype=np.int64)
             titles, bodies, vecs = make_rows(rng, ids)
             payloads = [
-                encode_row({"id": int(i), "title": t, "body": b, "rev": 0, "embedding": v})
+                encode_row(
+                    {"id": int(i), "title": t, "body": b, "rev": 0}
+                    | ({"embedding": v} if vector_in_rows else {})
+                )
                 for i, t, b, v in zip(ids.tolist(), titles, bodies, vecs, strict=True)
             ]
             payload_bytes += sum(map(len, payloads))
@@ -258,12 +265,19 @@ def main() -> None:
     p.add_argument("--gets", type=int, default=100_000)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "prism-driver-apply")
     p.add_argument("--no-snapshot", action="store_true")
+    p.add_argument(
+        "--no-vector-in-rows",
+        action="store_true",
+        help="rows without their embedding (the wrapper's vector_in_rows = false)",
+    )
     args = p.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
-    path = args.cache / f"frames-{args.rows}-{args.frame_rows}-{args.seed}.bin"
+    in_rows = not args.no_vector_in_rows
+    suffix = "" if in_rows else "-novec"
+    path = args.cache / f"frames-{args.rows}-{args.frame_rows}-{args.seed}{suffix}.bin"
     if not path.exists():
         print(f"building frames of {args.rows} rows into {path} ...", file=sys.stderr)
-        meta = build_frames(path, args.rows, args.frame_rows, args.seed)
+        meta = build_frames(path, args.rows, args.frame_rows, args.seed, in_rows)
     else:
         meta = json.loads(path.with_suffix(".json").read_text())
     gc.collect()
@@ -290,6 +304,7 @@ def main() -> None:
         raise AssertionError(f"replica holds {n} rows, expected {args.rows}")
     res: dict[str, Any] = {
         "rows": n,
+        "vector_in_rows": in_rows,
         "frames": frames,
         "seconds": spent,
         "rows_per_s": n / spent,
