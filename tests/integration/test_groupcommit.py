@@ -264,3 +264,38 @@ def test_statements_skipped_after_a_failure_are_never_taken_as_prepared(db) -> N
         pool.close()
     with db.connect() as c:
         assert ids(c) == [*range(1, 25), 100]
+
+
+def test_submit_many_from_one_thread_shares_groups_with_other_callers(db) -> None:  # type: ignore[no-untyped-def]
+    """A WriteBatch call's requests are submitted together from one thread:
+    they share transactions (up to MAX_GROUP each), each keeps its own
+    result, and a caller submitting alone meanwhile is served too, with two
+    leaders for the three of them."""
+    db.execute(SCHEMA + "INSERT INTO items VALUES (1000, 'taken', 1);")
+    pool = ConnectionPool(db.dsn, 2)
+    groups = GroupCommit(pool, MARKER, leaders=2)
+    batch = [req(upsert(i, sku="taken" if i == 5 else None)) for i in range(1, 41)]
+    results: dict[str, Any] = {}
+
+    def many() -> None:
+        results["many"] = groups.submit_many(batch)
+
+    def one() -> None:
+        results["one"] = groups.submit(req(upsert(500)))
+
+    threads = [threading.Thread(target=many), threading.Thread(target=one)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    pool.close()
+    got = results["many"]
+    assert len(got) == 40
+    failed = [i for i, r in enumerate(got, 1) if isinstance(r, WriteError)]
+    assert failed == [5] and got[4].kind == ErrorKind.CONSTRAINT
+    assert isinstance(results["one"], Outcome)
+    assert groups.requests == 41
+    assert groups.groups <= 4  # 40 requests in groups of up to 32, plus the lone one
+    with db.connect() as c:
+        assert ids(c) == [i for i in range(1, 41) if i != 5] + [500, 1000]
+        assert markers(c) == {r.event_id for r in (*got, results["one"]) if isinstance(r, Outcome)}
