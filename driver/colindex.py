@@ -1,4 +1,4 @@
-"""Declared equality indexes on a replica table's columns.
+"""Declared indexes on a replica table's columns: equality and ranges.
 
 Part of the replica (driver/replica.py): a TableReplica with declared
 columns (DriverConfig(indexes={"public.orders": ["customer_id"]})) keeps,
@@ -12,7 +12,12 @@ Values are kept in the filter's normalized form (driver/filters.norm), so a
 look-up by Decimal 1.5 finds the row holding 1.50, and every NaN is one
 value. NULL is a value here too: `{"col": None}` is a look-up. A dict of
 sets: O(1) per look-up and per change; the row is decoded once per change
-for all of the table's indexed columns. No I/O.
+for all of the table's indexed columns. Beside it, each column keeps its
+distinct non-NULL values in order (sortedcontainers.SortedList: O(log n)
+per new or vanished value, where a plain sorted list would move every
+later value), so a range (`lt`, `gte`, ...) finds its rows without a scan.
+The order is the filter's own comparison of normalized values, the one its
+predicate applies; NULL is in no range, as in SQL. No I/O.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from prism.driver.filters import category_of, norm
 from prism.driver.schema import TableInfo
@@ -38,6 +45,8 @@ class ColumnIndexes:
         self.columns = tuple(columns)
         self._by_value: dict[str, dict[Any, set[str]]] = {c: {} for c, _ in self.columns}
         self._of_key: dict[str, tuple[Any, ...]] = {}  # key -> the values it is filed under
+        # column -> its distinct non-NULL values, in the filter's order
+        self._sorted: dict[str, SortedList] = {c: SortedList() for c, _ in self.columns}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -52,12 +61,19 @@ class ColumnIndexes:
             keys.discard(key)
             if not keys:
                 del self._by_value[c][v]
+                if v is not None:
+                    self._sorted[c].remove(v)
 
     def _add(self, key: str, row: Mapping[str, Any]) -> None:
         values = tuple(norm(cat, row.get(c)) for c, cat in self.columns)
         self._of_key[key] = values
         for (c, _), v in zip(self.columns, values, strict=True):
-            self._by_value[c].setdefault(v, set()).add(key)
+            keys = self._by_value[c].get(v)
+            if keys is None:
+                self._by_value[c][v] = keys = set()
+                if v is not None:
+                    self._sorted[c].add(v)
+            keys.add(key)
 
     def apply(self, keys: Sequence[str], ops: bytes, payloads: Sequence[bytes]) -> None:
         """A frame's changes, in order (a key changed twice ends as its last change)."""
@@ -70,6 +86,7 @@ class ColumnIndexes:
         """File every row afresh (a replica restored from a snapshot)."""
         self._by_value = {c: {} for c, _ in self.columns}
         self._of_key = {}
+        self._sorted = {c: SortedList() for c, _ in self.columns}
         for key, p in payloads.items():
             self._add(key, decode_row(p))
 
@@ -83,6 +100,34 @@ class ColumnIndexes:
                 out |= keys
         return out
 
+    def range_lookup(
+        self, column: str, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
+    ) -> set[str]:
+        """Keys of the rows whose `column` lies in the range (normalized
+        bounds; None: unbounded on that side). NULL is in no range."""
+        by_value = self._by_value[column]
+        out: set[str] = set()
+        for v in self._sorted[column].irange(low, high, (low_inclusive, high_inclusive)):
+            out |= by_value[v]
+        return out
+
+    def range_size(
+        self, column: str, low: Any, low_inclusive: bool, high: Any, high_inclusive: bool
+    ) -> int:
+        """How many distinct values the range holds (O(log n)): which of
+        several ranges narrows the rows most."""
+        sl = self._sorted[column]
+        lo = 0 if low is None else (sl.bisect_left(low) if low_inclusive else sl.bisect_right(low))
+        hi = (
+            len(sl)
+            if high is None
+            else (sl.bisect_right(high) if high_inclusive else sl.bisect_left(high))
+        )
+        return max(0, hi - lo)
+
+    def distinct(self, column: str) -> int:
+        return len(self._by_value[column])
+
     def __len__(self) -> int:
         return len(self._of_key)
 
@@ -93,13 +138,19 @@ class ColumnIndexes:
 def index_spec(
     declared: Mapping[str, Sequence[str]], tables: Mapping[str, TableInfo]
 ) -> dict[str, tuple[tuple[str, str], ...]]:
-    """The declared indexes (DriverConfig.indexes) that the tables Hello
-    described can hold: table -> ((column, filter category), ...). A table
-    or column the wrapper does not serve, or of a type that cannot be
-    compared, is logged and left out: `find` then scans for it (and a
-    filter on a missing column is a QueryError there)."""
-    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    """The declared indexes that the tables Hello described can hold: those
+    of DriverConfig.indexes (`declared`) and those the wrapper's config
+    declares for every driver (TableInfo.indexes), together: table ->
+    ((column, filter category), ...). A table or column the wrapper does
+    not serve, or of a type that cannot be compared, is logged and left
+    out: `find` then scans for it (and a filter on a missing column is a
+    QueryError there)."""
+    wanted: dict[str, list[str]] = {n: list(t.indexes) for n, t in tables.items() if t.indexes}
     for table, cols in declared.items():
+        have = wanted.setdefault(table, [])
+        have.extend(c for c in cols if c not in have)
+    out: dict[str, tuple[tuple[str, str], ...]] = {}
+    for table, cols in wanted.items():
         info = tables.get(table)
         if info is None:
             log.warning("index declared on %s, which the wrapper does not serve", table)

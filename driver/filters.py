@@ -207,6 +207,31 @@ class Filter:
                     out.append((p.column, [None]))
         return out
 
+    def range_lookups(self, indexed: Iterable[str]) -> list[tuple[str, Any, bool, Any, bool]]:
+        """(column, low, low inclusive, high, high inclusive) of the top-level
+        lt / lte / gt / gte predicates on `indexed` columns, the tightest
+        bounds of each column together (None: unbounded): a row matches only
+        if its value lies in the range, so a sorted index can narrow the rows
+        to check to those values' rows."""
+        cols = set(indexed)
+        bounds: dict[str, list[Any]] = {}
+        for p in self.tree.parts:
+            if not (isinstance(p, Leaf) and p.column in cols and p.op in _RANGE_OPS):
+                continue
+            b = bounds.setdefault(p.column, [None, True, None, True])
+            if p.op in ("gt", "gte"):
+                inclusive = p.op == "gte"
+                if b[0] is None or p.value > b[0] or (p.value == b[0] and not inclusive):
+                    b[0], b[1] = p.value, inclusive
+            else:
+                inclusive = p.op == "lte"
+                if b[2] is None or p.value < b[2] or (p.value == b[2] and not inclusive):
+                    b[2], b[3] = p.value, inclusive
+        return [(c, lo, li, hi, hi_i) for c, (lo, li, hi, hi_i) in bounds.items()]
+
+
+_RANGE_OPS = frozenset({"lt", "lte", "gt", "gte"})
+
 
 class Columns:
     """A table's columns as the filter sees them: name -> (type name, category)."""

@@ -6,11 +6,12 @@ the vector index (driver/index.py); the filter comes compiled from
 driver/filters.py. Pure code over in-memory state, no I/O, run
 synchronously on the event loop like every read, so it sees whole batches.
 
-Which rows a filter can match: when it `and`s an eq / in / IS NULL on an
-indexed column, the index gives the candidates (the smallest such set);
-otherwise every row is a candidate. Candidates are decoded and checked
-against the whole filter, unless that one equality *is* the whole filter
-(the index is exact, so its answer is the result).
+Which rows a filter can match: when it `and`s an eq / in / IS NULL, or a
+range (lt / lte / gt / gte), on an indexed column, the index gives the
+candidates (the smallest such set); otherwise every row is a candidate.
+Candidates are decoded and checked against the whole filter, unless that
+one equality *is* the whole filter (the index is exact, so its answer is
+the result).
 
 Filtered vector search, with the top-k of the matching rows as the goal:
 * the matching set is known (an index answered, or the vector index is
@@ -42,28 +43,46 @@ from prism.fabric.payload import decode_row
 # Key column categories whose values sort as filters.norm sorts them (no NaN).
 _SORT_AS_IS = frozenset({"int", "text"})
 
+# A range look-up is tried when no equality narrowed the rows below this many,
+# and used when it holds at most this share of its column's distinct values.
+RANGE_WORTH_IT = 64
+RANGE_SHARE = 0.9
+
 # Above this many matching rows (known from an equality index), a filtered
 # search over a partitioned index over-fetches instead of scoring them all.
 EXACT_MATCHES = 4096
 
 
 def candidates(t: TableReplica, flt: Filter) -> tuple[Collection[str] | None, bool]:
-    """(keys to check, complete): the smallest set an equality index gives,
-    or None for every row. `complete`: the index's answer is the filter's
-    (the filter is that one equality), so nothing needs checking."""
+    """(keys to check, complete): the smallest set a declared index gives,
+    by equality or by range, or None for every row. `complete`: the index's
+    answer is the filter's (the filter is that one equality), so nothing
+    needs checking."""
     if t.columns is None:
         return None, False
-    lookups = flt.equality_lookups(t.columns.names)
+    cols = t.columns
+    lookups = flt.equality_lookups(cols.names)
     best: set[str] | None = None
     for column, values in lookups:
-        keys = t.columns.lookup(column, values)
+        keys = cols.lookup(column, values)
         if best is None or len(keys) < len(best):
             best = keys
         if not best:
             break
-    if best is None:
-        return None, False
-    return best, len(flt.tree.parts) == 1 and len(lookups) == 1
+    if best is not None and len(lookups) == 1 and len(flt.tree.parts) == 1:
+        return best, True
+    ranges = flt.range_lookups(cols.names)
+    if ranges and (best is None or len(best) > RANGE_WORTH_IT):
+        # The range holding the smallest share of its column's distinct
+        # values (the likeliest fewest rows); one that holds nearly all of
+        # them narrows nothing a scan would not.
+        shares = [(cols.range_size(*r) / max(1, cols.distinct(r[0])), r) for r in ranges]
+        share, r = min(shares, key=itemgetter(0))
+        if share <= RANGE_SHARE:
+            keys = cols.range_lookup(*r)
+            if best is None or len(keys) < len(best):
+                best = keys
+    return best, False
 
 
 def matching_rows(t: TableReplica, flt: Filter) -> list[tuple[str, dict[str, Any]]]:

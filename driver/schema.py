@@ -31,6 +31,7 @@ class TableInfo:
     vector_dim: int  # after the tenant's keyed projection: what the index holds
     writable: bool = False
     writable_columns: tuple[str, ...] = ()
+    indexes: tuple[str, ...] = ()  # declared in the wrapper's config, for every driver
 
     @property
     def text_embedded(self) -> bool:
@@ -50,6 +51,7 @@ def tables_from_hello(hello: pb.HelloResponse) -> dict[str, TableInfo]:
             vector_dim=t.vector_dim,
             writable=t.writable,
             writable_columns=tuple(t.writable_columns),
+            indexes=tuple(t.indexes),
         )
         for t in hello.tables
     }

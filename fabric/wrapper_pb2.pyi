@@ -173,7 +173,7 @@ class Column(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type_name: _Optional[str] = ..., is_key: _Optional[bool] = ...) -> None: ...
 
 class TableSchema(_message.Message):
-    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim", "vector_dim", "writable", "writable_columns")
+    __slots__ = ("name", "columns", "key_columns", "has_vectors", "vector_source", "text_columns", "source_dim", "vector_dim", "writable", "writable_columns", "indexes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
     KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class TableSchema(_message.Message):
     VECTOR_DIM_FIELD_NUMBER: _ClassVar[int]
     WRITABLE_FIELD_NUMBER: _ClassVar[int]
     WRITABLE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    INDEXES_FIELD_NUMBER: _ClassVar[int]
     name: str
     columns: _containers.RepeatedCompositeFieldContainer[Column]
     key_columns: _containers.RepeatedScalarFieldContainer[str]
@@ -194,7 +195,8 @@ class TableSchema(_message.Message):
     vector_dim: int
     writable: bool
     writable_columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ..., writable: _Optional[bool] = ..., writable_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    indexes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., columns: _Optional[_Iterable[_Union[Column, _Mapping]]] = ..., key_columns: _Optional[_Iterable[str]] = ..., has_vectors: _Optional[bool] = ..., vector_source: _Optional[str] = ..., text_columns: _Optional[_Iterable[str]] = ..., source_dim: _Optional[int] = ..., vector_dim: _Optional[int] = ..., writable: _Optional[bool] = ..., writable_columns: _Optional[_Iterable[str]] = ..., indexes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
     __slots__ = ("protocol_version", "stream_id", "tables", "key_epoch", "key_proof", "capabilities", "head_position", "retention_floor", "text_embedder_dim", "session", "projection_key")

@@ -426,6 +426,13 @@ class TableConfig:
     writable_columns: tuple[str, ...] = key(
         (), "the columns drivers may write (empty: all); needs writable", _columns, COLUMNS
     )
+    indexes: tuple[str, ...] = key(
+        (),
+        "columns every driver indexes for find() and filtered query() (equality and "
+        "ranges), besides its own DriverConfig.indexes",
+        _columns,
+        COLUMNS,
+    )
     tenant: str = key(
         "",
         "the tenant whose drivers see this table; required with several [[tenants]]",

@@ -242,6 +242,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                     vector_dim=st.cfg.table_dim(t),
                     writable=t.writable,
                     writable_columns=list(t.writable_columns),
+                    indexes=list(t.indexes),
                 )
             )
         keys = st.keyring.get(tenant_id)

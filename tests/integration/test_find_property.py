@@ -4,8 +4,8 @@ on the same quiesced state, for random rows and random filters (issue 16).
 Real parts: PostgreSQL (wal_level=logical) → the prism-wrapper process →
 gRPC over TLS → PrismDriver. The rows come partly from the initial copy and
 partly from the stream (inserts, updates, deletes and primary-key changes),
-with declared equality indexes on two columns so that both the index path
-and the scan path of `find` answer. Hypothesis draws the filters: NULL
+with declared indexes on two columns (one in the wrapper's config, one in
+the driver's) so that the equality, range and scan paths of `find` answer. Hypothesis draws the filters: NULL
 semantics, numeric with Decimal, NaN and trailing zeros, float8 with
 -0/±inf/NaN, text (compared under COLLATE "C", the order `find`
 documents), booleans and timestamptz in several zones.
@@ -167,9 +167,13 @@ async def test_find_equals_select(db, wrapper, secret_file) -> None:  # type: ig
     rng = random.Random(16)
     with db.connect() as c:
         insert(c, [random_row(rng, i) for i in range(150)])
-    proc = wrapper([{"name": "props"}])
-    async with driver_for(proc, secret_file, indexes={"props": ["cat", "price"]}) as driver:
+    # One index declared in the wrapper's config (every driver gets it), one
+    # by this driver: both answer equalities and ranges.
+    proc = wrapper([{"name": "props", "indexes": ["cat"]}])
+    async with driver_for(proc, secret_file, indexes={"props": ["price"]}) as driver:
         await driver.wait_ready(timeout=30)
+        columns = driver._replica.tables[TABLE].columns
+        assert columns is not None and columns.names == ("cat", "price")
         with db.connect() as c:
             c.execute("SET TimeZone = 'UTC'")
             # The stream: inserts, updates of every column, deletes, key changes.
