@@ -134,3 +134,36 @@ async def test_close_cancels_queued_and_in_flight_writes() -> None:
     for t in tasks:
         with pytest.raises(asyncio.CancelledError):
             await t
+
+
+def test_batch_results_map_to_the_errors_a_lone_write_would_raise() -> None:
+    """Each WriteBatch result becomes the ack or the typed error Write would
+    have given: write kinds by class (with the database's sqlstate), an
+    unknown kind as an unknown outcome carrying the request id to retry."""
+    from prism.driver.errors import (
+        ReplicaLagError,
+        RowNotFoundError,
+        TenantDeniedError,
+        WriteOutcomeUnknownError,
+    )
+    from prism.driver.link import _batch_result, _own_copy
+
+    ok = pb.WriteResult(response=pb.WriteResponse(event_id="e", position=7))
+    assert _batch_result(ok, "r1") == pb.WriteResponse(event_id="e", position=7)
+    c = _batch_result(
+        pb.WriteResult(error_kind="constraint", error_message="dup", sqlstate="23505"), "r2"
+    )
+    assert isinstance(c, ConstraintViolationError) and c.sqlstate == "23505" and "dup" in str(c)
+    assert isinstance(_batch_result(pb.WriteResult(error_kind="not-found"), "r3"), RowNotFoundError)
+    assert isinstance(_batch_result(pb.WriteResult(error_kind="lagging"), "r4"), ReplicaLagError)
+    assert isinstance(
+        _batch_result(pb.WriteResult(error_kind="wrong-tenant"), "r5"), TenantDeniedError
+    )
+    for kind in ("unknown", "a-kind-from-a-newer-wrapper"):
+        u = _batch_result(pb.WriteResult(error_kind=kind, error_message="lost"), "r6")
+        assert isinstance(u, WriteOutcomeUnknownError) and u.request_id == "r6"
+    # A failed call fails each write with an exception of its own.
+    shared = WriteOutcomeUnknownError("the link dropped")
+    a, b = _own_copy(shared, "a"), _own_copy(shared, "b")
+    assert a is not b and str(a) == str(b) == "the link dropped"
+    assert (a.request_id, b.request_id) == ("a", "b")  # type: ignore[attr-defined]
