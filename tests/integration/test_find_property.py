@@ -5,10 +5,10 @@ Real parts: PostgreSQL (wal_level=logical) → the prism-wrapper process →
 gRPC over TLS → PrismDriver. The rows come partly from the initial copy and
 partly from the stream (inserts, updates, deletes and primary-key changes),
 with declared indexes on two columns (one in the wrapper's config, one in
-the driver's) so that the equality, range and scan paths of `find` answer. Hypothesis draws the filters: NULL
-semantics, numeric with Decimal, NaN and trailing zeros, float8 with
--0/±inf/NaN, text (compared under COLLATE "C", the order `find`
-documents), booleans and timestamptz in several zones.
+the driver's) so that the equality, range and scan paths of `find` answer.
+Hypothesis draws the filters: NULL semantics, numeric with Decimal, NaN
+and trailing zeros, float8 with -0/±inf/NaN, text (compared under COLLATE
+"C", the order `find` documents), booleans and timestamptz in several zones.
 """
 
 from __future__ import annotations
