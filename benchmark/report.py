@@ -74,11 +74,14 @@ def render(r: dict[str, Any], source: str) -> str:
         )
     live = r.get("cdc_live", {})
     recv = r.get("recvlogical", {})
+    # The live ratio is against pg_recvlogical following the same writer live
+    # (older results have only the backlog run).
+    recv_live = r.get("recvlogical_live") or recv
     add(
         f"2. CDC live, {_n(live.get('changes'))} changes in txns of {live.get('txn_rows', '?')}"
         " (changes/s)",
         f"{_n(live.get('changes_per_s'))} ({_n(live.get('seconds'), 1)} s)",
-        f"pg_recvlogical: {_n(recv.get('changes_per_s'))} ({_n(recv.get('seconds'), 2)} s)",
+        f"pg_recvlogical live: {_n(recv_live.get('changes_per_s'))}",
         _ratio(ra.get("cdc_live_vs_recvlogical")),
     )
     cpu = live.get("cpu", {})
@@ -97,7 +100,7 @@ def render(r: dict[str, Any], source: str) -> str:
             f"2b. CDC backlog catch-up after wrapper restart, {_n(back.get('changes'))} changes",
             f"{_n(back.get('changes_per_s'))} ({_n(back.get('seconds'), 1)} s, of which "
             f"{_n(back.get('startup_s'), 1)} s start-up)",
-            f"pg_recvlogical: {_n(recv.get('changes_per_s'))}",
+            f"pg_recvlogical backlog: {_n(recv.get('changes_per_s'))}",
             _ratio(ra.get("cdc_backlog_vs_recvlogical")),
         )
     boot = r.get("bootstrap", {})
@@ -107,6 +110,14 @@ def render(r: dict[str, Any], source: str) -> str:
         f"COPY binary: {_n(copy.get('rows_per_s'))}",
         _ratio(ra.get("bootstrap_vs_copy")),
     )
+    again = r.get("bootstrap_cached", {})
+    if again:
+        add(
+            "  ↳ a 3rd driver, its frames already sealed (the wrapper's frame cache), rows/s",
+            f"{_n(again.get('rows_per_s'))} ({_n(again.get('seconds'), 1)} s)",
+            "",
+            "the 2nd driver's figure includes sealing the frames once",
+        )
     lat = r.get("latency", {})
     if lat:
         add(
@@ -125,6 +136,21 @@ def render(r: dict[str, Any], source: str) -> str:
             f"p99 {_n(s2.get('p99'), 1)} / {_n(v2.get('p99'), 1)}",
             "",
             "",
+        )
+    sweep = r.get("latency_sweep", {})
+    if sweep:
+        steps = "; ".join(
+            f"{_n(x.get('achieved_rate'))}/s: p99 {_n(x.get('p99'), 1)}"
+            for x in sweep.get("steps", [])
+        )
+        best = sweep.get("best_rate")
+        add(
+            f"4b. Highest steady commit rate with p99 ≤ {_n(sweep.get('p99_limit_ms'))} ms",
+            f"{_n(best)} commits/s" if best else "below the first step",
+            "",
+            f"rates from {_n(sweep['steps'][0].get('target_rate'))}, ×1.5 each: {steps} ms"
+            if sweep.get("steps")
+            else "",
         )
     g = r.get("get", {})
     add(

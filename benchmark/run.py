@@ -76,6 +76,7 @@ RESULTS = HERE / "results"
 RECV_SLOT = "bench_recv"
 RECV_LIVE_SLOT = "bench_recv_live"
 RECV_PUB = "bench_recv_pub"
+SWEEP_P99_MS = 50.0  # the issue's latency bound for "the highest steady rate"
 
 
 def log(msg: str) -> None:
@@ -348,7 +349,10 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
 # -- 3 + 6. second driver: bootstrap and memory -------------------------------------------
 
 
-async def bench_bootstrap(ctx: Ctx) -> None:
+async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
+    """A driver process bootstraps from the wrapper. The first time the
+    wrapper seals the bootstrap's frames for it; `again`, a further driver
+    gets the same sealed frames from the wrapper's frame cache."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE / "driver_proc.py"),
@@ -362,7 +366,7 @@ async def bench_bootstrap(ctx: Ctx) -> None:
         str(ctx.args.timeout),
         stdout=asyncio.subprocess.PIPE,
     )
-    prof = profile_start(ctx, "driver-bootstrap", proc.pid)
+    prof = None if again else profile_start(ctx, "driver-bootstrap", proc.pid)
     out, _ = await proc.communicate()
     profile_stop(prof)
     if proc.returncode != 0:
@@ -373,6 +377,15 @@ async def bench_bootstrap(ctx: Ctx) -> None:
     r["rss_per_row"] = r["rss_delta"] / rows
     r["index_bytes"] = int(r["index"].get("bytes", 0))
     r["index_bytes_per_row"] = r["index_bytes"] / rows
+    if again:
+        ctx.results["bootstrap_cached"] = {
+            k: r[k] for k in ("rows", "seconds", "rows_per_s", "frames")
+        }
+        log(
+            f"bootstrap (3rd driver, frames already sealed): {r['rows']} rows in "
+            f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s"
+        )
+        return
     ctx.results["bootstrap"] = {k: r[k] for k in ("rows", "seconds", "rows_per_s", "frames")}
     ctx.results["memory"] = {
         k: v for k, v in r.items() if k not in ("seconds", "rows_per_s", "frames")
@@ -731,7 +744,14 @@ async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> N
 # -- 4. latency ------------------------------------------------------------------------------
 
 
-async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
+async def bench_latency(
+    ctx: Ctx,
+    driver: PrismDriver,
+    hook: ApplyHook,
+    rate: float | None = None,
+    seconds: float | None = None,
+    profile: bool = True,
+) -> dict[str, Any]:
     seen: dict[str, int] = {}
 
     def cb(batch: Any, now: int) -> None:
@@ -745,9 +765,9 @@ async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
         "latency",
         [
             "--rate",
-            str(ctx.args.rate),
+            str(rate or ctx.args.rate),
             "--seconds",
-            str(ctx.args.latency_seconds),
+            str(seconds or ctx.args.latency_seconds),
             "--seed",
             str(ctx.args.seed + 17),
         ],
@@ -755,7 +775,7 @@ async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
     n = int(ready["commits"])
     ctx.next_id += n
     hook.callbacks.append(cb)
-    prof = profile_start(ctx, "wrapper-latency", ctx.wrapper.pid)
+    prof = profile_start(ctx, "wrapper-latency", ctx.wrapper.pid) if profile else None
     assert proc.stdin is not None
     cpu0 = cpu_snapshot(ctx)
     proc.stdin.write(b"go\n")
@@ -799,7 +819,7 @@ async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
     out.update(
         {
             "commits": n,
-            "target_rate": ctx.args.rate,
+            "target_rate": rate or ctx.args.rate,
             "achieved_rate": res["achieved_rate"],
             "writer_p99_late_ms": res["p99_late_ms"],
             "writer_max_late_ms": res["max_late_ms"],
@@ -810,7 +830,6 @@ async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
     out["cpu"] = cpu
     out["start_wall"] = dt.datetime.fromtimestamp(int(commit[0]) / 1e9, dt.UTC).isoformat()
     out["end_wall"] = dt.datetime.fromtimestamp(int(commit[-1]) / 1e9, dt.UTC).isoformat()
-    ctx.results["latency"] = out
     log(
         f"latency at {res['achieved_rate']:.0f} commits/s: p50 {out['p50']:.1f} ms, "
         f"p99 {out['p99']:.1f} ms, max {out['max']:.1f} ms ({out['missing']} never seen); "
@@ -819,6 +838,32 @@ async def bench_latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
         f"{out['store_txn_to_visible_ms']['p50']:.1f}/{out['store_txn_to_visible_ms']['p99']:.1f}"
         f" ms; p50 by second {out['p50_by_second_ms']}"
     )
+    return out
+
+
+async def bench_latency_sweep(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
+    """The issue's second latency figure: the highest steady commit rate at
+    which the p99 stays within 50 ms. Rates grow by half from the first sweep
+    rate until the p99 passes 50 ms (or commits go missing) or the writer
+    cannot keep the rate; each step runs `--sweep-seconds`."""
+    steps = []
+    rate = ctx.args.sweep_from
+    best = None
+    while rate <= ctx.args.sweep_to:
+        out = await bench_latency(ctx, driver, hook, rate, ctx.args.sweep_seconds, profile=False)
+        steps.append(out)
+        held = out["achieved_rate"] >= 0.95 * rate
+        if out["p99"] <= SWEEP_P99_MS and not out["missing"] and held:
+            best = out["achieved_rate"]
+        else:
+            break
+        rate *= 1.5
+    ctx.results["latency_sweep"] = {"p99_limit_ms": SWEEP_P99_MS, "best_rate": best, "steps": steps}
+    log(f"highest rate with p99 <= {SWEEP_P99_MS:.0f} ms: {best} commits/s")
+
+
+async def _latency(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None:
+    ctx.results["latency"] = await bench_latency(ctx, driver, hook)
 
 
 def stored_at(ctx: Ctx, key: str, t0_ns: int) -> float | None:
@@ -867,11 +912,14 @@ async def run_driver_phases(ctx: Ctx) -> None:
         hook = ApplyHook(driver)
         await asyncio.sleep(1.0)  # let the wrapper settle (WAL checkpoint of its store)
         await phase(ctx, "bootstrap", lambda: bench_bootstrap(ctx))
+        await phase(ctx, "bootstrap_cached", lambda: bench_bootstrap(ctx, again=True))
         await phase(ctx, "reads", lambda: bench_reads(ctx, driver))
         await phase(ctx, "cdc_live", lambda: bench_cdc_live(ctx, driver, hook))
         if not ctx.args.skip_backlog:
             await phase(ctx, "cdc_backlog", lambda: bench_cdc_backlog(ctx, driver, hook))
-        await phase(ctx, "latency", lambda: bench_latency(ctx, driver, hook))
+        await phase(ctx, "latency", lambda: _latency(ctx, driver, hook))
+        if ctx.args.sweep_from:
+            await phase(ctx, "latency_sweep", lambda: bench_latency_sweep(ctx, driver, hook))
         with contextlib.suppress(Exception):
             ctx.results["wrapper_health"] = dict(ctx.wrapper.health().counters)
         with contextlib.suppress(Exception):
@@ -977,6 +1025,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--txn-rows", type=int, default=100, help="rows per CDC transaction")
     p.add_argument("--rate", type=float, default=500.0, help="latency test commits/s")
     p.add_argument("--latency-seconds", type=float, default=None, help="default 20 (quick 5)")
+    p.add_argument(
+        "--sweep-from",
+        type=float,
+        default=None,
+        help="latency sweep: first rate, raised by half while p99 <= 50 ms (default 750; quick "
+        "and 0: no sweep)",
+    )
+    p.add_argument("--sweep-to", type=float, default=16000.0, help="latency sweep: last rate")
+    p.add_argument("--sweep-seconds", type=float, default=10.0, help="latency sweep: per rate")
     p.add_argument("--gets", type=int, default=None, help="get calls (default 100000)")
     p.add_argument("--queries", type=int, default=None, help="query calls (default 500)")
     p.add_argument("--copy-repeats", type=int, default=3)
@@ -996,6 +1053,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.rows = a.rows or (5_000 if q else 100_000)
     a.changes = a.changes or (5_000 if q else 50_000)
     a.latency_seconds = a.latency_seconds or (5.0 if q else 20.0)
+    if a.sweep_from is None:
+        a.sweep_from = 0.0 if q else 750.0
     a.gets = a.gets or (20_000 if q else 100_000)
     a.queries = a.queries or (100 if q else 500)
     if a.out is None:
