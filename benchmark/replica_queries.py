@@ -98,6 +98,8 @@ TARGETS = {
 
 def make_data(args: argparse.Namespace) -> dict[str, Any]:
     vecs, texts = corpus.embeddings(args.queries + args.rows, log=False)
+    # PostgreSQL's text cannot hold NUL, which a docstring of the corpus may.
+    texts = [t.replace("\x00", "") for t in texts]
     rng = np.random.default_rng(16)
     rows = args.rows
     ids = np.arange(rows, dtype=np.int64)
@@ -283,8 +285,8 @@ def filtered(args: argparse.Namespace, data: dict[str, Any], rep: Replica, dsn: 
 
 
 def scan_filter(args: argparse.Namespace, data: dict[str, Any], rep: Replica) -> dict[str, Any]:
-    """A range filter on a column without an index (`customer < x`, 1%):
-    the scan path, to show its cost beside the indexed one."""
+    """A range filter on the indexed `customer` (`customer < x`, 1%): the
+    sorted index's path (driver/colindex.py), a scan before it had one."""
     t = rep.tables[TABLE]
     where = {"customer": {"lt": len(data["ids"]) // 1000}}
     lat = []
@@ -292,7 +294,7 @@ def scan_filter(args: argparse.Namespace, data: dict[str, Any], rep: Replica) ->
         t0 = time.perf_counter_ns()
         filtered_search(t, compile_filter(where, COLS), q, 10, -1.0, False)
         lat.append((time.perf_counter_ns() - t0) / 1e6)
-    return {"where": "customer < rows/1000 (1%, a range: scans)", "ms": percentiles(lat)}
+    return {"where": "customer < rows/1000 (1%, a range, indexed)", "ms": percentiles(lat)}
 
 
 # -- find ---------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def table(res: dict[str, Any]) -> str:
     lines.append(
         f"| {s['where']} | {res['rows'] // 100} | "
         f"{s['ms']['p50']:.2f} / {s['ms']['p99']:.2f} | - | - | - | - "
-        "| (no target: no sorted index yet) |"
+        "| (no target; 7.66 ms when a range scanned, 2026-12-02) |"
     )
     f = res["find"]
     lines += [
