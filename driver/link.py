@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
@@ -48,6 +48,9 @@ log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 WRITE_BATCH = "write-batch"  # the wrapper capability (HelloResponse) of WriteBatch calls
+# How long past its deadline a write call may stay unanswered before the
+# driver cancels it itself (see _answer).
+CALL_GRACE_S = 5.0
 # The TLS diagnosis after a failed connection takes one round trip or two;
 # past this (a stalled link) the driver just retries as before.
 DIAGNOSE_MAX_S = 5.0
@@ -214,11 +217,15 @@ class Link:
         for attempt in (1, 2):
             login = self.login or await self.handshake(stub)
             try:
-                response: pb.WriteResponse = await stub.Write(
+                call = stub.Write(
                     self._write_request(login, ops, request_id),
                     timeout=self.config.write_timeout_s,
                 )
+                response: pb.WriteResponse = await _answer(call, self.config.write_timeout_s)
                 return response
+            except WriteOutcomeUnknownError as exc:
+                exc.request_id = request_id
+                raise
             except grpc.aio.AioRpcError as exc:
                 err = map_write_error(exc)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
@@ -246,9 +253,10 @@ class Link:
                 requests=[self._write_request(login, ops, rid) for ops, rid in items]
             )
             try:
-                response: pb.WriteBatchResponse = await stub.WriteBatch(
-                    request, timeout=self.config.write_timeout_s
-                )
+                call = stub.WriteBatch(request, timeout=self.config.write_timeout_s)
+                response: pb.WriteBatchResponse = await _answer(call, self.config.write_timeout_s)
+            except WriteOutcomeUnknownError as exc:
+                return [_own_copy(exc, rid) for _, rid in items]
             except grpc.aio.AioRpcError as exc:
                 err = map_write_error(exc)
                 if isinstance(err, SessionExpiredError) and attempt == 1:
@@ -310,3 +318,34 @@ def _batch_result(result: pb.WriteResult, request_id: str) -> pb.WriteResponse |
     if isinstance(err, WriteOutcomeUnknownError):
         err.request_id = request_id
     return err
+
+
+async def _answer(call: Any, timeout: float) -> Any:
+    """The response of a unary write call. gRPC ends the call at its deadline
+    itself; but a call whose status never reaches asyncio (a grpc.aio task
+    that failed inside gRPC; a CI run showed one) would be awaited forever,
+    and every write queued behind it too. Past the deadline and a grace the
+    driver cancels it through gRPC, as SilenceWatch does a stream (never by
+    cancelling the awaiting task), and the write's outcome is unknown."""
+    loop = asyncio.get_running_loop()
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        call.cancel()
+
+    handle = loop.call_later(timeout + CALL_GRACE_S, expire)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if fired and (task is None or not task.cancelling()):
+            raise WriteOutcomeUnknownError(
+                f"Write: no answer {timeout + CALL_GRACE_S:g}s after it was sent - the write "
+                "may or may not have committed; retry it with the same request_id to apply "
+                "it once"
+            ) from None
+        raise
+    finally:
+        handle.cancel()

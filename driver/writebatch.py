@@ -57,6 +57,7 @@ class WriteCoalescer:
         self._max_calls = max_calls
         self._queue: deque[_Item] = deque()
         self._senders: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Future[pb.WriteResponse]] = set()
         # A sender started and not yet run: writes arriving meanwhile join
         # its batch instead of starting senders of their own.
         self._starting = False
@@ -84,6 +85,7 @@ class WriteCoalescer:
             if not batch:
                 return
             self.calls += 1
+            self._in_flight.update(fut for *_, fut in batch)
             results: list[Result | BaseException]
             try:
                 if len(batch) == 1:
@@ -94,11 +96,13 @@ class WriteCoalescer:
                     results = list(await self._send_many([(o, r) for o, r, _ in batch]))
             except asyncio.CancelledError:
                 for *_, fut in batch:
+                    self._in_flight.discard(fut)
                     fut.cancel()
                 raise
             except BaseException as exc:  # the lone write's own error (a batch's are results)
                 results = [exc] * len(batch)
             for (*_, fut), result in zip(batch, results, strict=True):
+                self._in_flight.discard(fut)
                 if fut.done():
                     continue
                 if isinstance(result, BaseException):
@@ -107,10 +111,15 @@ class WriteCoalescer:
                     fut.set_result(result)
 
     async def close(self) -> None:
-        """Stop the senders; writes still queued or in flight get CancelledError."""
-        senders = list(self._senders)
-        for task in senders:
+        """Stop the senders; writes still queued or in flight get
+        CancelledError at once. The senders are cancelled but not awaited: a
+        task awaiting a gRPC call may not finish until gRPC ends the call
+        (the link's channel close does), and close() must not wait for it
+        (a hang seen in the CI fault soak at a driver restart)."""
+        for task in list(self._senders):
             task.cancel()
-        await asyncio.gather(*senders, return_exceptions=True)
+        for fut in list(self._in_flight):
+            fut.cancel()
+        self._in_flight.clear()
         while self._queue:
             self._queue.popleft()[2].cancel()

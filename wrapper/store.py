@@ -86,6 +86,16 @@ CREATE TABLE IF NOT EXISTS writes (
 CREATE INDEX IF NOT EXISTS writes_stored ON writes (stored_us);
 CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
+# A write's position must stay findable for as long as a retry of its
+# request_id is a replay, that is while its marker row is in the database:
+# the wrapper deletes markers older than the retention only every this many
+# seconds (wrapper/writes.py), so a marker lives up to retention + this long.
+# Purging positions with the tombstones' retention alone left a retry after
+# an outage with a replay whose position was gone, answered by nothing until
+# its deadline, again and again (seen in the CI fault soak: kill -9 during a
+# write, then a full disk, 4 s retention).
+MARKER_PURGE_EVERY_S = 600.0
+
 # What a rebuild drops (the keyring's table in the same file stays: the
 # tenants' projection keys outlive any copy of the tables).
 _STORE_TABLES = ("rows", "table_schema", "writes", "meta")
@@ -442,14 +452,18 @@ class Store:
 
     def purge_tombstones(self, older_than_us: int) -> int:
         """Drop tombstones stored before `older_than_us` and raise the
-        retention floor past them. Returns how many were purged."""
+        retention floor past them; write positions go MARKER_PURGE_EVERY_S
+        later. Returns how many tombstones were purged."""
         with self.transaction(grows=False) as txn:
             row = self._conn.execute(
                 "SELECT count(*), max(position) FROM rows WHERE op = 'D' AND stored_us < ?",
                 (older_than_us,),
             ).fetchone()
             count, top = int(row[0]), row[1]
-            self._conn.execute("DELETE FROM writes WHERE stored_us < ?", (older_than_us,))
+            self._conn.execute(
+                "DELETE FROM writes WHERE stored_us < ?",
+                (older_than_us - int(MARKER_PURGE_EVERY_S * 1e6),),
+            )
             if count:
                 self._conn.execute(
                     "DELETE FROM rows WHERE op = 'D' AND stored_us < ?", (older_than_us,)

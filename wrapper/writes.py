@@ -27,13 +27,15 @@ from prism.fabric.backoff import Backoff
 from prism.fabric.errorkinds import ErrorKind
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.groupcommit import ConnectionPool, GroupCommit, MarkerSQL, Outcome, Request
-from prism.wrapper.store import Store, StoreReader
+from prism.wrapper.store import MARKER_PURGE_EVERY_S, Store, StoreReader
 from prism.wrapper.tables import TableShape
 from prism.wrapper.writeplan import WriteError, plan
 
 log = logging.getLogger("prism.wrapper.writes")
 
-PURGE_EVERY_S = 600.0
+# Markers older than the retention are deleted this often; the store keeps
+# write positions that much longer (store.MARKER_PURGE_EVERY_S).
+PURGE_EVERY_S = MARKER_PURGE_EVERY_S
 # Waits between retries of a deadlocked or serialization-failed write
 # (jittered, see prism.fabric.backoff). A conflict clears in milliseconds;
 # the cap keeps a large database.write_retries from holding a gRPC worker

@@ -227,3 +227,27 @@ def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
     with store.transaction() as txn:
         txn.upsert("t", "[3]", b"y", None, 1)
     assert changes(store, "t") == [("[1]", "U", 1), ("[3]", "U", 3)]
+
+
+def test_write_positions_outlive_the_markers_in_the_database(store: Store) -> None:
+    """A retry of a request id is a replay while its marker is in the
+    database, which keeps markers up to retention + MARKER_PURGE_EVERY_S: its
+    position must still be found then, though the tombstones of the same age
+    are gone."""
+    from prism.wrapper.store import MARKER_PURGE_EVERY_S, StoreReader
+
+    with store.transaction() as txn:
+        txn.delete("t", "[1]", 1)
+        txn.record_write("e1", "r1", 7)
+    assert store.purge_tombstones(now_us() + 1_000_000) == 1  # past the retention
+    reader = StoreReader(store.path)
+    try:
+        assert reader.write_position("e1") == 7
+    finally:
+        reader.close()
+    store.purge_tombstones(now_us() + int(MARKER_PURGE_EVERY_S * 1e6) + 1_000_000)
+    reader = StoreReader(store.path)
+    try:
+        assert reader.write_position("e1") is None  # once the marker is gone too
+    finally:
+        reader.close()

@@ -167,3 +167,43 @@ def test_batch_results_map_to_the_errors_a_lone_write_would_raise() -> None:
     a, b = _own_copy(shared, "a"), _own_copy(shared, "b")
     assert a is not b and str(a) == str(b) == "the link dropped"
     assert (a.request_id, b.request_id) == ("a", "b")  # type: ignore[attr-defined]
+
+
+class _SilentCall:
+    """A unary call whose answer never comes; cancel() ends it with
+    CancelledError, as a grpc.aio call does."""
+
+    def __init__(self) -> None:
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        self._done.cancel()
+        return True
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        return self._done.__await__()
+
+
+async def test_a_call_unanswered_past_its_deadline_is_cancelled_as_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If gRPC never reports a write call's end, the driver cancels it (through
+    gRPC) past the deadline and a grace: the write's outcome is unknown, and
+    the task awaiting it is not cancelled."""
+    from prism.driver import link
+    from prism.driver.errors import WriteOutcomeUnknownError
+
+    monkeypatch.setattr(link, "CALL_GRACE_S", 0.05)
+    call = _SilentCall()
+    with pytest.raises(WriteOutcomeUnknownError, match="no answer"):
+        await link._answer(call, 0.05)
+    assert call.cancelled
+    # A task cancelled meanwhile stays cancelled; the call is not left behind.
+    other = _SilentCall()
+    task = asyncio.ensure_future(link._answer(other, 10.0))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
