@@ -205,26 +205,29 @@ def map_write_error(exc: grpc.aio.AioRpcError) -> DriverError:
     if kind is None or (kind not in AUTH_ERRORS and kind not in WRITE_ERRORS):
         mapped = map_grpc_error(exc, "Write")
         if mapped.retriable:  # sent, but no answer: the outcome is unknown
-            return WriteOutcomeUnknownError(
-                f"{mapped} - the write may or may not have committed; retry it with the "
-                "same request_id to apply it once"
-            )
+            return outcome_unknown(str(mapped))
         return mapped
     return write_refusal(kind, exc.details() or kind.value, metadata_value(items, SQLSTATE_KEY))
 
 
-def write_refusal(kind: ErrorKind, details: str, sqlstate: str | None) -> DriverError:
+def outcome_unknown(cause: str) -> WriteOutcomeUnknownError:
+    """A write sent whose outcome nobody can tell (the caller sets request_id)."""
+    return WriteOutcomeUnknownError(
+        f"{cause} - the write may or may not have committed; retry it with the same "
+        "request_id to apply it once"
+    )
+
+
+def write_refusal(kind: ErrorKind | None, details: str, sqlstate: str | None) -> DriverError:
     """The typed error of a write the wrapper refused with `kind` (a Write
-    call's status, or one result of a WriteBatch call)."""
+    call's status, or one result of a WriteBatch call; None: a kind this
+    driver does not know, from a newer wrapper)."""
     if kind in AUTH_ERRORS:
         # Refused before anything ran: not an unknown outcome.
         return AUTH_ERRORS[kind](f"Write: {details}")
-    cls = WRITE_ERRORS.get(kind)
+    cls = WRITE_ERRORS.get(kind) if kind is not None else None
     if cls is None:  # not a write kind: nothing says whether it ran
-        return WriteOutcomeUnknownError(
-            f"Write: {details} - the write may or may not have committed; retry it with "
-            "the same request_id to apply it once"
-        )
+        return outcome_unknown(f"Write: {details}")
     if cls is ReplicaLagError:
         return ReplicaLagError(details)
     return cls(details, sqlstate=sqlstate or None)

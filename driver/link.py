@@ -33,6 +33,7 @@ from prism.driver.errors import (
     WriteOutcomeUnknownError,
     map_grpc_error,
     map_write_error,
+    outcome_unknown,
     write_refusal,
 )
 from prism.driver.writebatch import WriteCoalescer
@@ -307,14 +308,7 @@ def _batch_result(result: pb.WriteResult, request_id: str) -> pb.WriteResponse |
         kind: ErrorKind | None = ErrorKind(result.error_kind)
     except ValueError:
         kind = None  # a kind from a newer wrapper: nothing says whether it ran
-    err = (
-        write_refusal(kind, result.error_message or kind.value, result.sqlstate)
-        if kind is not None
-        else WriteOutcomeUnknownError(
-            f"Write: {result.error_message or result.error_kind} - the write may or may not "
-            "have committed; retry it with the same request_id to apply it once"
-        )
-    )
+    err = write_refusal(kind, result.error_message or result.error_kind, result.sqlstate)
     if isinstance(err, WriteOutcomeUnknownError):
         err.request_id = request_id
     return err
@@ -322,9 +316,9 @@ def _batch_result(result: pb.WriteResult, request_id: str) -> pb.WriteResponse |
 
 async def _answer(call: Any, timeout: float) -> Any:
     """The response of a unary write call. gRPC ends the call at its deadline
-    itself; but a call whose status never reaches asyncio (a grpc.aio task
-    that failed inside gRPC; a CI run showed one) would be awaited forever,
-    and every write queued behind it too. Past the deadline and a grace the
+    itself; but a call whose status never reached asyncio (grpc.aio status
+    tasks were seen failing with a TypeError in a CI run) would be awaited
+    forever, and every write queued behind it too. Past the deadline and a grace the
     driver cancels it through gRPC, as SilenceWatch does a stream (never by
     cancelling the awaiting task), and the write's outcome is unknown."""
     loop = asyncio.get_running_loop()
@@ -341,10 +335,8 @@ async def _answer(call: Any, timeout: float) -> Any:
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if fired and (task is None or not task.cancelling()):
-            raise WriteOutcomeUnknownError(
-                f"Write: no answer {timeout + CALL_GRACE_S:g}s after it was sent - the write "
-                "may or may not have committed; retry it with the same request_id to apply "
-                "it once"
+            raise outcome_unknown(
+                f"Write: no answer {timeout + CALL_GRACE_S:g}s after it was sent"
             ) from None
         raise
     finally:

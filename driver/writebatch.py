@@ -114,8 +114,8 @@ class WriteCoalescer:
         """Stop the senders; writes still queued or in flight get
         CancelledError at once. The senders are cancelled but not awaited: a
         task awaiting a gRPC call may not finish until gRPC ends the call
-        (the link's channel close does), and close() must not wait for it
-        (a hang seen in the CI fault soak at a driver restart)."""
+        (the link's channel close does), and close() must not wait for it,
+        as the subscription's close() once did for a read (SilenceWatch)."""
         for task in list(self._senders):
             task.cancel()
         for fut in list(self._in_flight):

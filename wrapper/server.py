@@ -336,25 +336,17 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             ended()
 
     def Write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> pb.WriteResponse:
-        st = self.state
         self._authorize_write(request, context)
-        started = time.monotonic()
-        try:
-            if st.writes is None:
-                raise WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
-            response = st.writes.execute(request)
-            st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
-            return response
-        except WriteError as exc:
-            self._note_refusal(exc, started, context)
-            context.set_trailing_metadata(refusal_metadata(exc.kind, exc.sqlstate))
-            context.abort(GRPC_STATUS[exc.kind], str(exc))
+        (result,) = self._execute([request], context)
+        if isinstance(result, WriteError):
+            context.set_trailing_metadata(refusal_metadata(result.kind, result.sqlstate))
+            context.abort(GRPC_STATUS[result.kind], str(result))
+        return result
 
     def WriteBatch(
         self, request: pb.WriteBatchRequest, context: grpc.ServicerContext
     ) -> pb.WriteBatchResponse:
         """Several Write requests in one call; each its own result (see the proto)."""
-        st = self.state
         n = len(request.requests)
         if not 1 <= n <= MAX_WRITE_BATCH:
             context.abort(
@@ -363,25 +355,48 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             )
         for one in request.requests:
             self._authorize_write(one, context)
-        started = time.monotonic()
-        results: list[pb.WriteResponse | WriteError]
-        if st.writes is None:
-            results = [WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")] * n
-        else:
-            results = st.writes.execute_many(list(request.requests))
         out = pb.WriteBatchResponse()
-        for result in results:
+        for result in self._execute(list(request.requests), context):
             if isinstance(result, WriteError):
-                self._note_refusal(result, started, context)
                 out.results.add(
                     error_kind=result.kind.value,
                     error_message=str(result),
                     sqlstate=result.sqlstate or "",
                 )
             else:
-                st.metrics.write_seconds.labels("ok").observe(time.monotonic() - started)
                 out.results.add(response=result)
         return out
+
+    def _execute(
+        self, requests: list[pb.WriteRequest], context: grpc.ServicerContext
+    ) -> list[pb.WriteResponse | WriteError]:
+        """Run authorized write requests together: each one's ack or refusal,
+        timed and counted, refusals logged with the peer."""
+        st = self.state
+        started = time.monotonic()
+        results: list[pb.WriteResponse | WriteError]
+        if st.writes is None:
+            refusal = WriteError(ErrorKind.PERMISSION, "no table is writable for this tenant")
+            results = [refusal] * len(requests)
+        else:
+            results = st.writes.execute_many(requests)
+        for result in results:
+            kind = result.kind.value if isinstance(result, WriteError) else "ok"
+            st.metrics.write_seconds.labels(kind).observe(time.monotonic() - started)
+            if isinstance(result, WriteError):
+                st.metrics.refused("write", kind)
+                level = logging.WARNING if result.kind == ErrorKind.PERMISSION else logging.INFO
+                log.log(
+                    level,
+                    "write refused: %s",
+                    result,
+                    extra={
+                        "peer": context.peer(),
+                        "kind": result.kind,
+                        "sqlstate": result.sqlstate,
+                    },
+                )
+        return results
 
     def _authorize_write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> None:
         """The request's session, and every table it names of that session's
@@ -401,18 +416,6 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                         f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
                     ),
                 )
-
-    def _note_refusal(self, exc: WriteError, started: float, context: grpc.ServicerContext) -> None:
-        st = self.state
-        st.metrics.write_seconds.labels(exc.kind.value).observe(time.monotonic() - started)
-        st.metrics.refused("write", exc.kind.value)
-        level = logging.WARNING if exc.kind == ErrorKind.PERMISSION else logging.INFO
-        log.log(
-            level,
-            "write refused: %s",
-            exc,
-            extra={"peer": context.peer(), "kind": exc.kind, "sqlstate": exc.sqlstate},
-        )
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         st = self.state

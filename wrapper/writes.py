@@ -18,6 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import psycopg
 from psycopg import sql
@@ -66,13 +67,6 @@ class WriteExecutor:
         writable = [t.name for t in cfg.tables if t.writable]
         self._default_table = writable[0] if len(writable) == 1 else ""
 
-    def execute(self, request: pb.WriteRequest, wait_s: float = 30.0) -> pb.WriteResponse:
-        """One Write call: its ack, or the WriteError that refuses it."""
-        result = self.execute_many([request], wait_s)[0]
-        if isinstance(result, WriteError):
-            raise result
-        return result
-
     def execute_many(
         self, requests: Sequence[pb.WriteRequest], wait_s: float = 30.0
     ) -> list[pb.WriteResponse | WriteError]:
@@ -115,8 +109,7 @@ class WriteExecutor:
                 affected=list(outcome.affected),
             )
         self._maybe_purge()
-        missing = WriteError(ErrorKind.UNKNOWN, "the wrapper lost track of the write")
-        return [r if r is not None else missing for r in results]  # all set above
+        return cast("list[pb.WriteResponse | WriteError]", results)  # every one set above
 
     def _prepare(self, request: pb.WriteRequest) -> tuple[Request, concurrent.futures.Future[int]]:
         """Check and plan a request, and register for its marker's position."""
