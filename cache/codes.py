@@ -23,18 +23,32 @@ above a high threshold. So each vector is kept as a 4-bit code:
   changes).
 
 4 bits x 384 dimensions = 192 bytes, plus a float32 norm and an int32 id:
-200 bytes per entry. Slots of removed entries are reused. Pure numpy, no
-I/O; not thread-safe on its own (PrismCache holds a lock around it).
+200 bytes per entry. Slots of removed entries are reused. No I/O; not
+thread-safe on its own (PrismCache holds a lock around it).
+
+The Hamming scan over every entry runs in compiled code (prism.cache._hamming,
+built with the package: ~40 us at 100k entries with AVX-512, ~75 us with
+scalar POPCNT). Where it was not built, the same scan runs in numpy (~230 us,
+same results); `KERNEL` says which one this process uses.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from types import ModuleType
 
 import numpy as np
 
 from prism.cache.errors import CacheConfigError
+
+_hamming: ModuleType | None
+try:
+    from prism.cache import _hamming
+except ImportError:  # built without a C compiler: the numpy scan below
+    _hamming = None
+
+KERNEL: str = _hamming.KERNEL if _hamming is not None else "numpy"
 
 # Uniform quantizer steps (in standard deviations) that minimize the mean
 # squared error for a Gaussian source (Max 1960, table of optimal uniform
@@ -80,14 +94,19 @@ class CodeIndex:
         self._step = np.float32(_STEP[bits] / math.sqrt(dim))
         self._half = np.float32((2**bits - 1) / 2)
         cap = max(16, capacity)
-        self._signs = np.zeros((self.words, cap), np.uint64)  # column-major for the scan
+        # Sign words: the scan's first `pre` words column-major (each word of
+        # every entry contiguous: stage 1 streams them), the rest row-major
+        # (one cache line per entry that stage 1 lets through).
+        self._pre = min(self.words, _PREFILTER_WORDS)
+        self._head = np.zeros((self._pre, cap), np.uint64)
+        self._tail = np.zeros((cap, self.words - self._pre), np.uint64)
         self._low = np.zeros((cap, (bits - 1) * dim // 8), np.uint8)
         self._inv_norm = np.zeros(cap, np.float32)  # 0: free slot
         self._ids = np.full(cap, -1, np.int32)
         self._slot_of: dict[int, int] = {}
         self._free: list[int] = []
         self._n = 0  # slots ever used
-        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._scratch: tuple[np.ndarray, ...] | None = None
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -103,7 +122,13 @@ class CodeIndex:
     @property
     def nbytes(self) -> int:
         """Bytes of the codes, norms and ids (the arrays' full capacity)."""
-        return int(self._signs.nbytes + self._low.nbytes + self._inv_norm.nbytes + self._ids.nbytes)
+        return int(
+            self._head.nbytes
+            + self._tail.nbytes
+            + self._low.nbytes
+            + self._inv_norm.nbytes
+            + self._ids.nbytes
+        )
 
     @property
     def bytes_per_entry(self) -> float:
@@ -135,7 +160,7 @@ class CodeIndex:
         """Reconstructed rotated vectors of slots, (m, dim) float32."""
         m = len(slots)
         d = self.dim
-        signs = np.ascontiguousarray(self._signs[:, slots].T).view(np.uint8)
+        signs = self._signs_of(slots).view(np.uint8)
         k = np.unpackbits(signs, axis=1, bitorder="little")[:, :d].astype(np.uint8) << (
             self.bits - 1
         )
@@ -146,15 +171,26 @@ class CodeIndex:
             k |= plane[:, :d] << j
         return (k.reshape(m, d).astype(np.float32) - self._half) * self._step
 
+    def _signs_of(self, slots: np.ndarray) -> np.ndarray:
+        """The sign words of slots, (m, words) uint64, entry by entry."""
+        return np.concatenate([self._head[:, slots].T, self._tail[slots]], axis=1)
+
+    def _set_signs(self, slots: np.ndarray, signs: np.ndarray) -> None:
+        self._head[:, slots] = signs[:, : self._pre].T
+        self._tail[slots] = signs[:, self._pre :]
+
     # -- updates ------------------------------------------------------------
     def _grow(self, need: int) -> None:
         cap = self._ids.shape[0]
         if need <= cap:
             return
         new = max(need, cap * 2)
-        signs = np.zeros((self.words, new), np.uint64)
-        signs[:, :cap] = self._signs
-        self._signs = signs
+        head = np.zeros((self._pre, new), np.uint64)
+        head[:, :cap] = self._head
+        self._head = head
+        self._tail = np.concatenate(
+            [self._tail, np.zeros((new - cap, self._tail.shape[1]), np.uint64)]
+        )
         self._low = np.concatenate([self._low, np.zeros((new - cap, self._low.shape[1]), np.uint8)])
         self._inv_norm = np.concatenate([self._inv_norm, np.zeros(new - cap, np.float32)])
         self._ids = np.concatenate([self._ids, np.full(new - cap, -1, np.int32)])
@@ -167,7 +203,7 @@ class CodeIndex:
         units = np.asarray(units, np.float32).reshape(len(ids), self.dim)
         signs, low, inv = self.encode(self.rotate(units))
         slots = self._slots_for(ids.tolist())
-        self._signs[:, slots] = signs.T
+        self._set_signs(slots, signs)
         self._low[slots] = low
         self._inv_norm[slots] = inv
         self._ids[slots] = ids.astype(np.int32)
@@ -179,7 +215,8 @@ class CodeIndex:
         s = self._slot_of.pop(entry_id, None)
         if s is None:
             return
-        self._signs[:, s] = 0
+        self._head[:, s] = 0
+        self._tail[s] = 0
         self._inv_norm[s] = 0.0
         self._ids[s] = -1
         self._free.append(s)
@@ -201,30 +238,12 @@ class CodeIndex:
         # Stage 1: the first `pre` words (128 bits) over every slot, with a
         # radius of their own; stage 2: the full distance of the survivors.
         pre = min(self.words, _PREFILTER_WORDS)
-        if self._scratch is None or len(self._scratch[0]) < n:
-            # Reused between searches: fresh 100k-element arrays would cost
-            # page faults on every lookup.
-            cap = self._ids.shape[0]
-            self._scratch = (
-                np.empty(cap, np.uint64),
-                np.empty(cap, np.uint8),
-                np.empty(cap, np.uint8),
-            )
-        tmp, cnt, dist = (a[:n] for a in self._scratch)
-        np.bitwise_xor(self._signs[0, :n], qsign[0], out=tmp)
-        np.bitwise_count(tmp, out=dist)
-        for w in range(1, pre):
-            np.bitwise_xor(self._signs[w, :n], qsign[w], out=tmp)
-            np.bitwise_count(tmp, out=cnt)
-            dist += cnt
-        cand = np.flatnonzero(dist <= hamming_radius(threshold, 64 * pre))
-        if len(cand) == 0:
-            return []
-        full = dist[cand].astype(np.uint16)
-        for w in range(pre, self.words):
-            full += np.bitwise_count(self._signs[w, cand] ^ qsign[w])
-        keep = full <= hamming_radius(threshold, self.dim)
-        cand, full = cand[keep], full[keep]
+        r1 = hamming_radius(threshold, 64 * pre)
+        r2 = hamming_radius(threshold, self.dim)
+        if _hamming is not None and self.words >= 2:
+            cand, full = self._scan_compiled(qsign, n, r1, r2)
+        else:
+            cand, full = self._scan_numpy(qsign, n, pre, r1, r2)
         if len(cand) == 0:
             return []
         live = self._inv_norm[cand] > 0  # free slots have zero signs, so may pass
@@ -232,12 +251,80 @@ class CodeIndex:
         if len(cand) > max_candidates:
             part = np.argpartition(full, max_candidates - 1)[:max_candidates]
             cand = cand[part]
-        scores = (self._decode(cand) @ qr) * self._inv_norm[cand]
+        scores = self._score(cand, qr)
         above = np.flatnonzero(scores >= threshold)
         if len(above) == 0:
             return []
         order = above[np.argsort(-scores[above], kind="stable")][:top_k]
         return [(int(self._ids[cand[i]]), float(scores[i])) for i in order]
+
+    def _scratch_for(self, n: int) -> tuple[np.ndarray, ...]:
+        # Reused between searches: fresh 100k-element arrays would cost
+        # page faults on every lookup.
+        if self._scratch is None or len(self._scratch[0]) < n:
+            cap = self._ids.shape[0]
+            self._scratch = (
+                np.empty(cap, np.uint64),
+                np.empty(cap, np.uint8),
+                np.empty(cap, np.uint8),
+                np.empty(cap, np.int32),
+                np.empty(cap, np.uint16),
+            )
+        return self._scratch
+
+    def _scan_compiled(
+        self, qsign: np.ndarray, n: int, r1: int, r2: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(slots, full distances) within r1 on the first two words and r2
+        on all of them, in slot order: one pass in prism.cache._hamming."""
+        assert _hamming is not None
+        out, dist = self._scratch_for(n)[3:]
+        q = np.ascontiguousarray(qsign, np.uint64)
+        m = _hamming.scan(
+            self._head, self._tail, self._head.shape[1], self.words, n, q, r1, r2, out, dist
+        )
+        return out[:m].astype(np.int64), dist[:m].copy()
+
+    def _score(self, slots: np.ndarray, qr: np.ndarray) -> np.ndarray:
+        """Scores (float32) of slots against the rotated query: compiled
+        where built (no reconstruction materialized), else decoded in numpy."""
+        if _hamming is None or self.words < 2:
+            return (self._decode(slots) @ qr) * self._inv_norm[slots]
+        out = np.empty(len(slots), np.float32)
+        _hamming.score(
+            self._head,
+            self._tail,
+            self._low,
+            self._inv_norm,
+            self._head.shape[1],
+            self.words,
+            self.bits,
+            np.ascontiguousarray(slots, np.int64),
+            np.ascontiguousarray(qr, np.float32),
+            float(self._half),
+            float(self._step),
+            out,
+        )
+        return out
+
+    def _scan_numpy(
+        self, qsign: np.ndarray, n: int, pre: int, r1: int, r2: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The same scan as _scan_compiled, in numpy passes."""
+        tmp, cnt, dist = (a[:n] for a in self._scratch_for(n)[:3])
+        np.bitwise_xor(self._head[0, :n], qsign[0], out=tmp)
+        np.bitwise_count(tmp, out=dist)
+        for w in range(1, pre):
+            np.bitwise_xor(self._head[w, :n], qsign[w], out=tmp)
+            np.bitwise_count(tmp, out=cnt)
+            dist += cnt
+        cand = np.flatnonzero(dist <= r1)
+        full = dist[cand].astype(np.uint16)
+        if self.words > pre:
+            rest = np.bitwise_count(self._tail[cand] ^ qsign[pre:])
+            full += rest.sum(axis=1, dtype=np.uint16)
+        keep = full <= r2
+        return cand[keep], full[keep]
 
     # -- raw codes (persistence) ----------------------------------------------
     @property
@@ -249,7 +336,7 @@ class CodeIndex:
     def codes_of(self, entry_id: int) -> bytes:
         s = self._slot_of[entry_id]
         return (
-            self._signs[:, s].tobytes()
+            self._signs_of(np.array([s])).tobytes()
             + self._low[s].tobytes()
             + self._inv_norm[s : s + 1].tobytes()
         )
@@ -267,7 +354,7 @@ class CodeIndex:
         low = codes[:, sw : sw + self._low.shape[1]]
         inv = np.ascontiguousarray(codes[:, sw + self._low.shape[1] :]).view(np.float32)[:, 0]
         slots = self._slots_for(entry_ids)
-        self._signs[:, slots] = signs.T
+        self._set_signs(slots, signs)
         self._low[slots] = low
         self._inv_norm[slots] = inv
         self._ids[slots] = np.asarray(entry_ids, np.int32)
@@ -291,4 +378,4 @@ class CodeIndex:
         """The score of each given entry (for tests and the benchmark)."""
         qr = self.rotate(unit_query)
         slots = np.asarray([self._slot_of[e] for e in entry_ids], np.int64)
-        return (self._decode(slots) @ qr) * self._inv_norm[slots]
+        return self._score(slots, qr)

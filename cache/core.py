@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -90,6 +90,10 @@ DEFAULT_THRESHOLD = 0.65
 # the one the rules-only quality table chose: the lowest whose false hits
 # stay within 2% of the different-answer pairs.
 RULES_THRESHOLD = 0.78
+# Candidates the verifier may see per lookup, best first: a paraphrase
+# rarely ranks below a few look-alikes, and each candidate costs the learned
+# verifier ~70 us.
+SEMANTIC_CANDIDATES = 8
 _ENTRY_OVERHEAD = 200 + 160  # index codes + the entry's own bookkeeping, for the byte budget
 EXPORT_FORMAT = "prism-cache-export"
 EXPORT_VERSION = 1
@@ -435,22 +439,12 @@ class PrismCache:
                 return self._served(e, "semantic", score)
         return None
 
-    def _candidates(self, index: CodeIndex, vec: np.ndarray) -> Iterator[tuple[int, float]]:
-        """Candidates best first: those at or above RULES_THRESHOLD from a
-        narrow scan (~0.2 ms at 100k entries), then, only if none of them
-        was served, the rest down to the threshold from a wide one (a low
-        threshold lets many entries through the Hamming prefilter: ~5x the
-        narrow scan's cost, paid by lookups that serve nothing or a
-        low-cosine rewording)."""
-        seen = set()
-        narrow = max(self.threshold, RULES_THRESHOLD)
-        for eid, score in index.search(vec, narrow, top_k=4):
-            seen.add(eid)
-            yield eid, score
-        if self.threshold < narrow:
-            for eid, score in index.search(vec, self.threshold, top_k=4 + len(seen)):
-                if eid not in seen:
-                    yield eid, score
+    def _candidates(self, index: CodeIndex, vec: np.ndarray) -> list[tuple[int, float]]:
+        """Up to SEMANTIC_CANDIDATES entries at or above the threshold, best
+        first: one scan (~0.1 ms at 100k entries with the compiled kernel).
+        Entries at or above RULES_THRESHOLD come first because they score
+        higher; the verifier decides each in turn."""
+        return index.search(vec, self.threshold, top_k=SEMANTIC_CANDIDATES)
 
     def _served(self, e: Entry, tier: str, score: float) -> Hit:
         self._entries.move_to_end(e.id)
