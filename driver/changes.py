@@ -13,7 +13,10 @@ key, in order, except that a catch-up after a lost link comes from the
 wrapper's compacted store (the latest image of each row and tombstones),
 so intermediate images of a row changed several times meanwhile are
 skipped; the end state is exact. A primary-key change arrives as a delete
-of the old key and an upsert of the new one in the same batch. A bootstrap
+of the old key and an upsert of the new one in the same batch; the upsert
+carries the old key too (`old_key`), so a consumer can tell a renamed row
+from a removed one and a new one. A catch-up keeps `old_key` only while
+the key change is the row's latest image. A bootstrap
 (a new stream, a schema change, a driver too far behind) rebuilds the
 replica: consumers get one `op="reset"` change per table, which means
 "re-read this table" (`find`), and no per-row changes for it.
@@ -45,8 +48,8 @@ from prism.fabric.payload import decode_key, decode_row
 _DELETE = 0x44  # b"D"
 
 # table, op ("upsert" / "delete" / "reset"), key string, row bytes, position,
-# commit position, end of batch
-_Rec = tuple[str, str, str, bytes, int, int, bool]
+# commit position, end of batch, old key string (a key change) or None
+_Rec = tuple[str, str, str, bytes, int, int, bool, str | None]
 
 
 @dataclass(frozen=True)
@@ -58,19 +61,27 @@ class Change:
     position: int  # the change's wrapper position
     commit_position: int  # its batch's: the replica shows it at this position
     end_of_batch: bool  # the last change of its batch (a transaction boundary)
+    # On an upsert that changed the row's primary key: the key it had before
+    # (the batch also holds a delete of it). None otherwise.
+    old_key: Any = None
+
+
+def _plain_key(key: str) -> Any:
+    kv = decode_key(key)
+    return kv[0] if len(kv) == 1 else kv
 
 
 def _change(r: _Rec) -> Change:
-    table, op, key, payload, pos, commit, last = r
-    kv = decode_key(key) if op != "reset" else None
+    table, op, key, payload, pos, commit, last, old = r
     return Change(
         table=table,
         op=op,
-        key=None if kv is None else kv[0] if len(kv) == 1 else kv,
+        key=_plain_key(key) if op != "reset" else None,
         row=decode_row(payload) if op == "upsert" else None,
         position=pos,
         commit_position=commit,
         end_of_batch=last,
+        old_key=_plain_key(old) if old is not None else None,
     )
 
 
@@ -102,19 +113,21 @@ class ChangeHub:
         if batch.reset:
             self._ring.clear()
             self.floor = commit
-            recs = [(t, "reset", "", b"", commit, commit, False) for t in tables]
+            recs = [(t, "reset", "", b"", commit, commit, False, None) for t in tables]
         else:
             recs = []
             for f in batch.frames:
                 ops = f.ops
+                olds = f.old_keys
                 for i, (key, pos) in enumerate(zip(f.keys, f.positions.tolist(), strict=True)):
                     op = "delete" if ops[i] == _DELETE else "upsert"
-                    recs.append((f.table, op, key, f.payloads[i], pos, commit, False))
+                    old = olds[i] if olds is not None else None
+                    recs.append((f.table, op, key, f.payloads[i], pos, commit, False, old))
         self.position = commit
         if not recs:
             return
-        t, op, key, payload, pos, _, _ = recs[-1]
-        recs[-1] = (t, op, key, payload, pos, commit, True)
+        t, op, key, payload, pos, _, _, old = recs[-1]
+        recs[-1] = (t, op, key, payload, pos, commit, True, old)
         if not batch.reset and self.retention:
             ring = self._ring
             ring.extend(recs)

@@ -9,9 +9,10 @@ from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkEr
 
 # Protocol 2: challenge-response authentication, sessions, AEAD-sealed rows.
 # Frame format 3: one sealed frame for every subscriber, bound to each call by
-# its envelope MAC; MessagePack rows (prism.fabric.rowcodec).
+# its envelope MAC; MessagePack rows (prism.fabric.rowcodec). Frame format 4:
+# sealed_rows also carry the key each upsert replaced on a primary-key change.
 PROTOCOL_VERSION = 2
-FRAME_FORMAT_VERSION = 3
+FRAME_FORMAT_VERSION = 4
 
 __all__ = [
     "FRAME_FORMAT_VERSION",

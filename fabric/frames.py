@@ -80,6 +80,9 @@ class DecodedFrame:
     vectors: np.ndarray  # float32 (count, vector_dim), unsealed; zeros where mask is False
     payloads: list[bytes]  # encode_row bytes; empty for deletes
     vector_dim: int  # 0 when the table carries no vectors
+    # Per row, the key an upsert replaced (a primary-key change), else None;
+    # None for the whole frame when no row replaced a key.
+    old_keys: list[str | None] | None = None
 
     @property
     def count(self) -> int:
@@ -225,6 +228,7 @@ def build_frame(
     payloads: Sequence[bytes],
     vector_dim: int,
     subscription: bytes = b"",
+    old_keys: Sequence[str | None] | None = None,
 ) -> wrapper_pb2.Frame:
     """Pack, seal and watermark a batch of changes of one table, sent as
     frame ``sequence`` of the Subscribe call that named itself
@@ -245,6 +249,7 @@ def build_frame(
         vector_mask=vector_mask,
         payloads=payloads,
         vector_dim=vector_dim,
+        old_keys=old_keys,
     )
     frame.sequence = sequence
     frame.subscription = subscription
@@ -270,6 +275,7 @@ def build_shared_frame(
     vector_mask: np.ndarray | None,
     payloads: Sequence[bytes],
     vector_dim: int,
+    old_keys: Sequence[str | None] | None = None,
 ) -> wrapper_pb2.Frame:
     """Pack, seal and watermark a batch of changes of one table, without a
     call's envelope (sequence 0, no subscription, no binding): one frame for
@@ -280,9 +286,13 @@ def build_shared_frame(
     vectors block empty. ``vector_mask`` (None: every row has a vector) marks
     the rows whose vector is meaningful; the others travel as zeros.
 
+    ``old_keys`` (None: no row replaced a key) gives, per row, the key an
+    upsert replaced on a primary-key change, or None. They travel inside
+    sealed_rows with the keys, so a signed frame is needed to carry them.
+
     With ``sealer=None`` the frame is built unsigned (key_epoch 0, empty
-    watermark) and may not carry vectors; open_frame rejects such frames, so
-    this is only for tools and tests.
+    watermark) and may carry neither vectors nor old keys; open_frame
+    rejects such frames, so this is only for tools and tests.
 
     Raises FabricError when the arguments do not describe a valid frame.
     """
@@ -307,6 +317,9 @@ def build_shared_frame(
     pos = np.asarray(positions, dtype=np.uint64)
     if count > 1 and not bool(np.all(pos[1:] >= pos[:-1])):
         raise FabricError("frame positions must be non-decreasing")
+    old_keys_block = _old_keys_block(old_keys, keys, ops)
+    if old_keys_block and sealer is None:
+        raise FabricError("old keys cannot be framed without a sealer")
 
     if vectors is None:
         if vector_mask is not None and bool(np.any(vector_mask)):
@@ -369,7 +382,9 @@ def build_shared_frame(
             (_SEALED_ROWS, b""),
             (20, aead_nonce),
         ]
-        sealed_rows, watermark = _seal(head, blocks, sealer, keys_block, payloads_block)
+        sealed_rows, watermark = _seal(
+            head, blocks, sealer, keys_block, old_keys_block, payloads_block
+        )
         keys_block = payloads_block = b""
     return wrapper_pb2.Frame(
         format_version=FRAME_FORMAT_VERSION,
@@ -425,7 +440,11 @@ def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
 
 
 def seal_frame(
-    frame: wrapper_pb2.Frame, sealer: Sealer, keys_block: bytes, payloads_block: bytes
+    frame: wrapper_pb2.Frame,
+    sealer: Sealer,
+    keys_block: bytes,
+    old_keys_block: bytes,
+    payloads_block: bytes,
 ) -> None:
     """Encrypt the row blocks into ``frame.sealed_rows``, watermark the
     frame and bind it to its envelope, in place, with the keys of
@@ -435,27 +454,61 @@ def seal_frame(
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
     blocks = _blocks(frame)
     frame.sealed_rows, frame.watermark = _seal(
-        _head(frame), blocks, sealer, keys_block, payloads_block
+        _head(frame), blocks, sealer, keys_block, old_keys_block, payloads_block
     )
     frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
 
 
+def _old_keys_block(
+    old_keys: Sequence[str | None] | None, keys: Sequence[str], ops: bytes
+) -> bytes:
+    """The old keys as sealed_rows carries them: nothing when no row
+    replaced a key, else one (u32 length, UTF-8) entry per row, empty for
+    none (an encoded key is never empty: it is a JSON array)."""
+    if old_keys is None or all(k is None for k in old_keys):
+        return b""
+    if len(old_keys) != len(keys):
+        raise FabricError(f"{len(old_keys)} old keys for {len(keys)} rows")
+    out = []
+    for i, k in enumerate(old_keys):
+        if k is None:
+            out.append(b"")
+            continue
+        if not k or ops[i : i + 1] != b"U":
+            raise FabricError(
+                f"row {i} ({keys[i]}): an old key needs an upsert and a non-empty key"
+            )
+        try:
+            out.append(k.encode("utf-8"))
+        except UnicodeEncodeError as exc:
+            raise FabricError(f"an old key is not valid UTF-8 text: {exc}") from None
+    return _join_prefixed(out)
+
+
 def _seal(
-    head: _Fields, blocks: list[tuple[int, bytes]], sealer: Sealer, keys: bytes, payloads: bytes
+    head: _Fields,
+    blocks: list[tuple[int, bytes]],
+    sealer: Sealer,
+    keys: bytes,
+    old_keys: bytes,
+    payloads: bytes,
 ) -> tuple[bytes, bytes]:
     """(sealed_rows, watermark) for a frame whose other fields are ``head``
     and ``blocks`` (keys and payloads empty, sealed_rows a placeholder that is
-    filled in here); the blocks are hashed where they lie, never copied."""
-    plaintext = b"".join((_U64.pack(len(keys)), keys, payloads))
+    filled in here); the blocks are hashed where they lie, never copied.
+    The plaintext: u64 length and the keys block, u64 length and the old
+    keys block, the payloads block."""
+    plaintext = b"".join((_U64.pack(len(keys)), keys, _U64.pack(len(old_keys)), old_keys, payloads))
     nonce = dict(blocks)[20]
     sealed = sealer.encrypt(nonce, plaintext, _rows_aad(head, blocks))
     blocks[blocks.index((_SEALED_ROWS, b""))] = (_SEALED_ROWS, sealed)
     return sealed, sealer.watermark_parts(_canonical_parts(head, blocks))
 
 
-def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, bytes]:
-    """Decrypt sealed_rows into the keys and payloads blocks; the associated
-    data ties them to every other field of this frame. FrameError otherwise."""
+def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, bytes, bytes]:
+    """Decrypt sealed_rows into the keys, old keys and payloads blocks; the
+    associated data ties them to every other field of this frame. FrameError
+    otherwise."""
     by_number = dict(blocks)
     if by_number[13] or by_number[18]:
         raise FrameError("a signed frame carries keys or payloads outside sealed_rows")
@@ -468,12 +521,17 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
         raise SealedRowsError(
             f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"
         ) from None
-    if len(plain) < 8:
-        raise FrameError("sealed_rows hold fewer than 8 bytes")
+    if len(plain) < 16:
+        raise FrameError("sealed_rows hold fewer than 16 bytes (two block lengths)")
     (n_keys,) = _U64.unpack_from(plain)
-    if n_keys > len(plain) - 8:
+    if n_keys > len(plain) - 16:
         raise FrameError("sealed_rows: keys length runs past the end")
-    return plain[8 : 8 + n_keys], plain[8 + n_keys :]
+    at = 8 + n_keys
+    (n_old,) = _U64.unpack_from(plain, at)
+    at += 8
+    if n_old > len(plain) - at:
+        raise FrameError("sealed_rows: old keys length runs past the end")
+    return plain[8 : 8 + n_keys], plain[at : at + n_old], plain[at + n_old :]
 
 
 def parse_frame(data: bytes) -> wrapper_pb2.Frame:
@@ -493,9 +551,9 @@ def parse_frame(data: bytes) -> wrapper_pb2.Frame:
     return frame
 
 
-def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes]:
-    """The keys and payloads blocks of a signed frame (for tools and tests;
-    open_frame does this after the watermark verified)."""
+def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes, bytes]:
+    """The keys, old keys and payloads blocks of a signed frame (for tools
+    and tests; open_frame does this after the watermark verified)."""
     return _open_rows(_head(frame), _blocks(frame), sealer)
 
 
@@ -588,7 +646,7 @@ def open_frame(
         )
     if ops.translate(None, b"UD"):
         raise FrameError("ops block holds an op other than 'U' and 'D'")
-    keys_block, payloads_block = _open_rows(head, blocks, sealer)
+    keys_block, old_keys_block, payloads_block = _open_rows(head, blocks, sealer)
     mask_u8 = np.frombuffer(mask_block, dtype=np.uint8)
     if count and int(mask_u8.max()) > 1:
         raise FrameError("vector_mask block holds a value other than 0 and 1")
@@ -601,6 +659,18 @@ def open_frame(
     except UnicodeDecodeError as exc:
         raise FrameError(f"keys block holds invalid UTF-8: {exc}") from None
     payloads = _split_prefixed(payloads_block, count, "payloads")
+    old_keys: list[str | None] | None = None
+    if old_keys_block:
+        try:
+            old_keys = [
+                k.decode("utf-8") if k else None
+                for k in _split_prefixed(old_keys_block, count, "old keys")
+            ]
+        except UnicodeDecodeError as exc:
+            raise FrameError(f"old keys block holds invalid UTF-8: {exc}") from None
+        for i, k in enumerate(old_keys):
+            if k is not None and ops[i : i + 1] != b"U":
+                raise FrameError(f"row {i} ({keys[i]}) is a delete but carries an old key")
     start = 0
     while (i := ops.find(b"D", start)) >= 0:
         if payloads[i]:
@@ -635,4 +705,5 @@ def open_frame(
         vectors=vectors,
         payloads=payloads,
         vector_dim=vdim,
+        old_keys=old_keys,
     )

@@ -61,6 +61,7 @@ class _Image:
     row: dict[str, Any] | None
     commit_us: int
     encoded: Prepared | None = None
+    old_key: str | None = None  # the key this image replaced (a primary-key change)
 
 
 _Pending = dict[tuple[str, str], _Image]
@@ -183,11 +184,17 @@ class Applier:
             # The change's row is the decoder's own fresh dict: prepared in place.
             self.vectorizer.prepare(table, new)
         n = 1
+        replaced: str | None = None
         if old_key != key:
             pending[(table, old_key)] = _Image(None, commit_us)
+            replaced = old_key
             n += 1
-        pending.pop((table, key), None)  # keep write order = change order
-        pending[(table, key)] = _Image(new, commit_us, encoded)
+        earlier = pending.pop((table, key), None)  # keep write order = change order
+        if replaced is None and earlier is not None and earlier.row is not None:
+            # A key change then an update of the new key in one group: the
+            # stored image still replaced the old key.
+            replaced = earlier.old_key
+        pending[(table, key)] = _Image(new, commit_us, encoded, replaced)
         return n
 
     def _flush(self, txn: StoreTxn, pending: _Pending) -> None:
@@ -221,6 +228,7 @@ class Applier:
                 [e.vector if e is not None else None for e in enc],
                 [e.hidden if e is not None else None for e in enc],
                 [im.commit_us for im in images],
+                [im.old_key for im in images],
             )
 
     def _fill_toast(

@@ -52,9 +52,10 @@ from prism.wrapper.writepositions import WritePositions
 log = logging.getLogger("prism.wrapper.store")
 
 # The store's layout. 1: rows kept whole (hidden column inside the payload),
-# no version in meta. 2: this one (served payload and hidden value apart,
-# format recorded in meta).
-FORMAT = 2
+# no version in meta. 2: served payload and hidden value apart, format
+# recorded in meta. 3: this one, 2 plus rows.old_key (migrated in place from
+# 2: the column is added, empty).
+FORMAT = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -73,6 +74,7 @@ CREATE TABLE IF NOT EXISTS rows (
     hidden BLOB,                 -- {hidden column: value} (payload encoding), or NULL
     commit_us INTEGER NOT NULL,  -- source commit time
     stored_us INTEGER NOT NULL,  -- when stored: tombstone retention clock
+    old_key TEXT,                -- the key this image replaced (a primary-key change), else NULL
     UNIQUE (tbl, key)
 );
 CREATE INDEX IF NOT EXISTS rows_tbl_position ON rows (tbl, position);
@@ -113,6 +115,7 @@ class StoredRow:
     payload: bytes | None
     vector: bytes | None
     commit_us: int
+    old_key: str | None = None  # the key this image replaced, on a primary-key change
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,18 @@ class Store:
                 f"({FORMAT}): run a newer prism-wrapper, or move the store away to copy the "
                 "tables afresh"
             )
+        if found == 2:
+            # 2 -> 3 adds a column: no row changes meaning, nothing is copied.
+            log.info("store format 2 found: adding rows.old_key (format 3)")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("ALTER TABLE rows ADD COLUMN old_key TEXT")
+                conn.execute("UPDATE meta SET v = ? WHERE k = 'format'", (str(FORMAT),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            found = FORMAT
         if found is not None and found < FORMAT:
             self.rebuilt = f"the store had format {found}, this prism-wrapper writes {FORMAT}"
             log.warning(
@@ -550,12 +565,13 @@ class StoreTxn:
 
     # op follows from the payload: a tombstone has none.
     _UPSERT = (
-        "INSERT INTO rows (tbl, key, position, op, payload, vector, hidden, commit_us, stored_us) "
-        "VALUES (?1, ?2, ?3, CASE WHEN ?4 IS NULL THEN 'D' ELSE 'U' END, ?4, ?5, ?6, ?7, ?8) "
+        "INSERT INTO rows "
+        "(tbl, key, position, op, payload, vector, hidden, commit_us, stored_us, old_key) "
+        "VALUES (?1, ?2, ?3, CASE WHEN ?4 IS NULL THEN 'D' ELSE 'U' END, ?4, ?5, ?6, ?7, ?8, ?9) "
         "ON CONFLICT (tbl, key) DO UPDATE SET "
         "position = excluded.position, op = excluded.op, payload = excluded.payload, "
         "vector = excluded.vector, hidden = excluded.hidden, commit_us = excluded.commit_us, "
-        "stored_us = excluded.stored_us"
+        "stored_us = excluded.stored_us, old_key = excluded.old_key"
     )
 
     def upsert(
@@ -593,10 +609,12 @@ class StoreTxn:
         vectors: Sequence[bytes | None] | repeat[None],
         hidden: Sequence[bytes | None] | repeat[None],
         commit_us: int | Sequence[int],
+        old_keys: Sequence[str | None] | None = None,
     ) -> None:
         """Write changes given as columns, in order, each at its own position:
         keys, payloads (None: a tombstone), vectors, hidden values (a tombstone
-        has neither) and commit times (one for all, or one each)."""
+        has neither), commit times (one for all, or one each) and, for an
+        image that replaced another key (a primary-key change), that key."""
         n = len(keys)
         if not n:
             return
@@ -615,6 +633,7 @@ class StoreTxn:
                 hidden,
                 commits,
                 repeat(self._stored_us),
+                repeat(None) if old_keys is None else old_keys,
             ),
         )
 
@@ -697,9 +716,10 @@ def _meta_items(m: StoreMeta) -> dict[str, str]:
 
 
 # A served row as the reader hands it out, in the column order of _ROW_COLUMNS:
-# (key, op, position, payload or None, vector or None, commit_us).
-RowTuple = tuple[str, str, int, bytes | None, bytes | None, int]
-_ROW_COLUMNS = "key, op, position, payload, vector, commit_us"
+# (key, op, position, payload or None, vector or None, commit_us, old_key or
+# None).
+RowTuple = tuple[str, str, int, bytes | None, bytes | None, int, str | None]
+_ROW_COLUMNS = "key, op, position, payload, vector, commit_us, old_key"
 # Readers map the store file instead of copying each page through read():
 # serving a bootstrap reads every row's payload and vector once, and a mapped
 # page costs no system call. Address space only; pages stay the OS cache's.
@@ -764,8 +784,8 @@ class StoreReader:
         self, table: str, position: int, live_only: bool = False
     ) -> Iterator[StoredRow]:
         for batch in self.chunks(table, position, 2048, live_only):
-            for k, op, pos, p, v, c in batch:
-                yield StoredRow(k, op, pos, p, v, c)
+            for k, op, pos, p, v, c, old in batch:
+                yield StoredRow(k, op, pos, p, v, c, old)
 
     def close(self) -> None:
         self._conn.close()

@@ -120,9 +120,9 @@ class SegmentBuilder:
         dim = self.scope.dims.get(table, 0)
         n = len(rows)
         if n:
-            keys, ops, positions, payloads, vecs, _ = zip(*rows, strict=True)
+            keys, ops, positions, payloads, vecs, _, old_keys = zip(*rows, strict=True)
         else:
-            keys = ops = positions = payloads = vecs = ()
+            keys = ops = positions = payloads = vecs = old_keys = ()
         vectors = mask = None
         if dim and n:
             if None in vecs:
@@ -151,6 +151,7 @@ class SegmentBuilder:
             vector_mask=mask,
             payloads=blobs,
             vector_dim=dim,
+            old_keys=old_keys,
         )
         return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
 

@@ -103,6 +103,16 @@ async def test_feed_rebuilds_the_replica_and_replays(db, wrapper, secret_file) -
 
         replica = {r["id"]: r for r in driver.find(TABLE)}
         assert rebuild(start, got) == replica
+        # Every upsert that carries an old key has that key's delete in its
+        # own batch (a primary-key change), and the workload made some.
+        renamed = [c for c in got if c.old_key is not None]
+        assert renamed
+        for c in renamed:
+            assert c.op == "upsert" and c.old_key != c.key
+            assert any(
+                d.op == "delete" and d.key == c.old_key and d.commit_position == c.commit_position
+                for d in got
+            )
 
         # A late consumer replays the same changes from the same position.
         replay = driver.changes(tables=["items"], from_position=start_pos)
@@ -122,6 +132,31 @@ async def test_feed_rebuilds_the_replica_and_replays(db, wrapper, secret_file) -
 
     # The driver closed: the callback's task ended with it.
     assert task.done()
+
+
+async def test_a_primary_key_change_carries_the_old_key(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    db.execute("CREATE TABLE items (id int, region text, n int, PRIMARY KEY (id, region))")
+    db.execute("INSERT INTO items VALUES (1, 'eu', 10), (2, 'eu', 20)")
+    proc = wrapper([{"name": "items"}])
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        feed = driver.changes(tables=["items"])
+        with db.connect() as c:
+            c.execute("UPDATE items SET region = 'us' WHERE id = 1")  # the key changes
+            c.execute("UPDATE items SET n = 21 WHERE id = 2")  # the key stays
+            await wait_consistent(driver, c, {TABLE: ("id", "region")}, timeout=30)
+        got = []
+        while len(got) < 3:
+            got.append(await asyncio.wait_for(feed.__anext__(), 10))
+        by_op = [(c.op, c.key, c.old_key) for c in got]
+        assert by_op == [
+            ("delete", (1, "eu"), None),
+            ("upsert", (1, "us"), (1, "eu")),
+            ("upsert", (2, "eu"), None),
+        ]
+        assert got[1].row == {"id": 1, "region": "us", "n": 10}
+        assert got[0].commit_position == got[1].commit_position  # one transaction
+        await feed.aclose()
 
 
 async def test_position_no_longer_retained_is_a_typed_error(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]

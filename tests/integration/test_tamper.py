@@ -217,7 +217,7 @@ def resign_with_wrong_key(f: pb.Frame, _rest: Iterator[pb.Frame]) -> list[pb.Fra
     """Rewrite the rows and seal everything again under another secret."""
     g = copy(f)
     wrong = Sealer(derive_epoch_keys(b"w" * 32, g.tenant_id, g.key_epoch), DIM)
-    seal_frame(g, wrong, b"", b"")
+    seal_frame(g, wrong, b"", b"", b"")
     return [g]
 
 

@@ -12,7 +12,7 @@ import pytest
 from prism.fabric.payload import decode_row, encode_key
 from prism.wrapper.apply import Applier
 from prism.wrapper.config import config_from_mapping
-from prism.wrapper.sources.base import RelationInfo, SourceTransaction
+from prism.wrapper.sources.base import RelationInfo, RowChange, SourceTransaction
 from prism.wrapper.sources.postgres.replay import ReplaySource
 from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.tables import TableShape
@@ -72,6 +72,15 @@ def live(store: Store, table: str) -> dict[str, dict[str, Any]]:
         reader.close()
 
 
+def stored_old_keys(store: Store, table: str) -> dict[str, str | None]:
+    reader = StoreReader(store.path)
+    try:
+        with reader.snapshot():
+            return {r.key: r.old_key for r in reader.changes_since(table, 0, live_only=True)}
+    finally:
+        reader.close()
+
+
 def test_replayed_stream_lands_in_the_store(
     tmp_path: Path, replay: list[SourceTransaction]
 ) -> None:
@@ -87,11 +96,13 @@ def test_replayed_stream_lands_in_the_store(
     store = Store(tmp_path / "s.sqlite3", "normal")
     store.reset("stream")
     docs_after: list[dict[str, dict[str, Any]]] = []
+    old_keys_after: list[dict[str, str | None]] = []
     for t in replay:
         with store.transaction() as txn:
             applier.apply(txn, t)
             txn.set_source_position(t.end_lsn, t.commit_time_us)
         docs_after.append(live(store, "public.docs"))
+        old_keys_after.append(stored_old_keys(store, "public.docs"))
 
     # T3..T5: the TOASTed body survives an update that did not send it ('u'),
     # and a primary-key change moves the row (old key gone, body kept).
@@ -100,6 +111,10 @@ def test_replayed_stream_lands_in_the_store(
     assert docs_after[3][encode_key([1])] == {"id": 1, "body": body, "n": 1}
     assert set(docs_after[4]) == {encode_key([2])}
     assert docs_after[4][encode_key([2])]["body"] == body
+    # The moved row's image remembers the key it replaced (the change feed's
+    # old_key); the other images replaced none.
+    assert old_keys_after[4] == {encode_key([2]): encode_key([1])}
+    assert set(old_keys_after[3].values()) == {None}
     assert applier.counters["toast_filled"] >= 2 and applier.counters["toast_unfilled"] == 0
 
     # The ALTERs mid-stream: existing row 1 gets the added column's value for
@@ -174,3 +189,50 @@ def test_prepared_ahead_stores_exactly_what_applying_alone_does(
         stores.append(_stored(store))
         store.close()
     assert stores[0] == stores[1] and len(stores[0]) > 3
+
+
+def test_a_key_change_then_an_update_in_one_group_keeps_the_old_key(tmp_path: Path) -> None:
+    # Two transactions applied as one group: 1 -> 2 (a key change), then an
+    # update of 2. The stored image of 2 still says it replaced 1, and a
+    # plain update of another row replaced nothing.
+    config = config_from_mapping(
+        {
+            "database": {"dsn": "host=unused"},
+            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+            "tables": [{"name": "public.k"}],
+        },
+        env={},
+    )
+    shape = TableShape(
+        name="public.k",
+        columns=(("id", "int4"), ("v", "text")),
+        key_columns=("id",),
+        config=config.table("public.k"),
+    )
+    applier = Applier({"public.k": shape}, Vectorizer(config, {"t": b"s" * 32}), lambda t, c: None)
+    store = Store(tmp_path / "s.sqlite3", "normal")
+    store.reset("stream")
+    moved = SourceTransaction(
+        1, 10, 11, 1, [RowChange("public.k", "update", {"id": 2, "v": "a"}, {"id": 1})]
+    )
+    updated = SourceTransaction(
+        2,
+        12,
+        13,
+        2,
+        [
+            RowChange("public.k", "update", {"id": 2, "v": "b"}, None),
+            RowChange("public.k", "insert", {"id": 3, "v": "c"}, None),
+        ],
+    )
+    with store.transaction() as txn:
+        applier.apply_group(txn, [moved, updated])
+    assert stored_old_keys(store, "public.k") == {
+        encode_key([2]): encode_key([1]),
+        encode_key([3]): None,
+    }
+    assert live(store, "public.k") == {
+        encode_key([2]): {"id": 2, "v": "b"},
+        encode_key([3]): {"id": 3, "v": "c"},
+    }
+    store.close()

@@ -149,7 +149,7 @@ def seal_raw(frame: wrapper_pb2.Frame, plaintext: bytes, sealer: Sealer = SEALER
 def test_round_trip() -> None:
     vectors = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
     frame = make(vectors=vectors)
-    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 3
+    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 4
     assert frame.count == 5 and len(frame.watermark) == 32
     # The row data travels only encrypted.
     assert frame.keys == b"" and frame.payloads == b""
@@ -192,9 +192,9 @@ def test_heartbeat_is_watermarked_and_sealed() -> None:
         commit_position=0,
     )
     assert hb.count == 0 and hb.watermark
-    # u64 keys length (0) and no rows, plus the 16-byte tag.
-    assert len(hb.sealed_rows) == 8 + 16
-    assert open_rows(hb, SEALER) == (b"", b"")
+    # u64 keys length (0), u64 old keys length (0), no rows, the 16-byte tag.
+    assert len(hb.sealed_rows) == 8 + 8 + 16
+    assert open_rows(hb, SEALER) == (b"", b"", b"")
     d = open_(hb)
     assert d.kind == wrapper_pb2.HEARTBEAT and d.count == 0 and d.head_position == 500
     assert d.vectors.shape == (0, 0) and d.positions.shape == (0,)
@@ -296,8 +296,10 @@ def test_sealed_rows_as_documented() -> None:
     )
     keys_block = b'\x05\x00\x00\x00["a"]\x06\x00\x00\x00["\xc3\xa9"]'
     payloads_block = b"\x02\x00\x00\x00{}" * 2
-    assert plain == struct.pack("<Q", len(keys_block)) + keys_block + payloads_block
-    assert open_rows(frame, SEALER) == (keys_block, payloads_block)
+    assert plain == (
+        struct.pack("<Q", len(keys_block)) + keys_block + struct.pack("<Q", 0) + payloads_block
+    )
+    assert open_rows(frame, SEALER) == (keys_block, b"", payloads_block)
 
 
 def test_blocks_layout() -> None:
@@ -308,7 +310,7 @@ def test_blocks_layout() -> None:
         payloads=[b'{"x":1}', b""],
         vector_mask=np.array([True, False]),
     )
-    keys_block, payloads_block = open_rows(frame, SEALER)
+    keys_block, _old_keys_block, payloads_block = open_rows(frame, SEALER)
     # count x (u32 little-endian length, bytes)
     assert keys_block == b'\x05\x00\x00\x00["a"]\x06\x00\x00\x00["\xc3\xa9"]'
     assert payloads_block == b'\x07\x00\x00\x00{"x":1}' + b"\x00\x00\x00\x00"
@@ -316,6 +318,51 @@ def test_blocks_layout() -> None:
     assert frame.positions == struct.pack("<2Q", 100, 101)
     assert frame.vector_mask == b"\x01\x00"
     assert len(frame.vectors) == 2 * DIM * 4
+
+
+def test_old_keys_round_trip_inside_sealed_rows() -> None:
+    # A primary-key change: row 1 replaced key ["old"]. The old key is row
+    # data, so it travels only inside sealed_rows, never in the clear.
+    old = ["old-key-é"]
+    frame = make(
+        3, ops=b"UUD", payloads=[b"\x80", b"\x80", b""], old_keys=[None, encode_key(old), None]
+    )
+    assert encode_key(old).encode() not in frame.SerializeToString()
+    d = open_(frame)
+    assert d.old_keys == [None, encode_key(old), None]
+    _, old_block, _ = open_rows(frame, SEALER)
+    assert old_block.count(b"\x00\x00\x00\x00") >= 2  # empty entries for rows 0 and 2
+    # No key changes: no block at all, and the decoded frame says None.
+    assert open_(make(3)).old_keys is None
+    assert open_rows(make(3), SEALER)[1] == b""
+
+
+def test_old_keys_tampered_fail_the_frame() -> None:
+    frame = make(2, ops=b"UU", payloads=[b"\x80", b"\x80"], old_keys=[encode_key([9]), None])
+    raw = bytearray(frame.sealed_rows)
+    raw[20] ^= 1  # inside the ciphertext, where the old keys block lies
+    frame.sealed_rows = bytes(raw)
+    with pytest.raises(WatermarkError):
+        open_(frame)
+    with pytest.raises(FrameError, match=AEAD_FAILURE):
+        open_(resign(frame))
+
+
+def test_bad_old_keys_are_refused_when_building() -> None:
+    with pytest.raises(FabricError, match="old keys for"):
+        make(2, ops=b"UU", payloads=[b"\x80", b"\x80"], old_keys=[encode_key([1])])
+    with pytest.raises(FabricError, match="needs an upsert"):
+        make(2, ops=b"UD", payloads=[b"\x80", b""], old_keys=[None, encode_key([1])])
+    with pytest.raises(FabricError, match="without a sealer"):
+        make(
+            1,
+            ops=b"U",
+            payloads=[b"\x80"],
+            sealer=None,
+            vectors=None,
+            vector_mask=None,
+            old_keys=[encode_key([1])],
+        )
 
 
 def test_same_rows_get_fresh_nonce_and_ciphertext() -> None:
@@ -333,10 +380,10 @@ def test_same_rows_get_fresh_nonce_and_ciphertext() -> None:
 
 def test_seal_frame_round_trip_and_epoch() -> None:
     frame = make(3)
-    keys_block, payloads_block = open_rows(frame, SEALER)
-    seal_frame(frame, SEALER4, keys_block, payloads_block)
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
+    seal_frame(frame, SEALER4, keys_block, old_keys_block, payloads_block)
     assert frame.key_epoch == 4 and frame.keys == frame.payloads == b""
-    assert open_rows(frame, SEALER4) == (keys_block, payloads_block)
+    assert open_rows(frame, SEALER4) == (keys_block, old_keys_block, payloads_block)
     d = open_frame(frame, sealers_3_and_4, tenant_id="acme", stream_id=None)
     assert d.key_epoch == 4 and d.keys == [encode_key([i, f"k{i}"]) for i in range(3)]
     with pytest.raises(FrameError, match=AEAD_FAILURE):
@@ -347,7 +394,7 @@ def test_seal_frame_clears_clear_rows() -> None:
     frame = make(2, sealer=None, vectors=None, vector_mask=None, ops=b"UU", payloads=[b"{}"] * 2)
     assert frame.keys and frame.payloads and not frame.sealed_rows
     keys_block, payloads_block = frame.keys, frame.payloads
-    seal_frame(frame, SEALER, keys_block, payloads_block)
+    seal_frame(frame, SEALER, keys_block, b"", payloads_block)
     assert frame.keys == frame.payloads == b""
     assert open_(frame).payloads == [b"{}", b"{}"]
 
@@ -542,7 +589,7 @@ def test_rows_sealed_with_another_aead_key_fail() -> None:
 @pytest.mark.parametrize("block", ["keys", "payloads", "both"])
 def test_signed_frame_with_clear_rows_is_rejected(block: str) -> None:
     frame = make(3)
-    keys_block, payloads_block = open_rows(frame, SEALER)
+    keys_block, _old_keys_block, payloads_block = open_rows(frame, SEALER)
     if block in ("keys", "both"):
         frame.keys = keys_block
     if block in ("payloads", "both"):
@@ -555,7 +602,7 @@ def test_signed_frame_with_clear_rows_is_rejected(block: str) -> None:
 def test_signed_frame_with_only_clear_rows_is_rejected() -> None:
     # A downgrade to the version-1 layout: clear rows, no sealed_rows at all.
     frame = make(3)
-    frame.keys, frame.payloads = open_rows(frame, SEALER)
+    frame.keys, _, frame.payloads = open_rows(frame, SEALER)
     frame.sealed_rows = frame.aead_nonce = b""
     with pytest.raises(FrameError) as ei:
         open_(resign(frame))
@@ -567,7 +614,7 @@ def test_signed_frame_with_only_clear_rows_is_rejected() -> None:
 # structure checks behind them must reject the frame.
 
 _F = make(5)
-_KB, _PB = open_rows(_F, SEALER)
+_KB, _OKB, _PB = open_rows(_F, SEALER)
 
 
 def _mutations() -> list[tuple[str, Any]]:
@@ -579,6 +626,11 @@ def _mutations() -> list[tuple[str, Any]]:
         ("keys", kb[:4] + b"\xff" + kb[5:]),
         ("keys", b"\xff\xff\xff\xff" + kb[4:]),
         ("keys", b""),
+        # Old keys (format 4): a count that disagrees, bad UTF-8, one on a delete.
+        ("old_keys", b'\x05\x00\x00\x00["a"]'),
+        ("old_keys", b"\x00\x00\x00\x00" * 4 + b"\x02\x00\x00\x00\xff\xfe"),
+        ("old_keys", b"\x00" * 8 + b'\x05\x00\x00\x00["a"]' + b"\x00" * 8),  # row 2: a delete
+        ("old_keys", b"\x00\x00\x00\x00" * 4 + b"\x09\x00\x00\x00[1]"),
         ("payloads", pb[:-1]),
         ("payloads", pb + b"\0"),
         ("payloads", pb[:2]),
@@ -610,14 +662,16 @@ def _mutations() -> list[tuple[str, Any]]:
 @pytest.mark.parametrize(("field", "value"), _mutations(), ids=lambda x: str(x)[:20])
 def test_resealed_malformed_frame_is_frame_error(field: str, value: Any) -> None:
     frame = copy(_F)
-    keys_block, payloads_block = _KB, _PB
+    keys_block, old_keys_block, payloads_block = _KB, _OKB, _PB
     if field == "keys":
         keys_block = value
+    elif field == "old_keys":
+        old_keys_block = value
     elif field == "payloads":
         payloads_block = value
     else:
         setattr(frame, field, value)
-    seal_frame(frame, SEALER, keys_block, payloads_block)
+    seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
     with pytest.raises(FrameError) as ei:
         open_(frame)
     assert not isinstance(ei.value, WatermarkError)
@@ -627,10 +681,12 @@ def test_resealed_malformed_frame_is_frame_error(field: str, value: Any) -> None
 @pytest.mark.parametrize(
     ("plaintext", "match"),
     [
-        (b"", "fewer than 8"),
-        (b"\x00" * 7, "fewer than 8"),
-        (struct.pack("<Q", 1), "runs past"),
-        (struct.pack("<Q", 2**64 - 1) + b"abc", "runs past"),
+        (b"", "fewer than 16"),
+        (b"\x00" * 15, "fewer than 16"),
+        (struct.pack("<Q", 1) + b"\x00" * 8, "keys length runs past"),
+        (struct.pack("<Q", 2**64 - 1) + b"abcdefghijk", "keys length runs past"),
+        (struct.pack("<QQ", 0, 1), "old keys length runs past"),
+        (struct.pack("<QQ", 0, 2**64 - 1) + b"abc", "old keys length runs past"),
     ],
 )
 def test_malformed_sealed_plaintext_is_frame_error(plaintext: bytes, match: str) -> None:
@@ -644,16 +700,23 @@ def test_malformed_sealed_plaintext_is_frame_error(plaintext: bytes, match: str)
 def test_documented_sealing_opens() -> None:
     # The recipe in wrapper.proto is enough to produce frames the driver opens.
     frame = make(2, ops=b"UU", payloads=[b"{}", b"{}"])
-    keys_block, payloads_block = open_rows(frame, SEALER)
-    seal_raw(frame, struct.pack("<Q", len(keys_block)) + keys_block + payloads_block)
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
+    seal_raw(
+        frame,
+        struct.pack("<Q", len(keys_block))
+        + keys_block
+        + struct.pack("<Q", len(old_keys_block))
+        + old_keys_block
+        + payloads_block,
+    )
     assert open_(frame).payloads == [b"{}", b"{}"]
 
 
 def test_delete_with_payload_is_frame_error() -> None:
     frame = make(3, ops=b"UUU")
-    keys_block, payloads_block = open_rows(frame, SEALER)
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
     frame.ops = b"UDU"
-    seal_frame(frame, SEALER, keys_block, payloads_block)
+    seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
     with pytest.raises(FrameError, match="delete"):
         open_(frame)
 
@@ -671,7 +734,7 @@ def test_stream_none_skips_stream_check() -> None:
         open_(make(), stream_id="stream-2")
 
 
-@pytest.mark.parametrize("version", [1, 2, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 5])
 def test_format_version_error_is_not_retriable(version: int) -> None:
     frame = make()
     assert version != FRAME_FORMAT_VERSION

@@ -97,6 +97,7 @@ RESEAL_FIELDS = (
     "vector_mask",
     "vectors",
     "keys_plain",
+    "old_keys_plain",
     "payloads_plain",
 )
 
@@ -249,7 +250,7 @@ def test_fuzz_random_frames(frame: wrapper_pb2.Frame, how: str, plain: bytes, da
         frame.watermark = SEALER.watermark(canonical_bytes(frame))
     elif how == "seal" and frame.kind >= 0:  # ... or every key
         cut = data.draw(st.integers(0, len(plain)))
-        seal_frame(frame, SEALER, plain[:cut], plain[cut:])
+        seal_frame(frame, SEALER, plain[:cut], b"", plain[cut:])
     exc = open_checked(frame)
     if how == "none" or (how == "resign" and frame.kind < 0):
         assert isinstance(exc, WatermarkError)
@@ -323,7 +324,7 @@ def test_fuzz_mutated_bytes(
 @given(st.sampled_from(VALID), st.data())
 def test_fuzz_mutated_and_resealed(valid: bytes, data: st.DataObject) -> None:
     frame = wrapper_pb2.Frame.FromString(valid)
-    keys_block, payloads_block = open_rows(frame, SEALER)
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
     fields = data.draw(st.lists(st.sampled_from(RESEAL_FIELDS), min_size=1, max_size=3))
     for field in fields:
         if field == "kind":  # the sender side refuses a negative enum value
@@ -332,9 +333,11 @@ def test_fuzz_mutated_and_resealed(valid: bytes, data: st.DataObject) -> None:
             keys_block = mutate_bytes(data, keys_block)
         elif field == "payloads_plain":
             payloads_block = mutate_bytes(data, payloads_block)
+        elif field == "old_keys_plain":
+            old_keys_block = mutate_bytes(data, old_keys_block)
         else:
             mutate_field(data, frame, field)
-    seal_frame(frame, SEALER, keys_block, payloads_block)
+    seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
     exc = open_checked(frame)
     if exc is not None:
         # Correctly sealed: only the structure checks may reject it.

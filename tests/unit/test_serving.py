@@ -75,7 +75,7 @@ def stored(store: Store) -> dict[str, dict[str, str]]:
     with reader.snapshot():
         for t in TABLES:
             for rows in reader.chunks(t, 0, 100, live_only=True):
-                for key, _op, _pos, payload, _v, _c in rows:
+                for key, _op, _pos, payload, _v, _c, _old in rows:
                     assert payload is not None
                     out[t][key] = decode_row(payload)["v"]
     reader.close()

@@ -158,6 +158,36 @@ def test_an_older_format_is_rebuilt_with_a_log_line(
     again.close()
 
 
+def test_format_2_is_migrated_in_place(tmp_path: Path) -> None:
+    # Format 2 lacks rows.old_key: the column is added, nothing else changes
+    # (same stream, same rows, no rebuild, drivers keep their replicas).
+    path = tmp_path / "v2.sqlite3"
+    store = Store(path, "normal")
+    store.reset("stream-2")
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"a", None, 1)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE rows DROP COLUMN old_key")
+    conn.execute("UPDATE meta SET v = '2' WHERE k = 'format'")
+    conn.commit()
+    conn.close()
+    again = Store(path, "normal")
+    assert again.rebuilt is None and again.meta.stream_id == "stream-2"
+    assert again.row_counts() == {"t": 1}
+    with again.transaction() as txn:
+        txn.write_batch("t", ["[2]"], [b"b"], [None], [None], 2, old_keys=["[1]"])
+    reader = StoreReader(path)
+    with reader.snapshot():
+        rows = [(r.key, r.old_key) for r in reader.changes_since("t", 0)]
+    reader.close()
+    assert rows == [("[1]", None), ("[2]", "[1]")]
+    again.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == (str(FORMAT),)
+    conn.close()
+
+
 def test_a_newer_format_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     Store(path, "normal").close()
