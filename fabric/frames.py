@@ -608,9 +608,15 @@ def open_frame(
 
     fv, tenant, stream, _, kind, table, seq, commit, head_pos, ctime, count, vdim = head
     if fv != FRAME_FORMAT_VERSION:
+        # Say which side to upgrade: both must run the same frame format.
+        fix = (
+            "upgrade prismlib on this app node to the wrapper's release"
+            if fv > FRAME_FORMAT_VERSION
+            else "upgrade prism-wrapper to this driver's release"
+        )
         raise FrameError(
             f"frame format version {fv} is not supported (this driver reads "
-            f"{FRAME_FORMAT_VERSION}); upgrade prismlib",
+            f"{FRAME_FORMAT_VERSION}); {fix}",
             retriable=False,
         )
     if tenant != tenant_id:

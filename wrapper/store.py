@@ -146,6 +146,15 @@ class StoreMeta:
 # that cannot proceed, so on a full disk it would take the room freed later
 # and leave drivers an empty store (seen in the soak).
 STORE_RESERVE_BYTES = 4 << 20
+# The WAL file only starts over after a checkpoint that no reader holds back,
+# and copying it into the database file needs room for the pages it adds. A
+# long outage's backlog, applied while drivers bootstrap, once grew it to 53
+# MB on a 64 MB disk (the MariaDB fault soak): then no checkpoint could
+# finish and the disk stayed full for good. So when the free space would
+# not hold the WAL again, the writer checkpoints and truncates it first
+# (waiting for readers up to the busy timeout), at most this often while
+# the disk stays that tight.
+WAL_RELIEF_EVERY_S = 5.0
 
 # SQLite's primary result codes for a full disk and for an I/O error (an I/O
 # error on a file system with no room left is a full disk too).
@@ -304,6 +313,7 @@ class Store:
         self._in_txn = False
         self._sync_now = self._synchronous
         self._checkpointer: _Checkpointer | None = None
+        self._wal_relieved_at = -WAL_RELIEF_EVERY_S  # monotonic time of the last relief
         # Commit notifications for the server's subscription threads.
         self.changed = threading.Condition()
         # Where writes through the wrapper became visible, for Write calls.
@@ -407,6 +417,8 @@ class Store:
             raise StoreError("store transactions do not nest")
         if grows:
             free = _free_bytes(self.path)
+            if free is not None and free < STORE_RESERVE_BYTES + self._wal_bytes():
+                free = self._relieve_wal(free)
             if free is not None and free < STORE_RESERVE_BYTES:
                 raise StoreFullError(
                     f"store {self.path}: the disk is full ({free} bytes free, a write needs "
@@ -443,6 +455,39 @@ class Store:
         # After the subscribers: a waiting writer wants its frame as well.
         if txn.written:
             self.write_positions.publish(txn.written)
+
+    def _wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _relieve_wal(self, free: int) -> int | None:
+        """Checkpoint the whole WAL into the database file and truncate it
+        (a tight disk: see WAL_RELIEF_EVERY_S); the free bytes after."""
+        now = time.monotonic()
+        if now - self._wal_relieved_at < WAL_RELIEF_EVERY_S:
+            return free
+        self._wal_relieved_at = now
+        wal = self._wal_bytes()
+        try:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning(
+                "store disk tight (%d bytes free, WAL %d bytes): checkpoint failed: %s",
+                free,
+                wal,
+                exc,
+            )
+            return free
+        after = _free_bytes(self.path)
+        log.warning(
+            "store disk tight: WAL of %d bytes %s; %s bytes free now",
+            wal,
+            "held back by a reader, checkpointed in part" if busy else "checkpointed and truncated",
+            after,
+        )
+        return after
 
     def reset(self, stream_id: str | None = None) -> StoreMeta:
         """Forget everything: a new stream identity. Drivers that resume

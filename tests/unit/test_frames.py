@@ -743,6 +743,9 @@ def test_format_version_error_is_not_retriable(version: int) -> None:
     with pytest.raises(FrameError, match="format version") as ei:
         open_(frame)
     assert not ei.value.retriable
+    # It names the side to upgrade: the driver for a newer format, else the wrapper.
+    side = "prismlib on this app node" if version > FRAME_FORMAT_VERSION else "prism-wrapper"
+    assert f"upgrade {side}" in str(ei.value)
     with pytest.raises(FrameError) as ei2:
         open_(make(keys=["x"] * 5, tenant_id="other"))
     assert ei2.value.retriable

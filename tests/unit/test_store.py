@@ -259,6 +259,45 @@ def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
     assert changes(store, "t") == [("[1]", "U", 1), ("[3]", "U", 3)]
 
 
+def test_a_tight_disk_truncates_the_wal_before_it_fills_the_disk(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the free space would not hold the WAL again, the next write first
+    checkpoints and truncates it: a WAL left to grow into the last free bytes
+    could never be copied into the database file (the disk stayed full for
+    good in the MariaDB soak). A reader holding an old snapshot holds the
+    WAL back; the write still goes ahead while the reserve is there."""
+    wal = Path(f"{store.path}-wal")
+    with store.transaction() as txn:
+        for i in range(200):
+            txn.upsert("t", f"[{i}]", b"x" * 4000, None, 1)
+    assert wal.stat().st_size > 800_000
+    free = {"bytes": 10**12}
+    monkeypatch.setattr(store_module, "_free_bytes", lambda path: free["bytes"])
+    with store.transaction() as txn:  # plenty of room: the WAL is left alone
+        txn.upsert("t", "[1000]", b"y", None, 1)
+    assert wal.stat().st_size > 800_000
+
+    # A reader in a snapshot older than the last commit holds the WAL back.
+    reader = StoreReader(store.path)
+    reader.begin()
+    with store.transaction() as txn:
+        txn.upsert("t", "[1001]", b"y", None, 1)
+    free["bytes"] = STORE_RESERVE_BYTES + 1000  # less than the reserve plus the WAL
+    monkeypatch.setattr(store_module, "WAL_RELIEF_EVERY_S", 0.0)
+    store._conn.execute("PRAGMA busy_timeout = 100")  # the reader will not end
+    with store.transaction() as txn:  # held back, but the reserve is there: written
+        txn.upsert("t", "[1002]", b"z", None, 1)
+    assert wal.stat().st_size > 800_000
+    reader.end()
+    reader.close()
+
+    with store.transaction() as txn:  # no reader now: checkpointed and truncated first
+        txn.upsert("t", "[1003]", b"z", None, 1)
+    assert wal.stat().st_size < 100_000
+    assert store.row_counts() == {"t": 204}
+
+
 def test_write_positions_outlive_the_markers_in_the_database(store: Store) -> None:
     """A retry of a request id is a replay while its marker is in the
     database, which keeps markers up to retention + MARKER_PURGE_EVERY_S: its
