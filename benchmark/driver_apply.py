@@ -51,6 +51,7 @@ from prism.driver.epochs import EpochSealers  # noqa: E402
 from prism.driver.follow import Follower  # noqa: E402
 from prism.driver.index import IndexParams  # noqa: E402
 from prism.driver.replica import Replica, ReplicaFeed  # noqa: E402
+from prism.fabric import FRAME_FORMAT_VERSION  # noqa: E402
 from prism.fabric import wrapper_pb2 as pb  # noqa: E402
 from prism.fabric.frames import (  # noqa: E402
     bind_frame,
@@ -274,7 +275,10 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     in_rows = not args.no_vector_in_rows
     suffix = "" if in_rows else "-novec"
-    path = args.cache / f"frames-{args.rows}-{args.frame_rows}-{args.seed}{suffix}.bin"
+    # The frame format is in the name: frames cached by another release are
+    # rebuilt, not refused by open_frame.
+    name = f"frames-v{FRAME_FORMAT_VERSION}-{args.rows}-{args.frame_rows}-{args.seed}{suffix}.bin"
+    path = args.cache / name
     if not path.exists():
         print(f"building frames of {args.rows} rows into {path} ...", file=sys.stderr)
         meta = build_frames(path, args.rows, args.frame_rows, args.seed, in_rows)

@@ -42,6 +42,7 @@ from prism.driver.link import Link, Login
 from prism.driver.replica import Replica, ReplicaFeed, release_memory
 from prism.driver.schema import Schema
 from prism.driver.warmstart import WarmStart
+from prism.fabric import FRAME_FORMAT_VERSION
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.backoff import Backoff
@@ -240,6 +241,7 @@ class Subscription:
                         max_frame_rows=cfg.max_frame_rows,
                         session=login.hello.session,
                         subscription=subscription,
+                        frame_format=FRAME_FORMAT_VERSION,
                     )
                 )
             )

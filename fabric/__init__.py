@@ -13,8 +13,13 @@ from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkEr
 # sealed_rows also carry the key each upsert replaced on a primary-key change.
 PROTOCOL_VERSION = 2
 FRAME_FORMAT_VERSION = 4
+# Formats this release reads and writes: a wrapper sends an older driver the
+# format it asked for (SubscribeRequest.frame_format), and a driver reads an
+# older wrapper's frames, so either side may be upgraded first.
+FRAME_FORMATS = frozenset({3, 4})
 
 __all__ = [
+    "FRAME_FORMATS",
     "FRAME_FORMAT_VERSION",
     "PROTOCOL_VERSION",
     "FabricError",

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from prism.fabric import FRAME_FORMAT_VERSION, wrapper_pb2
+from prism.fabric import FRAME_FORMAT_VERSION, FRAME_FORMATS, wrapper_pb2
 from prism.fabric.errors import (
     FabricError,
     FrameError,
@@ -229,6 +229,7 @@ def build_frame(
     vector_dim: int,
     subscription: bytes = b"",
     old_keys: Sequence[str | None] | None = None,
+    format_version: int = FRAME_FORMAT_VERSION,
 ) -> wrapper_pb2.Frame:
     """Pack, seal and watermark a batch of changes of one table, sent as
     frame ``sequence`` of the Subscribe call that named itself
@@ -250,6 +251,7 @@ def build_frame(
         payloads=payloads,
         vector_dim=vector_dim,
         old_keys=old_keys,
+        format_version=format_version,
     )
     frame.sequence = sequence
     frame.subscription = subscription
@@ -276,6 +278,7 @@ def build_shared_frame(
     payloads: Sequence[bytes],
     vector_dim: int,
     old_keys: Sequence[str | None] | None = None,
+    format_version: int = FRAME_FORMAT_VERSION,
 ) -> wrapper_pb2.Frame:
     """Pack, seal and watermark a batch of changes of one table, without a
     call's envelope (sequence 0, no subscription, no binding): one frame for
@@ -289,6 +292,8 @@ def build_shared_frame(
     ``old_keys`` (None: no row replaced a key) gives, per row, the key an
     upsert replaced on a primary-key change, or None. They travel inside
     sealed_rows with the keys, so a signed frame is needed to carry them.
+    Format 3 (for a driver that reads no newer one) has no place for them:
+    there they are left out.
 
     With ``sealer=None`` the frame is built unsigned (key_epoch 0, empty
     watermark) and may carry neither vectors nor old keys; open_frame
@@ -297,6 +302,11 @@ def build_shared_frame(
     Raises FabricError when the arguments do not describe a valid frame.
     """
     count = len(keys)
+    if format_version not in FRAME_FORMATS:
+        raise FabricError(
+            f"frame format {format_version} is not one this release writes "
+            f"({sorted(FRAME_FORMATS)})"
+        )
     if kind not in _KINDS:
         raise FabricError(f"frame kind {kind} is not CHANGES, RESET or HEARTBEAT")
     if kind == wrapper_pb2.HEARTBEAT and count:
@@ -317,7 +327,7 @@ def build_shared_frame(
     pos = np.asarray(positions, dtype=np.uint64)
     if count > 1 and not bool(np.all(pos[1:] >= pos[:-1])):
         raise FabricError("frame positions must be non-decreasing")
-    old_keys_block = _old_keys_block(old_keys, keys, ops)
+    old_keys_block = _old_keys_block(old_keys, keys, ops) if format_version >= 4 else b""
     if old_keys_block and sealer is None:
         raise FabricError("old keys cannot be framed without a sealer")
 
@@ -359,7 +369,7 @@ def build_shared_frame(
     if sealer is not None:
         aead_nonce = os.urandom(AEAD_NONCE_BYTES)
         head: _Fields = (
-            FRAME_FORMAT_VERSION,
+            format_version,
             tenant_id,
             stream_id,
             epoch,
@@ -383,11 +393,11 @@ def build_shared_frame(
             (20, aead_nonce),
         ]
         sealed_rows, watermark = _seal(
-            head, blocks, sealer, keys_block, old_keys_block, payloads_block
+            head, blocks, sealer, keys_block, old_keys_block, payloads_block, format_version
         )
         keys_block = payloads_block = b""
     return wrapper_pb2.Frame(
-        format_version=FRAME_FORMAT_VERSION,
+        format_version=format_version,
         tenant_id=tenant_id,
         stream_id=stream_id,
         key_epoch=epoch,
@@ -454,7 +464,13 @@ def seal_frame(
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
     blocks = _blocks(frame)
     frame.sealed_rows, frame.watermark = _seal(
-        _head(frame), blocks, sealer, keys_block, old_keys_block, payloads_block
+        _head(frame),
+        blocks,
+        sealer,
+        keys_block,
+        old_keys_block,
+        payloads_block,
+        frame.format_version,
     )
     frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
 
@@ -492,13 +508,19 @@ def _seal(
     keys: bytes,
     old_keys: bytes,
     payloads: bytes,
+    format_version: int = FRAME_FORMAT_VERSION,
 ) -> tuple[bytes, bytes]:
     """(sealed_rows, watermark) for a frame whose other fields are ``head``
     and ``blocks`` (keys and payloads empty, sealed_rows a placeholder that is
     filled in here); the blocks are hashed where they lie, never copied.
-    The plaintext: u64 length and the keys block, u64 length and the old
-    keys block, the payloads block."""
-    plaintext = b"".join((_U64.pack(len(keys)), keys, _U64.pack(len(old_keys)), old_keys, payloads))
+    The plaintext: u64 length and the keys block, (format 4) u64 length and
+    the old keys block, the payloads block."""
+    if format_version >= 4:
+        plaintext = b"".join(
+            (_U64.pack(len(keys)), keys, _U64.pack(len(old_keys)), old_keys, payloads)
+        )
+    else:
+        plaintext = b"".join((_U64.pack(len(keys)), keys, payloads))
     nonce = dict(blocks)[20]
     sealed = sealer.encrypt(nonce, plaintext, _rows_aad(head, blocks))
     blocks[blocks.index((_SEALED_ROWS, b""))] = (_SEALED_ROWS, sealed)
@@ -521,6 +543,13 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
         raise SealedRowsError(
             f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"
         ) from None
+    if head[0] < 4:  # format 3: keys and payloads only
+        if len(plain) < 8:
+            raise FrameError("sealed_rows hold fewer than 8 bytes")
+        (n_keys,) = _U64.unpack_from(plain)
+        if n_keys > len(plain) - 8:
+            raise FrameError("sealed_rows: keys length runs past the end")
+        return plain[8 : 8 + n_keys], b"", plain[8 + n_keys :]
     if len(plain) < 16:
         raise FrameError("sealed_rows hold fewer than 16 bytes (two block lengths)")
     (n_keys,) = _U64.unpack_from(plain)
@@ -607,8 +636,8 @@ def open_frame(
         )
 
     fv, tenant, stream, _, kind, table, seq, commit, head_pos, ctime, count, vdim = head
-    if fv != FRAME_FORMAT_VERSION:
-        # Say which side to upgrade: both must run the same frame format.
+    if fv not in FRAME_FORMATS:
+        # Say which side to upgrade.
         fix = (
             "upgrade prismlib on this app node to the wrapper's release"
             if fv > FRAME_FORMAT_VERSION
@@ -616,7 +645,7 @@ def open_frame(
         )
         raise FrameError(
             f"frame format version {fv} is not supported (this driver reads "
-            f"{FRAME_FORMAT_VERSION}); {fix}",
+            f"{', '.join(map(str, sorted(FRAME_FORMATS)))}); {fix}",
             retriable=False,
         )
     if tenant != tenant_id:

@@ -225,7 +225,7 @@ class HelloResponse(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., stream_id: _Optional[str] = ..., tables: _Optional[_Iterable[_Union[TableSchema, _Mapping]]] = ..., key_epoch: _Optional[int] = ..., key_proof: _Optional[bytes] = ..., capabilities: _Optional[_Iterable[str]] = ..., head_position: _Optional[int] = ..., retention_floor: _Optional[int] = ..., text_embedder_dim: _Optional[int] = ..., session: _Optional[bytes] = ..., projection_key: _Optional[bytes] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription", "mac")
+    __slots__ = ("tenant_id", "stream_id", "from_position", "max_frame_rows", "session", "subscription", "mac", "frame_format")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class SubscribeRequest(_message.Message):
     SESSION_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FORMAT_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     stream_id: str
     from_position: int
@@ -240,7 +241,8 @@ class SubscribeRequest(_message.Message):
     session: bytes
     subscription: bytes
     mac: bytes
-    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., mac: _Optional[bytes] = ...) -> None: ...
+    frame_format: int
+    def __init__(self, tenant_id: _Optional[str] = ..., stream_id: _Optional[str] = ..., from_position: _Optional[int] = ..., max_frame_rows: _Optional[int] = ..., session: _Optional[bytes] = ..., subscription: _Optional[bytes] = ..., mac: _Optional[bytes] = ..., frame_format: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("format_version", "tenant_id", "stream_id", "key_epoch", "kind", "table", "sequence", "commit_position", "head_position", "commit_time_us", "count", "vector_dim", "keys", "ops", "positions", "vector_mask", "vectors", "payloads", "sealed_rows", "aead_nonce", "subscription", "watermark", "binding")

@@ -40,7 +40,13 @@ from prism.wrapper.metrics import WrapperMetrics, store_bytes
 from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import ReaderPool, Store, free_bytes
-from prism.wrapper.subscription import SendWatchdog, ServeScope, frame_rows, subscription
+from prism.wrapper.subscription import (
+    SendWatchdog,
+    ServeScope,
+    frame_format_for,
+    frame_rows,
+    subscription,
+)
 from prism.wrapper.writeplan import WriteError
 from prism.wrapper.writes import WriteExecutor
 
@@ -298,6 +304,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             epoch=lambda: st.keyring.epoch(tenant_id),
             secret_id=hashlib.sha256(b"prism/serve-scope\0" + secret).digest()[:16],
             max_rows=frame_rows(request.max_frame_rows),
+            frame_format=frame_format_for(request.frame_format),
         )
         log.info(
             "subscriber",

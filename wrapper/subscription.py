@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prism.fabric import FRAME_FORMAT_VERSION
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.sealing import Sealer
@@ -78,10 +79,18 @@ class ServeScope:
     epoch: Callable[[], int]  # the tenant's current key epoch
     secret_id: bytes = b""  # names the secret the keys derive from (never the secret)
     max_rows: int = DEFAULT_FRAME_ROWS
+    frame_format: int = FRAME_FORMAT_VERSION  # what the driver reads (frame_format_for)
 
     @property
-    def key(self) -> tuple[str, bytes, int]:
-        return (self.tenant_id, self.secret_id, self.max_rows)
+    def key(self) -> tuple[str, bytes, int, int]:
+        return (self.tenant_id, self.secret_id, self.max_rows, self.frame_format)
+
+
+def frame_format_for(requested: int) -> int:
+    """The frame format to send a driver that reads up to `requested` (0:
+    a driver from before format 4, which reads 3): that one, or the newest
+    this wrapper writes if the driver's is newer."""
+    return min(requested or 3, FRAME_FORMAT_VERSION)
 
 
 def frame_rows(requested: int) -> int:
@@ -152,6 +161,7 @@ class SegmentBuilder:
             payloads=blobs,
             vector_dim=dim,
             old_keys=old_keys,
+            format_version=self.scope.frame_format,
         )
         return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
 

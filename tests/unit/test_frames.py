@@ -348,6 +348,28 @@ def test_old_keys_tampered_fail_the_frame() -> None:
         open_(resign(frame))
 
 
+def test_format_3_for_older_drivers_has_no_old_keys_and_opens() -> None:
+    # A wrapper sends format 3 to a driver that reads no newer one: the
+    # sealed plaintext is exactly format 3's (keys, payloads), the old keys
+    # are left out, and this driver reads such frames too (an older wrapper).
+    old = [None, encode_key(["was"])]
+    frame = make(2, ops=b"UU", payloads=[b"\x80", b"\x81"], old_keys=old, format_version=3)
+    assert frame.format_version == 3
+    keys_block = b"".join(
+        struct.pack("<I", len(k)) + k for k in (encode_key([i, f"k{i}"]).encode() for i in range(2))
+    )
+    payloads_block = b"".join(struct.pack("<I", 1) + p for p in (b"\x80", b"\x81"))
+    plain = AESGCM(KEYS3.aead_key).decrypt(
+        frame.aead_nonce, frame.sealed_rows, documented_aad(frame)
+    )
+    assert plain == struct.pack("<Q", len(keys_block)) + keys_block + payloads_block
+    d = open_(frame)
+    assert d.payloads == [b"\x80", b"\x81"] and d.old_keys is None
+    assert open_(make(2, ops=b"UU", payloads=[b"\x80", b"\x81"], old_keys=old)).old_keys == old
+    with pytest.raises(FabricError, match="format 2"):
+        make(2, format_version=2)
+
+
 def test_bad_old_keys_are_refused_when_building() -> None:
     with pytest.raises(FabricError, match="old keys for"):
         make(2, ops=b"UU", payloads=[b"\x80", b"\x80"], old_keys=[encode_key([1])])
@@ -734,7 +756,7 @@ def test_stream_none_skips_stream_check() -> None:
         open_(make(), stream_id="stream-2")
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 5])
+@pytest.mark.parametrize("version", [1, 2, 5])
 def test_format_version_error_is_not_retriable(version: int) -> None:
     frame = make()
     assert version != FRAME_FORMAT_VERSION

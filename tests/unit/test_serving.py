@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
-from prism.wrapper.subscription import Call, ServeScope, subscription
+from prism.wrapper.subscription import Call, ServeScope, frame_format_for, subscription
 
 SECRET = b"k" * 32
 DIM = 4
@@ -92,8 +93,10 @@ class Driver:
         stream: str = "",
         position: int = 0,
         fast: bool = True,
+        scope: ServeScope | None = None,
     ):
         self.store = store
+        self.seen: list[tuple[int, list[str | None] | None]] = []  # (format, old keys)
         self.follower = Follower(stream_id=stream, position=position)
         self.feed = ReplicaFeed(
             Replica(
@@ -108,7 +111,7 @@ class Driver:
         self.commits: list[int] = []
         stream_id, pos = self.follower.new_call()
         self.call = subscription(
-            SCOPE,
+            scope or SCOPE,
             cache,
             ReaderPool(store.path),
             stream_id,
@@ -135,6 +138,7 @@ class Driver:
             stream_id=None,
             subscription=self.nonce,
         )
+        self.seen.append((f.format_version, decoded.old_keys))
         batch = self.follower.on_frame(decoded)
         if batch is not None:
             self.feed.apply(batch)
@@ -161,6 +165,40 @@ class Driver:
         return {
             n: {k: value(v) for k, v in t.rows.items()} for n, t in self.feed.replica.tables.items()
         }
+
+
+def test_each_driver_gets_the_frame_format_it_reads(store: Store) -> None:
+    # A driver from before format 4 (frame_format 0 in its request: 3) gets
+    # format 3 frames, without old keys; a current one gets format 4 with
+    # them. Each format is built once and cached apart.
+    write(store, {("t", i): f"a{i}" for i in range(3)}, set())
+    done(store)
+    cache = FrameCache(1 << 20)
+    old = Driver(store, cache, scope=replace(SCOPE, frame_format=frame_format_for(0)))
+    new = Driver(store, cache, scope=replace(SCOPE, frame_format=frame_format_for(4)))
+    for d in (old, new):
+        d.catch_up()
+    with store.transaction() as txn:  # row 1 becomes row 9: a key change
+        txn.delete("t", encode_key([1]), now_us())
+        txn.write_batch(
+            "t",
+            [encode_key([9])],
+            [encode_row({"id": 9, "v": "moved"})],
+            [np.full(DIM, 2, dtype="<f4").tobytes()],
+            [None],
+            now_us(),
+            old_keys=[encode_key([1])],
+        )
+    for d in (old, new):
+        d.catch_up()
+        assert d.rows() == stored(store)
+    assert {fmt for fmt, _ in old.seen} == {3}
+    assert {fmt for fmt, _ in new.seen} == {4}
+    assert all(keys is None for _, keys in old.seen)
+    assert [k for _, keys in new.seen if keys for k in keys] == [None, encode_key([1])]
+    assert frame_format_for(5) == 4  # a newer driver gets the newest this wrapper writes
+    old.call.close()
+    new.call.close()
 
 
 @pytest.mark.parametrize("fast", [True, False])
