@@ -39,21 +39,36 @@
 typedef size_t (*scan_fn)(const uint64_t *, const uint64_t *, size_t, size_t, size_t,
                           const uint64_t *, unsigned, unsigned, int32_t *, uint16_t *);
 
-/* Stage 2 over the stage-1 survivors already in out[:m1]: their tail rows
- * lie at random places, so each is prefetched a few survivors ahead (the
- * misses overlap instead of queueing one after another: ~80 -> ~48 us per
- * scan at 100k entries). Compacts out and dist in place; returns the
- * survivors' count. */
-static size_t refine(const uint64_t *head, const uint64_t *tail, size_t cap, size_t words,
-                     const uint64_t *q, unsigned r2, int32_t *out, uint16_t *dist, size_t m1) {
-    const size_t rest = words - 2, ahead = 8;
+/* Stage 1 in scalar code over entries [from, n): each one within r1 on the
+ * first two words goes to out[m], its distance so far to dist[m]. Inlined
+ * into each variant, so it compiles for that variant's target (the POPCNT
+ * instruction in scan_popcnt, the tail of fewer than eight in scan_avx512). */
+static inline __attribute__((always_inline)) size_t stage1_scalar(
+    const uint64_t *head, size_t cap, size_t from, size_t n, const uint64_t *q, unsigned r1,
+    int32_t *out, uint16_t *dist, size_t m) {
     const uint64_t *w0 = head, *w1 = head + cap;
+    for (size_t i = from; i < n; i++) {
+        unsigned d = (unsigned)(__builtin_popcountll(w0[i] ^ q[0]) +
+                                __builtin_popcountll(w1[i] ^ q[1]));
+        if (d <= r1) { out[m] = (int32_t)i; dist[m] = (uint16_t)d; m++; }
+    }
+    return m;
+}
+
+/* Stage 2 over the stage-1 survivors in out[:m1] (dist[:m1] their distance
+ * on the first two words): their tail rows lie at random places, so each is
+ * prefetched a few survivors ahead (the misses overlap instead of queueing
+ * one after another: ~80 -> ~48 us per scan at 100k entries). Compacts out
+ * and dist in place; returns the survivors' count. */
+static inline __attribute__((always_inline)) size_t refine(
+    const uint64_t *tail, size_t words, const uint64_t *q, unsigned r2, int32_t *out,
+    uint16_t *dist, size_t m1) {
+    const size_t rest = words - 2, ahead = 8;
     size_t m = 0;
     for (size_t c = 0; c < m1; c++) {
         if (c + ahead < m1) __builtin_prefetch(tail + (size_t)out[c + ahead] * rest);
         const size_t j = (size_t)out[c];
-        unsigned d = (unsigned)(__builtin_popcountll(w0[j] ^ q[0]) +
-                                __builtin_popcountll(w1[j] ^ q[1]));
+        unsigned d = dist[c];
         for (size_t w = 0; w < rest; w++)
             d += (unsigned)__builtin_popcountll(tail[j * rest + w] ^ q[2 + w]);
         if (d <= r2) { out[m] = (int32_t)j; dist[m] = (uint16_t)d; m++; }
@@ -61,28 +76,19 @@ static size_t refine(const uint64_t *head, const uint64_t *tail, size_t cap, siz
     return m;
 }
 
-/* Stage 1 in scalar code, shared by the scalar variants (compiled once per
- * target): survivors' indexes into out, then refine(). */
-#define SCALAR_SCAN                                                                   \
-    size_t m = 0;                                                                     \
-    const uint64_t *w0 = head, *w1 = head + cap;                                      \
-    for (size_t i = 0; i < n; i++)                                                    \
-        if ((unsigned)(__builtin_popcountll(w0[i] ^ q[0]) +                           \
-                       __builtin_popcountll(w1[i] ^ q[1])) <= r1)                     \
-            out[m++] = (int32_t)i;                                                    \
-    return refine(head, tail, cap, words, q, r2, out, dist, m);
-
-static size_t scan_portable(const uint64_t *head, const uint64_t *tail, size_t cap, size_t words, size_t n,
-                            const uint64_t *q, unsigned r1, unsigned r2, int32_t *out,
+static size_t scan_portable(const uint64_t *head, const uint64_t *tail, size_t cap, size_t words,
+                            size_t n, const uint64_t *q, unsigned r1, unsigned r2, int32_t *out,
                             uint16_t *dist) {
-    SCALAR_SCAN
+    size_t m = stage1_scalar(head, cap, 0, n, q, r1, out, dist, 0);
+    return refine(tail, words, q, r2, out, dist, m);
 }
 
 #ifdef PRISM_X86
 __attribute__((target("popcnt"))) static size_t scan_popcnt(
-    const uint64_t *head, const uint64_t *tail, size_t cap, size_t words, size_t n, const uint64_t *q, unsigned r1,
-    unsigned r2, int32_t *out, uint16_t *dist) {
-    SCALAR_SCAN
+    const uint64_t *head, const uint64_t *tail, size_t cap, size_t words, size_t n,
+    const uint64_t *q, unsigned r1, unsigned r2, int32_t *out, uint16_t *dist) {
+    size_t m = stage1_scalar(head, cap, 0, n, q, r1, out, dist, 0);
+    return refine(tail, words, q, r2, out, dist, m);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt"))) static size_t
@@ -97,16 +103,22 @@ scan_avx512(const uint64_t *head, const uint64_t *tail, size_t cap, size_t words
     for (; i + 8 <= n; i += 8) { /* stage 1: eight entries per step */
         __m512i a = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(w0 + i), q0));
         __m512i b = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(w1 + i), q1));
-        __mmask8 k = _mm512_cmple_epu64_mask(_mm512_add_epi64(a, b), rad);
-        while (k) { /* survivors are ~1-2% of entries */
-            out[m++] = (int32_t)(i + (size_t)__builtin_ctz(k));
-            k &= (__mmask8)(k - 1);
+        __m512i d = _mm512_add_epi64(a, b);
+        __mmask8 k = _mm512_cmple_epu64_mask(d, rad);
+        if (k) { /* survivors are ~1-2% of entries */
+            uint64_t lanes[8];
+            _mm512_storeu_si512(lanes, d);
+            do {
+                unsigned j = (unsigned)__builtin_ctz(k);
+                out[m] = (int32_t)(i + j);
+                dist[m] = (uint16_t)lanes[j];
+                m++;
+                k &= (__mmask8)(k - 1);
+            } while (k);
         }
     }
-    for (; i < n; i++) /* the tail of fewer than eight entries */
-        if ((unsigned)(__builtin_popcountll(w0[i] ^ q[0]) + __builtin_popcountll(w1[i] ^ q[1])) <= r1)
-            out[m++] = (int32_t)i;
-    return refine(head, tail, cap, words, q, r2, out, dist, m);
+    m = stage1_scalar(head, cap, i, n, q, r1, out, dist, m);
+    return refine(tail, words, q, r2, out, dist, m);
 }
 #endif
 

@@ -237,13 +237,12 @@ class CodeIndex:
         qsign = np.packbits(qr > 0, bitorder="little").view(np.uint64)
         # Stage 1: the first `pre` words (128 bits) over every slot, with a
         # radius of their own; stage 2: the full distance of the survivors.
-        pre = min(self.words, _PREFILTER_WORDS)
-        r1 = hamming_radius(threshold, 64 * pre)
+        r1 = hamming_radius(threshold, 64 * self._pre)
         r2 = hamming_radius(threshold, self.dim)
-        if _hamming is not None and self.words >= 2:
+        if self._kernel() is not None:
             cand, full = self._scan_compiled(qsign, n, r1, r2)
         else:
-            cand, full = self._scan_numpy(qsign, n, pre, r1, r2)
+            cand, full = self._scan_numpy(qsign, n, r1, r2)
         if len(cand) == 0:
             return []
         live = self._inv_norm[cand] > 0  # free slots have zero signs, so may pass
@@ -272,15 +271,22 @@ class CodeIndex:
             )
         return self._scratch
 
+    def _kernel(self) -> ModuleType | None:
+        """The compiled module, where built and the codes have the two
+        sign words its first stage reads (dim >= 128); else None: numpy.
+        Looked up per call, so the benchmark can time both on one index."""
+        return _hamming if self.words >= 2 else None
+
     def _scan_compiled(
         self, qsign: np.ndarray, n: int, r1: int, r2: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(slots, full distances) within r1 on the first two words and r2
         on all of them, in slot order: one pass in prism.cache._hamming."""
-        assert _hamming is not None
+        kernel = self._kernel()
+        assert kernel is not None
         out, dist = self._scratch_for(n)[3:]
         q = np.ascontiguousarray(qsign, np.uint64)
-        m = _hamming.scan(
+        m = kernel.scan(
             self._head, self._tail, self._head.shape[1], self.words, n, q, r1, r2, out, dist
         )
         return out[:m].astype(np.int64), dist[:m].copy()
@@ -288,10 +294,11 @@ class CodeIndex:
     def _score(self, slots: np.ndarray, qr: np.ndarray) -> np.ndarray:
         """Scores (float32) of slots against the rotated query: compiled
         where built (no reconstruction materialized), else decoded in numpy."""
-        if _hamming is None or self.words < 2:
+        kernel = self._kernel()
+        if kernel is None:
             return (self._decode(slots) @ qr) * self._inv_norm[slots]
         out = np.empty(len(slots), np.float32)
-        _hamming.score(
+        kernel.score(
             self._head,
             self._tail,
             self._low,
@@ -308,9 +315,10 @@ class CodeIndex:
         return out
 
     def _scan_numpy(
-        self, qsign: np.ndarray, n: int, pre: int, r1: int, r2: int
+        self, qsign: np.ndarray, n: int, r1: int, r2: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The same scan as _scan_compiled, in numpy passes."""
+        pre = self._pre
         tmp, cnt, dist = (a[:n] for a in self._scratch_for(n)[:3])
         np.bitwise_xor(self._head[0, :n], qsign[0], out=tmp)
         np.bitwise_count(tmp, out=dist)

@@ -128,7 +128,7 @@ def test_compiled_scan_equals_the_numpy_scan(n: int) -> None:
         qsign = np.packbits(ix.rotate(q) > 0, bitorder="little").view(np.uint64)
         r1, r2 = hamming_radius(t, 128), hamming_radius(t, 384)
         got = ix._scan_compiled(qsign, n, r1, r2)
-        want = ix._scan_numpy(qsign, n, 2, r1, r2)
+        want = ix._scan_numpy(qsign, n, r1, r2)
         assert np.array_equal(got[0], want[0])
         assert np.array_equal(got[1], want[1])
         if n >= 1000 and t == 0.5:
@@ -200,7 +200,7 @@ def test_every_kernel_variant_equals_the_numpy_scan(kernel: str) -> None:
         "    q = np.packbits(ix.rotate(x[j] + 0.05 * x[j - 1]) > 0, bitorder='little')\n"
         "    q = q.view(np.uint64)\n"
         "    r1, r2 = hamming_radius(0.6, 128), hamming_radius(0.6, 384)\n"
-        "    a, b = ix._scan_compiled(q, 3001, r1, r2), ix._scan_numpy(q, 3001, 2, r1, r2)\n"
+        "    a, b = ix._scan_compiled(q, 3001, r1, r2), ix._scan_numpy(q, 3001, r1, r2)\n"
         "    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])\n"
         "    found += len(a[0])\n"
         "assert found >= 31\n"
