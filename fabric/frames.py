@@ -393,7 +393,7 @@ def build_shared_frame(
             (20, aead_nonce),
         ]
         sealed_rows, watermark = _seal(
-            head, blocks, sealer, keys_block, old_keys_block, payloads_block, format_version
+            head, blocks, sealer, keys_block, old_keys_block, payloads_block
         )
         keys_block = payloads_block = b""
     return wrapper_pb2.Frame(
@@ -464,13 +464,7 @@ def seal_frame(
     frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
     blocks = _blocks(frame)
     frame.sealed_rows, frame.watermark = _seal(
-        _head(frame),
-        blocks,
-        sealer,
-        keys_block,
-        old_keys_block,
-        payloads_block,
-        frame.format_version,
+        _head(frame), blocks, sealer, keys_block, old_keys_block, payloads_block
     )
     frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
 
@@ -508,14 +502,13 @@ def _seal(
     keys: bytes,
     old_keys: bytes,
     payloads: bytes,
-    format_version: int = FRAME_FORMAT_VERSION,
 ) -> tuple[bytes, bytes]:
     """(sealed_rows, watermark) for a frame whose other fields are ``head``
     and ``blocks`` (keys and payloads empty, sealed_rows a placeholder that is
     filled in here); the blocks are hashed where they lie, never copied.
-    The plaintext: u64 length and the keys block, (format 4) u64 length and
-    the old keys block, the payloads block."""
-    if format_version >= 4:
+    The plaintext: u64 length and the keys block, (format 4, from the head's
+    format version) u64 length and the old keys block, the payloads block."""
+    if head[0] >= 4:
         plaintext = b"".join(
             (_U64.pack(len(keys)), keys, _U64.pack(len(old_keys)), old_keys, payloads)
         )

@@ -23,7 +23,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from prism.fabric import PROTOCOL_VERSION
+from prism.fabric import FRAME_FORMATS, PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
@@ -294,6 +294,14 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 f"subscription must be {MIN_SUBSCRIPTION}-{MAX_SUBSCRIPTION} random bytes, "
                 f"got {len(request.subscription)}",
             )
+        frame_format = frame_format_for(request.frame_format)
+        if frame_format is None:
+            st.metrics.refused("subscribe", "frame-format")
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"frame_format {request.frame_format} is older than any this wrapper writes "
+                f"({', '.join(map(str, sorted(FRAME_FORMATS)))}): upgrade prismlib on the app node",
+            )
         secret = st.auth.tenants[tenant_id].secrets[session.secret_index]
         tables = st.cfg.tables_of(tenant_id)
         scope = ServeScope(
@@ -304,7 +312,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             epoch=lambda: st.keyring.epoch(tenant_id),
             secret_id=hashlib.sha256(b"prism/serve-scope\0" + secret).digest()[:16],
             max_rows=frame_rows(request.max_frame_rows),
-            frame_format=frame_format_for(request.frame_format),
+            frame_format=frame_format,
         )
         log.info(
             "subscriber",

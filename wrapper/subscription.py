@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prism.fabric import FRAME_FORMAT_VERSION
+from prism.fabric import FRAME_FORMAT_VERSION, FRAME_FORMATS
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.sealing import Sealer
@@ -86,11 +86,13 @@ class ServeScope:
         return (self.tenant_id, self.secret_id, self.max_rows, self.frame_format)
 
 
-def frame_format_for(requested: int) -> int:
+def frame_format_for(requested: int) -> int | None:
     """The frame format to send a driver that reads up to `requested` (0:
     a driver from before format 4, which reads 3): that one, or the newest
-    this wrapper writes if the driver's is newer."""
-    return min(requested or 3, FRAME_FORMAT_VERSION)
+    this wrapper writes if the driver's is newer. None: the driver reads
+    only formats older than any this wrapper writes."""
+    fmt = min(requested or 3, FRAME_FORMAT_VERSION)
+    return fmt if fmt in FRAME_FORMATS else None
 
 
 def frame_rows(requested: int) -> int:

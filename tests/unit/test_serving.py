@@ -197,6 +197,9 @@ def test_each_driver_gets_the_frame_format_it_reads(store: Store) -> None:
     assert all(keys is None for _, keys in old.seen)
     assert [k for _, keys in new.seen if keys for k in keys] == [None, encode_key([1])]
     assert frame_format_for(5) == 4  # a newer driver gets the newest this wrapper writes
+    # A driver that reads only formats this wrapper no longer writes: refused
+    # at the edge (FAILED_PRECONDITION), never a half-built frame.
+    assert frame_format_for(1) is None and frame_format_for(2) is None
     old.call.close()
     new.call.close()
 

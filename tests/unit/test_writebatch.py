@@ -207,3 +207,4 @@ async def test_a_call_unanswered_past_its_deadline_is_cancelled_as_unknown(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert other._done.cancelled()
