@@ -40,7 +40,7 @@ from prism.driver.subscription import Subscription
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric.embedder import row_text
 from prism.fabric.errors import PrismError
-from prism.fabric.payload import decode_key, decode_row, encode_key
+from prism.fabric.payload import decode_key, encode_key, read_row
 from prism.fabric.tablenames import qualify
 
 __all__ = ["Match", "PrismDriver", "TableInfo"]
@@ -144,7 +144,7 @@ class PrismDriver:
             # The common case without the general encoder: encode_key([n])
             # is "[n]" for any int (tests/unit/test_payload.py checks it).
             p = t.payloads.get(f"[{key}]")
-            return None if p is None else decode_row(p)
+            return None if p is None else read_row(p)
         values = key if isinstance(key, tuple | list) else (key,)
         if len(values) != len(t.key_columns):
             raise QueryError(
@@ -255,7 +255,7 @@ class PrismDriver:
         out = []
         for score, tname, key in results[:top_k]:
             t = self._replica.tables[tname]
-            row = decode_row(t.payloads[key])
+            row = read_row(t.payloads[key])
             kv = decode_key(key)
             out.append(
                 Match(

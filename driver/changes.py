@@ -43,7 +43,7 @@ from typing import Any
 
 from prism.driver.errors import ChangeFeedOverflowError, ChangePositionExpiredError
 from prism.driver.follow import Batch
-from prism.fabric.payload import decode_key, decode_row
+from prism.fabric.payload import decode_key, read_row
 
 _DELETE = 0x44  # b"D"
 
@@ -77,7 +77,7 @@ def _change(r: _Rec) -> Change:
         table=table,
         op=op,
         key=_plain_key(key) if op != "reset" else None,
-        row=decode_row(payload) if op == "upsert" else None,
+        row=read_row(payload) if op == "upsert" else None,
         position=pos,
         commit_position=commit,
         end_of_batch=last,

@@ -39,10 +39,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from prism.driver.errors import QueryError
 
@@ -158,8 +157,9 @@ def _typed(column: str, category: str, type_name: str, v: Any) -> Any:
     return norm(category, v)
 
 
-@dataclass(frozen=True)
-class Leaf:
+# NamedTuples, not frozen dataclasses: compiling a filter is on every
+# `find`'s path, and a frozen dataclass costs a setattr per field to build.
+class Leaf(NamedTuple):
     """One predicate on one column; `value` is normalized (a frozenset for in)."""
 
     column: str
@@ -167,8 +167,7 @@ class Leaf:
     value: Any
 
 
-@dataclass(frozen=True)
-class Node:
+class Node(NamedTuple):
     kind: str  # "and" | "or"
     parts: tuple[Leaf | Node, ...]
 
@@ -190,15 +189,14 @@ class Filter:
             self._predicate = _predicate(self.tree, self._columns)
         return self._predicate
 
-    def equality_lookups(self, indexed: Iterable[str]) -> list[tuple[str, list[Any]]]:
+    def equality_lookups(self, indexed: Collection[str]) -> list[tuple[str, list[Any]]]:
         """(column, normalized values) of the top-level eq / in / IS NULL
         predicates on `indexed` columns: a row matches only if its value of
         that column is among them, so an equality index can narrow the rows
         to check to those values' rows."""
-        cols = set(indexed)
         out = []
         for p in self.tree.parts:
-            if isinstance(p, Leaf) and p.column in cols:
+            if isinstance(p, Leaf) and p.column in indexed:
                 if p.op == "eq":
                     out.append((p.column, [p.value]))
                 elif p.op == "in":
@@ -240,6 +238,8 @@ class Columns:
         self.table = table
         self.types = dict(columns)
         self._cats = {c: category_of(t) for c, t in self.types.items()}
+        # Plans derived from the columns alone (driver/lookup.py's key order).
+        self.memo: dict[Any, Any] = {}
 
     def category(self, column: Any, what: str = "filter") -> str:
         cat = self._cats.get(column) if isinstance(column, str) else None
@@ -265,10 +265,14 @@ def compile_filter(where: Mapping[str, Any] | None, columns: Columns) -> Filter:
     names the bad column, operator or value."""
     if where is None:
         where = {}
-    if not isinstance(where, Mapping):
+    if type(where) is not dict and not isinstance(where, Mapping):
         raise QueryError(f"where= takes a dict, got {type(where).__name__}")
     tree = _compile_and(where, columns)
     return Filter(tree, columns)
+
+
+# Types that are never a condition dict: skip the (slow) Mapping ABC check.
+_SCALARS = frozenset({int, str, float, bool, Decimal, type(None), bytes})
 
 
 def _compile_and(where: Mapping[str, Any], columns: Columns) -> Node:
@@ -288,13 +292,13 @@ def _compile_and(where: Mapping[str, Any], columns: Columns) -> Node:
             continue
         cat = columns.category(column, "where")
         type_name = columns.types[column]
-        if isinstance(cond, Mapping):
+        if type(cond) in _SCALARS or not isinstance(cond, Mapping):
+            parts.append(_leaf(column, cat, type_name, "eq", cond))
+        else:
             if not cond:
                 raise QueryError(f"where: column {column!r} has an empty condition")
             for op, value in cond.items():
                 parts.append(_leaf(column, cat, type_name, op, value))
-        else:
-            parts.append(_leaf(column, cat, type_name, "eq", cond))
     return Node("and", tuple(parts))
 
 

@@ -33,7 +33,7 @@ from prism.driver.colindex import ColumnIndexes
 from prism.driver.follow import Batch
 from prism.driver.index import IndexParams, VectorIndex
 from prism.fabric.frames import DecodedFrame
-from prism.fabric.payload import decode_row
+from prism.fabric.payload import read_row
 
 _DELETE = 0x44  # b"D"
 
@@ -48,7 +48,7 @@ class RowsView(Mapping[str, dict[str, Any]]):
         self._payloads = payloads
 
     def __getitem__(self, key: str) -> dict[str, Any]:
-        return decode_row(self._payloads[key])
+        return read_row(self._payloads[key])
 
     def __contains__(self, key: object) -> bool:
         return key in self._payloads
@@ -65,7 +65,7 @@ class TableReplica:
     name: str
     key_columns: tuple[str, ...]
     text_columns: tuple[str, ...]
-    # encode_key string -> the row's payload as framed (decode_row gives the row).
+    # encode_key string -> the row's payload as framed (read_row gives the row).
     payloads: dict[str, bytes] = field(default_factory=dict)
     index: VectorIndex | None = None
     # Declared equality indexes (driver/colindex.py), changed with the rows.
@@ -78,7 +78,7 @@ class TableReplica:
     def row(self, key: str) -> dict[str, Any] | None:
         """The decoded row of an encode_key string, or None."""
         p = self.payloads.get(key)
-        return None if p is None else decode_row(p)
+        return None if p is None else read_row(p)
 
     def apply_frame(self, f: DecodedFrame) -> None:
         """Apply one frame's changes in order: the replica ends as the last

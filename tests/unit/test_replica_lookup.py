@@ -85,14 +85,18 @@ def empty(params: IndexParams | None = None) -> Replica:
 
 
 def check_index(rep: Replica) -> None:
-    """Every value's look-up is exactly the rows holding it."""
+    """Every value's look-up is exactly the rows holding it, each with the
+    replica's current payload (the index hands `find` the payloads)."""
     t = rep.tables[T]
     assert t.columns is not None
     model: dict[Any, set[str]] = {}
     for k, p in t.payloads.items():
         model.setdefault(decode_row(p)["cat"], set()).add(k)
     for cat in CATS:
-        assert t.columns.lookup("cat", [cat]) == model.get(cat, set())
+        want_rows = {k: t.payloads[k] for k in model.get(cat, set())}
+        assert dict(t.columns.lookup("cat", [cat])) == want_rows
+    both = {k: t.payloads[k] for k in model.get(CATS[0], set()) | model.get(CATS[1], set())}
+    assert dict(t.columns.lookup("cat", CATS[:2])) == both
     assert len(t.columns) == len(t.payloads)
     # Every range's look-up is exactly the rows the filter's predicate takes
     # (NULL in none; NaN above every number, as in PostgreSQL).
@@ -101,7 +105,8 @@ def check_index(rep: Replica) -> None:
             pred = compile_filter({column: {op: bound}}, COLS).predicate
             want = {k for k, p in t.payloads.items() if pred(decode_row(p))}
             (r,) = compile_filter({column: {op: bound}}, COLS).range_lookups([column])
-            assert t.columns.range_lookup(*r) == want, (column, op, bound)
+            got = t.columns.range_lookup(*r)
+            assert got == {k: t.payloads[k] for k in want}, (column, op, bound)
             assert t.columns.range_size(*r) == len(
                 {decode_row(t.payloads[k])[column] for k in want}
                 if column == "cat"
