@@ -42,9 +42,10 @@ offsets. Strings may hold lone surrogates (they pass through as
 
 Reading (read_row, read_rows) is on every read's path in the driver (`get`,
 `find`, a match's row, the change feed) and in its column indexes. It uses
-ormsgpack (a Rust MessagePack codec that caches map keys), 2-3x faster
-than msgpack's unpackb on our rows (0.21 against 0.48 µs on a 5-column row,
-benchmark/README.md), and falls back to decode_row whenever ormsgpack
+ormsgpack (a Rust MessagePack codec that caches map keys): 0.27 µs for a
+5-column row where decode_row takes 1.0 (benchmark/codecs.py; on a row
+dominated by a list of floats both cost the same, building the floats). It
+falls back to decode_row whenever ormsgpack
 refuses a payload: non-str map keys, an extension it leaves to us that our
 hook refuses, malformed bytes. So a row read is the row decode_row gives,
 and every refusal is decode_row's PayloadError. One difference remains:

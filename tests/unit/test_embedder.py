@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -81,15 +79,3 @@ def test_long_batches_are_chunked() -> None:
     out = e.embed_many(texts)
     assert out.shape == (5000, 32)
     np.testing.assert_allclose(out[4321], e.embed(texts[4321]), atol=1e-6)
-
-
-def test_speed() -> None:
-    e = TextEmbedder()
-    words = [f"w{i}" for i in range(3000)] + ["the", "a", "red", "shoes", "mug"]
-    rng = np.random.default_rng(0)
-    texts = [" ".join(rng.choice(words, 30)) for i in range(4000)]
-    e.embed_many(texts[:500])
-    t = time.perf_counter()
-    e.embed_many(texts)
-    rate = len(texts) / (time.perf_counter() - t)
-    assert rate > 2000, f"{rate:.0f} texts/s"

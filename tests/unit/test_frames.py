@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from typing import Any
 
 import numpy as np
@@ -800,34 +799,8 @@ def test_build_rejects_bad_arguments(over: dict[str, Any]) -> None:
         make(5, **over)
 
 
-def test_open_speed_1000_rows_384d() -> None:
-    n, dim = 1000, 384
-    sealer = Sealer(derive_epoch_keys(SECRET, "acme", 3), dim)
-    frame = build_frame(
-        sealer=sealer,
-        tenant_id="acme",
-        stream_id="s",
-        kind=wrapper_pb2.CHANGES,
-        table="t",
-        sequence=1,
-        commit_position=n,
-        head_position=n,
-        commit_time_us=0,
-        keys=[encode_key([i]) for i in range(n)],
-        ops=b"U" * n,
-        positions=range(1, n + 1),
-        vectors=np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32),
-        vector_mask=None,
-        payloads=[encode_row({"id": i, "name": f"n{i}"}) for i in range(n)],
-        vector_dim=dim,
-    )
-    data = frame.SerializeToString()
-    best = 1.0
-    for _ in range(5):
-        t = time.perf_counter()
-        d = open_frame(
-            wrapper_pb2.Frame.FromString(data), lambda e: sealer, tenant_id="acme", stream_id="s"
-        )
-        best = min(best, time.perf_counter() - t)
-    assert d.count == n
-    assert best < 0.05, f"{best * 1e3:.1f} ms"
+def test_a_1000_row_frame_opens_whole() -> None:
+    """Its speed (at 384-d) is in benchmark/codecs.py."""
+    d = open_(make(1000))
+    assert d.count == 1000 and d.keys[-1] == encode_key([999, "k999"])
+    assert decode_row(d.payloads[999]) == {"id": 999}
