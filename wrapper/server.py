@@ -336,6 +336,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 st.wait_for_head,
                 lambda: context.is_active() and self._still_valid(request.session),
                 current=lambda: st.store.meta,
+                recent=st.store.recent,
             ),
             context.cancel,
             context.peer(),
@@ -448,6 +449,8 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             "subscribers": st.metrics.subscriber_count,
             "frames_sent": st.metrics.frames_sent_count,
             "store_bytes": store_bytes(st.store.path),
+            # live segments cut from the rows just committed, not read back
+            "recent_windows": st.store.recent.served,
         }
         if st.writes is not None:
             counters.update(st.writes.counters())

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from prism.wrapper.errors import StoreError, StoreFullError
+from prism.wrapper.recent import RecentChanges, RowTuple
 from prism.wrapper.sources.base import ResumePoint
 from prism.wrapper.writepositions import WritePositions
 
@@ -318,6 +319,8 @@ class Store:
         self.changed = threading.Condition()
         # Where writes through the wrapper became visible, for Write calls.
         self.write_positions = WritePositions()
+        # The newest committed rows, which live segments are cut from.
+        self.recent = RecentChanges()
 
     # -- format -----------------------------------------------------------
     def _open_format(self) -> None:
@@ -430,7 +433,8 @@ class Store:
         except sqlite3.Error as exc:
             raise store_error(exc, self.path, "starting a transaction") from exc
         self._in_txn = True
-        txn = StoreTxn(self, self._meta)
+        before = self._meta
+        txn = StoreTxn(self, before)
         try:
             yield txn
             txn._flush_meta()
@@ -446,7 +450,15 @@ class Store:
             raise
         finally:
             self._in_txn = False
-        self._meta = txn.meta
+        # Before the new meta is visible: whoever sees it finds its rows here.
+        after = txn.meta
+        if txn.recent is not None and after.snapshot_done and after.stream_id == before.stream_id:
+            self.recent.committed(
+                after.stream_id, before.head, after.head, after.retention_floor, txn.recent
+            )
+        else:
+            self.recent.forget()
+        self._meta = after
         if self._checkpointer is None:
             self._checkpointer = _Checkpointer(self.path, self._synchronous)
         self._checkpointer.committed(txn.nbytes)
@@ -589,6 +601,9 @@ class StoreTxn:
         self._stored_us = now_us()
         self.written: list[tuple[str, int]] = []
         self.nbytes = 0  # row bytes written, for the checkpointer's pace
+        # (table, row) of every write, for Store.recent; live changes only
+        # (the initial copy's segments are read from the store).
+        self.recent: list[tuple[str, RowTuple]] | None = [] if meta.snapshot_done else None
 
     @property
     def head(self) -> int:
@@ -667,6 +682,23 @@ class StoreTxn:
         self._head += n
         commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
         self.nbytes += sum(len(p) for p in payloads if p is not None)
+        if self.recent is not None:
+            olds = repeat(None) if old_keys is None else old_keys
+            self.recent.extend(
+                zip(
+                    repeat(table),
+                    zip(
+                        keys,
+                        ["D" if p is None else "U" for p in payloads],
+                        range(base + 1, base + n + 1),
+                        payloads,
+                        vectors,
+                        commits,
+                        olds,
+                        strict=False,  # vectors, commits and old keys may repeat
+                    ),
+                )
+            )
         self._conn.executemany(
             self._UPSERT,
             zip(
@@ -760,10 +792,8 @@ def _meta_items(m: StoreMeta) -> dict[str, str]:
     }
 
 
-# A served row as the reader hands it out, in the column order of _ROW_COLUMNS:
-# (key, op, position, payload or None, vector or None, commit_us, old_key or
-# None).
-RowTuple = tuple[str, str, int, bytes | None, bytes | None, int, str | None]
+# A served row as the reader hands it out (RowTuple, from wrapper/recent.py),
+# in the column order of _ROW_COLUMNS.
 _ROW_COLUMNS = "key, op, position, payload, vector, commit_us, old_key"
 # Readers map the store file instead of copying each page through read():
 # serving a bootstrap reads every row's payload and vector once, and a mapped

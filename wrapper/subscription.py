@@ -45,6 +45,7 @@ from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
+from prism.wrapper.recent import RecentChanges
 from prism.wrapper.store import ReaderPool, RowTuple, StoreMeta, StoreReader
 
 log = logging.getLogger("prism.wrapper.subscription")
@@ -115,13 +116,34 @@ def needs_bootstrap(meta: StoreMeta, stream_id: str, from_position: int) -> bool
 
 
 class SegmentBuilder:
-    """Turns the rows of one store state into sealed, serialized frames."""
+    """Turns the rows of one store state into sealed, serialized frames:
+    read from the store (`reader`, inside its read transaction), or, for
+    the changes after a position, cut from the rows the store just
+    committed (`window`, RecentChanges.window at meta.head)."""
 
-    def __init__(self, scope: ServeScope, reader: StoreReader, meta: StoreMeta, epoch: int):
+    def __init__(
+        self,
+        scope: ServeScope,
+        reader: StoreReader | None,
+        meta: StoreMeta,
+        epoch: int,
+        window: Mapping[str, list[RowTuple]] | None = None,
+    ):
         self.scope = scope
         self.reader = reader
         self.meta = meta
         self.epoch = epoch
+        self.window = window
+
+    def _chunks(self, table: str, start: int, bootstrap: bool) -> Iterator[list[RowTuple]]:
+        size = self.scope.max_rows
+        if self.window is not None and not bootstrap:
+            rows = self.window.get(table, [])
+            for lo in range(0, len(rows), size):
+                yield rows[lo : lo + size]
+            return
+        assert self.reader is not None
+        yield from self.reader.chunks(table, start, size, bootstrap)
 
     def seal(self, plan: FramePlan) -> SharedFrame:
         """Build one planned frame: pack, seal, watermark and serialize it.
@@ -182,7 +204,7 @@ class SegmentBuilder:
         held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
         newest = 0
         for table in self.scope.tables:
-            for rows in self.reader.chunks(table, start, self.scope.max_rows, bootstrap):
+            for rows in self._chunks(table, start, bootstrap):
                 newest = max(newest, max(r[5] for r in rows))
                 if held is not None:
                     yield (pb.CHANGES, held[0], held[1], 0, held[2])
@@ -230,8 +252,10 @@ def build_segment_aside(
     frames while later ones are sealed. A `large` one (a bootstrap, the
     initial copy, a long catch-up) is kept on disk (FrameCache.add)."""
 
+    reader = builder.reader
+    assert reader is not None, "a segment built aside reads the store"
+
     def run() -> None:
-        reader = builder.reader
         pending: deque[Future[SharedFrame]] = deque()
         try:
             with ThreadPoolExecutor(SEAL_THREADS, thread_name_prefix="frame-sealer") as sealers:
@@ -364,6 +388,29 @@ class Call:
             raise
         return seg, rid, replacement
 
+    def acquire_recent(
+        self, meta: StoreMeta, start: int, recent: RecentChanges
+    ) -> tuple[Segment, int] | None:
+        """The changes after `start` as a segment cut from the rows the
+        store just committed (built here, or shared when another call has
+        it), with this call as a reader; None when they are not all held
+        in memory or span a large segment, and the store must be read."""
+        if meta.head - start > LARGE_FRAMES * self.scope.max_rows:
+            return None
+        window = recent.window(meta.stream_id, start, meta.head, self.scope.tables)
+        if window is None:
+            return None
+        key, epoch = self._start(meta, False, start)
+        seg, rid, build = self.cache.acquire(key, meta.head, self._min_end(meta, start))
+        if build:
+            try:
+                builder = SegmentBuilder(self.scope, None, meta, epoch, window)
+                build_segment(self.cache, seg, builder, False, start)
+            except BaseException:
+                self.cache.release(seg, rid)
+                raise
+        return seg, rid
+
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
         self.position, self.stream = seg.end, meta.stream_id
@@ -381,13 +428,16 @@ def subscription(
     is_active: Callable[[], bool],
     heartbeat_s: float = 1.0,
     current: Callable[[], StoreMeta] | None = None,
+    recent: RecentChanges | None = None,
 ) -> Generator[bytes, None, None]:
     """The whole life of one Subscribe call, as the bytes of its frames.
 
     `current` gives the store's newest committed meta without reading the
     store (the writer's own copy, in the same process): with it, a call
     whose next segment is cached or being built never opens a read
-    transaction; only the call that builds reads the store."""
+    transaction; only the call that builds reads the store, and not even
+    that one when the changes it needs are still in `recent` (the store's
+    newest committed rows, in the same process)."""
     envelope = Envelope(scope, subscription)
     call = Call(scope, cache, readers, stream_id, from_position)
     reader = readers.get()
@@ -400,6 +450,8 @@ def subscription(
                     want = call.wanted(meta)
                     if want is not None:
                         found = call.find(meta, *want)
+                        if found is None and recent is not None and not want[0]:
+                            found = call.acquire_recent(meta, want[1], recent)
                 if found is None and (current is None or want is not None):
                     # Read the store: the state a segment is built from.
                     meta = reader.begin()

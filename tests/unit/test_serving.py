@@ -122,6 +122,7 @@ class Driver:
             heartbeat_s=0.05,
             # the writer's meta, as the server passes it (or the store read each time)
             current=(lambda: store.meta) if fast else None,
+            recent=store.recent if fast else None,
         )
 
     def wait(self, head: int, timeout: float) -> bool:
@@ -234,6 +235,9 @@ def test_subscribers_at_one_position_share_one_build(store: Store, fast: bool) -
         t.join(10)
     assert not errors and store.meta.head == target
     assert cache.stats["segments_built"] == 3 and cache.stats["frames_built"] == built + 2
+    # The live segment was cut from the rows just committed, not read back
+    # from the store (when the call has them: the server passes them).
+    assert store.recent.served == (1 if fast else 0)
     assert cache.stats["segments_shared"] == 15
     for d in drivers:
         assert d.rows() == stored(store)

@@ -1,0 +1,133 @@
+"""The store's newest committed rows in memory (prism.wrapper.recent), checked
+against what a real SQLite store reads back at the same head: a live segment
+cut from memory must hold exactly the rows the store would have given."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prism.fabric.payload import encode_key, encode_row
+from prism.wrapper.recent import RecentChanges
+from prism.wrapper.store import RowTuple, Store, StoreReader, now_us
+
+TABLES = ("a", "b")
+
+
+@contextlib.contextmanager
+def fresh_store(tmp: Path) -> Iterator[Store]:
+    s = Store(tmp / "s.sqlite3", "normal")
+    s.reset("stream-1")
+    with s.transaction() as txn:
+        txn.mark_snapshot_done()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with fresh_store(tmp_path) as s:
+        yield s
+
+
+def from_store(store: Store, start: int) -> dict[str, list[RowTuple]]:
+    reader = StoreReader(store.path)
+    try:
+        with reader.snapshot() as meta:
+            assert meta.head == store.meta.head
+            return {t: [r for c in reader.chunks(t, start, 1000) for r in c] for t in TABLES}
+    finally:
+        reader.close()
+
+
+# One change: (table, key, upsert?, old key or None); a transaction is a list.
+change = st.tuples(
+    st.sampled_from(TABLES), st.integers(0, 5), st.booleans(), st.none() | st.integers(6, 8)
+)
+txns = st.lists(st.lists(change, min_size=0, max_size=6), min_size=1, max_size=12)
+
+
+def commit(store: Store, changes: list[tuple[str, int, bool, int | None]]) -> None:
+    with store.transaction() as txn:
+        for table, k, up, old in changes:
+            txn.write_batch(
+                table,
+                [encode_key([k])],
+                [encode_row({"k": k, "n": txn.head}) if up else None],
+                [bytes([k]) * 4 if up and table == "a" else None],
+                [None],
+                now_us(),
+                old_keys=[encode_key([old]) if up and old is not None else None],
+            )
+
+
+@settings(max_examples=60, deadline=None)
+@given(txns, st.integers(3, 40), st.data())
+def test_a_window_is_what_the_store_reads_at_that_head(
+    work: list[list[tuple[str, int, bool, int | None]]], budget: int, data: st.DataObject
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp, fresh_store(Path(tmp)) as store:
+        store.recent = RecentChanges(max_rows=budget)
+        base = store.meta.head
+        for changes in work:
+            before = store.meta.head
+            commit(store, changes)
+            head = store.meta.head
+            # The newest commit's own span is held whenever it fits the budget.
+            if len(changes) <= budget:
+                got = store.recent.window(store.meta.stream_id, before, head, TABLES)
+                assert got == from_store(store, before)
+            start = data.draw(st.integers(base, head), label="start")
+            got = store.recent.window(store.meta.stream_id, start, head, TABLES)
+            if got is None:
+                # Only a span longer than the budget may be refused.
+                assert head - start > budget
+                continue
+            assert got == from_store(store, start)
+
+
+def test_a_gap_a_purge_and_a_reset_are_never_papered_over(store: Store) -> None:
+    commit(store, [("a", 1, True, None)])
+    h1 = store.meta.head
+    stream = store.meta.stream_id
+    commit(store, [("a", 2, True, None), ("b", 1, False, None)])
+    assert store.recent.window(stream, h1 - 1, store.meta.head, TABLES) is not None
+    # A commit the window did not see (another writer's, or one published
+    # out of order) leaves a gap: nothing before it is answered.
+    store.recent.committed(stream, store.meta.head + 5, store.meta.head + 6, 0, [])
+    assert store.recent.window(stream, h1, h1 + 1, TABLES) is None
+    commit(store, [("a", 3, True, None)])  # after the gap: the store's own head again
+    assert store.recent.window(stream, h1, store.meta.head, TABLES) is None
+    # A purge raises the floor: nothing below it is answered.
+    store.purge_tombstones(now_us() + 1_000_000)
+    floor = store.meta.retention_floor
+    assert floor > 0
+    commit(store, [("a", 4, True, None)])
+    assert store.recent.window(stream, floor - 1, store.meta.head, TABLES) is None
+    # Another stream identity, and the initial copy: nothing at all.
+    store.reset("stream-2")
+    assert store.recent.window("stream-2", 0, store.meta.head, TABLES) is None
+    commit(store, [("a", 5, True, None)])  # the copy's rows are not kept
+    assert store.recent.window("stream-2", 0, store.meta.head, TABLES) is None
+    assert store.recent.window(stream, 0, 1, TABLES) is None
+
+
+def test_a_rolled_back_transaction_leaves_nothing(store: Store) -> None:
+    commit(store, [("a", 1, True, None)])
+    head = store.meta.head
+    with pytest.raises(RuntimeError), store.transaction() as txn:
+        txn.write_batch("a", [encode_key([2])], [encode_row({"k": 2})], [None], [None], now_us())
+        raise RuntimeError("the writer failed")
+    assert store.meta.head == head
+    commit(store, [("b", 3, True, None)])
+    got = store.recent.window(store.meta.stream_id, head - 1, store.meta.head, TABLES)
+    assert got == from_store(store, head - 1)
+    assert [r[0] for r in got["a"]] == [encode_key([1])]

@@ -1,0 +1,141 @@
+"""The newest committed changes, kept in memory for live segments (store → serve).
+
+Between the store's writer (wrapper/store.py hands each committed
+transaction's rows here, after COMMIT) and the segment builder
+(wrapper/subscription.py). A live segment, the changes after a position a
+driver already has, used to be read back from the store right after the
+writer put them there: a read transaction and a query per commit, about a
+tenth of the wrapper's CPU under a live CDC load (benchmark/README.md). The
+rows are still in memory at that moment, so a segment is cut from them.
+
+What a window gives is exactly what the store's read gives at that head
+(StoreReader.chunks): for each key its last write with start < position <=
+end, tombstones included, in position order. The store keeps one row per
+key, its newest write, and this keeps every write, so the last one of each
+key in the window is the row the store holds at that head.
+
+Only a window held whole is answered. The changes kept are a contiguous run
+of positions (low, high]: a commit that does not follow the last one (the
+first commit, a store reset, a gap), a purge (its floor) or the budget
+trimming the oldest writes moves `low`, and a window starting below it gets
+None, so the caller reads the store as before. Nothing is kept during the
+initial copy, whose segments are built from the store.
+
+Pure logic and a lock; no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Sequence
+
+# A served row as the store's reader hands it out (and wrapper/store.py
+# re-exports), in the column order of its query: (key, op, position, payload
+# or None, vector or None, commit_us, old_key or None).
+RowTuple = tuple[str, str, int, bytes | None, bytes | None, int, str | None]
+
+# At most this many writes, or this many payload and vector bytes, are kept.
+# A live segment spans the commits since a driver's last frame: a few
+# commits' worth; past this a caller reads the store, as a catch-up does.
+RECENT_ROWS = 16_384
+RECENT_BYTES = 32 << 20
+
+
+class RecentChanges:
+    """The writes of the newest commits of one stream, by position."""
+
+    def __init__(self, max_rows: int = RECENT_ROWS, max_bytes: int = RECENT_BYTES) -> None:
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._stream = ""
+        self._low = -1  # every write with low < position <= high is held; -1: none
+        self._high = -1
+        self._tables: list[str] = []  # per write, in position order
+        self._rows: list[RowTuple] = []
+        self._positions: list[int] = []
+        self._bytes = 0
+        self.served = 0  # windows answered (Health counter recent_windows)
+
+    def committed(
+        self,
+        stream_id: str,
+        head_before: int,
+        head_after: int,
+        retention_floor: int,
+        writes: Iterable[tuple[str, RowTuple]],
+    ) -> None:
+        """A committed transaction took the store from head_before to
+        head_after with `writes` ((table, row), in position order: every
+        row it wrote)."""
+        with self._lock:
+            if stream_id != self._stream or head_before != self._high or self._low < 0:
+                self._restart(stream_id, head_before)
+            for table, row in writes:
+                self._tables.append(table)
+                self._rows.append(row)
+                self._positions.append(row[2])
+                self._bytes += len(row[3] or b"") + len(row[4] or b"")
+            self._high = head_after
+            self._low = max(self._low, retention_floor)
+            self._trim()
+
+    def forget(self) -> None:
+        """Hold nothing until the next commit (the store changed otherwise:
+        a reset, the initial copy)."""
+        with self._lock:
+            self._restart("", -1)
+            self._low = -1
+
+    def window(
+        self, stream_id: str, start: int, end: int, tables: Sequence[str]
+    ) -> dict[str, list[RowTuple]] | None:
+        """Per table of `tables`, each key's last write with start < position
+        <= end, in position order; None unless every write of that span is
+        held."""
+        with self._lock:
+            if (
+                self._low < 0
+                or stream_id != self._stream
+                or start < self._low
+                or end > self._high
+                or start > end
+            ):
+                return None
+            lo = bisect.bisect_right(self._positions, start)
+            hi = bisect.bisect_right(self._positions, end)
+            span_tables = self._tables[lo:hi]
+            span_rows = self._rows[lo:hi]
+            self.served += 1
+        wanted = set(tables)
+        out: dict[str, list[RowTuple]] = {t: [] for t in tables}
+        seen: set[tuple[str, str]] = set()
+        # Newest first, so the first write of a key met is its last one.
+        for table, row in zip(reversed(span_tables), reversed(span_rows), strict=True):
+            if table in wanted and (table, row[0]) not in seen:
+                seen.add((table, row[0]))
+                out[table].append(row)
+        for rows in out.values():
+            rows.reverse()
+        return out
+
+    def _restart(self, stream_id: str, low: int) -> None:
+        self._stream = stream_id
+        self._low = self._high = low
+        self._tables, self._rows, self._positions = [], [], []
+        self._bytes = 0
+
+    def _trim(self) -> None:
+        """Drop the oldest writes past the budget; `low` moves past them."""
+        n = len(self._rows)
+        drop = 0
+        freed = 0
+        while n - drop > self.max_rows or self._bytes - freed > self.max_bytes:
+            row = self._rows[drop]
+            freed += len(row[3] or b"") + len(row[4] or b"")
+            drop += 1
+        if drop:
+            self._low = max(self._low, self._positions[drop - 1])
+            del self._tables[:drop], self._rows[:drop], self._positions[:drop]
+            self._bytes -= freed
