@@ -11,8 +11,8 @@ them from the restored rows (`rebuild`).
 Values are kept in the filter's normalized form (driver/filters.norm), so a
 look-up by Decimal 1.5 finds the row holding 1.50, and every NaN is one
 value. NULL is a value here too: `{"col": None}` is a look-up. A dict of
-small dicts (key -> payload): O(1) per look-up and per change; the row is decoded once per change
-for all of the table's indexed columns. Beside it, each column keeps its
+small dicts (key -> payload): O(1) per look-up and per change; the row is
+decoded once per change for all of the table's indexed columns. Beside it, each column keeps its
 distinct non-NULL values in order (sortedcontainers.SortedList: O(log n)
 per new or vanished value, where a plain sorted list would move every
 later value), so a range (`lt`, `gte`, ...) finds its rows without a scan.

@@ -45,10 +45,10 @@ Reading (read_row, read_rows) is on every read's path in the driver (`get`,
 ormsgpack (a Rust MessagePack codec that caches map keys): 0.27 µs for a
 5-column row where decode_row takes 1.0 (benchmark/codecs.py; on a row
 dominated by a list of floats both cost the same, building the floats). It
-falls back to decode_row whenever ormsgpack
-refuses a payload: non-str map keys, an extension it leaves to us that our
-hook refuses, malformed bytes. So a row read is the row decode_row gives,
-and every refusal is decode_row's PayloadError. One difference remains:
+falls back to decode_row whenever ormsgpack refuses a payload: non-str map
+keys, an extension it leaves to us that our hook refuses, malformed bytes.
+So a row read is the row decode_row gives, and every refusal is
+decode_row's PayloadError. One difference remains:
 ormsgpack ignores bytes after a complete row, which decode_row refuses.
 encode_row never writes any, and the payloads read this way came from it
 (sealed in frames, or from the wrapper's own store); bytes from outside the

@@ -52,9 +52,7 @@ class RecentChanges:
         self._stream = ""
         self._low = -1  # every write with low < position <= high is held; -1: none
         self._high = -1
-        self._tables: list[str] = []  # per write, in position order
-        self._rows: list[RowTuple] = []
-        self._positions: list[int] = []
+        self._writes: list[tuple[str, RowTuple]] = []  # (table, row), in position order
         self._bytes = 0
         self.served = 0  # windows answered (Health counter recent_windows)
 
@@ -72,11 +70,9 @@ class RecentChanges:
         with self._lock:
             if stream_id != self._stream or head_before != self._high or self._low < 0:
                 self._restart(stream_id, head_before)
-            for table, row in writes:
-                self._tables.append(table)
-                self._rows.append(row)
-                self._positions.append(row[2])
-                self._bytes += len(row[3] or b"") + len(row[4] or b"")
+            n = len(self._writes)
+            self._writes.extend(writes)
+            self._bytes += sum(_size(w) for w in self._writes[n:])
             self._high = head_after
             self._low = max(self._low, retention_floor)
             self._trim()
@@ -86,7 +82,6 @@ class RecentChanges:
         a reset, the initial copy)."""
         with self._lock:
             self._restart("", -1)
-            self._low = -1
 
     def window(
         self, stream_id: str, start: int, end: int, tables: Sequence[str]
@@ -103,16 +98,15 @@ class RecentChanges:
                 or start > end
             ):
                 return None
-            lo = bisect.bisect_right(self._positions, start)
-            hi = bisect.bisect_right(self._positions, end)
-            span_tables = self._tables[lo:hi]
-            span_rows = self._rows[lo:hi]
+            lo = bisect.bisect_right(self._writes, start, key=_position)
+            hi = bisect.bisect_right(self._writes, end, key=_position)
+            span = self._writes[lo:hi]
             self.served += 1
         wanted = set(tables)
         out: dict[str, list[RowTuple]] = {t: [] for t in tables}
         seen: set[tuple[str, str]] = set()
         # Newest first, so the first write of a key met is its last one.
-        for table, row in zip(reversed(span_tables), reversed(span_rows), strict=True):
+        for table, row in reversed(span):
             if table in wanted and (table, row[0]) not in seen:
                 seen.add((table, row[0]))
                 out[table].append(row)
@@ -123,19 +117,28 @@ class RecentChanges:
     def _restart(self, stream_id: str, low: int) -> None:
         self._stream = stream_id
         self._low = self._high = low
-        self._tables, self._rows, self._positions = [], [], []
+        self._writes = []
         self._bytes = 0
 
     def _trim(self) -> None:
         """Drop the oldest writes past the budget; `low` moves past them."""
-        n = len(self._rows)
+        n = len(self._writes)
         drop = 0
         freed = 0
         while n - drop > self.max_rows or self._bytes - freed > self.max_bytes:
-            row = self._rows[drop]
-            freed += len(row[3] or b"") + len(row[4] or b"")
+            freed += _size(self._writes[drop])
             drop += 1
         if drop:
-            self._low = max(self._low, self._positions[drop - 1])
-            del self._tables[:drop], self._rows[:drop], self._positions[:drop]
+            self._low = max(self._low, _position(self._writes[drop - 1]))
+            del self._writes[:drop]
             self._bytes -= freed
+
+
+def _position(write: tuple[str, RowTuple]) -> int:
+    return write[1][2]
+
+
+def _size(write: tuple[str, RowTuple]) -> int:
+    """The payload and vector bytes a write holds (what the budget counts)."""
+    row = write[1]
+    return len(row[3] or b"") + len(row[4] or b"")

@@ -45,8 +45,8 @@ from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
-from prism.wrapper.recent import RecentChanges
-from prism.wrapper.store import ReaderPool, RowTuple, StoreMeta, StoreReader
+from prism.wrapper.recent import RecentChanges, RowTuple
+from prism.wrapper.store import ReaderPool, StoreMeta, StoreReader
 
 log = logging.getLogger("prism.wrapper.subscription")
 
