@@ -36,6 +36,7 @@ from prism.driver.link import Link
 from prism.driver.lookup import filtered_search, find_rows
 from prism.driver.replica import Replica, TableReplica
 from prism.driver.schema import TableInfo
+from prism.driver.space import query_in_index_space
 from prism.driver.subscription import Subscription
 from prism.driver.writes import WriteAck, WriteOp, ack_of, encode_op
 from prism.fabric.embedder import row_text
@@ -207,7 +208,8 @@ class PrismDriver:
         built-in text embedder), best first. A row is returned when its
         score is >= threshold, exactly: the score is the cosine of the
         query's and the row's grid vectors in the tenant's keyed space (see
-        prism.driver.index). A large table is searched through its
+        prism.driver.index), where the query is sealed into the index's key
+        epoch as the rows are (prism.driver.space). A large table is searched through its
         partitions, which may miss a row; `exact=True` scans every row.
         `where` (a filter, as for `find`) limits the result to the top_k of
         the rows it matches (prism.driver.lookup); it needs `table` unless
@@ -235,6 +237,7 @@ class PrismDriver:
             t = self._replica.tables.get(info.name)
             if t is None or t.index is None or t.index.dim != q.shape[0]:
                 continue  # the table changed shape: its new replica is being built
+            q = query_in_index_space(t.index, q)
             hits = (
                 t.index.query(q, top_k, float(threshold), exact=bool(exact))
                 if flt is None

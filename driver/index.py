@@ -2,7 +2,8 @@
 automatic partitioned mode for large tables, updated in place.
 
 Holds one table's vectors in the tenant's keyed space (never raw
-embeddings). The replica hands it L2-normalized float32 vectors; the index
+embeddings), still sealed with one key epoch's matrix: the replica converts
+vectors and queries into it (driver/space.py), this module only compares. The replica hands it L2-normalized float32 vectors; the index
 stores each one as a *grid vector*: the vector scaled so that its largest
 component is +-L and rounded to integers, L = floor(sqrt((2**24 - 1) / dim))
 (209 for 384 dimensions). The grid values are kept in float32, which holds
@@ -431,6 +432,12 @@ class VectorIndex:
         # While a bootstrap builds this index aside, nobody queries it: it
         # stays exact, and trains once it is swapped in (hold_training).
         self._hold_training = False
+        # The space its vectors are in, set by whoever fills it (the
+        # replica: prism.driver.space): an opaque tag to this module, which
+        # only compares grid vectors. `space_set` is False until the first
+        # vectors arrive.
+        self.space: object | None = None
+        self.space_set = False
 
     def __len__(self) -> int:
         return len(self._slot)

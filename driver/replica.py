@@ -1,7 +1,7 @@
 """The driver's local replica: row payloads by key and a vector index per table.
 
 Between the subscription (driver/subscription.py), which applies whole
-batches of verified, unsealed frames, and the reads (driver/api.py). A row
+batches of verified, decrypted frames, and the reads (driver/api.py). A row
 is kept as the row-codec bytes its frame carried (prism.fabric.payload,
 MessagePack) and decoded only when a reader asks for it: `get`, a query's
 matches, `rows`. So applying a frame is no per-row decoding, only a dict
@@ -10,7 +10,8 @@ tree of Python objects (about a third of the memory, and nothing for the
 cyclic garbage collector to walk). Decoding a typical row takes 1-2 µs, and
 each reader gets its own dict, so no caller can change the replica through
 a row it was given. Vectors live only in the index (driver/index.py), in
-the tenant's keyed space.
+the tenant's keyed space, still sealed with the key epoch they arrived in
+(driver/space.py).
 
 Applied to only in whole batches (see follow.py), synchronously on the
 event loop, so a reader on the loop never sees half of a source
@@ -32,6 +33,7 @@ from prism.driver import heap
 from prism.driver.colindex import ColumnIndexes
 from prism.driver.follow import Batch
 from prism.driver.index import IndexParams, VectorIndex
+from prism.driver.space import into_index_space
 from prism.fabric.frames import DecodedFrame
 from prism.fabric.payload import read_row
 
@@ -87,20 +89,24 @@ class TableReplica:
         if self.columns is not None:
             self.columns.apply(keys, ops, payloads)
         idx = self.index
+        vectors = f.vectors
+        if idx is not None and f.count:
+            vectors = into_index_space(idx, vectors, f.sealer)
         if b"D" not in ops and (idx is None or bool(f.vector_mask.all())):
             # The common case (a bootstrap, a stream of upserts with vectors):
             # one C-level dict update and one index call for the whole frame.
             # A key upserted twice ends with its last image in both.
             self.payloads.update(zip(keys, payloads, strict=True))
             if idx is not None:
-                idx.upsert_many(keys, f.vectors)
+                idx.upsert_many(keys, vectors)
             return
-        self._apply_in_runs(f)
+        self._apply_in_runs(f, vectors)
 
-    def _apply_in_runs(self, f: DecodedFrame) -> None:
+    def _apply_in_runs(self, f: DecodedFrame, vectors: np.ndarray) -> None:
         """Deletes and rows without a vector: the index takes the changes in
         runs (one call per run of upserts or of removals), in the frame's
-        order, so a key changed twice in a frame ends as its last change says."""
+        order, so a key changed twice in a frame ends as its last change
+        says. `vectors`: the frame's, in the index's space."""
         rows = self.payloads
         idx = self.index
         ops, mask, payloads = f.ops, f.vector_mask, f.payloads
@@ -118,7 +124,7 @@ class TableReplica:
                 continue
             if gone:
                 if up_keys:
-                    _upsert(idx, f.vectors, up_keys, up_at)
+                    _upsert(idx, vectors, up_keys, up_at)
                 del_keys.append(key)
             else:
                 if del_keys:
@@ -128,7 +134,7 @@ class TableReplica:
                 up_at.append(i)
         if idx is not None:
             if up_keys:
-                _upsert(idx, f.vectors, up_keys, up_at)
+                _upsert(idx, vectors, up_keys, up_at)
             if del_keys:
                 idx.delete_many(del_keys)
 

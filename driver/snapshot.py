@@ -5,7 +5,9 @@ write one and whether a loaded one may be served. A snapshot holds what the
 replica shows at one transaction boundary: each table's rows as the
 row-codec bytes the frames carried, the index's grid vectors (int16, which
 holds them exactly) and its partitioning, plus the stream identity, the
-position and the tables' shape as Hello described them. Loading one is a
+position and the tables' shape as Hello described them, and the sealed
+space each index's vectors are in (driver/space.py: a key epoch and a tag
+of its matrix, checked against the secret that reads the file). Loading one is a
 few bulk operations per block of rows (numpy over the length arrays, one
 dict update), never a decode or an unpickling per row: about 100k rows in
 well under a second.
@@ -63,10 +65,16 @@ from prism.driver.errors import DriverError
 from prism.driver.index import IndexParams, Partitioning, VectorIndex
 from prism.driver.replica import Replica, TableReplica
 from prism.driver.schema import TableInfo
+from prism.driver.space import space_from_record, space_record
 from prism.fabric.keys import derive_snapshot_key
+from prism.fabric.sealing import Sealer
 
 MAGIC = b"PRSMSNP\x01"
-FORMAT = 1
+# 2: each table's header records its index's sealed space (driver/space.py);
+# 1 (read still): vectors unsealed. A driver that reads only 1 refuses 2,
+# whose vectors it would take for unsealed ones.
+FORMAT = 2
+READ_FORMATS = frozenset({1, 2})
 SUFFIX = ".prism-snapshot"
 ROWS_PER_BLOCK = 4096  # ~10 MB blocks: each encrypt holds the GIL ~5 ms
 _MAX_HEADER = 16 << 20
@@ -94,6 +102,9 @@ class TableState:
     mask: np.ndarray  # bool per row: the index holds a vector for it
     grid: np.ndarray  # int16 (mask.sum(), dim): those rows' grid vectors, in row order
     partitioning: Partitioning | None
+    # The sealed space the grid vectors are in (prism.driver.space.space_record;
+    # None: unsealed). A format 1 snapshot's are unsealed.
+    space: dict[str, object] | None = None
 
 
 @dataclass
@@ -160,12 +171,14 @@ def capture(
             raise SnapshotError(f"table {name} is in the replica but not in the schema")
         keys = list(t.payloads)
         payloads = list(t.payloads.values())
+        space = None
         if t.index is not None:
             mask, grid = t.index.export_rows(keys)
             part = t.index.partitioning
+            space = space_record(t.index)
         else:
             mask, grid, part = np.zeros(len(keys), bool), np.zeros((0, 0), np.int16), None
-        tables[name] = TableState(info, keys, payloads, mask, grid, part)
+        tables[name] = TableState(info, keys, payloads, mask, grid, part, space)
     return Snapshot(
         tenant_id=tenant_id,
         stream_id=stream_id,
@@ -282,7 +295,12 @@ def write_snapshot(path: Path, snap: Snapshot, secret: bytes) -> int:
             "projection_tag": snap.projection_tag.hex(),
             "index_params": asdict(snap.index_params),
             "tables": [
-                {"info": _info_json(t.info), "rows": len(t.keys), "vectors": int(t.mask.sum())}
+                {
+                    "info": _info_json(t.info),
+                    "rows": len(t.keys),
+                    "vectors": int(t.mask.sum()),
+                    "space": t.space,
+                }
                 for t in snap.tables.values()
             ],
         },
@@ -342,10 +360,15 @@ class _Loader:
     slab (sized from the header's counts), no intermediate copies."""
 
     def __init__(
-        self, infos: list[TableInfo], counts: list[tuple[int, int]], params: IndexParams
+        self,
+        infos: list[TableInfo],
+        counts: list[tuple[int, int]],
+        params: IndexParams,
+        spaces: list[Sealer | None],
     ) -> None:
         self.infos = infos
         self.params = params
+        self.spaces = spaces
         self.tables = [TableReplica(i.name, i.key_columns, i.text_columns) for i in infos]
         self.vec_keys: list[list[str]] = [[] for _ in infos]
         self.grids = [
@@ -416,12 +439,19 @@ class _Loader:
             held.extend(itertools.compress(keys, mask.tolist()))
 
     def replica(self) -> Replica:
-        for info, t, keys, slab, part in zip(
-            self.infos, self.tables, self.vec_keys, self.grids, self.parts, strict=True
+        for info, t, keys, slab, part, space in zip(
+            self.infos,
+            self.tables,
+            self.vec_keys,
+            self.grids,
+            self.parts,
+            self.spaces,
+            strict=True,
         ):
             if slab is None:
                 continue
             idx = VectorIndex(info.vector_dim, capacity=16, params=self.params)
+            idx.space, idx.space_set = space, True
             try:
                 idx.load_rows(keys, slab, part)
             except ValueError as exc:
@@ -456,14 +486,22 @@ def _read(fh: Any, path: Path, secret: bytes, tenant_id: str, params: IndexParam
     header_bytes = _read_exact(fh, hlen, "header")
     try:
         header = json.loads(header_bytes)
-        if header["format"] != FORMAT:
-            raise SnapshotError(f"snapshot format {header['format']} is not {FORMAT}")
+        if header["format"] not in READ_FORMATS:
+            raise SnapshotError(
+                f"snapshot format {header['format']} is not one of {sorted(READ_FORMATS)}"
+            )
         if header["tenant_id"] != tenant_id:
             raise SnapshotError(f"snapshot of tenant {header['tenant_id']!r}, not {tenant_id!r}")
         salt = bytes.fromhex(header["salt"])
         blocks = int(header["blocks"])
         infos = [_info_of(t["info"]) for t in header["tables"]]
         counts = [(int(t["rows"]), int(t["vectors"])) for t in header["tables"]]
+        spaces = [
+            space_from_record(t.get("space"), secret, tenant_id, i.vector_dim)
+            if i.has_vectors
+            else None
+            for t, i in zip(header["tables"], infos, strict=True)
+        ]
         stream_id, position, head = (
             str(header["stream_id"]),
             int(header["position"]),
@@ -481,7 +519,7 @@ def _read(fh: Any, path: Path, secret: bytes, tenant_id: str, params: IndexParam
     base = hashlib.sha256(MAGIC + header_bytes).digest()
     # A partitioning trained under other parameters is dropped: the index
     # trains its own when it needs one.
-    loader = _Loader(infos, counts, params)
+    loader = _Loader(infos, counts, params, spaces)
     size = len(MAGIC) + 4 + hlen
     ended = False
     for i in range(blocks):

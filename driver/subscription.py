@@ -6,8 +6,8 @@ Between the link (driver/link.py: channels, handshake) and the replica
 whose background task runs `run()`: connect over TLS, authenticate (and
 check that the wrapper holds the same tenant secret), adopt the tables
 Hello describes (driver/schema.py), subscribe from the last applied
-position, verify, decrypt and unseal each frame under its key epoch
-(driver/epochs.py), count and drop a frame that fails a check, and apply
+position, verify and decrypt each frame under its key epoch
+(driver/epochs.py; its vectors stay sealed, driver/space.py), count and drop a frame that fails a check, and apply
 each whole batch to the replica. A lost link is retried with jittered
 backoff (prism.fabric.backoff); a permanent error ends `run()` and is
 raised to every waiter, never lost in a log.
@@ -267,6 +267,8 @@ class Subscription:
                                 tenant_id=cfg.tenant_id,
                                 stream_id=None,
                                 subscription=subscription,
+                                # The index keeps them sealed (driver/space.py).
+                                unseal=False,
                             )
                         batch = self.follower.on_frame(decoded)
                     except FrameError as exc:

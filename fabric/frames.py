@@ -77,12 +77,17 @@ class DecodedFrame:
     ops: bytes  # b"U" / b"D" per row
     positions: np.ndarray  # uint64 (count,)
     vector_mask: np.ndarray  # bool (count,)
-    vectors: np.ndarray  # float32 (count, vector_dim), unsealed; zeros where mask is False
+    # float32 (count, vector_dim), zeros where mask is False: unsealed, or
+    # (open_frame(unseal=False)) still sealed by `sealer`'s matrix.
+    vectors: np.ndarray
     payloads: list[bytes]  # encode_row bytes; empty for deletes
     vector_dim: int  # 0 when the table carries no vectors
     # Per row, the key an upsert replaced (a primary-key change), else None;
     # None for the whole frame when no row replaced a key.
     old_keys: list[str | None] | None = None
+    # The Sealer whose keyed matrix `vectors` are still sealed with; None
+    # when they are unsealed (the projected space).
+    sealer: Sealer | None = None
 
     @property
     def count(self) -> int:
@@ -586,8 +591,15 @@ def open_frame(
     tenant_id: str,
     stream_id: str | None,
     subscription: bytes | None = None,
+    unseal: bool = True,
 ) -> DecodedFrame:
     """Verify, check and unseal a received frame.
+
+    With ``unseal=False`` the vectors are handed over still sealed, with
+    the Sealer that sealed them (DecodedFrame.sealer): the driver keeps its
+    index in one epoch's sealed space and seals each query into it instead
+    of unsealing every row (prism.driver.space), which saves the largest
+    per-row cost of opening a frame.
 
     The watermark is checked first, with the keys of the frame's epoch from
     ``sealer_for_epoch``; nothing in an unverified frame is trusted. Then the
@@ -711,10 +723,18 @@ def open_frame(
             raise FrameError(
                 f"frame vector_dim {vdim} differs from the tenant's vector dimension {sealer.dim}"
             )
-        vectors = sealer.unseal(np.frombuffer(vectors_block, dtype="<f4").reshape(count, vdim))
-        vectors[~mask] = 0.0
+        sealed = np.frombuffer(vectors_block, dtype="<f4").reshape(count, vdim)
+        if unseal:
+            vectors = sealer.unseal(sealed)
+            vectors[~mask] = 0.0
+        else:
+            vectors = sealed
+            if not mask.all():  # the wrapper sends zeros there; never trust it
+                vectors = vectors.copy()
+                vectors[~mask] = 0.0
     else:
         vectors = np.zeros((count, vdim), dtype=np.float32)
+    frame_sealer = sealer if vdim and count and not unseal else None
 
     return DecodedFrame(
         kind=kind,
@@ -734,4 +754,5 @@ def open_frame(
         payloads=payloads,
         vector_dim=vdim,
         old_keys=old_keys,
+        sealer=frame_sealer,
     )

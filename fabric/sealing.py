@@ -3,7 +3,9 @@
 The wrapper's last step before serving is to seal each frame: vectors are
 multiplied by a keyed orthogonal matrix K(tenant, epoch) and the whole frame
 is watermarked with HMAC-SHA256. The driver verifies the watermark first and
-only then unseals (V = V_enc @ K.T).
+only then opens the frame; it keeps the vectors sealed and seals its queries
+into their space (space_change, prism.driver.space) rather than unsealing
+every row (V = V_enc @ K.T, which unseal() still does for tools).
 
 K is a similarity-preserving obfuscation, not encryption: inner products and
 distances survive sealing by design, and enough known (plain, sealed) pairs
@@ -80,10 +82,13 @@ class Sealer:
         self.epoch = keys.epoch
         self.dim = dim
         k = keyed_orthogonal(keys.matrix_seed, dim)
+        self._k64 = k
         # float32 matmul is what makes sealing cheap; float32 rounding of K is
         # far smaller than the float32 noise already in the vectors.
         self._k = np.ascontiguousarray(k, dtype=np.float32)
         self._kt = np.ascontiguousarray(k.T, dtype=np.float32)
+        self._k.setflags(write=False)
+        self._kt.setflags(write=False)
         self._aead = AESGCM(keys.aead_key)
 
     def __repr__(self) -> str:
@@ -94,6 +99,17 @@ class Sealer:
         if a.shape[-1:] != (self.dim,) or a.ndim not in (1, 2):
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {a.shape}")
         return a
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """K as float32 (read-only): seal() is ``v @ matrix``."""
+        return self._k
+
+    @property
+    def space(self) -> bytes:
+        """Names the sealed space: equal for two Sealers whose K is the same
+        matrix (same secret, tenant, epoch and dimension)."""
+        return self.keys.matrix_seed + self.dim.to_bytes(4, "little")
 
     def seal(self, v: np.ndarray) -> np.ndarray:
         """V_enc = V @ K for float32 vectors of shape (n, dim) or (dim,)."""
@@ -125,3 +141,40 @@ class Sealer:
     def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """Inverse of encrypt; raises cryptography's InvalidTag on any change."""
         return self._aead.decrypt(nonce, ciphertext, aad)
+
+
+def space_change(frm: Sealer | None, to: Sealer | None) -> np.ndarray | None:
+    """The float32 matrix that takes vectors sealed by ``frm`` into the
+    sealed space of ``to`` (None on either side: the unsealed, projected
+    space): ``K_frm.T @ K_to``. None when both are the same space. Inner
+    products survive it, as they survive sealing. Computed in float64 and
+    cached: a driver whose index lives in one epoch's space converts every
+    frame of a later epoch with it (prism.driver.space)."""
+    if frm is None and to is None:
+        return None
+    if frm is not None and to is not None:
+        if frm.dim != to.dim:
+            raise ValueError(f"cannot change a {frm.dim}-d space into a {to.dim}-d one")
+        if frm.space == to.space:
+            return None
+    key = (frm.space if frm is not None else b"", to.space if to is not None else b"")
+    m = _SPACE_CHANGES.get(key)
+    if m is None:
+        if frm is None:
+            assert to is not None
+            m = to._k
+        elif to is None:
+            m = frm._kt
+        else:
+            m = np.ascontiguousarray(frm._k64.T @ to._k64, dtype=np.float32)
+            m.setflags(write=False)
+        if len(_SPACE_CHANGES) >= _MAX_SPACE_CHANGES:
+            _SPACE_CHANGES.pop(next(iter(_SPACE_CHANGES)))
+        _SPACE_CHANGES[key] = m
+    return m
+
+
+# A handful of (from, to) spaces are ever live at once: the index's and the
+# current epoch's, per dimension.
+_MAX_SPACE_CHANGES = 16
+_SPACE_CHANGES: dict[tuple[bytes, bytes], np.ndarray] = {}

@@ -40,6 +40,7 @@ from support.consistency import (
     KEYS,
     SCHEMA,
     TABLES_CONFIG,
+    VEC_DIM,
     BackgroundWorkload,
     Workload,
     wait_consistent,
@@ -310,12 +311,16 @@ async def test_rotate_keys_drivers_follow_without_reconnecting(
     db: Any, wrapper: Any, secret_file: Path
 ) -> None:
     db.execute(SCHEMA)
+    before, after = _embeddings(2)
+    db.execute("INSERT INTO items (id, title, embedding) VALUES (800, 'before', %s)", (before,))
     proc = wrapper(TABLES_CONFIG)
     async with driver_for(proc, secret_file) as driver:
         await driver.wait_ready(timeout=30)
         assert driver.stats()["key_epoch"] == 1
         assert rotate_keys(proc).strip() == "tenant acme: key epoch 2"
-        db.execute("INSERT INTO items (id, title) VALUES (900, 'after rotation')")
+        db.execute(
+            "INSERT INTO items (id, title, embedding) VALUES (900, 'after rotation', %s)", (after,)
+        )
         for _ in range(200):
             if driver.get("items", 900) is not None and driver.stats()["key_epoch"] == 2:
                 break
@@ -324,6 +329,9 @@ async def test_rotate_keys_drivers_follow_without_reconnecting(
         assert driver.get("items", 900)["title"] == "after rotation"  # type: ignore[index]
         assert stats["key_epoch"] == 2 and stats["key_rotations"] == 1
         assert stats["reconnects"] == 0 and stats["frames_rejected"] == 0
+        # The index stays in epoch 1's sealed space; the row sealed under
+        # epoch 2 is carried into it and found by its own vector.
+        await _finds_itself(driver, {800: before, 900: after})
         # A new driver learns the current epoch from Hello.
         async with driver_for(proc, secret_file) as late:
             await late.wait_ready(timeout=30)
@@ -410,7 +418,11 @@ async def test_secret_rotation_with_an_overlap_window(
         await asyncio.sleep(max(0.0, (deadline - dt.datetime.now(dt.UTC)).total_seconds()) + 2)
         with pytest.raises(SecretRetiredError, match="retired"):
             await stale.wait_for(10**9, timeout=30)
-        db.execute("INSERT INTO items (id, title) VALUES (901, 'after retirement')")
+        (vec,) = _embeddings(1)
+        db.execute(
+            "INSERT INTO items (id, title, embedding) VALUES (901, 'after retirement', %s)",
+            (vec,),
+        )
         for _ in range(200):
             if moving.get("items", 901) and fresh.get("items", 901):
                 break
@@ -418,6 +430,21 @@ async def test_secret_rotation_with_an_overlap_window(
         assert moving.get("items", 901) is not None and fresh.get("items", 901) is not None
         assert moving.stats()["reconnects"] >= 1 and moving.stats()["bootstraps"] == 1
         assert fresh.stats()["reconnects"] == 0
+        # `moving` kept the index it built under the old secret: the row
+        # sealed under the new one is carried into that space, not misread.
+        for d in (moving, fresh):
+            await _finds_itself(d, {901: vec})
+
+
+def _embeddings(n: int) -> list[list[float]]:
+    rng = random.Random(n)
+    return [[rng.uniform(-1, 1) for _ in range(VEC_DIM)] for _ in range(n)]
+
+
+async def _finds_itself(driver: Any, rows: dict[int, list[float]]) -> None:
+    for row_id, vec in rows.items():
+        best = (await driver.query(embedding=vec, top_k=1))[0]
+        assert best.row_id == row_id and best.score == pytest.approx(1.0, abs=1e-5)
 
 
 async def test_unknown_tenant_and_wrong_secret_errors_are_distinct(
