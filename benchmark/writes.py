@@ -10,6 +10,14 @@ process with a writable 384-d table, and a PrismDriver. Measured per call:
 * driver.write(..., wait=True): returns once the local replica shows it
   (read-your-writes);
 
+and, for the floor of a write through the wrapper, three costs outside
+prism's code measured in the same run: a gRPC round trip to the wrapper
+(Health, over one TLS channel, grpc.aio as the driver's link), the time from
+an INSERT's start until PostgreSQL's walsender has delivered its COMMIT on a
+logical replication connection (pgoutput, a slot of its own, read with
+psycopg's libpq), and an fsync of a small append in the store's directory
+(the store's durable commit before it acknowledges);
+
 then writes/s with 16 concurrent writers (wait=True), beside 16 threads
 doing the plain upsert on 16 connections of their own for as long (what the
 database itself does concurrently here), with the wrapper's count of the
@@ -24,11 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import psycopg
 
@@ -48,7 +58,11 @@ from common import (
 )
 
 from prism.driver import DriverConfig, PrismDriver
+from prism.fabric import wrapper_pb2 as pb
+from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
+from prism.wrapper.sources.postgres.conn import ReplicationConnection
+from prism.wrapper.sources.postgres.walstream import XLogData
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 HERE = Path(__file__).resolve().parent
@@ -67,6 +81,67 @@ def row(rng: np.random.Generator, i: int) -> dict[str, object]:
 def upsert(conn: psycopg.Connection, rng: np.random.Generator, i: int) -> None:  # type: ignore[type-arg]
     r = row(rng, i)
     conn.execute(UPSERT_SQL, (i, r["title"], r["body"], r["rev"], r["embedding"].tolist()))  # type: ignore[union-attr]
+
+
+def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
+    """Per single-row INSERT (autocommit): ms from its start until the
+    walsender has delivered its COMMIT to a logical replication connection.
+    What any consumer of the stream waits at least, before doing anything."""
+    slot, pub = "bench_delivery", "bench_delivery_pub"
+    rng = np.random.default_rng(11)
+    with psycopg.connect(dsn, autocommit=True) as sql:
+        sql.execute(f"CREATE PUBLICATION {pub} FOR TABLE {TABLE}")
+        rc = ReplicationConnection(dsn)
+        try:
+            point, _ = rc.create_slot_with_snapshot(slot)
+            rc.start_replication(slot, point, pub, binary=True)
+            lat = []
+            for i in range(calls):
+                t = time.perf_counter()
+                upsert(sql, rng, 5_000_000 + i)
+                while True:
+                    msg = rc.read(5.0)
+                    if msg is None:
+                        raise TimeoutError("the walsender delivered no COMMIT within 5 s")
+                    if isinstance(msg, XLogData) and msg.payload[:1] == b"C":
+                        break
+                lat.append((time.perf_counter() - t) * 1000)
+        finally:
+            rc.close()
+        with psycopg.connect(dsn, autocommit=True) as c2:
+            c2.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        sql.execute(f"DROP PUBLICATION {pub}")
+    return percentiles(lat)
+
+
+def fsync_ms(directory: Path, calls: int) -> dict[str, float]:
+    """An fsync of a 4 kB append in `directory`: what a durable store commit
+    costs the kernel and the disk, whatever writes it."""
+    path = directory / "fsync-probe"
+    lat = []
+    with open(path, "ab", buffering=0) as fh:
+        for _ in range(calls):
+            t = time.perf_counter()
+            fh.write(b"\0" * 4096)
+            os.fsync(fh.fileno())
+            lat.append((time.perf_counter() - t) * 1000)
+    path.unlink()
+    return percentiles(lat)
+
+
+async def health_round_trip_ms(port: int, ca: Path, calls: int) -> dict[str, float]:
+    """Health over one grpc.aio TLS channel: the least a call to the wrapper
+    costs on this machine (the driver's link is grpc.aio over TLS too)."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
+        stub = pb_grpc.WrapperServiceStub(ch)
+        await stub.Health(pb.HealthRequest(), timeout=10)  # handshake, not timed
+        lat = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            await stub.Health(pb.HealthRequest(), timeout=10)
+            lat.append((time.perf_counter() - t) * 1000)
+    return percentiles(lat)
 
 
 def psycopg_concurrent(dsn: str, writers: int, seconds: float) -> float:
@@ -105,6 +180,7 @@ async def measure(  # type: ignore[type-arg]
             lat.append((time.perf_counter() - t) * 1000)
         out["psycopg_insert_ms"] = percentiles(lat)
     out["psycopg_insert_per_s_16_writers"] = psycopg_concurrent(dsn, 16, seconds)
+    out["health_round_trip_ms"] = await health_round_trip_ms(port, ca, calls)
     cfg = DriverConfig(
         wrapper_host="127.0.0.1",
         wrapper_port=port,
@@ -186,9 +262,29 @@ def report(res: dict) -> str:  # type: ignore[type-arg]
         ),
         f"Targets: wait=True p50 ≤ 2× the plain INSERT "
         f"({2 * base:.2f} ms here); 16 writers ≥ 1,000 writes/s.",
+        "",
+        *floor_lines(res, base),
         END,
     ]
     return "\n".join(lines)
+
+
+def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
+    """The floor of driver.write(wait=True) outside prism's code, as measured."""
+    if "floor_ms" not in res:
+        return []
+    rtt, dlv, fs = (
+        res[k]["p50"] for k in ("health_round_trip_ms", "stream_delivery_ms", "fsync_ms")
+    )
+    return [
+        "Floor of a write through the wrapper, outside prism's code (p50, same run): a gRPC "
+        f"round trip {rtt:.2f} ms + PostgreSQL committing the row and its walsender "
+        f"delivering the COMMIT {dlv:.2f} ms + an fsync before the acknowledgment {fs:.2f} ms "
+        f"= **{res['floor_ms']:.2f} ms**, {res['floor_ms'] / base:.1f}× the plain INSERT "
+        f"(target 2×: {2 * base:.2f} ms). `wait=True` measured "
+        f"{res['driver_write_wait_true_ms']['p50']:.2f} ms, "
+        f"{res['driver_write_wait_true_ms']['p50'] - res['floor_ms']:.2f} ms above that floor.",
+    ]
 
 
 def main() -> int:
@@ -203,6 +299,10 @@ def main() -> int:
     try:
         with psycopg.connect(pg.dsn, autocommit=True) as c:
             c.execute(SCHEMA_SQL)
+        # Measured before the wrapper runs, so that no other walsender or
+        # store shares the machine with them.
+        delivery = stream_delivery_ms(pg.dsn, args.calls)
+        fsync = fsync_ms(base, args.calls)
         secret = base / "bench.secret"
         write_secret(secret)
         port = free_port()
@@ -214,7 +314,13 @@ def main() -> int:
         res = asyncio.run(
             measure(pg.dsn, port, secret, certs.ca_cert, args.calls, args.seconds, wrapper)
         )
-        res |= {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "calls": args.calls}
+        res |= {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "calls": args.calls,
+            "stream_delivery_ms": delivery,
+            "fsync_ms": fsync,
+        }
+        res["floor_ms"] = res["health_round_trip_ms"]["p50"] + delivery["p50"] + fsync["p50"]
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=1))
         table = report(res)
