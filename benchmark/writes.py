@@ -61,9 +61,9 @@ from prism.driver import DriverConfig, PrismDriver
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.keys import write_secret
+from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.walstream import XLogData
-from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- writes:start -->", "<!-- writes:end -->"

@@ -3,7 +3,8 @@ automatic partitioned mode for large tables, updated in place.
 
 Holds one table's vectors in the tenant's keyed space (never raw
 embeddings), still sealed with one key epoch's matrix: the replica converts
-vectors and queries into it (driver/space.py), this module only compares. The replica hands it L2-normalized float32 vectors; the index
+vectors and queries into it (driver/space.py), this module only compares.
+The replica hands it L2-normalized float32 vectors; the index
 stores each one as a *grid vector*: the vector scaled so that its largest
 component is +-L and rounded to integers, L = floor(sqrt((2**24 - 1) / dim))
 (209 for 384 dimensions). The grid values are kept in float32, which holds

@@ -7,7 +7,8 @@ whose background task runs `run()`: connect over TLS, authenticate (and
 check that the wrapper holds the same tenant secret), adopt the tables
 Hello describes (driver/schema.py), subscribe from the last applied
 position, verify and decrypt each frame under its key epoch
-(driver/epochs.py; its vectors stay sealed, driver/space.py), count and drop a frame that fails a check, and apply
+(driver/epochs.py; its vectors stay sealed, driver/space.py), count and
+drop a frame that fails a check, and apply
 each whole batch to the replica. A lost link is retried with jittered
 backoff (prism.fabric.backoff); a permanent error ends `run()` and is
 raised to every waiter, never lost in a log.
