@@ -113,10 +113,11 @@ def render(r: dict[str, Any], source: str) -> str:
     again = r.get("bootstrap_cached", {})
     if again:
         add(
-            "  ↳ a 3rd driver, its frames already sealed (the wrapper's frame cache), rows/s",
+            "  ↳ a 3rd driver, rows/s",
             f"{_n(again.get('rows_per_s'))} ({_n(again.get('seconds'), 1)} s)",
             "",
-            "the 2nd driver's figure includes sealing the frames once",
+            "both are sent the frames sealed once while the first driver followed the "
+            "initial copy (the wrapper's frame cache)",
         )
     lat = r.get("latency", {})
     if lat:

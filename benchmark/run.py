@@ -350,9 +350,10 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
 
 
 async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
-    """A driver process bootstraps from the wrapper. The first time the
-    wrapper seals the bootstrap's frames for it; `again`, a further driver
-    gets the same sealed frames from the wrapper's frame cache."""
+    """A driver process bootstraps from the wrapper; `again`, a further one.
+    Both are sent the frames the wrapper sealed while the first driver
+    followed the initial copy (its frame cache: Health's
+    frame_cache_segments_shared counts them), so neither waits for sealing."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE / "driver_proc.py"),
@@ -382,7 +383,7 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
             k: r[k] for k in ("rows", "seconds", "rows_per_s", "frames")
         }
         log(
-            f"bootstrap (3rd driver, frames already sealed): {r['rows']} rows in "
+            f"bootstrap (3rd driver): {r['rows']} rows in "
             f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s"
         )
         return
