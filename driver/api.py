@@ -209,8 +209,9 @@ class PrismDriver:
         score is >= threshold, exactly: the score is the cosine of the
         query's and the row's grid vectors in the tenant's keyed space (see
         prism.driver.index), where the query is sealed into the index's key
-        epoch as the rows are (prism.driver.space). A large table is searched through its
-        partitions, which may miss a row; `exact=True` scans every row.
+        epoch as the rows are (prism.driver.space). A large table is
+        searched through its partitions, which may miss a row; `exact=True`
+        scans every row.
         `where` (a filter, as for `find`) limits the result to the top_k of
         the rows it matches (prism.driver.lookup); it needs `table` unless
         only one table has vectors."""
