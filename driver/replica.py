@@ -90,7 +90,9 @@ class TableReplica:
             self.columns.apply(keys, ops, payloads)
         idx = self.index
         vectors = f.vectors
-        if idx is not None and f.count:
+        # Only vectors the index takes are converted (a frame may carry none:
+        # deletes, rows without a vector, or no vector block at all).
+        if idx is not None and f.vector_dim and bool(f.vector_mask.any()):
             vectors = into_index_space(idx, vectors, f.sealer)
         if b"D" not in ops and (idx is None or bool(f.vector_mask.all())):
             # The common case (a bootstrap, a stream of upserts with vectors):

@@ -103,8 +103,10 @@ class TableState:
     grid: np.ndarray  # int16 (mask.sum(), dim): those rows' grid vectors, in row order
     partitioning: Partitioning | None
     # The sealed space the grid vectors are in (prism.driver.space.space_record;
-    # None: unsealed). A format 1 snapshot's are unsealed.
+    # None: unsealed), when the index has one yet (space_set). A format 1
+    # snapshot's are unsealed.
     space: dict[str, object] | None = None
+    space_set: bool = False
 
 
 @dataclass
@@ -171,14 +173,14 @@ def capture(
             raise SnapshotError(f"table {name} is in the replica but not in the schema")
         keys = list(t.payloads)
         payloads = list(t.payloads.values())
-        space = None
+        space, space_set = None, False
         if t.index is not None:
             mask, grid = t.index.export_rows(keys)
             part = t.index.partitioning
-            space = space_record(t.index)
+            space, space_set = space_record(t.index), t.index.space_set
         else:
             mask, grid, part = np.zeros(len(keys), bool), np.zeros((0, 0), np.int16), None
-        tables[name] = TableState(info, keys, payloads, mask, grid, part, space)
+        tables[name] = TableState(info, keys, payloads, mask, grid, part, space, space_set)
     return Snapshot(
         tenant_id=tenant_id,
         stream_id=stream_id,
@@ -299,7 +301,9 @@ def write_snapshot(path: Path, snap: Snapshot, secret: bytes) -> int:
                     "info": _info_json(t.info),
                     "rows": len(t.keys),
                     "vectors": int(t.mask.sum()),
-                    "space": t.space,
+                    # Absent: the index has no space yet (it takes the next
+                    # frame's); null: unsealed.
+                    **({"space": t.space} if t.space_set else {}),
                 }
                 for t in snap.tables.values()
             ],
@@ -364,7 +368,7 @@ class _Loader:
         infos: list[TableInfo],
         counts: list[tuple[int, int]],
         params: IndexParams,
-        spaces: list[Sealer | None],
+        spaces: list[tuple[bool, Sealer | None]],
     ) -> None:
         self.infos = infos
         self.params = params
@@ -451,13 +455,31 @@ class _Loader:
             if slab is None:
                 continue
             idx = VectorIndex(info.vector_dim, capacity=16, params=self.params)
-            idx.space, idx.space_set = space, True
+            idx.space_set, idx.space = space
             try:
                 idx.load_rows(keys, slab, part)
             except ValueError as exc:
                 raise SnapshotError(f"snapshot index of {info.name}: {exc}") from None
             t.index = idx
         return Replica({t.name: t for t in self.tables})
+
+
+def _space(
+    fmt: int, table: dict[str, Any], info: TableInfo, secret: bytes, tenant_id: str
+) -> tuple[bool, Sealer | None]:
+    """(whether the index has a space, its Sealer or None for unsealed) of
+    one table of a snapshot's header. SnapshotError when the space is one
+    `secret` does not derive."""
+    if not info.has_vectors:
+        return False, None
+    if fmt < 2:
+        return True, None  # format 1 kept unsealed vectors
+    if "space" not in table:
+        return False, None
+    try:
+        return True, space_from_record(table["space"], secret, tenant_id, info.vector_dim)
+    except ValueError as exc:
+        raise SnapshotError(f"snapshot's index space cannot be used: {exc}") from None
 
 
 def read_snapshot(path: Path, secret: bytes, tenant_id: str, params: IndexParams) -> Restored:
@@ -497,9 +519,7 @@ def _read(fh: Any, path: Path, secret: bytes, tenant_id: str, params: IndexParam
         infos = [_info_of(t["info"]) for t in header["tables"]]
         counts = [(int(t["rows"]), int(t["vectors"])) for t in header["tables"]]
         spaces = [
-            space_from_record(t.get("space"), secret, tenant_id, i.vector_dim)
-            if i.has_vectors
-            else None
+            _space(header["format"], t, i, secret, tenant_id)
             for t, i in zip(header["tables"], infos, strict=True)
         ]
         stream_id, position, head = (

@@ -241,3 +241,51 @@ def test_a_snapshot_whose_space_another_secret_derives_is_refused(tmp_path: Path
     with pytest.raises(SnapshotError, match="another secret"):
         read(write(tmp_path, rep))
     assert INFOS and PKEY  # the shared fixtures this file builds on
+
+
+def test_a_frame_without_vectors_is_applied_whatever_the_index_space() -> None:
+    # Deletes and vector-less rows carry no vector block (vector_dim 0, no
+    # sealer): nothing is converted, and the index keeps its space.
+    rng = np.random.default_rng(6)
+    rep = _replica(DIM)
+    rep.apply_frames([opened(rng.standard_normal((4, DIM)).astype(np.float32), unseal=False)])
+    idx = rep.tables[T].index
+    assert idx is not None and space_of(idx) is not None
+    bare = DecodedFrame(
+        kind=pb.CHANGES,
+        tenant_id=TENANT,
+        stream_id="st",
+        key_epoch=3,
+        table=T,
+        sequence=2,
+        commit_position=0,
+        head_position=0,
+        commit_time_us=0,
+        keys=[encode_key([1]), encode_key([9])],
+        ops=b"DU",
+        positions=np.array([5, 6], np.uint64),
+        vector_mask=np.zeros(2, bool),
+        vectors=np.zeros((2, 0), np.float32),
+        payloads=[b"", encode_row({"id": 9})],
+        vector_dim=0,
+    )
+    rep.apply_frames([bare])
+    t = rep.tables[T]
+    assert encode_key([1]) not in t.payloads and encode_key([9]) in t.payloads
+    assert len(idx) == 3 and space_of(idx) is not None and space_of(idx).epoch == 3  # type: ignore[union-attr]
+    # An index that has not taken a space yet does not take one from it.
+    fresh = _replica(DIM)
+    fresh.apply_frames([bare])
+    fidx = fresh.tables[T].index
+    assert fidx is not None and not fidx.space_set
+
+
+def test_a_snapshot_of_an_index_without_a_space_lets_it_take_one(tmp_path: Path) -> None:
+    rep = Replica.for_tables({T: (("id",), (), DIM), "public.docs": (("id",), (), 0)}, PARAMS)
+    back = read(write(tmp_path, rep)).replica.tables[T].index
+    assert back is not None and not back.space_set
+    # Its first sealed frame gives it that frame's space, with no conversion.
+    v = np.eye(DIM, dtype=np.float32)
+    out = into_index_space(back, sealer(5).seal(v), sealer(5))
+    assert space_of(back).epoch == 5  # type: ignore[union-attr]
+    np.testing.assert_array_equal(out, sealer(5).seal(v))
