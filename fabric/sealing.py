@@ -82,7 +82,6 @@ class Sealer:
         self.epoch = keys.epoch
         self.dim = dim
         k = keyed_orthogonal(keys.matrix_seed, dim)
-        self._k64 = k
         # float32 matmul is what makes sealing cheap; float32 rounding of K is
         # far smaller than the float32 noise already in the vectors.
         self._k = np.ascontiguousarray(k, dtype=np.float32)
@@ -147,34 +146,25 @@ def space_change(frm: Sealer | None, to: Sealer | None) -> np.ndarray | None:
     """The float32 matrix that takes vectors sealed by ``frm`` into the
     sealed space of ``to`` (None on either side: the unsealed, projected
     space): ``K_frm.T @ K_to``. None when both are the same space. Inner
-    products survive it, as they survive sealing. Computed in float64 and
-    cached: a driver whose index lives in one epoch's space converts every
-    frame of a later epoch with it (prism.driver.space)."""
-    if frm is None and to is None:
+    products survive it, as they survive sealing. A driver whose index
+    lives in one epoch's space converts every frame of a later epoch with
+    it (prism.driver.space), so the product of two matrices is cached."""
+    if frm is None:
+        return None if to is None else to._k
+    if to is None:
+        return frm._kt
+    if frm.dim != to.dim:
+        raise ValueError(f"cannot change a {frm.dim}-d space into a {to.dim}-d one")
+    if frm.space == to.space:
         return None
-    if frm is not None and to is not None:
-        if frm.dim != to.dim:
-            raise ValueError(f"cannot change a {frm.dim}-d space into a {to.dim}-d one")
-        if frm.space == to.space:
-            return None
-    key = (frm.space if frm is not None else b"", to.space if to is not None else b"")
-    m = _SPACE_CHANGES.get(key)
-    if m is None:
-        if frm is None:
-            assert to is not None
-            m = to._k
-        elif to is None:
-            m = frm._kt
-        else:
-            m = np.ascontiguousarray(frm._k64.T @ to._k64, dtype=np.float32)
-            m.setflags(write=False)
-        if len(_SPACE_CHANGES) >= _MAX_SPACE_CHANGES:
-            _SPACE_CHANGES.pop(next(iter(_SPACE_CHANGES)))
-        _SPACE_CHANGES[key] = m
+    return _between(frm.keys.matrix_seed, to.keys.matrix_seed, frm.dim)
+
+
+@functools.lru_cache(maxsize=16)
+def _between(seed_from: bytes, seed_to: bytes, dim: int) -> np.ndarray:
+    """K_from.T @ K_to in float64, as float32 (read-only)."""
+    m = np.ascontiguousarray(
+        keyed_orthogonal(seed_from, dim).T @ keyed_orthogonal(seed_to, dim), dtype=np.float32
+    )
+    m.setflags(write=False)
     return m
-
-
-# A handful of (from, to) spaces are ever live at once: the index's and the
-# current epoch's, per dimension.
-_MAX_SPACE_CHANGES = 16
-_SPACE_CHANGES: dict[tuple[bytes, bytes], np.ndarray] = {}
