@@ -32,8 +32,16 @@ SEALER = Sealer(derive_epoch_keys(SECRET, TENANT, 0), DIM)
 Change = tuple[int, str, bool, list[float], int]
 
 
-def frame(changes: list[Change], seq: int = 1, commit: int = 0) -> DecodedFrame:
-    """A real frame of `changes`, sealed and opened again."""
+def frame(
+    changes: list[Change],
+    seq: int = 1,
+    commit: int = 0,
+    *,
+    sealer: Sealer = SEALER,
+    unseal: bool = True,
+) -> DecodedFrame:
+    """A real frame of `changes`, sealed with `sealer` and opened again,
+    its vectors unsealed or (as the driver opens frames) not."""
     keys = [encode_key([k]) for k, *_ in changes]
     ops = "".join(op for _, op, *_ in changes).encode()
     payloads = [
@@ -41,9 +49,10 @@ def frame(changes: list[Change], seq: int = 1, commit: int = 0) -> DecodedFrame:
         for k, op, _, v, rev in changes
     ]
     mask = np.array([op == "U" and has for _, op, has, _, _ in changes], bool)
-    vectors = np.array([v for *_, v, _ in changes], np.float32).reshape(len(changes), DIM)
+    dim = len(changes[0][3])
+    vectors = np.array([v for *_, v, _ in changes], np.float32).reshape(len(changes), dim)
     f = build_frame(
-        sealer=SEALER,
+        sealer=sealer,
         tenant_id=TENANT,
         stream_id="st",
         kind=pb.CHANGES,
@@ -58,10 +67,12 @@ def frame(changes: list[Change], seq: int = 1, commit: int = 0) -> DecodedFrame:
         vectors=vectors,
         vector_mask=mask,
         payloads=payloads,
-        vector_dim=DIM,
+        vector_dim=dim,
         subscription=SUB,
     )
-    return open_frame(f, lambda _e: SEALER, tenant_id=TENANT, stream_id=None, subscription=SUB)
+    return open_frame(
+        f, lambda _e: sealer, tenant_id=TENANT, stream_id=None, subscription=SUB, unseal=unseal
+    )
 
 
 def empty() -> Replica:

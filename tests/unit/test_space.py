@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_snapshot import INFOS, PARAMS, PKEY, read, write
+from test_replica_rows import frame
+from test_snapshot import PARAMS, read, write
 
 from prism.driver.index import IndexParams
 from prism.driver.replica import Replica
@@ -22,7 +23,7 @@ from prism.driver.space import (
     space_record,
 )
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import DecodedFrame, build_frame, open_frame
+from prism.fabric.frames import DecodedFrame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer, space_change
@@ -48,37 +49,12 @@ def opened(
     unseal: bool,
     mask: np.ndarray | None = None,
     first_id: int = 0,
-    ops: bytes | None = None,
 ) -> DecodedFrame:
-    """A real frame of upserts with `vectors`, sealed under `epoch` and
-    opened again, unsealed or not."""
-    n, dim = vectors.shape
-    s = sealer(epoch, dim)
-    ops = ops or b"U" * n
-    f = build_frame(
-        sealer=s,
-        tenant_id=TENANT,
-        stream_id="st",
-        kind=pb.CHANGES,
-        table=T,
-        sequence=1,
-        commit_position=0,
-        head_position=0,
-        commit_time_us=0,
-        keys=[encode_key([first_id + i]) for i in range(n)],
-        ops=ops,
-        positions=list(range(1, n + 1)),
-        vectors=vectors,
-        vector_mask=mask,
-        payloads=[
-            encode_row({"id": first_id + i}) if ops[i] == ord("U") else b"" for i in range(n)
-        ],
-        vector_dim=dim,
-        subscription=SUB,
-    )
-    return open_frame(
-        f, lambda _e: s, tenant_id=TENANT, stream_id=None, subscription=SUB, unseal=unseal
-    )
+    """A real frame of upserts with `vectors` (rows `mask` marks carry
+    them), sealed under `epoch` and opened again, unsealed or not."""
+    has = np.ones(len(vectors), bool) if mask is None else mask
+    changes = [(first_id + i, "U", bool(has[i]), v.tolist(), 0) for i, v in enumerate(vectors)]
+    return frame(changes, sealer=sealer(epoch, vectors.shape[1]), unseal=unseal)
 
 
 def test_space_change_takes_one_sealed_space_into_another() -> None:
@@ -240,7 +216,6 @@ def test_a_snapshot_whose_space_another_secret_derives_is_refused(tmp_path: Path
     idx.space = sealer(3, DIM, secret=b"o" * 32)
     with pytest.raises(SnapshotError, match="another secret"):
         read(write(tmp_path, rep))
-    assert INFOS and PKEY  # the shared fixtures this file builds on
 
 
 def test_a_frame_without_vectors_is_applied_whatever_the_index_space() -> None:
