@@ -108,8 +108,7 @@ def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
                 lat.append((time.perf_counter() - t) * 1000)
         finally:
             rc.close()
-        with psycopg.connect(dsn, autocommit=True) as c2:
-            c2.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        sql.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         sql.execute(f"DROP PUBLICATION {pub}")
     return percentiles(lat)
 
