@@ -42,6 +42,33 @@ def test_positions_are_monotonic_and_compacted(store: Store) -> None:
     assert changes(store, "t", since=3) == [("[2]", "D", 4)]
 
 
+@pytest.mark.parametrize("n", [1, 100, 255, 256, 700])
+def test_a_batch_stores_every_row_in_order_whatever_its_size(store: Store, n: int) -> None:
+    """write_batch sends rows as multi-row statements of several sizes: each
+    row keeps its own position and columns, and a key written twice in one
+    batch ends with its later image (the order executemany had)."""
+    keys = [f"[{i % (n // 2 or 1)}]" for i in range(n)]  # every key twice when n > 1
+    payloads = [None if i % 7 == 3 else b"p%d" % i for i in range(n)]
+    vectors = [None if p is None else b"v%d" % i for i, p in enumerate(payloads)]
+    with store.transaction() as txn:
+        txn.write_batch("t", keys, payloads, vectors, [None] * n, list(range(n)))
+    assert store.meta.head == n
+    last = {k: i for i, k in enumerate(keys)}
+    want = sorted(
+        ((k, "D" if payloads[i] is None else "U", i + 1) for k, i in last.items()),
+        key=lambda c: c[2],
+    )
+    assert changes(store, "t") == want
+    with store.transaction() as txn:
+        for k, i in last.items():
+            image = txn.get("t", k)
+            if payloads[i] is None:
+                assert image is None
+            else:
+                assert image is not None
+                assert (image.payload, image.vector) == (payloads[i], vectors[i])
+
+
 def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with store.transaction() as txn:
         txn.upsert("t", "[1]", b"a", None, 1)
