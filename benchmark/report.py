@@ -70,7 +70,12 @@ def render(r: dict[str, Any], source: str) -> str:
             f"{_n(sync['rows'] / ph['copy_seconds']) if ph.get('copy_seconds') else '—'}"
             f" ({_n(ph.get('copy_seconds'), 1)} s)",
             f"COPY + psycopg row decode: {_n(copy.get('decode_rows_per_s'))}",
-            "",
+            (
+                f"the driver had {ph['frames_received_at_copy_done']:.0%} of its frames when "
+                f"the copy ended; {_n(ph.get('serve_and_apply_s'), 1)} s more to ready"
+                if "frames_received_at_copy_done" in ph
+                else ""
+            ),
         )
     live = r.get("cdc_live", {})
     recv = r.get("recvlogical", {})

@@ -305,12 +305,29 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
     ctx.wrapper.start()
     prof = profile_start(ctx, "wrapper-initial-sync", ctx.wrapper.pid)
     driver = PrismDriver(driver_config(ctx.wrapper.port, ctx.secret, ctx.wrapper.ca_file))
+    # Frames the driver has received, every 0.1 s: how far serving kept up
+    # with the copy (compared with the log's "initial copy done" below).
+    timeline: list[tuple[float, int]] = []
+
+    sample_errors: list[str] = []
+
+    async def sample() -> None:
+        while True:
+            try:
+                timeline.append((time.time() - wall0, int(driver.stats().get("frames", 0))))
+            except Exception as exc:  # stats() before the driver is up: say so, go on
+                sample_errors.append(repr(exc))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
     await driver.start()
     try:
         await driver.wait_ready(timeout=ctx.args.timeout)
     except Exception:
         log("wrapper log tail:\n" + ctx.wrapper.log_tail())
         raise
+    finally:
+        sampler.cancel()
     t1 = time.perf_counter()
     wall1 = time.time()
     profile_stop(prof)
@@ -326,6 +343,12 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
             phases["copy_seconds"] = float(e.get("seconds", 0.0))
     if "copy_done_s" in phases:
         phases["serve_and_apply_s"] = (wall1 - wall0) - phases["copy_done_s"]
+        frames_total = int(driver.stats().get("frames", 0)) or 1
+        at_done = max((f for t, f in timeline if t <= phases["copy_done_s"]), default=0)
+        phases["frames_received_at_copy_done"] = at_done / frames_total
+    phases["first_frame_s"] = next((t for t, f in timeline if f), float("nan"))
+    if sample_errors:
+        log(f"frame timeline: {len(sample_errors)} samples failed, e.g. {sample_errors[0]}")
     store = Path(str(ctx.base / "store.sqlite3"))
     store_bytes = sum(p.stat().st_size for p in store.parent.glob(store.name + "*") if p.exists())
     secs = t1 - t0
