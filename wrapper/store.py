@@ -845,67 +845,6 @@ _ROW_COLUMNS = "key, op, position, payload, vector, commit_us, old_key"
 READER_MMAP_BYTES = 1 << 40
 
 
-@functools.lru_cache(maxsize=2)
-def _chunk_sql(live_only: bool) -> str:
-    """A chunk of rows as one row of aggregates, over the chunk in position
-    order: the count; positions, ops, commit times; each key, payload and
-    vector as a list of byte lengths (-1: NULL, which group_concat skips)
-    and one blob of them all; and how many carry an old key (a primary-key
-    change, rare: such a chunk is read row by row)."""
-    where = "tbl = ? AND position > ?" + (" AND op = 'U'" if live_only else "")
-    return (
-        "SELECT count(*), group_concat(position), group_concat(op, ''), "
-        "group_concat(commit_us), "
-        "group_concat(length(CAST(key AS BLOB))), CAST(group_concat(key, '') AS BLOB), "
-        "group_concat(ifnull(length(payload), -1)), CAST(group_concat(payload, x'') AS BLOB), "
-        "group_concat(ifnull(length(vector), -1)), CAST(group_concat(vector, x'') AS BLOB), "
-        "count(old_key) "
-        f"FROM (SELECT * FROM rows WHERE {where} ORDER BY position LIMIT ?)"
-    )
-
-
-def _cut(lengths: str, blob: bytes | None) -> list[bytes | None]:
-    """Split `blob` by a group_concat list of lengths (-1: a NULL)."""
-    out: list[bytes | None] = []
-    at = 0
-    for n in map(int, lengths.split(",")):
-        if n < 0:
-            out.append(None)
-        else:
-            out.append(blob[at : at + n] if blob is not None else b"")
-            at += n
-    return out
-
-
-def _split_chunk(n: int, after: int, cols: list[Any]) -> list[RowTuple] | None:
-    """The rows of one _chunk_sql result; None when the chunk has an old key
-    or its rows did not come in position order (SQLite does not promise an
-    aggregate's order, so it is checked: strictly rising, past `after`)."""
-    positions, ops, commits, klen, kblob, plen, pblob, vlen, vblob, old_keys = cols
-    if old_keys:
-        return None
-    pos = list(map(int, positions.split(",")))
-    # Positions are unique in the store: sorted means strictly rising.
-    if pos[0] <= after or pos != sorted(pos):
-        return None
-    keys = [k.decode() for k in _cut(klen, kblob) if k is not None]
-    rows = list(
-        zip(
-            keys,
-            ops,
-            pos,
-            _cut(plen, pblob),
-            _cut(vlen, vblob),
-            map(int, commits.split(",")),
-            repeat(None),
-            strict=False,  # the old keys repeat; the lengths are checked below
-        )
-    )
-    if len(rows) != n or len(keys) != n or len(ops) != n:
-        return None
-    return rows
-
-
 class StoreReader:
     """A read-only view for one subscriber, on its own connection. Use
     `snapshot()` (or begin()/end()) so that everything read belongs to one
@@ -950,35 +889,15 @@ class StoreReader:
     ) -> Iterator[list[RowTuple]]:
         """The table's entries after `position`, in position order, as lists
         of at most `size` row tuples (RowTuple): live images and tombstones,
-        or live images only. Call inside a read transaction (snapshot() or
-        begin()): the chunks are separate queries.
-
-        Each chunk is one aggregate query (_chunk_sql): SQLite concatenates
-        the chunk's columns and hands them over in a single step, where a
-        cursor takes a step, and so a GIL release and re-acquisition, per
-        row. While another thread runs Python (the initial copy's pipeline),
-        every re-acquisition waits up to the interpreter's switch interval:
-        row by row, a copy that kept its thread busy served no frame at all
-        until it ended (benchmark/README.md, issue 12)."""
-        sql = _chunk_sql(live_only)
-        while True:
-            (n, *cols) = self._conn.execute(sql, (table, position, size)).fetchone()
-            if not n:
-                return
-            rows = _split_chunk(n, position, cols)
-            if rows is None:  # an old key, or not in position order: row by row
-                rows = self._chunk_rows(table, position, size, live_only)
-            yield rows
-            if len(rows) < size:
-                return
-            position = rows[-1][2]
-
-    def _chunk_rows(self, table: str, position: int, size: int, live_only: bool) -> list[RowTuple]:
+        or live images only. Rows come out as SQLite hands them over, with no
+        per-row object of ours: a frame's columns are cut from the list."""
         sql = f"SELECT {_ROW_COLUMNS} FROM rows WHERE tbl = ? AND position > ?"
         if live_only:
             sql += " AND op = 'U'"
-        sql += " ORDER BY position LIMIT ?"
-        return self._conn.execute(sql, (table, position, size)).fetchall()
+        sql += " ORDER BY position"
+        cur = self._conn.execute(sql, (table, position))
+        while batch := cur.fetchmany(size):
+            yield batch
 
     def changes_since(
         self, table: str, position: int, live_only: bool = False

@@ -69,43 +69,6 @@ def test_a_batch_stores_every_row_in_order_whatever_its_size(store: Store, n: in
                 assert (image.payload, image.vector) == (payloads[i], vectors[i])
 
 
-@pytest.mark.parametrize("live_only", [False, True])
-@pytest.mark.parametrize("size", [1, 7, 1000])
-def test_chunks_hand_over_every_row_as_a_row_by_row_read_does(
-    store: Store, size: int, live_only: bool
-) -> None:
-    """StoreReader.chunks reads a chunk as one aggregate query; what it
-    hands over must equal, chunk by chunk, a plain ordered SELECT: keys with
-    multi-byte characters, tombstones (no payload, no vector), rows without
-    a vector, empty payloads, and a primary-key change (old_key, which is
-    read row by row)."""
-    keys = [f'["k{i}-é€"]' if i % 5 else f"[{i}]" for i in range(60)]
-    with store.transaction() as txn:
-        txn.write_batch(
-            "t",
-            keys,
-            [b"" if i % 11 == 0 else b"p" * (i % 13 + 1) for i in range(60)],
-            [None if i % 3 == 0 else bytes([i]) * 8 for i in range(60)],
-            [None] * 60,
-            list(range(1000, 1060)),
-        )
-    with store.transaction() as txn:
-        txn.write_batch("t", keys[::4], [None] * 15, [None] * 15, [None] * 15, 2000)
-        txn.write_batch("t", ["[new]"], [b"moved"], [None], [None], 2001, old_keys=["[1]"])
-        txn.upsert("other", "[1]", b"x", None, 2002)
-    reader = StoreReader(store.path)
-    try:
-        with reader.snapshot():
-            for start in (0, 30, 70):
-                want = reader._chunk_rows("t", start, 10_000, live_only)
-                got = list(reader.chunks("t", start, size, live_only))
-                assert all(0 < len(c) <= size for c in got)
-                assert [tuple(r) for c in got for r in c] == [tuple(r) for r in want]
-                assert any(r[6] == "[1]" for r in want)  # the fallback is exercised
-    finally:
-        reader.close()
-
-
 def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
     with store.transaction() as txn:
         txn.upsert("t", "[1]", b"a", None, 1)
