@@ -338,6 +338,8 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
             phases["listening_s"] = _ts(e) - wall0
         if e.get("msg") == "slot created":
             phases["slot_created_s"] = _ts(e) - wall0
+        if e.get("msg") == "subscriber" and "subscribed_s" not in phases:
+            phases["subscribed_s"] = _ts(e) - wall0  # the first driver's Subscribe call
         if e.get("msg") == "initial copy done":
             phases["copy_done_s"] = _ts(e) - wall0
             phases["copy_seconds"] = float(e.get("seconds", 0.0))

@@ -100,9 +100,11 @@ def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
                 t = time.perf_counter()
                 upsert(sql, rng, 5_000_000 + i)
                 while True:
-                    msg = rc.read(5.0)
+                    # Generous: one run at 18:48 UTC saw nothing for 5 s on a
+                    # loaded machine; the p50 is what the floor uses.
+                    msg = rc.read(30.0)
                     if msg is None:
-                        raise TimeoutError("the walsender delivered no COMMIT within 5 s")
+                        raise TimeoutError("the walsender delivered no COMMIT within 30 s")
                     if isinstance(msg, XLogData) and msg.payload[:1] == b"C":
                         break
                 lat.append((time.perf_counter() - t) * 1000)
