@@ -818,9 +818,18 @@ class StoreTxn:
         # Only what changed: the meta table always holds the store's last
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
-        for k, v in _meta_items(self.meta).items():
-            if before[k] != v:
-                self._store._set(k, v)
+        changed = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
+        if changed:
+            # One statement, not one per key: every statement is a GIL
+            # round trip for the writer thread (see upsert_sql).
+            self._conn.execute(_set_meta_sql(len(changed)), list(chain.from_iterable(changed)))
+
+
+@functools.lru_cache(maxsize=8)
+def _set_meta_sql(keys: int) -> str:
+    """An upsert of `keys` (k, v) pairs into the meta table."""
+    values = ", ".join(["(?, ?)"] * keys)
+    return f"INSERT INTO meta (k, v) VALUES {values} ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 
 
 def _meta_items(m: StoreMeta) -> dict[str, str]:
