@@ -100,11 +100,6 @@ class Sealer:
         return a
 
     @property
-    def matrix(self) -> np.ndarray:
-        """K as float32 (read-only): seal() is ``v @ matrix``."""
-        return self._k
-
-    @property
     def space(self) -> bytes:
         """Names the sealed space: equal for two Sealers whose K is the same
         matrix (same secret, tenant, epoch and dimension)."""

@@ -389,11 +389,11 @@ class Store:
     def meta(self) -> StoreMeta:
         return self._meta
 
-    def _set(self, k: str, v: object) -> None:
-        self._conn.execute(
-            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v",
-            (k, str(v)),
-        )
+    def _set_meta(self, items: Sequence[tuple[str, str]]) -> None:
+        """Upsert meta keys, all in one statement: each statement is a GIL
+        round trip for the writer thread (see upsert_sql)."""
+        if items:
+            self._conn.execute(_set_meta_sql(len(items)), list(chain.from_iterable(items)))
 
     # -- transactions -----------------------------------------------------
     def _synchronous_for(self, durable: bool) -> None:
@@ -595,10 +595,10 @@ def read_meta(conn: sqlite3.Connection) -> StoreMeta:
 # releases the GIL around every sqlite3_step and must win it back after each
 # row, and while the pipeline thread runs Python that wait lasts up to the
 # interpreter's switch interval (5 ms). Row by row, the store writer spent
-# most of a busy stream waiting for the GIL (measured apart: 100-row
-# transactions of 3.3 kB upserts beside a CPU-bound thread took 0.75-2.4 ms
-# a row by executemany, 0.17 ms as one statement; alone both cost ~21 us of
-# CPU a row). One statement per chunk gives it back a few times a batch.
+# most of a busy stream waiting for the GIL (benchmark/gil_convoy.py: 100-row
+# transactions beside a thread running Python took 0.57-4 ms a row by
+# executemany, about 0.3 ms as multi-row statements; alone both cost the
+# same). One statement per chunk gives it back a few times a batch.
 # Rows of one statement are inserted in order, so a key written twice in a
 # batch ends with its later image, as executemany left it.
 UPSERT_PARAMS = 10
@@ -818,11 +818,7 @@ class StoreTxn:
         # Only what changed: the meta table always holds the store's last
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
-        changed = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
-        if changed:
-            # One statement, not one per key: every statement is a GIL
-            # round trip for the writer thread (see upsert_sql).
-            self._conn.execute(_set_meta_sql(len(changed)), list(chain.from_iterable(changed)))
+        self._store._set_meta([(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v])
 
 
 @functools.lru_cache(maxsize=8)

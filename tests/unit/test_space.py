@@ -63,8 +63,9 @@ def test_space_change_takes_one_sealed_space_into_another() -> None:
     a, b = sealer(1, 16), sealer(2, 16)
     assert space_change(a, sealer(1, 16)) is None  # the same matrix: nothing to do
     assert space_change(None, None) is None
-    np.testing.assert_array_equal(space_change(None, a), a.matrix)
-    np.testing.assert_array_equal(space_change(a, None), a.matrix.T)
+    eye = np.eye(16, dtype=np.float32)
+    np.testing.assert_array_equal(space_change(None, a), a.seal(eye))  # K
+    np.testing.assert_array_equal(space_change(a, None), a.unseal(eye))  # K.T
     np.testing.assert_allclose(a.seal(v) @ space_change(a, b), b.seal(v), atol=1e-5)
     np.testing.assert_allclose(a.seal(v) @ space_change(a, None), v, atol=1e-5)
     # Inner products survive, as they survive sealing.
