@@ -21,7 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prism.wrapper.errors import SourceError
 from prism.wrapper.rowbatch import RowEncoder, merge_hidden
@@ -29,6 +29,7 @@ from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
     RelationInfo,
     RowChange,
+    RowImage,
     SourceTransaction,
     TruncateChange,
 )
@@ -58,7 +59,7 @@ class _Image:
     """A change waiting in a group: the row's new image (None for a
     tombstone), encoded already or still to be encoded at the flush."""
 
-    row: dict[str, Any] | None
+    row: dict[str, Any] | RowImage | None  # RowImage: encoded natively, not decoded
     commit_us: int
     encoded: Prepared | None = None
     old_key: str | None = None  # the key this image replaced (a primary-key change)
@@ -96,16 +97,17 @@ class Applier:
         one vectorize call per table. Safe on another thread than the
         writer's: it reads only the tables' keys and configs."""
         by_table: dict[str, list[tuple[int, RowChange, dict[str, Any]]]] = {}
+        native: dict[str, list[tuple[int, RowChange]]] = {}
         for i, ch in enumerate(stx.changes):
-            if (
-                type(ch) is RowChange
-                and ch.op != "delete"
-                and ch.table in self.shapes
-                and ch.new is not None
-                and not any(v is UNCHANGED_TOAST for v in ch.new.values())
-            ):
+            if type(ch) is not RowChange or ch.op == "delete" or ch.table not in self.shapes:
+                continue
+            if ch.image is not None:
+                native.setdefault(ch.table, []).append((i, ch))
+            elif ch.new is not None and not any(v is UNCHANGED_TOAST for v in ch.new.values()):
                 by_table.setdefault(ch.table, []).append((i, ch, ch.new))
         out: PreparedTxn = {}
+        for table, changes in native.items():
+            self._prepare_images(self.shapes[table], changes, out)
         for table, items in by_table.items():
             shape = self.shapes[table]
             batch = self._encoder.live(shape, [new for _, _, new in items], stx.commit_time_us)
@@ -118,6 +120,18 @@ class Applier:
                 old_key = key_of(ch.old) if ch.old is not None else key
                 out[i] = Prepared(key, old_key, payload, vector, hid)
         return out
+
+    def _prepare_images(
+        self, shape: TableShape, changes: list[tuple[int, RowChange]], out: PreparedTxn
+    ) -> None:
+        """Prepared entries of changes the source encoded natively: only
+        their vectors are left to project, in one call."""
+        images = [ch.image for _, ch in changes]
+        vectors = self._encoder.images(shape, images)  # type: ignore[arg-type]
+        for (i, ch), image, vector in zip(changes, images, vectors, strict=True):
+            assert image is not None
+            old_key = shape.key_of(ch.old) if ch.old is not None else image.key
+            out[i] = Prepared(image.key, old_key, image.payload, vector, image.hidden)
 
     def apply_group(
         self,
@@ -172,11 +186,17 @@ class Applier:
                 raise SourceError(f"table {table}: delete without old key")
             pending[(table, shape.key_of(ch.old))] = _Image(None, commit_us)
             return 1
-        assert ch.new is not None
-        new = ch.new
+        new: dict[str, Any] | RowImage | None = ch.new
+        if encoded is None and ch.image is not None:
+            ready: PreparedTxn = {}
+            self._prepare_images(shape, [(0, ch)], ready)
+            encoded = ready[0]
         if encoded is not None:
+            if new is None:
+                new = ch.image  # decoded only if a later change needs it (_fill_toast)
             key, old_key = encoded.key, encoded.old_key
         else:
+            assert isinstance(new, dict)
             key = shape.key_of(new)
             old_key = shape.key_of(ch.old) if ch.old is not None else key
             if any(v is UNCHANGED_TOAST for v in new.values()):
@@ -207,12 +227,13 @@ class Applier:
             cols[1].append(image)
         pending.clear()
         for table, (keys, images) in by_table.items():
-            todo = [i for i, im in enumerate(images) if im.row is not None and im.encoded is None]
+            # Images encoded natively (RowImage) are always prepared already.
+            todo = [i for i, im in enumerate(images) if isinstance(im.row, dict) and not im.encoded]
             if todo:
                 b = self._encoder.changes(
                     self.shapes[table],
                     [keys[i] for i in todo],
-                    [images[i].row for i in todo],
+                    [cast(dict[str, Any], images[i].row) for i in todo],
                     [images[i].commit_us for i in todo],
                 )
                 hidden = b.hidden if isinstance(b.hidden, list) else [None] * len(todo)
@@ -242,6 +263,8 @@ class Applier:
         waiting = pending.get((shape.name, key))
         if waiting is not None:
             old_row = waiting.row
+            if isinstance(old_row, RowImage):
+                old_row = merge_hidden(old_row.payload, old_row.hidden)
         else:
             prev = txn.get(shape.name, key)
             old_row = merge_hidden(prev.payload, prev.hidden) if prev is not None else None

@@ -267,7 +267,7 @@ class Pipeline:
                 last_log = time.monotonic()
                 with Prefetch(source.snapshot_rows(name), name="snapshot-reader") as batches:
                     for batch in batches:
-                        writer.put(encoder.live(shape, batch, commit_us))
+                        writer.put(encoder.snapshot(shape, batch, commit_us))
                         copied += len(batch)
                         total += len(batch)
                         self.status.snapshot_rows = total

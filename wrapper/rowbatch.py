@@ -17,6 +17,7 @@ from itertools import repeat
 from typing import Any
 
 from prism.fabric.payload import decode_row, encode_row
+from prism.wrapper.sources.base import EncodedRows, RowImage, SnapshotBatch
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 
@@ -63,6 +64,27 @@ class RowEncoder:
         vectors = self.vectorizer.vector_bytes_many(table, rows)
         payloads, hidden = self.payloads(shape, rows)
         return EncodedBatch(table, keys, payloads, vectors, hidden, commit_us)
+
+    def snapshot(self, shape: TableShape, batch: SnapshotBatch, commit_us: int) -> EncodedBatch:
+        """A batch of the initial copy, decoded (live) or encoded natively."""
+        if isinstance(batch, EncodedRows):
+            return self.encoded(shape, batch, commit_us)
+        return self.live(shape, batch, commit_us)
+
+    def encoded(self, shape: TableShape, rows: EncodedRows, commit_us: int) -> EncodedBatch:
+        """Rows the source encoded natively (wrapper/fastrow.py): only their
+        vectors are left to project, in one call."""
+        table = shape.name
+        vectors = self.vectorizer.vector_bytes_raw(table, rows.vectors, len(rows))
+        hidden = rows.hidden if rows.hidden is not None else repeat(None)
+        return EncodedBatch(table, rows.keys, list(rows.payloads), vectors, hidden, commit_us)
+
+    def images(self, shape: TableShape, images: Sequence[RowImage]) -> list[bytes | None]:
+        """The projected vectors of natively encoded row images, in one call."""
+        if not images or images[0].vector is None:
+            return [None] * len(images)
+        raw = b"".join(im.vector or b"" for im in images)
+        return self.vectorizer.vector_bytes_raw(shape.name, raw, len(images))
 
     def changes(
         self,

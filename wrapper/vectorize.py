@@ -100,7 +100,35 @@ class Vectorizer:
                 vecs.append(vec)
             if not vecs:
                 return out
-            src = np.stack(vecs)
+            return self._project(table, proj, idx, np.stack(vecs), out)
+        idx = list(range(len(rows)))
+        src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])
+        return self._project(table, proj, idx, src, out, check=False)
+
+    def vector_bytes_raw(self, table: str, raw: bytes | None, n: int) -> list[bytes | None]:
+        """vector_bytes_many for n rows whose source vectors came encoded
+        natively (wrapper/fastrow.py): little-endian float32s of the
+        table's vector_dim each, back to back (None: the table has none)."""
+        out: list[bytes | None] = [None] * n
+        proj = self._projections.get(table)
+        if proj is None or raw is None or not n:
+            return out
+        src = np.frombuffer(raw, dtype="<f4").reshape(n, -1)
+        return self._project(table, proj, list(range(n)), src, out)
+
+    def _project(
+        self,
+        table: str,
+        proj: Projection,
+        idx: list[int],
+        src: np.ndarray,
+        out: list[bytes | None],
+        check: bool = True,
+    ) -> list[bytes | None]:
+        """Project the source vectors `src` of rows `idx` into `out`; with
+        `check`, all but the non-finite and all-zero ones (counted). The
+        embedder's vectors are not checked: it makes them."""
+        if check:
             finite = np.isfinite(src).all(axis=1)
             nonzero = src.any(axis=1)
             good = finite & nonzero
@@ -112,9 +140,6 @@ class Vectorizer:
                 idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
                 if not idx:
                     return out
-        else:
-            idx = list(range(len(rows)))
-            src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])
         projected = np.ascontiguousarray(proj.apply(src), dtype="<f4")
         for j, i in enumerate(idx):
             out[i] = projected[j].tobytes()

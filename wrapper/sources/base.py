@@ -67,15 +67,50 @@ class RelationInfo:
         return tuple(c.name for c in self.columns)
 
 
+@dataclass(frozen=True, slots=True)
+class RowImage:
+    """A new row image the source encoded natively (wrapper/fastrow.py): the
+    bytes the Python path would have made of it, without its values."""
+
+    key: str  # TableShape.key_of of the row
+    payload: bytes  # the served row image (prism.fabric.payload), hidden column left out
+    hidden: bytes | None  # {hidden column: value}, when the table has one
+    vector: bytes | None  # the source vector, little-endian float32; None: no vector column
+
+
+@dataclass(slots=True)
+class EncodedRows:
+    """Snapshot rows encoded natively, as columns of RowImage."""
+
+    keys: list[str]
+    payloads: list[bytes]
+    hidden: list[bytes | None] | None  # None: the table has no hidden column
+    vectors: bytes | None  # every row's source vector back to back; None: no vector column
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+# What a source's snapshot_rows yields: decoded rows, or rows encoded natively.
+SnapshotBatch = list[dict[str, Any]] | EncodedRows
+
+
 @dataclass(frozen=True)
 class RowChange:
     table: str  # qualified name, "schema.table"
     op: Literal["insert", "update", "delete"]
-    # New image for insert/update; values may be UNCHANGED_TOAST.
+    # New image for insert/update; values may be UNCHANGED_TOAST. None for a
+    # delete, and for an image the source encoded natively (`image`).
     new: dict[str, Any] | None
     # Old key (only identity columns) or old full row (REPLICA IDENTITY FULL),
     # for update (only when the source sent it) and delete.
     old: dict[str, Any] | None = None
+    image: RowImage | None = None
+
+    @property
+    def live(self) -> bool:
+        """An insert or update: the change has a new image, decoded or encoded."""
+        return self.new is not None or self.image is not None
 
 
 @dataclass(frozen=True)
@@ -197,8 +232,9 @@ class ReplicationSource(ChangeSource):
     def snapshot_count(self, table: str) -> int: ...
 
     @abc.abstractmethod
-    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
-        """The table's rows as of the snapshot, valued as the stream values them."""
+    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[SnapshotBatch]:
+        """The table's rows as of the snapshot, valued as the stream values
+        them: decoded, or encoded natively (EncodedRows) where the source can."""
 
     @abc.abstractmethod
     def end_snapshot(self) -> None: ...

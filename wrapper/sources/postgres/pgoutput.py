@@ -10,21 +10,26 @@ transaction's Commit. With protocol version 1 the server sends a transaction
 only once it committed, so rolled-back work never reaches the decoder.
 
 Values are loaded by the column loaders of values.py (psycopg's own
-loaders, so the pipeline sees the Python types an application would).
+loaders, so the pipeline sees the Python types an application would). With a
+`native` spec source (wrapper/fastrow.py), new tuples of the tables it
+covers are encoded to their stored form in compiled code instead
+(RowChange.image), and only the rows it hands back are loaded here.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 from prism.wrapper.errors import SourceError
+from prism.wrapper.fastrow import encode_tuple
 from prism.wrapper.sources.base import (
     UNCHANGED_TOAST,
     ColumnInfo,
     RelationInfo,
     RowChange,
+    RowImage,
     SourceTransaction,
     TruncateChange,
 )
@@ -56,12 +61,25 @@ class _Relation:
     """A RelationInfo plus what decoding its tuples needs, built once per
     Relation message so the per-row loop only indexes lists."""
 
-    __slots__ = ("binary_loaders", "info", "key_names", "names", "qualified", "text_loaders")
+    __slots__ = (
+        "binary_loaders",
+        "info",
+        "key_names",
+        "names",
+        "native",
+        "qualified",
+        "text_loaders",
+    )
 
     def __init__(
-        self, info: RelationInfo, text_loaders: list[Load], binary_loaders: list[Load]
+        self,
+        info: RelationInfo,
+        text_loaders: list[Load],
+        binary_loaders: list[Load],
+        native: Any = None,
     ) -> None:
         self.info = info
+        self.native = native  # the native codec's spec for its new tuples, or None
         self.qualified = info.qualified
         self.names = info.column_names
         self.key_names = tuple(c.name for c in info.columns if c.is_key)
@@ -93,8 +111,10 @@ class PgOutputDecoder:
         binary: bool,
         vectors: Literal["list", "numpy"] = "list",
         float32_columns: Collection[tuple[str, str]] = (),
+        native: Callable[[RelationInfo], Any] | None = None,
     ) -> None:
         self.binary = binary
+        self._native = native
         self._loaders = ColumnLoaders(vectors, float32_columns)
         self._relations: dict[int, _Relation] = {}
         self._txn: SourceTransaction | None = None
@@ -217,7 +237,8 @@ class PgOutputDecoder:
             replica_identity=ident,
             columns=tuple(columns),
         )
-        self._relations[relid] = _Relation(info, *self._loaders.for_relation(info))
+        spec = self._native(info) if self._native is not None and self.binary else None
+        self._relations[relid] = _Relation(info, *self._loaders.for_relation(info), spec)
         if self._txn is not None:
             self._txn.relations[info.qualified] = info
 
@@ -235,6 +256,10 @@ class PgOutputDecoder:
         rel = self._rel(msg)
         if msg[5] != 0x4E:  # 'N'
             raise Malformed(f"expected 'N' new tuple, got {msg[5]:#04x}")
+        image = self._native_tuple(msg, 6, rel)
+        if image is not None:
+            txn.changes.append(RowChange(rel.qualified, "insert", None, image=image))
+            return
         new, pos = self._tuple(msg, 6, rel)
         _expect_end(msg, pos)
         txn.changes.append(RowChange(rel.qualified, "insert", new))
@@ -252,6 +277,10 @@ class PgOutputDecoder:
             marker = msg[pos]
         if marker != 0x4E:
             raise Malformed(f"expected 'N' new tuple, got {marker:#04x}")
+        image = self._native_tuple(msg, pos + 1, rel)
+        if image is not None:
+            txn.changes.append(RowChange(rel.qualified, "update", None, old, image))
+            return
         new, pos = self._tuple(msg, pos + 1, rel)
         _expect_end(msg, pos)
         txn.changes.append(RowChange(rel.qualified, "update", new, old))
@@ -288,6 +317,18 @@ class PgOutputDecoder:
                 restart_identity=bool(options & _TRUNCATE_RESTART_IDENTITY),
             )
         )
+
+    def _native_tuple(self, msg: bytes, pos: int, rel: _Relation) -> RowImage | None:
+        """The new tuple at `pos`, encoded natively when its relation has a
+        spec and the codec takes the row; else None (the Python path)."""
+        if rel.native is None:
+            return None
+        got = encode_tuple(rel.native, msg, pos)
+        if got is None:
+            return None
+        end, (key, payload, hidden, vector) = got
+        _expect_end(msg, end)
+        return RowImage(key, payload, hidden, vector)
 
     def _tuple(self, msg: bytes, pos: int, rel: _Relation) -> tuple[dict[str, Any], int]:
         """Decode TupleData at `pos`; return the row and the position after it."""

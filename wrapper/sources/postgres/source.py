@@ -26,11 +26,13 @@ from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
+from prism.wrapper.fastrow import NativeRows, copy_batches, copy_row_decoder
 from prism.wrapper.sources.base import (
     ColumnInfo,
     RelationInfo,
     ReplicationSource,
     ResumePoint,
+    SnapshotBatch,
     SourceTransaction,
 )
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
@@ -93,6 +95,8 @@ class PostgresSource(ReplicationSource):
         self._copy: psycopg.Connection[Any] | None = None
         self._decoder: PgOutputDecoder | None = None
         self._column_oids: dict[str, list[tuple[str, int, str]]] = {}
+        # Which tables' rows are encoded natively (wrapper/fastrow.py); set by discover().
+        self.native = NativeRows({}, cfg.writes_table, enabled=False)
         self.binary = False
         self._received = 0
         self._acked = 0
@@ -248,6 +252,7 @@ class PostgresSource(ReplicationSource):
                             extra={"type": typname},
                         )
                         self.binary = False
+        self.native = NativeRows(shapes, self.cfg.writes_table)
         return shapes
 
     def ensure_writes_table(self) -> None:
@@ -375,7 +380,7 @@ class PostgresSource(ReplicationSource):
         row = self._copy.execute(sql.SQL("SELECT count(*) FROM {}").format(ident)).fetchone()
         return int(row[0]) if row else 0
 
-    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[list[dict[str, Any]]]:
+    def snapshot_rows(self, table: str, batch: int = 2000) -> Iterator[SnapshotBatch]:
         """Rows of `table` as of the snapshot, decoded like the stream decodes
         them: COPY (binary when the stream is) through psycopg's loaders,
         except the configured vector column, which goes through the stream's
@@ -383,6 +388,10 @@ class PostgresSource(ReplicationSource):
         from the wire into a float32 array."""
         assert self._copy is not None
         cols = self._column_oids[table]
+        native = self._native_copy(table) if self.binary else None
+        if native is not None:
+            yield from native
+            return
         vector_column = self.cfg.table(table).vector_column
         fmt = pq.Format.BINARY if self.binary else pq.Format.TEXT
         exprs: list[sql.Composable] = []
@@ -433,6 +442,42 @@ class PostgresSource(ReplicationSource):
         except psycopg.Error as exc:
             raise map_psycopg_error(exc, f"copying table {table}") from exc
 
+    def _native_copy(self, table: str, batch: int = 2000) -> Iterator[SnapshotBatch] | None:
+        """The table's rows by binary COPY, encoded natively (wrapper/fastrow.py),
+        when the codec covers the table and the connection speaks UTF-8
+        (what the codec checks text against); else None."""
+        assert self._copy is not None
+        if self._copy.info.encoding != "utf-8":
+            return None
+        schema, relname = table.split(".")
+        columns = tuple(
+            ColumnInfo(name, oid, typname) for name, oid, typname in self._column_oids[table]
+        )
+        info = RelationInfo(0, schema, relname, "d", columns)
+        spec = self.native.spec(info)
+        if spec is None:
+            return None
+        vector_column = self.cfg.table(table).vector_column
+        loaders = ColumnLoaders("numpy", [(table, vector_column)] if vector_column else [])
+        decode = copy_row_decoder(columns, loaders.for_relation(info)[1])
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT BINARY)").format(
+            sql.SQL(", ").join(sql.Identifier(c.name) for c in columns),
+            sql.Identifier(schema, relname),
+        )
+        return self._native_copy_rows(table, query, spec, decode, batch)
+
+    def _native_copy_rows(
+        self, table: str, query: sql.Composed, spec: Any, decode: Any, batch: int
+    ) -> Iterator[SnapshotBatch]:
+        assert self._copy is not None
+        try:
+            with self._copy.cursor() as cur, cur.copy(query) as copy:
+                yield from copy_batches(spec, copy, decode, batch)
+        except psycopg.Error as exc:
+            raise map_psycopg_error(exc, f"copying table {table}") from exc
+        except ValueError as exc:  # the codec's or the parser's: data we cannot read
+            raise SourceError(f"copying table {table}: {exc}") from exc
+
     def end_snapshot(self) -> None:
         if self._copy is not None:
             self._copy.close()
@@ -446,6 +491,7 @@ class PostgresSource(ReplicationSource):
         self._decoder = PgOutputDecoder(
             binary=self.binary,
             float32_columns=[(t.name, t.vector_column) for t in self.cfg.tables if t.vector_column],
+            native=self.native.spec,
         )
         self._acked = from_lsn
         self._received = from_lsn
