@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import sys
 import time
@@ -328,6 +329,23 @@ class Wrapper(WrapperProcess):
     def start(self, wait: bool = False, timeout: float = 60.0) -> Wrapper:
         super().start(wait=wait, timeout=timeout)
         return self
+
+    def wait_listening(self, timeout: float = 60.0) -> float:
+        """Block until the wrapper accepts TCP connections on its port (before
+        its initial copy is done); the seconds waited. A driver started
+        earlier meets connection refused and waits out its reconnect
+        backoff (full jitter, up to reconnect_max_s = 5 s), which would then
+        be timed as part of the data path."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if not self.alive():
+                raise AssertionError(f"prism-wrapper exited:\n{self.log_tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return time.monotonic() - t0
+            except OSError:
+                time.sleep(0.005)
+        raise AssertionError(f"prism-wrapper not listening after {timeout}s:\n{self.log_tail()}")
 
     @property
     def pid(self) -> int:

@@ -59,10 +59,12 @@ sys.path.insert(0, str(HERE))
 
 from common import DIM, TABLE, TENANT, load_table, percentiles  # noqa: E402
 
+from prism.fabric.blas import limit_process_to_one_blas_thread  # noqa: E402
 from prism.fabric.payload import encode_key  # noqa: E402
 from prism.wrapper.apply import Applier  # noqa: E402
 from prism.wrapper.config import WrapperConfig, config_from_mapping  # noqa: E402
 from prism.wrapper.embedded_pg import EmbeddedPostgres, shared_tmp  # noqa: E402
+from prism.wrapper.fastrow import NativeRows  # noqa: E402
 from prism.wrapper.pipeline import Pipeline  # noqa: E402
 from prism.wrapper.sources.base import ChangeSource, SourceTransaction  # noqa: E402
 from prism.wrapper.sources.postgres.conn import ReplicationConnection  # noqa: E402
@@ -70,6 +72,7 @@ from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder  # noqa: E40
 from prism.wrapper.sources.postgres.source import PostgresSource  # noqa: E402
 from prism.wrapper.sources.postgres.walstream import XLogData, lsn_from_str  # noqa: E402
 from prism.wrapper.store import Store, StoreReader  # noqa: E402
+from prism.wrapper.tables import TableShape  # noqa: E402
 
 RESULTS = HERE / "results"
 SLOT = "ingest_bench"
@@ -104,6 +107,49 @@ def profiled(name: str) -> Iterator[None]:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
         log(f"profile: {out}")
+
+
+@contextlib.contextmanager
+def thread_cpu(into: dict[str, float]) -> Iterator[None]:
+    """CPU seconds each of this process's threads spent while the block ran,
+    by thread name, into `into` (read from /proc every 20 ms, so threads that
+    end inside the block count too). py-spy shows where a thread is, waiting
+    for the GIL included; this shows what each one costs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seen: dict[int, tuple[int, int]] = {}  # native id -> (first, last) CPU ticks
+    stop = threading.Event()
+
+    names: dict[int, str] = {}
+
+    def sample() -> None:
+        names.update({th.native_id: th.name for th in threading.enumerate() if th.native_id})
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            used = int(fields[11]) + int(fields[12])  # utime + stime
+            first = seen.get(int(tid), (used, used))[0]
+            seen[int(tid)] = (first, used)
+
+    def run() -> None:
+        while not stop.wait(0.02):
+            sample()
+
+    sample()
+    t = threading.Thread(target=run, name="thread-cpu", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        sample()
+        for tid, (first, last) in seen.items():
+            if last > first:
+                name = names.get(tid, "ended thread")
+                into[name] = into.get(name, 0.0) + (last - first) / ticks
 
 
 def log(msg: str) -> None:
@@ -159,9 +205,10 @@ def bench_snapshot(
             raise RuntimeError("; ".join(problems))
         pipeline.shapes = source.discover()
         source.prepare()
+        threads: dict[str, float] = {}
         t0 = time.perf_counter()
         c0 = time.process_time()
-        with profiled("copy"):
+        with profiled("copy"), thread_cpu(threads):
             pipeline._snapshot(source)
         secs = time.perf_counter() - t0
         cpu = time.process_time() - c0
@@ -170,8 +217,11 @@ def bench_snapshot(
     got = store.row_counts().get(TABLE, 0)
     if got != rows:
         raise AssertionError(f"store holds {got} rows, table has {rows}")
-    log(f"initial copy → store: {rows / secs:,.0f} rows/s ({secs:.2f}s, {cpu / secs:.2f} cores)")
-    return {"seconds": secs, "rows_per_s": rows / secs, "cpu_s": cpu}
+    log(
+        f"initial copy → store: {rows / secs:,.0f} rows/s ({secs:.2f}s, {cpu / secs:.2f} cores); "
+        "CPU s by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items()))
+    )
+    return {"seconds": secs, "rows_per_s": rows / secs, "cpu_s": cpu, "thread_cpu_s": threads}
 
 
 def _sql(dsn: str, *queries: str) -> list[Any]:
@@ -281,11 +331,16 @@ class MemorySource(ChangeSource):
     """Captured pgoutput messages through the real decoder, for the pipeline's
     stream loop (Pipeline._stream); ends after the last message."""
 
-    def __init__(self, messages: list[bytes], cfg: WrapperConfig) -> None:
+    def __init__(
+        self, messages: list[bytes], cfg: WrapperConfig, shapes: dict[str, TableShape]
+    ) -> None:
         self._messages = messages
         self._decoder = PgOutputDecoder(
             binary=True,
             float32_columns=[(t.name, t.vector_column) for t in cfg.tables if t.vector_column],
+            # As PostgresSource streams: natively encoded rows where it can
+            # (wrapper/fastrow.py; PRISM_NATIVE_ROWS=0 turns it off).
+            native=NativeRows(shapes, cfg.writes_table).spec,
         )
         self.acked = 0
 
@@ -306,8 +361,10 @@ class MemorySource(ChangeSource):
         pass
 
 
-def bench_decode(messages: list[bytes], cfg: WrapperConfig, changes: int) -> dict[str, Any]:
-    src = MemorySource(messages, cfg)
+def bench_decode(
+    messages: list[bytes], cfg: WrapperConfig, shapes: dict[str, TableShape], changes: int
+) -> dict[str, Any]:
+    src = MemorySource(messages, cfg, shapes)
     t0 = time.perf_counter()
     n = sum(len(stx.changes) for stx in src.transactions(0) if stx is not None)
     secs = time.perf_counter() - t0
@@ -319,21 +376,29 @@ def bench_apply(
     messages: list[bytes], cfg: WrapperConfig, store: Store, pipeline: Pipeline, changes: int
 ) -> dict[str, Any]:
     """The pipeline after its snapshot (shapes known), streaming the capture."""
-    src = MemorySource(messages, cfg)
+    src = MemorySource(messages, cfg, pipeline.shapes)
     applier = Applier(pipeline.shapes, pipeline.vectorizer, lambda t, c: None)
     head0 = store.meta.head
     t0 = time.perf_counter()
     c0 = time.process_time()
-    with profiled("apply"):
+    threads: dict[str, float] = {}
+    with profiled("apply"), thread_cpu(threads):
         pipeline._stream(src, applier)
     secs = time.perf_counter() - t0
     cpu = time.process_time() - c0
     stored = store.meta.head - head0
     log(
         f"decode → apply → store: {changes / secs:,.0f} changes/s ({secs:.2f}s, "
-        f"{cpu / secs:.2f} cores, {stored} positions)"
+        f"{cpu / secs:.2f} cores, {stored} positions); CPU s by thread: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items()))
     )
-    return {"seconds": secs, "changes_per_s": changes / secs, "cpu_s": cpu, "stored": stored}
+    return {
+        "seconds": secs,
+        "changes_per_s": changes / secs,
+        "cpu_s": cpu,
+        "stored": stored,
+        "thread_cpu_s": threads,
+    }
 
 
 class LivePipeline:
@@ -455,6 +520,10 @@ def main() -> None:
     if args.quick:
         args.rows, args.changes = 10_000, 10_000
     logging.basicConfig(level=logging.WARNING)
+    # As the daemon does (wrapper/cli.py): its matrix products are small.
+    limit_process_to_one_blas_thread()
+    if os.environ.get("SWITCH_MS"):
+        sys.setswitchinterval(float(os.environ["SWITCH_MS"]) / 1000)
     base = shared_tmp("prism-ingest-")
     pg = EmbeddedPostgres(base / "pg").start()
     results: dict[str, Any] = {"rows": args.rows, "changes": args.changes, "txn": args.txn}
@@ -486,7 +555,7 @@ def main() -> None:
         )
         results["recvlogical"] = recvlogical(pg, dsn, burst["end_lsn"], args.changes)
         messages, results["capture"] = capture(dsn, lsn_from_str(burst["end_lsn"]), args.changes)
-        results["decode"] = bench_decode(messages, cfg, args.changes)
+        results["decode"] = bench_decode(messages, cfg, pipeline.shapes, args.changes)
         results["apply"] = bench_apply(messages, cfg, store, pipeline, args.changes)
         live = LivePipeline(cfg, store)
         try:
