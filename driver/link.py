@@ -41,7 +41,7 @@ from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
-from prism.fabric.errorkinds import ErrorKind
+from prism.fabric.errorkinds import ErrorKind, kind_in
 from prism.fabric.errors import AuthError, PrismError
 from prism.fabric.keys import load_secret
 
@@ -66,6 +66,15 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     # connection from gRPC's process-wide subchannel pool.
     ("grpc.use_local_subchannel_pool", 1),
 ]
+
+
+def may_be_tls_mismatch(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed handshake call may have failed for a TLS setting: it
+    is UNAVAILABLE, and not a refusal that names its kind, which the wrapper
+    itself sent over this very connection (say, while it is starting). The
+    diagnosis waits up to DIAGNOSE_MAX_S for a healthy wrapper's reply."""
+    trailing: Any = exc.trailing_metadata() or ()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and kind_in(trailing) is None
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class Link:
                 timeout=cfg.connect_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            if may_be_tls_mismatch(exc):
                 await self._raise_if_tls_mismatch(exc)
             raise map_grpc_error(exc, f"authenticating to {cfg.target}") from exc
         if hello.protocol_version != PROTOCOL_VERSION:

@@ -66,6 +66,9 @@ class PipelineStatus:
     # its store commit (the metrics' source lag); None before the first.
     lag_s: float | None = None
     started: threading.Event = field(default_factory=threading.Event)
+    # Set once the tables' shapes are known (the first discovery): a driver's
+    # Hello waits for it instead of being refused (wrapper/server.py).
+    discovered: threading.Event = field(default_factory=threading.Event)
 
 
 class Pipeline:
@@ -195,6 +198,7 @@ class Pipeline:
 
             raise PrerequisiteError("; ".join(problems))
         self.shapes = source.discover()
+        self.status.discovered.set()
         source.prepare()
         meta = self.store.meta
         fresh_reason = None

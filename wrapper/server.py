@@ -64,6 +64,9 @@ CAPABILITIES = (
 )
 # Requests per WriteBatch call (a driver sends at most 64; see driver/link.py).
 MAX_WRITE_BATCH = 1024
+# How long a Hello that arrives before the tables are discovered waits for
+# them before it is refused (UNAVAILABLE, the driver retries).
+HELLO_DISCOVERY_WAIT_S = 10.0
 
 
 @dataclass
@@ -215,7 +218,12 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         finally:
             st.readers.put(reader)
         if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
-            # A driver must not learn an empty schema and keep it.
+            # A driver must not learn an empty schema and keep it. Discovery
+            # takes a moment after the server listens: wait for it rather than
+            # send the driver into its reconnect backoff (up to 5 s).
+            st.pipeline.status.discovered.wait(HELLO_DISCOVERY_WAIT_S)
+        if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
+            context.set_trailing_metadata(refusal_metadata(ErrorKind.UNAVAILABLE))
             context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 "the wrapper is starting: its tables are not discovered yet",

@@ -134,6 +134,53 @@ async def test_a_start_with_the_database_down_serves_drivers_from_the_store(
         proc.stop()
 
 
+async def test_a_hello_before_the_tables_are_discovered_waits_for_them(
+    own_pg: EmbeddedPostgres, tmp_path: Path, secret_file: Path, certs: CertPaths
+) -> None:
+    """A first start listens before it has discovered its tables (here: its
+    database is down). A driver's Hello then waits for the discovery instead
+    of being refused into its reconnect backoff; it is answered once the
+    database is back, and the driver follows the initial copy."""
+    with psycopg.connect(own_pg.dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+        c.execute("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 50) g")
+    own_pg.stop()
+    port = new_port()
+    cfg = write_config(
+        tmp_path / "wrapper.toml",
+        {
+            "database": {"dsn": own_pg.dsn},
+            "server": {"listen_port": port, "tenant_id": "acme", "secret_file": str(secret_file)},
+            "tls": {"cert_file": str(certs.server_cert), "key_file": str(certs.server_key)},
+            "store": {"path": str(tmp_path / "store.sqlite3")},
+        },
+        [{"name": "items"}],
+    )
+    proc = WrapperProcess(cfg, port, tmp_path / "wrapper.log", certs.ca_cert)
+    proc.start(wait=False)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # listening, and not done: the database is down
+            assert proc.proc is not None and proc.proc.poll() is None, proc.log_tail()
+            try:
+                if proc.health().status != "SERVING":
+                    break
+            except Exception:
+                pass
+            assert time.monotonic() < deadline, proc.log_tail()
+            await asyncio.sleep(0.05)
+        async with driver_for(proc, secret_file) as driver:
+            await asyncio.sleep(1.0)  # the driver's Hello waits in the wrapper meanwhile
+            assert not driver.stats()["ready"]
+            own_pg.start()
+            await driver.wait_ready(timeout=60)
+            assert len(driver._replica.tables["public.items"].rows) == 50
+            stats = driver.stats()
+            assert stats["reconnects"] == 0, stats["last_error"]
+    finally:
+        proc.stop()
+
+
 def test_the_unit_starts_without_check_and_restarts_for_as_long_as_it_takes(
     tmp_path: Path,
 ) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import ssl
 
+import grpc
+from grpc.aio import AioRpcError, Metadata
+
 from prism.driver import DriverConfig
+from prism.driver.link import may_be_tls_mismatch
 from prism.driver.tlscheck import (
     H2_PREFACE,
     explain_client_certificate,
@@ -14,6 +18,7 @@ from prism.driver.tlscheck import (
     explain_verification,
     is_h2_settings,
 )
+from prism.fabric.errorkinds import ErrorKind, refusal_metadata
 
 
 def cfg(**kw: object) -> DriverConfig:
@@ -43,3 +48,17 @@ def test_each_cause_is_named_with_its_fix() -> None:
     assert "speaks plaintext gRPC" in explain_plaintext(name)
     assert "serves TLS" in explain_tls_wrapper(cfg(insecure=True))
     assert "tls_cert_file and tls_key_file" in explain_client_certificate(name)
+
+
+def test_a_refusal_the_wrapper_names_is_not_diagnosed_as_tls() -> None:
+    """The driver probes TLS after an UNAVAILABLE handshake, which can wait
+    seconds on a healthy wrapper; a refusal carrying the wrapper's prism-error
+    kind came over a working connection and needs no probe."""
+
+    def error(code: grpc.StatusCode, trailing: Metadata) -> AioRpcError:
+        return AioRpcError(code, Metadata(), trailing, details="x")
+
+    named = Metadata(*refusal_metadata(ErrorKind.UNAVAILABLE))
+    assert not may_be_tls_mismatch(error(grpc.StatusCode.UNAVAILABLE, named))
+    assert may_be_tls_mismatch(error(grpc.StatusCode.UNAVAILABLE, Metadata()))
+    assert not may_be_tls_mismatch(error(grpc.StatusCode.UNAUTHENTICATED, Metadata()))
