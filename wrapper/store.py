@@ -225,9 +225,13 @@ def _connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Co
 
 
 # The writer's own WAL checkpoint (which lets the WAL file start over) runs
-# after this many WAL pages; the background checkpointer copies pages into
-# the database file long before, so the writer's is cheap when it comes.
-WRITER_CHECKPOINT_PAGES = 16384
+# after this many WAL pages (256 MB); the background checkpointer copies pages
+# into the database file long before, so the writer's is cheap when it comes.
+# At 16384 pages (64 MB) it was not: each of the initial copy's commits (some
+# 50 MB) crossed the mark, and the writer copied the pages itself. 65536:
+# benchmark/ingest.py's initial copy at 35-43k rows/s against 31-34k, the
+# copy's writer thread at 1.45 CPU s against 1.6-1.8 (2026-12-03, 22:40 UTC).
+WRITER_CHECKPOINT_PAGES = 65536
 # The background checkpointer runs after this many bytes were committed, or
 # after CHECKPOINT_IDLE_S with anything committed.
 CHECKPOINT_BYTES = 8 << 20
