@@ -522,7 +522,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     # As the daemon does (wrapper/cli.py): its matrix products are small.
     limit_process_to_one_blas_thread()
-    if os.environ.get("SWITCH_MS"):
+    if os.environ.get("SWITCH_MS"):  # an experiment's knob: the interpreter's switch interval
         sys.setswitchinterval(float(os.environ["SWITCH_MS"]) / 1000)
     base = shared_tmp("prism-ingest-")
     pg = EmbeddedPostgres(base / "pg").start()

@@ -33,12 +33,15 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from prism.wrapper.sources.base import ColumnInfo, EncodedRows, RelationInfo
 from prism.wrapper.tables import TableShape
+
+if TYPE_CHECKING:
+    from prism.wrapper._rowcodec import RowSpec
 
 log = logging.getLogger("prism.wrapper.fastrow")
 
@@ -90,9 +93,9 @@ class NativeRows:
         self._shapes = shapes
         self._writes_table = writes_table
         self.enabled = available() if enabled is None else enabled and _rowcodec is not None
-        self._specs: dict[RelationInfo, Any] = {}
+        self._specs: dict[RelationInfo, RowSpec | None] = {}
 
-    def spec(self, info: RelationInfo) -> Any | None:
+    def spec(self, info: RelationInfo) -> RowSpec | None:
         """The codec's RowSpec for rows of `info`, or None: the Python path."""
         if not self.enabled:
             return None
@@ -100,7 +103,7 @@ class NativeRows:
             self._specs[info] = self._build(info)
         return self._specs[info]
 
-    def _build(self, info: RelationInfo) -> Any | None:
+    def _build(self, info: RelationInfo) -> RowSpec | None:
         assert _rowcodec is not None
         shape = self._shapes.get(info.qualified)
         if shape is None or info.qualified == self._writes_table:
@@ -143,12 +146,13 @@ class NativeRows:
         )
 
 
-def encode_tuple(spec: Any, msg: bytes, pos: int) -> tuple[int, tuple[str, bytes, Any, Any]] | None:
+def encode_tuple(
+    spec: RowSpec, msg: bytes, pos: int
+) -> tuple[int, tuple[str, bytes, bytes | None, bytes | None]] | None:
     """The pgoutput TupleData at `pos` as (end, (key, payload, hidden,
     vector)), or None: the Python path decodes it."""
     assert _rowcodec is not None
-    result: tuple[int, tuple[str, bytes, Any, Any]] | None = _rowcodec.encode_tuple(spec, msg, pos)
-    return result
+    return _rowcodec.encode_tuple(spec, msg, pos)
 
 
 class CopyFormatError(ValueError):
@@ -161,7 +165,7 @@ COPY_CHUNK_BYTES = 512 << 10
 
 
 def copy_batches(
-    spec: Any,
+    spec: RowSpec,
     blocks: Iterable[bytes | bytearray | memoryview],
     decode: Callable[[bytes], dict[str, Any]],
     batch: int = 2000,
@@ -191,7 +195,7 @@ class _CopyParser:
     """Binary COPY data fed in pieces → natively encoded rows, plus the rows
     the codec handed back, decoded."""
 
-    def __init__(self, spec: Any, decode: Callable[[bytes], dict[str, Any]]) -> None:
+    def __init__(self, spec: RowSpec, decode: Callable[[bytes], dict[str, Any]]) -> None:
         self.spec = spec
         self.decode = decode
         self.tail = b""  # the start of a row not whole yet

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Collection
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prism.wrapper.errors import SourceError
 from prism.wrapper.fastrow import encode_tuple
@@ -35,6 +35,9 @@ from prism.wrapper.sources.base import (
 )
 from prism.wrapper.sources.postgres.values import ColumnLoaders, Load, Malformed, pg_type_name
 from prism.wrapper.sources.postgres.walstream import PG_EPOCH_OFFSET_US
+
+if TYPE_CHECKING:
+    from prism.wrapper._rowcodec import RowSpec
 
 __all__ = ["PgOutputDecoder"]
 
@@ -76,7 +79,7 @@ class _Relation:
         info: RelationInfo,
         text_loaders: list[Load],
         binary_loaders: list[Load],
-        native: Any = None,
+        native: RowSpec | None = None,
     ) -> None:
         self.info = info
         self.native = native  # the native codec's spec for its new tuples, or None
@@ -111,7 +114,7 @@ class PgOutputDecoder:
         binary: bool,
         vectors: Literal["list", "numpy"] = "list",
         float32_columns: Collection[tuple[str, str]] = (),
-        native: Callable[[RelationInfo], Any] | None = None,
+        native: Callable[[RelationInfo], RowSpec | None] | None = None,
     ) -> None:
         self.binary = binary
         self._native = native

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import psycopg
 import psycopg.adapt
@@ -45,6 +45,9 @@ from prism.wrapper.sources.postgres.values import (
 )
 from prism.wrapper.sources.postgres.walstream import PrimaryKeepalive, lsn_from_str, lsn_to_str
 from prism.wrapper.tables import TableShape, check_configured_columns, key_columns_for
+
+if TYPE_CHECKING:
+    from prism.wrapper._rowcodec import RowSpec
 
 log = logging.getLogger("prism.wrapper.postgres")
 
@@ -467,7 +470,12 @@ class PostgresSource(ReplicationSource):
         return self._native_copy_rows(table, query, spec, decode, batch)
 
     def _native_copy_rows(
-        self, table: str, query: sql.Composed, spec: Any, decode: Any, batch: int
+        self,
+        table: str,
+        query: sql.Composed,
+        spec: RowSpec,
+        decode: Callable[[bytes], dict[str, Any]],
+        batch: int,
     ) -> Iterator[SnapshotBatch]:
         assert self._copy is not None
         try:
