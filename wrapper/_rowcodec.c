@@ -369,7 +369,6 @@ typedef struct {
 typedef struct {
     Buf payload, hidden, key, vector;
     Field *fields;
-    int nfields;
 } Work;
 
 static void work_free(Work *w) {
@@ -387,7 +386,6 @@ static int work_init(Work *w, const RowSpec *s) {
         PyErr_NoMemory();
         return -1;
     }
-    w->nfields = s->ncols;
     return 0;
 }
 

@@ -28,7 +28,6 @@ table takes the Python path.
 
 from __future__ import annotations
 
-import logging
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,8 +41,6 @@ from prism.wrapper.tables import TableShape
 
 if TYPE_CHECKING:
     from prism.wrapper._rowcodec import RowSpec
-
-log = logging.getLogger("prism.wrapper.fastrow")
 
 _rowcodec: ModuleType | None
 try:
@@ -230,7 +227,9 @@ class _CopyParser:
         self.keys += keys
         self.payloads += payloads
         if hidden is not None:
-            self.hidden = (self.hidden or []) + hidden
+            if self.hidden is None:
+                self.hidden = []
+            self.hidden += hidden
         if vectors:
             self.vectors.append(vectors)
         self.declined += [self.decode(raw) for raw in declined]

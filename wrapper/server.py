@@ -222,12 +222,12 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             # takes a moment after the server listens: wait for it rather than
             # send the driver into its reconnect backoff (up to 5 s).
             st.pipeline.status.discovered.wait(HELLO_DISCOVERY_WAIT_S)
-        if not stored and len(st.pipeline.shapes) < len(st.cfg.tables):
-            context.set_trailing_metadata(refusal_metadata(ErrorKind.UNAVAILABLE))
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "the wrapper is starting: its tables are not discovered yet",
-            )
+            if len(st.pipeline.shapes) < len(st.cfg.tables):
+                context.set_trailing_metadata(refusal_metadata(ErrorKind.UNAVAILABLE))
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the wrapper is starting: its tables are not discovered yet",
+                )
         for t in st.cfg.tables_of(tenant_id):
             info = json.loads(stored[t.name]) if t.name in stored else None
             shape = st.pipeline.shapes.get(t.name)

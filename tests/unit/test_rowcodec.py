@@ -324,8 +324,17 @@ def test_composite_text_and_bool_keys_match_encode_key(
     assert native_image(fast) == python_image(cfg, shapes["public.keyed"], slow.new)
 
 
-def _gen_shapes(dim: int = DIM) -> tuple[Any, dict[str, TableShape]]:
-    cfg = config([{"name": "public.gen", "vector_column": "emb", "vector_dim": dim}])
+def _gen_shapes(dim: int = DIM, vector_in_rows: bool = True) -> tuple[Any, dict[str, TableShape]]:
+    cfg = config(
+        [
+            {
+                "name": "public.gen",
+                "vector_column": "emb",
+                "vector_dim": dim,
+                "vector_in_rows": vector_in_rows,
+            }
+        ]
+    )
     return cfg, {"public.gen": shape_of(cfg, INFO, ("id",))}
 
 
@@ -395,6 +404,7 @@ def copy_data(rows: list[list[bytes | None]]) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.parametrize("vector_in_rows", [True, False])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(ROWS, min_size=1, max_size=30, unique_by=lambda r: r["id"]),
@@ -402,9 +412,9 @@ def copy_data(rows: list[list[bytes | None]]) -> bytes:
     null_vector=st.sets(st.integers(0, 29)),
 )
 def test_copy_rows_are_stored_the_same_either_way(
-    rows: list[dict[str, Any]], cut: int, null_vector: set[int]
+    vector_in_rows: bool, rows: list[dict[str, Any]], cut: int, null_vector: set[int]
 ) -> None:
-    cfg, shapes = _gen_shapes()
+    cfg, shapes = _gen_shapes(vector_in_rows=vector_in_rows)
     shape = shapes["public.gen"]
     for i in null_vector & set(range(len(rows))):
         rows[i] = {**rows[i], "emb": None}  # handed back: decoded in Python
@@ -419,17 +429,22 @@ def test_copy_rows_are_stored_the_same_either_way(
     encoder = RowEncoder(vectorizer)
     for batch in fastrow.copy_batches(spec, blocks, decode, batch=7):
         eb = encoder.snapshot(shape, batch, 1)
-        for k, p, v in zip(eb.keys, eb.payloads, eb.vectors, strict=True):
+        for k, p, v, h in zip(eb.keys, eb.payloads, eb.vectors, eb.hidden, strict=False):
             assert k not in got
             assert p is not None
-            got[k] = (p, v, None)
+            got[k] = (p, v, h)
         if isinstance(batch, EncodedRows):
             assert batch.vectors is not None and len(batch.vectors) == 4 * DIM * len(batch)
     expected = encoder.live(shape, [decode_py(r) for r in rows], 1)
+    assert len(got) == len(rows)
     assert got == {
-        k: (p, v, None)
-        for k, p, v in zip(expected.keys, expected.payloads, expected.vectors, strict=True)
+        k: (p, v, h)
+        for k, p, v, h in zip(
+            expected.keys, expected.payloads, expected.vectors, expected.hidden, strict=False
+        )
     }
+    # Without the vector in rows, every row's vector sits in its hidden value.
+    assert all((h is None) is vector_in_rows for _p, _v, h in got.values())
 
 
 def decode_py(row: dict[str, Any]) -> dict[str, Any]:

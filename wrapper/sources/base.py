@@ -107,11 +107,6 @@ class RowChange:
     old: dict[str, Any] | None = None
     image: RowImage | None = None
 
-    @property
-    def live(self) -> bool:
-        """An insert or update: the change has a new image, decoded or encoded."""
-        return self.new is not None or self.image is not None
-
 
 @dataclass(frozen=True)
 class TruncateChange:
