@@ -155,10 +155,16 @@ class IndexParams:
 
 def _spherical_kmeans(x: np.ndarray, k: int, iters: int, rng: np.random.Generator) -> np.ndarray:
     c = x[rng.choice(len(x), size=k, replace=False)].copy()
+    r = x.shape[1]
+    flat = x.ravel()
+    cols = np.arange(r)
     for _ in range(iters):
         assign = np.argmax(x @ c.T, axis=1)
-        sums = np.zeros_like(c)
-        np.add.at(sums, assign, x)
+        # Per-list sums as one bincount over (list, column) cells: np.add.at
+        # took three times as long (24 ms an iteration at 20,000 x 96), most
+        # of a bootstrap's training, beside the thread applying frames.
+        cells = (assign[:, None] * r + cols).ravel()
+        sums = np.bincount(cells, weights=flat, minlength=k * r).reshape(k, r).astype(c.dtype)
         counts = np.bincount(assign, minlength=k)
         empty = counts == 0
         if empty.any():  # re-seed empty lists from random points

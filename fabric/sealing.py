@@ -19,14 +19,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from prism.fabric.keys import EpochKeys
 
 _TWO_PI = 2.0 * np.pi
+_DIGEST_KEY_LABEL = b"prism/frame-digest-key/v5"
+_DIGEST_JOIN_MAX = 64 << 10  # frames up to this size are joined, then digested
 
 
 def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:
@@ -89,6 +92,11 @@ class Sealer:
         self._k.setflags(write=False)
         self._kt.setflags(write=False)
         self._aead = AESGCM(keys.aead_key)
+        # Frame format 5's digest key: a function of the HMAC key alone, so
+        # whoever can watermark can digest, and nobody else (frame_digest).
+        digest_key = hmac.digest(keys.hmac_key, _DIGEST_KEY_LABEL, "sha256")
+        self._digest = AESGCM(digest_key)
+        self._digest_alg = algorithms.AES(digest_key)
 
     def __repr__(self) -> str:
         return f"Sealer(tenant_id={self.keys.tenant_id!r}, epoch={self.epoch}, dim={self.dim})"
@@ -123,6 +131,25 @@ class Sealer:
         for p in parts:
             h.update(p)
         return h.digest()
+
+    def frame_digest(self, nonce: bytes, parts: Sequence[bytes]) -> bytes:
+        """GMAC of ``b"".join(parts)`` (AES-256-GCM over no plaintext, the
+        parts as the associated data) under the digest key derived from the
+        HMAC key, with the frame's own random 12-byte nonce: 16 bytes. Frame
+        format 5 watermarks this digest rather than the frame itself, because
+        GHASH runs at some 25 GB/s here and SHA-256 at 1.7 (benchmark/README.md,
+        "Issue 12"); forging it without the key is as hard as forging GCM's
+        tag. Raises ValueError for a nonce that is not 12 bytes."""
+        if sum(map(len, parts)) <= _DIGEST_JOIN_MAX:
+            return self._digest.encrypt(nonce, b"", b"".join(parts))
+        # A large frame is fed part by part: joining it first cost more than
+        # the digest (a fresh multi-MB buffer a frame: 370 µs against 150 µs
+        # for 3.3 MB), while a small one is cheaper joined (1 µs against 6).
+        ctx = Cipher(self._digest_alg, modes.GCM(nonce)).encryptor()
+        for p in parts:
+            ctx.authenticate_additional_data(p)
+        ctx.finalize()
+        return ctx.tag
 
     def verify(self, data: bytes, mac: bytes) -> bool:
         """True when ``mac`` is the watermark of ``data`` (constant-time)."""

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import bind_frame, canonical_bytes, seal_frame
+from prism.fabric.frames import bind_frame, frame_watermark, seal_frame
 from prism.fabric.keys import derive_epoch_keys, load_secret, write_secret
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
@@ -318,7 +318,7 @@ async def test_rows_moved_between_frames_fail_the_aead(served: Served) -> None:
         g = copy(f)
         g.sealed_rows, g.aead_nonce = donor.sealed_rows, donor.aead_nonce
         sealer = served.sealer(g.key_epoch)
-        g.watermark = sealer.watermark(canonical_bytes(g))
+        g.watermark = frame_watermark(sealer, g)
         # With the HMAC key the attacker can bind the frame to the call too.
         g.binding = bind_frame(sealer, g.subscription, g.sequence, g.watermark)
         return [g]

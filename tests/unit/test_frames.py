@@ -10,6 +10,7 @@ Fuzzing of open_frame lives in test_fuzz.py.
 
 from __future__ import annotations
 
+import hmac
 import os
 import struct
 from typing import Any
@@ -35,6 +36,7 @@ from prism.fabric.frames import (
     build_shared_frame,
     canonical_bytes,
     envelope_bytes,
+    frame_watermark,
     open_frame,
     open_rows,
     parse_frame,
@@ -99,7 +101,7 @@ def copy(frame: wrapper_pb2.Frame) -> wrapper_pb2.Frame:
 def resign(frame: wrapper_pb2.Frame, sealer: Sealer = SEALER) -> wrapper_pb2.Frame:
     """Recompute the HMAC watermark and binding: an attacker who knows the
     HMAC key (but not the AEAD key)."""
-    frame.watermark = sealer.watermark(canonical_bytes(frame))
+    frame.watermark = frame_watermark(sealer, frame)
     frame.binding = bind_frame(sealer, frame.subscription, frame.sequence, frame.watermark)
     return frame
 
@@ -148,7 +150,7 @@ def seal_raw(frame: wrapper_pb2.Frame, plaintext: bytes, sealer: Sealer = SEALER
 def test_round_trip() -> None:
     vectors = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
     frame = make(vectors=vectors)
-    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 4
+    assert frame.key_epoch == 3 and frame.format_version == FRAME_FORMAT_VERSION == 5
     assert frame.count == 5 and len(frame.watermark) == 32
     # The row data travels only encrypted.
     assert frame.keys == b"" and frame.payloads == b""
@@ -228,10 +230,32 @@ def test_canonical_bytes_as_documented() -> None:
     assert numbers == [*range(1, 22), 30, 31]
     expected = documented_canonical(frame, ENVELOPE)
     assert canonical_bytes(frame) == expected
-    assert frame.watermark == SEALER.watermark(expected)
+    # Format 5, as wrapper.proto documents it: HMAC-SHA256 over a label and
+    # the GMAC of canonical(frame) under a key derived from the HMAC key.
+    digest_key = hmac.digest(KEYS3.hmac_key, b"prism/frame-digest-key/v5", "sha256")
+    digest = AESGCM(digest_key).encrypt(frame.aead_nonce, b"", expected)
+    assert frame.format_version == 5
+    assert frame.watermark == SEALER.watermark(b"prism/frame-watermark/v5" + digest)
     # Fields 19 and 20 are covered by the watermark.
     assert struct.pack("<IQ", 19, len(frame.sealed_rows)) + frame.sealed_rows in expected
     assert struct.pack("<IQ", 20, 12) + frame.aead_nonce in expected
+
+
+def test_format_4_watermark_is_hmac_of_canonical_bytes() -> None:
+    """A driver that asked for format 4 gets frames watermarked as before."""
+    frame = make(2, ops=b"UD", payloads=[b"{}", b""], format_version=4)
+    assert frame.watermark == SEALER.watermark(documented_canonical(frame, ENVELOPE))
+    assert open_(frame).payloads == [b"{}", b""]
+
+
+@pytest.mark.parametrize(("built", "claimed"), [(5, 4), (4, 5), (5, 3)])
+def test_another_format_version_fails_the_watermark(built: int, claimed: int) -> None:
+    """Relabelling a frame's format (to pick the other watermark rule) is
+    tampering like any other."""
+    frame = make(2, ops=b"UU", payloads=[b"{}", b"{}"], format_version=built)
+    frame.format_version = claimed
+    with pytest.raises(WatermarkError):
+        open_(frame)
 
 
 def test_frame_is_bound_to_its_subscribe_call() -> None:
@@ -622,12 +646,24 @@ def test_signed_frame_with_clear_rows_is_rejected(block: str) -> None:
 
 def test_signed_frame_with_only_clear_rows_is_rejected() -> None:
     # A downgrade to the version-1 layout: clear rows, no sealed_rows at all.
-    frame = make(3)
+    frame = make(3, format_version=4)
     frame.keys, _, frame.payloads = open_rows(frame, SEALER)
     frame.sealed_rows = frame.aead_nonce = b""
     with pytest.raises(FrameError) as ei:
         open_(resign(frame))
     assert not isinstance(ei.value, WatermarkError)
+
+
+def test_format_5_frame_without_a_nonce_cannot_be_watermarked() -> None:
+    """Format 5's digest needs the frame's nonce: without one, not even the
+    HMAC key's holder can sign the frame, and the driver refuses it."""
+    frame = make(3)
+    frame.keys, _, frame.payloads = open_rows(frame, SEALER)
+    frame.sealed_rows = frame.aead_nonce = b""
+    with pytest.raises(WatermarkError, match="aead_nonce has 0 bytes"):
+        frame_watermark(SEALER, frame)
+    with pytest.raises(WatermarkError, match="aead_nonce has 0 bytes"):
+        open_(frame)
 
 
 # -- re-sealed but malformed -------------------------------------------------
@@ -755,7 +791,7 @@ def test_stream_none_skips_stream_check() -> None:
         open_(make(), stream_id="stream-2")
 
 
-@pytest.mark.parametrize("version", [1, 2, 5])
+@pytest.mark.parametrize("version", [1, 2, 6])
 def test_format_version_error_is_not_retriable(version: int) -> None:
     frame = make()
     assert version != FRAME_FORMAT_VERSION
