@@ -309,6 +309,7 @@ class Applier:
         keys: list[str] = []
         rows: list[dict[str, Any]] = []
         vectors: list[bytes | None] = []
+        old_payloads: list[bytes] = []
         for key, image in list(txn.live_rows(shape.name)):
             row = merge_hidden(image.payload, image.hidden)
             for c in dropped:
@@ -318,6 +319,8 @@ class Applier:
             keys.append(key)
             rows.append({c: row.get(c) for c in new_names})
             vectors.append(image.vector)  # the vector stays: its column is not one of these
+            old_payloads.append(image.payload)
         payloads, hidden = self._encoder.payloads(shape, rows)
+        vectors = self._encoder.rebase(shape.name, old_payloads, vectors, payloads)
         txn.write_batch(shape.name, keys, payloads, vectors, hidden, commit_us)
         self.counters["schema_rewrites"] += len(keys)

@@ -3,8 +3,9 @@
 Between the sources (whose rows are column → value mappings, vector columns
 already float32 arrays) and the store: for a batch of one table's changes,
 the keys, the payloads drivers receive (prism.fabric.payload, without the
-table's hidden column), the hidden values apart, and the projected vectors
-from one vectorize call. The initial copy and the stream's applier both
+table's hidden column), the hidden values apart, and the vectors from one
+vectorize call: projected, or references to the source vector in the payload
+(wrapper/vectorref.py). The initial copy and the stream's applier both
 encode through here, so a row is stored the same way whichever path brought
 it. Pure code: no I/O.
 """
@@ -20,6 +21,7 @@ from prism.fabric.payload import decode_row, encode_row
 from prism.wrapper.sources.base import EncodedRows, RowImage, SnapshotBatch
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
+from prism.wrapper.vectorref import is_ref, refer, resolve
 
 
 @dataclass
@@ -61,8 +63,11 @@ class RowEncoder:
         prepare = self.vectorizer.prepare
         for r in rows:
             prepare(table, r)
-        vectors = self.vectorizer.vector_bytes_many(table, rows)
+        by_ref = self.vectorizer.by_reference(table)
+        vectors = self.vectorizer.vector_bytes_many(table, rows, source=by_ref)
         payloads, hidden = self.payloads(shape, rows)
+        if by_ref:
+            vectors = self.refer(table, payloads, vectors)
         return EncodedBatch(table, keys, payloads, vectors, hidden, commit_us)
 
     def snapshot(self, shape: TableShape, batch: SnapshotBatch, commit_us: int) -> EncodedBatch:
@@ -75,16 +80,56 @@ class RowEncoder:
         """Rows the source encoded natively (wrapper/fastrow.py): only their
         vectors are left to project, in one call."""
         table = shape.name
-        vectors = self.vectorizer.vector_bytes_raw(table, rows.vectors, len(rows))
+        by_ref = self.vectorizer.by_reference(table)
+        vectors = self.vectorizer.vector_bytes_raw(table, rows.vectors, len(rows), source=by_ref)
+        payloads: list[bytes | None] = list(rows.payloads)
+        if by_ref:
+            vectors = self.refer(table, payloads, vectors)
         hidden = rows.hidden if rows.hidden is not None else repeat(None)
-        return EncodedBatch(table, rows.keys, list(rows.payloads), vectors, hidden, commit_us)
+        return EncodedBatch(table, rows.keys, payloads, vectors, hidden, commit_us)
 
     def images(self, shape: TableShape, images: Sequence[RowImage]) -> list[bytes | None]:
-        """The projected vectors of natively encoded row images, in one call."""
+        """The stored vectors of natively encoded row images, in one call."""
         if not images or images[0].vector is None:
             return [None] * len(images)
+        table = shape.name
+        by_ref = self.vectorizer.by_reference(table)
         raw = b"".join(im.vector or b"" for im in images)
-        return self.vectorizer.vector_bytes_raw(shape.name, raw, len(images))
+        vectors = self.vectorizer.vector_bytes_raw(table, raw, len(images), source=by_ref)
+        if by_ref:
+            vectors = self.refer(table, [im.payload for im in images], vectors)
+        return vectors
+
+    def refer(
+        self, table: str, payloads: Sequence[bytes | None], sources: list[bytes | None]
+    ) -> list[bytes | None]:
+        """Stored vectors for rows whose checked source vectors are
+        `sources`: references into their payloads (wrapper/vectorref.py),
+        or the projected vector where a payload does not hold the bytes."""
+        refs, missing = refer(payloads, sources)
+        if missing:
+            projected = self.vectorizer.project_sources(table, [sources[i] or b"" for i in missing])
+            for i, v in zip(missing, projected, strict=True):
+                refs[i] = v
+        return refs
+
+    def rebase(
+        self,
+        table: str,
+        old_payloads: Sequence[bytes],
+        vectors: Sequence[bytes | None],
+        new_payloads: Sequence[bytes | None],
+    ) -> list[bytes | None]:
+        """Stored vectors kept across a rewrite of their rows' payloads (a
+        schema change): a reference is made again against the new payload."""
+        out = list(vectors)
+        at = [i for i, v in enumerate(vectors) if is_ref(v)]
+        if at:
+            sources: list[bytes | None] = [resolve(old_payloads[i], vectors[i] or b"") for i in at]
+            again = self.refer(table, [new_payloads[i] for i in at], sources)
+            for i, v in zip(at, again, strict=True):
+                out[i] = v
+        return out
 
     def changes(
         self,
@@ -97,8 +142,11 @@ class RowEncoder:
         or None for a tombstone."""
         table = shape.name
         live = [r for r in rows if r is not None]
-        live_vectors = self.vectorizer.vector_bytes_many(table, live)
+        by_ref = self.vectorizer.by_reference(table)
+        live_vectors = self.vectorizer.vector_bytes_many(table, live, source=by_ref)
         live_payloads, live_hidden = self.payloads(shape, live)
+        if by_ref:
+            live_vectors = self.refer(table, live_payloads, live_vectors)
         if len(live) == len(rows):
             return EncodedBatch(
                 table, list(keys), live_payloads, live_vectors, live_hidden, list(commit_us)

@@ -15,13 +15,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import grpc
+import numpy as np
 
 from prism.fabric import FRAME_FORMATS, PROTOCOL_VERSION
 from prism.fabric import auth as handshake
@@ -32,7 +33,7 @@ from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.sealing import Sealer
 from prism.fabric.tablenames import qualify
 from prism.wrapper.auth import Authenticator, AuthFailure, Session
-from prism.wrapper.config import WrapperConfig
+from prism.wrapper.config import TableConfig, WrapperConfig
 from prism.wrapper.errors import ConfigError
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.keyring import Keyring
@@ -103,6 +104,16 @@ class WrapperState:
                 self._sealers.clear()
             s = self._sealers[k] = Sealer(derive_epoch_keys(secret, tenant, epoch), dim)
         return s
+
+    def matrices(self, tables: Sequence[TableConfig]) -> dict[str, np.ndarray]:
+        """The projection matrix of each of `tables` that has vectors, for
+        resolving stored vector references when frames are built."""
+        out: dict[str, np.ndarray] = {}
+        for t in tables:
+            m = self.pipeline.vectorizer.matrix(t.name)
+            if m is not None:
+                out[t.name] = m
+        return out
 
     def wait_for_head(self, position: int, timeout: float) -> bool:
         store = self.store
@@ -321,6 +332,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             secret_id=hashlib.sha256(b"prism/serve-scope\0" + secret).digest()[:16],
             max_rows=frame_rows(request.max_frame_rows),
             frame_format=frame_format,
+            matrices=st.matrices(tables),
         )
         log.info(
             "subscriber",

@@ -55,9 +55,13 @@ log = logging.getLogger("prism.wrapper.store")
 
 # The store's layout. 1: rows kept whole (hidden column inside the payload),
 # no version in meta. 2: served payload and hidden value apart, format
-# recorded in meta. 3: this one, 2 plus rows.old_key (migrated in place from
-# 2: the column is added, empty).
-FORMAT = 3
+# recorded in meta. 3: 2 plus rows.old_key (migrated in place from 2: the
+# column is added, empty). 4: this one, where rows.vector may also be a
+# reference to the source vector in the payload (wrapper/vectorref.py).
+# Every format-3 store is a format-4 one (its vectors are all projected):
+# it is relabelled in place, and a prism-wrapper of format 3 refuses a
+# format-4 store rather than misread a reference.
+FORMAT = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -72,7 +76,8 @@ CREATE TABLE IF NOT EXISTS rows (
     position INTEGER NOT NULL,
     op TEXT NOT NULL,            -- 'U' live image, 'D' tombstone
     payload BLOB,                -- the row image drivers receive (prism.fabric.payload)
-    vector BLOB,                 -- projected float32 vector, NULL when the row has none
+    vector BLOB,                 -- projected float32 vector, or a reference into payload
+                                 -- (wrapper/vectorref.py), NULL when the row has none
     hidden BLOB,                 -- {hidden column: value} (payload encoding), or NULL
     commit_us INTEGER NOT NULL,  -- source commit time
     stored_us INTEGER NOT NULL,  -- when stored: tombstone retention clock
@@ -345,12 +350,14 @@ class Store:
                 f"({FORMAT}): run a newer prism-wrapper, or move the store away to copy the "
                 "tables afresh"
             )
-        if found == 2:
-            # 2 -> 3 adds a column: no row changes meaning, nothing is copied.
-            log.info("store format 2 found: adding rows.old_key (format 3)")
+        if found in (2, 3):
+            # 2 -> 3 adds a column, 3 -> 4 only allows a new kind of stored
+            # vector: no row changes meaning, nothing is copied.
+            log.info("store format %d found: upgrading it in place to format %d", found, FORMAT)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("ALTER TABLE rows ADD COLUMN old_key TEXT")
+                if found == 2:
+                    conn.execute("ALTER TABLE rows ADD COLUMN old_key TEXT")
                 conn.execute("UPDATE meta SET v = ? WHERE k = 'format'", (str(FORMAT),))
                 conn.execute("COMMIT")
             except BaseException:

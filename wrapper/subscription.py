@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
 from prism.wrapper.recent import RecentChanges, RowTuple
 from prism.wrapper.store import ReaderPool, StoreMeta, StoreReader
+from prism.wrapper.vectorref import resolve_vectors
 
 log = logging.getLogger("prism.wrapper.subscription")
 
@@ -81,6 +82,9 @@ class ServeScope:
     secret_id: bytes = b""  # names the secret the keys derive from (never the secret)
     max_rows: int = DEFAULT_FRAME_ROWS
     frame_format: int = FRAME_FORMAT_VERSION  # what the driver reads (frame_format_for)
+    # Per table with vectors, its projection matrix (source_dim, dim): the
+    # store may hold a row's source vector by reference (wrapper/vectorref.py).
+    matrices: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, bytes, int, int]:
@@ -157,17 +161,14 @@ class SegmentBuilder:
         else:
             keys = ops = positions = payloads = vecs = old_keys = ()
         vectors = mask = None
-        if dim and n:
-            if None in vecs:
-                mask = np.fromiter((v is not None for v in vecs), dtype=bool, count=n)
-                vectors = np.zeros((n, dim), dtype=np.float32)
-                stored = b"".join(v for v in vecs if v is not None)
-                vectors[mask] = np.frombuffer(stored, dtype="<f4").reshape(-1, dim)
-            else:
-                vectors = np.frombuffer(b"".join(vecs), dtype="<f4").reshape(n, dim)
         # The store holds rows as drivers receive them (a hidden column is
         # kept apart there, store format 2), so payloads go out as stored.
         blobs = [p or b"" for p in payloads]
+        if dim and n:
+            # Projected vectors as stored, or references to the source
+            # vector in the payload, projected here (wrapper/vectorref.py).
+            vectors, full = resolve_vectors(blobs, vecs, dim, self.scope.matrices.get(table))
+            mask = None if full.all() else full
         frame = build_shared_frame(
             sealer=self.scope.sealer(self.epoch, dim),
             tenant_id=self.scope.tenant_id,

@@ -72,11 +72,34 @@ class Vectorizer:
     def vector_bytes(self, table: str, row: Mapping[str, Any]) -> bytes | None:
         return self.vector_bytes_many(table, [row])[0]
 
+    def by_reference(self, table: str) -> bool:
+        """Whether the table's rows carry their source vector in the payload
+        drivers receive, so that the store may point to it there instead of
+        holding the projected vector too (wrapper/vectorref.py): a vector
+        column (not the text embedder), not hidden from drivers."""
+        t = self._tables[table]
+        return (
+            t.vector_column is not None and t.hidden_column is None and table in self._projections
+        )
+
+    def matrix(self, table: str) -> np.ndarray | None:
+        """The table's projection matrix (source_dim, out_dim), if it has vectors."""
+        proj = self._projections.get(table)
+        return None if proj is None else proj.matrix
+
+    def project_sources(self, table: str, sources: Sequence[bytes]) -> list[bytes]:
+        """Source vectors (little-endian float32 bytes, checked already)
+        projected, one call for all."""
+        src = np.frombuffer(b"".join(sources), dtype="<f4").reshape(len(sources), -1)
+        projected = np.ascontiguousarray(self._projections[table].apply(src), dtype="<f4")
+        return [v.tobytes() for v in projected]
+
     def vector_bytes_many(
-        self, table: str, rows: Sequence[Mapping[str, Any]]
+        self, table: str, rows: Sequence[Mapping[str, Any]], source: bool = False
     ) -> list[bytes | None]:
         """The projected little-endian float32 vector of each row, or None
-        (counted) when it has none."""
+        (counted) when it has none; with `source`, the checked source vector
+        instead, unprojected (for by_reference)."""
         t = self._tables[table]
         proj = self._projections.get(table)
         out: list[bytes | None] = [None] * len(rows)
@@ -100,12 +123,14 @@ class Vectorizer:
                 vecs.append(vec)
             if not vecs:
                 return out
-            return self._project(table, proj, idx, np.stack(vecs), out)
+            return self._project(table, proj, idx, np.stack(vecs), out, source=source)
         idx = list(range(len(rows)))
         src = self._embedder.embed_many([row_text(r, t.text_columns) for r in rows])
         return self._project(table, proj, idx, src, out, check=False)
 
-    def vector_bytes_raw(self, table: str, raw: bytes | None, n: int) -> list[bytes | None]:
+    def vector_bytes_raw(
+        self, table: str, raw: bytes | None, n: int, source: bool = False
+    ) -> list[bytes | None]:
         """vector_bytes_many for n rows whose source vectors came encoded
         natively (wrapper/fastrow.py): little-endian float32s of the
         table's vector_dim each, back to back (None: the table has none)."""
@@ -114,7 +139,7 @@ class Vectorizer:
         if proj is None or raw is None or not n:
             return out
         src = np.frombuffer(raw, dtype="<f4").reshape(n, -1)
-        return self._project(table, proj, list(range(n)), src, out)
+        return self._project(table, proj, list(range(n)), src, out, source=source)
 
     def _project(
         self,
@@ -124,10 +149,12 @@ class Vectorizer:
         src: np.ndarray,
         out: list[bytes | None],
         check: bool = True,
+        source: bool = False,
     ) -> list[bytes | None]:
         """Project the source vectors `src` of rows `idx` into `out`; with
         `check`, all but the non-finite and all-zero ones (counted). The
-        embedder's vectors are not checked: it makes them."""
+        embedder's vectors are not checked: it makes them. With `source`,
+        the checked vectors go into `out` unprojected."""
         if check:
             finite = np.isfinite(src).all(axis=1)
             nonzero = src.any(axis=1)
@@ -140,7 +167,11 @@ class Vectorizer:
                 idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
                 if not idx:
                     return out
-        projected = np.ascontiguousarray(proj.apply(src), dtype="<f4")
+        projected = (
+            np.ascontiguousarray(src, dtype="<f4")
+            if source
+            else np.ascontiguousarray(proj.apply(src), dtype="<f4")
+        )
         for j, i in enumerate(idx):
             out[i] = projected[j].tobytes()
         return out

@@ -13,6 +13,7 @@ from prism.wrapper.config import config_from_mapping
 from prism.wrapper.rowbatch import RowEncoder, merge_hidden
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
+from prism.wrapper.vectorref import is_ref, resolve, resolve_vectors
 
 
 def _cfg(vector_in_rows: bool) -> Any:
@@ -83,10 +84,20 @@ def test_live_rows_are_keyed_vectorized_and_encoded_as_one_row_would_be() -> Non
         [0.0, 0.0, 0.0],
     ]
     assert batch.payloads[0] == encode_row(rows[0])
-    # Vectors: projected for the first two, none for a NULL or zero vector.
+    # Vectors: for the first two, references to the source vector in the
+    # payload (which serving projects); none for a NULL or zero vector.
     assert batch.vectors[2] is None and batch.vectors[3] is None
+    assert is_ref(batch.vectors[0]) and is_ref(batch.vectors[1])
+    assert resolve(batch.payloads[0] or b"", batch.vectors[0] or b"") == (
+        np.array([1, 0, 0], dtype="<f4").tobytes()
+    )
+    served, mask = resolve_vectors(
+        [p or b"" for p in batch.payloads], batch.vectors, 3, vectorizer.matrix("public.items")
+    )
+    assert mask.tolist() == [True, True, False, False]
     one = Vectorizer(cfg, {"t": b"k" * 32}).vector_bytes("public.items", rows[0])
-    assert batch.vectors[0] == one
+    assert one is not None
+    np.testing.assert_allclose(served[0], np.frombuffer(one, dtype="<f4"), rtol=1e-6)
     assert vectorizer.missing == {("public.items", "null"): 1, ("public.items", "zero"): 1}
 
 

@@ -6,6 +6,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import prism.wrapper.store as store_module
@@ -212,6 +213,31 @@ def test_format_2_is_migrated_in_place(tmp_path: Path) -> None:
     again.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == (str(FORMAT),)
+    conn.close()
+
+
+def test_format_3_is_relabelled_in_place(tmp_path: Path) -> None:
+    # Format 3 held projected vectors only, which format 4 still reads as
+    # they are: the store keeps its stream and rows, only its label moves.
+    path = tmp_path / "v3.sqlite3"
+    store = Store(path, "normal")
+    store.reset("stream-3")
+    vec = np.arange(4, dtype="<f4").tobytes()
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"a", vec, 1)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET v = '3' WHERE k = 'format'")
+    conn.commit()
+    conn.close()
+    again = Store(path, "normal")
+    assert again.rebuilt is None and again.meta.stream_id == "stream-3"
+    with again.transaction() as txn:
+        got = txn.get("t", "[1]")
+    assert got is not None and got.vector == vec
+    again.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == ("4",)
     conn.close()
 
 

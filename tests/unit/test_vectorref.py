@@ -1,0 +1,95 @@
+"""Stored vectors by reference (wrapper/vectorref.py): a reference finds the
+source vector's bytes in its payload, serving projects them as ingest would
+have, and anything that does not point into its payload is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prism.fabric.payload import encode_row
+from prism.fabric.projection import Projection
+from prism.wrapper.vectorref import (
+    REF_BYTES,
+    VectorRefError,
+    is_ref,
+    make_ref,
+    refer,
+    resolve,
+    resolve_vectors,
+)
+
+SRC_DIM, DIM = 6, 4
+PROJ = Projection(b"p" * 32, "acme", SRC_DIM, DIM)
+
+
+def _row(i: int, vec: np.ndarray | None) -> bytes:
+    return encode_row({"id": i, "title": "x" * (i * 37 % 300), "emb": vec})
+
+
+def _vec(i: int) -> np.ndarray:
+    return np.random.default_rng(i).standard_normal(SRC_DIM).astype(np.float32)
+
+
+def test_a_reference_points_to_the_vector_bytes_in_the_payload() -> None:
+    for i in range(20):
+        v = _vec(i)
+        payload = _row(i, v)
+        ref = make_ref(payload, v.tobytes())
+        assert ref is not None and len(ref) == REF_BYTES and is_ref(ref)
+        assert resolve(payload, ref) == v.astype("<f4").tobytes()
+
+
+def test_a_payload_without_the_bytes_gets_no_reference() -> None:
+    payload = _row(1, _vec(1))
+    assert make_ref(payload, _vec(2).tobytes()) is None
+    refs, missing = refer([payload, payload, None], [_vec(1).tobytes(), _vec(2).tobytes(), None])
+    assert is_ref(refs[0]) and refs[1] is None and refs[2] is None and missing == [1]
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 384])
+def test_projected_vectors_are_never_taken_for_references(dim: int) -> None:
+    # 4 * dim bytes, whatever they hold, even a leading zero byte.
+    assert not is_ref(b"\x00" * (4 * dim))
+    assert not is_ref(None)
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        b"\x00" + (10_000).to_bytes(4, "little") + (24).to_bytes(4, "little"),  # past the end
+        b"\x00" + (0).to_bytes(4, "little") + (5).to_bytes(4, "little"),  # not whole floats
+        b"\x01" + bytes(8),  # not a reference's tag
+        bytes(4),  # a projected vector
+    ],
+)
+def test_a_reference_outside_its_payload_is_refused(ref: bytes) -> None:
+    with pytest.raises(VectorRefError):
+        resolve(_row(1, _vec(1)), ref)
+
+
+def test_resolved_vectors_are_the_projection_ingest_would_have_stored() -> None:
+    vecs = [_vec(i) for i in range(5)]
+    payloads = [_row(i, v) for i, v in enumerate(vecs)]
+    projected = [PROJ.apply(v).astype("<f4").tobytes() for v in vecs]
+    refs, _ = refer(payloads, [v.tobytes() for v in vecs])
+    # A mix: references, projected vectors as stored before, and no vector.
+    stored = [refs[0], projected[1], None, refs[3], projected[4]]
+    got, mask = resolve_vectors(payloads, stored, DIM, PROJ.matrix)
+    assert mask.tolist() == [True, True, False, True, True]
+    assert not got[2].any()
+    for i in (0, 1, 3, 4):
+        np.testing.assert_allclose(got[i], np.frombuffer(projected[i], "<f4"), rtol=1e-6)
+
+
+def test_references_without_a_projection_or_of_another_size_are_refused() -> None:
+    v = _vec(1)
+    payload = _row(1, v)
+    ref = make_ref(payload, v.tobytes())
+    with pytest.raises(VectorRefError, match="without vectors"):
+        resolve_vectors([payload], [ref], DIM, None)
+    short = make_ref(payload, v[:3].tobytes())
+    with pytest.raises(VectorRefError, match="expected 1 x 6"):
+        resolve_vectors([payload], [short], DIM, PROJ.matrix)
+    with pytest.raises(VectorRefError, match="frames carry 3"):
+        resolve_vectors([payload], [ref], 3, PROJ.matrix)

@@ -1,0 +1,124 @@
+"""Stored vectors by reference: a row's source vector where its payload holds it.
+
+Between vectorize and the store, and again at serving. A table whose rows
+carry their vector column to drivers (config `vector_in_rows`, the default)
+has each row's source vector in its payload already, as raw little-endian
+float32s (prism.fabric.payload's float32 extension). Storing the projected
+vector beside it made every stored row some 1.5 kB larger for 384-d vectors:
+a 3.3 kB row then took a page and an overflow page in SQLite, and a change
+rewrote both (benchmark/README.md, "Issue 12": an upsert cost 57 µs of the
+writer's CPU with the copy, 37 µs without). So for such rows the store's
+`vector` column holds a reference instead: where in the payload the source
+vector's bytes lie. Serving projects them when it builds a frame, where it
+multiplies by the sealing matrix anyway.
+
+A stored vector is one of:
+- None: the row has no vector;
+- 4 * dim bytes: the projected vector itself (text-embedder tables, tables
+  whose vector column is hidden, and rows whose vector the payload does not
+  hold byte for byte);
+- REF_BYTES bytes, REF_TAG then u32 offset and u32 length: a reference.
+  4 * dim is a multiple of 4 and REF_BYTES is not, so the two never meet.
+
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+
+REF_TAG = b"\x00"
+_REF = struct.Struct("<II")
+REF_BYTES = 1 + _REF.size  # 9
+
+
+class VectorRefError(ValueError):
+    """A stored reference does not point into its payload."""
+
+
+def is_ref(stored: bytes | None) -> bool:
+    return stored is not None and len(stored) == REF_BYTES and stored[:1] == REF_TAG
+
+
+def make_ref(payload: bytes, source: bytes) -> bytes | None:
+    """A reference to ``source`` in ``payload``, or None when the payload
+    does not hold those bytes. Any place that holds them is a right one:
+    the bytes there are the vector's, whatever else the payload says."""
+    at = payload.find(source) if source else -1
+    if at < 0:
+        return None
+    return REF_TAG + _REF.pack(at, len(source))
+
+
+def resolve(payload: bytes, ref: bytes) -> bytes:
+    """The source vector bytes a reference points to in ``payload``."""
+    if not is_ref(ref):
+        raise VectorRefError(f"a stored vector of {len(ref)} bytes is not a reference")
+    at, n = _REF.unpack_from(ref, 1)
+    if at + n > len(payload) or n % 4:
+        raise VectorRefError(
+            f"reference to bytes {at}..{at + n} does not fit a payload of {len(payload)} bytes"
+        )
+    return payload[at : at + n]
+
+
+def refer(
+    payloads: Sequence[bytes | None], sources: Sequence[bytes | None]
+) -> tuple[list[bytes | None], list[int]]:
+    """References to each row's source vector bytes (None: no vector), and
+    the indexes of the rows whose payload does not hold them, whose entry is
+    left None for the caller to fill with the projected vector."""
+    out: list[bytes | None] = [None] * len(sources)
+    missing: list[int] = []
+    for i, (p, s) in enumerate(zip(payloads, sources, strict=True)):
+        if s is None:
+            continue
+        ref = make_ref(p, s) if p is not None else None
+        if ref is None:
+            missing.append(i)
+        out[i] = ref
+    return out, missing
+
+
+def resolve_vectors(
+    payloads: Sequence[bytes],
+    stored: Sequence[bytes | None],
+    dim: int,
+    matrix: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, mask) of a frame's rows from what the store holds: the
+    projected float32 (n, dim) vectors, zeros where mask is False.
+    References are resolved in their payloads and projected with ``matrix``
+    (source_dim, dim) in one multiplication; None for a table that stores
+    no references (a reference then raises VectorRefError)."""
+    n = len(stored)
+    if matrix is not None and matrix.shape[1] != dim:
+        raise VectorRefError(f"projection to {matrix.shape[1]} dimensions, frames carry {dim}")
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    mask = np.zeros(n, dtype=bool)
+    refs: list[int] = []
+    plain: list[int] = []
+    for i, v in enumerate(stored):
+        if v is None:
+            continue
+        mask[i] = True
+        (refs if is_ref(v) else plain).append(i)
+    if plain:
+        vectors[plain] = np.frombuffer(
+            b"".join(stored[i] or b"" for i in plain), dtype="<f4"
+        ).reshape(len(plain), dim)
+    if refs:
+        if matrix is None:
+            raise VectorRefError("the store holds vector references for a table without vectors")
+        src = b"".join(resolve(payloads[i], stored[i] or b"") for i in refs)
+        source = np.frombuffer(src, dtype="<f4")
+        if source.size != len(refs) * matrix.shape[0]:
+            raise VectorRefError(
+                f"referenced vectors hold {source.size} floats, expected "
+                f"{len(refs)} x {matrix.shape[0]}"
+            )
+        vectors[refs] = source.reshape(len(refs), matrix.shape[0]) @ matrix
+    return vectors, mask
