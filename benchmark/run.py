@@ -182,6 +182,7 @@ def profile_start(ctx: Ctx, name: str, pid: int) -> ProfileRun | None:
             "--rate",
             "100",
             "--nonblocking",
+            *(["--gil"] if ctx.args.profile_gil else []),
             "--threads",
             "-o",
             str(out),
@@ -1074,6 +1075,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="py-spy the wrapper/driver per phase (perturbs the numbers)",
+    )
+    p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (py-spy --gil)",
     )
     p.add_argument("--out", type=Path, default=None, help="results JSON path")
     p.add_argument("--no-report", action="store_true", help="do not rewrite README.md")

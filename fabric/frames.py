@@ -33,9 +33,11 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -267,6 +269,7 @@ def build_frame(
     subscription: bytes = b"",
     old_keys: Sequence[str | None] | None = None,
     format_version: int = FRAME_FORMAT_VERSION,
+    vectors_sealed: bool = False,
 ) -> wrapper_pb2.Frame:
     """Pack, seal and watermark a batch of changes of one table, sent as
     frame ``sequence`` of the Subscribe call that named itself
@@ -289,6 +292,7 @@ def build_frame(
         vector_dim=vector_dim,
         old_keys=old_keys,
         format_version=format_version,
+        vectors_sealed=vectors_sealed,
     )
     frame.sequence = sequence
     frame.subscription = subscription
@@ -297,7 +301,7 @@ def build_frame(
     return frame
 
 
-def build_shared_frame(
+def _frame_fields(
     *,
     sealer: Sealer | None,
     tenant_id: str,
@@ -316,13 +320,16 @@ def build_shared_frame(
     vector_dim: int,
     old_keys: Sequence[str | None] | None = None,
     format_version: int = FRAME_FORMAT_VERSION,
-) -> wrapper_pb2.Frame:
+    vectors_sealed: bool = False,
+) -> dict[str, Any]:
     """Pack, seal and watermark a batch of changes of one table, without a
     call's envelope (sequence 0, no subscription, no binding): one frame for
     every Subscribe call that is sent it (see bind_frame, envelope_bytes).
 
-    ``vectors`` are the unsealed float32 (count, vector_dim) vectors, or None
-    when the table carries no vectors; then the frame's vector_dim is 0 and its
+    ``vectors`` are the unsealed float32 (count, vector_dim) vectors (with
+    ``vectors_sealed``, already multiplied by ``sealer``'s matrix: the
+    wrapper folds its projection into the seal), or None when the table
+    carries no vectors; then the frame's vector_dim is 0 and its
     vectors block empty. ``vector_mask`` (None: every row has a vector) marks
     the rows whose vector is meaningful; the others travel as zeros.
 
@@ -382,7 +389,8 @@ def build_shared_frame(
             raise FabricError(f"vectors have shape {arr.shape}, expected ({count}, {vector_dim})")
         if sealer.dim != vector_dim:
             raise FabricError(f"sealer dimension {sealer.dim} != vector_dim {vector_dim}")
-        sealed = sealer.seal(arr)
+        # Vectors already sealed are copied: the mask below zeroes rows in place.
+        sealed = np.array(arr, dtype=np.float32) if vectors_sealed else sealer.seal(arr)
         if vector_mask is None:
             mask = np.ones(count, dtype=np.uint8)
         else:
@@ -433,12 +441,12 @@ def build_shared_frame(
             head, blocks, sealer, keys_block, old_keys_block, payloads_block
         )
         keys_block = payloads_block = b""
-    return wrapper_pb2.Frame(
+    return dict(
         format_version=format_version,
         tenant_id=tenant_id,
         stream_id=stream_id,
         key_epoch=epoch,
-        kind=kind,  # type: ignore[arg-type]  # an enum value; protobuf accepts ints
+        kind=kind,
         table=table,
         commit_position=commit_position,
         head_position=head_position,
@@ -455,6 +463,61 @@ def build_shared_frame(
         aead_nonce=aead_nonce,
         watermark=watermark,
     )
+
+
+def build_shared_frame(**args: Any) -> wrapper_pb2.Frame:
+    """The frame _frame_fields(**args) describes, as a message: see there
+    for the arguments, and shared_frame_bytes for what the wrapper sends."""
+    return wrapper_pb2.Frame(**_frame_fields(**args))
+
+
+def shared_frame_bytes(**args: Any) -> tuple[bytes, bytes]:
+    """build_shared_frame(**args) serialized, and its watermark, without
+    building the message: protobuf copied every block into the message and
+    again when serializing it, holding the interpreter lock (some 3 µs a row,
+    the largest part of building a live frame). The bytes are the ones
+    SerializeToString gives (tests/unit/test_frames.py compares them)."""
+    fields = _frame_fields(**args)
+    return serialize_fields(fields), fields["watermark"]
+
+
+# Frame's fields as serialize_fields writes them: (name, field number,
+# kind), in field number order, as protobuf does; proto3 leaves out zeros
+# and empty strings and bytes.
+_FRAME_DESCRIPTOR: Any = wrapper_pb2.Frame.DESCRIPTOR  # typed loosely by the stubs
+_WIRE_FIELDS = tuple(
+    (f.name, f.number, f.type) for f in sorted(_FRAME_DESCRIPTOR.fields, key=lambda f: f.number)
+)
+_TYPE_BYTES = (FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_STRING)
+_TYPE_SIGNED = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_ENUM)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def serialize_fields(fields: dict[str, Any]) -> bytes:
+    """The protobuf wire bytes of a Frame with ``fields`` (names as in
+    wrapper.proto; absent ones are zero or empty), in one join."""
+    parts: list[bytes] = []
+    for name, number, kind in _WIRE_FIELDS:
+        value = fields.get(name)
+        if not value:
+            continue
+        if kind in _TYPE_BYTES:
+            data = value.encode("utf-8") if isinstance(value, str) else value
+            parts += (_varint(number << 3 | 2), _varint(len(data)), data)
+        else:
+            v = int(value)
+            if v < 0 and kind in _TYPE_SIGNED:
+                v += 1 << 64  # two's complement, as protobuf writes a negative int64
+            parts += (_varint(number << 3), _varint(v))
+    return b"".join(parts)
 
 
 # -- opening ----------------------------------------------------------------

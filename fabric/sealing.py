@@ -92,6 +92,7 @@ class Sealer:
         self._k.setflags(write=False)
         self._kt.setflags(write=False)
         self._aead = AESGCM(keys.aead_key)
+        self._fused: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # sealing()
         # Frame format 5's digest key: a function of the HMAC key alone, so
         # whoever can watermark can digest, and nobody else (frame_digest).
         digest_key = hmac.digest(keys.hmac_key, _DIGEST_KEY_LABEL, "sha256")
@@ -116,6 +117,25 @@ class Sealer:
     def seal(self, v: np.ndarray) -> np.ndarray:
         """V_enc = V @ K for float32 vectors of shape (n, dim) or (dim,)."""
         return self._check(v) @ self._k
+
+    def sealing(self, before: np.ndarray) -> np.ndarray:
+        """``before @ K`` as float32 (computed in float64), cached per
+        matrix: one multiplication by it takes vectors that ``before`` would
+        take into the space seal() would then take them to."""
+        key = id(before)
+        hit = self._fused.get(key)
+        if hit is not None and hit[0] is before:
+            return hit[1]
+        fused = np.ascontiguousarray(
+            np.asarray(before, dtype=np.float64)
+            @ keyed_orthogonal(self.keys.matrix_seed, self.dim),
+            dtype=np.float32,
+        )
+        fused.setflags(write=False)
+        if len(self._fused) > 64:
+            self._fused.clear()
+        self._fused[key] = (before, fused)
+        return fused
 
     def unseal(self, v: np.ndarray) -> np.ndarray:
         """V = V_enc @ K.T, the inverse of seal() up to float32 rounding."""

@@ -42,7 +42,7 @@ import numpy as np
 
 from prism.fabric import FRAME_FORMAT_VERSION, FRAME_FORMATS
 from prism.fabric import wrapper_pb2 as pb
-from prism.fabric.frames import bind_frame, build_shared_frame, envelope_bytes
+from prism.fabric.frames import bind_frame, envelope_bytes, shared_frame_bytes
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
 from prism.wrapper.recent import RecentChanges, RowTuple
@@ -164,13 +164,16 @@ class SegmentBuilder:
         # The store holds rows as drivers receive them (a hidden column is
         # kept apart there, store format 2), so payloads go out as stored.
         blobs = [p or b"" for p in payloads]
+        sealer = self.scope.sealer(self.epoch, dim)
         if dim and n:
             # Projected vectors as stored, or references to the source
-            # vector in the payload, projected here (wrapper/vectorref.py).
-            vectors, full = resolve_vectors(blobs, vecs, dim, self.scope.matrices.get(table))
+            # vector in the payload, projected and sealed here in one
+            # multiplication (wrapper/vectorref.py).
+            matrix = self.scope.matrices.get(table)
+            vectors, full = resolve_vectors(blobs, vecs, dim, matrix, sealer)
             mask = None if full.all() else full
-        frame = build_shared_frame(
-            sealer=self.scope.sealer(self.epoch, dim),
+        wire, watermark = shared_frame_bytes(
+            sealer=sealer,
             tenant_id=self.scope.tenant_id,
             stream_id=self.meta.stream_id,
             kind=kind,
@@ -187,8 +190,9 @@ class SegmentBuilder:
             vector_dim=dim,
             old_keys=old_keys,
             format_version=self.scope.frame_format,
+            vectors_sealed=vectors is not None,
         )
-        return SharedFrame(frame.SerializeToString(), frame.watermark, self.epoch, n)
+        return SharedFrame(wire, watermark, self.epoch, n)
 
     def plan(self, bootstrap: bool, start: int) -> Iterator[FramePlan]:
         """The frames of a bootstrap (RESET and the live rows) or of the

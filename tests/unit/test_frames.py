@@ -41,6 +41,7 @@ from prism.fabric.frames import (
     open_rows,
     parse_frame,
     seal_frame,
+    shared_frame_bytes,
 )
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
@@ -239,6 +240,19 @@ def test_canonical_bytes_as_documented() -> None:
     # Fields 19 and 20 are covered by the watermark.
     assert struct.pack("<IQ", 19, len(frame.sealed_rows)) + frame.sealed_rows in expected
     assert struct.pack("<IQ", 20, 12) + frame.aead_nonce in expected
+
+
+def test_vectors_sealed_by_the_sender_open_to_the_same_vectors() -> None:
+    """The wrapper may hand build_shared_frame vectors it sealed itself
+    (projection and seal in one multiplication): the frame is the same."""
+    vectors = np.random.default_rng(5).standard_normal((3, DIM)).astype(np.float32)
+    mask = np.array([True, False, True])
+    ours = make(3, vectors=SEALER.seal(vectors), vector_mask=mask, vectors_sealed=True)
+    theirs = make(3, vectors=vectors, vector_mask=mask)
+    assert ours.vectors == theirs.vectors
+    d = open_(ours)
+    np.testing.assert_allclose(d.vectors[[0, 2]], vectors[[0, 2]], rtol=1e-5, atol=1e-5)
+    assert not d.vectors[1].any()
 
 
 def test_format_4_watermark_is_hmac_of_canonical_bytes() -> None:
@@ -840,3 +854,33 @@ def test_a_1000_row_frame_opens_whole() -> None:
     d = open_(make(1000))
     assert d.count == 1000 and d.keys[-1] == encode_key([999, "k999"])
     assert decode_row(d.payloads[999]) == {"id": 999}
+
+
+# -- the wrapper's serializer ------------------------------------------------
+
+
+def test_shared_frame_bytes_open_like_the_message() -> None:
+    args: dict[str, Any] = dict(
+        sealer=SEALER,
+        tenant_id="acme",
+        stream_id="stream-1",
+        kind=wrapper_pb2.CHANGES,
+        table="public.items",
+        commit_position=9,
+        head_position=9,
+        commit_time_us=-5,
+        keys=[encode_key([1]), encode_key([2])],
+        ops=b"UD",
+        positions=[8, 9],
+        vectors=np.ones((2, DIM), dtype=np.float32),
+        vector_mask=np.array([True, False]),
+        payloads=[encode_row({"id": 1}), b""],
+        vector_dim=DIM,
+    )
+    sub = b"s" * 16
+    wire, watermark = shared_frame_bytes(**args)
+    frame = parse_frame(wire + envelope_bytes(3, sub, bind_frame(SEALER, sub, 3, watermark)))
+    assert frame.watermark == watermark
+    d = open_frame(frame, sealers, tenant_id="acme", stream_id="stream-1", subscription=sub)
+    assert d.keys == args["keys"] and d.sequence == 3 and d.commit_time_us == -5
+    assert d.vector_mask.tolist() == [True, False]

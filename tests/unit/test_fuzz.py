@@ -40,6 +40,7 @@ from prism.fabric.frames import (
     open_rows,
     parse_frame,
     seal_frame,
+    serialize_fields,
 )
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
@@ -414,3 +415,23 @@ def test_fuzz_proofs(server_nonce: bytes, client_nonce: bytes, given_proof: byte
     assert len(expected) == 32
     assert proof_matches(expected, expected)
     assert proof_matches(expected, given_proof) == (given_proof == expected)
+
+
+# -- (d) the wrapper's own serializer ----------------------------------------
+
+
+@FUZZ
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            **INT_FIELDS,
+            **{name: st.text() for name in STR_FIELDS},
+            **{name: st.binary(max_size=300) for name in BYTES_FIELDS},
+        },
+    )
+)
+def test_serialize_fields_writes_what_protobuf_writes(fields: dict[str, Any]) -> None:
+    """shared_frame_bytes serializes frames by hand: the bytes must be
+    protobuf's own, negative int64 and enum values included."""
+    assert serialize_fields(fields) == wrapper_pb2.Frame(**fields).SerializeToString()

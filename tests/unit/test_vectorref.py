@@ -40,6 +40,30 @@ def test_a_reference_points_to_the_vector_bytes_in_the_payload() -> None:
         assert resolve(payload, ref) == v.astype("<f4").tobytes()
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "vector last",  # the payload ends with it: one compare
+        "vector first",  # found after its extension header, from the end
+        "as bytes",  # no float32 header before it: found by a prefix
+        "decoy header",  # another float32 array of the same size comes later
+    ],
+)
+def test_a_reference_is_found_wherever_the_payload_holds_the_bytes(layout: str) -> None:
+    v = _vec(7)
+    other = _vec(8)
+    row: dict[str, object] = {
+        "vector last": {"id": 1, "t": "x" * 40, "emb": v},
+        "vector first": {"emb": v, "id": 1, "t": "x" * 40},
+        "as bytes": {"id": 1, "raw": b"\x01" + v.tobytes(), "t": "y"},
+        "decoy header": {"emb": v, "t": "x", "other": other},
+    }[layout]
+    payload = encode_row(row)
+    ref = make_ref(payload, v.tobytes())
+    assert ref is not None
+    assert resolve(payload, ref) == v.tobytes()
+
+
 def test_a_payload_without_the_bytes_gets_no_reference() -> None:
     payload = _row(1, _vec(1))
     assert make_ref(payload, _vec(2).tobytes()) is None
@@ -93,3 +117,21 @@ def test_references_without_a_projection_or_of_another_size_are_refused() -> Non
         resolve_vectors([payload], [short], DIM, PROJ.matrix)
     with pytest.raises(VectorRefError, match="frames carry 3"):
         resolve_vectors([payload], [ref], 3, PROJ.matrix)
+
+
+def test_with_a_sealer_references_are_projected_and_sealed_in_one_step() -> None:
+    from prism.fabric.keys import derive_epoch_keys
+    from prism.fabric.sealing import Sealer
+
+    sealer = Sealer(derive_epoch_keys(b"s" * 32, "acme", 2), DIM)
+    vecs = [_vec(i) for i in range(4)]
+    payloads = [_row(i, v) for i, v in enumerate(vecs)]
+    refs, _ = refer(payloads, [v.tobytes() for v in vecs])
+    stored = [refs[0], PROJ.apply(vecs[1]).astype("<f4").tobytes(), None, refs[3]]
+    plain, mask = resolve_vectors(payloads, stored, DIM, PROJ.matrix)
+    sealed, mask2 = resolve_vectors(payloads, stored, DIM, PROJ.matrix, sealer)
+    assert mask.tolist() == mask2.tolist() == [True, True, False, True]
+    np.testing.assert_allclose(sealed, sealer.seal(plain), rtol=1e-5, atol=1e-6)
+    assert not sealed[2].any()
+    # The fused matrix is made once per projection matrix.
+    assert sealer.sealing(PROJ.matrix) is sealer.sealing(PROJ.matrix)
