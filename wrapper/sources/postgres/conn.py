@@ -261,7 +261,7 @@ class ReplicationConnection:
             except psycopg.Error as exc:
                 raise self._stream_lost(str(exc)) from exc
             if nbytes > 0:
-                return parse_copy_data(bytes(data))
+                return parse_copy_data(data)
             if nbytes < 0:
                 raise self._stream_lost(self._end_of_copy_message())
             remaining = deadline - time.monotonic()

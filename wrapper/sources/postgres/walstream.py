@@ -26,7 +26,10 @@ _MAX_LSN = (1 << 64) - 1
 _LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, some 0.9 µs a message against 0.26 with slots, on the
+# pipeline thread for every change (benchmark/README.md, "Issue 12").
+@dataclass(slots=True)
 class XLogData:
     """A chunk of decoded WAL ('w'). For logical replication `payload` is one
     output-plugin message (for pgoutput: Begin, Insert, Commit, ...)."""
@@ -37,7 +40,7 @@ class XLogData:
     payload: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PrimaryKeepalive:
     """The server's heartbeat ('k'). When `reply_requested` is set the server
     disconnects us after wal_sender_timeout unless a status update follows."""
@@ -47,8 +50,9 @@ class PrimaryKeepalive:
     reply_requested: bool
 
 
-def parse_copy_data(buf: bytes) -> XLogData | PrimaryKeepalive:
-    """Parse one CopyData message the server sent during START_REPLICATION."""
+def parse_copy_data(buf: bytes | memoryview) -> XLogData | PrimaryKeepalive:
+    """Parse one CopyData message the server sent during START_REPLICATION
+    (libpq's buffer as it is: only the payload is copied out of it)."""
     if not buf:
         raise SourceError("replication stream: empty CopyData message")
     kind = buf[0]
