@@ -321,6 +321,6 @@ class Applier:
             vectors.append(image.vector)  # the vector stays: its column is not one of these
             old_payloads.append(image.payload)
         payloads, hidden = self._encoder.payloads(shape, rows)
-        vectors = self._encoder.rebase(shape.name, old_payloads, vectors, payloads)
+        vectors = self.vectorizer.rebase(shape.name, old_payloads, vectors, payloads)
         txn.write_batch(shape.name, keys, payloads, vectors, hidden, commit_us)
         self.counters["schema_rewrites"] += len(keys)

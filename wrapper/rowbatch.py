@@ -21,7 +21,6 @@ from prism.fabric.payload import decode_row, encode_row
 from prism.wrapper.sources.base import EncodedRows, RowImage, SnapshotBatch
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
-from prism.wrapper.vectorref import is_ref, refer, resolve
 
 
 @dataclass
@@ -63,11 +62,8 @@ class RowEncoder:
         prepare = self.vectorizer.prepare
         for r in rows:
             prepare(table, r)
-        by_ref = self.vectorizer.by_reference(table)
-        vectors = self.vectorizer.vector_bytes_many(table, rows, source=by_ref)
         payloads, hidden = self.payloads(shape, rows)
-        if by_ref:
-            vectors = self.refer(table, payloads, vectors)
+        vectors = self.vectorizer.stored_many(table, rows, payloads)
         return EncodedBatch(table, keys, payloads, vectors, hidden, commit_us)
 
     def snapshot(self, shape: TableShape, batch: SnapshotBatch, commit_us: int) -> EncodedBatch:
@@ -80,11 +76,8 @@ class RowEncoder:
         """Rows the source encoded natively (wrapper/fastrow.py): only their
         vectors are left to project, in one call."""
         table = shape.name
-        by_ref = self.vectorizer.by_reference(table)
-        vectors = self.vectorizer.vector_bytes_raw(table, rows.vectors, len(rows), source=by_ref)
         payloads: list[bytes | None] = list(rows.payloads)
-        if by_ref:
-            vectors = self.refer(table, payloads, vectors)
+        vectors = self.vectorizer.stored_raw(table, rows.vectors, payloads)
         hidden = rows.hidden if rows.hidden is not None else repeat(None)
         return EncodedBatch(table, rows.keys, payloads, vectors, hidden, commit_us)
 
@@ -92,44 +85,8 @@ class RowEncoder:
         """The stored vectors of natively encoded row images, in one call."""
         if not images or images[0].vector is None:
             return [None] * len(images)
-        table = shape.name
-        by_ref = self.vectorizer.by_reference(table)
         raw = b"".join(im.vector or b"" for im in images)
-        vectors = self.vectorizer.vector_bytes_raw(table, raw, len(images), source=by_ref)
-        if by_ref:
-            vectors = self.refer(table, [im.payload for im in images], vectors)
-        return vectors
-
-    def refer(
-        self, table: str, payloads: Sequence[bytes | None], sources: list[bytes | None]
-    ) -> list[bytes | None]:
-        """Stored vectors for rows whose checked source vectors are
-        `sources`: references into their payloads (wrapper/vectorref.py),
-        or the projected vector where a payload does not hold the bytes."""
-        refs, missing = refer(payloads, sources)
-        if missing:
-            projected = self.vectorizer.project_sources(table, [sources[i] or b"" for i in missing])
-            for i, v in zip(missing, projected, strict=True):
-                refs[i] = v
-        return refs
-
-    def rebase(
-        self,
-        table: str,
-        old_payloads: Sequence[bytes],
-        vectors: Sequence[bytes | None],
-        new_payloads: Sequence[bytes | None],
-    ) -> list[bytes | None]:
-        """Stored vectors kept across a rewrite of their rows' payloads (a
-        schema change): a reference is made again against the new payload."""
-        out = list(vectors)
-        at = [i for i, v in enumerate(vectors) if is_ref(v)]
-        if at:
-            sources: list[bytes | None] = [resolve(old_payloads[i], vectors[i] or b"") for i in at]
-            again = self.refer(table, [new_payloads[i] for i in at], sources)
-            for i, v in zip(at, again, strict=True):
-                out[i] = v
-        return out
+        return self.vectorizer.stored_raw(shape.name, raw, [im.payload for im in images])
 
     def changes(
         self,
@@ -142,11 +99,8 @@ class RowEncoder:
         or None for a tombstone."""
         table = shape.name
         live = [r for r in rows if r is not None]
-        by_ref = self.vectorizer.by_reference(table)
-        live_vectors = self.vectorizer.vector_bytes_many(table, live, source=by_ref)
         live_payloads, live_hidden = self.payloads(shape, live)
-        if by_ref:
-            live_vectors = self.refer(table, live_payloads, live_vectors)
+        live_vectors = self.vectorizer.stored_many(table, live, live_payloads)
         if len(live) == len(rows):
             return EncodedBatch(
                 table, list(keys), live_payloads, live_vectors, live_hidden, list(commit_us)

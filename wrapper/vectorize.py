@@ -3,10 +3,13 @@
 Per table, the vector comes either from a configured vector column (real[],
 pgvector `vector`, ...) or from configured text columns through the built-in
 text embedder. It then goes through the tenant's keyed projection to the
-table's projected dimension, so the store and everything downstream hold
-vectors only in the tenant's keyed space. A row whose vector is missing or
-malformed is still replicated; it just has no vector, and the reason is
-counted. Rows are vectorized in batches: one projection per batch, not per row.
+table's projected dimension, so drivers' indexes hold vectors only in the
+tenant's keyed space. Where the rows drivers receive carry the source vector
+anyway (vector_in_rows), the store keeps a reference to it in the row instead
+of a projected copy, and serving projects it (stored_many,
+wrapper/vectorref.py). A row whose vector is missing or malformed is still
+replicated; it just has no vector, and the reason is counted. Rows are
+vectorized in batches: one projection per batch, not per row.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 from prism.fabric.embedder import TextEmbedder, row_text
 from prism.fabric.projection import Projection
 from prism.wrapper.config import TableConfig, WrapperConfig
+from prism.wrapper.vectorref import is_ref, refer, resolve
 
 
 def as_float32(value: Any) -> Any:
@@ -87,19 +91,64 @@ class Vectorizer:
         proj = self._projections.get(table)
         return None if proj is None else proj.matrix
 
-    def project_sources(self, table: str, sources: Sequence[bytes]) -> list[bytes]:
-        """Source vectors (little-endian float32 bytes, checked already)
-        projected, one call for all."""
-        src = np.frombuffer(b"".join(sources), dtype="<f4").reshape(len(sources), -1)
-        projected = np.ascontiguousarray(self._projections[table].apply(src), dtype="<f4")
-        return [v.tobytes() for v in projected]
+    def stored_many(
+        self, table: str, rows: Sequence[Mapping[str, Any]], payloads: Sequence[bytes | None]
+    ) -> list[bytes | None]:
+        """What the store holds for each row's vector, rows encoded as
+        `payloads`: a reference to the source vector in the payload
+        (by_reference tables, wrapper/vectorref.py), else the projected
+        vector; None (counted) for a row without one."""
+        by_ref = self.by_reference(table)
+        out = self.vector_bytes_many(table, rows, source=by_ref)
+        return self._refer(table, payloads, out) if by_ref else out
+
+    def stored_raw(
+        self, table: str, raw: bytes | None, payloads: Sequence[bytes | None]
+    ) -> list[bytes | None]:
+        """stored_many for rows whose source vectors came encoded natively
+        (see vector_bytes_raw), one per payload."""
+        by_ref = self.by_reference(table)
+        out = self.vector_bytes_raw(table, raw, len(payloads), source=by_ref)
+        return self._refer(table, payloads, out) if by_ref else out
+
+    def rebase(
+        self,
+        table: str,
+        old_payloads: Sequence[bytes],
+        vectors: Sequence[bytes | None],
+        new_payloads: Sequence[bytes | None],
+    ) -> list[bytes | None]:
+        """Stored vectors kept across a rewrite of their rows' payloads (a
+        schema change): a reference is made again against the new payload."""
+        out = list(vectors)
+        at = [i for i, v in enumerate(vectors) if is_ref(v)]
+        if at:
+            sources: list[bytes | None] = [resolve(old_payloads[i], vectors[i] or b"") for i in at]
+            again = self._refer(table, [new_payloads[i] for i in at], sources)
+            for i, v in zip(at, again, strict=True):
+                out[i] = v
+        return out
+
+    def _refer(
+        self, table: str, payloads: Sequence[bytes | None], sources: list[bytes | None]
+    ) -> list[bytes | None]:
+        """References to checked source vectors in their payloads, or the
+        projected vector where a payload does not hold the bytes."""
+        refs, missing = refer(payloads, sources)
+        if missing:
+            src = b"".join(sources[i] or b"" for i in missing)
+            grid = np.frombuffer(src, dtype="<f4").reshape(len(missing), -1)
+            projected = np.ascontiguousarray(self._projections[table].apply(grid), dtype="<f4")
+            for i, v in zip(missing, projected, strict=True):
+                refs[i] = v.tobytes()
+        return refs
 
     def vector_bytes_many(
         self, table: str, rows: Sequence[Mapping[str, Any]], source: bool = False
     ) -> list[bytes | None]:
         """The projected little-endian float32 vector of each row, or None
         (counted) when it has none; with `source`, the checked source vector
-        instead, unprojected (for by_reference)."""
+        instead, unprojected (stored_many turns it into a reference)."""
         t = self._tables[table]
         proj = self._projections.get(table)
         out: list[bytes | None] = [None] * len(rows)
