@@ -241,8 +241,17 @@ WRITER_CHECKPOINT_PAGES = 65536
 # after CHECKPOINT_IDLE_S with anything committed.
 CHECKPOINT_BYTES = 8 << 20
 CHECKPOINT_IDLE_S = 1.0
-# The WAL file is cut back to this size when it starts over.
-WAL_SIZE_LIMIT = 64 << 20
+# The WAL file is cut back to this size when it starts over: the most it
+# grows to between the writer's own checkpoints (WRITER_CHECKPOINT_PAGES
+# frames of a page and a 24-byte header), so a WAL that starts over rewrites
+# blocks it already has. Cut back to 64 MB, it grew past that again under
+# any steady load (a busy writer rarely finds the WAL wholly checkpointed,
+# so it starts over only after its own checkpoint), and each of its frames
+# past 64 MB (4,120 bytes, across two file blocks) went to newly allocated
+# blocks that the kernel zeroed first: 7-8% of the wrapper's CPU in a CDC
+# burst (`perf`, benchmark/README.md "Issue 12"). A store in a tight spot
+# still truncates its WAL (Store._relieve_wal).
+WAL_SIZE_LIMIT = WRITER_CHECKPOINT_PAGES * (4096 + 24) + (1 << 20)
 # Pages the writer keeps in memory (negative: KiB): the key and position
 # indexes of a few million rows.
 WRITER_CACHE_KIB = 64 << 10
@@ -318,6 +327,13 @@ class Store:
             self._conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
             self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self._conn.execute(f"PRAGMA cache_size = -{WRITER_CACHE_KIB}")
+            # Statement journals in memory: each multi-row upsert needs one
+            # (a failed statement must undo its own rows inside the open
+            # transaction), and on disk that was a new temp file per store
+            # transaction, whose blocks the kernel zeroed and allocated
+            # afresh (benchmark/README.md, "Issue 12"). It holds the
+            # original pages a statement changed: a few MB at most.
+            self._conn.execute("PRAGMA temp_store = MEMORY")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._meta = self._load_meta()
