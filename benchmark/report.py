@@ -177,7 +177,8 @@ def render(r: dict[str, Any], source: str) -> str:
         add(
             "6. Driver RSS per row (bytes)",
             f"{_n(m.get('rss_per_row'))} ({_n(m.get('rss_before', 0) / 1e6)} → "
-            f"{_n(m.get('rss_after', 0) / 1e6)} MB, peak {_n(m.get('rss_peak', 0) / 1e6)} MB)",
+            f"{_n(m.get('rss_after', 0) / 1e6)} MB; peak {_n(m.get('rss_peak_ready', 0) / 1e6)} MB "
+            f"at ready, {_n(m.get('rss_peak', 0) / 1e6)} MB with the sizing after it)",
             "",
             f"row dict ≈ {_n(m.get('sample_row_bytes'))} B, of which embedding list "
             f"{_n(m.get('sample_embedding_list_bytes'))} B",

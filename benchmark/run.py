@@ -424,7 +424,8 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
     log(
         f"bootstrap (2nd driver): {r['rows']} rows in {r['seconds']:.1f}s = "
         f"{r['rows_per_s']:,.0f} rows/s; RSS {r['rss_before'] / 1e6:.0f} → "
-        f"{r['rss_after'] / 1e6:.0f} MB (peak {r['rss_peak'] / 1e6:.0f} MB), "
+        f"{r['rss_after'] / 1e6:.0f} MB (peak {r['rss_peak_ready'] / 1e6:.0f} MB at ready, "
+        f"{r['rss_peak'] / 1e6:.0f} MB with driver_proc's sizing after it), "
         f"{r['rss_per_row']:,.0f} B/row, index {r['index_bytes'] / 1e6:.0f} MB"
     )
 
