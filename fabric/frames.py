@@ -33,7 +33,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -51,6 +51,9 @@ from prism.fabric.errors import (
     WatermarkError,
 )
 from prism.fabric.sealing import Sealer
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.12
 
 WATERMARK_BYTES = 32
 AEAD_NONCE_BYTES = 12
@@ -301,6 +304,31 @@ def build_frame(
     return frame
 
 
+class FrameArgs(TypedDict):
+    """_frame_fields' arguments, for the callers that pass them on
+    (build_shared_frame, shared_frame_bytes): mypy checks their names and
+    types at every call."""
+
+    sealer: Sealer | None
+    tenant_id: str
+    stream_id: str
+    kind: int
+    table: str
+    commit_position: int
+    head_position: int
+    commit_time_us: int
+    keys: Sequence[str]
+    ops: bytes
+    positions: Sequence[int] | np.ndarray
+    vectors: np.ndarray | None
+    vector_mask: np.ndarray | None
+    payloads: Sequence[bytes]
+    vector_dim: int
+    old_keys: NotRequired[Sequence[str | None] | None]
+    format_version: NotRequired[int]
+    vectors_sealed: NotRequired[bool]
+
+
 def _frame_fields(
     *,
     sealer: Sealer | None,
@@ -465,13 +493,13 @@ def _frame_fields(
     )
 
 
-def build_shared_frame(**args: Any) -> wrapper_pb2.Frame:
+def build_shared_frame(**args: Unpack[FrameArgs]) -> wrapper_pb2.Frame:
     """The frame _frame_fields(**args) describes, as a message: see there
     for the arguments, and shared_frame_bytes for what the wrapper sends."""
     return wrapper_pb2.Frame(**_frame_fields(**args))
 
 
-def shared_frame_bytes(**args: Any) -> tuple[bytes, bytes]:
+def shared_frame_bytes(**args: Unpack[FrameArgs]) -> tuple[bytes, bytes]:
     """build_shared_frame(**args) serialized, and its watermark, without
     building the message: protobuf copied every block into the message and
     again when serializing it, holding the interpreter lock (some 3 µs a row,
