@@ -808,6 +808,7 @@ async def bench_latency(
     ctx.next_id += n
     hook.callbacks.append(cb)
     prof = profile_start(ctx, "wrapper-latency", ctx.wrapper.pid) if profile else None
+    prof_d = profile_start(ctx, "driver-latency", os.getpid()) if profile else None
     assert proc.stdin is not None
     cpu0 = cpu_snapshot(ctx)
     proc.stdin.write(b"go\n")
@@ -820,6 +821,7 @@ async def bench_latency(
         await asyncio.sleep(0.01)
     hook.callbacks.remove(cb)
     profile_stop(prof)
+    profile_stop(prof_d)
     commit = np.asarray(res["commit_ns"], dtype=np.int64)
     vis = np.asarray([seen.get(k, -1) for k in keys], dtype=np.int64)
     ok = vis > 0
