@@ -47,16 +47,6 @@ def deep_size(obj: Any, seen: set[int] | None = None) -> int:
     return size
 
 
-def peak_rss_bytes() -> int:
-    """The process's peak resident set so far (VmHWM), read at a moment of
-    our choosing: ru_maxrss at exit also counts the sampling after ready."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 class RssTrace:
     """RSS every `every` seconds on a thread (the event loop is busy with
     the bootstrap): where in the bootstrap the peak comes."""
@@ -98,7 +88,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     async with driver:
         await driver.wait_ready(timeout=args.timeout)
         t1 = time.perf_counter()
-        peak_ready = peak_rss_bytes()
+        # The peak so far, before the sizing below decodes every payload.
+        peak_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         points = trace.stop()
         gc.collect()
         rss_after = rss_bytes()
