@@ -246,6 +246,24 @@ class _Lists:
         self.where = np.zeros(slot_capacity, np.int8)
         self.pos = np.zeros(slot_capacity, np.int64)
 
+    def presize(self, expected: np.ndarray) -> None:
+        """Lay the (empty) lists out for `expected` rows each, with their
+        slack, before an adoption files the rows already present: grown
+        list by list as rows came, each list moved to the arena's end a few
+        times and the arena was rewritten whole three times over, most of
+        an adoption's CPU (1,112 moves and 3 whole rewrites for 100,000
+        rows; benchmark/README.md, "Issue 12")."""
+        caps = np.ceil(expected * 1.25).astype(np.int64) + 16
+        self.start = np.concatenate(([0], np.cumsum(caps)[:-1])).astype(np.int64)
+        self.cap = caps
+        self.n[:] = 0
+        self.tail = int(caps.sum())
+        if self.tail > len(self.red):  # the estimate's rounding: a little more room
+            old = len(self.owner)
+            self.red.resize((self.tail, self.red.shape[1]), refcheck=False)
+            self.owner.resize(self.tail, refcheck=False)
+            self.owner[old:] = -1
+
     def grow_slots(self, capacity: int) -> None:
         old = len(self.where)
         self.where.resize(capacity, refcheck=False)
@@ -728,10 +746,23 @@ class VectorIndex:
         live = len(self._slot)
         arena = live + live // 4 + 16 * len(part.centroids)
         self._lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
+        if live:
+            self._lists.presize(self._expected_list_sizes(self._lists, live))
         self._adopt_next = 0
         self._adopted = False
         while not self.params.background and not self._adopted:
             self._continue_adoption()
+
+    def _expected_list_sizes(self, lists: _Lists, live: int) -> np.ndarray:
+        """How many of the `live` rows present each list will hold, from the
+        lists of an evenly spaced sample of them (ADOPT_CHUNK rows)."""
+        slots = np.flatnonzero(self._sq[: len(self._keys)])
+        if len(slots) > self.ADOPT_CHUNK:
+            slots = slots[np.linspace(0, len(slots) - 1, self.ADOPT_CHUNK).astype(np.int64)]
+        unit = self._grid[slots] / np.sqrt(self._sq[slots])[:, None].astype(np.float32)
+        assign = np.argmax(lists.reduce(unit) @ lists.part.centroids.T, axis=-1)
+        k = len(lists.part.centroids)
+        return np.bincount(assign, minlength=k) * (live / max(len(slots), 1))
 
     def _continue_adoption(self) -> None:
         lists = self._lists

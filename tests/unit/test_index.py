@@ -209,6 +209,42 @@ def test_adoption_files_old_rows_a_chunk_at_a_time() -> None:
     ) == sorted(idx._slot.values())
 
 
+def test_adoption_lays_the_lists_out_for_the_rows_present() -> None:
+    """Adopting over thousands of rows sizes each list from a sample first,
+    so filing them moves few lists and never rewrites the arena; every row
+    is filed once and full-probe answers are the oracle's."""
+    rng = np.random.default_rng(3)
+    dim, nlist = 8, 16
+    params = IndexParams(
+        exact_limit=10**6,
+        nlist=nlist,
+        nprobe=nlist,
+        reduced_dim=dim,
+        rerank=10**4,
+        train_sample=500,
+    )
+    centres = rng.standard_normal((nlist, dim))
+    pts = centres[rng.integers(0, nlist, 4000)] + 0.3 * rng.standard_normal((4000, dim))
+    vs = normalize(pts.astype(np.float32))
+    idx = VectorIndex(dim, params=params)
+    keys = [f"a{i}" for i in range(len(vs))]
+    idx.upsert_many(keys, vs)
+    idx.ADOPT_CHUNK = 500
+    idx.adopt(index_mod.train_partitioning(vs[:500], params))
+    while idx.kind == "exact":
+        idx.query(vs[0], 1, -1.0)
+    lists = idx._lists
+    assert lists is not None
+    assert lists.compactions == 0 and lists.moves <= nlist // 4
+    filed = lists.owner[lists.owner >= 0].tolist() + lists.d_owner[lists.d_owner >= 0].tolist()
+    assert sorted(filed) == sorted(idx._slot.values())
+    oracle = Oracle(dim)
+    for k, v in zip(keys, vs, strict=True):
+        oracle.upsert(k, v)
+    for q in vs[rng.integers(0, len(vs), 5)]:
+        assert idx.query(q, 10, -1.0) == oracle.query(q, 10, -1.0)
+
+
 def test_scores_are_exact_at_the_edges() -> None:
     idx = VectorIndex(3, params=EXACT)
     idx.upsert_many(
