@@ -292,8 +292,13 @@ class ServerConfig:
         _positive,
     )
     grace_seconds: float = key(5.0, "how long SIGTERM waits for streams", _positive)
+    # 64 MB holds some 20,000 live changes of kB rows: the lag within which
+    # drivers share one another's frames. At 512 MB the cache grew through
+    # every burst of a fresh wrapper into memory the process had never
+    # touched, whose first-touch faults were 7-10% of its CPU in a CDC burst
+    # (benchmark/README.md, "Issue 12"); bootstraps spill to disk anyway.
     frame_cache_mb: float = key(
-        512.0,
+        64.0,
         "memory for sealed frames shared by every subscriber: what one driver was sent "
         "is sent to the next from here, not sealed again",
         lambda v: None if v >= 0 else "must be 0 or more",
