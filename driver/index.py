@@ -258,11 +258,9 @@ class _Lists:
         self.cap = caps
         self.n[:] = 0
         self.tail = int(caps.sum())
-        if self.tail > len(self.red):  # the estimate's rounding: a little more room
-            old = len(self.owner)
-            self.red.resize((self.tail, self.red.shape[1]), refcheck=False)
-            self.owner.resize(self.tail, refcheck=False)
-            self.owner[old:] = -1
+        if self.tail > len(self.red):  # empty lists: a new arena, nothing to copy
+            self.red = np.zeros((self.tail, self.red.shape[1]), np.float32)
+            self.owner = np.full(self.tail, -1, np.int32)
 
     def grow_slots(self, capacity: int) -> None:
         old = len(self.where)
@@ -744,8 +742,9 @@ class VectorIndex:
         the rows already present are filed ADOPT_CHUNK per later call (all
         at once when params.background is False)."""
         live = len(self._slot)
-        arena = live + live // 4 + 16 * len(part.centroids)
-        self._lists = _Lists(part, self._grid.shape[0], arena, self.params.delta)
+        # presize allocates the arena once the lists' sizes are known (one
+        # allocated here first was then resized: its pages zeroed twice).
+        self._lists = _Lists(part, self._grid.shape[0], 16, self.params.delta)
         if live:
             self._lists.presize(self._expected_list_sizes(self._lists, live))
         self._adopt_next = 0
