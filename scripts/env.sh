@@ -21,5 +21,10 @@ if [ ! -e "$stamp" ]; then
     esac
     touch "$stamp"
 fi
+# Bytecode for the project's own modules (an editable install gets none from
+# pip): where PYTHONDONTWRITEBYTECODE is set, as on these machines, every
+# prism-wrapper start compiled them again, 0.1 of its 0.7 s of imports.
+# Up-to-date files are skipped, so this costs little on each use.
+"$venv/bin/python" -m compileall -q -j 0 "$root"/{fabric,wrapper,driver,ffi,cache,cluster} >/dev/null
 export PATH="$venv/bin:$PATH"
 cd "$root"
