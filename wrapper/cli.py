@@ -32,6 +32,7 @@ from prism.fabric.keys import load_secret, write_secret
 from prism.wrapper.auth import Authenticator, TenantSecrets
 from prism.wrapper.config import WrapperConfig, describe_fields, load_config
 from prism.wrapper.errors import ConfigError, WrapperError
+from prism.wrapper.heap import keep_freed_memory
 from prism.wrapper.keyring import Keyring
 from prism.wrapper.logs import setup_logging
 
@@ -90,6 +91,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
     # The daemon's matrix products are small: one BLAS thread (prism.fabric.blas).
     if not limit_process_to_one_blas_thread():
         log.warning("threadpoolctl is not installed: BLAS keeps its default threads")
+    keep_freed_memory()  # large buffers reused, not faulted in afresh (prism.wrapper.heap)
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server, server_credentials
     from prism.wrapper.sources.flavor import make_probe

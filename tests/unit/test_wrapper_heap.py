@@ -1,0 +1,46 @@
+"""prism.wrapper.heap: after keep_freed_memory(), glibc serves a large block
+from its heap instead of a fresh mmap (which comes back as pages the kernel
+must fault in and zero each time). Checked in fresh interpreters, through
+glibc's own count of mmapped blocks (mallinfo2), with and without it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, sys
+    from prism.wrapper.heap import keep_freed_memory
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+            "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(16 << 20)  # 16 MB: past glibc's default 128 kB threshold
+    print(libc.mallinfo2().hblks - before)
+    libc.free(block)
+    """
+)
+
+
+def mmapped_blocks_for_a_16mb_malloc(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
+
+
+def test_large_blocks_come_from_the_heap_once_the_daemon_keeps_freed_memory() -> None:
+    assert mmapped_blocks_for_a_16mb_malloc("default") == 1
+    assert mmapped_blocks_for_a_16mb_malloc("keep") == 0

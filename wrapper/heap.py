@@ -1,0 +1,51 @@
+"""The daemon's C heap keeps the memory it frees (process setup, before serving).
+
+prism-wrapper owns its process, so it sets glibc's malloc for a daemon that
+allocates and frees the same large buffers all day: row batches, frames of a
+few MB, their copies on the way to gRPC. By default glibc hands blocks over
+128 kB (a threshold it raises as they come and go, up to 32 MB) straight to
+mmap and back with munmap, and trims a heap's free top once it passes twice
+that; each such buffer then comes back as fresh pages that the kernel must
+fault in and zero. `perf` of the wrapper in the benchmark's CDC burst put
+13-16% of its CPU in that zeroing (`clear_page_erms` under page faults), and
+it faulted 315 MB in for 50,000 changes while its resident size grew 100 MB.
+With blocks up to 32 MB from the heap and free memory kept up to 256 MB:
+131 MB, the growth alone (benchmark/README.md, "Issue 12").
+
+The cost is that the resident size stays near its high-water mark instead
+of following each burst down. The driver, a library in someone else's
+process, does not touch these settings (prism.driver.heap trims instead).
+Elsewhere than glibc (musl, macOS) this is a no-op.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+log = logging.getLogger("prism.wrapper.heap")
+
+# mallopt parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+# glibc refuses an mmap threshold above 32 MB on 64-bit systems
+# (HEAP_MAX_SIZE / 2), so this is the most it can be.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to serve large blocks from its heaps and keep freed
+    memory for reuse; False where there is no glibc mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+    if not ok:
+        log.warning("malloc did not take the daemon's thresholds; it keeps its defaults")
+    return ok
