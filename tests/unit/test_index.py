@@ -8,6 +8,7 @@ thresholds with no tolerance, ties by key."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 from typing import Any
@@ -353,6 +354,40 @@ def test_queries_stay_exact_while_training_runs_and_is_adopted(
     finally:
         gate.set()
         index_mod.train_partitioning = real  # type: ignore[assignment]
+
+
+def test_on_an_event_loop_adoption_runs_by_itself_between_other_callbacks() -> None:
+    """Trained on a running loop, the partitioning is adopted there, a chunk
+    per loop turn, with no upsert or query to drive it; other callbacks run
+    between the chunks, and answers stay the oracle's."""
+    params = IndexParams(exact_limit=200, nlist=4, nprobe=4, reduced_dim=4, rerank=10**4)
+    rng = np.random.default_rng(8)
+    vs = normalize(rng.standard_normal((600, DIM)).astype(np.float32))
+    keys = [f"e{i}" for i in range(len(vs))]
+    oracle = Oracle()
+    for k, v in zip(keys, vs, strict=True):
+        oracle.upsert(k, v)
+
+    async def scenario() -> tuple[int, int]:
+        idx = VectorIndex(DIM, params=params)
+        idx.ADOPT_CHUNK = 50  # 12 chunks
+        idx.upsert_many(keys, vs)  # reaches exact_limit: training starts in its thread
+        ticks = 0
+        deadline = asyncio.get_running_loop().time() + 10
+        # idx._adopted, not idx.kind or describe(): those advance adoption themselves.
+        while not (idx._lists is not None and idx._adopted):
+            assert asyncio.get_running_loop().time() < deadline, "never adopted"
+            ticks += 1  # another callback, between adoption chunks
+            await asyncio.sleep(0)
+        lists = idx._lists
+        assert lists is not None
+        check_lists(lists, set(idx._slot.values()))
+        q = vs[3]
+        assert idx.query(q, 10, -1.0) == oracle.query(q, 10, -1.0)
+        return ticks, 600 // idx.ADOPT_CHUNK
+
+    ticks, chunks = asyncio.run(scenario())
+    assert ticks >= chunks  # the loop turned at least once per chunk
 
 
 def check_lists(lists: Any, live: set[int]) -> None:
