@@ -456,6 +456,12 @@ class _Loader:
                 continue
             idx = VectorIndex(info.vector_dim, capacity=16, params=self.params)
             idx.space_set, idx.space = space
+            # No training while the driver starts: it ran beside the load and
+            # the first Hello, whose keyed matrices (a QR each) then waited on
+            # the same BLAS, 2 s apiece (benchmark/warm_restart.py). The
+            # driver lets it start once it serves the replica, as after a
+            # bootstrap (VectorIndex.hold_training).
+            idx.hold_training(True)
             try:
                 idx.load_rows(keys, slab, part)
             except ValueError as exc:

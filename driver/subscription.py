@@ -39,6 +39,7 @@ from prism.driver.errors import (
     map_grpc_error,
 )
 from prism.driver.follow import Batch, Follower
+from prism.driver.index import VectorIndex
 from prism.driver.link import Link, Login
 from prism.driver.replica import Replica, ReplicaFeed, release_memory
 from prism.driver.schema import Schema
@@ -150,6 +151,7 @@ class Subscription:
         self._progress = asyncio.Event()
         self._closed = False
         self._call_in_flight: Any = None  # the Subscribe call being read
+        self._release_training: asyncio.Task[None] | None = None  # after a warm restart
 
     @property
     def replica(self) -> Replica:
@@ -374,9 +376,22 @@ class Subscription:
         self.counters["warm_restarts"] += 1
         self.changes.restart_at(restored.position)
         release_memory(restored.replica)
+        # Index training was held while loading (driver/snapshot.py); it may
+        # start once the replica is ready, not during the catch-up, whose
+        # frames' matrix products would wait on the same BLAS.
+        held = [t.index for t in restored.replica.tables.values() if t.index is not None]
+        self._release_training = asyncio.get_running_loop().create_task(
+            self._train_when_ready(held), name="prism-index-release"
+        )
         if restored.position >= hello.head_position:
             self.ready.set()  # nothing newer to wait for
         self.signal_progress()
+
+    async def _train_when_ready(self, indexes: list[VectorIndex]) -> None:
+        await self.ready.wait()
+        if not self._closed:
+            for idx in indexes:
+                idx.hold_training(False)
 
     async def save_snapshot(self, wait: bool) -> None:
         """Snapshot the replica readers see (driver/warmstart.py); nothing is

@@ -134,6 +134,20 @@ def test_other_index_params_drop_the_partitioning_only(tmp_path: Path) -> None:
     assert queries(got.replica, exact=True) == queries(rep, exact=True)
 
 
+def test_a_loaded_index_trains_only_once_the_driver_lets_it(tmp_path: Path) -> None:
+    """A snapshot of an exact index that a partitioning would now suit loads
+    without starting a training: that ran beside the driver's start-up and
+    held up its keyed matrices. Released (as the driver does once it serves
+    the replica), it trains."""
+    exact = IndexParams(exact_limit=10**6, background=False)
+    got = read(write(tmp_path, replica(params=exact)), params=PARAMS)
+    gidx = got.replica.tables[T].index
+    assert gidx is not None and gidx.partitioning is None
+    assert gidx.describe()["training"] is False and gidx.kind == "exact"
+    gidx.hold_training(False)  # PARAMS train inline (background=False)
+    assert gidx.partitioning is not None and gidx.kind == "ivf"
+
+
 def _blocks(data: bytes) -> tuple[int, list[tuple[int, int]]]:
     """(end of the header, [(offset, length) of each sealed block])."""
     (hlen,) = struct.unpack_from("<I", data, len(MAGIC))
