@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import sys
 import weakref
@@ -75,6 +76,8 @@ import numpy as np
 
 from prism.driver import heap
 from prism.driver.errors import DriverConfigError
+
+log = logging.getLogger("prism.driver.index")
 
 _EPS = 1e-12
 _EXACT_SUM = 2**24 - 1  # float32 integers are exact up to here
@@ -262,8 +265,12 @@ class _Lists:
         self.n[:] = 0
         self.tail = int(caps.sum())
         if self.tail > len(self.red):  # empty lists: a new arena, nothing to copy
-            self.red = np.zeros((self.tail, self.red.shape[1]), np.float32)
-            self.owner = np.full(self.tail, -1, np.int32)
+            # Room for lists that outgrow their estimate, so the arena is not
+            # regrown (and zero-filled again) at once; np.zeros maps it, and
+            # pages nobody writes cost nothing.
+            size = self.tail + self.tail // 8
+            self.red = np.zeros((size, self.red.shape[1]), np.float32)
+            self.owner = np.full(size, -1, np.int32)
 
     def grow_slots(self, capacity: int) -> None:
         old = len(self.where)
@@ -700,6 +707,8 @@ class VectorIndex:
         self._hold_training = hold
         if not hold:
             self._maybe_train()
+            if self._lists is not None and not self._adopted and self._training is None:
+                self._adopt_on_loop(None)  # a snapshot's partitioning, adopted on load
 
     def _maybe_train(self) -> None:
         p = self.params
@@ -723,14 +732,15 @@ class VectorIndex:
         else:
             self.adopt(train_partitioning(_unit_sample(grid, sq), p))
 
-    def _adopt_on_loop(self, training: Future[Partitioning]) -> None:
+    def _adopt_on_loop(self, training: Future[Partitioning] | None) -> None:
         """When the index lives on an event loop (the driver's), adopt the
-        trained partitioning there as soon as it is ready, a chunk per loop
-        turn, instead of on the next upserts and queries: the first queries
-        after a quiet bootstrap each paid a chunk (15-25 ms at 100k rows)
-        on top of an exact scan, and that was the driver's query p99. Other
-        callbacks run between chunks. Without a running loop (a sync caller,
-        the tests) adoption stays lazy."""
+        trained partitioning there as soon as it is ready (`training`; None:
+        one already being adopted), a chunk per loop turn, instead of on the
+        next upserts and queries: the first queries after a quiet bootstrap
+        each paid a chunk (15-25 ms at 100k rows) on top of an exact scan,
+        and that was the driver's query p99. Other callbacks run between
+        chunks. Without a running loop (a sync caller, most unit tests)
+        adoption stays lazy."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -741,9 +751,17 @@ class VectorIndex:
             idx = ref()
             if idx is None or idx._training not in (None, training):
                 return  # gone, or a newer training took over
-            idx._adopt_if_trained()
+            try:
+                idx._adopt_if_trained()
+            except Exception:  # a failed training: said here, not as a bare loop callback error
+                log.exception("index: training a partitioning failed; queries stay exact")
+                return
             if idx._lists is not None and not idx._adopted:
                 loop.call_soon(step)
+
+        if training is None:
+            loop.call_soon(step)
+            return
 
         def trained(_: Future[Partitioning]) -> None:  # in the training thread
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile

@@ -25,6 +25,7 @@ fi
 # pip): where PYTHONDONTWRITEBYTECODE is set, as on these machines, every
 # prism-wrapper start compiled them again, 0.1 of its 0.7 s of imports.
 # Up-to-date files are skipped, so this costs little on each use.
-"$venv/bin/python" -m compileall -q -j 0 "$root"/{fabric,wrapper,driver,ffi,cache,cluster} >/dev/null
+"$venv/bin/python" -m compileall -q -j 0 "$root"/{fabric,wrapper,driver,ffi,cache,cluster} >/dev/null ||
+    echo "scripts/env.sh: compiling to bytecode failed; modules compile on import instead" >&2
 export PATH="$venv/bin:$PATH"
 cd "$root"

@@ -295,8 +295,9 @@ class ServerConfig:
     # 64 MB holds some 20,000 live changes of kB rows: the lag within which
     # drivers share one another's frames. At 512 MB the cache grew through
     # every burst of a fresh wrapper into memory the process had never
-    # touched, whose first-touch faults were 7-10% of its CPU in a CDC burst
-    # (benchmark/README.md, "Issue 12"); bootstraps spill to disk anyway.
+    # touched (248 MB more resident after one burst, 114 MB at 64), and
+    # page faults were 13-16% of its CPU in a CDC burst (benchmark/README.md,
+    # "Issue 12"); bootstraps spill to disk anyway.
     frame_cache_mb: float = key(
         64.0,
         "memory for sealed frames shared by every subscriber: what one driver was sent "

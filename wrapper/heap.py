@@ -8,9 +8,9 @@ mmap and back with munmap, and trims a heap's free top once it passes twice
 that; each such buffer then comes back as fresh pages that the kernel must
 fault in and zero. `perf` of the wrapper in the benchmark's CDC burst put
 13-16% of its CPU in that zeroing (`clear_page_erms` under page faults), and
-it faulted 315 MB in for 50,000 changes while its resident size grew 100 MB.
-With blocks up to 32 MB from the heap and free memory kept up to 256 MB:
-131 MB, the growth alone (benchmark/README.md, "Issue 12").
+it faulted 315-323 MB in for 50,000 changes while its resident size grew
+100-250 MB. With blocks up to 32 MB from the heap and up to 256 MB of free
+memory kept (per malloc arena): 111-116 MB (benchmark/README.md, "Issue 12").
 
 The cost is that the resident size stays near its high-water mark instead
 of following each burst down. The driver, a library in someone else's

@@ -7,6 +7,8 @@ tests/integration/test_warm_restart.py."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import stat
 import struct
@@ -59,7 +61,14 @@ def replica(n: int = 300, params: IndexParams = PARAMS) -> Replica:
     return rep
 
 
-def write(tmp: Path, rep: Replica, *, position: int = 120, secret: bytes = SECRET) -> Path:
+def write(
+    tmp: Path,
+    rep: Replica,
+    *,
+    position: int = 120,
+    secret: bytes = SECRET,
+    params: IndexParams = PARAMS,
+) -> Path:
     path = snapshot_path(tmp, TENANT)
     snap = capture(
         rep,
@@ -69,7 +78,7 @@ def write(tmp: Path, rep: Replica, *, position: int = 120, secret: bytes = SECRE
         position=position,
         head=130,
         projection_tag=projection_tag(secret, TENANT, PKEY),
-        index_params=PARAMS,
+        index_params=params,
     )
     write_snapshot(path, snap, secret)
     return path
@@ -146,6 +155,30 @@ def test_a_loaded_index_trains_only_once_the_driver_lets_it(tmp_path: Path) -> N
     assert gidx.describe()["training"] is False and gidx.kind == "exact"
     gidx.hold_training(False)  # PARAMS train inline (background=False)
     assert gidx.partitioning is not None and gidx.kind == "ivf"
+
+
+def test_a_loaded_partitioning_is_adopted_on_the_loop_once_released(tmp_path: Path) -> None:
+    """A snapshot's partitioning is adopted lazily while loading (a worker
+    thread, no loop); released on the driver's loop, adoption runs there by
+    itself, with no query to drive it."""
+    bg = dataclasses.replace(PARAMS, background=True)
+    rep = replica(params=bg)
+    src = rep.tables[T].index
+    assert src is not None
+    src.wait_trained(10)
+    got = read(write(tmp_path, rep, params=bg), params=bg)
+    gidx = got.replica.tables[T].index
+    assert gidx is not None and gidx.partitioning is not None and not gidx._adopted
+
+    async def release() -> None:
+        gidx.hold_training(False)
+        for _ in range(100):  # gidx._adopted, not gidx.kind: that adopts by itself
+            if gidx._adopted:
+                return
+            await asyncio.sleep(0)
+
+    asyncio.run(release())
+    assert gidx._adopted
 
 
 def _blocks(data: bytes) -> tuple[int, list[tuple[int, int]]]:

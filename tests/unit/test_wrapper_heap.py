@@ -5,6 +5,7 @@ glibc's own count of mmapped blocks (mallinfo2), with and without it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -35,8 +36,12 @@ PROBE = textwrap.dedent(
 
 
 def mmapped_blocks_for_a_16mb_malloc(mode: str) -> int:
+    # Without the environment's own malloc settings, which would decide first.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+    }
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(out.stdout.strip())
 
