@@ -281,6 +281,10 @@ class _Lists:
     def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
         return unit_grid @ self.part.basis
 
+    def nearest(self, red: np.ndarray) -> np.ndarray:
+        """The list of each reduced vector: its nearest centroid."""
+        return np.argmax(red @ self.part.centroids.T, axis=-1)
+
     # -- updates ------------------------------------------------------------
     def add(self, slots: np.ndarray, red: np.ndarray) -> None:
         """File rows (slots not present anywhere) with their reduced vectors."""
@@ -324,7 +328,7 @@ class _Lists:
 
     def file(self, slots: np.ndarray, red: np.ndarray) -> None:
         """File rows straight into their lists, bypassing the delta."""
-        assign = np.argmax(red @ self.part.centroids.T, axis=-1)
+        assign = self.nearest(red)
         order = np.argsort(assign, kind="stable")
         a_sorted = assign[order]
         lists, first, counts = np.unique(a_sorted, return_index=True, return_counts=True)
@@ -802,14 +806,17 @@ class VectorIndex:
         while not self.params.background and not self._adopted:
             self._continue_adoption()
 
+    def _unit(self, slots: np.ndarray) -> np.ndarray:
+        """The stored grid vectors of `slots`, scaled to unit length."""
+        return self._grid[slots] / np.sqrt(self._sq[slots])[:, None].astype(np.float32)
+
     def _expected_list_sizes(self, lists: _Lists, live: int) -> np.ndarray:
         """How many of the `live` rows present each list will hold, from the
         lists of an evenly spaced sample of them (ADOPT_CHUNK rows)."""
         slots = np.flatnonzero(self._sq[: len(self._keys)])
         if len(slots) > self.ADOPT_CHUNK:
             slots = slots[np.linspace(0, len(slots) - 1, self.ADOPT_CHUNK).astype(np.int64)]
-        unit = self._grid[slots] / np.sqrt(self._sq[slots])[:, None].astype(np.float32)
-        assign = np.argmax(lists.reduce(unit) @ lists.part.centroids.T, axis=-1)
+        assign = lists.nearest(lists.reduce(self._unit(slots)))
         k = len(lists.part.centroids)
         return np.bincount(assign, minlength=k) * (live / max(len(slots), 1))
 
@@ -822,8 +829,7 @@ class VectorIndex:
         s = np.arange(lo, hi)
         s = s[(self._sq[lo:hi] != 0) & (lists.where[lo:hi] == 0)]
         if len(s):
-            unit = self._grid[s] / np.sqrt(self._sq[s])[:, None].astype(np.float32)
-            lists.file(s, lists.reduce(unit))
+            lists.file(s, lists.reduce(self._unit(s)))
         self._adopt_next = hi
         self._adopted = hi >= len(self._keys)
         if self._adopted:

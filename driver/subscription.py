@@ -389,8 +389,12 @@ class Subscription:
 
     async def _train_when_ready(self, indexes: list[VectorIndex]) -> None:
         await self.ready.wait()
-        if not self._closed:
-            for idx in indexes:
+        if self._closed:
+            return
+        # Only indexes still served: a bootstrap may have replaced the replica.
+        serving = {id(t.index) for t in self.replica.tables.values()}
+        for idx in indexes:
+            if id(idx) in serving:
                 idx.hold_training(False)
 
     async def save_snapshot(self, wait: bool) -> None:
