@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -368,14 +369,56 @@ class Wrapper(WrapperProcess):
                     continue
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a live process has used (/proc/<pid>/stat)."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a live process has used (/proc/<pid>/stat);
+    (0, 0) for one that is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rpartition(")")[2].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / hz, int(fields[12]) / hz
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (/proc/<pid>/stat)."""
+    return sum(cpu_split(pid))
+
+
+# Run in a fresh interpreter, so the memory it touches is given back at exit.
+_TOUCH = """
+import mmap, resource, sys, time
+n = int(sys.argv[1]) << 20
+m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+t0 = time.perf_counter()
+for off in range(0, n, mmap.PAGESIZE):
+    m[off] = 1
+t1 = time.perf_counter()
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(t1 - t0, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt)
+"""
+
+
+def fresh_memory_cost(mb: int = 256) -> dict[str, float]:
+    """What new memory costs on this machine now: a fresh process touches
+    `mb` MB of anonymous memory once, page by page. On ordinary hardware the
+    kernel takes about 0.2-0.5 µs a page (zeroing it); on a VM that hands
+    freed memory back to its host (free page reporting, DAMON) a page freed
+    a few seconds earlier costs 10 µs or more to take again, and every phase
+    that builds data in memory (a replica, the store's page cache) pays it.
+    Recorded with each run, because it moves the results by up to 2x."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TOUCH, str(mb)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    wall, system, faults = float(out[0]), float(out[1]), int(out[2])
+    return {
+        "mb": mb,
+        "mb_per_s": round(mb / wall, 1) if wall else float("inf"),
+        "us_per_page": round(wall * 1e6 / max(1, faults), 2),
+        "kernel_us_per_page": round(system * 1e6 / max(1, faults), 2),
+    }
 
 
 def rss_bytes(pid: int | None = None) -> int:

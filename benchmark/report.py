@@ -194,7 +194,8 @@ def render(r: dict[str, Any], source: str) -> str:
         f"({env.get('cpu_model', '?')}), Python {env.get('python', '?')}, numpy "
         f"{env.get('numpy', '?')}, PostgreSQL {env.get('postgres', '?')}, commit "
         f"`{env.get('git_commit', '?')}`; load average at start "
-        f"{', '.join(f'{x:.1f}' for x in env.get('loadavg_start', []))}. "
+        f"{', '.join(f'{x:.1f}' for x in env.get('loadavg_start', []))}"
+        f"{_fresh(env.get('fresh_memory_start'))}. "
         f"{_n(ds.get('rows'))} rows × {ds.get('dim', '?')}-d `real[]` "
         f"({_n(ds.get('table_bytes', 0) / 1e6)} MB in PostgreSQL). "
         f"Whole run: {_n(r.get('wall_seconds'))} s. Source: `{source}`.",
@@ -207,6 +208,13 @@ def render(r: dict[str, Any], source: str) -> str:
     if errs:
         lines += ["", "Failed phases: " + "; ".join(f"{e['phase']}: {e['error']}" for e in errs)]
     return "\n".join(lines) + "\n"
+
+
+def _fresh(m: dict[str, Any] | None) -> str:
+    """The machine's cost of new memory at the start (common.fresh_memory_cost)."""
+    if not m:
+        return ""
+    return f"; new memory {m['us_per_page']} µs a 4 kB page ({_n(m['mb_per_s'])} MB/s)"
 
 
 def write_readme(path: Path = DEFAULT, readme: Path = README) -> None:

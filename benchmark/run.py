@@ -57,9 +57,10 @@ from common import (  # noqa: E402
     TABLE,
     TENANT,
     Wrapper,
-    cpu_seconds,
+    cpu_split,
     dev_certs,
     driver_tls,
+    fresh_memory_cost,
     load_table,
     percentiles,
     pg_version,
@@ -118,25 +119,35 @@ class ApplyHook:
         driver._sub._apply = wrapped  # type: ignore[method-assign]
 
 
-def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> tuple[float, float, float]:
-    """(wall, wrapper CPU s, this process's CPU s); a wrapper started inside
-    the phase counts from 0."""
-    w = 0.0 if fresh_wrapper or not ctx.wrapper.alive() else cpu_seconds(ctx.wrapper.pid)
-    return time.monotonic(), w, cpu_seconds(os.getpid())
+CpuSnap = tuple[float, tuple[float, float], tuple[float, float]]
 
 
-def cpu_report(ctx: Ctx, snap: tuple[float, float, float]) -> dict[str, float]:
+def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> CpuSnap:
+    """(wall, wrapper (user, system) CPU s, this process's (user, system));
+    a wrapper started inside the phase counts from 0."""
+    w = (0.0, 0.0) if fresh_wrapper or not ctx.wrapper.alive() else cpu_split(ctx.wrapper.pid)
+    return time.monotonic(), w, cpu_split(os.getpid())
+
+
+def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
     """CPU used since `snap`, in seconds and in cores (CPU s / wall s), for the
-    wrapper process and the measuring driver's process."""
+    wrapper process and the measuring driver's process, and the kernel's part
+    of each (`*_system_s`: page faults and file writes, which this VM makes
+    expensive when memory was freed seconds before; see common.fresh_memory_cost)."""
     wall = time.monotonic() - snap[0]
-    w = cpu_seconds(ctx.wrapper.pid) - snap[1] if ctx.wrapper.alive() else float("nan")
-    d = cpu_seconds(os.getpid()) - snap[2]
+    nan = float("nan")
+    wu, ws = cpu_split(ctx.wrapper.pid) if ctx.wrapper.alive() else (nan, nan)
+    du, ds = cpu_split(os.getpid())
+    w = (wu - snap[1][0]) + (ws - snap[1][1])
+    d = (du - snap[2][0]) + (ds - snap[2][1])
     return {
         "wall_s": wall,
         "wrapper_cpu_s": w,
         "wrapper_cores": w / wall if wall else 0.0,
+        "wrapper_system_s": ws - snap[1][1],
         "driver_cpu_s": d,
         "driver_cores": d / wall if wall else 0.0,
+        "driver_system_s": ds - snap[2][1],
     }
 
 
@@ -1048,6 +1059,7 @@ def environment(dsn: str) -> dict[str, Any]:
         "git_commit": commit,
         "git_dirty": dirty,
         "loadavg_start": os.getloadavg(),
+        "fresh_memory_start": fresh_memory_cost(),
     }
 
 
@@ -1135,6 +1147,11 @@ def main(argv: list[str] | None = None) -> int:
             errors=errors,
         )
         ctx.results["environment"] = environment(dsn)
+        fresh = ctx.results["environment"]["fresh_memory_start"]
+        log(
+            f"new memory: {fresh['us_per_page']} µs a page ({fresh['mb_per_s']:,.0f} MB/s; "
+            f"kernel {fresh['kernel_us_per_page']} µs)"
+        )
         load_s = load_table(dsn, args.rows, args.seed)
         ctx.results["dataset"] = {
             "rows": args.rows,
