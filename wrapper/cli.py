@@ -20,11 +20,13 @@ import argparse
 import importlib.util
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prism.fabric.blas import limit_process_to_one_blas_thread
 from prism.fabric.errors import PrismError
@@ -33,8 +35,10 @@ from prism.wrapper.auth import Authenticator, TenantSecrets
 from prism.wrapper.config import WrapperConfig, describe_fields, load_config
 from prism.wrapper.errors import ConfigError, WrapperError
 from prism.wrapper.heap import keep_freed_memory
-from prism.wrapper.keyring import Keyring
 from prism.wrapper.logs import setup_logging
+
+if TYPE_CHECKING:
+    from prism.wrapper.keyring import Keyring
 
 log = logging.getLogger("prism.wrapper")
 
@@ -80,6 +84,8 @@ def tenant_secrets(cfg: WrapperConfig) -> dict[str, TenantSecrets]:
 
 
 def open_keyring(cfg: WrapperConfig) -> Keyring:
+    from prism.wrapper.keyring import Keyring  # numpy: after cmd_run's BLAS setting
+
     return Keyring(cfg.store_path, [t.id for t in cfg.tenants], cfg.server.key_rotation_seconds)
 
 
@@ -88,9 +94,12 @@ def cmd_run(cfg: WrapperConfig) -> int:
     checks run in the pipeline, which logs them and retries, while drivers
     are served what the store holds."""
     require_wrapper_extra(cfg.flavor)
-    # The daemon's matrix products are small: one BLAS thread (prism.fabric.blas).
-    if not limit_process_to_one_blas_thread():
-        log.warning("threadpoolctl is not installed: BLAS keeps its default threads")
+    # One BLAS thread from the start, before numpy loads OpenBLAS (nothing
+    # above imports numpy): the worker thread OpenBLAS otherwise starts at
+    # load spins while the daemon imports its modules, 0.1 CPU s of a start-up
+    # that shares 2 cores with the database (perf of a restart,
+    # benchmark/README.md "Issue 12"). A value the operator set wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     keep_freed_memory()  # large buffers reused, not faulted in afresh (prism.wrapper.heap)
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server, server_credentials
@@ -98,6 +107,11 @@ def cmd_run(cfg: WrapperConfig) -> int:
     from prism.wrapper.store import Store
     from prism.wrapper.tablelist import resolve_tables
     from prism.wrapper.writes import WriteExecutor
+
+    # The daemon's matrix products are small: one BLAS thread, whatever BLAS
+    # numpy loaded with the imports above (prism.fabric.blas).
+    if not limit_process_to_one_blas_thread():
+        log.warning("threadpoolctl is not installed: BLAS keeps its default threads")
 
     secrets = tenant_secrets(cfg)
     credentials = server_credentials(cfg)

@@ -1,9 +1,13 @@
 """The command line's parsing and its pure helpers: the seed's form without
 a subcommand, validated log levels, the status summary, the capture list,
-and the source's lag in binlog bytes."""
+and the source's lag in binlog bytes; and that the command line loads no
+numpy before the daemon sets its BLAS threads."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -27,6 +31,21 @@ def test_config_without_a_command_means_run_and_any_case_log_level() -> None:
     assert args.command is None and args.top_config == "w.toml" and args.log_level == "WARNING"
     args = build_parser().parse_args(["status", "-c", "w.toml", "--json"])
     assert args.command == "status" and args.config == "w.toml" and args.json
+
+
+def test_the_command_line_loads_no_numpy_before_the_daemon_sets_its_blas_threads() -> None:
+    # cmd_run sets OPENBLAS_NUM_THREADS before its imports load numpy, which
+    # OpenBLAS reads once, at load: an import at the top of cli.py that pulls
+    # numpy in would start OpenBLAS's worker thread again, unnoticed.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    probe = (
+        "import sys, prism.wrapper.cli; "
+        "print(sorted(m for m in sys.modules if m == 'numpy' or m.startswith('numpy.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 def test_no_command_and_no_config_prints_usage(capsys: pytest.CaptureFixture[str]) -> None:
