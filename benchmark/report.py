@@ -176,7 +176,10 @@ def render(r: dict[str, Any], source: str) -> str:
     if m:
         add(
             "6. Driver RSS per row (bytes)",
-            f"{_n(m.get('rss_per_row'))} ({_n(m.get('rss_before', 0) / 1e6)} → "
+            f"{_n(m.get('rss_per_row'))} once the index settled "
+            f"({_n(m.get('rss_before', 0) / 1e6)} → "
+            f"{_n(m.get('rss_settled', m.get('rss_after', 0)) / 1e6)} MB; at ready "
+            f"{_n(m.get('rss_per_row_ready', m.get('rss_per_row')))} B/row, "
             f"{_n(m.get('rss_after', 0) / 1e6)} MB; peak {_n(m.get('rss_peak_ready', 0) / 1e6)} MB "
             f"at ready, {_n(m.get('rss_peak', 0) / 1e6)} MB with the sizing after it)",
             "",

@@ -415,8 +415,12 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
         raise RuntimeError(f"driver_proc.py exited with {proc.returncode}")
     r = json.loads(out.decode().strip().splitlines()[-1])
     rows = max(1, r["rows"])
-    r["rss_delta"] = r["rss_after"] - r["rss_before"]
+    # Per row as the app keeps it: once the index has adopted its partitioning
+    # (driver_proc's "settled"); at ready beside it. Older JSON has no settled.
+    settled = r.get("rss_settled", r["rss_after"])
+    r["rss_delta"] = settled - r["rss_before"]
     r["rss_per_row"] = r["rss_delta"] / rows
+    r["rss_per_row_ready"] = (r["rss_after"] - r["rss_before"]) / rows
     r["index_bytes"] = int(r["index"].get("bytes", 0))
     r["index_bytes_per_row"] = r["index_bytes"] / rows
     if again:
@@ -435,9 +439,12 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
     log(
         f"bootstrap (2nd driver): {r['rows']} rows in {r['seconds']:.1f}s = "
         f"{r['rows_per_s']:,.0f} rows/s; RSS {r['rss_before'] / 1e6:.0f} → "
-        f"{r['rss_after'] / 1e6:.0f} MB (peak {r['rss_peak_ready'] / 1e6:.0f} MB at ready, "
-        f"{r['rss_peak'] / 1e6:.0f} MB with driver_proc's sizing after it), "
-        f"{r['rss_per_row']:,.0f} B/row, index {r['index_bytes'] / 1e6:.0f} MB"
+        f"{r['rss_after'] / 1e6:.0f} MB at ready → {settled / 1e6:.0f} MB once the index "
+        f"settled ({r.get('settle_seconds', 0):.1f} s later; peak "
+        f"{r['rss_peak_ready'] / 1e6:.0f} MB at ready, {r['rss_peak'] / 1e6:.0f} MB with "
+        f"driver_proc's sizing after it), {r['rss_per_row']:,.0f} B/row settled "
+        f"({r['rss_per_row_ready']:,.0f} at ready), index {r['index_bytes'] / 1e6:.0f} MB "
+        f"({r['index'].get('kind', '?')})"
     )
 
 
