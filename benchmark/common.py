@@ -403,12 +403,12 @@ print(t1 - t0, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt)
 
 def fresh_memory_cost(mb: int = 256) -> dict[str, float]:
     """What new memory costs on this machine now: a fresh process touches
-    `mb` MB of anonymous memory once, page by page. On ordinary hardware the
-    kernel takes about 0.2-0.5 µs a page (zeroing it); on a VM that hands
-    freed memory back to its host (free page reporting, DAMON) a page freed
-    a few seconds earlier costs 10 µs or more to take again, and every phase
-    that builds data in memory (a replica, the store's page cache) pays it.
-    Recorded with each run, because it moves the results by up to 2x."""
+    `mb` MB of anonymous memory once, page by page. On the benchmark's VM
+    that took 1.4-1.5 µs a page at the start of a run, and 8-13 µs right
+    after a phase had freed much memory (it hands freed pages back to its
+    host), which every phase that builds data in memory then pays (a
+    replica, the store's page cache): benchmark/README.md, "Issue 12".
+    Recorded with each run, because the same code's results move with it."""
     out = subprocess.run(
         [sys.executable, "-c", _TOUCH, str(mb)], capture_output=True, text=True, check=True
     ).stdout.split()
