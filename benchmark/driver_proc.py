@@ -122,6 +122,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before": rss_before,
         "rss_after": rss_after,
         "rss_settled": rss_settled,
+        # Per row as the app keeps it (settled), and at ready beside it.
+        "rss_per_row": (rss_settled - rss_before) / max(1, rows),
+        "rss_per_row_ready": (rss_after - rss_before) / max(1, rows),
         "settle_seconds": settle_s,
         "index_at_ready": index_ready,
         "rss_peak": peak_kb * 1024,

@@ -415,12 +415,8 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
         raise RuntimeError(f"driver_proc.py exited with {proc.returncode}")
     r = json.loads(out.decode().strip().splitlines()[-1])
     rows = max(1, r["rows"])
-    # Per row as the app keeps it: once the index has adopted its partitioning
-    # (driver_proc's "settled"); at ready beside it. Older JSON has no settled.
-    settled = r.get("rss_settled", r["rss_after"])
+    settled = r["rss_settled"]  # rss_per_row counts it: the index adopted its partitioning
     r["rss_delta"] = settled - r["rss_before"]
-    r["rss_per_row"] = r["rss_delta"] / rows
-    r["rss_per_row_ready"] = (r["rss_after"] - r["rss_before"]) / rows
     r["index_bytes"] = int(r["index"].get("bytes", 0))
     r["index_bytes_per_row"] = r["index_bytes"] / rows
     if again:

@@ -68,7 +68,6 @@ def run_driver(wrapper: Wrapper, secret: Path, snaps: Path) -> dict[str, Any]:
     )
     r: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     r["process_seconds"] = time.perf_counter() - t0
-    r["rss_per_row"] = (r["rss_after"] - r["rss_before"]) / max(1, r["rows"])
     r["index_kind"] = r.pop("index", {}).get("kind")
     return r
 
