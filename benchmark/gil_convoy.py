@@ -8,10 +8,11 @@ store, in one process, on a temporary store of `--rows` rows of ~3.3 kB (a
 1.7 kB payload and a 1.5 kB vector, as in run.py):
 
 1. writes: 100-row transactions of random updates, as the store writes them
-   (StoreTxn.write_batch: multi-row upserts), and the same rows sent by
-   executemany with a one-row upsert (the store's way before `c606c7d`);
-2. reads: every row after position 0 through StoreReader.chunks (a cursor,
-   a step per row);
+   (StoreTxn.write_batch: appended to the row log, wrapper/rowlog.py; until
+   format 5 these were multi-row SQLite upserts, and before `c606c7d`
+   executemany with a one-row upsert);
+2. reads: every row after position 0 through StoreReader.chunks (a scan of
+   the row log);
 
 each alone, then beside a thread that only runs Python. Figures are µs of
 wall time and of this process's CPU per row.
@@ -37,17 +38,6 @@ from prism.wrapper.store import Store, StoreReader
 
 HERE = Path(__file__).resolve().parent
 TABLE = "public.items"
-
-# The store's upsert of one row before c606c7d, for the executemany figures.
-ONE_ROW_UPSERT = (
-    "INSERT INTO rows "
-    "(tbl, key, position, op, payload, vector, hidden, commit_us, stored_us, old_key) "
-    "VALUES (?1, ?2, ?3, CASE WHEN ?4 IS NULL THEN 'D' ELSE 'U' END, ?4, ?5, ?6, ?7, ?8, ?9) "
-    "ON CONFLICT (tbl, key) DO UPDATE SET "
-    "position = excluded.position, op = excluded.op, payload = excluded.payload, "
-    "vector = excluded.vector, hidden = excluded.hidden, commit_us = excluded.commit_us, "
-    "stored_us = excluded.stored_us, old_key = excluded.old_key"
-)
 
 
 class Spinner:
@@ -105,21 +95,6 @@ def main() -> int:
                 with store.transaction() as txn:
                     txn.write_batch(TABLE, batch, [payload] * 100, [vector] * 100, [None] * 100, 2)
 
-        def executemany_writes() -> None:
-            conn = store._conn
-            for _ in range(args.rounds):
-                batch = rng.sample(keys, 100)
-                with store.transaction() as txn:
-                    base = txn._head
-                    txn._head += 100
-                    conn.executemany(
-                        ONE_ROW_UPSERT,
-                        [
-                            (TABLE, k, base + 1 + j, payload, vector, None, 2, 2, None)
-                            for j, k in enumerate(batch)
-                        ],
-                    )
-
         reader = StoreReader(store.path)
 
         def reads() -> None:
@@ -129,9 +104,8 @@ def main() -> int:
 
         written = args.rounds * 100
         cases: list[tuple[str, int, Callable[[], None]]] = [
-            ("writes: multi-row upserts (the store)", written, store_writes),
-            ("writes: executemany, one-row upsert (before c606c7d)", written, executemany_writes),
-            ("reads: StoreReader.chunks (a step per row)", args.rows, reads),
+            ("writes: StoreTxn.write_batch (the row log)", written, store_writes),
+            ("reads: StoreReader.chunks (a scan of the row log)", args.rows, reads),
         ]
         results: dict[str, dict[str, dict[str, float]]] = {}
         for name, rows, fn in cases:

@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -72,6 +71,7 @@ from prism.driver import DriverConfig, PrismDriver  # noqa: E402
 from prism.fabric.keys import write_secret  # noqa: E402
 from prism.fabric.payload import encode_key  # noqa: E402
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp  # noqa: E402
+from prism.wrapper.store import stored_stamps  # noqa: E402
 
 RESULTS = HERE / "results"
 RECV_SLOT = "bench_recv"
@@ -924,20 +924,7 @@ def stored_at(ctx: Ctx, key: str, t0_ns: int) -> float | None:
 
 def store_stamps(path: Path, keys: list[str]) -> dict[str, tuple[int, int]]:
     """(commit_us, stored_us) of `keys` in the wrapper's store (read-only)."""
-    out: dict[str, tuple[int, int]] = {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        for lo in range(0, len(keys), 500):
-            chunk = keys[lo : lo + 500]
-            marks = ",".join("?" * len(chunk))
-            for k, c, s in conn.execute(
-                f"SELECT key, commit_us, stored_us FROM rows WHERE tbl = ? AND key IN ({marks})",
-                (TABLE, *chunk),
-            ):
-                out[str(k)] = (int(c), int(s))
-    finally:
-        conn.close()
-    return out
+    return stored_stamps(path, TABLE, keys)
 
 
 # -- the run ------------------------------------------------------------------------------------

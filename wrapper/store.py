@@ -1,4 +1,4 @@
-"""The wrapper's durable store: what it streamed, compacted, in SQLite.
+"""The wrapper's durable store: what it streamed, compacted (SQLite and a row log).
 
 Between the source and the drivers. The pipeline writes each source
 transaction's changes here and, in the same SQLite transaction, the source
@@ -13,6 +13,9 @@ driver that was away catches up from here and never pins the database's log.
 `retention_floor` is the highest position whose tombstone may have been
 purged: a driver whose position is below it must bootstrap in full.
 
+Rows live in an append-only log beside the SQLite file (wrapper/rowlog.py):
+SQLite holds the meta (with the log's committed end), the write markers and
+the table schemas, and its COMMIT is what makes a transaction's rows count.
 A row is stored as drivers receive it: `payload` is the row image without
 the table's hidden column (config `vector_in_rows = false`), which sits in
 `hidden` on its own, so serving never re-encodes a row. The store's layout
@@ -20,12 +23,13 @@ has a version (`FORMAT`, in meta): a store of another version is never read
 as this one; an older one is rebuilt empty (the pipeline then copies the
 tables afresh under a new stream identity, and drivers re-bootstrap).
 
-Durability and speed: commits are fsynced (synchronous=full) unless the
-caller says a commit need not be durable on its own (the initial copy's
-batches: nothing is acknowledged until the copy's last, durable commit, which
-syncs everything before it). WAL checkpoints, which copy committed pages into
-the database file, run on a background thread with its own connection, so
-the writer rarely waits for them; the writer's own checkpoint runs only every
+Durability and speed: a commit syncs the row log, then commits SQLite with
+an fsync (synchronous=full), unless the caller says a commit need not be
+durable on its own (the initial copy's batches: nothing is acknowledged
+until the copy's last, durable commit, which syncs everything before it).
+WAL checkpoints, which copy committed SQLite pages into the database file,
+run on a background thread with its own connection, so the writer rarely
+waits for them; the writer's own checkpoint runs only every
 WRITER_CHECKPOINT_PAGES, where it finds the work done and lets the WAL file
 start over.
 """
@@ -40,7 +44,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
@@ -48,6 +52,17 @@ from typing import Any, NamedTuple
 
 from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.recent import RecentChanges, RowTuple
+from prism.wrapper.rowlog import (
+    Compaction,
+    LogError,
+    LogFile,
+    LogView,
+    RowLog,
+    encode,
+    log_path,
+    scan,
+    standalone_view,
+)
 from prism.wrapper.sources.base import ResumePoint
 from prism.wrapper.writepositions import WritePositions
 
@@ -60,31 +75,14 @@ log = logging.getLogger("prism.wrapper.store")
 # reference to the source vector in the payload (wrapper/vectorref.py).
 # Every format-3 store is a format-4 one (its vectors are all projected):
 # it is relabelled in place, and a prism-wrapper of format 3 refuses a
-# format-4 store rather than misread a reference.
-FORMAT = 4
+# format-4 store rather than misread a reference. 5: this one, rows in the
+# log beside the file (wrapper/rowlog.py), not in a SQLite table; a store of
+# an older format is rebuilt (the copy refills it).
+FORMAT = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS table_schema (name TEXT PRIMARY KEY, columns TEXT NOT NULL);
--- A rowid table, not WITHOUT ROWID: rows are several kB (payload plus
--- vector), which SQLite stores far faster outside a clustered key index.
--- Positions are not the rowid: a change rewrites its row in place, which
--- costs fewer page writes than moving it.
-CREATE TABLE IF NOT EXISTS rows (
-    tbl TEXT NOT NULL,
-    key TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    op TEXT NOT NULL,            -- 'U' live image, 'D' tombstone
-    payload BLOB,                -- the row image drivers receive (prism.fabric.payload)
-    vector BLOB,                 -- projected float32 vector, or a reference into payload
-                                 -- (wrapper/vectorref.py), NULL when the row has none
-    hidden BLOB,                 -- {hidden column: value} (payload encoding), or NULL
-    commit_us INTEGER NOT NULL,  -- source commit time
-    stored_us INTEGER NOT NULL,  -- when stored: tombstone retention clock
-    old_key TEXT,                -- the key this image replaced (a primary-key change), else NULL
-    UNIQUE (tbl, key)
-);
-CREATE INDEX IF NOT EXISTS rows_tbl_position ON rows (tbl, position);
 -- Writes through the wrapper: at which position each became visible.
 CREATE TABLE IF NOT EXISTS writes (
     event_id TEXT PRIMARY KEY,
@@ -93,7 +91,6 @@ CREATE TABLE IF NOT EXISTS writes (
     stored_us INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS writes_stored ON writes (stored_us);
-CREATE INDEX IF NOT EXISTS rows_tombstones ON rows (op, stored_us) WHERE op = 'D';
 """
 # A write's position must stay findable for as long as a retry of its
 # request_id is a replay, that is while its marker row is in the database:
@@ -162,6 +159,9 @@ STORE_RESERVE_BYTES = 4 << 20
 # (waiting for readers up to the busy timeout), at most this often while
 # the disk stays that tight.
 WAL_RELIEF_EVERY_S = 5.0
+# A row log compaction that could not run (no room beside the log, a
+# failure) is tried again after this long.
+COMPACT_RETRY_S = 60.0
 
 # SQLite's primary result codes for a full disk and for an I/O error (an I/O
 # error on a file system with no room left is a full disk too).
@@ -257,6 +257,11 @@ WAL_SIZE_LIMIT = WRITER_CHECKPOINT_PAGES * (4096 + 24) + (1 << 20)
 WRITER_CACHE_KIB = 64 << 10
 
 
+# An entry as Store.stored() lists it: (table, key, position, op, payload,
+# vector, hidden, commit_us).
+StoredEntry = tuple[str, str, int, str, bytes | None, bytes | None, bytes | None, int]
+
+
 class StoredImage(NamedTuple):
     """A row's live image as stored: the served payload, the projected
     vector and the hidden column's value (payload encoding), each maybe None."""
@@ -337,6 +342,12 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._meta = self._load_meta()
+        self.log = self._open_log()
+        _LIVE_LOGS[_path_key(path)] = self.log
+        self._compaction: Compaction | None = None
+        self._compact_after = 0.0  # monotonic time before which no compaction starts
+        # Why the store serves nothing more (its memory lost step with disk).
+        self._broken: str | None = None
         self._in_txn = False
         self._sync_now = self._synchronous
         self._checkpointer: _Checkpointer | None = None
@@ -366,20 +377,6 @@ class Store:
                 f"({FORMAT}): run a newer prism-wrapper, or move the store away to copy the "
                 "tables afresh"
             )
-        if found in (2, 3):
-            # 2 -> 3 adds a column, 3 -> 4 only allows a new kind of stored
-            # vector: no row changes meaning, nothing is copied.
-            log.info("store format %d found: upgrading it in place to format %d", found, FORMAT)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if found == 2:
-                    conn.execute("ALTER TABLE rows ADD COLUMN old_key TEXT")
-                conn.execute("UPDATE meta SET v = ? WHERE k = 'format'", (str(FORMAT),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            found = FORMAT
         if found is not None and found < FORMAT:
             self.rebuilt = f"the store had format {found}, this prism-wrapper writes {FORMAT}"
             log.warning(
@@ -404,6 +401,39 @@ class Store:
             (str(FORMAT),),
         )
 
+    def _open_log(self) -> RowLog:
+        """The row log at the generation and end the meta records. A log
+        that does not hold what was committed (cut, replaced, or failing its
+        checks) is never served: the store is emptied under a new stream
+        identity, so the copy refills it and drivers re-bootstrap."""
+        gen, end = int(self._get("log_gen") or 0), int(self._get("log_end") or 0)
+        try:
+            rowlog = RowLog(self.path, gen, end)
+            rowlog.drop_tombstones(int(self._get("tombstones_purged_us") or 0))
+            return rowlog
+        except LogError as exc:
+            self.rebuilt = f"its row log was unreadable ({exc})"
+            log.error(
+                "store %s: %s: rebuilding the store (the tables are copied afresh under a new "
+                "stream identity; drivers re-bootstrap)",
+                self.path,
+                exc,
+            )
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            for t in ("table_schema", "writes", "meta"):
+                self._conn.execute(f"DELETE FROM {t}")
+            self._conn.execute(
+                "INSERT INTO meta (k, v) VALUES ('format', ?), ('log_gen', ?), ('log_end', '0')",
+                (str(FORMAT), str(gen + 1)),
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._meta = self._load_meta()
+        return RowLog(self.path, gen + 1, 0)
+
     # -- meta -------------------------------------------------------------
     def _get(self, k: str) -> str | None:
         row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
@@ -418,7 +448,7 @@ class Store:
 
     def _set_meta(self, items: Sequence[tuple[str, str]]) -> None:
         """Upsert meta keys, all in one statement: each statement is a GIL
-        round trip for the writer thread (see upsert_sql)."""
+        round trip for the writer thread."""
         if items:
             self._conn.execute(_set_meta_sql(len(items)), list(chain.from_iterable(items)))
 
@@ -446,6 +476,8 @@ class Store:
         full disk too; others need STORE_RESERVE_BYTES free."""
         if self._in_txn:
             raise StoreError("store transactions do not nest")
+        if self._broken is not None:
+            raise StoreError(f"store {self.path}: {self._broken}: restart prism-wrapper")
         if grows:
             free = _free_bytes(self.path)
             if free is not None and free < STORE_RESERVE_BYTES + self._wal_bytes():
@@ -463,19 +495,45 @@ class Store:
         self._in_txn = True
         before = self._meta
         txn = StoreTxn(self, before)
+        rowlog = self.log
+        committed = False
         try:
-            yield txn
-            txn._flush_meta()
-            self._conn.execute("COMMIT")
-        except BaseException as exc:
-            # Rolled back whole: a failed commit (a full disk) leaves the
-            # store as it was before the transaction.
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            self._meta = self._load_meta()
-            if isinstance(exc, sqlite3.Error):
-                raise store_error(exc, self.path, "writing") from exc
-            raise
+            try:
+                yield txn
+                if durable and (txn.batches or rowlog.unsynced):
+                    # The rows first (this transaction's and those of commits
+                    # that were not durable): the COMMIT below counts them.
+                    rowlog.sync()
+                elif txn.batches:
+                    rowlog.unsynced = True
+                txn._flush_meta()
+                with rowlog.commit_lock:
+                    self._conn.execute("COMMIT")
+                    committed = True
+                    if txn.new_log is not None:
+                        rowlog.switch(txn.new_log, 0, None)
+                    rowlog.committed(txn.log_end, txn.batches)
+                    for after_commit in txn.after_commit:
+                        after_commit()
+            except BaseException as exc:
+                if committed:
+                    # On disk the transaction is whole; what this process
+                    # holds of it in memory is not: serve nothing more.
+                    self._broken = f"its state in memory failed after a commit ({exc!r})"
+                    log.error("store %s: %s", self.path, self._broken)
+                    raise
+                # Rolled back whole: a failed commit (a full disk) leaves the
+                # store as it was before the transaction.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                rowlog.rollback()
+                if txn.new_log is not None:
+                    with contextlib.suppress(OSError):
+                        txn.new_log.path.unlink()
+                self._meta = self._load_meta()
+                raise
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path, "writing") from exc
         finally:
             self._in_txn = False
         # Before the new meta is visible: whoever sees it finds its rows here.
@@ -489,12 +547,79 @@ class Store:
         self._meta = after
         if self._checkpointer is None:
             self._checkpointer = _Checkpointer(self.path, self._synchronous)
-        self._checkpointer.committed(txn.nbytes)
+        # Each commit writes at least the meta's page to SQLite's WAL.
+        self._checkpointer.committed(txn.nbytes + 4096)
         with self.changed:
             self.changed.notify_all()
         # After the subscribers: a waiting writer wants its frame as well.
         if txn.written:
             self.write_positions.publish(txn.written)
+        c = self._compaction
+        if c is not None and not c.running:
+            self._finish_compaction()
+        elif c is None and rowlog.wants_compaction() and time.monotonic() >= self._compact_after:
+            self._start_compaction()
+
+    def _start_compaction(self) -> None:
+        """Start compacting the row log, if the disk has room for its live
+        records beside it (plus the reserve); else try again later."""
+        rowlog = self.log
+        free = _free_bytes(self.path)
+        if free is not None and free < rowlog.live_bytes + STORE_RESERVE_BYTES:
+            self._compact_after = time.monotonic() + COMPACT_RETRY_S
+            log.warning(
+                "store row log: %d bytes for %d live, but only %d bytes free: not compacting "
+                "it yet (free some space)",
+                rowlog.end,
+                rowlog.live_bytes,
+                free,
+            )
+            return
+        log.info(
+            "store row log: %d bytes for %d live: compacting it", rowlog.end, rowlog.live_bytes
+        )
+        try:
+            self._compaction = rowlog.start_compaction()
+        except Exception as exc:
+            self._compact_after = time.monotonic() + COMPACT_RETRY_S
+            log.warning("store row log compaction could not start: %s", exc)
+
+    def _finish_compaction(self) -> None:
+        """Switch to the compacted row log (see wrapper/rowlog.py) in a
+        commit of its own; on failure the old log stays, and a later commit
+        starts another compaction."""
+        c, self._compaction = self._compaction, None
+        if c is None:
+            return
+        rowlog = self.log
+        size = rowlog.end
+        try:
+            end = rowlog.finish_compaction(c)
+            if end is None:
+                return
+            self._synchronous_for(True)  # the old log goes once this commits
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._set_meta([("log_gen", str(rowlog.gen + 1)), ("log_end", str(end))])
+                with rowlog.commit_lock:
+                    self._conn.execute("COMMIT")
+                    rowlog.switch(c.new, end, c)
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            self._compact_after = time.monotonic() + COMPACT_RETRY_S
+            c.discard()
+            log.warning("store row log compaction failed (the log stays as it was): %s", exc)
+            return
+        log.info(
+            "store row log compacted: %d -> %d bytes (%d live) in %.2f s",
+            size,
+            end,
+            rowlog.live_bytes,
+            time.monotonic() - c.started,
+        )
 
     def _wal_bytes(self) -> int:
         try:
@@ -533,7 +658,9 @@ class Store:
         """Forget everything: a new stream identity. Drivers that resume
         against it bootstrap in full."""
         with self.transaction() as txn:
-            self._conn.execute("DELETE FROM rows")
+            txn.new_log = self.log.new_generation()
+            txn.log_end = 0
+            self._set_meta([("log_gen", str(self.log.gen + 1)), ("log_end", "0")])
             self._conn.execute("DELETE FROM table_schema")
             self._conn.execute("DELETE FROM writes")
             self.write_positions.clear()
@@ -555,37 +682,59 @@ class Store:
         retention floor past them; write positions go MARKER_PURGE_EVERY_S
         later. Returns how many tombstones were purged."""
         with self.transaction(grows=False) as txn:
-            row = self._conn.execute(
-                "SELECT count(*), max(position) FROM rows WHERE op = 'D' AND stored_us < ?",
-                (older_than_us,),
-            ).fetchone()
-            count, top = int(row[0]), row[1]
+            count, top = self.log.purge(older_than_us)
             self._conn.execute(
                 "DELETE FROM writes WHERE stored_us < ?",
                 (older_than_us - int(MARKER_PURGE_EVERY_S * 1e6),),
             )
             if count:
-                self._conn.execute(
-                    "DELETE FROM rows WHERE op = 'D' AND stored_us < ?", (older_than_us,)
-                )
                 txn.meta = _replace(txn.meta, retention_floor=max(txn.meta.retention_floor, top))
+                # The log keeps them until compacted: an open forgets them again.
+                self._set_meta([("tombstones_purged_us", str(older_than_us))])
+                txn.after_commit.append(lambda: self.log.drop_tombstones(older_than_us))
         return count
 
     def table_columns(self) -> dict[str, str]:
         return read_table_columns(self._conn)
 
+    def stored(
+        self,
+    ) -> Iterator[tuple[str, str, int, str, bytes | None, bytes | None, bytes | None, int]]:
+        """Every entry the store holds (each key's newest), in position
+        order: (table, key, position, op, payload, vector, hidden, commit_us).
+        For inspection and tests; the writer's thread only."""
+        rowlog = self.log
+        for _, _, rec in scan(rowlog.file, 0, rowlog.end):
+            e = rowlog.entry(rec.table, rec.key)
+            if e is not None and e[0] == rec.position:
+                _, payload, vector, hidden = rec.values()
+                yield (
+                    rec.table,
+                    rec.key,
+                    rec.position,
+                    rec.op,
+                    payload,
+                    vector,
+                    hidden,
+                    rec.commit_us,
+                )
+
     def row_counts(self) -> dict[str, int]:
-        return {
-            str(t): int(n)
-            for t, n in self._conn.execute(
-                "SELECT tbl, count(*) FROM rows WHERE op = 'U' GROUP BY tbl"
-            )
-        }
+        with self.log.commit_lock:
+            return self.log.counts()
 
     def close(self) -> None:
+        if self._compaction is not None:
+            self._compaction.stopping = True
+            self._compaction.join()
+            self._compaction.discard()
+            self._compaction = None
         if self._checkpointer is not None:
             self._checkpointer.close()
             self._checkpointer = None
+        if _LIVE_LOGS.get(_path_key(self.path)) is self.log:
+            del _LIVE_LOGS[_path_key(self.path)]
+        self.log.save_index()
         self._conn.close()
 
 
@@ -618,53 +767,6 @@ def read_meta(conn: sqlite3.Connection) -> StoreMeta:
     )
 
 
-# Rows go to SQLite as multi-row upserts, not executemany: Python's sqlite3
-# releases the GIL around every sqlite3_step and must win it back after each
-# row, and while the pipeline thread runs Python that wait lasts up to the
-# interpreter's switch interval (5 ms). Row by row, the store writer spent
-# most of a busy stream waiting for the GIL (benchmark/gil_convoy.py: 100-row
-# transactions beside a thread running Python took 0.57-4 ms a row by
-# executemany, about 0.3 ms as multi-row statements; alone both cost the
-# same). One statement per chunk gives it back a few times a batch.
-# Rows of one statement are inserted in order, so a key written twice in a
-# batch ends with its later image, as executemany left it.
-UPSERT_PARAMS = 10
-UPSERT_CHUNK_MAX = 256  # rows per statement: 2,560 parameters (SQLite allows 32,766)
-
-
-def upsert_chunks(n: int) -> list[int]:
-    """Statement sizes for n rows: whole chunks of UPSERT_CHUNK_MAX, then
-    the binary digits of the rest, so at most nine statement shapes are
-    ever prepared (sqlite3 caches them)."""
-    sizes = [UPSERT_CHUNK_MAX] * (n // UPSERT_CHUNK_MAX)
-    rest = n % UPSERT_CHUNK_MAX
-    bit = UPSERT_CHUNK_MAX
-    while rest:
-        bit >>= 1
-        if rest & bit:
-            sizes.append(bit)
-            rest -= bit
-    return sizes
-
-
-@functools.lru_cache(maxsize=16)
-def upsert_sql(rows: int) -> str:
-    """An upsert of `rows` rows, UPSERT_PARAMS parameters each: table, key,
-    position, payload (twice: the op follows from it, a tombstone has
-    none), vector, hidden, commit_us, stored_us, old_key."""
-    row = "(?, ?, ?, CASE WHEN ? IS NULL THEN 'D' ELSE 'U' END, ?, ?, ?, ?, ?, ?)"
-    values = ", ".join([row] * rows)
-    return (
-        "INSERT INTO rows "
-        "(tbl, key, position, op, payload, vector, hidden, commit_us, stored_us, old_key) "
-        f"VALUES {values} "
-        "ON CONFLICT (tbl, key) DO UPDATE SET "
-        "position = excluded.position, op = excluded.op, payload = excluded.payload, "
-        "vector = excluded.vector, hidden = excluded.hidden, commit_us = excluded.commit_us, "
-        "stored_us = excluded.stored_us, old_key = excluded.old_key"
-    )
-
-
 class StoreTxn:
     """Writes inside one store transaction; positions are handed out here."""
 
@@ -675,7 +777,15 @@ class StoreTxn:
         self._head = meta.head
         self._stored_us = now_us()
         self.written: list[tuple[str, int]] = []
-        self.nbytes = 0  # row bytes written, for the checkpointer's pace
+        self.nbytes = 0  # bytes written to SQLite's WAL, for the checkpointer's pace
+        # The row log: where this transaction appends, what it appended
+        # (RowLog.committed's batches), and what it wrote by key (for get).
+        self._log = store.log
+        self.log_end = store.log.end
+        self.batches: list[tuple[str, Sequence[str], int, int, list[int], list[int], int]] = []
+        self._written_keys: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+        self.new_log: LogFile | None = None  # a reset's empty log, switched to at commit
+        self.after_commit: list[Callable[[], None]] = []  # under the log's commit lock
         # (table, row) of every write, for Store.recent; live changes only
         # (the initial copy's segments are read from the store).
         self.recent: list[tuple[str, RowTuple]] | None = [] if meta.snapshot_done else None
@@ -693,6 +803,7 @@ class StoreTxn:
             (event_id, request_id, position, self._stored_us),
         )
         self.written.append((event_id, position))
+        self.nbytes += 64 + len(event_id) + len(request_id or "")
 
     def _next(self) -> int:
         self._head += 1
@@ -745,7 +856,6 @@ class StoreTxn:
         base = self._head
         self._head += n
         commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
-        self.nbytes += sum(len(p) for p in payloads if p is not None)
         if self.recent is not None:
             olds = repeat(None) if old_keys is None else old_keys
             self.recent.extend(
@@ -763,49 +873,52 @@ class StoreTxn:
                     ),
                 )
             )
-        params = list(
-            chain.from_iterable(
-                zip(
-                    repeat(table),
-                    keys,
-                    range(base + 1, base + n + 1),
-                    payloads,
-                    payloads,
-                    vectors,
-                    hidden,
-                    commits,
-                    repeat(self._stored_us),
-                    repeat(None) if old_keys is None else old_keys,
-                )
-            )
+        olds = repeat(None) if old_keys is None else old_keys
+        commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
+        parts, lengths, tombs = encode(
+            table, keys, base + 1, payloads, vectors, hidden, commits, self._stored_us, olds
         )
-        execute = self._conn.execute
-        lo = 0
-        for size in upsert_chunks(n):
-            execute(upsert_sql(size), params[lo * UPSERT_PARAMS : (lo + size) * UPSERT_PARAMS])
-            lo += size
+        at = self.log_end
+        self.log_end = self._log.append(at, parts)
+        self.batches.append((table, keys, base + 1, at, lengths, tombs, self._stored_us))
+        mine = self._written_keys
+        pos = base + 1
+        for key, size, tomb in zip(keys, lengths, tombs, strict=True):
+            mine[(table, key)] = (pos, at, size, tomb)
+            pos += 1
+            at += size
 
     def get(self, table: str, key: str) -> StoredImage | None:
         """The live image of a row, as of this transaction."""
-        row = self._conn.execute(
-            "SELECT payload, vector, hidden FROM rows WHERE tbl = ? AND key = ? AND op = 'U'",
-            (table, key),
-        ).fetchone()
-        return None if row is None else _image(row)
+        mine = self._written_keys.get((table, key))
+        if mine is not None:
+            entry = (mine[0], mine[1], mine[2], 1 if mine[3] else 0)
+        else:
+            found = self._log.entry(table, key)
+            if found is None:
+                return None
+            entry = found
+        if entry[3]:
+            return None
+        _, payload, vector, hidden = self._log.read(entry).values()
+        return StoredImage(payload or b"", vector, hidden)
 
     def live_keys(self, table: str) -> list[str]:
-        return [
-            str(k)
-            for (k,) in self._conn.execute(
-                "SELECT key FROM rows WHERE tbl = ? AND op = 'U'", (table,)
-            )
-        ]
+        keys = dict.fromkeys(self._log.live_keys(table))
+        for (t, k), (_, _, _, tomb) in self._written_keys.items():
+            if t != table:
+                continue
+            if tomb:
+                keys.pop(k, None)
+            else:
+                keys[k] = None
+        return list(keys)
 
     def live_rows(self, table: str) -> Iterator[tuple[str, StoredImage]]:
-        for k, p, v, h in self._conn.execute(
-            "SELECT key, payload, vector, hidden FROM rows WHERE tbl = ? AND op = 'U'", (table,)
-        ).fetchall():
-            yield str(k), _image((p, v, h))
+        for k in self.live_keys(table):
+            image = self.get(table, k)
+            if image is not None:
+                yield k, image
 
     def truncate(self, table: str, commit_us: int) -> int:
         keys = self.live_keys(table)
@@ -845,7 +958,10 @@ class StoreTxn:
         # Only what changed: the meta table always holds the store's last
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
-        self._store._set_meta([(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v])
+        items = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
+        if self.batches:
+            items.append(("log_end", str(self.log_end)))
+        self._store._set_meta(items)
 
 
 @functools.lru_cache(maxsize=8)
@@ -868,13 +984,13 @@ def _meta_items(m: StoreMeta) -> dict[str, str]:
     }
 
 
-# A served row as the reader hands it out (RowTuple, from wrapper/recent.py),
-# in the column order of _ROW_COLUMNS.
-_ROW_COLUMNS = "key, op, position, payload, vector, commit_us, old_key"
-# Readers map the store file instead of copying each page through read():
-# serving a bootstrap reads every row's payload and vector once, and a mapped
-# page costs no system call. Address space only; pages stay the OS cache's.
-READER_MMAP_BYTES = 1 << 40
+# The row log of each store open in this process, by its path: a reader in
+# the same process reads its rows through the writer's index (RowLog.view).
+_LIVE_LOGS: dict[str, RowLog] = {}
+
+
+def _path_key(path: Path) -> str:
+    return os.path.realpath(path)
 
 
 class StoreReader:
@@ -883,8 +999,9 @@ class StoreReader:
     committed state."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._conn = _connect(path, "normal", readonly=True)
-        self._conn.execute(f"PRAGMA mmap_size = {READER_MMAP_BYTES}")
+        self._view: LogView | None = None
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[StoreMeta]:
@@ -896,16 +1013,34 @@ class StoreReader:
 
     def begin(self) -> StoreMeta:
         """Open a read transaction: until end(), every read sees the
-        committed state whose meta this returns (SQLite WAL snapshot)."""
-        self._conn.execute("BEGIN")
+        committed state whose meta this returns (SQLite WAL snapshot, and
+        the row log as of the same commit)."""
+        rowlog = _LIVE_LOGS.get(_path_key(self.path))
         try:
-            return read_meta(self._conn)
+            if rowlog is not None:
+                # The writer commits and extends the log under this lock.
+                with rowlog.commit_lock:
+                    self._conn.execute("BEGIN")
+                    meta = read_meta(self._conn)
+                    self._view = rowlog.view(meta.head)
+            else:
+                # Another process's store: the log's index is built here.
+                self._conn.execute("BEGIN")
+                meta = read_meta(self._conn)
+                kv = dict(self._conn.execute("SELECT k, v FROM meta WHERE k LIKE 'log_%'"))
+                gen, end = int(kv.get("log_gen", 0)), int(kv.get("log_end", 0))
+                self._view = standalone_view(self.path, gen, end, meta.head)
+            return meta
         except BaseException:
-            self._conn.execute("COMMIT")
+            self.end()
             raise
 
     def end(self) -> None:
-        self._conn.execute("COMMIT")
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
 
     def table_columns(self) -> dict[str, str]:
         return read_table_columns(self._conn)
@@ -920,26 +1055,51 @@ class StoreReader:
         self, table: str, position: int, size: int, live_only: bool = False
     ) -> Iterator[list[RowTuple]]:
         """The table's entries after `position`, in position order, as lists
-        of at most `size` row tuples (RowTuple): live images and tombstones,
-        or live images only. Rows come out as SQLite hands them over, with no
-        per-row object of ours: a frame's columns are cut from the list."""
-        sql = f"SELECT {_ROW_COLUMNS} FROM rows WHERE tbl = ? AND position > ?"
-        if live_only:
-            sql += " AND op = 'U'"
-        sql += " ORDER BY position"
-        cur = self._conn.execute(sql, (table, position))
-        while batch := cur.fetchmany(size):
+        of at most `size` row tuples (RowTuple): each key's newest, live
+        images and tombstones, or live images only."""
+        if self._view is None:
+            raise StoreError("StoreReader.chunks outside a read transaction (begin() first)")
+        batch: list[RowTuple] = []
+        for row in self._view.rows(table, position, live_only):
+            batch.append(row)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
             yield batch
 
     def changes_since(
         self, table: str, position: int, live_only: bool = False
     ) -> Iterator[StoredRow]:
+        if self._view is None:
+            with self.snapshot():
+                yield from self.changes_since(table, position, live_only)
+            return
         for batch in self.chunks(table, position, 2048, live_only):
             for k, op, pos, p, v, c, old in batch:
                 yield StoredRow(k, op, pos, p, v, c, old)
 
     def close(self) -> None:
+        self.end()
         self._conn.close()
+
+
+def stored_stamps(path: Path, table: str, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(commit_us, stored_us) of each of `keys` that the store at `path`
+    holds (its newest record), read from another process: a scan of the row
+    log up to its committed end. For benchmarks and tools."""
+    conn = _connect(path, "normal", readonly=True)
+    try:
+        kv = dict(conn.execute("SELECT k, v FROM meta WHERE k LIKE 'log_%'"))
+    finally:
+        conn.close()
+    gen, end = int(kv.get("log_gen", 0)), int(kv.get("log_end", 0))
+    wanted = set(keys)
+    out: dict[str, tuple[int, int]] = {}
+    for _, _, rec in scan(LogFile(log_path(path, gen), create=False), 0, end):
+        if rec.table == table and rec.key in wanted:
+            out[rec.key] = (rec.commit_us, rec.stored_us)
+    return out
 
 
 class ReaderPool:

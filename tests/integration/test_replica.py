@@ -243,10 +243,9 @@ async def test_store_of_an_older_format_is_rebuilt(db, wrapper, secret_file, tmp
         await driver.wait_ready(timeout=30)
         first = driver.stream_id
         proc.kill9()
-        # Turn it into format 1: no recorded format, no `hidden` column.
+        # Turn it into format 1: no recorded format.
         conn = sqlite3.connect(tmp_path / "store0.sqlite3")
         conn.execute("DELETE FROM meta WHERE k = 'format'")
-        conn.execute("ALTER TABLE rows DROP COLUMN hidden")
         conn.commit()
         conn.close()
         with db.connect() as c:

@@ -3,7 +3,6 @@ a real server (tests/fixtures/pgoutput), through the ReplaySource."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -149,14 +148,7 @@ def test_changes_of_unconfigured_tables_are_ignored(
 
 
 def _stored(store: Store) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute(
-            "SELECT tbl, key, position, op, payload, vector, hidden, commit_us FROM rows "
-            "ORDER BY position"
-        ).fetchall()
-    finally:
-        conn.close()
+    return list(store.stored())
 
 
 @pytest.mark.parametrize("group_size", [1, 3, 100])

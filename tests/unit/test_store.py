@@ -6,7 +6,6 @@ import logging
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import prism.wrapper.store as store_module
@@ -186,58 +185,40 @@ def test_an_older_format_is_rebuilt_with_a_log_line(
     again.close()
 
 
-def test_format_2_is_migrated_in_place(tmp_path: Path) -> None:
-    # Format 2 lacks rows.old_key: the column is added, nothing else changes
-    # (same stream, same rows, no rebuild, drivers keep their replicas).
-    path = tmp_path / "v2.sqlite3"
+@pytest.mark.parametrize("old", [2, 3, 4])
+def test_a_store_with_rows_in_sqlite_is_rebuilt(tmp_path: Path, old: int) -> None:
+    # Formats 2-4 kept rows in a SQLite table, which this format never
+    # reads: such a store is emptied, and the copy refills it under a new
+    # stream identity (drivers re-bootstrap).
+    path = tmp_path / f"v{old}.sqlite3"
     store = Store(path, "normal")
-    store.reset("stream-2")
+    store.reset(f"stream-{old}")
     with store.transaction() as txn:
         txn.upsert("t", "[1]", b"a", None, 1)
     store.close()
     conn = sqlite3.connect(path)
-    conn.execute("ALTER TABLE rows DROP COLUMN old_key")
-    conn.execute("UPDATE meta SET v = '2' WHERE k = 'format'")
+    conn.execute("CREATE TABLE rows (tbl TEXT, key TEXT, position INTEGER)")
+    conn.execute("INSERT INTO rows VALUES ('t', '[9]', 9)")
+    conn.execute("UPDATE meta SET v = ? WHERE k = 'format'", (str(old),))
     conn.commit()
     conn.close()
     again = Store(path, "normal")
-    assert again.rebuilt is None and again.meta.stream_id == "stream-2"
-    assert again.row_counts() == {"t": 1}
+    assert again.rebuilt is not None and f"format {old}" in again.rebuilt
+    assert again.meta.stream_id == "" and again.meta.head == 0
+    assert again.row_counts() == {}
+    again.reset("fresh")
     with again.transaction() as txn:
         txn.write_batch("t", ["[2]"], [b"b"], [None], [None], 2, old_keys=["[1]"])
     reader = StoreReader(path)
     with reader.snapshot():
         rows = [(r.key, r.old_key) for r in reader.changes_since("t", 0)]
     reader.close()
-    assert rows == [("[1]", None), ("[2]", "[1]")]
+    assert rows == [("[2]", "[1]")]
     again.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == (str(FORMAT),)
-    conn.close()
-
-
-def test_format_3_is_relabelled_in_place(tmp_path: Path) -> None:
-    # Format 3 held projected vectors only, which format 4 still reads as
-    # they are: the store keeps its stream and rows, only its label moves.
-    path = tmp_path / "v3.sqlite3"
-    store = Store(path, "normal")
-    store.reset("stream-3")
-    vec = np.arange(4, dtype="<f4").tobytes()
-    with store.transaction() as txn:
-        txn.upsert("t", "[1]", b"a", vec, 1)
-    store.close()
-    conn = sqlite3.connect(path)
-    conn.execute("UPDATE meta SET v = '3' WHERE k = 'format'")
-    conn.commit()
-    conn.close()
-    again = Store(path, "normal")
-    assert again.rebuilt is None and again.meta.stream_id == "stream-3"
-    with again.transaction() as txn:
-        got = txn.get("t", "[1]")
-    assert got is not None and got.vector == vec
-    again.close()
-    conn = sqlite3.connect(path)
-    assert conn.execute("SELECT v FROM meta WHERE k = 'format'").fetchone() == ("4",)
+    names = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "rows" not in names
     conn.close()
 
 
@@ -322,8 +303,9 @@ def test_a_tight_disk_truncates_the_wal_before_it_fills_the_disk(
     WAL back; the write still goes ahead while the reserve is there."""
     wal = Path(f"{store.path}-wal")
     with store.transaction() as txn:
+        # Rows go to the row log; write markers are what SQLite's WAL holds.
         for i in range(200):
-            txn.upsert("t", f"[{i}]", b"x" * 4000, None, 1)
+            txn.record_write(f"e{i}", "r" * 4000 + str(i), i)
     assert wal.stat().st_size > 800_000
     free = {"bytes": 10**12}
     monkeypatch.setattr(store_module, "_free_bytes", lambda path: free["bytes"])
@@ -348,7 +330,7 @@ def test_a_tight_disk_truncates_the_wal_before_it_fills_the_disk(
     with store.transaction() as txn:  # no reader now: checkpointed and truncated first
         txn.upsert("t", "[1003]", b"z", None, 1)
     assert wal.stat().st_size < 100_000
-    assert store.row_counts() == {"t": 204}
+    assert store.row_counts() == {"t": 4}
 
 
 def test_write_positions_outlive_the_markers_in_the_database(store: Store) -> None:
