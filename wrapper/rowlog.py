@@ -65,7 +65,7 @@ log = logging.getLogger("prism.wrapper.rowlog")
 #   hidden lengths.
 HEADER = struct.Struct("<IIqqqBxHIIIII")
 _ABSENT = 0xFFFFFFFF
-_OP_LIVE, _OP_TOMB = ord("U"), ord("D")
+_OP_LIVE, _OP_TOMB, _OP_COMMIT = ord("U"), ord("D"), ord("C")
 # Compact when the file is larger than this many times its live bytes, plus
 # the slack (so a small store is never rewritten for a few changes).
 COMPACT_RATIO = 2
@@ -179,6 +179,18 @@ def encode(
     return parts, lengths, tombs
 
 
+def encode_commit(position: int, stored_us: int, body: bytes) -> bytes:
+    """A commit record: what a transaction set in SQLite (its meta and write
+    markers, `body`), so that an open finds it here if SQLite lost it (see
+    RowLog.recovered). Table and key are empty: no reader's table matches."""
+    n = HEADER.size + len(body)
+    header = HEADER.pack(
+        n, 0, position, 0, stored_us, _OP_COMMIT, 0, 0, _ABSENT, len(body), _ABSENT, _ABSENT
+    )
+    crc = zlib.crc32(body, zlib.crc32(header[8:]))
+    return header[:4] + crc.to_bytes(4, "little") + header[8:] + body
+
+
 class Record:
     """One record as read: its header, table and key decoded at once, the
     rest (old key, payload, vector, hidden) when asked for, from the
@@ -204,7 +216,7 @@ class Record:
         )
         if check and zlib.crc32(buf[at + 8 : at + n]) != crc:
             raise LogError(f"row log record at position {self.position} fails its check")
-        self.op = "U" if op == _OP_LIVE else "D"
+        self.op = "U" if op == _OP_LIVE else "D" if op == _OP_TOMB else "C"
         i = at + HEADER.size
         self.table = str(buf[i : i + tl], "utf-8")
         self.key = str(buf[i + tl : i + tl + kl], "utf-8")
@@ -336,6 +348,8 @@ class RowLog:
         self.tombstones: dict[tuple[str, str], tuple[int, int]] = {}  # -> (position, stored_us)
         self.live_bytes = 0  # bytes of the records the index points at
         self.unsynced = False  # appended by commits that were not durable, not yet synced
+        # Commit records found past SQLite's end at open (RowLog._recover_tail).
+        self.recovered: list[bytes] = []
         self.commit_lock = threading.Lock()
         self._views: list[LogView] = []
         self._load()
@@ -349,16 +363,40 @@ class RowLog:
                 f"row log {self.file.path} holds {size} bytes, fewer than the {self.end} "
                 "the store committed: the file was cut or replaced"
             )
-        if size > self.end:
-            # Appended by a transaction that never committed.
-            os.ftruncate(self.file.fd, self.end)
         start = self._load_saved_index()
         for at, n, rec in scan(self.file, start, self.end, check=True):
-            if not self.file.positions or rec.position - self.file.positions[-1] >= MARK_EVERY:
-                self.file.mark(rec.position, at)
-            self._put(
-                rec.table, rec.key, (rec.position, at, n, rec.stored_us if rec.op == "D" else 0)
-            )
+            self._load_record(at, n, rec)
+        if size > self.end:
+            self._recover_tail(size)
+
+    def _load_record(self, at: int, n: int, rec: Record) -> None:
+        if rec.op == "C":
+            return
+        if not self.file.positions or rec.position - self.file.positions[-1] >= MARK_EVERY:
+            self.file.mark(rec.position, at)
+        self._put(rec.table, rec.key, (rec.position, at, n, rec.stored_us if rec.op == "D" else 0))
+
+    def _recover_tail(self, size: int) -> None:
+        """Past the end SQLite recorded: transactions whose log was synced
+        but whose SQLite commit (not synced by itself) was lost, each ending
+        in its commit record, then perhaps one that never committed. The
+        first are kept (their commit records in `recovered`, for the store
+        to write into SQLite again), the rest cut off."""
+        records: list[tuple[int, int, Record]] = []
+        at = self.end
+        try:
+            for at_, n, rec in scan(self.file, self.end, size, check=True):
+                records.append((at_, n, rec))
+                if rec.op == "C":
+                    for a, m, r in records:
+                        self._load_record(a, m, r)
+                    self.recovered.append(rec.values()[1] or b"")
+                    records = []
+                    at = at_ + n
+        except LogError:
+            pass  # a record cut short by the crash: nothing after it committed
+        self.end = at
+        os.ftruncate(self.file.fd, self.end)
 
     def save_index(self) -> None:
         """Keep the index beside the log (at a clean close), so the next open

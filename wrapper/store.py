@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import marshal
 import os
 import sqlite3
 import threading
@@ -59,6 +60,7 @@ from prism.wrapper.rowlog import (
     LogView,
     RowLog,
     encode,
+    encode_commit,
     log_path,
     scan,
     standalone_view,
@@ -342,6 +344,9 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._meta = self._load_meta()
+        self._wal_fd: int | None = None
+        # Whether durable commits sync anything (store.synchronous "full").
+        self._fsync = self._synchronous not in ("NORMAL", "OFF")
         self.log = self._open_log()
         _LIVE_LOGS[_path_key(path)] = self.log
         self._compaction: Compaction | None = None
@@ -409,6 +414,9 @@ class Store:
         gen, end = int(self._get("log_gen") or 0), int(self._get("log_end") or 0)
         try:
             rowlog = RowLog(self.path, gen, end)
+            if rowlog.recovered:
+                self._roll_forward(rowlog)
+                self._meta = self._load_meta()
             rowlog.drop_tombstones(int(self._get("tombstones_purged_us") or 0))
             return rowlog
         except LogError as exc:
@@ -452,6 +460,50 @@ class Store:
         if items:
             self._conn.execute(_set_meta_sql(len(items)), list(chain.from_iterable(items)))
 
+    def _sync_wal(self) -> None:
+        """Make SQLite's committed transactions durable: sync its WAL file
+        (what a FULL commit does), from a descriptor of our own."""
+        if self._wal_fd is None:
+            try:
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+            except FileNotFoundError:
+                return
+        try:
+            os.fdatasync(self._wal_fd)
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot sync its WAL: {exc}") from exc
+
+    def _roll_forward(self, rowlog: RowLog) -> None:
+        """Write into SQLite what the commit records past its end hold (the
+        meta and write markers of transactions whose SQLite commit a power
+        loss took, after their row log was synced)."""
+        items: dict[str, str] = {}
+        markers: list[tuple[str, str | None, int, int]] = []
+        for body in rowlog.recovered:
+            meta_items, marks = marshal.loads(body)
+            items.update(meta_items)
+            markers.extend(marks)
+        items["log_end"] = str(rowlog.end)
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._set_meta(list(items.items()))
+            self._conn.executemany(
+                "INSERT INTO writes (event_id, request_id, position, stored_us) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+                markers,
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        log.warning(
+            "store %s: %d transactions that SQLite lost (a power loss?) were read back from "
+            "its row log",
+            self.path,
+            len(rowlog.recovered),
+        )
+        rowlog.recovered = []
+
     # -- transactions -----------------------------------------------------
     def _synchronous_for(self, durable: bool) -> None:
         # In WAL mode NORMAL skips only the commit's fsync: such a commit may
@@ -487,7 +539,11 @@ class Store:
                     f"store {self.path}: the disk is full ({free} bytes free, a write needs "
                     f"{STORE_RESERVE_BYTES}): free some space; the wrapper resumes by itself"
                 )
-        self._synchronous_for(durable)
+        # SQLite's own commits never wait for the disk: a durable transaction
+        # is made so by one sync of the row log (its commit record holds what
+        # it set in SQLite), or by syncing SQLite's WAL after the commit
+        # (a transaction that changes more than rows: RowLog.recovered).
+        self._synchronous_for(False)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -500,7 +556,10 @@ class Store:
         try:
             try:
                 yield txn
-                if durable and (txn.batches or rowlog.unsynced):
+                fsync = durable and self._fsync
+                if fsync and not txn.sqlite_durable:
+                    txn._append_commit_record()
+                if fsync and (txn.batches or rowlog.unsynced or not txn.sqlite_durable):
                     # The rows first (this transaction's and those of commits
                     # that were not durable): the COMMIT below counts them.
                     rowlog.sync()
@@ -515,6 +574,8 @@ class Store:
                     rowlog.committed(txn.log_end, txn.batches)
                     for after_commit in txn.after_commit:
                         after_commit()
+                if fsync and txn.sqlite_durable:
+                    self._sync_wal()
             except BaseException as exc:
                 if committed:
                     # On disk the transaction is whole; what this process
@@ -597,12 +658,13 @@ class Store:
             end = rowlog.finish_compaction(c)
             if end is None:
                 return
-            self._synchronous_for(True)  # the old log goes once this commits
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._set_meta([("log_gen", str(rowlog.gen + 1)), ("log_end", str(end))])
                 with rowlog.commit_lock:
                     self._conn.execute("COMMIT")
+                    # Durable before the old log goes (switch unlinks it).
+                    self._sync_wal()
                     rowlog.switch(c.new, end, c)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -658,6 +720,7 @@ class Store:
         """Forget everything: a new stream identity. Drivers that resume
         against it bootstrap in full."""
         with self.transaction() as txn:
+            txn.sqlite_durable = True
             txn.new_log = self.log.new_generation()
             txn.log_end = 0
             self._set_meta([("log_gen", str(self.log.gen + 1)), ("log_end", "0")])
@@ -682,6 +745,7 @@ class Store:
         retention floor past them; write positions go MARKER_PURGE_EVERY_S
         later. Returns how many tombstones were purged."""
         with self.transaction(grows=False) as txn:
+            txn.sqlite_durable = True
             count, top = self.log.purge(older_than_us)
             self._conn.execute(
                 "DELETE FROM writes WHERE stored_us < ?",
@@ -735,6 +799,9 @@ class Store:
         if _LIVE_LOGS.get(_path_key(self.path)) is self.log:
             del _LIVE_LOGS[_path_key(self.path)]
         self.log.save_index()
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
         self._conn.close()
 
 
@@ -785,6 +852,11 @@ class StoreTxn:
         self.batches: list[tuple[str, Sequence[str], int, int, list[int], list[int], int]] = []
         self._written_keys: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self.new_log: LogFile | None = None  # a reset's empty log, switched to at commit
+        # Changes SQLite alone holds (schemas, a reset, a purge): made durable
+        # by syncing SQLite's WAL; else by the row log's commit record.
+        self.sqlite_durable = False
+        self.markers: list[tuple[str, str | None, int, int]] = []
+        self._has_commit_record = False
         self.after_commit: list[Callable[[], None]] = []  # under the log's commit lock
         # (table, row) of every write, for Store.recent; live changes only
         # (the initial copy's segments are read from the store).
@@ -803,6 +875,7 @@ class StoreTxn:
             (event_id, request_id, position, self._stored_us),
         )
         self.written.append((event_id, position))
+        self.markers.append((event_id, request_id, position, self._stored_us))
         self.nbytes += 64 + len(event_id) + len(request_id or "")
 
     def _next(self) -> int:
@@ -926,7 +999,17 @@ class StoreTxn:
         self.write_batch(table, keys, none, none, none, commit_us)
         return len(keys)
 
+    def _append_commit_record(self) -> None:
+        """What this transaction sets in SQLite (its meta and write markers),
+        as the row log's commit record: the log's sync makes it durable."""
+        meta = _replace(self.meta, head=self._head)
+        body = marshal.dumps((_meta_items(meta), self.markers))
+        rec = encode_commit(self._head, self._stored_us, body)
+        self.log_end = self._log.append(self.log_end, [rec])
+        self._has_commit_record = True
+
     def set_table_columns(self, table: str, columns_json: str) -> None:
+        self.sqlite_durable = True
         self._conn.execute(
             "INSERT INTO table_schema (name, columns) VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET columns = excluded.columns",
@@ -959,7 +1042,7 @@ class StoreTxn:
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
         items = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
-        if self.batches:
+        if self.batches or self._has_commit_record:
             items.append(("log_end", str(self.log_end)))
         self._store._set_meta(items)
 

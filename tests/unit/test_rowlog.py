@@ -390,3 +390,62 @@ def test_no_compaction_starts_without_room_for_the_live_rows(
                 txn.upsert("t", "[1]", b"y" * 3000, None, 1)
     assert store._compaction is None
     assert sum("not compacting it yet" in r.getMessage() for r in caplog.records) == 1
+
+
+def _copy_sqlite(path: Path, to: Path) -> None:
+    for suffix in ("", "-wal"):
+        src = Path(f"{path}{suffix}")
+        if src.exists():
+            Path(f"{to}{suffix}").write_bytes(src.read_bytes())
+
+
+def test_commits_sqlite_lost_are_read_back_from_the_row_logs_commit_records(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A durable commit syncs the row log, whose commit record holds what the
+    transaction set in SQLite; SQLite's own commit is not synced. After a
+    power loss that kept the log but not SQLite's last commits, an open
+    writes them into SQLite again."""
+    store = Store(tmp_path / "store.sqlite3", "full")
+    store.reset("s1")
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"a", None, 1)
+        txn.set_source_position(100)
+    _copy_sqlite(store.path, tmp_path / "before")  # SQLite as the disk kept it
+    with store.transaction() as txn:
+        txn.upsert("t", "[2]", b"b", None, 2)
+        txn.delete("t", "[1]", 2)
+        txn.record_write("event-1", "request-1", txn.head)
+        txn.set_source_position(200, 2, "0-1-5")
+    with store.transaction() as txn:
+        txn.upsert("t", "[3]", b"c", None, 3)
+        txn.set_source_position(300, 3)
+    meta = store.meta
+    # The power goes: the log (synced at each commit) has all three; SQLite
+    # only the first. A torn record of a transaction that never committed
+    # follows.
+    store.log.append(store.log.end, [b"\x99" * 40])
+    store._compaction = None
+    store.close()
+    for suffix in ("-shm", "-rowindex"):
+        Path(f"{tmp_path / 'store.sqlite3'}{suffix}").unlink(missing_ok=True)
+    _copy_sqlite(tmp_path / "before", tmp_path / "store.sqlite3")
+    with caplog.at_level(logging.WARNING, logger="prism.wrapper.store"):
+        again = Store(tmp_path / "store.sqlite3", "full")
+    assert any("2 transactions that SQLite lost" in r.getMessage() for r in caplog.records)
+    assert again.rebuilt is None
+    assert again.meta == meta
+    assert again.meta.source_position == 300 and again.meta.gtid_state == ""
+    assert again.row_counts() == {"t": 2}
+    reader = StoreReader(again.path)
+    assert reader.write_position("event-1") == 3
+    with reader.snapshot():
+        assert read(reader, "t") == [
+            ("[2]", "U", 2, b"b"),
+            ("[1]", "D", 3, None),
+            ("[3]", "U", 4, b"c"),
+        ]
+    reader.close()
+    with again.transaction() as txn:
+        assert txn.upsert("t", "[4]", b"d", None, 4) == 5
+    again.close()
