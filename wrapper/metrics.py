@@ -91,7 +91,9 @@ FIGURES = (
         "prism_wrapper_snapshot_rows_total", "counter", "Rows copied by initial copies since start"
     ),
     Figure("prism_wrapper_head_position", "gauge", "The store's newest position"),
-    Figure("prism_wrapper_store_bytes", "gauge", "Size of the store's files (database and WAL)"),
+    Figure(
+        "prism_wrapper_store_bytes", "gauge", "Size of the store's files (database, WAL, row log)"
+    ),
     Figure(
         "prism_wrapper_store_disk_free_bytes",
         "gauge",
@@ -211,9 +213,12 @@ class WrapperMetrics:
 
 
 def store_bytes(path: Path) -> int:
-    """The store's size on disk: its database file and its WAL."""
+    """The store's size on disk: its database file, its WAL and its row log
+    (wrapper/rowlog.py: one file, two while a compaction writes the next)."""
     total = 0
-    for p in (path, path.with_name(path.name + "-wal")):
+    files = [path, path.with_name(path.name + "-wal")]
+    files += path.parent.glob(path.name + "-rows.*")
+    for p in files:
         with contextlib.suppress(OSError):
             total += p.stat().st_size
     return total

@@ -449,3 +449,14 @@ def test_commits_sqlite_lost_are_read_back_from_the_row_logs_commit_records(
     with again.transaction() as txn:
         assert txn.upsert("t", "[4]", b"d", None, 4) == 5
     again.close()
+
+
+def test_the_store_size_metric_counts_the_row_log(store: Store) -> None:
+    from prism.wrapper.metrics import store_bytes
+
+    before = store_bytes(store.path)
+    with store.transaction() as txn:
+        txn.upsert("t", "[1]", b"x" * 100_000, None, 1)
+    log_size = log_path(store.path, store.log.gen).stat().st_size
+    assert log_size > 100_000
+    assert store_bytes(store.path) >= before + 100_000
