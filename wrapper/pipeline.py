@@ -106,6 +106,7 @@ class Pipeline:
             source = make_source(self.cfg)
             self._streaming_since = 0.0
             self._progressed = False
+            stored_before = self.store.meta.source_position
             try:
                 self._run_once(source)
                 break
@@ -116,7 +117,11 @@ class Pipeline:
             except WrapperError as exc:
                 if isinstance(exc, ResumeLostError):
                     self._resume_lost = str(exc)
-                if self._progressed or (
+                # Stored, if not yet acknowledged: the store writer commits
+                # (and drivers see the rows) before this thread's next turn
+                # acknowledges, and an outage can fall in between.
+                stored = self.store.meta.source_position != stored_before
+                if self._progressed or stored or (
                     self._streaming_since
                     and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
                 ):
