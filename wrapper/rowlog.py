@@ -17,10 +17,13 @@ view and snapshot readers) without a server or a native build; the format
 is a few dozen lines.
 
 Durability: a transaction appends its records past the committed end, then
-store.py syncs the file (`sync`) before its SQLite COMMIT records the new
-end (meta `log_end`, with `log_gen`, the file's generation). The file is
-cut back to the recorded end on open, so records of a transaction that
-never committed vanish, and a committed one is whole.
+a commit record (what it sets in SQLite: meta and write markers), and
+store.py syncs the file (`sync`) before its SQLite COMMIT, which is not
+synced itself, records the new end (meta `log_end`, with `log_gen`, the
+file's generation). On open, complete transactions past the recorded end
+(SQLite lost its commit to a power loss, the synced log kept it) are kept
+and their commit records handed back (`recovered`); anything after the last
+commit record (a transaction that never committed) is cut off.
 
 Snapshot readers (`LogView`): a view is the committed end and generation at
 one moment, taken under `commit_lock` together with the SQLite read
