@@ -121,9 +121,13 @@ class Pipeline:
                 # (and drivers see the rows) before this thread's next turn
                 # acknowledges, and an outage can fall in between.
                 stored = self.store.meta.source_position != stored_before
-                if self._progressed or stored or (
-                    self._streaming_since
-                    and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                if (
+                    self._progressed
+                    or stored
+                    or (
+                        self._streaming_since
+                        and time.monotonic() - self._streaming_since >= HEALTHY_STREAM_S
+                    )
                 ):
                     attempts = 0
                     backoff.reset()
