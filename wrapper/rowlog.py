@@ -123,6 +123,15 @@ class LogFile:
         self.positions.append(position)
         self.offsets.append(offset)
 
+    def next_mark(self) -> int:
+        """The lowest position the next mark may have: marks are at least
+        MARK_EVERY positions apart (RowLog.committed takes a transaction's)."""
+        return self.positions[-1] + MARK_EVERY if self.positions else 0
+
+    def mark_if_due(self, position: int, offset: int) -> None:
+        if position >= self.next_mark():
+            self.mark(position, offset)
+
     def start_offset(self, after: int, marks: int) -> int:
         """Where to start reading for positions > after (a mark at or before)."""
         i = bisect.bisect_right(self.positions, after, 0, marks) - 1
@@ -331,7 +340,8 @@ def standalone_view(store_path: Path, gen: int, end: int, head: int) -> LogView:
     file = LogFile(log_path(store_path, gen), create=False)
     index: dict[str, dict[str, Entry]] = {}
     for at, n, rec in scan(file, 0, end):
-        index.setdefault(rec.table, {})[rec.key] = (rec.position, at, n, 0)
+        if rec.op != "C":
+            index.setdefault(rec.table, {})[rec.key] = (rec.position, at, n, 0)
     view = LogView(None, file, end, head)
     view.index = index
     return view
@@ -375,8 +385,7 @@ class RowLog:
     def _load_record(self, at: int, n: int, rec: Record) -> None:
         if rec.op == "C":
             return
-        if not self.file.positions or rec.position - self.file.positions[-1] >= MARK_EVERY:
-            self.file.mark(rec.position, at)
+        self.file.mark_if_due(rec.position, at)
         self._put(rec.table, rec.key, (rec.position, at, n, rec.stored_us if rec.op == "D" else 0))
 
     def _recover_tail(self, size: int) -> None:
@@ -552,23 +561,16 @@ class RowLog:
             os.ftruncate(self.file.fd, self.end)
 
     def committed(
-        self,
-        end: int,
-        batches: list[tuple[str, Sequence[str], int, int, list[int], list[int], int]],
+        self, end: int, rows: dict[tuple[str, str], Entry], marks: list[tuple[int, int]]
     ) -> None:
-        """A transaction committed: its batches (table, keys, first position,
-        offset, lengths, tombstone flags, stored_us) enter the index. Called
-        under commit_lock, right after the SQLite COMMIT."""
-        file = self.file
+        """A transaction committed: the newest entry of each key it wrote
+        enters the index, its marks (spaced from LogFile.next_mark) the
+        file's. Called under commit_lock, right after the SQLite COMMIT."""
         put = self._put
-        marks = file.positions
-        for table, keys, pos, at, lengths, tombs, stored_us in batches:
-            for key, n, tomb in zip(keys, lengths, tombs, strict=True):
-                if not marks or pos - marks[-1] >= MARK_EVERY:
-                    file.mark(pos, at)
-                put(table, key, (pos, at, n, stored_us if tomb else 0))
-                pos += 1
-                at += n
+        for (table, key), entry in rows.items():
+            put(table, key, entry)
+        for position, offset in marks:
+            self.file.mark(position, offset)
         self.end = end
 
     def purge(self, older_than_us: int) -> tuple[int, int]:
@@ -713,16 +715,14 @@ class Compaction:
     def _copy(self) -> None:
         new, index, moved = self.new, self._index, self.moved
         out: list[bytes] = []
-        pending = at = count = 0
+        pending = at = 0
         for _, n, rec in scan(self._file, 0, self.upto, check=True):
             if self.stopping:
                 raise LogError("compaction stopped: the store closes")
             e = index.get(rec.table, {}).get(rec.key)
             if e is None or e[0] != rec.position:
                 continue  # superseded (or a purged tombstone)
-            if count % MARK_EVERY == 0:
-                new.mark(rec.position, at)
-            count += 1
+            new.mark_if_due(rec.position, at)
             out.append(rec.raw())
             moved[(rec.table, rec.key)] = (rec.position, at)
             at += n

@@ -23,9 +23,11 @@ has a version (`FORMAT`, in meta): a store of another version is never read
 as this one; an older one is rebuilt empty (the pipeline then copies the
 tables afresh under a new stream identity, and drivers re-bootstrap).
 
-Durability and speed: a commit syncs the row log, then commits SQLite with
-an fsync (synchronous=full), unless the caller says a commit need not be
-durable on its own (the initial copy's batches: nothing is acknowledged
+Durability and speed: a durable commit syncs the row log once, its commit
+record holding what the transaction set in SQLite, whose own COMMIT never
+waits for the disk (a transaction that changes a schema, a reset or a purge
+syncs SQLite's WAL instead). A commit need not be durable on its own when
+the caller says so (the initial copy's batches: nothing is acknowledged
 until the copy's last, durable commit, which syncs everything before it).
 WAL checkpoints, which copy committed SQLite pages into the database file,
 run on a background thread with its own connection, so the writer rarely
@@ -54,7 +56,9 @@ from typing import Any, NamedTuple
 from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.recent import RecentChanges, RowTuple
 from prism.wrapper.rowlog import (
+    MARK_EVERY,
     Compaction,
+    Entry,
     LogError,
     LogFile,
     LogView,
@@ -341,6 +345,15 @@ class Store:
             # afresh (benchmark/README.md, "Issue 12"). It holds the
             # original pages a statement changed: a few MB at most.
             self._conn.execute("PRAGMA temp_store = MEMORY")
+            # SQLite's own commits never wait for the disk: a durable
+            # transaction is made so by one sync of the row log (its commit
+            # record holds what it set in SQLite), or by syncing SQLite's WAL
+            # after the commit (a schema change, a reset, a purge).
+            self._conn.execute(
+                "PRAGMA synchronous = OFF"
+                if self._synchronous == "OFF"
+                else "PRAGMA synchronous = NORMAL"
+            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._meta = self._load_meta()
@@ -354,7 +367,6 @@ class Store:
         # Why the store serves nothing more (its memory lost step with disk).
         self._broken: str | None = None
         self._in_txn = False
-        self._sync_now = self._synchronous
         self._checkpointer: _Checkpointer | None = None
         self._wal_relieved_at = -WAL_RELIEF_EVERY_S  # monotonic time of the last relief
         # Commit notifications for the server's subscription threads.
@@ -439,6 +451,8 @@ class Store:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        if self._fsync:
+            self._sync_wal()
         self._meta = self._load_meta()
         return RowLog(self.path, gen + 1, 0)
 
@@ -496,6 +510,8 @@ class Store:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        if self._fsync:
+            self._sync_wal()
         log.warning(
             "store %s: %d transactions that SQLite lost (a power loss?) were read back from "
             "its row log",
@@ -505,15 +521,6 @@ class Store:
         rowlog.recovered = []
 
     # -- transactions -----------------------------------------------------
-    def _synchronous_for(self, durable: bool) -> None:
-        # In WAL mode NORMAL skips only the commit's fsync: such a commit may
-        # be lost with the machine's power, never half-applied, and the next
-        # FULL commit's fsync makes it durable too (one file, synced whole).
-        level = self._synchronous if durable else "NORMAL"
-        if level != self._sync_now:
-            self._conn.execute(f"PRAGMA synchronous = {level}")
-            self._sync_now = level
-
     @contextlib.contextmanager
     def transaction(self, durable: bool = True, grows: bool = True) -> Iterator[StoreTxn]:
         """One SQLite write transaction. The changes and the source position
@@ -539,11 +546,6 @@ class Store:
                     f"store {self.path}: the disk is full ({free} bytes free, a write needs "
                     f"{STORE_RESERVE_BYTES}): free some space; the wrapper resumes by itself"
                 )
-        # SQLite's own commits never wait for the disk: a durable transaction
-        # is made so by one sync of the row log (its commit record holds what
-        # it set in SQLite), or by syncing SQLite's WAL after the commit
-        # (a transaction that changes more than rows: RowLog.recovered).
-        self._synchronous_for(False)
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -559,11 +561,11 @@ class Store:
                 fsync = durable and self._fsync
                 if fsync and not txn.sqlite_durable:
                     txn._append_commit_record()
-                if fsync and (txn.batches or rowlog.unsynced or not txn.sqlite_durable):
+                if fsync and (txn.rows or rowlog.unsynced or not txn.sqlite_durable):
                     # The rows first (this transaction's and those of commits
                     # that were not durable): the COMMIT below counts them.
                     rowlog.sync()
-                elif txn.batches:
+                elif txn.rows:
                     rowlog.unsynced = True
                 txn._flush_meta()
                 with rowlog.commit_lock:
@@ -571,7 +573,7 @@ class Store:
                     committed = True
                     if txn.new_log is not None:
                         rowlog.switch(txn.new_log, 0, None)
-                    rowlog.committed(txn.log_end, txn.batches)
+                    rowlog.committed(txn.log_end, txn.rows, txn.marks)
                     for after_commit in txn.after_commit:
                         after_commit()
                 if fsync and txn.sqlite_durable:
@@ -761,9 +763,7 @@ class Store:
     def table_columns(self) -> dict[str, str]:
         return read_table_columns(self._conn)
 
-    def stored(
-        self,
-    ) -> Iterator[tuple[str, str, int, str, bytes | None, bytes | None, bytes | None, int]]:
+    def stored(self) -> Iterator[StoredEntry]:
         """Every entry the store holds (each key's newest), in position
         order: (table, key, position, op, payload, vector, hidden, commit_us).
         For inspection and tests; the writer's thread only."""
@@ -845,12 +845,14 @@ class StoreTxn:
         self._stored_us = now_us()
         self.written: list[tuple[str, int]] = []
         self.nbytes = 0  # bytes written to SQLite's WAL, for the checkpointer's pace
-        # The row log: where this transaction appends, what it appended
-        # (RowLog.committed's batches), and what it wrote by key (for get).
+        # The row log: where this transaction appends; the index entry of
+        # each key it wrote, its newest (for get, and the index at commit);
+        # the position marks its records add (RowLog.committed).
         self._log = store.log
         self.log_end = store.log.end
-        self.batches: list[tuple[str, Sequence[str], int, int, list[int], list[int], int]] = []
-        self._written_keys: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+        self.rows: dict[tuple[str, str], Entry] = {}
+        self.marks: list[tuple[int, int]] = []
+        self._next_mark = store.log.file.next_mark()
         self.new_log: LogFile | None = None  # a reset's empty log, switched to at commit
         # Changes SQLite alone holds (schemas, a reset, a purge): made durable
         # by syncing SQLite's WAL; else by the row log's commit record.
@@ -929,8 +931,8 @@ class StoreTxn:
         base = self._head
         self._head += n
         commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
+        olds = repeat(None) if old_keys is None else old_keys
         if self.recent is not None:
-            olds = repeat(None) if old_keys is None else old_keys
             self.recent.extend(
                 zip(
                     repeat(table),
@@ -946,39 +948,33 @@ class StoreTxn:
                     ),
                 )
             )
-        olds = repeat(None) if old_keys is None else old_keys
-        commits = repeat(commit_us) if isinstance(commit_us, int) else commit_us
         parts, lengths, tombs = encode(
             table, keys, base + 1, payloads, vectors, hidden, commits, self._stored_us, olds
         )
         at = self.log_end
         self.log_end = self._log.append(at, parts)
-        self.batches.append((table, keys, base + 1, at, lengths, tombs, self._stored_us))
-        mine = self._written_keys
+        rows, stored_us, next_mark = self.rows, self._stored_us, self._next_mark
         pos = base + 1
         for key, size, tomb in zip(keys, lengths, tombs, strict=True):
-            mine[(table, key)] = (pos, at, size, tomb)
+            rows[(table, key)] = (pos, at, size, stored_us if tomb else 0)
+            if pos >= next_mark:
+                self.marks.append((pos, at))
+                next_mark = pos + MARK_EVERY
             pos += 1
             at += size
+        self._next_mark = next_mark
 
     def get(self, table: str, key: str) -> StoredImage | None:
         """The live image of a row, as of this transaction."""
-        mine = self._written_keys.get((table, key))
-        if mine is not None:
-            entry = (mine[0], mine[1], mine[2], 1 if mine[3] else 0)
-        else:
-            found = self._log.entry(table, key)
-            if found is None:
-                return None
-            entry = found
-        if entry[3]:
+        entry = self.rows.get((table, key)) or self._log.entry(table, key)
+        if entry is None or entry[3]:
             return None
         _, payload, vector, hidden = self._log.read(entry).values()
         return StoredImage(payload or b"", vector, hidden)
 
     def live_keys(self, table: str) -> list[str]:
         keys = dict.fromkeys(self._log.live_keys(table))
-        for (t, k), (_, _, _, tomb) in self._written_keys.items():
+        for (t, k), (_, _, _, tomb) in self.rows.items():
             if t != table:
                 continue
             if tomb:
@@ -1042,7 +1038,7 @@ class StoreTxn:
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
         items = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
-        if self.batches or self._has_commit_record:
+        if self.rows or self._has_commit_record:
             items.append(("log_end", str(self.log_end)))
         self._store._set_meta(items)
 
