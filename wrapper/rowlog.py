@@ -55,9 +55,16 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 from prism.wrapper.errors import StoreError, StoreFullError
 from prism.wrapper.recent import RowTuple
+
+_logcodec: ModuleType | None
+try:  # the native codec (_logcodec.c); optional: the Python below does the same
+    from prism.wrapper import _logcodec
+except ImportError:  # pragma: no cover - only where the extension did not build
+    _logcodec = None
 
 log = logging.getLogger("prism.wrapper.rowlog")
 
@@ -148,13 +155,35 @@ def encode(
     commits: Iterable[int],
     stored_us: int,
     old_keys: Iterable[str | None],
-) -> tuple[list[bytes], list[int], list[int]]:
+) -> tuple[list[bytes], list[int]]:
     """Records for n changes at consecutive positions: the byte strings to
-    write (several per record) and each record's length and tombstone flag."""
+    write (one or several per record) and each record's length."""
+    if _logcodec is not None:
+        data, lengths = _logcodec.encode(
+            table, keys, first_position, payloads, vectors, hidden, commits, stored_us, old_keys
+        )
+        return [data], lengths
+    return encode_py(
+        table, keys, first_position, payloads, vectors, hidden, commits, stored_us, old_keys
+    )
+
+
+def encode_py(
+    table: str,
+    keys: Sequence[str],
+    first_position: int,
+    payloads: Sequence[bytes | None],
+    vectors: Iterable[bytes | None],
+    hidden: Iterable[bytes | None],
+    commits: Iterable[int],
+    stored_us: int,
+    old_keys: Iterable[str | None],
+) -> tuple[list[bytes], list[int]]:
+    """encode() in Python: where the native codec did not compile, and what
+    tests compare it with."""
     tb = table.encode()
     parts: list[bytes] = []
     lengths: list[int] = []
-    tombs: list[int] = []
     pack = HEADER.pack
     crc32 = zlib.crc32
     pos = first_position
@@ -186,9 +215,8 @@ def encode(
         parts.append(header[:4] + crc.to_bytes(4, "little") + header[8:])
         parts.append(body)
         lengths.append(n)
-        tombs.append(payload is None)
         pos += 1
-    return parts, lengths, tombs
+    return parts, lengths
 
 
 def encode_commit(position: int, stored_us: int, body: bytes) -> bytes:
@@ -309,6 +337,46 @@ class LogView:
     def rows(self, table: str, after: int, live_only: bool) -> Iterator[RowTuple]:
         """Each key's newest record with after < position <= head, in
         position order: live images and tombstones, or live images only."""
+        if _logcodec is None:
+            return self.rows_py(table, after, live_only)
+        return self._rows_native(table, after, live_only)
+
+    def _rows_native(self, table: str, after: int, live_only: bool) -> Iterator[RowTuple]:
+        """rows(), a chunk of the file at a time through the native codec."""
+        assert _logcodec is not None
+        idx = self.index.get(table, {})
+        at, end = self.file.start_offset(after, self._marks), self.end
+        while at < end:
+            want = min(READ_CHUNK, end - at)
+            data = os.pread(self.file.fd, want, at)
+            if len(data) < min(want, HEADER.size):
+                raise LogError(
+                    f"row log {self.file.path} ends at {at}, before its recorded end {end}"
+                )
+            got, used = self._native_chunk(data, table, after, idx, live_only)
+            if used == 0:
+                # One record longer than a chunk: read it whole.
+                n = int.from_bytes(data[:4], "little")
+                if n < HEADER.size or at + n > end:
+                    raise LogError(f"row log {self.file.path}: a record at {at} runs past its end")
+                data = os.pread(self.file.fd, n, at)
+                if len(data) != n:
+                    raise LogError(f"row log {self.file.path}: a record at {at} runs past its end")
+                got, used = self._native_chunk(data, table, after, idx, live_only)
+            yield from got
+            at += used
+
+    def _native_chunk(
+        self, data: bytes, table: str, after: int, idx: dict[str, Entry], live_only: bool
+    ) -> tuple[list[RowTuple], int]:
+        assert _logcodec is not None
+        try:
+            return _logcodec.rows(data, table, after, self.head, idx, self.undo, live_only)
+        except ValueError as exc:
+            raise LogError(f"row log {self.file.path}: {exc}") from exc
+
+    def rows_py(self, table: str, after: int, live_only: bool) -> Iterator[RowTuple]:
+        """rows() in Python (see encode_py)."""
         idx = self.index.get(table, {})
         undo = self.undo
         head = self.head

@@ -948,15 +948,15 @@ class StoreTxn:
                     ),
                 )
             )
-        parts, lengths, tombs = encode(
+        parts, lengths = encode(
             table, keys, base + 1, payloads, vectors, hidden, commits, self._stored_us, olds
         )
         at = self.log_end
         self.log_end = self._log.append(at, parts)
         rows, stored_us, next_mark = self.rows, self._stored_us, self._next_mark
         pos = base + 1
-        for key, size, tomb in zip(keys, lengths, tombs, strict=True):
-            rows[(table, key)] = (pos, at, size, stored_us if tomb else 0)
+        for key, size, payload in zip(keys, lengths, payloads, strict=True):
+            rows[(table, key)] = (pos, at, size, stored_us if payload is None else 0)
             if pos >= next_mark:
                 self.marks.append((pos, at))
                 next_mark = pos + MARK_EVERY

@@ -14,8 +14,14 @@ from prism.wrapper.rowlog import log_path
 from prism.wrapper.store import Store, StoreReader
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
+@pytest.fixture(params=["native", "python"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """A fresh store; every test runs with the native record codec
+    (_logcodec.c) and with its Python twin."""
+    if request.param == "python":
+        monkeypatch.setattr(rowlog_module, "_logcodec", None)
+    elif rowlog_module._logcodec is None:
+        pytest.fail("prism.wrapper._logcodec did not build (gcc and Python.h are needed)")
     s = Store(tmp_path / "store.sqlite3", "normal")
     s.reset("s1")
     return s
