@@ -27,11 +27,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 
 from prism.fabric.payload import EXT_F4
 from prism.fabric.sealing import Sealer
+
+_vecref: ModuleType | None
+try:  # the native resolver (_vecref.c); optional: split_py does the same
+    from prism.wrapper import _vecref
+except ImportError:  # pragma: no cover - only where the extension did not build
+    _vecref = None
 
 REF_TAG = b"\x00"
 _REF = struct.Struct("<II")
@@ -131,23 +138,17 @@ def resolve_vectors(
     n = len(stored)
     if matrix is not None and matrix.shape[1] != dim:
         raise VectorRefError(f"projection to {matrix.shape[1]} dimensions, frames carry {dim}")
-    vectors = np.zeros((n, dim), dtype=np.float32)
-    mask = np.zeros(n, dtype=bool)
-    refs: list[int] = []
-    plain: list[int] = []
-    for i, v in enumerate(stored):
-        if v is None:
-            continue
-        mask[i] = True
-        (refs if is_ref(v) else plain).append(i)
-    if plain:
-        projected = np.frombuffer(b"".join(stored[i] or b"" for i in plain), dtype="<f4")
-        projected = projected.reshape(len(plain), dim)
-        vectors[plain] = projected if sealer is None else sealer.seal(projected)
+    if _vecref is not None:
+        try:
+            mask_bytes, refs, plain, src = _vecref.split(payloads, stored)
+        except ValueError as exc:
+            raise VectorRefError(str(exc)) from None
+    else:
+        mask_bytes, refs, plain, src = split_py(payloads, stored)
+    mask = np.frombuffer(mask_bytes, dtype=bool)
     if refs:
         if matrix is None:
             raise VectorRefError("the store holds vector references for a table without vectors")
-        src = b"".join(resolve(payloads[i], stored[i] or b"") for i in refs)
         source = np.frombuffer(src, dtype="<f4")
         if source.size != len(refs) * matrix.shape[0]:
             raise VectorRefError(
@@ -155,5 +156,35 @@ def resolve_vectors(
                 f"{len(refs)} x {matrix.shape[0]}"
             )
         into = matrix if sealer is None else sealer.sealing(matrix)
-        vectors[refs] = source.reshape(len(refs), matrix.shape[0]) @ into
+        projected = source.reshape(len(refs), matrix.shape[0]) @ into
+        if len(refs) == n:
+            # Every row by reference (the usual frame): the product is the
+            # frame's vectors, with no zeroed array to copy it into.
+            return projected.astype(np.float32, copy=False), mask
+    vectors = np.zeros((n, dim), dtype=np.float32)
+    if refs:
+        vectors[refs] = projected
+    if plain:
+        given = np.frombuffer(b"".join(stored[i] or b"" for i in plain), dtype="<f4")
+        given = given.reshape(len(plain), dim)
+        vectors[plain] = given if sealer is None else sealer.seal(given)
     return vectors, mask
+
+
+def split_py(
+    payloads: Sequence[bytes], stored: Sequence[bytes | None]
+) -> tuple[bytes, list[int], list[int], bytes]:
+    """(mask, refs, plain, sources) of a frame's stored vectors: a byte a row,
+    1 where it has a vector; the rows stored by reference and by value; the
+    referenced vectors' bytes in the order of refs. The native _vecref.split
+    does the same where it compiled."""
+    if len(payloads) != len(stored):
+        raise VectorRefError(f"{len(payloads)} payloads for {len(stored)} stored vectors")
+    refs: list[int] = []
+    plain: list[int] = []
+    for i, v in enumerate(stored):
+        if v is not None:
+            (refs if is_ref(v) else plain).append(i)
+    mask = bytes(v is not None for v in stored)
+    src = b"".join(resolve(payloads[i], stored[i] or b"") for i in refs)
+    return mask, refs, plain, src

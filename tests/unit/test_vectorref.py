@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import prism.wrapper.vectorref as vectorref_module
 from prism.fabric.payload import encode_row
 from prism.fabric.projection import Projection
 from prism.wrapper.vectorref import (
@@ -17,10 +18,21 @@ from prism.wrapper.vectorref import (
     refer,
     resolve,
     resolve_vectors,
+    split_py,
 )
 
 SRC_DIM, DIM = 6, 4
 PROJ = Projection(b"p" * 32, "acme", SRC_DIM, DIM)
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the native resolver (_vecref.c) and its Python twin."""
+    if request.param == "python":
+        monkeypatch.setattr(vectorref_module, "_vecref", None)
+    elif vectorref_module._vecref is None:
+        pytest.fail("prism.wrapper._vecref did not build (gcc and Python.h are needed)")
+    return str(request.param)
 
 
 def _row(i: int, vec: np.ndarray | None) -> bytes:
@@ -135,3 +147,36 @@ def test_with_a_sealer_references_are_projected_and_sealed_in_one_step() -> None
     assert not sealed[2].any()
     # The fused matrix is made once per projection matrix.
     assert sealer.sealing(PROJ.matrix) is sealer.sealing(PROJ.matrix)
+
+
+def test_a_frame_of_references_only_is_the_projection_of_its_sources() -> None:
+    vecs = [_vec(i) for i in range(7)]
+    payloads = [_row(i, v) for i, v in enumerate(vecs)]
+    refs, missing = refer(payloads, [v.tobytes() for v in vecs])
+    assert not missing
+    got, mask = resolve_vectors(payloads, refs, DIM, PROJ.matrix)
+    assert mask.all() and got.shape == (7, DIM) and got.dtype == np.float32
+    want = np.stack([PROJ.apply(v) for v in vecs]).astype(np.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_reference_past_its_payload_is_refused_when_resolving() -> None:
+    v = _vec(2)
+    payload = _row(2, v)
+    ref = bytearray(make_ref(payload, v.tobytes()) or b"")
+    ref[1:5] = (len(payload) - 8).to_bytes(4, "little")  # runs past the end
+    with pytest.raises(VectorRefError, match="does not fit a payload"):
+        resolve_vectors([payload], [bytes(ref)], DIM, PROJ.matrix)
+
+
+def test_the_native_split_agrees_with_the_python_one() -> None:
+    from prism.wrapper import _vecref as native
+
+    vecs = [_vec(i) for i in range(5)]
+    payloads = [_row(i, v) for i, v in enumerate(vecs)]
+    refs, _ = refer(payloads, [v.tobytes() for v in vecs])
+    stored = [refs[0], bytes(16), None, refs[3], None]
+    assert native.split(payloads, stored) == split_py(payloads, stored)
+    assert native.split([], []) == split_py([], [])
+    with pytest.raises(ValueError, match="2 payloads for 1"):
+        native.split(payloads[:2], stored[:1])

@@ -1,0 +1,7 @@
+"""Type stub of prism.wrapper._vecref, the native vector reference resolver (see _vecref.c)."""
+
+from collections.abc import Sequence
+
+def split(
+    payloads: Sequence[bytes], stored: Sequence[bytes | None]
+) -> tuple[bytes, list[int], list[int], bytes]: ...
