@@ -255,6 +255,7 @@ class ReplicationConnection:
             raise SourceError("read: replication has not been started", retriable=False)
         pgconn = self._pgconn
         deadline = time.monotonic() + timeout
+        waited = False
         while True:
             try:
                 nbytes, data = pgconn.get_copy_data(1)
@@ -264,11 +265,20 @@ class ReplicationConnection:
                 return parse_copy_data(data)
             if nbytes < 0:
                 raise self._stream_lost(self._end_of_copy_message())
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            if not self._selector.select(remaining):
-                return None
+            if waited:
+                # Read what the socket holds first, without waiting: a
+                # select() lets the interpreter lock go, and under a backlog
+                # taking it back behind the store writer or a serving thread
+                # cost up to a switch interval every few messages, while
+                # the walsender sat blocked on a full socket (its wait
+                # event WalSenderWriteData in 40% of samples,
+                # benchmark/README.md "Issue 12").
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if not self._selector.select(remaining):
+                    return None
+            waited = True
             try:
                 pgconn.consume_input()
             except psycopg.Error as exc:
