@@ -1,5 +1,5 @@
 /* prism.wrapper._vecref: a frame's stored vectors sorted and its references
- * resolved, in one pass and one buffer.
+ * resolved, in one pass and one buffer; and source vectors checked (check).
  *
  * Place in the pipeline: serving, where wrapper/vectorref.py resolve_vectors
  * turns what the store holds for a frame's rows into the vectors to project
@@ -111,8 +111,69 @@ done:
     return result;
 }
 
+/* Whether a row of `dim` float32s is all finite (no exponent of all ones)
+ * and not all zeros (either sign). */
+static inline void row_flags(const char *p, Py_ssize_t dim, int *finite, int *nonzero) {
+    uint32_t any = 0, bad = 0;
+    for (Py_ssize_t j = 0; j < dim; j++) {
+        uint32_t bits;
+        memcpy(&bits, p + 4 * j, 4);
+        any |= bits & 0x7FFFFFFFu;
+        bad |= (bits & 0x7F800000u) == 0x7F800000u;
+    }
+    *finite = !bad;
+    *nonzero = any != 0;
+}
+
+/* check(vectors, dim) -> None | (finite, nonzero)
+ * `vectors`: rows of `dim` float32s, back to back (any contiguous buffer).
+ * None when every row is finite and not all zeros, else one byte a row for
+ * each test. Without numpy, so without letting the interpreter lock go:
+ * the pipeline thread checks every change's vector, and each release of the
+ * lock there was a wait behind the store writer's Python for up to a switch
+ * interval (benchmark/README.md, "Issue 12"). */
+static PyObject *check(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    Py_ssize_t dim;
+    if (!PyArg_ParseTuple(args, "y*n", &buf, &dim)) return NULL;
+    PyObject *result = NULL, *finite = NULL, *nonzero = NULL;
+    if (dim <= 0 || buf.len % (dim * 4)) {
+        PyErr_Format(PyExc_ValueError, "%zd bytes are not rows of %zd float32s", buf.len, dim);
+        goto done;
+    }
+    Py_ssize_t n = buf.len / (dim * 4);
+    const char *p = buf.buf;
+    int all_good = 1;
+    for (Py_ssize_t i = 0; i < n && all_good; i++) {
+        int finite, nonzero;
+        row_flags(p + 4 * i * dim, dim, &finite, &nonzero);
+        all_good = finite && nonzero;
+    }
+    if (all_good) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    finite = PyBytes_FromStringAndSize(NULL, n);
+    nonzero = PyBytes_FromStringAndSize(NULL, n);
+    if (!finite || !nonzero) goto done;
+    char *f = PyBytes_AS_STRING(finite), *z = PyBytes_AS_STRING(nonzero);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int finite, nonzero;
+        row_flags(p + 4 * i * dim, dim, &finite, &nonzero);
+        f[i] = (char)finite;
+        z[i] = (char)nonzero;
+    }
+    result = PyTuple_Pack(2, finite, nonzero);
+done:
+    Py_XDECREF(finite);
+    Py_XDECREF(nonzero);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"split", split, METH_VARARGS, "split(payloads, stored) -> (mask, refs, plain, sources)"},
+    {"check", check, METH_VARARGS, "check(vectors, dim) -> None | (finite, nonzero)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -24,7 +24,7 @@ import numpy as np
 from prism.fabric.embedder import TextEmbedder, row_text
 from prism.fabric.projection import Projection
 from prism.wrapper.config import TableConfig, WrapperConfig
-from prism.wrapper.vectorref import is_ref, refer, resolve
+from prism.wrapper.vectorref import check_vectors, is_ref, refer, resolve
 
 
 def as_float32(value: Any) -> Any:
@@ -204,9 +204,9 @@ class Vectorizer:
         `check`, all but the non-finite and all-zero ones (counted). The
         embedder's vectors are not checked: it makes them. With `source`,
         the checked vectors go into `out` unprojected."""
-        if check:
-            finite = np.isfinite(src).all(axis=1)
-            nonzero = src.any(axis=1)
+        flags = check_vectors(src) if check else None
+        if flags is not None:
+            finite, nonzero = flags
             good = finite & nonzero
             if not good.all():
                 for reason, bad in (("not-finite", ~finite), ("zero", finite & ~nonzero)):

@@ -188,3 +188,22 @@ def split_py(
     mask = bytes(v is not None for v in stored)
     src = b"".join(resolve(payloads[i], stored[i] or b"") for i in refs)
     return mask, refs, plain, src
+
+
+def check_vectors(src: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """None when every row of the (n, dim) float32 vectors is finite and not
+    all zeros; else (finite, nonzero), a bool a row each. Natively
+    (_vecref.check) where it compiled: numpy lets the interpreter lock go
+    in its loops, and the pipeline thread, which checks every change's
+    vector, then waited behind other threads' Python to take it back."""
+    dim = src.shape[1]
+    if _vecref is not None and dim and src.dtype == np.dtype("<f4") and src.flags.c_contiguous:
+        got = _vecref.check(src, dim)
+        if got is None:
+            return None
+        return np.frombuffer(got[0], dtype=bool), np.frombuffer(got[1], dtype=bool)
+    finite = np.asarray(np.isfinite(src).all(axis=1))
+    nonzero = np.asarray(src.any(axis=1))
+    if bool((finite & nonzero).all()):
+        return None
+    return finite, nonzero

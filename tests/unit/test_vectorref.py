@@ -180,3 +180,25 @@ def test_the_native_split_agrees_with_the_python_one() -> None:
     assert native.split([], []) == split_py([], [])
     with pytest.raises(ValueError, match="2 payloads for 1"):
         native.split(payloads[:2], stored[:1])
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8"])
+def test_vectors_are_checked_for_non_finite_and_zero_rows(dtype: str) -> None:
+    """check_vectors: None for good rows; else a flag a row for each test,
+    natively for float32 and by numpy otherwise (and without the extension)."""
+    from prism.wrapper.vectorref import check_vectors
+
+    good = np.ones((3, DIM), dtype=dtype)
+    assert check_vectors(good) is None
+    bad = good.copy()
+    bad[0, 1] = np.nan
+    bad[1] = 0.0
+    bad[2, 0] = -np.inf
+    got = check_vectors(bad)
+    assert got is not None
+    finite, nonzero = got
+    assert finite.tolist() == [False, True, False]
+    assert nonzero.tolist() == [True, False, True]
+    neg_zero = np.full((1, DIM), -0.0, dtype=dtype)  # all zeros, sign or not
+    got = check_vectors(neg_zero)
+    assert got is not None and got[1].tolist() == [False]
