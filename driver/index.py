@@ -82,6 +82,9 @@ log = logging.getLogger("prism.driver.index")
 _EPS = 1e-12
 _EXACT_SUM = 2**24 - 1  # float32 integers are exact up to here
 _TRAINER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prism-index-train")
+# After a swap allows training, it starts this much later on the loop: once
+# the callbacks that tell the application its replica is ready have run.
+TRAIN_AFTER_SWAP_S = 0.01
 
 
 def normalize(v: np.ndarray) -> np.ndarray:
@@ -709,10 +712,30 @@ class VectorIndex:
         again at the swap, it trains in the background then, and queries are
         exact meanwhile."""
         self._hold_training = hold
-        if not hold:
-            self._maybe_train()
-            if self._lists is not None and not self._adopted and self._training is None:
-                self._adopt_on_loop(None)  # a snapshot's partitioning, adopted on load
+        if hold:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._release_training()
+            return
+        # On the driver's loop, after the swap that allowed it has returned:
+        # sampling the training set copies some 20,000 vectors, 59 ms at
+        # 100k rows, and it sat between a bootstrap's last frame and the
+        # replica being ready (benchmark/README.md, "Issue 12").
+        ref = weakref.ref(self)
+
+        def release() -> None:
+            idx = ref()
+            if idx is not None and not idx._hold_training:
+                idx._release_training()
+
+        loop.call_later(TRAIN_AFTER_SWAP_S, release)
+
+    def _release_training(self) -> None:
+        self._maybe_train()
+        if self._lists is not None and not self._adopted and self._training is None:
+            self._adopt_on_loop(None)  # a snapshot's partitioning, adopted on load
 
     def _maybe_train(self) -> None:
         p = self.params

@@ -484,3 +484,32 @@ def test_trim_gives_back_growth_room_and_the_index_grows_again() -> None:
     assert idx.capacity > 1000
     q = unit([1, -1, 2, 0])
     assert idx.query(q, 30, -1.0) == oracle.query(q, 30, -1.0)
+
+
+def test_a_swap_on_the_loop_starts_training_after_it_returns() -> None:
+    """Allowing training (the swap at a bootstrap's end) on the driver's loop
+    samples and starts the training a moment later, not inside the call: the
+    replica is ready first. Without a loop it starts at once."""
+    params = IndexParams(exact_limit=50, nlist=2, nprobe=2, reduced_dim=2, rerank=1000)
+    rng = np.random.default_rng(3)
+    vs = normalize(rng.standard_normal((120, DIM)).astype(np.float32))
+    keys = [f"s{i}" for i in range(len(vs))]
+
+    async def scenario() -> tuple[bool, bool]:
+        idx = VectorIndex(DIM, params=params)
+        idx.hold_training(True)
+        idx.upsert_many(keys, vs)  # past exact_limit, held: nothing trains
+        assert idx._training is None and idx._lists is None
+        idx.hold_training(False)
+        at_return = idx._training is not None or idx._lists is not None
+        await asyncio.sleep(index_mod.TRAIN_AFTER_SWAP_S * 5)
+        return at_return, idx._training is not None or idx._lists is not None
+
+    at_return, later = asyncio.run(scenario())
+    assert not at_return and later
+    idx = VectorIndex(DIM, params=params)
+    idx.hold_training(True)
+    idx.upsert_many(keys, vs)
+    idx.hold_training(False)
+    assert idx._training is not None or idx._lists is not None
+    idx.wait_trained(10)

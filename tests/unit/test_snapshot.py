@@ -172,10 +172,12 @@ def test_a_loaded_partitioning_is_adopted_on_the_loop_once_released(tmp_path: Pa
 
     async def release() -> None:
         gidx.hold_training(False)
-        for _ in range(100):  # gidx._adopted, not gidx.kind: that adopts by itself
+        # Not within the swap's own call: the release waits for the loop.
+        assert not gidx._adopted
+        for _ in range(2000):  # gidx._adopted, not gidx.kind: that adopts by itself
             if gidx._adopted:
                 return
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
 
     asyncio.run(release())
     assert gidx._adopted
