@@ -472,6 +472,7 @@ class VectorIndex:
         # While a bootstrap builds this index aside, nobody queries it: it
         # stays exact, and trains once it is swapped in (hold_training).
         self._hold_training = False
+        self._train_pending = False  # released on the loop, not yet started (hold_training)
         # The space its vectors are in, set by whoever fills it (the
         # replica: prism.driver.space): an opaque tag to this module, which
         # only compares grid vectors. `space_set` is False until the first
@@ -521,7 +522,7 @@ class VectorIndex:
             "bytes_per_vector": self.nbytes / len(self) if len(self) else 0.0,
             "vector_bytes": self.vector_bytes,
             "exact_limit": p.exact_limit,
-            "training": self._training is not None,
+            "training": self._training is not None or self._train_pending,
             "adopting": self._lists is not None and not self._adopted,
             "score": f"cosine of int grid vectors, |component| <= {self.limit}",
         }
@@ -727,9 +728,13 @@ class VectorIndex:
 
         def release() -> None:
             idx = ref()
-            if idx is not None and not idx._hold_training:
+            if idx is None:
+                return
+            idx._train_pending = False
+            if not idx._hold_training:
                 idx._release_training()
 
+        self._train_pending = True
         loop.call_later(TRAIN_AFTER_SWAP_S, release)
 
     def _release_training(self) -> None:

@@ -502,6 +502,8 @@ def test_a_swap_on_the_loop_starts_training_after_it_returns() -> None:
         assert idx._training is None and idx._lists is None
         idx.hold_training(False)
         at_return = idx._training is not None or idx._lists is not None
+        # Pending, it counts as training (stats: nobody takes the index for settled).
+        assert idx.describe()["training"] is True
         await asyncio.sleep(index_mod.TRAIN_AFTER_SWAP_S * 5)
         return at_return, idx._training is not None or idx._lists is not None
 
