@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import threading
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,10 +52,25 @@ class MissingExtraError(ConfigError):
 
 
 def version() -> str:
+    # importlib.metadata is imported here, not with the module: it took 18 ms
+    # of every start before the daemon listened (benchmark/README.md, "Issue 12").
+    from importlib import metadata
+
     try:
         return metadata.version("prismlib")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """--version, looking the version up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"prism-wrapper {version()}")  # on stdout, as argparse's own action prints it
+        parser.exit()
 
 
 def require_wrapper_extra(flavor: str) -> None:
@@ -312,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="prism-wrapper: change-data-capture from PostgreSQL or MySQL to drivers.",
         epilog="With --config and no command, runs the daemon (prism-wrapper run).",
     )
-    parser.add_argument("--version", action="version", version=f"prism-wrapper {version()}")
+    parser.add_argument("--version", action=_VersionAction)
     parser.add_argument(
         "--log-level",
         type=_log_level,
