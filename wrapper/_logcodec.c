@@ -300,18 +300,22 @@ static PyObject *rows(PyObject *self, PyObject *args) {
         if (!e && PyErr_Occurred()) goto fail_key;
         if (e && entry_position(e, &epos) < 0) goto fail_key;
         if (!e || epos > head) {
-            /* Changed since the view began: its entry as of then. */
+            /* Changed since the view began: its entry as of then. `e` is
+             * not used past here: it is borrowed, and the allocation below
+             * may run a finalizer that lets the writer replace it. */
+            int had_entry = e != NULL;
             PyObject *tk = PyTuple_Pack(2, table, key);
             if (!tk) goto fail_key;
             PyObject *u = PyDict_GetItemWithError(undo, tk);
             Py_DECREF(tk);
             if (!u) {
                 if (PyErr_Occurred()) goto fail_key;
-                u = e ? e : Py_None; /* undo.get(..., e) */
+                keep = had_entry && epos == position; /* undo.get(..., e) */
+            } else {
+                long long upos = 0;
+                if (u != Py_None && entry_position(u, &upos) < 0) goto fail_key;
+                keep = u != Py_None && upos == position;
             }
-            long long upos = 0;
-            if (u != Py_None && entry_position(u, &upos) < 0) goto fail_key;
-            keep = u != Py_None && upos == position;
         } else {
             keep = epos == position;
         }
