@@ -63,9 +63,9 @@ from prism.wrapper.rowlog import (
     LogFile,
     LogView,
     RowLog,
-    encode,
     encode_commit,
     log_path,
+    record_encoder,
     scan,
     standalone_view,
 )
@@ -439,20 +439,13 @@ class Store:
                 self.path,
                 exc,
             )
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._open_txn():
             for t in ("table_schema", "writes", "meta"):
                 self._conn.execute(f"DELETE FROM {t}")
             self._conn.execute(
                 "INSERT INTO meta (k, v) VALUES ('format', ?), ('log_gen', ?), ('log_end', '0')",
                 (str(FORMAT), str(gen + 1)),
             )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        if self._fsync:
-            self._sync_wal()
         self._meta = self._load_meta()
         return RowLog(self.path, gen + 1, 0)
 
@@ -487,6 +480,20 @@ class Store:
         except OSError as exc:
             raise StoreError(f"store {self.path}: cannot sync its WAL: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _open_txn(self) -> Iterator[None]:
+        """A SQLite transaction of the store's open (a rebuild, a roll
+        forward), durable once it returns when the store syncs at all."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        if self._fsync:
+            self._sync_wal()
+
     def _roll_forward(self, rowlog: RowLog) -> None:
         """Write into SQLite what the commit records past its end hold (the
         meta and write markers of transactions whose SQLite commit a power
@@ -498,20 +505,13 @@ class Store:
             items.update(meta_items)
             markers.extend(marks)
         items["log_end"] = str(rowlog.end)
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._open_txn():
             self._set_meta(list(items.items()))
             self._conn.executemany(
                 "INSERT INTO writes (event_id, request_id, position, stored_us) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
                 markers,
             )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        if self._fsync:
-            self._sync_wal()
         log.warning(
             "store %s: %d transactions that SQLite lost (a power loss?) were read back from "
             "its row log",
@@ -948,11 +948,11 @@ class StoreTxn:
                     ),
                 )
             )
-        parts, lengths = encode(
+        records, lengths = record_encoder()(
             table, keys, base + 1, payloads, vectors, hidden, commits, self._stored_us, olds
         )
         at = self.log_end
-        self.log_end = self._log.append(at, parts)
+        self.log_end = self._log.append(at, records)
         rows, stored_us, next_mark = self.rows, self._stored_us, self._next_mark
         pos = base + 1
         for key, size, payload in zip(keys, lengths, payloads, strict=True):
@@ -1001,7 +1001,7 @@ class StoreTxn:
         meta = _replace(self.meta, head=self._head)
         body = marshal.dumps((_meta_items(meta), self.markers))
         rec = encode_commit(self._head, self._stored_us, body)
-        self.log_end = self._log.append(self.log_end, [rec])
+        self.log_end = self._log.append(self.log_end, rec)
         self._has_commit_record = True
 
     def set_table_columns(self, table: str, columns_json: str) -> None:
