@@ -53,7 +53,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -145,27 +145,11 @@ class LogFile:
         return self.offsets[i] if i >= 0 else 0
 
 
-def encode(
-    table: str,
-    keys: Sequence[str],
-    first_position: int,
-    payloads: Sequence[bytes | None],
-    vectors: Iterable[bytes | None],
-    hidden: Iterable[bytes | None],
-    commits: Iterable[int],
-    stored_us: int,
-    old_keys: Iterable[str | None],
-) -> tuple[list[bytes], list[int]]:
-    """Records for n changes at consecutive positions: the byte strings to
-    write (one or several per record) and each record's length."""
-    if _logcodec is not None:
-        data, lengths = _logcodec.encode(
-            table, keys, first_position, payloads, vectors, hidden, commits, stored_us, old_keys
-        )
-        return [data], lengths
-    return encode_py(
-        table, keys, first_position, payloads, vectors, hidden, commits, stored_us, old_keys
-    )
+def record_encoder() -> Callable[..., tuple[bytes, list[int]]]:
+    """What encodes records (see encode_py for the arguments): the native
+    codec, or encode_py where it did not compile. Chosen at each call, so a
+    test can take the Python one away from the native."""
+    return encode_py if _logcodec is None else _logcodec.encode
 
 
 def encode_py(
@@ -178,9 +162,11 @@ def encode_py(
     commits: Iterable[int],
     stored_us: int,
     old_keys: Iterable[str | None],
-) -> tuple[list[bytes], list[int]]:
-    """encode() in Python: where the native codec did not compile, and what
-    tests compare it with."""
+) -> tuple[bytes, list[int]]:
+    """Records for n changes at consecutive positions, back to back, and
+    each record's length. In Python: where the native codec
+    (_logcodec.encode, the same bytes) did not compile, and what tests
+    compare it with."""
     tb = table.encode()
     parts: list[bytes] = []
     lengths: list[int] = []
@@ -216,7 +202,7 @@ def encode_py(
         parts.append(body)
         lengths.append(n)
         pos += 1
-    return parts, lengths
+    return b"".join(parts), lengths
 
 
 def encode_commit(position: int, stored_us: int, body: bytes) -> bytes:
@@ -596,10 +582,10 @@ class RowLog:
         return out
 
     # -- writing (the store's writer thread) --------------------------------
-    def append(self, at: int, parts: list[bytes]) -> int:
-        """Write parts at offset `at` (past the committed end); returns the
+    def append(self, at: int, records: bytes) -> int:
+        """Write records at offset `at` (past the committed end); returns the
         offset after them."""
-        data = memoryview(b"".join(parts))
+        data = memoryview(records)
         end = at + len(data)
         try:
             while data:

@@ -99,7 +99,7 @@ def test_appends_of_a_transaction_that_never_committed_are_cut_off(store: Store)
     committed = store.log.end
     # The process dies inside a transaction: its rows are in the file, the
     # COMMIT that would count them never ran.
-    txn_rows = store.log.append(committed, [b"\x00" * 300])
+    txn_rows = store.log.append(committed, b"\x00" * 300)
     assert os.path.getsize(log_path(store.path, store.log.gen)) == txn_rows
     reopened = Store(store.path, "normal")
     assert os.path.getsize(log_path(store.path, reopened.log.gen)) == committed
@@ -430,7 +430,7 @@ def test_commits_sqlite_lost_are_read_back_from_the_row_logs_commit_records(
     # The power goes: the log (synced at each commit) has all three; SQLite
     # only the first. A torn record of a transaction that never committed
     # follows.
-    store.log.append(store.log.end, [b"\x99" * 40])
+    store.log.append(store.log.end, b"\x99" * 40)
     store._compaction = None
     store.close()
     for suffix in ("-shm", "-rowindex"):
