@@ -205,17 +205,16 @@ class Vectorizer:
         embedder's vectors are not checked: it makes them. With `source`,
         the checked vectors go into `out` unprojected."""
         flags = check_vectors(src) if check else None
-        if flags is not None:
+        if flags is not None:  # some rows are bad (None: all are good)
             finite, nonzero = flags
+            for reason, bad in (("not-finite", ~finite), ("zero", finite & ~nonzero)):
+                if n_bad := int(bad.sum()):
+                    self._miss(table, reason, n_bad)
             good = finite & nonzero
-            if not good.all():
-                for reason, bad in (("not-finite", ~finite), ("zero", finite & ~nonzero)):
-                    if n_bad := int(bad.sum()):
-                        self._miss(table, reason, n_bad)
-                src = src[good]
-                idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
-                if not idx:
-                    return out
+            src = src[good]
+            idx = [i for i, g in zip(idx, good.tolist(), strict=True) if g]
+            if not idx:
+                return out
         projected = (
             np.ascontiguousarray(src, dtype="<f4")
             if source
