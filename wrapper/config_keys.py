@@ -311,6 +311,12 @@ class ServerConfig:
         "frames are then sealed again for each driver",
         lambda v: None if v >= 0 else "must be 0 or more",
     )
+    frame_spill_behind_mb: float = key(
+        256.0,
+        "memory in which frames bound for the spill (a bootstrap, a long catch-up) wait "
+        "to be written, and are sent from, until it fills; 0: written as they are sealed",
+        lambda v: None if v >= 0 else "must be 0 or more",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,7 +20,14 @@ without any call's envelope, so a call only binds and appends its envelope
   file per segment, read back with pread): a bootstrap of millions of rows
   is sealed once and served again from the page cache, memory stays for
   the small segments of live commits, and nothing is left behind by a
-  crash. With neither budget left, a
+  crash.
+- Written behind: a spilled frame stays in memory, and its first readers
+  are sent it from there, until a bounded room for such frames
+  (`spill_behind_bytes`) fills and the oldest are written out. Writing
+  each frame of an initial copy as it was sealed, and reading it back to
+  send it, cost the wrapper 0.15-0.4 CPU s a 100,000 rows on a machine
+  whose two cores the copy, PostgreSQL and the first driver share
+  (benchmark/README.md, "Issue 12"). With neither budget left, a
   segment stops being cached: it is still built once for the calls already
   reading it, never more than `window` frames ahead of the slowest of them,
   and each frame is let go once every reader has it.
@@ -38,7 +45,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,13 +89,18 @@ class SpillFile:
         self._file = tempfile.TemporaryFile(dir=directory, prefix="prism-frames-")  # noqa: SIM115
         self.size = 0
 
-    def append(self, data: bytes) -> int:
-        offset, self.size = self.size, self.size + len(data)
+    def reserve(self, size: int) -> int:
+        """Where the next `size` bytes go; the caller holds the cache's lock,
+        so writers of one file (its builder, and another builder writing
+        frames behind) never share an offset."""
+        offset, self.size = self.size, self.size + size
+        return offset
+
+    def write(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         done = 0
         while done < len(view):
             done += os.pwrite(self._file.fileno(), view[done:], offset + done)
-        return offset
 
     def read(self, offset: int, size: int) -> bytes:
         data = os.pread(self._file.fileno(), size, offset)
@@ -111,6 +123,7 @@ class Segment:
     built: int = 0  # frames appended so far
     nbytes: int = 0  # bytes of its frames in memory
     disk_bytes: int = 0  # and in its spill file
+    behind_bytes: int = 0  # of those, bytes still in memory, to be written behind
     spill: SpillFile | None = None
     rows: int = 0
     done: bool = False
@@ -119,6 +132,17 @@ class Segment:
     cached: bool = True  # in the cache's index and budget
     readers: dict[int, int] = field(default_factory=dict)  # reader id -> next frame
     dropped: int = 0  # frames before this index were let go (uncached only)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A frame to write behind, at its reserved place in its spill file."""
+
+    seg: Segment
+    i: int
+    frame: SharedFrame
+    spill: SpillFile
+    offset: int
 
 
 # Spilled frames are a cache: they must never take the room the store needs
@@ -137,9 +161,11 @@ class FrameCache:
         max_segments: int = 65536,
         spill_bytes: int = 0,
         spill_dir: str | os.PathLike[str] | None = None,
+        spill_behind_bytes: int = 0,
     ) -> None:
         self.max_bytes = max(0, max_bytes)
         self.spill_bytes = max(0, spill_bytes)
+        self.spill_behind = max(0, spill_behind_bytes)
         self.spill_dir = spill_dir
         self.window = max(1, window)
         # Live commits make one small segment each: the count bounds the index.
@@ -149,6 +175,9 @@ class FrameCache:
         self._lru: OrderedDict[int, Segment] = OrderedDict()  # id(segment) -> segment
         self._bytes = 0
         self._disk = 0
+        # Spilled frames not written yet, oldest first: (segment, index).
+        self._pending: deque[tuple[Segment, int]] = deque()
+        self._behind = 0
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
 
@@ -200,13 +229,17 @@ class FrameCache:
         long catch-up) go to its spill file while the disk budget allows,
         which keeps memory for the small segments of live commits; any
         other frame stays in memory while that budget allows, and spills
-        past it. With neither budget left the segment stops being cached.
+        past it. A spilled frame is written behind: it stays in memory, and
+        goes out from there, until `spill_behind_bytes` of such frames fill
+        up and the oldest are written to make room. With neither budget
+        left the segment stops being cached.
         Then, with `backpressure`, an uncached segment's builder waits while
         the slowest reader is `window` frames behind, and False tells it
         that nobody reads the segment any more, so it may give up. A caller
         that builds a small segment whole before reading it passes
         backpressure=False."""
         size = len(frame.data)
+        writes: list[_Write] = []
         with self._cond:
             self.stats["frames_built"] += 1
             self.stats["bytes_built"] += size
@@ -230,28 +263,25 @@ class FrameCache:
                 if place == "memory" and seg.cached:
                     self._bytes += size
                     seg.nbytes += size
-        entry: SharedFrame | Spilled = frame
-        if place == "disk":
-            try:
-                if seg.spill is None:
-                    seg.spill = SpillFile(self.spill_dir)
-                offset = seg.spill.append(frame.data)  # only this builder writes it
-                entry = Spilled(offset, size, frame.watermark, frame.epoch, frame.rows)
-                self.stats["frames_spilled"] += 1
-            except OSError as exc:
-                # A full or read-only disk: serve from memory, spill no more.
-                log.warning("frames can no longer spill to %s: %s", self.spill_dir, exc)
-                with self._cond:
-                    self.spill_bytes = 0
-                    self._disk -= size
-                    seg.disk_bytes -= size
-                    self._uncache(seg)
-                    self.stats["spill_failures"] += 1
-        with self._cond:
-            seg.frames.append(entry)
+            if place == "disk":
+                # Room behind for this frame: the oldest frames behind are
+                # written now (outside the lock, below). A frame larger than
+                # the whole room is written at once.
+                if size > self.spill_behind:
+                    writes.extend(self._reserve(seg, seg.built, frame))
+                else:
+                    while self._behind + size > self.spill_behind and self._pending:
+                        writes.extend(self._next_behind())
+                    if seg.cached:  # else a failed spill just took it out of the cache
+                        self._behind += size
+                        seg.behind_bytes += size
+                        self._pending.append((seg, seg.built))
+            seg.frames.append(frame)
             seg.built += 1
             seg.rows += frame.rows
             self._cond.notify_all()
+        self._write_behind(writes)
+        with self._cond:
             while not seg.cached and backpressure:
                 self._drop_read(seg)
                 if not seg.readers:
@@ -260,6 +290,52 @@ class FrameCache:
                     return True
                 self._cond.wait(0.5)
             return True
+
+    def _next_behind(self) -> list[_Write]:
+        """Take the oldest frame still behind (the lock held): its write."""
+        seg, i = self._pending.popleft()
+        entry = seg.frames[i]
+        if not isinstance(entry, SharedFrame):
+            return []  # let go since (an uncached segment's, already read)
+        size = len(entry.data)
+        self._behind -= size
+        seg.behind_bytes -= size
+        return self._reserve(seg, i, entry)
+
+    def _reserve(self, seg: Segment, i: int, frame: SharedFrame) -> list[_Write]:
+        """The place in `seg`'s spill file for its frame `i` (the lock held)."""
+        try:
+            if seg.spill is None:
+                seg.spill = SpillFile(self.spill_dir)
+        except OSError as exc:
+            self._spill_failed(seg, exc)
+            return []
+        return [_Write(seg, i, frame, seg.spill, seg.spill.reserve(len(frame.data)))]
+
+    def _write_behind(self, writes: list[_Write]) -> None:
+        """Write frames to their spill files, no lock held, then serve them
+        from there: each one's memory goes with the last reader holding it."""
+        for w in writes:
+            try:
+                w.spill.write(w.offset, w.frame.data)
+            except OSError as exc:
+                with self._cond:
+                    self._spill_failed(w.seg, exc)
+                continue
+            f = w.frame
+            with self._cond:
+                self.stats["frames_spilled"] += 1
+                if w.seg.frames[w.i] is f:
+                    w.seg.frames[w.i] = Spilled(w.offset, len(f.data), f.watermark, f.epoch, f.rows)
+
+    def _spill_failed(self, seg: Segment, exc: OSError) -> None:
+        """A full or read-only disk: frames stay in memory, and spill no more;
+        the segment leaves the cache, whole for the readers it has."""
+        if self.spill_bytes:
+            log.warning("frames can no longer spill to %s: %s", self.spill_dir, exc)
+            self.stats["spill_failures"] += 1
+        self.spill_bytes = 0
+        self._uncache(seg)
 
     def _disk_keeps_room(self, size: int) -> bool:
         """Whether `size` more spilled bytes leave SPILL_KEEP_FREE_BYTES free."""
@@ -328,6 +404,11 @@ class FrameCache:
         seg.cached = False
         self._bytes -= seg.nbytes
         self._disk -= seg.disk_bytes
+        if seg.behind_bytes:
+            # Its frames behind stay with it (and its readers), unwritten.
+            self._behind -= seg.behind_bytes
+            seg.behind_bytes = 0
+            self._pending = deque(p for p in self._pending if p[0] is not seg)
         self._lru.pop(id(seg), None)
         same = self._by_start.get(seg.start)
         if same is not None:
@@ -370,5 +451,6 @@ class FrameCache:
                 **{f"frame_cache_{k}": v for k, v in self.stats.items()},
                 "frame_cache_bytes": self._bytes,
                 "frame_cache_disk_bytes": self._disk,
+                "frame_cache_behind_bytes": self._behind,
                 "frame_cache_segments": len(self._lru),
             }

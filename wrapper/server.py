@@ -91,6 +91,7 @@ class WrapperState:
             self.frames = FrameCache(
                 int(self.cfg.server.frame_cache_mb * mb),
                 spill_bytes=int(self.cfg.server.frame_spill_mb * mb),
+                spill_behind_bytes=int(self.cfg.server.frame_spill_behind_mb * mb),
                 spill_dir=self.store.path.parent,
             )
         if self.readers is None:

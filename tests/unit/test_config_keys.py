@@ -227,6 +227,7 @@ ENV_VALUES = {
     "server.grace_seconds": ("1.5", 1.5),
     "server.frame_cache_mb": ("128", 128.0),
     "server.frame_spill_mb": ("0", 0.0),
+    "server.frame_spill_behind_mb": ("32", 32.0),
     "tls.cert_file": ("/other.pem", "/other.pem"),
     "tls.key_file": ("/other.key", "/other.key"),
     "tls.client_ca_file": ("/ca.pem", "/ca.pem"),

@@ -265,3 +265,62 @@ def test_spilling_leaves_the_store_its_room(
     assert cache.stats["frames_spilled"] == 2 and not seg.cached
     cache.finish(seg)
     assert [f.data for f in reader] == [frame(i).data for i in range(5)]
+
+
+def test_spilled_frames_are_written_behind_once_their_room_fills(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=1000, spill_bytes=1000, spill_dir=tmp_path, spill_behind_bytes=25)
+    seg, rid, _ = cache.acquire(START, 20)
+    for i in range(2):
+        cache.add(seg, frame(i), large=True)
+    # both wait in memory: reserved on disk, nothing written yet
+    counters = cache.counters()
+    assert counters["frame_cache_behind_bytes"] == 20 and counters["frame_cache_disk_bytes"] == 20
+    assert cache.stats["frames_spilled"] == 0 and seg.spill is None
+    cache.add(seg, frame(2), large=True)  # no room for a third: the oldest is written
+    assert cache.stats["frames_spilled"] == 1
+    assert isinstance(seg.frames[0], framecache.Spilled)
+    assert [isinstance(f, SharedFrame) for f in seg.frames] == [False, True, True]
+    cache.add(seg, frame(3, size=40), large=True)  # larger than the whole room: written at once
+    assert cache.stats["frames_spilled"] == 2 and isinstance(seg.frames[3], framecache.Spilled)
+    assert cache.counters()["frame_cache_behind_bytes"] == 20
+    cache.finish(seg)
+    expected = [frame(0), frame(1), frame(2), frame(3, size=40)]
+    assert list(cache.read(seg, rid)) == expected
+    again, rid2, build = cache.acquire(START, 20)
+    assert again is seg and not build and list(cache.read(again, rid2)) == expected
+
+
+def test_a_segment_leaving_the_cache_takes_its_frames_behind_along(tmp_path: Path) -> None:
+    cache = FrameCache(max_bytes=0, spill_bytes=40, spill_dir=tmp_path, spill_behind_bytes=100)
+    first, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(first, rid)
+    for i in range(3):
+        cache.add(first, frame(i), large=True)
+    cache.finish(first)
+    second, _, _ = cache.acquire((*START[:-1], 20), 30)
+    for i in range(3):
+        cache.add(second, frame(10 + i), large=True)  # past the disk budget: evicts `first`
+    cache.finish(second)
+    assert not first.cached and second.cached
+    counters = cache.counters()
+    assert counters["frame_cache_behind_bytes"] == 30 and counters["frame_cache_disk_bytes"] == 30
+    assert all(s is second for s, _ in cache._pending)
+    # the evicted segment's reader still gets it whole, from memory; none of it was written
+    assert list(reader) == [frame(i) for i in range(3)]
+    assert cache.stats["frames_spilled"] == 0 and first.spill is None
+
+
+def test_a_write_behind_that_fails_leaves_the_segment_whole_in_memory(tmp_path: Path) -> None:
+    spill_dir = tmp_path / "spill"
+    spill_dir.mkdir()
+    cache = FrameCache(max_bytes=0, spill_bytes=1000, spill_dir=spill_dir, spill_behind_bytes=15)
+    seg, rid, _ = cache.acquire(START, 20)
+    cache.add(seg, frame(0), large=True)
+    spill_dir.rmdir()  # the spill's directory is gone when the write comes
+    cache.add(seg, frame(1), large=True)
+    assert cache.stats["spill_failures"] == 1 and cache.spill_bytes == 0 and not seg.cached
+    cache.add(seg, frame(2), large=True, backpressure=False)
+    cache.finish(seg)
+    assert list(cache.read(seg, rid)) == [frame(i) for i in range(3)]
+    counters = cache.counters()
+    assert counters["frame_cache_behind_bytes"] == 0 and counters["frame_cache_disk_bytes"] == 0
