@@ -37,9 +37,11 @@ RowTuple = tuple[str, str, int, bytes | None, bytes | None, int, str | None]
 
 # At most this many writes, or this many payload and vector bytes, are kept.
 # A live segment spans the commits since a driver's last frame: a few
-# commits' worth; past this a caller reads the store, as a catch-up does.
-RECENT_ROWS = 16_384
-RECENT_BYTES = 32 << 20
+# commits' worth. A driver catching up on a burst is served it in bounded
+# segments from here too (`boundary`), as long as it is no further behind
+# than this; past it a caller reads the store.
+RECENT_ROWS = 65_536
+RECENT_BYTES = 128 << 20
 
 
 class RecentChanges:
@@ -53,6 +55,9 @@ class RecentChanges:
         self._low = -1  # every write with low < position <= high is held; -1: none
         self._high = -1
         self._writes: list[tuple[str, RowTuple]] = []  # (table, row), in position order
+        # The head after each commit above low, with its newest commit time:
+        # where a window may end on whole source transactions.
+        self._bounds: list[tuple[int, int]] = []
         self._bytes = 0
         self.served = 0  # windows answered (Health counter recent_windows)
 
@@ -73,6 +78,9 @@ class RecentChanges:
             n = len(self._writes)
             self._writes.extend(writes)
             self._bytes += sum(_size(w) for w in self._writes[n:])
+            if head_after > head_before:
+                commit_us = self._writes[-1][1][5] if len(self._writes) > n else 0
+                self._bounds.append((head_after, commit_us))
             self._high = head_after
             self._low = max(self._low, retention_floor)
             self._trim()
@@ -114,10 +122,25 @@ class RecentChanges:
             rows.reverse()
         return out
 
+    def boundary(self, stream_id: str, start: int, most: int) -> tuple[int, int] | None:
+        """Where a window from `start` may end, taking about `most` writes:
+        the last commit's head within start + most (or the first commit
+        after start, when that one alone is larger), with the newest commit
+        time up to there. None unless the writes after start are held."""
+        with self._lock:
+            if self._low < 0 or stream_id != self._stream or not self._low <= start < self._high:
+                return None
+            i = bisect.bisect_right(self._bounds, start, key=_head)
+            j = bisect.bisect_right(self._bounds, start + most, key=_head)
+            if i == len(self._bounds):
+                return None
+            return self._bounds[max(i, j - 1)]
+
     def _restart(self, stream_id: str, low: int) -> None:
         self._stream = stream_id
         self._low = self._high = low
         self._writes = []
+        self._bounds = []
         self._bytes = 0
 
     def _trim(self) -> None:
@@ -132,6 +155,11 @@ class RecentChanges:
             self._low = max(self._low, _position(self._writes[drop - 1]))
             del self._writes[:drop]
             self._bytes -= freed
+            del self._bounds[: bisect.bisect_right(self._bounds, self._low, key=_head)]
+
+
+def _head(bound: tuple[int, int]) -> int:
+    return bound[0]
 
 
 def _position(write: tuple[str, RowTuple]) -> int:

@@ -132,12 +132,16 @@ class SegmentBuilder:
         meta: StoreMeta,
         epoch: int,
         window: Mapping[str, list[RowTuple]] | None = None,
+        end: tuple[int, int] | None = None,
     ):
         self.scope = scope
         self.reader = reader
         self.meta = meta
         self.epoch = epoch
         self.window = window
+        # Where the changes end and commit, with that commit's time: the
+        # store's head, or an earlier commit's for a window of a burst.
+        self.end = end if end is not None else (meta.head, meta.last_commit_us)
 
     def _chunks(self, table: str, start: int, bootstrap: bool) -> Iterator[list[RowTuple]]:
         size = self.scope.max_rows
@@ -205,7 +209,8 @@ class SegmentBuilder:
         meta = self.meta
         if bootstrap:
             yield (pb.RESET, "", [], 0, meta.last_commit_us)
-        commit = meta.head if meta.snapshot_done and not bootstrap else 0
+        end, end_us = self.end
+        commit = end if meta.snapshot_done and not bootstrap else 0
         held: tuple[str, list[RowTuple], int] | None = None  # one chunk of lookahead
         newest = 0
         for table in self.scope.tables:
@@ -215,10 +220,10 @@ class SegmentBuilder:
                     yield (pb.CHANGES, held[0], held[1], 0, held[2])
                 held = (table, rows, newest)
         if held is not None:
-            newest = max(held[2], meta.last_commit_us) if commit else held[2]
+            newest = max(held[2], end_us) if commit else held[2]
             yield (pb.CHANGES, held[0], held[1], commit, newest)
         elif commit:
-            yield (pb.CHANGES, "", [], commit, meta.last_commit_us)
+            yield (pb.CHANGES, "", [], commit, end_us)
 
     def frames(self, bootstrap: bool, start: int) -> Iterator[SharedFrame]:
         """plan(), sealed in order on this thread."""
@@ -399,17 +404,29 @@ class Call:
         """The changes after `start` as a segment cut from the rows the
         store just committed (built here, or shared when another call has
         it), with this call as a reader; None when they are not all held
-        in memory or span a large segment, and the store must be read."""
-        if meta.head - start > LARGE_FRAMES * self.scope.max_rows:
-            return None
-        window = recent.window(meta.stream_id, start, meta.head, self.scope.tables)
+        in memory, and the store must be read.
+
+        More than a large segment's worth of them (a driver catching up on
+        a burst) go as several segments, each ending at a store commit, so
+        that the driver applies each as it arrives while the next is built,
+        instead of holding a long catch-up whole until its last frame
+        (benchmark/README.md "Issue 12": the last of those, 25,000 changes
+        applied at once, was most of a backlog's last 0.4 s)."""
+        most = LARGE_FRAMES * self.scope.max_rows
+        end: tuple[int, int] | None = None
+        if meta.head - start > most:
+            end = recent.boundary(meta.stream_id, start, most)
+            if end is None or end[0] < meta.retention_floor:
+                return None
+        stop = meta.head if end is None else end[0]
+        window = recent.window(meta.stream_id, start, stop, self.scope.tables)
         if window is None:
             return None
         key, epoch = self._start(meta, False, start)
-        seg, rid, build = self.cache.acquire(key, meta.head, self._min_end(meta, start))
+        seg, rid, build = self.cache.acquire(key, stop, self._min_end(meta, start))
         if build:
             try:
-                builder = SegmentBuilder(self.scope, None, meta, epoch, window)
+                builder = SegmentBuilder(self.scope, None, meta, epoch, window, end)
                 build_segment(self.cache, seg, builder, False, start)
             except BaseException:
                 self.cache.release(seg, rid)

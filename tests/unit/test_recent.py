@@ -131,3 +131,60 @@ def test_a_rolled_back_transaction_leaves_nothing(store: Store) -> None:
     got = store.recent.window(store.meta.stream_id, head - 1, store.meta.head, TABLES)
     assert got == from_store(store, head - 1)
     assert [r[0] for r in got["a"]] == [encode_key([1])]
+
+
+@settings(max_examples=60, deadline=None)
+@given(txns, st.integers(1, 12), st.data())
+def test_a_burst_is_cut_at_commits_into_windows_the_store_read_then(
+    work: list[list[tuple[str, int, bool, int | None]]], most: int, data: st.DataObject
+) -> None:
+    """A driver far behind gets the burst in windows that each end at a
+    store commit: each one is what the store read at that commit's head."""
+    with tempfile.TemporaryDirectory() as tmp, fresh_store(Path(tmp)) as store:
+        base = store.meta.head
+        stream = store.meta.stream_id
+        at_head: dict[int, dict[str, list[RowTuple]]] = {}  # commit head -> read from base
+        for changes in work:
+            commit(store, changes)
+            at_head[store.meta.head] = from_store(store, base)
+        head = store.meta.head
+        start = base
+        while start < head:
+            end = store.recent.boundary(stream, start, most)
+            assert end is not None
+            stop, _ = end
+            assert stop in at_head and stop > start
+            # within `most`, unless the first commit after start alone is larger
+            assert stop - start <= most or not any(start < h < stop for h in at_head)
+            got = store.recent.window(stream, start, stop, TABLES)
+            assert got is not None
+            if start == base:
+                assert got == at_head[stop]
+            start = stop
+        assert store.recent.boundary(stream, head, most) is None
+        other = data.draw(st.integers(base, head), label="start")
+        end = store.recent.boundary(stream, other, most)
+        assert (end is None) == (other == head)
+
+
+def test_a_window_ends_with_its_last_commit_time() -> None:
+    recent = RecentChanges()
+    row: RowTuple = ("k1", "U", 1, b"p", None, 111, None)
+    recent.committed("s", 0, 1, 0, [("a", row)])
+    recent.committed(
+        "s",
+        1,
+        3,
+        0,
+        [
+            ("a", ("k2", "U", 2, b"p", None, 222, None)),
+            ("b", ("k3", "D", 3, None, None, 333, None)),
+        ],
+    )
+    assert recent.boundary("s", 0, 1) == (1, 111)
+    assert recent.boundary("s", 0, 2) == (1, 111)  # 3 would take three writes
+    assert recent.boundary("s", 0, 3) == (3, 333)
+    assert recent.boundary("s", 1, 1) == (3, 333)  # a commit larger than `most` is taken whole
+    assert recent.boundary("other", 0, 3) is None
+    recent.forget()
+    assert recent.boundary("s", 0, 3) is None

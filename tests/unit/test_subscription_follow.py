@@ -18,6 +18,7 @@ from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import encode_key, encode_row
 from prism.fabric.sealing import Sealer
+from prism.wrapper import subscription as subscription_mod
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.store import ReaderPool, Store, StoreMeta, StoreReader
 from prism.wrapper.subscription import (
@@ -257,3 +258,64 @@ def test_subscription_streams_then_heartbeats(store: Store) -> None:
     assert [f.sequence for f in frames] == list(range(1, len(frames) + 1))
     assert frames[-2].commit_position == store.meta.head
     assert waits == [store.meta.head]
+
+
+def test_a_call_behind_a_burst_is_sent_it_in_segments_ending_at_commits(store: Store) -> None:
+    """A driver far behind the store's newest commits gets them from memory
+    in bounded segments (LARGE_FRAMES frames or so), each committing at one
+    of the store's commits, so it applies each as it arrives; the replica
+    ends as a fresh bootstrap of the same store would."""
+    for i in range(3):
+        put(store, "t", i)
+    follower = Follower()
+    rep = follow(store, follower, replica())
+    start = follower.position
+    heads = []
+    for c in range(12):
+        with store.transaction() as txn:
+            for j in range(5):
+                i = 10 + c * 5 + j
+                vec = np.full(DIM, i, dtype="<f4").tobytes()
+                txn.upsert("t", encode_key([i]), encode_row({"id": i, "v": f"r{i}"}), vec, 1)
+            txn.upsert("t", encode_key([1]), encode_row({"id": 1, "v": f"c{c}"}), None, 1)
+            if c == 7:
+                txn.delete("t", encode_key([2]), 1)
+        heads.append(store.meta.head)
+
+    def nothing_new(pos: int, timeout: float) -> bool:
+        return False
+
+    rows = 2  # LARGE_FRAMES frames of 2 rows: segments of about 16 changes
+    assert follower.new_call() == ("stream-1", start)
+    call = subscription(
+        scope(rows),
+        FrameCache(1 << 20),
+        ReaderPool(store.path),
+        "stream-1",
+        start,
+        SUB,
+        nothing_new,
+        lambda: True,
+        current=lambda: store.meta,
+        recent=store.recent,
+    )
+    feed = ReplicaFeed(rep)
+    commits = []
+    for data in call:
+        f = opened(data)
+        if f.kind == pb.HEARTBEAT:
+            break
+        batch = follower.on_frame(f)
+        if batch is not None:
+            commits.append(f.commit_position)
+            feed.apply(batch)
+            follower.committed(batch)
+    call.close()
+    assert len(commits) > 2 and commits[-1] == heads[-1]
+    assert set(commits) <= set(heads) and commits == sorted(commits)
+    steps = [b - a for a, b in zip([start, *commits], commits, strict=False)]
+    assert max(steps) <= subscription_mod.LARGE_FRAMES * rows
+    fresh = follow(store, Follower(), replica())
+    assert rep.tables["t"].rows == fresh.tables["t"].rows
+    assert rep.tables["t"].rows[encode_key([1])] == {"id": 1, "v": "c11"}
+    assert encode_key([2]) not in rep.tables["t"].rows
