@@ -16,6 +16,17 @@ cannot help: the unit's RestartPreventExitStatus=2).
 
 from __future__ import annotations
 
+import gc
+
+if __name__ == "__main__":
+    # `python -m prism.wrapper.cli`: the cyclic collector ran some thirty
+    # times while the daemon's modules loaded, 13% of their 0.22 s, all of
+    # it on the start-up that a restart and the initial copy wait for
+    # (benchmark/README.md, "Issue 12"). Off until start-up is done: cmd_run
+    # freezes what start-up made and turns it back on; every other command
+    # turns it back on at once.
+    gc.disable()
+
 import argparse
 import importlib.util
 import json
@@ -114,6 +125,7 @@ def cmd_run(cfg: WrapperConfig) -> int:
     # that shares 2 cores with the database (perf of a restart,
     # benchmark/README.md "Issue 12"). A value the operator set wins.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    gc.disable()  # until start-up is done (see the top of this module)
     keep_freed_memory()  # large buffers reused, not faulted in afresh (prism.wrapper.heap)
     from prism.wrapper.pipeline import Pipeline
     from prism.wrapper.server import WrapperState, create_server, server_credentials
@@ -163,6 +175,11 @@ def cmd_run(cfg: WrapperConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     worker = threading.Thread(target=pipeline.run, name="pipeline", daemon=True)
+    # What start-up made (modules, config, the store's index of every row)
+    # lives as long as the daemon: out of the collector's reach for good,
+    # so its collections walk only what the stream allocates.
+    gc.freeze()
+    gc.enable()
     worker.start()
     server.start()
     if cfg.insecure:
@@ -393,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         command = "run"
     setup_logging(args.log_level)
+    if command != "run":
+        gc.enable()
     try:
         if command == "gen-secret":
             write_secret(Path(args.path))
