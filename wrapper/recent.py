@@ -55,9 +55,10 @@ class RecentChanges:
         self._low = -1  # every write with low < position <= high is held; -1: none
         self._high = -1
         self._writes: list[tuple[str, RowTuple]] = []  # (table, row), in position order
-        # The head after each commit above low, with its newest commit time:
-        # where a window may end on whole source transactions.
-        self._bounds: list[tuple[int, int]] = []
+        # Per commit above low, in order: (its head, its newest commit time,
+        # its writes, their bytes): where a window may end on whole source
+        # transactions, and what trimming it frees.
+        self._bounds: list[tuple[int, int, int, int]] = []
         self._bytes = 0
         self.served = 0  # windows answered (Health counter recent_windows)
 
@@ -68,19 +69,24 @@ class RecentChanges:
         head_after: int,
         retention_floor: int,
         writes: Iterable[tuple[str, RowTuple]],
+        nbytes: int | None = None,
     ) -> None:
         """A committed transaction took the store from head_before to
         head_after with `writes` ((table, row), in position order: every
-        row it wrote)."""
+        row it wrote), of `nbytes` (the store's record bytes for them;
+        None: their payload and vector bytes, counted here)."""
         with self._lock:
             if stream_id != self._stream or head_before != self._high or self._low < 0:
                 self._restart(stream_id, head_before)
             n = len(self._writes)
             self._writes.extend(writes)
-            self._bytes += sum(_size(w) for w in self._writes[n:])
-            if head_after > head_before:
-                commit_us = self._writes[-1][1][5] if len(self._writes) > n else 0
-                self._bounds.append((head_after, commit_us))
+            added = len(self._writes) - n
+            if nbytes is None:
+                nbytes = sum(_size(w) for w in self._writes[n:])
+            self._bytes += nbytes
+            if added or head_after > head_before:
+                commit_us = self._writes[-1][1][5] if added else 0
+                self._bounds.append((head_after, commit_us, added, nbytes))
             self._high = head_after
             self._low = max(self._low, retention_floor)
             self._trim()
@@ -134,7 +140,8 @@ class RecentChanges:
             j = bisect.bisect_right(self._bounds, start + most, key=_head)
             if i == len(self._bounds):
                 return None
-            return self._bounds[max(i, j - 1)]
+            head, commit_us, _, _ = self._bounds[max(i, j - 1)]
+            return head, commit_us
 
     def _restart(self, stream_id: str, low: int) -> None:
         self._stream = stream_id
@@ -144,21 +151,26 @@ class RecentChanges:
         self._bytes = 0
 
     def _trim(self) -> None:
-        """Drop the oldest writes past the budget; `low` moves past them."""
+        """Drop the oldest commits' writes past the budget, whole commits
+        (a window starts at a commit, where the one before it ended); `low`
+        moves to the head of the last one dropped."""
+        bounds = self._bounds
         n = len(self._writes)
-        drop = 0
-        freed = 0
-        while n - drop > self.max_rows or self._bytes - freed > self.max_bytes:
-            freed += _size(self._writes[drop])
+        drop = writes = freed = 0
+        while drop < len(bounds) and (
+            n - writes > self.max_rows or self._bytes - freed > self.max_bytes
+        ):
+            writes += bounds[drop][2]
+            freed += bounds[drop][3]
             drop += 1
         if drop:
-            self._low = max(self._low, _position(self._writes[drop - 1]))
-            del self._writes[:drop]
+            self._low = max(self._low, bounds[drop - 1][0])
+            del self._writes[:writes]
+            del bounds[:drop]
             self._bytes -= freed
-            del self._bounds[: bisect.bisect_right(self._bounds, self._low, key=_head)]
 
 
-def _head(bound: tuple[int, int]) -> int:
+def _head(bound: tuple[int, int, int, int]) -> int:
     return bound[0]
 
 

@@ -603,7 +603,12 @@ class Store:
         after = txn.meta
         if txn.recent is not None and after.snapshot_done and after.stream_id == before.stream_id:
             self.recent.committed(
-                after.stream_id, before.head, after.head, after.retention_floor, txn.recent
+                after.stream_id,
+                before.head,
+                after.head,
+                after.retention_floor,
+                txn.recent,
+                txn.recent_bytes,
             )
         else:
             self.recent.forget()
@@ -863,6 +868,7 @@ class StoreTxn:
         # (table, row) of every write, for Store.recent; live changes only
         # (the initial copy's segments are read from the store).
         self.recent: list[tuple[str, RowTuple]] | None = [] if meta.snapshot_done else None
+        self.recent_bytes = 0  # their records' bytes: what Store.recent's budget counts
 
     @property
     def head(self) -> int:
@@ -951,6 +957,8 @@ class StoreTxn:
         records, lengths = record_encoder()(
             table, keys, base + 1, payloads, vectors, hidden, commits, self._stored_us, olds
         )
+        if self.recent is not None:
+            self.recent_bytes += len(records)
         at = self.log_end
         self.log_end = self._log.append(at, records)
         rows, stored_us, next_mark = self.rows, self._stored_us, self._next_mark

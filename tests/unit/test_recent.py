@@ -77,21 +77,27 @@ def test_a_window_is_what_the_store_reads_at_that_head(
     with tempfile.TemporaryDirectory() as tmp, fresh_store(Path(tmp)) as store:
         store.recent = RecentChanges(max_rows=budget)
         base = store.meta.head
+        heads = [base]  # where windows start: where a driver's last one ended
         for changes in work:
             before = store.meta.head
             commit(store, changes)
             head = store.meta.head
+            heads.append(head)
             # The newest commit's own span is held whenever it fits the budget.
             if len(changes) <= budget:
                 got = store.recent.window(store.meta.stream_id, before, head, TABLES)
                 assert got == from_store(store, before)
-            start = data.draw(st.integers(base, head), label="start")
+            start = data.draw(st.sampled_from(heads), label="start")
             got = store.recent.window(store.meta.stream_id, start, head, TABLES)
             if got is None:
                 # Only a span longer than the budget may be refused.
                 assert head - start > budget
                 continue
             assert got == from_store(store, start)
+            # From anywhere else: refused, or exactly the store's read.
+            other = data.draw(st.integers(base, head), label="other")
+            got = store.recent.window(store.meta.stream_id, other, head, TABLES)
+            assert got is None or got == from_store(store, other)
 
 
 def test_a_gap_a_purge_and_a_reset_are_never_papered_over(store: Store) -> None:
