@@ -17,7 +17,7 @@ key in the window is the row the store holds at that head.
 Only a window held whole is answered. The changes kept are a contiguous run
 of positions (low, high]: a commit that does not follow the last one (the
 first commit, a store reset, a gap), a purge (its floor) or the budget
-trimming the oldest writes moves `low`, and a window starting below it gets
+trimming the oldest commits moves `low`, and a window starting below it gets
 None, so the caller reads the store as before. Nothing is kept during the
 initial copy, whose segments are built from the store.
 
@@ -35,7 +35,8 @@ from collections.abc import Iterable, Sequence
 # or None, vector or None, commit_us, old_key or None).
 RowTuple = tuple[str, str, int, bytes | None, bytes | None, int, str | None]
 
-# At most this many writes, or this many payload and vector bytes, are kept.
+# At most this many writes, or this many bytes of them (the store's records:
+# payload, vector, key and header), are kept.
 # A live segment spans the commits since a driver's last frame: a few
 # commits' worth. A driver catching up on a burst is served it in bounded
 # segments from here too (`boundary`), as long as it is no further behind
@@ -179,6 +180,7 @@ def _position(write: tuple[str, RowTuple]) -> int:
 
 
 def _size(write: tuple[str, RowTuple]) -> int:
-    """The payload and vector bytes a write holds (what the budget counts)."""
+    """The payload and vector bytes a write holds: what the budget counts
+    when the store does not give its records' size."""
     row = write[1]
     return len(row[3] or b"") + len(row[4] or b"")
