@@ -295,8 +295,9 @@ class FrameCache:
         """Take the oldest frame still behind (the lock held): its write."""
         seg, i = self._pending.popleft()
         entry = seg.frames[i]
-        if not isinstance(entry, SharedFrame):
-            return []  # let go since (an uncached segment's, already read)
+        # Only a cached segment's frames wait (_uncache takes the others
+        # out), and its frames are let go only once written.
+        assert isinstance(entry, SharedFrame)
         size = len(entry.data)
         self._behind -= size
         seg.behind_bytes -= size

@@ -70,20 +70,18 @@ class RecentChanges:
         head_after: int,
         retention_floor: int,
         writes: Iterable[tuple[str, RowTuple]],
-        nbytes: int | None = None,
+        nbytes: int,
     ) -> None:
         """A committed transaction took the store from head_before to
         head_after with `writes` ((table, row), in position order: every
-        row it wrote), of `nbytes` (the store's record bytes for them;
-        None: their payload and vector bytes, counted here)."""
+        row it wrote), whose records take `nbytes` in the store (what the
+        budget counts)."""
         with self._lock:
             if stream_id != self._stream or head_before != self._high or self._low < 0:
                 self._restart(stream_id, head_before)
             n = len(self._writes)
             self._writes.extend(writes)
             added = len(self._writes) - n
-            if nbytes is None:
-                nbytes = sum(_size(w) for w in self._writes[n:])
             self._bytes += nbytes
             if added or head_after > head_before:
                 commit_us = self._writes[-1][1][5] if added else 0
@@ -177,10 +175,3 @@ def _head(bound: tuple[int, int, int, int]) -> int:
 
 def _position(write: tuple[str, RowTuple]) -> int:
     return write[1][2]
-
-
-def _size(write: tuple[str, RowTuple]) -> int:
-    """The payload and vector bytes a write holds: what the budget counts
-    when the store does not give its records' size."""
-    row = write[1]
-    return len(row[3] or b"") + len(row[4] or b"")

@@ -108,7 +108,7 @@ def test_a_gap_a_purge_and_a_reset_are_never_papered_over(store: Store) -> None:
     assert store.recent.window(stream, h1 - 1, store.meta.head, TABLES) is not None
     # A commit the window did not see (another writer's, or one published
     # out of order) leaves a gap: nothing before it is answered.
-    store.recent.committed(stream, store.meta.head + 5, store.meta.head + 6, 0, [])
+    store.recent.committed(stream, store.meta.head + 5, store.meta.head + 6, 0, [], 0)
     assert store.recent.window(stream, h1, h1 + 1, TABLES) is None
     commit(store, [("a", 3, True, None)])  # after the gap: the store's own head again
     assert store.recent.window(stream, h1, store.meta.head, TABLES) is None
@@ -176,7 +176,7 @@ def test_a_burst_is_cut_at_commits_into_windows_the_store_read_then(
 def test_a_window_ends_with_its_last_commit_time() -> None:
     recent = RecentChanges()
     row: RowTuple = ("k1", "U", 1, b"p", None, 111, None)
-    recent.committed("s", 0, 1, 0, [("a", row)])
+    recent.committed("s", 0, 1, 0, [("a", row)], 40)
     recent.committed(
         "s",
         1,
@@ -186,6 +186,7 @@ def test_a_window_ends_with_its_last_commit_time() -> None:
             ("a", ("k2", "U", 2, b"p", None, 222, None)),
             ("b", ("k3", "D", 3, None, None, 333, None)),
         ],
+        80,
     )
     assert recent.boundary("s", 0, 1) == (1, 111)
     assert recent.boundary("s", 0, 2) == (1, 111)  # 3 would take three writes
