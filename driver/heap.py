@@ -8,6 +8,16 @@ keeps what it freed). glibc keeps freed memory for reuse, so the process's
 resident size would stay at its peak, 10-25% above what the replica holds;
 malloc_trim(0) releases every whole free page in every arena, in a few
 milliseconds. Elsewhere (musl, macOS) this is a no-op.
+
+Also: arrays that grow with ndarray.resize (the index's slabs) made
+growable in place. numpy advises transparent huge pages for arrays of 4 MB
+or more, from the first whole page of the data on; the page before it,
+which holds malloc's chunk header, stays out of that advice, so the chunk
+spans two kernel mappings, glibc cannot mremap it, and the first resize of
+such an array copies it whole into a new block (a 154 MB slab: 60-250 ms,
+and twice its size resident meanwhile; 1.5 GB at 1M rows). Advising the
+chunk's pages whole makes it one mapping again: resize then extends it in
+place (benchmark/README.md, "2026-12-05").
 """
 
 from __future__ import annotations
@@ -15,6 +25,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from typing import cast
+
+import numpy as np
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
@@ -29,8 +41,53 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 _MALLOC_TRIM = _malloc_trim()
 
+_PAGE = 4096
+_MADV_HUGEPAGE = 14  # Linux's <sys/mman.h>
+# numpy advises huge pages for allocations from this size on (its alloc.c).
+_NUMPY_HUGEPAGE_BYTES = 1 << 22
+
+
+def _madvise() -> Callable[[int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None).madvise
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return cast("Callable[[int, int, int], int]", fn)
+
+
+_MADVISE = _madvise()
+
+
+def numpy_advises_hugepages() -> bool:
+    try:
+        from numpy._core.multiarray import _get_madvise_hugepage  # type: ignore[attr-defined]
+    except ImportError:
+        return False  # another numpy: leave its memory as it is
+    return bool(_get_madvise_hugepage())
+
 
 def trim() -> None:
     """Return the C heap's free pages to the OS (glibc); else nothing."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def growable(a: np.ndarray) -> np.ndarray:
+    """`a`, a large array numpy has just allocated and that will grow with
+    ndarray.resize, advised for huge pages over all of its pages, so that
+    the resize extends it in place (see above). Returns `a`. A no-op for
+    small arrays, views, where numpy advises nothing (its hugepage advice
+    turned off by the application) and where there is no madvise."""
+    if (
+        _MADVISE is None
+        or a.nbytes < _NUMPY_HUGEPAGE_BYTES
+        or not a.flags.owndata
+        or not numpy_advises_hugepages()
+    ):
+        return a
+    start = a.ctypes.data & ~(_PAGE - 1)
+    end = -(-(a.ctypes.data + a.nbytes) // _PAGE) * _PAGE
+    _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
+    return a
