@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -293,6 +294,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", default=str(HERE / "results" / "writes.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     base = shared_tmp("prism-bench-writes-")
     pg = EmbeddedPostgres(base / "pg").start()
@@ -332,6 +334,9 @@ def main() -> int:
         if wrapper is not None:
             wrapper.stop()
         pg.stop()
+        if not args.keep:
+            # About 200 MB (the database, the store): left behind, every run added one.
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
