@@ -23,6 +23,7 @@ place (benchmark/README.md, "2026-12-05").
 from __future__ import annotations
 
 import ctypes
+import mmap
 from collections.abc import Callable
 from typing import cast
 
@@ -41,8 +42,9 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 _MALLOC_TRIM = _malloc_trim()
 
-_PAGE = 4096
-_MADV_HUGEPAGE = 14  # Linux's <sys/mman.h>
+_PAGE = mmap.PAGESIZE
+# Linux only: where Python's mmap does not know it, there is nothing to undo.
+_MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 # numpy advises huge pages for allocations from this size on (its alloc.c).
 _NUMPY_HUGEPAGE_BYTES = 1 << 22
 
@@ -61,6 +63,8 @@ _MADVISE = _madvise()
 
 
 def numpy_advises_hugepages() -> bool:
+    """Whether numpy advises huge pages for the large arrays it allocates
+    (its default on Linux; an application may turn it off)."""
     try:
         from numpy._core.multiarray import _get_madvise_hugepage  # type: ignore[attr-defined]
     except ImportError:
@@ -82,6 +86,7 @@ def growable(a: np.ndarray) -> np.ndarray:
     turned off by the application) and where there is no madvise."""
     if (
         _MADVISE is None
+        or _MADV_HUGEPAGE is None
         or a.nbytes < _NUMPY_HUGEPAGE_BYTES
         or not a.flags.owndata
         or not numpy_advises_hugepages()
