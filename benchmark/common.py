@@ -429,6 +429,18 @@ def rss_bytes(pid: int | None = None) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
+def peak_rss_bytes() -> int:
+    """This process's own peak resident size (VmHWM). Not ru_maxrss: a
+    process started by another keeps, across its exec, the peak of the one
+    that started it, so a driver process spawned by run.py (which holds the
+    first driver's replica) read run.py's peak when that one was higher."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def percentiles(
     values: list[float] | np.ndarray, ps: tuple[float, ...] = (50, 99)
 ) -> dict[str, float]:

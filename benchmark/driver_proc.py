@@ -9,9 +9,10 @@ from the snapshot an earlier run left there), measures RSS again after a gc
 partitioning, which a large table's index does on its own after a bootstrap
 ("settled": what the app keeps), and prints one JSON line. A sample of rows is also sized
 object by object, to split the per-row cost into Python row objects and the
-vector index. The peak RSS is read twice: at ready (the bootstrap's own
-peak, `rss_peak_ready`), and at exit (`rss_peak`, which also counts that
-sizing: `table.rows` decodes every payload into a dict). An RSS trace of
+vector index. The peak RSS (the process's own VmHWM) is read twice: at
+ready (the bootstrap's own peak, `rss_peak_ready`), and at exit
+(`rss_peak`, which also counts that sizing: `table.rows` decodes every
+payload into a dict). An RSS trace of
 the bootstrap (`rss_trace_mb`) shows where it grows.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TABLE, TENANT, driver_tls, rss_bytes
+from common import TABLE, TENANT, driver_tls, peak_rss_bytes, rss_bytes
 
 from prism.driver import DriverConfig, PrismDriver
 
@@ -91,7 +92,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await driver.wait_ready(timeout=args.timeout)
         t1 = time.perf_counter()
         # The peak so far, before the sizing below decodes every payload.
-        peak_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak_ready = peak_rss_bytes()
         points = trace.stop()
         gc.collect()
         rss_after = rss_bytes()
@@ -113,8 +114,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         payload_bytes = sum(map(len, table.payloads.values()))
         t2 = time.perf_counter()
     t3 = time.perf_counter()  # close(): with a snapshot_dir, the snapshot is written
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_kb = usage.ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU time
+    peak = peak_rss_bytes()
     return {
         "rows": rows,
         "seconds": t1 - t0,
@@ -127,7 +128,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "rss_per_row_ready": (rss_after - rss_before) / max(1, rows),
         "settle_seconds": settle_s,
         "index_at_ready": index_ready,
-        "rss_peak": peak_kb * 1024,
+        "rss_peak": peak,
         "rss_peak_ready": peak_ready,
         "rss_trace_mb": points[:: max(1, len(points) // 40)],
         "index": stats["index"].get(TABLE, {}),
