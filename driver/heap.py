@@ -25,41 +25,30 @@ from __future__ import annotations
 import ctypes
 import mmap
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc(name: str, argtypes: list[Any], restype: Any) -> Callable[..., int] | None:
+    """glibc's function `name`, typed; None where the C library has none."""
     try:
-        fn = ctypes.CDLL(None).malloc_trim
+        fn = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int], int]", fn)
+    fn.argtypes = argtypes
+    fn.restype = restype
+    return cast("Callable[..., int]", fn)
 
 
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = _libc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
 
 _PAGE = mmap.PAGESIZE
 # Linux only: where Python's mmap does not know it, there is nothing to undo.
 _MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 # numpy advises huge pages for allocations from this size on (its alloc.c).
 _NUMPY_HUGEPAGE_BYTES = 1 << 22
-
-
-def _madvise() -> Callable[[int, int, int], int] | None:
-    try:
-        fn = ctypes.CDLL(None).madvise
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return cast("Callable[[int, int, int], int]", fn)
-
-
-_MADVISE = _madvise()
 
 
 def numpy_advises_hugepages() -> bool:
