@@ -9,15 +9,16 @@ resident size would stay at its peak, 10-25% above what the replica holds;
 malloc_trim(0) releases every whole free page in every arena, in a few
 milliseconds. Elsewhere (musl, macOS) this is a no-op.
 
-Also: arrays that grow with ndarray.resize (the index's slabs) made
-growable in place. numpy advises transparent huge pages for arrays of 4 MB
-or more, from the first whole page of the data on; the page before it,
+Also `resize()`: arrays that grow (the index's slabs) resized in place.
+numpy advises transparent huge pages for arrays of 4 MB or more, from the
+first whole page of the data on; the page before it,
 which holds malloc's chunk header, stays out of that advice, so the chunk
 spans two kernel mappings, glibc cannot mremap it, and the first resize of
 such an array copies it whole into a new block (a 154 MB slab: 60-250 ms,
 and twice its size resident meanwhile; 1.5 GB at 1M rows). Advising the
 chunk's pages whole makes it one mapping again: resize then extends it in
-place (benchmark/README.md, "2026-12-05").
+place (benchmark/README.md, "2026-12-05"). `resize()` does so before every
+resize, so no caller has to remember where its array came from.
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ def trim() -> None:
 
 
 def growable(a: np.ndarray) -> np.ndarray:
-    """`a`, a large array numpy has just allocated and that will grow with
-    ndarray.resize, advised for huge pages over all of its pages, so that
-    the resize extends it in place (see above). Returns `a`. A no-op for
-    small arrays, views, where numpy advises nothing (its hugepage advice
-    turned off by the application) and where there is no madvise."""
+    """`a`, a large array that will grow with ndarray.resize, advised for
+    huge pages over all of its pages, so that the resize extends it in
+    place (see above). Returns `a`. A no-op for small arrays, views, where
+    numpy advises nothing (its hugepage advice turned off by the
+    application) and where there is no madvise."""
     if (
         _MADVISE is None
         or _MADV_HUGEPAGE is None
@@ -85,3 +86,9 @@ def growable(a: np.ndarray) -> np.ndarray:
     end = -(-(a.ctypes.data + a.nbytes) // _PAGE) * _PAGE
     _MADVISE(start, end - start, _MADV_HUGEPAGE)  # advice only: a failure changes nothing
     return a
+
+
+def resize(a: np.ndarray, shape: int | tuple[int, ...]) -> None:
+    """ndarray.resize(shape) of an array nothing else views, in place where
+    the C library can (growable() first): new elements are zero."""
+    growable(a).resize(shape, refcheck=False)

@@ -239,8 +239,8 @@ class _Lists:
         self.part = part
         self.delta = delta
         k, r = part.centroids.shape
-        self.red = heap.growable(np.zeros((max(arena, 16), r), np.float32))
-        self.owner = heap.growable(np.full(len(self.red), -1, np.int32))
+        self.red = np.zeros((max(arena, 16), r), np.float32)
+        self.owner = np.full(len(self.red), -1, np.int32)
         self.start = np.zeros(k, np.int64)
         self.cap = np.zeros(k, np.int64)
         self.n = np.zeros(k, np.int64)
@@ -252,8 +252,8 @@ class _Lists:
         self.d_owner = np.full(self.delta, -1, np.int32)
         self.d_n = 0
         # Where each slot's reduced vector is: 0 nowhere, 1 in a list, 2 in the delta.
-        self.where = heap.growable(np.zeros(slot_capacity, np.int8))
-        self.pos = heap.growable(np.zeros(slot_capacity, np.int64))
+        self.where = np.zeros(slot_capacity, np.int8)
+        self.pos = np.zeros(slot_capacity, np.int64)
 
     def presize(self, expected: np.ndarray) -> None:
         """Lay the (empty) lists out for `expected` rows each, with their
@@ -272,14 +272,14 @@ class _Lists:
             # regrown (and zero-filled again) at once; np.zeros maps it, and
             # pages nobody writes cost nothing.
             size = self.tail + self.tail // 8
-            self.red = heap.growable(np.zeros((size, self.red.shape[1]), np.float32))
-            self.owner = heap.growable(np.full(size, -1, np.int32))
+            self.red = np.zeros((size, self.red.shape[1]), np.float32)
+            self.owner = np.full(size, -1, np.int32)
 
     def grow_slots(self, capacity: int) -> None:
         old = len(self.where)
-        self.where.resize(capacity, refcheck=False)
+        heap.resize(self.where, capacity)
         self.where[old:] = 0
-        self.pos.resize(capacity, refcheck=False)
+        heap.resize(self.pos, capacity)
 
     def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
         return unit_grid @ self.part.basis
@@ -387,9 +387,8 @@ class _Lists:
             return
         size = max(need, len(self.red) + len(self.red) // 4)
         old = len(self.owner)
-        # realloc extends it in place (heap.growable keeps that possible)
-        self.red.resize((size, self.red.shape[1]), refcheck=False)
-        self.owner.resize(size, refcheck=False)
+        heap.resize(self.red, (size, self.red.shape[1]))  # in place: no copy
+        heap.resize(self.owner, size)
         self.owner[old:] = -1
 
     def _compact_all(self, need: int, incoming: dict[int, int]) -> None:
@@ -397,8 +396,8 @@ class _Lists:
         each with room for its `incoming` rows besides its slack."""
         used = int((self.n + self.n // 4 + 16).sum()) + sum(incoming.values())
         size = max(used + need - self.tail, 16)
-        red = heap.growable(np.zeros((size, self.red.shape[1]), np.float32))
-        owner = heap.growable(np.full(size, -1, np.int32))
+        red = np.zeros((size, self.red.shape[1]), np.float32)
+        owner = np.full(size, -1, np.int32)
         at = 0
         for li in range(len(self.n)):
             s, n = int(self.start[li]), int(self.n[li])
@@ -458,8 +457,8 @@ class VectorIndex:
         self.params = params or IndexParams()
         self.limit = grid_limit(dim)
         cap = max(capacity, 16)
-        self._grid = heap.growable(np.zeros((cap, dim), dtype=np.float32))
-        self._sq = heap.growable(np.zeros(cap, dtype=np.float64))  # 0 marks a free slot
+        self._grid = np.zeros((cap, dim), dtype=np.float32)
+        self._sq = np.zeros(cap, dtype=np.float64)  # 0 marks a free slot
         self._keys: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
@@ -542,11 +541,10 @@ class VectorIndex:
         if need <= cap:
             return
         new_cap = max(need, cap + cap // 8)
-        # resize reallocates in place (mremap for large blocks, which
-        # heap.growable keeps possible): no copy of the slab, so no pause
-        # proportional to its size.
-        self._grid.resize((new_cap, self.dim), refcheck=False)
-        self._sq.resize(new_cap, refcheck=False)
+        # heap.resize reallocates in place (mremap for large blocks): no copy
+        # of the slab, so no pause proportional to its size.
+        heap.resize(self._grid, (new_cap, self.dim))
+        heap.resize(self._sq, new_cap)
         if self._lists is not None:
             self._lists.grow_slots(new_cap)
 
@@ -640,8 +638,8 @@ class VectorIndex:
         table's size is known): up to an eighth of the vectors' bytes."""
         n = max(len(self._keys), 16)
         if n < self._grid.shape[0]:
-            self._grid.resize((n, self.dim), refcheck=False)  # realloc: no copy
-            self._sq.resize(n, refcheck=False)
+            heap.resize(self._grid, (n, self.dim))  # in place: no copy
+            heap.resize(self._sq, n)
             if self._lists is not None:
                 self._lists.grow_slots(n)
 
@@ -677,11 +675,11 @@ class VectorIndex:
         if n and max(float(held.max()), -float(held.min())) > self.limit:
             raise ValueError(f"load_rows: a grid component exceeds the grid limit {self.limit}")
         if grid.dtype == np.float32 and grid.flags.c_contiguous and len(grid) >= 16:
-            self._grid = heap.growable(grid)
+            self._grid = grid
         else:
-            self._grid = heap.growable(np.zeros((max(n, 16), self.dim), np.float32))
+            self._grid = np.zeros((max(n, 16), self.dim), np.float32)
             self._grid[:n] = held
-        self._sq = heap.growable(np.zeros(len(self._grid), np.float64))
+        self._sq = np.zeros(len(self._grid), np.float64)
         self._sq[:n] = np.einsum("ij,ij->i", self._grid[:n], self._grid[:n], dtype=np.float64)
         if n and not self._sq[:n].all():
             raise ValueError("load_rows: a zero grid vector")
