@@ -419,18 +419,23 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
     r["rss_delta"] = settled - r["rss_before"]
     r["index_bytes"] = int(r["index"].get("bytes", 0))
     r["index_bytes_per_row"] = r["index_bytes"] / rows
+    cpu = r.get("bootstrap_cpu", {})
+    cpu_note = (
+        f"; its CPU {cpu.get('user_s', 0):.1f} s user + {cpu.get('system_s', 0):.1f} s system "
+        f"for {cpu.get('minor_faults', 0):,} page faults "
+        f"({cpu.get('system_us_per_fault', 0):.1f} µs each)"
+    )
+    keys = ("rows", "seconds", "rows_per_s", "frames", "bootstrap_cpu")
     if again:
-        ctx.results["bootstrap_cached"] = {
-            k: r[k] for k in ("rows", "seconds", "rows_per_s", "frames")
-        }
+        ctx.results["bootstrap_cached"] = {k: r[k] for k in keys if k in r}
         log(
             f"bootstrap (3rd driver): {r['rows']} rows in "
-            f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s"
+            f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s{cpu_note}"
         )
         return
-    ctx.results["bootstrap"] = {k: r[k] for k in ("rows", "seconds", "rows_per_s", "frames")}
+    ctx.results["bootstrap"] = {k: r[k] for k in keys if k in r}
     ctx.results["memory"] = {
-        k: v for k, v in r.items() if k not in ("seconds", "rows_per_s", "frames")
+        k: v for k, v in r.items() if k not in ("seconds", "rows_per_s", "frames", "bootstrap_cpu")
     }
     log(
         f"bootstrap (2nd driver): {r['rows']} rows in {r['seconds']:.1f}s = "
@@ -440,7 +445,7 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
         f"{r['rss_peak_ready'] / 1e6:.0f} MB at ready, {r['rss_peak'] / 1e6:.0f} MB with "
         f"driver_proc's sizing after it), {r['rss_per_row']:,.0f} B/row settled "
         f"({r['rss_per_row_ready']:,.0f} at ready), index {r['index_bytes'] / 1e6:.0f} MB "
-        f"({r['index'].get('kind', '?')})"
+        f"({r['index'].get('kind', '?')}){cpu_note}"
     )
 
 
