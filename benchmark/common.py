@@ -453,6 +453,16 @@ def percentiles(
     return out
 
 
+def nested(r: Any, *path: str) -> Any:
+    """r[path[0]][path[1]]..., or None where a key is missing (results JSON
+    of a run that skipped or failed a phase)."""
+    for k in path:
+        if not isinstance(r, dict) or k not in r:
+            return None
+        r = r[k]
+    return r
+
+
 def replace_readme_section(start: str, end: str, heading: str, table: str) -> None:
     """Put `table` (which starts with `start` and ends with `end`) into
     benchmark/README.md in place of the previous one, or append it under

@@ -11,15 +11,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import nested  # noqa: E402
+
 START, END = "<!-- index:start -->", "<!-- index:end -->"
-
-
-def _get(r: dict[str, Any], *path: str) -> Any:
-    for p in path:
-        if not isinstance(r, dict) or p not in r:
-            return None
-        r = r[p]
-    return r
 
 
 def _ms(v: Any) -> str:
@@ -60,7 +56,7 @@ def _data_line(r: dict[str, Any]) -> str:
         f"Data: {ds.get('rows_small', 0):,} real MiniLM embeddings (from "
         f"{ds.get('corpus_texts', 0):,} distinct corpus texts); the 1M set is {real:,} real + "
         f"{big - real:,} synthetic mixtures of real ones. {ds.get('queries', 0)} held-out real "
-        f"queries. The 0.5 ms link: {_get(r, 'link', 'how')}."
+        f"queries. The 0.5 ms link: {nested(r, 'link', 'how')}."
     )
 
 
@@ -70,7 +66,7 @@ def _f(v: Any, spec: str = ".3f") -> str:
 
 def _query_rows(r: dict[str, Any]) -> list[str]:
     t = r["targets"]
-    p = lambda *a: _get(r, *a)  # noqa: E731
+    p = lambda *a: nested(r, *a)  # noqa: E731
     out = []
     for size, key, npk, target in (
         ("100k", "prism_small", "numpy_small", t["query_p50_ms_100k"]),
@@ -112,7 +108,7 @@ def _query_rows(r: dict[str, Any]) -> list[str]:
 
 def _other_rows(r: dict[str, Any]) -> list[str]:
     t = r["targets"]
-    p = lambda *a: _get(r, *a)  # noqa: E731
+    p = lambda *a: nested(r, *a)  # noqa: E731
     g = p("get", "us", "p50")
     out = [
         _row(
@@ -175,7 +171,7 @@ def _other_rows(r: dict[str, Any]) -> list[str]:
 
 
 def render(r: dict[str, Any]) -> str:
-    s = _get(r, "stats_small") or {}
+    s = nested(r, "stats_small") or {}
     lines = [
         _env_line(r),
         "",
@@ -189,7 +185,7 @@ def render(r: dict[str, Any]) -> str:
         f"`driver.stats()['index']` at 100k: kind `{s.get('kind')}` (exact_limit "
         f"{s.get('exact_limit')}), nlist {s.get('nlist')}, nprobe {s.get('nprobe')}, reduced_dim "
         f"{s.get('reduced_dim')}, rerank {s.get('rerank')}, {s.get('bytes_per_vector', 0):,.0f} "
-        f"B/vector. pgvector HNSW build over 100k: {_get(r, 'pg_hnsw_build_s') or 0:.0f} s.",
+        f"B/vector. pgvector HNSW build over 100k: {nested(r, 'pg_hnsw_build_s') or 0:.0f} s.",
     ]
     return "\n".join(lines)
 
