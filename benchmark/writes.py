@@ -286,6 +286,13 @@ def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
         f"(target 2×: {2 * base:.2f} ms). `wait=True` measured "
         f"{res['driver_write_wait_true_ms']['p50']:.2f} ms, "
         f"{res['driver_write_wait_true_ms']['p50'] - res['floor_ms']:.2f} ms above that floor.",
+        "",
+        # Any design that writes through the wrapper, even one that answers
+        # without waiting for the stream, pays a round trip plus the INSERT.
+        "Floor of any write through the wrapper, with or without the stream: the round trip "
+        f"plus the plain INSERT itself = {rtt + base:.2f} ms, {(rtt + base) / base:.2f}× the "
+        f"INSERT, which leaves {2 * base - rtt - base:.2f} ms of the 2× target for everything "
+        "the wrapper and the driver do.",
     ]
 
 
