@@ -276,9 +276,7 @@ class _Lists:
             self.owner = np.full(size, -1, np.int32)
 
     def grow_slots(self, capacity: int) -> None:
-        old = len(self.where)
-        heap.resize(self.where, capacity)
-        self.where[old:] = 0
+        heap.resize(self.where, capacity)  # new slots come zeroed: 0, nowhere
         heap.resize(self.pos, capacity)
 
     def reduce(self, unit_grid: np.ndarray) -> np.ndarray:
