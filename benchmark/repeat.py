@@ -142,6 +142,17 @@ def median_run(runs: list[dict[str, Any]]) -> int:
     return keyed[(len(keyed) - 1) // 2]
 
 
+def spread(row: dict[str, Any], t: Target) -> str:
+    """ "min / median / max" of a summary row, in its target's format."""
+    if not row["runs"]:
+        return "—"
+    return " / ".join(t.fmt.format(row[k]) for k in ("min", "median", "max"))
+
+
+def met(row: dict[str, Any]) -> str:
+    return f"{row['met']} of {row['runs']}" if "met" in row else "reported"
+
+
 def render(summary: list[dict[str, Any]], runs: list[dict[str, Any]], picked: int) -> str:
     dates = [str(nested(r, "environment", "date") or "?")[11:16] for r in runs]
     commit = nested(runs[0], "environment", "git_commit") or "?"
@@ -157,14 +168,10 @@ def render(summary: list[dict[str, Any]], runs: list[dict[str, Any]], picked: in
     ]
     for row, t in zip(summary, TARGETS, strict=True):
         cells = ["—" if v is None else t.fmt.format(v) for v in row["values"]]
-        spread = (
-            " / ".join(t.fmt.format(row[k]) for k in ("min", "median", "max"))
-            if row["runs"]
-            else "—"
-        )
-        met = f"{row['met']} of {row['runs']}" if "met" in row else "reported"
         lines.append(
-            f"| {row['target']} | {row['goal']} | " + " | ".join(cells) + f" | {spread} | {met} |"
+            f"| {row['target']} | {row['goal']} | "
+            + " | ".join(cells)
+            + f" | {spread(row, t)} | {met(row)} |"
         )
     lines.append(END)
     return "\n".join(lines)
@@ -222,11 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         chosen = results / f"rows-{a.rows}.json"
         shutil.copyfile(tmp / f"run-{picked}.json", chosen)
-        for row in summary:
-            spread = (
-                f"{row['min']:.3f} / {row['median']:.3f} / {row['max']:.3f}" if row["runs"] else "—"
-            )
-            print(f"[repeat] {row['target']}: {spread}; met {row.get('met', '-')} of {row['runs']}")
+        for row, t in zip(summary, TARGETS, strict=True):
+            print(f"[repeat] {row['target']}: {spread(row, t)}; met {met(row)}")
         if not a.no_report:
             write_readme(chosen)
             replace_readme_section(

@@ -419,24 +419,21 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
     r["rss_delta"] = settled - r["rss_before"]
     r["index_bytes"] = int(r["index"].get("bytes", 0))
     r["index_bytes_per_row"] = r["index_bytes"] / rows
-    cpu = r.get("bootstrap_cpu", {})
+    cpu = r["bootstrap_cpu"]
     cpu_note = (
-        f"; its CPU {cpu.get('user_s', 0):.1f} s user + {cpu.get('system_s', 0):.1f} s system "
-        f"for {cpu.get('minor_faults', 0):,} page faults "
-        f"({cpu.get('system_us_per_fault', 0):.1f} µs each)"
+        f"; its CPU {cpu['user_s']:.1f} s user + {cpu['system_s']:.1f} s system "
+        f"for {cpu['minor_faults']:,} page faults ({cpu['system_us_per_fault']:.1f} µs each)"
     )
     keys = ("rows", "seconds", "rows_per_s", "frames", "bootstrap_cpu")
     if again:
-        ctx.results["bootstrap_cached"] = {k: r[k] for k in keys if k in r}
+        ctx.results["bootstrap_cached"] = {k: r[k] for k in keys}
         log(
             f"bootstrap (3rd driver): {r['rows']} rows in "
             f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s{cpu_note}"
         )
         return
-    ctx.results["bootstrap"] = {k: r[k] for k in keys if k in r}
-    ctx.results["memory"] = {
-        k: v for k, v in r.items() if k not in ("seconds", "rows_per_s", "frames", "bootstrap_cpu")
-    }
+    ctx.results["bootstrap"] = {k: r[k] for k in keys}
+    ctx.results["memory"] = {k: v for k, v in r.items() if k == "rows" or k not in keys}
     log(
         f"bootstrap (2nd driver): {r['rows']} rows in {r['seconds']:.1f}s = "
         f"{r['rows_per_s']:,.0f} rows/s; RSS {r['rss_before'] / 1e6:.0f} → "

@@ -291,7 +291,7 @@ def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
         # without waiting for the stream, pays a round trip plus the INSERT.
         "Floor of any write through the wrapper, with or without the stream: the round trip "
         f"plus the plain INSERT itself = {rtt + base:.2f} ms, {(rtt + base) / base:.2f}× the "
-        f"INSERT, which leaves {2 * base - rtt - base:.2f} ms of the 2× target for everything "
+        f"INSERT, which leaves {base - rtt:.2f} ms of the 2× target for everything "
         "the wrapper and the driver do.",
     ]
 
