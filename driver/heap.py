@@ -9,7 +9,8 @@ resident size would stay at its peak, 10-25% above what the replica holds;
 malloc_trim(0) releases every whole free page in every arena, in a few
 milliseconds. Elsewhere (musl, macOS) this is a no-op.
 
-Also `resize()`: arrays that grow (the index's slabs) resized in place.
+Also `resize()`: arrays that grow (the index's slabs, but a slab a
+bootstrap builds: driver/slab.py) resized in place.
 numpy advises transparent huge pages for arrays of 4 MB or more, from the
 first whole page of the data on; the page before it,
 which holds malloc's chunk header, stays out of that advice, so the chunk

@@ -48,6 +48,9 @@ numpy calls: a removal leaves a hole; new rows gather in a small delta block
 (scanned by every query) and are filed into their lists `delta` at a time; a
 full list is compacted or moved to the end of the lists' arena. Nothing is
 ever rebuilt; the slab and the arena grow by reallocation, not by copying.
+While a bootstrap builds an index aside (hold_training), its slab lives in
+reserved address space instead (driver/slab.py): growing it is a new view,
+and a helper thread faults its next rows in ahead, off the event loop.
 
 Not thread-safe, like the driver: mutate and query from one thread (the
 driver's event loop). The training thread reads only a copy of a sample.
@@ -76,6 +79,7 @@ import numpy as np
 
 from prism.driver import heap
 from prism.driver.errors import DriverConfigError
+from prism.driver.slab import Slab
 
 log = logging.getLogger("prism.driver.index")
 
@@ -457,6 +461,10 @@ class VectorIndex:
         cap = max(capacity, 16)
         self._grid = np.zeros((cap, dim), dtype=np.float32)
         self._sq = np.zeros(cap, dtype=np.float64)  # 0 marks a free slot
+        # Where the grid slab lives once a bulk load grows it (driver/slab.py):
+        # grown without copying or zero-filling, and faulted in ahead of the
+        # rows on a helper thread while the load lasts. None: a numpy array.
+        self._slab: Slab | None = None
         self._keys: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
@@ -539,12 +547,33 @@ class VectorIndex:
         if need <= cap:
             return
         new_cap = max(need, cap + cap // 8)
-        # heap.resize reallocates in place (mremap for large blocks): no copy
-        # of the slab, so no pause proportional to its size.
-        heap.resize(self._grid, (new_cap, self.dim))
+        self._grow_grid(cap, new_cap)
         heap.resize(self._sq, new_cap)
         if self._lists is not None:
             self._lists.grow_slots(new_cap)
+
+    def _grow_grid(self, cap: int, new_cap: int) -> None:
+        """The grid slab to `new_cap` rows. During a bulk load (a bootstrap
+        building this index aside) it moves, once, to a reserved slab: each
+        growth is then a new view, and the helper thread faults in the rows
+        one growth ahead, off the event loop. Otherwise heap.resize
+        reallocates in place (mremap for large blocks): no copy of the slab,
+        so no pause proportional to its size."""
+        if self._slab is None and self._hold_training:
+            self._slab = Slab.reserve((self.dim,), np.float32)
+            if self._slab is not None and new_cap <= self._slab.max_rows:
+                self._slab.view(cap)[:] = self._grid  # while the table is small
+        slab = self._slab
+        if slab is not None and new_cap <= slab.max_rows:
+            self._grid = slab.view(new_cap)
+            if self._hold_training:
+                slab.prefault(new_cap + (new_cap - cap))
+            return
+        if slab is not None:  # more rows than the reservation (the RAM) holds
+            if not self._grid.flags.owndata:
+                self._grid = self._grid.copy()
+            self._slab = None
+        heap.resize(self._grid, (new_cap, self.dim))
 
     def _slots_for(self, keys: Sequence[str]) -> np.ndarray:
         """The slot of each key (distinct keys), taking free or new slots for
@@ -635,8 +664,12 @@ class VectorIndex:
         """Give back the slab's growth room (after a bootstrap, when the
         table's size is known): up to an eighth of the vectors' bytes."""
         n = max(len(self._keys), 16)
-        if n < self._grid.shape[0]:
+        if self._slab is not None:  # also what the helper faulted in ahead
+            self._grid = self._slab.view(n)
+            self._slab.release(n)
+        elif n < self._grid.shape[0]:
             heap.resize(self._grid, (n, self.dim))  # in place: no copy
+        if n < self._sq.shape[0]:
             heap.resize(self._sq, n)
             if self._lists is not None:
                 self._lists.grow_slots(n)
@@ -672,6 +705,7 @@ class VectorIndex:
         held = grid[:n]
         if n and max(float(held.max()), -float(held.min())) > self.limit:
             raise ValueError(f"load_rows: a grid component exceeds the grid limit {self.limit}")
+        self._slab = None
         if grid.dtype == np.float32 and grid.flags.c_contiguous and len(grid) >= 16:
             self._grid = grid
         else:
