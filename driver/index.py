@@ -465,6 +465,9 @@ class VectorIndex:
         # grown without copying or zero-filling, and faulted in ahead of the
         # rows on a helper thread while the load lasts. None: a numpy array.
         self._slab: Slab | None = None
+        # Only an index a bootstrap fills from empty takes one, once: not a
+        # warm restart's loaded grid (moving it would copy the whole table).
+        self._may_slab = True
         self._keys: list[str | None] = []
         self._slot: dict[str, int] = {}
         self._free: list[int] = []
@@ -559,10 +562,11 @@ class VectorIndex:
         one growth ahead, off the event loop. Otherwise heap.resize
         reallocates in place (mremap for large blocks): no copy of the slab,
         so no pause proportional to its size."""
-        if self._slab is None and self._hold_training:
+        if self._may_slab and self._hold_training:
+            self._may_slab = False
             self._slab = Slab.reserve((self.dim,), np.float32)
             if self._slab is not None and new_cap <= self._slab.max_rows:
-                self._slab.view(cap)[:] = self._grid  # while the table is small
+                self._slab.view(cap)[:] = self._grid  # the first growth: a few rows
         slab = self._slab
         if slab is not None and new_cap <= slab.max_rows:
             self._grid = slab.view(new_cap)
@@ -662,7 +666,8 @@ class VectorIndex:
     # -- bulk state (warm-restart snapshots, driver/snapshot.py) --------------
     def trim(self) -> None:
         """Give back the slab's growth room (after a bootstrap, when the
-        table's size is known): up to an eighth of the vectors' bytes."""
+        table's size is known): up to a quarter of the vectors' bytes (an
+        eighth of growth room, and on a slab as much faulted in ahead)."""
         n = max(len(self._keys), 16)
         if self._slab is not None:  # also what the helper faulted in ahead
             self._grid = self._slab.view(n)
@@ -705,7 +710,7 @@ class VectorIndex:
         held = grid[:n]
         if n and max(float(held.max()), -float(held.min())) > self.limit:
             raise ValueError(f"load_rows: a grid component exceeds the grid limit {self.limit}")
-        self._slab = None
+        self._slab, self._may_slab = None, False
         if grid.dtype == np.float32 and grid.flags.c_contiguous and len(grid) >= 16:
             self._grid = grid
         else:
@@ -743,10 +748,13 @@ class VectorIndex:
         lists would cost the bootstrap half its time (the training thread
         competes for the CPU), for queries nobody can make yet. Allowed
         again at the swap, it trains in the background then, and queries are
-        exact meanwhile."""
+        exact meanwhile. While held, a new index's slab is faulted in ahead
+        (_grow_grid); allowed, what was faulted in past its capacity goes."""
         self._hold_training = hold
         if hold:
             return
+        if self._slab is not None:
+            self._slab.release(self._grid.shape[0])
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -27,19 +27,23 @@ pages' (1.5 GB of cold memory: 3.3-3.5 s in huge pages, 0.6 s in 4 kB
 pages), and a 2nd driver's bootstrap with this slab so advised ran at
 103-128k rows/s against 118-172k without (benchmark/README.md, "Issue 12").
 
-Hand-written with ctypes rather than Python's `mmap` module: that module
-neither passes `MAP_NORESERVE` (without it a reservation the size of RAM is
-refused under the kernel's overcommit heuristic) nor releases the
-interpreter lock in `madvise`. Where any of this is unavailable (no glibc,
-another OS, strict overcommit) `Slab.reserve` returns None and the index
-keeps growing a numpy array as before.
+Hand-written with ctypes rather than Python's `mmap` module: its `madvise`
+holds the interpreter lock for the whole call, and it has no constant for
+`MAP_NORESERVE` (without which a reservation the size of RAM is refused under
+the kernel's overcommit heuristic). Where any of this is unavailable
+(another OS or architecture, strict overcommit, an address-space limit)
+`Slab.reserve` returns None and the index keeps growing a numpy array as
+before.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import logging
 import mmap
 import os
+import resource
 import threading
 import weakref
 from collections import deque
@@ -47,13 +51,19 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger("prism.driver.slab")
+
 _PAGE = mmap.PAGESIZE
-_PROT_READ_WRITE = 0x3
-_MAP_PRIVATE_ANONYMOUS = 0x22
+_PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
+_MAP_PRIVATE_ANONYMOUS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+# MAP_NORESERVE and MADV_POPULATE_WRITE (Python's mmap module has neither):
+# these values hold on the architectures below, not on all (ppc64, mips).
 _MAP_NORESERVE = 0x4000
-_MAP_FAILED = ctypes.c_void_p(-1).value
-_MADV_DONTNEED = 4
 _MADV_POPULATE_WRITE = 23
+_ARCHES = ("x86_64", "aarch64", "riscv64")
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_MADV_DONTNEED = mmap.MADV_DONTNEED if hasattr(mmap, "MADV_DONTNEED") else 4
+_MADV_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", 15)
 # The helper faults in this much per call, so that release() never waits
 # long for a call in flight (a few ms of cold pages).
 _CHUNK = 4 << 20
@@ -74,7 +84,20 @@ def _libc() -> Any | None:
     return libc
 
 
-_LIBC = _libc() if os.uname().sysname == "Linux" else None
+_LIBC = _libc() if os.uname().sysname == "Linux" and os.uname().machine in _ARCHES else None
+
+
+def _may_reserve() -> bool:
+    """Whether a reservation the size of RAM costs nothing: not under strict
+    overcommit (which ignores MAP_NORESERVE and would charge it all) nor
+    under an address-space limit."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as fh:
+            if fh.read().strip() == "2":
+                return False
+    except OSError:
+        return False
+    return resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
 
 
 def _ram_bytes() -> int:
@@ -127,7 +150,7 @@ class Slab:
     ) -> Slab | None:
         """A slab reserving `max_bytes` (default: the machine's RAM, since a
         larger array could not be resident); None where it cannot be had."""
-        if _LIBC is None:
+        if _LIBC is None or not _may_reserve():
             return None
         nbytes = -(-(max_bytes or _ram_bytes()) // _PAGE) * _PAGE
         addr = _LIBC.mmap(
@@ -135,6 +158,8 @@ class Slab:
         )
         if addr is None or addr == _MAP_FAILED:
             return None
+        # 4 kB pages, also where the kernel gives huge pages unasked (above).
+        _LIBC.madvise(addr, nbytes, _MADV_NOHUGEPAGE)
         return cls(addr, nbytes, row_shape, dtype)
 
     def view(self, rows: int) -> np.ndarray:
@@ -185,7 +210,7 @@ class Slab:
                 if hi <= lo:
                     return True
                 if _LIBC.madvise(self._addr + lo, hi - lo, _MADV_POPULATE_WRITE) != 0:
-                    return ctypes.get_errno() not in (22, 38)  # EINVAL, ENOSYS: unsupported
+                    return ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS)  # unsupported
             lo = hi
         return True
 
@@ -218,7 +243,11 @@ class _Helper:
                     self._ready.wait()
                 ref, start, end = self._work.popleft()
             slab = ref()
-            if slab is not None and not slab._fault_in(start, end):
+            try:
+                if slab is not None and not slab._fault_in(start, end):
+                    self.supported = False
+            except Exception:  # never leave requests queued for a dead thread
+                log.exception("faulting in a slab ahead failed; no more")
                 self.supported = False
             del slab
 

@@ -150,3 +150,26 @@ def test_an_index_outgrowing_its_reservation_goes_on_as_a_numpy_array(
     idx.hold_training(True)
     idx.upsert_many(keys, vs)
     assert idx._slab is None and idx.query(vs[7], 1, 0.0)[0][0] == "k7"
+
+
+def test_a_warm_restarts_grid_is_not_moved_when_the_catch_up_grows_it() -> None:
+    """A warm restart loads the grid whole while training is held (the
+    catch-up that follows is a bootstrap's tail); growing it then must not
+    copy the table into a slab, and nothing faulted in ahead stays."""
+    rng = np.random.default_rng(8)
+    vs = normalize(rng.standard_normal((4000, DIM)).astype(np.float32))
+    keys = [f"k{i}" for i in range(len(vs))]
+    src = VectorIndex(DIM)
+    src.upsert_many(keys, vs)
+    mask, grid = src.export_rows(keys)
+    assert mask.all()
+    idx = VectorIndex(DIM)
+    idx.hold_training(True)
+    idx.load_rows(keys, grid.astype(np.float32))
+    idx.trim()
+    loaded = idx._grid
+    idx.upsert_many(["new"], vs[:1])
+    assert idx._slab is None
+    assert idx._grid.ctypes.data == loaded.ctypes.data or idx._grid.flags.owndata
+    idx.hold_training(False)
+    assert idx.query(vs[5], 1, 0.0)[0][0] == "k5"
