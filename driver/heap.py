@@ -32,10 +32,12 @@ from typing import Any, cast
 import numpy as np
 
 
-def _libc(name: str, argtypes: list[Any], restype: Any) -> Callable[..., int] | None:
-    """glibc's function `name`, typed; None where the C library has none."""
+def libc_function(name: str, argtypes: list[Any], restype: Any) -> Callable[..., int] | None:
+    """The C library's function `name`, typed, setting ctypes' errno (read
+    with ctypes.get_errno); None where the C library has none. Also used by
+    driver/slab.py."""
     try:
-        fn = getattr(ctypes.CDLL(None), name)
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
     fn.argtypes = argtypes
@@ -43,8 +45,8 @@ def _libc(name: str, argtypes: list[Any], restype: Any) -> Callable[..., int] | 
     return cast("Callable[..., int]", fn)
 
 
-_MALLOC_TRIM = _libc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
-_MADVISE = _libc("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
+_MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
+_MADVISE = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
 
 _PAGE = mmap.PAGESIZE
 # Linux only: where Python's mmap does not know it, there is nothing to undo.

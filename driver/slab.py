@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from prism.driver import heap
+
 log = logging.getLogger("prism.driver.slab")
 
 _PAGE = mmap.PAGESIZE
@@ -69,19 +71,36 @@ _MADV_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", 15)
 _CHUNK = 4 << 20
 
 
-def _libc() -> Any | None:
+class _Libc:
+    """The three calls a slab makes, typed (heap.libc_function)."""
+
+    def __init__(self) -> None:
+        mmap_ = heap.libc_function(
+            "mmap",
+            [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_long,
+            ],
+            ctypes.c_void_p,
+        )
+        munmap = heap.libc_function("munmap", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
+        madvise = heap.libc_function(
+            "madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+        )
+        if mmap_ is None or munmap is None or madvise is None:
+            raise OSError("no mmap, munmap or madvise in the C library")
+        self.mmap, self.munmap, self.madvise = mmap_, munmap, madvise
+
+
+def _libc() -> _Libc | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-            ctypes.c_long,
-        ]  # fmt: skip
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    except (AttributeError, OSError):
+        return _Libc()
+    except OSError:
         return None
-    return libc
 
 
 _LIBC = _libc() if os.uname().sysname == "Linux" and os.uname().machine in _ARCHES else None
