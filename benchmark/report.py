@@ -143,6 +143,17 @@ def render(r: dict[str, Any], source: str) -> str:
             "",
             "",
         )
+        dp = lat.get("disk_probe")
+        if dp:
+            add(
+                f"  ↳ the disk beside it: 2 kB append + fdatasync {_n(dp.get('rate'))}/s, ms",
+                f"p50 {_n(dp.get('p50_ms'), 2)} / p99 {_n(dp.get('p99_ms'), 2)} / "
+                f"max {_n(dp.get('max_ms'), 1)}",
+                "",
+                f"{len(dp.get('stalls', []))} syncs over {_n(dp.get('stall_ms'))} ms; "
+                f"{dp.get('late_commits_in_stalls')} of the {dp.get('late_commits')} commits "
+                "over 50 ms waited through one (benchmark/diskprobe.py)",
+            )
     sweep = r.get("latency_sweep", {})
     if sweep:
         steps = "; ".join(

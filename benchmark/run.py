@@ -51,6 +51,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import diskprobe  # noqa: E402
 from common import (  # noqa: E402
     DIM,
     TABLE,
@@ -532,6 +533,35 @@ async def start_writer(
     return proc, json.loads(line)
 
 
+async def start_disk_probe(ctx: Ctx) -> asyncio.subprocess.Process:
+    """benchmark/diskprobe.py on the store's filesystem, probing until told to stop."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(HERE / "diskprobe.py"),
+        "--dir",
+        str(ctx.base),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        limit=64 * 1024 * 1024,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), ctx.args.timeout)
+    if not line:
+        raise RuntimeError("the disk probe exited before it was ready")
+    return proc
+
+
+async def finish_disk_probe(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"stop\n")
+    await proc.stdin.drain()
+    line = await proc.stdout.readline()
+    await proc.wait()
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"the disk probe exited with {proc.returncode}")
+    return dict(json.loads(line))
+
+
 async def finish_writer(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[str, Any]:
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), ctx.args.timeout)
@@ -825,6 +855,7 @@ async def bench_latency(
     hook.callbacks.append(cb)
     prof = profile_start(ctx, "wrapper-latency", ctx.wrapper.pid) if profile else None
     prof_d = profile_start(ctx, "driver-latency", os.getpid()) if profile else None
+    disk = await start_disk_probe(ctx)
     assert proc.stdin is not None
     cpu0 = cpu_snapshot(ctx)
     proc.stdin.write(b"go\n")
@@ -836,6 +867,7 @@ async def bench_latency(
     while any(k not in seen for k in keys) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     hook.callbacks.remove(cb)
+    probe = await finish_disk_probe(disk)
     profile_stop(prof)
     profile_stop(prof_d)
     commit = np.asarray(res["commit_ns"], dtype=np.int64)
@@ -843,6 +875,17 @@ async def bench_latency(
     ok = vis > 0
     lat_ms = (vis[ok] - commit[ok]) / 1e6
     out = percentiles(lat_ms, (50, 90, 99))
+    # The disk's own sync latency in the same seconds (benchmark/diskprobe.py):
+    # how many of the commits later than the p99 target waited through a
+    # stall that a bare append + fdatasync saw too.
+    late = [
+        (int(c), int(v))
+        for c, v in zip(commit[ok], vis[ok], strict=True)
+        if (v - c) / 1e6 > SWEEP_P99_MS
+    ]
+    probe["late_commits"] = len(late)
+    probe["late_commits_in_stalls"] = diskprobe.overlapping(late, probe["stalls"])
+    out["disk_probe"] = probe
     # Where the time goes: the wrapper's store keeps, per row, PostgreSQL's
     # commit timestamp (commit_us) and when the wrapper began the store
     # transaction that wrote it (stored_us).
@@ -886,7 +929,11 @@ async def bench_latency(
         f"PG commit → store txn p50/p99 {out['pg_commit_to_store_txn_ms']['p50']:.1f}/"
         f"{out['pg_commit_to_store_txn_ms']['p99']:.1f} ms, store txn → visible p50/p99 "
         f"{out['store_txn_to_visible_ms']['p50']:.1f}/{out['store_txn_to_visible_ms']['p99']:.1f}"
-        f" ms; p50 by second {out['p50_by_second_ms']}"
+        f" ms; p50 by second {out['p50_by_second_ms']}; the disk probe beside it: fdatasync "
+        f"p50/p99/max {probe['p50_ms']:.2f}/{probe['p99_ms']:.2f}/{probe['max_ms']:.1f} ms, "
+        f"{len(probe['stalls'])} stalls over {probe['stall_ms']:.0f} ms, "
+        f"{probe['late_commits_in_stalls']} of {probe['late_commits']} commits over "
+        f"{SWEEP_P99_MS:.0f} ms waited through one"
     )
     return out
 

@@ -1,0 +1,132 @@
+"""The disk's own durability latency, measured beside the latency phase.
+
+`run.py` starts this as its own process (its own GIL, nothing of prism in
+it) during the commit → visible phase: it appends a record the size of a
+row to a file on the filesystem that holds the wrapper's store and
+`fdatasync`s it, at a fixed rate, as the store's row log does for every
+transaction. Each sync's start (wall clock, the clock the latency writer
+stamps commits with) and duration are kept.
+
+Why: the wrapper acknowledges a transaction only once its store synced it
+(acknowledge-after-durable), so a sync that the kernel holds behind its
+writeback of other processes' dirty pages (PostgreSQL's table and WAL
+after the CDC bursts) holds every commit behind it. When this probe, which
+does nothing else, stalls at the same moments as the phase's late commits,
+the floor under those commits is the kernel's and the disk's, not the
+wrapper's: `late_commits_in_stalls` in the results counts them.
+
+Run alone: `python benchmark/diskprobe.py --dir /var/tmp --rate 200`; it
+probes until its standard input closes or reads a line, then prints one
+JSON line. The pure part (`summarize`, `overlapping`) is unit-tested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+STALL_MS = 20.0  # a sync this slow counts as a stall
+# The file starts over past this size, so a long probe does not fill the disk.
+_WRAP_BYTES = 64 << 20
+
+
+def probe(
+    directory: Path, rate: float, record_bytes: int, stop: threading.Event
+) -> list[tuple[int, float]]:
+    """(start in wall-clock ns, duration in ms) of each append + fdatasync."""
+    path = directory / f"diskprobe-{os.getpid()}.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    record = os.urandom(record_bytes)
+    out: list[tuple[int, float]] = []
+    at = 0
+    period = 1.0 / rate
+    next_t = time.monotonic()
+    try:
+        while not stop.is_set():
+            if at + record_bytes > _WRAP_BYTES:
+                os.ftruncate(fd, 0)
+                at = 0
+            wall = time.time_ns()
+            t0 = time.perf_counter()
+            os.pwrite(fd, record, at)
+            os.fdatasync(fd)
+            out.append((wall, (time.perf_counter() - t0) * 1e3))
+            at += record_bytes
+            # A fixed schedule, not a fixed gap: after a stall it does not
+            # burst to catch up (that would be a load of its own).
+            next_t = max(next_t + period, time.monotonic())
+            stop.wait(max(0.0, next_t - time.monotonic()))
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    return out
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))] if s else float("nan")
+
+
+def summarize(samples: Sequence[tuple[int, float]], rate: float) -> dict[str, Any]:
+    """The probe's percentiles and its stalls (start ns, ms) over STALL_MS."""
+    ms = [d for _, d in samples]
+    return {
+        "rate": rate,
+        "syncs": len(samples),
+        "p50_ms": _pct(ms, 50),
+        "p99_ms": _pct(ms, 99),
+        "max_ms": max(ms, default=float("nan")),
+        "stall_ms": STALL_MS,
+        "stalls": [[t, round(d, 2)] for t, d in samples if d > STALL_MS],
+    }
+
+
+def overlapping(
+    late: Sequence[tuple[int, int]], stalls: Sequence[tuple[int, float]], slack_ms: float = 5.0
+) -> int:
+    """How many of the `late` commits (commit ns, visible ns) were waiting
+    while the probe sat in a stall (start ns, ms): their intervals overlap,
+    each stall widened by `slack_ms` at both ends for the probe's own
+    schedule (it syncs every few ms, so a stall may begin a little before
+    the probe's sync that saw it)."""
+    slack = int(slack_ms * 1e6)
+    spans = sorted((s - slack, s + int(d * 1e6) + slack) for s, d in stalls)
+    n = 0
+    for c, v in late:
+        if any(a <= v and c <= b for a, b in spans):
+            n += 1
+    return n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", type=Path, required=True, help="a directory on the store's filesystem")
+    p.add_argument("--rate", type=float, default=200.0, help="syncs per second")
+    p.add_argument("--record-bytes", type=int, default=2048, help="bytes appended per sync")
+    args = p.parse_args(argv)
+    if args.rate <= 0 or args.record_bytes <= 0:
+        p.error("--rate and --record-bytes must be positive")
+    stop = threading.Event()
+    result: list[tuple[int, float]] = []
+    t = threading.Thread(
+        target=lambda: result.extend(probe(args.dir, args.rate, args.record_bytes, stop)),
+        daemon=True,
+    )
+    t.start()
+    print(json.dumps({"ready": True}), flush=True)
+    sys.stdin.readline()  # a line, or EOF when the parent goes away
+    stop.set()
+    t.join()
+    print(json.dumps(summarize(result, args.rate)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""benchmark/diskprobe.py: its summary, the overlap of late commits with the
+disk's stalls, and the probe itself on a real file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+_BENCH = Path(__file__).resolve().parents[2] / "benchmark"
+
+
+def _load() -> Any:
+    saved = list(sys.path)
+    sys.path.insert(0, str(_BENCH))
+    try:
+        import diskprobe as module
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+diskprobe = _load()
+MS = 1_000_000
+
+
+def test_summary_counts_only_syncs_over_the_stall_bound_as_stalls() -> None:
+    samples = [(i * 5 * MS, 0.2) for i in range(98)] + [(500 * MS, 21.0), (600 * MS, 180.0)]
+    s = diskprobe.summarize(samples, 200.0)
+    assert s["syncs"] == 100
+    assert s["p50_ms"] == 0.2
+    assert s["max_ms"] == 180.0
+    assert s["stalls"] == [[500 * MS, 21.0], [600 * MS, 180.0]]
+
+
+def test_summary_of_no_samples_has_no_stalls() -> None:
+    s = diskprobe.summarize([], 200.0)
+    assert s["syncs"] == 0 and s["stalls"] == []
+
+
+def test_a_late_commit_counts_when_it_waited_through_a_stall() -> None:
+    stalls = [(1000 * MS, 200.0)]  # the disk stalled from 1.0 s to 1.2 s
+    late = [
+        (900 * MS, 1150 * MS),  # committed before, visible during it
+        (1100 * MS, 1250 * MS),  # committed during it
+        (1300 * MS, 1400 * MS),  # after it: late for another reason
+        (700 * MS, 990 * MS),  # visible 10 ms before it began: beyond the 5 ms slack
+    ]
+    assert diskprobe.overlapping(late, stalls) == 2
+    assert diskprobe.overlapping(late, stalls, slack_ms=15.0) == 3
+    assert diskprobe.overlapping(late, []) == 0
+
+
+def test_the_probe_syncs_a_real_file_at_its_rate_and_removes_it(tmp_path: Path) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    samples = diskprobe.probe(tmp_path, 100.0, 512, stop)
+    timer.join()
+    assert 10 <= len(samples) <= 40  # 0.3 s at 100/s, whatever the disk's speed
+    assert all(ms >= 0 for _, ms in samples)
+    assert [t for t, _ in samples] == sorted(t for t, _ in samples)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_reports_one_json_line_when_told_to_stop(tmp_path: Path) -> None:
+    p = subprocess.Popen(
+        [sys.executable, str(_BENCH / "diskprobe.py"), "--dir", str(tmp_path), "--rate", "100"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None and p.stdin is not None
+    assert json.loads(p.stdout.readline()) == {"ready": True}
+    out, _ = p.communicate("stop\n", timeout=30)
+    r = json.loads(out)
+    assert p.returncode == 0
+    assert r["rate"] == 100.0 and r["syncs"] >= 1
+    assert r["p50_ms"] <= r["max_ms"]
