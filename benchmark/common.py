@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 # The benchmark runs the same real processes as the integration tests.
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from prism.wrapper.certs import CertPaths
 from prism.wrapper.certs import generate as generate_certs
 from support.servers import WrapperProcess, write_config
@@ -336,7 +335,7 @@ def compile_bytecode() -> None:
     Files already up to date are skipped."""
     import compileall
 
-    root = HERE.parent
+    root = Path(__file__).resolve().parents[1]
     for package in ("fabric", "wrapper", "driver", "ffi"):
         compileall.compile_dir(root / package, quiet=1, workers=0)
 
