@@ -48,7 +48,7 @@ from prism.fabric import FRAME_FORMAT_VERSION
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric import wrapper_pb2_grpc as pb_grpc
 from prism.fabric.backoff import Backoff
-from prism.fabric.blas import one_blas_thread
+from prism.fabric.blas import OneBlasThreadWhileBusy
 from prism.fabric.errors import (
     ExpiredEpochError,
     FrameError,
@@ -66,7 +66,6 @@ SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
 # Frames from this size on (about 40 rows of 384-d vectors) switch BLAS to
 # one thread around their matrix products; the switch costs ~10 us.
 BLAS_ONE_THREAD_BYTES = 64 * 1024
-_no_switch = contextlib.nullcontext
 # stats()["frames_rejected_by_reason"] keys, most specific first.
 _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
     (ExpiredEpochError, "expired-epoch"),
@@ -130,6 +129,9 @@ class Subscription:
         # The declared indexes the tables can hold (driver/colindex.py).
         self.index_spec: dict[str, tuple[tuple[str, str], ...]] = {}
         self.keys = EpochSealers(config.tenant_id, link.secret)
+        # Large frames' products (unseal, index) on one BLAS thread while
+        # they keep coming (prism.fabric.blas).
+        self.blas = OneBlasThreadWhileBusy()
         self.warm = WarmStart(config) if config.snapshot_dir is not None else None
         self._login: Login | None = None
         self.rejections: Counter[str] = Counter()
@@ -203,6 +205,7 @@ class Subscription:
     def close(self) -> None:
         """The driver is closing: every waiter, now and later, gets NotReadyError."""
         self._closed = True
+        self.blas.release()
         if self._call_in_flight is not None:
             self._call_in_flight.cancel()  # gRPC ends the read; see SilenceWatch
         self.changes.end(None)
@@ -258,21 +261,22 @@ class Subscription:
                     if not isinstance(raw, bytes):
                         break  # grpc.aio.EOF: the call ended
                     # A large frame's products (unseal, index; bootstrap frames
-                    # too) run on one BLAS thread (prism.fabric.blas); a small
-                    # one's are single-threaded anyway.
-                    blas = one_blas_thread if len(raw) >= BLAS_ONE_THREAD_BYTES else _no_switch
+                    # too) run on one BLAS thread, held while such frames keep
+                    # coming (prism.fabric.blas); a small one's are
+                    # single-threaded anyway.
+                    if len(raw) >= BLAS_ONE_THREAD_BYTES:
+                        self.blas.hold()
                     try:
                         frame = parse_frame(raw)
-                        with blas():
-                            decoded = open_frame(
-                                frame,
-                                functools.partial(self.keys.sealer, dim=frame.vector_dim),
-                                tenant_id=cfg.tenant_id,
-                                stream_id=None,
-                                subscription=subscription,
-                                # The index keeps them sealed (driver/space.py).
-                                unseal=False,
-                            )
+                        decoded = open_frame(
+                            frame,
+                            functools.partial(self.keys.sealer, dim=frame.vector_dim),
+                            tenant_id=cfg.tenant_id,
+                            stream_id=None,
+                            subscription=subscription,
+                            # The index keeps them sealed (driver/space.py).
+                            unseal=False,
+                        )
                         batch = self.follower.on_frame(decoded)
                     except FrameError as exc:
                         self._reject(exc)
@@ -283,8 +287,7 @@ class Subscription:
                         self.keys.rotate_to(decoded.key_epoch)
                         self.counters["key_rotations"] += 1
                     if batch is not None:
-                        with blas():
-                            self._apply(batch)
+                        self._apply(batch)
                         self.last_error = None
                         if self.warm is not None and (
                             batch.reset or self.warm.due(batch.stream_id, batch.position)
@@ -294,8 +297,7 @@ class Subscription:
                         # Bootstrap frames go to the replica built aside at
                         # once; then let readers in before the next frame
                         # (a buffered stream need not yield by itself).
-                        with blas():
-                            self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
+                        self.feed.bootstrap_frames(self.follower.take_bootstrap_frames())
                         await asyncio.sleep(0)
                     else:
                         self.signal_progress()  # head moved: lag is visible in stats
@@ -316,6 +318,7 @@ class Subscription:
             finally:
                 watch.stop()
                 self._call_in_flight = None
+                self.blas.release()
             if watch.fired:
                 raise watch.lost()
         raise ConnectionLostError("the wrapper ended the stream")

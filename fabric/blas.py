@@ -14,8 +14,10 @@ import cannot. It is optional: without it these are no-ops.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,3 +52,57 @@ def limit_process_to_one_blas_thread() -> bool:
         return False
     c.limit(limits=1, user_api="blas")
     return True
+
+
+class OneBlasThreadWhileBusy:
+    """One BLAS thread over a stretch of work that comes in pieces (a
+    stream's large frames), taken at the first piece and given back once no
+    piece came for `linger_s`: the driver's subscription, on its event loop.
+
+    Why not one_blas_thread() around each piece: every restore to more
+    threads wakes OpenBLAS's worker, which then spins about a millisecond
+    on another core for nothing. Around each of a bootstrap's frames
+    (scratch loop: 100 products with 20 ms between them) that was 0.08-0.10
+    s of CPU on the other core, and in benchmark/run.py the measuring
+    driver used 0.1 s less CPU in a 100k-row initial sync (0.71-0.77
+    against 0.82-0.87 s) with BLAS on one thread throughout. The price: the
+    application's own BLAS calls in those stretches (and for `linger_s`
+    after) run on one thread too; the process's setting is back once the
+    stream is quiet, and at release(). Loop thread only."""
+
+    def __init__(self, linger_s: float = 0.05) -> None:
+        self.linger_s = linger_s
+        self._limiter: Any | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._limiter is not None
+
+    def hold(self) -> None:
+        """BLAS on one thread from now until `linger_s` after the last hold()."""
+        self._last = time.monotonic()
+        if self._limiter is not None:
+            return
+        c = _controller()
+        if c is None:
+            return
+        self._limiter = c.limit(limits=1, user_api="blas")
+        self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._check)
+
+    def _check(self) -> None:
+        quiet = time.monotonic() - self._last
+        if quiet >= self.linger_s:
+            self.release()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self.linger_s - quiet, self._check)
+
+    def release(self) -> None:
+        """Give the process's BLAS threads back now (idempotent)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._limiter is not None:
+            limiter, self._limiter = self._limiter, None
+            limiter.restore_original_limits()
