@@ -10,6 +10,12 @@ and commit-to-visible p50/p99 51/805 -> 3.7/24 ms with these limits.
 threadpoolctl (a small, well-kept library) switches the limit at run time,
 whatever BLAS numpy loaded, which an environment variable set after numpy's
 import cannot. It is optional: without it these are no-ops.
+
+Measured with the OpenBLAS that numpy 2.4 ships (0.3.31): a change made
+from any thread but the main one has no effect, not even for that thread.
+So the driver's limits work where its event loop runs on the main thread
+(asyncio.run's does); PrismCache's embedder, which runs in worker threads,
+gets the process's setting whatever it asks.
 """
 
 from __future__ import annotations
