@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -60,6 +61,37 @@ def limit_process_to_one_blas_thread() -> bool:
     return True
 
 
+class _SharedHold:
+    """What the holds of every OneBlasThreadWhileBusy in the process share:
+    the first to hold takes the limit and keeps what the process had, the
+    last to let go gives it back. Each saving and restoring on its own went
+    wrong when holds ended out of order (two drivers in one process: A
+    holds, B holds and saves A's one thread, A lets go, B lets go and puts
+    one thread back for good)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._limiter: Any | None = None
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count == 1:
+                c = _controller()
+                self._limiter = None if c is None else c.limit(limits=1, user_api="blas")
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0 and self._limiter is not None:
+                limiter, self._limiter = self._limiter, None
+                limiter.restore_original_limits()
+
+
+_SHARED = _SharedHold()
+
+
 class OneBlasThreadWhileBusy:
     """One BLAS thread over a stretch of work that comes in pieces (a
     stream's large frames), taken at the first piece and given back once no
@@ -73,28 +105,27 @@ class OneBlasThreadWhileBusy:
     driver used 0.1 s less CPU in a 100k-row initial sync (0.71-0.77
     against 0.82-0.87 s) with BLAS on one thread throughout. The price: the
     application's own BLAS calls in those stretches (and for `linger_s`
-    after) run on one thread too; the process's setting is back once the
-    stream is quiet, and at release(). Loop thread only."""
+    after) run on one thread too; the process's setting is back once every
+    holder's stream is quiet (_SharedHold), and at release(). Loop thread
+    only."""
 
     def __init__(self, linger_s: float = 0.05) -> None:
         self.linger_s = linger_s
-        self._limiter: Any | None = None
+        self._held = False
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
 
     @property
     def held(self) -> bool:
-        return self._limiter is not None
+        return self._held
 
     def hold(self) -> None:
         """BLAS on one thread from now until `linger_s` after the last hold()."""
         self._last = time.monotonic()
-        if self._limiter is not None:
+        if self._held:
             return
-        c = _controller()
-        if c is None:
-            return
-        self._limiter = c.limit(limits=1, user_api="blas")
+        self._held = True
+        _SHARED.acquire()
         self._timer = asyncio.get_running_loop().call_later(self.linger_s, self._check)
 
     def _check(self) -> None:
@@ -105,10 +136,10 @@ class OneBlasThreadWhileBusy:
             self._timer = asyncio.get_running_loop().call_later(self.linger_s - quiet, self._check)
 
     def release(self) -> None:
-        """Give the process's BLAS threads back now (idempotent)."""
+        """Let go of the hold now (idempotent)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._limiter is not None:
-            limiter, self._limiter = self._limiter, None
-            limiter.restore_original_limits()
+        if self._held:
+            self._held = False
+            _SHARED.release()

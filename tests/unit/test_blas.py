@@ -32,16 +32,33 @@ def two_threads() -> Iterator[ThreadpoolController]:
 async def test_a_hold_lasts_while_holds_keep_coming_and_ends_when_they_stop(
     two_threads: ThreadpoolController,
 ) -> None:
-    hold = OneBlasThreadWhileBusy(linger_s=0.05)
+    hold = OneBlasThreadWhileBusy(linger_s=0.5)
     hold.hold()
     assert hold.held and _blas_threads(two_threads) == 1
-    for _ in range(6):  # 0.12 s of holds 20 ms apart: never quiet for 50 ms
+    for _ in range(6):  # holds 20 ms apart, well within the linger
         await asyncio.sleep(0.02)
         np.ones((64, 64), dtype=np.float32) @ np.ones((64, 64), dtype=np.float32)
-        hold.hold()
+        # Still held from the previous hold(), before this one renews it.
         assert hold.held and _blas_threads(two_threads) == 1
-    await asyncio.sleep(0.15)
+        hold.hold()
+    for _ in range(200):  # quiet now: released within a linger or so
+        if not hold.held:
+            break
+        await asyncio.sleep(0.01)
     assert not hold.held
+    assert _blas_threads(two_threads) == 2
+
+
+async def test_two_holders_ending_out_of_order_give_the_process_its_threads_back(
+    two_threads: ThreadpoolController,
+) -> None:
+    # Two drivers in one process: A holds, B holds, A lets go, B lets go.
+    a, b = OneBlasThreadWhileBusy(linger_s=10.0), OneBlasThreadWhileBusy(linger_s=10.0)
+    a.hold()
+    b.hold()
+    a.release()
+    assert _blas_threads(two_threads) == 1  # B still holds it
+    b.release()
     assert _blas_threads(two_threads) == 2
 
 
