@@ -337,7 +337,7 @@ def compile_bytecode() -> None:
 
     root = Path(__file__).resolve().parents[1]
     for package in ("fabric", "wrapper", "driver", "ffi"):
-        compileall.compile_dir(root / package, quiet=1, workers=0)
+        compileall.compile_dir(root / package, quiet=1)
 
 
 class Wrapper(WrapperProcess):

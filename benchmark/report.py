@@ -146,7 +146,7 @@ def render(r: dict[str, Any], source: str) -> str:
         dp = lat.get("disk_probe")
         if dp:
             add(
-                f"  ↳ the disk beside it: 2 kB append + fdatasync {_n(dp.get('rate'))}/s, ms",
+                f"  ↳ the disk beside it: 2 kB write + fdatasync {_n(dp.get('rate'))}/s, ms",
                 f"p50 {_n(dp.get('p50_ms'), 2)} / p99 {_n(dp.get('p99_ms'), 2)} / "
                 f"max {_n(dp.get('max_ms'), 1)}",
                 "",

@@ -551,15 +551,23 @@ async def start_disk_probe(ctx: Ctx) -> asyncio.subprocess.Process:
     return proc
 
 
-async def finish_disk_probe(proc: asyncio.subprocess.Process) -> dict[str, Any]:
+async def finish_disk_probe(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[str, Any]:
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(b"stop\n")
     await proc.stdin.drain()
-    line = await proc.stdout.readline()
+    line = await asyncio.wait_for(proc.stdout.readline(), ctx.args.timeout)
     await proc.wait()
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"the disk probe exited with {proc.returncode}")
     return dict(json.loads(line))
+
+
+async def kill_disk_probe(proc: asyncio.subprocess.Process) -> None:
+    """A phase that failed: the probe must not go on syncing into the next."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 async def finish_writer(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[str, Any]:
@@ -829,6 +837,7 @@ async def bench_latency(
     rate: float | None = None,
     seconds: float | None = None,
     profile: bool = True,
+    disk_probe: bool = True,
 ) -> dict[str, Any]:
     seen: dict[str, int] = {}
 
@@ -855,19 +864,23 @@ async def bench_latency(
     hook.callbacks.append(cb)
     prof = profile_start(ctx, "wrapper-latency", ctx.wrapper.pid) if profile else None
     prof_d = profile_start(ctx, "driver-latency", os.getpid()) if profile else None
-    disk = await start_disk_probe(ctx)
-    assert proc.stdin is not None
-    cpu0 = cpu_snapshot(ctx)
-    proc.stdin.write(b"go\n")
-    await proc.stdin.drain()
-    res = await finish_writer(ctx, proc)
-    cpu = cpu_report(ctx, cpu0)
-    keys = [encode_key([i]) for i in res["ids"]]
-    deadline = time.monotonic() + 30
-    while any(k not in seen for k in keys) and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    hook.callbacks.remove(cb)
-    probe = await finish_disk_probe(disk)
+    disk = await start_disk_probe(ctx) if disk_probe else None
+    try:
+        assert proc.stdin is not None
+        cpu0 = cpu_snapshot(ctx)
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        res = await finish_writer(ctx, proc)
+        cpu = cpu_report(ctx, cpu0)
+        keys = [encode_key([i]) for i in res["ids"]]
+        deadline = time.monotonic() + 30
+        while any(k not in seen for k in keys) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        hook.callbacks.remove(cb)
+        probe = await finish_disk_probe(ctx, disk) if disk is not None else None
+    finally:
+        if disk is not None:
+            await kill_disk_probe(disk)
     profile_stop(prof)
     profile_stop(prof_d)
     commit = np.asarray(res["commit_ns"], dtype=np.int64)
@@ -875,17 +888,25 @@ async def bench_latency(
     ok = vis > 0
     lat_ms = (vis[ok] - commit[ok]) / 1e6
     out = percentiles(lat_ms, (50, 90, 99))
-    # The disk's own sync latency in the same seconds (benchmark/diskprobe.py):
-    # how many of the commits later than the p99 target waited through a
-    # stall that a bare append + fdatasync saw too.
-    late = [
-        (int(c), int(v))
-        for c, v in zip(commit[ok], vis[ok], strict=True)
-        if (v - c) / 1e6 > SWEEP_P99_MS
-    ]
-    probe["late_commits"] = len(late)
-    probe["late_commits_in_stalls"] = diskprobe.overlapping(late, probe["stalls"])
-    out["disk_probe"] = probe
+    said_disk = ""
+    if probe is not None:
+        # The disk's own sync latency in the same seconds (benchmark/diskprobe.py):
+        # how many of the commits later than the p99 target waited through a
+        # stall that a bare write + fdatasync saw too.
+        late = [
+            (int(c), int(v))
+            for c, v in zip(commit[ok], vis[ok], strict=True)
+            if (v - c) / 1e6 > SWEEP_P99_MS
+        ]
+        probe["late_commits"] = len(late)
+        probe["late_commits_in_stalls"] = diskprobe.overlapping(late, probe["stalls"])
+        out["disk_probe"] = probe
+        said_disk = (
+            f"; the disk probe beside it: fdatasync p50/p99/max {probe['p50_ms']:.2f}/"
+            f"{probe['p99_ms']:.2f}/{probe['max_ms']:.1f} ms, {len(probe['stalls'])} stalls "
+            f"over {probe['stall_ms']:.0f} ms, {probe['late_commits_in_stalls']} of "
+            f"{probe['late_commits']} commits over {SWEEP_P99_MS:.0f} ms waited through one"
+        )
     # Where the time goes: the wrapper's store keeps, per row, PostgreSQL's
     # commit timestamp (commit_us) and when the wrapper began the store
     # transaction that wrote it (stored_us).
@@ -929,11 +950,7 @@ async def bench_latency(
         f"PG commit → store txn p50/p99 {out['pg_commit_to_store_txn_ms']['p50']:.1f}/"
         f"{out['pg_commit_to_store_txn_ms']['p99']:.1f} ms, store txn → visible p50/p99 "
         f"{out['store_txn_to_visible_ms']['p50']:.1f}/{out['store_txn_to_visible_ms']['p99']:.1f}"
-        f" ms; p50 by second {out['p50_by_second_ms']}; the disk probe beside it: fdatasync "
-        f"p50/p99/max {probe['p50_ms']:.2f}/{probe['p99_ms']:.2f}/{probe['max_ms']:.1f} ms, "
-        f"{len(probe['stalls'])} stalls over {probe['stall_ms']:.0f} ms, "
-        f"{probe['late_commits_in_stalls']} of {probe['late_commits']} commits over "
-        f"{SWEEP_P99_MS:.0f} ms waited through one"
+        f" ms; p50 by second {out['p50_by_second_ms']}{said_disk}"
     )
     return out
 
@@ -947,7 +964,9 @@ async def bench_latency_sweep(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) ->
     rate = ctx.args.sweep_from
     best = None
     while rate <= ctx.args.sweep_to:
-        out = await bench_latency(ctx, driver, hook, rate, ctx.args.sweep_seconds, profile=False)
+        out = await bench_latency(
+            ctx, driver, hook, rate, ctx.args.sweep_seconds, profile=False, disk_probe=False
+        )
         steps.append(out)
         held = out["achieved_rate"] >= 0.95 * rate
         if out["p99"] <= SWEEP_P99_MS and not out["missing"] and held:

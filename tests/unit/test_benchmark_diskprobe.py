@@ -60,7 +60,7 @@ def test_the_probe_syncs_a_real_file_at_its_rate_and_removes_it(tmp_path: Path) 
     timer.start()
     samples = diskprobe.probe(tmp_path, 100.0, 512, stop)
     timer.join()
-    assert 10 <= len(samples) <= 40  # 0.3 s at 100/s, whatever the disk's speed
+    assert 1 <= len(samples) <= 40  # 0.3 s at 100/s at most, on however slow a disk
     assert all(ms >= 0 for _, ms in samples)
     assert [t for t, _ in samples] == sorted(t for t, _ in samples)
     assert list(tmp_path.iterdir()) == []
@@ -80,3 +80,17 @@ def test_the_command_reports_one_json_line_when_told_to_stop(tmp_path: Path) -> 
     assert p.returncode == 0
     assert r["rate"] == 100.0 and r["syncs"] >= 1
     assert r["p50_ms"] <= r["max_ms"]
+
+
+def test_the_command_fails_before_ready_when_it_cannot_probe(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    p = subprocess.run(
+        [sys.executable, str(_BENCH / "diskprobe.py"), "--dir", str(missing)],
+        input="stop\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1
+    assert p.stdout == ""  # never said ready, so run.py's phase fails instead of waiting
+    assert "No such file or directory" in p.stderr
