@@ -247,6 +247,14 @@ def load_table(dsn: str, rows: int, seed: int, chunk: int = 10_000) -> float:
         # baseline nor the wrapper's snapshot pays for (or races on) them.
         conn.execute("VACUUM (FREEZE, ANALYZE) items")
         conn.execute("CHECKPOINT")
+    # Write the load to disk now. PostgreSQL runs with fsync=off here, so its
+    # checkpoint leaves the load in the page cache, dirty, and the kernel wrote
+    # it back 30 s later in one burst: 500 MB at 100k rows, right in the commit
+    # → visible phase, where every sync of the wrapper's store (and of a bare
+    # probe beside it) then stalled 70-140 ms (/proc/meminfo's Dirty, sampled
+    # through a run.py run, benchmark/README.md "2026-12-05, 07:26-08:40").
+    # That burst is the set-up's, not any measured path's.
+    os.sync()
     return time.perf_counter() - started
 
 
