@@ -23,7 +23,8 @@ tenth of the store's at 500 commits/s. A stall it sees is the device's.
 Run alone: `python benchmark/diskprobe.py --dir /var/tmp`; it prints
 {"ready": true} after its first sync, probes until its standard input
 closes or reads a line, then prints one JSON line (exit 1 if probing
-failed). The pure part (`summarize`, `overlapping`) is unit-tested.
+failed). It reports its raw samples; run.py takes their percentiles the way it takes the
+latencies' (common.percentiles). The pure part (`stalls`, `overlapping`) is unit-tested.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 STALL_MS = 20.0  # a sync this slow counts as a stall
 DEFAULT_RATE = 50.0
@@ -85,23 +85,9 @@ def probe(
     return out
 
 
-def _pct(values: Sequence[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q / 100 * len(s)))] if s else float("nan")
-
-
-def summarize(samples: Sequence[tuple[int, float]], rate: float) -> dict[str, Any]:
-    """The probe's percentiles and its stalls (start ns, ms) over STALL_MS."""
-    ms = [d for _, d in samples]
-    return {
-        "rate": rate,
-        "syncs": len(samples),
-        "p50_ms": _pct(ms, 50),
-        "p99_ms": _pct(ms, 99),
-        "max_ms": max(ms, default=float("nan")),
-        "stall_ms": STALL_MS,
-        "stalls": [[t, round(d, 2)] for t, d in samples if d > STALL_MS],
-    }
+def stalls(samples: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    """The syncs (start ns, ms) slower than STALL_MS."""
+    return [(t, d) for t, d in samples if d > STALL_MS]
 
 
 def overlapping(
@@ -153,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"diskprobe: {failed[0]!r}", file=sys.stderr)
         return 1
-    print(json.dumps(summarize(result, args.rate)), flush=True)
+    samples = [[t, round(d, 3)] for t, d in result]
+    print(json.dumps({"rate": args.rate, "samples": samples}), flush=True)
     return 0
 
 

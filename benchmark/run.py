@@ -552,6 +552,7 @@ async def start_disk_probe(ctx: Ctx) -> asyncio.subprocess.Process:
 
 
 async def finish_disk_probe(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Stop the probe; its syncs' percentiles, taken as the latencies' are, and its stalls."""
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(b"stop\n")
     await proc.stdin.drain()
@@ -559,7 +560,18 @@ async def finish_disk_probe(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[
     await proc.wait()
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"the disk probe exited with {proc.returncode}")
-    return dict(json.loads(line))
+    raw = json.loads(line)
+    samples = [(int(t), float(ms)) for t, ms in raw["samples"]]
+    pc = percentiles([ms for _, ms in samples], (50, 99))
+    return {
+        "rate": raw["rate"],
+        "syncs": len(samples),
+        "p50_ms": pc["p50"],
+        "p99_ms": pc["p99"],
+        "max_ms": pc["max"],
+        "stall_ms": diskprobe.STALL_MS,
+        "stalls": [[t, round(ms, 2)] for t, ms in diskprobe.stalls(samples)],
+    }
 
 
 async def kill_disk_probe(proc: asyncio.subprocess.Process) -> None:
