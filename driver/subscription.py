@@ -63,8 +63,9 @@ from prism.fabric.frames import open_frame, parse_frame
 log = logging.getLogger("prism.driver")
 
 SUBSCRIBE_METHOD = "/prism.fabric.v1.WrapperService/Subscribe"
-# Frames from this size on (about 40 rows of 384-d vectors) switch BLAS to
-# one thread around their matrix products; the switch costs ~10 us.
+# Frames from this size on (about 40 rows of 384-d vectors) hold BLAS on one
+# thread while such frames keep coming (OneBlasThreadWhileBusy); a smaller
+# frame's products are single-threaded in BLAS anyway.
 BLAS_ONE_THREAD_BYTES = 64 * 1024
 # stats()["frames_rejected_by_reason"] keys, most specific first.
 _REJECTION_REASONS: tuple[tuple[type[FrameError], str], ...] = (
