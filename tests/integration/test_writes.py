@@ -500,3 +500,52 @@ async def test_request_ids_apply_once_after_a_kill9_mid_write(db, wrapper, secre
             counts = dict(c.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall())
             assert counts == {i: 1 for i in rids}  # each write applied exactly once
             await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_the_write_stream_answers_messages_as_they_finish(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Writes share one WriteStream call, and a write stuck in the database
+    holds back none of the others on it."""
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES, database={"write_connections": 2})
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=1000, data={"qty": 0}, table="items")
+        blocker = db.connect()
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT * FROM items WHERE id = 1000 FOR UPDATE")
+        stuck = asyncio.create_task(driver.update(row_id=1000, data={"qty": 5}, table="items"))
+        await _wait_for_backend(db, "wait_event_type = 'Lock'")
+        for i in range(3):  # each one a message of its own, answered past the stuck one
+            ack = await asyncio.wait_for(
+                driver.write(row_id=i, data={"qty": i}, table="items"), timeout=10
+            )
+            assert ack.affected == (1,) and driver.get("items", i)["qty"] == i
+        assert not stuck.done()
+        blocker.execute("COMMIT")
+        blocker.close()
+        assert (await stuck).affected == (1,)
+        assert driver.get("items", 1000)["qty"] == 5
+        stream = driver._link._stream
+        assert stream is not None and stream.calls_opened == 1
+
+
+async def test_writes_without_the_write_stream(db, wrapper, secret_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A driver that does not use WriteStream (as against a wrapper without
+    it) writes through Write and WriteBatch calls, with the same results."""
+    from prism.driver.link import Link
+
+    monkeypatch.setattr(Link, "write_stream", False)
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        acks = await asyncio.gather(
+            *(driver.write(row_id=i, data={"qty": i}, table="items") for i in range(6))
+        )
+        assert all(a.affected == (1,) for a in acks)
+        assert [driver.get("items", i)["qty"] for i in range(6)] == list(range(6))
+        with pytest.raises(ConstraintViolationError):
+            await driver.write(row_id=9, data={"price": Decimal("-1")}, table="items")
+        coalescer = driver._link._writes
+        assert driver._link._stream is None
+        assert coalescer is not None and coalescer.batched >= 2
