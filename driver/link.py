@@ -1,6 +1,5 @@
-"""The driver's link to the wrapper: channels, the handshake, and the
-writes (on a WriteStream call, driver/writestream.py, or as Write and
-WriteBatch calls to a wrapper without it).
+"""The driver's link to the wrapper: channels, the handshake, and the Write
+and WriteBatch calls.
 
 Below the subscription (driver/subscription.py) and the public write calls
 (driver/api.py), which share one session: the subscription's handshake
@@ -38,7 +37,6 @@ from prism.driver.errors import (
     write_refusal,
 )
 from prism.driver.writebatch import WriteCoalescer
-from prism.driver.writestream import WriteStream
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
@@ -51,7 +49,6 @@ log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 WRITE_BATCH = "write-batch"  # the wrapper capability (HelloResponse) of WriteBatch calls
-WRITE_STREAM = "write-stream"  # ... and of WriteStream calls
 # How long past its deadline a write call may stay unanswered before the
 # driver cancels it itself (see _answer).
 CALL_GRACE_S = 5.0
@@ -95,17 +92,12 @@ class Login:
 
 
 class Link:
-    # Writes go on a WriteStream call when the wrapper has it; False sends
-    # Write and WriteBatch calls, as to a wrapper without it (tests).
-    write_stream = True
-
     def __init__(self, config: DriverConfig) -> None:
         self.config = config
         self.secret = load_secret(config.secret_file)
         self.login: Login | None = None  # the latest session, which writes reuse
         self._write_channel: grpc.aio.Channel | None = None
         self._writes: WriteCoalescer | None = None
-        self._stream: WriteStream | None = None
 
     def reload_secret(self) -> None:
         """Read the secret file again before each subscription handshake, so a
@@ -228,53 +220,10 @@ class Link:
             )
         )
 
-    def _streams(self, login: Login) -> WriteStream | None:
-        """The write stream, when the wrapper has it."""
-        if not self.write_stream or WRITE_STREAM not in login.hello.capabilities:
-            return None
-        if self._stream is None:
-            self._stream = WriteStream(self._write_stub().WriteStream)
-        return self._stream
-
-    async def _stream_writes(
-        self, stream: WriteStream, items: Sequence[tuple[list[pb.WriteOp], str]], login: Login
-    ) -> list[pb.WriteResponse | DriverError]:
-        """Writes as one message on the write stream: each one's ack or typed
-        error, in order (never raises for them). A session the wrapper no
-        longer knows (it refuses the whole message, so nothing ran) is
-        replaced once and the message sent again."""
-        for attempt in (1, 2):
-            requests = [self._write_request(login, ops, rid) for ops, rid in items]
-            try:
-                results = await stream.send(requests, self.config.write_timeout_s)
-            except DriverError as exc:
-                return [_own_copy(exc, rid) for _, rid in items]
-            if len(results) != len(items):
-                lost = WriteOutcomeUnknownError(
-                    f"the wrapper answered {len(results)} results for "
-                    f"{len(items)} writes - retry each with its request_id"
-                )
-                return [_own_copy(lost, rid) for _, rid in items]
-            out = [_batch_result(r, rid) for (_, rid), r in zip(items, results, strict=True)]
-            if attempt == 1 and any(isinstance(r, SessionExpiredError) for r in out):
-                self.login = None  # the wrapper restarted: authenticate again
-                login = await self.handshake(self._write_stub())
-                continue
-            return out
-        raise AssertionError("unreachable: the second attempt returns")
-
     async def write_one(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
-        """One write on the current session (a new one when there is none
-        yet, or once when the wrapper forgot it): a message on the write
-        stream, or a Write call."""
+        """One Write call on the current session (a new one when there is
+        none yet, or once when the wrapper forgot it)."""
         stub = self._write_stub()
-        login = self.login or await self.handshake(stub)
-        stream = self._streams(login)
-        if stream is not None:
-            (result,) = await self._stream_writes(stream, [(ops, request_id)], login)
-            if isinstance(result, DriverError):
-                raise result
-            return result
         for attempt in (1, 2):
             login = self.login or await self.handshake(stub)
             try:
@@ -300,14 +249,10 @@ class Link:
     async def write_batch(
         self, items: Sequence[tuple[list[pb.WriteOp], str]]
     ) -> list[pb.WriteResponse | DriverError]:
-        """Several writes in one message or WriteBatch call: each write's ack or typed
+        """Several writes in one WriteBatch call: each write's ack or typed
         error, in order (never raises for them). A wrapper without the
         call gets them as concurrent Write calls."""
         stub = self._write_stub()
-        login = self.login or await self.handshake(stub)
-        stream = self._streams(login)
-        if stream is not None:
-            return await self._stream_writes(stream, items, login)
         for attempt in (1, 2):
             login = self.login or await self.handshake(stub)
             if WRITE_BATCH not in login.hello.capabilities:
@@ -351,9 +296,6 @@ class Link:
         if self._writes is not None:
             await self._writes.close()
             self._writes = None
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
         if self._write_channel is not None:
             await self._write_channel.close(None)
             self._write_channel = None

@@ -64,11 +64,6 @@ class WrapperServiceStub:
                 request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.SerializeToString,
                 response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.FromString,
                 _registered_method=True)
-        self.WriteStream = channel.stream_stream(
-                '/prism.fabric.v1.WrapperService/WriteStream',
-                request_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamRequest.SerializeToString,
-                response_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamResponse.FromString,
-                _registered_method=True)
 
 
 class WrapperServiceServicer:
@@ -132,21 +127,6 @@ class WrapperServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WriteStream(self, request_iterator, context):
-        """Writes on one long-lived call (capability "write-stream"): each message
-        is a WriteBatch's requests under a number of the driver's choosing, and
-        its answer carries that number, so messages run side by side and are
-        answered as they finish, in any order. A call costs a driver and the
-        wrapper far more than a message on an open one (benchmark/writes.py), so
-        a driver keeps one open. Each request is authenticated as a lone Write;
-        an authentication refusal refuses its whole message (every result
-        carries the kind) and the call goes on. A call that ends while a message
-        is unanswered leaves that message's outcome unknown.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_WrapperServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -179,11 +159,6 @@ def add_WrapperServiceServicer_to_server(servicer, server):
                     servicer.WriteBatch,
                     request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.FromString,
                     response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.SerializeToString,
-            ),
-            'WriteStream': grpc.stream_stream_rpc_method_handler(
-                    servicer.WriteStream,
-                    request_deserializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamRequest.FromString,
-                    response_serializer=prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,33 +323,6 @@ class WrapperService:
             '/prism.fabric.v1.WrapperService/WriteBatch',
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchRequest.SerializeToString,
             prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteBatchResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def WriteStream(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/prism.fabric.v1.WrapperService/WriteStream',
-            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamRequest.SerializeToString,
-            prism_dot_fabric_dot_v1_dot_wrapper__pb2.WriteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -50,7 +50,6 @@ from prism.wrapper.subscription import (
 )
 from prism.wrapper.writeplan import WriteError
 from prism.wrapper.writes import WriteExecutor
-from prism.wrapper.writestream import WriteStreams
 
 log = logging.getLogger("prism.wrapper.server")
 
@@ -63,7 +62,6 @@ CAPABILITIES = (
     "text-embedder",
     "key-rotation",
     "write-batch",
-    "write-stream",
 )
 # Requests per WriteBatch call (a driver sends at most 64; see driver/link.py).
 MAX_WRITE_BATCH = 1024
@@ -149,7 +147,6 @@ T = TypeVar("T")
 class WrapperServicer(pb_grpc.WrapperServiceServicer):
     def __init__(self, state: WrapperState) -> None:
         self.state = state
-        self._write_streams = WriteStreams()
 
     def _authed(self, context: grpc.ServicerContext, what: str, fn: Callable[[], T]) -> T:
         """Run an Authenticator call; refuse the RPC, logged with the peer,
@@ -161,13 +158,10 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             self._refuse(context, what, exc)
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> NoReturn:
-        self._count_refusal(context, what, exc)
-        context.set_trailing_metadata(refusal_metadata(exc.kind))
-        context.abort(GRPC_STATUS[exc.kind], str(exc))
-
-    def _count_refusal(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> None:
         log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
         self.state.metrics.refused(what, exc.kind.value)
+        context.set_trailing_metadata(refusal_metadata(exc.kind))
+        context.abort(GRPC_STATUS[exc.kind], str(exc))
 
     def _still_valid(self, token: bytes) -> bool:
         with self.state.auth_lock:
@@ -399,42 +393,15 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         for one in request.requests:
             self._authorize_write(one, context)
         out = pb.WriteBatchResponse()
-        _add_results(out.results, self._execute(list(request.requests), context))
-        return out
-
-    def WriteStream(
-        self, request_iterator: Iterator[pb.WriteStreamRequest], context: grpc.ServicerContext
-    ) -> Iterator[pb.WriteStreamResponse]:
-        """Messages of write requests on one call, each answered when it
-        finishes (see the proto and wrapper/writestream.py)."""
-        return self._write_streams.serve(
-            request_iterator, lambda message: self._stream_message(message, context)
-        )
-
-    def _stream_message(
-        self, message: pb.WriteStreamRequest, context: grpc.ServicerContext
-    ) -> pb.WriteStreamResponse:
-        """One WriteStream message's answer: a WriteBatch's results, except
-        that a refusal of the message (its size, or the authentication of any
-        request) is every result's instead of the call's."""
-        out = pb.WriteStreamResponse(call_id=message.call_id)
-        requests = list(message.requests)
-        n = len(requests)
-        if n > MAX_WRITE_BATCH:
-            detail = f"a write stream message holds 1 to {MAX_WRITE_BATCH} requests, this one {n}"
-            for _ in requests:
-                out.results.add(error_kind=ErrorKind.INVALID.value, error_message=detail)
-            return out
-        for one in requests:
-            refused = self._write_auth_failure(one, context)
-            if refused is not None:
-                what, failure = refused
-                self._count_refusal(context, what, failure)
-                for _ in requests:
-                    out.results.add(error_kind=failure.kind.value, error_message=str(failure))
-                return out
-        if requests:
-            _add_results(out.results, self._execute(requests, context))
+        for result in self._execute(list(request.requests), context):
+            if isinstance(result, WriteError):
+                out.results.add(
+                    error_kind=result.kind.value,
+                    error_message=str(result),
+                    sqlstate=result.sqlstate or "",
+                )
+            else:
+                out.results.add(response=result)
         return out
 
     def _execute(
@@ -471,32 +438,21 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
     def _authorize_write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> None:
         """The request's session, and every table it names of that session's
         tenant; the call is refused otherwise."""
-        refused = self._write_auth_failure(request, context)
-        if refused is not None:
-            self._refuse(context, *refused)
-
-    def _write_auth_failure(
-        self, request: pb.WriteRequest, context: grpc.ServicerContext
-    ) -> tuple[str, AuthFailure] | None:
-        """Why the request may not run, with what was refused ("call": its
-        session, "write": a table of another tenant), or None."""
-        host = peer_host(context.peer())
-        try:
-            with self.state.auth_lock:
-                session = self.state.auth.session(request.session, request.tenant_id, host, request)
-        except AuthFailure as exc:
-            return "call", exc
+        session = self._session(request, context)
         for op in request.ops:
             try:
                 owner = self.state.cfg.table(qualify(op.table)).tenant
             except (KeyError, ValueError):
                 continue  # not a configured table: the executor refuses it by name
             if owner != session.tenant:
-                return "write", AuthFailure(
-                    ErrorKind.WRONG_TENANT,
-                    f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
+                self._refuse(
+                    context,
+                    "write",
+                    AuthFailure(
+                        ErrorKind.WRONG_TENANT,
+                        f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
+                    ),
                 )
-        return None
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         st = self.state
@@ -537,19 +493,6 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             last_commit_time_us=meta.last_commit_us,
             detail=status.detail,
         )
-
-
-def _add_results(out: Any, results: Sequence[pb.WriteResponse | WriteError]) -> None:
-    """Each write's ack or refusal as a WriteResult, in order."""
-    for result in results:
-        if isinstance(result, WriteError):
-            out.add(
-                error_kind=result.kind.value,
-                error_message=str(result),
-                sqlstate=result.sqlstate or "",
-            )
-        else:
-            out.add(response=result)
 
 
 def _read(path: str, key: str) -> bytes:
