@@ -26,24 +26,10 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-from collections.abc import Callable
-from typing import Any, cast
 
 import numpy as np
 
-
-def libc_function(name: str, argtypes: list[Any], restype: Any) -> Callable[..., int] | None:
-    """The C library's function `name`, typed, setting ctypes' errno (read
-    with ctypes.get_errno); None where the C library has none. Also used by
-    driver/slab.py."""
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes = argtypes
-    fn.restype = restype
-    return cast("Callable[..., int]", fn)
-
+from prism.fabric.libc import libc_function
 
 _MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
 _MADVISE = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from prism.driver import heap
+from prism.fabric.libc import libc_function
 
 log = logging.getLogger("prism.driver.slab")
 
@@ -72,10 +72,10 @@ _CHUNK = 4 << 20
 
 
 class _Libc:
-    """The three calls a slab makes, typed (heap.libc_function)."""
+    """The three calls a slab makes, typed (libc_function)."""
 
     def __init__(self) -> None:
-        mmap_ = heap.libc_function(
+        mmap_ = libc_function(
             "mmap",
             [
                 ctypes.c_void_p,
@@ -87,8 +87,8 @@ class _Libc:
             ],
             ctypes.c_void_p,
         )
-        munmap = heap.libc_function("munmap", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
-        madvise = heap.libc_function(
+        munmap = libc_function("munmap", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
+        madvise = libc_function(
             "madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
         )
         if mmap_ is None or munmap is None or madvise is None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import ctypes
 import logging
 
+from prism.fabric.libc import libc_function
+
 log = logging.getLogger("prism.wrapper.heap")
 
 # mallopt parameters (glibc's malloc.h).
@@ -37,12 +39,9 @@ TRIM_THRESHOLD = 256 << 20
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve large blocks from its heaps and keep freed
     memory for reuse; False where there is no glibc mallopt."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
+    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
