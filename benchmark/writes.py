@@ -279,20 +279,22 @@ def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
         res[k]["p50"] for k in ("health_round_trip_ms", "stream_delivery_ms", "fsync_ms")
     )
     return [
-        "Floor of a write through the wrapper, outside prism's code (p50, same run): a gRPC "
-        f"round trip {rtt:.2f} ms + PostgreSQL committing the row and its walsender "
+        "Floor of a write through the wrapper, outside prism's code (p50, same run): a unary "
+        f"gRPC round trip (Health) {rtt:.2f} ms + PostgreSQL committing the row and its walsender "
         f"delivering the COMMIT {dlv:.2f} ms + an fsync before the acknowledgment {fs:.2f} ms "
         f"= **{res['floor_ms']:.2f} ms**, {res['floor_ms'] / base:.1f}× the plain INSERT "
         f"(target 2×: {2 * base:.2f} ms). `wait=True` measured "
         f"{res['driver_write_wait_true_ms']['p50']:.2f} ms, "
         f"{res['driver_write_wait_true_ms']['p50'] - res['floor_ms']:.2f} ms above that floor.",
         "",
-        # Any design that writes through the wrapper, even one that answers
-        # without waiting for the stream, pays a round trip plus the INSERT.
-        "Floor of any write through the wrapper, with or without the stream: the round trip "
-        f"plus the plain INSERT itself = {rtt + base:.2f} ms, {(rtt + base) / base:.2f}× the "
-        f"INSERT, which leaves {base - rtt:.2f} ms of the 2× target for everything "
-        "the wrapper and the driver do.",
+        # Any write sent as a unary call, even one answered without waiting
+        # for the replication stream, pays that round trip plus the INSERT.
+        "Floor of any write sent as one unary call, with or without waiting for the "
+        f"replication stream: the round trip plus the plain INSERT itself = {rtt + base:.2f} "
+        f"ms, {(rtt + base) / base:.2f}× the INSERT, which leaves {base - rtt:.2f} ms of the "
+        "2× target for everything the wrapper and the driver do. (A message on a call kept "
+        "open costs less, but sending the writes that way did not make them faster: "
+        '"2026-12-05, 09:50-10:40" in "Issue 12" above.)',
     ]
 
 
