@@ -282,6 +282,8 @@ def cmd_check(cfg: WrapperConfig) -> int:
                 f"CREATE PUBLICATION {cfg.database.publication} FOR TABLE ...)"
             )
         print(f"ok   pgoutput binary mode: {'yes' if source.binary else 'no (text mode)'}")
+        note = source.restart_point_note()
+        print(f"note {note}" if note else "ok   the slot's restart point follows the stream")
     except PrismError as exc:
         problems.append(str(exc))
     finally:

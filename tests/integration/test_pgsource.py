@@ -1,6 +1,7 @@
-"""PostgresSource's initial copy against a real PostgreSQL 16: the copy values
-every column exactly as the stream does (the store must not depend on which
-path brought a row), with the vector column loaded straight into float32."""
+"""PostgresSource against a real PostgreSQL 16: the initial copy values every
+column exactly as the stream does (the store must not depend on which path
+brought a row), with the vector column loaded straight into float32; and the
+stream keeps its slot's restart point close behind what it confirmed."""
 
 from __future__ import annotations
 
@@ -34,11 +35,13 @@ INSERT INTO vec VALUES (1, '[0.1,-2.5,3]', '{0.5}'), (2, NULL, NULL), (3, '[0,0,
 """
 
 
-def _source(db: TestDB, binary: bool) -> PostgresSource:
+def _source(
+    db: TestDB, binary: bool, dsn: str | None = None, restart_mark_bytes: int = 8 << 20
+) -> PostgresSource:
     cfg = config_from_mapping(
         {
             "database": {
-                "dsn": db.dsn,
+                "dsn": dsn or db.dsn,
                 "slot": f"prism_{db.name}_src",
                 "publication": "prism_src",
                 "binary": binary,
@@ -51,7 +54,7 @@ def _source(db: TestDB, binary: bool) -> PostgresSource:
         },
         env={},
     )
-    return PostgresSource(cfg)
+    return PostgresSource(cfg, restart_mark_bytes=restart_mark_bytes)
 
 
 def _plain(v: Any) -> Any:
@@ -110,3 +113,105 @@ def test_copy_values_rows_as_the_stream_does(db: TestDB, binary: bool) -> None:
         assert isinstance(copied["public.arr"][1]["other"], list)
         assert isinstance(copied["public.vec"][1]["v"], np.ndarray)
         assert copied["public.arr"][3]["emb"][1] is None  # NULL element: the general path
+
+
+def _slot_lsns(db: TestDB, slot: str) -> tuple[int, int]:
+    """(restart_lsn, confirmed_flush_lsn) of `slot`, as integers."""
+    with db.connect() as c:
+        row = c.execute(
+            "SELECT restart_lsn - '0/0'::pg_lsn, confirmed_flush_lsn - '0/0'::pg_lsn "
+            "FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _follow(src: PostgresSource, until: Any, seconds: float) -> bool:
+    """Stream as the pipeline does (confirm each transaction, and idle
+    positions when quiet) until `until()` holds; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    for stx in src.transactions(0.02):
+        if stx is not None:
+            src.acknowledge(stx.end_lsn)
+        elif (idle := src.idle_position()) is not None:
+            src.acknowledge(idle.position)
+        if until():
+            return True
+        if time.monotonic() > deadline:
+            return False
+    return False
+
+
+def _burst(db: TestDB) -> int:
+    """Twenty transactions on `arr`; the WAL position after them."""
+    with db.connect() as c:
+        for i in range(20):
+            c.execute(
+                "INSERT INTO arr SELECT g, '{1,2,3}', NULL, repeat('x', 200) "
+                "FROM generate_series(%s::int8, %s::int8) g",
+                (1000 + 10 * i, 1009 + 10 * i),
+            )
+        row = c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_slots_restart_point_follows_the_stream_after_a_burst(db: TestDB) -> None:
+    """Without a running-transactions record past a burst, restart_lsn stays
+    before it for up to 15 s (the background writer's interval) and a restart
+    decodes the burst again; the source logs one and confirms past it."""
+    db.execute(SCHEMA)
+    src = _source(db, True, restart_mark_bytes=1024)
+    try:
+        assert src.restart_point_note() is None  # a superuser: `check` says ok
+        src.discover()
+        src.prepare()
+        point = src.begin_snapshot()
+        src.end_snapshot()
+        before, _ = _slot_lsns(db, src.slot)
+        end = _burst(db)
+        assert before < end
+        src.start_stream(point)
+        moved = _follow(src, lambda: _slot_lsns(db, src.slot)[0] >= end, seconds=5.0)
+        restart, confirmed = _slot_lsns(db, src.slot)
+    finally:
+        src.close()
+    assert src.restart_marks.made >= 1
+    assert moved, f"restart_lsn {restart} stayed before the burst's end {end}"
+    assert end <= restart <= confirmed
+
+
+def test_without_the_privilege_the_stream_goes_on_and_stops_asking(db: TestDB) -> None:
+    """A role that may replicate but not call pg_log_standby_snapshot(): the
+    stream carries on (its restart point then follows the server's own
+    records), and the source does not ask again."""
+    role = f"{db.name}_repl"
+    with db.connect() as c:
+        c.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+        c.execute(f"GRANT CREATE ON DATABASE {db.name} TO {role}")
+        c.execute(SCHEMA)
+        c.execute(f"ALTER TABLE arr OWNER TO {role}")
+        c.execute(f"ALTER TABLE vec OWNER TO {role}")
+    dsn = f"host=127.0.0.1 port={db.pg.port} user={role} dbname={db.name}"
+    src = _source(db, True, dsn=dsn, restart_mark_bytes=1024)
+    try:
+        note = src.restart_point_note()  # what `prism-wrapper check` prints
+        assert note is not None
+        assert f"GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO {role}" in note
+        src.discover()
+        src.prepare()
+        point = src.begin_snapshot()
+        src.end_snapshot()
+        end = _burst(db)
+        src.start_stream(point)
+        assert _follow(src, lambda: src._acked >= end or not src.restart_marks.enabled, 10.0)
+        assert _follow(src, lambda: src._acked >= end, seconds=10.0), "the stream stopped"
+    finally:
+        src.close()
+        with db.connect() as c:
+            c.execute(f"REASSIGN OWNED BY {role} TO postgres")
+            c.execute(f"DROP OWNED BY {role}")
+        # The slot is the role's too: dropped with the database by the fixture.
+    assert not src.restart_marks.enabled
+    assert src.restart_marks.made == 0

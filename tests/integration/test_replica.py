@@ -418,6 +418,7 @@ def test_check_command_reports_prerequisites(db, wrapper) -> None:  # type: igno
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ok   table public.items: key (id)" in r.stdout
     assert "ok   ready to replicate" in r.stdout
+    assert "ok   the slot's restart point follows the stream" in r.stdout  # a superuser
     bad = wrapper([{"name": "loose"}, {"name": "items", "text_columns": ["nope"]}], start=False)
     r = bad.check()
     assert r.returncode == 1

@@ -25,7 +25,13 @@ import psycopg.adapt
 from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
+from prism.wrapper.errors import (
+    ConfigError,
+    PrerequisiteError,
+    SourceError,
+    WrapperError,
+    map_psycopg_error,
+)
 from prism.wrapper.fastrow import NativeRows, copy_batches, copy_row_decoder
 from prism.wrapper.sources.base import (
     ColumnInfo,
@@ -37,6 +43,11 @@ from prism.wrapper.sources.base import (
 )
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
+from prism.wrapper.sources.postgres.restartpoint import (
+    MARK_EVERY_BYTES,
+    REPLY_EVERY_S,
+    RestartMarks,
+)
 from prism.wrapper.sources.postgres.values import (
     FLOAT4_ARRAY_OID,
     ColumnLoaders,
@@ -89,7 +100,7 @@ class PostgresSource(ReplicationSource):
     # sources: the pipeline makes a new one for every attempt.
     _abandoned: ClassVar[dict[str, int]] = {}
 
-    def __init__(self, cfg: WrapperConfig) -> None:
+    def __init__(self, cfg: WrapperConfig, restart_mark_bytes: int = MARK_EVERY_BYTES) -> None:
         self.cfg = cfg
         self.slot = cfg.database.slot
         self.publication = cfg.database.publication
@@ -108,6 +119,9 @@ class PostgresSource(ReplicationSource):
         self._last_status = 0.0
         self._status_interval = cfg.database.status_interval_s
         self._last_heard = 0.0
+        # Keeps the slot's restart point close behind what it confirmed
+        # (restartpoint.py): less WAL to decode again when the stream restarts.
+        self.restart_marks = RestartMarks(every_bytes=restart_mark_bytes)
 
     # -- admin connection -------------------------------------------------
     @property
@@ -146,6 +160,27 @@ class PostgresSource(ReplicationSource):
         if self.server_version() < 100000:
             problems.append("PostgreSQL 10 or newer is required for pgoutput")
         return problems
+
+    def restart_point_note(self) -> str | None:
+        """Why this role cannot log restart points for the slot
+        (restartpoint.py), with the fix; None when it can."""
+        if self.server_version() < 160000:
+            return (
+                "PostgreSQL before 16 has no pg_log_standby_snapshot(): the slot's restart "
+                "point moves only at the server's own snapshots (every 15 s while it writes), "
+                "so a restart decodes up to that much WAL again"
+            )
+        (allowed,) = self._q(
+            "SELECT has_function_privilege('pg_log_standby_snapshot()', 'EXECUTE')"
+        )[0]
+        if allowed:
+            return None
+        (user,) = self._q("SELECT current_user")[0]
+        return (
+            "the slot's restart point moves only at PostgreSQL's own snapshots (every 15 s while "
+            "it writes), so a restart decodes up to that much WAL again; to keep it close: "
+            f"GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO {user}"
+        )
 
     def publication_exists(self) -> bool:
         return bool(self._q("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,)))
@@ -503,6 +538,7 @@ class PostgresSource(ReplicationSource):
         )
         self._acked = from_lsn
         self._received = from_lsn
+        self.restart_marks.start(from_lsn)
         self._end_abandoned_walsender()
         self._repl.start_replication(self.slot, from_lsn, self.publication, binary=self.binary)
         self._last_heard = time.monotonic()
@@ -592,8 +628,45 @@ class PostgresSource(ReplicationSource):
     def _periodic_status(self) -> None:
         # Asking for a reply makes the walsender answer with a keepalive that
         # carries its current WAL position, which idle_position() may confirm.
-        if time.monotonic() - self._last_status >= self._status_interval:
+        now = time.monotonic()
+        marks = self.restart_marks
+        if marks.due(self._acked, now):
+            self._log_restart_point(now)
+        since = now - self._last_status
+        if since >= self._status_interval or (
+            since >= REPLY_EVERY_S and marks.wants_keepalive(self._keepalive_lsn)
+        ):
             self._send_status(reply=True)
+
+    def _log_restart_point(self, now: float) -> None:
+        """Log a running-transactions record the slot's restart point can
+        move to (restartpoint.py). Never fails the stream: without one, the
+        restart point follows PostgreSQL's own records."""
+        marks = self.restart_marks
+        try:
+            rows = self._q("SELECT pg_log_standby_snapshot()::text")
+        except WrapperError as exc:
+            marks.enabled = False
+            cause = exc.__cause__
+            if isinstance(
+                cause, psycopg.errors.InsufficientPrivilege | psycopg.errors.UndefinedFunction
+            ):
+                log.info(
+                    "the slot's restart point moves only at PostgreSQL's own snapshots (every "
+                    "15 s while it writes), so a restart decodes up to that much WAL again; "
+                    "on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() "
+                    "to the wrapper's role keeps it close",
+                    extra={"slot": self.slot, "reason": str(cause).strip()},
+                )
+            else:
+                log.warning(
+                    "could not log a restart point for the slot; not trying again on this "
+                    "stream: %s",
+                    exc,
+                    extra={"slot": self.slot},
+                )
+            return
+        marks.logged(self._acked, lsn_from_str(rows[0][0]), now)
 
     def _send_status(self, reply: bool) -> None:
         assert self._repl is not None
