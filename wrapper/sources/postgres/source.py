@@ -648,8 +648,13 @@ class PostgresSource(ReplicationSource):
         except WrapperError as exc:
             marks.enabled = False
             cause = exc.__cause__
+            # Not allowed, too old a server, or a standby (whose slots move
+            # with the primary's snapshots): expected, said once.
             if isinstance(
-                cause, psycopg.errors.InsufficientPrivilege | psycopg.errors.UndefinedFunction
+                cause,
+                psycopg.errors.InsufficientPrivilege
+                | psycopg.errors.UndefinedFunction
+                | psycopg.errors.ObjectNotInPrerequisiteState,
             ):
                 log.info(
                     "the slot's restart point moves only at PostgreSQL's own snapshots (every "
