@@ -29,7 +29,6 @@ from prism.wrapper.errors import (
     ConfigError,
     PrerequisiteError,
     SourceError,
-    WrapperError,
     map_psycopg_error,
 )
 from prism.wrapper.fastrow import NativeRows, copy_batches, copy_row_decoder
@@ -43,11 +42,7 @@ from prism.wrapper.sources.base import (
 )
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
 from prism.wrapper.sources.postgres.pgoutput import PgOutputDecoder
-from prism.wrapper.sources.postgres.restartpoint import (
-    MARK_EVERY_BYTES,
-    REPLY_EVERY_S,
-    RestartMarks,
-)
+from prism.wrapper.sources.postgres.restartpoint import MARK_EVERY_BYTES, RestartMarks
 from prism.wrapper.sources.postgres.values import (
     FLOAT4_ARRAY_OID,
     ColumnLoaders,
@@ -68,6 +63,17 @@ TEXT_OID = 25
 # dead: 60 s by default, as PostgreSQL's own wal_receiver_timeout.
 SILENT_STATUS_REQUESTS = 6
 SILENT_MIN_S = 5.0
+# The restart points' own connection (restartpoint.py) runs on the stream's
+# thread: a lost link or a stuck server may stall the stream this long at
+# most (a statement, or unacknowledged sends), never the kernel's minutes.
+MARK_TIMEOUT_S = 5
+# How the server refuses pg_log_standby_snapshot() for good: no privilege,
+# a server before 16, a standby (whose slots move with the primary's records).
+_MARK_REFUSED = (
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.ObjectNotInPrerequisiteState,
+)
 
 
 # The oid the configured vector column is announced with to COPY's row
@@ -105,6 +111,7 @@ class PostgresSource(ReplicationSource):
         self.slot = cfg.database.slot
         self.publication = cfg.database.publication
         self._admin: psycopg.Connection[Any] | None = None
+        self._marker: psycopg.Connection[Any] | None = None  # for restart points only
         self._repl: ReplicationConnection | None = None
         self._copy: psycopg.Connection[Any] | None = None
         self._decoder: PgOutputDecoder | None = None
@@ -164,6 +171,12 @@ class PostgresSource(ReplicationSource):
     def restart_point_note(self) -> str | None:
         """Why this role cannot log restart points for the slot
         (restartpoint.py), with the fix; None when it can."""
+        (standby,) = self._q("SELECT pg_is_in_recovery()")[0]
+        if standby:
+            return (
+                "a standby: the slot's restart point moves with the primary's snapshots (every "
+                "15 s while it writes), so a restart decodes up to that much WAL again"
+            )
         if self.server_version() < 160000:
             return (
                 "PostgreSQL before 16 has no pg_log_standby_snapshot(): the slot's restart "
@@ -629,49 +642,59 @@ class PostgresSource(ReplicationSource):
         # Asking for a reply makes the walsender answer with a keepalive that
         # carries its current WAL position, which idle_position() may confirm.
         now = time.monotonic()
-        marks = self.restart_marks
-        if marks.due(self._acked, now):
+        if self.restart_marks.due(self._acked, now):
             self._log_restart_point(now)
-        since = now - self._last_status
-        if since >= self._status_interval or (
-            since >= REPLY_EVERY_S and marks.wants_keepalive(self._keepalive_lsn)
-        ):
+        if now - self._last_status >= self._status_interval:
             self._send_status(reply=True)
 
     def _log_restart_point(self, now: float) -> None:
         """Log a running-transactions record the slot's restart point can
-        move to (restartpoint.py). Never fails the stream: without one, the
-        restart point follows PostgreSQL's own records."""
+        move to (restartpoint.py), on a connection of its own with short
+        timeouts. Never fails the stream: without one, the restart point
+        follows PostgreSQL's own records."""
         marks = self.restart_marks
         try:
-            rows = self._q("SELECT pg_log_standby_snapshot()::text")
-        except WrapperError as exc:
-            marks.enabled = False
-            cause = exc.__cause__
-            # Not allowed, too old a server, or a standby (whose slots move
-            # with the primary's snapshots): expected, said once.
-            if isinstance(
-                cause,
-                psycopg.errors.InsufficientPrivilege
-                | psycopg.errors.UndefinedFunction
-                | psycopg.errors.ObjectNotInPrerequisiteState,
-            ):
+            conn = self._marker
+            if conn is None or conn.closed:
+                conn = psycopg.connect(
+                    self.cfg.dsn,
+                    autocommit=True,
+                    connect_timeout=MARK_TIMEOUT_S,
+                    tcp_user_timeout=MARK_TIMEOUT_S * 1000,
+                )
+                self._marker = conn
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, false)",
+                    (str(MARK_TIMEOUT_S * 1000),),
+                )
+            conn.execute("SELECT pg_log_standby_snapshot()")
+        except psycopg.Error as exc:
+            refused = isinstance(exc, _MARK_REFUSED)
+            marks.failed(now, for_good=refused)
+            if refused:
                 log.info(
                     "the slot's restart point moves only at PostgreSQL's own snapshots (every "
                     "15 s while it writes), so a restart decodes up to that much WAL again; "
                     "on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() "
                     "to the wrapper's role keeps it close",
-                    extra={"slot": self.slot, "reason": str(cause).strip()},
+                    extra={"slot": self.slot, "reason": str(exc).strip()},
                 )
             else:
                 log.warning(
-                    "could not log a restart point for the slot; not trying again on this "
-                    "stream: %s",
-                    exc,
+                    "could not log a restart point for the slot (trying again in %.0fs): %s",
+                    marks.retry_s,
+                    str(exc).strip(),
                     extra={"slot": self.slot},
                 )
+            self._close_marker()
             return
-        marks.logged(self._acked, lsn_from_str(rows[0][0]), now)
+        marks.logged(self._acked, now)
+
+    def _close_marker(self) -> None:
+        if self._marker is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._marker.close()
+            self._marker = None
 
     def _send_status(self, reply: bool) -> None:
         assert self._repl is not None
@@ -714,6 +737,7 @@ class PostgresSource(ReplicationSource):
         return None
 
     def close(self) -> None:
+        self._close_marker()
         for c in (self._copy, self._admin):
             if c is not None:
                 with contextlib.suppress(psycopg.Error):
