@@ -17,7 +17,7 @@ from conftest import TestDB
 
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import RowChange
-from prism.wrapper.sources.postgres.source import PostgresSource
+from prism.wrapper.sources.postgres.source import MARK_APPLICATION_NAME, PostgresSource
 
 pytestmark = pytest.mark.integration
 
@@ -144,14 +144,14 @@ def _follow(src: PostgresSource, until: Callable[[], bool], seconds: float) -> b
     return False
 
 
-def _burst(db: TestDB) -> int:
-    """Twenty transactions on `arr`; the WAL position after them."""
+def _burst(db: TestDB, base: int = 1000) -> int:
+    """Twenty transactions on `arr` (ids from `base`); the WAL position after them."""
     with db.connect() as c:
         for i in range(20):
             c.execute(
                 "INSERT INTO arr SELECT g, '{1,2,3}', NULL, repeat('x', 200) "
                 "FROM generate_series(%s::int8, %s::int8) g",
-                (1000 + 10 * i, 1009 + 10 * i),
+                (base + 10 * i, base + 9 + 10 * i),
             )
         row = c.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
@@ -183,6 +183,36 @@ def test_the_slots_restart_point_follows_the_stream_after_a_burst(db: TestDB) ->
     assert src.restart_marks.made >= 1
     assert moved, f"restart_lsn {restart} stayed before the burst's end {end}"
     assert end <= restart <= confirmed
+
+
+def test_a_restart_point_connection_lost_while_idle_is_opened_again(db: TestDB) -> None:
+    """The records' connection sits idle between bursts, where a server's
+    idle timeout or a firewall may end it: the next record goes out on a new
+    connection at once, not after the retry wait."""
+    db.execute(SCHEMA)
+    src = _source(db, True, restart_mark_bytes=1024)
+    try:
+        src.discover()
+        src.prepare()
+        point = src.begin_snapshot()
+        src.end_snapshot()
+        with db.connect() as probe:
+            src.start_stream(point)
+            _burst(db)
+            assert _follow(src, lambda: src.restart_marks.made >= 1, seconds=5.0)
+            ended = probe.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (MARK_APPLICATION_NAME,),
+            ).fetchone()
+            assert ended == (1,)
+            end = _burst(db, base=2000)
+            moved = _follow(src, lambda: _slot_lsns(probe, src.slot)[0] >= end, seconds=5.0)
+    finally:
+        src.close()
+    assert src.restart_marks.enabled
+    assert moved, "no restart point after the connection was lost"
+    assert src.restart_marks.made >= 2
 
 
 def test_without_the_privilege_the_stream_goes_on_and_stops_asking(db: TestDB) -> None:

@@ -25,12 +25,7 @@ import psycopg.adapt
 from psycopg import pq, sql
 
 from prism.wrapper.config import WrapperConfig
-from prism.wrapper.errors import (
-    ConfigError,
-    PrerequisiteError,
-    SourceError,
-    map_psycopg_error,
-)
+from prism.wrapper.errors import ConfigError, PrerequisiteError, SourceError, map_psycopg_error
 from prism.wrapper.fastrow import NativeRows, copy_batches, copy_row_decoder
 from prism.wrapper.sources.base import (
     ColumnInfo,
@@ -67,6 +62,7 @@ SILENT_MIN_S = 5.0
 # thread: a lost link or a stuck server may stall the stream this long at
 # most (a statement, or unacknowledged sends), never the kernel's minutes.
 MARK_TIMEOUT_S = 5
+MARK_APPLICATION_NAME = "prism-wrapper restart points"
 # How the server refuses pg_log_standby_snapshot() for good: no privilege,
 # a server before 16, a standby (whose slots move with the primary's records).
 _MARK_REFUSED = (
@@ -653,42 +649,51 @@ class PostgresSource(ReplicationSource):
         timeouts. Never fails the stream: without one, the restart point
         follows PostgreSQL's own records."""
         marks = self.restart_marks
-        try:
-            conn = self._marker
-            if conn is None or conn.closed:
-                conn = psycopg.connect(
-                    self.cfg.dsn,
-                    autocommit=True,
-                    connect_timeout=MARK_TIMEOUT_S,
-                    tcp_user_timeout=MARK_TIMEOUT_S * 1000,
-                )
-                self._marker = conn
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, false)",
-                    (str(MARK_TIMEOUT_S * 1000),),
-                )
-            conn.execute("SELECT pg_log_standby_snapshot()")
-        except psycopg.Error as exc:
-            refused = isinstance(exc, _MARK_REFUSED)
-            marks.failed(now, for_good=refused)
-            if refused:
-                log.info(
-                    "the slot's restart point moves only at PostgreSQL's own snapshots (every "
-                    "15 s while it writes), so a restart decodes up to that much WAL again; "
-                    "on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() "
-                    "to the wrapper's role keeps it close",
-                    extra={"slot": self.slot, "reason": str(exc).strip()},
-                )
-            else:
+        for attempt in (1, 2):
+            reused = self._marker is not None and not self._marker.closed
+            try:
+                self._marker_connection().execute("SELECT pg_log_standby_snapshot()")
+                break
+            except psycopg.Error as exc:
+                self._close_marker()
+                if isinstance(exc, _MARK_REFUSED):
+                    marks.failed(now, for_good=True)
+                    log.info(
+                        "the slot's restart point moves only at PostgreSQL's own snapshots "
+                        "(every 15 s while it writes), so a restart decodes up to that much WAL "
+                        "again; on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION "
+                        "pg_log_standby_snapshot() to the wrapper's role keeps it close",
+                        extra={"slot": self.slot, "reason": str(exc).strip()},
+                    )
+                    return
+                if reused and attempt == 1 and isinstance(exc, psycopg.OperationalError):
+                    continue  # it died while idle between records: once more, on a new one
+                marks.failed(now, for_good=False)
                 log.warning(
                     "could not log a restart point for the slot (trying again in %.0fs): %s",
                     marks.retry_s,
                     str(exc).strip(),
                     extra={"slot": self.slot},
                 )
-            self._close_marker()
-            return
+                return
         marks.logged(self._acked, now)
+
+    def _marker_connection(self) -> psycopg.Connection[Any]:
+        conn = self._marker
+        if conn is None or conn.closed:
+            conn = psycopg.connect(
+                self.cfg.dsn,
+                autocommit=True,
+                connect_timeout=MARK_TIMEOUT_S,
+                tcp_user_timeout=MARK_TIMEOUT_S * 1000,
+                application_name=MARK_APPLICATION_NAME,  # for pg_stat_activity
+            )
+            self._marker = conn
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)",
+                (str(MARK_TIMEOUT_S * 1000),),
+            )
+        return conn
 
     def _close_marker(self) -> None:
         if self._marker is not None:
