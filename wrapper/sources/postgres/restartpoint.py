@@ -56,7 +56,7 @@ class RestartMarks:
     min_interval_s: float = MIN_INTERVAL_S
     retry_s: float = RETRY_S
     enabled: bool = True  # False once the server refused the call for good
-    made: int = 0  # records logged (tests and Health-style checks read it)
+    made: int = 0  # records logged (the tests read it)
     _base: int = 0  # the confirmed position at the last record (or the stream's start)
     _next_s: float = -math.inf  # no record before this time
 

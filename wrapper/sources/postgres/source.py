@@ -70,6 +70,11 @@ _MARK_REFUSED = (
     psycopg.errors.UndefinedFunction,
     psycopg.errors.ObjectNotInPrerequisiteState,
 )
+# What a slot without our records does, said by `check` and the log alike.
+_OWN_SNAPSHOTS_ONLY = (
+    "the slot's restart point moves only at PostgreSQL's own snapshots (every 15 s while it "
+    "writes), so a restart decodes up to that much WAL again"
+)
 
 
 # The oid the configured vector column is announced with to COPY's row
@@ -169,16 +174,9 @@ class PostgresSource(ReplicationSource):
         (restartpoint.py), with the fix; None when it can."""
         (standby,) = self._q("SELECT pg_is_in_recovery()")[0]
         if standby:
-            return (
-                "a standby: the slot's restart point moves with the primary's snapshots (every "
-                "15 s while it writes), so a restart decodes up to that much WAL again"
-            )
+            return f"a standby: {_OWN_SNAPSHOTS_ONLY}"
         if self.server_version() < 160000:
-            return (
-                "PostgreSQL before 16 has no pg_log_standby_snapshot(): the slot's restart "
-                "point moves only at the server's own snapshots (every 15 s while it writes), "
-                "so a restart decodes up to that much WAL again"
-            )
+            return f"PostgreSQL before 16 has no pg_log_standby_snapshot(): {_OWN_SNAPSHOTS_ONLY}"
         (allowed,) = self._q(
             "SELECT has_function_privilege('pg_log_standby_snapshot()', 'EXECUTE')"
         )[0]
@@ -186,8 +184,7 @@ class PostgresSource(ReplicationSource):
             return None
         (user,) = self._q("SELECT current_user")[0]
         return (
-            "the slot's restart point moves only at PostgreSQL's own snapshots (every 15 s while "
-            "it writes), so a restart decodes up to that much WAL again; to keep it close: "
+            f"{_OWN_SNAPSHOTS_ONLY}; to keep it close: "
             f"GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() TO {user}"
         )
 
@@ -659,10 +656,9 @@ class PostgresSource(ReplicationSource):
                 if isinstance(exc, _MARK_REFUSED):
                     marks.failed(now, for_good=True)
                     log.info(
-                        "the slot's restart point moves only at PostgreSQL's own snapshots "
-                        "(every 15 s while it writes), so a restart decodes up to that much WAL "
-                        "again; on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION "
+                        "%s; on PostgreSQL 16+, GRANT EXECUTE ON FUNCTION "
                         "pg_log_standby_snapshot() to the wrapper's role keeps it close",
+                        _OWN_SNAPSHOTS_ONLY,
                         extra={"slot": self.slot, "reason": str(exc).strip()},
                     )
                     return
