@@ -88,6 +88,13 @@ TARGETS = (
         "{:,.0f}",
     ),
     Target(
+        "the same frames only received (gRPC + TLS), rows/s",
+        "report",
+        lambda r: nested(r, "bootstrap_receive", "rows_per_s"),
+        None,
+        "{:,.0f}",
+    ),
+    Target(
         "commit → visible at 500/s, p50 ms",
         "≤ 5",
         lambda r: nested(r, "latency", "p50"),

@@ -115,6 +115,17 @@ def render(r: dict[str, Any], source: str) -> str:
         f"COPY binary: {_n(copy.get('rows_per_s'))}",
         _ratio(ra.get("bootstrap_vs_copy")),
     )
+    rx = r.get("bootstrap_receive", {})
+    if rx:
+        add(
+            "  ↳ the same frames only received (gRPC + TLS into one asyncio process), rows/s",
+            f"{_n(rx.get('rows_per_s'))} ({_n(rx.get('seconds'), 1)} s, "
+            f"{_n(rx.get('mb_per_s'))} MB/s)",
+            "",
+            f"the 2nd driver's bootstrap at {_n(ra.get('bootstrap_vs_receive'), 2)}× of it: "
+            "the driver receives these frames on its event loop, then opens and applies them "
+            "there",
+        )
     again = r.get("bootstrap_cached", {})
     if again:
         add(

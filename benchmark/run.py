@@ -391,14 +391,12 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
 # -- 3 + 6. second driver: bootstrap and memory -------------------------------------------
 
 
-async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
-    """A driver process bootstraps from the wrapper; `again`, a further one.
-    Both are sent the frames the wrapper sealed while the first driver
-    followed the initial copy (its frame cache: Health's
-    frame_cache_segments_shared counts them), so neither waits for sealing."""
-    proc = await asyncio.create_subprocess_exec(
+async def spawn_client(ctx: Ctx, script: str) -> asyncio.subprocess.Process:
+    """One of the benchmark's client processes (driver_proc.py, receive_proc.py)
+    against the running wrapper; its JSON line comes on stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
-        str(HERE / "driver_proc.py"),
+        str(HERE / script),
         "--port",
         str(ctx.wrapper.port),
         "--secret",
@@ -409,6 +407,14 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
         str(ctx.args.timeout),
         stdout=asyncio.subprocess.PIPE,
     )
+
+
+async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
+    """A driver process bootstraps from the wrapper; `again`, a further one.
+    Both are sent the frames the wrapper sealed while the first driver
+    followed the initial copy (its frame cache: Health's
+    frame_cache_segments_shared counts them), so neither waits for sealing."""
+    proc = await spawn_client(ctx, "driver_proc.py")
     prof = None if again else profile_start(ctx, "driver-bootstrap", proc.pid)
     out, _ = await proc.communicate()
     profile_stop(prof)
@@ -444,6 +450,23 @@ async def bench_bootstrap(ctx: Ctx, again: bool = False) -> None:
         f"driver_proc's sizing after it), {r['rss_per_row']:,.0f} B/row settled "
         f"({r['rss_per_row_ready']:,.0f} at ready), index {r['index_bytes'] / 1e6:.0f} MB "
         f"({r['index'].get('kind', '?')}){cpu_note}"
+    )
+
+
+async def bench_receive(ctx: Ctx) -> None:
+    """The same bootstrap, only received (benchmark/receive_proc.py): what
+    gRPC and TLS deliver to one asyncio process, the transport's part of the
+    2nd driver's bootstrap, in this run."""
+    proc = await spawn_client(ctx, "receive_proc.py")
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"receive_proc.py exited with {proc.returncode}")
+    r = json.loads(out.decode().strip().splitlines()[-1])
+    ctx.results["bootstrap_receive"] = r
+    log(
+        f"bootstrap received only (gRPC + TLS, no opening or applying): {r['rows']} rows in "
+        f"{r['seconds']:.1f}s = {r['rows_per_s']:,.0f} rows/s ({r['mb_per_s']:,.0f} MB/s; "
+        f"its CPU {r['user_s']:.1f} s user + {r['system_s']:.1f} s system)"
     )
 
 
@@ -974,7 +997,12 @@ async def bench_latency_sweep(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) ->
     cannot keep the rate; each step runs `--sweep-seconds`."""
     steps = []
     rate = ctx.args.sweep_from
-    best = None
+    # The main latency phase's rate is the floor of the answer: when the
+    # sweep's first step already misses, it is the highest rate measured to
+    # hold (None only if that phase missed too).
+    main = ctx.results.get("latency") or {}
+    held_main = main and main["p99"] <= SWEEP_P99_MS and not main["missing"]
+    best = main["achieved_rate"] if held_main and main["achieved_rate"] < rate else None
     while rate <= ctx.args.sweep_to:
         out = await bench_latency(
             ctx, driver, hook, rate, ctx.args.sweep_seconds, profile=False, disk_probe=False
@@ -1028,6 +1056,7 @@ async def run_driver_phases(ctx: Ctx) -> None:
         await asyncio.sleep(1.0)  # let the wrapper settle (WAL checkpoint of its store)
         await phase(ctx, "bootstrap", lambda: bench_bootstrap(ctx))
         await phase(ctx, "bootstrap_cached", lambda: bench_bootstrap(ctx, again=True))
+        await phase(ctx, "bootstrap_receive", lambda: bench_receive(ctx))
         await phase(ctx, "reads", lambda: bench_reads(ctx, driver))
         await phase(ctx, "cdc_live", lambda: bench_cdc_live(ctx, driver, hook))
         if not ctx.args.skip_backlog:
@@ -1072,6 +1101,7 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
         "initial_sync_vs_copy_decode", ("initial_sync", "rows_per_s"), ("copy", "decode_rows_per_s")
     )
     ratio("bootstrap_vs_copy", ("bootstrap", "rows_per_s"), ("copy", "rows_per_s"))
+    ratio("bootstrap_vs_receive", ("bootstrap", "rows_per_s"), ("bootstrap_receive", "rows_per_s"))
     ratio(
         "cdc_live_vs_recvlogical",
         ("cdc_live", "changes_per_s"),
