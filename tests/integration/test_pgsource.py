@@ -5,6 +5,7 @@ stream keeps its slot's restart point close behind what it confirmed."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from itertools import chain
@@ -250,3 +251,28 @@ def test_without_the_privilege_the_stream_goes_on_and_stops_asking(db: TestDB) -
             c.execute(f"DROP ROLE IF EXISTS {role}")
     assert not src.restart_marks.enabled
     assert src.restart_marks.made == 0
+
+
+def test_threads_asking_for_the_admin_connection_at_once_share_one(db: TestDB) -> None:
+    """The pipeline's thread and the store writer's (missing_value) both open
+    the admin connection lazily: asked at the same moment, one connection is
+    opened and both get it (none is left open behind the source's back)."""
+    src = _source(db, binary=True)
+    start = threading.Barrier(8)
+    got: list[Any] = []
+
+    def take() -> None:
+        start.wait()
+        got.append(src.admin)
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(got) == 8
+        assert len({id(c) for c in got}) == 1, "each thread opened a connection of its own"
+    finally:
+        src.close()
+    assert got[0].closed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -112,6 +113,10 @@ class PostgresSource(ReplicationSource):
         self.slot = cfg.database.slot
         self.publication = cfg.database.publication
         self._admin: psycopg.Connection[Any] | None = None
+        # The pipeline's thread and the store writer's (missing_value, for
+        # rows from before an ADD COLUMN) both ask for the admin connection:
+        # one of them opens it. psycopg serializes its use across threads.
+        self._admin_lock = threading.Lock()
         self._marker: psycopg.Connection[Any] | None = None  # for restart points only
         self._repl: ReplicationConnection | None = None
         self._copy: psycopg.Connection[Any] | None = None
@@ -134,12 +139,13 @@ class PostgresSource(ReplicationSource):
     # -- admin connection -------------------------------------------------
     @property
     def admin(self) -> psycopg.Connection[Any]:
-        if self._admin is None or self._admin.closed:
-            try:
-                self._admin = psycopg.connect(self.cfg.dsn, autocommit=True, connect_timeout=10)
-            except psycopg.Error as exc:
-                raise map_psycopg_error(exc, "connecting to PostgreSQL") from exc
-        return self._admin
+        with self._admin_lock:
+            if self._admin is None or self._admin.closed:
+                try:
+                    self._admin = psycopg.connect(self.cfg.dsn, autocommit=True, connect_timeout=10)
+                except psycopg.Error as exc:
+                    raise map_psycopg_error(exc, "connecting to PostgreSQL") from exc
+            return self._admin
 
     def _q(self, query: Any, params: Any = None) -> list[tuple[Any, ...]]:
         try:
@@ -739,13 +745,15 @@ class PostgresSource(ReplicationSource):
 
     def close(self) -> None:
         self._close_marker()
-        for c in (self._copy, self._admin):
+        with self._admin_lock:
+            admin, self._admin = self._admin, None
+        for c in (self._copy, admin):
             if c is not None:
                 with contextlib.suppress(psycopg.Error):
                     c.close()
         if self._repl is not None:
             self._repl.close()
-        self._copy = self._admin = None
+        self._copy = None
         self._repl = None
 
 
