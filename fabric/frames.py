@@ -171,11 +171,12 @@ def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
     ]
 
 
-def _rows_aad(head: _Fields, blocks: _Blocks) -> bytes:
-    """The AEAD's associated data: canonical(frame) without sealed_rows, so
-    the rows are bound to every other field. GCM authenticates it at memory
-    speed, so it is passed whole rather than hashed first."""
-    return b"".join(_canonical_parts(head, [b for b in blocks if b[0] != _SEALED_ROWS]))
+def _rows_aad(head: _Fields, blocks: _Blocks) -> list[bytes]:
+    """The AEAD's associated data, in parts: canonical(frame) without
+    sealed_rows, so the rows are bound to every other field. GCM
+    authenticates it at memory speed, so it is passed whole rather than
+    hashed first, and in parts (Sealer.encrypt_parts) rather than joined."""
+    return _canonical_parts(head, [b for b in blocks if b[0] != _SEALED_ROWS])
 
 
 _WATERMARK_LABEL = b"prism/frame-watermark/v5"
@@ -643,7 +644,7 @@ def _seal(
     else:
         plaintext = b"".join((_U64.pack(len(keys)), keys, payloads))
     nonce = dict(blocks)[20]
-    sealed = sealer.encrypt(nonce, plaintext, _rows_aad(head, blocks))
+    sealed = sealer.encrypt_parts(nonce, plaintext, _rows_aad(head, blocks))
     blocks[blocks.index((_SEALED_ROWS, b""))] = (_SEALED_ROWS, sealed)
     return sealed, _watermark(sealer, head, blocks)
 
@@ -659,7 +660,7 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
     if len(nonce) != AEAD_NONCE_BYTES:
         raise FrameError(f"aead_nonce has {len(nonce)} bytes, expected {AEAD_NONCE_BYTES}")
     try:
-        plain = sealer.decrypt(nonce, by_number[_SEALED_ROWS], _rows_aad(head, blocks))
+        plain = sealer.decrypt_parts(nonce, by_number[_SEALED_ROWS], _rows_aad(head, blocks))
     except InvalidTag:
         raise SealedRowsError(
             f"frame {head[6]} of {head[5]!r}: sealed_rows fail AES-GCM authentication"

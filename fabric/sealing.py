@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -30,6 +31,7 @@ from prism.fabric.keys import EpochKeys
 _TWO_PI = 2.0 * np.pi
 _DIGEST_KEY_LABEL = b"prism/frame-digest-key/v5"
 _DIGEST_JOIN_MAX = 64 << 10  # frames up to this size are joined, then digested
+AEAD_TAG_BYTES = 16  # AES-GCM's tag, after the ciphertext
 
 
 def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:
@@ -92,6 +94,7 @@ class Sealer:
         self._k.setflags(write=False)
         self._kt.setflags(write=False)
         self._aead = AESGCM(keys.aead_key)
+        self._aead_alg = algorithms.AES(keys.aead_key)
         self._fused: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # sealing()
         # Frame format 5's digest key: a function of the HMAC key alone, so
         # whoever can watermark can digest, and nobody else (frame_digest).
@@ -182,6 +185,41 @@ class Sealer:
     def decrypt(self, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
         """Inverse of encrypt; raises cryptography's InvalidTag on any change."""
         return self._aead.decrypt(nonce, ciphertext, aad)
+
+    def encrypt_parts(self, nonce: bytes, plaintext: bytes, aad_parts: Sequence[bytes]) -> bytes:
+        """encrypt() with ``b"".join(aad_parts)`` as the associated data, the
+        same bytes out. A frame's associated data holds its vector block (1.5
+        MB for 1,024 rows of 384-d): joining it was a fresh buffer a frame,
+        paid in page faults, so large ones are fed to GCM part by part, as
+        frame_digest does."""
+        if sum(map(len, aad_parts)) <= _DIGEST_JOIN_MAX:
+            return self._aead.encrypt(nonce, plaintext, b"".join(aad_parts))
+        ctx = Cipher(self._aead_alg, modes.GCM(nonce)).encryptor()
+        for p in aad_parts:
+            ctx.authenticate_additional_data(p)
+        out = bytearray(len(plaintext) + AEAD_TAG_BYTES)
+        n = ctx.update_into(plaintext, out)
+        ctx.finalize()
+        out[n:] = ctx.tag
+        return bytes(out)
+
+    def decrypt_parts(self, nonce: bytes, ciphertext: bytes, aad_parts: Sequence[bytes]) -> bytes:
+        """decrypt() with ``b"".join(aad_parts)`` as the associated data
+        (large ones fed part by part: encrypt_parts). Raises InvalidTag on any
+        change, before any of the plaintext is returned."""
+        if sum(map(len, aad_parts)) <= _DIGEST_JOIN_MAX:
+            return self._aead.decrypt(nonce, ciphertext, b"".join(aad_parts))
+        if len(ciphertext) < AEAD_TAG_BYTES:
+            raise InvalidTag
+        body = memoryview(ciphertext)[:-AEAD_TAG_BYTES]
+        ctx = Cipher(
+            self._aead_alg, modes.GCM(nonce, bytes(ciphertext[-AEAD_TAG_BYTES:]))
+        ).decryptor()
+        for p in aad_parts:
+            ctx.authenticate_additional_data(p)
+        plain = ctx.update(body)
+        ctx.finalize()  # InvalidTag unless every byte and the tag agree
+        return plain
 
 
 def space_change(frm: Sealer | None, to: Sealer | None) -> np.ndarray | None:

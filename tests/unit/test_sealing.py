@@ -173,3 +173,50 @@ def test_frame_digest_is_gmac_of_the_joined_parts(sizes: list[int]) -> None:
         if flipped[i]:
             flipped[i][-1] ^= 1
             assert sealer.frame_digest(nonce, [bytes(p) for p in flipped]) != want
+
+
+@pytest.mark.parametrize("sizes", [[], [0, 3], [10, 20], [70_000], [1, 300_000, 5]])
+def test_aead_with_the_associated_data_in_parts_is_aead_of_the_joined_parts(
+    sizes: list[int],
+) -> None:
+    """A frame's associated data holds its vector block; large ones go to GCM
+    part by part instead of joined. Either path is AES-256-GCM with the
+    joined parts as associated data, and opens what the other sealed."""
+    keys = derive_epoch_keys(SECRET, "t", 1)
+    s = Sealer(keys, 4)
+    rng = np.random.default_rng(sum(sizes) + 1)
+    parts = [rng.bytes(n) for n in sizes]
+    aad = b"".join(parts)
+    nonce, plain = rng.bytes(12), rng.bytes(5_000)
+    ct = s.encrypt_parts(nonce, plain, parts)
+    assert ct == AESGCM(keys.aead_key).encrypt(nonce, plain, aad)
+    assert s.decrypt_parts(nonce, ct, parts) == plain
+    assert s.decrypt(nonce, ct, aad) == plain
+    assert s.decrypt_parts(nonce, s.encrypt(nonce, b"", aad), parts) == b""
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_decrypt_parts_rejects_any_change(big: bool) -> None:
+    """Both paths (joined small, streamed large) refuse a changed ciphertext,
+    tag, nonce or associated-data part, and a ciphertext too short for its
+    tag, with InvalidTag."""
+    s = Sealer(derive_epoch_keys(SECRET, "t", 1), 4)
+    rng = np.random.default_rng(7)
+    parts = [rng.bytes(100), rng.bytes(200_000 if big else 1_000), rng.bytes(3)]
+    nonce = rng.bytes(12)
+    ct = s.encrypt_parts(nonce, b"some row data", parts)
+    for i in range(len(ct)):
+        with pytest.raises(InvalidTag):
+            s.decrypt_parts(nonce, ct[:i] + bytes([ct[i] ^ 0x01]) + ct[i + 1 :], parts)
+    with pytest.raises(InvalidTag):
+        s.decrypt_parts(bytes(12), ct, parts)
+    for j in range(len(parts)):
+        changed = list(parts)
+        changed[j] = parts[j][:-1] + bytes([parts[j][-1] ^ 0x80])
+        with pytest.raises(InvalidTag):
+            s.decrypt_parts(nonce, ct, changed)
+    moved = [parts[0] + parts[1][:1], parts[1][1:], parts[2]]  # same bytes joined
+    assert s.decrypt_parts(nonce, ct, moved) == b"some row data"
+    for bad in (ct[:-1], ct[:15], b""):
+        with pytest.raises(InvalidTag):
+            s.decrypt_parts(nonce, bad, parts)
