@@ -515,3 +515,21 @@ def test_a_swap_on_the_loop_starts_training_after_it_returns() -> None:
     idx.hold_training(False)
     assert idx._training is not None or idx._lists is not None
     idx.wait_trained(10)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 384, 1536, 4096])
+def test_grid_squared_norms_are_exact(dim: int) -> None:
+    """to_grid's squared norms equal the integer sums of squares, also at
+    the worst case (every component at ±limit), where a float32 sum is
+    still exact by grid_limit's bound."""
+    limit = grid_limit(dim)
+    rng = np.random.default_rng(dim)
+    v = rng.standard_normal((64, dim)).astype(np.float32)
+    v[0] = 1.0  # every component at the grid limit
+    v[1, ::2] = -1.0
+    v[1, 1::2] = 1.0
+    g, sq = to_grid(v, limit)
+    want = (g.astype(np.int64) ** 2).sum(axis=1)
+    assert sq.dtype == np.float64
+    assert np.array_equal(sq, want.astype(np.float64))
+    assert sq[0] == limit * limit * dim <= 2**24 - 1
