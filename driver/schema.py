@@ -16,6 +16,7 @@ import numpy as np
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.embedder import TextEmbedder
+from prism.fabric.keys import derive_projection_seed
 from prism.fabric.projection import Projection
 
 
@@ -78,12 +79,20 @@ class Schema:
         tables = tables_from_hello(hello)
         changed = tables != self.tables
         self.tables = tables
-        for info in tables.values():  # build the keyed projections now, not on a query
-            if info.has_vectors:
-                self.projection(info)
+        # The keyed projections' matrices are made on a worker thread
+        # (matrix_seeds, prism.fabric.sealing.prefetch_orthogonal), not here
+        # on the event loop before the Subscribe call.
         if hello.text_embedder_dim:
             self.embedder = TextEmbedder(hello.text_embedder_dim)
         return changed
+
+    def matrix_seeds(self) -> list[tuple[bytes, int]]:
+        """(seed, dimension) of each keyed matrix the projections take, for
+        prefetch_orthogonal; the projections themselves are cheap once their
+        matrix is made."""
+        dims = {info.source_dim for info in self.tables.values() if info.has_vectors}
+        seed = derive_projection_seed(self._projection_key, self.tenant_id)
+        return [(seed, d) for d in sorted(dims)]
 
     def projection(self, info: TableInfo) -> Projection:
         dims = (info.source_dim, info.vector_dim)

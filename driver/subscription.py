@@ -59,6 +59,8 @@ from prism.fabric.errors import (
     WatermarkError,
 )
 from prism.fabric.frames import open_frame, parse_frame
+from prism.fabric.keys import derive_epoch_keys
+from prism.fabric.sealing import prefetch_orthogonal
 
 log = logging.getLogger("prism.driver")
 
@@ -342,7 +344,9 @@ class Subscription:
         hello = login.hello
         self._login = login
         self.keys.restart(hello.key_epoch, self.link.secret)
-        if self.schema.update(hello, login.projection_key):
+        changed = self.schema.update(hello, login.projection_key)
+        self._prefetch_matrices(hello.key_epoch)
+        if changed:
             tables = self.schema.tables
             self.index_spec = index_spec(self.config.indexes, tables)
             shape = Replica.for_tables(
@@ -360,6 +364,20 @@ class Subscription:
             else:
                 self.feed = ReplicaFeed(shape)
             self.follower = Follower()  # a different shape: bootstrap afresh
+
+    def _prefetch_matrices(self, epoch: int) -> None:
+        """The keyed matrices this session's queries need (the projections',
+        the epoch's sealing one), made on a worker thread: each is a QR of 40
+        to 130 ms, which on the event loop came before the Subscribe call and
+        the first frame. Opening and applying frames needs none of them."""
+        seeds = self.schema.matrix_seeds()
+        epoch_seed = derive_epoch_keys(self.link.secret, self.config.tenant_id, epoch).matrix_seed
+        dims = {t.vector_dim for t in self.schema.tables.values() if t.has_vectors}
+        seeds += [(epoch_seed, d) for d in sorted(dims)]
+        if not seeds:
+            return
+        made = asyncio.get_running_loop().run_in_executor(None, prefetch_orthogonal, seeds)
+        made.add_done_callback(_log_prefetch_failure)
 
     async def _warm_restart(self, login: Login) -> None:
         """At the first Hello: serve the loaded snapshot if the wrapper still
@@ -507,3 +525,10 @@ class Subscription:
             "snapshot": dict(self.warm.stats) if self.warm is not None else None,
             **self.counters,
         }
+
+
+def _log_prefetch_failure(made: asyncio.Future[None]) -> None:
+    """A matrix that failed here is made again where it is needed, which
+    raises there; this only keeps the failure from going unseen."""
+    if not made.cancelled() and made.exception() is not None:
+        log.warning("making the keyed matrices ahead failed: %s", made.exception())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import threading
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -53,15 +54,53 @@ def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:
     return np.concatenate([r * np.cos(theta), r * np.sin(theta)])[:count]
 
 
-@functools.lru_cache(maxsize=32)
+_ORTHOGONAL_CACHE_SIZE = 32
+_orthogonal: dict[tuple[bytes, int], np.ndarray] = {}
+_orthogonal_lock = threading.Lock()
+
+
 def keyed_orthogonal(seed: bytes, dim: int) -> np.ndarray:
     """A dim x dim orthogonal float64 matrix determined by ``seed`` and ``dim``.
 
     Haar-distributed: QR of a Gaussian matrix with the signs of R's diagonal
     folded into Q. Different numpy/LAPACK builds may differ in the last bits
     (around 1e-15), far below the float32 resolution of the vectors it seals.
-    The returned array is cached and read-only.
+    The returned array is cached (the newest 32) and read-only.
+
+    Computed once however many threads ask at the same time: the QR of a
+    384 x 384 matrix takes 40-130 ms here, and a driver computes its matrices
+    on a worker thread while its event loop takes the first frames
+    (prefetch_orthogonal), so a query that needs one meanwhile waits for that
+    computation instead of repeating it.
     """
+    key = (seed, dim)
+    q = _orthogonal.get(key)
+    if q is not None:
+        return q
+    with _orthogonal_lock:
+        q = _orthogonal.get(key)
+        if q is None:
+            q = _compute_orthogonal(seed, dim)
+            if len(_orthogonal) >= _ORTHOGONAL_CACHE_SIZE:
+                _orthogonal.pop(next(iter(_orthogonal)))
+            _orthogonal[key] = q
+    return q
+
+
+def prefetch_orthogonal(seeds: Iterable[tuple[bytes, int]]) -> None:
+    """Make (and cache) the matrix of each (seed, dimension): for a worker
+    thread, so that the event loop finds them made (keyed_orthogonal)."""
+    for seed, dim in seeds:
+        keyed_orthogonal(seed, dim)
+
+
+def clear_orthogonal_cache() -> None:
+    """Forget every cached matrix (tests: the next call computes afresh)."""
+    with _orthogonal_lock:
+        _orthogonal.clear()
+
+
+def _compute_orthogonal(seed: bytes, dim: int) -> np.ndarray:
     if dim < 0:
         raise ValueError(f"matrix dimension must be >= 0, got {dim}")
     if dim == 0:
@@ -86,13 +125,6 @@ class Sealer:
         self.keys = keys
         self.epoch = keys.epoch
         self.dim = dim
-        k = keyed_orthogonal(keys.matrix_seed, dim)
-        # float32 matmul is what makes sealing cheap; float32 rounding of K is
-        # far smaller than the float32 noise already in the vectors.
-        self._k = np.ascontiguousarray(k, dtype=np.float32)
-        self._kt = np.ascontiguousarray(k.T, dtype=np.float32)
-        self._k.setflags(write=False)
-        self._kt.setflags(write=False)
         self._aead = AESGCM(keys.aead_key)
         self._aead_alg = algorithms.AES(keys.aead_key)
         self._fused: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # sealing()
@@ -104,6 +136,23 @@ class Sealer:
 
     def __repr__(self) -> str:
         return f"Sealer(tenant_id={self.keys.tenant_id!r}, epoch={self.epoch}, dim={self.dim})"
+
+    # K is made on first use: opening frames (watermark, digest, AES-GCM)
+    # needs none of it, and the driver's index keeps vectors sealed, so a
+    # bootstrap never waits for the QR; queries and sealing do.
+    @functools.cached_property
+    def _k(self) -> np.ndarray:
+        # float32 matmul is what makes sealing cheap; float32 rounding of K is
+        # far smaller than the float32 noise already in the vectors.
+        k = np.ascontiguousarray(keyed_orthogonal(self.keys.matrix_seed, self.dim), np.float32)
+        k.setflags(write=False)
+        return k
+
+    @functools.cached_property
+    def _kt(self) -> np.ndarray:
+        kt = np.ascontiguousarray(self._k.T)
+        kt.setflags(write=False)
+        return kt
 
     def _check(self, v: np.ndarray) -> np.ndarray:
         a = np.asarray(v, dtype=np.float32)

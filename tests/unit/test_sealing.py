@@ -11,7 +11,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.sealing import Sealer, keyed_orthogonal
+from prism.fabric.sealing import (
+    Sealer,
+    clear_orthogonal_cache,
+    keyed_orthogonal,
+    prefetch_orthogonal,
+)
 
 SECRET = b"s" * 32
 
@@ -26,7 +31,7 @@ def test_orthogonal(dim: int) -> None:
 
 def test_deterministic_and_seed_dependent() -> None:
     a = keyed_orthogonal(b"seed-a", 64)
-    keyed_orthogonal.cache_clear()
+    clear_orthogonal_cache()
     assert np.array_equal(a, keyed_orthogonal(b"seed-a", 64))
     assert not np.allclose(a, keyed_orthogonal(b"seed-b", 64))
     # Another dimension is not a sub-matrix of this one.
@@ -34,10 +39,10 @@ def test_deterministic_and_seed_dependent() -> None:
 
 
 def test_independent_of_numpy_global_rng() -> None:
-    keyed_orthogonal.cache_clear()
+    clear_orthogonal_cache()
     np.random.seed(1)
     a = keyed_orthogonal(b"seed", 16).copy()
-    keyed_orthogonal.cache_clear()
+    clear_orthogonal_cache()
     np.random.seed(2)
     assert np.array_equal(a, keyed_orthogonal(b"seed", 16))
 
@@ -220,3 +225,55 @@ def test_decrypt_parts_rejects_any_change(big: bool) -> None:
     for bad in (ct[:-1], ct[:15], b""):
         with pytest.raises(InvalidTag):
             s.decrypt_parts(nonce, bad, parts)
+
+
+def test_opening_frames_never_makes_the_matrix() -> None:
+    """K is made on first use (seal, unseal): watermarks, digests and AES-GCM,
+    all a driver's bootstrap needs, leave it unmade."""
+    import prism.fabric.sealing as sealing_mod
+
+    keys = derive_epoch_keys(b"m" * 32, "lazy", 7)
+    clear_orthogonal_cache()
+    s = Sealer(keys, 16)
+    nonce = bytes(12)
+    s.decrypt(nonce, s.encrypt(nonce, b"rows", b"aad"), b"aad")
+    s.decrypt_parts(nonce, s.encrypt_parts(nonce, b"rows", [b"a" * 70_000]), [b"a" * 70_000])
+    s.frame_digest(nonce, [b"x" * 70_000])
+    s.watermark(b"frame")
+    assert (keys.matrix_seed, 16) not in sealing_mod._orthogonal
+    v = np.eye(16, dtype=np.float32)
+    assert np.allclose(s.seal(v), keyed_orthogonal(keys.matrix_seed, 16), atol=1e-6)
+    assert (keys.matrix_seed, 16) in sealing_mod._orthogonal
+    assert np.allclose(s.unseal(s.seal(v)), v, atol=1e-5)
+
+
+def test_a_matrix_asked_for_by_two_threads_at_once_is_made_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver makes its matrices on a worker thread while a query may
+    need one: the second caller waits for the first's QR instead of
+    repeating it, and both get the same array."""
+    import threading
+    import time
+
+    import prism.fabric.sealing as sealing_mod
+
+    made: list[int] = []
+    real = sealing_mod._compute_orthogonal
+
+    def slow(seed: bytes, dim: int) -> np.ndarray:
+        made.append(dim)
+        time.sleep(0.2)
+        return real(seed, dim)
+
+    monkeypatch.setattr(sealing_mod, "_compute_orthogonal", slow)
+    clear_orthogonal_cache()
+    got: list[np.ndarray] = []
+    worker = threading.Thread(target=prefetch_orthogonal, args=([(b"twice", 32)],))
+    worker.start()
+    time.sleep(0.05)  # the worker is inside the QR
+    got.append(keyed_orthogonal(b"twice", 32))
+    worker.join()
+    got.append(keyed_orthogonal(b"twice", 32))
+    assert made == [32]
+    assert got[0] is got[1]
