@@ -17,7 +17,7 @@ import numpy as np
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.embedder import TextEmbedder
 from prism.fabric.keys import derive_projection_seed
-from prism.fabric.projection import Projection
+from prism.fabric.projection import Projection, check_dims
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,9 @@ class Schema:
             self._projection_key = projection_key
             self._projections = {}
         tables = tables_from_hello(hello)
+        for info in tables.values():  # a Hello whose projections cannot exist fails here
+            if info.has_vectors:
+                check_dims(info.source_dim, info.vector_dim)
         changed = tables != self.tables
         self.tables = tables
         # The keyed projections' matrices are made on a worker thread

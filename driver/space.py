@@ -89,4 +89,4 @@ def space_from_record(record: object, secret: bytes, tenant_id: str, dim: int) -
         raise ValueError(
             f"the index's vectors are sealed with key epoch {record['epoch']} of another secret"
         )
-    return sealer
+    return sealer.prepare()  # K now, on the loader's thread, not at the first query

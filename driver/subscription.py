@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -157,6 +158,9 @@ class Subscription:
         self._closed = False
         self._call_in_flight: Any = None  # the Subscribe call being read
         self._release_training: asyncio.Task[None] | None = None  # after a warm restart
+        # Set at close (and at the next Hello): the worker making this
+        # session's keyed matrices stops before the next one.
+        self._prefetch_stop = threading.Event()
 
     @property
     def replica(self) -> Replica:
@@ -209,6 +213,7 @@ class Subscription:
         """The driver is closing: every waiter, now and later, gets NotReadyError."""
         self._closed = True
         self.blas.release()
+        self._prefetch_stop.set()
         if self._call_in_flight is not None:
             self._call_in_flight.cancel()  # gRPC ends the read; see SilenceWatch
         self.changes.end(None)
@@ -376,7 +381,11 @@ class Subscription:
         seeds += [(epoch_seed, d) for d in sorted(dims)]
         if not seeds:
             return
-        made = asyncio.get_running_loop().run_in_executor(None, prefetch_orthogonal, seeds)
+        self._prefetch_stop.set()  # a Hello before: its matrices are not wanted now
+        self._prefetch_stop = threading.Event()
+        made = asyncio.get_running_loop().run_in_executor(
+            None, prefetch_orthogonal, seeds, self._prefetch_stop
+        )
         made.add_done_callback(_log_prefetch_failure)
 
     async def _warm_restart(self, login: Login) -> None:

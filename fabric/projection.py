@@ -34,17 +34,22 @@ def _projection_matrix(seed: bytes, source_dim: int, out_dim: int) -> np.ndarray
     return p
 
 
+def check_dims(source_dim: int, out_dim: int) -> None:
+    """FabricError unless a projection from source_dim to out_dim exists."""
+    if not 1 <= out_dim <= source_dim:
+        raise FabricError(
+            f"projection needs 1 <= out_dim <= source_dim, "
+            f"got out_dim={out_dim}, source_dim={source_dim}"
+        )
+
+
 class Projection:
     """Projects float32 vectors from ``source_dim`` to ``out_dim`` dimensions."""
 
     def __init__(
         self, projection_key: bytes, tenant_id: str, source_dim: int, out_dim: int
     ) -> None:
-        if not 1 <= out_dim <= source_dim:
-            raise FabricError(
-                f"projection needs 1 <= out_dim <= source_dim, "
-                f"got out_dim={out_dim}, source_dim={source_dim}"
-            )
+        check_dims(source_dim, out_dim)
         self.tenant_id = tenant_id
         self.source_dim = source_dim
         self.out_dim = out_dim

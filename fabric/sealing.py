@@ -20,6 +20,7 @@ import functools
 import hashlib
 import hmac
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -55,8 +56,9 @@ def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:
 
 
 _ORTHOGONAL_CACHE_SIZE = 32
-_orthogonal: dict[tuple[bytes, int], np.ndarray] = {}
-_orthogonal_lock = threading.Lock()
+_orthogonal: OrderedDict[tuple[bytes, int], np.ndarray] = OrderedDict()  # newest last
+_making: dict[tuple[bytes, int], threading.Event] = {}  # matrices being made now
+_orthogonal_lock = threading.Lock()  # guards both; never held while a matrix is made
 
 
 def keyed_orthogonal(seed: bytes, dim: int) -> np.ndarray:
@@ -65,37 +67,54 @@ def keyed_orthogonal(seed: bytes, dim: int) -> np.ndarray:
     Haar-distributed: QR of a Gaussian matrix with the signs of R's diagonal
     folded into Q. Different numpy/LAPACK builds may differ in the last bits
     (around 1e-15), far below the float32 resolution of the vectors it seals.
-    The returned array is cached (the newest 32) and read-only.
+    The returned array is cached (the 32 used last) and read-only.
 
-    Computed once however many threads ask at the same time: the QR of a
-    384 x 384 matrix takes 40-130 ms here, and a driver computes its matrices
-    on a worker thread while its event loop takes the first frames
-    (prefetch_orthogonal), so a query that needs one meanwhile waits for that
-    computation instead of repeating it.
+    Each matrix is made once however many threads ask for it at the same
+    time: the QR of a 384 x 384 matrix takes 22-130 ms here, and a driver
+    makes its matrices on a worker thread while its event loop takes the
+    first frames (prefetch_orthogonal), so a query that needs one meanwhile
+    waits for that one instead of repeating it; a different matrix is made
+    beside it.
     """
     key = (seed, dim)
-    q = _orthogonal.get(key)
-    if q is not None:
-        return q
-    with _orthogonal_lock:
-        q = _orthogonal.get(key)
-        if q is None:
-            q = _compute_orthogonal(seed, dim)
-            if len(_orthogonal) >= _ORTHOGONAL_CACHE_SIZE:
-                _orthogonal.pop(next(iter(_orthogonal)))
+    while True:
+        with _orthogonal_lock:
+            q = _orthogonal.get(key)
+            if q is not None:
+                _orthogonal.move_to_end(key)
+                return q
+            making = _making.get(key)
+            if making is None:
+                making = _making[key] = threading.Event()
+                break
+        making.wait()  # then take it from the cache (or make it, if that failed)
+    try:
+        q = _compute_orthogonal(seed, dim)
+        with _orthogonal_lock:
             _orthogonal[key] = q
-    return q
+            while len(_orthogonal) > _ORTHOGONAL_CACHE_SIZE:
+                _orthogonal.popitem(last=False)
+        return q
+    finally:
+        with _orthogonal_lock:
+            del _making[key]
+        making.set()
 
 
-def prefetch_orthogonal(seeds: Iterable[tuple[bytes, int]]) -> None:
-    """Make (and cache) the matrix of each (seed, dimension): for a worker
-    thread, so that the event loop finds them made (keyed_orthogonal)."""
+def prefetch_orthogonal(
+    seeds: Iterable[tuple[bytes, int]], stop: threading.Event | None = None
+) -> None:
+    """Make (and cache) the matrix of each (seed, dimension), until `stop`
+    is set: for a worker thread, so that the event loop finds them made
+    (keyed_orthogonal)."""
     for seed, dim in seeds:
+        if stop is not None and stop.is_set():
+            return
         keyed_orthogonal(seed, dim)
 
 
 def clear_orthogonal_cache() -> None:
-    """Forget every cached matrix (tests: the next call computes afresh)."""
+    """Forget every cached matrix (tests: the next call makes it afresh)."""
     with _orthogonal_lock:
         _orthogonal.clear()
 
@@ -125,6 +144,8 @@ class Sealer:
         self.keys = keys
         self.epoch = keys.epoch
         self.dim = dim
+        self._k_made: np.ndarray | None = None  # K and K.T as float32, on first use
+        self._kt_made: np.ndarray | None = None
         self._aead = AESGCM(keys.aead_key)
         self._aead_alg = algorithms.AES(keys.aead_key)
         self._fused: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # sealing()
@@ -139,20 +160,32 @@ class Sealer:
 
     # K is made on first use: opening frames (watermark, digest, AES-GCM)
     # needs none of it, and the driver's index keeps vectors sealed, so a
-    # bootstrap never waits for the QR; queries and sealing do.
-    @functools.cached_property
+    # bootstrap never waits for the QR; queries and sealing do. Two threads
+    # may both make the float32 copies (the same values); the QR is made once.
+    @property
     def _k(self) -> np.ndarray:
-        # float32 matmul is what makes sealing cheap; float32 rounding of K is
-        # far smaller than the float32 noise already in the vectors.
-        k = np.ascontiguousarray(keyed_orthogonal(self.keys.matrix_seed, self.dim), np.float32)
-        k.setflags(write=False)
+        k = self._k_made
+        if k is None:
+            # float32 matmul is what makes sealing cheap; float32 rounding of
+            # K is far smaller than the float32 noise already in the vectors.
+            k = np.ascontiguousarray(keyed_orthogonal(self.keys.matrix_seed, self.dim), np.float32)
+            k.setflags(write=False)
+            self._k_made = k
         return k
 
-    @functools.cached_property
+    @property
     def _kt(self) -> np.ndarray:
-        kt = np.ascontiguousarray(self._k.T)
-        kt.setflags(write=False)
+        kt = self._kt_made
+        if kt is None:
+            kt = np.ascontiguousarray(self._k.T)
+            kt.setflags(write=False)
+            self._kt_made = kt
         return kt
+
+    def prepare(self) -> Sealer:
+        """Make K now (on a worker thread, ahead of the queries that need it)."""
+        _ = self._kt
+        return self
 
     def _check(self, v: np.ndarray) -> np.ndarray:
         a = np.asarray(v, dtype=np.float32)

@@ -93,3 +93,21 @@ def test_queries_are_projected_with_the_tenants_key() -> None:
     assert schema.query_vector(items, np.ones(3), None) is None
     t = schema.query_vector(docs, None, "red shoes")
     assert t is not None and t.shape == (16,)
+
+
+def test_a_hello_names_the_matrices_to_make_and_refuses_impossible_dimensions() -> None:
+    """Schema.update makes no matrix (the driver makes them on a worker
+    thread from matrix_seeds), but still refuses a table whose projection
+    cannot exist, at the Hello rather than at the first query."""
+    from prism.fabric.errors import FabricError
+    from prism.fabric.keys import derive_projection_seed
+
+    schema = Schema("acme")
+    schema.update(_hello(ITEMS, DOCS, text_dim=16), b"k" * 32)
+    seed = derive_projection_seed(b"k" * 32, "acme")
+    assert schema.matrix_seeds() == [(seed, 8), (seed, 16)]
+    wide = pb.TableSchema(
+        name="public.wide", key_columns=["id"], has_vectors=True, source_dim=4, vector_dim=8
+    )
+    with pytest.raises(FabricError, match="out_dim=8, source_dim=4"):
+        Schema("acme").update(_hello(wide), b"k" * 32)

@@ -277,3 +277,50 @@ def test_a_matrix_asked_for_by_two_threads_at_once_is_made_once(
     got.append(keyed_orthogonal(b"twice", 32))
     assert made == [32]
     assert got[0] is got[1]
+
+
+def test_a_different_matrix_is_made_beside_one_being_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waiting is per matrix: a query's matrix is not held up behind the
+    worker's slow one; a stopped prefetch makes nothing more."""
+    import threading
+    import time
+
+    import prism.fabric.sealing as sealing_mod
+
+    real = sealing_mod._compute_orthogonal
+    release = threading.Event()
+
+    def slow_for_a(seed: bytes, dim: int) -> np.ndarray:
+        if seed == b"slow-a":
+            release.wait(10)
+        return real(seed, dim)
+
+    monkeypatch.setattr(sealing_mod, "_compute_orthogonal", slow_for_a)
+    clear_orthogonal_cache()
+    worker = threading.Thread(target=prefetch_orthogonal, args=([(b"slow-a", 8)],))
+    worker.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    keyed_orthogonal(b"quick-b", 8)  # made while slow-a is still being made
+    assert time.monotonic() - t0 < 5
+    assert (b"slow-a", 8) not in sealing_mod._orthogonal
+    release.set()
+    worker.join(10)
+    assert (b"slow-a", 8) in sealing_mod._orthogonal
+    stop = threading.Event()
+    stop.set()
+    prefetch_orthogonal([(b"never", 8)], stop)
+    assert (b"never", 8) not in sealing_mod._orthogonal
+
+
+def test_prepare_makes_the_matrix_ahead() -> None:
+    import prism.fabric.sealing as sealing_mod
+
+    keys = derive_epoch_keys(b"p" * 32, "prep", 2)
+    clear_orthogonal_cache()
+    s = Sealer(keys, 8)
+    assert (keys.matrix_seed, 8) not in sealing_mod._orthogonal
+    assert s.prepare() is s
+    assert (keys.matrix_seed, 8) in sealing_mod._orthogonal
