@@ -59,7 +59,7 @@ from prism.fabric.errors import (
     UnknownEpochError,
     WatermarkError,
 )
-from prism.fabric.frames import open_frame, parse_frame
+from prism.fabric.frames import open_frame, read_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.sealing import prefetch_orthogonal
 
@@ -275,7 +275,7 @@ class Subscription:
                     if len(raw) >= BLAS_ONE_THREAD_BYTES:
                         self.blas.hold()
                     try:
-                        frame = parse_frame(raw)
+                        frame = read_frame(raw)
                         decoded = open_frame(
                             frame,
                             functools.partial(self.keys.sealer, dim=frame.vector_dim),

@@ -50,6 +50,7 @@ from prism.fabric.errors import (
     SealedRowsError,
     WatermarkError,
 )
+from prism.fabric.frameview import VIEW_FROM_BYTES, FrameView
 from prism.fabric.sealing import Sealer
 
 if TYPE_CHECKING:
@@ -105,12 +106,15 @@ class DecodedFrame:
 # The frame's fields as plain values, in field number order 1..12.
 _Fields = tuple[int, str, str, int, int, str, int, int, int, int, int, int]
 # The byte fields that follow them (13..21), by field number.
-_Blocks = Sequence[tuple[int, bytes]]
+_Bytes = bytes | memoryview  # a FrameView's large blocks are views of the received bytes
+_Blocks = Sequence[tuple[int, _Bytes]]
+# What open_frame reads: a parsed Frame, or a large one's fields read in place.
+FrameFields = wrapper_pb2.Frame | FrameView
 _SEALED_ROWS = 19
 _BINDING_LABEL = b"prism/frame-binding/v3"
 
 
-def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[bytes]:
+def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[_Bytes]:
     """canonical(frame) as pieces, so large blocks are hashed without copying."""
     (fv, tenant, stream, epoch, kind, table, _seq, commit, head_pos, ctime, count, vdim) = head
     t, s, tb = tenant.encode("utf-8"), stream.encode("utf-8"), table.encode("utf-8")
@@ -133,14 +137,14 @@ def _canonical_parts(head: _Fields, blocks: _Blocks) -> list[bytes]:
             _INT_FIELD.pack(12, 8, vdim),
         )
     )
-    parts = [fixed]
+    parts: list[_Bytes] = [fixed]
     for number, block in blocks:
         parts.append(_FIELD_HEADER.pack(number, len(block)))
         parts.append(block)
     return parts
 
 
-def _head(frame: wrapper_pb2.Frame) -> _Fields:
+def _head(frame: FrameFields) -> _Fields:
     return (
         frame.format_version,
         frame.tenant_id,
@@ -157,7 +161,7 @@ def _head(frame: wrapper_pb2.Frame) -> _Fields:
     )
 
 
-def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
+def _blocks(frame: FrameFields) -> list[tuple[int, _Bytes]]:
     """Fields 13..20, each read once (protobuf copies bytes on every read)."""
     return [
         (13, frame.keys),
@@ -171,7 +175,7 @@ def _blocks(frame: wrapper_pb2.Frame) -> list[tuple[int, bytes]]:
     ]
 
 
-def _rows_aad(head: _Fields, blocks: _Blocks) -> list[bytes]:
+def _rows_aad(head: _Fields, blocks: _Blocks) -> list[_Bytes]:
     """The AEAD's associated data, in parts: canonical(frame) without
     sealed_rows, so the rows are bound to every other field. GCM
     authenticates it at memory speed, so it is passed whole rather than
@@ -195,7 +199,7 @@ def _watermark(sealer: Sealer, head: _Fields, blocks: _Blocks) -> bytes:
     parts = _canonical_parts(head, blocks)
     if head[0] < 5:
         return sealer.watermark_parts(parts)
-    nonce = dict(blocks)[20]
+    nonce = bytes(dict(blocks)[20])  # a bytes field: bytes() returns it as it is
     if len(nonce) != AEAD_NONCE_BYTES:
         raise WatermarkError(
             f"aead_nonce has {len(nonce)} bytes, expected {AEAD_NONCE_BYTES}: "
@@ -456,7 +460,7 @@ def _frame_fields(
             count,
             frame_dim,
         )
-        blocks = [
+        blocks: list[tuple[int, _Bytes]] = [
             (13, b""),
             (14, ops),
             (15, positions_block),
@@ -626,7 +630,7 @@ def _old_keys_block(
 
 def _seal(
     head: _Fields,
-    blocks: list[tuple[int, bytes]],
+    blocks: list[tuple[int, _Bytes]],
     sealer: Sealer,
     keys: bytes,
     old_keys: bytes,
@@ -643,7 +647,7 @@ def _seal(
         )
     else:
         plaintext = b"".join((_U64.pack(len(keys)), keys, payloads))
-    nonce = dict(blocks)[20]
+    nonce = bytes(dict(blocks)[20])
     sealed = sealer.encrypt_parts(nonce, plaintext, _rows_aad(head, blocks))
     blocks[blocks.index((_SEALED_ROWS, b""))] = (_SEALED_ROWS, sealed)
     return sealed, _watermark(sealer, head, blocks)
@@ -656,7 +660,7 @@ def _open_rows(head: _Fields, blocks: _Blocks, sealer: Sealer) -> tuple[bytes, b
     by_number = dict(blocks)
     if by_number[13] or by_number[18]:
         raise FrameError("a signed frame carries keys or payloads outside sealed_rows")
-    nonce = by_number[20]
+    nonce = bytes(by_number[20])
     if len(nonce) != AEAD_NONCE_BYTES:
         raise FrameError(f"aead_nonce has {len(nonce)} bytes, expected {AEAD_NONCE_BYTES}")
     try:
@@ -702,14 +706,21 @@ def parse_frame(data: bytes) -> wrapper_pb2.Frame:
     return frame
 
 
-def open_rows(frame: wrapper_pb2.Frame, sealer: Sealer) -> tuple[bytes, bytes, bytes]:
+def open_rows(frame: FrameFields, sealer: Sealer) -> tuple[bytes, bytes, bytes]:
     """The keys, old keys and payloads blocks of a signed frame (for tools
     and tests; open_frame does this after the watermark verified)."""
     return _open_rows(_head(frame), _blocks(frame), sealer)
 
 
+def read_frame(data: bytes) -> FrameFields:
+    """A received frame's fields: a large one read in place (FrameView: its
+    vector block and sealed rows are not copied), a small one parsed by
+    protobuf (parse_frame). FrameError when the bytes are not a Frame."""
+    return FrameView(data) if len(data) >= VIEW_FROM_BYTES else parse_frame(data)
+
+
 def open_frame(
-    frame: wrapper_pb2.Frame,
+    frame: FrameFields,
     sealer_for_epoch: Callable[[int], Sealer],
     *,
     tenant_id: str,
@@ -747,7 +758,8 @@ def open_frame(
         raise WatermarkError(f"no key for epoch {epoch}: {exc}") from exc
 
     blocks = _blocks(frame)
-    ops, positions_block, mask_block, vectors_block = (b for _, b in blocks[1:5])
+    ops_block, positions_block, mask_block, vectors_block = (b for _, b in blocks[1:5])
+    ops = bytes(ops_block)  # bytes already (only the vectors and sealed rows may be views)
     mac = frame.watermark
     if len(mac) != WATERMARK_BYTES:
         raise WatermarkError(

@@ -230,14 +230,14 @@ class Sealer:
         """HMAC-SHA256 of ``data`` with the epoch's HMAC key."""
         return hmac.digest(self.keys.hmac_key, data, "sha256")
 
-    def watermark_parts(self, parts: Iterable[bytes]) -> bytes:
+    def watermark_parts(self, parts: Iterable[bytes | memoryview]) -> bytes:
         """watermark(b"".join(parts)) without concatenating large blocks."""
         h = hmac.new(self.keys.hmac_key, digestmod=hashlib.sha256)
         for p in parts:
             h.update(p)
         return h.digest()
 
-    def frame_digest(self, nonce: bytes, parts: Sequence[bytes]) -> bytes:
+    def frame_digest(self, nonce: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
         """GMAC of ``b"".join(parts)`` (AES-256-GCM over no plaintext, the
         parts as the associated data) under the digest key derived from the
         HMAC key, with the frame's own random 12-byte nonce: 16 bytes. Frame
@@ -268,7 +268,9 @@ class Sealer:
         """Inverse of encrypt; raises cryptography's InvalidTag on any change."""
         return self._aead.decrypt(nonce, ciphertext, aad)
 
-    def encrypt_parts(self, nonce: bytes, plaintext: bytes, aad_parts: Sequence[bytes]) -> bytes:
+    def encrypt_parts(
+        self, nonce: bytes, plaintext: bytes, aad_parts: Sequence[bytes | memoryview]
+    ) -> bytes:
         """encrypt() with ``b"".join(aad_parts)`` as the associated data, the
         same bytes out. A frame's associated data holds its vector block (1.5
         MB for 1,024 rows of 384-d): joining it was a fresh buffer a frame,
@@ -285,7 +287,12 @@ class Sealer:
         out[n:] = ctx.tag
         return bytes(out)
 
-    def decrypt_parts(self, nonce: bytes, ciphertext: bytes, aad_parts: Sequence[bytes]) -> bytes:
+    def decrypt_parts(
+        self,
+        nonce: bytes,
+        ciphertext: bytes | memoryview,
+        aad_parts: Sequence[bytes | memoryview],
+    ) -> bytes:
         """decrypt() with ``b"".join(aad_parts)`` as the associated data
         (large ones fed part by part: encrypt_parts). Raises InvalidTag on any
         change, before any of the plaintext is returned."""
