@@ -74,6 +74,11 @@ class Follower:
                 f"frame replays position {int(f.positions[0])} at or below the applied "
                 f"position {self.position}"
             )
+        if not f.commit_position and not self._resetting and not f.vectors.flags.owndata:
+            # Held until its transaction's last frame comes: keep its vectors,
+            # not the whole received message a large frame's are read from
+            # (prism.fabric.frameview).
+            f.vectors = f.vectors.copy()
         self._staging.append(f)
         if not f.commit_position:
             return None

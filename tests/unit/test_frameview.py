@@ -163,3 +163,26 @@ def test_open_frame_gives_the_same_frame_from_either_reader() -> None:
     assert np.array_equal(a.positions, b.positions)
     assert np.array_equal(a.vectors, b.vectors) and a.vectors.shape == (400, DIM)
     assert (a.commit_position, a.stream_id, a.table) == (b.commit_position, b.stream_id, b.table)
+
+
+def test_a_held_frame_keeps_its_vectors_not_the_message_they_were_read_from() -> None:
+    """A frame of a transaction still open is held until its last frame: its
+    vectors are then copied out of the received message (which holds the
+    sealed rows too); a frame applied at once keeps the view."""
+    from prism.driver.follow import Follower
+
+    sealers = functools.partial(lambda epoch, dim: SEALER, dim=DIM)
+
+    def opened(frame: wrapper_pb2.Frame) -> Any:
+        data = frame.SerializeToString()
+        return open_frame(FrameView(data), sealers, tenant_id="acme", stream_id=None, unseal=False)
+
+    follower = Follower(stream_id="stream-ü", position=5)
+    first = opened(_frame(300, sequence=1, commit_position=0, positions=list(range(10, 310))))
+    assert not first.vectors.flags.owndata
+    assert follower.on_frame(first) is None
+    assert first.vectors.flags.owndata  # held: copied
+    last = opened(_frame(300, sequence=2, positions=list(range(310, 610))))
+    batch = follower.on_frame(last)
+    assert batch is not None and batch.frames == [first, last]
+    assert not last.vectors.flags.owndata  # applied at once: still the view
