@@ -50,7 +50,7 @@ from prism.fabric.errors import (
     SealedRowsError,
     WatermarkError,
 )
-from prism.fabric.frameview import VIEW_FROM_BYTES, FrameView
+from prism.fabric.frameview import LENGTH_TYPES, VIEW_FROM_BYTES, WIRE_FIELDS, FrameView
 from prism.fabric.sealing import Sealer
 
 if TYPE_CHECKING:
@@ -514,14 +514,9 @@ def shared_frame_bytes(**args: Unpack[FrameArgs]) -> tuple[bytes, bytes]:
     return serialize_fields(fields), fields["watermark"]
 
 
-# Frame's fields as serialize_fields writes them: (name, field number,
-# kind), in field number order, as protobuf does; proto3 leaves out zeros
-# and empty strings and bytes.
-_FRAME_DESCRIPTOR: Any = wrapper_pb2.Frame.DESCRIPTOR  # typed loosely by the stubs
-_WIRE_FIELDS = tuple(
-    (f.name, f.number, f.type) for f in sorted(_FRAME_DESCRIPTOR.fields, key=lambda f: f.number)
-)
-_TYPE_BYTES = (FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_STRING)
+# serialize_fields writes Frame's fields (WIRE_FIELDS, from protobuf's
+# descriptor, which FrameView reads by too) in field number order, as
+# protobuf does; proto3 leaves out zeros and empty strings and bytes.
 _TYPE_SIGNED = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_ENUM)
 
 
@@ -538,11 +533,11 @@ def serialize_fields(fields: dict[str, Any]) -> bytes:
     """The protobuf wire bytes of a Frame with ``fields`` (names as in
     wrapper.proto; absent ones are zero or empty), in one join."""
     parts: list[bytes] = []
-    for name, number, kind in _WIRE_FIELDS:
+    for name, number, kind in WIRE_FIELDS:
         value = fields.get(name)
         if not value:
             continue
-        if kind in _TYPE_BYTES:
+        if kind in LENGTH_TYPES:
             data = value.encode("utf-8") if isinstance(value, str) else value
             parts += (_varint(number << 3 | 2), _varint(len(data)), data)
         else:

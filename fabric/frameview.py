@@ -9,73 +9,64 @@ decodes the same wire format (proto3, `Frame` in wrapper.proto) by hand and
 leaves those two blocks as memoryviews of the received bytes; the other
 fields are small and become bytes, str and int as protobuf gives them.
 
-Hand-written rather than a library because the one library here is the
-one that copies; the format is a flat message of 23 scalar and bytes
-fields. What it accepts is what protobuf accepts, field by field: varints of
-at most 10 bytes, uint32 and int32 taken from their low 32 bits, int64 as
-two's complement, the last occurrence of a field winning, strings strict
-UTF-8. Anything else (truncation, a field number this format does not
-define, a known field with another wire type) is a FrameError, as
-parse_frame says of the same bytes. Nothing here is trusted before
-open_frame verifies the frame's watermark over the values read.
+Hand-written rather than a library because the one library here is the one
+that copies; the format is a flat message of scalar and bytes fields, listed
+here from protobuf's own descriptor of Frame (WIRE_FIELDS, which
+prism.fabric.frames' writer, serialize_fields, walks too), so a field added
+to wrapper.proto is read without a change here. What it accepts is what
+protobuf accepts, field by field: varints of at most 10 bytes, uint32 and
+int32 taken from their low 32 bits, int64 as two's complement, the last
+occurrence of a field winning, strings strict UTF-8. Anything else
+(truncation, a field number this format does not define, a known field with
+another wire type) is a FrameError, as parse_frame says of the same bytes.
+Nothing here is trusted before open_frame verifies the frame's watermark
+over the values read.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
+from prism.fabric import wrapper_pb2
 from prism.fabric.errors import FrameError
 
 # Frames from this size on are read as a view (a bootstrap frame is ~3 MB);
 # protobuf's C parser is quicker for the small ones a live stream carries.
 VIEW_FROM_BYTES = 64 * 1024
 
-_UINT32 = {1: "format_version", 4: "key_epoch", 11: "count", 12: "vector_dim"}
-_UINT64 = {7: "sequence", 8: "commit_position", 9: "head_position"}
-_STRINGS = {2: "tenant_id", 3: "stream_id", 6: "table"}
-_BYTES = {
-    13: "keys",
-    14: "ops",
-    15: "positions",
-    16: "vector_mask",
-    18: "payloads",
-    20: "aead_nonce",
-    21: "subscription",
-    30: "watermark",
-    31: "binding",
+# Frame's fields: (name, field number, type), in field number order.
+_FRAME_DESCRIPTOR: Any = wrapper_pb2.Frame.DESCRIPTOR  # typed loosely by the stubs
+WIRE_FIELDS: tuple[tuple[str, int, int], ...] = tuple(
+    (f.name, f.number, f.type) for f in sorted(_FRAME_DESCRIPTOR.fields, key=lambda f: f.number)
+)
+_VIEWS = frozenset({"vectors", "sealed_rows"})  # the large blocks: never copied
+# How each varint type keeps a decoded value: (bits kept, signed).
+_INTEGERS = {
+    FieldDescriptor.TYPE_UINT32: (32, False),
+    FieldDescriptor.TYPE_INT32: (32, True),
+    FieldDescriptor.TYPE_ENUM: (32, True),
+    FieldDescriptor.TYPE_UINT64: (64, False),
+    FieldDescriptor.TYPE_INT64: (64, True),
 }
-_VIEWS = {17: "vectors", 19: "sealed_rows"}  # the large blocks: never copied
-_KIND, _COMMIT_TIME = 5, 10
+LENGTH_TYPES = (FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_STRING)
+if {t for _, _, t in WIRE_FIELDS} - {*_INTEGERS, *LENGTH_TYPES}:
+    raise ImportError("wrapper.proto's Frame has a field type FrameView cannot read")
+_BY_NUMBER = {number: (name, kind) for name, number, kind in WIRE_FIELDS}
+_DEFAULTS = {
+    name: "" if kind == FieldDescriptor.TYPE_STRING else b"" if kind in LENGTH_TYPES else 0
+    for name, _, kind in WIRE_FIELDS
+}
 _VARINT, _LENGTH = 0, 2
-_MASK64 = (1 << 64) - 1
 
 
 class FrameView:
-    """The fields of one Frame, named as wrapper_pb2.Frame names them."""
+    """The fields of one Frame, named as wrapper_pb2.Frame names them (the
+    annotations are for the type checker; the fields themselves come from
+    WIRE_FIELDS, and a test keeps the two the same)."""
 
-    __slots__ = (
-        "aead_nonce",
-        "binding",
-        "commit_position",
-        "commit_time_us",
-        "count",
-        "format_version",
-        "head_position",
-        "key_epoch",
-        "keys",
-        "kind",
-        "ops",
-        "payloads",
-        "positions",
-        "sealed_rows",
-        "sequence",
-        "stream_id",
-        "subscription",
-        "table",
-        "tenant_id",
-        "vector_dim",
-        "vector_mask",
-        "vectors",
-        "watermark",
-    )
+    __slots__ = tuple(name for name, _, _ in WIRE_FIELDS)
 
     format_version: int
     tenant_id: str
@@ -102,12 +93,8 @@ class FrameView:
     binding: bytes
 
     def __init__(self, data: bytes) -> None:
-        for name in (*_UINT32.values(), *_UINT64.values(), "kind", "commit_time_us"):
-            setattr(self, name, 0)
-        for name in _STRINGS.values():
-            setattr(self, name, "")
-        for name in (*_BYTES.values(), *_VIEWS.values()):
-            setattr(self, name, b"")
+        for name, default in _DEFAULTS.items():
+            setattr(self, name, default)
         _read_fields(self, data)
 
 
@@ -118,40 +105,32 @@ def _read_fields(view: FrameView, data: bytes) -> None:
     while i < n:
         tag, i = _varint(data, i, n)
         number, wire_type = tag >> 3, tag & 7
-        if wire_type == _VARINT:
+        name, kind = _BY_NUMBER.get(number, ("", -1))
+        if wire_type == _VARINT and kind in _INTEGERS:
             value, i = _varint(data, i, n)
-            if number in _UINT32:
-                setattr(view, _UINT32[number], value & 0xFFFFFFFF)
-            elif number in _UINT64:
-                setattr(view, _UINT64[number], value & _MASK64)
-            elif number == _KIND:  # an int32 enum
-                low = value & 0xFFFFFFFF
-                view.kind = low - (1 << 32) if low >= 1 << 31 else low
-            elif number == _COMMIT_TIME:  # int64
-                v = value & _MASK64
-                view.commit_time_us = v - (1 << 64) if v >= 1 << 63 else v
-            else:
-                raise _undefined(number)
+            bits, signed = _INTEGERS[kind]
+            value &= (1 << bits) - 1  # protobuf keeps the low bits of a wider varint
+            if signed and value >> (bits - 1):
+                value -= 1 << bits
+            setattr(view, name, value)
             continue
-        if wire_type != _LENGTH:
-            raise _undefined(number)
+        if wire_type != _LENGTH or kind not in LENGTH_TYPES:
+            raise FrameError(f"frame carries fields this format does not define: [{number}]")
         length, i = _varint(data, i, n)
         end = i + length
         if end > n:
             raise FrameError(f"{n} bytes do not parse as a Frame: field {number} runs past the end")
-        if number in _VIEWS:
-            setattr(view, _VIEWS[number], buf[i:end])
-        elif number in _BYTES:
-            setattr(view, _BYTES[number], data[i:end])
-        elif number in _STRINGS:
+        if name in _VIEWS:
+            setattr(view, name, buf[i:end])
+        elif kind == FieldDescriptor.TYPE_BYTES:
+            setattr(view, name, data[i:end])
+        else:
             try:
-                setattr(view, _STRINGS[number], data[i:end].decode("utf-8"))
+                setattr(view, name, data[i:end].decode("utf-8"))
             except UnicodeDecodeError:
                 raise FrameError(
                     f"{n} bytes do not parse as a Frame: field {number} is not UTF-8"
                 ) from None
-        else:
-            raise _undefined(number)
         i = end
 
 
@@ -167,7 +146,3 @@ def _varint(data: bytes, i: int, n: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, i
     raise FrameError(f"{n} bytes do not parse as a Frame: a varint runs past 10 bytes")
-
-
-def _undefined(number: int) -> FrameError:
-    return FrameError(f"frame carries fields this format does not define: [{number}]")

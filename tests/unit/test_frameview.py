@@ -4,47 +4,31 @@ same whichever read the frame."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
 import pytest
+from test_frames import SEALER, make, sealers
 
 from prism.fabric import wrapper_pb2
 from prism.fabric.errors import FrameError
-from prism.fabric.frames import build_frame, open_frame, parse_frame, read_frame
-from prism.fabric.frameview import VIEW_FROM_BYTES, FrameView
-from prism.fabric.keys import derive_epoch_keys
-from prism.fabric.payload import encode_key, encode_row
-from prism.fabric.sealing import Sealer
+from prism.fabric.frames import open_frame, parse_frame, read_frame
+from prism.fabric.frameview import VIEW_FROM_BYTES, WIRE_FIELDS, FrameView
+from prism.fabric.payload import encode_row
 
-DIM = 64
-SEALER = Sealer(derive_epoch_keys(b"v" * 32, "acme", 3), DIM)
 FIELDS = FrameView.__slots__
+ROWS = 2_000  # test_frames' rows are small: this many make a frame read in place
 
 
-def _frame(count: int, **over: Any) -> wrapper_pb2.Frame:
-    rng = np.random.default_rng(count)
-    args: dict[str, Any] = dict(
-        sealer=SEALER,
-        tenant_id="acme",
-        stream_id="stream-ü",
-        kind=wrapper_pb2.CHANGES,
-        table="public.items",
-        sequence=9,
-        commit_position=1_000 + count,
-        head_position=2**40,
-        commit_time_us=-5,
-        keys=[encode_key([i]) for i in range(count)],
+def _frame(count: int = ROWS, **over: Any) -> wrapper_pb2.Frame:
+    """test_frames.make's frame, upserts only (so open_frame leaves the
+    vectors where they lie), with a non-ASCII stream and an envelope."""
+    upserts: dict[str, Any] = dict(
         ops=b"U" * count,
-        positions=[10 + i for i in range(count)],
-        vectors=rng.standard_normal((count, DIM)).astype(np.float32),
         vector_mask=np.ones(count, dtype=bool),
-        payloads=[encode_row({"id": i, "body": "x" * 200}) for i in range(count)],
-        vector_dim=DIM,
+        payloads=[encode_row({"id": i}) for i in range(count)],
     )
-    args.update(over)
-    frame = build_frame(**args)
+    frame = make(count, **(upserts | {"stream_id": "stream-ü"} | over))
     frame.subscription = b"s" * 16
     frame.binding = b"b" * 32
     return frame
@@ -58,7 +42,7 @@ def _fields(frame: Any) -> dict[str, Any]:
     return out
 
 
-LARGE = _frame(400).SerializeToString()
+LARGE = _frame().SerializeToString()
 
 
 def test_a_large_frame_reads_as_protobuf_parses_it_and_its_blocks_are_not_copied() -> None:
@@ -81,7 +65,7 @@ def test_a_large_frame_reads_as_protobuf_parses_it_and_its_blocks_are_not_copied
     ],
 )
 def test_edge_values_read_as_protobuf_reads_them(over: dict[str, Any]) -> None:
-    data = _frame(300, **over).SerializeToString()
+    data = _frame(**over).SerializeToString()
     assert _fields(FrameView(data)) == _fields(parse_frame(data))
 
 
@@ -156,12 +140,11 @@ def test_mangled_frames_raise_frame_error_or_read_as_protobuf_reads_them() -> No
 
 
 def test_open_frame_gives_the_same_frame_from_either_reader() -> None:
-    sealers = functools.partial(lambda epoch, dim: SEALER, dim=DIM)
     a = open_frame(parse_frame(LARGE), sealers, tenant_id="acme", stream_id=None, unseal=False)
     b = open_frame(FrameView(LARGE), sealers, tenant_id="acme", stream_id=None, unseal=False)
     assert (a.keys, a.ops, a.payloads, a.old_keys) == (b.keys, b.ops, b.payloads, b.old_keys)
     assert np.array_equal(a.positions, b.positions)
-    assert np.array_equal(a.vectors, b.vectors) and a.vectors.shape == (400, DIM)
+    assert np.array_equal(a.vectors, b.vectors) and a.vectors.shape == (ROWS, SEALER.dim)
     assert (a.commit_position, a.stream_id, a.table) == (b.commit_position, b.stream_id, b.table)
 
 
@@ -171,18 +154,25 @@ def test_a_held_frame_keeps_its_vectors_not_the_message_they_were_read_from() ->
     sealed rows too); a frame applied at once keeps the view."""
     from prism.driver.follow import Follower
 
-    sealers = functools.partial(lambda epoch, dim: SEALER, dim=DIM)
-
     def opened(frame: wrapper_pb2.Frame) -> Any:
         data = frame.SerializeToString()
         return open_frame(FrameView(data), sealers, tenant_id="acme", stream_id=None, unseal=False)
 
     follower = Follower(stream_id="stream-ü", position=5)
-    first = opened(_frame(300, sequence=1, commit_position=0, positions=list(range(10, 310))))
+    first = opened(_frame(sequence=1, commit_position=0, positions=list(range(10, 10 + ROWS))))
     assert not first.vectors.flags.owndata
     assert follower.on_frame(first) is None
     assert first.vectors.flags.owndata  # held: copied
-    last = opened(_frame(300, sequence=2, positions=list(range(310, 610))))
+    last = opened(_frame(sequence=2, positions=list(range(10 + ROWS, 10 + 2 * ROWS))))
     batch = follower.on_frame(last)
     assert batch is not None and batch.frames == [first, last]
     assert not last.vectors.flags.owndata  # applied at once: still the view
+
+
+def test_the_views_declared_fields_are_the_messages() -> None:
+    """FrameView reads every field wrapper.proto's Frame has (WIRE_FIELDS,
+    from protobuf's descriptor); its annotations, for the type checker, name
+    the same fields."""
+    names = [name for name, _, _ in WIRE_FIELDS]
+    assert list(FrameView.__slots__) == names
+    assert sorted(FrameView.__annotations__) == sorted(names)
