@@ -60,7 +60,6 @@ from prism.fabric.errors import (
     WatermarkError,
 )
 from prism.fabric.frames import open_frame, read_frame
-from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.sealing import prefetch_orthogonal
 
 log = logging.getLogger("prism.driver")
@@ -375,13 +374,14 @@ class Subscription:
         the epoch's sealing one), made on a worker thread: each is a QR of 40
         to 130 ms, which on the event loop came before the Subscribe call and
         the first frame. Opening and applying frames needs none of them."""
+        self._prefetch_stop.set()  # a Hello before: its matrices are not wanted now
         seeds = self.schema.matrix_seeds()
-        epoch_seed = derive_epoch_keys(self.link.secret, self.config.tenant_id, epoch).matrix_seed
         dims = {t.vector_dim for t in self.schema.tables.values() if t.has_vectors}
-        seeds += [(epoch_seed, d) for d in sorted(dims)]
+        # The epoch's Sealers are the ones frames and queries will get (their
+        # K is made on first use: here, ahead of it).
+        seeds += [(self.keys.sealer(epoch, d).keys.matrix_seed, d) for d in sorted(dims)]
         if not seeds:
             return
-        self._prefetch_stop.set()  # a Hello before: its matrices are not wanted now
         self._prefetch_stop = threading.Event()
         made = asyncio.get_running_loop().run_in_executor(
             None, prefetch_orthogonal, seeds, self._prefetch_stop

@@ -32,7 +32,9 @@ from prism.fabric.keys import EpochKeys
 
 _TWO_PI = 2.0 * np.pi
 _DIGEST_KEY_LABEL = b"prism/frame-digest-key/v5"
-_DIGEST_JOIN_MAX = 64 << 10  # frames up to this size are joined, then digested
+# Associated data up to this size is joined, then digested or encrypted
+# with it in one call; larger is fed to GCM part by part (frame_digest).
+_JOIN_MAX = 64 << 10
 AEAD_TAG_BYTES = 16  # AES-GCM's tag, after the ciphertext
 
 
@@ -245,7 +247,7 @@ class Sealer:
         GHASH runs at some 25 GB/s here and SHA-256 at 1.7 (benchmark/README.md,
         "Issue 12"); forging it without the key is as hard as forging GCM's
         tag. Raises ValueError for a nonce that is not 12 bytes."""
-        if sum(map(len, parts)) <= _DIGEST_JOIN_MAX:
+        if sum(map(len, parts)) <= _JOIN_MAX:
             return self._digest.encrypt(nonce, b"", b"".join(parts))
         # A large frame is fed part by part: joining it first cost more than
         # the digest (a fresh multi-MB buffer a frame: 370 µs against 150 µs
@@ -276,7 +278,7 @@ class Sealer:
         MB for 1,024 rows of 384-d): joining it was a fresh buffer a frame,
         paid in page faults, so large ones are fed to GCM part by part, as
         frame_digest does."""
-        if sum(map(len, aad_parts)) <= _DIGEST_JOIN_MAX:
+        if sum(map(len, aad_parts)) <= _JOIN_MAX:
             return self._aead.encrypt(nonce, plaintext, b"".join(aad_parts))
         ctx = Cipher(self._aead_alg, modes.GCM(nonce)).encryptor()
         for p in aad_parts:
@@ -296,7 +298,7 @@ class Sealer:
         """decrypt() with ``b"".join(aad_parts)`` as the associated data
         (large ones fed part by part: encrypt_parts). Raises InvalidTag on any
         change, before any of the plaintext is returned."""
-        if sum(map(len, aad_parts)) <= _DIGEST_JOIN_MAX:
+        if sum(map(len, aad_parts)) <= _JOIN_MAX:
             return self._aead.decrypt(nonce, ciphertext, b"".join(aad_parts))
         if len(ciphertext) < AEAD_TAG_BYTES:
             raise InvalidTag
