@@ -70,6 +70,11 @@ class DriverConfig:
     # ChangeFeedOverflowError.
     change_retention: int = 10_000
     change_buffer: int = 10_000
+    # During a bootstrap, have glibc's heap grow in large steps and fault
+    # them in on a helper thread, ahead of the event loop (it sets malloc's
+    # top pad, mmap and trim thresholds; see prism.driver.heapahead). Off:
+    # the process's malloc settings are left as they are.
+    heap_ahead: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.wrapper_host, str) or not self.wrapper_host:
@@ -106,8 +111,9 @@ class DriverConfig:
                 f"link_silence_s: {silence!r} must be at least 2 seconds "
                 "(the wrapper heartbeats every second)"
             )
-        if not isinstance(self.insecure, bool):
-            raise DriverConfigError(f"insecure: {self.insecure!r} must be True or False")
+        for flag in ("insecure", "heap_ahead"):
+            if not isinstance(getattr(self, flag), bool):
+                raise DriverConfigError(f"{flag}: {getattr(self, flag)!r} must be True or False")
         tls = ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_server_name")
         if self.insecure and any(getattr(self, n) for n in tls):
             raise DriverConfigError(

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from prism.driver import heap
+from prism.driver import heap, heapahead
 from prism.driver.colindex import ColumnIndexes
 from prism.driver.follow import Batch
 from prism.driver.index import IndexParams, VectorIndex
@@ -244,9 +244,13 @@ class ReplicaFeed:
     in. So a bootstrap of any size never stops readers for longer than one
     frame's apply, and they never see a partial new replica."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(self, replica: Replica, heap_ahead: bool = True) -> None:
         self.replica = replica
         self._building: Replica | None = None
+        # Whether a bootstrap has the C heap faulted in ahead of it
+        # (driver/heapahead.py), and whether the one building now does.
+        self._heap_ahead = heap_ahead
+        self._ahead = False
         # The shape the next bootstrap builds, when the wrapper describes the
         # tables differently from the replica readers see (a column added,
         # another table set); None: the readers' replica's shape.
@@ -257,6 +261,9 @@ class ReplicaFeed:
         """A new Subscribe call: a bootstrap under way starts over."""
         self._building = None
         self.building_rows = 0
+        if self._ahead:
+            self._ahead = False
+            heapahead.end()
 
     def reshape(self, shape: Replica) -> None:
         """The tables changed shape: the next bootstrap builds an empty
@@ -270,6 +277,8 @@ class ReplicaFeed:
         tables' new shape if they changed; its indexes hold their training
         until it is swapped in (VectorIndex.hold_training)."""
         fresh = Replica.empty_like(self._shape or self.replica)
+        if self._heap_ahead and not self._ahead:
+            self._ahead = heapahead.begin()
         for t in fresh.tables.values():
             if t.index is not None:
                 t.index.hold_training(True)
@@ -281,6 +290,8 @@ class ReplicaFeed:
         if self._building is None:
             self._building = self._build()
         self.building_rows += self._building.apply_frames(frames)
+        if self._ahead:
+            heapahead.kick()
 
     def apply(self, batch: Batch) -> int:
         """Apply a whole batch; a reset batch completes the replica built

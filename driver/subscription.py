@@ -125,7 +125,7 @@ class Subscription:
         self.config = config
         self.link = link
         self.follower = Follower()
-        self.feed = ReplicaFeed(Replica({}))
+        self.feed = ReplicaFeed(Replica({}), config.heap_ahead)
         self.schema = Schema(config.tenant_id)
         # The change feed (driver/changes.py), fed with each applied batch.
         self.changes = ChangeHub(config.change_retention, config.change_buffer)
@@ -191,6 +191,9 @@ class Subscription:
                 lost = exc
             finally:
                 self.connected = False
+                # The next call starts its bootstrap over anyway: what this
+                # one was building goes now, with its heap helper.
+                self.feed.restart()
             if self.counters["batches"] > batches:
                 backoff.reset()  # the link worked: this outage starts from the first window
             delay = backoff.next_delay()
@@ -199,6 +202,7 @@ class Subscription:
             await asyncio.sleep(delay)
 
     def on_task_done(self, task: asyncio.Task[None]) -> None:
+        self.feed.restart()  # a bootstrap under way ends with the task
         if task.cancelled():
             return
         exc = task.exception()
@@ -366,7 +370,8 @@ class Subscription:
                 # the new shape is complete (never an empty one meanwhile).
                 self.feed.reshape(shape)
             else:
-                self.feed = ReplicaFeed(shape)
+                self.feed.restart()  # what it was building is dropped
+                self.feed = ReplicaFeed(shape, self.config.heap_ahead)
             self.follower = Follower()  # a different shape: bootstrap afresh
 
     def _prefetch_matrices(self, epoch: int) -> None:
@@ -400,7 +405,8 @@ class Subscription:
         if restored is None:
             return
         restored.replica.attach_indexes(self.index_spec)
-        self.feed = ReplicaFeed(restored.replica)
+        self.feed.restart()
+        self.feed = ReplicaFeed(restored.replica, self.config.heap_ahead)
         self.follower = Follower(
             stream_id=restored.stream_id, position=restored.position, head=hello.head_position
         )

@@ -1,0 +1,239 @@
+"""The C heap faulted in ahead while a bootstrap builds a replica.
+
+Between the replica feed (driver/replica.py: ReplicaFeed starts it when a
+bootstrap begins building a replica aside, kicks it after each batch of
+frames, ends it at the swap) and glibc's malloc. A bootstrap's memory is the
+event loop's: gRPC joins each frame into one bytes object, the rows are cut
+from it, the decrypted blocks come and go, all from the main thread's heap,
+which grows a little at a time and meets every new page in a page fault on
+the loop. `perf` of the 2nd driver's bootstrap (172,813 rows) put 70% of the
+process's faults on the loop, about one a row, at 2.5-7 us each on the
+benchmark's VM: a third of the loop's time ("Issue 12" in benchmark/README.md).
+
+So, for the length of a bootstrap, the heap grows in large steps (M_TOP_PAD:
+8 MB, then up to 64 MB as the bootstrap proves large), and a helper thread
+faults in each step's pages with `madvise(MADV_POPULATE_WRITE)`, in the
+kernel and outside the interpreter lock, before the loop gets to them. That
+changes no byte of memory: it only does the faults early, in bulk, on the
+other core. Frames come from the heap too (M_MMAP_THRESHOLD 32 MB, glibc's
+own ceiling for the threshold it raises by itself), not from a fresh
+mapping each. At the end the pad goes back to glibc's default (128 kB), and
+release_memory's malloc_trim returns what the bootstrap left free.
+
+A library changing malloc's settings in someone else's process needs care:
+- any mallopt() call ends glibc's dynamic thresholds for good, so at the
+  end they are left where those would be after a bootstrap's frames of a
+  few MB (mmap 4 MB, trim 8 MB). Left at 32 MB, the index's training after
+  the bootstrap kept its large temporaries in its thread's arena: +60-80 MB
+  of settled RSS at 172,813 rows;
+- it stays out where the application chose: GLIBC_TUNABLES naming malloc,
+  or a MALLOC_*_ variable in the environment;
+- only the main thread's heap grows by sbrk, so a loop on another thread
+  gets nothing from it and it does not start there;
+- glibc and Linux 5.14+ only (MADV_POPULATE_WRITE); elsewhere a no-op;
+- `DriverConfig(heap_ahead=False)` turns it off.
+Drivers bootstrapping at once share it: it ends when the last one does.
+
+ctypes, as in driver/slab.py: a few calls per bootstrap batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+
+from prism.driver.slab import _CHUNK, _LIBC, _MADV_POPULATE_WRITE, _PAGE
+from prism.fabric.libc import libc_function
+
+log = logging.getLogger("prism.driver.heapahead")
+
+# mallopt parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
+DEFAULT_TOP_PAD = 128 << 10  # glibc's
+MMAP_THRESHOLD = 32 << 20  # the most glibc takes on 64-bit, and its dynamic ceiling
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # as glibc's dynamic trim threshold follows it
+# After a bootstrap: the dynamic thresholds once a few MB frames were freed.
+MMAP_THRESHOLD_AFTER = 4 << 20
+TRIM_THRESHOLD_AFTER = 2 * MMAP_THRESHOLD_AFTER
+PAD_MIN = 8 << 20
+PAD_MAX = 64 << 20
+# The helper also looks by itself this often between kicks.
+_POLL_S = 0.005
+
+_MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+_SBRK = libc_function("sbrk", [ctypes.c_long], ctypes.c_void_p)
+
+
+def pad_for(grown: int) -> int:
+    """The top pad once the heap has grown `grown` bytes in this bootstrap:
+    a quarter of it, a power of two between PAD_MIN and PAD_MAX, so a small
+    bootstrap keeps little memory ahead and a large one takes few steps."""
+    want = max(PAD_MIN, min(PAD_MAX, grown // 4))
+    return 1 << (want.bit_length() - 1)
+
+
+def app_chose_malloc(environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Whether the application set glibc's malloc itself (then hands off)."""
+    if "malloc" in environ.get("GLIBC_TUNABLES", ""):
+        return True
+    return any(k.startswith("MALLOC_") and k.endswith("_") for k in environ)
+
+
+class HeapAhead:
+    """The shared helper: begin() and end() pair up per bootstrap."""
+
+    def __init__(self) -> None:
+        self._mu = threading.Lock()
+        self._wake = threading.Event()
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._base = 0  # the break when the first bootstrap began
+        self._mark = 0  # faulted in below here, up to the break
+        self._pad = 0
+        self.supported = (
+            _LIBC is not None
+            and _MALLOPT is not None
+            and _SBRK is not None
+            and not app_chose_malloc(os.environ)
+        )
+        self.populated = 0  # bytes faulted in ahead, over the process's life
+
+    def begin(self) -> bool:
+        """A bootstrap starts building on this thread; False when the heap is
+        left as it is (unsupported, or not the main thread)."""
+        if not self.supported or threading.current_thread() is not threading.main_thread():
+            return False
+        with self._mu:
+            self._count += 1
+            if self._count > 1:
+                return True
+            assert _MALLOPT is not None
+            brk = self._brk()
+            self._base = self._mark = brk
+            self._pad = PAD_MIN
+            _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            _MALLOPT(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            _MALLOPT(M_TOP_PAD, self._pad)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="prism-heap-ahead", daemon=True
+                )
+                self._thread.start()
+        return True
+
+    def kick(self) -> None:
+        """The loop allocated (a batch of frames): look at the break now."""
+        if self._count:
+            self._wake.set()
+
+    def end(self) -> None:
+        """A bootstrap that began ended (swapped in, restarted, closed)."""
+        with self._mu:
+            if not self._count:
+                return
+            self._count -= 1
+            if self._count:
+                return
+            assert _MALLOPT is not None
+            _MALLOPT(M_TOP_PAD, DEFAULT_TOP_PAD)
+            _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD_AFTER)
+            _MALLOPT(M_TRIM_THRESHOLD, TRIM_THRESHOLD_AFTER)
+            self._wake.set()  # the helper sees the count at 0 and stops
+
+    @property
+    def active(self) -> int:
+        """Bootstraps under way that it serves."""
+        return self._count
+
+    def idle(self, timeout: float = 10.0) -> bool:
+        """Wait until the heap is faulted in up to the break (tests)."""
+        done = threading.Event()
+        deadline = timeout
+        while deadline > 0:
+            with self._mu:
+                if not self._count or self._mark >= self._brk():
+                    return True
+            self._wake.set()
+            done.wait(0.01)
+            deadline -= 0.01
+        return False
+
+    @staticmethod
+    def _brk() -> int:
+        assert _SBRK is not None
+        return int(_SBRK(0) or 0) // _PAGE * _PAGE
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(_POLL_S)
+                self._wake.clear()
+                with self._mu:
+                    if not self._count:
+                        self._thread = None
+                        return
+                    lo, brk = self._mark, self._brk()
+                    if brk < lo:  # the heap was trimmed below what was done
+                        lo = self._mark = brk
+                    pad = pad_for(brk - self._base)
+                    if pad != self._pad:
+                        assert _MALLOPT is not None
+                        self._pad = pad
+                        _MALLOPT(M_TOP_PAD, pad)
+                if not self._fault_in(lo, brk):
+                    with self._mu:
+                        self.supported = False
+                        self._thread = None
+                    log.info("no MADV_POPULATE_WRITE here: the heap is not faulted in ahead")
+                    return
+        except Exception:  # a daemon thread's error must not pass unseen
+            log.exception("faulting in the heap ahead failed; no more")
+            with self._mu:
+                self.supported = False
+                self._thread = None
+
+    def _fault_in(self, lo: int, hi: int) -> bool:
+        """Fault in [lo, hi) in chunks, moving the mark; False when the
+        kernel does not know MADV_POPULATE_WRITE. The heap may shrink
+        meanwhile (a trim): the call then fails on pages no longer mapped,
+        and the next round starts from the new break."""
+        assert _LIBC is not None
+        while lo < hi:
+            n = min(_CHUNK, hi - lo)
+            if _LIBC.madvise(lo, n, _MADV_POPULATE_WRITE) != 0:
+                # EINVAL/ENOSYS: an older kernel. ENOMEM/EFAULT: unmapped
+                # under us by a trim; the next round looks again.
+                return ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS)
+            lo += n
+            with self._mu:
+                self._mark = max(self._mark, lo)
+            self.populated += n
+        return True
+
+
+_AHEAD = HeapAhead()
+
+
+def begin() -> bool:
+    return _AHEAD.begin()
+
+
+def kick() -> None:
+    _AHEAD.kick()
+
+
+def end() -> None:
+    _AHEAD.end()
+
+
+def active() -> int:
+    return _AHEAD.active
+
+
+def idle(timeout: float = 10.0) -> bool:
+    return _AHEAD.idle(timeout)

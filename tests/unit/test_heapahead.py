@@ -1,0 +1,136 @@
+"""prism.driver.heapahead: while a bootstrap builds a replica, the main
+thread's heap grows in large steps whose pages a helper thread faults in
+before anyone touches them, and it all ends with the bootstrap.
+
+Residency is read from the kernel (mincore) in fresh interpreters, beside a
+control that grows the heap the same way without the helper, so the test
+fails if the helper did not fault the pages in."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from prism.driver import heapahead
+from prism.driver.heapahead import PAD_MAX, PAD_MIN, app_chose_malloc, pad_for
+from prism.driver.replica import ReplicaFeed
+from tests.unit.test_replica_rows import _reset_batch, empty, frame
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, mmap, sys, threading
+    from prism.driver import heapahead
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sbrk.restype = ctypes.c_void_p
+    libc.sbrk.argtypes = [ctypes.c_long]
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    PAGE = mmap.PAGESIZE
+
+    def resident(lo, hi):
+        lo -= lo % PAGE
+        n = -(-(hi - lo) // PAGE)
+        vec = ctypes.create_string_buffer(n)
+        assert libc.mincore(lo, n * PAGE, vec) == 0, ctypes.get_errno()
+        return sum(b & 1 for b in vec.raw), n
+
+    if sys.argv[1] == "ahead":
+        assert heapahead.begin()
+    else:  # the same malloc settings, no helper
+        libc.mallopt(heapahead.M_MMAP_THRESHOLD, heapahead.MMAP_THRESHOLD)
+        libc.mallopt(heapahead.M_TOP_PAD, heapahead.PAD_MIN)
+    size = 24 << 20  # below the mmap threshold: from the heap, which grows
+    block = libc.malloc(size)
+    heapahead.kick()
+    assert heapahead.idle(10)
+    brk = libc.sbrk(0)
+    assert brk > block + size, (hex(brk), hex(block))
+    # Nobody touched the pad past the block: resident only if faulted in.
+    have, pages = resident(block + size + PAGE, brk)
+    heapahead.end()
+    names = {t.name for t in threading.enumerate()}
+    for _ in range(200):
+        if "prism-heap-ahead" not in names:
+            break
+        threading.Event().wait(0.01)
+        names = {t.name for t in threading.enumerate()}
+    print(have, pages, heapahead.active(), "prism-heap-ahead" in names)
+    """
+)
+
+
+def run_probe(mode: str) -> tuple[int, int, int, bool]:
+    # Without the environment's own malloc settings, which make it stand aside.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    have, pages, active, alive = out.stdout.split()
+    return int(have), int(pages), int(active), alive == "True"
+
+
+def test_the_helper_faults_in_the_heap_growth_before_it_is_used_and_stops_at_the_end() -> None:
+    have, pages, active, alive = run_probe("ahead")
+    assert pages >= (PAD_MIN >> 12) // 2  # the pad is there to look at
+    assert have >= pages - 2, f"{have} of {pages} pages of the untouched pad resident"
+    assert active == 0 and not alive
+    # The control: the same growth, nobody faulting it in.
+    have, pages, _, _ = run_probe("control")
+    assert have <= pages // 4, f"{have} of {pages} pages resident without the helper"
+
+
+def test_the_pad_grows_with_the_bootstrap_within_its_bounds() -> None:
+    assert pad_for(0) == PAD_MIN
+    assert pad_for(100 << 20) == 16 << 20  # a quarter, rounded down to a power of two
+    assert pad_for(10 << 30) == PAD_MAX
+    sizes = [pad_for(g << 20) for g in range(0, 2048, 7)]
+    assert sizes == sorted(sizes)
+    assert all(s & (s - 1) == 0 for s in sizes)
+
+
+def test_it_stands_aside_when_the_application_set_malloc() -> None:
+    assert not app_chose_malloc({"PATH": "/bin"})
+    assert not app_chose_malloc({"GLIBC_TUNABLES": "glibc.rtld.nns=2"})
+    assert app_chose_malloc({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"})
+    assert app_chose_malloc({"MALLOC_TOP_PAD_": "1"})
+
+
+def test_only_the_main_thread_heap_is_faulted_in_ahead() -> None:
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(heapahead.begin()))
+    t.start()
+    t.join()
+    assert got == [False] and heapahead.active() == 0
+
+
+def test_the_replica_feed_pairs_begin_and_end_with_each_bootstrap() -> None:
+    if not heapahead._AHEAD.supported:
+        pytest.fail("no glibc heap to fault in ahead on this Linux machine")
+    changes = [(i, "U", True, [1.0, 0.0, float(i), 1.0], i) for i in range(20)]
+    feed = ReplicaFeed(empty())
+    feed.bootstrap_frames([frame(changes[:10], seq=1)])
+    assert heapahead.active() == 1
+    feed.bootstrap_frames([frame(changes[10:], seq=2)])
+    assert heapahead.active() == 1  # one bootstrap, however many frames
+    feed.apply(_reset_batch())
+    assert heapahead.active() == 0 and feed.replica.row_counts() == {"public.items": 20}
+    # A bootstrap dropped half way (a new Subscribe call) ends too.
+    feed.bootstrap_frames([frame(changes[:10], seq=1)])
+    assert heapahead.active() == 1
+    feed.restart()
+    feed.restart()
+    assert heapahead.active() == 0
+    # Off by configuration: nothing begins.
+    off = ReplicaFeed(empty(), heap_ahead=False)
+    off.bootstrap_frames([frame(changes[:10], seq=1)])
+    assert heapahead.active() == 0
