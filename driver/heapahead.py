@@ -26,12 +26,18 @@ A library changing malloc's settings in someone else's process needs care:
   few MB (mmap 4 MB, trim 8 MB). Left at 32 MB, the index's training after
   the bootstrap kept its large temporaries in its thread's arena: +60-80 MB
   of settled RSS at 172,813 rows;
-- it stays out where the application chose: GLIBC_TUNABLES naming malloc,
-  or a MALLOC_*_ variable in the environment;
+- it stays out where the application set malloc in the environment
+  (GLIBC_TUNABLES naming malloc, a MALLOC_*_ variable); an application
+  that calls mallopt() itself should set `DriverConfig(heap_ahead=False)`,
+  since the thresholds above replace its own at a bootstrap;
 - only the main thread's heap grows by sbrk, so a loop on another thread
   gets nothing from it and it does not start there;
-- glibc and Linux 5.14+ only (MADV_POPULATE_WRITE); elsewhere a no-op;
+- glibc and Linux 5.14+ only: it checks for glibc (gnu_get_libc_version)
+  and tries MADV_POPULATE_WRITE once on a page of its own before it first
+  changes anything; elsewhere it changes nothing;
 - `DriverConfig(heap_ahead=False)` turns it off.
+A bootstrap dropped half way (a lost link, a new shape) ends it too, and
+the pages it had faulted in ahead are given back (malloc_trim).
 Drivers bootstrapping at once share it: it ends when the last one does.
 
 What it costs: glibc keeps the top pad of every heap it trims, the other
@@ -48,10 +54,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import threading
 
-from prism.driver.slab import _CHUNK, _LIBC, _MADV_POPULATE_WRITE, _PAGE
+from prism.driver.slab import _LIBC, _MADV_POPULATE_WRITE, _PAGE
 from prism.fabric.libc import libc_function
 
 log = logging.getLogger("prism.driver.heapahead")
@@ -70,9 +77,26 @@ PAD_MIN = 8 << 20
 PAD_MAX = 64 << 20
 # The helper also looks by itself this often between kicks.
 _POLL_S = 0.005
+# Faulted in per madvise call: end() waits for one call in flight.
+_CHUNK = 1 << 20
 
 _MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
 _SBRK = libc_function("sbrk", [ctypes.c_long], ctypes.c_void_p)
+_GLIBC = libc_function("gnu_get_libc_version", [], ctypes.c_char_p) is not None
+
+
+def populate_works() -> bool:
+    """Whether this kernel takes MADV_POPULATE_WRITE (Linux 5.14+), tried
+    on one page mapped for the purpose."""
+    if _LIBC is None:
+        return False
+    page = mmap.mmap(-1, _PAGE)
+    try:
+        # The ctypes view is gone when the call returns, so close() works.
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        return bool(_LIBC.madvise(addr, _PAGE, _MADV_POPULATE_WRITE) == 0)
+    finally:
+        page.close()
 
 
 def pad_for(grown: int) -> int:
@@ -106,11 +130,13 @@ class HeapAhead:
         self._mark = 0  # faulted in below here, up to the break
         self._pad = 0
         self.supported = (
-            _LIBC is not None
+            _GLIBC
+            and _LIBC is not None
             and _MALLOPT is not None
             and _SBRK is not None
             and not app_chose_malloc(os.environ)
         )
+        self._probed = False  # populate_works() tried (at the first begin)
         self.populated = 0  # bytes faulted in ahead, over the process's life
 
     def begin(self) -> bool:
@@ -119,21 +145,31 @@ class HeapAhead:
         if not self.supported or threading.current_thread() is not threading.main_thread():
             return False
         with self._mu:
+            if not self._probed:
+                self._probed = True
+                self.supported = populate_works()
+                if not self.supported:
+                    log.info("no MADV_POPULATE_WRITE here: the heap is not faulted in ahead")
+                    return False
             self._count += 1
             if self._count > 1:
                 return True
             assert _MALLOPT is not None
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="prism-heap-ahead", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no thread to be had: change nothing
+                    self._count -= 1
+                    log.warning("no helper thread (%s): the heap is not faulted in ahead", exc)
+                    return False
+                self._thread = thread
             brk = self._brk()
             self._base = self._mark = brk
             self._pad = PAD_MIN
             _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             _MALLOPT(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
             _MALLOPT(M_TOP_PAD, self._pad)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="prism-heap-ahead", daemon=True
-                )
-                self._thread.start()
         return True
 
     def kick(self) -> None:
@@ -221,8 +257,10 @@ class HeapAhead:
                 if not self._count:
                     return True
                 if _LIBC.madvise(lo, n, _MADV_POPULATE_WRITE) != 0:
-                    # EINVAL/ENOSYS: an older kernel. ENOMEM/EFAULT: unmapped
-                    # under us by a trim; the next round looks again.
+                    # ENOMEM/EFAULT: unmapped under us by a trim; the next
+                    # round looks again. EINVAL/ENOSYS (the kernel took the
+                    # advice on a page of our own, so a mapping that does
+                    # not take it): give up.
                     return ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS)
             lo += n
             with self._mu:

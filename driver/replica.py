@@ -23,6 +23,7 @@ pause longer than one frame's apply.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,13 +245,15 @@ class ReplicaFeed:
     in. So a bootstrap of any size never stops readers for longer than one
     frame's apply, and they never see a partial new replica."""
 
-    def __init__(self, replica: Replica, heap_ahead: bool = True) -> None:
+    def __init__(self, replica: Replica, heap_ahead: bool = False) -> None:
         self.replica = replica
         self._building: Replica | None = None
         # Whether a bootstrap has the C heap faulted in ahead of it
-        # (driver/heapahead.py), and whether the one building now does.
+        # (driver/heapahead.py; the subscription's DriverConfig.heap_ahead),
+        # and the end still owed by the one building now: called at the swap
+        # or a restart, else when this feed is collected.
         self._heap_ahead = heap_ahead
-        self._ahead = False
+        self._ahead: weakref.finalize | None = None
         # The shape the next bootstrap builds, when the wrapper describes the
         # tables differently from the replica readers see (a column added,
         # another table set); None: the readers' replica's shape.
@@ -261,9 +264,16 @@ class ReplicaFeed:
         """A new Subscribe call: a bootstrap under way starts over."""
         self._building = None
         self.building_rows = 0
-        if self._ahead:
-            self._ahead = False
-            heapahead.end()
+        if self._end_ahead():
+            heap.trim()  # what it faulted in ahead for the rows dropped
+
+    def _end_ahead(self) -> bool:
+        """End the heap's help to the bootstrap building, if it had it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return False
+        ahead()  # heapahead.end(), once
+        return True
 
     def reshape(self, shape: Replica) -> None:
         """The tables changed shape: the next bootstrap builds an empty
@@ -277,8 +287,6 @@ class ReplicaFeed:
         tables' new shape if they changed; its indexes hold their training
         until it is swapped in (VectorIndex.hold_training)."""
         fresh = Replica.empty_like(self._shape or self.replica)
-        if self._heap_ahead and not self._ahead:
-            self._ahead = heapahead.begin()
         for t in fresh.tables.values():
             if t.index is not None:
                 t.index.hold_training(True)
@@ -289,8 +297,10 @@ class ReplicaFeed:
             return
         if self._building is None:
             self._building = self._build()
+        if self._heap_ahead and self._ahead is None and heapahead.begin():
+            self._ahead = weakref.finalize(self, heapahead.end)
         self.building_rows += self._building.apply_frames(frames)
-        if self._ahead:
+        if self._ahead is not None:
             heapahead.kick()
 
     def apply(self, batch: Batch) -> int:
@@ -302,8 +312,9 @@ class ReplicaFeed:
         n = fresh.apply(batch)
         self.replica = fresh
         self._shape = None
+        self._end_ahead()
         self.restart()
-        release_memory(fresh)
+        release_memory(fresh)  # trims, the heap's pad included
         for t in fresh.tables.values():
             if t.index is not None:
                 t.index.hold_training(False)

@@ -14,7 +14,9 @@ memory kept (per malloc arena): 111-116 MB (benchmark/README.md, "Issue 12").
 
 The cost is that the resident size stays near its high-water mark instead
 of following each burst down. The driver, a library in someone else's
-process, does not touch these settings (prism.driver.heap trims instead).
+process, leaves them alone but while a bootstrap runs (prism.driver.heapahead,
+which sets them back to moderate values at its end) and trims instead
+(prism.driver.heap).
 Elsewhere than glibc (musl, macOS) this is a no-op.
 """
 
