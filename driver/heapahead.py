@@ -10,15 +10,26 @@ the loop. `perf` of the 2nd driver's bootstrap (172,813 rows) put 70% of the
 process's faults on the loop, about one a row, at 2.5-7 us each on the
 benchmark's VM: a third of the loop's time ("Issue 12" in benchmark/README.md).
 
-So, for the length of a bootstrap, the heap grows in large steps (M_TOP_PAD:
-8 MB, then up to 64 MB as the bootstrap proves large), and a helper thread
-faults in each step's pages with `madvise(MADV_POPULATE_WRITE)`, in the
-kernel and outside the interpreter lock, before the loop gets to them. That
-changes no byte of memory: it only does the faults early, in bulk, on the
-other core. Frames come from the heap too (M_MMAP_THRESHOLD 32 MB, glibc's
-own ceiling for the threshold it raises by itself), not from a fresh
-mapping each. At the end the pad goes back to glibc's default (128 kB), and
-release_memory's malloc_trim returns what the bootstrap left free.
+So, for the length of a bootstrap, the main heap grows 8 MB ahead of what it
+needs (M_TOP_PAD), and a helper thread faults each step's pages in with
+`madvise(MADV_POPULATE_WRITE)`, in the kernel and outside the interpreter
+lock, before the loop gets to them (the other arenas grow by that pad too,
+but nothing faults theirs in). That changes no byte of memory: it only
+does the faults early, in bulk, on the other core. Frames come from the
+heap too (M_MMAP_THRESHOLD 32 MB, glibc's own ceiling for the threshold it
+raises by itself), not from a fresh mapping each. At the end the pad goes
+back to glibc's default (128 kB), and release_memory's malloc_trim returns
+what the bootstrap left free.
+
+Why 8 MB and no more: glibc's pad and trim threshold are the same for every
+malloc arena, and a thread's arena keeps the free memory at its top up to
+the larger of the two. With the pad growing to 64 MB (and the trim
+threshold at 64 MB) gRPC's reader threads kept 20-40 MB more of what they
+had freed after a bootstrap of 100k rows, which took the driver's RSS past
+1.5x of its data in half the benchmark's runs; at 8 MB both they keep about
+what glibc's own thresholds let them keep (6-7 MB each), for most of the
+gain (scratch A/B, 172,813 rows, alternated: 118,675-121,169 rows/s against
+104,987-112,547 with it off; 64 MB: 126,051-133,593, +15-40 MB RSS).
 
 A library changing malloc's settings in someone else's process needs care:
 - any mallopt() call ends glibc's dynamic thresholds for good, so at the
@@ -40,11 +51,10 @@ A bootstrap dropped half way (a lost link, a new shape) ends it too, and
 the pages it had faulted in ahead are given back (malloc_trim).
 Drivers bootstrapping at once share it: it ends when the last one does.
 
-What it costs: glibc keeps the top pad of every heap it trims, the other
-threads' arenas too (gRPC's readers), so after a bootstrap those keep up to
-a few MB each of what they freed, until their next large free: 15-30 MB of
-RSS in the benchmark's driver (100k or 172,813 rows, measured in
-/proc/self/smaps), beside 15-20% off the bootstrap's time there.
+What it costs: up to 8 MB of free memory in each busy thread's arena after
+the bootstrap, until that thread next frees a large block: 5-10 MB of RSS
+in the A/B above (/proc/self/smaps), and a helper thread waking every
+millisecond while a bootstrap runs.
 
 ctypes, as in driver/slab.py: a few calls per bootstrap batch.
 """
@@ -69,14 +79,15 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 DEFAULT_TOP_PAD = 128 << 10  # glibc's
 MMAP_THRESHOLD = 32 << 20  # the most glibc takes on 64-bit, and its dynamic ceiling
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD  # as glibc's dynamic trim threshold follows it
+TRIM_THRESHOLD = 8 << 20  # no more than the pad: what arenas may keep (above)
 # After a bootstrap: the dynamic thresholds once a few MB frames were freed.
 MMAP_THRESHOLD_AFTER = 4 << 20
 TRIM_THRESHOLD_AFTER = 2 * MMAP_THRESHOLD_AFTER
-PAD_MIN = 8 << 20
-PAD_MAX = 64 << 20
-# The helper also looks by itself this often between kicks.
-_POLL_S = 0.005
+# The heap's growth ahead of need while a bootstrap runs (see above).
+PAD = 8 << 20
+# The helper looks at the break this often (and when kicked): 8 MB last the
+# loop 20-30 ms.
+_POLL_S = 0.001
 # Faulted in per madvise call: end() waits for one call in flight.
 _CHUNK = 1 << 20
 
@@ -99,14 +110,6 @@ def populate_works() -> bool:
         page.close()
 
 
-def pad_for(grown: int) -> int:
-    """The top pad once the heap has grown `grown` bytes in this bootstrap:
-    a quarter of it, a power of two between PAD_MIN and PAD_MAX, so a small
-    bootstrap keeps little memory ahead and a large one takes few steps."""
-    want = max(PAD_MIN, min(PAD_MAX, grown // 4))
-    return 1 << (want.bit_length() - 1)
-
-
 def app_chose_malloc(environ: dict[str, str] | os._Environ[str]) -> bool:
     """Whether the application set glibc's malloc itself (then hands off)."""
     if "malloc" in environ.get("GLIBC_TUNABLES", ""):
@@ -126,9 +129,7 @@ class HeapAhead:
         self._wake = threading.Event()
         self._count = 0
         self._thread: threading.Thread | None = None
-        self._base = 0  # the break when the first bootstrap began
         self._mark = 0  # faulted in below here, up to the break
-        self._pad = 0
         self.supported = (
             _GLIBC
             and _LIBC is not None
@@ -164,12 +165,10 @@ class HeapAhead:
                     log.warning("no helper thread (%s): the heap is not faulted in ahead", exc)
                     return False
                 self._thread = thread
-            brk = self._brk()
-            self._base = self._mark = brk
-            self._pad = PAD_MIN
+            self._mark = self._brk()
             _MALLOPT(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
             _MALLOPT(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-            _MALLOPT(M_TOP_PAD, self._pad)
+            _MALLOPT(M_TOP_PAD, PAD)
         return True
 
     def kick(self) -> None:
@@ -228,11 +227,6 @@ class HeapAhead:
                     lo, brk = self._mark, self._brk()
                     if brk < lo:  # the heap was trimmed below what was done
                         lo = self._mark = brk
-                    pad = pad_for(brk - self._base)
-                    if pad != self._pad:
-                        assert _MALLOPT is not None
-                        self._pad = pad
-                        _MALLOPT(M_TOP_PAD, pad)
                 if not self._fault_in(lo, brk):
                     with self._mu:
                         self.supported = False

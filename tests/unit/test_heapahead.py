@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from prism.driver import heapahead
-from prism.driver.heapahead import PAD_MAX, PAD_MIN, app_chose_malloc, pad_for
+from prism.driver.heapahead import PAD, app_chose_malloc
 from prism.driver.replica import ReplicaFeed
 from tests.unit.test_replica_rows import _reset_batch, empty, frame
 
@@ -47,7 +47,7 @@ PROBE = textwrap.dedent(
         assert heapahead.begin()
     else:  # the same malloc settings, no helper
         libc.mallopt(heapahead.M_MMAP_THRESHOLD, heapahead.MMAP_THRESHOLD)
-        libc.mallopt(heapahead.M_TOP_PAD, heapahead.PAD_MIN)
+        libc.mallopt(heapahead.M_TOP_PAD, heapahead.PAD)
     size = 24 << 20  # below the mmap threshold: from the heap, which grows
     block = libc.malloc(size)
     heapahead.kick()
@@ -92,21 +92,12 @@ def run_probe(mode: str) -> tuple[int, int, int, bool]:
 
 def test_the_helper_faults_in_the_heap_growth_before_it_is_used_and_stops_at_the_end() -> None:
     have, pages, active, alive = run_probe("ahead")
-    assert pages >= PAD_MIN // mmap.PAGESIZE // 2  # the pad is there to look at
+    assert pages >= PAD // mmap.PAGESIZE // 2  # the pad is there to look at
     assert have >= pages - 2, f"{have} of {pages} pages of the untouched pad resident"
     assert active == 0 and not alive
     # The control: the same growth, nobody faulting it in.
     have, pages, _, _ = run_probe("control")
     assert have <= pages // 4, f"{have} of {pages} pages resident without the helper"
-
-
-def test_the_pad_grows_with_the_bootstrap_within_its_bounds() -> None:
-    assert pad_for(0) == PAD_MIN
-    assert pad_for(100 << 20) == 16 << 20  # a quarter, rounded down to a power of two
-    assert pad_for(10 << 30) == PAD_MAX
-    sizes = [pad_for(g << 20) for g in range(0, 2048, 7)]
-    assert sizes == sorted(sizes)
-    assert all(s & (s - 1) == 0 for s in sizes)
 
 
 def test_it_stands_aside_when_the_application_set_malloc() -> None:
