@@ -69,16 +69,19 @@ import os
 import threading
 
 from prism.driver.slab import _LIBC, _MADV_POPULATE_WRITE, _PAGE
-from prism.fabric.libc import libc_function
+from prism.fabric.libc import (
+    M_MMAP_THRESHOLD,
+    M_TOP_PAD,
+    M_TRIM_THRESHOLD,
+    MMAP_THRESHOLD_MAX,
+    libc_function,
+    mallopt_function,
+)
 
 log = logging.getLogger("prism.driver.heapahead")
 
-# mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD = -1
-M_TOP_PAD = -2
-M_MMAP_THRESHOLD = -3
 DEFAULT_TOP_PAD = 128 << 10  # glibc's
-MMAP_THRESHOLD = 32 << 20  # the most glibc takes on 64-bit, and its dynamic ceiling
+MMAP_THRESHOLD = MMAP_THRESHOLD_MAX  # the most glibc takes, and its dynamic ceiling
 TRIM_THRESHOLD = 8 << 20  # no more than the pad: what arenas may keep (above)
 # After a bootstrap: the dynamic thresholds once a few MB frames were freed.
 MMAP_THRESHOLD_AFTER = 4 << 20
@@ -91,7 +94,7 @@ _POLL_S = 0.001
 # Faulted in per madvise call: end() waits for one call in flight.
 _CHUNK = 1 << 20
 
-_MALLOPT = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+_MALLOPT = mallopt_function()
 _SBRK = libc_function("sbrk", [ctypes.c_long], ctypes.c_void_p)
 _GLIBC = libc_function("gnu_get_libc_version", [], ctypes.c_char_p) is not None
 

@@ -1,7 +1,8 @@
 """Typed calls into the C library, where there is one (shared by the wrapper and the driver).
 
 The wrapper's malloc settings (wrapper/heap.py), and the driver's trimming,
-madvise and slab mappings (driver/heap.py, driver/slab.py) each call a few
+madvise, slab mappings and heap faulted in ahead (driver/heap.py,
+driver/slab.py, driver/heapahead.py) each call a few
 glibc functions through ctypes; this is the one place that looks them up.
 ctypes, not a compiled extension: the calls are few and cheap next to what
 they do (a trim, an madvise over many pages), and a pure-Python lookup keeps
@@ -26,3 +27,18 @@ def libc_function(name: str, argtypes: list[Any], restype: Any) -> Callable[...,
     fn.argtypes = argtypes
     fn.restype = restype
     return cast("Callable[..., int]", fn)
+
+
+# mallopt parameters (glibc's malloc.h), for the daemon's settings
+# (wrapper/heap.py) and a bootstrap's (driver/heapahead.py).
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
+# glibc refuses an mmap threshold above 32 MB on 64-bit systems
+# (HEAP_MAX_SIZE / 2), and raises its own dynamic one no further.
+MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def mallopt_function() -> Callable[..., int] | None:
+    """glibc's mallopt(param, value), typed; None where there is none."""
+    return libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)

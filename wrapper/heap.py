@@ -22,26 +22,25 @@ Elsewhere than glibc (musl, macOS) this is a no-op.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 
-from prism.fabric.libc import libc_function
+from prism.fabric.libc import (
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+    MMAP_THRESHOLD_MAX,
+    mallopt_function,
+)
 
 log = logging.getLogger("prism.wrapper.heap")
 
-# mallopt parameters (glibc's malloc.h).
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-# glibc refuses an mmap threshold above 32 MB on 64-bit systems
-# (HEAP_MAX_SIZE / 2), so this is the most it can be.
-MMAP_THRESHOLD = 32 << 20
+MMAP_THRESHOLD = MMAP_THRESHOLD_MAX  # the most glibc takes
 TRIM_THRESHOLD = 256 << 20
 
 
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve large blocks from its heaps and keep freed
     memory for reuse; False where there is no glibc mallopt."""
-    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    mallopt = mallopt_function()
     if mallopt is None:
         return False
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
