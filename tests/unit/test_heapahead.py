@@ -61,9 +61,15 @@ PROBE = textwrap.dedent(
     libc.free.argtypes = [ctypes.c_void_p]
     libc.free(block)
     libc.malloc_trim(0)
-    low = libc.sbrk(0)
-    again = libc.malloc(2 << 20)  # below the mmap threshold left at the end
-    grew = libc.sbrk(0) - low
+    # 2 MB at a time (below the mmap threshold left at the end) until the
+    # heap grows: a request may first fill a free chunk below the top (the
+    # block's, if anything was allocated above it meanwhile).
+    for _ in range(64):
+        low = libc.sbrk(0)
+        again = libc.malloc(2 << 20)
+        grew = libc.sbrk(0) - low
+        if grew:
+            break
     if sys.argv[1] == "ahead":  # (the control set its pad by hand)
         assert again and (2 << 20) <= grew < (3 << 20), grew
     names = {t.name for t in threading.enumerate()}
