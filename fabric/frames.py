@@ -33,6 +33,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import numpy as np
@@ -52,6 +53,12 @@ from prism.fabric.errors import (
 )
 from prism.fabric.frameview import LENGTH_TYPES, VIEW_FROM_BYTES, WIRE_FIELDS, FrameView
 from prism.fabric.sealing import Sealer
+
+_prefixed: ModuleType | None
+try:  # the native splitter (_prefixed.c); optional: _split_prefixed_py does the same
+    from prism.fabric import _prefixed
+except ImportError:  # pragma: no cover - only where the extension did not build
+    _prefixed = None
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing's own from Python 3.12
@@ -551,8 +558,23 @@ def serialize_fields(fields: dict[str, Any]) -> bytes:
 # -- opening ----------------------------------------------------------------
 
 
-def _split_prefixed(block: bytes, count: int, name: str) -> list[bytes]:
-    """The ``count`` (u32 length, bytes) entries of a block, which they must fill."""
+def _split_prefixed(block: bytes, count: int, name: str, text: bool = False) -> list[Any]:
+    """The ``count`` (u32 length, bytes) entries of a block, which they must
+    fill; as str (UTF-8, UnicodeDecodeError otherwise) when ``text``. In C
+    where fabric/_prefixed.c built, else in Python: the same entries and errors."""
+    if _prefixed is None:
+        entries = _split_prefixed_py(bytes(block), count, name)
+        return [e.decode("utf-8") for e in entries] if text else entries
+    try:
+        return _prefixed.split(block, count, text)
+    except UnicodeDecodeError:
+        raise
+    except ValueError as exc:
+        raise FrameError(f"{name} {exc}") from None
+
+
+def _split_prefixed_py(block: bytes, count: int, name: str) -> list[bytes]:
+    """_split_prefixed in Python, as bytes."""
     n = len(block)
     if 4 * count > n:
         raise FrameError(f"{name} block of {n} bytes is too short for {count} entries")
@@ -826,17 +848,14 @@ def open_frame(
         raise FrameError("positions block is not non-decreasing")
 
     try:
-        keys = [k.decode("utf-8") for k in _split_prefixed(keys_block, count, "keys")]
+        keys = _split_prefixed(keys_block, count, "keys", text=True)
     except UnicodeDecodeError as exc:
         raise FrameError(f"keys block holds invalid UTF-8: {exc}") from None
     payloads = _split_prefixed(payloads_block, count, "payloads")
     old_keys: list[str | None] | None = None
     if old_keys_block:
         try:
-            old_keys = [
-                k.decode("utf-8") if k else None
-                for k in _split_prefixed(old_keys_block, count, "old keys")
-            ]
+            old_keys = [k or None for k in _split_prefixed(old_keys_block, count, "old keys", True)]
         except UnicodeDecodeError as exc:
             raise FrameError(f"old keys block holds invalid UTF-8: {exc}") from None
         for i, k in enumerate(old_keys):

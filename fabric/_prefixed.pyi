@@ -1,0 +1,3 @@
+"""Type stub of the native splitter (fabric/_prefixed.c)."""
+
+def split(block: bytes | memoryview, count: int, as_text: bool) -> list[bytes] | list[str]: ...
