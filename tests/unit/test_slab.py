@@ -12,6 +12,7 @@ import mmap
 import numpy as np
 import pytest
 
+from prism.driver import index as index_mod
 from prism.driver import slab as slab_mod
 from prism.driver.index import VectorIndex, normalize
 from prism.driver.slab import Slab
@@ -122,6 +123,35 @@ def test_a_bulk_loaded_index_grows_on_a_slab_and_trims_it() -> None:
     idx.upsert_many(["new"], vs[:1])
     idx.delete_many(["k0"])
     assert idx.query(vs[0], 1, 0.0)[0][0] == "new"
+
+
+def test_a_bulk_load_faults_in_a_bounded_lead_ahead_of_its_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The helper stays at most PREFAULT_AHEAD_BYTES (or one growth step)
+    ahead of the rows written, however large the slab has grown: a lead of
+    a whole growth step left 170 MB faulted in and unused at 1M rows."""
+    monkeypatch.setattr(index_mod, "PREFAULT_AHEAD_BYTES", 40 * ROW)  # 40 rows
+    rng = np.random.default_rng(7)
+    vs = normalize(rng.standard_normal((6000, DIM)).astype(np.float32))
+    idx = VectorIndex(DIM)
+    idx.hold_training(True)
+    written = checked = 0
+    for lo in range(0, len(vs), 200):
+        idx.upsert_many([f"k{i}" for i in range(lo, lo + 200)], vs[lo : lo + 200])
+        written = lo + 200
+        if idx._slab is None:  # not before the first growth
+            continue
+        checked += 1
+        assert slab_mod.prefault_idle()
+        grid = idx._slab.view(idx._slab.max_rows)
+        ahead = -(-(written * ROW) // PAGE) * PAGE
+        assert resident_pages(grid, 0, ahead) == ahead // PAGE  # every row's page is in
+        # Past the 40 rows of lead, nothing was faulted in for later.
+        past = -(-((written + 40) * ROW) // PAGE) * PAGE
+        assert resident_pages(grid, past, past + 64 * ROW) == 0
+    assert checked > 20
+    assert idx.capacity > written + 40  # the slab itself grew past the lead
 
 
 def test_an_index_outgrowing_its_reservation_goes_on_as_a_numpy_array(
