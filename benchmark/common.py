@@ -13,6 +13,7 @@ exactly as tests/support/servers.py starts it, with a config written here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -22,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from prism.wrapper.certs import CertPaths
 from prism.wrapper.certs import generate as generate_certs
 from support.servers import WrapperProcess, write_config
+
+if TYPE_CHECKING:
+    from prism.driver import PrismDriver
 
 DIM = 384
 TABLE = "public.items"
@@ -505,3 +509,19 @@ def replace_readme_section(start: str, end: str, heading: str, table: str) -> No
     else:
         text += f"\n{heading}\n\n{table}\n"
     readme.write_text(text)
+
+
+async def settle_index(driver: PrismDriver, timeout: float) -> float:
+    """Wait, with the event loop running, until no index of `driver` is
+    training or adopting a partitioning; the seconds it took."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        busy = [
+            name
+            for name, ix in driver.stats()["index"].items()
+            if ix.get("training") or ix.get("adopting")
+        ]
+        if not busy:
+            break
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - t0

@@ -43,7 +43,7 @@ def _ratio(v: Any) -> str:
         return "—"
     if v >= 1:
         return f"{v:.2f}×"
-    return f"{v:.3f}× (baseline {1 / v:.0f}× faster)"
+    return f"{v:.3f}× (baseline {1 / v:.1f}× as fast)"
 
 
 def render(r: dict[str, Any], source: str) -> str:
