@@ -15,7 +15,8 @@ once (`MAP_NORESERVE`: as large as the machine's RAM, none of it resident
 until written), and growing it is a new view over the same memory: no copy,
 no zero-fill (the kernel's new pages are zero), and views taken earlier stay
 valid, because the memory never moves. While the index is being bulk
-loaded, each growth also asks a helper thread to fault in the next rows with
+loaded, each batch also asks a helper thread to fault in the rows just ahead
+of it (at most 64 MB ahead: driver/index.py's PREFAULT_AHEAD_BYTES) with
 `madvise(MADV_POPULATE_WRITE)` (Linux 5.14+), which runs in the kernel with
 the interpreter lock released, so the pages' cost is paid on the other core
 while the loop decodes frames. `release()` gives back the pages past the
