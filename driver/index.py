@@ -765,7 +765,7 @@ class VectorIndex:
         competes for the CPU), for queries nobody can make yet. Allowed
         again at the swap, it trains in the background then, and queries are
         exact meanwhile. While held, a new index's slab is faulted in ahead
-        (_grow_grid); allowed, what was faulted in past its capacity goes."""
+        (_prefault_ahead); allowed, what was faulted in past its capacity goes."""
         self._hold_training = hold
         if hold:
             return

@@ -22,25 +22,33 @@
 /* The structure first, in one pass over the lengths, so that a block that
  * is both malformed and holds bad text fails as the Python version does. */
 static int check(const unsigned char *p, Py_ssize_t n, Py_ssize_t count) {
-    if (count < 0 || count > n / 4) {
+    if (count > n / 4) {
         PyErr_Format(PyExc_ValueError, "block of %zd bytes is too short for %zd entries", n,
                      count);
         return -1;
     }
     Py_ssize_t off = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (off > n - 4) {
+    for (Py_ssize_t i = 0; i < count; i++) { /* none for a negative count, as range() */
+        if (n - off < 4) {
             PyErr_Format(PyExc_ValueError, "block is truncated before its %zd entries end",
                          count);
             return -1;
         }
         uint32_t len;
         memcpy(&len, p + off, 4); /* little-endian, as the wire */
-        off += 4 + (Py_ssize_t)len;
-        if (off > n && i + 1 == count) {
-            PyErr_SetString(PyExc_ValueError, "block's last entry runs past the end of the block");
+        off += 4;
+        /* Compared before it is added: no overflow, on 32-bit hosts either. */
+        if ((size_t)len > (size_t)(n - off)) {
+            if (i + 1 == count) {
+                PyErr_SetString(PyExc_ValueError,
+                                "block's last entry runs past the end of the block");
+            } else { /* Python's unpack of the next length fails first */
+                PyErr_Format(PyExc_ValueError, "block is truncated before its %zd entries end",
+                             count);
+            }
             return -1;
         }
+        off += (Py_ssize_t)len;
     }
     if (off < n) {
         PyErr_Format(PyExc_ValueError, "block has %zd bytes after its %zd entries", n - off,
@@ -58,7 +66,7 @@ static PyObject *split(PyObject *self, PyObject *args) {
     PyObject *out = NULL;
     const unsigned char *p = (const unsigned char *)buf.buf;
     if (check(p, buf.len, count) < 0) goto done;
-    out = PyList_New(count);
+    out = PyList_New(count < 0 ? 0 : count);
     if (!out) goto done;
     Py_ssize_t off = 0;
     for (Py_ssize_t i = 0; i < count; i++) {

@@ -51,7 +51,7 @@ def test_native_and_python_agree(
     block = _block(entries)
     # Shorten or extend the block, and claim more or fewer entries than it holds.
     block = block[: len(block) + cut] if cut < 0 else block + b"\x07" * cut
-    count = max(0, len(entries) + count_delta)
+    count = len(entries) + count_delta  # may be negative: no entries, as range()
     native = _outcome(block, count, text)
     with pytest.MonkeyPatch.context() as mp:
         _python(mp)
@@ -77,6 +77,23 @@ def test_a_block_that_does_not_fit_its_entries_is_refused(
         _python(monkeypatch)
     with pytest.raises(FrameError, match=message):
         _split_prefixed(block, count, "keys")
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        struct.pack("<I", 0xFFFFFFFF) + b"abc",  # a length near 2**32, last entry
+        struct.pack("<I", 0xFFFFFFFC) + _block([b"x"]),  # ... and not the last
+        struct.pack("<I", 0x80000000) + b"\0" * 4,  # past 2**31: negative as a 32-bit size
+    ],
+)
+def test_huge_lengths_fail_as_in_python(block: bytes) -> None:
+    native = [_outcome(block, count, False) for count in (1, 2)]
+    with pytest.MonkeyPatch.context() as mp:
+        _python(mp)
+        python = [_outcome(block, count, False) for count in (1, 2)]
+    assert native == python
+    assert all(kind == "frame" for kind, _ in native)
 
 
 @pytest.mark.parametrize("impl", ["native", "python"])
