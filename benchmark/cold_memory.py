@@ -28,12 +28,13 @@ import resource
 import time
 from pathlib import Path
 
+from prism.fabric.libc import MADV_POPULATE_WRITE
+
 HERE = Path(__file__).resolve().parent
 GB = 1 << 30
 CHUNK = 4 << 20
 _MAP_NORESERVE = 0x4000  # Python's mmap module has no name for it (x86-64, arm64)
 _MADV_NOHUGEPAGE = 15
-_MADV_POPULATE_WRITE = 23
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for off in range(0, GB, CHUNK):
             try:
-                mem.madvise(_MADV_POPULATE_WRITE, g * GB + off, CHUNK)
+                mem.madvise(MADV_POPULATE_WRITE, g * GB + off, CHUNK)
             except OSError as exc:
                 raise SystemExit(f"MADV_POPULATE_WRITE failed (Linux 5.14+): {exc}") from None
         r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()

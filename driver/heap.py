@@ -29,10 +29,10 @@ import mmap
 
 import numpy as np
 
-from prism.fabric.libc import libc_function
+from prism.fabric.libc import libc_function, madvise_function
 
 _MALLOC_TRIM = libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
-_MADVISE = libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
+_MADVISE = madvise_function()
 
 _PAGE = mmap.PAGESIZE
 # Linux only: where Python's mmap does not know it, there is nothing to undo.

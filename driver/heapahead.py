@@ -57,7 +57,7 @@ the bootstrap, until that thread next frees a large block: 5-25 MB of RSS
 1.39-1.42x before), and a helper thread waking every millisecond while a
 bootstrap runs.
 
-ctypes, as in driver/slab.py: a few calls per bootstrap batch.
+ctypes (prism.fabric.libc), as in driver/slab.py: a few calls per bootstrap batch.
 """
 
 from __future__ import annotations
@@ -71,14 +71,16 @@ import threading
 import time
 from collections.abc import Mapping
 
-from prism.driver.slab import _LIBC, _MADV_POPULATE_WRITE, _PAGE
 from prism.fabric.libc import (
     M_MMAP_THRESHOLD,
     M_TOP_PAD,
     M_TRIM_THRESHOLD,
+    MADV_POPULATE_WRITE,
     MMAP_THRESHOLD_MAX,
     libc_function,
+    madvise_function,
     mallopt_function,
+    populate_write_known,
 )
 
 log = logging.getLogger("prism.driver.heapahead")
@@ -97,7 +99,9 @@ _POLL_S = 0.001
 # Faulted in per madvise call: end() waits for one call in flight.
 _CHUNK = 1 << 20
 
+_PAGE = mmap.PAGESIZE
 _MALLOPT = mallopt_function()
+_MADVISE = madvise_function() if populate_write_known() else None
 _SBRK = libc_function("sbrk", [ctypes.c_long], ctypes.c_void_p)
 _GLIBC = libc_function("gnu_get_libc_version", [], ctypes.c_char_p) is not None
 
@@ -105,13 +109,13 @@ _GLIBC = libc_function("gnu_get_libc_version", [], ctypes.c_char_p) is not None
 def populate_works() -> bool:
     """Whether this kernel takes MADV_POPULATE_WRITE (Linux 5.14+), tried
     on one page mapped for the purpose."""
-    if _LIBC is None:
+    if _MADVISE is None:
         return False
     page = mmap.mmap(-1, _PAGE)
     try:
         # The ctypes view is gone when the call returns, so close() works.
         addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
-        return bool(_LIBC.madvise(addr, _PAGE, _MADV_POPULATE_WRITE) == 0)
+        return bool(_MADVISE(addr, _PAGE, MADV_POPULATE_WRITE) == 0)
     finally:
         page.close()
 
@@ -138,7 +142,7 @@ class HeapAhead:
         self._mark = 0  # faulted in below here, up to the break
         self.supported = (
             _GLIBC
-            and _LIBC is not None
+            and _MADVISE is not None
             and _MALLOPT is not None
             and _SBRK is not None
             and not app_chose_malloc(os.environ)
@@ -247,13 +251,13 @@ class HeapAhead:
         kernel does not know MADV_POPULATE_WRITE. The heap may shrink
         meanwhile (a trim): the call then fails on pages no longer mapped,
         and the next round starts from the new break."""
-        assert _LIBC is not None
+        assert _MADVISE is not None
         while lo < hi:
             n = min(_CHUNK, hi - lo)
             with self._io:
                 if not self._count:
                     return True
-                if _LIBC.madvise(lo, n, _MADV_POPULATE_WRITE) != 0:
+                if _MADVISE(lo, n, MADV_POPULATE_WRITE) != 0:
                     # ENOMEM/EFAULT: unmapped under us by a trim; the next
                     # round looks again. EINVAL/ENOSYS (the kernel took the
                     # advice on a page of our own, so a mapping that does

@@ -52,18 +52,21 @@ from typing import Any
 
 import numpy as np
 
-from prism.fabric.libc import libc_function
+from prism.fabric.libc import (
+    MADV_POPULATE_WRITE,
+    libc_function,
+    madvise_function,
+    populate_write_known,
+)
 
 log = logging.getLogger("prism.driver.slab")
 
 _PAGE = mmap.PAGESIZE
 _PROT_READ_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
 _MAP_PRIVATE_ANONYMOUS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-# MAP_NORESERVE and MADV_POPULATE_WRITE (Python's mmap module has neither):
-# these values hold on the architectures below, not on all (ppc64, mips).
+# Python's mmap module has no name for it; it holds where MADV_POPULATE_WRITE's
+# does (prism.fabric.libc.populate_write_known).
 _MAP_NORESERVE = 0x4000
-_MADV_POPULATE_WRITE = 23
-_ARCHES = ("x86_64", "aarch64", "riscv64")
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _MADV_DONTNEED = mmap.MADV_DONTNEED if hasattr(mmap, "MADV_DONTNEED") else 4
 _MADV_NOHUGEPAGE = getattr(mmap, "MADV_NOHUGEPAGE", 15)
@@ -89,9 +92,7 @@ class _Libc:
             ctypes.c_void_p,
         )
         munmap = libc_function("munmap", [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int)
-        madvise = libc_function(
-            "madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
-        )
+        madvise = madvise_function()
         if mmap_ is None or munmap is None or madvise is None:
             raise OSError("no mmap, munmap or madvise in the C library")
         self.mmap, self.munmap, self.madvise = mmap_, munmap, madvise
@@ -104,7 +105,7 @@ def _libc() -> _Libc | None:
         return None
 
 
-_LIBC = _libc() if os.uname().sysname == "Linux" and os.uname().machine in _ARCHES else None
+_LIBC = _libc() if populate_write_known() else None
 
 
 def _may_reserve() -> bool:
@@ -229,7 +230,7 @@ class Slab:
                     hi = min(lo + _CHUNK, end, self._limit)
                 if hi <= lo:
                     return True
-                if _LIBC.madvise(self._addr + lo, hi - lo, _MADV_POPULATE_WRITE) != 0:
+                if _LIBC.madvise(self._addr + lo, hi - lo, MADV_POPULATE_WRITE) != 0:
                     return ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS)  # unsupported
             lo = hi
         return True

@@ -12,6 +12,7 @@ the driver installable without a compiler.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -42,3 +43,22 @@ MMAP_THRESHOLD_MAX = 32 << 20
 def mallopt_function() -> Callable[..., int] | None:
     """glibc's mallopt(param, value), typed; None where there is none."""
     return libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+
+
+def madvise_function() -> Callable[..., int] | None:
+    """madvise(addr, length, advice), typed; None where there is none."""
+    return libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int)
+
+
+# madvise's MADV_POPULATE_WRITE (Linux 5.14+; Python's mmap module has no
+# name for it, nor for MAP_NORESERVE): this value holds on the architectures
+# of POPULATE_ARCHES, not on all (ppc64, mips).
+MADV_POPULATE_WRITE = 23
+POPULATE_ARCHES = ("x86_64", "aarch64", "riscv64")
+
+
+def populate_write_known() -> bool:
+    """Whether MADV_POPULATE_WRITE's value above is this system's (Linux on
+    one of POPULATE_ARCHES); whether the kernel takes it is another matter."""
+    u = os.uname()
+    return u.sysname == "Linux" and u.machine in POPULATE_ARCHES
