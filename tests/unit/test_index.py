@@ -147,10 +147,19 @@ def test_partial_search_keeps_the_invariants(ops_: list[Any], q_: Any) -> None:
 def test_churn_moves_and_compacts_lists() -> None:
     """Many updates and deletes over a few hundred keys: lists fill up, move
     to the arena's end, the arena grows and is compacted; every answer stays
-    the oracle's (full-probe parameters)."""
+    the oracle's (full-probe parameters). Trained inline: the shared
+    training thread may still be busy with an earlier test's index, and
+    lists that arrived late would make this test pass or fail by timing."""
     rng = np.random.default_rng(9)
     params = IndexParams(
-        exact_limit=50, nlist=4, nprobe=4, reduced_dim=2, rerank=10_000, train_sample=50, delta=5
+        exact_limit=50,
+        nlist=4,
+        nprobe=4,
+        reduced_dim=2,
+        rerank=10_000,
+        train_sample=50,
+        delta=5,
+        background=False,
     )
     idx = VectorIndex(DIM, params=params)
     oracle = Oracle()
