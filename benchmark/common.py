@@ -421,6 +421,28 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used by `root` and its live descendants (a postmaster and
+    its backends, walsenders and workers). Processes that have exited are
+    not counted, so compare two readings over work done by long-lived ones."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu_seconds(pid)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
 # Run in a fresh interpreter, so the memory it touches is given back at exit.
 _TOUCH = """
 import mmap, resource, sys, time

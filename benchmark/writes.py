@@ -52,9 +52,11 @@ from common import (
     TENANT,
     UPSERT_SQL,
     Wrapper,
+    cpu_seconds,
     dev_certs,
     percentiles,
     replace_readme_section,
+    tree_cpu_seconds,
     write_wrapper_config,
 )
 
@@ -169,17 +171,28 @@ def psycopg_concurrent(dsn: str, writers: int, seconds: float) -> float:
 
 
 async def measure(  # type: ignore[type-arg]
-    dsn: str, port: int, secret: Path, ca: Path, calls: int, seconds: float, wrapper: Wrapper
+    dsn: str,
+    port: int,
+    secret: Path,
+    ca: Path,
+    calls: int,
+    seconds: float,
+    wrapper: Wrapper,
+    pg_pid: int,
 ) -> dict:
     rng = np.random.default_rng(7)
     out: dict[str, object] = {}
+    cpu_ms: dict[str, float] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = on")  # as the wrapper's writes do
         lat = []
+        app0, db0 = time.process_time(), tree_cpu_seconds(pg_pid)
         for i in range(calls):
             t = time.perf_counter()
             upsert(conn, rng, i)
             lat.append((time.perf_counter() - t) * 1000)
+        cpu_ms["insert_app"] = (time.process_time() - app0) * 1000 / calls
+        cpu_ms["insert_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
         out["psycopg_insert_ms"] = percentiles(lat)
     out["psycopg_insert_per_s_16_writers"] = psycopg_concurrent(dsn, 16, seconds)
     out["health_round_trip_ms"] = await health_round_trip_ms(port, ca, calls)
@@ -195,11 +208,22 @@ async def measure(  # type: ignore[type-arg]
         for wait in (False, True):
             lat = []
             base = 1_000_000 if wait else 2_000_000
+            app0, db0 = time.process_time(), tree_cpu_seconds(pg_pid)
+            wrapper0 = cpu_seconds(wrapper.pid)
             for i in range(calls):
                 t = time.perf_counter()
                 await driver.write(row_id=base + i, data=row(rng, i), table=TABLE, wait=wait)
                 lat.append((time.perf_counter() - t) * 1000)
             out[f"driver_write_wait_{str(wait).lower()}_ms"] = percentiles(lat)
+            if wait:
+                cpu_ms["write_app"] = (time.process_time() - app0) * 1000 / calls
+                cpu_ms["write_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
+                cpu_ms["write_wrapper"] = (cpu_seconds(wrapper.pid) - wrapper0) * 1000 / calls
+        # CPU per call, all threads of each process: the app's (the driver
+        # runs in it), PostgreSQL's (its backends and walsenders) and the
+        # wrapper's. Sequential calls on 2 cores: what one process spends
+        # mostly adds to the latency, since each step waits on the last.
+        out["cpu_ms_per_call"] = cpu_ms
         done = 0
         stop = time.monotonic() + seconds
         lat = []
@@ -266,9 +290,25 @@ def report(res: dict) -> str:  # type: ignore[type-arg]
         f"({2 * base:.2f} ms here); 16 writers ≥ 1,000 writes/s.",
         "",
         *floor_lines(res, base),
+        *cpu_lines(res),
         END,
     ]
     return "\n".join(lines)
+
+
+def cpu_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
+    """CPU per call of each process, the plain upsert beside wait=True."""
+    cpu = res.get("cpu_ms_per_call")
+    if not cpu:
+        return []
+    return [
+        "",
+        "CPU per call, all threads of each process (ms, same run): the plain upsert costs the "
+        f"app {cpu['insert_app']:.2f} and PostgreSQL {cpu['insert_postgres']:.2f}; "
+        f"`write(wait=True)` costs the app (the driver) {cpu['write_app']:.2f}, the wrapper "
+        f"**{cpu['write_wrapper']:.2f}** and PostgreSQL {cpu['write_postgres']:.2f}. One write "
+        "at a time, each step waits on the one before, so this CPU is most of the latency.",
+    ]
 
 
 def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
@@ -323,8 +363,9 @@ def main() -> int:
             base / "w.toml", pg.dsn, port, secret, base / "store.sqlite3", True, certs
         )
         wrapper = Wrapper(cfg, port, base / "wrapper.log", certs.ca_cert).start(wait=True)
+        pg_pid = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
         res = asyncio.run(
-            measure(pg.dsn, port, secret, certs.ca_cert, args.calls, args.seconds, wrapper)
+            measure(pg.dsn, port, secret, certs.ca_cert, args.calls, args.seconds, wrapper, pg_pid)
         )
         res |= {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
