@@ -162,6 +162,57 @@ def test_a_failing_commit_is_placed_by_running_requests_alone(db) -> None:  # ty
         assert markers(c) == {results[0].event_id, results[2].event_id}
 
 
+def delete(i: int) -> Planned:
+    return Planned(pb.DELETE, "public.items", sql.SQL("DELETE FROM items WHERE id = %s"), [i])
+
+
+def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db) -> None:  # type: ignore[no-untyped-def]
+    """One request of one upsert or delete goes as a single statement with
+    its marker (no pipeline): committed with its marker, replayed for a
+    taken request id, failed whole (no marker, its id still free) by the
+    row's own constraint, refused before sending without harm to the
+    connection; a lost connection leaves the outcome unknown."""
+    db.execute(SCHEMA + "INSERT INTO items VALUES (100, 'taken', 1);")
+    with connect(db) as conn:
+        statements: list[Any] = []
+        execute = conn.execute
+
+        def counted(query: Any, params: Any = None) -> Any:
+            statements.append(query)
+            return execute(query, params)
+
+        conn.execute = counted  # type: ignore[method-assign]
+        first = run_group(conn, MARKER, [req(upsert(1, qty=3), request_id="a")])[0]
+        assert isinstance(first, Outcome) and first.affected == (1,) and not first.replayed
+        assert len(statements) == 1 and statements[0].startswith(b"WITH prism_marker AS (")
+        conn.execute = execute  # type: ignore[method-assign]
+        again = run_group(conn, MARKER, [req(upsert(1, qty=9), request_id="a")])[0]
+        assert isinstance(again, Outcome) and again.replayed
+        assert again.event_id == first.event_id
+        clash = run_group(conn, MARKER, [req(upsert(2, sku="taken"), request_id="b")])[0]
+        assert isinstance(clash, WriteError)
+        assert (clash.kind, clash.sqlstate) == (ErrorKind.CONSTRAINT, "23505")
+        free = run_group(conn, MARKER, [req(upsert(2, sku="own"), request_id="b")])[0]
+        assert isinstance(free, Outcome) and not free.replayed  # the failed id stayed free
+        gone = run_group(conn, MARKER, [req(delete(404))])[0]
+        assert isinstance(gone, Outcome) and gone.affected == (0,)  # as a group's delete
+        nul = run_group(conn, MARKER, [req(upsert(3, sku="nul\x00"))])[0]
+        assert isinstance(nul, WriteError) and nul.kind == ErrorKind.INVALID
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with db.connect() as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        lost = run_group(conn, MARKER, [req(upsert(4))])[0]
+        assert isinstance(lost, WriteError) and lost.kind == ErrorKind.UNKNOWN
+        assert conn.closed
+    with db.connect() as c:
+        assert c.execute("SELECT id, sku, qty FROM items ORDER BY id").fetchall() == [
+            (1, None, 3),
+            (2, "own", 1),
+            (100, "taken", 1),
+        ]
+        assert markers(c) == {first.event_id, free.event_id, gone.event_id}
+
+
 def test_vectors_are_sent_exactly_in_binary(db) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
