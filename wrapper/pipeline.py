@@ -39,6 +39,12 @@ log = logging.getLogger("prism.wrapper.pipeline")
 
 MAX_GROUP_CHANGES = 5000
 IDLE_TICK_S = 0.005  # how often a quiet loop checks acks, idle confirms and stop
+# At most this often an idle keepalive's position is stored and confirmed.
+# Each is a durable store commit (an fsync); PostgreSQL's keepalives follow
+# many of our own commits, and confirming them at once put a second commit
+# right behind about one write in twenty (benchmark/README.md, "Issue 12").
+# WAL of other tables is kept at most this much longer.
+IDLE_CONFIRM_S = 1.0
 PURGE_INTERVAL_S = 60.0
 # A stream that ran this long counts as recovered: the retry budget refills.
 HEALTHY_STREAM_S = 30.0
@@ -336,6 +342,7 @@ class Pipeline:
         base_txns, base_changes = self.status.transactions, self.status.changes
         interval = self._interval
         seen_txns = 0
+        idle_at = 0.0  # when an idle position was last given to the writer
         try:
             for stx in source.transactions(max(interval, IDLE_TICK_S)):
                 committer.check()
@@ -355,10 +362,16 @@ class Pipeline:
                     # full group waits (backpressure).
                     committer.submit(pending, prepared)
                     pending, prepared = [], []
-                elif stx is None and not pending and committer.idle:
+                elif (
+                    stx is None
+                    and not pending
+                    and committer.idle
+                    and time.monotonic() - idle_at >= IDLE_CONFIRM_S
+                ):
                     idle = source.idle_position()
                     if idle is not None and idle.position > acked:
                         committer.submit_position(idle)
+                        idle_at = time.monotonic()
                 durable = committer.durable
                 if durable.transactions != seen_txns:
                     seen_txns = durable.transactions
