@@ -36,14 +36,21 @@ psycopg's pipeline mode is the library doing the round-trip work here; the
 rules above are ours, kept in `run_group()`, a function over a connection.
 
 A lone request of one upsert or delete (what one app write at a time is)
-goes as one statement instead, outside pipeline mode, its marker in a
-data-modifying WITH:
+goes as one statement instead, outside pipeline mode, the write itself in
+a data-modifying WITH that the marker insert reads in its RETURNING:
 
-    WITH prism_marker AS (INSERT marker (event, request id)) <the upsert or delete>
+    WITH prism_row AS (<the upsert or delete> RETURNING 1)
+    INSERT marker (event, request id) RETURNING (SELECT count(*) FROM prism_row)
 
-one implicit transaction, with the same outcomes as the group's: a taken
-request id is a replay, a failure fails it whole, a connection lost
-meanwhile leaves it unknown. Why: psycopg's pipeline mode is Python work
+PostgreSQL runs a WITH statement when its rows are first read, so the
+marker goes in first, as in a group: a taken request id fails on the
+marker's unique index before the write runs, whatever the write would
+have failed on, and waits there for a request with the same id still in
+flight. One implicit transaction, with the same outcomes as the group's: a
+taken request id is a replay, a failure fails it whole, a connection lost
+meanwhile leaves it unknown. A table whose rules PostgreSQL cannot apply
+inside a WITH (feature_not_supported) gets the group's statements instead.
+Why: psycopg's pipeline mode is Python work
 per statement and per result (BEGIN, marker, row, COMMIT, Sync), the
 largest part of a write handler's CPU (0.8-1.1 ms a write, against 0.6-0.7
 ms this way; the wrapper's CPU per write 0.1-0.3 ms less, PostgreSQL's
@@ -77,6 +84,9 @@ log = logging.getLogger("prism.wrapper.writes")
 # every snapshot in the database gets slower (subxid overflow).
 MAX_GROUP = 32
 _UNIQUE_VIOLATION = "23505"
+_FEATURE_NOT_SUPPORTED = "0A000"
+# A lone write and its marker (module docstring): the write, then the marker insert.
+_ALONE = b"WITH prism_row AS (%b RETURNING 1) %b RETURNING (SELECT count(*) FROM prism_row)"
 
 Connection = psycopg.Connection[Any]
 
@@ -139,31 +149,34 @@ def _alone(request: Request) -> bool:
 
 def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
     """One upsert or delete and its marker in one statement (autocommit:
-    an implicit transaction). A unique violation when the request id is
-    already in the marker table is a replay of the write that took it,
-    whichever unique index PostgreSQL reported first."""
+    an implicit transaction), the marker inserted first (module docstring).
+    A unique violation when the request id is in the marker table is a
+    replay of the write that took it."""
     planned = request.planned[0]
     body = planned.statement
-    statement = b"WITH prism_marker AS (%b) %b" % (
-        marker.insert,
-        body if isinstance(body, bytes) else body.as_bytes(None),
-    )
-    params = [request.event_id, request.request_id, *planned.params]
+    statement = _ALONE % (body if isinstance(body, bytes) else body.as_bytes(None), marker.insert)
+    params = [*planned.params, request.event_id, request.request_id]
     try:
-        cur = conn.execute(statement, params)
+        row = conn.execute(statement, params).fetchone()
     except (psycopg.Error, ValueError, TypeError) as exc:
         if conn.broken or conn.closed:
             # The statement carried its own commit: it may have run.
             return _Group(conn, marker, [request]).lost_in_commit(exc)
-        if request.request_id is not None and getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+        sqlstate = getattr(exc, "sqlstate", None)
+        if sqlstate == _FEATURE_NOT_SUPPORTED:
+            # Rules on the table (DO ALSO, a conditional INSTEAD) that
+            # PostgreSQL refuses inside a WITH: nothing ran; as a group.
+            return _Group(conn, marker, [request]).run()[0]
+        if request.request_id is not None and sqlstate == _UNIQUE_VIOLATION:
             try:
-                row = conn.execute(marker.find, (request.request_id,)).fetchone()
+                taken = conn.execute(marker.find, (request.request_id,)).fetchone()
             except psycopg.Error as lookup:
                 return map_db_error(lookup)
-            if row is not None:
-                return Outcome(str(row[0]), (), True)
+            if taken is not None:
+                return Outcome(str(taken[0]), (), True)
         return map_db_error(exc)
-    return Outcome(request.event_id, (max(cur.rowcount, 0),), False)
+    count = row[0] if row is not None else 0
+    return Outcome(request.event_id, (int(count),), False)
 
 
 class _Lost(Exception):

@@ -169,10 +169,17 @@ def delete(i: int) -> Planned:
 def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db) -> None:  # type: ignore[no-untyped-def]
     """One request of one upsert or delete goes as a single statement with
     its marker (no pipeline): committed with its marker, replayed for a
-    taken request id, failed whole (no marker, its id still free) by the
-    row's own constraint, refused before sending without harm to the
-    connection; a lost connection leaves the outcome unknown."""
-    db.execute(SCHEMA + "INSERT INTO items VALUES (100, 'taken', 1);")
+    taken request id (even when the write itself would now fail: the
+    marker goes in first, as in a group), failed whole (no marker, its id
+    still free) by the row's own constraint, refused before sending without
+    harm to the connection, run as a group on a table with rules; a lost
+    connection leaves the outcome unknown."""
+    db.execute(
+        SCHEMA
+        + "INSERT INTO items VALUES (100, 'taken', 1);"
+        + "CREATE TABLE audit (id int);"
+        + "CREATE RULE audited AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (OLD.id);"
+    )
     with connect(db) as conn:
         statements: list[Any] = []
         execute = conn.execute
@@ -184,18 +191,30 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
         conn.execute = counted  # type: ignore[method-assign]
         first = run_group(conn, MARKER, [req(upsert(1, qty=3), request_id="a")])[0]
         assert isinstance(first, Outcome) and first.affected == (1,) and not first.replayed
-        assert len(statements) == 1 and statements[0].startswith(b"WITH prism_marker AS (")
+        assert len(statements) == 1 and statements[0].startswith(b"WITH prism_row AS (")
         conn.execute = execute  # type: ignore[method-assign]
         again = run_group(conn, MARKER, [req(upsert(1, qty=9), request_id="a")])[0]
         assert isinstance(again, Outcome) and again.replayed
         assert again.event_id == first.event_id
+        # A retry whose write would now fail its CHECK is still the replay.
+        checked = run_group(conn, MARKER, [req(upsert(1, qty=-1), request_id="a")])[0]
+        assert isinstance(checked, Outcome) and checked.replayed
+        assert checked.event_id == first.event_id
         clash = run_group(conn, MARKER, [req(upsert(2, sku="taken"), request_id="b")])[0]
         assert isinstance(clash, WriteError)
         assert (clash.kind, clash.sqlstate) == (ErrorKind.CONSTRAINT, "23505")
         free = run_group(conn, MARKER, [req(upsert(2, sku="own"), request_id="b")])[0]
         assert isinstance(free, Outcome) and not free.replayed  # the failed id stayed free
+        # items has a DO ALSO rule on delete, which PostgreSQL refuses in a
+        # WITH: these deletes run as a group's statements, with the same outcome.
         gone = run_group(conn, MARKER, [req(delete(404))])[0]
         assert isinstance(gone, Outcome) and gone.affected == (0,)  # as a group's delete
+        made, removed = run_group(conn, MARKER, [req(upsert(5)), req(delete(5))])
+        assert isinstance(made, Outcome) and isinstance(removed, Outcome)
+        alone = run_group(conn, MARKER, [req(upsert(6))])[0]
+        dropped = run_group(conn, MARKER, [req(delete(6))])[0]
+        assert isinstance(alone, Outcome) and isinstance(dropped, Outcome)
+        assert dropped.affected == removed.affected
         nul = run_group(conn, MARKER, [req(upsert(3, sku="nul\x00"))])[0]
         assert isinstance(nul, WriteError) and nul.kind == ErrorKind.INVALID
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
@@ -210,7 +229,16 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
             (2, "own", 1),
             (100, "taken", 1),
         ]
-        assert markers(c) == {first.event_id, free.event_id, gone.event_id}
+        assert c.execute("SELECT id FROM audit ORDER BY id").fetchall() == [(5,), (6,)]
+        assert markers(c) == {
+            first.event_id,
+            free.event_id,
+            gone.event_id,
+            made.event_id,
+            removed.event_id,
+            alone.event_id,
+            dropped.event_id,
+        }
 
 
 def test_vectors_are_sent_exactly_in_binary(db) -> None:  # type: ignore[no-untyped-def]
