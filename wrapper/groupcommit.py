@@ -50,12 +50,12 @@ flight. One implicit transaction, with the same outcomes as the group's: a
 taken request id is a replay, a failure fails it whole, a connection lost
 meanwhile leaves it unknown. A table whose rules PostgreSQL cannot apply
 inside a WITH (feature_not_supported) gets the group's statements instead.
-Why: psycopg's pipeline mode is Python work
-per statement and per result (BEGIN, marker, row, COMMIT, Sync), the
-largest part of a write handler's CPU (0.8-1.1 ms a write, against 0.6-0.7
-ms this way; the wrapper's CPU per write 0.1-0.3 ms less, PostgreSQL's
-0.05-0.1 ms less: benchmark/README.md, "Issue 12"). An update stays in a
-group: a row count of 0 must fail it, and the marker with it.
+Why: psycopg's pipeline mode is Python work per statement and per result
+(BEGIN, marker, row, COMMIT, Sync), the largest part of a write handler's
+CPU (0.8-1.1 ms a write, against 0.6-0.7 ms this way; the wrapper's CPU per
+write 0.1-0.3 ms less, PostgreSQL's 0.05-0.1 ms less: benchmark/README.md,
+"Issue 12"). An update stays in a group: a row count of 0 must fail it, and
+the marker with it.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
     except (psycopg.Error, ValueError, TypeError) as exc:
         if conn.broken or conn.closed:
             # The statement carried its own commit: it may have run.
-            return _Group(conn, marker, [request]).lost_in_commit(exc)
+            return _connection_lost(conn, exc, commit_sent=True)
         sqlstate = getattr(exc, "sqlstate", None)
         if sqlstate == _FEATURE_NOT_SUPPORTED:
             # Rules on the table (DO ALSO, a conditional INSTEAD) that
@@ -175,8 +175,27 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             if taken is not None:
                 return Outcome(str(taken[0]), (), True)
         return map_db_error(exc)
-    count = row[0] if row is not None else 0
-    return Outcome(request.event_id, (int(count),), False)
+    assert row is not None  # the marker insert returns its one row
+    return Outcome(request.event_id, (int(row[0]),), False)
+
+
+def _connection_lost(conn: Connection, cause: BaseException, commit_sent: bool) -> WriteError:
+    """What a request whose connection failed is told: unknown when its
+    COMMIT was on its way (it may have committed), else unavailable. The
+    connection, in an unknown state, is closed for the pool to drop."""
+    err = map_db_error(cause)
+    if commit_sent:
+        err = WriteError(
+            ErrorKind.UNKNOWN,
+            "the database connection failed during COMMIT: the write may or may not have "
+            f"committed; retry with the same request_id ({cause})",
+            err.sqlstate,
+        )
+    elif err.kind != ErrorKind.UNAVAILABLE:
+        err = WriteError(ErrorKind.UNAVAILABLE, f"database unavailable: {err}", err.sqlstate)
+    if not conn.closed and not conn.broken:
+        conn.close()
+    return err
 
 
 class _Lost(Exception):
@@ -400,25 +419,8 @@ class _Group:
             for i, r in enumerate(self.results)
         ]
 
-    def lost_in_commit(self, cause: BaseException) -> Result:
-        """The lone request's connection failed while its commit was on
-        its way (a statement run alone commits by itself)."""
-        self.commit_in_flight = True
-        return self._lost(cause)[0]
-
     def _lost(self, cause: BaseException) -> list[Result]:
-        err = map_db_error(cause)
-        if self.commit_in_flight:
-            err = WriteError(
-                ErrorKind.UNKNOWN,
-                "the database connection failed during COMMIT: the write may or may not have "
-                f"committed; retry with the same request_id ({cause})",
-                err.sqlstate,
-            )
-        elif err.kind != ErrorKind.UNAVAILABLE:
-            err = WriteError(ErrorKind.UNAVAILABLE, f"database unavailable: {err}", err.sqlstate)
-        if not self.conn.closed and not self.conn.broken:
-            self.conn.close()  # in an unknown state: never reuse it
+        err = _connection_lost(self.conn, cause, self.commit_in_flight)
         return [r if r is not None else err for r in self.results]
 
     # -- plumbing ---------------------------------------------------------
