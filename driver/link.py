@@ -206,7 +206,7 @@ class Link:
         return await self._writes.write(ops, request_id)
 
     def _write_stub(self) -> pb_grpc.WrapperServiceStub:
-        if self._write_channel is None or self._write_stub_ is None:
+        if self._write_stub_ is None:  # set with the channel, cleared with it
             self._write_channel = self.channel()
             self._write_stub_ = pb_grpc.WrapperServiceStub(self._write_channel)
         return self._write_stub_

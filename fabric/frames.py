@@ -567,7 +567,7 @@ def _split_prefixed(block: bytes, count: int, name: str, text: bool = False) -> 
         return [e.decode("utf-8") for e in entries] if text else entries
     try:
         return _prefixed.split(block, count, text)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # a ValueError too: the caller names the block
         raise
     except ValueError as exc:
         raise FrameError(f"{name} {exc}") from None
