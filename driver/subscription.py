@@ -493,17 +493,22 @@ class Subscription:
             self.raise_if_failed()
             if self.ready.is_set() and self.follower.position >= position:
                 return
-            ev = self._progress
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeoutError(
                     f"replica at position {self.follower.position}, not {position}, "
                     f"after {timeout}s"
                 )
-            try:
-                await asyncio.wait_for(ev.wait(), remaining)
-            except TimeoutError:
-                continue
+            await self._next_progress(remaining)
+
+    async def _next_progress(self, remaining: float | None) -> None:
+        """Wait for the next signal_progress, or `remaining` seconds. In this
+        task, under asyncio.timeout: asyncio.wait_for would start a task of
+        its own for every wait, which a write(wait=True) pays on its path."""
+        ev = self._progress
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await ev.wait()
 
     async def wait_stream(self, stream_id: str, position: int, timeout: float | None) -> None:
         """Return once the replica follows `stream_id` and shows `position`."""
@@ -513,9 +518,7 @@ class Subscription:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeoutError("the replica follows another stream")
-            ev = self._progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), remaining)
+            await self._next_progress(remaining)
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         await self.wait_for(position, remaining)
 
