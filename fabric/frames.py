@@ -28,7 +28,6 @@ driver drops it whole and resumes from its last applied position.
 from __future__ import annotations
 
 import hmac
-import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ from prism.fabric.errors import (
     WatermarkError,
 )
 from prism.fabric.frameview import LENGTH_TYPES, VIEW_FROM_BYTES, WIRE_FIELDS, FrameView
-from prism.fabric.sealing import Sealer
+from prism.fabric.sealing import Sealer, random_nonce
 
 _prefixed: ModuleType | None
 try:  # the native splitter (_prefixed.c); optional: _split_prefixed_py does the same
@@ -452,7 +451,7 @@ def _frame_fields(
     epoch = sealer.epoch if sealer is not None else 0
     sealed_rows = watermark = aead_nonce = b""
     if sealer is not None:
-        aead_nonce = os.urandom(AEAD_NONCE_BYTES)
+        aead_nonce = random_nonce(AEAD_NONCE_BYTES)
         head: _Fields = (
             format_version,
             tenant_id,
@@ -611,7 +610,7 @@ def seal_frame(
     ``sealer``'s epoch. Tools use it to re-seal a frame they changed."""
     frame.key_epoch = sealer.epoch
     frame.keys = frame.payloads = frame.sealed_rows = b""
-    frame.aead_nonce = os.urandom(AEAD_NONCE_BYTES)
+    frame.aead_nonce = random_nonce(AEAD_NONCE_BYTES)
     blocks = _blocks(frame)
     frame.sealed_rows, frame.watermark = _seal(
         _head(frame), blocks, sealer, keys_block, old_keys_block, payloads_block

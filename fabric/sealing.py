@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,40 @@ _DIGEST_KEY_LABEL = b"prism/frame-digest-key/v5"
 # with it in one call; larger is fed to GCM part by part (frame_digest).
 _JOIN_MAX = 64 << 10
 AEAD_TAG_BYTES = 16  # AES-GCM's tag, after the ciphertext
+
+
+# AES-GCM nonces are drawn from a pool of the OS's random bytes, refilled
+# 4 kB at a time. os.urandom lets go of the interpreter lock for its
+# syscall; taking it back, a serving thread waited behind the others for
+# 50-80 us per frame, on the path of every write(wait=True)
+# (benchmark/README.md). Random 96-bit nonces stay as unique as before: the
+# bytes are the same CSPRNG's, each handed out once, and a forked child
+# starts with an empty pool rather than its parent's.
+_NONCE_POOL_BYTES = 4096
+_nonce_lock = threading.Lock()
+_nonce_pool = b""
+_nonce_at = 0
+
+
+def random_nonce(size: int) -> bytes:
+    """`size` fresh random bytes from the pool (thread-safe)."""
+    global _nonce_pool, _nonce_at
+    with _nonce_lock:
+        if _nonce_at + size > len(_nonce_pool):
+            _nonce_pool, _nonce_at = os.urandom(max(_NONCE_POOL_BYTES, size)), 0
+        out = _nonce_pool[_nonce_at : _nonce_at + size]
+        _nonce_at += size
+    return out
+
+
+def _forget_nonces() -> None:
+    global _nonce_lock, _nonce_pool, _nonce_at
+    # A new lock as well: another thread may have held the old one at fork.
+    _nonce_lock = threading.Lock()
+    _nonce_pool, _nonce_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_nonces)
 
 
 def _gaussian(seed: bytes, tag: bytes, count: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 import numpy as np
 import pytest
@@ -324,3 +325,23 @@ def test_prepare_makes_the_matrix_ahead() -> None:
     assert (keys.matrix_seed, 8) not in sealing_mod._orthogonal
     assert s.prepare() is s
     assert (keys.matrix_seed, 8) in sealing_mod._orthogonal
+
+
+def test_nonces_come_from_the_pool_each_once_and_a_fork_starts_afresh() -> None:
+    from prism.fabric import sealing
+
+    got = [sealing.random_nonce(12) for _ in range(2000)]  # several refills of the pool
+    assert all(len(n) == 12 for n in got)
+    assert len(set(got)) == len(got)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first nonce must not be the parent's next one
+        os.close(read)
+        os.write(write, sealing.random_nonce(12))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 12
+    assert child != sealing.random_nonce(12)
