@@ -150,6 +150,11 @@ class Committer(_StoreThread):
             self._raise_if_failed()
             raise
         self._ended(None, inline=True)
+        # Let the threads the commit woke (the Subscribe calls sending its
+        # frame, the writer's call waiting for its position) take the
+        # interpreter lock before this thread's housekeeping and its next
+        # read: probed, the frame's builder woke 60-80 us sooner.
+        time.sleep(0)
         self._housekeeping()
 
     def _ended(self, error: BaseException | None, inline: bool) -> None:
