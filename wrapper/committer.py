@@ -7,13 +7,6 @@ group accumulates, so commits batch themselves under load instead of
 stalling the stream. The decoding loop acknowledges to the source only
 positions this thread reports durable.
 
-A small group that arrives after the writer has been idle a while
-(INLINE_AFTER_IDLE_S) is written on the decoding loop's own thread instead:
-there is nothing to overlap it with, and handing it over cost a thread
-wake-up and a wait for the interpreter lock, 150-220 us on the path of each
-write(wait=True) (benchmark/README.md). Under load the writer is busy or
-was just busy, and groups go to its thread as before.
-
 CopyWriter, during the initial copy: the pipeline thread encodes batches of
 rows and this thread commits them (not durable one by one: the copy's last
 commit is, and nothing is acknowledged before it), so SQLite's work (which
@@ -26,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,11 +29,6 @@ from prism.wrapper.sources.base import ResumePoint, SourceTransaction
 from prism.wrapper.store import Store
 
 log = logging.getLogger("prism.wrapper.committer")
-
-# A group is written on the submitting thread when the writer has been idle
-# this long and the group has at most INLINE_MAX_CHANGES changes.
-INLINE_AFTER_IDLE_S = 0.001
-INLINE_MAX_CHANGES = 64
 
 
 @dataclass
@@ -103,8 +90,6 @@ class Committer(_StoreThread):
         self._prepared: list[PreparedTxn] = []  # Applier.prepare() of each queued one
         self._idle: ResumePoint | None = None
         self._busy = False
-        self._done_at = 0.0  # when the last write ended (monotonic)
-        self.inline_commits = 0  # groups written on the submitting thread
         self.durable = Durable(position=store.meta.source_position)
         self._thread.start()
 
@@ -119,60 +104,13 @@ class Committer(_StoreThread):
     ) -> None:
         """Queue whole transactions for the writer, with what Applier.prepare
         made of each (if it ran); blocks while max_queued changes wait already."""
-        changes = sum(len(stx.changes) for stx in group)
         with self._cv:
             self._cv.wait_for(lambda: self.error is not None or self._queued < self._max_queued)
             self._raise_if_failed()
-            inline = (
-                changes <= INLINE_MAX_CHANGES
-                and not self._busy
-                and not self._queue
-                and self._idle is None
-                and time.monotonic() - self._done_at >= INLINE_AFTER_IDLE_S
-            )
-            if not inline:
-                self._queue.extend(group)
-                self._prepared.extend(prepared if prepared is not None else [{} for _ in group])
-                self._queued += changes
-                self._cv.notify_all()
-                return
-            self._busy = True  # the writer thread takes nothing meanwhile
-        self._write_here(group, prepared if prepared is not None else [{} for _ in group])
-
-    def _write_here(self, group: list[SourceTransaction], prepared: list[PreparedTxn]) -> None:
-        """Write a group on this (the submitting) thread, as the writer
-        thread would; its failure is the writer's, raised here and by every
-        later call."""
-        try:
-            self._write(group, prepared, None)
-        except BaseException as exc:
-            self._ended(exc, inline=True)
-            self._raise_if_failed()
-            raise
-        self._ended(None, inline=True)
-        # Let the threads the commit woke (the Subscribe calls sending its
-        # frame, the writer's call waiting for its position) take the
-        # interpreter lock before this thread's housekeeping and its next
-        # read: probed, the frame's builder woke 60-80 us sooner.
-        time.sleep(0)
-        self._housekeeping()
-
-    def _ended(self, error: BaseException | None, inline: bool) -> None:
-        """A write ended, on the writer's thread or (inline) the submitting one."""
-        with self._cv:
-            self._busy = False
-            self._done_at = time.monotonic()
-            if error is not None:
-                self.error = error
-            else:
-                self.commits += 1
-                self.inline_commits += inline
-            # After a write on the submitting thread that succeeded, no one
-            # waits: only that thread submits, and the writer thread has
-            # nothing to take (waking it to sleep again would cost a wake-up
-            # and the interpreter lock on the way of the frame).
-            if error is not None or not inline:
-                self._cv.notify_all()
+            self._queue.extend(group)
+            self._prepared.extend(prepared if prepared is not None else [{} for _ in group])
+            self._queued += sum(len(stx.changes) for stx in group)
+            self._cv.notify_all()
 
     def submit_position(self, point: ResumePoint) -> None:
         """Record a source position with no changes of ours before it (an
@@ -190,19 +128,10 @@ class Committer(_StoreThread):
         """Raise the writer's failure, if it failed."""
         self._raise_if_failed()
 
-    def _has_work(self) -> bool:
-        """For the writer thread, under the lock: a group or an idle point to
-        write (and no write on the submitting thread), a stop, or a failure."""
-        if self.error is not None:
-            return True
-        return not self._busy and bool(self._queue or self._idle is not None or self._stopping)
-
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(self._has_work)
-                if self.error is not None:
-                    return  # a write on the submitting thread failed
+                self._cv.wait_for(lambda: self._queue or self._idle is not None or self._stopping)
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
@@ -214,18 +143,21 @@ class Committer(_StoreThread):
             try:
                 self._write(group, prepared, idle)
             except BaseException as exc:
-                self._ended(exc, inline=False)
+                with self._cv:
+                    self.error = exc
+                    self._busy = False
+                    self._cv.notify_all()
                 return
-            self._ended(None, inline=False)
-            self._housekeeping()
-
-    def _housekeeping(self) -> None:
-        try:
-            self._after_commit()  # its failure must not stop the writer
-        except StoreFullError as exc:
-            log.warning("store housekeeping skipped: %s", exc)
-        except Exception:
-            log.exception("store housekeeping after a commit failed")
+            with self._cv:
+                self._busy = False
+                self.commits += 1
+                self._cv.notify_all()
+            try:
+                self._after_commit()  # housekeeping: its failure must not stop the writer
+            except StoreFullError as exc:
+                log.warning("store housekeeping skipped: %s", exc)
+            except Exception:
+                log.exception("store housekeeping after a commit failed")
 
     def _write(
         self,

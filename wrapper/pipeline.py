@@ -346,12 +346,6 @@ class Pipeline:
         try:
             for stx in source.transactions(max(interval, IDLE_TICK_S)):
                 committer.check()
-                # What was durable before this pass: a group the submit below
-                # writes on this thread is acknowledged on the next pass (the
-                # next message, or IDLE_TICK_S later), as one written on the
-                # writer's thread is, not while its frame and its writer's
-                # answer wait for the interpreter lock.
-                durable = committer.durable
                 if stx is not None:
                     if stx.end_lsn <= skip_upto:
                         continue  # stored before a crash, acknowledged after it: skip
@@ -378,6 +372,7 @@ class Pipeline:
                     if idle is not None and idle.position > acked:
                         committer.submit_position(idle)
                         idle_at = time.monotonic()
+                durable = committer.durable
                 if durable.transactions != seen_txns:
                     seen_txns = durable.transactions
                     commit_us = self.store.meta.last_commit_us
