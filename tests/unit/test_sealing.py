@@ -336,9 +336,11 @@ def test_nonces_come_from_the_pool_each_once_and_a_fork_starts_afresh() -> None:
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its first nonce must not be the parent's next one
-        os.close(read)
-        os.write(write, sealing.random_nonce(12))
-        os._exit(0)
+        try:
+            os.close(read)
+            os.write(write, sealing.random_nonce(12))
+        finally:
+            os._exit(0)  # never back into pytest, whatever happened
     os.close(write)
     child = os.read(read, 12)
     os.close(read)
