@@ -17,6 +17,7 @@ from prism.fabric.sealing import (
     clear_orthogonal_cache,
     keyed_orthogonal,
     prefetch_orthogonal,
+    random_nonce,
 )
 
 SECRET = b"s" * 32
@@ -328,9 +329,7 @@ def test_prepare_makes_the_matrix_ahead() -> None:
 
 
 def test_nonces_come_from_the_pool_each_once_and_a_fork_starts_afresh() -> None:
-    from prism.fabric import sealing
-
-    got = [sealing.random_nonce(12) for _ in range(2000)]  # several refills of the pool
+    got = [random_nonce(12) for _ in range(2000)]  # several refills of the pool
     assert all(len(n) == 12 for n in got)
     assert len(set(got)) == len(got)
     read, write = os.pipe()
@@ -338,7 +337,7 @@ def test_nonces_come_from_the_pool_each_once_and_a_fork_starts_afresh() -> None:
     if pid == 0:  # the child: its first nonce must not be the parent's next one
         try:
             os.close(read)
-            os.write(write, sealing.random_nonce(12))
+            os.write(write, random_nonce(12))
         finally:
             os._exit(0)  # never back into pytest, whatever happened
     os.close(write)
@@ -346,4 +345,4 @@ def test_nonces_come_from_the_pool_each_once_and_a_fork_starts_afresh() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert len(child) == 12
-    assert child != sealing.random_nonce(12)
+    assert child != random_nonce(12)
