@@ -48,7 +48,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DIM, TABLE, percentiles
+from common import DIM, TABLE, cpu_seconds, percentiles
 
 from prism.wrapper.embedded_pg import free_port
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
@@ -179,6 +179,11 @@ class BareServer:
         ]  # fmt: skip
         self._proc: subprocess.Popen[str] | None = None
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def __enter__(self) -> BareServer:
         self._proc = subprocess.Popen(self._cmd, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
@@ -196,9 +201,10 @@ class BareServer:
             sql.execute(f"DROP PUBLICATION {PUB}")
 
 
-async def measure(port: int, ca: Path, calls: int) -> dict[str, float]:
+async def measure(port: int, ca: Path, calls: int, server_pid: int) -> dict[str, float]:
     """ms per write until the client holds both the answer and the stream's
-    message for it, one write at a time."""
+    message for it, one write at a time; with the CPU ms a write cost the
+    server process and this one (server_cpu_ms, client_cpu_ms)."""
     rng = np.random.default_rng(13)
     creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds) as ch:
@@ -215,8 +221,11 @@ async def measure(port: int, ca: Path, calls: int) -> dict[str, float]:
 
         task = asyncio.create_task(reader())
         lat = []
+        cpu0 = (0.0, 0.0)
         try:
             for i in range(calls + 20):  # the first 20 warm up
+                if i == 20:
+                    cpu0 = (cpu_seconds(server_pid), time.process_time())
                 vec = rng.normal(size=DIM).astype(np.float32)
                 request = _HEAD.pack(8_000_000 + i, i) + vec.tobytes() + f"item {i}".encode()
                 t = time.perf_counter()
@@ -227,10 +236,14 @@ async def measure(port: int, ca: Path, calls: int) -> dict[str, float]:
                     await asyncio.wait_for(arrived.wait(), 30)
                 if i >= 20:
                     lat.append((time.perf_counter() - t) * 1000)
+            cpu = (cpu_seconds(server_pid) - cpu0[0], time.process_time() - cpu0[1])
         finally:
             stream.cancel()
             task.cancel()
-    return percentiles(lat)
+    return percentiles(lat) | {
+        "server_cpu_ms": cpu[0] * 1000 / calls,
+        "client_cpu_ms": cpu[1] * 1000 / calls,
+    }
 
 
 def main() -> int:

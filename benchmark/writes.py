@@ -155,7 +155,7 @@ def bare_write_ms(
     """The same hops as write(wait=True) with none of prism's work
     (writefloor.py): its own server process, gone before the wrapper starts."""
     with writefloor.BareServer(dsn, cert, key, base) as srv:
-        return asyncio.run(writefloor.measure(srv.port, ca, calls))
+        return asyncio.run(writefloor.measure(srv.port, ca, calls, srv.pid))
 
 
 def psycopg_concurrent(dsn: str, writers: int, seconds: float) -> float:
@@ -337,7 +337,9 @@ def floor_lines(res: dict, base: float) -> list[str]:  # type: ignore[type-arg]
             "appends each transaction's pgoutput bytes to a file, fdatasyncs it, then answers "
             "the call and sends the bytes down an open stream; a grpc.aio client that waits for "
             f"both) = **{res['bare_write_ms']['p50']:.2f} ms**, "
-            f"{res['bare_write_ms']['p50'] / base:.2f}× the plain INSERT. So "
+            f"{res['bare_write_ms']['p50'] / base:.2f}× the plain INSERT, at "
+            f"{res['bare_write_ms']['server_cpu_ms']:.2f} ms of its server's CPU and "
+            f"{res['bare_write_ms']['client_cpu_ms']:.2f} of its client's a write. So "
             f"{wait_true - res['bare_write_ms']['p50']:.2f} ms of `wait=True` is prism's own "
             "work: auth, plan, marker, decode, vectors, the store, sealing, opening, the index.",
             "",
