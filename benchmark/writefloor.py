@@ -113,12 +113,14 @@ def serve(args: argparse.Namespace) -> None:
         args=(args.dsn, Path(args.dir) / "floor.log", durable, ready),
         daemon=True,
     ).start()
-    ready.wait(30)
+    if not ready.wait(30):
+        raise SystemExit("the write floor's replication thread did not start within 30 s")
     conn = psycopg.connect(args.dsn, autocommit=True)
+    conn.execute("SET synchronous_commit = on")  # as the wrapper's write connections
     register_adapters(conn)
     lock = threading.Lock()
 
-    def write(request: bytes, _context: grpc.ServicerContext) -> bytes:
+    def write(request: bytes, context: grpc.ServicerContext) -> bytes:
         row_id, rev = _HEAD.unpack_from(request)
         vec = np.frombuffer(request, np.float32, DIM, _HEAD.size)
         title = request[_HEAD.size + 4 * DIM :].decode()
@@ -130,7 +132,8 @@ def serve(args: argparse.Namespace) -> None:
                 (row_id, title, "a short body of a few words", rev, Float4Array(vec)),
             )
         with durable.cv:
-            durable.cv.wait_for(lambda: durable.count > seen, timeout=30)
+            if not durable.cv.wait_for(lambda: durable.count > seen, timeout=30):
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no durable commit in 30 s")
             return struct.pack("<q", durable.count)
 
     def follow(_request: bytes, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
