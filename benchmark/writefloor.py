@@ -48,7 +48,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import DIM, TABLE, cpu_seconds, percentiles
+from common import DIM, TABLE, UPSERT_SQL, cpu_seconds, percentiles
 
 from prism.wrapper.embedded_pg import free_port
 from prism.wrapper.sources.postgres.conn import ReplicationConnection
@@ -57,12 +57,6 @@ from prism.wrapper.writeplan import Float4Array, register_adapters
 
 SERVICE = "floor.Floor"
 SLOT, PUB = "bench_floor", "bench_floor_pub"
-# The row of writes.py's upsert, the vector as the wrapper sends it.
-FLOOR_UPSERT = (
-    f"INSERT INTO {TABLE} (id, title, body, rev, embedding) VALUES (%s, %s, %s, %s, %s) "
-    "ON CONFLICT (id) DO UPDATE SET title = excluded.title, body = excluded.body, "
-    "rev = excluded.rev, embedding = excluded.embedding"
-)
 _HEAD = struct.Struct("<qi")  # id, rev; then DIM float32s; then the title
 
 
@@ -127,8 +121,8 @@ def serve(args: argparse.Namespace) -> None:
         with lock:  # one connection; writes.py sends one at a time
             with durable.cv:
                 seen = durable.count
-            conn.execute(
-                FLOOR_UPSERT,
+            conn.execute(  # writes.py's upsert, the vector sent as the wrapper sends it
+                UPSERT_SQL,
                 (row_id, title, "a short body of a few words", rev, Float4Array(vec)),
             )
         with durable.cv:
@@ -141,8 +135,8 @@ def serve(args: argparse.Namespace) -> None:
             seen = durable.count
         while context.is_active():
             with durable.cv:
-                if durable.count == seen and not durable.cv.wait(timeout=1.0):
-                    continue
+                if durable.count == seen:
+                    durable.cv.wait(timeout=1.0)
                 if durable.count == seen:
                     continue
                 seen, data = durable.count, durable.last
@@ -199,8 +193,10 @@ class BareServer:
         assert self._proc is not None
         self._proc.terminate()
         self._proc.wait(10)
+        # WAIT: the stopped server's walsender may still hold the slot a moment.
+        with ReplicationConnection(self.dsn) as rc:
+            rc.drop_slot(SLOT, wait=True)
         with psycopg.connect(self.dsn, autocommit=True) as sql:
-            sql.execute("SELECT pg_drop_replication_slot(%s)", (SLOT,))
             sql.execute(f"DROP PUBLICATION {PUB}")
 
 
