@@ -21,6 +21,12 @@ trimming the oldest commits moves `low`, and a window starting below it gets
 None, so the caller reads the store as before. Nothing is kept during the
 initial copy, whose segments are built from the store.
 
+A transaction whose commit is being made durable can be staged: its writes
+are held apart, not in any window, and staged_window() gives the window it
+will make, so that a segment can be sealed while the store syncs (the
+interpreter lock is free then) and sent once the commit is durable
+(wrapper/subscription.py, Call.prebuild).
+
 Pure logic and a lock; no I/O.
 """
 
@@ -62,6 +68,9 @@ class RecentChanges:
         self._bounds: list[tuple[int, int, int, int]] = []
         self._bytes = 0
         self.served = 0  # windows answered (Health counter recent_windows)
+        # A transaction being made durable: (stream, head before, head after,
+        # its writes); see stage().
+        self._staged: tuple[str, int, int, list[tuple[str, RowTuple]]] | None = None
 
     def committed(
         self,
@@ -77,6 +86,7 @@ class RecentChanges:
         row it wrote), whose records take `nbytes` in the store (what the
         budget counts)."""
         with self._lock:
+            self._staged = None
             if stream_id != self._stream or head_before != self._high or self._low < 0:
                 self._restart(stream_id, head_before)
             n = len(self._writes)
@@ -111,21 +121,53 @@ class RecentChanges:
                 or start > end
             ):
                 return None
-            lo = bisect.bisect_right(self._writes, start, key=_position)
-            hi = bisect.bisect_right(self._writes, end, key=_position)
-            span = self._writes[lo:hi]
+            span = self._span(start, end)
             self.served += 1
-        wanted = set(tables)
-        out: dict[str, list[RowTuple]] = {t: [] for t in tables}
-        seen: set[tuple[str, str]] = set()
-        # Newest first, so the first write of a key met is its last one.
-        for table, row in reversed(span):
-            if table in wanted and (table, row[0]) not in seen:
-                seen.add((table, row[0]))
-                out[table].append(row)
-        for rows in out.values():
-            rows.reverse()
-        return out
+        return _last_writes(span, tables)
+
+    def stage(
+        self,
+        stream_id: str,
+        head_before: int,
+        head_after: int,
+        writes: list[tuple[str, RowTuple]],
+    ) -> None:
+        """A transaction that will take the store from head_before to
+        head_after, once its commit is durable (it is being synced): held
+        apart, for staged_window, until committed() or unstage()."""
+        with self._lock:
+            self._staged = (stream_id, head_before, head_after, writes)
+
+    def unstage(self) -> None:
+        """The staged transaction did not commit."""
+        with self._lock:
+            self._staged = None
+
+    def staged_window(
+        self, stream_id: str, start: int, tables: Sequence[str]
+    ) -> dict[str, list[RowTuple]] | None:
+        """window(stream_id, start, <the staged head>, tables) as it will be
+        once the staged transaction commits; None when nothing is staged
+        that follows the writes held, or the span is not all held."""
+        with self._lock:
+            if self._staged is None or self._staged[0] != stream_id:
+                return None
+            _, before, _, writes = self._staged
+            if self._low < 0 or stream_id != self._stream or before != self._high:
+                # committed() will start over at `before`: from there only.
+                if start != before:
+                    return None
+                span = list(writes)
+            elif self._low <= start <= before:
+                span = self._span(start, before) + writes
+            else:
+                return None
+        return _last_writes(span, tables)
+
+    def _span(self, start: int, end: int) -> list[tuple[str, RowTuple]]:
+        lo = bisect.bisect_right(self._writes, start, key=_position)
+        hi = bisect.bisect_right(self._writes, end, key=_position)
+        return self._writes[lo:hi]
 
     def boundary(self, stream_id: str, start: int, most: int) -> tuple[int, int] | None:
         """Where a window from `start` may end, taking about `most` writes:
@@ -143,6 +185,7 @@ class RecentChanges:
             return head, commit_us
 
     def _restart(self, stream_id: str, low: int) -> None:
+        self._staged = None
         self._stream = stream_id
         self._low = self._high = low
         self._writes = []
@@ -167,6 +210,23 @@ class RecentChanges:
             del self._writes[:writes]
             del bounds[:drop]
             self._bytes -= freed
+
+
+def _last_writes(
+    span: list[tuple[str, RowTuple]], tables: Sequence[str]
+) -> dict[str, list[RowTuple]]:
+    """Per table of `tables`, each key's last write in `span`, in position order."""
+    wanted = set(tables)
+    out: dict[str, list[RowTuple]] = {t: [] for t in tables}
+    seen: set[tuple[str, str]] = set()
+    # Newest first, so the first write of a key met is its last one.
+    for table, row in reversed(span):
+        if table in wanted and (table, row[0]) not in seen:
+            seen.add((table, row[0]))
+            out[table].append(row)
+    for rows in out.values():
+        rows.reverse()
+    return out
 
 
 def _head(bound: tuple[int, int, int, int]) -> int:

@@ -42,6 +42,7 @@ from prism.wrapper.pipeline import Pipeline
 from prism.wrapper.sources.flavor import describe_point
 from prism.wrapper.store import ReaderPool, Store, free_bytes
 from prism.wrapper.subscription import (
+    Prebuilds,
     SendWatchdog,
     ServeScope,
     frame_format_for,
@@ -83,6 +84,7 @@ class WrapperState:
     frames: FrameCache | None = None  # shared frames; sized from server.frame_cache_mb
     readers: ReaderPool | None = None  # store readers for Subscribe calls and frame builds
     watchdog: SendWatchdog = field(default_factory=SendWatchdog)
+    prebuilds: Prebuilds = field(default_factory=Prebuilds)  # segments sealed during a sync
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,7 +121,11 @@ class WrapperState:
     def wait_for_head(self, position: int, timeout: float) -> bool:
         store = self.store
         with store.changed:
-            return store.changed.wait_for(lambda: store.meta.head != position, timeout)
+            # A staged commit wakes the call too: it seals its segment while
+            # the commit syncs (subscription.Call.prebuild).
+            return store.changed.wait_for(
+                lambda: store.meta.head != position or store.staged is not None, timeout
+            )
 
 
 def peer_host(peer: str) -> str:
@@ -358,6 +364,9 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
                 lambda: context.is_active() and self._still_valid(request.session),
                 current=lambda: st.store.meta,
                 recent=st.store.recent,
+                staged=lambda: st.store.staged,
+                wait_committed=st.store.wait_committed,
+                prebuilds=st.prebuilds,
             ),
             context.cancel,
             context.peer(),

@@ -91,6 +91,52 @@ class ServeScope:
         return (self.tenant_id, self.secret_id, self.max_rows, self.frame_format)
 
 
+class Prebuilds:
+    """Segments sealed ahead, while the commit they follow is being synced
+    (Store.stage), shared by the calls of one server: the first call of a
+    scope at a position seals it (claim), and whichever call then builds
+    that segment once the commit is durable takes its frames instead
+    (take). Keyed by the segment's cache key and the staged meta, which
+    the committed meta is (the same object) only if that commit is the one
+    that was staged."""
+
+    MAX = 64  # segments held; a staged commit makes at most one per scope and position
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[StartKey, tuple[StoreMeta, list[SharedFrame] | None]] = {}
+        self.sealed = 0  # segments sealed ahead
+        self.used = 0  # of them, sent (the others' commits failed, or a call built its own)
+
+    def claim(self, key: StartKey, staged: StoreMeta) -> bool:
+        """Whether this caller is the one to seal the segment `key` of `staged`."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None and held[0] is staged:
+                return False
+            if len(self._held) >= self.MAX:
+                self._held.pop(next(iter(self._held)))
+            self._held[key] = (staged, None)
+            return True
+
+    def put(self, key: StartKey, staged: StoreMeta, frames: list[SharedFrame]) -> None:
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None and held[0] is staged:
+                self._held[key] = (staged, frames)
+                self.sealed += 1
+
+    def take(self, key: StartKey, meta: StoreMeta) -> list[SharedFrame] | None:
+        """The frames sealed ahead for segment `key` at the committed `meta`, once."""
+        with self._lock:
+            held = self._held.get(key)
+            if held is None or held[0] is not meta or held[1] is None:
+                return None
+            del self._held[key]
+            self.used += 1
+            return held[1]
+
+
 def frame_format_for(requested: int) -> int | None:
     """The frame format to send a driver that reads up to `requested` (0:
     a driver from before format 4, which reads 3): that one, or the newest
@@ -234,12 +280,17 @@ class SegmentBuilder:
 
 
 def build_segment(
-    cache: FrameCache, seg: Segment, builder: SegmentBuilder, bootstrap: bool, start: int
+    cache: FrameCache,
+    seg: Segment,
+    builder: SegmentBuilder,
+    bootstrap: bool,
+    start: int,
+    sealed: list[SharedFrame] | None = None,
 ) -> None:
     """Build a segment whole into the cache, here and now (a small one, in
-    the caller's read transaction)."""
+    the caller's read transaction); or put in its frames `sealed` ahead."""
     try:
-        for f in builder.frames(bootstrap, start):
+        for f in sealed if sealed is not None else builder.frames(bootstrap, start):
             cache.add(seg, f, backpressure=False)
     except BaseException as exc:
         cache.finish(seg, error=exc)
@@ -329,6 +380,7 @@ class Call:
     stream: str  # the stream the driver's replica (or its bootstrap) follows
     position: int  # the position it has been sent up to
     resetting: bool = False  # a bootstrap was started and has not committed yet
+    prebuilds: Prebuilds | None = None  # segments sealed ahead of their commit
 
     def wanted(self, meta: StoreMeta) -> tuple[bool, int] | None:
         """(bootstrap, start) of the segment this call needs at `meta`, or
@@ -427,11 +479,39 @@ class Call:
         if build:
             try:
                 builder = SegmentBuilder(self.scope, None, meta, epoch, window, end)
-                build_segment(self.cache, seg, builder, False, start)
+                sealed = None
+                if end is None and self.prebuilds is not None:
+                    sealed = self.prebuilds.take(key, meta)
+                build_segment(self.cache, seg, builder, False, start, sealed)
             except BaseException:
                 self.cache.release(seg, rid)
                 raise
         return seg, rid
+
+    def prebuild(self, staged: StoreMeta, recent: RecentChanges) -> None:
+        """Seal, ahead of its commit, the segment this call will want once
+        the staged commit is durable (Store.stage), unless another call of
+        its scope does: acquire_recent takes the frames then. Only the
+        simple case, a live call one small segment behind the staged head;
+        anything else is built as before, after the commit."""
+        prebuilds = self.prebuilds
+        start = self.position
+        if (
+            prebuilds is None
+            or self.resetting
+            or staged.stream_id != self.stream
+            or not staged.snapshot_done
+            or not start < staged.head <= start + LARGE_FRAMES * self.scope.max_rows
+        ):
+            return
+        key, epoch = self._start(staged, False, start)
+        if not prebuilds.claim(key, staged):
+            return
+        window = recent.staged_window(staged.stream_id, start, self.scope.tables)
+        if window is None:
+            return
+        builder = SegmentBuilder(self.scope, None, staged, epoch, window)
+        prebuilds.put(key, staged, list(builder.frames(False, start)))
 
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
@@ -451,6 +531,9 @@ def subscription(
     heartbeat_s: float = 1.0,
     current: Callable[[], StoreMeta] | None = None,
     recent: RecentChanges | None = None,
+    staged: Callable[[], StoreMeta | None] | None = None,
+    wait_committed: Callable[[StoreMeta, float], bool] | None = None,
+    prebuilds: Prebuilds | None = None,
 ) -> Generator[bytes, None, None]:
     """The whole life of one Subscribe call, as the bytes of its frames.
 
@@ -459,9 +542,14 @@ def subscription(
     whose next segment is cached or being built never opens a read
     transaction; only the call that builds reads the store, and not even
     that one when the changes it needs are still in `recent` (the store's
-    newest committed rows, in the same process)."""
+    newest committed rows, in the same process).
+
+    `staged` gives the meta of a commit being synced (Store.staged), and
+    `wait_committed` waits for it: with them (and `recent`), a call that is
+    up to date seals the segment of that commit while it syncs (Call.prebuild,
+    shared through `prebuilds`), and sends it once the commit is durable."""
     envelope = Envelope(scope, subscription)
-    call = Call(scope, cache, readers, stream_id, from_position)
+    call = Call(scope, cache, readers, stream_id, from_position, prebuilds=prebuilds)
     reader = readers.get()
     try:
         while is_active():
@@ -492,6 +580,16 @@ def subscription(
                 log.info("the stream identity changed during a bootstrap: ending the call")
                 return
             if found is None:
+                upcoming = staged() if staged is not None else None
+                if upcoming is not None and upcoming is not meta and wait_committed is not None:
+                    # A commit is being synced: seal its segment meanwhile,
+                    # and send nothing of it before it is durable.
+                    if recent is not None:
+                        call.prebuild(upcoming, recent)
+                    durable = wait_committed(upcoming, heartbeat_s)
+                    if not durable and staged is not None and staged() is upcoming:
+                        yield envelope.wrap(heartbeat(scope, reader, current))
+                    continue
                 # Sleep until the store commits past what this state showed.
                 if not wait_for_head(meta.head, heartbeat_s):
                     yield envelope.wrap(heartbeat(scope, reader, current))

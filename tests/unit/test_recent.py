@@ -21,8 +21,8 @@ TABLES = ("a", "b")
 
 
 @contextlib.contextmanager
-def fresh_store(tmp: Path) -> Iterator[Store]:
-    s = Store(tmp / "s.sqlite3", "normal")
+def fresh_store(tmp: Path, synchronous: str = "normal") -> Iterator[Store]:
+    s = Store(tmp / "s.sqlite3", synchronous)
     s.reset("stream-1")
     with s.transaction() as txn:
         txn.mark_snapshot_done()
@@ -195,3 +195,83 @@ def test_a_window_ends_with_its_last_commit_time() -> None:
     assert recent.boundary("other", 0, 3) is None
     recent.forget()
     assert recent.boundary("s", 0, 3) is None
+
+
+def durable_store(tmp: Path) -> contextlib.AbstractContextManager[Store]:
+    """A store that syncs its commits (synchronous=full): the only kind that
+    stages a commit while it syncs."""
+    return fresh_store(tmp, "full")
+
+
+def test_a_staged_commit_gives_the_window_it_will_make(tmp_path: Path) -> None:
+    """While a commit syncs, staged_window is exactly the window the store
+    answers (and reads) once it is durable; nothing of it is in window()
+    before then."""
+    with durable_store(tmp_path) as store:
+        commit(store, [("a", 1, True, None), ("b", 2, True, None)])
+        start = store.meta.head
+        seen: list[object] = []
+        sync = store.log.sync
+
+        def observed_sync() -> None:
+            staged = store.staged
+            assert staged is not None and staged is not store.meta
+            seen.append(store.recent.staged_window(staged.stream_id, start - 2, TABLES))
+            seen.append(store.recent.staged_window(staged.stream_id, start, TABLES))
+            # Not visible yet: the committed window still ends at the old head.
+            seen.append(store.recent.window(staged.stream_id, start, staged.head, TABLES))
+            sync()
+
+        store.log.sync = observed_sync  # type: ignore[method-assign]
+        commit(store, [("a", 1, True, None), ("a", 3, False, None), ("b", 4, True, None)])
+        assert store.staged is None  # cleared by the commit
+        assert seen[0] == from_store(store, start - 2)
+        assert seen[1] == from_store(store, start)
+        assert seen[1] == store.recent.window(store.meta.stream_id, start, store.meta.head, TABLES)
+        assert seen[2] is None
+
+
+def test_a_staged_commit_that_fails_is_never_answered(tmp_path: Path) -> None:
+    """A sync that fails rolls the commit back: the staged rows are dropped,
+    waiters learn it did not commit, and the next commit's window (at the
+    same positions) holds its own rows only."""
+    with durable_store(tmp_path) as store:
+        commit(store, [("a", 1, True, None)])
+        start = store.meta.head
+        sync = store.log.sync
+        staged: list[object] = []
+
+        def failing_sync() -> None:
+            staged.append(store.staged)
+            raise OSError(5, "Input/output error")
+
+        store.log.sync = failing_sync  # type: ignore[method-assign]
+        with pytest.raises(Exception, match="Input/output error"):
+            commit(store, [("a", 7, True, None)])
+        store.log.sync = sync  # type: ignore[method-assign]
+        (failed,) = staged
+        assert failed is not None and store.staged is None
+        assert store.meta.head == start
+        assert store.wait_committed(failed, 0.01) is False  # type: ignore[arg-type]
+        assert store.recent.staged_window(store.meta.stream_id, start, TABLES) is None
+        commit(store, [("b", 8, True, None)])
+        got = store.recent.window(store.meta.stream_id, start, store.meta.head, TABLES)
+        assert got == from_store(store, start)
+        assert got is not None and got["a"] == [] and [r[0] for r in got["b"]] == [encode_key([8])]
+
+
+def test_staging_needs_the_writes_held_up_to_its_start() -> None:
+    recent = RecentChanges()
+    row: RowTuple = ("k", "U", 3, b"p", None, 1, None)
+    recent.committed("s", 0, 2, 0, [("a", ("j", "U", 2, b"p", None, 1, None))], 10)
+    recent.stage("s", 2, 3, [("a", row)])
+    assert recent.staged_window("s", 2, ["a"]) == {"a": [row]}
+    assert recent.staged_window("other", 2, ["a"]) is None
+    assert recent.staged_window("s", 3, ["a"]) is None  # starts past the staged commit's start
+    recent.stage("s", 5, 6, [("a", row)])  # does not follow what is held: a gap
+    assert recent.staged_window("s", 2, ["a"]) is None
+    # committed() starts over at such a commit: a window from its start only
+    assert recent.staged_window("s", 5, ["a"]) == {"a": [row]}
+    recent.stage("s", 2, 3, [("a", row)])
+    recent.unstage()
+    assert recent.staged_window("s", 2, ["a"]) is None

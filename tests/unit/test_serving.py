@@ -26,7 +26,13 @@ from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
-from prism.wrapper.subscription import Call, ServeScope, frame_format_for, subscription
+from prism.wrapper.subscription import (
+    Call,
+    Prebuilds,
+    ServeScope,
+    frame_format_for,
+    subscription,
+)
 
 SECRET = b"k" * 32
 DIM = 4
@@ -47,12 +53,16 @@ SCOPE = ServeScope(
 )
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "s.sqlite3", "normal")
+def fresh_store(path: Path, synchronous: str) -> Iterator[Store]:
+    s = Store(path, synchronous)
     s.reset("stream-1")
     yield s
     s.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    yield from fresh_store(tmp_path / "s.sqlite3", "normal")
 
 
 def write(store: Store, upserts: dict[tuple[str, int], str], deletes: set[tuple[str, int]]) -> None:
@@ -94,8 +104,10 @@ class Driver:
         position: int = 0,
         fast: bool = True,
         scope: ServeScope | None = None,
+        prebuilds: Prebuilds | None = None,
     ):
         self.store = store
+        self.prebuilds = prebuilds
         self.seen: list[tuple[int, list[str | None] | None]] = []  # (format, old keys)
         self.follower = Follower(stream_id=stream, position=position)
         self.feed = ReplicaFeed(
@@ -123,12 +135,19 @@ class Driver:
             # the writer's meta, as the server passes it (or the store read each time)
             current=(lambda: store.meta) if fast else None,
             recent=store.recent if fast else None,
+            # as the server passes them: segments sealed while a commit syncs
+            staged=(lambda: store.staged) if prebuilds is not None else None,
+            wait_committed=store.wait_committed if prebuilds is not None else None,
+            prebuilds=prebuilds,
         )
 
     def wait(self, head: int, timeout: float) -> bool:
         st = self.store
+        staged = self.prebuilds is not None
         with st.changed:
-            return st.changed.wait_for(lambda: st.meta.head != head, timeout)
+            return st.changed.wait_for(
+                lambda: st.meta.head != head or (staged and st.staged is not None), timeout
+            )
 
     def receive(self, data: bytes) -> pb.FrameKind:
         f = parse_frame(data)
@@ -378,3 +397,117 @@ def test_a_call_never_goes_on_with_the_reader_its_builder_took(store: Store) -> 
     nxt.end()
     pool.put(nxt)
     pool.close()
+
+
+@pytest.fixture
+def durable(tmp_path: Path) -> Iterator[Store]:
+    """A store whose commits sync (synchronous=full): they are staged first."""
+    yield from fresh_store(tmp_path / "d.sqlite3", "full")
+
+
+class _HeldSync:
+    """Holds the store's row-log sync until released, counting what the
+    drivers had been sent meanwhile; can make the next sync fail instead."""
+
+    def __init__(self, store: Store, drivers: list[Driver]) -> None:
+        self.sync = store.log.sync
+        self.drivers = drivers
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail = False
+        self.positions_while_held: list[int] = []
+        store.log.sync = self  # type: ignore[method-assign]
+
+    def __call__(self) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+        self.positions_while_held = [d.follower.position for d in self.drivers]
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        self.sync()
+
+
+def test_a_commit_is_sealed_while_it_syncs_and_sent_once_durable(durable: Store) -> None:
+    store = durable
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    drivers = [Driver(store, cache, prebuilds=prebuilds) for _ in range(3)]
+    for d in drivers:
+        d.catch_up()
+    before = store.meta.head
+    held = _HeldSync(store, drivers)
+    writer = threading.Thread(
+        target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
+    )
+    followers = [threading.Thread(target=d.catch_up, args=(before + 3,)) for d in drivers]
+    writer.start()
+    assert held.entered.wait(10)
+    for t in followers:
+        t.start()
+    # One of the three seals the staged commit's segment while the sync is
+    # held (the other two share it); none of them is sent a frame of it.
+    deadline = threading.Event()
+    for _ in range(200):
+        if prebuilds.sealed == 1:
+            break
+        deadline.wait(0.01)
+    assert prebuilds.sealed == 1
+    held.release.set()
+    writer.join(10)
+    for t in followers:
+        t.join(10)
+    assert held.positions_while_held == [before] * 3
+    assert store.meta.head == before + 3
+    # The sealed frames were the ones sent: no second build of the segment.
+    assert prebuilds.used == 1
+    for d in drivers:
+        assert d.follower.position == before + 3
+        assert d.rows() == stored(store)
+        d.call.close()
+
+
+def test_a_commit_whose_sync_fails_is_never_sent(durable: Store) -> None:
+    store = durable
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    d = Driver(store, cache, prebuilds=prebuilds)
+    d.catch_up()
+    before = store.meta.head
+    held = _HeldSync(store, [d])
+    held.fail = True
+    failed: list[BaseException] = []
+
+    def failing_write() -> None:
+        try:
+            write(store, {("t", 1): "never", ("t", 2): "never"}, set())
+        except BaseException as exc:
+            failed.append(exc)
+
+    writer = threading.Thread(target=failing_write)
+    writer.start()
+    assert held.entered.wait(10)
+    # The call follows on: it seals the staged commit while the sync is held.
+    follower = threading.Thread(target=d.catch_up, args=(before + 2,))
+    follower.start()
+    for _ in range(200):
+        if prebuilds.sealed:
+            break
+        threading.Event().wait(0.01)
+    assert prebuilds.sealed == 1
+    held.release.set()
+    writer.join(10)
+    assert failed and store.meta.head == before
+    assert d.follower.position == before
+    store.log.sync = held.sync  # type: ignore[method-assign]
+    # Another commit takes the same positions with other rows: the driver
+    # gets those, never the sealed frames of the commit that failed.
+    write(store, {("t", 1): "kept", ("plain", 5): "p5"}, set())
+    follower.join(10)
+    assert not follower.is_alive() and d.follower.position == before + 2
+    # (the second commit may have been sealed ahead too, and sent)
+    assert prebuilds.used <= prebuilds.sealed - 1
+    assert d.rows() == stored(store)
+    assert d.rows()["t"][encode_key([1])] == "kept"
+    d.call.close()
