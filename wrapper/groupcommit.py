@@ -505,6 +505,12 @@ class ConnectionPool:
                 return
 
 
+def _stopped() -> WriteError:
+    """What a request is told whose group never finished (the thread running
+    it was stopped)."""
+    return WriteError(ErrorKind.UNKNOWN, "the wrapper stopped while running the write")
+
+
 def _alive(conn: Connection) -> bool:
     """Whether an idle connection is still there, without a round trip: an
     idle connection has nothing to read, unless the server closed it (a
@@ -555,6 +561,18 @@ class GroupCommit:
         """Queue `requests` together (a WriteBatch call's) and block until
         each has its result: they go into the same group where they fit.
         The calling thread leads groups while it holds a leader's token."""
+        if len(requests) == 1:
+            with self._lock:
+                alone = self._free > 0 and not self._queue
+                if alone:
+                    self._free -= 1
+                    self.groups += 1
+                    self.requests += 1
+            if alone:
+                # Nothing queued and a token free: lead a group of one at
+                # once, as _lead would, without a slot and an event to wait
+                # on (what one write at a time is).
+                return [self._run_alone(requests[0])]
         wake = threading.Event()
         slots = [_Slot(r, wake) for r in requests]
         if not slots:
@@ -588,8 +606,7 @@ class GroupCommit:
             group = [self._queue.popleft() for _ in range(min(MAX_GROUP, len(self._queue)))]
             self.groups += bool(group)
             self.requests += len(group)
-        unknown = WriteError(ErrorKind.UNKNOWN, "the wrapper stopped while running the write")
-        results: list[Result] = [unknown] * len(group)
+        results: list[Result] = [_stopped()] * len(group)
         try:
             if group:
                 results = self._run([s.request for s in group])
@@ -599,6 +616,17 @@ class GroupCommit:
                     slot.result = result
                     slot.wake.set()
                 self._pass_token()
+
+    def _run_alone(self, request: Request) -> Result:
+        """Run one request as its own group on this caller's token; then pass
+        the token on, as _lead does."""
+        result: Result = _stopped()
+        try:
+            result = self._run([request])[0]
+        finally:
+            with self._lock:
+                self._pass_token()
+        return result
 
     def _pass_token(self, other_than: threading.Event | None = None) -> None:
         """Give a leader's token to the first queued caller without one (not

@@ -67,6 +67,11 @@ def _check_vector(t: TableConfig, data: Mapping[str, Any]) -> None:
     if col is None or col not in data or data[col] is None:
         return
     v = data[col]
+    if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (t.vector_dim,):
+        # The driver's own encoding of a vector: checked as it is, no copy.
+        if not np.isfinite(v).all():
+            raise WriteError(ErrorKind.INVALID, f"{t.name}.{col}: vector contains NaN or infinity")
+        return
     try:
         arr = np.asarray(v, dtype=np.float64)
     except (TypeError, ValueError):
@@ -115,6 +120,8 @@ def _float4_array(value: Any) -> Float4Array | None:
     if isinstance(value, np.ndarray):
         if value.ndim != 1 or value.dtype.kind not in "fiu":
             return None
+        if value.dtype == np.float32:
+            return Float4Array(value)  # float4 already: nothing can overflow
         src = value
     elif isinstance(value, list) and all(type(x) in (float, int) for x in value):
         try:

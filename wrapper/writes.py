@@ -26,6 +26,7 @@ from psycopg import sql
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.backoff import Backoff
 from prism.fabric.errorkinds import ErrorKind
+from prism.fabric.sealing import random_nonce
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.groupcommit import ConnectionPool, GroupCommit, MarkerSQL, Outcome, Request
 from prism.wrapper.store import MARKER_PURGE_EVERY_S, Store, StoreReader
@@ -124,7 +125,8 @@ class WriteExecutor:
             raise WriteError(ErrorKind.UNAVAILABLE, "replication is not running; try again later")
         shapes = self._shapes()
         planned = [plan(self.cfg, shapes, op, self._default_table) for op in request.ops]
-        event_id = str(uuid.uuid4())
+        # From the process's random pool: uuid4() reads os.urandom each time.
+        event_id = str(uuid.UUID(bytes=random_nonce(16), version=4))
         # Registered before the transaction runs: its marker may come back
         # through the stream before the database's answer does.
         waiting = self.store.write_positions.expect(event_id)

@@ -10,6 +10,7 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pytest
 
 from prism.driver import (
@@ -126,8 +127,20 @@ async def test_authorization_and_validation(db, wrapper, secret_file) -> None:  
             await driver.write(
                 row_id=1, data={"embedding": [1.0, float("nan"), 0, 0]}, table="items"
             )
+        # a float32 array travels as raw float4s, checked as it is
+        with pytest.raises(InvalidWriteError, match="NaN"):
+            await driver.write(
+                row_id=1, data={"embedding": np.array([1, np.nan, 0, 0], np.float32)}, table="items"
+            )
+        with pytest.raises(InvalidWriteError, match="dimension 5, the table takes 4"):
+            await driver.write(row_id=1, data={"embedding": np.ones(5, np.float32)}, table="items")
         with pytest.raises(InvalidWriteError, match="has key"):
             await driver.write(row_id=(1, 2), data={"title": "x"}, table="items")
+        await driver.write(
+            row_id=6, data={"embedding": np.array([0.4, 0.3, 0.2, 0.1], np.float32)}, table="items"
+        )
+        found = await driver.query(embedding=[0.4, 0.3, 0.2, 0.1], top_k=1, table="items")
+        assert found[0].row_id == 6 and found[0].score == pytest.approx(1.0, abs=1e-5)
         # a vector of the right shape is stored and searchable at once
         await driver.write(row_id=5, data={"embedding": [0.1, 0.2, 0.3, 0.4]}, table="items")
         found = await driver.query(embedding=[0.1, 0.2, 0.3, 0.4], top_k=1, table="items")
