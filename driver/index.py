@@ -629,6 +629,9 @@ class VectorIndex:
             raise ValueError("upsert_many: keys and vectors differ in length")
         if not len(keys):
             return
+        if len(keys) == 1:
+            self._upsert_one(keys[0], unit_vectors[0])
+            return
         self._adopt_if_trained()
         grid, sq = to_grid(unit_vectors, self.limit)
         if len(set(keys)) != len(keys):  # keep each key's last vector only
@@ -658,6 +661,34 @@ class VectorIndex:
             self._sq[slots] = sq
         if lists is not None:
             unit = grid / np.sqrt(np.maximum(sq, 1.0))[:, None].astype(np.float32)
+            lists.add(slots, lists.reduce(unit))
+        self._maybe_train()
+
+    def _upsert_one(self, key: str, vector: np.ndarray) -> None:
+        """upsert_many of one key, with a third of its numpy calls: one
+        write's frame is one row, and each numpy call on an array of one
+        costs more than its arithmetic (benchmark/README.md, "Issue 12").
+        The same grid vector as to_grid's, by the same float32 steps."""
+        self._adopt_if_trained()
+        v = np.asarray(vector, dtype=np.float32)
+        peak = max(v.max(), -v.min())
+        g = np.rint(v * (np.float32(self.limit) / max(peak, np.float32(1e-30))))
+        sq = float(g @ g)  # exact: integers, as to_grid's float32 sum
+        if sq == 0:  # a zero vector has no direction: not searchable
+            self.delete(key)
+            return
+        slot = self._slot.get(key)
+        slots = np.array([slot], np.int64) if slot is not None else self._slots_for([key])
+        if self._slab is not None and self._hold_training:
+            self._prefault_ahead()
+        lists = self._lists
+        if lists is not None:
+            lists.remove(slots)  # its old position, when it was present
+        s = int(slots[0])
+        self._grid[s] = g
+        self._sq[s] = sq
+        if lists is not None:
+            unit = (g / np.float32(math.sqrt(max(sq, 1.0))))[None, :]
             lists.add(slots, lists.reduce(unit))
         self._maybe_train()
 

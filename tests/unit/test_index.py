@@ -542,3 +542,35 @@ def test_grid_squared_norms_are_exact(dim: int) -> None:
     assert sq.dtype == np.float64
     assert np.array_equal(sq, want.astype(np.float64))
     assert sq[0] == limit * limit * dim <= 2**24 - 1
+
+
+@pytest.mark.parametrize("params", [EXACT, FULL_IVF], ids=["exact", "ivf"])
+def test_one_row_upserts_store_what_a_batch_stores(params: IndexParams) -> None:
+    """upsert_many of one key takes a path of its own (a write's frame is
+    one row): it must leave the very grid row and squared norm to_grid
+    gives, for new keys, updated keys and a zero vector alike."""
+    rng = np.random.default_rng(7)
+    dim = 384
+    one, many = (
+        VectorIndex(dim, capacity=2, params=params),
+        VectorIndex(dim, capacity=2, params=params),
+    )
+    vecs = rng.normal(size=(40, dim)).astype(np.float32)
+    vecs[3] *= 1e-20  # tiny, still a direction
+    vecs[5] = -np.abs(vecs[5])  # the peak is a negative component
+    keys = [f"k{i % 25}" for i in range(40)]  # the last 15 update earlier keys
+    for k, v in zip(keys, vecs, strict=True):
+        one.upsert_many([k], v[None, :])
+        many.upsert_many([k, k], np.stack([np.zeros(dim, np.float32), v]))  # a batch of two
+    one.upsert_many(["k1"], np.zeros((1, dim), np.float32))  # no direction: removed
+    many.delete("k1")
+    assert len(one) == len(many) == 24
+    limit = grid_limit(dim)
+    for k in {*keys} - {"k1"}:
+        last = vecs[max(i for i, kk in enumerate(keys) if kk == k)]
+        g, sq = to_grid(last[None, :], limit)
+        for idx in (one, many):
+            slot = idx._slot[k]
+            assert np.array_equal(idx._grid[slot], g[0]) and idx._sq[slot] == sq[0]
+    q = normalize(vecs[7])
+    assert one.query(q, 10, -1.0) == many.query(q, 10, -1.0)
