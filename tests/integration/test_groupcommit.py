@@ -184,9 +184,9 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
         statements: list[Any] = []
         execute = conn.execute
 
-        def counted(query: Any, params: Any = None) -> Any:
+        def counted(query: Any, params: Any = None, **kw: Any) -> Any:
             statements.append(query)
-            return execute(query, params)
+            return execute(query, params, **kw)
 
         conn.execute = counted  # type: ignore[method-assign]
         first = run_group(conn, MARKER, [req(upsert(1, qty=3), request_id="a")])[0]

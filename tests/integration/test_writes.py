@@ -195,6 +195,27 @@ HOSTILE = [
 ]
 
 
+async def test_a_write_after_a_column_changed_type(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A lone write runs as a prepared statement, whose parameter types
+    PostgreSQL fixed when it was prepared: after the column's type changed,
+    the same write still goes through (once more, unprepared), and the next
+    one is prepared afresh."""
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for i in (1, 2):  # the second runs the statement prepared by the first
+            await driver.write(row_id=i, data={"title": f"12{i}"}, table="items")
+        db.execute("ALTER TABLE items ALTER COLUMN title TYPE integer USING title::integer")
+        for i in (3, 4):
+            await driver.write(row_id=i, data={"title": f"45{i}"}, table="items")
+        with pytest.raises(InvalidWriteError):  # a genuine mismatch is still refused
+            await driver.write(row_id=5, data={"title": "five"}, table="items")
+    with db.connect() as c:
+        rows = c.execute("SELECT id, title FROM items ORDER BY id").fetchall()
+    assert rows == [(1, 121), (2, 122), (3, 453), (4, 454)]
+
+
 async def test_hostile_values_are_stored_literally(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(SCHEMA)
     proc = wrapper(TABLES)
