@@ -12,10 +12,7 @@ rows and this thread commits them (not durable one by one: the copy's last
 commit is, and nothing is acknowledged before it), so SQLite's work (which
 releases the interpreter lock) overlaps the next batch's encoding.
 
-Only one of them runs at a time, and only it writes the store; except that
-the pipeline's own thread commits a transaction that comes alone, while the
-Committer is idle and the source has nothing more to read at once
-(Committer.commit_now), without the hand-off.
+Only one of them runs at a time, and only it writes the store.
 """
 
 from __future__ import annotations
@@ -115,37 +112,6 @@ class Committer(_StoreThread):
             self._queued += sum(len(stx.changes) for stx in group)
             self._cv.notify_all()
 
-    def commit_now(
-        self, group: list[SourceTransaction], prepared: list[PreparedTxn] | None = None
-    ) -> bool:
-        """Commit whole transactions on the calling thread, when this writer
-        is idle (nothing queued, nothing being written); False, having done
-        nothing, otherwise (submit() them then). For a commit that comes
-        alone: handing it to this thread cost a wake-up and a turn of the
-        interpreter lock, 0.1-0.2 ms on the path of every lone write
-        (benchmark/README.md, "Issue 12"). Raises the writer's failure."""
-        with self._cv:
-            self._raise_if_failed()
-            if self._busy or self._queue or self._idle is not None or self._stopping:
-                return False
-            self._busy = True
-        try:
-            self._write(group, prepared if prepared is not None else [{} for _ in group], None)
-        except BaseException as exc:
-            with self._cv:
-                self.error = exc
-                self._busy = False
-                self._cv.notify_all()
-            self._raise_if_failed()
-            raise
-        with self._cv:
-            self.commits += 1
-        self._housekeeping()
-        with self._cv:
-            self._busy = False
-            self._cv.notify_all()
-        return True
-
     def submit_position(self, point: ResumePoint) -> None:
         """Record a source position with no changes of ours before it (an
         idle keepalive), so it may be acknowledged once stored."""
@@ -165,11 +131,7 @@ class Committer(_StoreThread):
     def _run(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(
-                    lambda: self._queue or self._idle is not None or self._stopping or self.error
-                )
-                if self.error is not None:
-                    return  # a commit on the pipeline's thread failed
+                self._cv.wait_for(lambda: self._queue or self._idle is not None or self._stopping)
                 if not self._queue and self._idle is None and self._stopping:
                     return
                 group, self._queue = self._queue, []
@@ -187,21 +149,15 @@ class Committer(_StoreThread):
                     self._cv.notify_all()
                 return
             with self._cv:
-                self.commits += 1
-            self._housekeeping()
-            with self._cv:
-                # Busy until here: commit_now() must not write the store
-                # while the housekeeping does.
                 self._busy = False
+                self.commits += 1
                 self._cv.notify_all()
-
-    def _housekeeping(self) -> None:
-        try:
-            self._after_commit()  # its failure must not stop the writer
-        except StoreFullError as exc:
-            log.warning("store housekeeping skipped: %s", exc)
-        except Exception:
-            log.exception("store housekeeping after a commit failed")
+            try:
+                self._after_commit()  # housekeeping: its failure must not stop the writer
+            except StoreFullError as exc:
+                log.warning("store housekeeping skipped: %s", exc)
+            except Exception:
+                log.exception("store housekeeping after a commit failed")
 
     def _write(
         self,

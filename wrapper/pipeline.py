@@ -359,11 +359,8 @@ class Pipeline:
                     # With no wait (interval 0) each transaction goes to the
                     # writer at once; the writer takes everything that queued
                     # while it committed as one group. submit() blocks while a
-                    # full group waits (backpressure). A transaction that came
-                    # alone (nothing more to read yet, the writer idle) is
-                    # committed here, on this thread.
-                    if source.has_more() or not committer.commit_now(pending, prepared):
-                        committer.submit(pending, prepared)
+                    # full group waits (backpressure).
+                    committer.submit(pending, prepared)
                     pending, prepared = [], []
                 elif (
                     stx is None

@@ -189,12 +189,6 @@ class ChangeSource(abc.ABC):
     def acknowledge(self, position: int) -> None:
         """Everything up to `position` is durable downstream."""
 
-    def has_more(self) -> bool:
-        """Whether more of the stream can be read at once, without waiting;
-        True when the source cannot tell (the pipeline then hands what it
-        has to the store's writer thread instead of committing it itself)."""
-        return True
-
     @abc.abstractmethod
     def close(self) -> None: ...
 

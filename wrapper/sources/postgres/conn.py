@@ -108,7 +108,6 @@ class ReplicationConnection:
         self._pgconn: pq.abc.PGconn = pgconn
         self._selector: selectors.BaseSelector | None = None
         self._streaming = False
-        self._held: XLogData | PrimaryKeepalive | None = None  # see peek()
 
     @property
     def pgconn(self) -> pq.abc.PGconn:
@@ -254,9 +253,6 @@ class ReplicationConnection:
         ends or the connection is lost."""
         if not self._streaming or self._selector is None:
             raise SourceError("read: replication has not been started", retriable=False)
-        if self._held is not None:
-            held, self._held = self._held, None
-            return held
         pgconn = self._pgconn
         deadline = time.monotonic() + timeout
         waited = False
@@ -287,13 +283,6 @@ class ReplicationConnection:
                 pgconn.consume_input()
             except psycopg.Error as exc:
                 raise self._stream_lost(str(exc)) from exc
-
-    def peek(self) -> XLogData | PrimaryKeepalive | None:
-        """The next message if it can be had without waiting (it is held,
-        and read() returns it next), else None. Raises as read() does."""
-        if self._held is None:
-            self._held = self.read(0.0)
-        return self._held
 
     def _end_of_copy_message(self) -> str:
         message = "the server ended the replication stream"
@@ -336,7 +325,6 @@ class ReplicationConnection:
             self._selector.close()
             self._selector = None
         self._streaming = False
-        self._held = None
         self._pgconn.finish()
 
     def __enter__(self) -> ReplicationConnection:

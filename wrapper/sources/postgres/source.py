@@ -623,24 +623,6 @@ class PostgresSource(ReplicationSource):
                 return
             time.sleep(0.05)
 
-    def has_more(self) -> bool:
-        """Whether a transaction's data can be read at once. Keepalives are
-        taken here as transactions() takes them: the walsender sends one as
-        soon as it has sent a commit, and it is no reason to hand the commit
-        to another thread."""
-        repl = self._repl
-        if repl is None:
-            return True
-        while (msg := repl.peek()) is not None:
-            if not isinstance(msg, PrimaryKeepalive):
-                return True
-            repl.read(0.0)  # the keepalive peek() held
-            self._last_heard = time.monotonic()
-            self._keepalive_lsn = max(self._keepalive_lsn, msg.wal_end)
-            if msg.reply_requested:
-                self._send_status(reply=False)
-        return False
-
     def idle_position(self) -> ResumePoint | None:
         """A position past everything received that may be acknowledged
         although no transaction of ours reached it: the last keepalive's WAL
