@@ -126,6 +126,12 @@ class Prebuilds:
                 self._held[key] = (staged, frames)
                 self.sealed += 1
 
+    def has(self, key: StartKey, meta: StoreMeta) -> bool:
+        """Whether frames sealed ahead for segment `key` at `meta` are held."""
+        with self._lock:
+            held = self._held.get(key)
+            return held is not None and held[0] is meta and held[1] is not None
+
     def take(self, key: StartKey, meta: StoreMeta) -> list[SharedFrame] | None:
         """The frames sealed ahead for segment `key` at the committed `meta`, once."""
         with self._lock:
@@ -358,12 +364,32 @@ class Envelope:
         self.scope = scope
         self.subscription = subscription
         self.sequence = 0
+        # Frames wrapped ahead, by the sequence number they were wrapped
+        # for: (the frame, its bytes). See ahead().
+        self._ahead: dict[int, tuple[SharedFrame, bytes]] = {}
 
     def wrap(self, frame: SharedFrame) -> bytes:
         self.sequence += 1
+        if self._ahead:
+            made = self._ahead.pop(self.sequence, None)
+            if made is not None and made[0] is frame:
+                return made[1]
+            self._ahead.clear()  # something else came first: none of them fits
+        return self._bytes(frame, self.sequence)
+
+    def ahead(self, frames: list[SharedFrame]) -> None:
+        """Wrap `frames` now as the next ones this call will send (a segment
+        sealed ahead, while the commit syncs); wrap() hands out these bytes
+        if the same frames do come next, in order."""
+        self._ahead = {
+            self.sequence + i: (f, self._bytes(f, self.sequence + i))
+            for i, f in enumerate(frames, 1)
+        }
+
+    def _bytes(self, frame: SharedFrame, sequence: int) -> bytes:
         sealer = self.scope.sealer(frame.epoch, 0)
-        binding = bind_frame(sealer, self.subscription, self.sequence, frame.watermark)
-        return frame.data + envelope_bytes(self.sequence, self.subscription, binding)
+        binding = bind_frame(sealer, self.subscription, sequence, frame.watermark)
+        return frame.data + envelope_bytes(sequence, self.subscription, binding)
 
 
 class StreamEnded(Exception):
@@ -471,29 +497,34 @@ class Call:
             if end is None or end[0] < meta.retention_floor:
                 return None
         stop = meta.head if end is None else end[0]
-        window = recent.window(meta.stream_id, start, stop, self.scope.tables)
-        if window is None:
-            return None
         key, epoch = self._start(meta, False, start)
+        # Sealed ahead for this very commit: the window is not needed.
+        ahead = end is None and self.prebuilds is not None and self.prebuilds.has(key, meta)
+        window = None if ahead else recent.window(meta.stream_id, start, stop, self.scope.tables)
+        if window is None and not ahead:
+            return None
         seg, rid, build = self.cache.acquire(key, stop, self._min_end(meta, start))
         if build:
             try:
+                sealed = self.prebuilds.take(key, meta) if ahead and self.prebuilds else None
+                if sealed is None and window is None:  # taken meanwhile: cut it after all
+                    window = recent.window(meta.stream_id, start, stop, self.scope.tables)
+                    if window is None:
+                        raise RuntimeError("the rows of a commit sealed ahead are gone")
                 builder = SegmentBuilder(self.scope, None, meta, epoch, window, end)
-                sealed = None
-                if end is None and self.prebuilds is not None:
-                    sealed = self.prebuilds.take(key, meta)
                 build_segment(self.cache, seg, builder, False, start, sealed)
             except BaseException:
                 self.cache.release(seg, rid)
                 raise
         return seg, rid
 
-    def prebuild(self, staged: StoreMeta, recent: RecentChanges) -> None:
+    def prebuild(self, staged: StoreMeta, recent: RecentChanges) -> list[SharedFrame] | None:
         """Seal, ahead of its commit, the segment this call will want once
         the staged commit is durable (Store.stage), unless another call of
         its scope does: acquire_recent takes the frames then. Only the
         simple case, a live call one small segment behind the staged head;
-        anything else is built as before, after the commit."""
+        anything else is built as before, after the commit. Returns the
+        frames when this call sealed them."""
         prebuilds = self.prebuilds
         start = self.position
         if (
@@ -503,15 +534,16 @@ class Call:
             or not staged.snapshot_done
             or not start < staged.head <= start + LARGE_FRAMES * self.scope.max_rows
         ):
-            return
+            return None
         key, epoch = self._start(staged, False, start)
         if not prebuilds.claim(key, staged):
-            return
+            return None
         window = recent.staged_window(staged.stream_id, start, self.scope.tables)
         if window is None:
-            return
-        builder = SegmentBuilder(self.scope, None, staged, epoch, window)
-        prebuilds.put(key, staged, list(builder.frames(False, start)))
+            return None
+        frames = list(SegmentBuilder(self.scope, None, staged, epoch, window).frames(False, start))
+        prebuilds.put(key, staged, frames)
+        return frames
 
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
@@ -584,8 +616,8 @@ def subscription(
                 if upcoming is not None and upcoming is not meta and wait_committed is not None:
                     # A commit is being synced: seal its segment meanwhile,
                     # and send nothing of it before it is durable.
-                    if recent is not None:
-                        call.prebuild(upcoming, recent)
+                    if recent is not None and (sealed := call.prebuild(upcoming, recent)):
+                        envelope.ahead(sealed)  # this call's envelope too, meanwhile
                     durable = wait_committed(upcoming, heartbeat_s)
                     if not durable and staged is not None and staged() is upcoming:
                         yield envelope.wrap(heartbeat(scope, reader, current))

@@ -24,10 +24,11 @@ from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.framecache import FrameCache
+from prism.wrapper.framecache import FrameCache, SharedFrame
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
 from prism.wrapper.subscription import (
     Call,
+    Envelope,
     Prebuilds,
     ServeScope,
     frame_format_for,
@@ -511,3 +512,19 @@ def test_a_commit_whose_sync_fails_is_never_sent(durable: Store) -> None:
     assert d.rows() == stored(store)
     assert d.rows()["t"][encode_key([1])] == "kept"
     d.call.close()
+
+
+def test_frames_wrapped_ahead_are_used_only_if_they_come_next_in_order() -> None:
+    def frame(i: int) -> SharedFrame:
+        return SharedFrame(data=b"frame %d" % i, watermark=bytes([i]) * 32, epoch=1, rows=1)
+
+    nonce = os.urandom(16)
+    plain, ahead = Envelope(SCOPE, nonce), Envelope(SCOPE, nonce)
+    f1, f2, other = frame(1), frame(2), frame(3)
+    plain.wrap(frame(0))
+    ahead.wrap(frame(0))
+    ahead.ahead([f1, f2])
+    assert ahead.wrap(f1) == plain.wrap(f1)  # the one wrapped ahead: the same bytes
+    assert ahead.wrap(other) == plain.wrap(other)  # not the one expected: made afresh
+    assert ahead.wrap(f2) == plain.wrap(f2)  # and nothing wrapped ahead is left to misuse
+    assert plain.sequence == ahead.sequence == 4
