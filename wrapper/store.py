@@ -649,7 +649,10 @@ class Store:
         self.recent.stage(after.stream_id, before.head, after.head, txn.recent)
         with self.changed:
             self.staged = after
-            self.changed.notify_all()
+            # One call, not all: one seals its scope's segment (the calls of
+            # that scope share it); waking every call twice a commit would
+            # cost a server with many subscribers more than sealing saves.
+            self.changed.notify()
 
     def _unstage(self) -> None:
         if self.staged is None:
