@@ -588,7 +588,7 @@ class GroupCommit:
                 # Nothing queued and a token free: lead a group of one at
                 # once, as _lead would, without a slot and an event to wait
                 # on (what one write at a time is).
-                return [self._run_alone(requests[0])]
+                return [self._lead_alone(requests[0])]
         wake = threading.Event()
         slots = [_Slot(r, wake) for r in requests]
         if not slots:
@@ -633,7 +633,7 @@ class GroupCommit:
                     slot.wake.set()
                 self._pass_token()
 
-    def _run_alone(self, request: Request) -> Result:
+    def _lead_alone(self, request: Request) -> Result:
         """Run one request as its own group on this caller's token; then pass
         the token on, as _lead does."""
         result: Result = _stopped()

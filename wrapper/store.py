@@ -608,13 +608,13 @@ class Store:
             self._in_txn = False
         # Before the new meta is visible: whoever sees it finds its rows here.
         after = txn.meta
-        if txn.recent is not None and after.snapshot_done and after.stream_id == before.stream_id:
+        if (kept := _kept_for_serving(before, txn)) is not None:
             self.recent.committed(
                 after.stream_id,
                 before.head,
                 after.head,
                 after.retention_floor,
-                txn.recent,
+                kept,
                 txn.recent_bytes,
             )
         else:
@@ -644,9 +644,9 @@ class Store:
         0.25-0.3 ms of the serving thread's CPU after the commit, on the
         path of every write(wait=True) (benchmark/README.md, "Issue 12")."""
         after = txn.meta
-        if txn.recent is None or not after.snapshot_done or after.stream_id != before.stream_id:
+        if (kept := _kept_for_serving(before, txn)) is None:
             return
-        self.recent.stage(after.stream_id, before.head, after.head, txn.recent)
+        self.recent.stage(after.stream_id, before.head, after.head, kept)
         with self.changed:
             self.staged = after
             # One call, not all: one seals its scope's segment (the calls of
@@ -1092,6 +1092,14 @@ class StoreTxn:
         if self.rows or self._has_commit_record:
             items.append(("log_end", str(self.log_end)))
         self._store._set_meta(items)
+
+
+def _kept_for_serving(before: StoreMeta, txn: StoreTxn) -> list[tuple[str, RowTuple]] | None:
+    """A commit's rows when they go to Store.recent (staged while it syncs,
+    then committed): a live commit of the same stream, after the copy."""
+    after = txn.meta
+    kept = after.snapshot_done and after.stream_id == before.stream_id
+    return txn.recent if kept else None
 
 
 @functools.lru_cache(maxsize=8)

@@ -106,7 +106,7 @@ class Prebuilds:
         self._lock = threading.Lock()
         self._held: dict[StartKey, tuple[StoreMeta, list[SharedFrame] | None]] = {}
         self.sealed = 0  # segments sealed ahead
-        self.used = 0  # of them, sent (the others' commits failed, or a call built its own)
+        self.used = 0  # of them, taken to be sent (the others' commits failed)
 
     def claim(self, key: StartKey, staged: StoreMeta) -> bool:
         """Whether this caller is the one to seal the segment `key` of `staged`."""
@@ -125,12 +125,6 @@ class Prebuilds:
             if held is not None and held[0] is staged:
                 self._held[key] = (staged, frames)
                 self.sealed += 1
-
-    def has(self, key: StartKey, meta: StoreMeta) -> bool:
-        """Whether frames sealed ahead for segment `key` at `meta` are held."""
-        with self._lock:
-            held = self._held.get(key)
-            return held is not None and held[0] is meta and held[1] is not None
 
     def take(self, key: StartKey, meta: StoreMeta) -> list[SharedFrame] | None:
         """The frames sealed ahead for segment `key` at the committed `meta`, once."""
@@ -498,19 +492,17 @@ class Call:
                 return None
         stop = meta.head if end is None else end[0]
         key, epoch = self._start(meta, False, start)
-        # Sealed ahead for this very commit: the window is not needed.
-        ahead = end is None and self.prebuilds is not None and self.prebuilds.has(key, meta)
-        window = None if ahead else recent.window(meta.stream_id, start, stop, self.scope.tables)
-        if window is None and not ahead:
-            return None
+        # Sealed ahead for this very commit (prebuild): no window to cut. If
+        # another call builds the segment first, these frames go unused.
+        sealed = self.prebuilds.take(key, meta) if end is None and self.prebuilds else None
+        window = None
+        if sealed is None:
+            window = recent.window(meta.stream_id, start, stop, self.scope.tables)
+            if window is None:
+                return None
         seg, rid, build = self.cache.acquire(key, stop, self._min_end(meta, start))
         if build:
             try:
-                sealed = self.prebuilds.take(key, meta) if ahead and self.prebuilds else None
-                if sealed is None and window is None:  # taken meanwhile: cut it after all
-                    window = recent.window(meta.stream_id, start, stop, self.scope.tables)
-                    if window is None:
-                        raise RuntimeError("the rows of a commit sealed ahead are gone")
                 builder = SegmentBuilder(self.scope, None, meta, epoch, window, end)
                 build_segment(self.cache, seg, builder, False, start, sealed)
             except BaseException:
@@ -530,8 +522,7 @@ class Call:
         if (
             prebuilds is None
             or self.resetting
-            or staged.stream_id != self.stream
-            or not staged.snapshot_done
+            or staged.stream_id != self.stream  # (the store stages live commits only)
             or not start < staged.head <= start + LARGE_FRAMES * self.scope.max_rows
         ):
             return None

@@ -68,22 +68,20 @@ def _check_vector(t: TableConfig, data: Mapping[str, Any]) -> None:
         return
     v = data[col]
     if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.shape == (t.vector_dim,):
-        # The driver's own encoding of a vector: checked as it is, no copy.
-        if not np.isfinite(v).all():
-            raise WriteError(ErrorKind.INVALID, f"{t.name}.{col}: vector contains NaN or infinity")
-        return
-    try:
-        arr = np.asarray(v, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise WriteError(
-            ErrorKind.INVALID, f"{t.name}.{col}: a vector must be a list of numbers"
-        ) from None
-    if arr.ndim != 1 or arr.shape[0] != t.vector_dim:
-        raise WriteError(
-            ErrorKind.INVALID,
-            f"{t.name}.{col}: vector of dimension {arr.shape[0] if arr.ndim == 1 else arr.shape}, "
-            f"the table takes {t.vector_dim}",
-        )
+        arr = v  # the driver's own encoding of a vector: checked as it is, no copy
+    else:
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise WriteError(
+                ErrorKind.INVALID, f"{t.name}.{col}: a vector must be a list of numbers"
+            ) from None
+        if arr.ndim != 1 or arr.shape[0] != t.vector_dim:
+            shape = arr.shape[0] if arr.ndim == 1 else arr.shape
+            raise WriteError(
+                ErrorKind.INVALID,
+                f"{t.name}.{col}: vector of dimension {shape}, the table takes {t.vector_dim}",
+            )
     if not np.isfinite(arr).all():
         raise WriteError(ErrorKind.INVALID, f"{t.name}.{col}: vector contains NaN or infinity")
 

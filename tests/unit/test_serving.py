@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -406,6 +407,13 @@ def durable(tmp_path: Path) -> Iterator[Store]:
     yield from fresh_store(tmp_path / "d.sqlite3", "full")
 
 
+def _until(ready: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Poll `ready` until it holds or `timeout` passes (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 class _HeldSync:
     """Holds the store's row-log sync until released, counting what the
     drivers had been sent meanwhile; can make the next sync fail instead."""
@@ -448,11 +456,7 @@ def test_a_commit_is_sealed_while_it_syncs_and_sent_once_durable(durable: Store)
         t.start()
     # One of the three seals the staged commit's segment while the sync is
     # held (the other two share it); none of them is sent a frame of it.
-    deadline = threading.Event()
-    for _ in range(200):
-        if prebuilds.sealed == 1:
-            break
-        deadline.wait(0.01)
+    _until(lambda: prebuilds.sealed > 0)
     assert prebuilds.sealed == 1
     held.release.set()
     writer.join(10)
@@ -492,10 +496,7 @@ def test_a_commit_whose_sync_fails_is_never_sent(durable: Store) -> None:
     # The call follows on: it seals the staged commit while the sync is held.
     follower = threading.Thread(target=d.catch_up, args=(before + 2,))
     follower.start()
-    for _ in range(200):
-        if prebuilds.sealed:
-            break
-        threading.Event().wait(0.01)
+    _until(lambda: prebuilds.sealed > 0)
     assert prebuilds.sealed == 1
     held.release.set()
     writer.join(10)
