@@ -1,5 +1,5 @@
-"""The driver's link to the wrapper: channels, the handshake, and the Write
-and WriteBatch calls.
+"""The driver's link to the wrapper: channels, the handshake, and the Write,
+WriteBatch and WriteStream calls.
 
 Below the subscription (driver/subscription.py) and the public write calls
 (driver/api.py), which share one session: the subscription's handshake
@@ -37,6 +37,7 @@ from prism.driver.errors import (
     write_refusal,
 )
 from prism.driver.writebatch import WriteCoalescer
+from prism.driver.writestream import CallDeadline, WriteStream
 from prism.fabric import PROTOCOL_VERSION
 from prism.fabric import auth as handshake
 from prism.fabric import wrapper_pb2 as pb
@@ -49,6 +50,7 @@ log = logging.getLogger("prism.driver")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 WRITE_BATCH = "write-batch"  # the wrapper capability (HelloResponse) of WriteBatch calls
+WRITE_STREAM = "write-stream"  # ... and of WriteStream calls
 # How long past its deadline a write call may stay unanswered before the
 # driver cancels it itself (see _answer).
 CALL_GRACE_S = 5.0
@@ -101,6 +103,11 @@ class Link:
         # the service, 3% of the driver's time per write when made per call.
         self._write_stub_: pb_grpc.WrapperServiceStub | None = None
         self._writes: WriteCoalescer | None = None
+        self._stream: WriteStream | None = None
+
+    # Lone writes as messages on a WriteStream call kept open (see
+    # driver/writestream.py); False: every write is a Write or WriteBatch call.
+    write_stream = True
 
     def reload_secret(self) -> None:
         """Read the secret file again before each subscription handshake, so a
@@ -225,9 +232,36 @@ class Link:
         )
 
     async def write_one(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
-        """One Write call on the current session (a new one when there is
-        none yet, or once when the wrapper forgot it)."""
+        """One write on the current session: a message on the open
+        WriteStream call when the wrapper has them and no other write is out
+        on it, else (and when that call broke) a Write call, which starts a
+        new session when there is none yet, or once when the wrapper forgot
+        it."""
         stub = self._write_stub()
+        login = self.login
+        if (
+            login is not None
+            and self.write_stream
+            and WRITE_STREAM in login.hello.capabilities
+            and (self._stream is None or not self._stream.busy)
+        ):
+            if self._stream is None:
+                self._stream = WriteStream(stub.WriteStream)
+            try:
+                results = await self._stream.send(
+                    [self._write_request(login, ops, request_id)],
+                    self.config.write_timeout_s + CALL_GRACE_S,
+                )
+            except WriteOutcomeUnknownError as exc:
+                exc.request_id = request_id
+                raise
+            if results is not None:
+                answer = _batch_result(results[0], request_id)
+                if not isinstance(answer, DriverError):
+                    return answer
+                if not isinstance(answer, SessionExpiredError):
+                    raise answer
+                self.login = None  # the wrapper restarted: a Write call authenticates again
         for attempt in (1, 2):
             login = self.login or await self.handshake(stub)
             try:
@@ -300,6 +334,9 @@ class Link:
         if self._writes is not None:
             await self._writes.close()
             self._writes = None
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
         if self._write_channel is not None:
             await self._write_channel.close(None)
             self._write_channel = None
@@ -333,25 +370,15 @@ async def _answer(call: Any, timeout: float) -> Any:
     itself; but a call whose status never reached asyncio (grpc.aio status
     tasks were seen failing with a TypeError in a CI run) would be awaited
     forever, and every write queued behind it too. Past the deadline and a grace the
-    driver cancels it through gRPC, as SilenceWatch does a stream (never by
-    cancelling the awaiting task), and the write's outcome is unknown."""
-    loop = asyncio.get_running_loop()
-    fired = False
-
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        call.cancel()
-
-    handle = loop.call_later(timeout + CALL_GRACE_S, expire)
+    driver cancels it through gRPC (CallDeadline), and the write's outcome is unknown."""
+    deadline = CallDeadline(call, timeout + CALL_GRACE_S)
     try:
         return await call
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if fired and (task is None or not task.cancelling()):
+        if deadline.expired():
             raise outcome_unknown(
                 f"Write: no answer {timeout + CALL_GRACE_S:g}s after it was sent"
             ) from None
         raise
     finally:
-        handle.cancel()
+        deadline.cancel()

@@ -5,8 +5,9 @@ and ack. What overlapping writes share is the trip: while a call is on its
 way, the writes that arrive queue up, and the next call takes every queued
 write (up to MAX_BATCH) as one WriteBatch. The wrapper then hands them to its
 group commit together, so they share database transactions as well
-(wrapper/groupcommit.py). A lone write goes out at once as a plain Write:
-nothing waits for company, so a single writer's latency is unchanged.
+(wrapper/groupcommit.py). A lone write goes out at once (a message on the
+link's WriteStream call, or a Write call): nothing waits for company, so a
+single writer's latency is unchanged.
 
 Why: a gRPC call costs the driver about 0.4 ms of CPU in grpc.aio and the
 wrapper a worker thread's dispatch, authentication and wake-ups; with 16

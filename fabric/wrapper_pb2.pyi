@@ -132,6 +132,22 @@ class WriteBatchResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[WriteResult]
     def __init__(self, results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ...) -> None: ...
 
+class WriteStreamRequest(_message.Message):
+    __slots__ = ("call_id", "requests")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    requests: _containers.RepeatedCompositeFieldContainer[WriteRequest]
+    def __init__(self, call_id: _Optional[int] = ..., requests: _Optional[_Iterable[_Union[WriteRequest, _Mapping]]] = ...) -> None: ...
+
+class WriteStreamResponse(_message.Message):
+    __slots__ = ("call_id", "results")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    results: _containers.RepeatedCompositeFieldContainer[WriteResult]
+    def __init__(self, call_id: _Optional[int] = ..., results: _Optional[_Iterable[_Union[WriteResult, _Mapping]]] = ...) -> None: ...
+
 class ChallengeRequest(_message.Message):
     __slots__ = ("protocol_version", "tenant_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]

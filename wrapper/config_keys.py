@@ -292,6 +292,14 @@ class ServerConfig:
         _positive,
     )
     grace_seconds: float = key(5.0, "how long SIGTERM waits for streams", _positive)
+    # Each open call holds one of the server's threads (PRISM_GRPC_WORKERS,
+    # 64) while it waits for a message: a call nobody writes on is ended.
+    write_stream_idle_seconds: float = key(
+        300.0,
+        "how long a WriteStream call may send nothing before the wrapper ends it (a driver "
+        "opens a new one with its next write)",
+        _positive,
+    )
     # 64 MB holds some 20,000 live changes of kB rows: the lag within which
     # drivers share one another's frames. At 512 MB the cache grew through
     # every burst of a fresh wrapper into memory the process had never

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import numpy as np
@@ -63,6 +63,7 @@ CAPABILITIES = (
     "text-embedder",
     "key-rotation",
     "write-batch",
+    "write-stream",
 )
 # Requests per WriteBatch call (a driver sends at most 64; see driver/link.py).
 MAX_WRITE_BATCH = 1024
@@ -85,6 +86,7 @@ class WrapperState:
     readers: ReaderPool | None = None  # store readers for Subscribe calls and frame builds
     watchdog: SendWatchdog = field(default_factory=SendWatchdog)
     prebuilds: Prebuilds = field(default_factory=Prebuilds)  # segments sealed during a sync
+    write_idle: SendWatchdog | None = None  # ends WriteStream calls that send nothing
     _sealers: dict[tuple[bytes, str, int, int], Sealer] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +100,11 @@ class WrapperState:
             )
         if self.readers is None:
             self.readers = ReaderPool(self.store.path)
+        if self.write_idle is None:
+            self.write_idle = SendWatchdog(
+                self.cfg.server.write_stream_idle_seconds,
+                "ending a write stream that sent nothing in %.0fs",
+            )
 
     def sealer(self, secret: bytes, tenant: str, epoch: int, dim: int) -> Sealer:
         k = (secret, tenant, epoch, dim)
@@ -164,10 +171,13 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             self._refuse(context, what, exc)
 
     def _refuse(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> NoReturn:
-        log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
-        self.state.metrics.refused(what, exc.kind.value)
+        self._count_refusal(context, what, exc)
         context.set_trailing_metadata(refusal_metadata(exc.kind))
         context.abort(GRPC_STATUS[exc.kind], str(exc))
+
+    def _count_refusal(self, context: grpc.ServicerContext, what: str, exc: AuthFailure) -> None:
+        log.warning("%s refused: %s", what, exc, extra={"peer": context.peer(), "kind": exc.kind})
+        self.state.metrics.refused(what, exc.kind.value)
 
     def _still_valid(self, token: bytes) -> bool:
         with self.state.auth_lock:
@@ -402,15 +412,43 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
         for one in request.requests:
             self._authorize_write(one, context)
         out = pb.WriteBatchResponse()
-        for result in self._execute(list(request.requests), context):
-            if isinstance(result, WriteError):
-                out.results.add(
-                    error_kind=result.kind.value,
-                    error_message=str(result),
-                    sqlstate=result.sqlstate or "",
-                )
-            else:
-                out.results.add(response=result)
+        _add_results(out.results, self._execute(list(request.requests), context))
+        return out
+
+    def WriteStream(
+        self, request_iterator: Iterator[pb.WriteStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.WriteStreamResponse]:
+        """Messages of write requests on one call, run in order on this
+        call's thread, each answered before the next is read (see the
+        proto): no hand-off to another thread on a write's path."""
+        assert self.state.write_idle is not None
+        messages = self.state.write_idle.arrivals(request_iterator, context.cancel, context.peer())
+        for message in messages:
+            yield self._stream_message(message, context)
+
+    def _stream_message(
+        self, message: pb.WriteStreamRequest, context: grpc.ServicerContext
+    ) -> pb.WriteStreamResponse:
+        """One WriteStream message's answer: a WriteBatch's results, except
+        that a refusal of the message (its size, or the authentication of any
+        request) is every result's instead of the call's."""
+        out = pb.WriteStreamResponse(call_id=message.call_id)
+        requests = list(message.requests)
+        n = len(requests)
+        if not 1 <= n <= MAX_WRITE_BATCH:
+            detail = f"a write stream message holds 1 to {MAX_WRITE_BATCH} requests, this one {n}"
+            for _ in requests:
+                out.results.add(error_kind=ErrorKind.INVALID.value, error_message=detail)
+            return out
+        for one in requests:
+            refused = self._write_auth_failure(one, context)
+            if refused is not None:
+                what, failure = refused
+                self._count_refusal(context, what, failure)
+                for _ in requests:
+                    out.results.add(error_kind=failure.kind.value, error_message=str(failure))
+                return out
+        _add_results(out.results, self._execute(requests, context))
         return out
 
     def _execute(
@@ -447,21 +485,32 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
     def _authorize_write(self, request: pb.WriteRequest, context: grpc.ServicerContext) -> None:
         """The request's session, and every table it names of that session's
         tenant; the call is refused otherwise."""
-        session = self._session(request, context)
+        refused = self._write_auth_failure(request, context)
+        if refused is not None:
+            self._refuse(context, *refused)
+
+    def _write_auth_failure(
+        self, request: pb.WriteRequest, context: grpc.ServicerContext
+    ) -> tuple[str, AuthFailure] | None:
+        """Why the request may not run, with what was refused ("call": its
+        session, "write": a table of another tenant), or None."""
+        host = peer_host(context.peer())
+        try:
+            with self.state.auth_lock:
+                session = self.state.auth.session(request.session, request.tenant_id, host, request)
+        except AuthFailure as exc:
+            return "call", exc
         for op in request.ops:
             try:
                 owner = self.state.cfg.table(qualify(op.table)).tenant
             except (KeyError, ValueError):
                 continue  # not a configured table: the executor refuses it by name
             if owner != session.tenant:
-                self._refuse(
-                    context,
-                    "write",
-                    AuthFailure(
-                        ErrorKind.WRONG_TENANT,
-                        f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
-                    ),
+                return "write", AuthFailure(
+                    ErrorKind.WRONG_TENANT,
+                    f"table {op.table!r} belongs to another tenant than {session.tenant!r}",
                 )
+        return None
 
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext) -> pb.HealthResponse:
         st = self.state
@@ -502,6 +551,19 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             last_commit_time_us=meta.last_commit_us,
             detail=status.detail,
         )
+
+
+def _add_results(out: Any, results: Sequence[pb.WriteResponse | WriteError]) -> None:
+    """Each write's ack or refusal as a WriteResult, in order."""
+    for result in results:
+        if isinstance(result, WriteError):
+            out.add(
+                error_kind=result.kind.value,
+                error_message=str(result),
+                sqlstate=result.sqlstate or "",
+            )
+        else:
+            out.add(response=result)
 
 
 def _read(path: str, key: str) -> bytes:

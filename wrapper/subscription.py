@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -50,6 +51,7 @@ from prism.wrapper.store import ReaderPool, StoreMeta, StoreReader
 from prism.wrapper.vectorref import resolve_vectors
 
 log = logging.getLogger("prism.wrapper.subscription")
+T = TypeVar("T")
 
 DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS = 1024, 16384
 BOOTSTRAP, CHANGES = "bootstrap", "changes"
@@ -651,8 +653,13 @@ class SendWatchdog:
     resumes from its position.
     """
 
-    def __init__(self, stall_s: float = SEND_STALL_S) -> None:
+    def __init__(
+        self,
+        stall_s: float = SEND_STALL_S,
+        ending: str = "ending a subscription whose driver took no frame in %.0fs",
+    ) -> None:
         self.stall_s = stall_s
+        self.ending = ending  # the log line of a call it ends
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[float, Callable[[], None], str]] = {}
         self._ids = itertools.count()
@@ -677,6 +684,29 @@ class SendWatchdog:
                 self._waiting.pop(call, None)
             frames.close()
 
+    def arrivals(
+        self, messages: Iterator[T], cancel: Callable[[], None], peer: str = ""
+    ) -> Iterator[T]:
+        """`messages` (what a call receives), the call marked as waiting
+        while it waits for the next one: a call that sends nothing for
+        `stall_s` is cancelled (WriteStream's idle limit)."""
+        call = next(self._ids)
+        self._start()
+        try:
+            while True:
+                with self._lock:
+                    self._waiting[call] = (time.monotonic(), cancel, peer)
+                try:
+                    message = next(messages)
+                except StopIteration:
+                    return
+                with self._lock:
+                    self._waiting.pop(call, None)
+                yield message
+        finally:
+            with self._lock:
+                self._waiting.pop(call, None)
+
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
@@ -695,7 +725,7 @@ class SendWatchdog:
                     del self._waiting[k]
             for _, (since, cancel, peer) in stalled:
                 log.warning(
-                    "ending a subscription whose driver took no frame in %.0fs",
+                    self.ending,
                     now - since,
                     extra={"peer": peer},
                 )

@@ -137,6 +137,25 @@ async def test_tenants_see_only_their_tables_and_are_denied_the_others(
     assert "refused" in log and "127.0.0.1" in log
 
 
+def signed_write(login: Any, tenant: str, table: str, key: int, body: str) -> pb.WriteRequest:
+    """A raw WriteRequest for one row of TWO_TENANTS_SCHEMA, signed with `login`."""
+    op = pb.WriteOp(
+        table=table,
+        kind=pb.UPSERT,
+        key=encode_row({"id": key}),
+        data=encode_row({"body": body} if table == "public.notes" else {"title": body}),
+    )
+    return login.signed(
+        pb.WriteRequest(
+            protocol_version=PROTOCOL_VERSION,
+            tenant_id=tenant,
+            ops=[op],
+            session=login.session,
+            request_id=f"r{key}",
+        )
+    )
+
+
 async def test_a_write_batch_is_refused_whole_when_any_request_fails_authorization(
     db: Any, wrapper: Any, tmp_path: Path
 ) -> None:
@@ -148,21 +167,7 @@ async def test_a_write_batch_is_refused_whole_when_any_request_fails_authorizati
     login = proc.hello(files["other"], "other")
 
     def write(table: str, key: int, body: str) -> pb.WriteRequest:
-        op = pb.WriteOp(
-            table=table,
-            kind=pb.UPSERT,
-            key=encode_row({"id": key}),
-            data=encode_row({"body": body} if table == "public.notes" else {"title": body}),
-        )
-        return login.signed(
-            pb.WriteRequest(
-                protocol_version=PROTOCOL_VERSION,
-                tenant_id="other",
-                ops=[op],
-                session=login.session,
-                request_id=f"r{key}",
-            )
-        )
+        return signed_write(login, "other", table, key, body)
 
     with proc.channel() as ch:
         stub = pb_grpc.WrapperServiceStub(ch)
@@ -191,6 +196,47 @@ async def test_a_write_batch_is_refused_whole_when_any_request_fails_authorizati
         assert [r.HasField("response") for r in ok.results] == [True, True]
         first, second = (r.response for r in ok.results)
         assert first.event_id != second.event_id and 0 < first.position <= second.position
+    with db.connect() as c:
+        ids = [r[0] for r in c.execute("SELECT id FROM notes WHERE id > 5 ORDER BY id")]
+        assert ids == [13, 14]
+        assert c.execute("SELECT title FROM items WHERE id = 1").fetchone() == ("item 1",)
+
+
+async def test_a_write_stream_refuses_a_message_whole_and_goes_on(
+    db: Any, wrapper: Any, tmp_path: Path
+) -> None:
+    """WriteStream authenticates every request of a message as Write would:
+    a request for another tenant's table, or one whose MAC does not verify,
+    refuses its whole message (every result carries the kind, none of its
+    requests runs), and the call goes on to answer the next message."""
+    db.execute(TWO_TENANTS_SCHEMA)
+    proc, files = two_tenants(wrapper, tmp_path)
+    login = proc.hello(files["other"], "other")
+
+    def write(table: str, key: int, body: str) -> pb.WriteRequest:
+        return signed_write(login, "other", table, key, body)
+
+    forged = write("public.notes", 11, "forged")
+    forged.mac = b"\0" * 32
+    messages = [
+        pb.WriteStreamRequest(
+            call_id=7, requests=[write("public.notes", 10, "mine"), write("public.items", 1, "x")]
+        ),
+        pb.WriteStreamRequest(call_id=8, requests=[write("public.notes", 12, "x"), forged]),
+        pb.WriteStreamRequest(
+            call_id=9, requests=[write("public.notes", 13, "a"), write("public.notes", 14, "b")]
+        ),
+    ]
+    with proc.channel() as ch:
+        stub = pb_grpc.WrapperServiceStub(ch)
+        answers = {a.call_id: list(a.results) for a in stub.WriteStream(iter(messages), timeout=30)}
+    assert sorted(answers) == [7, 8, 9]
+    assert [r.error_kind for r in answers[7]] == ["wrong-tenant"] * 2
+    assert [r.error_kind for r in answers[8]] == ["bad-mac"] * 2
+    assert "MAC does not verify" in answers[8][0].error_message
+    assert [r.HasField("response") for r in answers[9]] == [True, True]
+    first, second = (r.response for r in answers[9])
+    assert first.event_id != second.event_id and 0 < first.position <= second.position
     with db.connect() as c:
         ids = [r[0] for r in c.execute("SELECT id FROM notes WHERE id > 5 ORDER BY id")]
         assert ids == [13, 14]

@@ -534,3 +534,99 @@ async def test_request_ids_apply_once_after_a_kill9_mid_write(db, wrapper, secre
             counts = dict(c.execute("SELECT id, count(*) FROM applied GROUP BY id").fetchall())
             assert counts == {i: 1 for i in rids}  # each write applied exactly once
             await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_lone_writes_are_messages_on_one_write_stream_call(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """Sequential writes go as messages on one WriteStream call; a refused
+    write comes back typed on it and the call goes on. While a write's
+    message waits on a row lock, other writes go by other calls and finish;
+    its caller may give up, and its answer still comes on the call, so the
+    next write gets its own answer there. After the wrapper restarts, the
+    broken call is not a failed write: the next write goes through."""
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for i in range(5):
+            ack = await driver.write(row_id=i, data={"qty": i}, table="items")
+            assert ack.affected == (1,) and driver.get("items", i)["qty"] == i
+        with pytest.raises(ConstraintViolationError):
+            await driver.write(row_id=9, data={"price": Decimal("-1")}, table="items")
+        await driver.write(row_id=5, data={"qty": 5}, table="items")
+        stream = driver._link._stream
+        assert stream is not None and stream.calls_opened == 1
+
+        blocker = db.connect()
+        blocker.execute("BEGIN")
+        blocker.execute("SELECT * FROM items WHERE id = 0 FOR UPDATE")
+        stuck = asyncio.create_task(driver.write(row_id=0, data={"qty": 100}, table="items"))
+        await _wait_for_backend(db, "wait_event_type = 'Lock'")
+        assert stream.busy
+        for i in (6, 7):
+            ack = await asyncio.wait_for(
+                driver.write(row_id=i, data={"qty": i}, table="items"), timeout=10
+            )
+            assert ack.affected == (1,) and driver.get("items", i)["qty"] == i
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        blocker.execute("COMMIT")
+        blocker.close()
+        ack = await driver.write(row_id=8, data={"qty": 8}, table="items", request_id="r8")
+        with db.connect() as c:
+            (event_id,) = c.execute(
+                "SELECT event_id FROM prism_writes WHERE request_id = 'r8'"
+            ).fetchone()
+        assert ack.event_id == str(event_id) and driver.get("items", 8)["qty"] == 8
+        assert stream.calls_opened == 1 and driver.get("items", 0)["qty"] == 100
+
+        proc.kill9()
+        proc.start()
+        ack = await driver.write(row_id=9, data={"qty": 9}, table="items")
+        assert ack.affected == (1,) and driver.get("items", 9)["qty"] == 9
+        await driver.write(row_id=10, data={"qty": 10}, table="items")  # on a new call
+        assert stream.calls_opened == 2 and driver.get("items", 10)["qty"] == 10
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=20)
+
+
+async def test_an_idle_write_stream_call_is_ended_and_reopened(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """The wrapper ends a WriteStream call that sent nothing for
+    server.write_stream_idle_seconds (it holds a server thread), saying so
+    in its log; the driver's next write opens a new call."""
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES, server={"write_stream_idle_seconds": 1})
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        await driver.write(row_id=1, data={"qty": 1}, table="items")
+        deadline = asyncio.get_running_loop().time() + 15
+        while "ending a write stream that sent nothing" not in proc.log_tail(1 << 20):
+            assert asyncio.get_running_loop().time() < deadline, "the idle call was not ended"
+            await asyncio.sleep(0.2)
+        ack = await driver.write(row_id=2, data={"qty": 2}, table="items")
+        assert ack.affected == (1,) and driver.get("items", 2)["qty"] == 2
+        stream = driver._link._stream
+        assert stream is not None and stream.calls_opened == 2
+
+
+async def test_writes_without_the_write_stream(db, wrapper, secret_file, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A driver that does not use WriteStream (as against a wrapper without
+    it) writes through Write and WriteBatch calls, with the same results."""
+    from prism.driver.link import Link
+
+    monkeypatch.setattr(Link, "write_stream", False)
+    db.execute(SCHEMA)
+    proc = wrapper(TABLES)
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        for i in range(3):
+            ack = await driver.write(row_id=i, data={"qty": i}, table="items")
+            assert ack.affected == (1,) and driver.get("items", i)["qty"] == i
+        acks = await asyncio.gather(
+            *(driver.write(row_id=i, data={"qty": i}, table="items") for i in range(3, 9))
+        )
+        assert all(a.affected == (1,) for a in acks)
+        assert [driver.get("items", i)["qty"] for i in range(9)] == list(range(9))
+        with pytest.raises(ConstraintViolationError):
+            await driver.write(row_id=9, data={"price": Decimal("-1")}, table="items")
+        assert driver._link._stream is None

@@ -225,6 +225,7 @@ ENV_VALUES = {
     "server.auth_failures_per_minute": ("3", 3),
     "server.session_ttl_seconds": ("60", 60.0),
     "server.grace_seconds": ("1.5", 1.5),
+    "server.write_stream_idle_seconds": ("45", 45.0),
     "server.frame_cache_mb": ("128", 128.0),
     "server.frame_spill_mb": ("0", 0.0),
     "server.frame_spill_behind_mb": ("32", 32.0),
