@@ -219,17 +219,21 @@ class Link:
         return self._write_stub_
 
     def _write_request(
-        self, login: Login, ops: list[pb.WriteOp], request_id: str
+        self,
+        login: Login,
+        ops: list[pb.WriteOp],
+        request_id: str,
+        into: pb.WriteRequest | None = None,
     ) -> pb.WriteRequest:
-        return login.signed(
-            pb.WriteRequest(
-                protocol_version=PROTOCOL_VERSION,
-                tenant_id=self.config.tenant_id,
-                ops=ops,
-                request_id=request_id,
-                session=login.hello.session,
-            )
-        )
+        """The signed request of one write, made in `into` when given (a
+        message's own request: no copy of the rows into it)."""
+        request = pb.WriteRequest() if into is None else into
+        request.protocol_version = PROTOCOL_VERSION
+        request.tenant_id = self.config.tenant_id
+        request.ops.extend(ops)
+        request.request_id = request_id
+        request.session = login.hello.session
+        return login.signed(request)
 
     async def write_one(self, ops: list[pb.WriteOp], request_id: str) -> pb.WriteResponse:
         """One write on the current session: a message on the open
@@ -247,10 +251,11 @@ class Link:
         ):
             if self._stream is None:
                 self._stream = WriteStream(stub.WriteStream)
+            message = pb.WriteStreamRequest()
+            self._write_request(login, ops, request_id, message.requests.add())
             try:
                 results = await self._stream.send(
-                    [self._write_request(login, ops, request_id)],
-                    self.config.write_timeout_s + CALL_GRACE_S,
+                    message, self.config.write_timeout_s + CALL_GRACE_S
                 )
             except WriteOutcomeUnknownError as exc:
                 exc.request_id = request_id

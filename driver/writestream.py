@@ -76,11 +76,12 @@ class WriteStream:
         self.calls_opened = 0  # for stats and tests
 
     async def send(
-        self, requests: list[pb.WriteRequest], timeout: float
+        self, message: pb.WriteStreamRequest, timeout: float
     ) -> list[pb.WriteResult] | None:
-        """The results of `requests`, sent as one message; None when the
-        call broke before their answer came (send them another way). Raises
-        WriteOutcomeUnknownError when no answer came within `timeout`."""
+        """The results of the message's requests (its call_id is set here);
+        None when the call broke before their answer came (send them another
+        way). Raises WriteOutcomeUnknownError when no answer came within
+        `timeout`."""
         if self.busy:
             raise RuntimeError("WriteStream.send: a message is already out on the call")
         self.busy = True
@@ -91,15 +92,15 @@ class WriteStream:
         if call is None or call.done():  # (the wrapper ended an idle call, or restarted)
             call = self._call = self._open()
             self.calls_opened += 1
-        call_id = next(self._ids)
+        call_id = message.call_id = next(self._ids)
         deadline = CallDeadline(call, timeout)
         kept = False
         try:
-            await call.write(pb.WriteStreamRequest(call_id=call_id, requests=requests))
+            await call.write(message)
             answer = await call.read()
             if answer is grpc.aio.EOF or answer.call_id != call_id:  # type: ignore[attr-defined]
                 return None
-            if len(answer.results) != len(requests):
+            if len(answer.results) != len(message.requests):
                 return None
             kept = True
             return list(answer.results)

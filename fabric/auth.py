@@ -89,15 +89,28 @@ def session_key(secret: bytes, tenant_id: str, server_nonce: bytes, client_nonce
 def request_mac(key: bytes, request: Message) -> bytes:
     """HMAC-SHA256 over the request's deterministic serialization with its
     `mac` field cleared; the sender sets `mac` to this, the wrapper checks it."""
-    unsigned = type(request)()
-    unsigned.CopyFrom(request)
-    unsigned.ClearField("mac")
-    return hmac.digest(key, unsigned.SerializeToString(deterministic=True), "sha256")
+    if request.mac:  # type: ignore[attr-defined]
+        unsigned = type(request)()
+        unsigned.CopyFrom(request)
+        unsigned.ClearField("mac")
+        request = unsigned
+    # (An unset field is not serialized: a request without one is its own
+    # unsigned form, with no copy of its rows; a write's is kilobytes.)
+    return hmac.digest(key, request.SerializeToString(deterministic=True), "sha256")
 
 
 def mac_matches(key: bytes, request: Message) -> bool:
+    """Whether `request` carries its MAC. Cleared and set back in place for
+    the check (no copy of the request): the caller owns it meanwhile."""
     given: bytes = request.mac  # type: ignore[attr-defined]
-    return len(given) == PROOF_BYTES and hmac.compare_digest(request_mac(key, request), given)
+    if len(given) != PROOF_BYTES:
+        return False
+    request.ClearField("mac")
+    try:
+        expected = request_mac(key, request)
+    finally:
+        request.mac = given  # type: ignore[attr-defined]
+    return hmac.compare_digest(expected, given)
 
 
 def _wrap_key(secret: bytes, tenant_id: str, server_nonce: bytes, client_nonce: bytes) -> bytes:

@@ -94,6 +94,19 @@ _ALONE = b"WITH prism_row AS (%b RETURNING 1) %b RETURNING (SELECT count(*) FROM
 Connection = psycopg.Connection[Any]
 
 
+class WriteConnection(psycopg.Connection[Any]):
+    """A write connection of the pool, which keeps one cursor for lone
+    statements: Connection.execute makes a cursor, and its adapters' map,
+    on every call (a fifth of psycopg's 90 µs a lone write, hot)."""
+
+    _alone: psycopg.Cursor[Any] | None = None
+
+    def alone_cursor(self) -> psycopg.Cursor[Any]:
+        if self._alone is None or self._alone.closed:
+            self._alone = self.cursor()
+        return self._alone
+
+
 @dataclass(frozen=True)
 class Request:
     """One Write call's planned statements, with its marker's identity."""
@@ -164,7 +177,8 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             # Prepared: a table's writes take few shapes, and parsing and
             # planning this statement each time was 0.05-0.08 ms of
             # PostgreSQL's work on every write (benchmark/README.md, "Issue 12").
-            row = conn.execute(statement, params, prepare=True).fetchone()
+            cur = conn.alone_cursor() if isinstance(conn, WriteConnection) else conn.cursor()
+            row = cur.execute(statement, params, prepare=True).fetchone()
         except psycopg.errors.DatatypeMismatch:
             if conn.broken or conn.closed:
                 raise
@@ -500,7 +514,7 @@ class ConnectionPool:
             # too, and psycopg would still count it as prepared: its later
             # executions fail ('prepared statement "_pg3_N" does not exist').
             # A group's statements are few and short to parse.
-            conn = psycopg.connect(
+            conn = WriteConnection.connect(
                 self._dsn, connect_timeout=10, autocommit=True, prepare_threshold=_NEVER_BY_COUNT
             )
             # An acked write is a durable one; and the walsender only sends

@@ -21,6 +21,7 @@ from prism.wrapper.groupcommit import (
     MarkerSQL,
     Outcome,
     Request,
+    WriteConnection,
     run_group,
 )
 from prism.wrapper.writeplan import Planned, WriteError, register_adapters
@@ -180,19 +181,29 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
         + "CREATE TABLE audit (id int);"
         + "CREATE RULE audited AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (OLD.id);"
     )
-    with connect(db) as conn:
+    # A connection of the pool's kind, whose lone statements go through the
+    # cursor it keeps: every statement sent is counted, on either path.
+    with WriteConnection.connect(db.dsn, autocommit=True) as conn:
+        register_adapters(conn)
         statements: list[Any] = []
-        execute = conn.execute
+        execute, cursor = conn.execute, conn.alone_cursor()
 
         def counted(query: Any, params: Any = None, **kw: Any) -> Any:
             statements.append(query)
             return execute(query, params, **kw)
 
+        class Counted:
+            def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+                statements.append(query)
+                return cursor.execute(query, params, **kw)
+
         conn.execute = counted  # type: ignore[method-assign]
+        conn.alone_cursor = Counted  # type: ignore[method-assign, assignment]
         first = run_group(conn, MARKER, [req(upsert(1, qty=3), request_id="a")])[0]
         assert isinstance(first, Outcome) and first.affected == (1,) and not first.replayed
         assert len(statements) == 1 and statements[0].startswith(b"WITH prism_row AS (")
         conn.execute = execute  # type: ignore[method-assign]
+        del conn.alone_cursor
         again = run_group(conn, MARKER, [req(upsert(1, qty=9), request_id="a")])[0]
         assert isinstance(again, Outcome) and again.replayed
         assert again.event_id == first.event_id

@@ -84,7 +84,12 @@ def test_requests_must_carry_the_session_keys_mac() -> None:
     req = pb.SubscribeRequest(tenant_id="acme", session=token, subscription=b"s" * 16)
     assert kind_of(auth.session, token, "acme", HOST, req) == "bad-mac"  # no MAC
     req.mac = handshake.request_mac(key, req)
+    signed = req.SerializeToString()
     assert auth.session(token, "acme", HOST, req).tenant == "acme"
+    # The check clears the MAC in place and sets it back; the MAC of a
+    # signed request is its unsigned form's.
+    assert req.SerializeToString() == signed
+    assert handshake.request_mac(key, req) == req.mac
     req.from_position = 5  # any field changed after signing
     assert kind_of(auth.session, token, "acme", HOST, req) == "bad-mac"
     other_key = handshake.session_key(A_SECRET, "acme", nonce, os.urandom(16))
