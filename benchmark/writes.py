@@ -9,6 +9,11 @@ process with a writable 384-d table, and a PrismDriver. Measured per call:
   wrapper seeing it in the stream;
 * driver.write(..., wait=True): returns once the local replica shows it
   (read-your-writes);
+* the same two, interleaved: rounds of plain upserts (into a table of the
+  same shape that nothing replicates) and wait=True writes alternated, so
+  that both see the same minutes of this shared host (its speed drifts by a
+  third between measurements seconds apart), and their ratio is not the
+  drift's;
 
 and, for the floor of a write through the wrapper, three costs outside
 prism's code measured in the same run: a gRPC round trip to the wrapper
@@ -73,6 +78,14 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- writes:start -->", "<!-- writes:end -->"
 
 
+# The interleaved baseline's table: items' shape, in no publication, so that
+# its upserts cost the wrapper and the driver nothing while they are timed.
+PLAIN_TABLE = "items_plain"
+PLAIN_SCHEMA_SQL = f"CREATE TABLE {PLAIN_TABLE} (LIKE items INCLUDING ALL)"
+PLAIN_UPSERT_SQL = UPSERT_SQL.replace("INSERT INTO items ", f"INSERT INTO {PLAIN_TABLE} ", 1)
+INTERLEAVED_ROUNDS = 10
+
+
 def row(rng: np.random.Generator, i: int) -> dict[str, object]:
     return {
         "title": f"item {i}",
@@ -82,9 +95,43 @@ def row(rng: np.random.Generator, i: int) -> dict[str, object]:
     }
 
 
-def upsert(conn: psycopg.Connection, rng: np.random.Generator, i: int) -> None:  # type: ignore[type-arg]
+def upsert(
+    conn: psycopg.Connection,  # type: ignore[type-arg]
+    rng: np.random.Generator,
+    i: int,
+    sql: str = UPSERT_SQL,
+) -> None:
     r = row(rng, i)
-    conn.execute(UPSERT_SQL, (i, r["title"], r["body"], r["rev"], r["embedding"].tolist()))  # type: ignore[union-attr]
+    conn.execute(sql, (i, r["title"], r["body"], r["rev"], r["embedding"].tolist()))  # type: ignore[union-attr]
+
+
+async def interleaved_ms(
+    dsn: str, driver: PrismDriver, rng: np.random.Generator, calls: int
+) -> dict[str, object]:
+    """`calls` plain upserts and `calls` driver.write(wait=True) of the same
+    rows, alternated in INTERLEAVED_ROUNDS rounds, each timed alone: p50s
+    from the same minutes, and their ratio."""
+    per = max(1, calls // INTERLEAVED_ROUNDS)
+    plain: list[float] = []
+    writes: list[float] = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET synchronous_commit = on")  # as the wrapper's writes do
+        for r in range(INTERLEAVED_ROUNDS):
+            for i in range(r * per, (r + 1) * per):
+                t = time.perf_counter()
+                upsert(conn, rng, i, PLAIN_UPSERT_SQL)
+                plain.append((time.perf_counter() - t) * 1000)
+            for i in range(r * per, (r + 1) * per):
+                t = time.perf_counter()
+                await driver.write(row_id=4_000_000 + i, data=row(rng, i), table=TABLE)
+                writes.append((time.perf_counter() - t) * 1000)
+    p_plain, p_writes = percentiles(plain), percentiles(writes)
+    return {
+        "rounds": INTERLEAVED_ROUNDS,
+        "psycopg_insert_ms": p_plain,
+        "driver_write_wait_true_ms": p_writes,
+        "ratio": p_writes["p50"] / p_plain["p50"],
+    }
 
 
 def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
@@ -226,6 +273,7 @@ async def measure(  # type: ignore[type-arg]
                 lat.append((time.perf_counter() - t) * 1000)
             out[f"driver_write_wait_{str(wait).lower()}_ms"] = percentiles(lat)
             if wait:
+                out["interleaved"] = await interleaved_ms(dsn, driver, rng, calls)
                 cpu_ms["write_app"] = (time.process_time() - app0) * 1000 / calls
                 cpu_ms["write_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
                 cpu_ms["write_wrapper"] = (cpu_seconds(wrapper.pid) - wrapper0) * 1000 / calls
@@ -298,12 +346,28 @@ def report(res: dict) -> str:  # type: ignore[type-arg]
         ),
         f"Targets: wait=True p50 ≤ 2× the plain INSERT "
         f"({2 * base:.2f} ms here); 16 writers ≥ 1,000 writes/s.",
+        *interleaved_lines(res),
         "",
         *floor_lines(res, base),
         *cpu_lines(res),
         END,
     ]
     return "\n".join(lines)
+
+
+def interleaved_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
+    """The interleaved measurement, beside the sequential one above."""
+    il = res.get("interleaved")
+    if not il:
+        return []
+    return [
+        "",
+        f"Interleaved ({il['rounds']} rounds, each {res['calls'] // il['rounds']} plain upserts "
+        "into a table of the same shape that nothing replicates, then as many "
+        f"`write(wait=True)`): plain p50 {il['psycopg_insert_ms']['p50']:.2f} ms, "
+        f"`write(wait=True)` p50 {il['driver_write_wait_true_ms']['p50']:.2f} ms, "
+        f"**{il['ratio']:.2f}×**.",
+    ]
 
 
 def cpu_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
@@ -372,6 +436,7 @@ def main() -> int:
     try:
         with psycopg.connect(pg.dsn, autocommit=True) as c:
             c.execute(SCHEMA_SQL)
+            c.execute(PLAIN_SCHEMA_SQL)
         # Measured before the wrapper runs, so that no other walsender or
         # store shares the machine with them.
         delivery = stream_delivery_ms(pg.dsn, args.calls)
