@@ -32,7 +32,7 @@ import hmac
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, pairwise
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
@@ -263,6 +263,10 @@ def envelope_bytes(sequence: int, subscription: bytes, binding: bytes) -> bytes:
 # -- building ---------------------------------------------------------------
 
 
+# Frames of up to this many rows pack their positions without numpy.
+_FEW_ROWS = 16
+
+
 def _join_prefixed(items: Sequence[bytes]) -> bytes:
     lengths = list(map(len, items))
     if lengths and max(lengths) > 0xFFFFFFFF:
@@ -415,9 +419,21 @@ def _frame_fields(
         if payloads[i]:
             raise FabricError(f"row {i} ({keys[i]}) is a delete but carries a payload")
         start = i + 1
-    pos = np.asarray(positions, dtype=np.uint64)
-    if count > 1 and not bool(np.all(pos[1:] >= pos[:-1])):
-        raise FabricError("frame positions must be non-decreasing")
+    if count > _FEW_ROWS or isinstance(positions, np.ndarray):
+        pos = np.asarray(positions, dtype=np.uint64)
+        if count > 1 and not bool(np.all(pos[1:] >= pos[:-1])):
+            raise FabricError("frame positions must be non-decreasing")
+        positions_block = pos.astype("<u8", copy=False).tobytes()
+    else:
+        # A live frame's few rows: packed directly. A numpy round trip per
+        # block was a fifth of a one-row frame's build, most of it in the
+        # cold caches of a write's path (benchmark/README.md, "Issue 12").
+        if any(b < a for a, b in pairwise(positions)):
+            raise FabricError("frame positions must be non-decreasing")
+        try:
+            positions_block = struct.pack(f"<{count}Q", *positions)
+        except struct.error as exc:
+            raise FabricError(f"frame positions must be 0 to 2**64-1: {exc}") from None
     old_keys_block = _old_keys_block(old_keys, keys, ops) if format_version >= 4 else b""
     if old_keys_block and sealer is None:
         raise FabricError("old keys cannot be framed without a sealer")
@@ -426,7 +442,7 @@ def _frame_fields(
         if vector_mask is not None and bool(np.any(vector_mask)):
             raise FabricError("vector_mask marks rows with vectors but no vectors were given")
         frame_dim = 0
-        mask = np.zeros(count, dtype=np.uint8)
+        mask_block = bytes(count)
         vectors_block = b""
     else:
         if sealer is None:
@@ -436,16 +452,16 @@ def _frame_fields(
             raise FabricError(f"vectors have shape {arr.shape}, expected ({count}, {vector_dim})")
         if sealer.dim != vector_dim:
             raise FabricError(f"sealer dimension {sealer.dim} != vector_dim {vector_dim}")
-        # Vectors already sealed are copied: the mask below zeroes rows in place.
-        sealed = np.array(arr, dtype=np.float32) if vectors_sealed else sealer.seal(arr)
+        sealed = arr if vectors_sealed else sealer.seal(arr)
         if vector_mask is None:
-            mask = np.ones(count, dtype=np.uint8)
+            mask_block = b"\x01" * count
         else:
             m = np.asarray(vector_mask, dtype=bool)
             if m.shape != (count,):
                 raise FabricError(f"vector_mask has shape {m.shape}, expected ({count},)")
-            sealed[~m] = 0.0
-            mask = m.astype(np.uint8)
+            # A copy: the caller's sealed vectors are not zeroed in place.
+            sealed = np.where(m[:, None], sealed, np.float32(0.0))
+            mask_block = m.astype(np.uint8).tobytes()
         frame_dim = vector_dim
         vectors_block = sealed.astype("<f4", copy=False).tobytes()
 
@@ -454,8 +470,6 @@ def _frame_fields(
     except UnicodeEncodeError as exc:
         raise FabricError(f"a key is not valid UTF-8 text: {exc}") from None
     payloads_block = _join_prefixed(payloads)
-    positions_block = pos.astype("<u8", copy=False).tobytes()
-    mask_block = mask.tobytes()
     epoch = sealer.epoch if sealer is not None else 0
     sealed_rows = watermark = aead_nonce = b""
     if sealer is not None:

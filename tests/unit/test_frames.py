@@ -832,6 +832,8 @@ def test_format_version_error_is_not_retriable(version: int) -> None:
         {"ops": b"UUXUU"},
         {"positions": [1, 2, 3]},
         {"positions": [5, 4, 3, 2, 1]},
+        {"positions": np.array([5, 4, 3, 2, 1], dtype=np.uint64)},
+        {"positions": [-1, 2, 3, 4, 5]},
         {"payloads": [b"{}"] * 5},  # a delete with a payload
         {"payloads": [b"{}"]},
         {"vectors": np.zeros((5, DIM + 1), dtype=np.float32)},
@@ -847,6 +849,29 @@ def test_format_version_error_is_not_retriable(version: int) -> None:
 def test_build_rejects_bad_arguments(over: dict[str, Any]) -> None:
     with pytest.raises(FabricError):
         make(5, **over)
+
+
+def test_few_and_many_rows_pack_their_blocks_alike() -> None:
+    """A few rows' positions are packed without numpy, a frame's worth with
+    it: the same bytes either way. Masked rows travel as zeros, and the
+    caller's vectors are left as they were."""
+    vectors = np.random.default_rng(1).standard_normal((5, DIM)).astype(np.float32)
+    given = vectors.copy()
+    listed = make(5, vectors=vectors, positions=[100, 101, 101, 103, 104])
+    arrayed = make(5, vectors=vectors, positions=np.array([100, 101, 101, 103, 104]))
+    assert listed.positions == arrayed.positions
+    assert np.frombuffer(listed.positions, "<u8").tolist() == [100, 101, 101, 103, 104]
+    np.testing.assert_array_equal(vectors, given)
+    d = open_(listed)
+    assert not d.vectors[~d.vector_mask].any() and d.vector_mask.tolist() == [
+        True,
+        True,
+        False,
+        True,
+        True,
+    ]
+    many = make(40, positions=list(range(40)))
+    assert np.frombuffer(many.positions, "<u8").tolist() == list(range(40))
 
 
 def test_a_1000_row_frame_opens_whole() -> None:
