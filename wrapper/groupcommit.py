@@ -75,6 +75,7 @@ from psycopg import sql
 
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errorkinds import ErrorKind
+from prism.wrapper.lonestatement import LoneStatements
 from prism.wrapper.writeplan import Planned, WriteError, map_db_error, register_adapters
 
 log = logging.getLogger("prism.wrapper.writes")
@@ -95,16 +96,15 @@ Connection = psycopg.Connection[Any]
 
 
 class WriteConnection(psycopg.Connection[Any]):
-    """A write connection of the pool, which keeps one cursor for lone
-    statements: Connection.execute makes a cursor, and its adapters' map,
-    on every call (a fifth of psycopg's 90 µs a lone write, hot)."""
+    """A write connection of the pool, with its lone statements prepared
+    and run on libpq directly (wrapper/lonestatement.py)."""
 
-    _alone: psycopg.Cursor[Any] | None = None
+    _lone: LoneStatements | None = None
 
-    def alone_cursor(self) -> psycopg.Cursor[Any]:
-        if self._alone is None or self._alone.closed:
-            self._alone = self.cursor()
-        return self._alone
+    def lone(self) -> LoneStatements:
+        if self._lone is None:
+            self._lone = LoneStatements(self)
+        return self._lone
 
 
 @dataclass(frozen=True)
@@ -177,8 +177,10 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             # Prepared: a table's writes take few shapes, and parsing and
             # planning this statement each time was 0.05-0.08 ms of
             # PostgreSQL's work on every write (benchmark/README.md, "Issue 12").
-            cur = conn.alone_cursor() if isinstance(conn, WriteConnection) else conn.cursor()
-            row = cur.execute(statement, params, prepare=True).fetchone()
+            if isinstance(conn, WriteConnection):
+                row = conn.lone().run(statement, params)
+            else:
+                row = conn.execute(statement, params, prepare=True).fetchone()
         except psycopg.errors.DatatypeMismatch:
             if conn.broken or conn.closed:
                 raise
@@ -186,6 +188,8 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             # inferred when it was prepared; a column that changed type since
             # may not take them. Nothing ran: drop them, and run it as text.
             conn.execute("DEALLOCATE ALL")  # psycopg forgets its own too
+            if isinstance(conn, WriteConnection):
+                conn.lone().forget()
             row = conn.execute(statement, params, prepare=False).fetchone()
     except (psycopg.Error, ValueError, TypeError) as exc:
         if conn.broken or conn.closed:

@@ -181,29 +181,29 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
         + "CREATE TABLE audit (id int);"
         + "CREATE RULE audited AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (OLD.id);"
     )
-    # A connection of the pool's kind, whose lone statements go through the
-    # cursor it keeps: every statement sent is counted, on either path.
+    # A connection of the pool's kind, whose lone statements go to libpq
+    # directly: every statement sent is counted, on either path.
     with WriteConnection.connect(db.dsn, autocommit=True) as conn:
         register_adapters(conn)
         statements: list[Any] = []
-        execute, cursor = conn.execute, conn.alone_cursor()
+        execute, lone = conn.execute, conn.lone()
+        run = lone.run
 
         def counted(query: Any, params: Any = None, **kw: Any) -> Any:
             statements.append(query)
             return execute(query, params, **kw)
 
-        class Counted:
-            def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
-                statements.append(query)
-                return cursor.execute(query, params, **kw)
+        def counted_lone(query: bytes, params: Any) -> Any:
+            statements.append(query)
+            return run(query, params)
 
         conn.execute = counted  # type: ignore[method-assign]
-        conn.alone_cursor = Counted  # type: ignore[method-assign, assignment]
+        lone.run = counted_lone  # type: ignore[method-assign]
         first = run_group(conn, MARKER, [req(upsert(1, qty=3), request_id="a")])[0]
         assert isinstance(first, Outcome) and first.affected == (1,) and not first.replayed
         assert len(statements) == 1 and statements[0].startswith(b"WITH prism_row AS (")
         conn.execute = execute  # type: ignore[method-assign]
-        del conn.alone_cursor
+        del lone.run
         again = run_group(conn, MARKER, [req(upsert(1, qty=9), request_id="a")])[0]
         assert isinstance(again, Outcome) and again.replayed
         assert again.event_id == first.event_id
