@@ -85,18 +85,13 @@ log = logging.getLogger("prism.wrapper.writes")
 # every snapshot in the database gets slower (subxid overflow).
 MAX_GROUP = 32
 _UNIQUE_VIOLATION = "23505"
-# psycopg prepares a statement after this many executions of it (None would
-# turn prepared statements off altogether, prepare=True included).
-_NEVER_BY_COUNT = 1 << 62
 _FEATURE_NOT_SUPPORTED = "0A000"
 # A lone write and its marker (module docstring): the write, then the marker insert.
 _ALONE = b"WITH prism_row AS (%b RETURNING 1) %b RETURNING (SELECT count(*) FROM prism_row)"
 
-Connection = psycopg.Connection[Any]
 
-
-class WriteConnection(psycopg.Connection[Any]):
-    """A write connection of the pool, with its lone statements prepared
+class Connection(psycopg.Connection[Any]):
+    """A write connection (the pool's), with its lone statements prepared
     and run on libpq directly (wrapper/lonestatement.py)."""
 
     _lone: LoneStatements | None = None
@@ -177,20 +172,15 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             # Prepared: a table's writes take few shapes, and parsing and
             # planning this statement each time was 0.05-0.08 ms of
             # PostgreSQL's work on every write (benchmark/README.md, "Issue 12").
-            if isinstance(conn, WriteConnection):
-                row = conn.lone().run(statement, params)
-            else:
-                row = conn.execute(statement, params, prepare=True).fetchone()
+            row = conn.lone().run(statement, params)
         except psycopg.errors.DatatypeMismatch:
             if conn.broken or conn.closed:
                 raise
             # A prepared statement keeps the parameter types PostgreSQL
             # inferred when it was prepared; a column that changed type since
             # may not take them. Nothing ran: drop them, and run it as text.
-            conn.execute("DEALLOCATE ALL")  # psycopg forgets its own too
-            if isinstance(conn, WriteConnection):
-                conn.lone().forget()
-            row = conn.execute(statement, params, prepare=False).fetchone()
+            conn.lone().deallocate_all()
+            row = conn.execute(statement, params).fetchone()
     except (psycopg.Error, ValueError, TypeError) as exc:
         if conn.broken or conn.closed:
             # The statement carried its own commit: it may have run.
@@ -511,15 +501,16 @@ class ConnectionPool:
                 return conn
             conn.close()
         try:
-            # Server-side prepared statements only where asked for (a lone
-            # write's statement, outside pipeline mode), never by count. In
-            # pipeline mode a failing request makes PostgreSQL skip the rest
-            # of the pipeline, the Parse of a statement psycopg was preparing
-            # too, and psycopg would still count it as prepared: its later
-            # executions fail ('prepared statement "_pg3_N" does not exist').
-            # A group's statements are few and short to parse.
-            conn = WriteConnection.connect(
-                self._dsn, connect_timeout=10, autocommit=True, prepare_threshold=_NEVER_BY_COUNT
+            # prepare_threshold=None: psycopg prepares nothing (a lone
+            # write's statement is prepared by LoneStatements, outside
+            # psycopg's books). In pipeline mode a failing request makes
+            # PostgreSQL skip the rest of the pipeline, the Parse of a
+            # statement psycopg was preparing too, and psycopg would still
+            # count it as prepared: its later executions fail ('prepared
+            # statement "_pg3_N" does not exist'). A group's statements are
+            # few and short to parse.
+            conn = Connection.connect(
+                self._dsn, connect_timeout=10, autocommit=True, prepare_threshold=None
             )
             # An acked write is a durable one; and the walsender only sends
             # flushed WAL, so with the server's synchronous_commit = off a

@@ -58,10 +58,6 @@ class LoneStatements:
         self._names: dict[tuple[bytes, tuple[int, ...], tuple[int, ...]], bytes] = {}
         self._ids = itertools.count(1)
 
-    def forget(self) -> None:
-        """The server dropped every prepared statement (DEALLOCATE ALL)."""
-        self._names.clear()
-
     def run(self, query: bytes, params: Sequence[Any]) -> tuple[Any, ...] | None:
         """The first row of `query` with `params` (psycopg placeholders), as
         text, or None when it returned none. Raises psycopg's errors, and
@@ -76,7 +72,7 @@ class LoneStatements:
         name = self._names.get(key)
         if name is None:
             if len(self._names) >= _MAX_SHAPES:
-                self._deallocate_all()
+                self.deallocate_all()
             name = b"prism_lone_%d" % next(self._ids)
             pgconn.send_prepare(name, numbered(query), param_types=types)
             self._results()
@@ -89,7 +85,9 @@ class LoneStatements:
             None if (v := res.get_value(0, i)) is None else v.decode() for i in range(res.nfields)
         )
 
-    def _deallocate_all(self) -> None:
+    def deallocate_all(self) -> None:
+        """Drop every prepared statement of the connection (they are all
+        ours: the pool's connections let psycopg prepare none)."""
         self._conn.pgconn.send_query(b"DEALLOCATE ALL")
         self._results()
         self._names.clear()

@@ -16,12 +16,12 @@ from psycopg import sql
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errorkinds import ErrorKind
 from prism.wrapper.groupcommit import (
+    Connection,
     ConnectionPool,
     GroupCommit,
     MarkerSQL,
     Outcome,
     Request,
-    WriteConnection,
     run_group,
 )
 from prism.wrapper.writeplan import Planned, WriteError, register_adapters
@@ -65,8 +65,9 @@ def req(*planned: Planned, request_id: str | None = None) -> Request:
     return Request(planned, request_id, str(uuid.uuid4()))
 
 
-def connect(db: Any) -> psycopg.Connection[Any]:
-    conn = db.connect()
+def connect(db: Any) -> Connection:
+    """A write connection as the pool makes it."""
+    conn = Connection.connect(db.dsn, autocommit=True, prepare_threshold=None)
     register_adapters(conn)
     return conn
 
@@ -181,10 +182,9 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
         + "CREATE TABLE audit (id int);"
         + "CREATE RULE audited AS ON DELETE TO items DO ALSO INSERT INTO audit VALUES (OLD.id);"
     )
-    # A connection of the pool's kind, whose lone statements go to libpq
-    # directly: every statement sent is counted, on either path.
-    with WriteConnection.connect(db.dsn, autocommit=True) as conn:
-        register_adapters(conn)
+    # Lone statements go to libpq directly: every statement sent is
+    # counted, on either path.
+    with connect(db) as conn:
         statements: list[Any] = []
         execute, lone = conn.execute, conn.lone()
         run = lone.run

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from prism.wrapper import lonestatement
-from prism.wrapper.groupcommit import WriteConnection
+from prism.wrapper.groupcommit import Connection
 from prism.wrapper.lonestatement import numbered
 from prism.wrapper.writeplan import Float4Array, register_adapters
 
@@ -27,8 +27,9 @@ CREATE TABLE t (id bigint PRIMARY KEY, body text, price numeric(10, 2),
 INSERT = b"INSERT INTO t (id, body, price, meta, v, n) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id"
 
 
-def connect(db: Any) -> WriteConnection:
-    conn = WriteConnection.connect(db.dsn, autocommit=True)
+def connect(db: Any) -> Connection:
+    """A write connection as the pool makes it."""
+    conn = Connection.connect(db.dsn, autocommit=True, prepare_threshold=None)
     register_adapters(conn)
     return conn
 
