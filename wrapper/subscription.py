@@ -538,6 +538,24 @@ class Call:
         prebuilds.put(key, staged, frames)
         return frames
 
+    def durable(self, staged: StoreMeta, recent: RecentChanges) -> tuple[Segment, int] | None:
+        """The segment of the commit `staged`, once it is durable and before
+        the store's meta shows it, when one was sealed ahead for this call's
+        position (by this call or another of its scope: prebuild) and is at
+        hand; else None, and the call builds it as before once the meta does.
+        What prebuild would seal, and nothing else: a live call one small
+        segment behind; the rows come from those frames alone, never from
+        `recent`, which holds the commit only after the meta's swap."""
+        start = self.position
+        if (
+            self.prebuilds is None
+            or self.resetting
+            or staged.stream_id != self.stream
+            or not start < staged.head <= start + LARGE_FRAMES * self.scope.max_rows
+        ):
+            return None
+        return self.find(staged, False, start) or self.acquire_recent(staged, start, recent)
+
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
         self.position, self.stream = seg.end, meta.stream_id
@@ -557,7 +575,8 @@ def subscription(
     current: Callable[[], StoreMeta] | None = None,
     recent: RecentChanges | None = None,
     staged: Callable[[], StoreMeta | None] | None = None,
-    wait_committed: Callable[[StoreMeta, float], bool] | None = None,
+    wait_durable: Callable[[StoreMeta, float], bool] | None = None,
+    wait_unstaged: Callable[[StoreMeta, float], bool] | None = None,
     prebuilds: Prebuilds | None = None,
 ) -> Generator[bytes, None, None]:
     """The whole life of one Subscribe call, as the bytes of its frames.
@@ -569,10 +588,13 @@ def subscription(
     that one when the changes it needs are still in `recent` (the store's
     newest committed rows, in the same process).
 
-    `staged` gives the meta of a commit being synced (Store.staged), and
-    `wait_committed` waits for it: with them (and `recent`), a call that is
-    up to date seals the segment of that commit while it syncs (Call.prebuild,
-    shared through `prebuilds`), and sends it once the commit is durable."""
+    `staged` gives the meta of a commit being synced (Store.staged),
+    `wait_durable` waits until it is durable and `wait_unstaged` until it
+    committed or failed: with them (and `recent`), a call that is up to date
+    seals the segment of that commit while it syncs (Call.prebuild, shared
+    through `prebuilds`), and sends it once the commit is durable, before
+    the store's meta shows it (Call.durable)."""
+    ahead = staged is not None and wait_durable is not None and wait_unstaged is not None
     envelope = Envelope(scope, subscription)
     call = Call(scope, cache, readers, stream_id, from_position, prebuilds=prebuilds)
     reader = readers.get()
@@ -604,15 +626,33 @@ def subscription(
                 # the call; the driver never committed any of it.
                 log.info("the stream identity changed during a bootstrap: ending the call")
                 return
+            upcoming = early = None
+            if found is None and ahead:
+                assert staged is not None
+                upcoming = staged()
+                if upcoming is meta:
+                    upcoming = None
+            if upcoming is not None and upcoming.head > call.position:
+                # A commit is being synced: seal its segment meanwhile, and
+                # send nothing of it before it is durable.
+                assert wait_durable is not None
+                if recent is not None and (sealed := call.prebuild(upcoming, recent)):
+                    envelope.ahead(sealed)  # this call's envelope too, meanwhile
+                if wait_durable(upcoming, heartbeat_s):
+                    found = call.durable(upcoming, recent) if recent is not None else None
+                    if found is not None:
+                        meta, want, early = upcoming, (False, call.position), upcoming
+                elif staged is not None and staged() is upcoming:
+                    yield envelope.wrap(heartbeat(scope, reader, current))
+                    continue
+                else:
+                    continue  # the commit failed: nothing of it was sent
             if found is None:
-                upcoming = staged() if staged is not None else None
-                if upcoming is not None and upcoming is not meta and wait_committed is not None:
-                    # A commit is being synced: seal its segment meanwhile,
-                    # and send nothing of it before it is durable.
-                    if recent is not None and (sealed := call.prebuild(upcoming, recent)):
-                        envelope.ahead(sealed)  # this call's envelope too, meanwhile
-                    durable = wait_committed(upcoming, heartbeat_s)
-                    if not durable and staged is not None and staged() is upcoming:
+                if upcoming is not None:
+                    # Durable (and sent, or not at hand): wait for the meta
+                    # to show it, else this loop would find it staged again.
+                    assert wait_unstaged is not None
+                    if not wait_unstaged(upcoming, heartbeat_s):
                         yield envelope.wrap(heartbeat(scope, reader, current))
                     continue
                 # Sleep until the store commits past what this state showed.
@@ -626,6 +666,16 @@ def subscription(
                 return  # the call ended while waiting for frames
             assert want is not None
             call.sent(seg, want[0], meta)
+            if early is not None:
+                # Sent before the store's meta shows it: until it does, this
+                # call is past the meta's head, which wanted() would take
+                # for a position the store never reached. No heartbeat
+                # meanwhile: it would carry that older head. (A store broken
+                # after the sync stays so until restarted, which rolls the
+                # commit forward; this call waits for its driver to leave.)
+                assert wait_unstaged is not None
+                while not wait_unstaged(early, heartbeat_s) and is_active():
+                    pass
     finally:
         readers.put(reader)
 

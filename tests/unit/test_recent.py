@@ -252,7 +252,7 @@ def test_a_staged_commit_that_fails_is_never_answered(tmp_path: Path) -> None:
         (failed,) = staged
         assert failed is not None and store.staged is None
         assert store.meta.head == start
-        assert store.wait_committed(failed, 0.01) is False  # type: ignore[arg-type]
+        assert store.wait_durable(failed, 0.01) is False  # type: ignore[arg-type]
         assert store.recent.staged_window(store.meta.stream_id, start, TABLES) is None
         commit(store, [("b", 8, True, None)])
         got = store.recent.window(store.meta.stream_id, start, store.meta.head, TABLES)

@@ -7,6 +7,7 @@ to the store."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
+from prism.wrapper.errors import StoreError
 from prism.wrapper.framecache import FrameCache, SharedFrame
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
 from prism.wrapper.subscription import (
@@ -139,7 +141,8 @@ class Driver:
             recent=store.recent if fast else None,
             # as the server passes them: segments sealed while a commit syncs
             staged=(lambda: store.staged) if prebuilds is not None else None,
-            wait_committed=store.wait_committed if prebuilds is not None else None,
+            wait_durable=store.wait_durable if prebuilds is not None else None,
+            wait_unstaged=store.wait_unstaged if prebuilds is not None else None,
             prebuilds=prebuilds,
         )
 
@@ -513,6 +516,127 @@ def test_a_commit_whose_sync_fails_is_never_sent(durable: Store) -> None:
     assert d.rows() == stored(store)
     assert d.rows()["t"][encode_key([1])] == "kept"
     d.call.close()
+
+
+class _HeldCommit:
+    """Stands in for the store's SQLite connection and holds its COMMIT, the
+    step after the row log's sync, until released (or fails it instead),
+    noting what the drivers had been sent by then."""
+
+    def __init__(self, store: Store, drivers: list[Driver]) -> None:
+        self.conn = store._conn
+        self.drivers = drivers
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.fail = False
+        self.positions_while_held: list[int] = []
+        self.head_while_held = -1
+        self.store = store
+        store._conn = self  # type: ignore[assignment]
+
+    def execute(self, sql: str, *args: object) -> object:
+        if sql == "COMMIT" and not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+            self.positions_while_held = [d.follower.position for d in self.drivers]
+            self.head_while_held = self.store.meta.head
+            if self.fail:
+                raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+
+def test_a_durable_commit_is_sent_before_the_store_shows_it(durable: Store) -> None:
+    """Once the row log's sync returns the commit is durable (its commit
+    record is rolled forward after a crash), so the segment sealed meanwhile
+    goes out then, while SQLite's COMMIT is still to come; the call then
+    waits for the store's meta and goes on from there, never taking its
+    own position for one the store never reached (no bootstrap)."""
+    store = durable
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    drivers = [Driver(store, cache, prebuilds=prebuilds) for _ in range(2)]
+    for d in drivers:
+        d.catch_up()
+    before = store.meta.head
+    held = _HeldCommit(store, drivers)
+    writer = threading.Thread(
+        target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
+    )
+    followers = [threading.Thread(target=d.catch_up, args=(before + 3,)) for d in drivers]
+    for t in followers:
+        t.start()
+    writer.start()
+    assert held.entered.wait(10)
+    # The sealing call has the commit's frames before SQLite's COMMIT (the
+    # other call may share them, or take the segment after the COMMIT).
+    _until(lambda: max(d.follower.position for d in drivers) == before + 3)
+    held.release.set()
+    writer.join(10)
+    for t in followers:
+        t.join(10)
+    assert held.head_while_held == before
+    assert max(held.positions_while_held) == before + 3
+    assert store.meta.head == before + 3
+    # The calls go on at the store's next commits as at any other.
+    write(store, {("t", 5): "c5"}, set())
+    for d in drivers:
+        d.catch_up()
+        assert not d.follower.resetting and d.follower.position == before + 4
+        assert d.rows() == stored(store)
+        assert d.rows()["t"][encode_key([1])] == "b1"
+        d.call.close()
+
+
+def test_a_commit_that_fails_after_its_sync_breaks_the_store_and_rolls_forward(
+    durable: Store,
+) -> None:
+    """A failure after the sync cannot take back frames sent at it: the
+    store serves nothing more (no rollback), and the next open reads the
+    commit back from its row log, the rows the driver was sent."""
+    store = durable
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    d = Driver(store, cache, prebuilds=prebuilds)
+    d.catch_up()
+    before = store.meta.head
+    held = _HeldCommit(store, [d])
+    held.fail = True
+    failed: list[BaseException] = []
+
+    def failing_write() -> None:
+        try:
+            write(store, {("t", 1): "b1", ("t", 2): "b2"}, set())
+        except BaseException as exc:
+            failed.append(exc)
+
+    follower = threading.Thread(target=d.catch_up, args=(before + 2,))
+    follower.start()
+    writer = threading.Thread(target=failing_write)
+    writer.start()
+    assert held.entered.wait(10)
+    _until(lambda: d.follower.position == before + 2)
+    held.release.set()
+    writer.join(10)
+    follower.join(10)
+    assert failed and d.follower.position == before + 2
+    with pytest.raises(StoreError, match="restart prism-wrapper"):
+        write(store, {("t", 9): "never"}, set())
+    d.active = False
+    store._conn = held.conn  # type: ignore[assignment]
+    path = store.path
+    store.close()
+    reopened = Store(path, "full")
+    try:
+        assert reopened.meta.head == before + 2
+        assert d.rows() == stored(reopened)
+        assert d.rows()["t"][encode_key([2])] == "b2"
+    finally:
+        reopened.close()
 
 
 def test_frames_wrapped_ahead_are_used_only_if_they_come_next_in_order() -> None:
