@@ -583,6 +583,11 @@ class Store:
                     synced = not txn.sqlite_durable
                     if synced:
                         self._announce_synced(txn.meta)
+                        if txn.written:
+                            # Durable: the Write calls may answer now too, or
+                            # their drivers would wait for the answer after
+                            # the frame that goes out now.
+                            self.write_positions.publish(txn.written)
                 elif txn.rows:
                     rowlog.unsynced = True
                 with rowlog.commit_lock:
@@ -644,7 +649,7 @@ class Store:
             self.synced = None
             self._synced.notify_all()
         # After the subscribers: a waiting writer wants its frame as well.
-        if txn.written:
+        if txn.written and not synced:
             self.write_positions.publish(txn.written)
         c = self._compaction
         if c is not None and not c.running:
