@@ -66,7 +66,7 @@ import queue
 import select
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -109,6 +109,9 @@ class Request:
     planned: Sequence[Planned]
     request_id: str | None
     event_id: str
+    # Run while a lone request's statement is in the database (its thread
+    # waits then anyway): work for after the commit, made ahead. Must not raise.
+    meanwhile: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _run_alone(conn: Connection, marker: MarkerSQL, request: Request) -> Result:
             # Prepared: a table's writes take few shapes, and parsing and
             # planning this statement each time was 0.05-0.08 ms of
             # PostgreSQL's work on every write (benchmark/README.md, "Issue 12").
-            row = conn.lone().run(statement, params)
+            row = conn.lone().run(statement, params, request.meanwhile)
         except psycopg.errors.DatatypeMismatch:
             if conn.broken or conn.closed:
                 raise

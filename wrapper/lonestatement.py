@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import re
 import select
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -58,11 +58,17 @@ class LoneStatements:
         self._names: dict[tuple[bytes, tuple[int, ...], tuple[int, ...]], bytes] = {}
         self._ids = itertools.count(1)
 
-    def run(self, query: bytes, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    def run(
+        self,
+        query: bytes,
+        params: Sequence[Any],
+        meanwhile: Callable[[], None] | None = None,
+    ) -> tuple[Any, ...] | None:
         """The first row of `query` with `params` (psycopg placeholders), as
-        text, or None when it returned none. Raises psycopg's errors, and
-        ValueError or TypeError for a value that cannot be sent (as psycopg
-        would)."""
+        text, or None when it returned none; `meanwhile` runs once the
+        statement is sent, before its result is awaited. Raises psycopg's
+        errors, and ValueError or TypeError for a value that cannot be sent
+        (as psycopg would)."""
         tx = self._tx
         dumped = tx.dump_sequence(params, [PyFormat.AUTO] * len(params))
         types = tuple(tx.types or ())
@@ -78,6 +84,9 @@ class LoneStatements:
             self._results()
             self._names[key] = name
         pgconn.send_query_prepared(name, dumped, param_formats=formats)
+        if meanwhile is not None:
+            pgconn.flush()  # on its way first: what runs now overlaps the database's work
+            meanwhile()
         (res,) = self._results()
         if res.ntuples == 0:
             return None

@@ -350,6 +350,7 @@ class WrapperServicer(pb_grpc.WrapperServiceServicer):
             max_rows=frame_rows(request.max_frame_rows),
             frame_format=frame_format,
             matrices=st.matrices(tables),
+            presealed=st.writes.presealed if st.writes is not None else None,
         )
         log.info(
             "subscriber",

@@ -46,6 +46,7 @@ from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.frames import bind_frame, envelope_bytes, shared_frame_bytes
 from prism.fabric.sealing import Sealer
 from prism.wrapper.framecache import FrameCache, Segment, SharedFrame, StartKey
+from prism.wrapper.preseal import Presealed
 from prism.wrapper.recent import RecentChanges, RowTuple
 from prism.wrapper.store import ReaderPool, StoreMeta, StoreReader
 from prism.wrapper.vectorref import resolve_vectors
@@ -87,6 +88,10 @@ class ServeScope:
     # Per table with vectors, its projection matrix (source_dim, dim): the
     # store may hold a row's source vector by reference (wrapper/vectorref.py).
     matrices: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Products of written rows' vectors made while their statement ran
+    # (wrapper/preseal.py); this scope's frames take them and register the
+    # matrices they seal with.
+    presealed: Presealed | None = None
 
     @property
     def key(self) -> tuple[str, bytes, int, int]:
@@ -222,7 +227,9 @@ class SegmentBuilder:
             # vector in the payload, projected and sealed here in one
             # multiplication (wrapper/vectorref.py).
             matrix = self.scope.matrices.get(table)
-            vectors, full = resolve_vectors(blobs, vecs, dim, matrix, sealer)
+            vectors, full = resolve_vectors(
+                blobs, vecs, dim, matrix, sealer, self.scope.presealed, table
+            )
             mask = None if full.all() else full
         wire, watermark = shared_frame_bytes(
             sealer=sealer,

@@ -33,6 +33,7 @@ import numpy as np
 
 from prism.fabric.payload import EXT_F4
 from prism.fabric.sealing import Sealer
+from prism.wrapper.preseal import Presealed
 
 _vecref: ModuleType | None
 try:  # the native resolver (_vecref.c); optional: split_py does the same
@@ -43,6 +44,7 @@ except ImportError:  # pragma: no cover - only where the extension did not build
 REF_TAG = b"\x00"
 _REF = struct.Struct("<II")
 REF_BYTES = 1 + _REF.size  # 9
+_AHEAD_ROWS = 16  # a frame of up to this many rows looks for products made ahead (writes)
 _PREFIX = 16  # bytes of a source vector searched for before the whole is compared
 
 
@@ -126,6 +128,8 @@ def resolve_vectors(
     dim: int,
     matrix: np.ndarray | None,
     sealer: Sealer | None = None,
+    presealed: Presealed | None = None,
+    table: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, mask) of a frame's rows from what the store holds: the
     projected float32 (n, dim) vectors, zeros where mask is False.
@@ -134,7 +138,9 @@ def resolve_vectors(
     no references (a reference then raises VectorRefError). With
     ``sealer``, the vectors come sealed by it, and a reference's source
     vector takes one multiplication, by the projection and the seal at once
-    (Sealer.sealing)."""
+    (Sealer.sealing); with ``presealed`` too, a few rows' products come from
+    there when a write made them ahead (prism.wrapper.preseal), and frames of
+    ``table`` register the matrix they are sealed with."""
     n = len(stored)
     if matrix is not None and matrix.shape[1] != dim:
         raise VectorRefError(f"projection to {matrix.shape[1]} dimensions, frames carry {dim}")
@@ -156,7 +162,13 @@ def resolve_vectors(
                 f"{len(refs)} x {matrix.shape[0]}"
             )
         into = matrix if sealer is None else sealer.sealing(matrix)
-        projected = source.reshape(len(refs), matrix.shape[0]) @ into
+        projected = None
+        if presealed is not None and sealer is not None:
+            presealed.used(table, into)
+            if len(refs) <= _AHEAD_ROWS:
+                projected = _made_ahead(presealed, into, bytes(src), len(refs))
+        if projected is None:
+            projected = source.reshape(len(refs), matrix.shape[0]) @ into
         if len(refs) == n:
             # Every row by reference (the usual frame): the product is the
             # frame's vectors, with no zeroed array to copy it into.
@@ -169,6 +181,15 @@ def resolve_vectors(
         given = given.reshape(len(plain), dim)
         vectors[plain] = given if sealer is None else sealer.seal(given)
     return vectors, mask
+
+
+def _made_ahead(presealed: Presealed, into: np.ndarray, src: bytes, n: int) -> np.ndarray | None:
+    """The n rows' products by `into`, if every one was made ahead."""
+    size = len(src) // n
+    rows = [presealed.take(into, src[i * size : (i + 1) * size]) for i in range(n)]
+    if any(r is None for r in rows):
+        return None
+    return rows[0].reshape(1, -1) if n == 1 else np.stack(rows)  # type: ignore[arg-type]
 
 
 def split_py(

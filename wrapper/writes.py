@@ -29,9 +29,10 @@ from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.sealing import random_nonce
 from prism.wrapper.config import WrapperConfig
 from prism.wrapper.groupcommit import ConnectionPool, GroupCommit, MarkerSQL, Outcome, Request
+from prism.wrapper.preseal import Presealed
 from prism.wrapper.store import MARKER_PURGE_EVERY_S, Store, StoreReader
 from prism.wrapper.tables import TableShape
-from prism.wrapper.writeplan import WriteError, plan
+from prism.wrapper.writeplan import Float4Array, Planned, WriteError, plan
 
 log = logging.getLogger("prism.wrapper.writes")
 
@@ -67,6 +68,9 @@ class WriteExecutor:
         self._last_purge = time.monotonic()
         writable = [t.name for t in cfg.tables if t.writable]
         self._default_table = writable[0] if len(writable) == 1 else ""
+        # Written vectors sealed while their statement runs, for the frames
+        # that carry them (wrapper/preseal.py; the server's scopes take them).
+        self.presealed = Presealed()
 
     def execute_many(
         self, requests: Sequence[pb.WriteRequest], wait_s: float = 30.0
@@ -130,7 +134,30 @@ class WriteExecutor:
         # Registered before the transaction runs: its marker may come back
         # through the stream before the database's answer does.
         waiting = self.store.write_positions.expect(event_id)
-        return Request(planned, request.request_id or None, event_id), waiting
+        return Request(planned, request.request_id or None, event_id, self._ahead(planned)), waiting
+
+    def _ahead(self, planned: Sequence[Planned]) -> Callable[[], None] | None:
+        """What to do while a lone write's statement runs: seal its vectors
+        for the frames to come (wrapper/preseal.py), for tables whose frames
+        have been sealed; None when there is nothing to make."""
+        presealed = self.presealed
+        made = [
+            (p.table, [v.values for v in p.params if isinstance(v, Float4Array)])
+            for p in planned
+            if presealed.wanted(p.table)
+        ]
+        made = [(table, vectors) for table, vectors in made if vectors]
+        if not made:
+            return None
+
+        def make() -> None:
+            try:
+                for table, vectors in made:
+                    presealed.make(table, vectors)
+            except Exception:  # a product is only ever a shortcut: the frame makes its own
+                log.exception("sealing a written vector ahead failed")
+
+        return make
 
     def _run_many(self, requests: list[Request]) -> list[Outcome | WriteError]:
         first = self._groups.submit_many(requests)
@@ -204,7 +231,12 @@ class WriteExecutor:
 
     def counters(self) -> dict[str, int]:
         """For Health: requests run, and the transactions they shared."""
-        return {"write_requests": self._groups.requests, "write_groups": self._groups.groups}
+        return {
+            "write_requests": self._groups.requests,
+            "write_groups": self._groups.groups,
+            "write_vectors_sealed_ahead": self.presealed.made,
+            "write_vectors_sealed_ahead_used": self.presealed.taken,
+        }
 
     def close(self) -> None:
         self._pool.close()

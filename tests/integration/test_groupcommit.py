@@ -193,9 +193,9 @@ def test_a_lone_upsert_or_delete_runs_as_one_statement_with_the_same_outcomes(db
             statements.append(query)
             return execute(query, params, **kw)
 
-        def counted_lone(query: bytes, params: Any) -> Any:
+        def counted_lone(query: bytes, params: Any, meanwhile: Any = None) -> Any:
             statements.append(query)
-            return run(query, params)
+            return run(query, params, meanwhile)
 
         conn.execute = counted  # type: ignore[method-assign]
         lone.run = counted_lone  # type: ignore[method-assign]

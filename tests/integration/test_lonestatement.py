@@ -107,3 +107,29 @@ def test_shapes_past_the_limit_start_over(db: Any, monkeypatch: pytest.MonkeyPat
             query = INSERT.replace(b"RETURNING id", b"RETURNING id + %d" % i)
             assert conn.lone().run(query, [i, "x", None, None, None, None]) == (str(i + i),)
         assert 1 <= len([n for n in prepared(conn) if n.startswith("prism_lone_")]) <= 3
+
+
+def test_meanwhile_runs_while_the_statement_is_in_the_database(db: Any) -> None:
+    """`meanwhile` runs once the statement is on its way and before its
+    result is read: PostgreSQL is seen running it from another connection."""
+    db.execute(SCHEMA)
+    seen: list[str] = []
+    with connect(db) as conn, db.connect() as other:
+        pid = conn.info.backend_pid
+
+        def meanwhile() -> None:
+            for _ in range(200):
+                row = other.execute(
+                    "SELECT state, query FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                if row is not None and row[0] == "active":
+                    seen.append(row[1])
+                    return
+
+        got = conn.lone().run(
+            b"INSERT INTO t (id, body) SELECT %s, %s FROM pg_sleep(0.3) RETURNING id",
+            [7, "slow"],
+            meanwhile,
+        )
+        assert got == ("7",)
+        assert len(seen) == 1 and "pg_sleep" in seen[0], seen

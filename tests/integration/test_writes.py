@@ -491,6 +491,52 @@ async def test_grouped_writes_fail_alone(db, wrapper, secret_file) -> None:  # t
             await wait_consistent(driver, c, KEYS, timeout=20)
 
 
+async def test_a_written_vector_is_sealed_ahead(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
+    """A lone write's vector is multiplied by the table's sealing matrix
+    while its statement runs in PostgreSQL (wrapper/preseal.py), and the
+    frame that carries the row takes that product: queries find each row
+    as if its frame had sealed it. A row the database changed on the way (a
+    trigger replacing its vector) misses, and its frame seals what the
+    database stored."""
+    db.execute(
+        SCHEMA
+        + """
+        CREATE FUNCTION swap_embedding() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.title = 'swap' THEN NEW.embedding := '{0,0,0,1}'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER swap BEFORE INSERT OR UPDATE ON items
+            FOR EACH ROW EXECUTE FUNCTION swap_embedding();
+        """
+    )
+    proc = wrapper(TABLES)
+    rng = np.random.default_rng(7)
+    vectors = {i: rng.standard_normal(4).astype(np.float32) for i in range(1, 9)}
+    async with driver_for(proc, secret_file) as driver:
+        await driver.wait_ready(timeout=30)
+        before = proc.health().counters
+        for i, v in vectors.items():
+            await driver.write(row_id=i, data={"title": f"t{i}", "embedding": v}, table="items")
+        after = proc.health().counters
+        made = after["write_vectors_sealed_ahead"] - before["write_vectors_sealed_ahead"]
+        used = after["write_vectors_sealed_ahead_used"] - before["write_vectors_sealed_ahead_used"]
+        # The first write's frame registers the matrix; each later one's is made ahead.
+        assert made >= len(vectors) - 1 and used >= len(vectors) - 1, (made, used)
+        for i, v in vectors.items():
+            (top,) = await driver.query(embedding=v, top_k=1, table="items")
+            assert top.row_id == i and top.score == pytest.approx(1.0, abs=1e-4), (i, top)
+        swapped = {"title": "swap", "embedding": vectors[1]}
+        await driver.write(row_id=20, data=swapped, table="items")
+        assert list(driver.get("items", 20)["embedding"]) == [0.0, 0.0, 0.0, 1.0]
+        (top,) = await driver.query(embedding=[0, 0, 0, 1], top_k=1, table="items")
+        assert top.row_id == 20 and top.score == pytest.approx(1.0, abs=1e-4), top
+        same = await driver.query(embedding=vectors[1], top_k=2, table="items")
+        assert same[0].row_id == 1 and all(m.row_id != 20 or m.score < 0.99 for m in same), same
+        with db.connect() as c:
+            await wait_consistent(driver, c, KEYS, timeout=20)
+
+
 async def test_request_ids_apply_once_after_a_kill9_mid_write(db, wrapper, secret_file) -> None:  # type: ignore[no-untyped-def]
     db.execute(
         SCHEMA

@@ -202,3 +202,75 @@ def test_vectors_are_checked_for_non_finite_and_zero_rows(dtype: str) -> None:
     neg_zero = np.full((1, DIM), -0.0, dtype=dtype)  # all zeros, sign or not
     got = check_vectors(neg_zero)
     assert got is not None and got[1].tolist() == [False]
+
+
+def test_products_made_ahead_are_taken_once_by_the_frame_that_carries_them() -> None:
+    """A write's vector multiplied ahead (prism.wrapper.preseal) is what the
+    frame would have computed; it is found only by the same matrix and the
+    exact source bytes, taken once, and only when every row has one."""
+    from prism.fabric.keys import derive_epoch_keys
+    from prism.fabric.sealing import Sealer
+    from prism.wrapper.preseal import Presealed
+
+    sealer = Sealer(derive_epoch_keys(b"s" * 32, "acme", 2), DIM)
+    ahead = Presealed()
+    vecs = [_vec(i) for i in range(3)]
+    payloads = [_row(i, v) for i, v in enumerate(vecs)]
+    refs, _ = refer(payloads, [v.tobytes() for v in vecs])
+    want, _ = resolve_vectors(payloads, refs, DIM, PROJ.matrix, sealer)
+    ahead.make("t", vecs)  # nothing yet: no frame of "t" was sealed
+    assert ahead.made == 0 and not ahead.wanted("t")
+    resolve_vectors(payloads[:1], refs[:1], DIM, PROJ.matrix, sealer, ahead, "t")
+    assert ahead.wanted("t") and not ahead.wanted("other")
+    # Products to tell apart from the frame's own: the frame returns these.
+    into = sealer.sealing(PROJ.matrix)
+    ahead.make("t", vecs[:2])
+    assert ahead.made == 2
+    got, mask = resolve_vectors(payloads[:2], refs[:2], DIM, PROJ.matrix, sealer, ahead, "t")
+    assert ahead.taken == 2 and mask.all()
+    np.testing.assert_allclose(got, want[:2], rtol=1e-5, atol=1e-6)
+    assert ahead.take(into, vecs[0].tobytes()) is None  # taken once
+    # One row without a product: the frame computes them all.
+    ahead.make("t", vecs[:1])
+    got, _ = resolve_vectors(payloads[:2], refs[:2], DIM, PROJ.matrix, sealer, ahead, "t")
+    np.testing.assert_allclose(got, want[:2], rtol=1e-5, atol=1e-6)
+    # Another source vector (a trigger changed it), or another matrix: no match.
+    ahead.make("t", [vecs[2] + np.float32(1)])
+    assert ahead.take(into, vecs[2].tobytes()) is None
+    other = Sealer(derive_epoch_keys(b"s" * 32, "acme", 3), DIM).sealing(PROJ.matrix)
+    ahead.make("t", vecs[2:])
+    assert ahead.take(other, vecs[2].tobytes()) is None
+    hit = ahead.take(into, vecs[2].tobytes())
+    assert hit is not None
+    np.testing.assert_allclose(hit, want[2], rtol=1e-5, atol=1e-6)
+
+
+def test_products_made_ahead_are_bounded_and_follow_the_newest_matrices() -> None:
+    from prism.wrapper.preseal import MATRICES_PER_TABLE, Presealed
+
+    ahead = Presealed()
+    rng = np.random.default_rng(1)
+    matrices = [rng.standard_normal((SRC_DIM, DIM)).astype(np.float32) for _ in range(6)]
+    for m in matrices:
+        ahead.used("t", m)
+    vec = _vec(9)
+    ahead.make("t", [vec])
+    # Only the matrices used last make products.
+    assert ahead.made == MATRICES_PER_TABLE
+    assert ahead.take(matrices[0], vec.tobytes()) is None
+    assert ahead.take(matrices[-1], vec.tobytes()) is not None
+    # At most `held` products wait; the oldest go first.
+    ahead = Presealed(held=3)
+    ahead.used("t", matrices[0])
+    vs = [_vec(20 + i) for i in range(5)]
+    ahead.make("t", vs)
+    assert [ahead.take(matrices[0], v.tobytes()) is not None for v in vs] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+    ]
+    # A vector of another length than the matrix takes is skipped.
+    ahead.make("t", [np.zeros(SRC_DIM + 1, np.float32)])
+    assert ahead.made == 5
