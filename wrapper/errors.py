@@ -46,8 +46,10 @@ class StoreError(WrapperError):
 
 class StoreFullError(StoreError):
     """The store's file system is full. The store transaction that hit it was
-    rolled back whole, so nothing is lost and nothing was acknowledged past
-    what is stored; the pipeline waits for space and resumes by itself."""
+    rolled back whole (or, when only SQLite's part failed after the row log
+    had made it durable, it stands and SQLite gets that part with the next
+    transaction), so nothing is lost and nothing was acknowledged past what
+    is stored; the pipeline waits for space and resumes by itself."""
 
     retriable = True
 

@@ -28,7 +28,7 @@ and a lock, no I/O.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -96,14 +96,18 @@ class Presealed:
                 del held[next(iter(held))]
             self.made += len(made)
 
-    def take(self, into: np.ndarray, source: bytes) -> np.ndarray | None:
-        """The product of the float32 vector `source` by `into`, if one was
-        made ahead (once), else None."""
+    def take(self, into: np.ndarray, sources: Sequence[bytes]) -> list[np.ndarray] | None:
+        """The products of the float32 vectors `sources` by `into`, if every
+        one was made ahead (each taken once), else None (and none taken)."""
         if not self._held:
             return None
+        key = id(into)
         with self._lock:
-            hit = self._held.pop((id(into), source), None)
-            if hit is None or hit[0] is not into:
+            held = self._held
+            hits = [held.get((key, s)) for s in sources]
+            if any(h is None or h[0] is not into for h in hits):
                 return None
-            self.taken += 1
-            return hit[1]
+            for s in sources:
+                del held[(key, s)]
+            self.taken += len(hits)
+            return [h[1] for h in hits]  # type: ignore[index]  # (checked above)

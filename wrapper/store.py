@@ -384,6 +384,10 @@ class Store:
         # the commit's notify_all on `changed` wakes every call once already.
         self.synced: StoreMeta | None = None
         self._synced = threading.Condition()
+        # Commit records of transactions durable by their row log's sync
+        # whose SQLite COMMIT then failed (a full disk): SQLite gets their
+        # part (meta, write markers) with the next transaction (_catch_up).
+        self._owed: list[bytes] = []
 
     # -- format -----------------------------------------------------------
     def _open_format(self) -> None:
@@ -507,20 +511,8 @@ class Store:
         """Write into SQLite what the commit records past its end hold (the
         meta and write markers of transactions whose SQLite commit a power
         loss took, after their row log was synced)."""
-        items: dict[str, str] = {}
-        markers: list[tuple[str, str | None, int, int]] = []
-        for body in rowlog.recovered:
-            meta_items, marks = marshal.loads(body)
-            items.update(meta_items)
-            markers.extend(marks)
-        items["log_end"] = str(rowlog.end)
         with self._open_txn():
-            self._set_meta(list(items.items()))
-            self._conn.executemany(
-                "INSERT INTO writes (event_id, request_id, position, stored_us) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                markers,
-            )
+            self._catch_up(rowlog.recovered, rowlog.end)
         log.warning(
             "store %s: %d transactions that SQLite lost (a power loss?) were read back from "
             "its row log",
@@ -528,6 +520,40 @@ class Store:
             len(rowlog.recovered),
         )
         rowlog.recovered = []
+
+    def _catch_up(self, bodies: Sequence[bytes], log_end: int) -> None:
+        """Write into SQLite, in the open transaction, what these commit
+        records hold (meta, write markers), the row log ending at `log_end`."""
+        items: dict[str, str] = {}
+        markers: list[tuple[str, str | None, int, int]] = []
+        for body in bodies:
+            meta_items, marks = marshal.loads(body)
+            items.update(meta_items)
+            markers.extend(marks)
+        items["log_end"] = str(log_end)
+        self._set_meta(list(items.items()))
+        self._conn.executemany(
+            "INSERT INTO writes (event_id, request_id, position, stored_us) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
+            markers,
+        )
+
+    def _commit_lost(self, txn: StoreTxn, exc: sqlite3.Error) -> None:
+        """SQLite's COMMIT failed after the row log's sync made the
+        transaction durable (its frames may be out, and its writes are
+        answered: see _announce_synced). It stands: SQLite's part is rolled
+        back here and owed, written with the next transaction (or read back
+        from the row log at the next open, as after a power loss)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
+        assert txn.commit_body is not None  # synced: the record was appended
+        self._owed.append(txn.commit_body)
+        log.warning(
+            "store %s: SQLite's commit failed after the row log made the transaction durable "
+            "(%s); it stands, and SQLite gets its part with the next transaction",
+            self.path,
+            exc,
+        )
 
     # -- transactions -----------------------------------------------------
     @contextlib.contextmanager
@@ -564,8 +590,11 @@ class Store:
         txn = StoreTxn(self, before)
         rowlog = self.log
         committed = synced = False
+        owed = list(self._owed)
         try:
             try:
+                if owed:
+                    self._catch_up(owed, rowlog.end)
                 yield txn
                 fsync = durable and self._fsync
                 if fsync and not txn.sqlite_durable:
@@ -591,7 +620,15 @@ class Store:
                 elif txn.rows:
                     rowlog.unsynced = True
                 with rowlog.commit_lock:
-                    self._conn.execute("COMMIT")
+                    try:
+                        self._conn.execute("COMMIT")
+                    except sqlite3.Error as exc:
+                        if not synced:
+                            raise
+                        self._commit_lost(txn, exc)
+                    else:
+                        if owed:
+                            del self._owed[: len(owed)]
                     committed = True
                     if txn.new_log is not None:
                         rowlog.switch(txn.new_log, 0, None)
@@ -638,16 +675,18 @@ class Store:
         else:
             self.recent.forget()
         self._meta = after
-        if self._checkpointer is None:
-            self._checkpointer = _Checkpointer(self.path, self._synchronous)
-        # Each commit writes at least the meta's page to SQLite's WAL.
-        self._checkpointer.committed(txn.nbytes + 4096)
-        with self.changed:
-            self.staged = None
-            self.changed.notify_all()
-        with self._synced:  # a commit staged but not durable by its sync alone
-            self.synced = None
-            self._synced.notify_all()
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self.path, self._synchronous)
+            # Each commit writes at least the meta's page to SQLite's WAL.
+            self._checkpointer.committed(txn.nbytes + 4096)
+        finally:  # the meta shows the commit: nobody may wait on it as staged
+            with self.changed:
+                self.staged = None
+                self.changed.notify_all()
+            with self._synced:  # a commit staged but not durable by its sync alone
+                self.synced = None
+                self._synced.notify_all()
         # After the subscribers: a waiting writer wants its frame as well.
         if txn.written and not synced:
             self.write_positions.publish(txn.written)
@@ -958,6 +997,7 @@ class StoreTxn:
         self.sqlite_durable = False
         self.markers: list[tuple[str, str | None, int, int]] = []
         self._has_commit_record = False
+        self.commit_body: bytes | None = None  # the commit record's body, once appended
         self.after_commit: list[Callable[[], None]] = []  # under the log's commit lock
         # (table, row) of every write, for Store.recent; live changes only
         # (the initial copy's segments are read from the store).
@@ -1102,6 +1142,7 @@ class StoreTxn:
         as the row log's commit record: the log's sync makes it durable."""
         meta = _replace(self.meta, head=self._head)
         body = marshal.dumps((_meta_items(meta), self.markers))
+        self.commit_body = body
         rec = encode_commit(self._head, self._stored_us, body)
         self.log_end = self._log.append(self.log_end, rec)
         self._has_commit_record = True

@@ -134,12 +134,14 @@ class Prebuilds:
                 self.sealed += 1
 
     def take(self, key: StartKey, meta: StoreMeta) -> list[SharedFrame] | None:
-        """The frames sealed ahead for segment `key` at the committed `meta`, once."""
+        """The frames sealed ahead for segment `key` of the commit `meta`
+        (durable, perhaps not yet the store's meta), once. The entry stays,
+        empty, so that no other call claims that segment again meanwhile."""
         with self._lock:
             held = self._held.get(key)
             if held is None or held[0] is not meta or held[1] is None:
                 return None
-            del self._held[key]
+            self._held[key] = (meta, None)
             self.used += 1
             return held[1]
 
@@ -551,8 +553,9 @@ class Call:
         position (by this call or another of its scope: prebuild) and is at
         hand; else None, and the call builds it as before once the meta does.
         What prebuild would seal, and nothing else: a live call one small
-        segment behind; the rows come from those frames alone, never from
-        `recent`, which holds the commit only after the meta's swap."""
+        segment behind; the rows come from those frames (or the segment
+        another call made of them), since `recent` holds the commit only
+        after the meta's swap."""
         start = self.position
         if (
             self.prebuilds is None
@@ -562,6 +565,16 @@ class Call:
         ):
             return None
         return self.find(staged, False, start) or self.acquire_recent(staged, start, recent)
+
+    def sent_early(self, meta: StoreMeta, staged: StoreMeta) -> bool:
+        """Whether this call's position lies past the committed `meta` but
+        within the commit `staged`: when that is durable (Store.synced), its
+        frames went out before the meta's swap (durable())."""
+        return (
+            not self.resetting
+            and self.stream == meta.stream_id == staged.stream_id
+            and meta.head < self.position <= staged.head
+        )
 
     def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
         """The whole segment went out."""
@@ -611,6 +624,25 @@ def subscription(
             try:
                 if current is not None:
                     meta = current()
+                    if ahead and call.position > meta.head:
+                        assert staged is not None and wait_durable is not None
+                        assert wait_unstaged is not None
+                        upcoming = staged()
+                        if (
+                            upcoming is not None
+                            and call.sent_early(meta, upcoming)
+                            and wait_durable(upcoming, 0)
+                        ):
+                            # Sent (by this call, or the driver by its last
+                            # one) once durable, before the meta shows it:
+                            # wanted() would take this position for one the
+                            # store never reached. Wait for the meta; beat at
+                            # the durable head meanwhile (the meta's is older).
+                            if not wait_unstaged(upcoming, heartbeat_s) and is_active():
+                                yield envelope.wrap(
+                                    SegmentBuilder(scope, None, upcoming, scope.epoch()).heartbeat()
+                                )
+                            continue
                     want = call.wanted(meta)
                     if want is not None:
                         found = call.find(meta, *want)
@@ -633,7 +665,7 @@ def subscription(
                 # the call; the driver never committed any of it.
                 log.info("the stream identity changed during a bootstrap: ending the call")
                 return
-            upcoming = early = None
+            upcoming = None
             if found is None and ahead:
                 assert staged is not None
                 upcoming = staged()
@@ -648,7 +680,7 @@ def subscription(
                 if wait_durable(upcoming, heartbeat_s):
                     found = call.durable(upcoming, recent) if recent is not None else None
                     if found is not None:
-                        meta, want, early = upcoming, (False, call.position), upcoming
+                        meta, want = upcoming, (False, call.position)
                 elif staged is not None and staged() is upcoming:
                     yield envelope.wrap(heartbeat(scope, reader, current))
                     continue
@@ -673,16 +705,6 @@ def subscription(
                 return  # the call ended while waiting for frames
             assert want is not None
             call.sent(seg, want[0], meta)
-            if early is not None:
-                # Sent before the store's meta shows it: until it does, this
-                # call is past the meta's head, which wanted() would take
-                # for a position the store never reached. No heartbeat
-                # meanwhile: it would carry that older head. (A store broken
-                # after the sync stays so until restarted, which rolls the
-                # commit forward; this call waits for its driver to leave.)
-                assert wait_unstaged is not None
-                while not wait_unstaged(early, heartbeat_s) and is_active():
-                    pass
     finally:
         readers.put(reader)
 

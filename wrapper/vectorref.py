@@ -186,10 +186,10 @@ def resolve_vectors(
 def _made_ahead(presealed: Presealed, into: np.ndarray, src: bytes, n: int) -> np.ndarray | None:
     """The n rows' products by `into`, if every one was made ahead."""
     size = len(src) // n
-    rows = [presealed.take(into, src[i * size : (i + 1) * size]) for i in range(n)]
-    if any(r is None for r in rows):
+    rows = presealed.take(into, [src[i * size : (i + 1) * size] for i in range(n)])
+    if rows is None:
         return None
-    return rows[0].reshape(1, -1) if n == 1 else np.stack(rows)  # type: ignore[arg-type]
+    return rows[0].reshape(1, -1) if n == 1 else np.stack(rows)
 
 
 def split_py(

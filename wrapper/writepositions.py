@@ -2,8 +2,9 @@
 
 A Write call is answered with the store position at which its marker row
 came back through the replication stream. The store publishes the markers
-of each commit here, right after the commit (so a position is only ever
-handed out once it is durable); a Write call registers for its event id
+of each commit here once it is durable (at the row log's sync, or right
+after the commit for one that SQLite makes durable), so a position is only
+ever handed out for a durable commit; a Write call registers for its event id
 before its database transaction starts, so a marker that comes back
 before the call looks is never missed, and it is woken by its own marker
 alone: no poll, and no waking of every waiting call on every store commit.

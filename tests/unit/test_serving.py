@@ -7,6 +7,7 @@ to the store."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -26,7 +27,6 @@ from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
-from prism.wrapper.errors import StoreError
 from prism.wrapper.framecache import FrameCache, SharedFrame
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
 from prism.wrapper.subscription import (
@@ -591,12 +591,51 @@ def test_a_durable_commit_is_sent_before_the_store_shows_it(durable: Store) -> N
         d.call.close()
 
 
-def test_a_commit_that_fails_after_its_sync_breaks_the_store_and_rolls_forward(
-    durable: Store,
-) -> None:
-    """A failure after the sync cannot take back frames sent at it: the
-    store serves nothing more (no rollback), and the next open reads the
-    commit back from its row log, the rows the driver was sent."""
+def test_a_driver_back_within_a_commit_sent_early_is_not_bootstrapped(durable: Store) -> None:
+    """A driver that had a commit's frames at its sync, and calls again
+    before the store's meta shows it, is past that meta's head, which
+    would otherwise read as a position the store never reached: it is sent
+    heartbeats at the durable head until the meta shows it, then goes on."""
+    store = durable
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    first = Driver(store, cache, prebuilds=prebuilds)
+    first.catch_up()
+    before = store.meta.head
+    held = _HeldCommit(store, [first])
+    follower = threading.Thread(target=first.catch_up, args=(before + 1,))
+    follower.start()
+    writer = threading.Thread(target=write, args=(store, {("t", 1): "b1"}, set()))
+    writer.start()
+    assert held.entered.wait(10)
+    follower.join(10)
+    assert first.follower.position == before + 1 and store.meta.head == before
+    first.call.close()
+    again = Driver(
+        store,
+        cache,
+        stream=first.follower.stream_id,
+        position=first.follower.position,
+        prebuilds=prebuilds,
+    )
+    kinds = [again.receive(next(again.call)) for _ in range(2)]
+    assert kinds == [pb.HEARTBEAT, pb.HEARTBEAT]
+    assert not again.follower.resetting and again.follower.head == before + 1
+    held.release.set()
+    writer.join(10)
+    write(store, {("t", 2): "c2"}, set())
+    again.catch_up()
+    assert not again.follower.resetting and again.follower.position == before + 2
+    assert again.rows()["t"] == {encode_key([2]): "c2"}  # (it never had the rest)
+    again.call.close()
+
+
+def test_a_commit_whose_sqlite_part_fails_after_its_sync_stands(durable: Store) -> None:
+    """A failure of SQLite's COMMIT after the sync (a full disk) cannot take
+    back frames sent at the sync: the transaction stands, durable in the row
+    log. SQLite gets its part (meta, write markers) with the next
+    transaction, or from the row log at the next open if none comes."""
     store = durable
     write(store, {("t", i): f"a{i}" for i in range(4)}, set())
     done(store)
@@ -606,37 +645,53 @@ def test_a_commit_that_fails_after_its_sync_breaks_the_store_and_rolls_forward(
     before = store.meta.head
     held = _HeldCommit(store, [d])
     held.fail = True
-    failed: list[BaseException] = []
 
-    def failing_write() -> None:
-        try:
-            write(store, {("t", 1): "b1", ("t", 2): "b2"}, set())
-        except BaseException as exc:
-            failed.append(exc)
+    def marked_write() -> None:
+        with store.transaction() as txn:
+            for i in (1, 2):
+                vec = np.full(DIM, i + 1, dtype="<f4").tobytes()
+                txn.upsert("t", encode_key([i]), encode_row({"id": i, "v": f"b{i}"}), vec, now_us())
+            txn.record_write("event-1", "request-1", txn.head)
+            txn.set_source_position(77)
 
     follower = threading.Thread(target=d.catch_up, args=(before + 2,))
     follower.start()
-    writer = threading.Thread(target=failing_write)
+    writer = threading.Thread(target=marked_write)
     writer.start()
     assert held.entered.wait(10)
     _until(lambda: d.follower.position == before + 2)
     held.release.set()
     writer.join(10)
     follower.join(10)
-    assert failed and d.follower.position == before + 2
-    with pytest.raises(StoreError, match="restart prism-wrapper"):
-        write(store, {("t", 9): "never"}, set())
-    d.active = False
+    assert not writer.is_alive() and d.follower.position == before + 2
+    # It stands: the store serves it, though SQLite holds the state before it.
+    assert store.meta.head == before + 2 and store.meta.source_position == 77
+    assert d.rows() == stored(store) and d.rows()["t"][encode_key([2])] == "b2"
+    with StoreReader(store.path).snapshot() as sqlite_meta:
+        assert sqlite_meta.head == before
+    # A crash now: the next open reads it back from the row log.
     store._conn = held.conn  # type: ignore[assignment]
-    path = store.path
-    store.close()
-    reopened = Store(path, "full")
+    copy = store.path.parent / "copy"
+    copy.mkdir()
+    for f in store.path.parent.iterdir():
+        if f.is_file():
+            shutil.copy2(f, copy / f.name)
+    crashed = Store(copy / store.path.name, "full")
     try:
-        assert reopened.meta.head == before + 2
-        assert d.rows() == stored(reopened)
-        assert d.rows()["t"][encode_key([2])] == "b2"
+        assert crashed.meta == store.meta
+        assert StoreReader(crashed.path).write_position("event-1") == before + 2
     finally:
-        reopened.close()
+        crashed.close()
+    # No crash: the next transaction writes SQLite's part with its own.
+    write(store, {("t", 3): "c3"}, set())
+    d.catch_up()
+    assert d.rows() == stored(store) and d.follower.position == before + 3
+    reader = StoreReader(store.path)
+    assert reader.write_position("event-1") == before + 2
+    with reader.snapshot() as sqlite_meta:
+        assert sqlite_meta == store.meta and sqlite_meta.source_position == 77
+    reader.close()
+    d.call.close()
 
 
 def test_frames_wrapped_ahead_are_used_only_if_they_come_next_in_order() -> None:

@@ -229,20 +229,22 @@ def test_products_made_ahead_are_taken_once_by_the_frame_that_carries_them() -> 
     got, mask = resolve_vectors(payloads[:2], refs[:2], DIM, PROJ.matrix, sealer, ahead, "t")
     assert ahead.taken == 2 and mask.all()
     np.testing.assert_allclose(got, want[:2], rtol=1e-5, atol=1e-6)
-    assert ahead.take(into, vecs[0].tobytes()) is None  # taken once
-    # One row without a product: the frame computes them all.
+    assert ahead.take(into, [vecs[0].tobytes()]) is None  # taken once
+    # One row without a product: the frame computes them all, and takes none.
     ahead.make("t", vecs[:1])
     got, _ = resolve_vectors(payloads[:2], refs[:2], DIM, PROJ.matrix, sealer, ahead, "t")
     np.testing.assert_allclose(got, want[:2], rtol=1e-5, atol=1e-6)
+    assert ahead.taken == 2
+    assert ahead.take(into, [vecs[0].tobytes()]) is not None
     # Another source vector (a trigger changed it), or another matrix: no match.
     ahead.make("t", [vecs[2] + np.float32(1)])
-    assert ahead.take(into, vecs[2].tobytes()) is None
+    assert ahead.take(into, [vecs[2].tobytes()]) is None
     other = Sealer(derive_epoch_keys(b"s" * 32, "acme", 3), DIM).sealing(PROJ.matrix)
     ahead.make("t", vecs[2:])
-    assert ahead.take(other, vecs[2].tobytes()) is None
-    hit = ahead.take(into, vecs[2].tobytes())
+    assert ahead.take(other, [vecs[2].tobytes()]) is None
+    hit = ahead.take(into, [vecs[2].tobytes()])
     assert hit is not None
-    np.testing.assert_allclose(hit, want[2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hit[0], want[2], rtol=1e-5, atol=1e-6)
 
 
 def test_products_made_ahead_are_bounded_and_follow_the_newest_matrices() -> None:
@@ -257,14 +259,14 @@ def test_products_made_ahead_are_bounded_and_follow_the_newest_matrices() -> Non
     ahead.make("t", [vec])
     # Only the matrices used last make products.
     assert ahead.made == MATRICES_PER_TABLE
-    assert ahead.take(matrices[0], vec.tobytes()) is None
-    assert ahead.take(matrices[-1], vec.tobytes()) is not None
+    assert ahead.take(matrices[0], [vec.tobytes()]) is None
+    assert ahead.take(matrices[-1], [vec.tobytes()]) is not None
     # At most `held` products wait; the oldest go first.
     ahead = Presealed(held=3)
     ahead.used("t", matrices[0])
     vs = [_vec(20 + i) for i in range(5)]
     ahead.make("t", vs)
-    assert [ahead.take(matrices[0], v.tobytes()) is not None for v in vs] == [
+    assert [ahead.take(matrices[0], [v.tobytes()]) is not None for v in vs] == [
         False,
         False,
         True,
