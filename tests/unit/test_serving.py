@@ -417,6 +417,19 @@ def _until(ready: Callable[[], bool], timeout: float = 2.0) -> None:
         time.sleep(0.01)
 
 
+def _following(store: Store, n: int) -> tuple[FrameCache, Prebuilds, list[Driver], int]:
+    """A store of a few rows after its copy, and `n` drivers caught up with
+    it through one frame cache and one Prebuilds: (cache, prebuilds,
+    drivers, the store's head)."""
+    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
+    done(store)
+    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
+    drivers = [Driver(store, cache, prebuilds=prebuilds) for _ in range(n)]
+    for d in drivers:
+        d.catch_up()
+    return cache, prebuilds, drivers, store.meta.head
+
+
 class _HeldSync:
     """Holds the store's row-log sync until released, counting what the
     drivers had been sent meanwhile; can make the next sync fail instead."""
@@ -477,12 +490,7 @@ def test_a_commit_is_sealed_while_it_syncs_and_sent_once_durable(durable: Store)
 
 def test_a_commit_whose_sync_fails_is_never_sent(durable: Store) -> None:
     store = durable
-    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
-    done(store)
-    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
-    d = Driver(store, cache, prebuilds=prebuilds)
-    d.catch_up()
-    before = store.meta.head
+    _, prebuilds, (d,), before = _following(store, 1)
     held = _HeldSync(store, [d])
     held.fail = True
     failed: list[BaseException] = []
@@ -597,12 +605,7 @@ def test_a_driver_back_within_a_commit_sent_early_is_not_bootstrapped(durable: S
     would otherwise read as a position the store never reached: it is sent
     heartbeats at the durable head until the meta shows it, then goes on."""
     store = durable
-    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
-    done(store)
-    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
-    first = Driver(store, cache, prebuilds=prebuilds)
-    first.catch_up()
-    before = store.meta.head
+    cache, prebuilds, (first,), before = _following(store, 1)
     held = _HeldCommit(store, [first])
     follower = threading.Thread(target=first.catch_up, args=(before + 1,))
     follower.start()
@@ -637,12 +640,7 @@ def test_a_commit_whose_sqlite_part_fails_after_its_sync_stands(durable: Store) 
     log. SQLite gets its part (meta, write markers) with the next
     transaction, or from the row log at the next open if none comes."""
     store = durable
-    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
-    done(store)
-    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
-    d = Driver(store, cache, prebuilds=prebuilds)
-    d.catch_up()
-    before = store.meta.head
+    _, _, (d,), before = _following(store, 1)
     held = _HeldCommit(store, [d])
     held.fail = True
 
