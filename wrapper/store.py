@@ -716,10 +716,11 @@ class Store:
 
     def _announce_synced(self, meta: StoreMeta) -> None:
         """The staged commit `meta` is durable: its synced commit record
-        survives a crash from here on (the next open rolls it forward), and a
-        failure after it breaks the store rather than rolling it back. So its
-        frames, sealed meanwhile, may go out before SQLite's COMMIT and the
-        meta's swap, the last ~0.1 ms of the writer's commit, are done."""
+        survives a crash from here on (the next open rolls it forward), and
+        nothing after it rolls it back (a failed SQLite COMMIT leaves its part
+        owed, _commit_lost; anything else breaks the store). So its frames,
+        sealed meanwhile, may go out before SQLite's COMMIT and the meta's
+        swap, the last ~0.1 ms of the writer's commit, are done."""
         if self.staged is not meta:
             return
         with self._synced:
@@ -996,7 +997,6 @@ class StoreTxn:
         # by syncing SQLite's WAL; else by the row log's commit record.
         self.sqlite_durable = False
         self.markers: list[tuple[str, str | None, int, int]] = []
-        self._has_commit_record = False
         self.commit_body: bytes | None = None  # the commit record's body, once appended
         self.after_commit: list[Callable[[], None]] = []  # under the log's commit lock
         # (table, row) of every write, for Store.recent; live changes only
@@ -1145,7 +1145,6 @@ class StoreTxn:
         self.commit_body = body
         rec = encode_commit(self._head, self._stored_us, body)
         self.log_end = self._log.append(self.log_end, rec)
-        self._has_commit_record = True
 
     def set_table_columns(self, table: str, columns_json: str) -> None:
         self.sqlite_durable = True
@@ -1181,7 +1180,7 @@ class StoreTxn:
         # committed meta (read_meta's defaults stand for missing keys).
         before = _meta_items(self._store._meta)
         items = [(k, v) for k, v in _meta_items(self.meta).items() if before[k] != v]
-        if self.rows or self._has_commit_record:
+        if self.rows or self.commit_body is not None:
             items.append(("log_end", str(self.log_end)))
         self._store._set_meta(items)
 

@@ -29,6 +29,7 @@ and sends a heartbeat only when nothing was committed for heartbeat_s.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -753,14 +754,9 @@ class SendWatchdog:
         self._start()
         try:
             for frame in frames:
-                with self._lock:
-                    self._waiting[call] = (time.monotonic(), cancel, peer)
-                yield frame
-                with self._lock:
-                    self._waiting.pop(call, None)
+                with self._waiting_on(call, cancel, peer):
+                    yield frame
         finally:
-            with self._lock:
-                self._waiting.pop(call, None)
             frames.close()
 
     def arrivals(
@@ -771,17 +767,22 @@ class SendWatchdog:
         `stall_s` is cancelled (WriteStream's idle limit)."""
         call = next(self._ids)
         self._start()
-        try:
-            while True:
-                with self._lock:
-                    self._waiting[call] = (time.monotonic(), cancel, peer)
+        while True:
+            with self._waiting_on(call, cancel, peer):
                 try:
                     message = next(messages)
                 except StopIteration:
                     return
-                with self._lock:
-                    self._waiting.pop(call, None)
-                yield message
+            yield message
+
+    @contextlib.contextmanager
+    def _waiting_on(self, call: int, cancel: Callable[[], None], peer: str) -> Iterator[None]:
+        """The call is waiting (on gRPC) until the block ends; cancelled if
+        that lasts past `stall_s`."""
+        with self._lock:
+            self._waiting[call] = (time.monotonic(), cancel, peer)
+        try:
+            yield
         finally:
             with self._lock:
                 self._waiting.pop(call, None)

@@ -454,13 +454,7 @@ class _HeldSync:
 
 def test_a_commit_is_sealed_while_it_syncs_and_sent_once_durable(durable: Store) -> None:
     store = durable
-    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
-    done(store)
-    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
-    drivers = [Driver(store, cache, prebuilds=prebuilds) for _ in range(3)]
-    for d in drivers:
-        d.catch_up()
-    before = store.meta.head
+    _, prebuilds, drivers, before = _following(store, 3)
     held = _HeldSync(store, drivers)
     writer = threading.Thread(
         target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
@@ -563,13 +557,7 @@ def test_a_durable_commit_is_sent_before_the_store_shows_it(durable: Store) -> N
     waits for the store's meta and goes on from there, never taking its
     own position for one the store never reached (no bootstrap)."""
     store = durable
-    write(store, {("t", i): f"a{i}" for i in range(4)}, set())
-    done(store)
-    cache, prebuilds = FrameCache(1 << 20), Prebuilds()
-    drivers = [Driver(store, cache, prebuilds=prebuilds) for _ in range(2)]
-    for d in drivers:
-        d.catch_up()
-    before = store.meta.head
+    _, _, drivers, before = _following(store, 2)
     held = _HeldCommit(store, drivers)
     writer = threading.Thread(
         target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
