@@ -273,10 +273,12 @@ async def measure(  # type: ignore[type-arg]
                 lat.append((time.perf_counter() - t) * 1000)
             out[f"driver_write_wait_{str(wait).lower()}_ms"] = percentiles(lat)
             if wait:
-                out["interleaved"] = await interleaved_ms(dsn, driver, rng, calls)
+                # Read before the interleaved rounds: they make as many
+                # writes again, and plain upserts, which these are not per.
                 cpu_ms["write_app"] = (time.process_time() - app0) * 1000 / calls
                 cpu_ms["write_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
                 cpu_ms["write_wrapper"] = (cpu_seconds(wrapper.pid) - wrapper0) * 1000 / calls
+                out["interleaved"] = await interleaved_ms(dsn, driver, rng, calls)
         # CPU per call, all threads of each process: the app's (the driver
         # runs in it), PostgreSQL's (its backends and walsenders) and the
         # wrapper's. Sequential calls on 2 cores: what one process spends
