@@ -77,6 +77,18 @@ def render(r: dict[str, Any], source: str) -> str:
                 else ""
             ),
         )
+    cpu = sync.get("cpu", {})
+    if cpu.get("wrapper_faults") or cpu.get("driver_faults"):
+        # The VM's price of new memory moves these runs most (README, "Issue 12").
+        add(
+            "  ↳ the kernel's part: system CPU for page faults and file writes",
+            f"wrapper {_n(cpu.get('wrapper_system_s'), 1)} s of {_n(cpu.get('wrapper_cpu_s'), 1)}"
+            f", driver {_n(cpu.get('driver_system_s'), 1)} s of {_n(cpu.get('driver_cpu_s'), 1)}",
+            "",
+            f"{_n(cpu.get('wrapper_faults'))} and {_n(cpu.get('driver_faults'))} page faults, "
+            f"{_n(cpu.get('wrapper_system_us_per_fault'), 1)} and "
+            f"{_n(cpu.get('driver_system_us_per_fault'), 1)} µs of system CPU each",
+        )
     live = r.get("cdc_live", {})
     recv = r.get("recvlogical", {})
     # The live ratio is against pg_recvlogical following the same writer live

@@ -62,6 +62,7 @@ from common import (  # noqa: E402
     driver_tls,
     fresh_memory_cost,
     load_table,
+    minor_faults,
     percentiles,
     pg_version,
     settle_index,
@@ -121,14 +122,17 @@ class ApplyHook:
         driver._sub._apply = wrapped  # type: ignore[method-assign]
 
 
-CpuSnap = tuple[float, tuple[float, float], tuple[float, float]]
+CpuSnap = tuple[float, tuple[float, float], tuple[float, float], tuple[int, int]]
 
 
 def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> CpuSnap:
-    """(wall, wrapper (user, system) CPU s, this process's (user, system));
-    a wrapper started inside the phase counts from 0."""
-    w = (0.0, 0.0) if fresh_wrapper or not ctx.wrapper.alive() else cpu_split(ctx.wrapper.pid)
-    return time.monotonic(), w, cpu_split(os.getpid())
+    """(wall, wrapper (user, system) CPU s, this process's (user, system),
+    (wrapper, this process) page faults); a wrapper started inside the phase
+    counts from 0."""
+    fresh = fresh_wrapper or not ctx.wrapper.alive()
+    w = (0.0, 0.0) if fresh else cpu_split(ctx.wrapper.pid)
+    faults = (0 if fresh else minor_faults(ctx.wrapper.pid), minor_faults(os.getpid()))
+    return time.monotonic(), w, cpu_split(os.getpid()), faults
 
 
 def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
@@ -142,6 +146,8 @@ def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
     du, ds = cpu_split(os.getpid())
     w = (wu - snap[1][0]) + (ws - snap[1][1])
     d = (du - snap[2][0]) + (ds - snap[2][1])
+    wf = minor_faults(ctx.wrapper.pid) - snap[3][0] if ctx.wrapper.alive() else 0
+    df = minor_faults(os.getpid()) - snap[3][1]
     return {
         "wall_s": wall,
         "wrapper_cpu_s": w,
@@ -150,6 +156,12 @@ def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
         "driver_cpu_s": d,
         "driver_cores": d / wall if wall else 0.0,
         "driver_system_s": ds - snap[2][1],
+        # The kernel's CPU a fault, an upper bound (system time also pays
+        # for file writes): the VM's price of new memory during the phase.
+        "wrapper_faults": wf,
+        "wrapper_system_us_per_fault": (ws - snap[1][1]) * 1e6 / wf if wf else nan,
+        "driver_faults": df,
+        "driver_system_us_per_fault": (ds - snap[2][1]) * 1e6 / df if df else nan,
     }
 
 
@@ -380,9 +392,13 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
         "phases": phases,
         "store_bytes": store_bytes,
     }
+    cpu = ctx.results["initial_sync"]["cpu"]
     log(
         f"initial sync: {got} rows in {secs:.1f}s = {got / secs:,.0f} rows/s; phases "
         + ", ".join(f"{k}={v:.1f}" for k, v in phases.items())
+        + f"; wrapper {cpu['wrapper_cpu_s']:.1f} CPU s, {cpu['wrapper_system_s']:.1f} of them "
+        f"system for {cpu['wrapper_faults']:,} page faults; driver {cpu['driver_cpu_s']:.1f}, "
+        f"{cpu['driver_system_s']:.1f} system for {cpu['driver_faults']:,}"
     )
     if got != rows:
         raise AssertionError(f"driver shows {got} rows, table has {rows}")
