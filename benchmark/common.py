@@ -428,6 +428,14 @@ def minor_faults(pid: int) -> int:
         return 0
 
 
+def steal_seconds() -> float:
+    """CPU seconds the hypervisor gave other guests while this VM's CPUs had
+    work (/proc/stat's steal, all CPUs): a phase slowed by the host shows it."""
+    with open("/proc/stat") as fh:
+        fields = fh.readline().split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a live process has used (/proc/<pid>/stat)."""
     return sum(cpu_split(pid))

@@ -88,6 +88,20 @@ TARGETS = (
         "{:,.0f}",
     ),
     Target(
+        "a 3rd driver, right after the 2nd, rows/s",
+        "report",
+        lambda r: nested(r, "bootstrap_cached", "rows_per_s"),
+        None,
+        "{:,.0f}",
+    ),
+    Target(
+        "the 2nd driver's system CPU a page fault, µs (the VM's price of memory)",
+        "report",
+        lambda r: nested(r, "bootstrap", "bootstrap_cpu", "system_us_per_fault"),
+        None,
+        "{:.1f}",
+    ),
+    Target(
         "the same frames only received (gRPC + TLS), rows/s",
         "report",
         lambda r: nested(r, "bootstrap_receive", "rows_per_s"),
@@ -107,6 +121,20 @@ TARGETS = (
         lambda r: nested(r, "latency", "p99"),
         lambda v: v <= 50.0,
         "{:.1f}",
+    ),
+    Target(
+        "the host's steal during the initial sync, CPU s (of 2 a second)",
+        "report",
+        lambda r: nested(r, "initial_sync", "cpu", "steal_s"),
+        None,
+        "{:.2f}",
+    ),
+    Target(
+        "the host's steal during the 500/s phase, CPU s (of 40)",
+        "report",
+        lambda r: nested(r, "latency", "cpu", "steal_s"),
+        None,
+        "{:.2f}",
     ),
     Target(
         "highest steady rate with p99 ≤ 50 ms, commits/s",

@@ -66,6 +66,7 @@ from common import (  # noqa: E402
     percentiles,
     pg_version,
     settle_index,
+    steal_seconds,
     table_bytes,
     write_wrapper_config,
 )
@@ -122,17 +123,17 @@ class ApplyHook:
         driver._sub._apply = wrapped  # type: ignore[method-assign]
 
 
-CpuSnap = tuple[float, tuple[float, float], tuple[float, float], tuple[int, int]]
+CpuSnap = tuple[float, tuple[float, float], tuple[float, float], tuple[int, int], float]
 
 
 def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> CpuSnap:
     """(wall, wrapper (user, system) CPU s, this process's (user, system),
-    (wrapper, this process) page faults); a wrapper started inside the phase
-    counts from 0."""
+    (wrapper, this process) page faults, the machine's steal s); a wrapper
+    started inside the phase counts from 0."""
     fresh = fresh_wrapper or not ctx.wrapper.alive()
     w = (0.0, 0.0) if fresh else cpu_split(ctx.wrapper.pid)
     faults = (0 if fresh else minor_faults(ctx.wrapper.pid), minor_faults(os.getpid()))
-    return time.monotonic(), w, cpu_split(os.getpid()), faults
+    return time.monotonic(), w, cpu_split(os.getpid()), faults, steal_seconds()
 
 
 def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
@@ -162,6 +163,9 @@ def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
         "wrapper_system_us_per_fault": (ws - snap[1][1]) * 1e6 / wf if wf else nan,
         "driver_faults": df,
         "driver_system_us_per_fault": (ds - snap[2][1]) * 1e6 / df if df else nan,
+        # CPU the host gave to other guests meanwhile, of 2 x wall: a phase
+        # whose every step ran slow (one at 09:59 on 12-06) shows it here.
+        "steal_s": steal_seconds() - snap[4],
     }
 
 
@@ -398,7 +402,8 @@ async def bench_initial_sync(ctx: Ctx) -> PrismDriver:
         + ", ".join(f"{k}={v:.1f}" for k, v in phases.items())
         + f"; wrapper {cpu['wrapper_cpu_s']:.1f} CPU s, {cpu['wrapper_system_s']:.1f} of them "
         f"system for {cpu['wrapper_faults']:,} page faults; driver {cpu['driver_cpu_s']:.1f}, "
-        f"{cpu['driver_system_s']:.1f} system for {cpu['driver_faults']:,}"
+        f"{cpu['driver_system_s']:.1f} system for {cpu['driver_faults']:,}; the host's steal "
+        f"{cpu['steal_s']:.2f} CPU s"
     )
     if got != rows:
         raise AssertionError(f"driver shows {got} rows, table has {rows}")
@@ -720,7 +725,8 @@ async def bench_cdc_live(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> None
         f"CDC live: {n} changes visible in {secs:.1f}s = {n / secs:,.0f} changes/s "
         f"(writer alone took {writer_s:.1f}s = {n / writer_s:,.0f}/s; driver lagged "
         f"{(seen - res['t1_ns']) / 1e9:.2f}s behind the writer's last commit; the wrapper "
-        f"stored the last change at {ctx.results['cdc_live']['wrapper_stored_last_s']}s)"
+        f"stored the last change at {ctx.results['cdc_live']['wrapper_stored_last_s']}s; "
+        f"the host's steal {cpu['steal_s']:.2f} CPU s)"
     )
 
 
@@ -1007,7 +1013,8 @@ async def bench_latency(
         f"PG commit → store txn p50/p99 {out['pg_commit_to_store_txn_ms']['p50']:.1f}/"
         f"{out['pg_commit_to_store_txn_ms']['p99']:.1f} ms, store txn → visible p50/p99 "
         f"{out['store_txn_to_visible_ms']['p50']:.1f}/{out['store_txn_to_visible_ms']['p99']:.1f}"
-        f" ms; p50 by second {out['p50_by_second_ms']}{said_disk}"
+        f" ms; p50 by second {out['p50_by_second_ms']}{said_disk}; the host's steal "
+        f"{cpu['steal_s']:.2f} CPU s of {2 * cpu['wall_s']:.0f}"
     )
     return out
 
