@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -404,28 +404,33 @@ class Wrapper(WrapperProcess):
                     continue
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds a live process has used (/proc/<pid>/stat);
-    (0, 0) for one that is gone."""
+class ProcUsage(NamedTuple):
+    """What a process has used so far (/proc/<pid>/stat): CPU seconds in
+    user and kernel mode, and page faults taken without I/O (minflt: each a
+    page it touched for the first time, whose price this VM sets by the
+    page's history, see fresh_memory_cost)."""
+
+    user: float
+    system: float
+    faults: int
+
+
+def proc_usage(pid: int) -> ProcUsage:
+    """A live process's usage; zeros for one that is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rpartition(")")[2].split()
     except OSError:
-        return 0.0, 0.0
+        return ProcUsage(0.0, 0.0, 0)
     hz = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / hz, int(fields[12]) / hz
+    return ProcUsage(int(fields[11]) / hz, int(fields[12]) / hz, int(fields[7]))
 
 
-def minor_faults(pid: int) -> int:
-    """Page faults a live process has taken without I/O (/proc/<pid>/stat's
-    minflt): each a page of memory it touched for the first time, whose
-    price this VM sets by the page's history (fresh_memory_cost); 0 for
-    one that is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return int(fh.read().rpartition(")")[2].split()[7])
-    except OSError:
-        return 0
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a live process has used; (0, 0) for one
+    that is gone."""
+    u = proc_usage(pid)
+    return u.user, u.system
 
 
 def steal_seconds() -> float:

@@ -56,15 +56,15 @@ from common import (  # noqa: E402
     DIM,
     TABLE,
     TENANT,
+    ProcUsage,
     Wrapper,
-    cpu_split,
     dev_certs,
     driver_tls,
     fresh_memory_cost,
     load_table,
-    minor_faults,
     percentiles,
     pg_version,
+    proc_usage,
     settle_index,
     steal_seconds,
     table_bytes,
@@ -123,17 +123,15 @@ class ApplyHook:
         driver._sub._apply = wrapped  # type: ignore[method-assign]
 
 
-CpuSnap = tuple[float, tuple[float, float], tuple[float, float], tuple[int, int], float]
+CpuSnap = tuple[float, ProcUsage, ProcUsage, float]
 
 
 def cpu_snapshot(ctx: Ctx, fresh_wrapper: bool = False) -> CpuSnap:
-    """(wall, wrapper (user, system) CPU s, this process's (user, system),
-    (wrapper, this process) page faults, the machine's steal s); a wrapper
-    started inside the phase counts from 0."""
+    """(wall, the wrapper's usage, this process's, the machine's steal s); a
+    wrapper started inside the phase counts from 0."""
     fresh = fresh_wrapper or not ctx.wrapper.alive()
-    w = (0.0, 0.0) if fresh else cpu_split(ctx.wrapper.pid)
-    faults = (0 if fresh else minor_faults(ctx.wrapper.pid), minor_faults(os.getpid()))
-    return time.monotonic(), w, cpu_split(os.getpid()), faults, steal_seconds()
+    w = ProcUsage(0.0, 0.0, 0) if fresh else proc_usage(ctx.wrapper.pid)
+    return time.monotonic(), w, proc_usage(os.getpid()), steal_seconds()
 
 
 def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
@@ -143,29 +141,32 @@ def cpu_report(ctx: Ctx, snap: CpuSnap) -> dict[str, float]:
     expensive when memory was freed seconds before; see common.fresh_memory_cost)."""
     wall = time.monotonic() - snap[0]
     nan = float("nan")
-    wu, ws = cpu_split(ctx.wrapper.pid) if ctx.wrapper.alive() else (nan, nan)
-    du, ds = cpu_split(os.getpid())
-    w = (wu - snap[1][0]) + (ws - snap[1][1])
-    d = (du - snap[2][0]) + (ds - snap[2][1])
-    wf = minor_faults(ctx.wrapper.pid) - snap[3][0] if ctx.wrapper.alive() else 0
-    df = minor_faults(os.getpid()) - snap[3][1]
+    alive = ctx.wrapper.alive()
+    w1 = proc_usage(ctx.wrapper.pid) if alive else ProcUsage(nan, nan, 0)
+    d1 = proc_usage(os.getpid())
+    w0, d0 = snap[1], snap[2]
+    ws, ds = w1.system - w0.system, d1.system - d0.system
+    w = (w1.user - w0.user) + ws
+    d = (d1.user - d0.user) + ds
+    wf = w1.faults - w0.faults if alive else 0
+    df = d1.faults - d0.faults
     return {
         "wall_s": wall,
         "wrapper_cpu_s": w,
         "wrapper_cores": w / wall if wall else 0.0,
-        "wrapper_system_s": ws - snap[1][1],
+        "wrapper_system_s": ws,
         "driver_cpu_s": d,
         "driver_cores": d / wall if wall else 0.0,
-        "driver_system_s": ds - snap[2][1],
+        "driver_system_s": ds,
         # The kernel's CPU a fault, an upper bound (system time also pays
         # for file writes): the VM's price of new memory during the phase.
         "wrapper_faults": wf,
-        "wrapper_system_us_per_fault": (ws - snap[1][1]) * 1e6 / wf if wf else nan,
+        "wrapper_system_us_per_fault": ws * 1e6 / wf if wf else nan,
         "driver_faults": df,
-        "driver_system_us_per_fault": (ds - snap[2][1]) * 1e6 / df if df else nan,
+        "driver_system_us_per_fault": ds * 1e6 / df if df else nan,
         # CPU the host gave to other guests meanwhile, of 2 x wall: a phase
         # whose every step ran slow (one at 09:59 on 12-06) shows it here.
-        "steal_s": steal_seconds() - snap[4],
+        "steal_s": steal_seconds() - snap[3],
     }
 
 
