@@ -430,6 +430,18 @@ def _following(store: Store, n: int) -> tuple[FrameCache, Prebuilds, list[Driver
     return cache, prebuilds, drivers, store.meta.head
 
 
+def _commit_followed(
+    store: Store, drivers: list[Driver], before: int
+) -> tuple[threading.Thread, list[threading.Thread]]:
+    """Threads, not started: one writing a commit of three changes (a row of
+    t, one of plain, a delete) after `before`, and one per driver following
+    up to it."""
+    writer = threading.Thread(
+        target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
+    )
+    return writer, [threading.Thread(target=d.catch_up, args=(before + 3,)) for d in drivers]
+
+
 class _HeldSync:
     """Holds the store's row-log sync until released, counting what the
     drivers had been sent meanwhile; can make the next sync fail instead."""
@@ -456,10 +468,7 @@ def test_a_commit_is_sealed_while_it_syncs_and_sent_once_durable(durable: Store)
     store = durable
     _, prebuilds, drivers, before = _following(store, 3)
     held = _HeldSync(store, drivers)
-    writer = threading.Thread(
-        target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
-    )
-    followers = [threading.Thread(target=d.catch_up, args=(before + 3,)) for d in drivers]
+    writer, followers = _commit_followed(store, drivers, before)
     writer.start()
     assert held.entered.wait(10)
     for t in followers:
@@ -559,10 +568,7 @@ def test_a_durable_commit_is_sent_before_the_store_shows_it(durable: Store) -> N
     store = durable
     _, _, drivers, before = _following(store, 2)
     held = _HeldCommit(store, drivers)
-    writer = threading.Thread(
-        target=write, args=(store, {("t", 1): "b1", ("plain", 2): "p2"}, {("t", 3)})
-    )
-    followers = [threading.Thread(target=d.catch_up, args=(before + 3,)) for d in drivers]
+    writer, followers = _commit_followed(store, drivers, before)
     for t in followers:
         t.start()
     writer.start()
