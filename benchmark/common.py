@@ -446,10 +446,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used by `root` and its live descendants (a postmaster and
-    its backends, walsenders and workers). Processes that have exited are
-    not counted, so compare two readings over work done by long-lived ones."""
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants (a postmaster and its backends,
+    walsenders and workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -460,12 +459,48 @@ def tree_cpu_seconds(root: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0.0, [root]
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
-        total += cpu_seconds(pid)
+        out.append(pid)
         todo.extend(children.get(pid, ()))
+    return out
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used by `root` and its live descendants. Processes that
+    have exited are not counted, so compare two readings over work done by
+    long-lived ones."""
+    return sum(cpu_seconds(pid) for pid in tree_pids(root))
+
+
+def context_switches(pid: int) -> int:
+    """Times the threads of a live process have left their CPU so far,
+    voluntarily (to wait: a lock, a socket, the disk) or not (/proc/<pid>/
+    task/*/status). Each voluntary one is a sleep that something must wake,
+    and on this VM a wake on the other vCPU costs some 30 µs when that vCPU
+    has halted (benchmark/wakeprobe.py), so a path's switches price it.
+    Threads that have exited are not counted: compare two readings over
+    work done by long-lived ones."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except (OSError, ValueError):
+            continue
     return total
+
+
+def tree_context_switches(root: int) -> int:
+    """context_switches of `root` and its live descendants."""
+    return sum(context_switches(pid) for pid in tree_pids(root))
 
 
 # Run in a fresh interpreter, so the memory it touches is given back at exit.

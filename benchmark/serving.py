@@ -37,6 +37,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+# prism first, as an app that imports prism.driver before gRPC: it picks
+# gRPC's I/O engine, which gRPC reads once, when it loads (fabric/grpc_engine.py).
+import prism.fabric  # noqa: F401
+
+# isort: split
 import grpc
 import numpy as np
 

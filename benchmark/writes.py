@@ -44,6 +44,11 @@ import threading
 import time
 from pathlib import Path
 
+# prism first, as an app that imports prism.driver before gRPC: it picks
+# gRPC's I/O engine, which gRPC reads once, when it loads (fabric/grpc_engine.py).
+import prism.fabric  # noqa: F401
+
+# isort: split
 import grpc
 import numpy as np
 import psycopg
@@ -58,10 +63,12 @@ from common import (
     TENANT,
     UPSERT_SQL,
     Wrapper,
+    context_switches,
     cpu_seconds,
     dev_certs,
     percentiles,
     replace_readme_section,
+    tree_context_switches,
     tree_cpu_seconds,
     write_wrapper_config,
 )
@@ -76,6 +83,12 @@ from prism.wrapper.sources.postgres.walstream import XLogData
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- writes:start -->", "<!-- writes:end -->"
+# --pg-fsync: the same run against a PostgreSQL that flushes its WAL at
+# commit, its own default, in a section of its own.
+DURABLE_START, DURABLE_END = "<!-- writes-pg-fsync:start -->", "<!-- writes-pg-fsync:end -->"
+DURABLE_HEADING = (
+    "### Writes against a durable PostgreSQL (`python benchmark/writes.py --pg-fsync`)"
+)
 
 
 # The interleaved baseline's table: items' shape, in no publication, so that
@@ -240,9 +253,12 @@ async def measure(  # type: ignore[type-arg]
     rng = np.random.default_rng(7)
     out: dict[str, object] = {}
     cpu_ms: dict[str, float] = {}
+    switches: dict[str, float] = {}  # context switches per call, each process
+    me = os.getpid()
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SET synchronous_commit = on")  # as the wrapper's writes do
         lat = []
+        sw_app0, sw_db0 = context_switches(me), tree_context_switches(pg_pid)
         app0, db0 = time.process_time(), tree_cpu_seconds(pg_pid)
         for i in range(calls):
             t = time.perf_counter()
@@ -250,6 +266,8 @@ async def measure(  # type: ignore[type-arg]
             lat.append((time.perf_counter() - t) * 1000)
         cpu_ms["insert_app"] = (time.process_time() - app0) * 1000 / calls
         cpu_ms["insert_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
+        switches["insert_app"] = (context_switches(me) - sw_app0) / calls
+        switches["insert_postgres"] = (tree_context_switches(pg_pid) - sw_db0) / calls
         out["psycopg_insert_ms"] = percentiles(lat)
     out["psycopg_insert_per_s_16_writers"] = psycopg_concurrent(dsn, 16, seconds)
     out["health_round_trip_ms"] = await health_round_trip_ms(port, ca, calls)
@@ -265,6 +283,11 @@ async def measure(  # type: ignore[type-arg]
         for wait in (False, True):
             lat = []
             base = 1_000_000 if wait else 2_000_000
+            sw0 = (
+                context_switches(me),
+                context_switches(wrapper.pid),
+                tree_context_switches(pg_pid),
+            )
             app0, db0 = time.process_time(), tree_cpu_seconds(pg_pid)
             wrapper0 = cpu_seconds(wrapper.pid)
             for i in range(calls):
@@ -278,12 +301,16 @@ async def measure(  # type: ignore[type-arg]
                 cpu_ms["write_app"] = (time.process_time() - app0) * 1000 / calls
                 cpu_ms["write_postgres"] = (tree_cpu_seconds(pg_pid) - db0) * 1000 / calls
                 cpu_ms["write_wrapper"] = (cpu_seconds(wrapper.pid) - wrapper0) * 1000 / calls
+                switches["write_app"] = (context_switches(me) - sw0[0]) / calls
+                switches["write_wrapper"] = (context_switches(wrapper.pid) - sw0[1]) / calls
+                switches["write_postgres"] = (tree_context_switches(pg_pid) - sw0[2]) / calls
                 out["interleaved"] = await interleaved_ms(dsn, driver, rng, calls)
         # CPU per call, all threads of each process: the app's (the driver
         # runs in it), PostgreSQL's (its backends and walsenders) and the
         # wrapper's. Sequential calls on 2 cores: what one process spends
         # mostly adds to the latency, since each step waits on the last.
         out["cpu_ms_per_call"] = cpu_ms
+        out["context_switches_per_call"] = switches
         done = 0
         stop = time.monotonic() + seconds
         lat = []
@@ -314,15 +341,21 @@ async def measure(  # type: ignore[type-arg]
     return out
 
 
-def report(res: dict) -> str:  # type: ignore[type-arg]
+def report(res: dict, start: str = START, end: str = END) -> str:  # type: ignore[type-arg]
     def row_(name: str, key: str) -> str:
         p = res[key]
         return f"| {name} | {p['p50']:.2f} | {p['p99']:.2f} | {p['p50'] / base:.1f}× |"
 
     base = res["psycopg_insert_ms"]["p50"]
+    durability = (
+        "PostgreSQL with `fsync=on`, its default: each commit waits for its WAL's flush"
+        if res.get("pg_fsync")
+        else "PostgreSQL with `fsync=off`, as in the tests (see Set-up)"
+    )
     lines = [
-        START,
-        f"Run of {res['date']} ({res['calls']} calls each, one at a time; 384-d vector row).",
+        start,
+        f"Run of {res['date']} ({res['calls']} calls each, one at a time; 384-d vector row; "
+        f"{durability}).",
         "",
         "| write path | p50 ms | p99 ms | p50 vs plain INSERT |",
         "| --- | --- | --- | --- |",
@@ -352,7 +385,7 @@ def report(res: dict) -> str:  # type: ignore[type-arg]
         "",
         *floor_lines(res, base),
         *cpu_lines(res),
-        END,
+        end,
     ]
     return "\n".join(lines)
 
@@ -384,6 +417,26 @@ def cpu_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
         f"`write(wait=True)` costs the app (the driver) {cpu['write_app']:.2f}, the wrapper "
         f"**{cpu['write_wrapper']:.2f}** and PostgreSQL {cpu['write_postgres']:.2f}. One write "
         "at a time, each step waits on the one before, so this CPU is most of the latency.",
+        *switch_lines(res),
+    ]
+
+
+def switch_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
+    """Context switches per call of each process: the sleeps on the path,
+    each one a wake that costs more where it crosses to a halted vCPU."""
+    sw = res.get("context_switches_per_call")
+    if not sw:
+        return []
+    plain = sw["insert_app"] + sw["insert_postgres"]
+    write = sw["write_app"] + sw["write_wrapper"] + sw["write_postgres"]
+    return [
+        "",
+        "Context switches per call, all threads of each process (same run): the plain upsert "
+        f"{plain:.1f} (the app {sw['insert_app']:.1f}, PostgreSQL {sw['insert_postgres']:.1f}); "
+        f"`write(wait=True)` **{write:.1f}** (the app {sw['write_app']:.1f}, the wrapper "
+        f"{sw['write_wrapper']:.1f}, PostgreSQL {sw['write_postgres']:.1f}). Each voluntary "
+        "one is a thread put to sleep and woken; on this VM a wake on the other vCPU costs "
+        "some 30 µs once that vCPU has halted (`wakeprobe.py`).",
     ]
 
 
@@ -429,11 +482,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--out", default=str(HERE / "results" / "writes.json"))
+    ap.add_argument("--out", default=None, help="default results/writes.json (-pg-fsync.json)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument(
+        "--pg-fsync",
+        action="store_true",
+        help="PostgreSQL flushes its WAL at commit (fsync=on, its default; the tests run it "
+        "with fsync=off): the plain INSERT then pays a flush as production's does, and so "
+        "does every write through the wrapper; reported in a section of its own",
+    )
     args = ap.parse_args()
+    out_name = "writes-pg-fsync.json" if args.pg_fsync else "writes.json"
+    out_path = Path(args.out) if args.out else HERE / "results" / out_name
     base = shared_tmp("prism-bench-writes-")
-    pg = EmbeddedPostgres(base / "pg").start()
+    pg = EmbeddedPostgres(base / "pg", fsync=args.pg_fsync).start()
     wrapper = None
     try:
         with psycopg.connect(pg.dsn, autocommit=True) as c:
@@ -464,12 +526,17 @@ def main() -> int:
             "stream_delivery_ms": delivery,
             "fsync_ms": fsync,
             "bare_write_ms": bare,
+            "pg_fsync": args.pg_fsync,
         }
         res["floor_ms"] = res["health_round_trip_ms"]["p50"] + delivery["p50"] + fsync["p50"]
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
-        table = report(res)
-        replace_readme_section(START, END, "## Writes (`python benchmark/writes.py`)", table)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(res, indent=1))
+        if args.pg_fsync:
+            table = report(res, DURABLE_START, DURABLE_END)
+            replace_readme_section(DURABLE_START, DURABLE_END, DURABLE_HEADING, table)
+        else:
+            table = report(res)
+            replace_readme_section(START, END, "## Writes (`python benchmark/writes.py`)", table)
         print(table)
         return 0
     finally:

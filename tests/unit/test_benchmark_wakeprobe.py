@@ -1,0 +1,100 @@
+"""benchmark/wakeprobe.py and the context-switch count writes.py reports
+(benchmark/common.py): both on this machine's real processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+_BENCH = Path(__file__).resolve().parents[2] / "benchmark"
+
+
+def _load(name: str) -> Any:
+    saved = list(sys.path)
+    sys.path.insert(0, str(_BENCH))
+    try:
+        return __import__(name)
+    finally:
+        sys.path[:] = saved
+
+
+common = _load("common")
+wakeprobe = _load("wakeprobe")
+
+
+def test_each_sleep_of_a_live_thread_is_counted() -> None:
+    # A thread of this process sleeping 20 times, still alive when counted
+    # (an exited thread's task, and its count, are gone): at least 20 more.
+    slept, done = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(20):
+            time.sleep(0.001)
+        slept.set()
+        done.wait()
+
+    before = common.context_switches(os.getpid())
+    t = threading.Thread(target=sleeper)
+    t.start()
+    try:
+        assert slept.wait(10)
+        assert common.context_switches(os.getpid()) - before >= 20
+    finally:
+        done.set()
+        t.join()
+
+
+def test_a_process_that_is_gone_counts_nothing() -> None:
+    # Beyond any pid the kernel hands out (pid_max is at most 2**22).
+    assert common.context_switches(2**22 + 1) == 0
+
+
+def test_tree_counts_include_children() -> None:
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(30):
+            time.sleep(0.001)
+        time.sleep(5)
+        os._exit(0)
+    try:
+        time.sleep(0.5)  # the child's 30 sleeps are done
+        assert pid in common.tree_pids(os.getpid())
+        mine = common.context_switches(os.getpid())
+        assert common.tree_context_switches(os.getpid()) - mine >= 30
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
+def test_round_trip_is_measured_between_two_real_processes() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    p = wakeprobe.roundtrip_us(cpu, cpu, 0.0, 50)
+    assert 0 < p["p50"] <= p["p99"]
+    assert os.sched_getaffinity(0) == before  # put back as it was
+
+
+def test_report_shows_every_case_under_each_setting() -> None:
+    case = {"p50": 6.5, "p99": 12.0}
+    res = {
+        "date": "2026-12-06 12:00 UTC",
+        "calls": 100,
+        "cpuidle_driver": "haltpoll",
+        "guest_halt_poll_ns": "0",
+        "halt_poll_ns": 200000,
+        "runs": {
+            "as it runs (0 ns)": {"same CPU, back to back": case, "two CPUs, back to back": case},
+            "halt polling 200000 ns": {
+                "same CPU, back to back": case,
+                "two CPUs, back to back": {"p50": 80.4, "p99": 891.9},
+            },
+        },
+    }
+    text = wakeprobe.report(res)
+    assert text.startswith(wakeprobe.START) and text.endswith(wakeprobe.END)
+    assert "| two CPUs, back to back | 6.5 / 12.0 | 80.4 / 891.9 |" in text
+    assert "--halt-poll-ns 200000" in text
