@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-# prism first, as an app that imports prism.driver before gRPC: it picks
-# gRPC's I/O engine, which gRPC reads once, when it loads (fabric/grpc_engine.py).
-import prism.fabric  # noqa: F401
+# prism first, as an app that imports prism.driver before gRPC: it loads
+# gRPC on the I/O engine prism picks (fabric/grpc_engine.py).
+import prism.fabric.grpc_engine  # noqa: F401
 
 # isort: split
 import grpc

@@ -5,8 +5,6 @@ watermark), the tenant's keyed projection, the text embedder, the row payload
 codec, and the generated gRPC stubs of proto/prism/fabric/v1/wrapper.proto.
 """
 
-# First: it chooses gRPC's I/O engine, which gRPC reads when it is imported.
-from prism.fabric import grpc_engine as grpc_engine
 from prism.fabric.errors import FabricError, FrameError, PrismError, WatermarkError
 
 # Protocol 2: challenge-response authentication, sessions, AEAD-sealed rows.

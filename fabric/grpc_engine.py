@@ -1,6 +1,6 @@
-"""Which I/O engine gRPC's core runs in a prism process: set once, before
-gRPC loads, under every prism package that talks gRPC (fabric, driver,
-wrapper, cluster import this first).
+"""Which I/O engine gRPC's core runs in a prism process: chosen once, as
+gRPC is imported, by the prism packages that talk gRPC (the driver, the
+wrapper and the cluster cache import this module before anything else).
 
 Since grpcio 1.80, gRPC's core does Python's socket I/O on an EventEngine:
 threads of its own that read and write the sockets and then hand each event
@@ -8,34 +8,41 @@ to the completion queue the Python side waits on. Before 1.80 the thread
 waiting on the queue polled the sockets itself (iomgr), so an arriving
 message woke one thread instead of two. A write through the wrapper
 (`driver.write(wait=True)`) is a chain of such messages and wake-ups: with
-grpcio 1.85.4 on the benchmark's machine, the driver's threads slept and
-woke 13.4-14.1 times a write on the EventEngine against 6.6-7.0 on iomgr,
-the wrapper's 35.6-36.9 against 30.5-33.3, and where a wake crosses to a
-vCPU that has halted it costs some 30 µs (benchmark/wakeprobe.py). Sequential
-writes took 2.17-2.91 ms against 2.34-3.71 (p50 of each 7-second block, six
-blocks each way alternated; benchmark/README.md, "Issue 12").
+grpcio 1.85.4 on the benchmark's 2-core VM, the driver's threads slept and
+woke 12.2-14.1 times a write on the EventEngine against 6.0-7.0 on iomgr,
+the wrapper's 33.5-36.9 against 28.2-33.3, and a wake-up that crosses to a
+vCPU that has halted costs some 30-40 µs there (benchmark/wakeprobe.py).
+Sequential writes were faster on iomgr in 9 of 12 alternated blocks
+(benchmark/README.md, "Issue 12", 2026-12-06 11:31-12:40).
 
-So a prism process asks gRPC for iomgr, with the experiments gRPC itself
-offers for that (GRPC_EXPERIMENTS, read once, when gRPC is imported), unless:
-- gRPC is already imported (the application loaded it first: too late, and
+So this module asks gRPC for iomgr, with the experiments gRPC itself offers
+for that (GRPC_EXPERIMENTS, which gRPC's core reads once, when grpc is
+imported) and with gRPC's fork support (which the EventEngine has on by
+default and iomgr only when asked), imports grpc, and then takes both
+variables out of the environment again, so that no child process inherits
+them. It leaves gRPC as it is when:
+- grpc is already imported (the application loaded it first: too late, and
   its choice stands);
 - GRPC_EXPERIMENTS is set (the operator's choice stands);
 - PRISM_GRPC_EVENT_ENGINE is set to 1, true, yes or on (keep gRPC's default);
-- the installed grpcio is not one these experiments are known in (1.80 up to
-  and excluding 1.86: gRPC plans to remove them, and an experiment name it
-  no longer knows makes its core log an error at start-up).
+- the grpc about to be imported is not a release these experiments are
+  known in (1.80 up to and excluding 1.86: gRPC plans to remove them, and an
+  experiment name it no longer knows makes its core log an error).
 
 It changes the whole process's gRPC, the application's own channels too:
 iomgr is the engine every grpcio before 1.80 used, with the same API and
-behaviour. Pure logic on the environment; the caller applies it.
+behaviour. The rules are pure functions of their arguments; `load_grpc`
+applies them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from importlib import metadata
+from pathlib import Path
 
 # gRPC's own switches back to iomgr (src/core/lib/experiments/experiments.yaml).
 IOMGR_EXPERIMENTS = (
@@ -43,9 +50,17 @@ IOMGR_EXPERIMENTS = (
     "-event_engine_for_all_other_endpoints,-event_engine_callback_cq"
 )
 OPT_OUT = "PRISM_GRPC_EVENT_ENGINE"
+# On the EventEngine, gRPC 1.85 handles fork() by default (its
+# event_engine_fork); on iomgr only with this set. Without it, a child forked
+# while the parent had a live server or channel failed its first call on a
+# new channel ("sendmsg: Bad file descriptor"); with it, as on the
+# EventEngine, the call went through. Set with iomgr unless already set.
+FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 # grpcio releases whose Python default is the EventEngine and which still
 # know the experiments above: [first, last) as (major, minor).
 KNOWN = ((1, 80), (1, 86))
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+_METADATA = re.compile(r"""__version__\s*=\s*['"]+([^'"]+)['"]+""")
 
 
 def _truthy(value: str) -> bool:
@@ -54,27 +69,36 @@ def _truthy(value: str) -> bool:
 
 def _minor(version: str) -> tuple[int, int] | None:
     """(major, minor) of a version string such as 1.85.4 or 1.86.0rc1."""
-    parts = version.split(".")
-    if len(parts) < 2:
-        return None
-    minor = "".join(ch for ch in parts[1] if ch.isdigit())
-    if not parts[0].isdigit() or not minor:
-        return None
-    return int(parts[0]), int(minor)
+    m = _VERSION.match(version.strip())
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def installed_grpcio() -> str | None:
-    """The installed grpcio's version, read without importing gRPC."""
+def grpc_version_on_path() -> str | None:
+    """The version of the grpc package that `import grpc` would load, read
+    from its own grpc/_grpcio_metadata.py without importing it (cheaper than
+    importlib.metadata, and the very package, whatever dist-info is found)."""
     try:
-        return metadata.version("grpcio")
-    except metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("grpc")
+    except (ImportError, ValueError):
         return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        try:
+            text = (Path(location) / "_grpcio_metadata.py").read_text()
+        except OSError:
+            continue
+        m = _METADATA.search(text)
+        if m:
+            return m.group(1)
+    return None
 
 
 def iomgr_setting(
     environ: Mapping[str, str], grpc_loaded: bool, grpcio_version: str | None
 ) -> str | None:
-    """The GRPC_EXPERIMENTS value to set, or None to leave gRPC as it is."""
+    """The GRPC_EXPERIMENTS value to import grpc with, or None to leave
+    gRPC as it is."""
     if grpc_loaded or "GRPC_EXPERIMENTS" in environ:
         return None
     if _truthy(environ.get(OPT_OUT, "")):
@@ -85,14 +109,28 @@ def iomgr_setting(
     return IOMGR_EXPERIMENTS
 
 
-def prefer_iomgr(environ: MutableMapping[str, str] | None = None) -> str | None:
-    """Ask gRPC for iomgr (see the module docstring); the value set, or None."""
+def load_grpc(environ: MutableMapping[str, str] | None = None) -> str | None:
+    """Import grpc on iomgr where the rules allow (see the module
+    docstring); the experiments it was imported with, or None."""
     env = os.environ if environ is None else environ
-    value = iomgr_setting(env, "grpc" in sys.modules, installed_grpcio())
-    if value is not None:
-        env["GRPC_EXPERIMENTS"] = value
+    loaded = "grpc" in sys.modules
+    value = iomgr_setting(env, loaded, None if loaded else grpc_version_on_path())
+    if value is None:
+        return None
+    made = {"GRPC_EXPERIMENTS": value}
+    if FORK_SUPPORT not in env:
+        made[FORK_SUPPORT] = "1"
+    env.update(made)
+    try:
+        import grpc  # noqa: F401  (gRPC's core reads both settings now)
+    finally:
+        # Read: children (PostgreSQL's tools, an app's own programs) must
+        # not inherit settings made for this process's grpc.
+        for key in made:
+            env.pop(key, None)
     return value
 
 
-# Applied on import: the first prism package to load gRPC imports this first.
-APPLIED = prefer_iomgr()
+# Applied on import: the driver, the wrapper and the cluster cache import
+# this first, before anything of theirs imports grpc.
+APPLIED = load_grpc()

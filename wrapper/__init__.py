@@ -1,3 +1,3 @@
 """prism.wrapper"""
 
-import prism.fabric  # noqa: F401  (first: it sets gRPC's engine before gRPC loads)
+import prism.fabric.grpc_engine  # noqa: F401  (first: gRPC loads on prism's engine)
