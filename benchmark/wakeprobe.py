@@ -27,9 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,6 +43,7 @@ HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
 CPUIDLE = Path("/sys/devices/system/cpu/cpuidle/current_driver")
 START, END = "<!-- wakeprobe:start -->", "<!-- wakeprobe:end -->"
 WARMUP = 100
+T = TypeVar("T")
 
 
 def roundtrip_us(cpu_a: int, cpu_b: int, pause_s: float, n: int) -> dict[str, float]:
@@ -48,18 +52,21 @@ def roundtrip_us(cpu_a: int, cpu_b: int, pause_s: float, n: int) -> dict[str, fl
     to_child, from_parent = os.pipe()
     to_parent, from_child = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: echo each byte back, then leave at once
+    if pid == 0:  # the child: echo each byte back until the parent's end closes
         try:
+            os.close(from_parent)
+            os.close(to_parent)
             os.sched_setaffinity(0, {cpu_b})
-            for _ in range(n + WARMUP):
-                os.read(to_child, 1)
+            while os.read(to_child, 1):
                 os.write(from_child, b"x")
         finally:
             os._exit(0)
+    os.close(to_child)
+    os.close(from_child)
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu_a})
     lat: list[float] = []
     try:
+        os.sched_setaffinity(0, {cpu_a})
         for i in range(n + WARMUP):
             t = time.perf_counter_ns()
             os.write(from_parent, b"x")
@@ -68,11 +75,14 @@ def roundtrip_us(cpu_a: int, cpu_b: int, pause_s: float, n: int) -> dict[str, fl
                 lat.append((time.perf_counter_ns() - t) / 1000)
             if pause_s:
                 time.sleep(pause_s)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
     finally:
         os.sched_setaffinity(0, before)
+        os.close(from_parent)  # the child reads end-of-file and leaves
+        os.close(to_parent)
         os.waitpid(pid, 0)
-        for fd in (to_child, from_parent, to_parent, from_child):
-            os.close(fd)
     p = percentiles(lat)
     return {"p50": p["p50"], "p99": p["p99"]}
 
@@ -96,6 +106,29 @@ def read_setting(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
+
+
+def with_halt_poll(ns: int, original: str, measure: Callable[[], T]) -> T:
+    """`measure()` with haltpoll's guest_halt_poll_ns at `ns`, the original
+    value put back however it ends: an exception, Ctrl-C, SIGTERM or SIGHUP
+    (turned into SystemExit meanwhile, so that the finally runs)."""
+
+    def leave(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    print(
+        f"guest_halt_poll_ns set to {ns} for the measurement; if this run is killed, "
+        f"put it back: echo {original} > {HALT_POLL}",
+        file=sys.stderr,
+    )
+    try:
+        HALT_POLL.write_text(str(ns))
+        return measure()
+    finally:
+        HALT_POLL.write_text(original)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def report(res: dict) -> str:  # type: ignore[type-arg]
@@ -141,20 +174,20 @@ def main() -> int:
         "cpuidle_driver": read_setting(CPUIDLE) or "unknown",
         "guest_halt_poll_ns": original if original is not None else "n/a",
     }
-    runs = {f"as it runs ({original if original is not None else 'n/a'} ns)": probe(args.calls)}
     if args.halt_poll_ns is not None:
+        # Checked before any probe: a run that cannot set it measures nothing.
         if original is None:
             print(f"{HALT_POLL} is not there: no haltpoll to set", file=sys.stderr)
             return 2
-        try:
-            HALT_POLL.write_text(str(args.halt_poll_ns))
-        except OSError as exc:
-            print(f"cannot set {HALT_POLL} ({exc}): run as root", file=sys.stderr)
+        if not os.access(HALT_POLL, os.W_OK):
+            print(f"cannot write {HALT_POLL}: run as root", file=sys.stderr)
             return 2
-        try:
-            runs[f"halt polling {args.halt_poll_ns} ns"] = probe(args.calls)
-        finally:
-            HALT_POLL.write_text(original)
+    runs = {f"as it runs ({original if original is not None else 'n/a'} ns)": probe(args.calls)}
+    if args.halt_poll_ns is not None:
+        assert original is not None
+        runs[f"halt polling {args.halt_poll_ns} ns"] = with_halt_poll(
+            args.halt_poll_ns, original, lambda: probe(args.calls)
+        )
         res["halt_poll_ns"] = args.halt_poll_ns
     res["runs"] = runs
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 _BENCH = Path(__file__).resolve().parents[2] / "benchmark"
 
@@ -98,3 +101,65 @@ def test_report_shows_every_case_under_each_setting() -> None:
     assert text.startswith(wakeprobe.START) and text.endswith(wakeprobe.END)
     assert "| two CPUs, back to back | 6.5 / 12.0 | 80.4 / 891.9 |" in text
     assert "--halt-poll-ns 200000" in text
+
+
+def _raise() -> None:
+    raise RuntimeError("probe failed")
+
+
+def _terminated() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+
+
+@pytest.mark.parametrize(("measure", "error"), [(_raise, RuntimeError), (_terminated, SystemExit)])
+def test_halt_poll_is_put_back_however_the_measurement_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measure: Any, error: type
+) -> None:
+    knob = tmp_path / "guest_halt_poll_ns"
+    knob.write_text("0")
+    monkeypatch.setattr(wakeprobe, "HALT_POLL", knob)
+    seen: list[str] = []
+
+    def run() -> None:
+        seen.append(knob.read_text())  # set while measuring
+        measure()
+
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(error):
+        wakeprobe.with_halt_poll(200000, "0", run)
+    assert seen == ["200000"]
+    assert knob.read_text() == "0"
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_a_round_trip_interrupted_leaves_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parent fails after the fork: the child must be gone when it returns.
+    calls = {"n": 0}
+    real_read = os.read
+
+    def failing_read(fd: int, n: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise KeyboardInterrupt
+        return real_read(fd, n)
+
+    monkeypatch.setattr(wakeprobe.os, "read", failing_read)
+    before = set(os.listdir("/proc"))
+    with pytest.raises(KeyboardInterrupt):
+        wakeprobe.roundtrip_us(0, 0, 0.0, 50)
+    monkeypatch.undo()
+    left = [
+        pid
+        for pid in set(os.listdir("/proc")) - before
+        if pid.isdigit() and _parent(int(pid)) == os.getpid()
+    ]
+    assert left == []
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rpartition(")")[2].split()[1])
+    except OSError:
+        return None
