@@ -478,7 +478,7 @@ def context_switches(pid: int) -> int:
     """Times the threads of a live process have left their CPU so far,
     voluntarily (to wait: a lock, a socket, the disk) or not (/proc/<pid>/
     task/*/status). Each voluntary one is a sleep that something must wake,
-    and on this VM a wake on the other vCPU costs some 30 µs when that vCPU
+    and on this VM a wake on the other vCPU costs some 30-40 µs when that vCPU
     has halted (benchmark/wakeprobe.py), so a path's switches price it.
     Threads that have exited are not counted: compare two readings over
     work done by long-lived ones."""

@@ -37,11 +37,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# prism first, as an app that imports prism.driver before gRPC: it loads
-# gRPC on the I/O engine prism picks (fabric/grpc_engine.py).
-import prism.fabric.grpc_engine  # noqa: F401
-
-# isort: split
 import grpc
 import numpy as np
 

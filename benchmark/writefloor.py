@@ -42,8 +42,9 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-# prism first, as an app that imports prism.driver before gRPC: it loads
-# gRPC on the I/O engine prism picks (fabric/grpc_engine.py).
+# Its server process stands in for prism-wrapper, so its gRPC loads on the
+# engine the wrapper's does (fabric/grpc_engine.py). writes.py, which imports
+# this module for its client side, has loaded gRPC already: no effect there.
 import prism.fabric.grpc_engine  # noqa: F401
 
 # isort: split

@@ -44,11 +44,6 @@ import threading
 import time
 from pathlib import Path
 
-# prism first, as an app that imports prism.driver before gRPC: it loads
-# gRPC on the I/O engine prism picks (fabric/grpc_engine.py).
-import prism.fabric.grpc_engine  # noqa: F401
-
-# isort: split
 import grpc
 import numpy as np
 import psycopg
@@ -436,7 +431,7 @@ def switch_lines(res: dict) -> list[str]:  # type: ignore[type-arg]
         f"`write(wait=True)` **{write:.1f}** (the app {sw['write_app']:.1f}, the wrapper "
         f"{sw['write_wrapper']:.1f}, PostgreSQL {sw['write_postgres']:.1f}). Each voluntary "
         "one is a thread put to sleep and woken; on this VM a wake on the other vCPU costs "
-        "some 30 µs once that vCPU has halted (`wakeprobe.py`).",
+        "some 30-40 µs once that vCPU has halted (`wakeprobe.py`).",
     ]
 
 

@@ -11,7 +11,6 @@ A thin face over PrismCache's shared tier (prism.cache.shared): the entries
 live in a table that prism-wrapper replicates to every node of the tenant.
 """
 
-import prism.fabric.grpc_engine  # noqa: F401  (first: gRPC loads on prism's engine)
 from prism.cluster.cache import ClusterCache
 
 __all__ = ["ClusterCache"]

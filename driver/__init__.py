@@ -9,7 +9,6 @@ async with PrismDriver(DriverConfig(wrapper_host="127.0.0.1", wrapper_port=50051
     matches = await driver.query(text="red shoes", top_k=5)
 """
 
-import prism.fabric.grpc_engine  # noqa: F401  (first: gRPC loads on prism's engine)
 from prism.driver.api import Match, PrismDriver
 from prism.driver.changes import Change
 from prism.driver.config import DriverConfig

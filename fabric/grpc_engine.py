@@ -1,6 +1,6 @@
-"""Which I/O engine gRPC's core runs in a prism process: chosen once, as
-gRPC is imported, by the prism packages that talk gRPC (the driver, the
-wrapper and the cluster cache import this module before anything else).
+"""Which I/O engine gRPC's core runs in the prism-wrapper daemon: chosen once,
+as gRPC is imported, by the daemon's command line (wrapper/cli.py imports
+this before anything of prism's).
 
 Since grpcio 1.80, gRPC's core does Python's socket I/O on an EventEngine:
 threads of its own that read and write the sockets and then hand each event
@@ -8,31 +8,32 @@ to the completion queue the Python side waits on. Before 1.80 the thread
 waiting on the queue polled the sockets itself (iomgr), so an arriving
 message woke one thread instead of two. A write through the wrapper
 (`driver.write(wait=True)`) is a chain of such messages and wake-ups: with
-grpcio 1.85.4 on the benchmark's 2-core VM, the driver's threads slept and
-woke 12.2-14.1 times a write on the EventEngine against 6.0-7.0 on iomgr,
-the wrapper's 33.5-36.9 against 28.2-33.3, and a wake-up that crosses to a
+grpcio 1.85.4 on the benchmark's 2-core VM, the wrapper's threads slept and
+woke 33.5-36.9 times a write on the EventEngine against 28.2-33.3 on iomgr
+(the driver's 12.2-14.1 against 6.0-7.0), and a wake-up that crosses to a
 vCPU that has halted costs some 30-40 µs there (benchmark/wakeprobe.py).
-Sequential writes were faster on iomgr in 9 of 12 alternated blocks
-(benchmark/README.md, "Issue 12", 2026-12-06 11:31-12:40).
 
-So this module asks gRPC for iomgr, with the experiments gRPC itself offers
-for that (GRPC_EXPERIMENTS, which gRPC's core reads once, when grpc is
-imported) and with gRPC's fork support (which the EventEngine has on by
-default and iomgr only when asked), imports grpc, and then takes both
-variables out of the environment again, so that no child process inherits
-them. It leaves gRPC as it is when:
-- grpc is already imported (the application loaded it first: too late, and
-  its choice stands);
+Only the daemon: the driver and the cluster cache are libraries inside
+applications that may fork, and gRPC's fork handling is weaker on iomgr. A
+child forked beside a live server and channel made its first call on a new
+channel 10 times of 15 on the EventEngine, 5 of 15 on iomgr with gRPC's fork
+support on (and the parent crashed once), none without it (2026-12-06,
+benchmark/README.md, "Issue 12"). The daemon forks only to run other
+programs, and nothing in it uses gRPC after a fork.
+
+So, in the daemon, this module asks gRPC for iomgr with the experiments gRPC
+itself offers for that (GRPC_EXPERIMENTS, which gRPC's core reads once, when
+grpc is imported), imports grpc, and takes the variable out of the
+environment again, so that no child process inherits it. It leaves gRPC as
+it is when:
+- grpc is already imported (too late: gRPC read its settings then);
 - GRPC_EXPERIMENTS is set (the operator's choice stands);
 - PRISM_GRPC_EVENT_ENGINE is set to 1, true, yes or on (keep gRPC's default);
 - the grpc about to be imported is not a release these experiments are
   known in (1.80 up to and excluding 1.86: gRPC plans to remove them, and an
   experiment name it no longer knows makes its core log an error).
 
-It changes the whole process's gRPC, the application's own channels too:
-iomgr is the engine every grpcio before 1.80 used, with the same API and
-behaviour. The rules are pure functions of their arguments; `load_grpc`
-applies them.
+The rules are pure functions of their arguments; `load_grpc` applies them.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from pathlib import Path
 
 # gRPC's own switches back to iomgr (src/core/lib/experiments/experiments.yaml).
@@ -50,12 +51,6 @@ IOMGR_EXPERIMENTS = (
     "-event_engine_for_all_other_endpoints,-event_engine_callback_cq"
 )
 OPT_OUT = "PRISM_GRPC_EVENT_ENGINE"
-# On the EventEngine, gRPC 1.85 handles fork() by default (its
-# event_engine_fork); on iomgr only with this set. Without it, a child forked
-# while the parent had a live server or channel failed its first call on a
-# new channel ("sendmsg: Bad file descriptor"); with it, as on the
-# EventEngine, the call went through. Set with iomgr unless already set.
-FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 # grpcio releases whose Python default is the EventEngine and which still
 # know the experiments above: [first, last) as (major, minor).
 KNOWN = ((1, 80), (1, 86))
@@ -109,28 +104,24 @@ def iomgr_setting(
     return IOMGR_EXPERIMENTS
 
 
-def load_grpc(environ: MutableMapping[str, str] | None = None) -> str | None:
+def load_grpc() -> str | None:
     """Import grpc on iomgr where the rules allow (see the module
-    docstring); the experiments it was imported with, or None."""
-    env = os.environ if environ is None else environ
+    docstring); the experiments it was imported with, or None. It works on
+    os.environ itself: that is what gRPC's core reads."""
+    env = os.environ
     loaded = "grpc" in sys.modules
     value = iomgr_setting(env, loaded, None if loaded else grpc_version_on_path())
     if value is None:
         return None
-    made = {"GRPC_EXPERIMENTS": value}
-    if FORK_SUPPORT not in env:
-        made[FORK_SUPPORT] = "1"
-    env.update(made)
+    env["GRPC_EXPERIMENTS"] = value
     try:
-        import grpc  # noqa: F401  (gRPC's core reads both settings now)
+        import grpc  # noqa: F401  (gRPC's core reads the experiments now)
     finally:
-        # Read: children (PostgreSQL's tools, an app's own programs) must
-        # not inherit settings made for this process's grpc.
-        for key in made:
-            env.pop(key, None)
+        # Read: children (PostgreSQL's tools) must not inherit a setting
+        # made for this process's grpc.
+        env.pop("GRPC_EXPERIMENTS", None)
     return value
 
 
-# Applied on import: the driver, the wrapper and the cluster cache import
-# this first, before anything of theirs imports grpc.
+# Applied on import: the daemon's command line imports this first.
 APPLIED = load_grpc()

@@ -38,6 +38,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# First of prism's: the daemon's gRPC loads on iomgr (prism.fabric.grpc_engine).
+import prism.fabric.grpc_engine  # noqa: F401
 from prism.fabric.blas import limit_process_to_one_blas_thread
 from prism.fabric.errors import PrismError
 from prism.fabric.keys import load_secret, write_secret

@@ -15,14 +15,16 @@ import sys
 import pytest
 
 from prism.fabric.grpc_engine import (
-    FORK_SUPPORT,
     IOMGR_EXPERIMENTS,
     OPT_OUT,
     _minor,
     grpc_version_on_path,
     iomgr_setting,
-    load_grpc,
 )
+
+# Recorded beside the experiments: an earlier version set it with them, and
+# nothing of prism's may (gRPC's fork handling is its default's business).
+FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
 @pytest.mark.parametrize("version", ["1.80.0", "1.85.1", "1.85.4", "1.85.0rc1"])
@@ -79,12 +81,6 @@ def test_the_version_is_read_from_the_grpc_that_would_load() -> None:
     assert grpc_version_on_path() == grpc.__version__
 
 
-def test_load_grpc_leaves_the_operators_setting_alone() -> None:
-    env: dict[str, str] = {"GRPC_EXPERIMENTS": "mine"}
-    assert load_grpc(env) is None
-    assert env == {"GRPC_EXPERIMENTS": "mine"}
-
-
 # A fresh interpreter: a finder on sys.meta_path records both variables each
 # time grpc is looked for; the last look before grpc is in sys.modules is its
 # import (what gRPC's core reads; an earlier one is the version probe). Then the
@@ -125,26 +121,35 @@ def _fresh(body: str, **env: str) -> tuple[dict[str, object], str]:
 KNOWN_HERE = iomgr_setting({}, grpc_loaded=False, grpcio_version=grpc_version_on_path())
 
 
+def test_the_wrapper_daemon_loads_grpc_on_iomgr_and_leaves_no_trace() -> None:
+    seen, stderr = _fresh(
+        "import prism.wrapper.cli\nimport prism.fabric.grpc_engine as e\n"
+        "seen['applied'] = e.APPLIED"
+    )
+    assert seen["grpc_loaded"] is True
+    assert seen["at_import"] == [KNOWN_HERE, None]  # what gRPC's core read
+    assert seen["applied"] == KNOWN_HERE
+    assert seen["after"] == [None, None]  # no child inherits it
+    assert "Unknown experiment" not in stderr  # gRPC knows every name
+
+
 @pytest.mark.parametrize(
     "statement",
     [
         "import prism.driver",
         "from prism.driver import PrismDriver",
         "import prism.ffi",
-        "import prism.wrapper.cli",
         "from prism.cluster.cache import ClusterCache",
+        "import prism.wrapper",
     ],
 )
-def test_prism_loads_grpc_on_iomgr_and_leaves_no_trace(statement: str) -> None:
-    seen, stderr = _fresh(
-        statement + "\nimport prism.fabric.grpc_engine as e\nseen['applied'] = e.APPLIED"
-    )
+def test_libraries_in_an_application_keep_grpcs_default(statement: str) -> None:
+    # The driver and the cluster cache live in applications that may fork:
+    # gRPC's default engine handles that better (fabric/grpc_engine.py).
+    seen, _ = _fresh(statement + "\nimport grpc")
     assert seen["grpc_loaded"] is True
-    fork = "1" if KNOWN_HERE else None
-    assert seen["at_import"] == [KNOWN_HERE, fork]  # what gRPC's core read
-    assert seen["applied"] == KNOWN_HERE
-    assert seen["after"] == [None, None]  # no child inherits them
-    assert "Unknown experiment" not in stderr  # gRPC knows every name
+    assert seen["at_import"] == [None, None]
+    assert seen["after"] == [None, None]
 
 
 def test_the_cache_alone_neither_loads_grpc_nor_sets_anything() -> None:
@@ -154,58 +159,15 @@ def test_the_cache_alone_neither_loads_grpc_nor_sets_anything() -> None:
     assert seen["after"] == [None, None]
 
 
-def test_an_application_that_loaded_grpc_first_keeps_its_engine() -> None:
-    seen, _ = _fresh("import grpc\nimport prism.driver")
+def test_a_process_that_loaded_grpc_first_keeps_its_engine() -> None:
+    seen, _ = _fresh("import grpc\nimport prism.wrapper.cli")
     assert seen["at_import"] == [None, None]
 
 
 def test_opt_out_and_operator_choices_in_a_real_process() -> None:
-    seen, _ = _fresh("import prism.driver", **{OPT_OUT: "1"})
+    seen, _ = _fresh("import prism.wrapper.cli", **{OPT_OUT: "1"})
     assert seen["at_import"] == [None, None]
     mine = "-event_engine_client"
-    seen, _ = _fresh("import prism.driver", GRPC_EXPERIMENTS=mine)
+    seen, _ = _fresh("import prism.wrapper.cli", GRPC_EXPERIMENTS=mine)
     assert seen["at_import"] == [mine, None]
     assert seen["after"] == [mine, None]
-    seen, _ = _fresh("import prism.driver", **{FORK_SUPPORT: "0"})
-    assert seen["at_import"] == [KNOWN_HERE, "0"]
-    assert seen["after"] == [None, "0"]
-
-
-_FORK = """
-import os
-import prism.driver
-import grpc
-from concurrent import futures
-
-handler = grpc.method_handlers_generic_handler(
-    "e.E", {"M": grpc.unary_unary_rpc_method_handler(lambda r, c: r)})
-server = grpc.server(futures.ThreadPoolExecutor(2))
-server.add_generic_rpc_handlers((handler,))
-port = server.add_insecure_port("127.0.0.1:0")
-server.start()
-channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-assert channel.unary_unary("/e.E/M")(b"x", timeout=10) == b"x"
-pid = os.fork()
-if pid == 0:
-    import signal
-    signal.alarm(20)  # a child stuck in gRPC (no fork support) dies, not hangs
-    try:
-        other = grpc.insecure_channel(f"127.0.0.1:{port}")
-        os._exit(0 if other.unary_unary("/e.E/M")(b"y", timeout=10) == b"y" else 1)
-    except Exception:
-        os._exit(2)
-_, status = os.waitpid(pid, 0)
-print(os.waitstatus_to_exitcode(status), channel.unary_unary("/e.E/M")(b"z", timeout=10))
-"""
-
-
-def test_a_child_forked_beside_a_live_server_and_channel_can_call() -> None:
-    # What gRPC's EventEngine allows by default; on iomgr only with fork
-    # support, which prism asks for with it. Without it the child's first
-    # call failed ("sendmsg: Bad file descriptor").
-    base = {k: v for k, v in os.environ.items() if k not in ("GRPC_EXPERIMENTS", FORK_SUPPORT)}
-    out = subprocess.run(
-        [sys.executable, "-c", _FORK], env=base, capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["0", "b'z'"]
