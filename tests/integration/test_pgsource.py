@@ -276,3 +276,58 @@ def test_threads_asking_for_the_admin_connection_at_once_share_one(db: TestDB) -
     finally:
         src.close()
     assert got[0].closed
+
+
+def test_acknowledgments_are_held_back_then_sent_and_sent_at_close(db: TestDB) -> None:
+    """A burst of commits confirmed one by one sends fewer status messages
+    than commits (one per ACK_EVERY_S), yet the slot reaches the last one by
+    the stream's idle ticks; one still held back at close goes out then."""
+    db.execute(SCHEMA)
+    src = _source(db, True)
+    sent: list[int] = []
+    try:
+        src.discover()
+        src.prepare()
+        point = src.begin_snapshot()
+        src.end_snapshot()
+        src.start_stream(point)
+        assert src._repl is not None
+        real_send = src._repl.send_status
+
+        def counting(write: int, flush: int, apply: int, reply: bool = False) -> None:
+            sent.append(flush)
+            real_send(write, flush, apply, reply)
+
+        src._repl.send_status = counting  # type: ignore[method-assign]
+        with db.connect() as probe:
+            _burst(db, base=5000)
+            ends: list[int] = []
+            for stx in src.transactions(0.005):
+                if stx is not None:
+                    src.acknowledge(stx.end_lsn)
+                    ends.append(stx.end_lsn)
+                if len(ends) == 20:
+                    break
+            assert len([f for f in sent if f > point.position]) < 20
+            assert _follow(src, lambda: _slot_lsns(probe, src.slot)[1] >= ends[-1], 5.0), (
+                "the held-back acknowledgment never went out"
+            )
+            assert sent[-1] == ends[-1]
+            # One more, held back (the last status went out just now), then close.
+            _burst(db, base=6000)
+            last = 0
+            for stx in src.transactions(0.005):
+                if stx is not None:
+                    last = stx.end_lsn
+                    break
+            src._last_status = time.monotonic()  # as if a status had just gone out
+            src.acknowledge(last)
+            assert sent[-1] < last
+            src.close()
+            assert sent[-1] == last
+            deadline = time.monotonic() + 5
+            while _slot_lsns(probe, src.slot)[1] < last:
+                assert time.monotonic() < deadline, "the acknowledgment at close was lost"
+                time.sleep(0.05)
+    finally:
+        src.close()

@@ -64,6 +64,14 @@ SILENT_MIN_S = 5.0
 # most (a statement, or unacknowledged sends), never the kernel's minutes.
 MARK_TIMEOUT_S = 5
 MARK_APPLICATION_NAME = "prism-wrapper restart points"
+# Acknowledgments go out at most this often; one that comes sooner waits for
+# the stream's next idle tick past it (the pipeline's loop ticks every few
+# ms). A status message per commit woke the walsender after every write:
+# one context switch of PostgreSQL's 3.5 and 2-5 of the wrapper's ~33 a
+# write(wait=True) (benchmark/README.md, "Issue 12"). Nothing waits on the
+# slot's confirmed_flush_lsn but WAL recycling, and a restart resumes from
+# the store's own position, not the slot's.
+ACK_EVERY_S = 0.05
 # How the server refuses pg_log_standby_snapshot() for good: no privilege,
 # a server before 16, a standby (whose slots move with the primary's records).
 _MARK_REFUSED = (
@@ -127,6 +135,7 @@ class PostgresSource(ReplicationSource):
         self.binary = False
         self._received = 0
         self._acked = 0
+        self._sent_ack = 0
         self._keepalive_lsn = 0
         self._in_txn = False
         self._last_status = 0.0
@@ -635,7 +644,8 @@ class PostgresSource(ReplicationSource):
     def acknowledge(self, position: int) -> None:
         if position > self._acked:
             self._acked = position
-            self._send_status(reply=False)
+            if time.monotonic() - self._last_status >= ACK_EVERY_S:
+                self._send_status(reply=False)
 
     def _periodic_status(self) -> None:
         # Asking for a reply makes the walsender answer with a keepalive that
@@ -645,6 +655,8 @@ class PostgresSource(ReplicationSource):
             self._log_restart_point(now)
         if now - self._last_status >= self._status_interval:
             self._send_status(reply=True)
+        elif self._acked > self._sent_ack and now - self._last_status >= ACK_EVERY_S:
+            self._send_status(reply=False)  # an acknowledgment held back
 
     def _log_restart_point(self, now: float) -> None:
         """Log a running-transactions record the slot's restart point can
@@ -706,6 +718,7 @@ class PostgresSource(ReplicationSource):
     def _send_status(self, reply: bool) -> None:
         assert self._repl is not None
         self._repl.send_status(max(self._received, self._acked), self._acked, self._acked, reply)
+        self._sent_ack = self._acked
         self._last_status = time.monotonic()
 
     # -- catalog answers for the applier ----------------------------------
@@ -744,6 +757,11 @@ class PostgresSource(ReplicationSource):
         return None
 
     def close(self) -> None:
+        if self._repl is not None and self._acked > self._sent_ack:
+            # What the store holds, held back by ACK_EVERY_S: the slot keeps
+            # less WAL for us while we are away.
+            with contextlib.suppress(SourceError):
+                self._send_status(reply=False)
         self._close_marker()
         with self._admin_lock:
             admin, self._admin = self._admin, None
