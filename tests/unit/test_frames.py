@@ -783,6 +783,29 @@ def test_documented_sealing_opens() -> None:
     assert open_(frame).payloads == [b"{}", b"{}"]
 
 
+@pytest.mark.parametrize("mask", [b"\x01\x02\x01", b"\xff\x01\x01", b"\x01\x01\x80"])
+def test_vector_mask_other_than_0_and_1_is_frame_error(mask: bytes) -> None:
+    # Sealed and signed by a sender holding both keys: the mask still decides.
+    frame = make(3, ops=b"UUU")
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
+    frame.vector_mask = mask
+    seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
+    with pytest.raises(FrameError, match="other than 0 and 1") as ei:
+        open_(frame)
+    assert not isinstance(ei.value, WatermarkError)
+
+
+def test_rows_left_out_of_the_mask_open_as_zeros_whatever_was_sent() -> None:
+    vectors = np.random.default_rng(2).standard_normal((3, DIM)).astype(np.float32)
+    frame = make(3, ops=b"UUU", vectors=vectors, vector_mask=np.ones(3, dtype=bool))
+    keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
+    frame.vector_mask = b"\x01\x00\x01"  # the middle row's vector bytes stay as sent
+    seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
+    d = open_(frame)
+    assert d.vector_mask.tolist() == [True, False, True]
+    assert not d.vectors[1].any() and d.vectors[0].any() and d.vectors[2].any()
+
+
 def test_delete_with_payload_is_frame_error() -> None:
     frame = make(3, ops=b"UUU")
     keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
