@@ -67,8 +67,9 @@ MARK_APPLICATION_NAME = "prism-wrapper restart points"
 # Acknowledgments go out at most this often; one that comes sooner waits for
 # the stream's next idle tick past it (the pipeline's loop ticks every few
 # ms). A status message per commit woke the walsender after every write:
-# one context switch of PostgreSQL's 3.5 and 2-5 of the wrapper's ~33 a
-# write(wait=True) (benchmark/README.md, "Issue 12"). Nothing waits on the
+# PostgreSQL's context switches a write(wait=True) 3.3-3.5 -> 2.5-2.8 in
+# alternated writes.py runs; the wrapper's ~31 did not move beside their
+# noise, nor did the latency (benchmark/README.md, "Issue 12"). Nothing waits on the
 # slot's confirmed_flush_lsn but WAL recycling, and a restart resumes from
 # the store's own position, not the slot's.
 ACK_EVERY_S = 0.05
