@@ -51,6 +51,11 @@ class Planned:
     table: str
     statement: bytes | sql.Composable
     params: list[Any]
+    # The table's vector column as sent in float4 (None: not written, or not
+    # a flat run of float4): what the frames will project and seal, made
+    # ahead while the statement runs (wrapper/preseal.py). Not any other
+    # real[] column, whose product no frame would take.
+    vector: np.ndarray | None = None
 
 
 def _values(blob: bytes, what: str, table: str) -> dict[str, Any]:
@@ -214,9 +219,8 @@ def plan(
         if not data:
             raise WriteError(ErrorKind.INVALID, f"{name}: an update needs at least one column")
         stmt = _statement(op.kind, name, _typed(data, types), _typed(keys, types))
-        return Planned(
-            op.kind, name, stmt, [_bind(v, types[c]) for c, v in data.items()] + key_params
-        )
+        bound = {c: _bind(v, types[c]) for c, v in data.items()}
+        return Planned(op.kind, name, stmt, [*bound.values(), *key_params], _vector_of(t, bound))
     if op.kind != pb.UPSERT:
         raise WriteError(ErrorKind.INVALID, f"{name}: unknown write kind {op.kind}")
     for k in keys:
@@ -227,7 +231,13 @@ def plan(
             )
     row = {**data, **key}
     stmt = _statement(op.kind, name, _typed(row, types), _typed(keys, types))
-    return Planned(op.kind, name, stmt, [_bind(v, types[c]) for c, v in row.items()])
+    bound = {c: _bind(v, types[c]) for c, v in row.items()}
+    return Planned(op.kind, name, stmt, list(bound.values()), _vector_of(t, bound))
+
+
+def _vector_of(t: TableConfig, bound: Mapping[str, Any]) -> np.ndarray | None:
+    value = bound.get(t.vector_column) if t.vector_column else None
+    return value.values if isinstance(value, Float4Array) else None
 
 
 def _typed(cols: Iterable[str], types: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

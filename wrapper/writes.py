@@ -32,7 +32,7 @@ from prism.wrapper.groupcommit import ConnectionPool, GroupCommit, MarkerSQL, Ou
 from prism.wrapper.preseal import Presealed
 from prism.wrapper.store import MARKER_PURGE_EVERY_S, Store, StoreReader
 from prism.wrapper.tables import TableShape
-from prism.wrapper.writeplan import Float4Array, Planned, WriteError, plan
+from prism.wrapper.writeplan import Planned, WriteError, plan
 
 log = logging.getLogger("prism.wrapper.writes")
 
@@ -142,17 +142,20 @@ class WriteExecutor:
         have been sealed; None when there is nothing to make."""
         presealed = self.presealed
         made = [
-            (p.table, [v.values for v in p.params if isinstance(v, Float4Array)])
+            (p.table, [p.vector])
             for p in planned
-            if presealed.wanted(p.table)
+            if p.vector is not None and presealed.wanted(p.table)
         ]
-        made = [(table, vectors) for table, vectors in made if vectors]
         if not made:
             return None
 
         def make() -> None:
+            # Once: a retried statement (a conflict) runs this again, and the
+            # products it made the first time are still held.
+            todo = made[:]
+            made.clear()
             try:
-                for table, vectors in made:
+                for table, vectors in todo:
                     presealed.make(table, vectors)
             except Exception:  # a product is only ever a shortcut: the frame makes its own
                 log.exception("sealing a written vector ahead failed")
