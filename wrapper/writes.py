@@ -14,6 +14,7 @@ returned, from memory or, after a restart, from the store.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
 import uuid
@@ -44,6 +45,9 @@ PURGE_EVERY_S = MARKER_PURGE_EVERY_S
 # the cap keeps a large database.write_retries from holding a gRPC worker
 # for minutes.
 RETRY_FIRST_S, RETRY_CAP_S = 0.02, 1.0
+# How often a replayed request looks for its first write's marker in the
+# store while it waits for the stream to announce it.
+REPLAY_RECHECK_S = 0.25
 
 
 class WriteExecutor:
@@ -193,21 +197,27 @@ class WriteExecutor:
         """Wait until the stream brought the write into the store."""
         positions = self.store.write_positions
         event_id = outcome.event_id
-        if outcome.replayed:
-            # The first write's marker: known here, or (after a restart) in
-            # the store, or still on its way through the stream.
-            waiting = positions.expect(event_id)
-            if not waiting.done():
-                reader = StoreReader(self.store.path)
-                try:
-                    stored = reader.write_position(event_id)
-                finally:
-                    reader.close()
-                if stored is not None:
-                    positions.forget(event_id, waiting)
-                    return stored
+        deadline = time.monotonic() + wait_s
         try:
-            return waiting.result(wait_s)
+            if outcome.replayed:
+                # The first write's marker: known here, or (after a restart)
+                # in the store, or still on its way through the stream. Asked
+                # again while waiting: a marker the stream brought before this
+                # replay registered is announced to nobody, and reaches SQLite
+                # late where its COMMIT failed after the row log's sync (the
+                # next commit writes it; Store._catch_up).
+                waiting = positions.expect(event_id)
+                while not waiting.done():
+                    stored = self._stored_position(event_id)
+                    if stored is not None:
+                        positions.forget(event_id, waiting)
+                        return stored
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise concurrent.futures.TimeoutError
+                    with contextlib.suppress(concurrent.futures.TimeoutError):
+                        return waiting.result(min(left, REPLAY_RECHECK_S))
+            return waiting.result(max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             positions.forget(event_id, waiting)
             raise WriteError(
@@ -215,6 +225,13 @@ class WriteExecutor:
                 f"the write committed (event {event_id}) but the replication stream has "
                 f"not brought it to the wrapper's store within {wait_s}s",
             ) from None
+
+    def _stored_position(self, event_id: str) -> int | None:
+        reader = StoreReader(self.store.path)
+        try:
+            return reader.write_position(event_id)
+        finally:
+            reader.close()
 
     def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < PURGE_EVERY_S:

@@ -1,18 +1,27 @@
-"""wrapper/writeplan.py's plan(): which value of a write is the vector the
-frames will seal, and WriteExecutor's sealing of that vector ahead while
-the statement runs (wrapper/preseal.py): that vector only, once."""
+"""The Write handler's pure steps: wrapper/writeplan.py's plan() (which
+value of a write is the vector the frames will seal), WriteExecutor's
+sealing of that vector ahead while the statement runs (wrapper/preseal.py:
+that vector only, once), and a replayed request's wait for its first
+write's marker in a real store."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from prism.fabric import wrapper_pb2 as pb
+from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.payload import encode_row
 from prism.wrapper.config import config_from_mapping
+from prism.wrapper.groupcommit import Outcome
 from prism.wrapper.preseal import Presealed
+from prism.wrapper.store import Store
 from prism.wrapper.tables import TableShape
 from prism.wrapper.writeplan import Float4Array, WriteError, plan
 from prism.wrapper.writes import WriteExecutor
@@ -103,3 +112,50 @@ def test_nothing_is_sealed_ahead_for_a_table_no_frame_sealed_yet() -> None:
     emb = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     planned = plan(CFG, SHAPES, _op(pb.UPSERT, {"id": 1}, {"emb": emb}), "")
     assert executor._ahead([planned]) is None
+
+
+def _executor_on(path: Path) -> WriteExecutor:
+    executor = WriteExecutor.__new__(WriteExecutor)  # _position needs only its store
+    executor.store = Store(path, "normal")
+    executor.store.reset("s1")
+    return executor
+
+
+def test_a_replay_finds_a_marker_that_reaches_the_store_late(tmp_path: Path) -> None:
+    """A replayed request waits for its first write's marker. One the stream
+    announced before the replay registered is found in SQLite, and so is one
+    SQLite took only later (its COMMIT failed after the row log's sync and
+    the next commit wrote it): looked for again while waiting, not only once."""
+    executor = _executor_on(tmp_path / "store.sqlite3")
+    try:
+        replay = Outcome(event_id="e-first", affected=(), replayed=True)
+        unused: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            got = pool.submit(executor._position, replay, unused, 5.0)
+            time.sleep(0.4)
+            assert not got.done()
+            # Written into SQLite behind the store's back: announced to nobody.
+            with sqlite3.connect(executor.store.path) as db:
+                db.execute(
+                    "INSERT INTO writes (event_id, request_id, position, stored_us) "
+                    "VALUES ('e-first', 'r1', 42, 0)"
+                )
+            assert got.result(timeout=5) == 42
+            assert time.monotonic() - started < 2.0
+        # Nobody waits for it any more.
+        assert "e-first" not in executor.store.write_positions._waiting
+    finally:
+        executor.store.close()
+
+
+def test_a_replay_whose_marker_never_comes_is_lagging(tmp_path: Path) -> None:
+    executor = _executor_on(tmp_path / "store.sqlite3")
+    try:
+        replay = Outcome(event_id="e-lost", affected=(), replayed=True)
+        unused: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with pytest.raises(WriteError, match="e-lost") as err:
+            executor._position(replay, unused, 0.6)
+        assert err.value.kind == ErrorKind.LAGGING
+    finally:
+        executor.store.close()
