@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from prism.fabric.backoff import Backoff
 from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.sealing import random_nonce
 from prism.wrapper.config import WrapperConfig
+from prism.wrapper.errors import StoreError
 from prism.wrapper.groupcommit import ConnectionPool, GroupCommit, MarkerSQL, Outcome, Request
 from prism.wrapper.preseal import Presealed
 from prism.wrapper.store import MARKER_PURGE_EVERY_S, Store, StoreReader
@@ -207,16 +209,21 @@ class WriteExecutor:
                 # late where its COMMIT failed after the row log's sync (the
                 # next commit writes it; Store._catch_up).
                 waiting = positions.expect(event_id)
-                while not waiting.done():
-                    stored = self._stored_position(event_id)
-                    if stored is not None:
-                        positions.forget(event_id, waiting)
-                        return stored
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise concurrent.futures.TimeoutError
-                    with contextlib.suppress(concurrent.futures.TimeoutError):
-                        return waiting.result(min(left, REPLAY_RECHECK_S))
+                try:
+                    while not waiting.done():
+                        stored = self._stored_position(event_id)
+                        if stored is not None:
+                            return stored
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise concurrent.futures.TimeoutError
+                        with contextlib.suppress(concurrent.futures.TimeoutError):
+                            return waiting.result(min(left, REPLAY_RECHECK_S))
+                    return waiting.result(0)
+                finally:
+                    # However it ends: the marker is announced once, and a
+                    # waiter left registered would be kept for good.
+                    positions.forget(event_id, waiting)
             return waiting.result(max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
             positions.forget(event_id, waiting)
@@ -227,9 +234,18 @@ class WriteExecutor:
             ) from None
 
     def _stored_position(self, event_id: str) -> int | None:
-        reader = StoreReader(self.store.path)
+        """The marker's position in the store's SQLite, or None: not there
+        (yet), or the store could not be read this time (asked again)."""
+        try:
+            reader = StoreReader(self.store.path)
+        except (StoreError, sqlite3.Error) as exc:
+            log.debug("looking for a replayed write's marker: %s", exc)
+            return None
         try:
             return reader.write_position(event_id)
+        except sqlite3.Error as exc:
+            log.debug("looking for a replayed write's marker: %s", exc)
+            return None
         finally:
             reader.close()
 

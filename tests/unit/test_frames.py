@@ -801,9 +801,28 @@ def test_rows_left_out_of_the_mask_open_as_zeros_whatever_was_sent() -> None:
     keys_block, old_keys_block, payloads_block = open_rows(frame, SEALER)
     frame.vector_mask = b"\x01\x00\x01"  # the middle row's vector bytes stay as sent
     seal_frame(frame, SEALER, keys_block, old_keys_block, payloads_block)
-    d = open_(frame)
-    assert d.vector_mask.tolist() == [True, False, True]
-    assert not d.vectors[1].any() and d.vectors[0].any() and d.vectors[2].any()
+    for unseal in (True, False):  # the driver's path keeps them sealed
+        d = open_frame(
+            frame,
+            sealers,
+            tenant_id="acme",
+            stream_id="stream-1",
+            subscription=frame.subscription,
+            unseal=unseal,
+        )
+        assert d.vector_mask.tolist() == [True, False, True]
+        assert not d.vectors[1].any() and d.vectors[0].any() and d.vectors[2].any()
+    # Every row with a vector: the sealed vectors as sent, none zeroed.
+    whole = make(3, ops=b"UUU", vectors=vectors, vector_mask=np.ones(3, dtype=bool))
+    kept = open_frame(
+        whole,
+        sealers,
+        tenant_id="acme",
+        stream_id="stream-1",
+        subscription=whole.subscription,
+        unseal=False,
+    )
+    assert kept.vectors.tobytes() == whole.vectors
 
 
 def test_delete_with_payload_is_frame_error() -> None:

@@ -21,7 +21,7 @@ from prism.fabric.payload import encode_row
 from prism.wrapper.config import config_from_mapping
 from prism.wrapper.groupcommit import Outcome
 from prism.wrapper.preseal import Presealed
-from prism.wrapper.store import Store
+from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.tables import TableShape
 from prism.wrapper.writeplan import Float4Array, WriteError, plan
 from prism.wrapper.writes import WriteExecutor
@@ -157,5 +157,35 @@ def test_a_replay_whose_marker_never_comes_is_lagging(tmp_path: Path) -> None:
         with pytest.raises(WriteError, match="e-lost") as err:
             executor._position(replay, unused, 0.6)
         assert err.value.kind == ErrorKind.LAGGING
+        assert not executor.store.write_positions._waiting
+    finally:
+        executor.store.close()
+
+
+def test_a_replay_wait_outlives_a_failed_store_read_and_leaves_no_waiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = _executor_on(tmp_path / "store.sqlite3")
+    with sqlite3.connect(executor.store.path) as db:
+        db.execute(
+            "INSERT INTO writes (event_id, request_id, position, stored_us) "
+            "VALUES ('e-first', 'r1', 7, 0)"
+        )
+    real = StoreReader.write_position
+    calls: list[str] = []
+
+    def locked_once(reader: StoreReader, event_id: str) -> int | None:
+        calls.append(event_id)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database is locked")
+        return real(reader, event_id)
+
+    monkeypatch.setattr(StoreReader, "write_position", locked_once)
+    try:
+        replay = Outcome(event_id="e-first", affected=(), replayed=True)
+        unused: concurrent.futures.Future[int] = concurrent.futures.Future()
+        assert executor._position(replay, unused, 5.0) == 7
+        assert len(calls) == 2
+        assert not executor.store.write_positions._waiting
     finally:
         executor.store.close()

@@ -65,13 +65,14 @@ SILENT_MIN_S = 5.0
 MARK_TIMEOUT_S = 5
 MARK_APPLICATION_NAME = "prism-wrapper restart points"
 # Acknowledgments go out at most this often; one that comes sooner waits for
-# the stream's next idle tick past it (the pipeline's loop ticks every few
-# ms). A status message per commit woke the walsender after every write:
+# the stream's next message or idle tick past it (the pipeline's loop ticks
+# every few ms, or every store.commit_interval_ms where that is longer). A
+# status message per commit woke the walsender after every write:
 # PostgreSQL's context switches a write(wait=True) 3.3-3.5 -> 2.5-2.8 in
 # alternated writes.py runs; the wrapper's ~31 did not move beside their
-# noise, nor did the latency (benchmark/README.md, "Issue 12"). Nothing waits on the
-# slot's confirmed_flush_lsn but WAL recycling, and a restart resumes from
-# the store's own position, not the slot's.
+# noise, nor did the latency (benchmark/README.md, "Issue 12"). Nothing
+# waits on the slot's confirmed_flush_lsn but WAL recycling, and a restart
+# resumes from the store's own position, not the slot's.
 ACK_EVERY_S = 0.05
 # How the server refuses pg_log_standby_snapshot() for good: no privilege,
 # a server before 16, a standby (whose slots move with the primary's records).
@@ -594,6 +595,8 @@ class PostgresSource(ReplicationSource):
                 self._keepalive_lsn = max(self._keepalive_lsn, msg.wal_end)
                 if msg.reply_requested:
                     self._send_status(reply=False)
+                else:
+                    self._periodic_status()  # keepalives alone may keep the ticks away
                 yield None
                 continue
             self._received = max(self._received, msg.wal_end)
@@ -758,22 +761,24 @@ class PostgresSource(ReplicationSource):
         return None
 
     def close(self) -> None:
-        if self._repl is not None and self._acked > self._sent_ack:
-            # What the store holds, held back by ACK_EVERY_S: the slot keeps
-            # less WAL for us while we are away.
-            with contextlib.suppress(SourceError):
-                self._send_status(reply=False)
-        self._close_marker()
-        with self._admin_lock:
-            admin, self._admin = self._admin, None
-        for c in (self._copy, admin):
-            if c is not None:
-                with contextlib.suppress(psycopg.Error):
-                    c.close()
-        if self._repl is not None:
-            self._repl.close()
-        self._copy = None
-        self._repl = None
+        try:
+            if self._repl is not None and self._acked > self._sent_ack:
+                # What the store holds, held back by ACK_EVERY_S: the slot
+                # keeps less WAL for us while we are away.
+                with contextlib.suppress(SourceError):
+                    self._send_status(reply=False)
+        finally:
+            self._close_marker()
+            with self._admin_lock:
+                admin, self._admin = self._admin, None
+            for c in (self._copy, admin):
+                if c is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        c.close()
+            if self._repl is not None:
+                self._repl.close()
+            self._copy = None
+            self._repl = None
 
 
 def _replident(code: str) -> str:
