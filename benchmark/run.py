@@ -60,6 +60,7 @@ from common import (  # noqa: E402
     Wrapper,
     dev_certs,
     driver_tls,
+    drop_slot,
     fresh_memory_cost,
     load_table,
     percentiles,
@@ -777,7 +778,8 @@ def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
         "command": " ".join(cmd[1:]),
     }
     log(f"pg_recvlogical backlog: {n} changes in {secs:.2f}s = {n / secs:,.0f} changes/s")
-    _sql(ctx, f"SELECT pg_drop_replication_slot('{RECV_SLOT}')")
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        drop_slot(conn, RECV_SLOT)
 
 
 def _lsn(text: str) -> int:
@@ -855,7 +857,8 @@ async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> N
         f"pg_recvlogical live: {n} changes sent {live_s:.2f}s after the writer began = "
         f"{n / live_s:,.0f} changes/s (writer alone {n / writer_s:,.0f}/s)"
     )
-    _sql(ctx, f"SELECT pg_drop_replication_slot('{RECV_LIVE_SLOT}')")
+    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+        drop_slot(conn, RECV_LIVE_SLOT)
     await asyncio.to_thread(bench_recvlogical, ctx, str(res["end_lsn"]))
     _sql(ctx, f"DROP PUBLICATION {RECV_PUB}")
     t0 = time.time_ns()

@@ -61,6 +61,7 @@ from common import (
     context_switches,
     cpu_seconds,
     dev_certs,
+    drop_slot,
     percentiles,
     replace_readme_section,
     tree_context_switches,
@@ -169,7 +170,7 @@ def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
                 lat.append((time.perf_counter() - t) * 1000)
         finally:
             rc.close()
-        sql.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        drop_slot(sql, slot)
         sql.execute(f"DROP PUBLICATION {pub}")
     return percentiles(lat)
 
