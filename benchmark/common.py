@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import psycopg
-import psycopg.errors
 
 # The benchmark runs the same real processes as the integration tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -609,26 +607,3 @@ async def settle_index(driver: PrismDriver, timeout: float) -> float:
             break
         await asyncio.sleep(0.05)
     return time.perf_counter() - t0
-
-
-def drop_slot(sql: psycopg.Connection, slot: str, timeout: float = 30.0) -> None:  # type: ignore[type-arg]
-    """Drop `slot` once its walsender has gone: a replication connection's
-    backend may still be exiting when its client has closed it, and the drop
-    then fails with "replication slot ... is active" (what failed two runs of
-    ~40 on 12-06 and one at 14:53)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = sql.execute(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
-        if row is None:
-            return
-        if not row[0]:
-            try:
-                sql.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                return
-            except psycopg.errors.ObjectInUse:
-                pass  # taken again between the look and the drop: look again
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"replication slot {slot} still active after {timeout:g}s")
-        time.sleep(0.05)

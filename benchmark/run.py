@@ -60,7 +60,6 @@ from common import (  # noqa: E402
     Wrapper,
     dev_certs,
     driver_tls,
-    drop_slot,
     fresh_memory_cost,
     load_table,
     percentiles,
@@ -76,6 +75,7 @@ from prism.driver import DriverConfig, PrismDriver  # noqa: E402
 from prism.fabric.keys import write_secret  # noqa: E402
 from prism.fabric.payload import encode_key  # noqa: E402
 from prism.wrapper.embedded_pg import EmbeddedPostgres, free_port, shared_tmp  # noqa: E402
+from prism.wrapper.sources.postgres.conn import ReplicationConnection  # noqa: E402
 from prism.wrapper.store import stored_stamps  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -643,6 +643,13 @@ async def finish_writer(ctx: Ctx, proc: asyncio.subprocess.Process) -> dict[str,
     return dict(json.loads(line))
 
 
+def _drop_slot(ctx: Ctx, slot: str) -> None:
+    """Drop `slot` once the walsender of pg_recvlogical, just ended, has
+    gone (DROP_REPLICATION_SLOT ... WAIT; a plain drop may find it active)."""
+    with ReplicationConnection(ctx.dsn) as admin:
+        admin.drop_slot(slot)
+
+
 def _sql(ctx: Ctx, *queries: str) -> list[Any]:
     out = []
     with psycopg.connect(ctx.dsn, autocommit=True) as conn:
@@ -778,8 +785,7 @@ def bench_recvlogical(ctx: Ctx, end_lsn: str) -> None:
         "command": " ".join(cmd[1:]),
     }
     log(f"pg_recvlogical backlog: {n} changes in {secs:.2f}s = {n / secs:,.0f} changes/s")
-    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
-        drop_slot(conn, RECV_SLOT)
+    _drop_slot(ctx, RECV_SLOT)
 
 
 def _lsn(text: str) -> int:
@@ -857,8 +863,7 @@ async def bench_cdc_backlog(ctx: Ctx, driver: PrismDriver, hook: ApplyHook) -> N
         f"pg_recvlogical live: {n} changes sent {live_s:.2f}s after the writer began = "
         f"{n / live_s:,.0f} changes/s (writer alone {n / writer_s:,.0f}/s)"
     )
-    with psycopg.connect(ctx.dsn, autocommit=True) as conn:
-        drop_slot(conn, RECV_LIVE_SLOT)
+    _drop_slot(ctx, RECV_LIVE_SLOT)
     await asyncio.to_thread(bench_recvlogical, ctx, str(res["end_lsn"]))
     _sql(ctx, f"DROP PUBLICATION {RECV_PUB}")
     t0 = time.time_ns()

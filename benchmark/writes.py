@@ -61,7 +61,6 @@ from common import (
     context_switches,
     cpu_seconds,
     dev_certs,
-    drop_slot,
     percentiles,
     replace_readme_section,
     tree_context_switches,
@@ -170,7 +169,11 @@ def stream_delivery_ms(dsn: str, calls: int) -> dict[str, float]:
                 lat.append((time.perf_counter() - t) * 1000)
         finally:
             rc.close()
-        drop_slot(sql, slot)
+        # DROP_REPLICATION_SLOT ... WAIT: the walsender of the connection
+        # just closed may still be exiting (a plain drop then failed with
+        # "replication slot ... is active").
+        with ReplicationConnection(dsn) as admin:
+            admin.drop_slot(slot)
         sql.execute(f"DROP PUBLICATION {pub}")
     return percentiles(lat)
 
