@@ -200,38 +200,35 @@ class WriteExecutor:
         positions = self.store.write_positions
         event_id = outcome.event_id
         deadline = time.monotonic() + wait_s
+        if outcome.replayed:
+            # The first write's marker: known here, or (after a restart) in
+            # the store, or still on its way through the stream. Asked again
+            # while waiting: a marker the stream brought before this replay
+            # registered is announced to nobody, and reaches SQLite late
+            # where its COMMIT failed after the row log's sync (the next
+            # commit writes it; Store._catch_up).
+            waiting = positions.expect(event_id)
         try:
-            if outcome.replayed:
-                # The first write's marker: known here, or (after a restart)
-                # in the store, or still on its way through the stream. Asked
-                # again while waiting: a marker the stream brought before this
-                # replay registered is announced to nobody, and reaches SQLite
-                # late where its COMMIT failed after the row log's sync (the
-                # next commit writes it; Store._catch_up).
-                waiting = positions.expect(event_id)
-                try:
-                    while not waiting.done():
-                        stored = self._stored_position(event_id)
-                        if stored is not None:
-                            return stored
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise concurrent.futures.TimeoutError
-                        with contextlib.suppress(concurrent.futures.TimeoutError):
-                            return waiting.result(min(left, REPLAY_RECHECK_S))
-                    return waiting.result(0)
-                finally:
-                    # However it ends: the marker is announced once, and a
-                    # waiter left registered would be kept for good.
-                    positions.forget(event_id, waiting)
+            while outcome.replayed and not waiting.done():
+                stored = self._stored_position(event_id)
+                if stored is not None:
+                    return stored
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise concurrent.futures.TimeoutError
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    return waiting.result(min(left, REPLAY_RECHECK_S))
             return waiting.result(max(0.0, deadline - time.monotonic()))
         except concurrent.futures.TimeoutError:
-            positions.forget(event_id, waiting)
             raise WriteError(
                 ErrorKind.LAGGING,
                 f"the write committed (event {event_id}) but the replication stream has "
                 f"not brought it to the wrapper's store within {wait_s}s",
             ) from None
+        finally:
+            # However it ends (a no-op once the marker was announced to it): a
+            # waiter left registered would be kept for good.
+            positions.forget(event_id, waiting)
 
     def _stored_position(self, event_id: str) -> int | None:
         """The marker's position in the store's SQLite, or None: not there
