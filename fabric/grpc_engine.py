@@ -45,6 +45,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from prism.fabric.switchwords import is_on
+
 # gRPC's own switches back to iomgr (src/core/lib/experiments/experiments.yaml).
 IOMGR_EXPERIMENTS = (
     "-event_engine_client,-event_engine_listener,"
@@ -56,10 +58,6 @@ OPT_OUT = "PRISM_GRPC_EVENT_ENGINE"
 KNOWN = ((1, 80), (1, 86))
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 _METADATA = re.compile(r"""__version__\s*=\s*['"]+([^'"]+)['"]+""")
-
-
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _minor(version: str) -> tuple[int, int] | None:
@@ -96,7 +94,7 @@ def iomgr_setting(
     gRPC as it is."""
     if grpc_loaded or "GRPC_EXPERIMENTS" in environ:
         return None
-    if _truthy(environ.get(OPT_OUT, "")):
+    if is_on(environ.get(OPT_OUT, "")):
         return None
     minor = _minor(grpcio_version) if grpcio_version else None
     if minor is None or not KNOWN[0] <= minor < KNOWN[1]:

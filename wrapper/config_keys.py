@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prism.fabric.switchwords import OFF_WORDS, ON_WORDS
 from prism.wrapper.errors import ConfigError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
@@ -52,15 +53,11 @@ class Kind:
     parse: Callable[[Any, bool], Any]  # raises TypeError or ValueError on a wrong value
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
 def _parse_bool(raw: Any, text: bool) -> bool:
     if isinstance(raw, bool):
         return raw
-    if text and isinstance(raw, str) and raw.lower() in _TRUE + _FALSE:
-        return raw.lower() in _TRUE
+    if text and isinstance(raw, str) and raw.lower() in ON_WORDS + OFF_WORDS:
+        return raw.lower() in ON_WORDS
     raise TypeError
 
 

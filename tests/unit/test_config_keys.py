@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from prism.fabric.switchwords import OFF_WORDS, ON_WORDS, is_on
 from prism.wrapper.cli import main
 from prism.wrapper.config import (
     FIELDS,
@@ -320,3 +321,16 @@ def test_example_config_loads_every_section() -> None:
     assert [t.id for t in cfg.tenants] == ["shop", "blog"]
     assert cfg.table("public.products").vector_dim == 384
     assert cfg.tls.client_ca_file and cfg.store.retention_seconds == 604800.0
+
+
+@pytest.mark.parametrize(
+    ("word", "on"), [(w, True) for w in ON_WORDS] + [(w, False) for w in OFF_WORDS]
+)
+def test_a_switch_word_means_the_same_in_config_and_environment_switches(
+    word: str, on: bool
+) -> None:
+    """A word the config reads as on (from a PRISM_* variable) is one that
+    the environment switches read before gRPC loads take as on too
+    (prism.fabric.switchwords), in upper case as well."""
+    assert load(SERVER_CFG, PRISM_DATABASE_BINARY=word.upper()).database.binary is on
+    assert is_on(word.upper()) is on
