@@ -31,10 +31,10 @@ from typing import Any
 import pytest
 
 import support.mysql_consistency as mc
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import ResumePoint
 from prism.wrapper.sources.mysql.positions import binlog_file_seq, position_epoch, unpack_position
 from prism.wrapper.sources.mysql.source import MySQLSource
+from support.configs import offline_config
 from support.consistency import BackgroundWorkload, wait_consistent
 from support.mariadb import EmbeddedMariaDB, MariaTestDB, shared_tmp
 from support.mysql_consistency import mysql_rows
@@ -183,13 +183,9 @@ async def test_failover_to_a_replica_resumes_by_gtid(pair, mysql_wrapper, secret
         assert seq not in on_replica_files, (seq, on_replica_files)
         # By position the stored point means nothing here: it would copy afresh.
         by_position = MySQLSource(
-            config_from_mapping(
-                {
-                    "database": {"flavor": "mysql", "dsn": replica.url(DB), "resume": "position"},
-                    "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-                    "tables": mc.tables_config(),
-                },
-                env={},
+            offline_config(
+                mc.tables_config(),
+                {"flavor": "mysql", "dsn": replica.url(DB), "resume": "position"},
             )
         )
         try:

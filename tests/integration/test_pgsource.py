@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from conftest import TestDB
 
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import RowChange
 from prism.wrapper.sources.postgres.source import MARK_APPLICATION_NAME, PostgresSource
+from support.configs import offline_config
 
 pytestmark = pytest.mark.integration
 
@@ -41,21 +41,17 @@ INSERT INTO vec VALUES (1, '[0.1,-2.5,3]', '{0.5}'), (2, NULL, NULL), (3, '[0,0,
 def _source(
     db: TestDB, binary: bool, dsn: str | None = None, restart_mark_bytes: int = 8 << 20
 ) -> PostgresSource:
-    cfg = config_from_mapping(
+    cfg = offline_config(
+        [
+            {"name": "public.arr", "vector_column": "emb", "vector_dim": 3},
+            {"name": "public.vec", "vector_column": "v", "vector_dim": 3},
+        ],
         {
-            "database": {
-                "dsn": dsn or db.dsn,
-                "slot": f"prism_{db.name}_src",
-                "publication": "prism_src",
-                "binary": binary,
-            },
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": [
-                {"name": "public.arr", "vector_column": "emb", "vector_dim": 3},
-                {"name": "public.vec", "vector_column": "v", "vector_dim": 3},
-            ],
+            "dsn": dsn or db.dsn,
+            "slot": f"prism_{db.name}_src",
+            "publication": "prism_src",
+            "binary": binary,
         },
-        env={},
     )
     return PostgresSource(cfg, restart_mark_bytes=restart_mark_bytes)
 

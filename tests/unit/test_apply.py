@@ -10,28 +10,23 @@ import pytest
 
 from prism.fabric.payload import decode_row, encode_key
 from prism.wrapper.apply import Applier
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.sources.base import RelationInfo, RowChange, SourceTransaction
 from prism.wrapper.sources.postgres.replay import ReplaySource
 from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
+from support.configs import offline_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
 
 
 def cfg() -> Any:
-    return config_from_mapping(
-        {
-            "database": {"dsn": "host=unused"},
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": [
-                {"name": "public.types_t", "vector_column": "c_vec", "vector_dim": 3},
-                {"name": "public.docs", "text_columns": ["body"]},
-                {"name": "public.full_t", "key_columns": ["id"]},
-            ],
-        },
-        env={},
+    return offline_config(
+        [
+            {"name": "public.types_t", "vector_column": "c_vec", "vector_dim": 3},
+            {"name": "public.docs", "text_columns": ["body"]},
+            {"name": "public.full_t", "key_columns": ["id"]},
+        ]
     )
 
 
@@ -187,14 +182,7 @@ def test_a_key_change_then_an_update_in_one_group_keeps_the_old_key(tmp_path: Pa
     # Two transactions applied as one group: 1 -> 2 (a key change), then an
     # update of 2. The stored image of 2 still says it replaced 1, and a
     # plain update of another row replaced nothing.
-    config = config_from_mapping(
-        {
-            "database": {"dsn": "host=unused"},
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": [{"name": "public.k"}],
-        },
-        env={},
-    )
+    config = offline_config([{"name": "public.k"}])
     shape = TableShape(
         name="public.k",
         columns=(("id", "int4"), ("v", "text")),

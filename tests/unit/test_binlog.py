@@ -28,6 +28,7 @@ from prism.wrapper.sources.mysql.replay import BinlogReplaySource, read_recordin
 from prism.wrapper.store import Store
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer, as_float32
+from support.configs import offline_config
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "binlog" / "mariadb.bin"
 
@@ -170,13 +171,8 @@ def test_a_rows_event_without_column_names_is_refused() -> None:
 
 
 def test_applied_to_the_store(tmp_path: Path) -> None:
-    cfg = config_from_mapping(
-        {
-            "database": {"flavor": "mysql", "dsn": "mysql://u@h/fx"},
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": [{"name": "types_t"}, {"name": "docs"}],
-        },
-        env={},
+    cfg = offline_config(
+        [{"name": "types_t"}, {"name": "docs"}], {"flavor": "mysql", "dsn": "mysql://u@h/fx"}
     )
     header, _ = read_recording(FIXTURE)
     shapes = {}

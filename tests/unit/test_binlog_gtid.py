@@ -29,6 +29,7 @@ from prism.wrapper.sources.mysql.replay import (
     spec_from_json,
 )
 from prism.wrapper.store import Store
+from support.configs import UNUSED_SERVER
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "binlog"
 GTID_FIXTURE = FIXTURES / "mariadb-gtid.bin"
@@ -263,7 +264,7 @@ def test_gtid_summary_for_check() -> None:
 def test_resume_config_key() -> None:
     base = {
         "database": {"flavor": "mysql", "dsn": "mysql://u@h/db"},
-        "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
+        "server": UNUSED_SERVER,
         "tables": [{"name": "t"}],
     }
     assert config_from_mapping(base, env={}).database.resume == "auto"

@@ -9,28 +9,23 @@ import numpy as np
 import pytest
 
 from prism.fabric.payload import decode_row, encode_key, encode_row
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.rowbatch import RowEncoder, merge_hidden
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 from prism.wrapper.vectorref import is_ref, resolve, resolve_vectors
+from support.configs import offline_config
 
 
 def _cfg(vector_in_rows: bool) -> Any:
-    return config_from_mapping(
-        {
-            "database": {"dsn": "host=unused"},
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": [
-                {
-                    "name": "public.items",
-                    "vector_column": "emb",
-                    "vector_dim": 3,
-                    "vector_in_rows": vector_in_rows,
-                }
-            ],
-        },
-        env={},
+    return offline_config(
+        [
+            {
+                "name": "public.items",
+                "vector_column": "emb",
+                "vector_dim": 3,
+                "vector_in_rows": vector_in_rows,
+            }
+        ]
     )
 
 

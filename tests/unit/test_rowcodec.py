@@ -20,7 +20,6 @@ from test_pgoutput import load_messages
 
 from prism.fabric.payload import decode_row
 from prism.wrapper import fastrow
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.rowbatch import RowEncoder
 from prism.wrapper.sources.base import (
     ColumnInfo,
@@ -34,6 +33,7 @@ from prism.wrapper.sources.postgres.values import ColumnLoaders, dump_float4_arr
 from prism.wrapper.tables import TableShape
 from prism.wrapper.vectorize import Vectorizer
 from prism.wrapper.vectorref import is_ref
+from support.configs import offline_config
 
 if fastrow._rowcodec is None:
     if os.environ.get("CI") == "true":
@@ -42,14 +42,7 @@ if fastrow._rowcodec is None:
 
 
 def config(tables: list[dict[str, Any]]) -> Any:
-    return config_from_mapping(
-        {
-            "database": {"dsn": "host=unused"},
-            "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-            "tables": tables,
-        },
-        env={},
-    )
+    return offline_config(tables)
 
 
 def shape_of(cfg: Any, info: RelationInfo, key: tuple[str, ...]) -> TableShape:

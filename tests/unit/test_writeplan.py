@@ -18,28 +18,16 @@ import pytest
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.payload import encode_row
-from prism.wrapper.config import config_from_mapping
 from prism.wrapper.groupcommit import Outcome
 from prism.wrapper.preseal import Presealed
 from prism.wrapper.store import Store, StoreReader
 from prism.wrapper.tables import TableShape
 from prism.wrapper.writeplan import Float4Array, WriteError, plan
 from prism.wrapper.writes import WriteExecutor
+from support.configs import offline_config
 
-CFG = config_from_mapping(
-    {
-        "database": {"dsn": "postgresql://unused"},
-        "server": {"tenant_id": "t", "secret_file": "/unused", "insecure": True},
-        "tables": [
-            {
-                "name": "public.items",
-                "vector_column": "emb",
-                "vector_dim": 3,
-                "writable": True,
-            }
-        ],
-    },
-    env={},
+CFG = offline_config(
+    [{"name": "public.items", "vector_column": "emb", "vector_dim": 3, "writable": True}]
 )
 SHAPES = {
     "public.items": TableShape(
