@@ -208,9 +208,12 @@ class WriteExecutor:
             # where its COMMIT failed after the row log's sync (the next
             # commit writes it; Store._catch_up).
             waiting = positions.expect(event_id)
+        # One read-only connection for the whole wait, opened at the first
+        # look (each look is a statement of its own: it sees the latest commit).
+        lookup: list[StoreReader] = []
         try:
             while outcome.replayed and not waiting.done():
-                stored = self._stored_position(event_id)
+                stored = self._stored_position(event_id, lookup)
                 if stored is not None:
                     return stored
                 left = deadline - time.monotonic()
@@ -229,22 +232,23 @@ class WriteExecutor:
             # However it ends (a no-op once the marker was announced to it): a
             # waiter left registered would be kept for good.
             positions.forget(event_id, waiting)
+            for reader in lookup:
+                reader.close()
 
-    def _stored_position(self, event_id: str) -> int | None:
+    def _stored_position(self, event_id: str, lookup: list[StoreReader]) -> int | None:
         """The marker's position in the store's SQLite, or None: not there
-        (yet), or the store could not be read this time (asked again)."""
+        (yet), or the store could not be read this time (asked again, on a
+        connection opened anew). `lookup` holds the wait's open reader."""
         try:
-            reader = StoreReader(self.store.path)
+            if not lookup:
+                lookup.append(StoreReader(self.store.path))
+            return lookup[0].write_position(event_id)
         except (StoreError, sqlite3.Error) as exc:
             log.debug("looking for a replayed write's marker: %s", exc)
+            for reader in lookup:
+                reader.close()
+            lookup.clear()
             return None
-        try:
-            return reader.write_position(event_id)
-        except sqlite3.Error as exc:
-            log.debug("looking for a replayed write's marker: %s", exc)
-            return None
-        finally:
-            reader.close()
 
     def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < PURGE_EVERY_S:

@@ -18,6 +18,7 @@ import pytest
 from prism.fabric import wrapper_pb2 as pb
 from prism.fabric.errorkinds import ErrorKind
 from prism.fabric.payload import encode_row
+from prism.wrapper import writes as writes_module
 from prism.wrapper.groupcommit import Outcome
 from prism.wrapper.preseal import Presealed
 from prism.wrapper.store import Store, StoreReader
@@ -133,6 +134,36 @@ def test_a_replay_finds_a_marker_that_reaches_the_store_late(tmp_path: Path) -> 
             assert time.monotonic() - started < 4.0  # the lone look would wait all 5 s
         # Nobody waits for it any more.
         assert "e-first" not in executor.store.write_positions._waiting
+    finally:
+        executor.store.close()
+
+
+def test_a_replay_wait_looks_on_one_connection_and_closes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The looks of one wait (every REPLAY_RECHECK_S) share one read-only
+    connection, which the wait closes however it ends."""
+    opened: list[StoreReader] = []
+    closed: list[StoreReader] = []
+
+    class Counted(StoreReader):
+        def __init__(self, path: Path) -> None:
+            super().__init__(path)
+            opened.append(self)
+
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    monkeypatch.setattr(writes_module, "StoreReader", Counted)
+    monkeypatch.setattr(writes_module, "REPLAY_RECHECK_S", 0.05)
+    executor = _executor_on(tmp_path / "store.sqlite3")
+    try:
+        replay = Outcome(event_id="e-lost", affected=(), replayed=True)
+        unused: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with pytest.raises(WriteError):
+            executor._position(replay, unused, 0.5)
+        assert len(opened) == 1 and closed == opened
     finally:
         executor.store.close()
 
