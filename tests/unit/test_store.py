@@ -276,6 +276,7 @@ def test_a_nearly_full_disk_refuses_growth_but_lets_purges_free_space(
         txn.delete("t", "[2]", 1)
         txn.set_source_position(10)
     before = store.meta
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 0.0)  # every write looks
     monkeypatch.setattr(store_module, "_free_bytes", lambda path: STORE_RESERVE_BYTES - 1)
     with pytest.raises(StoreFullError, match="disk is full") as err, store.transaction() as txn:
         txn.upsert("t", "[3]", b"y", None, 1)
@@ -308,6 +309,7 @@ def test_a_tight_disk_truncates_the_wal_before_it_fills_the_disk(
             txn.record_write(f"e{i}", "r" * 4000 + str(i), i)
     assert wal.stat().st_size > 800_000
     free = {"bytes": 10**12}
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 0.0)  # every write looks
     monkeypatch.setattr(store_module, "_free_bytes", lambda path: free["bytes"])
     with store.transaction() as txn:  # plenty of room: the WAL is left alone
         txn.upsert("t", "[1000]", b"y", None, 1)
@@ -331,6 +333,51 @@ def test_a_tight_disk_truncates_the_wal_before_it_fills_the_disk(
         txn.upsert("t", "[1003]", b"z", None, 1)
     assert wal.stat().st_size < 100_000
     assert store.row_counts() == {"t": 4}
+
+
+def test_ample_room_is_looked_at_again_only_when_due(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that found ample room lets the writes after it skip the
+    statvfs until ROOM_CHECK_EVERY_S has passed or the row log has grown by
+    the room there was; room under ROOM_AMPLE_BYTES is looked at every time,
+    so a disk filling up is refused at once, as before."""
+    looks: list[int] = []
+    free = {"bytes": STORE_RESERVE_BYTES + store_module.ROOM_AMPLE_BYTES + (64 << 20)}
+
+    def measure(path: Path) -> int:
+        looks.append(free["bytes"])
+        return free["bytes"]
+
+    monkeypatch.setattr(store_module, "_free_bytes", measure)
+
+    def write(key: int, size: int = 10) -> None:
+        with store.transaction() as txn:
+            txn.upsert("t", f"[{key}]", b"x" * size, None, 1)
+
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 0.0)
+    write(0)  # looks (the fixture's store looked at the real disk)
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 3600.0)
+    for i in range(1, 5):
+        write(i)
+    assert len(looks) == 1  # 64 MB beyond the ample room, less the WAL
+    # The row log grew past what was left over: the next write looks again.
+    write(100, 70 << 20)
+    assert len(looks) == 1
+    write(101)
+    assert len(looks) == 2
+    # Tight: every write looks, and the one that finds the disk full is refused.
+    free["bytes"] = STORE_RESERVE_BYTES + (1 << 20)
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 0.0)
+    write(102)
+    monkeypatch.setattr(store_module, "ROOM_CHECK_EVERY_S", 3600.0)
+    write(103)
+    write(104)
+    assert len(looks) == 5
+    free["bytes"] = STORE_RESERVE_BYTES - 1
+    with pytest.raises(StoreFullError, match="disk is full"):
+        write(105)
+    assert store.row_counts() == {"t": 10}
 
 
 def test_write_positions_outlive_the_markers_in_the_database(store: Store) -> None:
