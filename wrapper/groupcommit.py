@@ -648,13 +648,11 @@ class GroupCommit:
     def _lead_alone(self, request: Request) -> Result:
         """Run one request as its own group on this caller's token; then pass
         the token on, as _lead does."""
-        result: Result = _stopped()
         try:
-            result = self._run([request])[0]
+            return self._run([request])[0]
         finally:
             with self._lock:
                 self._pass_token()
-        return result
 
     def _pass_token(self, other_than: threading.Event | None = None) -> None:
         """Give a leader's token to the first queued caller without one (not
