@@ -38,7 +38,7 @@ A library changing malloc's settings in someone else's process needs care:
   the bootstrap kept its large temporaries in its thread's arena: +60-80 MB
   of settled RSS at 172,813 rows;
 - it stays out where the application set malloc in the environment
-  (GLIBC_TUNABLES naming malloc, a MALLOC_*_ variable); an application
+  (GLIBC_TUNABLES naming malloc, a MALLOC_*_ or MALLOC_ARENA_* variable); an application
   that calls mallopt() itself should set `DriverConfig(heap_ahead=False)`,
   since the thresholds above replace its own at a bootstrap;
 - only the main thread's heap grows by sbrk, so a loop on another thread
@@ -124,7 +124,11 @@ def app_chose_malloc(environ: Mapping[str, str]) -> bool:
     """Whether the application set glibc's malloc itself (then hands off)."""
     if "malloc" in environ.get("GLIBC_TUNABLES", ""):
         return True
-    return any(k.startswith("MALLOC_") and k.endswith("_") for k in environ)
+    # glibc's names: MALLOC_TOP_PAD_ and the like end in "_", the arena's do not.
+    return any(
+        k.startswith("MALLOC_") and (k.endswith("_") or k.startswith("MALLOC_ARENA_"))
+        for k in environ
+    )
 
 
 class HeapAhead:

@@ -35,6 +35,7 @@ def libc_function(name: str, argtypes: list[Any], restype: Any) -> Callable[...,
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 # glibc refuses an mmap threshold above 32 MB on 64-bit systems
 # (HEAP_MAX_SIZE / 2), and raises its own dynamic one no further.
 MMAP_THRESHOLD_MAX = 32 << 20

@@ -12,6 +12,19 @@ it faulted 315-323 MB in for 50,000 changes while its resident size grew
 100-250 MB. With blocks up to 32 MB from the heap and up to 256 MB of free
 memory kept (per malloc arena): 111-116 MB (benchmark/README.md, "Issue 12").
 
+And one malloc arena for all of its threads. glibc gives threads arenas of
+their own (up to 8 a core), and a block goes back to the arena it came from:
+memory the copy's or a bootstrap's threads freed stayed in their arenas
+while the threads of the live stream grew theirs with fresh pages. In the
+benchmark's CDC live phase the wrapper faulted in 43,000-53,000 pages (its
+resident size grew 191 MB, the newest changes kept for serving filling up)
+against 7,500-18,600 with one arena, at 7-13 µs of system CPU a fault on
+this VM. Its threads run Python under one interpreter lock, so they seldom
+contend for the arena's. Twelve alternated runs: CDC live 0.678x against
+0.608x of pg_recvlogical (mean), backlog 0.553x against 0.507x, the initial
+sync 0.480x against 0.458x; the 2nd driver's bootstrap 141,000 against
+147,000 rows/s, within its spread (benchmark/README.md, "Issue 12").
+
 The cost is that the resident size stays near its high-water mark instead
 of following each burst down. The driver, a library in someone else's
 process, leaves them alone but while a bootstrap runs (prism.driver.heapahead,
@@ -23,8 +36,11 @@ Elsewhere than glibc (musl, macOS) this is a no-op.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 
 from prism.fabric.libc import (
+    M_ARENA_MAX,
     M_MMAP_THRESHOLD,
     M_TRIM_THRESHOLD,
     MMAP_THRESHOLD_MAX,
@@ -35,17 +51,28 @@ log = logging.getLogger("prism.wrapper.heap")
 
 MMAP_THRESHOLD = MMAP_THRESHOLD_MAX  # the most glibc takes
 TRIM_THRESHOLD = 256 << 20
+ARENAS = 1  # every thread allocates from the main arena (see above)
 
 
 def keep_freed_memory() -> bool:
-    """Tell glibc's malloc to serve large blocks from its heaps and keep freed
-    memory for reuse; False where there is no glibc mallopt."""
+    """Tell glibc's malloc to serve large blocks from its heaps, keep freed
+    memory for reuse and give every thread the one arena; False where there
+    is no glibc mallopt. Call before the daemon starts its threads: a thread
+    keeps the arena it was given."""
     mallopt = mallopt_function()
     if mallopt is None:
         return False
     ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+    if not arenas_chosen(os.environ):
+        ok = ok and bool(mallopt(M_ARENA_MAX, ARENAS))
     if not ok:
         log.warning("malloc did not take the daemon's thresholds; it keeps its defaults")
     return ok
+
+
+def arenas_chosen(environ: Mapping[str, str]) -> bool:
+    """Whether the operator set glibc's arena count (MALLOC_ARENA_MAX, or
+    arena_max in GLIBC_TUNABLES): then it stands."""
+    return "MALLOC_ARENA_MAX" in environ or "arena_max" in environ.get("GLIBC_TUNABLES", "")

@@ -111,6 +111,8 @@ def test_it_stands_aside_when_the_application_set_malloc() -> None:
     assert not app_chose_malloc({"GLIBC_TUNABLES": "glibc.rtld.nns=2"})
     assert app_chose_malloc({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1"})
     assert app_chose_malloc({"MALLOC_TOP_PAD_": "1"})
+    assert app_chose_malloc({"MALLOC_ARENA_MAX": "2"})  # glibc spells it without "_"
+    assert not app_chose_malloc({"MALLOC_NOTE": "x"})
 
 
 def require_support() -> None:

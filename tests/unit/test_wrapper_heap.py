@@ -49,3 +49,55 @@ def mmapped_blocks_for_a_16mb_malloc(mode: str) -> int:
 def test_large_blocks_come_from_the_heap_once_the_daemon_keeps_freed_memory() -> None:
     assert mmapped_blocks_for_a_16mb_malloc("default") == 1
     assert mmapped_blocks_for_a_16mb_malloc("keep") == 0
+
+
+ARENAS_PROBE = textwrap.dedent(
+    """
+    import ctypes, sys, threading
+    from prism.wrapper.heap import keep_freed_memory
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    if sys.argv[1] == "keep":
+        assert keep_freed_memory()
+    held = []
+    def allocate():
+        held.append(libc.malloc(1 << 20))
+    threads = [threading.Thread(target=allocate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    libc.malloc_stats()  # one "Arena N:" section per malloc arena, on stderr
+    """
+)
+
+
+def malloc_arenas_after_four_threads_allocate(mode: str) -> int:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+
+def test_the_daemons_threads_share_one_malloc_arena() -> None:
+    """Memory one thread frees is memory the next allocation in any thread
+    reuses, instead of growing another thread's arena with fresh pages."""
+    assert malloc_arenas_after_four_threads_allocate("default") > 1
+    assert malloc_arenas_after_four_threads_allocate("keep") == 1
+
+
+def test_an_arena_count_the_operator_set_stands() -> None:
+    from prism.wrapper.heap import arenas_chosen
+
+    assert not arenas_chosen({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+    assert arenas_chosen({"MALLOC_ARENA_MAX": "4"})
+    assert arenas_chosen({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
