@@ -13,8 +13,6 @@ stays."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 
 from prism.driver import heap
+from support.mallocprobe import run_probe
 
 PROBE = textwrap.dedent(
     """
@@ -57,16 +56,7 @@ PROBE = textwrap.dedent(
 
 
 def mappings_and_peak_growth_mb(mode: str) -> tuple[int, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-        timeout=120,
-    )
-    mappings, grown = out.stdout.split()
+    mappings, grown = run_probe(PROBE, mode).stdout.split()
     return int(mappings), int(grown)
 
 

@@ -5,10 +5,9 @@ glibc's own count of mmapped blocks (mallinfo2), with and without it."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
+
+from support.mallocprobe import run_probe
 
 PROBE = textwrap.dedent(
     """
@@ -36,14 +35,7 @@ PROBE = textwrap.dedent(
 
 
 def mmapped_blocks_for_a_16mb_malloc(mode: str) -> int:
-    # Without the environment's own malloc settings, which would decide first.
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
-    )
-    return int(out.stdout.strip())
+    return int(run_probe(PROBE, mode).stdout.strip())
 
 
 def test_large_blocks_come_from_the_heap_once_the_daemon_keeps_freed_memory() -> None:
@@ -75,16 +67,7 @@ ARENAS_PROBE = textwrap.dedent(
 
 
 def malloc_arenas_after_four_threads_allocate(mode: str) -> int:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", ARENAS_PROBE, mode],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
+    out = run_probe(ARENAS_PROBE, mode)
     return sum(line.startswith("Arena ") for line in out.stderr.splitlines())
 
 
