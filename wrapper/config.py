@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prism.fabric.switchwords import ON_WORDS
+from prism.fabric.switchwords import is_on
 from prism.fabric.tablenames import qualify
 from prism.wrapper.config_keys import (
     ALIASES,
@@ -364,7 +364,7 @@ def _missing_keys(data: Mapping[str, Any], env: Mapping[str, str], origin: str) 
                 f'secret_file = "{path}"   # make it: prism-wrapper gen-secret {path}'
             )
     insecure = _given(data, env, "server", "insecure")
-    if not (insecure is True or str(insecure).lower() in ON_WORDS):
+    if not (insecure is True or is_on(str(insecure))):
         tls = []
         if not _given(data, env, "tls", "cert_file"):
             tls.append(

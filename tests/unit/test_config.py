@@ -240,3 +240,26 @@ def test_driver_config_rejects_bad_arguments(kw: dict[str, Any], match: str) -> 
     args: dict[str, Any] = {"tenant_id": "acme", "secret_file": "/s"} | kw
     with pytest.raises(DriverConfigError, match=match):
         DriverConfig(**args)
+
+
+@pytest.mark.parametrize(
+    ("insecure", "asks_for_tls"), [(" Yes ", False), ("on", False), ("no", True)]
+)
+def test_the_missing_keys_list_reads_insecure_as_the_config_does(
+    insecure: str, asks_for_tls: bool
+) -> None:
+    """A first config's list of missing keys asks for TLS files unless
+    insecure is on, spelled any way the config itself takes (switchwords)."""
+    with pytest.raises(ConfigError, match=r"database\.dsn") as err:
+        config_from_mapping(
+            {
+                "database": {"flavor": "postgres"},
+                "server": {
+                    "listen_port": 7000,
+                    "tenant_id": "t",
+                    "secret_file": "/s",
+                    "insecure": insecure,
+                },
+            }
+        )
+    assert ("tls.cert_file" in str(err.value)) is asks_for_tls

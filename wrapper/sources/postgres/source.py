@@ -648,8 +648,13 @@ class PostgresSource(ReplicationSource):
     def acknowledge(self, position: int) -> None:
         if position > self._acked:
             self._acked = position
-            if time.monotonic() - self._last_status >= ACK_EVERY_S:
+            if self._ack_due(time.monotonic()):
                 self._send_status(reply=False)
+
+    def _ack_due(self, now: float) -> bool:
+        """Whether an acknowledgment not sent yet may go now: at most one
+        status message every ACK_EVERY_S carries them."""
+        return self._acked > self._sent_ack and now - self._last_status >= ACK_EVERY_S
 
     def _periodic_status(self) -> None:
         # Asking for a reply makes the walsender answer with a keepalive that
@@ -659,7 +664,7 @@ class PostgresSource(ReplicationSource):
             self._log_restart_point(now)
         if now - self._last_status >= self._status_interval:
             self._send_status(reply=True)
-        elif self._acked > self._sent_ack and now - self._last_status >= ACK_EVERY_S:
+        elif self._ack_due(now):
             self._send_status(reply=False)  # an acknowledgment held back
 
     def _log_restart_point(self, now: float) -> None:
