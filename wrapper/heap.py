@@ -22,8 +22,8 @@ against 7,500-18,600 with one arena, at 7-13 µs of system CPU a fault on
 this VM. Its threads run Python under one interpreter lock, so they seldom
 contend for the arena's. Twelve alternated runs: CDC live 0.678x against
 0.608x of pg_recvlogical (mean), backlog 0.553x against 0.507x, the initial
-sync 0.480x against 0.458x; the 2nd driver's bootstrap 141,000 against
-147,000 rows/s, within its spread (benchmark/README.md, "Issue 12").
+sync 0.480x against 0.458x; the 2nd driver's bootstrap 141,070 against
+147,265 rows/s, within its spread (benchmark/README.md, "Issue 12").
 
 The cost is that the resident size stays near its high-water mark instead
 of following each burst down. The driver, a library in someone else's
