@@ -13,6 +13,17 @@ ON_WORDS = ("1", "true", "yes", "on")
 OFF_WORDS = ("0", "false", "no", "off")
 
 
+def switch_value(text: str) -> bool | None:
+    """True for one of ON_WORDS, False for one of OFF_WORDS, in any case and
+    around blanks; None for any other text."""
+    word = text.strip().lower()
+    if word in ON_WORDS:
+        return True
+    if word in OFF_WORDS:
+        return False
+    return None
+
+
 def is_on(text: str) -> bool:
-    """Whether `text` is one of ON_WORDS, in any case, around blanks."""
-    return text.strip().lower() in ON_WORDS
+    """Whether `text` is one of ON_WORDS (switch_value)."""
+    return switch_value(text) is True

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prism.fabric.switchwords import OFF_WORDS, ON_WORDS
+from prism.fabric.switchwords import switch_value
 from prism.wrapper.errors import ConfigError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
@@ -56,8 +56,8 @@ class Kind:
 def _parse_bool(raw: Any, text: bool) -> bool:
     if isinstance(raw, bool):
         return raw
-    if text and isinstance(raw, str) and raw.lower() in ON_WORDS + OFF_WORDS:
-        return raw.lower() in ON_WORDS
+    if text and isinstance(raw, str) and (value := switch_value(raw)) is not None:
+        return value
     raise TypeError
 
 

@@ -10,6 +10,7 @@ import pytest
 from prism.driver import DriverConfig, DriverConfigError
 from prism.wrapper.config import FIELDS, config_from_mapping, describe_fields, load_config
 from prism.wrapper.errors import ConfigError
+from support.configs import UNUSED_SERVER
 
 BASE: dict[str, Any] = {
     "database": {"flavor": "postgres", "dsn": "host=db"},
@@ -263,3 +264,13 @@ def test_the_missing_keys_list_reads_insecure_as_the_config_does(
             }
         )
     assert ("tls.cert_file" in str(err.value)) is asks_for_tls
+    # And the config itself reads the same word the same way.
+    with_dsn = {
+        "database": {"dsn": "host=unused"},
+        "server": {**UNUSED_SERVER, "insecure": insecure},
+    }
+    if asks_for_tls:
+        with pytest.raises(ConfigError, match=r"tls\.cert_file"):
+            config_from_mapping(with_dsn, env={})
+    else:
+        assert config_from_mapping(with_dsn, env={}).insecure

@@ -333,4 +333,6 @@ def test_a_switch_word_means_the_same_in_config_and_environment_switches(
     the environment switches read before gRPC loads take as on too
     (prism.fabric.switchwords), in upper case as well."""
     assert load(SERVER_CFG, PRISM_DATABASE_BINARY=word.upper()).database.binary is on
+    assert load(SERVER_CFG, PRISM_DATABASE_BINARY=f" {word} ").database.binary is on
     assert is_on(word.upper()) is on
+    assert is_on(f" {word} ") is on
