@@ -188,9 +188,11 @@ class CopyWriter(_StoreThread):
     """Commits the initial copy's encoded batches on a thread of its own.
 
     Batches are committed together, `commit_rows` or `depth` batches at a
-    time: each commit rewrites the key index's pages it touches, which for a
-    copy in key-hash order is most of them, so fewer, larger commits write
-    far less. put() blocks while `depth` batches wait (backpressure)."""
+    time. The size was chosen when each commit rewrote SQLite's key index;
+    the index has lived in the row log's memory since, and commits of
+    1,024-8,192 rows measured no different in four A/B trials (the last,
+    benchmark/README.md "Issue 12", 2026-12-06 20:31). put() blocks while
+    `depth` batches wait (backpressure)."""
 
     def __init__(self, store: Store, depth: int = 8, commit_rows: int = 16384) -> None:
         super().__init__(store, "copy-writer")
