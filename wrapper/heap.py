@@ -25,6 +25,10 @@ contend for the arena's. Twelve alternated runs: CDC live 0.678x against
 sync 0.480x against 0.458x; the 2nd driver's bootstrap 141,070 against
 147,265 rows/s, within its spread (benchmark/README.md, "Issue 12").
 
+Each of the three stands aside where the operator set it for the process
+(glibc's MALLOC_*_ variable or its GLIBC_TUNABLES entry): glibc applied it
+at start-up, and a mallopt here would undo it.
+
 The cost is that the resident size stays near its high-water mark instead
 of following each burst down. The driver, a library in someone else's
 process, leaves them alone but while a bootstrap runs (prism.driver.heapahead,
@@ -54,25 +58,40 @@ TRIM_THRESHOLD = 256 << 20
 ARENAS = 1  # every thread allocates from the main arena (see above)
 
 
+# Per mallopt parameter: the daemon's value, glibc's environment variable
+# for it and its name in GLIBC_TUNABLES (glibc.malloc.<name>).
+SETTINGS = (
+    (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", "mmap_threshold"),
+    (M_TRIM_THRESHOLD, TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", "trim_threshold"),
+    (M_ARENA_MAX, ARENAS, "MALLOC_ARENA_MAX", "arena_max"),
+)
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve large blocks from its heaps, keep freed
-    memory for reuse and give every thread the one arena; False where there
-    is no glibc mallopt. Call before the daemon starts its threads: a thread
-    keeps the arena it was given."""
+    memory for reuse and give every thread the one arena, each unless the
+    operator set it; False where there is no glibc mallopt, or it refused
+    one. Call before the daemon starts its threads: a thread keeps the arena
+    it was given."""
     mallopt = mallopt_function()
     if mallopt is None:
         return False
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-    )
-    if not arenas_chosen(os.environ):
-        ok = ok and bool(mallopt(M_ARENA_MAX, ARENAS))
+    ok = True
+    for param, value, variable, tunable in SETTINGS:
+        if operator_chose(os.environ, variable, tunable):
+            log.info("malloc: the operator's %s stands", variable)
+        elif not mallopt(param, value):
+            ok = False
     if not ok:
-        log.warning("malloc did not take the daemon's thresholds; it keeps its defaults")
+        log.warning("malloc did not take the daemon's settings; it keeps its defaults")
     return ok
 
 
-def arenas_chosen(environ: Mapping[str, str]) -> bool:
-    """Whether the operator set glibc's arena count (MALLOC_ARENA_MAX, or
-    arena_max in GLIBC_TUNABLES): then it stands."""
-    return "MALLOC_ARENA_MAX" in environ or "arena_max" in environ.get("GLIBC_TUNABLES", "")
+def operator_chose(environ: Mapping[str, str], variable: str, tunable: str) -> bool:
+    """Whether the environment sets this malloc parameter: its MALLOC_*
+    variable, or glibc.malloc.<tunable> in GLIBC_TUNABLES (entries split on
+    ":", as glibc reads them)."""
+    if variable in environ:
+        return True
+    entries = environ.get("GLIBC_TUNABLES", "").split(":")
+    return any(e.split("=", 1)[0].strip() == f"glibc.malloc.{tunable}" for e in entries)

@@ -34,8 +34,8 @@ PROBE = textwrap.dedent(
 )
 
 
-def mmapped_blocks_for_a_16mb_malloc(mode: str) -> int:
-    return int(run_probe(PROBE, mode).stdout.strip())
+def mmapped_blocks_for_a_16mb_malloc(mode: str, malloc_env: dict[str, str] | None = None) -> int:
+    return int(run_probe(PROBE, mode, malloc_env=malloc_env).stdout.strip())
 
 
 def test_large_blocks_come_from_the_heap_once_the_daemon_keeps_freed_memory() -> None:
@@ -79,8 +79,27 @@ def test_the_daemons_threads_share_one_malloc_arena() -> None:
 
 
 def test_an_arena_count_the_operator_set_stands() -> None:
-    from prism.wrapper.heap import arenas_chosen
+    from prism.wrapper.heap import operator_chose
 
-    assert not arenas_chosen({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
-    assert arenas_chosen({"MALLOC_ARENA_MAX": "4"})
-    assert arenas_chosen({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
+    def arenas(env: dict[str, str]) -> bool:
+        return operator_chose(env, "MALLOC_ARENA_MAX", "arena_max")
+
+    assert not arenas({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.tcache_count=0"})
+    assert arenas({"MALLOC_ARENA_MAX": "4"})
+    assert arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
+    assert arenas({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=0:glibc.malloc.arena_max=2"})
+    # Another parameter whose name holds this one's is not it.
+    assert not arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max_x=2"})
+
+
+def test_a_threshold_the_operator_set_stands() -> None:
+    """With the operator's 64 kB mmap threshold, a 16 MB block is still
+    mmapped after the daemon's settings: the daemon left that one alone.
+    (Before, it overrode every threshold but the arena count.)"""
+    for env in (
+        {"MALLOC_MMAP_THRESHOLD_": "65536"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+    ):
+        assert mmapped_blocks_for_a_16mb_malloc("keep", malloc_env=env) == 1
+    # Its trim threshold, set alone, leaves the daemon's mmap threshold in force.
+    assert mmapped_blocks_for_a_16mb_malloc("keep", {"MALLOC_TRIM_THRESHOLD_": "1048576"}) == 0
