@@ -20,6 +20,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import cast
 
 import psycopg
@@ -208,12 +209,10 @@ class WriteExecutor:
             # where its COMMIT failed after the row log's sync (the next
             # commit writes it; Store._catch_up).
             waiting = positions.expect(event_id)
-        # One read-only connection for the whole wait, opened at the first
-        # look (each look is a statement of its own: it sees the latest commit).
-        lookup: list[StoreReader] = []
+        lookup = _MarkerLookup(self.store.path)
         try:
             while outcome.replayed and not waiting.done():
-                stored = self._stored_position(event_id, lookup)
+                stored = lookup.position(event_id)
                 if stored is not None:
                     return stored
                 left = deadline - time.monotonic()
@@ -232,23 +231,7 @@ class WriteExecutor:
             # However it ends (a no-op once the marker was announced to it): a
             # waiter left registered would be kept for good.
             positions.forget(event_id, waiting)
-            for reader in lookup:
-                reader.close()
-
-    def _stored_position(self, event_id: str, lookup: list[StoreReader]) -> int | None:
-        """The marker's position in the store's SQLite, or None: not there
-        (yet), or the store could not be read this time (asked again, on a
-        connection opened anew). `lookup` holds the wait's open reader."""
-        try:
-            if not lookup:
-                lookup.append(StoreReader(self.store.path))
-            return lookup[0].write_position(event_id)
-        except (StoreError, sqlite3.Error) as exc:
-            log.debug("looking for a replayed write's marker: %s", exc)
-            for reader in lookup:
-                reader.close()
-            lookup.clear()
-            return None
+            lookup.close()
 
     def _maybe_purge(self) -> None:
         if time.monotonic() - self._last_purge < PURGE_EVERY_S:
@@ -277,3 +260,31 @@ class WriteExecutor:
 
     def close(self) -> None:
         self._pool.close()
+
+
+class _MarkerLookup:
+    """A replayed write's looks for its first write's marker in the store's
+    SQLite: one read-only connection for the whole wait, opened at the first
+    look (each look is a statement of its own: it sees the latest commit),
+    and opened anew after a failed one."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._reader: StoreReader | None = None
+
+    def position(self, event_id: str) -> int | None:
+        """The marker's position, or None: not there (yet), or the store
+        could not be read this time (asked again on the next look)."""
+        try:
+            if self._reader is None:
+                self._reader = StoreReader(self._path)
+            return self._reader.write_position(event_id)
+        except (StoreError, sqlite3.Error) as exc:
+            log.debug("looking for a replayed write's marker: %s", exc)
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
