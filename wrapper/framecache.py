@@ -15,7 +15,8 @@ without any call's envelope, so a call only binds and appends its envelope
 - Bounded by bytes, least recently used first. Eviction only drops the
   cache's reference: a call that is reading a segment keeps it whole until
   it is done.
-- Large segments (bootstraps, long catch-ups), and any frames past the
+- Large segments (bootstraps, long catch-ups; not the initial copy's
+  stretches, which no later driver starts from), and any frames past the
   memory budget, go to a disk budget instead (an anonymous, already unlinked
   file per segment, read back with pread): a bootstrap of millions of rows
   is sealed once and served again from the page cache, memory stays for
@@ -223,15 +224,23 @@ class FrameCache:
 
     # -- the builder's side --------------------------------------------------
     def add(
-        self, seg: Segment, frame: SharedFrame, backpressure: bool = True, large: bool = False
+        self,
+        seg: Segment,
+        frame: SharedFrame,
+        backpressure: bool = True,
+        large: bool = False,
+        spill: bool = True,
     ) -> bool:
         """Append a built frame. A `large` segment's frames (a bootstrap, a
         long catch-up) go to its spill file while the disk budget allows,
         which keeps memory for the small segments of live commits; any
         other frame stays in memory while that budget allows, and spills
-        past it. A spilled frame is written behind: it stays in memory, and
-        goes out from there, until `spill_behind_bytes` of such frames fill
-        up and the oldest are written to make room. With neither budget
+        past it. With `spill` False a segment never goes to disk: it is
+        cached while memory allows and read once by its readers past that
+        (the initial copy's stretches, which no later driver asks for).
+        A spilled frame is written behind: it stays in memory, and goes out
+        from there, until `spill_behind_bytes` of such frames fill up and
+        the oldest are written to make room. With neither budget
         left the segment stops being cached.
         Then, with `backpressure`, an uncached segment's builder waits while
         the slowest reader is `window` frames behind, and False tells it
@@ -245,12 +254,15 @@ class FrameCache:
             self.stats["bytes_built"] += size
             place = "memory"
             if seg.cached:
-                if not (large and self.spill_bytes):
+                to_disk = large and spill and bool(self.spill_bytes)
+                if not to_disk:
                     self._evict(keep=seg, memory=size)
-                if (large and self.spill_bytes) or self._bytes + size > self.max_bytes:
-                    self._evict(keep=seg, disk=size)
+                if to_disk or self._bytes + size > self.max_bytes:
+                    if spill:
+                        self._evict(keep=seg, disk=size)
                     if (
-                        self.spill_bytes
+                        spill
+                        and self.spill_bytes
                         and self._disk + size <= self.spill_bytes
                         and self._disk_keeps_room(size)
                     ):
@@ -445,6 +457,11 @@ class FrameCache:
         for i in range(seg.dropped, upto):
             seg.frames[i] = None
         seg.dropped = max(seg.dropped, upto)
+
+    def count(self, stat: str) -> None:
+        """Count one event of the cache's users in its counters."""
+        with self._cond:
+            self.stats[stat] += 1
 
     def counters(self) -> dict[str, int]:
         with self._cond:

@@ -21,7 +21,10 @@ During the initial copy a subscriber is served what the copy stored so far:
 RESET, the rows, then each further stretch as it is stored, and the
 committing frame when the copy is done. The copy is acknowledged to nothing
 until then; if it starts afresh under a new stream identity, the call ends
-and the driver, which never committed any of it, bootstraps again.
+and the driver, which never committed any of it, bootstraps again. Those
+stretches serve only the drivers that follow the copy, so they never spill
+to disk; once one such driver has committed, the bootstrap at the head is
+sealed once, aside, for the drivers that come later (seal_bootstrap_ahead).
 
 Waiting is event-driven: a call sleeps on the store's commit notification
 and sends a heartbeat only when nothing was committed for heartbeat_s.
@@ -66,6 +69,11 @@ SEND_STALL_S = 30.0
 # segment (a long catch-up), kept on disk like a bootstrap; fewer stay in
 # memory, as live commits do.
 LARGE_FRAMES = 8
+# How long after a driver committed the bootstrap it followed through the
+# initial copy the bootstrap for later drivers is sealed (seal_bootstrap_ahead):
+# the drivers that followed the copy are then applying their last frames,
+# and the work is for drivers that are not here yet.
+BOOTSTRAP_AHEAD_DELAY_S = 1.0
 
 # A frame to build: (kind, table, rows, commit_position, commit_time_us).
 FramePlan = tuple[int, str, list[RowTuple], int, int]
@@ -317,12 +325,14 @@ def build_segment_aside(
     start: int,
     readers: ReaderPool,
     large: bool,
+    spill: bool = True,
 ) -> None:
     """Build a segment of several frames on a thread of its own, which owns
     the reader (inside its read transaction) from now on and gives it back
     to `readers`: calls stream its frames as they come, and send earlier
     frames while later ones are sealed. A `large` one (a bootstrap, the
-    initial copy, a long catch-up) is kept on disk (FrameCache.add)."""
+    initial copy, a long catch-up) is kept on disk (FrameCache.add), unless
+    `spill` is False."""
 
     reader = builder.reader
     assert reader is not None, "a segment built aside reads the store"
@@ -335,11 +345,11 @@ def build_segment_aside(
                     pending.append(sealers.submit(builder.seal, plan))
                     if len(pending) <= SEAL_THREADS:
                         continue
-                    if not cache.add(seg, pending.popleft().result(), large=large):
+                    if not cache.add(seg, pending.popleft().result(), large=large, spill=spill):
                         cache.finish(seg, error=RuntimeError("nobody reads this segment any more"))
                         return
                 while pending:
-                    cache.add(seg, pending.popleft().result(), large=large)
+                    cache.add(seg, pending.popleft().result(), large=large, spill=spill)
             cache.finish(seg, commits=builder.meta.snapshot_done and not bootstrap)
         except BaseException as exc:
             log.exception("building frames failed")
@@ -412,6 +422,7 @@ class Call:
     position: int  # the position it has been sent up to
     resetting: bool = False  # a bootstrap was started and has not committed yet
     prebuilds: Prebuilds | None = None  # segments sealed ahead of their commit
+    followed_copy: bool = False  # its bootstrap was sent stretches of the initial copy
 
     def wanted(self, meta: StoreMeta) -> tuple[bool, int] | None:
         """(bootstrap, start) of the segment this call needs at `meta`, or
@@ -466,13 +477,22 @@ class Call:
                 build_segment(self.cache, seg, builder, bootstrap, start)
                 return seg, rid, reader
             large = bootstrap or not meta.snapshot_done or span > LARGE_FRAMES * self.scope.max_rows
+            # The initial copy's stretches never spill: only the drivers that
+            # follow the copy read them, and no later driver starts from one
+            # (it gets the bootstrap sealed once the copy is done,
+            # seal_bootstrap_ahead). Kept until every reader had them, they
+            # were some 300 MB of memory the VM hands out afresh a 100,000
+            # rows, paid for on the first driver's way to ready.
+            spill = meta.snapshot_done and not self.followed_copy
             # The call's next reader is taken before the builder thread owns
             # this one: a quick builder gives its reader back to the pool,
             # and get() afterwards could hand the call that same reader,
             # whose transaction the builder already ended.
             replacement = self.readers.get()
             try:
-                build_segment_aside(self.cache, seg, builder, bootstrap, start, self.readers, large)
+                build_segment_aside(
+                    self.cache, seg, builder, bootstrap, start, self.readers, large, spill
+                )
             except BaseException:
                 self.readers.put(replacement)
                 raise
@@ -576,10 +596,72 @@ class Call:
             and meta.head < self.position <= staged.head
         )
 
-    def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> None:
-        """The whole segment went out."""
+    def sent(self, seg: Segment, bootstrap: bool, meta: StoreMeta) -> bool:
+        """The whole segment went out. True when it committed a bootstrap
+        that followed the initial copy: the first one a later driver could
+        be served sealed, once, for all (seal_bootstrap_ahead)."""
+        was_resetting = self.resetting
         self.position, self.stream = seg.end, meta.stream_id
         self.resetting = bootstrap or (self.resetting and not seg.commits)
+        if not meta.snapshot_done:
+            self.followed_copy = True
+        committed = was_resetting and not self.resetting and self.followed_copy
+        if committed:
+            self.followed_copy = False
+        return committed
+
+
+def seal_bootstrap_ahead(
+    scope: ServeScope, cache: FrameCache, readers: ReaderPool, delay_s: float
+) -> threading.Thread | None:
+    """Seal, after `delay_s`, the bootstrap at the store's head for the
+    drivers of `scope` that come later, on a thread of its own; None when
+    frames cannot spill (a bootstrap would not stay cached).
+
+    Why: the initial copy's stretches do not spill (Call.acquire), so
+    without this the next driver's bootstrap would be sealed for it, on its
+    way to ready. This seals it once, in time the copy's drivers do not
+    need, as a large segment on disk; a driver that subscribes meanwhile
+    joins the build (FrameCache single flight). Nobody reads it yet: if the
+    disk budget overflows, the build stops (FrameCache.add)."""
+    if not cache.spill_bytes:
+        return None
+
+    def run() -> None:
+        time.sleep(delay_s)
+        reader = readers.get()
+        nxt = reader
+        try:
+            meta = reader.begin()
+            if not meta.snapshot_done:
+                return
+            # Only a bootstrap that ends at the head: the copy's own first
+            # stretch would otherwise be taken for one.
+            key, epoch = Call(scope, cache, readers, meta.stream_id, 0)._start(meta, True, 0)
+            seg, rid, build = cache.acquire(key, meta.head, meta.head)
+            try:
+                if build:
+                    builder = SegmentBuilder(scope, reader, meta, epoch)
+                    replacement = readers.get()  # the builder thread takes `reader` over
+                    try:
+                        build_segment_aside(cache, seg, builder, True, 0, readers, large=True)
+                    except BaseException:
+                        readers.put(replacement)
+                        raise
+                    nxt = replacement
+                    cache.count("bootstraps_sealed_ahead")
+            finally:
+                cache.release(seg, rid)
+        except Exception:
+            log.exception("sealing the bootstrap for later drivers failed")
+        finally:
+            if nxt is reader:
+                reader.end()
+            readers.put(nxt)
+
+    t = threading.Thread(target=run, name="bootstrap-ahead", daemon=True)
+    t.start()
+    return t
 
 
 def subscription(
@@ -704,7 +786,8 @@ def subscription(
             if not seg.done:
                 return  # the call ended while waiting for frames
             assert want is not None
-            call.sent(seg, want[0], meta)
+            if call.sent(seg, want[0], meta):
+                seal_bootstrap_ahead(scope, cache, readers, BOOTSTRAP_AHEAD_DELAY_S)
     finally:
         readers.put(reader)
 

@@ -187,6 +187,30 @@ def test_frames_past_the_memory_budget_spill_to_disk(tmp_path: Path) -> None:
     assert list(cache.read(again, rid2)) == expected
 
 
+def test_a_large_segment_told_not_to_spill_stays_in_memory_then_leaves(tmp_path: Path) -> None:
+    # The initial copy's stretches: large, but never written to the spill,
+    # however much room it has; cached while memory allows, then read once.
+    cache = FrameCache(max_bytes=25, spill_bytes=1000, spill_dir=tmp_path)
+    seg, rid, _ = cache.acquire(START, 20)
+    reader = cache.read(seg, rid)
+    for i in range(2):
+        assert cache.add(seg, frame(i), backpressure=False, large=True, spill=False)
+    assert seg.cached and cache.counters()["frame_cache_bytes"] == 20
+    cache.add(seg, frame(2), backpressure=False, large=True, spill=False)
+    assert not seg.cached and cache.stats["segments_overflowed"] == 1
+    cache.finish(seg)
+    assert [f.data for f in reader] == [frame(i).data for i in range(3)]
+    assert cache.stats["frames_spilled"] == 0 and seg.spill is None
+    counters = cache.counters()
+    assert counters["frame_cache_bytes"] == 0 and counters["frame_cache_disk_bytes"] == 0
+    # The same segment allowed to spill goes to disk at once, as large ones do.
+    other, rid2, _ = cache.acquire((*START[:-1], 30), 40)
+    cache.add(other, frame(3), backpressure=False, large=True)
+    cache.finish(other)
+    assert cache.counters()["frame_cache_disk_bytes"] == 10 and other.cached
+    assert [f.data for f in cache.read(other, rid2)] == [frame(3).data]
+
+
 def test_past_both_budgets_a_segment_stops_being_cached(tmp_path: Path) -> None:
     cache = FrameCache(max_bytes=15, spill_bytes=25, spill_dir=tmp_path)
     seg, rid, _ = cache.acquire(START, 20)

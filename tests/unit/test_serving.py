@@ -27,6 +27,7 @@ from prism.fabric.frames import open_frame, parse_frame
 from prism.fabric.keys import derive_epoch_keys
 from prism.fabric.payload import decode_row, encode_key, encode_row
 from prism.fabric.sealing import Sealer
+from prism.wrapper import subscription as subscription_mod
 from prism.wrapper.framecache import FrameCache, SharedFrame
 from prism.wrapper.store import ReaderPool, Store, StoreReader, now_us
 from prism.wrapper.subscription import (
@@ -334,6 +335,61 @@ def test_subscribers_are_served_during_the_initial_copy(store: Store) -> None:
     d.catch_up()
     assert d.rows() == stored(store)
     d.call.close()
+
+
+def test_the_copys_stretches_do_not_spill_and_later_drivers_get_a_bootstrap_sealed_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subscription_mod, "BOOTSTRAP_AHEAD_DELAY_S", 0.0)
+    # Frames bound for the spill are written at once here (no room behind).
+    cache = FrameCache(1 << 20, spill_bytes=1 << 30, spill_dir=tmp_path)
+    first = Driver(store, cache)
+    write(store, {("t", i): f"a{i}" for i in range(5)}, set())  # the copy's first batch
+    for _ in range(1 + 2):  # RESET and the 5 rows, in frames of 3
+        first.receive(next(first.call))
+    write(store, {("plain", i): f"p{i}" for i in range(4)}, set())
+    write(store, {("t", i): f"a{i}" for i in range(5, 8)}, set())
+    done(store)
+    first.catch_up()
+    assert first.commits == [store.meta.head] and first.rows() == stored(store)
+    # A bootstrap and stretches of the copy went out, none of them to disk.
+    assert cache.stats["frames_spilled"] == 0
+    # The call goes on past its commit (gRPC asks for the next frame once
+    # one is sent): nothing new, so a heartbeat.
+    assert first.receive(next(first.call)) == pb.HEARTBEAT
+    # The bootstrap at the head, for drivers not here yet: sealed once, aside.
+    _until(lambda: cache.stats["bootstraps_sealed_ahead"] == 1)
+    assert cache.stats["bootstraps_sealed_ahead"] == 1
+    _until(lambda: cache.stats["frames_spilled"] >= 6)  # RESET, 8 + 4 rows in frames of 3
+    assert cache.stats["frames_spilled"] >= 6
+    built = cache.stats["frames_built"]
+    later = [Driver(store, cache) for _ in range(2)]
+    for d in later:
+        d.catch_up()
+        assert d.commits == [store.meta.head] and d.rows() == stored(store)
+    # Each got those frames; only the frame that commits them was built.
+    assert cache.stats["frames_built"] == built + 1
+    assert cache.stats["bootstraps_sealed_ahead"] == 1
+    for d in (first, *later):
+        d.call.close()
+
+
+def test_no_bootstrap_is_sealed_ahead_without_a_copy_followed(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A wrapper started after its copy: drivers bootstrap as they come, and
+    # the first one's bootstrap (large, spilled) serves the next.
+    monkeypatch.setattr(subscription_mod, "BOOTSTRAP_AHEAD_DELAY_S", 0.0)
+    write(store, {("t", i): f"a{i}" for i in range(7)}, set())
+    done(store)
+    cache = FrameCache(1 << 20, spill_bytes=1 << 30, spill_dir=tmp_path)
+    for d in (Driver(store, cache), Driver(store, cache)):
+        d.catch_up()
+        assert d.rows() == stored(store)
+        d.call.close()
+    time.sleep(0.1)
+    assert cache.stats["bootstraps_sealed_ahead"] == 0
+    assert cache.stats["segments_built"] == 2 and cache.stats["frames_spilled"] == 4
 
 
 def test_a_copy_started_afresh_ends_the_call(store: Store) -> None:
