@@ -144,8 +144,8 @@ def render(r: dict[str, Any], source: str) -> str:
             "  ↳ a 3rd driver, rows/s",
             f"{_n(again.get('rows_per_s'))} ({_n(again.get('seconds'), 1)} s)",
             "",
-            "both are sent the frames sealed once while the first driver followed the "
-            "initial copy (the wrapper's frame cache)",
+            "both are sent the bootstrap the wrapper sealed once, in the background, "
+            "after the first driver's initial copy (the wrapper's frame cache)",
         )
     lat = r.get("latency", {})
     if lat:
