@@ -23,8 +23,9 @@ committing frame when the copy is done. The copy is acknowledged to nothing
 until then; if it starts afresh under a new stream identity, the call ends
 and the driver, which never committed any of it, bootstraps again. Those
 stretches serve only the drivers that follow the copy, so they never spill
-to disk; once one such driver has committed, the bootstrap at the head is
-sealed once, aside, for the drivers that come later (seal_bootstrap_ahead).
+to disk, and no bootstrap starts from one once the copy is done; once one
+such driver has committed, the bootstrap at the head is sealed once, aside,
+for the drivers that come later (seal_bootstrap_ahead).
 
 Waiting is event-driven: a call sleeps on the store's commit notification
 and sends a heartbeat only when nothing was committed for heartbeat_s.
@@ -59,6 +60,10 @@ T = TypeVar("T")
 
 DEFAULT_FRAME_ROWS, MAX_FRAME_ROWS = 1024, 16384
 BOOTSTRAP, CHANGES = "bootstrap", "changes"
+# A bootstrap started while the initial copy runs: its own kind of segment,
+# shared by the drivers that follow the copy and never taken, once the copy
+# is done, for a bootstrap from the head (seal_bootstrap_ahead makes that).
+COPY_BOOTSTRAP = "copy-bootstrap"
 # Threads that seal the frames of one large segment while its rows are read:
 # reading, the matmul, AES-GCM and HMAC each release the GIL.
 SEAL_THREADS = 2
@@ -442,7 +447,9 @@ class Call:
     def _start(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[StartKey, int]:
         """The segment's cache key, and the key epoch it is sealed under."""
         epoch = self.scope.epoch()
-        kind = BOOTSTRAP if bootstrap else CHANGES
+        kind = CHANGES
+        if bootstrap:
+            kind = BOOTSTRAP if meta.snapshot_done else COPY_BOOTSTRAP
         return (*self.scope.key, meta.stream_id, epoch, kind, start), epoch
 
     @staticmethod

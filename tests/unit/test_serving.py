@@ -374,6 +374,31 @@ def test_the_copys_stretches_do_not_spill_and_later_drivers_get_a_bootstrap_seal
         d.call.close()
 
 
+def test_once_the_copy_is_done_a_bootstrap_never_starts_from_its_first_stretch(
+    store: Store,
+) -> None:
+    # No spill, so nothing is sealed ahead: the copy's first stretch is still
+    # in memory when a later driver comes, yet it gets a bootstrap of the
+    # head (sealed for it), not that stretch and a catch-up from the store.
+    cache = FrameCache(1 << 20)
+    first = Driver(store, cache)
+    write(store, {("t", i): f"a{i}" for i in range(5)}, set())
+    for _ in range(1 + 2):  # RESET and the 5 rows, in frames of 3
+        first.receive(next(first.call))
+    write(store, {("plain", i): f"p{i}" for i in range(4)}, set())
+    done(store)
+    first.catch_up()
+    assert cache.stats["segments_shared"] == 0
+    later = Driver(store, cache)
+    later.catch_up()
+    assert later.rows() == stored(store) and later.commits == [store.meta.head]
+    assert cache.stats["segments_shared"] == 0
+    # Its bootstrap: RESET and the 9 rows, in frames of 3 (each table apart).
+    assert len(later.seen) == 1 + 2 + 2 + 1
+    for d in (first, later):
+        d.call.close()
+
+
 def test_no_bootstrap_is_sealed_ahead_without_a_copy_followed(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
