@@ -642,8 +642,8 @@ def seal_bootstrap_ahead(
             meta = reader.begin()
             if not meta.snapshot_done:
                 return
-            # Only a bootstrap that ends at the head: the copy's own first
-            # stretch would otherwise be taken for one.
+            # Only a bootstrap that ends at the head: an older one would
+            # leave every later driver a catch-up to be sealed for it.
             key, epoch = Call(scope, cache, readers, meta.stream_id, 0)._start(meta, True, 0)
             seg, rid, build = cache.acquire(key, meta.head, meta.head)
             try:
