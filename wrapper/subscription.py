@@ -416,6 +416,18 @@ class StreamEnded(Exception):
     """The stream identity changed under a bootstrap in progress."""
 
 
+def segment_start(
+    scope: ServeScope, meta: StoreMeta, bootstrap: bool, start: int
+) -> tuple[StartKey, int]:
+    """The cache key of `scope`'s segment from `start` at `meta`, and the
+    key epoch it is sealed under."""
+    epoch = scope.epoch()
+    kind = CHANGES
+    if bootstrap:
+        kind = BOOTSTRAP if meta.snapshot_done else COPY_BOOTSTRAP
+    return (*scope.key, meta.stream_id, epoch, kind, start), epoch
+
+
 @dataclass
 class Call:
     """Where one Subscribe call stands, and how it gets its next segment."""
@@ -445,12 +457,7 @@ class Call:
         return (False, self.position) if meta.head > self.position else None
 
     def _start(self, meta: StoreMeta, bootstrap: bool, start: int) -> tuple[StartKey, int]:
-        """The segment's cache key, and the key epoch it is sealed under."""
-        epoch = self.scope.epoch()
-        kind = CHANGES
-        if bootstrap:
-            kind = BOOTSTRAP if meta.snapshot_done else COPY_BOOTSTRAP
-        return (*self.scope.key, meta.stream_id, epoch, kind, start), epoch
+        return segment_start(self.scope, meta, bootstrap, start)
 
     @staticmethod
     def _min_end(meta: StoreMeta, start: int) -> int:
@@ -644,7 +651,7 @@ def seal_bootstrap_ahead(
                 return
             # Only a bootstrap that ends at the head: an older one would
             # leave every later driver a catch-up to be sealed for it.
-            key, epoch = Call(scope, cache, readers, meta.stream_id, 0)._start(meta, True, 0)
+            key, epoch = segment_start(scope, meta, True, 0)
             seg, rid, build = cache.acquire(key, meta.head, meta.head)
             try:
                 if build:
