@@ -404,16 +404,20 @@ def test_no_bootstrap_is_sealed_ahead_without_a_copy_followed(
 ) -> None:
     # A wrapper started after its copy: drivers bootstrap as they come, and
     # the first one's bootstrap (large, spilled) serves the next.
-    monkeypatch.setattr(subscription_mod, "BOOTSTRAP_AHEAD_DELAY_S", 0.0)
+    sealed_ahead: list[ServeScope] = []
+    monkeypatch.setattr(
+        subscription_mod, "seal_bootstrap_ahead", lambda scope, *_: sealed_ahead.append(scope)
+    )
     write(store, {("t", i): f"a{i}" for i in range(7)}, set())
     done(store)
     cache = FrameCache(1 << 20, spill_bytes=1 << 30, spill_dir=tmp_path)
     for d in (Driver(store, cache), Driver(store, cache)):
         d.catch_up()
+        # Past its commit, where a bootstrap that followed a copy is sealed ahead.
+        assert d.receive(next(d.call)) == pb.HEARTBEAT
         assert d.rows() == stored(store)
         d.call.close()
-    time.sleep(0.1)
-    assert cache.stats["bootstraps_sealed_ahead"] == 0
+    assert sealed_ahead == []
     assert cache.stats["segments_built"] == 2 and cache.stats["frames_spilled"] == 4
 
 
